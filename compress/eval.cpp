@@ -1,0 +1,155 @@
+// eval.cpp — metrics. Perplexity follows ../shared/README.md exactly: non-overlapping windows of
+// seq_len tokens, every position scored on the next token, NLL summed in float64.
+#include "compress/eval.h"
+
+#include <chrono>
+#include <cmath>
+#include <random>
+
+#include "compress/error.h"
+#include "compress/progress.h"
+
+namespace compress {
+
+LmWindows makeWindows(const std::vector<int64_t>& stream, int64_t seq_len, int64_t max_tokens) {
+  int64_t n = static_cast<int64_t>(stream.size());
+  int64_t windows = max_tokens > 0 ? max_tokens / seq_len : (n - 1) / seq_len;
+  if (max_tokens > 0 && max_tokens % seq_len != 0)
+    fail(ErrorCategory::Config, "max_tokens (" + std::to_string(max_tokens) + ") must be a multiple of seq_len (" +
+                                    std::to_string(seq_len) + ")");
+  if (windows <= 0 || windows * seq_len + 1 > n)
+    fail(ErrorCategory::Data, "the evaluation stream has " + std::to_string(n) + " tokens; scoring " +
+                                  std::to_string(std::max<int64_t>(windows, 1) * seq_len) + " tokens in windows of " +
+                                  std::to_string(seq_len) + " needs " +
+                                  std::to_string(std::max<int64_t>(windows, 1) * seq_len + 1) +
+                                  ". Lower data.eval.max_tokens or seq_len.");
+  at::Tensor all = at::tensor(std::vector<int64_t>(stream.begin(), stream.begin() + windows * seq_len + 1), at::kLong);
+  LmWindows w;
+  w.inputs = all.narrow(0, 0, windows * seq_len).reshape({windows, seq_len}).clone();
+  w.targets = all.narrow(0, 1, windows * seq_len).reshape({windows, seq_len}).clone();
+  return w;
+}
+
+at::Tensor sampleSequences(const std::vector<int64_t>& stream, int64_t samples, int64_t seq_len, int64_t seed) {
+  int64_t n = static_cast<int64_t>(stream.size());
+  if (n < seq_len)
+    fail(ErrorCategory::Data, "the calibration stream has " + std::to_string(n) + " tokens, fewer than seq_len " +
+                                  std::to_string(seq_len));
+  std::mt19937_64 rng(static_cast<uint64_t>(seed));
+  std::uniform_int_distribution<int64_t> pick(0, n - seq_len);
+  at::Tensor out = at::empty({samples, seq_len}, at::kLong);
+  auto* p = out.data_ptr<int64_t>();
+  for (int64_t s = 0; s < samples; ++s) {
+    int64_t off = pick(rng);
+    std::copy(stream.begin() + off, stream.begin() + off + seq_len, p + s * seq_len);
+  }
+  return out;
+}
+
+static double since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+static void checkFinite(const at::Tensor& t, const std::string& what) {
+  if (!at::isfinite(t).all().item<bool>())
+    fail(ErrorCategory::Numeric, what + " contain NaN or Inf values: the model (or a pass) produced non-finite "
+                                        "numbers. Check the input data and the last pass's settings.");
+}
+
+MetricResult perplexity(Executor& ex, const LmWindows& w, int64_t batch, bool show) {
+  auto t0 = std::chrono::steady_clock::now();
+  at::NoGradGuard ng;
+  int64_t n = w.inputs.size(0);
+  Progress prog("perplexity", n, "windows", show);
+  double nll = 0;
+  for (int64_t b = 0; b < n; b += batch) {
+    int64_t m = std::min(batch, n - b);
+    at::Tensor logits = ex.run1(w.inputs.narrow(0, b, m));
+    if (logits.dim() != 3 || logits.size(0) != m || logits.size(1) != w.inputs.size(1))
+      fail(ErrorCategory::Model, "perplexity needs logits shaped [batch, seq, vocab]; the model returned " +
+                                     c10::str(logits.sizes()));
+    checkFinite(logits, "logits");
+    at::Tensor lp = at::log_softmax(logits.to(at::kDouble), -1);
+    at::Tensor tgt = w.targets.narrow(0, b, m).to(lp.device());
+    if (tgt.max().item<int64_t>() >= logits.size(2))
+      fail(ErrorCategory::Data, "a target token id is >= the model's vocabulary size " + std::to_string(logits.size(2)));
+    nll -= lp.gather(-1, tgt.unsqueeze(-1)).sum().item<double>();
+    prog.advance(m);
+  }
+  prog.finish();
+  MetricResult r;
+  r.metric = "perplexity";
+  r.count = w.targets.numel();
+  r.mean_nll = nll / static_cast<double>(r.count);
+  r.value = std::exp(r.mean_nll);
+  r.seconds = since(t0);
+  return r;
+}
+
+MetricResult top1(Executor& ex, const at::Tensor& inputs, const at::Tensor& labels, int64_t batch, bool show) {
+  auto t0 = std::chrono::steady_clock::now();
+  at::NoGradGuard ng;
+  int64_t n = inputs.size(0);
+  if (labels.size(0) != n)
+    fail(ErrorCategory::Data, "inputs have " + std::to_string(n) + " examples but labels have " + std::to_string(labels.size(0)));
+  int64_t correct = 0;
+  for (int64_t b = 0; b < n; b += batch) {
+    int64_t m = std::min(batch, n - b);
+    at::Tensor out = ex.run1(inputs.narrow(0, b, m));
+    checkFinite(out, "model outputs");
+    correct += (out.reshape({m, -1}).argmax(-1).cpu() == labels.narrow(0, b, m).to(at::kLong)).sum().item<int64_t>();
+  }
+  (void)show;
+  MetricResult r;
+  r.metric = "top1";
+  r.count = n;
+  r.value = static_cast<double>(correct) / static_cast<double>(n);
+  r.seconds = since(t0);
+  return r;
+}
+
+MetricResult cosine(Executor& ex, Executor& reference, const at::Tensor& inputs, int64_t batch, bool show) {
+  auto t0 = std::chrono::steady_clock::now();
+  at::NoGradGuard ng;
+  int64_t n = inputs.size(0);
+  double sum = 0;
+  for (int64_t b = 0; b < n; b += batch) {
+    int64_t m = std::min(batch, n - b);
+    at::Tensor x = inputs.narrow(0, b, m);
+    at::Tensor a = ex.run1(x).reshape({m, -1}).to(at::kDouble).cpu();
+    at::Tensor r = reference.run1(x).reshape({m, -1}).to(at::kDouble).cpu();
+    checkFinite(a, "model outputs");
+    sum += at::cosine_similarity(a, r, 1, 1e-12).sum().item<double>();
+  }
+  (void)show;
+  MetricResult res;
+  res.metric = "cosine";
+  res.count = n;
+  res.value = sum / static_cast<double>(n);
+  res.seconds = since(t0);
+  return res;
+}
+
+double degradation(const std::string& metric, double baseline, double final_value) {
+  if (metric == "perplexity") return final_value / baseline - 1.0;
+  if (metric == "top1") return baseline > 0 ? (baseline - final_value) / baseline : 0.0;
+  return 1.0 - final_value;
+}
+
+at::Tensor tensorFromNpy(const NpyArray& a, const std::string& path) {
+  at::ScalarType st;
+  if (a.descr == "<f4") st = at::kFloat;
+  else if (a.descr == "<f8") st = at::kDouble;
+  else if (a.descr == "<f2") st = at::kHalf;
+  else if (a.descr == "<i8") st = at::kLong;
+  else if (a.descr == "<i4") st = at::kInt;
+  else if (a.descr == "|i1") st = at::kChar;
+  else if (a.descr == "|u1") st = at::kByte;
+  else if (a.descr == "|b1") st = at::kBool;
+  else fail(ErrorCategory::Data, "'" + path + "' has dtype " + a.descr + ", which is not supported");
+  at::Tensor t = at::empty(a.shape, st);
+  std::memcpy(t.data_ptr(), a.data.data(), a.data.size());
+  return t;
+}
+
+}  // namespace compress

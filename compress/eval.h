@@ -1,0 +1,47 @@
+// eval.h — accuracy metrics: perplexity (causal LM), top-1 (classifier), cosine similarity to the
+// uncompressed model's outputs (embedding / generic).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "compress/executor.h"
+#include "compress/npy.h"
+
+namespace compress {
+
+/// Non-overlapping scoring windows: window i feeds tokens [T*i, T*i+T) and is scored on the next token
+/// at every position. `max_tokens` scored tokens (0: as many whole windows as the stream allows).
+struct LmWindows {
+  at::Tensor inputs, targets;  // [N, T] int64
+};
+LmWindows makeWindows(const std::vector<int64_t>& stream, int64_t seq_len, int64_t max_tokens);
+
+/// `samples` sequences of `seq_len` tokens at seeded random offsets (sequences may span paragraphs).
+at::Tensor sampleSequences(const std::vector<int64_t>& stream, int64_t samples, int64_t seq_len, int64_t seed);
+
+struct MetricResult {
+  std::string metric;
+  double value = 0;
+  int64_t count = 0;      // scored tokens / examples
+  double mean_nll = 0;    // perplexity only: mean negative log-likelihood in nats
+  double seconds = 0;
+};
+
+/// exp(mean NLL) over every scored token, accumulated in float64. Error(Numeric) on NaN/Inf logits.
+MetricResult perplexity(Executor& ex, const LmWindows& w, int64_t batch, bool progress = true);
+MetricResult top1(Executor& ex, const at::Tensor& inputs, const at::Tensor& labels, int64_t batch, bool progress = true);
+/// Mean over examples of cos(output, reference output), outputs flattened per example.
+MetricResult cosine(Executor& ex, Executor& reference, const at::Tensor& inputs, int64_t batch, bool progress = true);
+
+/// Relative loss of `final` against `baseline` for a metric (perplexity: final/base - 1; top1:
+/// (base - final)/base; cosine: 1 - final). Positive = worse.
+double degradation(const std::string& metric, double baseline, double final_value);
+
+/// A tensor holding a copy of an .npy array.
+at::Tensor tensorFromNpy(const NpyArray& a, const std::string& path);
+
+}  // namespace compress

@@ -1,0 +1,67 @@
+// executor.h — runs the IR with ATen ops on CPU or CUDA. Hooks see every node's inputs and outputs
+// (calibration statistics, activation capture). Subgraphs that depend only on initializers (weight
+// transposes, dequantization) are folded once at construction unless training needs them live.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "compress/graph.h"
+
+namespace compress {
+
+/// Runs one IR node on ATen tensors with ONNX (opset 17) semantics. Throws Error(Model) for an op the
+/// executor does not implement and Error(Data) for inputs that violate the op's contract.
+std::vector<at::Tensor> runNode(const Node& n, const std::vector<at::Tensor>& inputs);
+/// True when runNode implements `op` (domain "" only).
+bool isSupportedOp(const std::string& op);
+/// Every op type runNode implements, sorted.
+std::vector<std::string> supportedOps();
+
+struct ExecOptions {
+  at::Device device = at::kCPU;
+  bool fold_constants = true;  // false keeps weight-only subgraphs live (needed when weights require grad)
+};
+
+using NodeHook = std::function<void(int node_index, const Node& node, const std::vector<at::Tensor>& inputs,
+                                    const std::vector<at::Tensor>& outputs)>;
+
+class Executor {
+ public:
+  Executor(const Graph& g, ExecOptions opts = {});
+
+  /// Runs the graph. Inputs are given by graph input name and moved to the executor's device; missing or
+  /// extra inputs, wrong dtypes and wrong ranks are Error(Data). Returns the graph outputs in order.
+  std::vector<at::Tensor> run(const std::map<std::string, at::Tensor>& inputs);
+  /// Convenience for single-input graphs.
+  at::Tensor run1(const at::Tensor& input);
+
+  int addHook(NodeHook hook);
+  void removeHook(int id);
+  const Graph& graph() const { return g_; }
+  at::Device device() const { return opts_.device; }
+
+ private:
+  const Graph& g_;
+  ExecOptions opts_;
+  std::map<std::string, at::Tensor> constants_;  // initializers and folded values, on device
+  std::vector<int> live_nodes_;                   // nodes that run each time
+  std::map<std::string, int> last_use_;           // value -> index in live_nodes_ of its last reader
+  std::map<int, NodeHook> hooks_;
+  int next_hook_ = 0;
+};
+
+/// Runs the graph on probe inputs of two different batch/sequence sizes and records every value's dtype
+/// and shape, naming dims that follow the batch or sequence size symbolically. `input_shapes` gives each
+/// input's shape (Dims named "batch"/"seq" are varied; other symbols get size 4 and 6).
+void inferShapes(Graph& g, const std::map<std::string, std::pair<DType, Shape>>& input_specs);
+
+/// A concrete probe tensor for an input spec: zeros for integer inputs (always a valid token/index),
+/// seeded normal values for floating inputs.
+at::Tensor probeTensor(DType dtype, const Shape& shape, int64_t batch, int64_t seq);
+
+}  // namespace compress

@@ -1,0 +1,151 @@
+// graph.h — the IR: a graph of nodes with ONNX operator names and semantics (opset 17), values with a
+// dtype and a shape whose batch/sequence dims stay symbolic, and initializers held as ATen tensors under
+// their original parameter names ("layers.3.w1.weight"). Quantized weights and pruning masks are
+// first-class state next to the tensors, so passes, export and runtime agree on one layout.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace compress {
+
+/// Element types, numbered as ONNX's TensorProto.DataType so export is a cast.
+enum class DType : int {
+  Undefined = 0,
+  Float32 = 1,
+  UInt8 = 2,
+  Int8 = 3,
+  Int32 = 6,
+  Int64 = 7,
+  Bool = 9,
+  Float16 = 10,
+  Float64 = 11,
+  BFloat16 = 16,
+};
+
+const char* dtypeName(DType t);
+DType dtypeFromName(const std::string& name);  // throws Error(Config) on unknown names
+DType dtypeFromScalarType(at::ScalarType t);   // throws Error(Model) on types the IR lacks
+at::ScalarType toScalarType(DType t);
+
+/// One dimension: a fixed size, or a symbol ("batch", "seq", "batch*seq", or a generated name).
+struct Dim {
+  int64_t value = -1;
+  std::string symbol;
+  static Dim fixed(int64_t v) { return Dim{v, {}}; }
+  static Dim sym(std::string s) { return Dim{-1, std::move(s)}; }
+  bool isFixed() const { return symbol.empty(); }
+  bool operator==(const Dim& o) const { return value == o.value && symbol == o.symbol; }
+  bool operator!=(const Dim& o) const { return !(*this == o); }
+  std::string str() const { return isFixed() ? std::to_string(value) : symbol; }
+};
+using Shape = std::vector<Dim>;
+std::string shapeStr(const Shape& s);
+
+struct ValueInfo {
+  DType dtype = DType::Undefined;
+  std::optional<Shape> shape;  // unset until shape inference ran
+};
+
+using Attribute = std::variant<int64_t, double, std::string, std::vector<int64_t>, std::vector<double>>;
+
+struct Node {
+  std::string op;      // ONNX op type: "MatMul", "Gather", ...
+  std::string domain;  // "" for the default ONNX domain
+  std::string name;    // unique node name
+  std::vector<std::string> inputs;   // "" marks an omitted optional input
+  std::vector<std::string> outputs;
+  std::map<std::string, Attribute> attrs;
+  std::string source;  // where it came from in the user's model ("model.py:57"), for messages
+
+  int64_t attrInt(const std::string& key, int64_t def) const;
+  double attrFloat(const std::string& key, double def) const;
+  std::vector<int64_t> attrInts(const std::string& key) const;  // empty when absent
+  bool hasAttr(const std::string& key) const { return attrs.count(key) != 0; }
+};
+
+/// A weight held in quantized form. `qdata` keeps one integer per weight element (int8 for symmetric,
+/// uint8 for asymmetric) in the weight's own [out, in] layout; `scales`/`zero_points` are [out, groups]
+/// (groups = 1 for per-channel). dequant(w)[o][i] = (q[o][i] - zp[o][i/g]) * scale[o][i/g].
+/// In the graph the weight value is produced by DequantizeLinear(<name>.qdata, <name>.scale[, <name>.zero_point]).
+struct QuantInfo {
+  int bits = 8;
+  int64_t group_size = -1;  // -1: one group per output channel
+  bool symmetric = true;
+  std::string method;  // "rtn", "gptq", ...
+};
+
+enum class SparsityPattern { Unstructured, NofM, Structured };
+/// A pruned weight remembers its mask (true = kept) so later passes keep pruned weights at zero.
+struct SparsityInfo {
+  at::Tensor mask;
+  SparsityPattern pattern = SparsityPattern::Unstructured;
+  int n = 0, m = 0;  // for N:M
+};
+
+struct Graph {
+  std::vector<std::string> inputs;   // graph input value names, in order
+  std::vector<std::string> outputs;  // graph output value names, in order
+  std::vector<Node> nodes;           // topologically ordered
+  std::map<std::string, ValueInfo> values;
+  std::map<std::string, at::Tensor> initializers;
+  std::set<std::string> parameters;               // initializers that are model parameters (not buffers/constants)
+  std::map<std::string, std::string> aliases;     // tied parameter name -> the initializer that holds it
+  std::map<std::string, QuantInfo> quant;         // weight name -> quantized format
+  std::map<std::string, SparsityInfo> sparsity;   // weight name -> mask
+
+  bool isInitializer(const std::string& v) const { return initializers.count(v) != 0; }
+  /// Index of the node producing `v`, or -1 for graph inputs / initializers.
+  int producer(const std::string& v) const;
+  /// Indices of the nodes that read `v`.
+  std::vector<int> consumers(const std::string& v) const;
+  /// A value name not used yet, derived from `base`.
+  std::string freshName(const std::string& base) const;
+  /// Parameter count and bytes, counting tied weights once and quantized weights at their packed size.
+  int64_t parameterCount() const;
+  int64_t parameterBytes() const;
+  /// Removes initializers and values no node or output references.
+  void pruneUnused();
+};
+
+/// A linear layer as passes see it: MatMul(x, Transpose(W)) or MatMul(x, W) where W is a 2-D weight
+/// (an initializer, or the output of DequantizeLinear on a quantized weight).
+struct LinearRef {
+  int node = -1;           // the MatMul
+  std::string weight;      // the weight value name ([out, in] when transposed, [in, out] otherwise)
+  bool transposed = true;  // true when W is stored [out, in] (torch nn.Linear layout)
+};
+std::vector<LinearRef> findLinears(const Graph& g);
+
+/// Every name a weight is known by: its own and those of the parameters tied to it.
+std::vector<std::string> namesOf(const Graph& g, const std::string& weight);
+
+/// Linear-layer weights selected by recipe patterns. "Linear" selects every linear layer; any other
+/// pattern is a glob on parameter names ("layers.*.w1", "*.wq.weight"; a pattern may stop at a module
+/// name: "output" selects "output.weight"). A weight matches when any of its names (tied ones
+/// included) matches. `ignore` removes matches. Patterns in `targets` that matched nothing are appended
+/// to `unmatched` when given.
+std::vector<std::string> selectWeights(const Graph& g, const std::vector<std::string>& targets,
+                                       const std::vector<std::string>& ignore,
+                                       std::vector<std::string>* unmatched = nullptr);
+
+/// Checks the invariants every pass must leave: unique producers, inputs defined before use, no
+/// dangling values, known dtypes, initializer shapes matching their value info, quantized and sparsity
+/// state consistent with the tensors. Throws Error(Internal) listing every violation.
+void verify(const Graph& g);
+
+/// Canonical text dump: inputs, initializers (shape, dtype, content hash), nodes in order, outputs.
+/// Stable across runs, used by tests and `compress inspect`.
+std::string dumpGraph(const Graph& g, bool with_hashes = true);
+
+/// FNV-1a hash of a tensor's bytes (contiguous CPU copy), for dumps and tests.
+uint64_t tensorHash(const at::Tensor& t);
+
+}  // namespace compress

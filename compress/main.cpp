@@ -1,0 +1,191 @@
+// main.cpp — the `compress` CLI. The only place that turns errors into messages and exit codes.
+#include <cxxopts.hpp>
+
+#include <cstdio>
+#include <iostream>
+
+#include "compress/data.h"
+#include "compress/error.h"
+#include "compress/eval.h"
+#include "compress/executor.h"
+#include "compress/importer.h"
+#include "compress/options.h"
+#include "compress/pipeline.h"
+#include "compress/progress.h"
+#include "compress/recipe.h"
+
+using namespace compress;
+
+namespace {
+
+const char* kUsage = R"(compress — make trained models smaller and faster without losing accuracy.
+
+Usage:
+  compress --config RECIPE.yaml [--output DIR] [--quiet]   run a recipe (same as `compress run`)
+  compress passes [--ops]                                  list passes and their options
+  compress inspect MODEL [--no-hashes]                     print a model's IR (.pt or model.cir)
+  compress eval --model MODEL (--tokens F.npy | --text F.txt --tokenizer T.bin)
+                [--seq-len 512] [--max-tokens N] [--batch 8]  perplexity of a model
+  compress eval --config RECIPE.yaml                       baseline accuracy of a recipe's model
+
+A recipe (YAML) names the model, the data, the passes and the accuracy gate:
+
+  model: ../../shared/models/stories260K/stories260K.pt   # paths are relative to the recipe
+  task: causal-lm
+  data:
+    eval: {tokens: ../../shared/data/tinystories/val.tok512.npy, max_tokens: 32768, seq_len: 512}
+  passes:
+    - magnitude-prune: {sparsity: 0.5, targets: [Linear], ignore: [output]}
+    - rtn: {bits: 8, group_size: -1, symmetric: true}
+  accuracy: {metric: perplexity, max_degradation: 5%}
+  output: out/prune50_int8
+
+Shipped recipes are in configs/; `compress passes` lists every pass option with its default.
+A run writes DIR/report.json, DIR/report.md, DIR/model.cir (the compressed IR) and DIR/recipe.yaml,
+all at once or not at all.
+
+Exit codes:
+  0 success            2 recipe/usage error     3 model error (unreadable, unsupported ops)
+  4 data error         5 numeric error (NaN/Inf) 6 i/o error
+  7 device error       8 accuracy gate failed (results are still written)
+  70 internal error (a bug: please report it with the command line)
+)";
+
+int usageError(const std::string& msg) {
+  std::fprintf(stderr, "compress: %s\nRun `compress --help` for usage.\n", msg.c_str());
+  return exitCodeFor(ErrorCategory::Config);
+}
+
+int cmdPasses(int argc, char** argv) {
+  cxxopts::Options o("compress passes", "List passes and options");
+  o.add_options()("ops", "also list the TorchScript ops the importer maps and the IR ops the executor runs")("h,help", "help");
+  auto a = o.parse(argc, argv);
+  if (a.count("help")) return std::printf("%s", o.help().c_str()), 0;
+  for (auto f : passFactories()) {
+    auto p = f();
+    OptionReader r = OptionReader::describe();
+    p->configure(r);
+    std::printf("%s%s\n  %s\n", p->name(), p->needsCalibration() ? "  (needs data.calibration)" : "", p->description());
+    for (const auto& d : r.docs())
+      std::printf("    %-14s %-28s default %-10s %s\n", d.key.c_str(), d.type.c_str(), d.def.c_str(), d.help.c_str());
+    std::printf("\n");
+  }
+  if (a.count("ops")) {
+    std::printf("TorchScript ops the importer maps:\n ");
+    for (const auto& op : importableOps()) std::printf(" %s", op.c_str());
+    std::printf("\n\nIR ops the executor runs (ONNX semantics, opset 17):\n ");
+    for (const auto& op : supportedOps()) std::printf(" %s", op.c_str());
+    std::printf("\n");
+  }
+  return 0;
+}
+
+int cmdInspect(int argc, char** argv) {
+  cxxopts::Options o("compress inspect", "Print a model's IR");
+  o.add_options()("model", "model (.pt or .cir)", cxxopts::value<std::string>())("no-hashes", "omit tensor hashes")(
+      "h,help", "help");
+  o.parse_positional({"model"});
+  auto a = o.parse(argc, argv);
+  if (a.count("help")) return std::printf("%s", o.help().c_str()), 0;
+  if (!a.count("model")) return usageError("inspect needs a model path: compress inspect model.pt");
+  Graph g = loadModel(a["model"].as<std::string>());
+  std::printf("%s", dumpGraph(g, !a.count("no-hashes")).c_str());
+  std::printf("# %zu nodes, %zu initializers, %lld parameters, %lld bytes\n", g.nodes.size(), g.initializers.size(),
+              static_cast<long long>(g.parameterCount()), static_cast<long long>(g.parameterBytes()));
+  return 0;
+}
+
+int cmdEval(int argc, char** argv) {
+  cxxopts::Options o("compress eval", "Perplexity of a model on a token stream or text");
+  o.add_options()("model", "model (.pt or .cir)", cxxopts::value<std::string>())(
+      "config", "take model and eval data from a recipe", cxxopts::value<std::string>())(
+      "tokens", "token stream .npy", cxxopts::value<std::string>())("text", "plain text file", cxxopts::value<std::string>())(
+      "tokenizer", "llama2.c tokenizer.bin for --text", cxxopts::value<std::string>())(
+      "seq-len", "window length", cxxopts::value<int64_t>()->default_value("512"))(
+      "max-tokens", "scored tokens (0 = all)", cxxopts::value<int64_t>()->default_value("0"))(
+      "batch", "windows per forward pass", cxxopts::value<int64_t>()->default_value("8"))("quiet", "no progress")(
+      "h,help", "help");
+  auto a = o.parse(argc, argv);
+  if (a.count("help")) return std::printf("%s", o.help().c_str()), 0;
+  if (a.count("quiet")) Progress::setEnabled(false);
+  std::string model;
+  DataSource src;
+  ImportOptions io;
+  if (a.count("config")) {
+    Recipe r = loadRecipe(a["config"].as<std::string>());
+    if (r.task != "causal-lm") return usageError("eval --config supports causal-lm recipes; use `compress --config` for others");
+    if (!r.eval.present) return usageError("the recipe has no data.eval section");
+    model = r.model;
+    src = r.eval;
+    io = importOptionsFor(r);
+  } else {
+    if (!a.count("model")) return usageError("eval needs --model (or --config)");
+    model = a["model"].as<std::string>();
+    if (a.count("tokens")) src.tokens = a["tokens"].as<std::string>();
+    if (a.count("text")) src.text = a["text"].as<std::string>();
+    if (a.count("tokenizer")) src.tokenizer = a["tokenizer"].as<std::string>();
+    if (src.tokens.empty() == src.text.empty()) return usageError("eval needs exactly one of --tokens or --text");
+    if (!src.text.empty() && src.tokenizer.empty()) return usageError("--text needs --tokenizer");
+    src.seq_len = a["seq-len"].as<int64_t>();
+    src.max_tokens = a["max-tokens"].as<int64_t>();
+    src.batch = a["batch"].as<int64_t>();
+    if (src.seq_len <= 0 || src.batch <= 0 || src.max_tokens < 0) return usageError("--seq-len and --batch must be positive");
+  }
+  Graph g = loadModel(model, io);
+  LmWindows w = makeWindows(loadTokenStream(src), src.seq_len, src.max_tokens);
+  Executor ex(g);
+  MetricResult m = perplexity(ex, w, src.batch, !a.count("quiet"));
+  std::printf("perplexity %.4f (mean NLL %.5f nats) on %lld tokens, windows of %lld, in %.2fs\n", m.value, m.mean_nll,
+              static_cast<long long>(m.count), static_cast<long long>(src.seq_len), m.seconds);
+  return 0;
+}
+
+int cmdRun(int argc, char** argv) {
+  cxxopts::Options o("compress", "Run a recipe");
+  o.add_options()("c,config", "recipe YAML", cxxopts::value<std::string>())(
+      "o,output", "output folder (overrides the recipe's output:)", cxxopts::value<std::string>())(
+      "q,quiet", "no progress display")("h,help", "help")("version", "print the version");
+  auto a = o.parse(argc, argv);
+  if (a.count("help")) return std::printf("%s", kUsage), 0;
+  if (a.count("version")) return std::printf("compress %s\n", COMPRESS_VERSION), 0;
+  if (!a.unmatched().empty()) return usageError("unexpected argument '" + a.unmatched()[0] + "'");
+  if (!a.count("config")) return std::printf("%s", kUsage), exitCodeFor(ErrorCategory::Config);
+  RunOptions ro;
+  if (a.count("output")) ro.output_override = a["output"].as<std::string>();
+  ro.progress = !a.count("quiet");
+  Progress::setEnabled(ro.progress);
+  Recipe r = loadRecipe(a["config"].as<std::string>());
+  RunSummary s = runRecipe(r, ro);
+  if (!s.gate_passed) {
+    std::fprintf(stderr,
+                 "compress: accuracy gate failed: %s went from %.4f to %.4f (%+.2f%%), more than the allowed %.2f%%.\n"
+                 "Results were written to %s for inspection. Use milder settings (lower sparsity, more bits, a group size)\n"
+                 "or raise accuracy.max_degradation.\n",
+                 r.metric.c_str(), s.report["accuracy"]["baseline"].get<double>(), s.report["accuracy"]["final"].get<double>(),
+                 100.0 * s.report["accuracy"]["degradation"].get<double>(), 100.0 * r.max_degradation, s.output_dir.c_str());
+    return exitCodeFor(ErrorCategory::Accuracy);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    std::string sub = argc > 1 ? argv[1] : "";
+    if (sub == "passes") return cmdPasses(argc - 1, argv + 1);
+    if (sub == "inspect") return cmdInspect(argc - 1, argv + 1);
+    if (sub == "eval") return cmdEval(argc - 1, argv + 1);
+    if (sub == "run") return cmdRun(argc - 1, argv + 1);
+    if (!sub.empty() && sub[0] != '-') return usageError("unknown command '" + sub + "' (commands: run, passes, inspect, eval)");
+    return cmdRun(argc, argv);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "compress: %s: %s\n", categoryName(e.category()), e.what());
+    return exitCodeFor(e.category());
+  } catch (const cxxopts::exceptions::exception& e) {
+    return usageError(e.what());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "compress: internal error: %s\nThis is a bug; please report it with the command line.\n", e.what());
+    return exitCodeFor(ErrorCategory::Internal);
+  }
+}

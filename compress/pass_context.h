@@ -1,0 +1,19 @@
+// pass_context.h — what a pass gets besides the graph: calibration inputs, device, seed, progress.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace compress {
+
+struct PassContext {
+  at::Device device = at::kCPU;
+  int64_t seed = 0;
+  /// Calibration inputs for the model's first input ([samples, seq_len] token ids for causal LMs);
+  /// undefined when the recipe has no data.calibration.
+  at::Tensor calibration;
+  bool show_progress = true;
+};
+
+}  // namespace compress

@@ -1,0 +1,237 @@
+// pipeline.cpp — the end-to-end run behind `compress --config`.
+#include "compress/pipeline.h"
+
+#include <ATen/Parallel.h>
+#include <torch/version.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+
+#include "compress/atomic_dir.h"
+#include "compress/data.h"
+#include "compress/error.h"
+#include "compress/eval.h"
+#include "compress/executor.h"
+#include "compress/npy.h"
+#include "compress/pass_context.h"
+#include "compress/report.h"
+#include "compress/serialize.h"
+
+namespace compress {
+namespace {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+bool endsWith(const std::string& s, const std::string& suf) {
+  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+}
+
+// What the evaluation needs, loaded once.
+struct EvalData {
+  LmWindows windows;
+  at::Tensor inputs, labels;
+  int64_t batch = 8;
+};
+
+EvalData loadEval(const Recipe& r) {
+  EvalData d;
+  d.batch = r.eval.batch;
+  if (r.task == "causal-lm") d.windows = makeWindows(loadTokenStream(r.eval), r.eval.seq_len, r.eval.max_tokens);
+  else {
+    d.inputs = tensorFromNpy(readNpy(r.eval.inputs), r.eval.inputs);
+    if (!r.eval.labels.empty()) d.labels = tensorFromNpy(readNpy(r.eval.labels), r.eval.labels);
+  }
+  return d;
+}
+
+MetricResult evaluate(const Recipe& r, const Graph& g, const Graph& original, const EvalData& d, at::Device dev, bool progress) {
+  Executor ex(g, ExecOptions{dev});
+  if (r.metric == "perplexity") return perplexity(ex, d.windows, d.batch, progress);
+  if (r.metric == "top1") return top1(ex, d.inputs, d.labels, d.batch, progress);
+  Executor ref(original, ExecOptions{dev});
+  at::Tensor in = r.task == "causal-lm" ? d.windows.inputs : d.inputs;
+  return cosine(ex, ref, in, d.batch, progress);
+}
+
+double medianLatencyMs(const Graph& g, const at::Tensor& input, int runs, at::Device dev) {
+  if (runs <= 0) return std::nan("");
+  at::NoGradGuard ng;
+  Executor ex(g, ExecOptions{dev});
+  ex.run1(input);  // warm-up
+  std::vector<double> ms;
+  for (int i = 0; i < runs; ++i) {
+    auto t0 = Clock::now();
+    ex.run1(input);
+    ms.push_back(1000.0 * since(t0));
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+at::Device deviceFor(const Recipe& r) {
+  if (r.device == "cuda") {
+    if (!at::hasCUDA())
+      fail(ErrorCategory::Device, "the recipe asks for device: cuda but this LibTorch build or machine has no CUDA GPU; use device: cpu");
+    return at::Device(at::kCUDA);
+  }
+  return at::Device(at::kCPU);
+}
+
+}  // namespace
+
+ImportOptions importOptionsFor(const Recipe& r) {
+  ImportOptions o;
+  for (const auto& in : r.inputs) {
+    InputSpec s;
+    s.name = in.name;
+    s.dtype = dtypeFromName(in.dtype);
+    for (const auto& d : in.shape) s.shape.push_back(d == "batch" || d == "seq" ? Dim::sym(d) : Dim::fixed(std::stoll(d)));
+    o.inputs.push_back(s);
+  }
+  return o;
+}
+
+Graph loadModel(const std::string& path, const ImportOptions& opts) {
+  if (endsWith(path, ".cir")) return loadGraph(path);
+  return importTorchScript(path, opts);
+}
+
+RunSummary runRecipe(const Recipe& r, const RunOptions& opts) {
+  auto t_start = Clock::now();
+  if (r.threads > 0) at::set_num_threads(static_cast<int>(r.threads));
+  at::manual_seed(static_cast<uint64_t>(r.seed));
+  at::Device dev = deviceFor(r);
+  std::string out_dir = opts.output_override.empty() ? r.output : opts.output_override;
+  const int steps = 5;
+  std::printf("compress %s — recipe %s\n", COMPRESS_VERSION, r.path.c_str());
+
+  auto t0 = Clock::now();
+  Graph original = loadModel(r.model, importOptionsFor(r));
+  double import_s = since(t0);
+  std::printf("[1/%d] imported %s: %zu nodes, %lld parameters (%s) in %.2fs\n", steps, r.model.c_str(),
+              original.nodes.size(), static_cast<long long>(original.parameterCount()),
+              humanBytes(static_cast<double>(original.parameterBytes())).c_str(), import_s);
+  std::fflush(stdout);
+
+  EvalData eval;
+  bool has_eval = r.eval.present;
+  if (has_eval) eval = loadEval(r);
+  PassContext ctx;
+  ctx.device = dev;
+  ctx.seed = r.seed;
+  ctx.show_progress = opts.progress;
+  if (r.calibration.present) {
+    if (r.task == "causal-lm")
+      ctx.calibration = sampleSequences(loadTokenStream(r.calibration), r.calibration.samples, r.calibration.seq_len, r.calibration.seed);
+    else {
+      at::Tensor all = tensorFromNpy(readNpy(r.calibration.inputs), r.calibration.inputs);
+      ctx.calibration = r.calibration.samples > 0 ? all.narrow(0, 0, std::min(all.size(0), r.calibration.samples)) : all;
+    }
+  }
+
+  MetricResult base;
+  if (has_eval) {
+    base = evaluate(r, original, original, eval, dev, opts.progress);
+    std::printf("[2/%d] baseline %s: %.4f on %lld %s (%.2fs)\n", steps, base.metric.c_str(), base.value,
+                static_cast<long long>(base.count), base.metric == "perplexity" ? "tokens" : "examples", base.seconds);
+  } else {
+    std::printf("[2/%d] no data.eval in the recipe: accuracy is not measured\n", steps);
+  }
+  std::fflush(stdout);
+
+  Graph g = original;
+  json passes = json::array();
+  for (size_t i = 0; i < r.passes.size(); ++i) {
+    Pass& p = *r.passes[i].pass;
+    auto tp = Clock::now();
+    PassResult res = p.run(g, ctx);
+    g.pruneUnused();
+    verify(g);
+    double s = since(tp);
+    std::printf("[3/%d] pass %zu/%zu %s: %s (%.2fs)\n", steps, i + 1, r.passes.size(), p.name(), res.summary.c_str(), s);
+    std::fflush(stdout);
+    passes.push_back({{"name", p.name()}, {"seconds", s}, {"summary", res.summary}, {"stats", res.stats}, {"recipe_line", r.passes[i].where}});
+  }
+
+  MetricResult fin = base;
+  if (has_eval) {
+    fin = evaluate(r, g, original, eval, dev, opts.progress);
+    std::printf("[4/%d] final %s: %.4f (%+.2f%%) (%.2fs)\n", steps, fin.metric.c_str(), fin.value,
+                100.0 * degradation(r.metric, base.value, fin.value), fin.seconds);
+  } else {
+    std::printf("[4/%d] final accuracy not measured (no data.eval)\n", steps);
+  }
+
+  // Latency of the executor on one sequence (a fixed [1, 128] token prompt for LMs).
+  json latency = json::array();
+  at::Tensor probe;
+  if (r.task == "causal-lm") probe = at::zeros({1, 128}, at::kLong);
+  else if (eval.inputs.defined()) probe = eval.inputs.narrow(0, 0, 1);
+  if (probe.defined() && r.latency_runs > 0) {
+    latency.push_back({{"engine", "executor (ATen)"}, {"device", dev.str()}, {"shape", probe.sizes().vec()},
+                       {"threads", at::get_num_threads()}, {"runs", r.latency_runs},
+                       {"baseline_median_ms", medianLatencyMs(original, probe, static_cast<int>(r.latency_runs), dev)},
+                       {"compressed_median_ms", medianLatencyMs(g, probe, static_cast<int>(r.latency_runs), dev)}});
+  }
+
+  double deg = has_eval ? degradation(r.metric, base.value, fin.value) : 0.0;
+  bool gate = r.max_degradation >= 0 && has_eval;
+  bool passed = !gate || deg <= r.max_degradation + 1e-12;
+  json report;
+  report["schema_version"] = kReportSchemaVersion;
+  report["tool"] = {{"name", "compress"}, {"version", COMPRESS_VERSION}};
+  report["recipe"] = {{"path", r.path}, {"fnv1a64", fnv1a64Hex(r.text)}};
+  report["task"] = r.task;
+  report["model"] = {{"path", r.model}, {"params", original.parameterCount()}, {"bytes", original.parameterBytes()},
+                     {"nodes", original.nodes.size()}, {"inputs", original.inputs}, {"outputs", original.outputs}};
+  report["compressed"] = {{"params", g.parameterCount()}, {"bytes", g.parameterBytes()}, {"nodes", g.nodes.size()},
+                          {"file", "model.cir"}};
+  report["size_ratio"] = original.parameterBytes() > 0
+                             ? static_cast<double>(g.parameterBytes()) / static_cast<double>(original.parameterBytes())
+                             : 1.0;
+  report["passes"] = passes;
+  report["accuracy"] = {{"metric", r.metric},
+                        {"measured", has_eval},
+                        {"baseline", has_eval ? base.value : 0.0},
+                        {"final", has_eval ? fin.value : 0.0},
+                        {"degradation", deg},
+                        {"count", has_eval ? base.count : 0},
+                        {"max_degradation", r.max_degradation},
+                        {"gate", gate ? (passed ? "pass" : "fail") : "none"}};
+  if (has_eval && r.metric == "perplexity") {
+    report["accuracy"]["baseline_mean_nll"] = base.mean_nll;
+    report["accuracy"]["final_mean_nll"] = fin.mean_nll;
+  }
+  report["latency"] = latency;
+  json env = hostEnvironment();
+  env["libtorch"] = TORCH_VERSION;
+  env["threads"] = at::get_num_threads();
+  env["device"] = dev.str();
+  report["environment"] = env;
+  report["timing"] = {{"import_seconds", import_s},
+                      {"baseline_eval_seconds", has_eval ? base.seconds : 0.0},
+                      {"final_eval_seconds", has_eval ? fin.seconds : 0.0},
+                      {"total_seconds", since(t_start)}};
+
+  StagingDir out(out_dir);
+  saveGraph(g, out.path("model.cir"));
+  writeFileAtomic(out.path("recipe.yaml"), r.text);
+  report["timing"]["total_seconds"] = since(t_start);
+  writeFileAtomic(out.path("report.json"), report.dump(2) + "\n");
+  writeFileAtomic(out.path("report.md"), renderMarkdown(report));
+  out.commit();
+  std::printf("[5/%d] wrote %s/{model.cir, report.json, report.md, recipe.yaml}\n", steps, out_dir.c_str());
+  std::printf("size: %s -> %s (ratio %.3f)\n", humanBytes(static_cast<double>(original.parameterBytes())).c_str(),
+              humanBytes(static_cast<double>(g.parameterBytes())).c_str(), report["size_ratio"].get<double>());
+  if (gate)
+    std::printf("accuracy gate: %s (%s changed by %+.2f%%, allowed %.2f%%)\n", passed ? "PASS" : "FAIL", r.metric.c_str(),
+                100.0 * deg, 100.0 * r.max_degradation);
+  std::fflush(stdout);
+  return RunSummary{passed, out_dir, report};
+}
+
+}  // namespace compress

@@ -1,0 +1,203 @@
+// recipe.cpp — recipe parsing and validation; every problem is collected before anything runs.
+#include "compress/recipe.h"
+
+#include <sys/stat.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "compress/error.h"
+#include "compress/options.h"
+
+namespace compress {
+namespace {
+
+bool fileExists(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+std::string resolve(const std::string& dir, const std::string& p) {
+  if (p.empty() || p[0] == '/' || dir.empty()) return p;
+  return dir + "/" + p;
+}
+
+void checkFile(Diagnostics& d, const YAML::Node& node, const std::string& key, const std::string& path) {
+  if (!path.empty() && !fileExists(path))
+    d.add(node ? node.Mark() : YAML::Mark::null_mark(), key,
+          "file '" + path + "' does not exist (paths are relative to the recipe's folder)");
+}
+
+void readData(const YAML::Node& node, bool calibration, const std::string& task, const std::string& dir,
+              Diagnostics& d, DataSource& out) {
+  std::string ctx = calibration ? "data.calibration" : "data.eval";
+  if (!node) return;
+  out.present = true;
+  OptionReader r(node, &d, ctx);
+  out.tokens = resolve(dir, r.str("tokens", "", "token stream .npy (int32/int64)"));
+  out.text = resolve(dir, r.str("text", "", "plain text, tokenized by blank-line paragraphs with BOS"));
+  out.tokenizer = resolve(dir, r.str("tokenizer", "", "llama2.c tokenizer.bin for `text`"));
+  out.inputs = resolve(dir, r.str("inputs", "", "model inputs .npy (classifier/embedding/generic)"));
+  out.labels = resolve(dir, r.str("labels", "", "integer labels .npy (classifier)"));
+  out.samples = r.integer("samples", calibration ? 64 : 0, 0, 1 << 20, "calibration sequences");
+  out.seq_len = r.integer("seq_len", calibration ? 256 : 512, 1, 1 << 20, "tokens per sequence/window");
+  out.max_tokens = r.integer("max_tokens", 0, 0, int64_t{1} << 40, "scored tokens (0 = all)");
+  out.batch = r.integer("batch", 8, 1, 1 << 16, "sequences per forward pass");
+  out.seed = r.integer("seed", 0, 0, int64_t{1} << 40, "sampling seed");
+  r.finish();
+  const YAML::Node& n = node;
+  for (auto [key, path] : {std::pair{"tokens", out.tokens}, {"text", out.text}, {"tokenizer", out.tokenizer},
+                           {"inputs", out.inputs}, {"labels", out.labels}})
+    checkFile(d, n[key], ctx + "." + key, path);
+  bool lm = task == "causal-lm";
+  if (lm) {
+    if (out.tokens.empty() && out.text.empty())
+      d.add(n.Mark(), ctx, "give `tokens: file.npy` or `text: file.txt` with `tokenizer: tokenizer.bin`");
+    if (!out.tokens.empty() && !out.text.empty()) d.add(n.Mark(), ctx, "give either `tokens` or `text`, not both");
+    if (!out.text.empty() && out.tokenizer.empty()) d.add(n.Mark(), ctx, "`text` needs `tokenizer: path/to/tokenizer.bin`");
+  } else {
+    if (out.inputs.empty()) d.add(n.Mark(), ctx, "task '" + task + "' needs `inputs: file.npy`");
+    if (task == "classifier" && !calibration && out.labels.empty())
+      d.add(n.Mark(), ctx, "task 'classifier' needs `labels: file.npy` to measure top-1 accuracy");
+  }
+}
+
+void checkKeys(const YAML::Node& node, const std::vector<std::string>& allowed, const std::string& ctx, Diagnostics& d) {
+  for (const auto& kv : node) {
+    std::string k = kv.first.as<std::string>();
+    if (std::find(allowed.begin(), allowed.end(), k) != allowed.end()) continue;
+    std::string hint = closestMatch(k, allowed);
+    std::string all;
+    for (const auto& a : allowed) all += (all.empty() ? "" : ", ") + a;
+    d.add(kv.first.Mark(), ctx.empty() ? k : ctx + "." + k,
+          "unknown key" + (hint.empty() ? "" : " (did you mean '" + hint + "'?)") + "; known keys: " + all);
+  }
+}
+
+}  // namespace
+
+std::string defaultMetric(const std::string& task) {
+  if (task == "causal-lm") return "perplexity";
+  if (task == "classifier") return "top1";
+  return "cosine";
+}
+
+Recipe parseRecipe(const std::string& text, const std::string& path) {
+  Recipe r;
+  r.path = path;
+  r.text = text;
+  auto slash = path.find_last_of('/');
+  r.dir = slash == std::string::npos ? "." : path.substr(0, slash);
+  Diagnostics d(path);
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    d.add(e.mark, "", "invalid YAML: " + e.msg + " (check indentation and that every `key: value` has a space after the colon)");
+    d.throwIfAny();
+  }
+  if (!root.IsMap()) {
+    d.add(root.Mark(), "", "a recipe must be a YAML map with keys like model:, data:, passes:");
+    d.throwIfAny();
+  }
+  checkKeys(root, {"model", "inputs", "task", "data", "passes", "accuracy", "output", "device", "seed", "threads", "latency_runs"}, "", d);
+
+  OptionReader top(root, &d, "");
+  // The top-level scalars are read with the same typed reader as pass options; unknown keys were checked above.
+  r.model = resolve(r.dir, top.str("model", "", "TorchScript model"));
+  r.task = top.choice("task", "causal-lm", {"causal-lm", "classifier", "embedding", "generic"}, "what the model does");
+  r.output = resolve(r.dir, top.str("output", "", "output folder"));
+  r.device = top.choice("device", "cpu", {"cpu", "cuda"}, "where the executor runs");
+  r.seed = top.integer("seed", 0, 0, int64_t{1} << 40, "seed for sampling and passes");
+  r.threads = top.integer("threads", 0, 0, 1024, "intra-op threads (0 = default)");
+  r.latency_runs = top.integer("latency_runs", 20, 0, 100000, "timed runs for the latency figure (0 = skip)");
+  if (r.model.empty()) d.add("model", "missing: say which TorchScript file to compress, e.g. `model: ../models/m.pt`");
+  else checkFile(d, root["model"], "model", r.model);
+  if (r.output.empty()) d.add("output", "missing: say where to write results, e.g. `output: out/my_run`");
+
+  if (YAML::Node in = root["inputs"]) {
+    if (!in.IsMap()) d.add(in.Mark(), "inputs", "expected a map like {tokens: {dtype: int64, shape: [batch, seq]}}");
+    else
+      for (const auto& kv : in) {
+        RecipeInput ri;
+        ri.name = kv.first.as<std::string>();
+        OptionReader ir(kv.second, &d, "inputs." + ri.name);
+        ri.dtype = ir.choice("dtype", "int64", {"int64", "int32", "float32", "float16", "bool"}, "input dtype");
+        ri.shape = ir.strings("shape", {"batch", "seq"}, "dims: batch, seq or numbers");
+        ir.finish();
+        for (const auto& s : ri.shape) {
+          bool num = !s.empty() && s.find_first_not_of("0123456789") == std::string::npos;
+          if (!num && s != "batch" && s != "seq")
+            d.add(kv.second["shape"].Mark(), "inputs." + ri.name + ".shape", "dim '" + s + "' must be batch, seq or a number");
+        }
+        r.inputs.push_back(ri);
+      }
+  }
+
+  YAML::Node data = root["data"];
+  if (data && !data.IsMap()) d.add(data.Mark(), "data", "expected a map with calibration: and/or eval:");
+  else if (data) {
+    checkKeys(data, {"calibration", "eval"}, "data", d);
+    readData(data["calibration"], true, r.task, r.dir, d, r.calibration);
+    readData(data["eval"], false, r.task, r.dir, d, r.eval);
+  }
+
+  if (YAML::Node passes = root["passes"]) {
+    if (!passes.IsSequence()) {
+      d.add(passes.Mark(), "passes", "expected a list like\n    passes:\n      - rtn: {bits: 8}");
+    } else {
+      for (size_t i = 0; i < passes.size(); ++i) {
+        YAML::Node item = passes[i];
+        std::string ctx = "passes[" + std::to_string(i) + "]";
+        std::string name;
+        YAML::Node opts;
+        if (item.IsScalar()) name = item.Scalar();
+        else if (item.IsMap() && item.size() == 1) name = item.begin()->first.as<std::string>(), opts = item.begin()->second;
+        else {
+          d.add(item.Mark(), ctx, "each pass is `- name: {options}` or `- name`");
+          continue;
+        }
+        auto pass = createPass(name);
+        if (!pass) {
+          std::string hint = closestMatch(name, passNames());
+          std::string all;
+          for (const auto& p : passNames()) all += (all.empty() ? "" : ", ") + p;
+          d.add(item.Mark(), ctx, "unknown pass '" + name + "'" + (hint.empty() ? "" : " (did you mean '" + hint + "'?)") +
+                                      "; available: " + all + " (see `compress passes`)");
+          continue;
+        }
+        OptionReader pr(opts, &d, ctx + "." + name);
+        pass->configure(pr);
+        pr.finish();
+        if (pass->needsCalibration() && !r.calibration.present)
+          d.add(item.Mark(), ctx + "." + name, "this pass needs calibration data: add data.calibration to the recipe");
+        r.passes.push_back({std::move(pass), path + ":" + std::to_string(item.Mark().line + 1)});
+      }
+    }
+  }
+
+  r.metric = defaultMetric(r.task);
+  if (YAML::Node acc = root["accuracy"]) {
+    OptionReader ar(acc, &d, "accuracy");
+    r.metric = ar.choice("metric", r.metric, {"perplexity", "top1", "cosine"}, "metric to gate on");
+    r.max_degradation = ar.number("max_degradation", -1, -1, 1e6, "allowed relative loss, e.g. 5% or 0.05");
+    ar.finish();
+    if (r.metric != defaultMetric(r.task) && !(r.metric == "cosine"))
+      d.add(acc["metric"].Mark(), "accuracy.metric", "metric '" + r.metric + "' does not fit task '" + r.task +
+                                                         "' (use " + defaultMetric(r.task) + " or cosine)");
+  }
+  if (!r.eval.present && r.max_degradation >= 0)
+    d.add(root["accuracy"].Mark(), "accuracy", "an accuracy gate needs data.eval to measure against");
+  d.throwIfAny();
+  return r;
+}
+
+Recipe loadRecipe(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) fail(ErrorCategory::Io, "cannot open recipe '" + path + "': check the path (try `ls configs/`)");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return parseRecipe(ss.str(), path);
+}
+
+}  // namespace compress

@@ -1,0 +1,114 @@
+#include "compress/report.h"
+
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <ctime>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+namespace compress {
+
+using json = nlohmann::json;
+
+std::string humanBytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) b /= 1024, ++u;
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u ? "%.2f %s" : "%.0f %s", b, units[u]);
+  return buf;
+}
+
+std::string fnv1a64Hex(const std::string& s) {
+  uint64_t h = 1469598103934665603ULL;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ULL;
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+json hostEnvironment() {
+  json e;
+  char host[256] = "";
+  ::gethostname(host, sizeof host - 1);
+  e["hostname"] = host;
+  struct utsname u;
+  if (::uname(&u) == 0) e["os"] = std::string(u.sysname) + " " + u.release + " " + u.machine;
+  std::ifstream cpu("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(cpu, line))
+    if (line.rfind("model name", 0) == 0) {
+      e["cpu"] = line.substr(line.find(':') + 2);
+      break;
+    }
+  e["logical_cores"] = std::thread::hardware_concurrency();
+  std::time_t now = std::time(nullptr);
+  char ts[32];
+  std::strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  e["time_utc"] = ts;
+  return e;
+}
+
+static std::string fmt(double v, int prec = 4) {
+  if (!std::isfinite(v)) return "n/a";
+  std::ostringstream os;
+  os.setf(std::ios::fixed);
+  os.precision(prec);
+  os << v;
+  return os.str();
+}
+
+std::string renderMarkdown(const json& r) {
+  std::ostringstream md;
+  md << "# Compression report\n\n";
+  md << "- Recipe: `" << r["recipe"]["path"].get<std::string>() << "` (hash " << r["recipe"]["fnv1a64"].get<std::string>() << ")\n";
+  md << "- Model: `" << r["model"]["path"].get<std::string>() << "` — " << r["model"]["params"].get<int64_t>() << " parameters, "
+     << humanBytes(r["model"]["bytes"].get<double>()) << "\n";
+  md << "- Task: " << r["task"].get<std::string>() << "\n\n";
+  const json& a = r["accuracy"];
+  md << "## Accuracy\n\n| | " << a["metric"].get<std::string>() << " |\n|---|---|\n";
+  md << "| baseline | " << fmt(a["baseline"].get<double>()) << " |\n";
+  md << "| compressed | " << fmt(a["final"].get<double>()) << " |\n";
+  md << "| change | " << (a["degradation"].get<double>() >= 0 ? "+" : "") << fmt(100 * a["degradation"].get<double>(), 2) << "% "
+     << (a["metric"] == "perplexity" ? "(higher perplexity is worse)" : "(relative loss)") << " |\n\n";
+  if (a["gate"] != "none")
+    md << "Accuracy gate: **" << (a["gate"] == "pass" ? "PASS" : "FAIL") << "** (allowed "
+       << fmt(100 * a["max_degradation"].get<double>(), 2) << "%)\n\n";
+  md << "Evaluated on " << a["count"].get<int64_t>() << (a["metric"] == "perplexity" ? " scored tokens" : " examples") << ".\n\n";
+  md << "## Size\n\n| | parameters | bytes |\n|---|---|---|\n";
+  md << "| baseline | " << r["model"]["params"].get<int64_t>() << " | " << humanBytes(r["model"]["bytes"].get<double>()) << " |\n";
+  md << "| compressed | " << r["compressed"]["params"].get<int64_t>() << " | " << humanBytes(r["compressed"]["bytes"].get<double>()) << " |\n\n";
+  md << "Size ratio (compressed / baseline bytes): " << fmt(r["size_ratio"].get<double>(), 3) << "\n\n";
+  md << "## Passes\n\n| # | pass | time (s) | what changed |\n|---|---|---|---|\n";
+  int i = 1;
+  for (const auto& p : r["passes"])
+    md << "| " << i++ << " | " << p["name"].get<std::string>() << " | " << fmt(p["seconds"].get<double>(), 2) << " | "
+       << p["summary"].get<std::string>() << " |\n";
+  for (const auto& p : r["passes"]) {
+    if (!p["stats"].contains("layers")) continue;
+    md << "\n### " << p["name"].get<std::string>() << " per layer\n\n";
+    bool sparse = p["stats"].contains("sparsity");
+    md << (sparse ? "| weight | shape | sparsity |\n|---|---|---|\n" : "| weight | shape | format | bytes | RMSE |\n|---|---|---|---|---|\n");
+    for (const auto& l : p["stats"]["layers"]) {
+      md << "| " << l["weight"].get<std::string>() << " | " << l["shape"].dump() << " | ";
+      if (sparse) md << fmt(100 * l["sparsity"].get<double>(), 2) << "% |\n";
+      else
+        md << l["format"].get<std::string>() << " | " << humanBytes(l["bytes_before"].get<double>()) << " → "
+           << humanBytes(l["bytes_after"].get<double>()) << " | " << fmt(l["rmse"].get<double>(), 6) << " |\n";
+    }
+  }
+  md << "\n## Latency\n\n| engine | device | shape | threads | median (ms) baseline | median (ms) compressed |\n|---|---|---|---|---|---|\n";
+  for (const auto& l : r["latency"])
+    md << "| " << l["engine"].get<std::string>() << " | " << l["device"].get<std::string>() << " | " << l["shape"].dump()
+       << " | " << l["threads"].get<int>() << " | " << fmt(l["baseline_median_ms"].get<double>(), 3) << " | "
+       << fmt(l["compressed_median_ms"].get<double>(), 3) << " |\n";
+  md << "\nThe executor runs the IR with ATen ops (no fusion); ONNX Runtime and `crun` latencies arrive with export.\n";
+  md << "\n## Environment\n\n```\n" << r["environment"].dump(2) << "\n```\n";
+  md << "\nTotal wall time: " << fmt(r["timing"]["total_seconds"].get<double>(), 2) << " s\n";
+  return md.str();
+}
+
+}  // namespace compress

@@ -1,0 +1,53 @@
+// format.h — weight quantization formats and their reference quantize/dequantize (the spec every
+// quantizing pass, the exporter and the runtime must agree with).
+//   symmetric:  q = clamp(round(w / s), -2^(b-1), 2^(b-1)-1), s = max|w| / (2^(b-1)-1), stored int8
+//   asymmetric: q = clamp(round(w / s) + z, 0, 2^b-1), s = (max(w,0) - min(w,0)) / (2^b-1),
+//               z = clamp(round(-min(w,0) / s), 0, 2^b-1), stored uint8
+//   dequant:    w' = (q - z) * s, per output row (group_size = -1) or per row and block of group_size inputs.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "compress/graph.h"
+
+namespace compress {
+
+struct QuantFormat {
+  int32_t bits = 8;
+  int32_t group_size = -1;  // -1: per output channel
+  bool symmetric = true;
+  char pad_[7] = {};
+  std::string name() const;  // "int8", "int4-g32-asym", ...
+};
+static_assert(sizeof(QuantFormat) == 16, "QuantFormat is a plain 16-byte descriptor");
+
+struct QuantizedTensor {
+  QuantFormat format;
+  at::Tensor qdata;        // [out, in] int8 (symmetric) or uint8 (asymmetric)
+  at::Tensor scales;       // [out] (per channel) or [out, groups], float32
+  at::Tensor zero_points;  // like scales, uint8; undefined when symmetric
+};
+
+/// Round-to-nearest quantization of a 2-D weight [out, in]; the reference for every format.
+QuantizedTensor quantizeRtn(const at::Tensor& weight, const QuantFormat& f);
+/// Scales and zero points for a given weight (the part GPTQ/AWQ reuse with their own rounding).
+void computeScales(const at::Tensor& w, const QuantFormat& f, at::Tensor& scales, at::Tensor& zero_points);
+/// The float weight a quantized tensor stands for.
+at::Tensor dequantize(const QuantizedTensor& q);
+/// Packs b-bit integers (offset to unsigned) into bytes, low bits first, row by row.
+std::vector<uint8_t> packBits(const at::Tensor& qdata, int bits, bool symmetric);
+
+/// The formats the project supports, one row each; tests loop over this table.
+const std::vector<QuantFormat>& formatTable();
+
+/// Replaces the float initializer `weight` with its quantized form: initializers <weight>.qdata,
+/// <weight>.scale[, <weight>.zero_point] and a DequantizeLinear node producing `weight`.
+void installQuantized(Graph& g, const std::string& weight, const QuantizedTensor& q, const std::string& method);
+/// The quantized form of an installed weight.
+QuantizedTensor quantizedOf(const Graph& g, const std::string& weight);
+
+}  // namespace compress
