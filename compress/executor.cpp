@@ -50,7 +50,7 @@ OpFn binary(F f) {
     const at::Tensor& b = in(n, t, 1);
     try {
       return Tensors{f(a, b)};
-    } catch (const c10::Error& e) {
+    } catch (const std::exception&) {
       badInput(n, "shapes " + c10::str(a.sizes()) + " and " + c10::str(b.sizes()) + " do not broadcast");
     }
   };
@@ -65,7 +65,7 @@ at::Tensor reshapeOnnx(const Node& n, const at::Tensor& x, std::vector<int64_t> 
     }
   try {
     return x.reshape(shape);
-  } catch (const c10::Error&) {
+  } catch (const std::exception&) {
     badInput(n, "cannot reshape " + c10::str(x.sizes()) + " to " + c10::str(at::IntArrayRef(shape)));
   }
 }
@@ -213,7 +213,7 @@ const std::unordered_map<std::string, OpFn>& opTable() {
       int64_t axis = normAxis(n, n.attrInt("axis", 0), in(n, t, 0).dim());
       try {
         return Tensors{at::cat(t, axis)};
-      } catch (const c10::Error&) {
+      } catch (const std::exception&) {
         badInput(n, "inputs do not agree outside the concatenation axis");
       }
     };
@@ -318,7 +318,7 @@ const std::unordered_map<std::string, OpFn>& opTable() {
         return Tensors{at::convolution(x, w, b, orDefault(n.attrInts("strides"), sp, 1), pads,
                                        orDefault(n.attrInts("dilations"), sp, 1), false,
                                        std::vector<int64_t>(sp, 0), n.attrInt("group", 1))};
-      } catch (const c10::Error&) {
+      } catch (const std::exception&) {
         badInput(n, "input " + c10::str(x.sizes()) + " does not fit weight " + c10::str(w.sizes()));
       }
     };
@@ -383,7 +383,18 @@ std::vector<at::Tensor> runNode(const Node& n, const std::vector<at::Tensor>& in
   if (it == opTable().end())
     fail(ErrorCategory::Model, "the executor has no implementation of op " + (n.domain.empty() ? "" : n.domain + ".") +
                                    n.op + " (node '" + n.name + "')");
-  Tensors out = it->second(n, inputs);
+  Tensors out;
+  try {
+    out = it->second(n, inputs);
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    // ATen's own checks (shape mismatches and the like; some surface as std::runtime_error in this
+    // LibTorch build): name the node instead of printing a backtrace.
+    std::string what = e.what();
+    fail(ErrorCategory::Data, n.op + " node '" + n.name + "'" + (n.source.empty() ? "" : " (" + n.source + ")") +
+                                  ": " + what.substr(0, what.find('\n')));
+  }
   if (out.size() != n.outputs.size())
     fail(ErrorCategory::Internal, "node '" + n.name + "' (" + n.op + ") produced " + std::to_string(out.size()) +
                                       " outputs, the graph expects " + std::to_string(n.outputs.size()));
@@ -407,8 +418,47 @@ Executor::Executor(const Graph& g, ExecOptions opts) : g_(g), opts_(opts) {
     Tensors outs = runNode(n, ins);
     for (size_t k = 0; k < outs.size(); ++k) constants_[n.outputs[k]] = outs[k];
   }
-  for (size_t k = 0; k < live_nodes_.size(); ++k)
-    for (const auto& v : g.nodes[live_nodes_[k]].inputs) last_use_[v] = static_cast<int>(k);
+  // ONNX has no rsqrt or silu: Reciprocal(Sqrt(x)) and Mul(x, Sigmoid(x)) are how they are spelled.
+  // Run each as the one ATen op the framework uses (bit-identical to the original model) when the inner
+  // result feeds nothing else.
+  std::map<std::string, int> readers, producer;
+  for (int idx : live_nodes_) {
+    for (const auto& v : g.nodes[idx].inputs) ++readers[v];
+    for (const auto& o : g.nodes[idx].outputs) producer[o] = idx;
+  }
+  std::set<int> skipped;
+  auto inner = [&](const std::string& v, const char* op) -> int {
+    auto p = producer.find(v);
+    if (p == producer.end() || g.nodes[p->second].op != op || !g.nodes[p->second].domain.empty() ||
+        readers[v] != 1 || graph_outputs.count(v) || skipped.count(p->second))
+      return -1;
+    return p->second;
+  };
+  for (int idx : live_nodes_) {
+    const Node& n = g.nodes[idx];
+    if (!n.domain.empty()) continue;
+    if (n.op == "Reciprocal" && n.inputs.size() == 1) {
+      int p = inner(n.inputs[0], "Sqrt");
+      if (p >= 0) fused_[idx] = {Fused::Rsqrt, g.nodes[p].inputs[0]}, skipped.insert(p);
+    } else if (n.op == "Mul" && n.inputs.size() == 2) {
+      for (int k = 0; k < 2; ++k) {
+        int p = inner(n.inputs[k], "Sigmoid");
+        if (p >= 0 && g.nodes[p].inputs[0] == n.inputs[1 - k]) {
+          fused_[idx] = {Fused::Silu, n.inputs[1 - k]}, skipped.insert(p);
+          break;
+        }
+      }
+    }
+  }
+  live_nodes_.erase(std::remove_if(live_nodes_.begin(), live_nodes_.end(), [&](int i) { return skipped.count(i) != 0; }),
+                    live_nodes_.end());
+  for (size_t k = 0; k < live_nodes_.size(); ++k) {
+    int idx = live_nodes_[k];
+    auto f = fused_.find(idx);
+    if (f != fused_.end()) last_use_[f->second.input] = static_cast<int>(k);
+    else
+      for (const auto& v : g.nodes[idx].inputs) last_use_[v] = static_cast<int>(k);
+  }
 }
 
 int Executor::addHook(NodeHook hook) {
@@ -457,13 +507,20 @@ std::vector<at::Tensor> Executor::run(const std::map<std::string, at::Tensor>& i
   for (size_t k = 0; k < live_nodes_.size(); ++k) {
     int idx = live_nodes_[k];
     const Node& n = g_.nodes[idx];
-    Tensors ins;
-    ins.reserve(n.inputs.size());
-    for (const auto& v : n.inputs) ins.push_back(lookup(v));
-    Tensors outs = runNode(n, ins);
+    Tensors ins, outs;
+    auto fused = fused_.find(idx);
+    if (fused != fused_.end()) {
+      ins.push_back(lookup(fused->second.input));
+      outs.push_back(fused->second.kind == Fused::Rsqrt ? at::rsqrt(ins[0]) : at::silu(ins[0]));
+    } else {
+      ins.reserve(n.inputs.size());
+      for (const auto& v : n.inputs) ins.push_back(lookup(v));
+      outs = runNode(n, ins);
+    }
     for (auto& [id, h] : hooks_) h(idx, n, ins, outs);
     for (size_t o = 0; o < outs.size(); ++o) env[n.outputs[o]] = std::move(outs[o]);
-    for (const auto& v : n.inputs) {
+    const auto& read = fused != fused_.end() ? std::vector<std::string>{fused->second.input} : n.inputs;
+    for (const auto& v : read) {
       auto lu = last_use_.find(v);
       if (lu != last_use_.end() && lu->second == static_cast<int>(k) && !keep.count(v)) env.erase(v);
     }

@@ -50,6 +50,11 @@ class Executor {
   ExecOptions opts_;
   std::map<std::string, at::Tensor> constants_;  // initializers and folded values, on device
   std::vector<int> live_nodes_;                   // nodes that run each time
+  struct Fused {
+    enum Kind { Rsqrt, Silu } kind;
+    std::string input;
+  };
+  std::map<int, Fused> fused_;  // node -> the ATen op that computes it together with its producer
   std::map<std::string, int> last_use_;           // value -> index in live_nodes_ of its last reader
   std::map<int, NodeHook> hooks_;
   int next_hook_ = 0;

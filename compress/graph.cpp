@@ -412,9 +412,14 @@ std::string dumpGraph(const Graph& g, bool with_hashes) {
     if (with_hashes) os << " #" << std::hex << std::setw(16) << std::setfill('0') << tensorHash(t) << std::dec;
     if (t.numel() <= 8 && t.dim() <= 1) {
       os << " = ";
-      auto d = t.to(at::kDouble).reshape({-1});
       os << "{";
-      for (int64_t k = 0; k < d.numel(); ++k) os << (k ? "," : "") << d[k].item<double>();
+      if (t.is_floating_point()) {
+        auto d = t.to(at::kDouble).reshape({-1});
+        for (int64_t k = 0; k < d.numel(); ++k) os << (k ? "," : "") << d[k].item<double>();
+      } else {
+        auto d = t.to(at::kLong).reshape({-1});
+        for (int64_t k = 0; k < d.numel(); ++k) os << (k ? "," : "") << d[k].item<int64_t>();
+      }
       os << "}";
     }
     os << "\n";

@@ -7,6 +7,8 @@
 #include "compress/importer.h"
 
 #include <torch/csrc/jit/ir/constants.h>
+#include <torch/csrc/jit/passes/constant_propagation.h>
+#include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/csrc/jit/passes/inliner.h>
 #include <torch/script.h>
 
@@ -73,7 +75,8 @@ std::string cleanName(const std::string& debug) {
   std::string s = debug;
   for (auto& c : s)
     if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.')) c = '_';
-  return s.empty() ? "v" : s;
+  if (s.empty() || std::isdigit(static_cast<unsigned char>(s[0]))) s = "v" + s;  // TorchScript's %43 -> v43
+  return s;
 }
 
 class Importer {
@@ -83,6 +86,15 @@ class Importer {
   Graph run() {
     auto graph = module_.get_method("forward").graph()->copy();
     jit::Inline(*graph);
+    // Scripted models branch on module flags (`self.training`, `inplace`): fix them to inference values
+    // and fold the constant branches away, so only dataflow is left.
+    for (jit::Node* n : graph->nodes())
+      if (n->kind() == c10::prim::GetAttr && n->s(c10::Symbol::attr("name")) == "training") {
+        jit::WithInsertPoint guard(n);
+        n->output()->replaceAllUsesWith(graph->insertConstant(false));
+      }
+    jit::ConstantPropagation(graph);
+    jit::EliminateDeadCode(graph);
     checkSupported(*graph);
     for (const auto& p : module_.named_parameters(true)) param_names_.insert(p.name);
 
@@ -141,6 +153,14 @@ class Importer {
       }
       g_.outputs.push_back(want);
     }
+    // Traces record a tied weight under the first path that reached it (the tracer dedups tensors), so the
+    // other names are only found on the module: record every parameter sharing a used tensor's storage.
+    for (const auto& p : module_.named_parameters(true)) {
+      auto it = tensor_by_storage_.find(p.value.data_ptr());
+      if (it != tensor_by_storage_.end() && it->second != p.name && g_.initializers.count(it->second) &&
+          g_.initializers.at(it->second).sizes() == p.value.sizes())
+        g_.aliases[p.name] = it->second;
+    }
     g_.pruneUnused();
     inferShapes(g_, specs_);
     verify(g_);
@@ -157,6 +177,7 @@ class Importer {
   std::set<std::string> param_names_;
   std::map<const void*, std::string> tensor_by_storage_;  // for tied weights
   std::map<std::string, std::string> shape_of_;           // value -> its Shape node output
+  std::map<std::string, std::string> small_consts_;  // value bytes -> initializer name
   std::string current_source_;
   int node_counter_ = 0;
 
@@ -245,8 +266,12 @@ class Importer {
     try {
       outs = runNode(nd, ins);
     } catch (const Error& e) {
+      std::string hint;
+      if (opts_.inputs.empty())
+        hint = "\nThe model's inputs were assumed to be int64 token ids [batch, seq]; if they are not, describe "
+               "them in the recipe's inputs: section (or with --input for `compress inspect`).";
       fail(ErrorCategory::Model, "while importing" + (current_source_.empty() ? "" : " " + current_source_) +
-                                     ": " + e.what());
+                                     ": " + e.what() + hint);
     }
     for (int k = 0; k < nout; ++k) {
       probe_[nd.outputs[k]] = outs[k];
@@ -261,7 +286,17 @@ class Importer {
   }
 
   std::string constant(const at::Tensor& t, const std::string& base = "const") {
+    // Small constants (axes, shape pieces, scalars) are shared: one initializer per distinct value.
+    std::string key;
+    if (t.numel() <= 16) {
+      at::Tensor c = t.contiguous();
+      key = std::string(c10::toString(c.scalar_type())) + c10::str(c.sizes()) +
+            std::string(static_cast<const char*>(c.data_ptr()), c.nbytes());
+      auto it = small_consts_.find(key);
+      if (it != small_consts_.end()) return it->second;
+    }
     std::string n = uniqueValueName(base);
+    if (!key.empty()) small_consts_[key] = n;
     g_.initializers[n] = t.detach().clone();
     g_.values[n].dtype = dtypeFromScalarType(t.scalar_type());
     probe_[n] = g_.initializers[n];
@@ -776,8 +811,9 @@ Graph importTorchScript(const std::string& path, const ImportOptions& options) {
   jit::Module m;
   try {
     m = torch::jit::load(path, c10::Device(c10::kCPU));
-  } catch (const c10::Error& e) {
-    std::string what = e.what_without_backtrace();
+  } catch (const std::exception& e) {
+    std::string what = e.what();
+    what = what.substr(0, what.find("\nException raised from"));
     fail(ErrorCategory::Model, "'" + path + "' is not a loadable TorchScript file (" + what.substr(0, 300) +
                                    "). Save the model with torch.jit.trace(...) or torch.jit.script(...) and then torch.jit.save(...).");
   }
@@ -787,8 +823,11 @@ Graph importTorchScript(const std::string& path, const ImportOptions& options) {
   try {
     Importer imp(m, options);
     return imp.run();
-  } catch (const c10::Error& e) {
-    fail(ErrorCategory::Model, std::string("while importing '") + path + "': " + e.what_without_backtrace());
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    std::string what = e.what();
+    fail(ErrorCategory::Model, "while importing '" + path + "': " + what.substr(0, what.find("\nException raised from")));
   }
 }
 

@@ -83,12 +83,41 @@ int cmdPasses(int argc, char** argv) {
 int cmdInspect(int argc, char** argv) {
   cxxopts::Options o("compress inspect", "Print a model's IR");
   o.add_options()("model", "model (.pt or .cir)", cxxopts::value<std::string>())("no-hashes", "omit tensor hashes")(
-      "h,help", "help");
+      "input", "inputs as name:dtype:dims[;...], e.g. x:float32:batch,3,32,32 (default: int64 tokens [batch,seq])",
+      cxxopts::value<std::string>())("h,help", "help");
   o.parse_positional({"model"});
   auto a = o.parse(argc, argv);
   if (a.count("help")) return std::printf("%s", o.help().c_str()), 0;
   if (!a.count("model")) return usageError("inspect needs a model path: compress inspect model.pt");
-  Graph g = loadModel(a["model"].as<std::string>());
+  ImportOptions io;
+  std::vector<std::string> specs;
+  if (a.count("input")) {
+    std::string all = a["input"].as<std::string>();
+    for (size_t p = 0; p <= all.size();) {
+      size_t q = all.find(';', p);
+      if (q == std::string::npos) q = all.size();
+      specs.push_back(all.substr(p, q - p));
+      p = q + 1;
+    }
+  }
+  for (const auto& spec : specs) {
+      auto c1 = spec.find(':'), c2 = spec.find(':', c1 == std::string::npos ? 0 : c1 + 1);
+      if (c1 == std::string::npos || c2 == std::string::npos)
+        return usageError("--input '" + spec + "' must look like name:dtype:dims, e.g. x:float32:batch,12");
+      InputSpec in{spec.substr(0, c1), dtypeFromName(spec.substr(c1 + 1, c2 - c1 - 1)), {}};
+      std::string dims = spec.substr(c2 + 1);
+      for (size_t p = 0; p <= dims.size();) {
+        size_t q = dims.find(',', p);
+        if (q == std::string::npos) q = dims.size();
+        std::string d = dims.substr(p, q - p);
+        if (d == "batch" || d == "seq") in.shape.push_back(Dim::sym(d));
+        else if (!d.empty() && d.find_first_not_of("0123456789") == std::string::npos) in.shape.push_back(Dim::fixed(std::stoll(d)));
+        else return usageError("--input dim '" + d + "' must be batch, seq or a number");
+        p = q + 1;
+      }
+      io.inputs.push_back(in);
+  }
+  Graph g = loadModel(a["model"].as<std::string>(), io);
   std::printf("%s", dumpGraph(g, !a.count("no-hashes")).c_str());
   std::printf("# %zu nodes, %zu initializers, %lld parameters, %lld bytes\n", g.nodes.size(), g.initializers.size(),
               static_cast<long long>(g.parameterCount()), static_cast<long long>(g.parameterBytes()));

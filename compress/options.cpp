@@ -42,6 +42,9 @@ std::string closestMatch(const std::string& word, const std::vector<std::string>
   return best;
 }
 
+// A key that is missing, or written with no value (`bits:` or `bits: ~`), takes its default.
+static bool absent(const YAML::Node& v) { return !v || !v.IsDefined() || v.IsNull(); }
+
 OptionReader::OptionReader(const YAML::Node& node, Diagnostics* diag, std::string ctx)
     : node_(node), diag_(diag), ctx_(std::move(ctx)) {
   if (node_ && !node_.IsNull() && !node_.IsMap()) {
@@ -74,7 +77,7 @@ YAML::Node OptionReader::lookup(const std::string& key, const std::string& type,
 
 int64_t OptionReader::integer(const std::string& key, int64_t def, int64_t lo, int64_t hi, const std::string& help) {
   YAML::Node v = lookup(key, "int [" + std::to_string(lo) + ", " + std::to_string(hi) + "]", std::to_string(def), help);
-  if (!v) return def;
+  if (absent(v)) return def;
   int64_t x;
   if (!v.IsScalar() || !YAML::convert<int64_t>::decode(v, x)) {
     bad(v, key, "expected an integer, got '" + (v.IsScalar() ? v.Scalar() : std::string("a list or map")) + "'");
@@ -92,7 +95,7 @@ double OptionReader::number(const std::string& key, double def, double lo, doubl
   d << def;
   range << "number [" << lo << ", " << hi << "]";
   YAML::Node v = lookup(key, range.str(), d.str(), help);
-  if (!v) return def;
+  if (absent(v)) return def;
   double x;
   std::string s = v.IsScalar() ? v.Scalar() : "";
   bool percent = !s.empty() && s.back() == '%';
@@ -120,7 +123,7 @@ double OptionReader::number(const std::string& key, double def, double lo, doubl
 
 bool OptionReader::boolean(const std::string& key, bool def, const std::string& help) {
   YAML::Node v = lookup(key, "bool", def ? "true" : "false", help);
-  if (!v) return def;
+  if (absent(v)) return def;
   bool x;
   if (!v.IsScalar() || !YAML::convert<bool>::decode(v, x)) {
     bad(v, key, "expected true or false, got '" + (v.IsScalar() ? v.Scalar() : std::string("a list or map")) + "'");
@@ -134,7 +137,7 @@ std::string OptionReader::choice(const std::string& key, const std::string& def,
   std::string type;
   for (const auto& c : choices) type += (type.empty() ? "" : " | ") + c;
   YAML::Node v = lookup(key, type, def, help);
-  if (!v) return def;
+  if (absent(v)) return def;
   if (!v.IsScalar() || std::find(choices.begin(), choices.end(), v.Scalar()) == choices.end()) {
     bad(v, key, "must be one of " + type + ", got '" + (v.IsScalar() ? v.Scalar() : std::string("a list or map")) + "'");
     return def;
@@ -144,7 +147,7 @@ std::string OptionReader::choice(const std::string& key, const std::string& def,
 
 std::string OptionReader::str(const std::string& key, const std::string& def, const std::string& help) {
   YAML::Node v = lookup(key, "string", def, help);
-  if (!v) return def;
+  if (absent(v)) return def;
   if (!v.IsScalar()) {
     bad(v, key, "expected a string");
     return def;
@@ -157,7 +160,7 @@ std::vector<std::string> OptionReader::strings(const std::string& key, const std
   std::string d = "[";
   for (size_t i = 0; i < def.size(); ++i) d += (i ? ", " : "") + def[i];
   YAML::Node v = lookup(key, "list of strings", d + "]", help);
-  if (!v) return def;
+  if (absent(v)) return def;
   std::vector<std::string> out;
   if (v.IsScalar()) return {v.Scalar()};
   if (!v.IsSequence()) {

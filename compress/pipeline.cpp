@@ -169,7 +169,7 @@ RunSummary runRecipe(const Recipe& r, const RunOptions& opts) {
   // Latency of the executor on one sequence (a fixed [1, 128] token prompt for LMs).
   json latency = json::array();
   at::Tensor probe;
-  if (r.task == "causal-lm") probe = at::zeros({1, 128}, at::kLong);
+  if (r.task == "causal-lm") probe = at::zeros({1, has_eval ? std::min<int64_t>(128, r.eval.seq_len) : 128}, at::kLong);
   else if (eval.inputs.defined()) probe = eval.inputs.narrow(0, 0, 1);
   if (probe.defined() && r.latency_runs > 0) {
     latency.push_back({{"engine", "executor (ATen)"}, {"device", dev.str()}, {"shape", probe.sizes().vec()},

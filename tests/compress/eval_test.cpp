@@ -1,0 +1,65 @@
+// eval_test.cpp — the reference perplexity, windowing, sampling and metric edge cases.
+#include "compress/eval.h"
+
+#include <catch2/catch.hpp>
+
+#include "compress/error.h"
+#include "compress/importer.h"
+#include "compress/npy.h"
+#include "test_util.h"
+
+using namespace compress;
+using Catch::Matchers::Contains;
+using Catch::Matchers::WithinAbs;
+
+TEST_CASE("stories260K perplexity on val.tok512.npy is 4.0780", "[eval][shared][slow]") {
+  if (!testutil::haveShared()) return;
+  Graph g = importTorchScript(testutil::shared("models/stories260K/stories260K.pt"));
+  LmWindows w = makeWindows(readTokenStream(testutil::shared("data/tinystories/val.tok512.npy")), 512, 32768);
+  REQUIRE(w.inputs.sizes() == at::IntArrayRef({64, 512}));
+  Executor ex(g);
+  MetricResult r = perplexity(ex, w, 8, false);
+  CHECK(r.count == 32768);
+  CHECK_THAT(r.value, WithinAbs(4.0780, 0.0005));
+  CHECK_THAT(r.mean_nll, WithinAbs(1.40559, 0.00005));
+}
+
+TEST_CASE("windows follow the shared definition and reject short streams", "[eval]") {
+  std::vector<int64_t> s(21);
+  for (int i = 0; i < 21; ++i) s[i] = i;
+  LmWindows w = makeWindows(s, 4, 16);
+  REQUIRE(w.inputs.sizes() == at::IntArrayRef({4, 4}));
+  CHECK(w.inputs[1][0].item<int64_t>() == 4);
+  CHECK(w.targets[1][0].item<int64_t>() == 5);
+  CHECK(w.targets[3][3].item<int64_t>() == 16);
+  CHECK(makeWindows(s, 4, 0).inputs.size(0) == 5);  // (21 - 1) / 4 whole windows
+  CHECK_THROWS_WITH(makeWindows(s, 4, 24), Contains("needs 25"));
+  CHECK_THROWS_WITH(makeWindows(s, 4, 10), Contains("must be a multiple of seq_len"));
+}
+
+TEST_CASE("calibration sampling is deterministic given the seed", "[eval]") {
+  std::vector<int64_t> s(1000);
+  for (int i = 0; i < 1000; ++i) s[i] = i;
+  at::Tensor a = sampleSequences(s, 8, 16, 3), b = sampleSequences(s, 8, 16, 3), c = sampleSequences(s, 8, 16, 4);
+  CHECK(at::equal(a, b));
+  CHECK_FALSE(at::equal(a, c));
+  CHECK((a.select(1, 1) - a.select(1, 0)).eq(1).all().item<bool>());  // contiguous spans of the stream
+  CHECK_THROWS_AS(sampleSequences(s, 1, 2000, 0), Error);
+}
+
+TEST_CASE("NaN logits are a numeric error; metrics compute the right relative change", "[eval][errors]") {
+  Graph g;
+  g.inputs = {"tokens"};
+  g.values["tokens"] = ValueInfo{DType::Int64, Shape{Dim::sym("batch"), Dim::sym("seq")}};
+  g.initializers["emb"] = at::full({8, 8}, std::nan(""));
+  g.values["emb"] = ValueInfo{DType::Float32, Shape{Dim::fixed(8), Dim::fixed(8)}};
+  g.nodes.push_back(Node{"Gather", "", "g", {"emb", "tokens"}, {"logits"}, {{"axis", int64_t{0}}}, ""});
+  g.values["logits"] = ValueInfo{DType::Float32, Shape{Dim::sym("batch"), Dim::sym("seq"), Dim::fixed(8)}};
+  g.outputs = {"logits"};
+  Executor ex(g);
+  std::vector<int64_t> s(9, 1);
+  CHECK_THROWS_WITH(perplexity(ex, makeWindows(s, 4, 8), 2, false), Contains("NaN or Inf"));
+  CHECK_THAT(degradation("perplexity", 4.0, 4.2), WithinAbs(0.05, 1e-12));
+  CHECK_THAT(degradation("top1", 0.8, 0.76), WithinAbs(0.05, 1e-12));
+  CHECK_THAT(degradation("cosine", 1.0, 0.99), WithinAbs(0.01, 1e-12));
+}

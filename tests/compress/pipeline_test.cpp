@@ -1,0 +1,84 @@
+// pipeline_test.cpp — a whole recipe run on a small causal LM: report content, the accuracy gate, and
+// the output folder's all-or-nothing write.
+#include "compress/pipeline.h"
+
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <fstream>
+
+#include "compress/error.h"
+#include "compress/npy.h"
+#include "compress/progress.h"
+#include "test_util.h"
+
+using namespace compress;
+namespace fs = std::filesystem;
+using Catch::Matchers::Contains;
+
+namespace {
+
+std::string setup(const std::string& passes, const std::string& accuracy) {
+  std::string dir = testutil::tempDir("");
+  NpyArray a;
+  a.descr = "<i8";
+  a.shape = {4000};
+  std::vector<int64_t> toks(4000);
+  for (size_t i = 0; i < toks.size(); ++i) toks[i] = static_cast<int64_t>((i * 7 + i / 13) % 64);
+  a.data.assign(reinterpret_cast<char*>(toks.data()), reinterpret_cast<char*>(toks.data()) + 8 * toks.size());
+  writeNpy(dir + "/tokens.npy", a);
+  std::ofstream(dir + "/recipe.yaml") << "model: " << testutil::fixture("llama_block.pt") << "\n"
+                                      << "data:\n  calibration: {tokens: tokens.npy, samples: 4, seq_len: 16}\n"
+                                      << "  eval: {tokens: tokens.npy, max_tokens: 256, seq_len: 16, batch: 4}\n"
+                                      << "passes:\n" << passes << accuracy << "latency_runs: 3\noutput: out\n";
+  return dir;
+}
+
+}  // namespace
+
+TEST_CASE("a recipe run writes report.json, report.md, model.cir and the recipe", "[pipeline]") {
+  Progress::setEnabled(false);
+  std::string dir = setup("  - magnitude-prune: {sparsity: 0.5, ignore: [output]}\n  - rtn: {bits: 4, group_size: 16}\n",
+                          "accuracy: {metric: perplexity, max_degradation: 1000%}\n");
+  Recipe r = loadRecipe(dir + "/recipe.yaml");
+  RunSummary s = runRecipe(r);
+  CHECK(s.gate_passed);
+  for (auto f : {"report.json", "report.md", "model.cir", "recipe.yaml"}) CHECK(fs::exists(dir + "/out/" + f));
+  const auto& rep = s.report;
+  CHECK(rep["schema_version"] == 1);
+  CHECK(rep["accuracy"]["count"] == 256);
+  CHECK(rep["accuracy"]["baseline"].get<double>() > 1.0);
+  CHECK(rep["accuracy"]["final"].get<double>() != rep["accuracy"]["baseline"].get<double>());
+  CHECK(rep["passes"].size() == 2);
+  CHECK(rep["passes"][0]["stats"]["sparsity"].get<double>() == Approx(0.5).margin(1e-3));
+  CHECK(rep["size_ratio"].get<double>() < 0.5);
+  CHECK(rep["accuracy"]["gate"] == "pass");
+  std::ifstream md(dir + "/out/report.md");
+  std::string text((std::istreambuf_iterator<char>(md)), std::istreambuf_iterator<char>());
+  CHECK_THAT(text, Contains("Accuracy gate: **PASS**"));
+  // The saved model is the compressed one.
+  Graph g = loadModel(dir + "/out/model.cir");
+  CHECK(g.quant.size() == 8);  // every linear, the tied head included (no ignore in this recipe)
+  CHECK(g.parameterBytes() == rep["compressed"]["bytes"].get<int64_t>());
+}
+
+TEST_CASE("a missed accuracy gate fails the run but still writes the results", "[pipeline]") {
+  Progress::setEnabled(false);
+  std::string dir = setup("  - rtn: {bits: 2, group_size: -1, symmetric: true}\n", "accuracy: {max_degradation: 0.1%}\n");
+  RunSummary s = runRecipe(loadRecipe(dir + "/recipe.yaml"));
+  CHECK_FALSE(s.gate_passed);
+  CHECK(s.report["accuracy"]["gate"] == "fail");
+  CHECK(s.report["accuracy"]["degradation"].get<double>() > 0.001);
+  CHECK(fs::exists(dir + "/out/report.json"));
+}
+
+TEST_CASE("a failing run leaves an existing output folder untouched and no temp folders", "[pipeline][errors]") {
+  Progress::setEnabled(false);
+  std::string dir = setup("  - rtn: {targets: [no.such.layer]}\n", "");
+  fs::create_directories(dir + "/out");
+  std::ofstream(dir + "/out/keep.txt") << "previous results";
+  CHECK_THROWS_WITH(runRecipe(loadRecipe(dir + "/recipe.yaml")), Contains("matched no linear weight"));
+  CHECK(fs::exists(dir + "/out/keep.txt"));
+  int entries = 0;
+  for (const auto& e : fs::directory_iterator(dir)) entries += e.path().filename().string().rfind("out", 0) == 0;
+  CHECK(entries == 1);
+}
