@@ -1,4 +1,6 @@
 // main.cpp — the `compress` CLI. The only place that turns errors into messages and exit codes.
+#include <malloc.h>
+
 #include <cxxopts.hpp>
 
 #include <cstdio>
@@ -25,7 +27,7 @@ Usage:
   compress passes [--ops]                                  list passes and their options
   compress inspect MODEL [--no-hashes]                     print a model's IR (.pt or model.cir)
   compress eval --model MODEL (--tokens F.npy | --text F.txt --tokenizer T.bin)
-                [--seq-len 512] [--max-tokens N] [--batch 8]  perplexity of a model
+                [--seq-len 512] [--max-tokens N] [--batch 1]  perplexity of a model
   compress eval --config RECIPE.yaml                       baseline accuracy of a recipe's model
 
 A recipe (YAML) names the model, the data, the passes and the accuracy gate:
@@ -132,7 +134,7 @@ int cmdEval(int argc, char** argv) {
       "tokenizer", "llama2.c tokenizer.bin for --text", cxxopts::value<std::string>())(
       "seq-len", "window length", cxxopts::value<int64_t>()->default_value("512"))(
       "max-tokens", "scored tokens (0 = all)", cxxopts::value<int64_t>()->default_value("0"))(
-      "batch", "windows per forward pass", cxxopts::value<int64_t>()->default_value("8"))("quiet", "no progress")(
+      "batch", "windows per forward pass", cxxopts::value<int64_t>()->default_value("1"))("quiet", "no progress")(
       "h,help", "help");
   auto a = o.parse(argc, argv);
   if (a.count("help")) return std::printf("%s", o.help().c_str()), 0;
@@ -200,6 +202,10 @@ int cmdRun(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Activations of a few MiB are allocated and freed for every node; glibc would hand each one back to the
+  // kernel (mmap/munmap) and fault it in again, which cost more system time than the math. Keep them.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
   try {
     std::string sub = argc > 1 ? argv[1] : "";
     if (sub == "passes") return cmdPasses(argc - 1, argv + 1);

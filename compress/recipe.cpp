@@ -42,7 +42,7 @@ void readData(const YAML::Node& node, bool calibration, const std::string& task,
   out.samples = r.integer("samples", calibration ? 64 : 0, 0, 1 << 20, "calibration sequences");
   out.seq_len = r.integer("seq_len", calibration ? 256 : 512, 1, 1 << 20, "tokens per sequence/window");
   out.max_tokens = r.integer("max_tokens", 0, 0, int64_t{1} << 40, "scored tokens (0 = all)");
-  out.batch = r.integer("batch", 8, 1, 1 << 16, "sequences per forward pass");
+  out.batch = r.integer("batch", calibration ? 8 : 1, 1, 1 << 16, "sequences per forward pass (LM eval: 1 is fastest on CPU)");
   out.seed = r.integer("seed", 0, 0, int64_t{1} << 40, "sampling seed");
   r.finish();
   const YAML::Node& n = node;

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what is missing (Debian bookworm packages only), then configures and builds.
+# Idempotent: with everything installed and nothing changed it only asks make, which does nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+  cmake g++ make ccache time
+  libtorch-dev python3-torch libopenblas0-pthread   # LibTorch; openblas replaces the slow reference BLAS
+  libonnx-dev libprotobuf-dev protobuf-compiler       # ONNX export and loading
+  libeigen3-dev libcxxopts-dev nlohmann-json3-dev libyaml-cpp-dev catch2
+  python3-jsonschema                                   # validates report.json in the tests
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" > /tmp/compress-apt.log 2>&1 ||
+    { tail -20 /tmp/compress-apt.log; echo "setup: apt-get install failed (log: /tmp/compress-apt.log)"; exit 1; }
+fi
+
+if [ ! -f build/CMakeCache.txt ]; then
+  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release > /tmp/compress-cmake.log 2>&1 ||
+    { cat /tmp/compress-cmake.log; exit 1; }
+fi
+cmake --build build -j2 2>&1 | grep -vE '^\[ *[0-9]+%\] (Building|Linking|Built)' || true
+test -x build/compress || { echo "setup: build failed"; exit 1; }
