@@ -181,6 +181,7 @@ Graph loadGraph(const std::string& path) {
     if (e.category() == ErrorCategory::Internal) bad(e.what());
     throw;
   }
+  return Graph();  // unreachable: every branch above returns or throws
 }
 
 }  // namespace compress

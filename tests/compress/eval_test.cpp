@@ -63,3 +63,29 @@ TEST_CASE("NaN logits are a numeric error; metrics compute the right relative ch
   CHECK_THAT(degradation("top1", 0.8, 0.76), WithinAbs(0.05, 1e-12));
   CHECK_THAT(degradation("cosine", 1.0, 0.99), WithinAbs(0.01, 1e-12));
 }
+
+TEST_CASE("top1 and cosine metrics on a real classifier", "[eval]") {
+  ImportOptions o;
+  o.inputs = {{"x", DType::Float32, {Dim::sym("batch"), Dim::fixed(12)}}};
+  Graph g = importTorchScript(testutil::fixture("mlp.pt"), o);
+  Executor ex(g);
+  at::manual_seed(3);
+  at::Tensor x = at::randn({40, 12});
+  at::Tensor pred = ex.run1(x).argmax(-1);
+  // Labels equal to the model's own predictions except the first 10: top1 must be exactly 30/40.
+  at::Tensor labels = pred.clone();
+  labels.narrow(0, 0, 10).add_(1).remainder_(5);
+  MetricResult t = top1(ex, x, labels, 7, false);
+  CHECK(t.count == 40);
+  CHECK_THAT(t.value, WithinAbs(0.75, 1e-12));
+  CHECK_THROWS_WITH(top1(ex, x, labels.narrow(0, 0, 39), 8, false), Contains("labels have 39"));
+  // Cosine of a model against itself is 1; against a perturbed copy it is below 1 and matches a direct computation.
+  Executor same(g);
+  CHECK_THAT(cosine(ex, same, x, 16, false).value, WithinAbs(1.0, 1e-12));
+  Graph h = g;
+  h.initializers.at("out.weight") = h.initializers.at("out.weight") * -1.0;
+  Executor flipped(h);
+  at::Tensor a = ex.run1(x).to(at::kDouble), b = flipped.run1(x).to(at::kDouble);
+  double ref = at::cosine_similarity(b, a, 1, 1e-12).mean().item<double>();
+  CHECK_THAT(cosine(flipped, ex, x, 16, false).value, WithinAbs(ref, 1e-6));  // batches of 16 vs all 40: float32 rounding
+}

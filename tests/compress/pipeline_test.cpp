@@ -82,3 +82,33 @@ TEST_CASE("a failing run leaves an existing output folder untouched and no temp 
   for (const auto& e : fs::directory_iterator(dir)) entries += e.path().filename().string().rfind("out", 0) == 0;
   CHECK(entries == 1);
 }
+
+TEST_CASE("a classifier recipe is judged by top-1 accuracy on .npy inputs and labels", "[pipeline]") {
+  Progress::setEnabled(false);
+  std::string dir = testutil::tempDir("");
+  at::manual_seed(5);
+  at::Tensor x = at::randn({32, 12});
+  NpyArray xa;
+  xa.descr = "<f4";
+  xa.shape = {32, 12};
+  xa.data.assign(static_cast<char*>(x.data_ptr()), static_cast<char*>(x.data_ptr()) + x.nbytes());
+  writeNpy(dir + "/x.npy", xa);
+  NpyArray ya;
+  ya.descr = "<i8";
+  ya.shape = {32};
+  std::vector<int64_t> y(32);
+  for (int i = 0; i < 32; ++i) y[i] = i % 5;
+  ya.data.assign(reinterpret_cast<char*>(y.data()), reinterpret_cast<char*>(y.data()) + 8 * y.size());
+  writeNpy(dir + "/y.npy", ya);
+  std::ofstream(dir + "/r.yaml") << "model: " << testutil::fixture("mlp.pt") << "\n"
+                                 << "inputs: {x: {dtype: float32, shape: [batch, 12]}}\ntask: classifier\n"
+                                 << "data: {eval: {inputs: x.npy, labels: y.npy, batch: 8}}\n"
+                                 << "passes: [{rtn: {bits: 8}}]\naccuracy: {max_degradation: 50%}\noutput: out\n";
+  RunSummary s = runRecipe(loadRecipe(dir + "/r.yaml"));
+  CHECK(s.report["accuracy"]["metric"] == "top1");
+  CHECK(s.report["accuracy"]["count"] == 32);
+  double base = s.report["accuracy"]["baseline"].get<double>();
+  CHECK(base >= 0.0);
+  CHECK(base <= 1.0);
+  CHECK(std::fmod(base * 32, 1.0) == Approx(0.0).margin(1e-9));  // a whole number of the 32 examples
+}
