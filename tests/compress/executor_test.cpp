@@ -4,30 +4,16 @@
 #include <catch2/catch.hpp>
 
 #include "compress/error.h"
+#include "ir_fixtures.h"
 
 using namespace compress;
 using Catch::Matchers::Contains;
 
 namespace {
-
 Graph linearGraph() {
-  Graph g;
-  g.inputs = {"x"};
-  g.values["x"] = ValueInfo{DType::Float32, Shape{Dim::sym("batch"), Dim::fixed(4)}};
   at::manual_seed(0);
-  g.initializers["w"] = at::randn({3, 4});
-  g.parameters.insert("w");
-  g.values["w"] = ValueInfo{DType::Float32, Shape{Dim::fixed(3), Dim::fixed(4)}};
-  g.nodes.push_back(Node{"Transpose", "", "t", {"w"}, {"wt"}, {{"perm", std::vector<int64_t>{1, 0}}}, ""});
-  g.nodes.push_back(Node{"MatMul", "", "mm", {"x", "wt"}, {"y"}, {}, ""});
-  g.nodes.push_back(Node{"Relu", "", "r", {"y"}, {"out"}, {}, ""});
-  g.values["wt"] = ValueInfo{DType::Float32, Shape{Dim::fixed(4), Dim::fixed(3)}};
-  g.values["y"] = ValueInfo{DType::Float32, Shape{Dim::sym("batch"), Dim::fixed(3)}};
-  g.values["out"] = ValueInfo{DType::Float32, Shape{Dim::sym("batch"), Dim::fixed(3)}};
-  g.outputs = {"out"};
-  return g;
+  return testutil::linearGraph(at::randn({3, 4}), true);
 }
-
 }  // namespace
 
 TEST_CASE("executor computes relu(x W^T) and calls hooks with real tensors", "[executor]") {

@@ -4,27 +4,13 @@
 #include <catch2/catch.hpp>
 
 #include "compress/error.h"
+#include "ir_fixtures.h"
 
 using namespace compress;
 using Catch::Matchers::Contains;
 
 namespace {
-
-Graph tiny() {
-  Graph g;
-  g.inputs = {"x"};
-  g.values["x"] = ValueInfo{DType::Float32, Shape{Dim::sym("batch"), Dim::fixed(4)}};
-  g.initializers["w"] = at::ones({2, 4});
-  g.parameters.insert("w");
-  g.values["w"] = ValueInfo{DType::Float32, Shape{Dim::fixed(2), Dim::fixed(4)}};
-  g.nodes.push_back(Node{"Transpose", "", "t", {"w"}, {"wt"}, {{"perm", std::vector<int64_t>{1, 0}}}, ""});
-  g.nodes.push_back(Node{"MatMul", "", "mm", {"x", "wt"}, {"y"}, {}, ""});
-  g.values["wt"] = ValueInfo{DType::Float32, Shape{Dim::fixed(4), Dim::fixed(2)}};
-  g.values["y"] = ValueInfo{DType::Float32, Shape{Dim::sym("batch"), Dim::fixed(2)}};
-  g.outputs = {"y"};
-  return g;
-}
-
+Graph tiny() { return testutil::linearGraph(at::ones({2, 4}), false); }
 }  // namespace
 
 TEST_CASE("verify accepts a well-formed graph and finds its linear layer", "[graph]") {
