@@ -19,6 +19,13 @@ printf 'model: x.pt\npasses: [{rtn: {bits: 9}}]\n' > "$work/bad.yaml"
 check "bad recipe exits 2 and names file:line" "[ $rc -eq 2 ] && grep -q 'bad.yaml:2:' $work/err.txt"
 "$COMPRESS" bogus 2> /dev/null; check "unknown command exits 2" "[ $? -eq 2 ]"
 
+"$COMPRESS" eval --model "$src/../shared/models/stories260K/stories260K.pt" --text "$src/../shared/data/tinystories/val.txt" \
+  --tokenizer "$src/../shared/models/stories260K/tok512.bin" --max-tokens 32768 --quiet > "$work/eval.txt"
+check "eval on raw text + tokenizer gives perplexity 4.0780" "grep -q '^perplexity 4.0780' $work/eval.txt"
+"$COMPRESS" eval --model "$src/../shared/models/stories260K/stories260K.pt" --tokens "$src/../shared/data/tinystories/val.tok512.npy" \
+  --max-tokens 512000 --quiet 2> "$work/eval_err.txt"; rc=$?
+check "eval past the end of the stream exits 4 (data) and says how many tokens there are" "[ $rc -eq 4 ] && grep -q 'has 384962 tokens' $work/eval_err.txt"
+
 "$COMPRESS" --config "$src/configs/prune50_int8.yaml" --output "$work/run" --quiet > "$work/run.txt"; rc=$?
 cat "$work/run.txt"
 check "prune50_int8 exits 0" "[ $rc -eq 0 ]"
