@@ -384,8 +384,21 @@ std::vector<at::Tensor> runNode(const Node& n, const std::vector<at::Tensor>& in
     fail(ErrorCategory::Model, "the executor has no implementation of op " + (n.domain.empty() ? "" : n.domain + ".") +
                                    n.op + " (node '" + n.name + "')");
   Tensors out;
+  // LibTorch's CPU kernels lack most float16 ops: compute them in float32 and round each result to
+  // float16, which is what CPU fp16 runtimes do per op. Cast and Shape keep their own output types.
+  bool emulate_half = false;
+  if (n.op != "Cast" && n.op != "Shape")
+    for (const auto& t : inputs) emulate_half = emulate_half || (t.defined() && t.scalar_type() == at::kHalf && t.is_cpu());
   try {
-    out = it->second(n, inputs);
+    if (emulate_half) {
+      Tensors up;
+      for (const auto& t : inputs) up.push_back(t.defined() && t.scalar_type() == at::kHalf ? t.to(at::kFloat) : t);
+      out = it->second(n, up);
+      for (auto& t : out)
+        if (t.scalar_type() == at::kFloat) t = t.to(at::kHalf);
+    } else {
+      out = it->second(n, inputs);
+    }
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
@@ -511,7 +524,10 @@ std::vector<at::Tensor> Executor::run(const std::map<std::string, at::Tensor>& i
     auto fused = fused_.find(idx);
     if (fused != fused_.end()) {
       ins.push_back(lookup(fused->second.input));
-      outs.push_back(fused->second.kind == Fused::Rsqrt ? at::rsqrt(ins[0]) : at::silu(ins[0]));
+      bool half = ins[0].scalar_type() == at::kHalf && ins[0].is_cpu();  // see runNode: fp16 in fp32 on CPU
+      at::Tensor x = half ? ins[0].to(at::kFloat) : ins[0];
+      at::Tensor y = fused->second.kind == Fused::Rsqrt ? at::rsqrt(x) : at::silu(x);
+      outs.push_back(half ? y.to(at::kHalf) : y);
     } else {
       ins.reserve(n.inputs.size());
       for (const auto& v : n.inputs) ins.push_back(lookup(v));

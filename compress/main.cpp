@@ -15,6 +15,8 @@
 #include "compress/pipeline.h"
 #include "compress/progress.h"
 #include "compress/recipe.h"
+#include "export/onnx_export.h"
+#include "export/validate.h"
 
 using namespace compress;
 
@@ -29,6 +31,9 @@ Usage:
   compress eval --model MODEL (--tokens F.npy | --text F.txt --tokenizer T.bin)
                 [--seq-len 512] [--max-tokens N] [--batch 1]  perplexity of a model
   compress eval --config RECIPE.yaml                       baseline accuracy of a recipe's model
+  compress export MODEL -o model.onnx [--opset 17] [--int4 matmulnbits|qdq] [--external-data]
+                [--tokens val.npy] [--no-validate]          ONNX from a model.cir (or .pt), checked
+                                                           with ONNX's checker and ONNX Runtime
 
 A recipe (YAML) names the model, the data, the passes and the accuracy gate:
 
@@ -40,11 +45,12 @@ A recipe (YAML) names the model, the data, the passes and the accuracy gate:
     - magnitude-prune: {sparsity: 0.5, targets: [Linear], ignore: [output]}
     - rtn: {bits: 8, group_size: -1, symmetric: true}
   accuracy: {metric: perplexity, max_degradation: 5%}
+  export: {onnx: {opset: 17, int4: matmulnbits, validate: true}}
   output: out/prune50_int8
 
 Shipped recipes are in configs/; `compress passes` lists every pass option with its default.
-A run writes DIR/report.json, DIR/report.md, DIR/model.cir (the compressed IR) and DIR/recipe.yaml,
-all at once or not at all.
+A run writes DIR/report.json, DIR/report.md, DIR/model.cir (the compressed IR), DIR/recipe.yaml and,
+with export:, DIR/model.onnx — all at once or not at all.
 
 Exit codes:
   0 success            2 recipe/usage error     3 model error (unreadable, unsupported ops)
@@ -171,6 +177,42 @@ int cmdEval(int argc, char** argv) {
   return 0;
 }
 
+int cmdExport(int argc, char** argv) {
+  cxxopts::Options o("compress export", "Write a compressed model (model.cir) or a TorchScript file as ONNX");
+  o.add_options()("model", "model.cir or .pt", cxxopts::value<std::string>())(
+      "o,output", "ONNX file to write", cxxopts::value<std::string>()->default_value("model.onnx"))(
+      "opset", "ONNX opset (13-21; blocked QDQ weights need 21)", cxxopts::value<int>()->default_value("17"))(
+      "int4", "grouped weights as matmulnbits (com.microsoft.MatMulNBits) or qdq (opset-21 DequantizeLinear)",
+      cxxopts::value<std::string>()->default_value("matmulnbits"))("external-data", "weights in OUTPUT.data")(
+      "no-validate", "skip ONNX's checker and the ONNX Runtime comparison")(
+      "tokens", "token .npy: validation inputs and perplexity through ONNX Runtime", cxxopts::value<std::string>())(
+      "seq-len", "perplexity window", cxxopts::value<int64_t>()->default_value("512"))(
+      "max-tokens", "perplexity tokens (0 = all)", cxxopts::value<int64_t>()->default_value("32768"))("h,help", "help");
+  o.parse_positional({"model"});
+  auto a = o.parse(argc, argv);
+  if (a.count("help")) return std::printf("%s", o.help().c_str()), 0;
+  if (!a.count("model")) return usageError("export needs a model: compress export out/run/model.cir -o model.onnx");
+  Graph g = loadModel(a["model"].as<std::string>());
+  ExportOptions eo;
+  eo.opset = a["opset"].as<int>();
+  eo.int4 = a["int4"].as<std::string>();
+  eo.external_data = a.count("external-data") > 0;
+  std::string out = a["output"].as<std::string>();
+  nlohmann::json st = exportOnnx(g, out, eo);
+  std::printf("wrote %s: opset %d, %lld bytes (%s)\n", out.c_str(), st["opset"].get<int>(),
+              static_cast<long long>(st["total_bytes"].get<int64_t>()), st["bytes_by_format"].dump().c_str());
+  if (!a.count("no-validate")) {
+    std::string tokens = a.count("tokens") ? a["tokens"].as<std::string>() : "";
+    ValidationOptions vo;
+    vo.ppl_tokens = tokens;
+    vo.seq_len = a["seq-len"].as<int64_t>();
+    vo.max_tokens = a["max-tokens"].as<int64_t>();
+    nlohmann::json v = validateExport(g, out, validationInputs(g, tokens), vo);
+    std::printf("validation: %s\n", v.dump(2).c_str());
+  }
+  return 0;
+}
+
 int cmdRun(int argc, char** argv) {
   cxxopts::Options o("compress", "Run a recipe");
   o.add_options()("c,config", "recipe YAML", cxxopts::value<std::string>())(
@@ -212,7 +254,8 @@ int main(int argc, char** argv) {
     if (sub == "inspect") return cmdInspect(argc - 1, argv + 1);
     if (sub == "eval") return cmdEval(argc - 1, argv + 1);
     if (sub == "run") return cmdRun(argc - 1, argv + 1);
-    if (!sub.empty() && sub[0] != '-') return usageError("unknown command '" + sub + "' (commands: run, passes, inspect, eval)");
+    if (sub == "export") return cmdExport(argc - 1, argv + 1);
+    if (!sub.empty() && sub[0] != '-') return usageError("unknown command '" + sub + "' (commands: run, passes, inspect, eval, export)");
     return cmdRun(argc, argv);
   } catch (const Error& e) {
     std::fprintf(stderr, "compress: %s: %s\n", categoryName(e.category()), e.what());
@@ -220,7 +263,10 @@ int main(int argc, char** argv) {
   } catch (const cxxopts::exceptions::exception& e) {
     return usageError(e.what());
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "compress: internal error: %s\nThis is a bug; please report it with the command line.\n", e.what());
+    std::string what = e.what();
+    what = what.substr(0, what.find("\nException raised from"));  // LibTorch appends a C++ backtrace
+    std::fprintf(stderr, "compress: internal error: %s\nThis is a bug; please report it with the command line.\n",
+                 what.c_str());
     return exitCodeFor(ErrorCategory::Internal);
   }
 }

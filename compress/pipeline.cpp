@@ -4,8 +4,11 @@
 #include <ATen/Parallel.h>
 #include <torch/version.h>
 
+#include <onnx/onnx_pb.h>
+
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <cstdio>
 
 #include "compress/atomic_dir.h"
@@ -17,6 +20,9 @@
 #include "compress/pass_context.h"
 #include "compress/report.h"
 #include "compress/serialize.h"
+#include "export/onnx_export.h"
+#include "export/ort_check.h"
+#include "export/validate.h"
 
 namespace compress {
 namespace {
@@ -219,12 +225,75 @@ RunSummary runRecipe(const Recipe& r, const RunOptions& opts) {
 
   StagingDir out(out_dir);
   saveGraph(g, out.path("model.cir"));
+  if (r.export_spec.present) {
+    auto te = Clock::now();
+    ExportOptions eo;
+    eo.opset = static_cast<int>(r.export_spec.opset);
+    eo.int4 = r.export_spec.int4;
+    eo.external_data = r.export_spec.external_data;
+    eo.metadata = {{"recipe", r.path}, {"recipe_fnv1a64", fnv1a64Hex(r.text)}, {"task", r.task}};
+    json ex = exportOnnx(g, out.path("model.onnx"), eo);
+    onnx::ModelProto unused;
+    json base_stats;
+    {
+      ExportOptions fp32 = eo;
+      buildOnnx(original, fp32, unused, &base_stats);
+    }
+    ex["fp32_linear_weight_bytes"] = base_stats["linear_weight_bytes"];
+    ex["linear_weight_ratio"] = base_stats["linear_weight_bytes"].get<double>() > 0
+                                    ? ex["linear_weight_bytes"].get<double>() / base_stats["linear_weight_bytes"].get<double>()
+                                    : 1.0;
+    ex["file"] = "model.onnx";
+    std::printf("[5/%d] exported model.onnx: opset %d, %s (linear weights %.3f of fp32)\n", steps, ex["opset"].get<int>(),
+                humanBytes(ex["total_bytes"].get<double>()).c_str(), ex["linear_weight_ratio"].get<double>());
+    std::fflush(stdout);
+    if (r.export_spec.validate) {
+      bool lm = r.task == "causal-lm";
+      std::string tokens = lm && has_eval ? r.eval.tokens : "";
+      int64_t seq = lm && has_eval ? std::min<int64_t>(64, r.eval.seq_len) : 64;
+      auto inputs = validationInputs(g, tokens, 2, seq);
+      ValidationOptions vo;
+      if (lm && has_eval && !r.eval.tokens.empty() && r.export_spec.validate_perplexity && r.metric == "perplexity") {
+        vo.ppl_tokens = r.eval.tokens;
+        vo.seq_len = r.eval.seq_len;
+        vo.max_tokens = r.eval.max_tokens;
+        vo.executor_ppl = fin.value;
+      }
+      ex["validation"] = validateExport(g, out.path("model.onnx"), inputs, vo);
+      const json& v = ex["validation"];
+      if (v["onnxruntime"].is_object()) {
+        std::printf("      ONNX Runtime matches: max |diff| %.2e (optimizations off), %.2e (ORT default)", 
+                    v["onnxruntime"]["opt_disabled"]["max_abs_diff"].get<double>(),
+                    v["onnxruntime"]["opt_all"]["max_abs_diff"].get<double>());
+        if (v["onnxruntime"].contains("perplexity"))
+          std::printf("; perplexity %.4f (ORT default: %.4f)", v["onnxruntime"]["perplexity"]["ort_opt_disabled"].get<double>(),
+                      v["onnxruntime"]["perplexity"]["ort_opt_all"].get<double>());
+        std::printf("\n");
+        if (probe.defined() && r.latency_runs > 0) {
+          std::string base_onnx = out.path("baseline.onnx.tmp");
+          exportOnnx(original, base_onnx, ExportOptions{});
+          std::map<std::string, at::Tensor> pin = {{g.inputs[0], probe}};
+          latency.push_back({{"engine", "onnxruntime 1.30 (cpu, default optimizations)"}, {"device", "cpu"},
+                             {"shape", probe.sizes().vec()}, {"threads", 2}, {"runs", r.latency_runs},
+                             {"baseline_median_ms", ortLatencyMs(base_onnx, pin, static_cast<int>(r.latency_runs))},
+                             {"compressed_median_ms", ortLatencyMs(out.path("model.onnx"), pin, static_cast<int>(r.latency_runs))}});
+          std::filesystem::remove(base_onnx);
+          report["latency"] = latency;
+        }
+      } else {
+        std::printf("      %s\n", v["onnxruntime"].get<std::string>().c_str());
+      }
+    }
+    ex["seconds"] = since(te);
+    report["export"] = ex;
+  }
   writeFileAtomic(out.path("recipe.yaml"), r.text);
   report["timing"]["total_seconds"] = since(t_start);
   writeFileAtomic(out.path("report.json"), report.dump(2) + "\n");
   writeFileAtomic(out.path("report.md"), renderMarkdown(report));
   out.commit();
-  std::printf("[5/%d] wrote %s/{model.cir, report.json, report.md, recipe.yaml}\n", steps, out_dir.c_str());
+  std::printf("[5/%d] wrote %s/{model.cir,%s report.json, report.md, recipe.yaml}\n", steps, out_dir.c_str(),
+              r.export_spec.present ? " model.onnx," : "");
   std::printf("size: %s -> %s (ratio %.3f)\n", humanBytes(static_cast<double>(original.parameterBytes())).c_str(),
               humanBytes(static_cast<double>(g.parameterBytes())).c_str(), report["size_ratio"].get<double>());
   if (gate)

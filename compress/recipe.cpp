@@ -100,7 +100,7 @@ Recipe parseRecipe(const std::string& text, const std::string& path) {
     d.add(root.Mark(), "", "a recipe must be a YAML map with keys like model:, data:, passes:");
     d.throwIfAny();
   }
-  checkKeys(root, {"model", "inputs", "task", "data", "passes", "accuracy", "output", "device", "seed", "threads", "latency_runs"}, "", d);
+  checkKeys(root, {"model", "inputs", "task", "data", "passes", "accuracy", "export", "output", "device", "seed", "threads", "latency_runs"}, "", d);
 
   OptionReader top(root, &d, "");
   // The top-level scalars are read with the same typed reader as pass options; unknown keys were checked above.
@@ -173,6 +173,22 @@ Recipe parseRecipe(const std::string& text, const std::string& path) {
           d.add(item.Mark(), ctx + "." + name, "this pass needs calibration data: add data.calibration to the recipe");
         r.passes.push_back({std::move(pass), path + ":" + std::to_string(item.Mark().line + 1)});
       }
+    }
+  }
+
+  if (YAML::Node ex = root["export"]) {
+    if (!ex.IsMap()) d.add(ex.Mark(), "export", "expected a map like {onnx: {opset: 17}}");
+    else {
+      checkKeys(ex, {"onnx"}, "export", d);
+      OptionReader er(ex["onnx"], &d, "export.onnx");
+      ExportSpec& e = r.export_spec;
+      e.present = true;
+      e.opset = er.integer("opset", 17, 13, 21, "ONNX opset (blocked QDQ weights raise it to 21)");
+      e.int4 = er.choice("int4", "matmulnbits", {"matmulnbits", "qdq"}, "grouped weights as com.microsoft.MatMulNBits or opset-21 DequantizeLinear");
+      e.external_data = er.boolean("external_data", false, "weights in model.onnx.data (automatic above 2 GB)");
+      e.validate = er.boolean("validate", true, "check with ONNX's checker and ONNX Runtime against the executor");
+      e.validate_perplexity = er.boolean("validate_perplexity", true, "also compare perplexity through ONNX Runtime");
+      er.finish();
     }
   }
 

@@ -32,6 +32,15 @@ struct RecipeInput {
   std::vector<std::string> shape;  // "batch", "seq" or a number
 };
 
+struct ExportSpec {
+  bool present = false;
+  int64_t opset = 17;
+  std::string int4 = "matmulnbits";  // matmulnbits | qdq
+  bool external_data = false;
+  bool validate = true;              // ONNX checker + ONNX Runtime against the executor
+  bool validate_perplexity = true;   // also perplexity through ONNX Runtime (causal LMs with data.eval)
+};
+
 struct ConfiguredPass {
   std::unique_ptr<Pass> pass;
   std::string where;  // "file:line" of its entry
@@ -46,6 +55,7 @@ struct Recipe {
   std::vector<RecipeInput> inputs;
   DataSource calibration, eval;
   std::vector<ConfiguredPass> passes;
+  ExportSpec export_spec;
   std::string metric;              // perplexity | top1 | cosine (default from task)
   double max_degradation = -1;     // < 0: no gate
   std::string output;

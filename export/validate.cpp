@@ -1,0 +1,106 @@
+#include "export/validate.h"
+
+#include <cmath>
+
+#include "compress/error.h"
+#include "compress/eval.h"
+#include "compress/executor.h"
+#include "compress/npy.h"
+#include "export/onnx_export.h"
+#include "export/ort_check.h"
+
+namespace compress {
+
+using json = nlohmann::json;
+
+static bool hasHalf(const Graph& g) {
+  for (const auto& [n, t] : g.initializers)
+    if (t.scalar_type() == at::kHalf) return true;
+  return false;
+}
+
+std::map<std::string, at::Tensor> validationInputs(const Graph& g, const std::string& tokens_npy, int64_t batch,
+                                                   int64_t seq) {
+  std::map<std::string, at::Tensor> in;
+  for (const auto& name : g.inputs) {
+    const ValueInfo& vi = g.values.at(name);
+    if (vi.dtype == DType::Int64 || vi.dtype == DType::Int32) {
+      at::Tensor ids;
+      if (!tokens_npy.empty()) {
+        auto stream = readTokenStream(tokens_npy);
+        if (static_cast<int64_t>(stream.size()) < batch * seq)
+          fail(ErrorCategory::Data, "'" + tokens_npy + "' is too short for validation inputs");
+        ids = at::tensor(std::vector<int64_t>(stream.begin(), stream.begin() + batch * seq), at::kLong).reshape({batch, seq});
+      } else {
+        int64_t vocab = 2;
+        const auto& out = g.values.at(g.outputs[0]);
+        if (out.shape && !out.shape->empty() && out.shape->back().isFixed()) vocab = out.shape->back().value;
+        auto gen = at::make_generator<at::CPUGeneratorImpl>(17);
+        ids = at::randint(0, vocab, {batch, seq}, gen, at::TensorOptions().dtype(at::kLong));
+      }
+      in[name] = ids.to(toScalarType(vi.dtype));
+    } else {
+      in[name] = probeTensor(vi.dtype, vi.shape.value_or(Shape{}), batch, seq);
+    }
+  }
+  return in;
+}
+
+json validateExport(const Graph& g, const std::string& onnx_path, const std::map<std::string, at::Tensor>& inputs,
+                    const ValidationOptions& opts) {
+  json r;
+  r["checker"] = checkOnnxFile(onnx_path) ? "passed" : "skipped (ONNX 1.12's checker knows opsets up to 17)";
+  std::string why;
+  if (!opts.ort || !ortAvailable(&why)) {
+    r["onnxruntime"] = opts.ort ? "skipped: " + why : "skipped on request";
+    return r;
+  }
+  at::NoGradGuard ng;
+  Executor ex(g);
+  std::vector<at::Tensor> ours = ex.run(inputs);
+  bool half = hasHalf(g);
+  double tol = half ? 1e-2 : 1e-4;
+  json ort = json::object();
+  for (const char* level : {"disabled", "all"}) {
+    auto theirs = ortRun(onnx_path, inputs, level);
+    double worst_abs = 0, worst_rel = 0;
+    for (size_t k = 0; k < g.outputs.size(); ++k) {
+      auto it = theirs.find(g.outputs[k]);
+      if (it == theirs.end()) fail(ErrorCategory::Model, "ONNX Runtime did not return output '" + g.outputs[k] + "'");
+      at::Tensor a = ours[k].to(at::kCPU).to(at::kDouble), b = it->second.to(at::kDouble);
+      if (a.sizes() != b.sizes())
+        fail(ErrorCategory::Model, "output '" + g.outputs[k] + "' is " + c10::str(b.sizes()) + " in ONNX Runtime but " +
+                                       c10::str(a.sizes()) + " in the executor");
+      double d = (a - b).abs().max().item<double>();
+      worst_abs = std::max(worst_abs, d);
+      worst_rel = std::max(worst_rel, d / std::max(a.abs().max().item<double>(), 1e-30));
+    }
+    std::string key = std::string("opt_") + level;
+    ort[key] = {{"max_abs_diff", worst_abs}, {"max_rel_diff", worst_rel}};
+    if (std::string(level) == "disabled" && (half ? worst_rel : worst_abs) > tol)
+      fail(ErrorCategory::Model, "ONNX Runtime's outputs differ from the executor's by " +
+                                     std::to_string(half ? worst_rel : worst_abs) + (half ? " (relative)" : "") +
+                                     ", more than the allowed " + std::to_string(tol) + " for '" + onnx_path + "'");
+  }
+  ort["tolerance"] = tol;
+  ort["tolerance_kind"] = half ? "relative" : "absolute";
+  if (!opts.ppl_tokens.empty()) {
+    double ours_ppl = opts.executor_ppl;
+    if (ours_ppl <= 0) {
+      LmWindows w = makeWindows(readTokenStream(opts.ppl_tokens), opts.seq_len, opts.max_tokens);
+      ours_ppl = perplexity(ex, w, 1, false).value;
+    }
+    OrtPerplexity p0 = ortPerplexity(onnx_path, opts.ppl_tokens, opts.seq_len, opts.max_tokens, "disabled");
+    OrtPerplexity p1 = ortPerplexity(onnx_path, opts.ppl_tokens, opts.seq_len, opts.max_tokens, "all");
+    double rel = std::abs(p0.perplexity / ours_ppl - 1.0);
+    ort["perplexity"] = {{"executor", ours_ppl}, {"ort_opt_disabled", p0.perplexity}, {"ort_opt_all", p1.perplexity},
+                         {"relative_diff", rel}, {"tokens", p0.count}};
+    if (rel > 1e-3)
+      fail(ErrorCategory::Model, "perplexity through ONNX Runtime (" + std::to_string(p0.perplexity) +
+                                     ") differs from the executor's (" + std::to_string(ours_ppl) + ") by more than 0.1%");
+  }
+  r["onnxruntime"] = ort;
+  return r;
+}
+
+}  // namespace compress

@@ -1,0 +1,35 @@
+// validate.h — checks an exported ONNX file the way users will run it: ONNX's checker (opset <= 17),
+// then ONNX Runtime on real inputs against our executor (graph optimizations off for the exact
+// comparison, and at ORT's default level to report what users get), optionally perplexity through ORT.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <map>
+#include <string>
+
+#include "compress/graph.h"
+
+namespace compress {
+
+struct ValidationOptions {
+  bool ort = true;            // compare with ONNX Runtime (skipped with a note when it is not installed)
+  std::string ppl_tokens;     // .npy token stream: also compare perplexity through ORT (causal LMs)
+  int64_t seq_len = 512, max_tokens = 32768;
+  double executor_ppl = 0;    // our perplexity on the same windows (0: computed here)
+};
+
+/// Real inputs for a validation run: token ids (from `tokens_npy` when given, else seeded random ids below
+/// the vocabulary size read off the logits) shaped [batch, seq] for int inputs; seeded normals otherwise.
+std::map<std::string, at::Tensor> validationInputs(const Graph& g, const std::string& tokens_npy, int64_t batch = 2,
+                                                   int64_t seq = 64);
+
+/// Validates `onnx_path` (exported from `g`) on `inputs`. Returns the measurements; throws Error(Model)
+/// when the checker rejects the file or ORT's outputs differ beyond the tolerance: max |diff| <= 1e-4
+/// (fp32 and dequantized weights), <= 1e-2 relative to the output's max |value| (fp16), perplexity
+/// within 0.1%.
+nlohmann::json validateExport(const Graph& g, const std::string& onnx_path,
+                              const std::map<std::string, at::Tensor>& inputs, const ValidationOptions& opts = {});
+
+}  // namespace compress
