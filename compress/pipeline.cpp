@@ -244,8 +244,11 @@ RunSummary runRecipe(const Recipe& r, const RunOptions& opts) {
                                     ? ex["linear_weight_bytes"].get<double>() / base_stats["linear_weight_bytes"].get<double>()
                                     : 1.0;
     ex["file"] = "model.onnx";
-    std::printf("[5/%d] exported model.onnx: opset %d, %s (linear weights %.3f of fp32)\n", steps, ex["opset"].get<int>(),
+    std::printf("[5/%d] exported model.onnx: opset %d, %s; linear weights %.3f of fp32", steps, ex["opset"].get<int>(),
                 humanBytes(ex["total_bytes"].get<double>()).c_str(), ex["linear_weight_ratio"].get<double>());
+    if (ex["quantized_weight_fp32_bytes"].get<int64_t>() > 0)
+      std::printf(" (quantized ones %.3f)", ex["quantized_weight_ratio"].get<double>());
+    std::printf("\n");
     std::fflush(stdout);
     if (r.export_spec.validate) {
       bool lm = r.task == "causal-lm";

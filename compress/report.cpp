@@ -100,12 +100,41 @@ std::string renderMarkdown(const json& r) {
            << humanBytes(l["bytes_after"].get<double>()) << " | " << fmt(l["rmse"].get<double>(), 6) << " |\n";
     }
   }
+  if (r.contains("export")) {
+    const json& e = r["export"];
+    md << "\n## ONNX export\n\n";
+    md << "- File: `" << e["file"].get<std::string>() << "`" << (e["external_data"].get<bool>() ? " + `model.onnx.data`" : "")
+       << ", opset " << e["opset"].get<int>() << ", " << humanBytes(e["total_bytes"].get<double>()) << "\n";
+    md << "- Linear weights: " << fmt(e["linear_weight_ratio"].get<double>(), 3) << " of their fp32 bytes";
+    if (e["quantized_weight_fp32_bytes"].get<int64_t>() > 0)
+      md << " (the quantized ones: " << fmt(e["quantized_weight_ratio"].get<double>(), 3) << ")";
+    md << "\n\n| weights stored as | bytes |\n|---|---|\n";
+    for (const auto& [k, v] : e["bytes_by_format"].items()) md << "| " << k << " | " << humanBytes(v.get<double>()) << " |\n";
+    if (e.contains("validation")) {
+      const json& v = e["validation"];
+      md << "\nONNX checker: " << v["checker"].get<std::string>() << "\n\n";
+      if (v["onnxruntime"].is_object()) {
+        const json& o = v["onnxruntime"];
+        md << "| ONNX Runtime 1.30 vs executor | max abs diff | max rel diff |\n|---|---|---|\n";
+        md << "| graph optimizations off (exact) | " << o["opt_disabled"]["max_abs_diff"].get<double>() << " | "
+           << o["opt_disabled"]["max_rel_diff"].get<double>() << " |\n";
+        md << "| ORT default (what users get) | " << o["opt_all"]["max_abs_diff"].get<double>() << " | "
+           << o["opt_all"]["max_rel_diff"].get<double>() << " |\n";
+        if (o.contains("perplexity"))
+          md << "\nPerplexity through ONNX Runtime: " << fmt(o["perplexity"]["ort_opt_disabled"].get<double>()) << " (executor "
+             << fmt(o["perplexity"]["executor"].get<double>()) << "; ORT default optimizations "
+             << fmt(o["perplexity"]["ort_opt_all"].get<double>()) << ")\n";
+      } else {
+        md << "ONNX Runtime: " << v["onnxruntime"].get<std::string>() << "\n";
+      }
+    }
+  }
   md << "\n## Latency\n\n| engine | device | shape | threads | median (ms) baseline | median (ms) compressed |\n|---|---|---|---|---|---|\n";
   for (const auto& l : r["latency"])
     md << "| " << l["engine"].get<std::string>() << " | " << l["device"].get<std::string>() << " | " << l["shape"].dump()
        << " | " << l["threads"].get<int>() << " | " << fmt(l["baseline_median_ms"].get<double>(), 3) << " | "
        << fmt(l["compressed_median_ms"].get<double>(), 3) << " |\n";
-  md << "\nThe executor runs the IR with ATen ops (no fusion); ONNX Runtime and `crun` latencies arrive with export.\n";
+  md << "\nThe executor runs the IR with ATen ops; ONNX Runtime runs model.onnx with its default optimizations.\n";
   md << "\n## Environment\n\n```\n" << r["environment"].dump(2) << "\n```\n";
   md << "\nTotal wall time: " << fmt(r["timing"]["total_seconds"].get<double>(), 2) << " s\n";
   return md.str();

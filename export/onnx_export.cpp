@@ -334,6 +334,20 @@ void buildOnnx(const Graph& g, const ExportOptions& opts, onnx::ModelProto& mode
       bytes_by_format[fmt] = bytes_by_format.value(fmt, int64_t{0}) + b;
       if (linear_weights.count(w)) linear_bytes += b;
     }
+    // Quantized linear weights against the float32 bytes they replace (data + scales + zero points).
+    int64_t q_bytes = 0, q_fp32 = 0;
+    std::map<std::string, int64_t> per_weight;
+    for (const auto& t : gp->initializer()) {
+      auto owner = c.weight_of.find(t.name());
+      if (owner != c.weight_of.end() && g.quant.count(owner->second)) per_weight[owner->second] += t.raw_data().size();
+    }
+    for (const auto& [w, b] : per_weight) {
+      q_bytes += b;
+      q_fp32 += g.initializers.at(w + ".qdata").numel() * 4;
+    }
+    (*stats)["quantized_weight_bytes"] = q_bytes;
+    (*stats)["quantized_weight_fp32_bytes"] = q_fp32;
+    (*stats)["quantized_weight_ratio"] = q_fp32 ? static_cast<double>(q_bytes) / static_cast<double>(q_fp32) : 1.0;
     (*stats)["opset"] = c.opset;
     (*stats)["ir_version"] = model.ir_version();
     (*stats)["int4"] = opts.int4;

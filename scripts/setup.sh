@@ -25,6 +25,24 @@ if [ ${#missing[@]} -gt 0 ]; then
     { tail -20 /tmp/compress-apt.log; echo "setup: apt-get install failed (log: /tmp/compress-apt.log)"; exit 1; }
 fi
 
+# Node.js and npm run ONNX Runtime (npm onnxruntime-node), the independent checker of every export.
+if ! command -v node > /dev/null || ! command -v npm > /dev/null; then
+  echo "setup: installing nodejs npm"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm > /tmp/compress-apt.log 2>&1 ||
+    { tail -20 /tmp/compress-apt.log; echo "setup: installing nodejs/npm failed"; exit 1; }
+fi
+ort_pkg=scripts/ort/node_modules/onnxruntime-node/package.json
+if ! grep -q '"version": "1.30.0"' "$ort_pkg" 2>/dev/null; then
+  echo "setup: installing onnxruntime-node 1.30.0 (npm)"
+  # The package ships libonnxruntime.so for linux x64; its install script would only download CUDA extras.
+  (cd scripts/ort && ONNXRUNTIME_NODE_INSTALL_CUDA=skip ONNXRUNTIME_NODE_INSTALL=skip \
+     npm ci --no-audit --no-fund --loglevel=error > /tmp/compress-npm.log 2>&1) ||
+    { tail -20 /tmp/compress-npm.log; echo "setup: npm ci failed (log: /tmp/compress-npm.log)"; exit 1; }
+fi
+
 if [ ! -f build/CMakeCache.txt ]; then
   cmake -S . -B build -DCMAKE_BUILD_TYPE=Release > /tmp/compress-cmake.log 2>&1 ||
     { cat /tmp/compress-cmake.log; exit 1; }

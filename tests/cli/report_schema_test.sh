@@ -32,6 +32,8 @@ check "prune50_int8 exits 0" "[ $rc -eq 0 ]"
 check "baseline perplexity 4.0780 printed" "grep -q 'baseline perplexity: 4.0780' $work/run.txt"
 check "report.json validates against docs/report.schema.json" \
   "/usr/bin/python3 -c 'import json,jsonschema,sys; jsonschema.validate(json.load(open(sys.argv[1])), json.load(open(sys.argv[2])))' $work/run/report.json $src/docs/report.schema.json"
+check "model.onnx written, checked by ONNX and run by ONNX Runtime with perplexity within 0.1%" \
+  "[ -f $work/run/model.onnx ] && /usr/bin/python3 -c 'import json,sys; v=json.load(open(sys.argv[1]))[\"export\"][\"validation\"]; assert v[\"checker\"]==\"passed\"; o=v[\"onnxruntime\"]; assert o[\"opt_disabled\"][\"max_abs_diff\"]<=1e-4 and o[\"perplexity\"][\"relative_diff\"]<=1e-3' $work/run/report.json"
 check "sparsity 50.0% reported" "/usr/bin/python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert abs(r[\"passes\"][0][\"stats\"][\"sparsity\"]-0.5)<1e-3' $work/run/report.json"
 
 sed -e 's/max_degradation: [^}]*/max_degradation: 0.01%/' -e "s#\.\./\.\./shared#$src/../shared#g" \
