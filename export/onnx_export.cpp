@@ -79,6 +79,7 @@ bool isPow2(int64_t x) { return x > 0 && (x & (x - 1)) == 0; }
 enum class Plan { QdqChannel, MatMulNBits, QdqBlocked };
 
 struct Ctx {
+  Ctx(const Graph& graph, const ExportOptions& options) : g(graph), opts(options) {}
   const Graph& g;
   const ExportOptions& opts;
   int opset = 17;

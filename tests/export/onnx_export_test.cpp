@@ -169,3 +169,45 @@ TEST_CASE("export errors: bad options and unreadable files", "[export][errors]")
   }
   CHECK(after != before);
 }
+
+TEST_CASE("MatMulNBits for 2, 4 and 8 bits; other widths fall back to opset-21 QDQ; all run in ONNX Runtime", "[export]") {
+  Graph base = importTorchScript(testutil::fixture("llama_block.pt"));
+  std::string dir = testutil::tempDir("");
+  for (int bits : {2, 3, 4, 5, 8}) {
+    for (bool sym : {true, false}) {
+      INFO(bits << " bits, symmetric " << sym);
+      Graph g = base;
+      RtnOptions r;
+      r.format = QuantFormat{bits, 16, sym};
+      rtnQuantize(g, r);
+      g.pruneUnused();
+      std::string path = dir + "/b.onnx";
+      auto s = exportOnnx(g, path, ExportOptions{});
+      bool nbits = bits == 2 || bits == 4 || bits == 8;
+      CHECK(s["opset"] == (nbits ? 17 : 21));
+      CHECK(s["weight_formats"]["w2.weight"].get<std::string>().find(nbits ? "matmulnbits" : "qdq") != std::string::npos);
+      if (!ortOrSkip()) continue;
+      auto v = validateExport(g, path, validationInputs(g, "", 2, 7));
+      CHECK(v["onnxruntime"]["opt_disabled"]["max_abs_diff"].get<double>() <= 1e-4);
+    }
+  }
+}
+
+TEST_CASE("a tied embedding/head weight stays DequantizeLinear (a Gather reads it) and still matches ORT", "[export]") {
+  ImportOptions o;
+  o.inputs = {{"idx", DType::Int64, {Dim::sym("batch"), Dim::sym("seq")}}};
+  Graph g = importTorchScript(testutil::fixture("gpt2_block.pt"), o);
+  REQUIRE(g.aliases.count("head.weight") == 1);
+  RtnOptions r;
+  r.format = QuantFormat{4, 16, false};
+  rtnQuantize(g, r);
+  g.pruneUnused();
+  std::string path = testutil::tempDir("") + "/tied.onnx";
+  auto s = exportOnnx(g, path, ExportOptions{});
+  CHECK(s["weight_formats"]["wte.weight"] == "int4-g16-qdq");
+  CHECK(s["weight_formats"]["fc.weight"] == "int4-g16-matmulnbits");
+  CHECK(s["opset"] == 21);
+  if (!ortOrSkip()) return;
+  auto v = validateExport(g, path, validationInputs(g, "", 2, 8));
+  CHECK(v["onnxruntime"]["opt_disabled"]["max_abs_diff"].get<double>() <= 1e-4);
+}
