@@ -46,6 +46,15 @@ at::Tensor sampleSequences(const std::vector<int64_t>& stream, int64_t samples, 
   return out;
 }
 
+at::Tensor consecutiveSequences(const std::vector<int64_t>& stream, int64_t samples, int64_t seq_len) {
+  int64_t need = samples * seq_len;
+  if (static_cast<int64_t>(stream.size()) < need)
+    fail(ErrorCategory::Data, "the calibration stream has " + std::to_string(stream.size()) + " tokens; " +
+                                  std::to_string(samples) + " sequences of " + std::to_string(seq_len) + " need " +
+                                  std::to_string(need) + ". Lower samples or seq_len.");
+  return at::tensor(std::vector<int64_t>(stream.begin(), stream.begin() + need), at::kLong).reshape({samples, seq_len});
+}
+
 static double since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }

@@ -22,6 +22,8 @@ LmWindows makeWindows(const std::vector<int64_t>& stream, int64_t seq_len, int64
 
 /// `samples` sequences of `seq_len` tokens at seeded random offsets (sequences may span paragraphs).
 at::Tensor sampleSequences(const std::vector<int64_t>& stream, int64_t samples, int64_t seq_len, int64_t seed);
+/// The first samples * seq_len tokens of the stream as [samples, seq_len] (the GPTQ/AWQ reference setup).
+at::Tensor consecutiveSequences(const std::vector<int64_t>& stream, int64_t samples, int64_t seq_len);
 
 struct MetricResult {
   std::string metric;

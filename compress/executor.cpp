@@ -481,8 +481,8 @@ int Executor::addHook(NodeHook hook) {
 
 void Executor::removeHook(int id) { hooks_.erase(id); }
 
-std::vector<at::Tensor> Executor::run(const std::map<std::string, at::Tensor>& inputs) {
-  std::unordered_map<std::string, at::Tensor> env;
+Executor::Env Executor::start(const std::map<std::string, at::Tensor>& inputs) {
+  Env env;
   for (const auto& name : g_.inputs) {
     auto it = inputs.find(name);
     if (it == inputs.end()) fail(ErrorCategory::Data, "missing model input '" + name + "'");
@@ -494,13 +494,11 @@ std::vector<at::Tensor> Executor::run(const std::map<std::string, at::Tensor>& i
                                       c10::toString(t.scalar_type()));
       if (vi->second.shape) {
         const Shape& s = *vi->second.shape;
-        if (static_cast<int64_t>(s.size()) != t.dim())
+        bool ok = static_cast<int64_t>(s.size()) == t.dim();
+        for (size_t d = 0; ok && d < s.size(); ++d) ok = !s[d].isFixed() || s[d].value == t.size(static_cast<int64_t>(d));
+        if (!ok)
           fail(ErrorCategory::Data, "model input '" + name + "' must have shape " + shapeStr(s) + ", got " +
                                         c10::str(t.sizes()));
-        for (size_t d = 0; d < s.size(); ++d)
-          if (s[d].isFixed() && s[d].value != t.size(static_cast<int64_t>(d)))
-            fail(ErrorCategory::Data, "model input '" + name + "' must have shape " + shapeStr(s) + ", got " +
-                                          c10::str(t.sizes()));
       }
     }
     env[name] = t.to(opts_.device);
@@ -508,6 +506,26 @@ std::vector<at::Tensor> Executor::run(const std::map<std::string, at::Tensor>& i
   for (const auto& [name, t] : inputs)
     if (std::find(g_.inputs.begin(), g_.inputs.end(), name) == g_.inputs.end())
       fail(ErrorCategory::Data, "'" + name + "' is not an input of this model");
+  return env;
+}
+
+int Executor::liveIndexOf(const std::string& node_name) const {
+  for (size_t k = 0; k < live_nodes_.size(); ++k)
+    if (g_.nodes[live_nodes_[k]].name == node_name) return static_cast<int>(k);
+  return -1;
+}
+
+int Executor::firstReaderOf(const std::string& value) const {
+  for (size_t k = 0; k < live_nodes_.size(); ++k) {
+    const Node& n = g_.nodes[live_nodes_[k]];
+    if (std::find(n.inputs.begin(), n.inputs.end(), value) != n.inputs.end()) return static_cast<int>(k);
+    auto f = fused_.find(live_nodes_[k]);
+    if (f != fused_.end() && f->second.input == value) return static_cast<int>(k);
+  }
+  return -1;
+}
+
+void Executor::runRange(Env& env, int from, int to) {
   auto lookup = [&](const std::string& v) -> at::Tensor {
     if (v.empty()) return at::Tensor();
     auto e = env.find(v);
@@ -517,7 +535,8 @@ std::vector<at::Tensor> Executor::run(const std::map<std::string, at::Tensor>& i
     fail(ErrorCategory::Internal, "value '" + v + "' is read before it is computed");
   };
   std::set<std::string> keep(g_.outputs.begin(), g_.outputs.end());
-  for (size_t k = 0; k < live_nodes_.size(); ++k) {
+  to = std::min(to, static_cast<int>(live_nodes_.size()));
+  for (int k = from; k < to; ++k) {
     int idx = live_nodes_[k];
     const Node& n = g_.nodes[idx];
     Tensors ins, outs;
@@ -538,11 +557,21 @@ std::vector<at::Tensor> Executor::run(const std::map<std::string, at::Tensor>& i
     const auto& read = fused != fused_.end() ? std::vector<std::string>{fused->second.input} : n.inputs;
     for (const auto& v : read) {
       auto lu = last_use_.find(v);
-      if (lu != last_use_.end() && lu->second == static_cast<int>(k) && !keep.count(v)) env.erase(v);
+      if (lu != last_use_.end() && lu->second == k && !keep.count(v)) env.erase(v);
     }
   }
+}
+
+std::vector<at::Tensor> Executor::run(const std::map<std::string, at::Tensor>& inputs) {
+  Env env = start(inputs);
+  runRange(env, 0, liveCount());
   Tensors result;
-  for (const auto& o : g_.outputs) result.push_back(lookup(o));
+  for (const auto& o : g_.outputs) {
+    auto e = env.find(o);
+    if (e != env.end()) result.push_back(e->second);
+    else if (constants_.count(o)) result.push_back(constants_.at(o));
+    else fail(ErrorCategory::Internal, "graph output '" + o + "' was not computed");
+  }
   return result;
 }
 

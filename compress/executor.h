@@ -40,6 +40,19 @@ class Executor {
   /// Convenience for single-input graphs.
   at::Tensor run1(const at::Tensor& input);
 
+  /// Values computed so far, by name: what block-sequential calibration saves at a block boundary.
+  using Env = std::map<std::string, at::Tensor>;
+  /// An environment holding the graph inputs (validated and moved to the device), ready for runRange.
+  Env start(const std::map<std::string, at::Tensor>& inputs);
+  /// Runs the non-folded nodes with positions [from, to) on `env` (hooks fire), dropping values nothing at
+  /// or after `to` reads. Positions are those of liveIndexOf().
+  void runRange(Env& env, int from, int to);
+  /// Position of a node among the nodes that run each time, or -1 when it was folded into a constant.
+  int liveIndexOf(const std::string& node_name) const;
+  int liveCount() const { return static_cast<int>(live_nodes_.size()); }
+  /// Position of the first running node that reads `value` directly, or -1.
+  int firstReaderOf(const std::string& value) const;
+
   int addHook(NodeHook hook);
   void removeHook(int id);
   const Graph& graph() const { return g_; }

@@ -131,8 +131,12 @@ RunSummary runRecipe(const Recipe& r, const RunOptions& opts) {
   ctx.seed = r.seed;
   ctx.show_progress = opts.progress;
   if (r.calibration.present) {
-    if (r.task == "causal-lm")
-      ctx.calibration = sampleSequences(loadTokenStream(r.calibration), r.calibration.samples, r.calibration.seq_len, r.calibration.seed);
+    if (r.task == "causal-lm") {
+      auto stream = loadTokenStream(r.calibration);
+      ctx.calibration = r.calibration.sampling == "random"
+                            ? sampleSequences(stream, r.calibration.samples, r.calibration.seq_len, r.calibration.seed)
+                            : consecutiveSequences(stream, r.calibration.samples, r.calibration.seq_len);
+    }
     else {
       at::Tensor all = tensorFromNpy(readNpy(r.calibration.inputs), r.calibration.inputs);
       ctx.calibration = r.calibration.samples > 0 ? all.narrow(0, 0, std::min(all.size(0), r.calibration.samples)) : all;

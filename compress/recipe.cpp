@@ -44,6 +44,9 @@ void readData(const YAML::Node& node, bool calibration, const std::string& task,
   out.max_tokens = r.integer("max_tokens", 0, 0, int64_t{1} << 40, "scored tokens (0 = all)");
   out.batch = r.integer("batch", calibration ? 8 : 1, 1, 1 << 16, "sequences per forward pass (LM eval: 1 is fastest on CPU)");
   out.seed = r.integer("seed", 0, 0, int64_t{1} << 40, "sampling seed");
+  if (calibration)
+    out.sampling = r.choice("sampling", "sequential", {"sequential", "random"},
+                            "calibration sequences: consecutive from the start of the stream, or at seeded random offsets");
   r.finish();
   const YAML::Node& n = node;
   for (auto [key, path] : {std::pair{"tokens", out.tokens}, {"text", out.text}, {"tokenizer", out.tokenizer},

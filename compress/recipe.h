@@ -24,6 +24,7 @@ struct DataSource {
   int64_t max_tokens = 0;  // eval: scored tokens (0 = the whole stream)
   int64_t batch = 0;
   int64_t seed = 0;
+  std::string sampling = "sequential";  // calibration: sequential (consecutive from the start) | random
 };
 
 struct RecipeInput {

@@ -88,16 +88,26 @@ std::string renderMarkdown(const json& r) {
     md << "| " << i++ << " | " << p["name"].get<std::string>() << " | " << fmt(p["seconds"].get<double>(), 2) << " | "
        << p["summary"].get<std::string>() << " |\n";
   for (const auto& p : r["passes"]) {
-    if (!p["stats"].contains("layers")) continue;
+    if (!p["stats"].contains("layers") || !p["stats"]["layers"].is_array() || p["stats"]["layers"].empty()) continue;
     md << "\n### " << p["name"].get<std::string>() << " per layer\n\n";
-    bool sparse = p["stats"].contains("sparsity");
-    md << (sparse ? "| weight | shape | sparsity |\n|---|---|---|\n" : "| weight | shape | format | bytes | RMSE |\n|---|---|---|---|---|\n");
-    for (const auto& l : p["stats"]["layers"]) {
-      md << "| " << l["weight"].get<std::string>() << " | " << l["shape"].dump() << " | ";
-      if (sparse) md << fmt(100 * l["sparsity"].get<double>(), 2) << "% |\n";
-      else
-        md << l["format"].get<std::string>() << " | " << humanBytes(l["bytes_before"].get<double>()) << " → "
-           << humanBytes(l["bytes_after"].get<double>()) << " | " << fmt(l["rmse"].get<double>(), 6) << " |\n";
+    const json& first = p["stats"]["layers"][0];
+    if (first.contains("sparsity")) {
+      md << "| weight | shape | sparsity |\n|---|---|---|\n";
+      for (const auto& l : p["stats"]["layers"])
+        md << "| " << l["weight"].get<std::string>() << " | " << l["shape"].dump() << " | " << fmt(100 * l["sparsity"].get<double>(), 2) << "% |\n";
+    } else if (first.contains("output_error")) {
+      md << "| weight | shape | format | output error | RTN's output error |\n|---|---|---|---|---|\n";
+      for (const auto& l : p["stats"]["layers"])
+        md << "| " << l["weight"].get<std::string>() << " | " << l["shape"].dump() << " | " << l["format"].get<std::string>()
+           << " | " << l["output_error"].get<double>() << " | " << l["output_error_rtn"].get<double>() << " |\n";
+    } else if (first.contains("bytes_before")) {
+      md << "| weight | shape | format | bytes | RMSE |\n|---|---|---|---|---|\n";
+      for (const auto& l : p["stats"]["layers"])
+        md << "| " << l["weight"].get<std::string>() << " | " << l["shape"].dump() << " | " << l["format"].get<std::string>()
+           << " | " << humanBytes(l["bytes_before"].get<double>()) << " → " << humanBytes(l["bytes_after"].get<double>())
+           << " | " << fmt(l["rmse"].get<double>(), 6) << " |\n";
+    } else {
+      for (const auto& l : p["stats"]["layers"]) md << "- `" << l.dump() << "`\n";
     }
   }
   if (r.contains("export")) {

@@ -1,0 +1,69 @@
+// calibration.h — block-sequential calibration for GPTQ, AWQ and friends.
+// Linear weights are grouped into blocks (a transformer layer = the parameter-name prefix "layers.N.";
+// otherwise one layer per block). The calibration inputs run once up to block 0; the values live at that
+// boundary are kept, and each step runs only from the current boundary: to a layer of the block (to
+// capture its input), or through the whole block (to move the boundary on, with the block's weights as the
+// pass has just left them). So the cost is O(blocks) block-forwards and only one block's activations are
+// alive at a time.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "compress/executor.h"
+#include "compress/graph.h"
+
+namespace compress {
+
+struct Block {
+  std::string name;                  // "layers.3" or the weight name
+  std::vector<std::string> weights;  // linear weights in graph order
+};
+
+/// Groups `weights` (linear-layer weights) into blocks by their "<prefix>.<N>." name; others alone.
+std::vector<Block> groupIntoBlocks(const Graph& g, const std::vector<std::string>& weights);
+
+/// Sub-groups of a block that share one input, in the order a true-sequential pass quantizes them: q/k/v
+/// (one input), then o, then w1/w3, then w2 — in general, weights whose MatMuls read the same activation.
+std::vector<std::vector<std::string>> sharedInputGroups(const Graph& g, const Block& b);
+
+/// Runs the calibration set block by block. Weights may be changed in place between calls (the
+/// executor's folded transposes are views of them); structural changes need a new BlockRunner.
+class BlockRunner {
+ public:
+  /// `inputs`: [samples, seq] token ids (or the model's single input), run in chunks of `chunk` samples.
+  BlockRunner(const Graph& g, const at::Tensor& inputs, int64_t chunk, at::Device device);
+
+  /// Calls fn(weight, x) with the input x ([tokens, in], float32) of every MatMul of `weights`, for every
+  /// chunk, running from the current boundary only as far as the last of them.
+  void capture(const std::vector<std::string>& weights,
+               const std::function<void(const std::string& weight, const at::Tensor& x)>& fn);
+  /// Moves the boundary to the start of `next` (or to the end of the graph when null), running the nodes
+  /// between with the current weights.
+  void advanceTo(const Block* next);
+  /// The position where block `b` starts (first node reading one of its parameters or its MatMuls).
+  int boundaryOf(const Block& b) const;
+  int64_t forwardNodes() const { return nodes_run_; }  // nodes executed so far, for the report
+
+ private:
+  const Graph& g_;
+  std::unique_ptr<Executor> ex_;
+  std::vector<Executor::Env> envs_;  // one per chunk, at position boundary_
+  int boundary_ = 0;
+  int64_t nodes_run_ = 0;
+  std::map<std::string, std::string> matmul_of_;  // weight -> MatMul node name
+};
+
+/// Accumulates H = 2/n Σ x xᵀ (float64) of a layer's inputs.
+struct HessianAccumulator {
+  at::Tensor h;  // [in, in] float64
+  int64_t n = 0;
+  void add(const at::Tensor& x);  // x [tokens, in]
+  at::Tensor hessian() const;     // 2/n Σ x xᵀ as float32
+};
+
+}  // namespace compress

@@ -1,0 +1,256 @@
+// awq.cpp — AWQ (Lin et al. 2023, arXiv:2306.00978): protects the weights that meet large activations by
+// scaling input channels up (s = mean|x|^alpha, alpha searched on a grid against the layers' output error
+// after fake quantization) and folding 1/s into the op that produces the input (RMSNorm/LayerNorm weight,
+// or the rows of the previous linear layer), then shrinking each group's clipping range where that lowers
+// the output error. Changes: norm weights / previous linear rows (float, exactly compensated), selected
+// Linear weights -> scaled, clipped and (unless quantize: false) RTN-quantized. Keeps: topology.
+#include "quant/awq.h"
+
+#include <fnmatch.h>
+
+#include <chrono>
+#include <cmath>
+
+#include "compress/calibration.h"
+#include "compress/error.h"
+#include "compress/options.h"
+#include "compress/pass.h"
+#include "compress/pass_context.h"
+#include "compress/progress.h"
+
+namespace compress {
+namespace {
+
+at::Tensor fakeQuant(const at::Tensor& w, const QuantFormat& f) { return dequantize(quantizeRtn(w, f)); }
+
+// Sum over the group of mean squared output error of X W'ᵀ against X Wᵀ.
+double groupLoss(const at::Tensor& x, const std::vector<at::Tensor>& ws, const std::vector<at::Tensor>& wqs) {
+  double loss = 0;
+  for (size_t k = 0; k < ws.size(); ++k) loss += (x.matmul(wqs[k].t()) - x.matmul(ws[k].t())).pow(2).mean().item<double>();
+  return loss;
+}
+
+// Per-group clipping search (llm-awq auto_clip): for each output row and input group, the max |w| ratio
+// that minimises the group's output error on sampled tokens; rows are processed in batches.
+at::Tensor clipWeight(const at::Tensor& w, const at::Tensor& x_all, const AwqOptions& o) {
+  int64_t out = w.size(0), in = w.size(1);
+  int64_t gs = o.format.group_size > 0 ? o.format.group_size : in;
+  if (in % gs != 0) return w;  // ragged groups: keep it simple, no clipping
+  int64_t step = std::max<int64_t>(1, x_all.size(0) / o.clip_tokens);
+  at::Tensor x = x_all.slice(0, 0, x_all.size(0), step).narrow(0, 0, std::min(o.clip_tokens, (x_all.size(0) + step - 1) / step));
+  int64_t n = x.size(0), ng = in / gs;
+  at::Tensor xg = x.reshape({1, n, ng, gs});
+  at::Tensor result = w.clone();
+  const int64_t rows_per_batch = 64;
+  for (int64_t r0 = 0; r0 < out; r0 += rows_per_batch) {
+    int64_t rb = std::min(rows_per_batch, out - r0);
+    at::Tensor wb = w.narrow(0, r0, rb).reshape({rb, 1, ng, gs});
+    at::Tensor org_out = (xg * wb).sum(-1);                   // [rb, n, ng]
+    at::Tensor org_max = wb.abs().amax(-1, true);             // [rb, 1, ng, 1]
+    at::Tensor best_max = org_max.clone();
+    at::Tensor min_err = at::full({rb, 1, ng, 1}, INFINITY);
+    for (int64_t i = 0; i < static_cast<int64_t>(o.max_shrink * o.clip_grid); ++i) {
+      at::Tensor max_val = org_max * (1.0 - static_cast<double>(i) / static_cast<double>(o.clip_grid));
+      at::Tensor cur = at::max(at::min(wb, max_val), -max_val);
+      at::Tensor q = fakeQuant(cur.reshape({rb, in}), o.format).reshape({rb, 1, ng, gs});
+      at::Tensor err = ((xg * q).sum(-1) - org_out).pow(2).mean(1).reshape({rb, 1, ng, 1});
+      at::Tensor better = err < min_err;
+      min_err = at::where(better, err, min_err);
+      best_max = at::where(better, max_val, best_max);
+    }
+    result.narrow(0, r0, rb).copy_(at::max(at::min(wb, best_max), -best_max).reshape({rb, in}));
+  }
+  return result;
+}
+
+bool matchesAny(const std::vector<std::string>& pats, const std::vector<std::string>& names) {
+  for (const auto& p : pats)
+    for (const auto& n : names)
+      if (fnmatch(p.c_str(), n.c_str(), 0) == 0) return true;
+  return false;
+}
+
+}  // namespace
+
+ScaleFold findScaleFold(const Graph& g, const std::vector<std::string>& weights) {
+  ScaleFold none;
+  std::map<std::string, LinearRef> lin;
+  for (const auto& l : findLinears(g)) lin.emplace(l.weight, l);
+  std::string x;
+  std::set<int> group_matmuls;
+  for (const auto& w : weights) {
+    auto it = lin.find(w);
+    if (it == lin.end() || !it->second.transposed) return none;
+    group_matmuls.insert(it->second.node);
+    const std::string& in = g.nodes[it->second.node].inputs[0];
+    if (!x.empty() && x != in) return none;
+    x = in;
+  }
+  // Every reader of x must be one of the group's MatMuls, or the scale would leak elsewhere.
+  for (int c : g.consumers(x))
+    if (!group_matmuls.count(c)) return none;
+  int p = g.producer(x);
+  if (p < 0) return none;
+  const Node& n = g.nodes[p];
+  int64_t in_dim = g.initializers.count(weights[0]) ? g.initializers.at(weights[0]).size(1) : -1;
+  if (n.op == "LayerNormalization" && g.isInitializer(n.inputs[1])) {
+    ScaleFold f{ScaleFold::LayerNorm, n.inputs[1], n.inputs.size() > 2 ? n.inputs[2] : ""};
+    return f;
+  }
+  if (n.op == "Mul") {
+    for (int k = 0; k < 2; ++k) {
+      const std::string& v = n.inputs[k];
+      if (g.isInitializer(v) && g.initializers.at(v).dim() == 1 && g.initializers.at(v).size(0) == in_dim &&
+          g.consumers(v).size() == 1)
+        return {ScaleFold::VectorMul, v, ""};
+    }
+    // x = a * (X W_prevᵀ): scale the rows of W_prev (SwiGLU's up projection feeding the down projection).
+    for (int k = 0; k < 2; ++k) {
+      int pp = g.producer(n.inputs[k]);
+      if (pp < 0 || g.nodes[pp].op != "MatMul" || g.consumers(n.inputs[k]).size() != 1) continue;
+      for (const auto& [w, l] : lin)
+        if (l.node == pp && l.transposed && g.isInitializer(w) && g.initializers.at(w).size(0) == in_dim &&
+            g.consumers(w).size() == 1)
+          return {ScaleFold::PrevLinearRows, w, ""};
+    }
+  }
+  return none;
+}
+
+void applyScale(Graph& g, const ScaleFold& fold, const std::vector<std::string>& weights, const at::Tensor& s) {
+  at::NoGradGuard ng;
+  switch (fold.kind) {
+    case ScaleFold::VectorMul:
+    case ScaleFold::LayerNorm: {
+      at::Tensor& t = g.initializers.at(fold.tensor);
+      t.div_(s.to(t.scalar_type()));
+      if (!fold.bias.empty()) g.initializers.at(fold.bias).div_(s);
+      break;
+    }
+    case ScaleFold::PrevLinearRows: {
+      at::Tensor& t = g.initializers.at(fold.tensor);
+      t.div_(s.unsqueeze(1).to(t.scalar_type()));
+      break;
+    }
+    case ScaleFold::None:
+      fail(ErrorCategory::Internal, "applyScale without a fold target");
+  }
+  for (const auto& w : weights) {
+    at::Tensor& t = g.initializers.at(w);
+    t.mul_(s.unsqueeze(0).to(t.scalar_type()));
+  }
+}
+
+nlohmann::json awqQuantizeModel(Graph& g, const at::Tensor& calibration, const AwqOptions& o, at::Device device,
+                                bool progress) {
+  auto t0 = std::chrono::steady_clock::now();
+  at::NoGradGuard ng;
+  std::vector<std::string> unmatched;
+  auto selected = selectWeights(g, o.targets, o.ignore, &unmatched);
+  if (!unmatched.empty()) fail(ErrorCategory::Config, "awq: target pattern '" + unmatched[0] + "' matched no linear weight");
+  std::vector<std::string> todo;
+  for (const auto& w : selected)
+    if (g.isInitializer(w)) todo.push_back(w);
+  auto blocks = groupIntoBlocks(g, todo);
+  BlockRunner runner(g, calibration, o.chunk, device);
+  if (!blocks.empty()) runner.advanceTo(&blocks[0]);
+  nlohmann::json groups = nlohmann::json::array();
+  Progress prog("awq", static_cast<int64_t>(blocks.size()), "blocks", progress);
+  for (size_t bi = 0; bi < blocks.size(); ++bi) {
+    for (const auto& grp : sharedInputGroups(g, blocks[bi])) {
+      std::vector<at::Tensor> xs;
+      runner.capture({grp[0]}, [&](const std::string&, const at::Tensor& x) { xs.push_back(x); });
+      at::Tensor x = at::cat(xs);
+      ScaleFold fold = findScaleFold(g, grp);
+      nlohmann::json info = {{"weights", grp}, {"fold", fold.kind == ScaleFold::None ? "none" : fold.tensor}};
+      at::Tensor s = at::ones({x.size(1)});
+      if (fold.kind != ScaleFold::None) {
+        at::Tensor x_mean = x.abs().mean(0);
+        std::vector<at::Tensor> ws;
+        for (const auto& w : grp) ws.push_back(g.initializers.at(w).to(at::kFloat));
+        double best = INFINITY, best_alpha = 0, loss0 = 0;
+        for (int64_t k = 0; k < o.grid; ++k) {
+          double alpha = static_cast<double>(k) / static_cast<double>(o.grid);
+          at::Tensor sc = x_mean.pow(alpha).clamp_min(1e-4);
+          sc = sc / (sc.max() * sc.min()).sqrt();
+          std::vector<at::Tensor> wqs;
+          for (const auto& w : ws) wqs.push_back(fakeQuant(w * sc.unsqueeze(0), o.format) / sc.unsqueeze(0));
+          double loss = groupLoss(x, ws, wqs);
+          if (k == 0) loss0 = loss;
+          if (loss < best) best = loss, best_alpha = alpha, s = sc;
+        }
+        applyScale(g, fold, grp, s);
+        info["alpha"] = best_alpha;
+        info["loss"] = best;
+        info["loss_rtn"] = loss0;
+      }
+      if (o.clip) {
+        at::Tensor xs_scaled = x / s.unsqueeze(0);
+        for (const auto& w : grp) {
+          if (matchesAny(o.no_clip, namesOf(g, w))) continue;
+          at::Tensor& t = g.initializers.at(w);
+          t.copy_(clipWeight(t.to(at::kFloat), xs_scaled, o).to(t.scalar_type()));
+        }
+      }
+      groups.push_back(info);
+    }
+    runner.advanceTo(bi + 1 < blocks.size() ? &blocks[bi + 1] : nullptr);
+    prog.advance(1);
+  }
+  prog.finish();
+  int64_t quantized = 0;
+  if (o.quantize)
+    for (const auto& w : todo) {
+      installQuantized(g, w, quantizeRtn(g.initializers.at(w), o.format), "awq");
+      ++quantized;
+    }
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return {{"format", o.format.name()}, {"grid", o.grid}, {"clip", o.clip}, {"quantized", o.quantize},
+          {"layers_quantized", quantized}, {"layer_count", todo.size()}, {"groups", groups},
+          {"calibration_samples", calibration.size(0)}, {"forward_nodes", runner.forwardNodes()}, {"seconds", secs}};
+}
+
+namespace {
+
+class AwqPass : public Pass {
+ public:
+  const char* name() const override { return "awq"; }
+  const char* description() const override {
+    return "AWQ: activation-aware per-channel scaling and clipping, then round-to-nearest (or a following gptq).";
+  }
+  bool needsCalibration() const override { return true; }
+  void configure(OptionReader& r) override {
+    opts_.format.bits = static_cast<int32_t>(r.integer("bits", 4, 2, 8, "bits per weight"));
+    opts_.format.group_size = static_cast<int32_t>(r.integer("group_size", 128, -1, 1 << 20, "inputs per scale; -1 = per channel"));
+    opts_.format.symmetric = r.boolean("symmetric", false, "symmetric (no zero point)");
+    opts_.grid = r.integer("grid", 20, 1, 1000, "scale exponents searched: alpha = k / grid");
+    opts_.clip = r.boolean("clip", true, "search per-group clipping ranges after scaling");
+    opts_.clip_grid = r.integer("clip_grid", 20, 1, 1000, "clip ratios 1 - k / clip_grid");
+    opts_.max_shrink = r.number("max_shrink", 0.5, 0.0, 1.0, "largest clip shrink");
+    opts_.clip_tokens = r.integer("clip_tokens", 512, 1, 1 << 20, "tokens sampled for the clip search");
+    opts_.quantize = r.boolean("quantize", true, "round-to-nearest at the end (false: leave float for gptq)");
+    opts_.targets = r.strings("targets", {"Linear"}, "weights to quantize: Linear, or parameter-name globs");
+    opts_.ignore = r.strings("ignore", {}, "parameter-name globs to leave alone");
+    opts_.chunk = r.integer("chunk", 8, 1, 1 << 16, "calibration sequences per forward pass (memory)");
+    if (opts_.format.group_size == 0 || opts_.format.group_size == 1) r.error("group_size", "must be -1 (per channel) or at least 2");
+  }
+  PassResult run(Graph& g, PassContext& ctx) override {
+    nlohmann::json s = awqQuantizeModel(g, ctx.calibration, opts_, ctx.device, ctx.show_progress);
+    int folded = 0;
+    for (const auto& gr : s["groups"]) folded += gr["fold"] != "none";
+    char buf[200];
+    std::snprintf(buf, sizeof buf, "%s: scales folded for %d of %d input groups%s, %d layers %s",
+                  opts_.format.name().c_str(), folded, static_cast<int>(s["groups"].size()), opts_.clip ? ", clipped" : "",
+                  static_cast<int>(s["layer_count"].get<size_t>()), opts_.quantize ? "quantized (RTN)" : "left in float");
+    return {buf, s};
+  }
+
+ private:
+  AwqOptions opts_;
+};
+
+}  // namespace
+
+std::unique_ptr<Pass> makeAwqPass() { return std::make_unique<AwqPass>(); }
+
+}  // namespace compress
