@@ -76,7 +76,7 @@ int BlockRunner::boundaryOf(const Block& b) const {
 }
 
 void BlockRunner::capture(const std::vector<std::string>& weights,
-                          const std::function<void(const std::string&, const at::Tensor&)>& fn) {
+                          const std::function<void(const std::string&, const at::Tensor&)>& fn, bool outputs) {
   std::map<std::string, std::string> wanted;  // MatMul node -> weight
   int last = -1;
   for (const auto& w : weights) {
@@ -86,10 +86,10 @@ void BlockRunner::capture(const std::vector<std::string>& weights,
     last = std::max(last, ex_->liveIndexOf(it->second));
   }
   if (last < boundary_) fail(ErrorCategory::Internal, "capture behind the calibration boundary");
-  int hook = ex_->addHook([&](int, const Node& n, const std::vector<at::Tensor>& in, const std::vector<at::Tensor>&) {
+  int hook = ex_->addHook([&](int, const Node& n, const std::vector<at::Tensor>& in, const std::vector<at::Tensor>& out) {
     auto it = wanted.find(n.name);
     if (it == wanted.end()) return;
-    const at::Tensor& x = in[0];
+    const at::Tensor& x = outputs ? out[0] : in[0];
     fn(it->second, x.reshape({-1, x.size(-1)}).to(at::kFloat));
   });
   at::NoGradGuard ng;

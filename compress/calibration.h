@@ -38,10 +38,11 @@ class BlockRunner {
   /// `inputs`: [samples, seq] token ids (or the model's single input), run in chunks of `chunk` samples.
   BlockRunner(const Graph& g, const at::Tensor& inputs, int64_t chunk, at::Device device);
 
-  /// Calls fn(weight, x) with the input x ([tokens, in], float32) of every MatMul of `weights`, for every
-  /// chunk, running from the current boundary only as far as the last of them.
+  /// Calls fn(weight, x) with the input x ([tokens, in], float32) of every MatMul of `weights` (its output
+  /// [tokens, out] with `outputs`), for every chunk, running from the current boundary only as far as the
+  /// last of them.
   void capture(const std::vector<std::string>& weights,
-               const std::function<void(const std::string& weight, const at::Tensor& x)>& fn);
+               const std::function<void(const std::string& weight, const at::Tensor& x)>& fn, bool outputs = false);
   /// Moves the boundary to the start of `next` (or to the end of the graph when null), running the nodes
   /// between with the current weights.
   void advanceTo(const Block* next);

@@ -23,13 +23,6 @@ namespace {
 
 at::Tensor fakeQuant(const at::Tensor& w, const QuantFormat& f) { return dequantize(quantizeRtn(w, f)); }
 
-// Sum over the group of mean squared output error of X W'ᵀ against X Wᵀ.
-double groupLoss(const at::Tensor& x, const std::vector<at::Tensor>& ws, const std::vector<at::Tensor>& wqs) {
-  double loss = 0;
-  for (size_t k = 0; k < ws.size(); ++k) loss += (x.matmul(wqs[k].t()) - x.matmul(ws[k].t())).pow(2).mean().item<double>();
-  return loss;
-}
-
 // Per-group clipping search (llm-awq auto_clip): for each output row and input group, the max |w| ratio
 // that minimises the group's output error on sampled tokens; rows are processed in batches.
 at::Tensor clipWeight(const at::Tensor& w, const at::Tensor& x_all, const AwqOptions& o) {
@@ -157,7 +150,9 @@ nlohmann::json awqQuantizeModel(Graph& g, const at::Tensor& calibration, const A
   nlohmann::json groups = nlohmann::json::array();
   Progress prog("awq", static_cast<int64_t>(blocks.size()), "blocks", progress);
   for (size_t bi = 0; bi < blocks.size(); ++bi) {
-    for (const auto& grp : sharedInputGroups(g, blocks[bi])) {
+    auto grps = sharedInputGroups(g, blocks[bi]);
+    for (size_t gi = 0; gi < grps.size(); ++gi) {
+      const auto& grp = grps[gi];
       std::vector<at::Tensor> xs;
       runner.capture({grp[0]}, [&](const std::string&, const at::Tensor& x) { xs.push_back(x); });
       at::Tensor x = at::cat(xs);
@@ -165,29 +160,46 @@ nlohmann::json awqQuantizeModel(Graph& g, const at::Tensor& calibration, const A
       nlohmann::json info = {{"weights", grp}, {"fold", fold.kind == ScaleFold::None ? "none" : fold.tensor}};
       at::Tensor s = at::ones({x.size(1)});
       if (fold.kind != ScaleFold::None) {
+        // The loss is measured where the reference measures it: at the output of the module these layers
+        // feed — q/k/v at the attention output (the next single-layer group, o), w1/w3 at the MLP output
+        // (w2) — or at the layers' own outputs when nothing single follows.
+        std::string inspect = grp.size() > 1 && gi + 1 < grps.size() && grps[gi + 1].size() == 1 ? grps[gi + 1][0] : "";
+        auto moduleOut = [&]() {
+          std::vector<at::Tensor> outs;
+          if (inspect.empty()) {
+            for (const auto& w : grp) outs.push_back(x.matmul(g.initializers.at(w).to(at::kFloat).t()));
+            return at::cat(outs, 1);
+          }
+          runner.capture({inspect}, [&](const std::string&, const at::Tensor& y) { outs.push_back(y); }, true);
+          return at::cat(outs);
+        };
+        at::Tensor ref = moduleOut();
         at::Tensor x_mean = x.abs().mean(0);
-        std::vector<at::Tensor> ws;
-        for (const auto& w : grp) ws.push_back(g.initializers.at(w).to(at::kFloat));
+        std::vector<at::Tensor> w0;
+        for (const auto& w : grp) w0.push_back(g.initializers.at(w).clone());
         double best = INFINITY, best_alpha = 0, loss0 = 0;
         for (int64_t k = 0; k < o.grid; ++k) {
           double alpha = static_cast<double>(k) / static_cast<double>(o.grid);
           at::Tensor sc = x_mean.pow(alpha).clamp_min(1e-4);
           sc = sc / (sc.max() * sc.min()).sqrt();
-          std::vector<at::Tensor> wqs;
-          for (const auto& w : ws) wqs.push_back(fakeQuant(w * sc.unsqueeze(0), o.format) / sc.unsqueeze(0));
-          double loss = groupLoss(x, ws, wqs);
+          for (size_t j = 0; j < grp.size(); ++j)  // fake-quantized scaled weights, in place (the executor sees them)
+            g.initializers.at(grp[j]).copy_(fakeQuant(w0[j].to(at::kFloat) * sc.unsqueeze(0), o.format) / sc.unsqueeze(0));
+          double loss = (moduleOut() - ref).pow(2).mean().item<double>();
           if (k == 0) loss0 = loss;
           if (loss < best) best = loss, best_alpha = alpha, s = sc;
         }
+        for (size_t j = 0; j < grp.size(); ++j) g.initializers.at(grp[j]).copy_(w0[j]);
         applyScale(g, fold, grp, s);
         info["alpha"] = best_alpha;
         info["loss"] = best;
         info["loss_rtn"] = loss0;
+        info["loss_at"] = inspect.empty() ? "own outputs" : inspect;
       }
       if (o.clip) {
         at::Tensor xs_scaled = x / s.unsqueeze(0);
         for (const auto& w : grp) {
           if (matchesAny(o.no_clip, namesOf(g, w))) continue;
+          // In place now: a later group may fold its scale into this weight's rows (w2 into w3).
           at::Tensor& t = g.initializers.at(w);
           t.copy_(clipWeight(t.to(at::kFloat), xs_scaled, o).to(t.scalar_type()));
         }

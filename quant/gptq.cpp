@@ -42,9 +42,13 @@ QuantizedTensor gptqQuantize(const at::Tensor& w0, const at::Tensor& h0, const Q
     scales.select(1, gi).copy_(s);
     if (z.defined()) zeros.select(1, gi).copy_(z.to(at::kFloat));
   };
-  bool static_groups = act_order || f.group_size <= 0;
-  if (static_groups)
-    for (int64_t gi = 0; gi < groups; ++gi) setGroup(gi, W.narrow(1, gi * g, std::min(g, cols - gi * g)));
+  // Per channel: one set of scales from the whole weight up front. Groups: each group's scales are taken
+  // when the sweep first reaches one of its columns, from the group's columns as updated so far. With
+  // act_order those columns are spread over the permuted order, but the groups stay the contiguous groups
+  // of the original layout, so the result needs no permutation index (g_idx) at inference.
+  bool static_groups = f.group_size <= 0;
+  if (static_groups) setGroup(0, W);
+  std::vector<bool> group_set(static_cast<size_t>(groups), static_groups);
   at::Tensor perm, invperm;
   if (act_order) {
     perm = std::get<1>(at::sort(H.diagonal(), /*stable=*/true, 0, /*descending=*/true));
@@ -69,10 +73,15 @@ QuantizedTensor gptqQuantize(const at::Tensor& w0, const at::Tensor& h0, const Q
     at::Tensor Hinv1 = Hinv.narrow(0, i1, count).narrow(1, i1, count);
     for (int64_t i = 0; i < count; ++i) {
       int64_t col = i1 + i, gi = group_acc[col];
-      if (!static_groups && col % g == 0) {
-        // The group's scales come from the weight as updated so far (columns before col are final).
-        at::Tensor cur = at::cat({W1.narrow(1, i, count - i), W.narrow(1, i2, cols - i2)}, 1).narrow(1, 0, std::min(g, cols - col));
-        setGroup(gi, cur);
+      if (!group_set[static_cast<size_t>(gi)]) {
+        // The group's columns as they stand now: in this lazy batch (W1) or beyond it (W).
+        std::vector<at::Tensor> parts;
+        for (int64_t oc = gi * g; oc < std::min(cols, (gi + 1) * g); ++oc) {
+          int64_t pc = act_order ? invperm[oc].item<int64_t>() : oc;
+          parts.push_back(pc >= i1 && pc < i2 ? W1.select(1, pc - i1) : W.select(1, pc));
+        }
+        setGroup(gi, at::stack(parts, 1));
+        group_set[static_cast<size_t>(gi)] = true;
       }
       at::Tensor w = W1.select(1, i);
       at::Tensor s = scales.select(1, gi), z = zeros.select(1, gi);
