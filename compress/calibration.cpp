@@ -30,7 +30,22 @@ std::vector<Block> groupIntoBlocks(const Graph& g, const std::vector<std::string
   for (auto& b : blocks)
     std::sort(b.weights.begin(), b.weights.end(), [&](const auto& a, const auto& c) { return pos[a] < pos[c]; });
   std::sort(blocks.begin(), blocks.end(), [&](const Block& a, const Block& b) { return pos[a.weights[0]] < pos[b.weights[0]]; });
-  return blocks;
+  // Without layer prefixes, sibling layers that read the same input (q/k/v, gate/up) still form one block.
+  std::map<std::string, std::string> input_of;
+  for (const auto& l : findLinears(g)) input_of.emplace(l.weight, g.nodes[l.node].inputs[0]);
+  std::vector<Block> merged;
+  for (auto& b : blocks) {
+    if (!merged.empty() && b.weights.size() == 1 && merged.back().weights.size() >= 1 &&
+        input_of[b.weights[0]] == input_of[merged.back().weights.back()]) {
+      bool prefixed = std::regex_search(b.weights[0], layer);
+      if (!prefixed) {
+        merged.back().weights.push_back(b.weights[0]);
+        continue;
+      }
+    }
+    merged.push_back(std::move(b));
+  }
+  return merged;
 }
 
 std::vector<std::vector<std::string>> sharedInputGroups(const Graph& g, const Block& b) {

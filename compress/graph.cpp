@@ -163,6 +163,13 @@ int64_t Graph::parameterBytes() const {
   return b;
 }
 
+Graph Graph::clone() const {
+  Graph g = *this;
+  for (auto& [n, t] : g.initializers) t = t.clone();
+  for (auto& [n, sp] : g.sparsity) sp.mask = sp.mask.clone();
+  return g;
+}
+
 void Graph::pruneUnused() {
   std::unordered_set<std::string> used(outputs.begin(), outputs.end());
   // Walk backwards so dead chains disappear in one sweep.

@@ -111,6 +111,9 @@ struct Graph {
   /// Parameter count and bytes, counting tied weights once and quantized weights at their packed size.
   int64_t parameterCount() const;
   int64_t parameterBytes() const;
+  /// A deep copy: tensors (initializers, masks) are cloned, so in-place changes to one graph's weights
+  /// never reach the other. (Plain copies share tensor storage.)
+  Graph clone() const;
   /// Removes initializers and values no node or output references.
   void pruneUnused();
 };

@@ -153,7 +153,7 @@ RunSummary runRecipe(const Recipe& r, const RunOptions& opts) {
   }
   std::fflush(stdout);
 
-  Graph g = original;
+  Graph g = original.clone();  // passes may change weights in place; the original stays the reference
   json passes = json::array();
   for (size_t i = 0; i < r.passes.size(); ++i) {
     Pass& p = *r.passes[i].pass;

@@ -144,6 +144,9 @@ nlohmann::json awqQuantizeModel(Graph& g, const at::Tensor& calibration, const A
   std::vector<std::string> todo;
   for (const auto& w : selected)
     if (g.isInitializer(w)) todo.push_back(w);
+  // Weights, norms and previous rows are updated in place below; own every float tensor first.
+  for (auto& [name, t] : g.initializers)
+    if (t.is_floating_point()) t = t.clone();
   auto blocks = groupIntoBlocks(g, todo);
   BlockRunner runner(g, calibration, o.chunk, device);
   if (!blocks.empty()) runner.advanceTo(&blocks[0]);

@@ -119,6 +119,8 @@ nlohmann::json gptqQuantizeModel(Graph& g, const at::Tensor& calibration, const 
   std::vector<std::string> todo;
   for (const auto& w : weights)
     if (g.isInitializer(w)) todo.push_back(w);
+  // The weights are updated in place below; own them first so no other graph copy sees the changes.
+  for (const auto& w : todo) g.initializers.at(w) = g.initializers.at(w).clone();
   auto blocks = groupIntoBlocks(g, todo);
   BlockRunner runner(g, calibration, opts.chunk, device);
   if (!blocks.empty()) runner.advanceTo(&blocks[0]);
