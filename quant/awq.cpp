@@ -209,7 +209,7 @@ nlohmann::json awqQuantizeModel(Graph& g, const at::Tensor& calibration, const A
       }
       groups.push_back(info);
     }
-    runner.advanceTo(bi + 1 < blocks.size() ? &blocks[bi + 1] : nullptr);
+    if (bi + 1 < blocks.size()) runner.advanceTo(&blocks[bi + 1]);  // nothing after the last block is needed
     prog.advance(1);
   }
   prog.finish();

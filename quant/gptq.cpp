@@ -149,7 +149,7 @@ nlohmann::json gptqQuantizeModel(Graph& g, const at::Tensor& calibration, const 
         results.emplace(w, q);
       }
     }
-    runner.advanceTo(bi + 1 < blocks.size() ? &blocks[bi + 1] : nullptr);
+    if (bi + 1 < blocks.size()) runner.advanceTo(&blocks[bi + 1]);  // nothing after the last block is needed
     prog.advance(1);
   }
   prog.finish();
