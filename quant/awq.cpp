@@ -235,9 +235,7 @@ class AwqPass : public Pass {
   }
   bool needsCalibration() const override { return true; }
   void configure(OptionReader& r) override {
-    opts_.format.bits = static_cast<int32_t>(r.integer("bits", 4, 2, 8, "bits per weight"));
-    opts_.format.group_size = static_cast<int32_t>(r.integer("group_size", 128, -1, 1 << 20, "inputs per scale; -1 = per channel"));
-    opts_.format.symmetric = r.boolean("symmetric", false, "symmetric (no zero point)");
+    opts_.format = readFormatOptions(r, QuantFormat{4, 128, false});
     opts_.grid = r.integer("grid", 20, 1, 1000, "scale exponents searched: alpha = k / grid");
     opts_.clip = r.boolean("clip", true, "search per-group clipping ranges after scaling");
     opts_.clip_grid = r.integer("clip_grid", 20, 1, 1000, "clip ratios 1 - k / clip_grid");
@@ -247,7 +245,6 @@ class AwqPass : public Pass {
     opts_.targets = r.strings("targets", {"Linear"}, "weights to quantize: Linear, or parameter-name globs");
     opts_.ignore = r.strings("ignore", {}, "parameter-name globs to leave alone");
     opts_.chunk = r.integer("chunk", 8, 1, 1 << 16, "calibration sequences per forward pass (memory)");
-    if (opts_.format.group_size == 0 || opts_.format.group_size == 1) r.error("group_size", "must be -1 (per channel) or at least 2");
   }
   PassResult run(Graph& g, PassContext& ctx) override {
     nlohmann::json s = awqQuantizeModel(g, ctx.calibration, opts_, ctx.device, ctx.show_progress);

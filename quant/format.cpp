@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "compress/error.h"
+#include "compress/options.h"
 
 namespace compress {
 
@@ -12,6 +13,16 @@ std::string QuantFormat::name() const {
   if (group_size > 0) n += "-g" + std::to_string(group_size);
   if (!symmetric) n += "-asym";
   return n;
+}
+
+QuantFormat readFormatOptions(OptionReader& r, const QuantFormat& d) {
+  QuantFormat f;
+  f.bits = static_cast<int32_t>(r.integer("bits", d.bits, 2, 8, "bits per weight"));
+  f.group_size = static_cast<int32_t>(
+      r.integer("group_size", d.group_size, -1, 1 << 20, "input channels per scale; -1 = one scale per output channel"));
+  f.symmetric = r.boolean("symmetric", d.symmetric, "symmetric (no zero point) or asymmetric (uint with zero point)");
+  if (f.group_size == 0 || f.group_size == 1) r.error("group_size", "must be -1 (per channel) or at least 2");
+  return f;
 }
 
 const std::vector<QuantFormat>& formatTable() {

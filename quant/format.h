@@ -41,6 +41,11 @@ at::Tensor dequantize(const QuantizedTensor& q);
 /// Packs b-bit integers (offset to unsigned) into bytes, low bits first, row by row.
 std::vector<uint8_t> packBits(const at::Tensor& qdata, int bits, bool symmetric);
 
+class OptionReader;
+/// Reads the format options every quantizing pass shares (bits, group_size, symmetric) with the given
+/// defaults, validating them in one place.
+QuantFormat readFormatOptions(OptionReader& r, const QuantFormat& defaults);
+
 /// The formats the project supports, one row each; tests loop over this table.
 const std::vector<QuantFormat>& formatTable();
 

@@ -179,17 +179,14 @@ class GptqPass : public Pass {
   }
   bool needsCalibration() const override { return true; }
   void configure(OptionReader& r) override {
-    opts_.format.bits = static_cast<int32_t>(r.integer("bits", 4, 2, 8, "bits per weight"));
-    opts_.format.group_size = static_cast<int32_t>(r.integer("group_size", 128, -1, 1 << 20, "inputs per scale; -1 = per channel"));
-    opts_.format.symmetric = r.boolean("symmetric", false, "symmetric (no zero point)");
+    opts_.format = readFormatOptions(r, QuantFormat{4, 128, false});
     opts_.damp = r.number("damp", 0.01, 0.0, 10.0, "dampening, as a fraction of mean(diag H)");
     opts_.block_size = r.integer("block_size", 128, 1, 1 << 20, "columns per lazy batch update");
-    opts_.act_order = r.boolean("act_order", false, "quantize columns by decreasing diag(H) (static groups)");
+    opts_.act_order = r.boolean("act_order", false, "quantize columns by decreasing diag(H); groups stay contiguous (no g_idx)");
     opts_.true_sequential = r.boolean("true_sequential", true, "q/k/v, then o, then w1/w3, then w2 inside a block");
     opts_.targets = r.strings("targets", {"Linear"}, "weights to quantize: Linear, or parameter-name globs");
     opts_.ignore = r.strings("ignore", {}, "parameter-name globs to leave in float");
     opts_.chunk = r.integer("chunk", 8, 1, 1 << 16, "calibration sequences per forward pass (memory)");
-    if (opts_.format.group_size == 0 || opts_.format.group_size == 1) r.error("group_size", "must be -1 (per channel) or at least 2");
   }
   PassResult run(Graph& g, PassContext& ctx) override {
     nlohmann::json s = gptqQuantizeModel(g, ctx.calibration, opts_, ctx.device, ctx.show_progress);

@@ -25,9 +25,10 @@ struct GptqOptions {
 
 /// GPTQ on one weight W [out, in] with the Hessian H [in, in] of its inputs. Columns are quantized in
 /// order (or by decreasing diag(H) with act_order), each one's rounding error spread over the columns not
-/// yet quantized through the Cholesky factor of H⁻¹, in lazy batches of `block_size`. Groups use the
-/// format's contiguous groups; with act_order their scales are fixed from the original weight before the
-/// sweep ("static groups"), so the result is an ordinary grouped tensor with no permutation to store.
+/// yet quantized through the Cholesky factor of H⁻¹, in lazy batches of `block_size`. Groups are the
+/// format's contiguous groups of the original layout; a group's scales are taken when the sweep first
+/// reaches one of its columns, from its columns as updated so far, so even with act_order the result is an
+/// ordinary grouped tensor with no permutation (g_idx) to store.
 /// `mask` (optional, true = kept) keeps pruned weights at exactly zero.
 QuantizedTensor gptqQuantize(const at::Tensor& w, const at::Tensor& h, const QuantFormat& f, double damp,
                              int64_t block_size, bool act_order, const at::Tensor& mask = at::Tensor());

@@ -51,14 +51,9 @@ class RtnPass : public Pass {
     return "Round-to-nearest weight quantization (2-8 bits, per channel or per group, symmetric or asymmetric).";
   }
   void configure(OptionReader& r) override {
-    opts_.format.bits = static_cast<int32_t>(r.integer("bits", 8, 2, 8, "bits per weight"));
-    opts_.format.group_size = static_cast<int32_t>(
-        r.integer("group_size", -1, -1, 1 << 20, "input channels per scale; -1 = one scale per output channel"));
-    opts_.format.symmetric = r.boolean("symmetric", true, "symmetric (no zero point) or asymmetric (uint with zero point)");
+    opts_.format = readFormatOptions(r, QuantFormat{8, -1, true});
     opts_.targets = r.strings("targets", {"Linear"}, "weights to quantize: Linear, or parameter-name globs");
     opts_.ignore = r.strings("ignore", {}, "parameter-name globs to leave in float");
-    if (opts_.format.group_size == 0 || opts_.format.group_size == 1)
-      r.error("group_size", "must be -1 (per channel) or at least 2");
   }
   PassResult run(Graph& g, PassContext&) override {
     nlohmann::json s = rtnQuantize(g, opts_);
