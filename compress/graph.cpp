@@ -263,6 +263,16 @@ std::vector<std::string> selectWeights(const Graph& g, const std::vector<std::st
   return out;
 }
 
+std::vector<std::string> selectPassTargets(const Graph& g, const std::string& pass, const std::vector<std::string>& targets,
+                                           const std::vector<std::string>& ignore) {
+  std::vector<std::string> unmatched;
+  auto weights = selectWeights(g, targets, ignore, &unmatched);
+  if (!unmatched.empty())
+    fail(ErrorCategory::Config, pass + ": target pattern '" + unmatched[0] +
+                                    "' matched no linear weight (see `compress inspect MODEL` for names)");
+  return weights;
+}
+
 void verify(const Graph& g) {
   std::vector<std::string> problems;
   std::unordered_set<std::string> defined;

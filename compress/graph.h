@@ -139,6 +139,10 @@ std::vector<std::string> selectWeights(const Graph& g, const std::vector<std::st
                                        const std::vector<std::string>& ignore,
                                        std::vector<std::string>* unmatched = nullptr);
 
+/// selectWeights for a pass: throws Error(Config) naming the pass when a target pattern matches nothing.
+std::vector<std::string> selectPassTargets(const Graph& g, const std::string& pass, const std::vector<std::string>& targets,
+                                           const std::vector<std::string>& ignore);
+
 /// Checks the invariants every pass must leave: unique producers, inputs defined before use, no
 /// dangling values, known dtypes, initializer shapes matching their value info, quantized and sparsity
 /// state consistent with the tensors. Throws Error(Internal) listing every violation.

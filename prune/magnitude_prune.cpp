@@ -25,11 +25,7 @@ at::Tensor keepMask(const at::Tensor& scores, int64_t k) {
 }  // namespace
 
 nlohmann::json magnitudePrune(Graph& g, const MagnitudePruneOptions& opts) {
-  std::vector<std::string> unmatched;
-  auto weights = selectWeights(g, opts.targets, opts.ignore, &unmatched);
-  if (!unmatched.empty())
-    fail(ErrorCategory::Config, "magnitude-prune: target pattern '" + unmatched[0] +
-                                    "' matched no linear weight (see `compress inspect MODEL` for names)");
+  auto weights = selectPassTargets(g, "magnitude-prune", opts.targets, opts.ignore);
   for (const auto& w : weights)
     if (!g.isInitializer(w))
       fail(ErrorCategory::Config, "magnitude-prune: '" + w + "' is already quantized; put pruning before quantization in the recipe");

@@ -138,9 +138,7 @@ nlohmann::json awqQuantizeModel(Graph& g, const at::Tensor& calibration, const A
                                 bool progress) {
   auto t0 = std::chrono::steady_clock::now();
   at::NoGradGuard ng;
-  std::vector<std::string> unmatched;
-  auto selected = selectWeights(g, o.targets, o.ignore, &unmatched);
-  if (!unmatched.empty()) fail(ErrorCategory::Config, "awq: target pattern '" + unmatched[0] + "' matched no linear weight");
+  auto selected = selectPassTargets(g, "awq", o.targets, o.ignore);
   std::vector<std::string> todo;
   for (const auto& w : selected)
     if (g.isInitializer(w)) todo.push_back(w);

@@ -112,10 +112,7 @@ QuantizedTensor gptqQuantize(const at::Tensor& w0, const at::Tensor& h0, const Q
 nlohmann::json gptqQuantizeModel(Graph& g, const at::Tensor& calibration, const GptqOptions& opts, at::Device device,
                                  bool progress) {
   auto t0 = std::chrono::steady_clock::now();
-  std::vector<std::string> unmatched;
-  auto weights = selectWeights(g, opts.targets, opts.ignore, &unmatched);
-  if (!unmatched.empty())
-    fail(ErrorCategory::Config, "gptq: target pattern '" + unmatched[0] + "' matched no linear weight");
+  auto weights = selectPassTargets(g, "gptq", opts.targets, opts.ignore);
   std::vector<std::string> todo;
   for (const auto& w : weights)
     if (g.isInitializer(w)) todo.push_back(w);

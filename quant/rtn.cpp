@@ -13,10 +13,7 @@
 namespace compress {
 
 nlohmann::json rtnQuantize(Graph& g, const RtnOptions& opts) {
-  std::vector<std::string> unmatched;
-  auto weights = selectWeights(g, opts.targets, opts.ignore, &unmatched);
-  if (!unmatched.empty())
-    fail(ErrorCategory::Config, "rtn: target pattern '" + unmatched[0] + "' matched no linear weight (see `compress inspect MODEL` for names)");
+  auto weights = selectPassTargets(g, "rtn", opts.targets, opts.ignore);
   nlohmann::json layers = nlohmann::json::array();
   int64_t before = 0, after = 0, skipped = 0;
   for (const auto& w : weights) {
