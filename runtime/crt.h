@@ -1,0 +1,151 @@
+// crt.h — the public API of the Compress runtime: load an exported ONNX file, run it on CPU.
+// No LibTorch, no exceptions across this API (every call returns a Status or a Result), and after the
+// first run() for a given set of input shapes, run() allocates nothing: buffers come from a per-shape
+// memory plan made on that first call.
+//
+//   crt::SessionOptions opts;  opts.threads = 2;
+//   auto s = crt::Session::create("model.onnx", opts);
+//   if (!s) { std::cerr << s.status().message << "\n"; return 1; }
+//   std::vector<int64_t> ids = {1, 403, 407};
+//   crt::TensorView in = crt::TensorView::of(ids.data(), {1, 3});
+//   std::vector<crt::TensorView> out;                // views into the session, valid until the next run
+//   crt::Status st = s->run({{"tokens", in}}, out);
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace crt {
+
+/// Element types (values are ONNX TensorProto.DataType codes).
+enum class DType : int { F32 = 1, U8 = 2, I8 = 3, I32 = 6, I64 = 7, Bool = 9, F16 = 10, F64 = 11 };
+const char* dtypeName(DType t);
+size_t dtypeSize(DType t);
+
+enum class StatusCode : int {
+  Ok = 0,
+  InvalidArgument = 2,  // wrong input names, dtypes, shapes; bad options
+  ModelError = 3,       // unreadable or malformed ONNX, unsupported ops/types
+  DataError = 4,        // input values an op cannot accept (index out of range, ...)
+  IoError = 6,          // file not found / unreadable
+  Internal = 70,
+};
+
+struct Status {
+  StatusCode code = StatusCode::Ok;
+  std::string message;
+  bool ok() const { return code == StatusCode::Ok; }
+  static Status Ok() { return {}; }
+};
+
+/// A value or the Status saying why there is none.
+template <typename T>
+class Result {
+ public:
+  Result(T value) : value_(std::make_unique<T>(std::move(value))) {}  // NOLINT: implicit by design
+  Result(Status status) : status_(std::move(status)) {}                // NOLINT
+  bool ok() const { return value_ != nullptr; }
+  explicit operator bool() const { return ok(); }
+  const Status& status() const { return status_; }
+  T& value() { return *value_; }
+  const T& value() const { return *value_; }
+  T* operator->() { return value_.get(); }
+  T& operator*() { return *value_; }
+
+ private:
+  std::unique_ptr<T> value_;
+  Status status_;
+};
+
+/// A non-owning, contiguous (C order) tensor.
+struct TensorView {
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  const void* data = nullptr;
+  int64_t numel() const;
+  size_t bytes() const { return static_cast<size_t>(numel()) * dtypeSize(dtype); }
+  template <typename T>
+  static TensorView of(const T* p, std::vector<int64_t> shape);
+  template <typename T>
+  const T* as() const { return static_cast<const T*>(data); }
+};
+
+/// An owning tensor (what the convenience run() returns).
+struct Tensor {
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  std::vector<uint8_t> bytes;
+  TensorView view() const { return TensorView{dtype, shape, bytes.data()}; }
+  template <typename T>
+  const T* as() const { return reinterpret_cast<const T*>(bytes.data()); }
+};
+
+struct SessionOptions {
+  int threads = 0;          // 0: all hardware threads
+  bool use_simd = true;     // false forces the portable scalar kernels (for testing/debugging)
+  int max_plans = 16;       // memory plans kept (one per distinct input-shape set), least recently used dropped
+};
+
+/// Name, element type and shape of a graph input/output; -1 marks a symbolic dim (its name in dim_names).
+struct IoInfo {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  std::vector<std::string> dim_names;
+};
+
+/// Load-time facts about a session (what `crun` prints with --verbose).
+struct SessionInfo {
+  int nodes = 0;              // nodes in the file
+  int folded = 0;             // removed at load: constant subgraphs evaluated once
+  int packed_matmuls = 0;     // MatMul/MatMulNBits with pre-packed constant weights
+  int64_t weight_bytes = 0;   // bytes of pre-packed weights (what a decode step streams)
+  std::string isa;            // kernel set in use: "avx512", "avx2", "scalar"
+  int threads = 1;
+};
+
+class Session {
+ public:
+  /// Loads, checks (every unsupported op/type reported at once) and prepares a model: constant
+  /// subgraphs are folded, weights feeding MatMul are pre-packed (fp32/fp16/int8/int2-8 blocked).
+  static Result<Session> create(const std::string& onnx_path, const SessionOptions& options = {});
+
+  Session(Session&&) noexcept;
+  Session& operator=(Session&&) noexcept;
+  ~Session();
+
+  const std::vector<IoInfo>& inputs() const;
+  const std::vector<IoInfo>& outputs() const;
+  const SessionInfo& info() const;
+
+  /// Runs the model. `outputs` receives one view per graph output, in order, pointing into the session's
+  /// memory: valid until the next run() or the session's end. After the first call with the same input
+  /// shapes this allocates nothing (given an `outputs` vector of the right size).
+  Status run(const std::vector<std::pair<std::string, TensorView>>& inputs, std::vector<TensorView>& outputs);
+  /// Convenience: runs and copies the outputs.
+  Result<std::vector<Tensor>> run(const std::vector<std::pair<std::string, TensorView>>& inputs);
+
+ private:
+  struct Impl;
+  explicit Session(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+template <typename T>
+struct DTypeOf;
+template <> struct DTypeOf<float> { static constexpr DType value = DType::F32; };
+template <> struct DTypeOf<int64_t> { static constexpr DType value = DType::I64; };
+template <> struct DTypeOf<int32_t> { static constexpr DType value = DType::I32; };
+template <> struct DTypeOf<uint8_t> { static constexpr DType value = DType::U8; };
+template <> struct DTypeOf<int8_t> { static constexpr DType value = DType::I8; };
+template <> struct DTypeOf<double> { static constexpr DType value = DType::F64; };
+
+template <typename T>
+TensorView TensorView::of(const T* p, std::vector<int64_t> shape) {
+  return TensorView{DTypeOf<T>::value, std::move(shape), p};
+}
+
+}  // namespace crt

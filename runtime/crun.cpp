@@ -1,0 +1,392 @@
+// crun — run, benchmark and sample from exported ONNX models with the Compress runtime (no LibTorch).
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cxxopts.hpp>
+#include <iostream>
+#include <map>
+#include <random>
+#include <sstream>
+
+#include "compress/error.h"
+#include "compress/npy.h"
+#include "compress/tokenizer.h"
+#include "runtime/crt.h"
+
+namespace {
+
+const char* kUsage = R"(crun — the Compress runtime: runs exported ONNX models on CPU, no LibTorch.
+
+Usage:
+  crun run MODEL.onnx --input NAME=FILE.npy [...] [--output OUT.npy | --output-dir DIR] [--threads N]
+        runs once; one output -> --output file, several -> DIR/<output name>.npy
+  crun bench MODEL.onnx --shape NAME=1x128 [...] [--threads 2] [--runs 50] [--warmup 5] [--json]
+        median / p90 latency, tokens/s, peak memory (random inputs: ints in [0, --max-id), floats N(0,1))
+  crun generate MODEL.onnx --tokenizer tok512.bin --prompt "Once upon a time" [-n 40] [--top-k 0]
+        [--temperature 1.0] [--seed 0]
+        greedy (top-k 0) or top-k sampling; recomputes the whole prefix for each new token
+  crun ppl MODEL.onnx --tokens val.tok512.npy [--seq-len 512] [--max-tokens 32768] [--batch 1]
+        perplexity exactly as `compress eval` defines it (non-overlapping windows, next-token NLL)
+  crun info MODEL.onnx      inputs, outputs, folded nodes, packed weights, kernel set
+  crun ops                  every op the runtime supports
+
+Options common to all: --threads N (default: all cores), --no-simd (portable scalar kernels).
+
+Exit codes: 0 ok, 2 usage/argument error, 3 model error (unreadable, unsupported ops), 4 data error,
+6 i/o error, 70 internal error.
+)";
+
+int exitFor(crt::StatusCode c) { return static_cast<int>(c); }
+
+[[noreturn]] void die(int code, const std::string& msg) {
+  std::cerr << "crun: error: " << msg << "\n";
+  std::exit(code);
+}
+
+crt::DType fromDescr(const std::string& d, const std::string& file) {
+  if (d == "<f4") return crt::DType::F32;
+  if (d == "<i8") return crt::DType::I64;
+  if (d == "<i4") return crt::DType::I32;
+  if (d == "<f2") return crt::DType::F16;
+  if (d == "<f8") return crt::DType::F64;
+  if (d == "|u1") return crt::DType::U8;
+  if (d == "|i1") return crt::DType::I8;
+  if (d == "|b1") return crt::DType::Bool;
+  die(4, file + ": unsupported .npy dtype " + d);
+}
+
+std::string toDescr(crt::DType t) {
+  switch (t) {
+    case crt::DType::F32: return "<f4";
+    case crt::DType::I64: return "<i8";
+    case crt::DType::I32: return "<i4";
+    case crt::DType::F16: return "<f2";
+    case crt::DType::F64: return "<f8";
+    case crt::DType::U8: return "|u1";
+    case crt::DType::I8: return "|i1";
+    case crt::DType::Bool: return "|b1";
+  }
+  return "";
+}
+
+crt::Session open(const std::string& path, const cxxopts::ParseResult& r) {
+  crt::SessionOptions o;
+  o.threads = r["threads"].as<int>();
+  o.use_simd = !r.count("no-simd");
+  auto s = crt::Session::create(path, o);
+  if (!s) die(exitFor(s.status().code), s.status().message);
+  return std::move(s.value());
+}
+
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+long peakRssKiB() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_maxrss;
+}
+
+/// Splits "NAME=VALUE".
+std::pair<std::string, std::string> nameValue(const std::string& s, const char* flag) {
+  auto eq = s.find('=');
+  if (eq == std::string::npos || eq == 0) die(2, std::string(flag) + " expects NAME=VALUE, got '" + s + "'");
+  return {s.substr(0, eq), s.substr(eq + 1)};
+}
+
+std::string onlyInputName(const crt::Session& s) {
+  if (s.inputs().size() != 1) die(2, "the model has several inputs; this command needs a single token input");
+  return s.inputs()[0].name;
+}
+
+int cmdRun(const std::string& model, const cxxopts::ParseResult& r) {
+  crt::Session s = open(model, r);
+  std::vector<compress::NpyArray> arrays;
+  std::vector<std::pair<std::string, crt::TensorView>> feeds;
+  const auto specs = r["input"].as<std::vector<std::string>>();
+  arrays.reserve(specs.size());
+  for (const auto& spec : specs) {
+    auto [name, file] = nameValue(spec, "--input");
+    arrays.push_back(compress::readNpy(file));
+    const auto& a = arrays.back();
+    feeds.push_back({name, crt::TensorView{fromDescr(a.descr, file), a.shape, a.data.data()}});
+  }
+  std::vector<crt::TensorView> outs;
+  crt::Status st = s.run(feeds, outs);
+  if (!st.ok()) die(exitFor(st.code), st.message);
+  for (size_t i = 0; i < outs.size(); ++i) {
+    compress::NpyArray a;
+    a.descr = toDescr(outs[i].dtype);
+    a.shape = outs[i].shape;
+    const char* p = static_cast<const char*>(outs[i].data);
+    a.data.assign(p, p + outs[i].bytes());
+    std::string path;
+    if (r.count("output-dir")) path = r["output-dir"].as<std::string>() + "/" + s.outputs()[i].name + ".npy";
+    else if (r.count("output") && outs.size() == 1) path = r["output"].as<std::string>();
+    else if (r.count("output")) die(2, "the model has " + std::to_string(outs.size()) + " outputs: use --output-dir");
+    if (path.empty()) {
+      std::cout << s.outputs()[i].name << ": " << crt::dtypeName(outs[i].dtype) << " [";
+      for (size_t d = 0; d < a.shape.size(); ++d) std::cout << (d ? "," : "") << a.shape[d];
+      std::cout << "]\n";
+      continue;
+    }
+    compress::writeNpy(path, a);
+    std::cerr << "wrote " << path << "\n";
+  }
+  return 0;
+}
+
+int cmdBench(const std::string& model, const cxxopts::ParseResult& r) {
+  const double t0 = now();
+  crt::Session s = open(model, r);
+  const double loadS = now() - t0;
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (const auto& spec : r["shape"].as<std::vector<std::string>>()) {
+    auto [name, dims] = nameValue(spec, "--shape");
+    std::vector<int64_t> v;
+    std::stringstream ss(dims);
+    std::string tok;
+    while (std::getline(ss, tok, 'x')) {
+      try {
+        v.push_back(std::stoll(tok));
+      } catch (...) {
+        die(2, "--shape " + spec + ": dims are numbers separated by x, e.g. tokens=1x128");
+      }
+    }
+    shapes[name] = v;
+  }
+  std::mt19937_64 rng(0);
+  std::vector<std::vector<char>> data;
+  std::vector<std::pair<std::string, crt::TensorView>> feeds;
+  int64_t tokens = 1;
+  for (const auto& io : s.inputs()) {
+    std::vector<int64_t> shape;
+    if (shapes.count(io.name)) {
+      shape = shapes[io.name];
+    } else {
+      for (int64_t d : io.shape) {
+        if (d < 0) die(2, "input '" + io.name + "' has symbolic dims: give --shape " + io.name + "=...");
+        shape.push_back(d);
+      }
+    }
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    if (io.dtype == crt::DType::I64 || io.dtype == crt::DType::I32) tokens = std::max(tokens, n);
+    data.emplace_back(static_cast<size_t>(n) * crt::dtypeSize(io.dtype));
+    char* p = data.back().data();
+    const int64_t maxId = r["max-id"].as<int64_t>();
+    std::normal_distribution<float> normal;
+    for (int64_t i = 0; i < n; ++i) {
+      if (io.dtype == crt::DType::I64) reinterpret_cast<int64_t*>(p)[i] = static_cast<int64_t>(rng() % maxId);
+      else if (io.dtype == crt::DType::I32) reinterpret_cast<int32_t*>(p)[i] = static_cast<int32_t>(rng() % maxId);
+      else if (io.dtype == crt::DType::F32) reinterpret_cast<float*>(p)[i] = normal(rng);
+      else die(2, "bench generates int32/int64/float32 inputs only");
+    }
+    feeds.push_back({io.name, crt::TensorView{io.dtype, shape, p}});
+  }
+  std::vector<crt::TensorView> outs;
+  const int warmup = r["warmup"].as<int>(), runs = r["runs"].as<int>();
+  if (runs < 1 || warmup < 0) die(2, "--runs must be >= 1 and --warmup >= 0");
+  for (int i = 0; i < std::max(warmup, 1); ++i) {
+    crt::Status st = s.run(feeds, outs);
+    if (!st.ok()) die(exitFor(st.code), st.message);
+  }
+  std::vector<double> ms;
+  for (int i = 0; i < runs; ++i) {
+    const double a = now();
+    crt::Status st = s.run(feeds, outs);
+    ms.push_back((now() - a) * 1e3);
+    if (!st.ok()) die(exitFor(st.code), st.message);
+  }
+  std::sort(ms.begin(), ms.end());
+  const double med = ms[ms.size() / 2], p90 = ms[std::min(ms.size() - 1, ms.size() * 9 / 10)];
+  const auto& info = s.info();
+  if (r.count("json")) {
+    std::printf("{\"model\": \"%s\", \"median_ms\": %.4f, \"p90_ms\": %.4f, \"min_ms\": %.4f, \"tokens_per_s\": %.1f, "
+                "\"peak_rss_mib\": %.1f, \"load_s\": %.3f, \"threads\": %d, \"isa\": \"%s\", \"weight_bytes\": %lld, "
+                "\"runs\": %d}\n",
+                model.c_str(), med, p90, ms.front(), tokens / (med / 1e3), peakRssKiB() / 1024.0, loadS, info.threads,
+                info.isa.c_str(), static_cast<long long>(info.weight_bytes), runs);
+  } else {
+    std::printf("model %s  (%s kernels, %d threads, load %.2f s)\n", model.c_str(), info.isa.c_str(), info.threads, loadS);
+    std::printf("median %.3f ms  p90 %.3f ms  min %.3f ms  over %d runs\n", med, p90, ms.front(), runs);
+    std::printf("%.1f tokens/s  peak memory %.1f MiB  packed weights %.2f MiB\n", tokens / (med / 1e3),
+                peakRssKiB() / 1024.0, info.weight_bytes / 1048576.0);
+  }
+  return 0;
+}
+
+/// Logits of the last position of `ids` ([1, T] int64 -> [1, T, V] float32).
+const float* lastLogits(crt::Session& s, const std::string& input, const std::vector<int64_t>& ids,
+                        std::vector<crt::TensorView>& outs, int64_t& vocab) {
+  crt::TensorView in = crt::TensorView::of(ids.data(), {1, static_cast<int64_t>(ids.size())});
+  crt::Status st = s.run({{input, in}}, outs);
+  if (!st.ok()) die(exitFor(st.code), st.message);
+  const auto& o = outs[0];
+  if (o.dtype != crt::DType::F32 || o.shape.size() != 3) die(3, "expected float32 logits [1, T, vocab] as the first output");
+  vocab = o.shape[2];
+  return o.as<float>() + (o.shape[1] - 1) * vocab;
+}
+
+int cmdGenerate(const std::string& model, const cxxopts::ParseResult& r) {
+  if (!r.count("tokenizer")) die(2, "generate needs --tokenizer (llama2.c tokenizer.bin, e.g. ../shared/models/stories260K/tok512.bin)");
+  compress::Tokenizer tok = compress::Tokenizer::load(r["tokenizer"].as<std::string>());
+  crt::Session s = open(model, r);
+  const std::string input = onlyInputName(s);
+  std::vector<int64_t> ids = {compress::Tokenizer::kBos};
+  for (int64_t t : tok.encode(r["prompt"].as<std::string>())) ids.push_back(t);
+  const int n = r["n"].as<int>(), topK = r["top-k"].as<int>();
+  const float temp = r["temperature"].as<float>();
+  if (n < 0 || topK < 0 || temp <= 0) die(2, "-n and --top-k must be >= 0 and --temperature > 0");
+  std::mt19937_64 rng(r["seed"].as<uint64_t>());
+  std::cout << r["prompt"].as<std::string>() << std::flush;
+  std::vector<crt::TensorView> outs;
+  const double t0 = now();
+  int made = 0;
+  for (int i = 0; i < n; ++i) {
+    int64_t vocab = 0;
+    const float* l = lastLogits(s, input, ids, outs, vocab);
+    int64_t next = 0;
+    if (topK == 0) {
+      next = std::max_element(l, l + vocab) - l;
+    } else {
+      std::vector<int64_t> idx(vocab);
+      for (int64_t v = 0; v < vocab; ++v) idx[v] = v;
+      const int64_t k = std::min<int64_t>(topK, vocab);
+      std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int64_t a, int64_t b) { return l[a] > l[b]; });
+      std::vector<double> p(k);
+      for (int64_t j = 0; j < k; ++j) p[j] = std::exp((l[idx[j]] - l[idx[0]]) / temp);
+      std::discrete_distribution<int64_t> pick(p.begin(), p.end());
+      next = idx[pick(rng)];
+    }
+    if (next == compress::Tokenizer::kEos || next == compress::Tokenizer::kBos) break;
+    std::cout << tok.decode(ids.back(), next) << std::flush;
+    ids.push_back(next);
+    ++made;
+  }
+  std::cout << "\n";
+  const double sec = now() - t0;
+  std::cerr << made << " tokens in " << sec << " s (" << (made / std::max(sec, 1e-9)) << " tokens/s, full prefix recomputed per token)\n";
+  return 0;
+}
+
+int cmdPpl(const std::string& model, const cxxopts::ParseResult& r) {
+  if (!r.count("tokens")) die(2, "ppl needs --tokens FILE.npy (a token stream, e.g. ../shared/data/tinystories/val.tok512.npy)");
+  const std::vector<int64_t> stream = compress::readTokenStream(r["tokens"].as<std::string>());
+  const int64_t seq = r["seq-len"].as<int64_t>(), maxTok = r["max-tokens"].as<int64_t>(), batch = r["batch"].as<int64_t>();
+  if (seq <= 0 || batch <= 0) die(2, "--seq-len and --batch must be positive");
+  if (maxTok > 0 && maxTok % seq) die(2, "--max-tokens must be a multiple of --seq-len");
+  const int64_t n = static_cast<int64_t>(stream.size());
+  const int64_t windows = maxTok > 0 ? maxTok / seq : (n - 1) / seq;
+  if (windows <= 0 || windows * seq + 1 > n)
+    die(4, "the token stream has " + std::to_string(n) + " tokens; scoring " + std::to_string(std::max<int64_t>(windows, 1) * seq) + " needs one more");
+  crt::Session s = open(model, r);
+  const std::string input = onlyInputName(s);
+  double nll = 0;
+  int64_t count = 0;
+  std::vector<crt::TensorView> outs;
+  std::vector<int64_t> ids;
+  const double t0 = now();
+  for (int64_t w0 = 0; w0 < windows; w0 += batch) {
+    const int64_t b = std::min(batch, windows - w0);
+    ids.assign(stream.begin() + w0 * seq, stream.begin() + (w0 + b) * seq);
+    crt::Status st = s.run({{input, crt::TensorView::of(ids.data(), {b, seq})}}, outs);
+    if (!st.ok()) die(exitFor(st.code), st.message);
+    const auto& o = outs[0];
+    if (o.dtype != crt::DType::F32 || o.shape.size() != 3) die(3, "expected float32 logits [B, T, vocab]");
+    const int64_t V = o.shape[2];
+    for (int64_t i = 0; i < b * seq; ++i) {
+      const float* l = o.as<float>() + i * V;
+      const float m = *std::max_element(l, l + V);
+      double z = 0;
+      for (int64_t v = 0; v < V; ++v) z += std::exp(static_cast<double>(l[v]) - m);
+      const int64_t target = stream[w0 * seq + i + 1];
+      if (target < 0 || target >= V) die(4, "token " + std::to_string(target) + " is outside the vocabulary");
+      const double lp = static_cast<double>(l[target]) - m - std::log(z);
+      if (!std::isfinite(lp)) die(5, "non-finite log-probability: the model produced NaN/Inf logits");
+      nll -= lp;
+      ++count;
+    }
+  }
+  const double mean = nll / count;
+  std::printf("{\"perplexity\": %.6f, \"mean_nll\": %.6f, \"tokens\": %lld, \"seconds\": %.3f}\n", std::exp(mean), mean,
+              static_cast<long long>(count), now() - t0);
+  return 0;
+}
+
+int cmdInfo(const std::string& model, const cxxopts::ParseResult& r) {
+  crt::Session s = open(model, r);
+  auto printIo = [](const char* what, const std::vector<crt::IoInfo>& v) {
+    for (const auto& io : v) {
+      std::cout << what << " " << io.name << ": " << crt::dtypeName(io.dtype) << "[";
+      for (size_t d = 0; d < io.shape.size(); ++d)
+        std::cout << (d ? "," : "") << (io.shape[d] >= 0 ? std::to_string(io.shape[d]) : io.dim_names[d].empty() ? "?" : io.dim_names[d]);
+      std::cout << "]\n";
+    }
+  };
+  printIo("input", s.inputs());
+  printIo("output", s.outputs());
+  const auto& i = s.info();
+  std::cout << "nodes " << i.nodes << ", folded at load " << i.folded << ", packed MatMuls " << i.packed_matmuls
+            << " (" << i.weight_bytes << " weight bytes), kernels " << i.isa << ", threads " << i.threads << "\n";
+  return 0;
+}
+
+}  // namespace
+
+namespace crt::detail {
+std::vector<std::string> supportedOps();
+}
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
+    std::cout << kUsage;
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  cxxopts::Options o("crun " + cmd, "");
+  o.add_options()("model", "", cxxopts::value<std::string>())
+      ("input", "", cxxopts::value<std::vector<std::string>>()->default_value({}))
+      ("output", "", cxxopts::value<std::string>())("output-dir", "", cxxopts::value<std::string>())
+      ("shape", "", cxxopts::value<std::vector<std::string>>()->default_value({}))
+      ("threads", "", cxxopts::value<int>()->default_value("0"))("no-simd", "")
+      ("runs", "", cxxopts::value<int>()->default_value("50"))("warmup", "", cxxopts::value<int>()->default_value("5"))
+      ("json", "")("max-id", "", cxxopts::value<int64_t>()->default_value("500"))
+      ("tokenizer", "", cxxopts::value<std::string>())
+      ("prompt", "", cxxopts::value<std::string>()->default_value("Once upon a time"))
+      ("n", "", cxxopts::value<int>()->default_value("40"))("top-k", "", cxxopts::value<int>()->default_value("0"))
+      ("temperature", "", cxxopts::value<float>()->default_value("1.0"))
+      ("seed", "", cxxopts::value<uint64_t>()->default_value("0"))
+      ("tokens", "", cxxopts::value<std::string>())("seq-len", "", cxxopts::value<int64_t>()->default_value("512"))
+      ("max-tokens", "", cxxopts::value<int64_t>()->default_value("32768"))
+      ("batch", "", cxxopts::value<int64_t>()->default_value("1"))("h,help", "");
+  o.parse_positional({"model"});
+  try {
+    auto r = o.parse(argc - 1, argv + 1);
+    if (r.count("help")) {
+      std::cout << kUsage;
+      return 0;
+    }
+    if (cmd == "ops") {
+      for (const auto& op : crt::detail::supportedOps()) std::cout << op << "\n";
+      return 0;
+    }
+    if (!r.count("model")) die(2, "crun " + cmd + " needs a model file (crun --help)");
+    const std::string model = r["model"].as<std::string>();
+    if (r["threads"].as<int>() < 0) die(2, "--threads must be >= 0 (0 = all cores)");
+    if (cmd == "run") return cmdRun(model, r);
+    if (cmd == "bench") return cmdBench(model, r);
+    if (cmd == "generate") return cmdGenerate(model, r);
+    if (cmd == "ppl") return cmdPpl(model, r);
+    if (cmd == "info") return cmdInfo(model, r);
+    die(2, "unknown command '" + cmd + "' (commands: run, bench, generate, ppl, info, ops; see crun --help)");
+  } catch (const cxxopts::exceptions::exception& e) {
+    die(2, std::string(e.what()) + " (see crun --help)");
+  } catch (const compress::Error& e) {
+    die(compress::exitCodeFor(e.category()), e.what());
+  } catch (const std::exception& e) {
+    die(70, e.what());
+  }
+}

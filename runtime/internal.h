@@ -1,0 +1,214 @@
+// internal.h — the runtime's private types: shapes, tensor views, the loaded graph, op contexts.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "runtime/crt.h"
+
+namespace crt::detail {
+
+// Element types that appear only inside the runtime (packed 4-bit initializers, ONNX codes 21/22).
+constexpr DType kU4 = static_cast<DType>(21);
+constexpr DType kI4 = static_cast<DType>(22);
+
+/// Internal failures are exceptions; the Session API turns them into Status values.
+struct Failure : std::runtime_error {
+  StatusCode code;
+  Failure(StatusCode c, const std::string& m) : std::runtime_error(m), code(c) {}
+};
+[[noreturn]] inline void fail(StatusCode c, const std::string& m) { throw Failure(c, m); }
+
+constexpr int kMaxRank = 8;
+
+/// A fixed-capacity shape (no heap allocation while running).
+struct Shape {
+  int rank = 0;
+  int64_t d[kMaxRank] = {};
+  Shape() = default;
+  Shape(std::initializer_list<int64_t> l) {
+    for (int64_t v : l) push(v);
+  }
+  static Shape of(const std::vector<int64_t>& v) {
+    Shape s;
+    for (int64_t x : v) s.push(x);
+    return s;
+  }
+  void push(int64_t v) {
+    if (rank >= kMaxRank) fail(StatusCode::ModelError, "tensor rank above " + std::to_string(kMaxRank));
+    d[rank++] = v;
+  }
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int i = 0; i < rank; ++i) n *= d[i];
+    return n;
+  }
+  int64_t operator[](int i) const { return d[i]; }
+  int64_t& operator[](int i) { return d[i]; }
+  bool operator==(const Shape& o) const {
+    if (rank != o.rank) return false;
+    for (int i = 0; i < rank; ++i)
+      if (d[i] != o.d[i]) return false;
+    return true;
+  }
+  bool operator!=(const Shape& o) const { return !(*this == o); }
+  std::vector<int64_t> vec() const { return std::vector<int64_t>(d, d + rank); }
+  std::string str() const;
+};
+
+/// A view of a dense C-order tensor. Packed 4-bit types hold ceil(numel/2) bytes.
+struct Buf {
+  DType dt = DType::F32;
+  Shape shape;
+  void* data = nullptr;
+  int64_t numel() const { return shape.numel(); }
+  size_t bytes() const;
+  template <typename T>
+  T* as() const { return static_cast<T*>(data); }
+};
+
+/// 64-byte aligned heap storage.
+class AlignedBytes {
+ public:
+  AlignedBytes() = default;
+  explicit AlignedBytes(size_t n) { resize(n); }
+  AlignedBytes(AlignedBytes&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr; o.n_ = 0; }
+  AlignedBytes& operator=(AlignedBytes&& o) noexcept {
+    std::swap(p_, o.p_);
+    std::swap(n_, o.n_);
+    return *this;
+  }
+  AlignedBytes(const AlignedBytes&) = delete;
+  ~AlignedBytes();
+  void resize(size_t n);  // contents are not kept; new memory is zeroed
+  void* data() const { return p_; }
+  size_t size() const { return n_; }
+
+ private:
+  void* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+struct Attr {
+  enum Kind { None, Int, Float, Ints, Floats, String } kind = None;
+  int64_t i = 0;
+  float f = 0;
+  std::vector<int64_t> ints;
+  std::vector<float> floats;
+  std::string s;
+};
+
+struct PackedWeight;
+struct OpCtx;
+using OpFn = void (*)(OpCtx&);
+
+struct Node {
+  std::string op, domain, name;
+  std::vector<int> in, out;  // value ids; -1 = omitted optional input
+  std::map<std::string, Attr> attrs;
+  OpFn fn = nullptr;
+  std::shared_ptr<PackedWeight> packed;  // MatMul / MatMulNBits / QMatMul with pre-packed weights
+  bool is_static = false;                 // depends only on input shapes and constants: run once per plan
+
+  int64_t attrInt(const std::string& k, int64_t def) const;
+  float attrFloat(const std::string& k, float def) const;
+  const std::vector<int64_t>* attrInts(const std::string& k) const;
+  std::string where() const;  // "Op node 'name'"
+};
+
+struct Value {
+  std::string name;
+  bool is_const = false;
+  Buf constant;        // when is_const
+  std::shared_ptr<AlignedBytes> own;  // storage of the constant (shared by aliases)
+  int producer = -1;   // node index
+  int last_use = -1;   // last node index reading it (graph outputs: INT32_MAX)
+  bool is_static = false;
+};
+
+/// Weights of a MatMul packed at load for our kernels.
+/// F32/F16: w is [N, K] row-major (one row per output). Q8/Q4: blocks of `block` values along K, each padded
+/// to `P` (a multiple of 32) values; per row nblk*P bytes (Q8, one unsigned value per byte) or nblk*P/2
+/// (Q4: in each 32-value chunk byte j holds value j in its low nibble and value j+16 in its high nibble);
+/// scale and zero point per (row, block), float. A weight is (q - zp) * scale; padding holds q = 0 and
+/// meets zero-padded activations.
+struct PackedWeight {
+  enum Kind { F32, F16, Q8, Q4 } kind = F32;
+  int64_t N = 0, K = 0;
+  int64_t block = 0, nblk = 1, P = 0;
+  AlignedBytes w;
+  std::vector<float> scale, zp;
+  int bits = 32;
+  int64_t rowBytes() const;
+  int64_t bytes() const { return rowBytes() * N + static_cast<int64_t>((scale.size() + zp.size()) * 4); }
+};
+
+struct Graph {
+  std::vector<Node> nodes;  // topological order (after folding: only nodes that run)
+  std::vector<Value> values;
+  std::vector<int> inputs, outputs;
+  std::vector<IoInfo> input_info, output_info;
+  std::map<std::string, int> by_name;
+  int opset = 17;
+};
+
+class ThreadPool;
+struct Kernels;
+
+/// Allocation strategy of one run: recording (first call for a shape set) or replaying a plan.
+class Allocator {
+ public:
+  virtual ~Allocator() = default;
+  /// Memory for value `value` made by node `node` (static nodes' outputs are kept for the plan's life).
+  virtual void* output(int value, size_t bytes, int node, bool is_static) = 0;
+  /// Memory that lives only while node `node` runs.
+  virtual void* scratch(size_t bytes, int node, bool is_static) = 0;
+  /// `value` shares the memory of value `src` (a reshape-like op).
+  virtual void alias(int value, int src) = 0;
+};
+
+struct RunEnv {
+  const Graph* g = nullptr;
+  Buf* vals = nullptr;
+  Allocator* alloc = nullptr;
+  ThreadPool* pool = nullptr;
+  const Kernels* k = nullptr;
+  int node_index = 0;
+};
+
+/// What an op sees: its node, inputs, and ways to produce outputs.
+struct OpCtx {
+  RunEnv& env;
+  const Node& node;
+  int nin() const { return static_cast<int>(node.in.size()); }
+  bool has(int i) const { return i < nin() && node.in[i] >= 0; }
+  const Buf& in(int i) const;
+  /// Allocates output i with the given type and shape and returns its memory.
+  void* out(int i, DType dt, const Shape& s);
+  template <typename T>
+  T* outT(int i, const Shape& s) { return static_cast<T*>(out(i, DTypeOf<T>::value, s)); }
+  /// Output i is input `src` with a new shape (no copy).
+  void aliasOut(int i, int src, const Shape& s);
+  /// Temporary memory for this node only.
+  void* scratch(size_t bytes);
+  [[noreturn]] void bad(const std::string& what) const;
+};
+
+/// Reads an integer tensor (i64/i32) into `out` (at most kMaxRank*2 values are expected for shape ops).
+int64_t readInts(const Buf& b, int64_t* out, int64_t cap, const OpCtx& c);
+
+/// The op table: name (with domain prefix for non-default domains) to implementation.
+OpFn findOp(const std::string& domain, const std::string& op);
+std::vector<std::string> supportedOps();
+
+
+// fp16 <-> fp32 (round to nearest even), portable.
+float halfToFloat(uint16_t h);
+uint16_t floatToHalf(float f);
+
+}  // namespace crt::detail

@@ -1,0 +1,115 @@
+// kernels.cpp — the portable scalar kernels (also the reference the SIMD ones are tested against) and
+// the choice of kernel set by CPU features.
+#include "runtime/kernels.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "runtime/internal.h"
+
+namespace crt::detail {
+namespace gemm_base {
+void gemm_nt(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t);
+void gemm_nn(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t);
+}  // namespace gemm_base
+
+namespace {
+
+/// Stored value j (< P) of block b in a packed Q8/Q4 row.
+inline int qAt(const PackedWeight& w, const uint8_t* row, int64_t b, int64_t j) {
+  if (w.kind == PackedWeight::Q8) return row[b * w.P + j];
+  const uint8_t* chunk = row + (b * w.P + (j / 32) * 32) / 2;
+  const int c = static_cast<int>(j % 32);
+  return c < 16 ? (chunk[c] & 0xF) : (chunk[c - 16] >> 4);
+}
+
+void gemvScalar(const PackedWeight& w, const float* x, const float* xsum, int64_t n0, int64_t n1, float* y) {
+  const int64_t K = w.K;
+  for (int64_t n = n0; n < n1; ++n) {
+    double acc = 0;
+    switch (w.kind) {
+      case PackedWeight::F32: {
+        const float* r = static_cast<const float*>(w.w.data()) + n * K;
+        float s = 0;
+        for (int64_t k = 0; k < K; ++k) s += x[k] * r[k];
+        acc = s;
+        break;
+      }
+      case PackedWeight::F16: {
+        const uint16_t* r = static_cast<const uint16_t*>(w.w.data()) + n * K;
+        float s = 0;
+        for (int64_t k = 0; k < K; ++k) s += x[k] * halfToFloat(r[k]);
+        acc = s;
+        break;
+      }
+      default: {
+        const uint8_t* row = static_cast<const uint8_t*>(w.w.data()) + n * w.rowBytes();
+        float s = 0;
+        for (int64_t b = 0; b < w.nblk; ++b) {
+          float blk = 0;
+          for (int64_t j = 0; j < w.P; ++j) blk += x[b * w.P + j] * static_cast<float>(qAt(w, row, b, j));
+          s += w.scale[n * w.nblk + b] * (blk - w.zp[n * w.nblk + b] * xsum[b]);
+        }
+        acc = s;
+      }
+    }
+    y[n] = static_cast<float>(acc);
+  }
+}
+
+void unpackScalar(const PackedWeight& w, int64_t n0, int64_t n1, float* panel, int64_t ldp) {
+  for (int64_t n = n0; n < n1; ++n) {
+    float* p = panel + (n - n0) * ldp;
+    if (w.kind == PackedWeight::F32) {
+      std::memcpy(p, static_cast<const float*>(w.w.data()) + n * w.K, sizeof(float) * w.K);
+    } else if (w.kind == PackedWeight::F16) {
+      const uint16_t* r = static_cast<const uint16_t*>(w.w.data()) + n * w.K;
+      for (int64_t k = 0; k < w.K; ++k) p[k] = halfToFloat(r[k]);
+    } else {
+      const uint8_t* row = static_cast<const uint8_t*>(w.w.data()) + n * w.rowBytes();
+      for (int64_t b = 0; b < w.nblk; ++b) {
+        const int64_t valid = std::min(w.block, w.K - b * w.block);
+        const float zp = w.zp[n * w.nblk + b], sc = w.scale[n * w.nblk + b];
+        for (int64_t j = 0; j < w.P; ++j)
+          p[b * w.P + j] = j < valid ? (static_cast<float>(qAt(w, row, b, j)) - zp) * sc : 0.f;
+      }
+    }
+  }
+}
+
+Kernels makeScalar() {
+  Kernels k;
+  k.isa = "scalar";
+  k.gemm_nt = gemm_base::gemm_nt;
+  k.gemm_nn = gemm_base::gemm_nn;
+  k.gemv = gemvScalar;
+  k.unpack_rows = unpackScalar;
+  return k;
+}
+
+}  // namespace
+
+const Kernels& scalarKernels() {
+  static const Kernels k = makeScalar();
+  return k;
+}
+
+const Kernels& kernelsFor(bool simd) {
+  if (simd) {
+    if (const Kernels* k = avx512Kernels()) return *k;
+    if (const Kernels* k = avx2Kernels()) return *k;
+  }
+  return scalarKernels();
+}
+
+int64_t PackedWeight::rowBytes() const {
+  switch (kind) {
+    case F32: return K * 4;
+    case F16: return K * 2;
+    case Q8: return nblk * P;
+    case Q4: return nblk * P / 2;
+  }
+  return 0;
+}
+
+}  // namespace crt::detail

@@ -1,0 +1,33 @@
+// kernels.h — the compute kernels behind MatMul, chosen once per process by CPU features: AVX-512,
+// AVX2+FMA+F16C, or portable scalar code. Every kernel is tested against the scalar reference
+// (tests/runtime/kernels_test.cpp).
+#pragma once
+
+#include <cstdint>
+
+namespace crt::detail {
+
+struct PackedWeight;
+
+struct Kernels {
+  const char* isa = "scalar";
+  /// Y[m, n] (row stride ldy) = sum_k X[m, k] * W[n, k] for m < M, n in [n0, n1). W row-major [N, K].
+  void (*gemm_nt)(int64_t M, int64_t N, int64_t K, const float* X, int64_t ldx, const float* W, int64_t ldw,
+                  float* Y, int64_t ldy) = nullptr;
+  /// Y[m, n] = sum_k X[m, k] * B[k, n]. B row-major [K, N].
+  void (*gemm_nn)(int64_t M, int64_t N, int64_t K, const float* X, int64_t ldx, const float* B, int64_t ldb,
+                  float* Y, int64_t ldy) = nullptr;
+  /// One activation row against packed rows [n0, n1): y[n] = dot(x, W[n]). x is padded as the weight
+  /// needs (Q8/Q4: nblk * P values, zero padded), xsum holds the per-block sums of x (Q8/Q4 only).
+  void (*gemv)(const PackedWeight& w, const float* x, const float* xsum, int64_t n0, int64_t n1, float* y) = nullptr;
+  /// Dequantizes/converts packed rows [n0, n1) to fp32, row stride ldp (>= padded K), padding as zeros.
+  void (*unpack_rows)(const PackedWeight& w, int64_t n0, int64_t n1, float* panel, int64_t ldp) = nullptr;
+};
+
+/// The best kernel set this CPU supports (or the scalar one when simd is false).
+const Kernels& kernelsFor(bool simd);
+const Kernels& scalarKernels();
+const Kernels* avx2Kernels();    // nullptr when not compiled in or not supported by the CPU
+const Kernels* avx512Kernels();
+
+}  // namespace crt::detail

@@ -1,0 +1,57 @@
+// kernels_avx512.cpp — AVX-512 (F/BW/DQ/VL) kernels (compiled with those flags; used only when the CPU has them).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "runtime/internal.h"
+#include "runtime/kernels.h"
+
+namespace crt::detail {
+namespace gemm_avx512 {
+void gemm_nt(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t);
+void gemm_nn(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t);
+}  // namespace gemm_avx512
+
+namespace avx512 {
+using VF = __m512;
+constexpr int W = 16;
+inline VF ZERO() { return _mm512_setzero_ps(); }
+inline VF SET1(float f) { return _mm512_set1_ps(f); }
+inline VF LOADF(const float* p) { return _mm512_loadu_ps(p); }
+inline void STOREF(float* p, VF v) { _mm512_storeu_ps(p, v); }
+inline VF FMA(VF a, VF b, VF c) { return _mm512_fmadd_ps(a, b, c); }
+inline VF ADD(VF a, VF b) { return _mm512_add_ps(a, b); }
+inline float HSUM(VF v) { return _mm512_reduce_add_ps(v); }
+inline VF U8TOF(const uint8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+inline void NIBBLES(const uint8_t* p, VF& lo, VF& hi) {
+  __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  lo = _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(15)));
+  hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
+}
+inline VF H2F(const uint16_t* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+#include "runtime/kernels_simd.inc"
+}  // namespace avx512
+
+const Kernels* avx512Kernels() {
+  static const Kernels* k = [] () -> const Kernels* {
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
+        !__builtin_cpu_supports("avx512dq") || !__builtin_cpu_supports("avx512vl"))
+      return nullptr;
+    static Kernels s;
+    s.isa = "avx512";
+    s.gemm_nt = gemm_avx512::gemm_nt;
+    s.gemm_nn = gemm_avx512::gemm_nn;
+    s.gemv = avx512::gemvSimd;
+    s.unpack_rows = avx512::unpackSimd;
+    return &s;
+  }();
+  return k;
+}
+
+}  // namespace crt::detail

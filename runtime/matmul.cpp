@@ -1,0 +1,364 @@
+#include "runtime/matmul.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "runtime/kernels.h"
+#include "runtime/thread_pool.h"
+
+namespace crt::detail {
+namespace {
+
+constexpr int64_t kParallelMacs = 1 << 15;  // below this much work a MatMul runs on the calling thread
+constexpr int64_t kGemvRows = 4;            // up to this many activation rows use the GEMV kernels
+constexpr int64_t kPanelRows = 64;          // weight rows unpacked at a time for the GEMM path
+
+int64_t tasksFor(const OpCtx& c, int64_t macs, int64_t maxTasks) {
+  if (macs < kParallelMacs) return 1;
+  return std::max<int64_t>(1, std::min<int64_t>(c.env.pool->size(), maxTasks));
+}
+
+/// [begin, end) of part t of n split in `parts`, aligned to `align`.
+void range(int64_t n, int64_t parts, int64_t t, int64_t align, int64_t& b, int64_t& e) {
+  const int64_t chunks = (n + align - 1) / align;
+  b = std::min(n, chunks * t / parts * align);
+  e = std::min(n, chunks * (t + 1) / parts * align);
+}
+
+}  // namespace
+
+void matmulNT(OpCtx& c, int64_t M, int64_t N, int64_t K, const float* A, const float* W, float* Y) {
+  const Kernels& k = *c.env.k;
+  const int64_t tasks = tasksFor(c, M * N * K, N / 16);
+  c.env.pool->parallelFor(tasks, [&](int64_t t) {
+    int64_t b, e;
+    range(N, tasks, t, 16, b, e);
+    if (e > b) k.gemm_nt(M, e - b, K, A, K, W + b * K, K, Y + b, N);
+  });
+}
+
+void matmulNN(OpCtx& c, int64_t M, int64_t N, int64_t K, const float* A, const float* B, float* Y) {
+  const Kernels& k = *c.env.k;
+  const int64_t tasks = tasksFor(c, M * N * K, N / 16);
+  c.env.pool->parallelFor(tasks, [&](int64_t t) {
+    int64_t b, e;
+    range(N, tasks, t, 16, b, e);
+    if (e > b) k.gemm_nn(M, e - b, K, A, K, B + b, N, Y + b, N);
+  });
+}
+
+void packedMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, float* Y) {
+  const Kernels& k = *c.env.k;
+  const int64_t N = w.N, K = w.K;
+  const bool quant = w.kind == PackedWeight::Q8 || w.kind == PackedWeight::Q4;
+  const int64_t Kp = quant ? w.nblk * w.P : K;
+  // Activations in the weight's padded block layout (quantized weights), with per-block sums.
+  const float* Xp = X;
+  float* xsum = nullptr;
+  if (quant) {
+    float* xp = static_cast<float*>(c.scratch(rows * Kp * sizeof(float)));
+    xsum = static_cast<float*>(c.scratch(rows * w.nblk * sizeof(float)));
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t b = 0; b < w.nblk; ++b) {
+        const int64_t valid = std::min(w.block, K - b * w.block);
+        const float* src = X + r * K + b * w.block;
+        float* dst = xp + r * Kp + b * w.P;
+        float s = 0;
+        for (int64_t j = 0; j < valid; ++j) s += (dst[j] = src[j]);
+        for (int64_t j = valid; j < w.P; ++j) dst[j] = 0.f;
+        xsum[r * w.nblk + b] = s;
+      }
+    Xp = xp;
+  }
+  if (rows <= kGemvRows) {
+    const int64_t tasks = tasksFor(c, rows * N * K, N / 16);
+    c.env.pool->parallelFor(tasks, [&](int64_t t) {
+      int64_t b, e;
+      range(N, tasks, t, 16, b, e);
+      for (int64_t r = 0; r < rows; ++r)
+        k.gemv(w, Xp + r * Kp, quant ? xsum + r * w.nblk : nullptr, b, e, Y + r * N);
+    });
+    return;
+  }
+  if (w.kind == PackedWeight::F32) {
+    matmulNT(c, rows, N, K, X, static_cast<const float*>(w.w.data()), Y);
+    return;
+  }
+  // GEMM on panels: each task unpacks kPanelRows weight rows at a time into its own fp32 panel.
+  const int64_t tasks = tasksFor(c, rows * N * K, (N + kPanelRows - 1) / kPanelRows);
+  float* panels = static_cast<float*>(c.scratch(tasks * kPanelRows * Kp * sizeof(float)));
+  c.env.pool->parallelFor(tasks, [&](int64_t t) {
+    int64_t b, e;
+    range(N, tasks, t, 16, b, e);
+    float* panel = panels + t * kPanelRows * Kp;
+    for (int64_t n0 = b; n0 < e; n0 += kPanelRows) {
+      const int64_t n1 = std::min(e, n0 + kPanelRows);
+      k.unpack_rows(w, n0, n1, panel, Kp);
+      k.gemm_nt(rows, n1 - n0, Kp, Xp, Kp, panel, Kp, Y + n0, N);
+    }
+  });
+}
+
+namespace {
+
+/// A's rows as float32 (converting float16 activations into scratch).
+const float* floatRows(OpCtx& c, const Buf& a) {
+  if (a.dt == DType::F32) return a.as<float>();
+  if (a.dt != DType::F16) c.bad(std::string("MatMul needs float inputs, got ") + dtypeName(a.dt));
+  const int64_t n = a.numel();
+  float* f = static_cast<float*>(c.scratch(n * sizeof(float)));
+  for (int64_t i = 0; i < n; ++i) f[i] = halfToFloat(a.as<uint16_t>()[i]);
+  return f;
+}
+
+/// Output buffer as float32: directly, or scratch converted to float16 by finishOut().
+float* floatOut(OpCtx& c, DType dt, const Shape& s, void** raw) {
+  *raw = c.out(0, dt, s);
+  if (dt == DType::F32) return static_cast<float*>(*raw);
+  return static_cast<float*>(c.scratch(s.numel() * sizeof(float)));
+}
+
+void finishOut(DType dt, const Shape& s, const float* f, void* raw) {
+  if (dt == DType::F32) return;
+  const int64_t n = s.numel();
+  for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(raw)[i] = floatToHalf(f[i]);
+}
+
+void packedOp(OpCtx& c, const PackedWeight& w, const Buf* bias) {
+  const Buf& a = c.in(0);
+  if (a.shape.rank == 0) c.bad("MatMul needs an input of rank >= 1");
+  if (a.shape[a.shape.rank - 1] != w.K)
+    c.bad("inner dimensions differ: input " + a.shape.str() + " against a weight with K = " + std::to_string(w.K));
+  Shape os = a.shape;
+  os[os.rank - 1] = w.N;
+  const int64_t rows = a.numel() / std::max<int64_t>(w.K, 1);
+  const float* X = floatRows(c, a);
+  void* raw;
+  float* Y = floatOut(c, a.dt, os, &raw);
+  if (w.K == 0) std::fill(Y, Y + os.numel(), 0.f);
+  else packedMatMul(c, w, X, rows, Y);
+  if (bias) {
+    if (bias->numel() != w.N || bias->dt != DType::F32) c.bad("bias must be float32 with N values");
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t n = 0; n < w.N; ++n) Y[r * w.N + n] += bias->as<float>()[n];
+  }
+  finishOut(a.dt, os, Y, raw);
+}
+
+}  // namespace
+
+void opMatMul(OpCtx& c) {
+  if (c.node.packed) return packedOp(c, *c.node.packed, nullptr);
+  const Buf& a = c.in(0);
+  const Buf& b = c.in(1);
+  if (a.dt != b.dt) c.bad(std::string("input types differ: ") + dtypeName(a.dt) + " and " + dtypeName(b.dt));
+  if (a.shape.rank == 0 || b.shape.rank == 0) c.bad("MatMul needs inputs of rank >= 1");
+  // Promote 1-D operands as numpy.matmul does, then broadcast the batch dims.
+  Shape as = a.shape, bs = b.shape;
+  if (as.rank == 1) as = Shape{1, as[0]};
+  if (bs.rank == 1) bs = Shape{bs[0], 1};
+  const int64_t M = as[as.rank - 2], K = as[as.rank - 1], N = bs[bs.rank - 1];
+  if (bs[bs.rank - 2] != K) c.bad("inner dimensions differ: " + a.shape.str() + " x " + b.shape.str());
+  Shape ab = as, bb = bs;
+  ab.rank -= 2;
+  bb.rank -= 2;
+  Shape batch;
+  batch.rank = std::max(ab.rank, bb.rank);
+  for (int i = 0; i < batch.rank; ++i) {
+    int64_t x = i - (batch.rank - ab.rank) >= 0 ? ab[i - (batch.rank - ab.rank)] : 1;
+    int64_t y = i - (batch.rank - bb.rank) >= 0 ? bb[i - (batch.rank - bb.rank)] : 1;
+    if (x != y && x != 1 && y != 1) c.bad("batch dims of " + a.shape.str() + " and " + b.shape.str() + " do not broadcast");
+    batch[i] = x == 1 ? y : x;
+  }
+  Shape os = batch;
+  if (a.shape.rank > 1) os.push(M);
+  if (b.shape.rank > 1) os.push(N);
+  const float* A = floatRows(c, a);
+  const float* B = floatRows(c, b);
+  void* raw;
+  float* Y = floatOut(c, a.dt, os, &raw);
+  // batch offsets by broadcasting strides over the batch dims
+  int64_t sa[kMaxRank] = {}, sb[kMaxRank] = {};
+  {
+    int64_t acc = M * K;
+    for (int i = batch.rank - 1; i >= 0; --i) {
+      int j = i - (batch.rank - ab.rank);
+      sa[i] = (j >= 0 && ab[j] != 1) ? acc : 0;
+      if (j >= 0) acc *= ab[j];
+    }
+    acc = K * N;
+    for (int i = batch.rank - 1; i >= 0; --i) {
+      int j = i - (batch.rank - bb.rank);
+      sb[i] = (j >= 0 && bb[j] != 1) ? acc : 0;
+      if (j >= 0) acc *= bb[j];
+    }
+  }
+  const int64_t nb = batch.numel();
+  auto one = [&](int64_t i, bool inner_parallel) {
+    int64_t oa = 0, ob = 0, rem = i;
+    for (int d = batch.rank - 1; d >= 0; --d) {
+      const int64_t idx = rem % batch[d];
+      rem /= batch[d];
+      oa += idx * sa[d];
+      ob += idx * sb[d];
+    }
+    if (inner_parallel) matmulNN(c, M, N, K, A + oa, B + ob, Y + i * M * N);
+    else c.env.k->gemm_nn(M, N, K, A + oa, K, B + ob, N, Y + i * M * N, N);
+  };
+  if (nb >= c.env.pool->size() && nb > 1 && nb * M * N * K >= kParallelMacs) {
+    c.env.pool->parallelFor(nb, [&](int64_t i) { one(i, false); });
+  } else {
+    for (int64_t i = 0; i < nb; ++i) one(i, true);
+  }
+  finishOut(a.dt, os, Y, raw);
+}
+
+void opMatMulNBits(OpCtx& c) {
+  if (!c.node.packed) c.bad("weights must be constant initializers");
+  packedOp(c, *c.node.packed, c.has(1) ? &c.in(1) : nullptr);
+}
+
+// ------------------------------------------------------------------------------------------- packing
+namespace {
+
+template <typename Q, typename S, typename Z>
+std::shared_ptr<PackedWeight> packQuant(int64_t N, int64_t K, int64_t block, int bits, Q q, S scale, Z zp) {
+  auto w = std::make_shared<PackedWeight>();
+  w->kind = bits == 4 ? PackedWeight::Q4 : PackedWeight::Q8;
+  w->bits = bits;
+  w->N = N;
+  w->K = K;
+  w->block = std::max<int64_t>(block, 1);
+  w->nblk = K == 0 ? 1 : (K + w->block - 1) / w->block;
+  w->P = (w->block + 31) / 32 * 32;
+  w->w.resize(static_cast<size_t>(w->rowBytes() * N));
+  w->scale.resize(N * w->nblk);
+  w->zp.resize(N * w->nblk);
+  uint8_t* base = static_cast<uint8_t*>(w->w.data());
+  for (int64_t n = 0; n < N; ++n) {
+    uint8_t* row = base + n * w->rowBytes();
+    for (int64_t b = 0; b < w->nblk; ++b) {
+      w->scale[n * w->nblk + b] = scale(n, b);
+      w->zp[n * w->nblk + b] = zp(n, b);
+      const int64_t valid = std::min(w->block, K - b * w->block);
+      for (int64_t j = 0; j < valid; ++j) {
+        const int v = q(n, b * w->block + j);
+        if (w->kind == PackedWeight::Q8) {
+          row[b * w->P + j] = static_cast<uint8_t>(v);
+        } else {
+          uint8_t* chunk = row + (b * w->P + (j / 32) * 32) / 2;
+          const int cj = static_cast<int>(j % 32);
+          if (cj < 16) chunk[cj] = static_cast<uint8_t>((chunk[cj] & 0xF0) | (v & 0xF));
+          else chunk[cj - 16] = static_cast<uint8_t>((chunk[cj - 16] & 0x0F) | ((v & 0xF) << 4));
+        }
+      }
+    }
+  }
+  return w;
+}
+
+/// Unsigned value and offset of a quantized element type: stored value = raw + offset.
+int quantOffset(DType t) { return t == DType::I8 ? 128 : t == kI4 ? 8 : 0; }
+int quantBits(DType t) { return t == DType::I8 || t == DType::U8 ? 8 : 4; }
+
+int rawQuant(const Buf& q, int64_t i) {
+  switch (q.dt) {
+    case DType::I8: return q.as<int8_t>()[i];
+    case DType::U8: return q.as<uint8_t>()[i];
+    default: {
+      const uint8_t byte = q.as<uint8_t>()[i / 2];
+      const int v = (i & 1) ? byte >> 4 : byte & 0xF;
+      return q.dt == kI4 && v >= 8 ? v - 16 : v;
+    }
+  }
+}
+
+}  // namespace
+
+std::shared_ptr<PackedWeight> packDense(const Buf& b) {
+  if (b.shape.rank != 2 || (b.dt != DType::F32 && b.dt != DType::F16)) return nullptr;
+  const int64_t K = b.shape[0], N = b.shape[1];
+  auto w = std::make_shared<PackedWeight>();
+  w->kind = b.dt == DType::F32 ? PackedWeight::F32 : PackedWeight::F16;
+  w->bits = b.dt == DType::F32 ? 32 : 16;
+  w->N = N;
+  w->K = K;
+  w->block = K;
+  w->w.resize(static_cast<size_t>(w->rowBytes() * N));
+  const size_t es = dtypeSize(b.dt);
+  uint8_t* dst = static_cast<uint8_t*>(w->w.data());
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t n = 0; n < N; ++n) std::memcpy(dst + (n * K + k) * es, b.as<uint8_t>() + (k * N + n) * es, es);
+  return w;
+}
+
+std::shared_ptr<PackedWeight> packDequantize(const Buf& q, const Buf& scale, const Buf* zp, int64_t axis,
+                                             int64_t block_size) {
+  if (q.shape.rank != 2 || scale.dt != DType::F32) return nullptr;
+  if (q.dt != DType::I8 && q.dt != DType::U8 && q.dt != kI4 && q.dt != kU4) return nullptr;
+  if (zp && zp->dt != q.dt) return nullptr;
+  const int64_t K = q.shape[0], N = q.shape[1];
+  if (axis < 0) axis += 2;
+  const int off = quantOffset(q.dt);
+  auto qv = [&](int64_t n, int64_t k) { return rawQuant(q, k * N + n) + off; };
+  const float* s = scale.as<float>();
+  if (scale.numel() == 1) {  // per tensor
+    const float z = (zp ? rawQuant(*zp, 0) : 0) + off;
+    return packQuant(N, K, K, quantBits(q.dt), qv, [&](int64_t, int64_t) { return s[0]; },
+                     [&](int64_t, int64_t) { return z; });
+  }
+  if (axis == 1 && block_size == 0 && scale.numel() == N) {  // per output column
+    return packQuant(N, K, K, quantBits(q.dt), qv, [&](int64_t n, int64_t) { return s[n]; },
+                     [&](int64_t n, int64_t) { return static_cast<float>((zp ? rawQuant(*zp, n) : 0) + off); });
+  }
+  if (axis == 0 && block_size > 0 && scale.shape.rank == 2 && scale.shape[1] == N &&
+      scale.shape[0] == (K + block_size - 1) / block_size) {  // blocked along K
+    return packQuant(N, K, block_size, quantBits(q.dt), qv, [&](int64_t n, int64_t b) { return s[b * N + n]; },
+                     [&](int64_t n, int64_t b) {
+                       return static_cast<float>((zp ? rawQuant(*zp, b * N + n) : 0) + off);
+                     });
+  }
+  return nullptr;
+}
+
+std::shared_ptr<PackedWeight> packMatMulNBits(const Node& node, const Buf& b, const Buf& scales, const Buf* zp) {
+  const int64_t K = node.attrInt("K", 0), N = node.attrInt("N", 0), bits = node.attrInt("bits", 4),
+                bs = node.attrInt("block_size", 0);
+  const std::string where = node.where() + ": ";
+  if (K <= 0 || N <= 0) fail(StatusCode::ModelError, where + "attributes K and N must be positive");
+  if (bits != 2 && bits != 4 && bits != 8) fail(StatusCode::ModelError, where + "bits must be 2, 4 or 8, got " + std::to_string(bits));
+  if (bs < 16 || (bs & (bs - 1))) fail(StatusCode::ModelError, where + "block_size must be a power of two >= 16");
+  const int64_t nblk = (K + bs - 1) / bs, blob = bs * bits / 8;
+  if (b.dt != DType::U8 || b.numel() != N * nblk * blob)
+    fail(StatusCode::ModelError, where + "B must be uint8 [N, n_blocks, blob] = [" + std::to_string(N) + ", " +
+                                     std::to_string(nblk) + ", " + std::to_string(blob) + "], got " + b.shape.str());
+  if (scales.dt != DType::F32 || scales.numel() != N * nblk)
+    fail(StatusCode::ModelError, where + "scales must be float32 with N * n_blocks values");
+  const int64_t zpRow = (nblk * bits + 7) / 8;
+  if (zp && zp->dt == DType::U8 && zp->numel() != N * zpRow)
+    fail(StatusCode::ModelError, where + "packed zero_points must have N * ceil(n_blocks * bits / 8) bytes");
+  if (zp && zp->dt == DType::F32 && zp->numel() != N * nblk)
+    fail(StatusCode::ModelError, where + "float zero_points must have N * n_blocks values");
+  if (zp && zp->dt != DType::U8 && zp->dt != DType::F32)
+    fail(StatusCode::ModelError, where + "zero_points must be uint8 (packed) or float32");
+  const uint8_t* B = b.as<uint8_t>();
+  const int mask = (1 << bits) - 1;
+  auto bitsAt = [&](const uint8_t* p, int64_t i) {
+    const int64_t bit = i * bits;
+    return (p[bit / 8] >> (bit % 8)) & mask;
+  };
+  const float* s = scales.as<float>();
+  const float defZp = static_cast<float>(1 << (bits - 1));
+  return packQuant(
+      N, K, bs, static_cast<int>(bits),
+      [&](int64_t n, int64_t k) { return bitsAt(B + (n * nblk + k / bs) * blob, k % bs); },
+      [&](int64_t n, int64_t blk) { return s[n * nblk + blk]; },
+      [&](int64_t n, int64_t blk) -> float {
+        if (!zp) return defZp;
+        if (zp->dt == DType::F32) return zp->as<float>()[n * nblk + blk];
+        return static_cast<float>(bitsAt(zp->as<uint8_t>() + n * zpRow, blk));
+      });
+}
+
+}  // namespace crt::detail

@@ -1,0 +1,32 @@
+// matmul.h — MatMul on packed weights (GEMV for 1-4 rows, panel GEMM above) and on two activations (batched,
+// broadcast), plus the packing of ONNX weight encodings into PackedWeight at load.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "runtime/internal.h"
+
+namespace crt::detail {
+
+void opMatMul(OpCtx& c);        // dynamic B, or node.packed
+void opMatMulNBits(OpCtx& c);   // always packed at load
+
+/// Y[M,N] = A[M,K] * W^T with W [N,K] row-major; threaded over N.
+void matmulNT(OpCtx& c, int64_t M, int64_t N, int64_t K, const float* A, const float* W, float* Y);
+/// Y[M,N] = A[M,K] * B[K,N]; threaded over N.
+void matmulNN(OpCtx& c, int64_t M, int64_t N, int64_t K, const float* A, const float* B, float* Y);
+
+/// Packs a constant B [K, N] (float32 or float16) for MatMul.
+std::shared_ptr<PackedWeight> packDense(const Buf& b);
+/// Packs DequantizeLinear(q, scale, zp; axis, block_size) when q is [K, N] with per-tensor, per-output-column
+/// (axis 1) or blocked-along-K (axis 0, block_size) parameters; nullptr for other layouts (the caller folds).
+std::shared_ptr<PackedWeight> packDequantize(const Buf& q, const Buf& scale, const Buf* zp, int64_t axis,
+                                             int64_t block_size);
+/// Packs com.microsoft MatMulNBits constants; throws Failure(ModelError) on inconsistent inputs.
+std::shared_ptr<PackedWeight> packMatMulNBits(const Node& n, const Buf& b, const Buf& scales, const Buf* zp);
+
+/// The GEMV/GEMM driver on packed weights: Y[rows, N] = X[rows, K] * W^T. Public for the kernel tests.
+void packedMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, float* Y);
+
+}  // namespace crt::detail

@@ -1,0 +1,1092 @@
+// ops.cpp — the ONNX operators of the runtime (opset 13-21 semantics for what `compress export` emits, plus
+// com.microsoft MatMulNBits). Every op reads its inputs from an OpCtx and produces outputs through it, so
+// memory comes from the session's plan; nothing here allocates on the heap while running.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <map>
+
+#include "runtime/internal.h"
+#include "runtime/kernels.h"
+#include "runtime/matmul.h"
+
+namespace crt::detail {
+namespace {
+
+// ---------------------------------------------------------------- fp16 arithmetic (computed in fp32)
+struct Half {
+  uint16_t bits;
+  Half() = default;
+  explicit Half(float f) : bits(floatToHalf(f)) {}
+  operator float() const { return halfToFloat(bits); }  // NOLINT
+};
+
+template <typename T>
+struct Wide { using type = T; };
+template <>
+struct Wide<Half> { using type = float; };
+
+// ---------------------------------------------------------------- helpers
+int64_t normAxis(const OpCtx& c, int64_t axis, int rank) {
+  if (axis < -rank || axis >= std::max(rank, 1)) c.bad("axis " + std::to_string(axis) + " is out of range for rank " + std::to_string(rank));
+  return axis < 0 ? axis + rank : axis;
+}
+
+Shape broadcastShape(const OpCtx& c, const Shape& a, const Shape& b) {
+  Shape o;
+  o.rank = std::max(a.rank, b.rank);
+  for (int i = 0; i < o.rank; ++i) {
+    int64_t x = i - (o.rank - a.rank) >= 0 ? a[i - (o.rank - a.rank)] : 1;
+    int64_t y = i - (o.rank - b.rank) >= 0 ? b[i - (o.rank - b.rank)] : 1;
+    if (x != y && x != 1 && y != 1) c.bad("shapes " + a.str() + " and " + b.str() + " do not broadcast");
+    o[i] = x == 1 ? y : x;
+  }
+  return o;
+}
+
+/// Element strides of `s` broadcast to `out` (0 on broadcast dims).
+void bstrides(const Shape& s, const Shape& out, int64_t* st) {
+  int64_t acc = 1;
+  for (int i = out.rank - 1; i >= 0; --i) {
+    int j = i - (out.rank - s.rank);
+    if (j >= 0 && s[j] != 1) {
+      st[i] = acc;
+      acc *= s[j];
+    } else {
+      st[i] = 0;
+      if (j >= 0) acc *= s[j];
+    }
+  }
+}
+
+/// Visits an N-ary broadcast: fn(offsets_of_inputs..., out_index_start, count, inner_strides) over the
+/// innermost dimension in runs.
+template <int NIn, typename F>
+void broadcastLoop(const Shape& out, const Shape* ins, F&& fn) {
+  int64_t st[NIn][kMaxRank];
+  for (int k = 0; k < NIn; ++k) bstrides(ins[k], out, st[k]);
+  const int64_t total = out.numel();
+  if (total == 0) return;
+  if (out.rank == 0) {
+    int64_t off[NIn] = {};
+    int64_t inner[NIn] = {};
+    fn(off, int64_t{0}, int64_t{1}, inner);
+    return;
+  }
+  const int last = out.rank - 1;
+  const int64_t n = out[last];
+  int64_t inner[NIn];
+  for (int k = 0; k < NIn; ++k) inner[k] = st[k][last];
+  int64_t idx[kMaxRank] = {};
+  int64_t off[NIn] = {};
+  for (int64_t o = 0; o < total; o += n) {
+    fn(off, o, n, inner);
+    for (int d = last - 1; d >= 0; --d) {
+      ++idx[d];
+      for (int k = 0; k < NIn; ++k) off[k] += st[k][d];
+      if (idx[d] < out[d]) break;
+      for (int k = 0; k < NIn; ++k) off[k] -= st[k][d] * out[d];
+      idx[d] = 0;
+    }
+  }
+}
+
+template <typename T, typename R, typename F>
+void binaryTyped(OpCtx& c, DType outType, F f) {
+  const Buf& a = c.in(0);
+  const Buf& b = c.in(1);
+  Shape os = broadcastShape(c, a.shape, b.shape);
+  R* y = static_cast<R*>(c.out(0, outType, os));
+  const T* pa = a.as<T>();
+  const T* pb = b.as<T>();
+  Shape ins[2] = {a.shape, b.shape};
+  broadcastLoop<2>(os, ins, [&](const int64_t* off, int64_t o, int64_t n, const int64_t* inner) {
+    const T* x = pa + off[0];
+    const T* z = pb + off[1];
+    R* out = y + o;
+    if (inner[0] == 1 && inner[1] == 1) {
+      for (int64_t i = 0; i < n; ++i) out[i] = f(x[i], z[i]);
+    } else if (inner[0] == 1 && inner[1] == 0) {
+      const T zz = z[0];
+      for (int64_t i = 0; i < n; ++i) out[i] = f(x[i], zz);
+    } else if (inner[0] == 0 && inner[1] == 1) {
+      const T xx = x[0];
+      for (int64_t i = 0; i < n; ++i) out[i] = f(xx, z[i]);
+    } else {
+      for (int64_t i = 0; i < n; ++i) out[i] = f(x[i * inner[0]], z[i * inner[1]]);
+    }
+  });
+}
+
+void needSameType(const OpCtx& c) {
+  if (c.in(0).dt != c.in(1).dt)
+    c.bad(std::string("input types differ: ") + dtypeName(c.in(0).dt) + " and " + dtypeName(c.in(1).dt));
+}
+
+/// Arithmetic binary op for every numeric type; F computes on the widened type.
+template <typename Op>
+void arith(OpCtx& c) {
+  needSameType(c);
+  const DType t = c.in(0).dt;
+  switch (t) {
+    case DType::F32: binaryTyped<float, float>(c, t, [](float a, float b) { return Op::apply(a, b); }); break;
+    case DType::F64: binaryTyped<double, double>(c, t, [](double a, double b) { return Op::apply(a, b); }); break;
+    case DType::F16:
+      binaryTyped<Half, Half>(c, t, [](Half a, Half b) { return Half(Op::apply(float(a), float(b))); });
+      break;
+    case DType::I64: binaryTyped<int64_t, int64_t>(c, t, [](int64_t a, int64_t b) { return Op::applyInt(a, b); }); break;
+    case DType::I32: binaryTyped<int32_t, int32_t>(c, t, [](int32_t a, int32_t b) { return static_cast<int32_t>(Op::applyInt(a, b)); }); break;
+    default: c.bad(std::string("unsupported type ") + dtypeName(t));
+  }
+}
+
+struct AddOp {
+  static float apply(float a, float b) { return a + b; }
+  static double apply(double a, double b) { return a + b; }
+  static int64_t applyInt(int64_t a, int64_t b) { return a + b; }
+};
+struct SubOp {
+  static float apply(float a, float b) { return a - b; }
+  static double apply(double a, double b) { return a - b; }
+  static int64_t applyInt(int64_t a, int64_t b) { return a - b; }
+};
+struct MulOp {
+  static float apply(float a, float b) { return a * b; }
+  static double apply(double a, double b) { return a * b; }
+  static int64_t applyInt(int64_t a, int64_t b) { return a * b; }
+};
+struct DivOp {
+  static float apply(float a, float b) { return a / b; }
+  static double apply(double a, double b) { return a / b; }
+  static int64_t applyInt(int64_t a, int64_t b) { return b == 0 ? 0 : a / b; }  // truncation, as ONNX
+};
+struct PowOp {
+  static float apply(float a, float b) { return b == 2.f ? a * a : std::pow(a, b); }
+  static double apply(double a, double b) { return std::pow(a, b); }
+  static int64_t applyInt(int64_t a, int64_t b) {
+    int64_t r = 1;
+    for (int64_t i = 0; i < b; ++i) r *= a;
+    return r;
+  }
+};
+struct MaxOp {
+  static float apply(float a, float b) { return std::isnan(a) || std::isnan(b) ? NAN : std::max(a, b); }
+  static double apply(double a, double b) { return std::max(a, b); }
+  static int64_t applyInt(int64_t a, int64_t b) { return std::max(a, b); }
+};
+struct MinOp {
+  static float apply(float a, float b) { return std::isnan(a) || std::isnan(b) ? NAN : std::min(a, b); }
+  static double apply(double a, double b) { return std::min(a, b); }
+  static int64_t applyInt(int64_t a, int64_t b) { return std::min(a, b); }
+};
+
+void opAdd(OpCtx& c) { arith<AddOp>(c); }
+void opSub(OpCtx& c) { arith<SubOp>(c); }
+void opMul(OpCtx& c) { arith<MulOp>(c); }
+void opDiv(OpCtx& c) { arith<DivOp>(c); }
+void opMax(OpCtx& c) { arith<MaxOp>(c); }
+void opMin(OpCtx& c) { arith<MinOp>(c); }
+void opPow(OpCtx& c) {
+  // the exponent may have its own type (ONNX allows it); the common case is a float scalar exponent
+  const Buf& b = c.in(1);
+  if (b.dt != c.in(0).dt) {
+    if (b.numel() != 1) c.bad("a Pow exponent of another type must be a scalar");
+    double e = b.dt == DType::F32 ? b.as<float>()[0] : b.dt == DType::I64 ? double(b.as<int64_t>()[0])
+             : b.dt == DType::F64 ? b.as<double>()[0] : b.dt == DType::I32 ? double(b.as<int32_t>()[0]) : NAN;
+    const Buf& a = c.in(0);
+    if (a.dt != DType::F32) c.bad("Pow with mixed types supports float32 bases");
+    float* y = c.outT<float>(0, a.shape);
+    const float* x = a.as<float>();
+    const int64_t n = a.numel();
+    const float ef = static_cast<float>(e);
+    for (int64_t i = 0; i < n; ++i) y[i] = PowOp::apply(x[i], ef);
+    return;
+  }
+  arith<PowOp>(c);
+}
+
+template <typename Cmp>
+void compare(OpCtx& c) {
+  needSameType(c);
+  const DType t = c.in(0).dt;
+  switch (t) {
+    case DType::F32: binaryTyped<float, uint8_t>(c, DType::Bool, [](float a, float b) { return uint8_t(Cmp()(a, b)); }); break;
+    case DType::F16: binaryTyped<Half, uint8_t>(c, DType::Bool, [](Half a, Half b) { return uint8_t(Cmp()(float(a), float(b))); }); break;
+    case DType::I64: binaryTyped<int64_t, uint8_t>(c, DType::Bool, [](int64_t a, int64_t b) { return uint8_t(Cmp()(a, b)); }); break;
+    case DType::I32: binaryTyped<int32_t, uint8_t>(c, DType::Bool, [](int32_t a, int32_t b) { return uint8_t(Cmp()(a, b)); }); break;
+    case DType::Bool: binaryTyped<uint8_t, uint8_t>(c, DType::Bool, [](uint8_t a, uint8_t b) { return uint8_t(Cmp()(a, b)); }); break;
+    default: c.bad(std::string("unsupported type ") + dtypeName(t));
+  }
+}
+void opEqual(OpCtx& c) { compare<std::equal_to<>>(c); }
+void opLess(OpCtx& c) { compare<std::less<>>(c); }
+void opGreater(OpCtx& c) { compare<std::greater<>>(c); }
+
+// ---------------------------------------------------------------- unary
+template <typename F>
+void unaryFloat(OpCtx& c, F f) {
+  const Buf& x = c.in(0);
+  const int64_t n = x.numel();
+  if (x.dt == DType::F32) {
+    float* y = c.outT<float>(0, x.shape);
+    const float* p = x.as<float>();
+    for (int64_t i = 0; i < n; ++i) y[i] = f(p[i]);
+  } else if (x.dt == DType::F16) {
+    uint16_t* y = static_cast<uint16_t*>(c.out(0, DType::F16, x.shape));
+    const uint16_t* p = x.as<uint16_t>();
+    for (int64_t i = 0; i < n; ++i) y[i] = floatToHalf(f(halfToFloat(p[i])));
+  } else if (x.dt == DType::F64) {
+    double* y = c.outT<double>(0, x.shape);
+    const double* p = x.as<double>();
+    for (int64_t i = 0; i < n; ++i) y[i] = f(p[i]);
+  } else {
+    c.bad(std::string("needs a floating-point input, got ") + dtypeName(x.dt));
+  }
+}
+void opSqrt(OpCtx& c) { unaryFloat(c, [](auto v) { return std::sqrt(v); }); }
+void opReciprocal(OpCtx& c) { unaryFloat(c, [](auto v) { return decltype(v)(1) / v; }); }
+void opExp(OpCtx& c) { unaryFloat(c, [](auto v) { return std::exp(v); }); }
+void opLog(OpCtx& c) { unaryFloat(c, [](auto v) { return std::log(v); }); }
+void opTanh(OpCtx& c) { unaryFloat(c, [](auto v) { return std::tanh(v); }); }
+void opErf(OpCtx& c) { unaryFloat(c, [](auto v) { return std::erf(v); }); }
+void opSigmoid(OpCtx& c) { unaryFloat(c, [](auto v) { return decltype(v)(1) / (decltype(v)(1) + std::exp(-v)); }); }
+
+template <typename F>
+void unarySigned(OpCtx& c, F f) {
+  const Buf& x = c.in(0);
+  const int64_t n = x.numel();
+  if (x.dt == DType::I64) {
+    int64_t* y = c.outT<int64_t>(0, x.shape);
+    for (int64_t i = 0; i < n; ++i) y[i] = f(x.as<int64_t>()[i]);
+  } else if (x.dt == DType::I32) {
+    int32_t* y = c.outT<int32_t>(0, x.shape);
+    for (int64_t i = 0; i < n; ++i) y[i] = f(x.as<int32_t>()[i]);
+  } else {
+    unaryFloat(c, f);
+  }
+}
+void opNeg(OpCtx& c) { unarySigned(c, [](auto v) { return -v; }); }
+void opAbs(OpCtx& c) { unarySigned(c, [](auto v) { return v < 0 ? -v : v; }); }
+void opRelu(OpCtx& c) { unarySigned(c, [](auto v) { return v > 0 ? v : decltype(v)(0); }); }
+
+void opIdentity(OpCtx& c) { c.aliasOut(0, 0, c.in(0).shape); }
+
+void opWhere(OpCtx& c) {
+  const Buf& cond = c.in(0);
+  const Buf& a = c.in(1);
+  const Buf& b = c.in(2);
+  if (cond.dt != DType::Bool) c.bad("condition must be bool");
+  if (a.dt != b.dt) c.bad("X and Y types differ");
+  Shape os = broadcastShape(c, broadcastShape(c, cond.shape, a.shape), b.shape);
+  const size_t es = dtypeSize(a.dt);
+  uint8_t* y = static_cast<uint8_t*>(c.out(0, a.dt, os));
+  Shape ins[3] = {cond.shape, a.shape, b.shape};
+  const uint8_t* pc = cond.as<uint8_t>();
+  const uint8_t* pa = a.as<uint8_t>();
+  const uint8_t* pb = b.as<uint8_t>();
+  broadcastLoop<3>(os, ins, [&](const int64_t* off, int64_t o, int64_t n, const int64_t* inner) {
+    for (int64_t i = 0; i < n; ++i) {
+      const bool t = pc[off[0] + i * inner[0]] != 0;
+      const uint8_t* src = t ? pa + (off[1] + i * inner[1]) * es : pb + (off[2] + i * inner[2]) * es;
+      std::memcpy(y + (o + i) * es, src, es);
+    }
+  });
+}
+
+// ---------------------------------------------------------------- casts
+template <typename From>
+double loadAs(const void* p, int64_t i) { return static_cast<double>(static_cast<const From*>(p)[i]); }
+
+double loadElem(DType t, const void* p, int64_t i) {
+  switch (t) {
+    case DType::F32: return static_cast<const float*>(p)[i];
+    case DType::F64: return static_cast<const double*>(p)[i];
+    case DType::F16: return halfToFloat(static_cast<const uint16_t*>(p)[i]);
+    case DType::I64: return static_cast<double>(static_cast<const int64_t*>(p)[i]);
+    case DType::I32: return static_cast<const int32_t*>(p)[i];
+    case DType::I8: return static_cast<const int8_t*>(p)[i];
+    case DType::U8:
+    case DType::Bool: return static_cast<const uint8_t*>(p)[i];
+    default: return 0;
+  }
+}
+
+void storeElem(DType t, void* p, int64_t i, double v) {
+  switch (t) {
+    case DType::F32: static_cast<float*>(p)[i] = static_cast<float>(v); break;
+    case DType::F64: static_cast<double*>(p)[i] = v; break;
+    case DType::F16: static_cast<uint16_t*>(p)[i] = floatToHalf(static_cast<float>(v)); break;
+    case DType::I64: static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v); break;
+    case DType::I32: static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v); break;
+    case DType::I8: static_cast<int8_t*>(p)[i] = static_cast<int8_t>(v); break;
+    case DType::U8: static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(v); break;
+    case DType::Bool: static_cast<uint8_t*>(p)[i] = v != 0; break;
+    default: break;
+  }
+}
+
+bool castable(DType t) {
+  switch (t) {
+    case DType::F32: case DType::F64: case DType::F16: case DType::I64: case DType::I32: case DType::I8:
+    case DType::U8: case DType::Bool: return true;
+    default: return false;
+  }
+}
+
+void opCast(OpCtx& c) {
+  const Buf& x = c.in(0);
+  const DType to = static_cast<DType>(c.node.attrInt("to", 1));
+  if (!castable(to) || !castable(x.dt)) c.bad(std::string("cannot cast ") + dtypeName(x.dt) + " to " + dtypeName(to));
+  if (to == x.dt) return c.aliasOut(0, 0, x.shape);
+  void* y = c.out(0, to, x.shape);
+  const int64_t n = x.numel();
+  if (x.dt == DType::F32 && to == DType::F16) {
+    for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(y)[i] = floatToHalf(x.as<float>()[i]);
+  } else if (x.dt == DType::F16 && to == DType::F32) {
+    for (int64_t i = 0; i < n; ++i) static_cast<float*>(y)[i] = halfToFloat(x.as<uint16_t>()[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) storeElem(to, y, i, loadElem(x.dt, x.data, i));
+  }
+}
+
+// ---------------------------------------------------------------- shape ops
+void opShape(OpCtx& c) {
+  const Shape& s = c.in(0).shape;
+  int64_t r = s.rank, start = c.node.attrInt("start", 0), end = c.node.attrInt("end", r);
+  if (start < 0) start += r;
+  if (end < 0) end += r;
+  start = std::clamp<int64_t>(start, 0, r);
+  end = std::clamp<int64_t>(end, 0, r);
+  Shape os{std::max<int64_t>(0, end - start)};
+  int64_t* y = c.outT<int64_t>(0, os);
+  for (int64_t i = start; i < end; ++i) y[i - start] = s[static_cast<int>(i)];
+}
+
+void opReshape(OpCtx& c) {
+  const Buf& x = c.in(0);
+  int64_t v[kMaxRank];
+  int64_t n = readInts(c.in(1), v, kMaxRank, c);
+  const bool allowzero = c.node.attrInt("allowzero", 0) != 0;
+  Shape s;
+  int infer = -1;
+  int64_t known = 1;
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t d = v[i];
+    if (d == 0 && !allowzero) {
+      if (i >= x.shape.rank) c.bad("shape entry 0 copies a dim the input lacks");
+      d = x.shape[static_cast<int>(i)];
+    }
+    if (d == -1) {
+      if (infer >= 0) c.bad("more than one -1 in the target shape");
+      infer = static_cast<int>(i);
+      d = 1;
+    } else if (d < 0) {
+      c.bad("negative dim " + std::to_string(d) + " in the target shape");
+    }
+    s.push(d);
+    known *= d;
+  }
+  if (infer >= 0) {
+    if (known == 0 || x.numel() % known != 0) c.bad("cannot reshape " + x.shape.str() + " to " + s.str());
+    s[infer] = x.numel() / known;
+  }
+  if (s.numel() != x.numel()) c.bad("cannot reshape " + x.shape.str() + " to " + s.str());
+  c.aliasOut(0, 0, s);
+}
+
+void opFlatten(OpCtx& c) {
+  const Buf& x = c.in(0);
+  int64_t axis = c.node.attrInt("axis", 1);
+  if (axis < 0) axis += x.shape.rank;
+  if (axis < 0 || axis > x.shape.rank) c.bad("axis out of range");
+  int64_t outer = 1;
+  for (int i = 0; i < axis; ++i) outer *= x.shape[i];
+  c.aliasOut(0, 0, Shape{outer, outer == 0 ? 0 : x.numel() / std::max<int64_t>(outer, 1)});
+}
+
+void axesOf(OpCtx& c, int input, const char* attr, int64_t* axes, int64_t& n) {
+  n = 0;
+  if (c.has(input)) {
+    n = readInts(c.in(input), axes, kMaxRank, c);
+  } else if (const auto* a = c.node.attrInts(attr)) {
+    if (a->size() > static_cast<size_t>(kMaxRank)) c.bad("too many axes");
+    for (int64_t v : *a) axes[n++] = v;
+  }
+}
+
+void opUnsqueeze(OpCtx& c) {
+  const Buf& x = c.in(0);
+  int64_t axes[kMaxRank], n;
+  axesOf(c, 1, "axes", axes, n);
+  const int r = x.shape.rank + static_cast<int>(n);
+  bool mark[kMaxRank] = {};
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t a = normAxis(c, axes[i], r);
+    if (mark[a]) c.bad("repeated axis");
+    mark[a] = true;
+  }
+  Shape s;
+  int src = 0;
+  for (int i = 0; i < r; ++i) s.push(mark[i] ? 1 : x.shape[src++]);
+  c.aliasOut(0, 0, s);
+}
+
+void opSqueeze(OpCtx& c) {
+  const Buf& x = c.in(0);
+  int64_t axes[kMaxRank], n;
+  axesOf(c, 1, "axes", axes, n);
+  bool drop[kMaxRank] = {};
+  if (n == 0) {
+    for (int i = 0; i < x.shape.rank; ++i) drop[i] = x.shape[i] == 1;
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      int64_t a = normAxis(c, axes[i], x.shape.rank);
+      if (x.shape[static_cast<int>(a)] != 1) c.bad("cannot squeeze axis " + std::to_string(a) + " of size " + std::to_string(x.shape[static_cast<int>(a)]));
+      drop[a] = true;
+    }
+  }
+  Shape s;
+  for (int i = 0; i < x.shape.rank; ++i)
+    if (!drop[i]) s.push(x.shape[i]);
+  c.aliasOut(0, 0, s);
+}
+
+/// Copies a strided N-d view: out[idx] = in[sum idx[d]*st[d]] (element size es).
+void stridedCopy(const uint8_t* src, const int64_t* st, const Shape& os, uint8_t* dst, size_t es) {
+  const int64_t total = os.numel();
+  if (total == 0) return;
+  if (os.rank == 0) {
+    std::memcpy(dst, src, es);
+    return;
+  }
+  const int last = os.rank - 1;
+  const int64_t n = os[last], s = st[last];
+  int64_t idx[kMaxRank] = {};
+  int64_t off = 0;
+  for (int64_t o = 0; o < total; o += n) {
+    if (s == 1) {
+      std::memcpy(dst + o * es, src + off * es, n * es);
+    } else if (es == 4) {
+      const uint32_t* p = reinterpret_cast<const uint32_t*>(src) + off;
+      uint32_t* q = reinterpret_cast<uint32_t*>(dst) + o;
+      for (int64_t i = 0; i < n; ++i) q[i] = p[i * s];
+    } else {
+      for (int64_t i = 0; i < n; ++i) std::memcpy(dst + (o + i) * es, src + (off + i * s) * es, es);
+    }
+    for (int d = last - 1; d >= 0; --d) {
+      ++idx[d];
+      off += st[d];
+      if (idx[d] < os[d]) break;
+      off -= st[d] * os[d];
+      idx[d] = 0;
+    }
+  }
+}
+
+void contiguousStrides(const Shape& s, int64_t* st) {
+  int64_t acc = 1;
+  for (int i = s.rank - 1; i >= 0; --i) {
+    st[i] = acc;
+    acc *= s[i];
+  }
+}
+
+void opTranspose(OpCtx& c) {
+  const Buf& x = c.in(0);
+  const int r = x.shape.rank;
+  int64_t perm[kMaxRank];
+  const auto* p = c.node.attrInts("perm");
+  if (p) {
+    if (static_cast<int>(p->size()) != r) c.bad("perm has " + std::to_string(p->size()) + " entries for a rank-" + std::to_string(r) + " input");
+    for (int i = 0; i < r; ++i) perm[i] = normAxis(c, (*p)[i], r);
+  } else {
+    for (int i = 0; i < r; ++i) perm[i] = r - 1 - i;
+  }
+  int64_t st[kMaxRank], ist[kMaxRank];
+  contiguousStrides(x.shape, ist);
+  Shape os;
+  for (int i = 0; i < r; ++i) {
+    os.push(x.shape[static_cast<int>(perm[i])]);
+    st[i] = ist[perm[i]];
+  }
+  void* y = c.out(0, x.dt, os);
+  stridedCopy(x.as<uint8_t>(), st, os, static_cast<uint8_t*>(y), dtypeSize(x.dt));
+}
+
+void opSlice(OpCtx& c) {
+  const Buf& x = c.in(0);
+  const int r = x.shape.rank;
+  int64_t starts[kMaxRank], ends[kMaxRank], axes[kMaxRank], steps[kMaxRank];
+  int64_t n = readInts(c.in(1), starts, kMaxRank, c);
+  if (readInts(c.in(2), ends, kMaxRank, c) != n) c.bad("starts and ends differ in length");
+  if (c.has(3)) {
+    if (readInts(c.in(3), axes, kMaxRank, c) != n) c.bad("axes and starts differ in length");
+  } else {
+    for (int64_t i = 0; i < n; ++i) axes[i] = i;
+  }
+  if (c.has(4)) {
+    if (readInts(c.in(4), steps, kMaxRank, c) != n) c.bad("steps and starts differ in length");
+  } else {
+    for (int64_t i = 0; i < n; ++i) steps[i] = 1;
+  }
+  int64_t begin[kMaxRank] = {}, step[kMaxRank];
+  Shape os = x.shape;
+  for (int i = 0; i < r; ++i) step[i] = 1;
+  for (int64_t i = 0; i < n; ++i) {
+    const int ax = static_cast<int>(normAxis(c, axes[i], r));
+    const int64_t dim = x.shape[ax];
+    const int64_t sp = steps[i];
+    if (sp == 0) c.bad("step 0");
+    int64_t s = starts[i], e = ends[i];
+    if (s < 0) s += dim;
+    if (e < 0) e += dim;
+    if (sp > 0) {
+      s = std::clamp<int64_t>(s, 0, dim);
+      e = std::clamp<int64_t>(e, 0, dim);
+      os[ax] = e > s ? (e - s + sp - 1) / sp : 0;
+    } else {
+      s = std::clamp<int64_t>(s, 0, dim - 1);
+      e = std::clamp<int64_t>(e, -1, dim - 1);
+      os[ax] = s > e ? (s - e + (-sp) - 1) / (-sp) : 0;
+    }
+    begin[ax] = s;
+    step[ax] = sp;
+  }
+  int64_t ist[kMaxRank], st[kMaxRank];
+  contiguousStrides(x.shape, ist);
+  int64_t off = 0;
+  for (int i = 0; i < r; ++i) {
+    off += begin[i] * ist[i];
+    st[i] = ist[i] * step[i];
+  }
+  void* y = c.out(0, x.dt, os);
+  const size_t es = dtypeSize(x.dt);
+  if (os.numel() > 0) stridedCopy(x.as<uint8_t>() + off * es, st, os, static_cast<uint8_t*>(y), es);
+}
+
+void opConcat(OpCtx& c) {
+  if (c.nin() == 0) c.bad("Concat needs at least one input");
+  const Buf& first = c.in(0);
+  const int r = first.shape.rank;
+  const int64_t axis = normAxis(c, c.node.attrInt("axis", 0), r);
+  Shape os = first.shape;
+  os[static_cast<int>(axis)] = 0;
+  for (int i = 0; i < c.nin(); ++i) {
+    const Buf& b = c.in(i);
+    if (b.dt != first.dt || b.shape.rank != r) c.bad("inputs differ in type or rank");
+    for (int d = 0; d < r; ++d)
+      if (d != axis && b.shape[d] != first.shape[d]) c.bad("inputs do not agree outside the concatenation axis");
+    os[static_cast<int>(axis)] += b.shape[static_cast<int>(axis)];
+  }
+  const size_t es = dtypeSize(first.dt);
+  uint8_t* y = static_cast<uint8_t*>(c.out(0, first.dt, os));
+  int64_t outer = 1, inner = 1;
+  for (int d = 0; d < axis; ++d) outer *= os[d];
+  for (int d = static_cast<int>(axis) + 1; d < r; ++d) inner *= os[d];
+  const int64_t orow = os[static_cast<int>(axis)] * inner * es;
+  int64_t col = 0;
+  for (int i = 0; i < c.nin(); ++i) {
+    const Buf& b = c.in(i);
+    const int64_t brow = b.shape[static_cast<int>(axis)] * inner * es;
+    for (int64_t o = 0; o < outer; ++o) std::memcpy(y + o * orow + col, b.as<uint8_t>() + o * brow, brow);
+    col += brow;
+  }
+}
+
+void opSplit(OpCtx& c) {
+  const Buf& x = c.in(0);
+  const int r = x.shape.rank;
+  const int64_t axis = normAxis(c, c.node.attrInt("axis", 0), r);
+  const int k = static_cast<int>(c.node.out.size());
+  int64_t sizes[64];
+  if (k > 64) c.bad("more than 64 outputs");
+  const int64_t dim = x.shape[static_cast<int>(axis)];
+  if (c.has(1)) {
+    if (readInts(c.in(1), sizes, 64, c) != k) c.bad("split has a size per output");
+  } else if (const auto* a = c.node.attrInts("split")) {
+    if (static_cast<int>(a->size()) != k) c.bad("split has a size per output");
+    for (int i = 0; i < k; ++i) sizes[i] = (*a)[i];
+  } else {
+    const int64_t each = (dim + k - 1) / k;
+    for (int i = 0; i < k; ++i) sizes[i] = std::min(each, dim - each * i);
+  }
+  int64_t total = 0;
+  for (int i = 0; i < k; ++i) total += sizes[i];
+  if (total != dim) c.bad("split sizes do not add up to the axis size " + std::to_string(dim));
+  int64_t outer = 1, inner = 1;
+  for (int d = 0; d < axis; ++d) outer *= x.shape[d];
+  for (int d = static_cast<int>(axis) + 1; d < r; ++d) inner *= x.shape[d];
+  const size_t es = dtypeSize(x.dt);
+  int64_t col = 0;
+  for (int i = 0; i < k; ++i) {
+    Shape os = x.shape;
+    os[static_cast<int>(axis)] = sizes[i];
+    uint8_t* y = static_cast<uint8_t*>(c.out(i, x.dt, os));
+    const int64_t row = sizes[i] * inner * es;
+    for (int64_t o = 0; o < outer; ++o) std::memcpy(y + o * row, x.as<uint8_t>() + o * dim * inner * es + col, row);
+    col += row;
+  }
+}
+
+void opExpand(OpCtx& c) {
+  const Buf& x = c.in(0);
+  int64_t v[kMaxRank];
+  int64_t n = readInts(c.in(1), v, kMaxRank, c);
+  Shape target;
+  for (int64_t i = 0; i < n; ++i) target.push(v[i]);
+  Shape os = broadcastShape(c, x.shape, target);
+  int64_t st[kMaxRank];
+  bstrides(x.shape, os, st);
+  void* y = c.out(0, x.dt, os);
+  stridedCopy(x.as<uint8_t>(), st, os, static_cast<uint8_t*>(y), dtypeSize(x.dt));
+}
+
+void opGather(OpCtx& c) {
+  const Buf& x = c.in(0);
+  const Buf& idx = c.in(1);
+  if (idx.dt != DType::I64 && idx.dt != DType::I32) c.bad("indices must be int64 or int32");
+  const int r = x.shape.rank;
+  if (r == 0) c.bad("cannot gather from a scalar");
+  const int axis = static_cast<int>(normAxis(c, c.node.attrInt("axis", 0), r));
+  Shape os;
+  for (int d = 0; d < axis; ++d) os.push(x.shape[d]);
+  for (int d = 0; d < idx.shape.rank; ++d) os.push(idx.shape[d]);
+  for (int d = axis + 1; d < r; ++d) os.push(x.shape[d]);
+  const int64_t size = x.shape[axis];
+  int64_t outer = 1, inner = 1;
+  for (int d = 0; d < axis; ++d) outer *= x.shape[d];
+  for (int d = axis + 1; d < r; ++d) inner *= x.shape[d];
+  const size_t es = dtypeSize(x.dt), row = inner * es;
+  const int64_t ni = idx.numel();
+  for (int64_t i = 0; i < ni; ++i) {
+    int64_t j = idx.dt == DType::I64 ? idx.as<int64_t>()[i] : idx.as<int32_t>()[i];
+    if (j < -size || j >= size)
+      c.bad("index " + std::to_string(j) + " is out of range for an axis of size " + std::to_string(size));
+  }
+  uint8_t* y = static_cast<uint8_t*>(c.out(0, x.dt, os));
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t i = 0; i < ni; ++i) {
+      int64_t j = idx.dt == DType::I64 ? idx.as<int64_t>()[i] : idx.as<int32_t>()[i];
+      if (j < 0) j += size;
+      std::memcpy(y + (o * ni + i) * row, x.as<uint8_t>() + (o * size + j) * row, row);
+    }
+}
+
+// ---------------------------------------------------------------- reductions and normalizations
+/// Splits a rank-r tensor at `axis` into [outer, n, inner].
+void splitAt(const Shape& s, int axis, int64_t& outer, int64_t& n, int64_t& inner) {
+  outer = 1, inner = 1;
+  for (int d = 0; d < axis; ++d) outer *= s[d];
+  n = s[axis];
+  for (int d = axis + 1; d < s.rank; ++d) inner *= s[d];
+}
+
+template <bool Log>
+void softmaxF32(const float* x, float* y, int64_t outer, int64_t n, int64_t inner) {
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t i = 0; i < inner; ++i) {
+      const float* p = x + o * n * inner + i;
+      float* q = y + o * n * inner + i;
+      float m = -std::numeric_limits<float>::infinity();
+      for (int64_t j = 0; j < n; ++j) m = std::max(m, p[j * inner]);
+      float s = 0;
+      for (int64_t j = 0; j < n; ++j) {
+        float e = std::exp(p[j * inner] - m);
+        if (!Log) q[j * inner] = e;
+        s += e;
+      }
+      if (Log) {
+        const float ls = std::log(s);
+        for (int64_t j = 0; j < n; ++j) q[j * inner] = p[j * inner] - m - ls;
+      } else {
+        const float inv = 1.f / s;
+        for (int64_t j = 0; j < n; ++j) q[j * inner] *= inv;
+      }
+    }
+}
+
+template <bool Log>
+void softmaxOp(OpCtx& c) {
+  const Buf& x = c.in(0);
+  const int axis = static_cast<int>(normAxis(c, c.node.attrInt("axis", -1), x.shape.rank));
+  int64_t outer, n, inner;
+  splitAt(x.shape, axis, outer, n, inner);
+  if (x.dt == DType::F32) {
+    softmaxF32<Log>(x.as<float>(), c.outT<float>(0, x.shape), outer, n, inner);
+  } else if (x.dt == DType::F16) {
+    const int64_t total = x.numel();
+    float* tmp = static_cast<float*>(c.scratch(2 * total * sizeof(float)));
+    for (int64_t i = 0; i < total; ++i) tmp[i] = halfToFloat(x.as<uint16_t>()[i]);
+    softmaxF32<Log>(tmp, tmp + total, outer, n, inner);
+    uint16_t* y = static_cast<uint16_t*>(c.out(0, DType::F16, x.shape));
+    for (int64_t i = 0; i < total; ++i) y[i] = floatToHalf(tmp[total + i]);
+  } else {
+    c.bad("needs float input");
+  }
+}
+void opSoftmax(OpCtx& c) { softmaxOp<false>(c); }
+void opLogSoftmax(OpCtx& c) { softmaxOp<true>(c); }
+
+enum class Red { Mean, Max, Sum };
+
+template <Red R>
+void reduceOp(OpCtx& c) {
+  const Buf& x = c.in(0);
+  const int r = x.shape.rank;
+  int64_t axes[kMaxRank], n = 0;
+  axesOf(c, 1, "axes", axes, n);
+  const bool keep = c.node.attrInt("keepdims", 1) != 0;
+  bool red[kMaxRank] = {};
+  if (n == 0) {
+    if (c.node.attrInt("noop_with_empty_axes", 0)) return c.aliasOut(0, 0, x.shape);
+    for (int d = 0; d < r; ++d) red[d] = true;
+  }
+  for (int64_t i = 0; i < n; ++i) red[normAxis(c, axes[i], r)] = true;
+  Shape os, kept;
+  for (int d = 0; d < r; ++d) {
+    kept.push(red[d] ? 1 : x.shape[d]);
+    if (!red[d]) os.push(x.shape[d]);
+    else if (keep) os.push(1);
+  }
+  if (x.dt != DType::F32 && x.dt != DType::F16) c.bad("needs float input");
+  const bool half = x.dt == DType::F16;
+  void* yv = c.out(0, x.dt, os);
+  const int64_t m = kept.numel();
+  float* acc = static_cast<float*>(c.scratch(m * sizeof(float)));
+  for (int64_t i = 0; i < m; ++i) acc[i] = R == Red::Max ? -std::numeric_limits<float>::infinity() : 0.f;
+  // fast path: reducing the trailing axes of a contiguous tensor
+  int firstRed = r;
+  while (firstRed > 0 && red[firstRed - 1]) --firstRed;
+  bool trailing = true;
+  for (int d = 0; d < firstRed; ++d) trailing &= !red[d];
+  const int64_t count = m == 0 ? 0 : x.numel() / m;
+  if (trailing && !half) {
+    const float* p = x.as<float>();
+    for (int64_t i = 0; i < m; ++i) {
+      const float* q = p + i * count;
+      float a = acc[i];
+      for (int64_t j = 0; j < count; ++j) a = R == Red::Max ? std::max(a, q[j]) : a + q[j];
+      acc[i] = a;
+    }
+  } else {
+    int64_t st[kMaxRank];
+    bstrides(kept, x.shape, st);
+    int64_t idx[kMaxRank] = {};
+    int64_t off = 0;
+    const int64_t total = x.numel();
+    for (int64_t i = 0; i < total; ++i) {
+      const float v = half ? halfToFloat(x.as<uint16_t>()[i]) : x.as<float>()[i];
+      acc[off] = R == Red::Max ? std::max(acc[off], v) : acc[off] + v;
+      for (int d = r - 1; d >= 0; --d) {
+        ++idx[d];
+        off += st[d];
+        if (idx[d] < x.shape[d]) break;
+        off -= st[d] * x.shape[d];
+        idx[d] = 0;
+      }
+    }
+  }
+  for (int64_t i = 0; i < m; ++i) {
+    const float v = R == Red::Mean ? acc[i] / static_cast<float>(count) : acc[i];
+    if (half) static_cast<uint16_t*>(yv)[i] = floatToHalf(v);
+    else static_cast<float*>(yv)[i] = v;
+  }
+}
+void opReduceMean(OpCtx& c) { reduceOp<Red::Mean>(c); }
+void opReduceMax(OpCtx& c) { reduceOp<Red::Max>(c); }
+void opReduceSum(OpCtx& c) { reduceOp<Red::Sum>(c); }
+
+float elemF(const Buf& b, int64_t i) { return b.dt == DType::F16 ? halfToFloat(b.as<uint16_t>()[i]) : b.as<float>()[i]; }
+
+void opLayerNorm(OpCtx& c) {
+  const Buf& x = c.in(0);
+  const Buf& g = c.in(1);
+  const int r = x.shape.rank;
+  const int axis = static_cast<int>(normAxis(c, c.node.attrInt("axis", -1), r));
+  const float eps = c.node.attrFloat("epsilon", 1e-5f);
+  int64_t outer = 1, n = 1;
+  for (int d = 0; d < axis; ++d) outer *= x.shape[d];
+  for (int d = axis; d < r; ++d) n *= x.shape[d];
+  if (g.numel() != n && g.numel() != 1) c.bad("scale of " + g.shape.str() + " does not match the normalized size " + std::to_string(n));
+  const Buf* b = c.has(2) ? &c.in(2) : nullptr;
+  if (x.dt != DType::F32 && x.dt != DType::F16) c.bad("needs float input");
+  void* y = c.out(0, x.dt, x.shape);
+  for (int64_t o = 0; o < outer; ++o) {
+    double mean = 0, var = 0;
+    for (int64_t j = 0; j < n; ++j) mean += elemF(x, o * n + j);
+    mean /= n;
+    for (int64_t j = 0; j < n; ++j) {
+      double d = elemF(x, o * n + j) - mean;
+      var += d * d;
+    }
+    var /= n;
+    const float inv = static_cast<float>(1.0 / std::sqrt(var + eps));
+    for (int64_t j = 0; j < n; ++j) {
+      float v = (elemF(x, o * n + j) - static_cast<float>(mean)) * inv * elemF(g, g.numel() == 1 ? 0 : j);
+      if (b) v += elemF(*b, b->numel() == 1 ? 0 : j);
+      if (x.dt == DType::F16) static_cast<uint16_t*>(y)[o * n + j] = floatToHalf(v);
+      else static_cast<float*>(y)[o * n + j] = v;
+    }
+  }
+}
+
+void opBatchNorm(OpCtx& c) {
+  const Buf& x = c.in(0);
+  if (x.dt != DType::F32) c.bad("needs float32 input");
+  if (x.shape.rank < 2) c.bad("needs an input of rank >= 2");
+  const int64_t N = x.shape[0], C = x.shape[1], inner = x.numel() / std::max<int64_t>(1, N * C);
+  for (int i = 1; i <= 4; ++i)
+    if (c.in(i).numel() != C) c.bad("parameter " + std::to_string(i) + " has " + std::to_string(c.in(i).numel()) + " values for " + std::to_string(C) + " channels");
+  const float eps = c.node.attrFloat("epsilon", 1e-5f);
+  float* y = c.outT<float>(0, x.shape);
+  for (int64_t ch = 0; ch < C; ++ch) {
+    const float s = c.in(1).as<float>()[ch] / std::sqrt(c.in(4).as<float>()[ch] + eps);
+    const float sh = c.in(2).as<float>()[ch] - c.in(3).as<float>()[ch] * s;
+    for (int64_t n = 0; n < N; ++n) {
+      const float* p = x.as<float>() + (n * C + ch) * inner;
+      float* q = y + (n * C + ch) * inner;
+      for (int64_t i = 0; i < inner; ++i) q[i] = p[i] * s + sh;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- Gemm, Conv, pooling
+void opGemm(OpCtx& c) {
+  const Buf& a = c.in(0);
+  const Buf& b = c.in(1);
+  if (a.dt != DType::F32 || b.dt != DType::F32) c.bad("Gemm supports float32");
+  if (a.shape.rank != 2 || b.shape.rank != 2) c.bad("Gemm needs 2-D inputs");
+  const bool ta = c.node.attrInt("transA", 0), tb = c.node.attrInt("transB", 0);
+  const int64_t M = ta ? a.shape[1] : a.shape[0], K = ta ? a.shape[0] : a.shape[1];
+  const int64_t Kb = tb ? b.shape[1] : b.shape[0], N = tb ? b.shape[0] : b.shape[1];
+  if (K != Kb) c.bad("inner dims differ: " + a.shape.str() + " x " + b.shape.str());
+  const float alpha = c.node.attrFloat("alpha", 1.f), beta = c.node.attrFloat("beta", 1.f);
+  float* y = c.outT<float>(0, Shape{M, N});
+  const float* A = a.as<float>();
+  if (ta) {
+    float* t = static_cast<float*>(c.scratch(M * K * sizeof(float)));
+    for (int64_t i = 0; i < K; ++i)
+      for (int64_t j = 0; j < M; ++j) t[j * K + i] = A[i * M + j];
+    A = t;
+  }
+  if (tb) matmulNT(c, M, N, K, A, b.as<float>(), y);
+  else matmulNN(c, M, N, K, A, b.as<float>(), y);
+  if (alpha != 1.f)
+    for (int64_t i = 0; i < M * N; ++i) y[i] *= alpha;
+  if (c.has(2)) {
+    const Buf& cb = c.in(2);
+    Shape os{M, N};
+    broadcastShape(c, cb.shape, os);
+    int64_t st[kMaxRank];
+    bstrides(cb.shape, os, st);
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) y[i * N + j] += beta * cb.as<float>()[i * st[0] + j * st[1]];
+  }
+}
+
+struct ConvGeom {
+  int64_t k[2] = {1, 1}, s[2] = {1, 1}, d[2] = {1, 1}, p0[2] = {0, 0}, p1[2] = {0, 0};
+};
+
+ConvGeom convGeom(OpCtx& c, int sp, const int64_t* kernel) {
+  ConvGeom g;
+  for (int i = 0; i < sp; ++i) g.k[i] = kernel[i];
+  if (const auto* v = c.node.attrInts("strides"))
+    for (int i = 0; i < sp && i < static_cast<int>(v->size()); ++i) g.s[i] = (*v)[i];
+  if (const auto* v = c.node.attrInts("dilations"))
+    for (int i = 0; i < sp && i < static_cast<int>(v->size()); ++i) g.d[i] = (*v)[i];
+  if (const auto* v = c.node.attrInts("pads")) {
+    if (static_cast<int>(v->size()) != 2 * sp) c.bad("pads must have 2 entries per spatial dim");
+    for (int i = 0; i < sp; ++i) g.p0[i] = (*v)[i], g.p1[i] = (*v)[sp + i];
+  }
+  auto ap = c.node.attrs.find("auto_pad");
+  if (ap != c.node.attrs.end() && ap->second.s != "NOTSET" && !ap->second.s.empty()) c.bad("auto_pad is not supported; export explicit pads");
+  return g;
+}
+
+int64_t outDim(int64_t in, int64_t k, int64_t s, int64_t d, int64_t p0, int64_t p1, bool ceil) {
+  const int64_t eff = d * (k - 1) + 1;
+  const int64_t num = in + p0 + p1 - eff;
+  return (ceil ? (num + s - 1) / s : num / s) + 1;
+}
+
+void opConv(OpCtx& c) {
+  const Buf& x = c.in(0);
+  const Buf& w = c.in(1);
+  if (x.dt != DType::F32 || w.dt != DType::F32) c.bad("Conv supports float32");
+  if (x.shape.rank != 4 && x.shape.rank != 3) c.bad("Conv supports 1-D and 2-D convolutions");
+  const int sp = x.shape.rank - 2;
+  int64_t kernel[2] = {w.shape[2], sp == 2 ? w.shape[3] : 1};
+  ConvGeom g = convGeom(c, sp, kernel);
+  const int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], Wd = sp == 2 ? x.shape[3] : 1;
+  const int64_t F = w.shape[0], group = c.node.attrInt("group", 1);
+  if (group <= 0 || C % group || F % group || w.shape[1] * group != C)
+    c.bad("input " + x.shape.str() + " does not fit weight " + w.shape.str() + " with group " + std::to_string(group));
+  const int64_t OH = outDim(H, g.k[0], g.s[0], g.d[0], g.p0[0], g.p1[0], false);
+  const int64_t OW = sp == 2 ? outDim(Wd, g.k[1], g.s[1], g.d[1], g.p0[1], g.p1[1], false) : 1;
+  if (OH <= 0 || OW <= 0) c.bad("the kernel is larger than the padded input");
+  Shape os = sp == 2 ? Shape{N, F, OH, OW} : Shape{N, F, OH};
+  float* y = c.outT<float>(0, os);
+  const int64_t Cg = C / group, Fg = F / group, KK = Cg * g.k[0] * g.k[1], P = OH * OW;
+  float* col = static_cast<float*>(c.scratch(KK * P * sizeof(float)));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t gr = 0; gr < group; ++gr) {
+      // im2col: col[(ci, kh, kw), (oh, ow)]
+      for (int64_t ci = 0; ci < Cg; ++ci)
+        for (int64_t kh = 0; kh < g.k[0]; ++kh)
+          for (int64_t kw = 0; kw < g.k[1]; ++kw) {
+            float* row = col + ((ci * g.k[0] + kh) * g.k[1] + kw) * P;
+            const float* img = x.as<float>() + (n * C + gr * Cg + ci) * H * Wd;
+            for (int64_t oh = 0; oh < OH; ++oh) {
+              const int64_t ih = oh * g.s[0] - g.p0[0] + kh * g.d[0];
+              for (int64_t ow = 0; ow < OW; ++ow) {
+                const int64_t iw = ow * g.s[1] - g.p0[1] + kw * g.d[1];
+                row[oh * OW + ow] = (ih >= 0 && ih < H && iw >= 0 && iw < Wd) ? img[ih * Wd + iw] : 0.f;
+              }
+            }
+          }
+      matmulNN(c, Fg, P, KK, w.as<float>() + gr * Fg * KK, col, y + (n * F + gr * Fg) * P);
+    }
+  if (c.has(2)) {
+    const Buf& b = c.in(2);
+    if (b.numel() != F) c.bad("bias has " + std::to_string(b.numel()) + " values for " + std::to_string(F) + " filters");
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t f = 0; f < F; ++f) {
+        float* p = y + (n * F + f) * P;
+        for (int64_t i = 0; i < P; ++i) p[i] += b.as<float>()[f];
+      }
+  }
+}
+
+template <bool Max>
+void poolOp(OpCtx& c) {
+  const Buf& x = c.in(0);
+  if (x.dt != DType::F32) c.bad("pooling supports float32");
+  if (x.shape.rank != 4) c.bad("pooling supports 2-D inputs [N, C, H, W]");
+  const auto* ks = c.node.attrInts("kernel_shape");
+  if (!ks || ks->size() != 2) c.bad("kernel_shape must have 2 entries");
+  int64_t kernel[2] = {(*ks)[0], (*ks)[1]};
+  ConvGeom g = convGeom(c, 2, kernel);
+  const bool ceil = c.node.attrInt("ceil_mode", 0) != 0;
+  const bool incPad = c.node.attrInt("count_include_pad", 0) != 0;
+  const int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], Wd = x.shape[3];
+  int64_t OH = outDim(H, g.k[0], g.s[0], g.d[0], g.p0[0], g.p1[0], ceil);
+  int64_t OW = outDim(Wd, g.k[1], g.s[1], g.d[1], g.p0[1], g.p1[1], ceil);
+  // a ceil-mode window that starts in the right padding is dropped (PyTorch / ONNX Runtime behaviour)
+  if (ceil && (OH - 1) * g.s[0] >= H + g.p0[0]) --OH;
+  if (ceil && (OW - 1) * g.s[1] >= Wd + g.p0[1]) --OW;
+  float* y = c.outT<float>(0, Shape{N, C, OH, OW});
+  for (int64_t nc = 0; nc < N * C; ++nc) {
+    const float* img = x.as<float>() + nc * H * Wd;
+    for (int64_t oh = 0; oh < OH; ++oh)
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        float acc = Max ? -std::numeric_limits<float>::infinity() : 0.f;
+        int64_t cnt = 0, padded = 0;
+        for (int64_t kh = 0; kh < g.k[0]; ++kh)
+          for (int64_t kw = 0; kw < g.k[1]; ++kw) {
+            const int64_t ih = oh * g.s[0] - g.p0[0] + kh * g.d[0], iw = ow * g.s[1] - g.p0[1] + kw * g.d[1];
+            if (ih < H + g.p1[0] && iw < Wd + g.p1[1]) ++padded;
+            if (ih < 0 || ih >= H || iw < 0 || iw >= Wd) continue;
+            const float v = img[ih * Wd + iw];
+            acc = Max ? std::max(acc, v) : acc + v;
+            ++cnt;
+          }
+        y[(nc * OH + oh) * OW + ow] = Max ? acc : acc / static_cast<float>(incPad ? padded : std::max<int64_t>(cnt, 1));
+      }
+  }
+}
+void opMaxPool(OpCtx& c) { poolOp<true>(c); }
+void opAveragePool(OpCtx& c) { poolOp<false>(c); }
+
+void opGlobalAveragePool(OpCtx& c) {
+  const Buf& x = c.in(0);
+  if (x.dt != DType::F32 || x.shape.rank < 3) c.bad("needs a float32 input [N, C, ...]");
+  const int64_t NC = x.shape[0] * x.shape[1], inner = x.numel() / std::max<int64_t>(NC, 1);
+  Shape os = x.shape;
+  for (int d = 2; d < os.rank; ++d) os[d] = 1;
+  float* y = c.outT<float>(0, os);
+  for (int64_t i = 0; i < NC; ++i) {
+    float s = 0;
+    for (int64_t j = 0; j < inner; ++j) s += x.as<float>()[i * inner + j];
+    y[i] = s / static_cast<float>(inner);
+  }
+}
+
+// ---------------------------------------------------------------- DequantizeLinear (not feeding a MatMul)
+int64_t quantAt(const Buf& q, int64_t i) {
+  switch (q.dt) {
+    case DType::I8: return q.as<int8_t>()[i];
+    case DType::U8: return q.as<uint8_t>()[i];
+    case DType::I32: return q.as<int32_t>()[i];
+    default: break;
+  }
+  const uint8_t byte = q.as<uint8_t>()[i / 2];
+  const int v = (i & 1) ? byte >> 4 : byte & 0xF;
+  if (q.dt == kI4) return v >= 8 ? v - 16 : v;
+  return v;  // kU4
+}
+
+void opDequantizeLinear(OpCtx& c) {
+  const Buf& q = c.in(0);
+  const Buf& s = c.in(1);
+  if (s.dt != DType::F32 && s.dt != DType::F16) c.bad("scale must be float32 or float16");
+  const Buf* zp = c.has(2) ? &c.in(2) : nullptr;
+  const int r = std::max(q.shape.rank, 1);
+  const int axis = static_cast<int>(normAxis(c, c.node.attrInt("axis", 1), r));
+  const int64_t bs = c.node.attrInt("block_size", 0);
+  float* y = static_cast<float*>(c.out(0, DType::F32, q.shape));
+  if (s.dt == DType::F16) c.bad("float16 scales are not supported by the runtime yet");
+  const int64_t total = q.numel();
+  int64_t outer, n, inner;
+  if (q.shape.rank == 0) outer = n = inner = 1;
+  else splitAt(q.shape, axis, outer, n, inner);
+  for (int64_t i = 0; i < total; ++i) {
+    int64_t si = 0;
+    if (s.numel() > 1) {
+      const int64_t o = i / (n * inner), a = (i / inner) % n, in = i % inner;
+      si = bs > 0 ? (o * ((n + bs - 1) / bs) + a / bs) * inner + in : a;
+    }
+    const float z = zp ? static_cast<float>(quantAt(*zp, si)) : 0.f;
+    y[i] = (static_cast<float>(quantAt(q, i)) - z) * s.as<float>()[si];
+  }
+}
+
+// ---------------------------------------------------------------- table
+struct Entry {
+  const char* name;
+  OpFn fn;
+};
+
+const Entry kOps[] = {
+    {"Add", opAdd}, {"Sub", opSub}, {"Mul", opMul}, {"Div", opDiv}, {"Pow", opPow}, {"Max", opMax}, {"Min", opMin},
+    {"Equal", opEqual}, {"Less", opLess}, {"Greater", opGreater}, {"Sqrt", opSqrt}, {"Reciprocal", opReciprocal},
+    {"Neg", opNeg}, {"Abs", opAbs}, {"Exp", opExp}, {"Log", opLog}, {"Tanh", opTanh}, {"Sigmoid", opSigmoid},
+    {"Relu", opRelu}, {"Erf", opErf}, {"Where", opWhere}, {"Identity", opIdentity}, {"Cast", opCast},
+    {"Shape", opShape}, {"Reshape", opReshape}, {"Flatten", opFlatten}, {"Unsqueeze", opUnsqueeze},
+    {"Squeeze", opSqueeze}, {"Transpose", opTranspose}, {"Slice", opSlice}, {"Concat", opConcat},
+    {"Split", opSplit}, {"Expand", opExpand}, {"Gather", opGather}, {"Softmax", opSoftmax},
+    {"LogSoftmax", opLogSoftmax}, {"ReduceMean", opReduceMean}, {"ReduceMax", opReduceMax},
+    {"ReduceSum", opReduceSum}, {"LayerNormalization", opLayerNorm}, {"BatchNormalization", opBatchNorm},
+    {"Gemm", opGemm}, {"Conv", opConv}, {"MaxPool", opMaxPool}, {"AveragePool", opAveragePool},
+    {"GlobalAveragePool", opGlobalAveragePool}, {"DequantizeLinear", opDequantizeLinear}, {"MatMul", opMatMul},
+    {"com.microsoft.MatMulNBits", opMatMulNBits},
+};
+
+}  // namespace
+
+OpFn findOp(const std::string& domain, const std::string& op) {
+  const std::string key = domain.empty() || domain == "ai.onnx" ? op : domain + "." + op;
+  for (const Entry& e : kOps)
+    if (key == e.name) return e.fn;
+  return nullptr;
+}
+
+std::vector<std::string> supportedOps() {
+  std::vector<std::string> v;
+  for (const Entry& e : kOps) v.push_back(e.name);
+  std::sort(v.begin(), v.end());
+  return v;
+}
+
+}  // namespace crt::detail

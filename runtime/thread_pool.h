@@ -1,0 +1,52 @@
+// thread_pool.h — a fixed pool of worker threads (created once per session) with a fork-join
+// parallel_for that allocates nothing: the caller takes part, workers spin briefly then sleep.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <pthread.h>
+#include <vector>
+
+namespace crt::detail {
+
+class ThreadPool {
+ public:
+  explicit ThreadPool(int threads);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  int size() const { return threads_; }
+
+  /// Calls fn(task) for task in [0, tasks), spread over the pool; returns when all are done.
+  template <typename F>
+  void parallelFor(int64_t tasks, F&& fn) {
+    if (tasks <= 0) return;
+    if (tasks == 1 || threads_ == 1) {
+      for (int64_t t = 0; t < tasks; ++t) fn(t);
+      return;
+    }
+    run(tasks, [](void* ctx, int64_t t) { (*static_cast<F*>(ctx))(t); }, &fn);
+  }
+
+ private:
+  using Thunk = void (*)(void*, int64_t);
+  void run(int64_t tasks, Thunk thunk, void* ctx);
+  void work();
+  static void* entry(void* self);
+
+  int threads_ = 1;
+  std::vector<pthread_t> workers_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<uint64_t> counter_{0};
+  std::atomic<int64_t> done_{0};
+  int sleeping_ = 0;  // guarded by mu_
+  int64_t tasks_ = 0;
+  Thunk thunk_ = nullptr;
+  void* ctx_ = nullptr;
+  bool stop_ = false;
+};
+
+}  // namespace crt::detail

@@ -1,0 +1,173 @@
+// util.cpp — small shared pieces: dtypes, shapes, aligned memory, fp16 conversion, node attributes, OpCtx.
+#include <cstdlib>
+#include <cstring>
+
+#include "runtime/internal.h"
+
+namespace crt {
+
+const char* dtypeName(DType t) {
+  switch (static_cast<int>(t)) {
+    case 1: return "float32";
+    case 2: return "uint8";
+    case 3: return "int8";
+    case 6: return "int32";
+    case 7: return "int64";
+    case 9: return "bool";
+    case 10: return "float16";
+    case 11: return "float64";
+    case 21: return "uint4";
+    case 22: return "int4";
+  }
+  return "unknown";
+}
+
+size_t dtypeSize(DType t) {
+  switch (static_cast<int>(t)) {
+    case 1: case 6: return 4;
+    case 2: case 3: case 9: return 1;
+    case 7: case 11: return 8;
+    case 10: return 2;
+    case 21: case 22: return 1;  // packed: callers use Buf::bytes()
+  }
+  return 0;
+}
+
+int64_t TensorView::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+namespace detail {
+
+std::string Shape::str() const {
+  std::string s = "[";
+  for (int i = 0; i < rank; ++i) s += (i ? "," : "") + std::to_string(d[i]);
+  return s + "]";
+}
+
+size_t Buf::bytes() const {
+  if (dt == kU4 || dt == kI4) return static_cast<size_t>((numel() + 1) / 2);
+  return static_cast<size_t>(numel()) * dtypeSize(dt);
+}
+
+AlignedBytes::~AlignedBytes() { std::free(p_); }
+
+void AlignedBytes::resize(size_t n) {
+  std::free(p_);
+  p_ = nullptr;
+  n_ = n;
+  if (n == 0) return;
+  const size_t rounded = (n + 63) / 64 * 64;
+  p_ = std::aligned_alloc(64, rounded);
+  if (!p_) fail(StatusCode::Internal, "out of memory allocating " + std::to_string(n) + " bytes");
+  std::memset(p_, 0, rounded);
+}
+
+float halfToFloat(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+  if (exp == 0) {
+    if (man == 0) {
+      bits = sign;
+    } else {  // subnormal: normalize
+      exp = 127 - 15 + 1;
+      while (!(man & 0x400)) {
+        man <<= 1;
+        --exp;
+      }
+      man &= 0x3ff;
+      bits = sign | (exp << 23) | (man << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (man << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+uint16_t floatToHalf(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000);
+  const uint32_t absx = x & 0x7fffffffu;
+  if (absx >= 0x7f800000u) return sign | (absx > 0x7f800000u ? 0x7e00 : 0x7c00);  // NaN / Inf
+  if (absx >= 0x477ff000u) return sign | 0x7c00;                                  // overflow -> Inf
+  if (absx < 0x38800000u) {                                                       // subnormal or zero
+    if (absx < 0x33000000u) return sign;
+    const uint32_t e = absx >> 23, m = (absx & 0x7fffff) | 0x800000;
+    const int shift = 126 - static_cast<int>(e);  // 14 + (113 - e)
+    uint32_t v = m >> shift;
+    const uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (v & 1))) ++v;
+    return sign | static_cast<uint16_t>(v);
+  }
+  uint32_t v = ((absx >> 13) - (112u << 10));
+  const uint32_t rem = absx & 0x1fff;
+  if (rem > 0x1000 || (rem == 0x1000 && (v & 1))) ++v;
+  return sign | static_cast<uint16_t>(v);
+}
+
+int64_t Node::attrInt(const std::string& k, int64_t def) const {
+  auto it = attrs.find(k);
+  return it == attrs.end() || it->second.kind != Attr::Int ? def : it->second.i;
+}
+float Node::attrFloat(const std::string& k, float def) const {
+  auto it = attrs.find(k);
+  return it == attrs.end() || it->second.kind != Attr::Float ? def : it->second.f;
+}
+const std::vector<int64_t>* Node::attrInts(const std::string& k) const {
+  auto it = attrs.find(k);
+  return it == attrs.end() || it->second.kind != Attr::Ints ? nullptr : &it->second.ints;
+}
+std::string Node::where() const {
+  return (domain.empty() ? "" : domain + ".") + op + " node '" + name + "'";
+}
+
+const Buf& OpCtx::in(int i) const {
+  if (!has(i)) bad("input " + std::to_string(i) + " is missing");
+  return env.vals[node.in[i]];
+}
+
+void* OpCtx::out(int i, DType dt, const Shape& s) {
+  const int v = node.out[i];
+  Buf& b = env.vals[v];
+  b.dt = dt;
+  b.shape = s;
+  b.data = nullptr;
+  const size_t n = b.bytes();
+  b.data = env.alloc->output(v, n, env.node_index, node.is_static);
+  return b.data;
+}
+
+void OpCtx::aliasOut(int i, int src, const Shape& s) {
+  const Buf& in = this->in(src);
+  if (s.numel() != in.numel()) bad("internal: alias of a different size");
+  const int v = node.out[i];
+  Buf& b = env.vals[v];
+  b.dt = in.dt;
+  b.shape = s;
+  b.data = in.data;
+  env.alloc->alias(v, node.in[src]);
+}
+
+void* OpCtx::scratch(size_t bytes) { return env.alloc->scratch(bytes, env.node_index, node.is_static); }
+
+void OpCtx::bad(const std::string& what) const {
+  fail(StatusCode::DataError, node.where() + ": " + what);
+}
+
+int64_t readInts(const Buf& b, int64_t* out, int64_t cap, const OpCtx& c) {
+  if (b.dt != DType::I64 && b.dt != DType::I32) c.bad(std::string("expected an int64 tensor, got ") + dtypeName(b.dt));
+  const int64_t n = b.numel();
+  if (n > cap) c.bad("expected at most " + std::to_string(cap) + " values, got " + std::to_string(n));
+  for (int64_t i = 0; i < n; ++i) out[i] = b.dt == DType::I64 ? b.as<int64_t>()[i] : b.as<int32_t>()[i];
+  return n;
+}
+
+}  // namespace detail
+}  // namespace crt
