@@ -87,6 +87,14 @@ struct SessionOptions {
   int threads = 0;          // 0: all hardware threads
   bool use_simd = true;     // false forces the portable scalar kernels (for testing/debugging)
   int max_plans = 16;       // memory plans kept (one per distinct input-shape set), least recently used dropped
+  bool profile = false;     // time every node (see Session::profile())
+};
+
+/// Time spent per op type over all profiled runs (SessionOptions::profile).
+struct OpProfile {
+  std::string op;
+  int64_t calls = 0;
+  double ms = 0;
 };
 
 /// Name, element type and shape of a graph input/output; -1 marks a symbolic dim (its name in dim_names).
@@ -120,6 +128,8 @@ class Session {
   const std::vector<IoInfo>& inputs() const;
   const std::vector<IoInfo>& outputs() const;
   const SessionInfo& info() const;
+  /// Per op type totals since creation, most expensive first (empty unless SessionOptions::profile).
+  std::vector<OpProfile> profile() const;
 
   /// Runs the model. `outputs` receives one view per graph output, in order, pointing into the session's
   /// memory: valid until the next run() or the session's end. After the first call with the same input

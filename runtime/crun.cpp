@@ -24,7 +24,8 @@ Usage:
   crun run MODEL.onnx --input NAME=FILE.npy [...] [--output OUT.npy | --output-dir DIR] [--threads N]
         runs once; one output -> --output file, several -> DIR/<output name>.npy
   crun bench MODEL.onnx --shape NAME=1x128 [...] [--threads 2] [--runs 50] [--warmup 5] [--json]
-        median / p90 latency, tokens/s, peak memory (random inputs: ints in [0, --max-id), floats N(0,1))
+        median / p90 latency, tokens/s, peak memory (random inputs: ints in [0, --max-id), floats N(0,1));
+        --profile adds the time per op type
   crun generate MODEL.onnx --tokenizer tok512.bin --prompt "Once upon a time" [-n 40] [--top-k 0]
         [--temperature 1.0] [--seed 0]
         greedy (top-k 0) or top-k sampling; recomputes the whole prefix for each new token
@@ -76,6 +77,7 @@ crt::Session open(const std::string& path, const cxxopts::ParseResult& r) {
   crt::SessionOptions o;
   o.threads = r["threads"].as<int>();
   o.use_simd = !r.count("no-simd");
+  o.profile = r.count("profile") > 0;
   auto s = crt::Session::create(path, o);
   if (!s) die(exitFor(s.status().code), s.status().message);
   return std::move(s.value());
@@ -215,6 +217,13 @@ int cmdBench(const std::string& model, const cxxopts::ParseResult& r) {
     std::printf("%.1f tokens/s  peak memory %.1f MiB  packed weights %.2f MiB\n", tokens / (med / 1e3),
                 peakRssKiB() / 1024.0, info.weight_bytes / 1048576.0);
   }
+  if (r.count("profile")) {
+    double total = 0;
+    for (const auto& p : s.profile()) total += p.ms;
+    std::printf("profile (all warm-up and timed runs; %% of node time):\n");
+    for (const auto& p : s.profile())
+      std::printf("  %-32s %8lld calls %10.3f ms %5.1f%%\n", p.op.c_str(), static_cast<long long>(p.calls), p.ms, 100 * p.ms / std::max(total, 1e-9));
+  }
   return 0;
 }
 
@@ -351,7 +360,7 @@ int main(int argc, char** argv) {
       ("input", "", cxxopts::value<std::vector<std::string>>()->default_value({}))
       ("output", "", cxxopts::value<std::string>())("output-dir", "", cxxopts::value<std::string>())
       ("shape", "", cxxopts::value<std::vector<std::string>>()->default_value({}))
-      ("threads", "", cxxopts::value<int>()->default_value("0"))("no-simd", "")
+      ("threads", "", cxxopts::value<int>()->default_value("0"))("no-simd", "")("profile", "")
       ("runs", "", cxxopts::value<int>()->default_value("50"))("warmup", "", cxxopts::value<int>()->default_value("5"))
       ("json", "")("max-id", "", cxxopts::value<int64_t>()->default_value("500"))
       ("tokenizer", "", cxxopts::value<std::string>())

@@ -131,8 +131,11 @@ struct Value {
   bool is_static = false;
 };
 
+constexpr int64_t kPanel = 32;  // output columns per fp32 weight panel
+
 /// Weights of a MatMul packed at load for our kernels.
-/// F32/F16: w is [N, K] row-major (one row per output). Q8/Q4: blocks of `block` values along K, each padded
+/// F32: panels of kPanel outputs, [ceil(N/kPanel)][K][kPanel] (last panel zero padded): the GEMM micro-kernel
+/// and the GEMV stream them without any per-call packing. F16: [N, K] row-major (one row per output). Q8/Q4: blocks of `block` values along K, each padded
 /// to `P` (a multiple of 32) values; per row nblk*P bytes (Q8, one unsigned value per byte) or nblk*P/2
 /// (Q4: in each 32-value chunk byte j holds value j in its low nibble and value j+16 in its high nibble);
 /// scale and zero point per (row, block), float. A weight is (q - zp) * scale; padding holds q = 0 and
@@ -206,6 +209,9 @@ int64_t readInts(const Buf& b, int64_t* out, int64_t cap, const OpCtx& c);
 OpFn findOp(const std::string& domain, const std::string& op);
 std::vector<std::string> supportedOps();
 
+
+/// Heap blocks the runtime has allocated so far (tests check that a planned run() allocates none).
+int64_t allocationCount();
 
 // fp16 <-> fp32 (round to nearest even), portable.
 float halfToFloat(uint16_t h);

@@ -3,6 +3,7 @@
 #include "runtime/kernels.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "runtime/internal.h"
@@ -29,9 +30,9 @@ void gemvScalar(const PackedWeight& w, const float* x, const float* xsum, int64_
     double acc = 0;
     switch (w.kind) {
       case PackedWeight::F32: {
-        const float* r = static_cast<const float*>(w.w.data()) + n * K;
+        const float* p = static_cast<const float*>(w.w.data()) + (n / kPanel) * K * kPanel + n % kPanel;
         float s = 0;
-        for (int64_t k = 0; k < K; ++k) s += x[k] * r[k];
+        for (int64_t k = 0; k < K; ++k) s += x[k] * p[k * kPanel];
         acc = s;
         break;
       }
@@ -61,7 +62,8 @@ void unpackScalar(const PackedWeight& w, int64_t n0, int64_t n1, float* panel, i
   for (int64_t n = n0; n < n1; ++n) {
     float* p = panel + (n - n0) * ldp;
     if (w.kind == PackedWeight::F32) {
-      std::memcpy(p, static_cast<const float*>(w.w.data()) + n * w.K, sizeof(float) * w.K);
+      const float* src = static_cast<const float*>(w.w.data()) + (n / kPanel) * w.K * kPanel + n % kPanel;
+      for (int64_t k = 0; k < w.K; ++k) p[k] = src[k * kPanel];
     } else if (w.kind == PackedWeight::F16) {
       const uint16_t* r = static_cast<const uint16_t*>(w.w.data()) + n * w.K;
       for (int64_t k = 0; k < w.K; ++k) p[k] = halfToFloat(r[k]);
@@ -77,6 +79,37 @@ void unpackScalar(const PackedWeight& w, int64_t n0, int64_t n1, float* panel, i
   }
 }
 
+void softmaxScalar(const float* x, float* y, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* p = x + r * n;
+    float* q = y + r * n;
+    float m = -INFINITY;
+    for (int64_t j = 0; j < n; ++j) m = std::max(m, p[j]);
+    float s = 0;
+    for (int64_t j = 0; j < n; ++j) s += (q[j] = std::exp(p[j] - m));
+    const float inv = 1.f / s;
+    for (int64_t j = 0; j < n; ++j) q[j] *= inv;
+  }
+}
+
+void sigmoidScalar(const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = 1.f / (1.f + std::exp(-x[i]));
+}
+
+void panelsScalar(const float* X, int64_t ldx, int64_t M, const float* panels, int64_t K, int64_t p0, int64_t p1,
+                  float* Y, int64_t ldy, int64_t N) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const float* P = panels + p * K * kPanel;
+    const int64_t cols = std::min(kPanel, N - p * kPanel);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t j = 0; j < cols; ++j) {
+        float s = 0;
+        for (int64_t k = 0; k < K; ++k) s += X[m * ldx + k] * P[k * kPanel + j];
+        Y[m * ldy + p * kPanel + j] = s;
+      }
+  }
+}
+
 Kernels makeScalar() {
   Kernels k;
   k.isa = "scalar";
@@ -84,6 +117,9 @@ Kernels makeScalar() {
   k.gemm_nn = gemm_base::gemm_nn;
   k.gemv = gemvScalar;
   k.unpack_rows = unpackScalar;
+  k.gemm_panels = panelsScalar;
+  k.softmax = softmaxScalar;
+  k.sigmoid = sigmoidScalar;
   return k;
 }
 
@@ -104,7 +140,7 @@ const Kernels& kernelsFor(bool simd) {
 
 int64_t PackedWeight::rowBytes() const {
   switch (kind) {
-    case F32: return K * 4;
+    case F32: return K * 4;  // per output on average; the panels pad N to a multiple of kPanel
     case F16: return K * 2;
     case Q8: return nblk * P;
     case Q4: return nblk * P / 2;

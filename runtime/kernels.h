@@ -22,6 +22,13 @@ struct Kernels {
   void (*gemv)(const PackedWeight& w, const float* x, const float* xsum, int64_t n0, int64_t n1, float* y) = nullptr;
   /// Dequantizes/converts packed rows [n0, n1) to fp32, row stride ldp (>= padded K), padding as zeros.
   void (*unpack_rows)(const PackedWeight& w, int64_t n0, int64_t n1, float* panel, int64_t ldp) = nullptr;
+  /// Y[m, p*kPanel + j] = sum_k X[m, k] * panels[p][k][j] for panels p in [p0, p1), m < M, columns < N.
+  void (*gemm_panels)(const float* X, int64_t ldx, int64_t M, const float* panels, int64_t K, int64_t p0, int64_t p1,
+                      float* Y, int64_t ldy, int64_t N) = nullptr;
+  /// Softmax over each of `rows` contiguous rows of length n (y may equal x).
+  void (*softmax)(const float* x, float* y, int64_t rows, int64_t n) = nullptr;
+  /// y = 1 / (1 + exp(-x)), n values.
+  void (*sigmoid)(const float* x, float* y, int64_t n) = nullptr;
 };
 
 /// The best kernel set this CPU supports (or the scalar one when simd is false).

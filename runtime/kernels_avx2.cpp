@@ -2,6 +2,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "runtime/internal.h"
@@ -37,6 +38,23 @@ inline void NIBBLES(const uint8_t* p, VF& lo, VF& hi) {
   hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4));
 }
 inline VF H2F(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline VF MUL(VF a, VF b) { return _mm256_mul_ps(a, b); }
+inline VF SUB(VF a, VF b) { return _mm256_sub_ps(a, b); }
+inline VF DIV(VF a, VF b) { return _mm256_div_ps(a, b); }
+inline VF MAXV(VF a, VF b) { return _mm256_max_ps(a, b); }
+inline VF MINV(VF a, VF b) { return _mm256_min_ps(a, b); }
+inline VF ROUND(VF a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+inline VF POW2N(VF p, VF n) {  // p * 2^n for integral n in [-127, 127]
+  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+inline float HMAX(VF v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+inline VF ZERO_BELOW(VF x, VF t, VF v) { return _mm256_and_ps(v, _mm256_cmp_ps(x, t, _CMP_GE_OQ)); }
 #include "runtime/kernels_simd.inc"
 }  // namespace avx2
 
@@ -50,6 +68,9 @@ const Kernels* avx2Kernels() {
     s.gemm_nn = gemm_avx2::gemm_nn;
     s.gemv = avx2::gemvSimd;
     s.unpack_rows = avx2::unpackSimd;
+    s.gemm_panels = avx2::gemmPanelsSimd;
+    s.softmax = avx2::softmaxSimd;
+    s.sigmoid = avx2::sigmoidSimd;
     return &s;
   }();
   return k;

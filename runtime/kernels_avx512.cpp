@@ -2,6 +2,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "runtime/internal.h"
@@ -34,6 +35,18 @@ inline void NIBBLES(const uint8_t* p, VF& lo, VF& hi) {
 inline VF H2F(const uint16_t* p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
+inline VF MUL(VF a, VF b) { return _mm512_mul_ps(a, b); }
+inline VF SUB(VF a, VF b) { return _mm512_sub_ps(a, b); }
+inline VF DIV(VF a, VF b) { return _mm512_div_ps(a, b); }
+inline VF MAXV(VF a, VF b) { return _mm512_max_ps(a, b); }
+inline VF MINV(VF a, VF b) { return _mm512_min_ps(a, b); }
+inline VF ROUND(VF a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+inline VF POW2N(VF p, VF n) {  // p * 2^n for integral n in [-127, 127]
+  __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+inline float HMAX(VF v) { return _mm512_reduce_max_ps(v); }
+inline VF ZERO_BELOW(VF x, VF t, VF v) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, t, _CMP_GE_OQ), v); }
 #include "runtime/kernels_simd.inc"
 }  // namespace avx512
 
@@ -49,6 +62,9 @@ const Kernels* avx512Kernels() {
     s.gemm_nn = gemm_avx512::gemm_nn;
     s.gemv = avx512::gemvSimd;
     s.unpack_rows = avx512::unpackSimd;
+    s.gemm_panels = avx512::gemmPanelsSimd;
+    s.softmax = avx512::softmaxSimd;
+    s.sigmoid = avx512::sigmoidSimd;
     return &s;
   }();
   return k;

@@ -12,7 +12,7 @@ namespace {
 
 constexpr int64_t kParallelMacs = 1 << 15;  // below this much work a MatMul runs on the calling thread
 constexpr int64_t kGemvRows = 4;            // up to this many activation rows use the GEMV kernels
-constexpr int64_t kPanelRows = 64;          // weight rows unpacked at a time for the GEMM path
+constexpr int64_t kGemmRows = 64;           // quantized/fp16 weight rows dequantized at a time for GEMM
 
 int64_t tasksFor(const OpCtx& c, int64_t macs, int64_t maxTasks) {
   if (macs < kParallelMacs) return 1;
@@ -52,6 +52,17 @@ void packedMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows,
   const Kernels& k = *c.env.k;
   const int64_t N = w.N, K = w.K;
   const bool quant = w.kind == PackedWeight::Q8 || w.kind == PackedWeight::Q4;
+  if (w.kind == PackedWeight::F32) {  // panels serve GEMV (1 row) and GEMM alike
+    const int64_t npanels = (N + kPanel - 1) / kPanel;
+    const int64_t tasks = tasksFor(c, rows * N * K, npanels);
+    c.env.pool->parallelFor(tasks, [&](int64_t t) {
+      int64_t b, e;
+      range(npanels, tasks, t, 1, b, e);
+      k.gemm_panels(X, K, rows, static_cast<const float*>(w.w.data()), K, b, e, Y, N, N);
+    });
+    return;
+  }
+
   const int64_t Kp = quant ? w.nblk * w.P : K;
   // Activations in the weight's padded block layout (quantized weights), with per-block sums.
   const float* Xp = X;
@@ -75,27 +86,24 @@ void packedMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows,
     const int64_t tasks = tasksFor(c, rows * N * K, N / 16);
     c.env.pool->parallelFor(tasks, [&](int64_t t) {
       int64_t b, e;
-      range(N, tasks, t, 16, b, e);
+      range(N, tasks, t, kPanel, b, e);
       for (int64_t r = 0; r < rows; ++r)
         k.gemv(w, Xp + r * Kp, quant ? xsum + r * w.nblk : nullptr, b, e, Y + r * N);
     });
     return;
   }
-  if (w.kind == PackedWeight::F32) {
-    matmulNT(c, rows, N, K, X, static_cast<const float*>(w.w.data()), Y);
-    return;
-  }
-  // GEMM on panels: each task unpacks kPanelRows weight rows at a time into its own fp32 panel.
-  const int64_t tasks = tasksFor(c, rows * N * K, (N + kPanelRows - 1) / kPanelRows);
-  float* panels = static_cast<float*>(c.scratch(tasks * kPanelRows * Kp * sizeof(float)));
+  // GEMM: each task dequantizes kGemmRows weight rows at a time into its own fp32 block and multiplies it
+  // with Eigen (the dequantization is amortized over all activation rows; no full fp32 copy of the weight).
+  const int64_t tasks = tasksFor(c, rows * N * K, (N + kGemmRows - 1) / kGemmRows);
+  float* bufs = static_cast<float*>(c.scratch(tasks * kGemmRows * Kp * sizeof(float)));
   c.env.pool->parallelFor(tasks, [&](int64_t t) {
     int64_t b, e;
     range(N, tasks, t, 16, b, e);
-    float* panel = panels + t * kPanelRows * Kp;
-    for (int64_t n0 = b; n0 < e; n0 += kPanelRows) {
-      const int64_t n1 = std::min(e, n0 + kPanelRows);
-      k.unpack_rows(w, n0, n1, panel, Kp);
-      k.gemm_nt(rows, n1 - n0, Kp, Xp, Kp, panel, Kp, Y + n0, N);
+    float* rowsBuf = bufs + t * kGemmRows * Kp;
+    for (int64_t n0 = b; n0 < e; n0 += kGemmRows) {
+      const int64_t n1 = std::min(e, n0 + kGemmRows);
+      k.unpack_rows(w, n0, n1, rowsBuf, Kp);
+      k.gemm_nt(rows, n1 - n0, Kp, Xp, Kp, rowsBuf, Kp, Y + n0, N);
     }
   });
 }
@@ -285,6 +293,14 @@ std::shared_ptr<PackedWeight> packDense(const Buf& b) {
   w->N = N;
   w->K = K;
   w->block = K;
+  if (w->kind == PackedWeight::F32) {  // panels [ceil(N/kPanel)][K][kPanel]
+    const int64_t np = (N + kPanel - 1) / kPanel;
+    w->w.resize(static_cast<size_t>(np * K * kPanel * 4));
+    float* dst = static_cast<float*>(w->w.data());
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t n = 0; n < N; ++n) dst[((n / kPanel) * K + k) * kPanel + n % kPanel] = b.as<float>()[k * N + n];
+    return w;
+  }
   w->w.resize(static_cast<size_t>(w->rowBytes() * N));
   const size_t es = dtypeSize(b.dt);
   uint8_t* dst = static_cast<uint8_t*>(w->w.data());

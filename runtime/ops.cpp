@@ -250,7 +250,11 @@ void opExp(OpCtx& c) { unaryFloat(c, [](auto v) { return std::exp(v); }); }
 void opLog(OpCtx& c) { unaryFloat(c, [](auto v) { return std::log(v); }); }
 void opTanh(OpCtx& c) { unaryFloat(c, [](auto v) { return std::tanh(v); }); }
 void opErf(OpCtx& c) { unaryFloat(c, [](auto v) { return std::erf(v); }); }
-void opSigmoid(OpCtx& c) { unaryFloat(c, [](auto v) { return decltype(v)(1) / (decltype(v)(1) + std::exp(-v)); }); }
+void opSigmoid(OpCtx& c) {
+  const Buf& x = c.in(0);
+  if (x.dt == DType::F32) return c.env.k->sigmoid(x.as<float>(), c.outT<float>(0, x.shape), x.numel());
+  unaryFloat(c, [](auto v) { return decltype(v)(1) / (decltype(v)(1) + std::exp(-v)); });
+}
 
 template <typename F>
 void unarySigned(OpCtx& c, F f) {
@@ -712,7 +716,9 @@ void softmaxOp(OpCtx& c) {
   const int axis = static_cast<int>(normAxis(c, c.node.attrInt("axis", -1), x.shape.rank));
   int64_t outer, n, inner;
   splitAt(x.shape, axis, outer, n, inner);
-  if (x.dt == DType::F32) {
+  if (x.dt == DType::F32 && inner == 1 && !Log) {
+    c.env.k->softmax(x.as<float>(), c.outT<float>(0, x.shape), outer, n);
+  } else if (x.dt == DType::F32) {
     softmaxF32<Log>(x.as<float>(), c.outT<float>(0, x.shape), outer, n, inner);
   } else if (x.dt == DType::F16) {
     const int64_t total = x.numel();
@@ -852,6 +858,35 @@ void opBatchNorm(OpCtx& c) {
 }
 
 // ---------------------------------------------------------------- Gemm, Conv, pooling
+// These compute in float32; float16 tensors (fp16 exports) are converted on the way in and out.
+bool isFloat(DType t) { return t == DType::F32 || t == DType::F16; }
+
+const float* fin(OpCtx& c, int i) {
+  const Buf& b = c.in(i);
+  if (b.dt == DType::F32) return b.as<float>();
+  if (b.dt != DType::F16) c.bad(std::string("needs float32 or float16 inputs, got ") + dtypeName(b.dt));
+  const int64_t n = b.numel();
+  float* f = static_cast<float*>(c.scratch(n * sizeof(float)));
+  for (int64_t k = 0; k < n; ++k) f[k] = halfToFloat(b.as<uint16_t>()[k]);
+  return f;
+}
+
+struct FOut {
+  float* p;
+  void* raw;
+  DType dt;
+  int64_t n;
+};
+FOut fout(OpCtx& c, DType dt, const Shape& s) {
+  FOut o{nullptr, c.out(0, dt, s), dt, s.numel()};
+  o.p = dt == DType::F32 ? static_cast<float*>(o.raw) : static_cast<float*>(c.scratch(o.n * sizeof(float)));
+  return o;
+}
+void done(const FOut& o) {
+  if (o.dt == DType::F16)
+    for (int64_t k = 0; k < o.n; ++k) static_cast<uint16_t*>(o.raw)[k] = floatToHalf(o.p[k]);
+}
+
 void opGemm(OpCtx& c) {
   const Buf& a = c.in(0);
   const Buf& b = c.in(1);
@@ -914,7 +949,7 @@ int64_t outDim(int64_t in, int64_t k, int64_t s, int64_t d, int64_t p0, int64_t 
 void opConv(OpCtx& c) {
   const Buf& x = c.in(0);
   const Buf& w = c.in(1);
-  if (x.dt != DType::F32 || w.dt != DType::F32) c.bad("Conv supports float32");
+  if (!isFloat(x.dt) || w.dt != x.dt) c.bad("Conv supports float32 and float16 inputs of one type");
   if (x.shape.rank != 4 && x.shape.rank != 3) c.bad("Conv supports 1-D and 2-D convolutions");
   const int sp = x.shape.rank - 2;
   int64_t kernel[2] = {w.shape[2], sp == 2 ? w.shape[3] : 1};
@@ -927,7 +962,11 @@ void opConv(OpCtx& c) {
   const int64_t OW = sp == 2 ? outDim(Wd, g.k[1], g.s[1], g.d[1], g.p0[1], g.p1[1], false) : 1;
   if (OH <= 0 || OW <= 0) c.bad("the kernel is larger than the padded input");
   Shape os = sp == 2 ? Shape{N, F, OH, OW} : Shape{N, F, OH};
-  float* y = c.outT<float>(0, os);
+  const float* X = fin(c, 0);
+  const float* Wt = fin(c, 1);
+  const float* bias = c.has(2) ? fin(c, 2) : nullptr;
+  FOut fo = fout(c, x.dt, os);
+  float* y = fo.p;
   const int64_t Cg = C / group, Fg = F / group, KK = Cg * g.k[0] * g.k[1], P = OH * OW;
   float* col = static_cast<float*>(c.scratch(KK * P * sizeof(float)));
   for (int64_t n = 0; n < N; ++n)
@@ -937,7 +976,7 @@ void opConv(OpCtx& c) {
         for (int64_t kh = 0; kh < g.k[0]; ++kh)
           for (int64_t kw = 0; kw < g.k[1]; ++kw) {
             float* row = col + ((ci * g.k[0] + kh) * g.k[1] + kw) * P;
-            const float* img = x.as<float>() + (n * C + gr * Cg + ci) * H * Wd;
+            const float* img = X + (n * C + gr * Cg + ci) * H * Wd;
             for (int64_t oh = 0; oh < OH; ++oh) {
               const int64_t ih = oh * g.s[0] - g.p0[0] + kh * g.d[0];
               for (int64_t ow = 0; ow < OW; ++ow) {
@@ -946,23 +985,23 @@ void opConv(OpCtx& c) {
               }
             }
           }
-      matmulNN(c, Fg, P, KK, w.as<float>() + gr * Fg * KK, col, y + (n * F + gr * Fg) * P);
+      matmulNN(c, Fg, P, KK, Wt + gr * Fg * KK, col, y + (n * F + gr * Fg) * P);
     }
-  if (c.has(2)) {
-    const Buf& b = c.in(2);
-    if (b.numel() != F) c.bad("bias has " + std::to_string(b.numel()) + " values for " + std::to_string(F) + " filters");
+  if (bias) {
+    if (c.in(2).numel() != F) c.bad("bias has " + std::to_string(c.in(2).numel()) + " values for " + std::to_string(F) + " filters");
     for (int64_t n = 0; n < N; ++n)
       for (int64_t f = 0; f < F; ++f) {
         float* p = y + (n * F + f) * P;
-        for (int64_t i = 0; i < P; ++i) p[i] += b.as<float>()[f];
+        for (int64_t i = 0; i < P; ++i) p[i] += bias[f];
       }
   }
+  done(fo);
 }
 
 template <bool Max>
 void poolOp(OpCtx& c) {
   const Buf& x = c.in(0);
-  if (x.dt != DType::F32) c.bad("pooling supports float32");
+  if (!isFloat(x.dt)) c.bad("pooling supports float32 and float16");
   if (x.shape.rank != 4) c.bad("pooling supports 2-D inputs [N, C, H, W]");
   const auto* ks = c.node.attrInts("kernel_shape");
   if (!ks || ks->size() != 2) c.bad("kernel_shape must have 2 entries");
@@ -976,9 +1015,11 @@ void poolOp(OpCtx& c) {
   // a ceil-mode window that starts in the right padding is dropped (PyTorch / ONNX Runtime behaviour)
   if (ceil && (OH - 1) * g.s[0] >= H + g.p0[0]) --OH;
   if (ceil && (OW - 1) * g.s[1] >= Wd + g.p0[1]) --OW;
-  float* y = c.outT<float>(0, Shape{N, C, OH, OW});
+  const float* X = fin(c, 0);
+  FOut fo = fout(c, x.dt, Shape{N, C, OH, OW});
+  float* y = fo.p;
   for (int64_t nc = 0; nc < N * C; ++nc) {
-    const float* img = x.as<float>() + nc * H * Wd;
+    const float* img = X + nc * H * Wd;
     for (int64_t oh = 0; oh < OH; ++oh)
       for (int64_t ow = 0; ow < OW; ++ow) {
         float acc = Max ? -std::numeric_limits<float>::infinity() : 0.f;
@@ -995,22 +1036,25 @@ void poolOp(OpCtx& c) {
         y[(nc * OH + oh) * OW + ow] = Max ? acc : acc / static_cast<float>(incPad ? padded : std::max<int64_t>(cnt, 1));
       }
   }
+  done(fo);
 }
 void opMaxPool(OpCtx& c) { poolOp<true>(c); }
 void opAveragePool(OpCtx& c) { poolOp<false>(c); }
 
 void opGlobalAveragePool(OpCtx& c) {
   const Buf& x = c.in(0);
-  if (x.dt != DType::F32 || x.shape.rank < 3) c.bad("needs a float32 input [N, C, ...]");
+  if (!isFloat(x.dt) || x.shape.rank < 3) c.bad("needs a float input [N, C, ...]");
   const int64_t NC = x.shape[0] * x.shape[1], inner = x.numel() / std::max<int64_t>(NC, 1);
   Shape os = x.shape;
   for (int d = 2; d < os.rank; ++d) os[d] = 1;
-  float* y = c.outT<float>(0, os);
+  const float* X = fin(c, 0);
+  FOut fo = fout(c, x.dt, os);
   for (int64_t i = 0; i < NC; ++i) {
     float s = 0;
-    for (int64_t j = 0; j < inner; ++j) s += x.as<float>()[i * inner + j];
-    y[i] = s / static_cast<float>(inner);
+    for (int64_t j = 0; j < inner; ++j) s += X[i * inner + j];
+    fo.p[i] = s / static_cast<float>(inner);
   }
+  done(fo);
 }
 
 // ---------------------------------------------------------------- DequantizeLinear (not feeding a MatMul)

@@ -514,15 +514,25 @@ struct Session::Impl {
   std::vector<std::unique_ptr<detail::Plan>> plans;
   std::vector<detail::AlignedBytes> last_temp;  // buffers of the last recording run (its outputs point here)
   uint64_t tick = 0;
+  std::vector<double> node_ms;
+  std::vector<int64_t> node_calls;
 
   void execute(detail::Allocator& alloc, bool skip_static) {
     detail::RunEnv env{&g, vals.data(), &alloc, pool.get(), k, 0};
+    if (opts.profile && node_ms.empty()) node_ms.assign(g.nodes.size(), 0), node_calls.assign(g.nodes.size(), 0);
     for (size_t i = 0; i < g.nodes.size(); ++i) {
       const detail::Node& n = g.nodes[i];
       if (skip_static && n.is_static) continue;
       env.node_index = static_cast<int>(i);
       detail::OpCtx c{env, n};
+      if (!opts.profile) {
+        n.fn(c);
+        continue;
+      }
+      const auto t0 = std::chrono::steady_clock::now();
       n.fn(c);
+      node_ms[i] += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      ++node_calls[i];
     }
   }
 };
@@ -535,6 +545,23 @@ Session::~Session() = default;
 const std::vector<IoInfo>& Session::inputs() const { return impl_->g.input_info; }
 const std::vector<IoInfo>& Session::outputs() const { return impl_->g.output_info; }
 const SessionInfo& Session::info() const { return impl_->info; }
+
+std::vector<OpProfile> Session::profile() const {
+  std::map<std::string, OpProfile> by;
+  for (size_t i = 0; i < impl_->node_ms.size(); ++i) {
+    const detail::Node& n = impl_->g.nodes[i];
+    std::string key = (n.domain.empty() ? "" : n.domain + ".") + n.op;
+    if (n.packed) key += n.packed->kind == detail::PackedWeight::F32 ? " (packed f32)" : n.packed->kind == detail::PackedWeight::F16 ? " (packed f16)" : n.packed->kind == detail::PackedWeight::Q8 ? " (packed q8)" : " (packed q4)";
+    OpProfile& p = by[key];
+    p.op = key;
+    p.calls += impl_->node_calls[i];
+    p.ms += impl_->node_ms[i];
+  }
+  std::vector<OpProfile> v;
+  for (auto& [k, p] : by) v.push_back(p);
+  std::sort(v.begin(), v.end(), [](const OpProfile& a, const OpProfile& b) { return a.ms > b.ms; });
+  return v;
+}
 
 Result<Session> Session::create(const std::string& path, const SessionOptions& options) {
   try {

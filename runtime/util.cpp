@@ -1,4 +1,5 @@
 // util.cpp — small shared pieces: dtypes, shapes, aligned memory, fp16 conversion, node attributes, OpCtx.
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
@@ -52,6 +53,11 @@ size_t Buf::bytes() const {
   return static_cast<size_t>(numel()) * dtypeSize(dt);
 }
 
+namespace {
+std::atomic<int64_t> g_allocations{0};
+}
+int64_t allocationCount() { return g_allocations.load(); }
+
 AlignedBytes::~AlignedBytes() { std::free(p_); }
 
 void AlignedBytes::resize(size_t n) {
@@ -59,6 +65,7 @@ void AlignedBytes::resize(size_t n) {
   p_ = nullptr;
   n_ = n;
   if (n == 0) return;
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
   const size_t rounded = (n + 63) / 64 * 64;
   p_ = std::aligned_alloc(64, rounded);
   if (!p_) fail(StatusCode::Internal, "out of memory allocating " + std::to_string(n) + " bytes");

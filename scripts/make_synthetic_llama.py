@@ -2,6 +2,7 @@
 """A LLaMA-shape model with random weights at a realistic size, traced to TorchScript, for benchmarks
 (never for accuracy): dim 768, 12 layers, 12 heads, hidden 2048, vocab 32000, max seq 512, RMSNorm,
 RoPE on adjacent pairs, SwiGLU, tied embedding/classifier — the stories260K architecture, scaled up.
+--untied gives the classifier its own weights (LLaMA-2 style), so it can be quantized like the other linears.
 Parameter names follow llama2.c (layers.N.wq.weight, ...), so the shipped recipes' patterns apply.
 Usage: make_synthetic_llama.py OUT.pt [--layers 12] [--dim 768] [--hidden 2048] [--vocab 32000]
 (needs Debian's python3-torch; deterministic)"""
@@ -54,13 +55,14 @@ class Block(nn.Module):
 
 
 class Llama(nn.Module):
-    def __init__(self, layers, d, heads, hidden, vocab, tmax=512):
+    def __init__(self, layers, d, heads, hidden, vocab, tmax=512, tied=True):
         super().__init__()
         self.tok_embeddings = nn.Embedding(vocab, d)
         self.layers = nn.ModuleList([Block(d, heads, hidden) for _ in range(layers)])
         self.norm = RMSNorm(d)
         self.output = nn.Linear(d, vocab, bias=False)
-        self.output.weight = self.tok_embeddings.weight
+        if tied:
+            self.output.weight = self.tok_embeddings.weight
         hd = d // heads
         freqs = 1.0 / (10000.0 ** (torch.arange(0, hd, 2).float() / hd))
         ang = torch.outer(torch.arange(tmax).float(), freqs)
@@ -85,9 +87,10 @@ def main():
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--hidden", type=int, default=2048)
     p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--untied", action="store_true", help="separate classifier weights")
     a = p.parse_args()
     torch.manual_seed(0)
-    m = Llama(a.layers, a.dim, a.heads, a.hidden, a.vocab).eval()
+    m = Llama(a.layers, a.dim, a.heads, a.hidden, a.vocab, tied=not a.untied).eval()
     with torch.no_grad():
         for name, prm in m.named_parameters():
             if prm.dim() == 2:

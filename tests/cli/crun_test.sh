@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# crun end to end on stories260K: greedy generation reproduces ../shared/README.md's text, perplexity through
+# crun equals the reference, run writes .npy outputs, bench prints its numbers, errors exit with their codes.
+# Usage: crun_test.sh SOURCE_DIR WORK_DIR   (COMPRESS, CRUN = binaries)
+set -u
+src=$1 work=$2
+fails=0
+check() { if eval "$2"; then echo "ok   - $1"; else echo "FAIL - $1"; fails=$((fails + 1)); fi; }
+rm -rf "$work" && mkdir -p "$work"
+shared="$src/../shared"
+if [ ! -f "$shared/models/stories260K/stories260K.pt" ]; then
+  echo "SKIPPED: ../shared is not next to the checkout"; exit 0
+fi
+"$CRUN" --help > "$work/help.txt"; check "--help exits 0 and lists commands" "[ $? -eq 0 ] && grep -q 'crun generate' $work/help.txt"
+"$CRUN" ops > "$work/ops.txt"; check "ops lists MatMulNBits and DequantizeLinear" "grep -q 'com.microsoft.MatMulNBits' $work/ops.txt && grep -q '^DequantizeLinear' $work/ops.txt"
+"$COMPRESS" export "$shared/models/stories260K/stories260K.pt" -o "$work/m.onnx" --no-validate > /dev/null
+check "compress export wrote the fp32 model" "[ -s $work/m.onnx ]"
+
+"$CRUN" generate "$work/m.onnx" --tokenizer "$shared/models/stories260K/tok512.bin" --prompt "Once upon a time" -n 40 \
+  > "$work/gen.txt" 2> "$work/gen_err.txt"
+check "greedy generation reproduces the README text" \
+  "grep -qF 'Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball.' $work/gen.txt"
+check "generate reports tokens/s" "grep -q 'tokens/s' $work/gen_err.txt"
+
+"$CRUN" ppl "$work/m.onnx" --tokens "$shared/data/tinystories/val.tok512.npy" --threads 2 > "$work/ppl.json"
+check "perplexity through crun is 4.0780 (within 0.1%)" \
+  "/usr/bin/python3 -c \"import json,sys; p=json.load(open('$work/ppl.json'))['perplexity']; sys.exit(0 if abs(p/4.0780-1) < 1e-3 else 1)\""
+
+/usr/bin/python3 -c "import numpy as np; np.save('$work/in.npy', np.array([[1, 403, 407]], dtype=np.int64))"
+"$CRUN" run "$work/m.onnx" --input tokens="$work/in.npy" --output "$work/out.npy"
+check "run writes logits [1,3,512]" "/usr/bin/python3 -c \"import numpy as np,sys; a=np.load('$work/out.npy'); sys.exit(0 if a.shape==(1,3,512) and np.isfinite(a).all() else 1)\""
+
+"$CRUN" bench "$work/m.onnx" --shape tokens=1x16 --runs 5 --threads 1 > "$work/bench.txt"
+check "bench prints median, p90, tokens/s and peak memory" "grep -q 'median' $work/bench.txt && grep -q 'p90' $work/bench.txt && grep -q 'tokens/s' $work/bench.txt && grep -q 'peak memory' $work/bench.txt"
+
+"$CRUN" run "$work/missing.onnx" --input tokens="$work/in.npy" 2> "$work/e1.txt"; rc=$?
+check "missing model exits 6 (i/o)" "[ $rc -eq 6 ] && grep -q 'cannot open' $work/e1.txt"
+head -c 1000 "$work/m.onnx" > "$work/trunc.onnx"
+"$CRUN" info "$work/trunc.onnx" 2> "$work/e2.txt"; rc=$?
+check "truncated model exits 3 (model)" "[ $rc -eq 3 ] && grep -q 'not a valid ONNX model' $work/e2.txt"
+/usr/bin/python3 -c "import numpy as np; np.save('$work/bad.npy', np.zeros((1,3), dtype=np.float32))"
+"$CRUN" run "$work/m.onnx" --input tokens="$work/bad.npy" 2> "$work/e3.txt"; rc=$?
+check "wrong input dtype exits 2 and says what was expected" "[ $rc -eq 2 ] && grep -q 'must be int64, got float32' $work/e3.txt"
+/usr/bin/python3 -c "import numpy as np; np.save('$work/oob.npy', np.array([[1, 9999]], dtype=np.int64))"
+"$CRUN" run "$work/m.onnx" --input tokens="$work/oob.npy" 2> "$work/e4.txt"; rc=$?
+check "out-of-vocabulary token exits 4 (data) naming the Gather" "[ $rc -eq 4 ] && grep -q 'Gather' $work/e4.txt"
+"$CRUN" bench "$work/m.onnx" --shape tokens=1xA 2> "$work/e5.txt"; rc=$?
+check "malformed --shape exits 2" "[ $rc -eq 2 ] && grep -q 'separated by x' $work/e5.txt"
+"$CRUN" frob 2> /dev/null; check "unknown command exits 2" "[ $? -eq 2 ]"
+
+[ $fails -eq 0 ] || { echo "$fails check(s) failed"; exit 1; }
+echo "all crun checks passed"

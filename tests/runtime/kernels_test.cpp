@@ -1,0 +1,236 @@
+// kernels_test.cpp — every kernel set (scalar, AVX2, AVX-512 where the CPU has them) against a double-precision
+// reference, at sizes below, equal to, above and a multiple of the block (32-value chunks, quantization
+// blocks) and tile (32-column panels, 12/4/2/1-row tiles); fp16 conversion; softmax/sigmoid.
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <random>
+
+#include "runtime/internal.h"
+#include "runtime/kernels.h"
+#include "runtime/matmul.h"
+#include "runtime/thread_pool.h"
+
+using namespace crt;
+using namespace crt::detail;
+
+namespace {
+
+struct HeapAlloc : Allocator {
+  std::vector<AlignedBytes> keep;
+  void* output(int, size_t b, int, bool) override { keep.emplace_back(std::max<size_t>(b, 1)); return keep.back().data(); }
+  void* scratch(size_t b, int, bool) override { keep.emplace_back(std::max<size_t>(b, 1)); return keep.back().data(); }
+  void alias(int, int) override {}
+};
+
+std::vector<const Kernels*> kernelSets() {
+  std::vector<const Kernels*> v = {&scalarKernels()};
+  if (avx2Kernels()) v.push_back(avx2Kernels());
+  if (avx512Kernels()) v.push_back(avx512Kernels());
+  return v;
+}
+
+/// A quantized weight [K, N] as DequantizeLinear inputs: int8/uint8 values, blocked or per-column scales.
+struct QuantCase {
+  Buf q, scale, zp;
+  std::vector<int8_t> q8;
+  std::vector<uint8_t> q4;  // packed uint4, two per byte
+  std::vector<float> s;
+  std::vector<uint8_t> z8;
+  std::vector<uint8_t> z4;
+};
+
+/// Reference: y[m, n] = sum_k x[m, k] * W[k, n] in double, W given densely.
+std::vector<double> reference(const std::vector<float>& x, const std::vector<double>& w, int64_t M, int64_t K, int64_t N) {
+  std::vector<double> y(M * N, 0.0);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t n = 0; n < N; ++n) y[m * N + n] += x[m * K + k] * w[k * N + n];
+  return y;
+}
+
+void checkAll(const PackedWeight& pw, const std::vector<double>& dense, int64_t K, int64_t N) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd;
+  ThreadPool pool(2);
+  for (int64_t M : {1, 2, 3, 4, 5, 12, 13, 29}) {
+    std::vector<float> x(M * K);
+    for (auto& v : x) v = nd(rng);
+    auto want = reference(x, dense, M, K, N);
+    double scale = 1e-6;
+    for (double v : want) scale = std::max(scale, std::abs(v));
+    for (const Kernels* k : kernelSets()) {
+      INFO("kernels " << k->isa << " M=" << M << " K=" << K << " N=" << N);
+      HeapAlloc alloc;
+      Node node;
+      node.op = "MatMul";
+      std::vector<Buf> vals(1);
+      RunEnv env{nullptr, vals.data(), &alloc, &pool, k, 0};
+      OpCtx c{env, node};
+      std::vector<float> y(M * N, -1.f);
+      packedMatMul(c, pw, x.data(), M, y.data());
+      double err = 0;
+      for (int64_t i = 0; i < M * N; ++i) err = std::max(err, std::abs(y[i] - want[i]));
+      CHECK(err <= 2e-5 * scale * std::sqrt(static_cast<double>(K)));
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("fp32 and fp16 packed MatMul (panels / GEMV / GEMM) match the reference", "[runtime][kernels]") {
+  std::mt19937 rng(1);
+  std::normal_distribution<float> nd;
+  for (int64_t K : {1, 31, 32, 33, 64, 172}) {
+    for (int64_t N : {1, 31, 32, 33, 96}) {
+      for (bool half : {false, true}) {
+        std::vector<float> w(K * N);
+        std::vector<uint16_t> h(K * N);
+        std::vector<double> dense(K * N);
+        for (int64_t i = 0; i < K * N; ++i) {
+          w[i] = nd(rng);
+          h[i] = floatToHalf(w[i]);
+          dense[i] = half ? halfToFloat(h[i]) : w[i];
+        }
+        Buf b;
+        b.dt = half ? DType::F16 : DType::F32;
+        b.shape = Shape{K, N};
+        b.data = half ? static_cast<void*>(h.data()) : static_cast<void*>(w.data());
+        auto pw = packDense(b);
+        REQUIRE(pw);
+        checkAll(*pw, dense, K, N);
+      }
+    }
+  }
+}
+
+TEST_CASE("int8 and int4 DequantizeLinear weights (per tensor, per column, blocked) match the reference", "[runtime][kernels]") {
+  std::mt19937 rng(2);
+  for (int64_t K : {16, 31, 32, 33, 64, 100, 172}) {
+    for (int64_t N : {1, 5, 32, 33}) {
+      for (int64_t block : {int64_t{0}, int64_t{16}, int64_t{32}, int64_t{64}}) {
+        for (int bits : {8, 4}) {
+          for (bool withZp : {false, true}) {
+            INFO("bits " << bits << " block " << block << " zp " << withZp);
+            const int64_t nb = block ? (K + block - 1) / block : 1;
+            const int64_t ns = block ? nb * N : N;
+            std::vector<int8_t> q8(K * N);
+            std::vector<uint8_t> q4((K * N + 1) / 2), z4((ns + 1) / 2);
+            std::vector<int8_t> z8(ns);
+            std::vector<float> s(ns);
+            for (auto& v : s) v = std::uniform_real_distribution<float>(0.01f, 0.1f)(rng);
+            std::vector<int> qv(K * N), zv(ns);
+            for (int64_t i = 0; i < K * N; ++i) {
+              qv[i] = bits == 8 ? std::uniform_int_distribution<int>(-128, 127)(rng) : std::uniform_int_distribution<int>(0, 15)(rng);
+              if (bits == 8) q8[i] = static_cast<int8_t>(qv[i]);
+              else q4[i / 2] |= static_cast<uint8_t>(qv[i] << (4 * (i & 1)));
+            }
+            for (int64_t i = 0; i < ns; ++i) {
+              zv[i] = withZp ? (bits == 8 ? std::uniform_int_distribution<int>(-20, 20)(rng) : std::uniform_int_distribution<int>(0, 15)(rng)) : 0;
+              if (bits == 8) z8[i] = static_cast<int8_t>(zv[i]);
+              else z4[i / 2] |= static_cast<uint8_t>(zv[i] << (4 * (i & 1)));
+            }
+            Buf q, sc, zp;
+            q.dt = bits == 8 ? DType::I8 : kU4;
+            q.shape = Shape{K, N};
+            q.data = bits == 8 ? static_cast<void*>(q8.data()) : static_cast<void*>(q4.data());
+            sc.dt = DType::F32;
+            sc.shape = block ? Shape{nb, N} : Shape{N};
+            sc.data = s.data();
+            zp = sc;
+            zp.dt = q.dt;
+            zp.data = bits == 8 ? static_cast<void*>(z8.data()) : static_cast<void*>(z4.data());
+            auto pw = packDequantize(q, sc, withZp ? &zp : nullptr, block ? 0 : 1, block);
+            REQUIRE(pw);
+            CHECK(pw->kind == (bits == 8 ? PackedWeight::Q8 : PackedWeight::Q4));
+            std::vector<double> dense(K * N);
+            for (int64_t k = 0; k < K; ++k)
+              for (int64_t n = 0; n < N; ++n) {
+                const int64_t si = block ? (k / block) * N + n : n;
+                dense[k * N + n] = (qv[k * N + n] - zv[si]) * static_cast<double>(s[si]);
+              }
+            checkAll(*pw, dense, K, N);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("MatMulNBits packing (2, 4, 8 bits; default and packed zero points) matches the reference", "[runtime][kernels]") {
+  std::mt19937 rng(4);
+  for (int bits : {2, 4, 8}) {
+    for (int64_t K : {16, 40, 64, 100}) {
+      for (int64_t bs : {16, 32}) {
+        for (bool withZp : {false, true}) {
+          const int64_t N = 7, nblk = (K + bs - 1) / bs, blob = bs * bits / 8, zrow = (nblk * bits + 7) / 8;
+          std::vector<uint8_t> B(N * nblk * blob, 0), Z(N * zrow, 0);
+          std::vector<float> S(N * nblk);
+          std::vector<double> dense(K * N);
+          for (auto& v : S) v = std::uniform_real_distribution<float>(0.01f, 0.1f)(rng);
+          std::vector<int> zs(N * nblk);
+          for (int64_t n = 0; n < N; ++n)
+            for (int64_t b = 0; b < nblk; ++b) {
+              int z = withZp ? std::uniform_int_distribution<int>(0, (1 << bits) - 1)(rng) : 1 << (bits - 1);
+              zs[n * nblk + b] = z;
+              Z[n * zrow + b * bits / 8] |= static_cast<uint8_t>(z << ((b * bits) % 8));
+            }
+          for (int64_t n = 0; n < N; ++n)
+            for (int64_t k = 0; k < K; ++k) {
+              int v = std::uniform_int_distribution<int>(0, (1 << bits) - 1)(rng);
+              const int64_t b = k / bs, j = k % bs;
+              B[(n * nblk + b) * blob + j * bits / 8] |= static_cast<uint8_t>(v << ((j * bits) % 8));
+              dense[k * N + n] = (v - zs[n * nblk + b]) * static_cast<double>(S[n * nblk + b]);
+            }
+          Node node;
+          node.op = "MatMulNBits";
+          node.domain = "com.microsoft";
+          node.attrs["K"].kind = Attr::Int, node.attrs["K"].i = K;
+          node.attrs["N"].kind = Attr::Int, node.attrs["N"].i = N;
+          node.attrs["bits"].kind = Attr::Int, node.attrs["bits"].i = bits;
+          node.attrs["block_size"].kind = Attr::Int, node.attrs["block_size"].i = bs;
+          Buf b{DType::U8, Shape{N, nblk, blob}, B.data()}, s{DType::F32, Shape{N * nblk}, S.data()},
+              z{DType::U8, Shape{N * zrow}, Z.data()};
+          INFO("bits " << bits << " K " << K << " block " << bs << " zp " << withZp);
+          auto pw = packMatMulNBits(node, b, s, withZp ? &z : nullptr);
+          checkAll(*pw, dense, K, N);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("fp16 conversion is exact both ways and rounds to nearest even", "[runtime][kernels]") {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float f = halfToFloat(static_cast<uint16_t>(h));
+    if (std::isnan(f)) continue;
+    REQUIRE(floatToHalf(f) == h);
+  }
+  CHECK(floatToHalf(1.0f + 1.0f / 2048) == floatToHalf(1.0f));            // tie -> even
+  CHECK(floatToHalf(1.0f + 3.0f / 2048) == floatToHalf(1.0f) + 2);        // tie -> even (up)
+  CHECK(floatToHalf(70000.f) == 0x7c00);                                  // overflow -> inf
+  CHECK(halfToFloat(0x0001) == Approx(5.960464477539063e-08));            // smallest subnormal
+  CHECK(std::isnan(halfToFloat(floatToHalf(NAN))));
+}
+
+TEST_CASE("softmax and sigmoid kernels match std::exp, including -inf masks", "[runtime][kernels]") {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0, 4);
+  for (const Kernels* k : kernelSets()) {
+    for (int64_t n : {1, 7, 16, 33, 128}) {
+      INFO(k->isa << " n " << n);
+      std::vector<float> x(3 * n), y(3 * n);
+      for (auto& v : x) v = nd(rng);
+      if (n > 1) x[0] = -INFINITY;  // a masked position (a fully masked row is NaN, as in ORT)
+      k->softmax(x.data(), y.data(), 3, n);
+      for (int64_t r = 0; r < 3; ++r) {
+        double m = -INFINITY, s = 0;
+        for (int64_t j = 0; j < n; ++j) m = std::max<double>(m, x[r * n + j]);
+        for (int64_t j = 0; j < n; ++j) s += std::exp(x[r * n + j] - m);
+        for (int64_t j = 0; j < n; ++j) CHECK(y[r * n + j] == Approx(std::exp(x[r * n + j] - m) / s).margin(1e-7).epsilon(1e-5));
+      }
+      if (n > 1) CHECK(y[0] == 0.f);
+      k->sigmoid(x.data() + 1, y.data(), n);
+      for (int64_t j = 0; j < n; ++j) CHECK(y[j] == Approx(1.0 / (1.0 + std::exp(-double(x[j + 1])))).margin(1e-7).epsilon(1e-5));
+    }
+  }
+}

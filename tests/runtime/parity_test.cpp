@@ -1,0 +1,137 @@
+// parity_test.cpp — the runtime against our executor on every export format of every fixture family
+// (MLP, GPT-2 block, LLaMA block, CNN) and on stories260K (logits and perplexity).
+#include <catch2/catch.hpp>
+#include <cmath>
+
+#include "compress/eval.h"
+#include "compress/executor.h"
+#include "compress/importer.h"
+#include "compress/npy.h"
+#include "export/onnx_export.h"
+#include "prune/magnitude_prune.h"
+#include "quant/fp16.h"
+#include "quant/rtn.h"
+#include "runtime/crt.h"
+#include "test_util.h"
+
+using namespace compress;
+
+namespace {
+
+struct Family {
+  std::string file;
+  InputSpec spec;
+  std::vector<int64_t> shape;
+  bool tokens;
+  int group;
+};
+
+std::vector<Family> families() {
+  return {
+      {"mlp.pt", {"x", DType::Float32, {Dim::sym("batch"), Dim::fixed(12)}}, {3, 12}, false, 16},
+      {"gpt2_block.pt", {"idx", DType::Int64, {Dim::sym("batch"), Dim::sym("seq")}}, {2, 7}, true, 16},
+      {"llama_block.pt", {"tokens", DType::Int64, {Dim::sym("batch"), Dim::sym("seq")}}, {2, 9}, true, 16},
+      {"cnn.pt", {"x", DType::Float32, {Dim::sym("batch"), Dim::fixed(3), Dim::fixed(16), Dim::fixed(16)}},
+       {2, 3, 16, 16}, false, 16},
+  };
+}
+
+/// Applies one export format; returns false when the format does not apply to the model (no linears).
+Graph inFormat(Graph g, const std::string& fmt, int group, ExportOptions& eo) {
+  RtnOptions r;
+  if (fmt == "fp16") convertToFp16(g);
+  if (fmt == "int8") rtnQuantize(g, r);
+  if (fmt == "int8-asym") r.format = QuantFormat{8, -1, false}, rtnQuantize(g, r);
+  if (fmt == "int2-g16") r.format = QuantFormat{2, group, false}, rtnQuantize(g, r);
+  if (fmt == "int3-g16") r.format = QuantFormat{3, group, true}, rtnQuantize(g, r);
+  if (fmt == "int4-mnb" || fmt == "int4-qdq" || fmt == "int4-sym") r.format = QuantFormat{4, group, fmt != "int4-sym"}, rtnQuantize(g, r);
+  if (fmt == "pruned50") magnitudePrune(g, {0.5, "layer", {"Linear"}, {}});
+  eo.int4 = fmt == "int4-qdq" ? "qdq" : "matmulnbits";
+  g.pruneUnused();
+  return g;
+}
+
+std::vector<at::Tensor> runCrt(const std::string& path, const std::map<std::string, at::Tensor>& inputs, int threads,
+                               bool simd = true) {
+  crt::SessionOptions so;
+  so.threads = threads;
+  so.use_simd = simd;
+  auto s = crt::Session::create(path, so);
+  INFO(s.status().message);
+  REQUIRE(s.ok());
+  std::vector<std::pair<std::string, crt::TensorView>> feeds;
+  for (const auto& [name, t] : inputs) {
+    crt::DType dt = t.scalar_type() == at::kLong ? crt::DType::I64 : crt::DType::F32;
+    feeds.push_back({name, crt::TensorView{dt, t.sizes().vec(), t.data_ptr()}});
+  }
+  auto out = s->run(feeds);
+  INFO(out.status().message);
+  REQUIRE(out.ok());
+  std::vector<at::Tensor> r;
+  for (const auto& o : out.value()) {
+    at::Tensor t = at::empty(o.shape, o.dtype == crt::DType::F16 ? at::kHalf : at::kFloat);
+    std::memcpy(t.data_ptr(), o.bytes.data(), o.bytes.size());
+    r.push_back(t.to(at::kFloat));
+  }
+  return r;
+}
+
+double pplOf(const at::Tensor& logits, const at::Tensor& targets) {
+  at::Tensor lp = at::log_softmax(logits.to(at::kDouble), -1).gather(-1, targets.unsqueeze(-1));
+  return std::exp(-lp.mean().item<double>());
+}
+
+}  // namespace
+
+TEST_CASE("runtime outputs equal the executor's on every export format of every model family", "[runtime][parity]") {
+  const std::vector<std::string> formats = {"fp32", "fp16", "int8", "int8-asym", "int4-mnb", "int4-qdq", "int4-sym",
+                                            "int3-g16", "int2-g16", "pruned50"};
+  std::string dir = testutil::tempDir("");
+  for (const auto& f : families()) {
+    ImportOptions io;
+    io.inputs = {f.spec};
+    Graph base = importTorchScript(testutil::fixture(f.file), io);
+    at::manual_seed(7);
+    at::Tensor x = f.tokens ? at::randint(0, 64, f.shape, at::kLong) : at::randn(f.shape);
+    std::map<std::string, at::Tensor> inputs = {{f.spec.name, x}};
+    for (const auto& fmt : formats) {
+      INFO(f.file << " as " << fmt);
+      ExportOptions eo;
+      Graph g = inFormat(base, fmt, f.group, eo);
+      std::string path = dir + "/m.onnx";
+      exportOnnx(g, path, eo);
+      at::Tensor want = Executor(g).run(inputs)[0].to(at::kFloat);
+      for (bool simd : {true, false}) {
+        INFO("simd " << simd);
+        at::Tensor got = runCrt(path, inputs, 2, simd)[0];
+        REQUIRE(got.sizes() == want.sizes());
+        double diff = (got - want).abs().max().item<double>();
+        double scale = want.abs().max().item<double>();
+        if (fmt == "fp16") CHECK(diff <= 1e-2 * std::max(scale, 1.0));
+        else CHECK(diff <= 1e-4 * std::max(scale, 1.0));
+      }
+    }
+  }
+}
+
+TEST_CASE("stories260K through the runtime: logits and perplexity equal the executor's in fp32, int8 and int4", "[runtime][parity][shared]") {
+  if (!testutil::haveShared()) return;
+  Graph base = importTorchScript(testutil::shared("models/stories260K/stories260K.pt"));
+  auto stream = readTokenStream(testutil::shared("data/tinystories/val.tok512.npy"));
+  LmWindows w = makeWindows(stream, 256, 2048);  // 8 windows of 256
+  std::string dir = testutil::tempDir("");
+  for (const std::string fmt : {"fp32", "int8", "int4-mnb"}) {
+    INFO(fmt);
+    ExportOptions eo;
+    Graph g = fmt == "fp32" ? base : inFormat(base, fmt, 32, eo);
+    std::string path = dir + "/s.onnx";
+    exportOnnx(g, path, eo);
+    Executor ex(g);
+    at::Tensor want = ex.run({{"tokens", w.inputs}})[0];
+    at::Tensor got = runCrt(path, {{"tokens", w.inputs}}, 2)[0];
+    CHECK((got - want).abs().max().item<double>() <= 1e-4);
+    double pw = pplOf(want, w.targets), pg = pplOf(got, w.targets);
+    CHECK(std::abs(pg / pw - 1) <= 1e-3);
+    if (fmt == "fp32") CHECK(pg == Approx(4.08).margin(0.5));
+  }
+}
