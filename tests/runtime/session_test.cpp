@@ -110,7 +110,7 @@ std::vector<float> expected(const std::vector<float>& x) {
 
 }  // namespace
 
-TEST_CASE("a session computes the right values; a planned run allocates nothing; plans per shape", "[runtime][session]") {
+TEST_CASE("a session computes the right values, a planned run allocates nothing, one plan per shape", "[runtime][session]") {
   auto s = crt::Session::create(smallModel(), {2});
   REQUIRE(s.ok());
   CHECK(s->inputs().size() == 1);
