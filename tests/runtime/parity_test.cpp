@@ -2,6 +2,7 @@
 // (MLP, GPT-2 block, LLaMA block, CNN) and on stories260K (logits and perplexity).
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <filesystem>
 
 #include "compress/eval.h"
 #include "compress/executor.h"
@@ -134,4 +135,24 @@ TEST_CASE("stories260K through the runtime: logits and perplexity equal the exec
     CHECK(std::abs(pg / pw - 1) <= 1e-3);
     if (fmt == "fp32") CHECK(pg == Approx(4.08).margin(0.5));
   }
+}
+
+TEST_CASE("the runtime reads external-data exports and reports a missing or short data file", "[runtime][parity]") {
+  ImportOptions io;
+  io.inputs = {{"tokens", DType::Int64, {Dim::sym("batch"), Dim::sym("seq")}}};
+  Graph g = importTorchScript(testutil::fixture("llama_block.pt"), io);
+  std::string dir = testutil::tempDir("");
+  ExportOptions ext;
+  ext.external_data = true;
+  exportOnnx(g, dir + "/ext.onnx", ext);
+  at::Tensor x = at::randint(0, 64, {2, 5}, at::kLong);
+  at::Tensor want = Executor(g).run({{"tokens", x}})[0];
+  at::Tensor got = runCrt(dir + "/ext.onnx", {{"tokens", x}}, 1)[0];
+  CHECK((got - want).abs().max().item<double>() <= 1e-4);
+  std::filesystem::resize_file(dir + "/ext.onnx.data", 100);
+  auto s = crt::Session::create(dir + "/ext.onnx");
+  CHECK(s.status().code == crt::StatusCode::ModelError);
+  CHECK_THAT(s.status().message, Catch::Matchers::Contains("external data file"));
+  std::filesystem::remove(dir + "/ext.onnx.data");
+  CHECK(crt::Session::create(dir + "/ext.onnx").status().code == crt::StatusCode::IoError);
 }
