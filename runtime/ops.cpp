@@ -64,7 +64,7 @@ void bstrides(const Shape& s, const Shape& out, int64_t* st) {
 /// innermost dimension in runs.
 template <int NIn, typename F>
 void broadcastLoop(const Shape& out, const Shape* ins, F&& fn) {
-  int64_t st[NIn][kMaxRank];
+  int64_t st[NIn][kMaxRank] = {};
   for (int k = 0; k < NIn; ++k) bstrides(ins[k], out, st[k]);
   const int64_t total = out.numel();
   if (total == 0) return;
@@ -507,7 +507,7 @@ void opTranspose(OpCtx& c) {
   } else {
     for (int i = 0; i < r; ++i) perm[i] = r - 1 - i;
   }
-  int64_t st[kMaxRank], ist[kMaxRank];
+  int64_t st[kMaxRank] = {}, ist[kMaxRank] = {};
   contiguousStrides(x.shape, ist);
   Shape os;
   for (int i = 0; i < r; ++i) {
@@ -557,7 +557,7 @@ void opSlice(OpCtx& c) {
     begin[ax] = s;
     step[ax] = sp;
   }
-  int64_t ist[kMaxRank], st[kMaxRank];
+  int64_t ist[kMaxRank] = {}, st[kMaxRank] = {};
   contiguousStrides(x.shape, ist);
   int64_t off = 0;
   for (int i = 0; i < r; ++i) {

@@ -174,7 +174,9 @@ Graph loadGraph(const std::string& path, ThreadPool& pool, const Kernels& k, Ses
     auto it = g.by_name.find(name);
     if (it != g.by_name.end()) return it->second;
     const int id = static_cast<int>(g.values.size());
-    g.values.push_back(Value{name});
+    Value v;
+    v.name = name;
+    g.values.push_back(std::move(v));
     g.by_name[name] = id;
     return id;
   };
