@@ -210,6 +210,21 @@ OpFn findOp(const std::string& domain, const std::string& op);
 std::vector<std::string> supportedOps();
 
 
+/// Element i of an integer/quantized tensor (int8, uint8, int32, packed int4/uint4) as a signed value.
+int64_t quantValue(const Buf& q, int64_t i);
+
+/// Ops that compute in float32 accept float16 too: floatData() gives a float32 view (converted into the
+/// node's scratch when needed); FloatOut is output 0 as float32, written back as float16 by finish().
+const float* floatData(OpCtx& c, const Buf& b);
+struct FloatOut {
+  float* p;
+  void* raw;
+  DType dt;
+  int64_t n;
+};
+FloatOut floatOut(OpCtx& c, DType dt, const Shape& s);
+void finish(const FloatOut& o);
+
 /// Heap blocks the runtime has allocated so far (tests check that a planned run() allocates none).
 int64_t allocationCount();
 

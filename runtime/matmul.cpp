@@ -26,26 +26,24 @@ void range(int64_t n, int64_t parts, int64_t t, int64_t align, int64_t& b, int64
   e = std::min(n, chunks * (t + 1) / parts * align);
 }
 
+/// Splits N over the pool in 16-column ranges and calls gemm(b, e) for each.
+template <typename F>
+void splitColumns(OpCtx& c, int64_t M, int64_t N, int64_t K, F gemm) {
+  const int64_t tasks = tasksFor(c, M * N * K, N / 16);
+  c.env.pool->parallelFor(tasks, [&](int64_t t) {
+    int64_t b, e;
+    range(N, tasks, t, 16, b, e);
+    if (e > b) gemm(b, e);
+  });
+}
 }  // namespace
 
 void matmulNT(OpCtx& c, int64_t M, int64_t N, int64_t K, const float* A, const float* W, float* Y) {
-  const Kernels& k = *c.env.k;
-  const int64_t tasks = tasksFor(c, M * N * K, N / 16);
-  c.env.pool->parallelFor(tasks, [&](int64_t t) {
-    int64_t b, e;
-    range(N, tasks, t, 16, b, e);
-    if (e > b) k.gemm_nt(M, e - b, K, A, K, W + b * K, K, Y + b, N);
-  });
+  splitColumns(c, M, N, K, [&](int64_t b, int64_t e) { c.env.k->gemm_nt(M, e - b, K, A, K, W + b * K, K, Y + b, N); });
 }
 
 void matmulNN(OpCtx& c, int64_t M, int64_t N, int64_t K, const float* A, const float* B, float* Y) {
-  const Kernels& k = *c.env.k;
-  const int64_t tasks = tasksFor(c, M * N * K, N / 16);
-  c.env.pool->parallelFor(tasks, [&](int64_t t) {
-    int64_t b, e;
-    range(N, tasks, t, 16, b, e);
-    if (e > b) k.gemm_nn(M, e - b, K, A, K, B + b, N, Y + b, N);
-  });
+  splitColumns(c, M, N, K, [&](int64_t b, int64_t e) { c.env.k->gemm_nn(M, e - b, K, A, K, B + b, N, Y + b, N); });
 }
 
 void packedMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, float* Y) {
@@ -110,29 +108,6 @@ void packedMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows,
 
 namespace {
 
-/// A's rows as float32 (converting float16 activations into scratch).
-const float* floatRows(OpCtx& c, const Buf& a) {
-  if (a.dt == DType::F32) return a.as<float>();
-  if (a.dt != DType::F16) c.bad(std::string("MatMul needs float inputs, got ") + dtypeName(a.dt));
-  const int64_t n = a.numel();
-  float* f = static_cast<float*>(c.scratch(n * sizeof(float)));
-  for (int64_t i = 0; i < n; ++i) f[i] = halfToFloat(a.as<uint16_t>()[i]);
-  return f;
-}
-
-/// Output buffer as float32: directly, or scratch converted to float16 by finishOut().
-float* floatOut(OpCtx& c, DType dt, const Shape& s, void** raw) {
-  *raw = c.out(0, dt, s);
-  if (dt == DType::F32) return static_cast<float*>(*raw);
-  return static_cast<float*>(c.scratch(s.numel() * sizeof(float)));
-}
-
-void finishOut(DType dt, const Shape& s, const float* f, void* raw) {
-  if (dt == DType::F32) return;
-  const int64_t n = s.numel();
-  for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(raw)[i] = floatToHalf(f[i]);
-}
-
 void packedOp(OpCtx& c, const PackedWeight& w, const Buf* bias) {
   const Buf& a = c.in(0);
   if (a.shape.rank == 0) c.bad("MatMul needs an input of rank >= 1");
@@ -141,9 +116,9 @@ void packedOp(OpCtx& c, const PackedWeight& w, const Buf* bias) {
   Shape os = a.shape;
   os[os.rank - 1] = w.N;
   const int64_t rows = a.numel() / std::max<int64_t>(w.K, 1);
-  const float* X = floatRows(c, a);
-  void* raw;
-  float* Y = floatOut(c, a.dt, os, &raw);
+  const float* X = floatData(c, a);
+  FloatOut fo = floatOut(c, a.dt, os);
+  float* Y = fo.p;
   if (w.K == 0) std::fill(Y, Y + os.numel(), 0.f);
   else packedMatMul(c, w, X, rows, Y);
   if (bias) {
@@ -151,7 +126,7 @@ void packedOp(OpCtx& c, const PackedWeight& w, const Buf* bias) {
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t n = 0; n < w.N; ++n) Y[r * w.N + n] += bias->as<float>()[n];
   }
-  finishOut(a.dt, os, Y, raw);
+  finish(fo);
 }
 
 }  // namespace
@@ -182,10 +157,10 @@ void opMatMul(OpCtx& c) {
   Shape os = batch;
   if (a.shape.rank > 1) os.push(M);
   if (b.shape.rank > 1) os.push(N);
-  const float* A = floatRows(c, a);
-  const float* B = floatRows(c, b);
-  void* raw;
-  float* Y = floatOut(c, a.dt, os, &raw);
+  const float* A = floatData(c, a);
+  const float* B = floatData(c, b);
+  FloatOut fo = floatOut(c, a.dt, os);
+  float* Y = fo.p;
   // batch offsets by broadcasting strides over the batch dims
   int64_t sa[kMaxRank] = {}, sb[kMaxRank] = {};
   {
@@ -219,7 +194,7 @@ void opMatMul(OpCtx& c) {
   } else {
     for (int64_t i = 0; i < nb; ++i) one(i, true);
   }
-  finishOut(a.dt, os, Y, raw);
+  finish(fo);
 }
 
 void opMatMulNBits(OpCtx& c) {
@@ -270,18 +245,6 @@ std::shared_ptr<PackedWeight> packQuant(int64_t N, int64_t K, int64_t block, int
 int quantOffset(DType t) { return t == DType::I8 ? 128 : t == kI4 ? 8 : 0; }
 int quantBits(DType t) { return t == DType::I8 || t == DType::U8 ? 8 : 4; }
 
-int rawQuant(const Buf& q, int64_t i) {
-  switch (q.dt) {
-    case DType::I8: return q.as<int8_t>()[i];
-    case DType::U8: return q.as<uint8_t>()[i];
-    default: {
-      const uint8_t byte = q.as<uint8_t>()[i / 2];
-      const int v = (i & 1) ? byte >> 4 : byte & 0xF;
-      return q.dt == kI4 && v >= 8 ? v - 16 : v;
-    }
-  }
-}
-
 }  // namespace
 
 std::shared_ptr<PackedWeight> packDense(const Buf& b) {
@@ -317,22 +280,22 @@ std::shared_ptr<PackedWeight> packDequantize(const Buf& q, const Buf& scale, con
   const int64_t K = q.shape[0], N = q.shape[1];
   if (axis < 0) axis += 2;
   const int off = quantOffset(q.dt);
-  auto qv = [&](int64_t n, int64_t k) { return rawQuant(q, k * N + n) + off; };
+  auto qv = [&](int64_t n, int64_t k) { return static_cast<int>(quantValue(q, k * N + n) + off); };
   const float* s = scale.as<float>();
   if (scale.numel() == 1) {  // per tensor
-    const float z = (zp ? rawQuant(*zp, 0) : 0) + off;
+    const float z = static_cast<float>((zp ? quantValue(*zp, 0) : 0) + off);
     return packQuant(N, K, K, quantBits(q.dt), qv, [&](int64_t, int64_t) { return s[0]; },
                      [&](int64_t, int64_t) { return z; });
   }
   if (axis == 1 && block_size == 0 && scale.numel() == N) {  // per output column
     return packQuant(N, K, K, quantBits(q.dt), qv, [&](int64_t n, int64_t) { return s[n]; },
-                     [&](int64_t n, int64_t) { return static_cast<float>((zp ? rawQuant(*zp, n) : 0) + off); });
+                     [&](int64_t n, int64_t) { return static_cast<float>((zp ? quantValue(*zp, n) : 0) + off); });
   }
   if (axis == 0 && block_size > 0 && scale.shape.rank == 2 && scale.shape[1] == N &&
       scale.shape[0] == (K + block_size - 1) / block_size) {  // blocked along K
     return packQuant(N, K, block_size, quantBits(q.dt), qv, [&](int64_t n, int64_t b) { return s[b * N + n]; },
                      [&](int64_t n, int64_t b) {
-                       return static_cast<float>((zp ? rawQuant(*zp, b * N + n) : 0) + off);
+                       return static_cast<float>((zp ? quantValue(*zp, b * N + n) : 0) + off);
                      });
   }
   return nullptr;

@@ -861,31 +861,7 @@ void opBatchNorm(OpCtx& c) {
 // These compute in float32; float16 tensors (fp16 exports) are converted on the way in and out.
 bool isFloat(DType t) { return t == DType::F32 || t == DType::F16; }
 
-const float* fin(OpCtx& c, int i) {
-  const Buf& b = c.in(i);
-  if (b.dt == DType::F32) return b.as<float>();
-  if (b.dt != DType::F16) c.bad(std::string("needs float32 or float16 inputs, got ") + dtypeName(b.dt));
-  const int64_t n = b.numel();
-  float* f = static_cast<float*>(c.scratch(n * sizeof(float)));
-  for (int64_t k = 0; k < n; ++k) f[k] = halfToFloat(b.as<uint16_t>()[k]);
-  return f;
-}
-
-struct FOut {
-  float* p;
-  void* raw;
-  DType dt;
-  int64_t n;
-};
-FOut fout(OpCtx& c, DType dt, const Shape& s) {
-  FOut o{nullptr, c.out(0, dt, s), dt, s.numel()};
-  o.p = dt == DType::F32 ? static_cast<float*>(o.raw) : static_cast<float*>(c.scratch(o.n * sizeof(float)));
-  return o;
-}
-void done(const FOut& o) {
-  if (o.dt == DType::F16)
-    for (int64_t k = 0; k < o.n; ++k) static_cast<uint16_t*>(o.raw)[k] = floatToHalf(o.p[k]);
-}
+const float* fin(OpCtx& c, int i) { return floatData(c, c.in(i)); }
 
 void opGemm(OpCtx& c) {
   const Buf& a = c.in(0);
@@ -965,7 +941,7 @@ void opConv(OpCtx& c) {
   const float* X = fin(c, 0);
   const float* Wt = fin(c, 1);
   const float* bias = c.has(2) ? fin(c, 2) : nullptr;
-  FOut fo = fout(c, x.dt, os);
+  FloatOut fo = floatOut(c, x.dt, os);
   float* y = fo.p;
   const int64_t Cg = C / group, Fg = F / group, KK = Cg * g.k[0] * g.k[1], P = OH * OW;
   float* col = static_cast<float*>(c.scratch(KK * P * sizeof(float)));
@@ -995,7 +971,7 @@ void opConv(OpCtx& c) {
         for (int64_t i = 0; i < P; ++i) p[i] += bias[f];
       }
   }
-  done(fo);
+  finish(fo);
 }
 
 template <bool Max>
@@ -1016,7 +992,7 @@ void poolOp(OpCtx& c) {
   if (ceil && (OH - 1) * g.s[0] >= H + g.p0[0]) --OH;
   if (ceil && (OW - 1) * g.s[1] >= Wd + g.p0[1]) --OW;
   const float* X = fin(c, 0);
-  FOut fo = fout(c, x.dt, Shape{N, C, OH, OW});
+  FloatOut fo = floatOut(c, x.dt, Shape{N, C, OH, OW});
   float* y = fo.p;
   for (int64_t nc = 0; nc < N * C; ++nc) {
     const float* img = X + nc * H * Wd;
@@ -1036,7 +1012,7 @@ void poolOp(OpCtx& c) {
         y[(nc * OH + oh) * OW + ow] = Max ? acc : acc / static_cast<float>(incPad ? padded : std::max<int64_t>(cnt, 1));
       }
   }
-  done(fo);
+  finish(fo);
 }
 void opMaxPool(OpCtx& c) { poolOp<true>(c); }
 void opAveragePool(OpCtx& c) { poolOp<false>(c); }
@@ -1048,29 +1024,16 @@ void opGlobalAveragePool(OpCtx& c) {
   Shape os = x.shape;
   for (int d = 2; d < os.rank; ++d) os[d] = 1;
   const float* X = fin(c, 0);
-  FOut fo = fout(c, x.dt, os);
+  FloatOut fo = floatOut(c, x.dt, os);
   for (int64_t i = 0; i < NC; ++i) {
     float s = 0;
     for (int64_t j = 0; j < inner; ++j) s += X[i * inner + j];
     fo.p[i] = s / static_cast<float>(inner);
   }
-  done(fo);
+  finish(fo);
 }
 
 // ---------------------------------------------------------------- DequantizeLinear (not feeding a MatMul)
-int64_t quantAt(const Buf& q, int64_t i) {
-  switch (q.dt) {
-    case DType::I8: return q.as<int8_t>()[i];
-    case DType::U8: return q.as<uint8_t>()[i];
-    case DType::I32: return q.as<int32_t>()[i];
-    default: break;
-  }
-  const uint8_t byte = q.as<uint8_t>()[i / 2];
-  const int v = (i & 1) ? byte >> 4 : byte & 0xF;
-  if (q.dt == kI4) return v >= 8 ? v - 16 : v;
-  return v;  // kU4
-}
-
 void opDequantizeLinear(OpCtx& c) {
   const Buf& q = c.in(0);
   const Buf& s = c.in(1);
@@ -1091,8 +1054,8 @@ void opDequantizeLinear(OpCtx& c) {
       const int64_t o = i / (n * inner), a = (i / inner) % n, in = i % inner;
       si = bs > 0 ? (o * ((n + bs - 1) / bs) + a / bs) * inner + in : a;
     }
-    const float z = zp ? static_cast<float>(quantAt(*zp, si)) : 0.f;
-    y[i] = (static_cast<float>(quantAt(q, i)) - z) * s.as<float>()[si];
+    const float z = zp ? static_cast<float>(quantValue(*zp, si)) : 0.f;
+    y[i] = (static_cast<float>(quantValue(q, i)) - z) * s.as<float>()[si];
   }
 }
 

@@ -176,5 +176,37 @@ int64_t readInts(const Buf& b, int64_t* out, int64_t cap, const OpCtx& c) {
   return n;
 }
 
+int64_t quantValue(const Buf& q, int64_t i) {
+  switch (q.dt) {
+    case DType::I8: return q.as<int8_t>()[i];
+    case DType::U8: return q.as<uint8_t>()[i];
+    case DType::I32: return q.as<int32_t>()[i];
+    default: break;
+  }
+  const uint8_t byte = q.as<uint8_t>()[i / 2];
+  const int v = (i & 1) ? byte >> 4 : byte & 0xF;
+  return q.dt == kI4 && v >= 8 ? v - 16 : v;  // kI4 / kU4
+}
+
+const float* floatData(OpCtx& c, const Buf& b) {
+  if (b.dt == DType::F32) return b.as<float>();
+  if (b.dt != DType::F16) c.bad(std::string("needs float32 or float16 inputs, got ") + dtypeName(b.dt));
+  const int64_t n = b.numel();
+  float* f = static_cast<float*>(c.scratch(n * sizeof(float)));
+  for (int64_t k = 0; k < n; ++k) f[k] = halfToFloat(b.as<uint16_t>()[k]);
+  return f;
+}
+
+FloatOut floatOut(OpCtx& c, DType dt, const Shape& s) {
+  FloatOut o{nullptr, c.out(0, dt, s), dt, s.numel()};
+  o.p = dt == DType::F32 ? static_cast<float*>(o.raw) : static_cast<float*>(c.scratch(o.n * sizeof(float)));
+  return o;
+}
+
+void finish(const FloatOut& o) {
+  if (o.dt == DType::F16)
+    for (int64_t k = 0; k < o.n; ++k) static_cast<uint16_t*>(o.raw)[k] = floatToHalf(o.p[k]);
+}
+
 }  // namespace detail
 }  // namespace crt
