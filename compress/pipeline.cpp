@@ -1,5 +1,6 @@
 // pipeline.cpp — the end-to-end run behind `compress --config`.
 #include "compress/pipeline.h"
+#include "prune/sparsity.h"
 
 #include <ATen/Parallel.h>
 #include <torch/version.h>
@@ -204,6 +205,7 @@ RunSummary runRecipe(const Recipe& r, const RunOptions& opts) {
                              ? static_cast<double>(g.parameterBytes()) / static_cast<double>(original.parameterBytes())
                              : 1.0;
   report["passes"] = passes;
+  report["sparsity"] = sparsitySummary(g);
   report["accuracy"] = {{"metric", r.metric},
                         {"measured", has_eval},
                         {"baseline", has_eval ? base.value : 0.0},

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <ctime>
+#include <map>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -82,6 +83,16 @@ std::string renderMarkdown(const json& r) {
   md << "| baseline | " << r["model"]["params"].get<int64_t>() << " | " << humanBytes(r["model"]["bytes"].get<double>()) << " |\n";
   md << "| compressed | " << r["compressed"]["params"].get<int64_t>() << " | " << humanBytes(r["compressed"]["bytes"].get<double>()) << " |\n\n";
   md << "Size ratio (compressed / baseline bytes): " << fmt(r["size_ratio"].get<double>(), 3) << "\n\n";
+  if (r.contains("sparsity") && r["sparsity"]["pruned_layers_sparsity"].get<double>() > 0) {
+    const json& s = r["sparsity"];
+    std::map<std::string, int> patterns;
+    for (const auto& l : s["layers"]) patterns[l["pattern"].get<std::string>()]++;
+    md << "## Sparsity\n\nLinear weights: " << fmt(100 * s["linear_sparsity"].get<double>(), 2) << "% zeros ("
+       << s["linear_zeros"].get<int64_t>() << " of " << s["linear_numel"].get<int64_t>() << "); pruned layers: "
+       << fmt(100 * s["pruned_layers_sparsity"].get<double>(), 2) << "%. Layers by pattern:";
+    for (const auto& [k, v] : patterns) md << " " << k << " " << v << ";";
+    md << " per-layer values in report.json (`sparsity.layers`).\n\n";
+  }
   md << "## Passes\n\n| # | pass | time (s) | what changed |\n|---|---|---|---|\n";
   int i = 1;
   for (const auto& p : r["passes"])
@@ -92,9 +103,20 @@ std::string renderMarkdown(const json& r) {
     md << "\n### " << p["name"].get<std::string>() << " per layer\n\n";
     const json& first = p["stats"]["layers"][0];
     if (first.contains("sparsity")) {
-      md << "| weight | shape | sparsity |\n|---|---|---|\n";
+      bool errs = first.contains("output_error_magnitude");
+      md << "| weight | shape | pattern | sparsity |" << (errs ? " output error | magnitude's output error |" : "")
+         << "\n|---|---|---|---|" << (errs ? "---|---|" : "") << "\n";
+      for (const auto& l : p["stats"]["layers"]) {
+        md << "| " << l["weight"].get<std::string>() << " | " << l["shape"].dump() << " | " << l.value("pattern", "unstructured")
+           << " | " << fmt(100 * l["sparsity"].get<double>(), 2) << "% |";
+        if (errs) md << " " << l["output_error"].get<double>() << " | " << l["output_error_magnitude"].get<double>() << " |";
+        md << "\n";
+      }
+    } else if (first.contains("neurons_before")) {
+      md << "| layer | group | kept / before |\n|---|---|---|\n";
       for (const auto& l : p["stats"]["layers"])
-        md << "| " << l["weight"].get<std::string>() << " | " << l["shape"].dump() << " | " << fmt(100 * l["sparsity"].get<double>(), 2) << "% |\n";
+        md << "| " << l["layer"].get<std::string>() << " | " << l["group"].get<std::string>() << " | "
+           << l["kept"].get<int64_t>() << " / " << l["neurons_before"].get<int64_t>() << " |\n";
     } else if (first.contains("output_error")) {
       md << "| weight | shape | format | output error | RTN's output error |\n|---|---|---|---|---|\n";
       for (const auto& l : p["stats"]["layers"])

@@ -19,7 +19,7 @@ int64_t zeros(const at::Tensor& t) { return (t == 0).sum().item<int64_t>(); }
 TEST_CASE("per-layer magnitude pruning hits the exact sparsity and removes the smallest weights", "[prune]") {
   Graph g = block();
   Graph before = g;
-  auto s = magnitudePrune(g, {0.5, "layer", {"Linear"}, {"output"}});
+  auto s = magnitudePrune(g, {0.5, "matrix", {"Linear"}, {"output"}});
   verify(g);
   CHECK(s["layers"].size() == 7);
   for (const auto& l : s["layers"]) {
@@ -55,7 +55,7 @@ TEST_CASE("row and global scopes", "[prune]") {
 
 TEST_CASE("masks survive a following rtn and pruning after quantization is refused", "[prune]") {
   Graph g = block();
-  magnitudePrune(g, {0.5, "layer", {"Linear"}, {"output"}});
+  magnitudePrune(g, {0.5, "matrix", {"Linear"}, {"output"}});
   at::Tensor mask = g.sparsity.at("w2.weight").mask;
   RtnOptions o;
   o.format = {4, 16, false};
@@ -66,5 +66,5 @@ TEST_CASE("masks survive a following rtn and pruning after quantization is refus
   QuantizedTensor q = quantizedOf(g, "w2.weight");
   at::Tensor deq = dequantize(q);
   CHECK(deq.masked_select(mask.logical_not()).abs().max().item<float>() == 0.0f);
-  CHECK_THROWS_WITH(magnitudePrune(g, {0.5, "layer", {"Linear"}, {"output"}}), Contains("already quantized"));
+  CHECK_THROWS_WITH(magnitudePrune(g, {0.5, "matrix", {"Linear"}, {"output"}}), Contains("already quantized"));
 }
