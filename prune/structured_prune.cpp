@@ -1,0 +1,271 @@
+// structured_prune.cpp — structured pruning of FFN neurons (the width-pruning step of Sheared-LLaMA /
+// LLM-Pruner / Minitron-style compression): neuron j of an FFN is row j of its up/gate projections and
+// column j of its down projection; removing it removes all three, so the result is a smaller dense model
+// — fewer parameters, a smaller ONNX file, less work in every runtime. Importance: the activation-weighted
+// norm ‖h_j‖₂·‖W_down[:, j]‖₂ over the calibration tokens (h = the down projection's input; Wanda's score
+// summed over a column), or a data-free weight-magnitude score.
+// Changes: weight shapes of every selected FFN, the biases inside it, masks; value shapes are re-inferred.
+// Keeps: topology (no nodes are added or removed).
+#include "prune/structured_prune.h"
+
+#include <chrono>
+#include <cmath>
+#include <set>
+
+#include "compress/calibration.h"
+#include "compress/error.h"
+#include "compress/executor.h"
+#include "compress/options.h"
+#include "compress/pass.h"
+#include "compress/pass_context.h"
+
+namespace compress {
+
+namespace {
+
+const std::set<std::string>& elementwiseOps() {
+  static const std::set<std::string> ops = {"Mul", "Add", "Sub", "Div", "Sigmoid", "Relu", "Tanh", "Erf", "Gelu", "Pow",
+                                            "Neg", "Identity", "LeakyRelu", "Elu", "Softplus", "HardSigmoid",
+                                            "HardSwish", "Sqrt", "Exp", "Abs", "Clip"};
+  return ops;
+}
+
+}  // namespace
+
+std::vector<FfnGroup> findFfnGroups(const Graph& g, const std::vector<std::string>& down_weights) {
+  auto linears = findLinears(g);
+  std::map<std::string, LinearRef> by_output;  // MatMul output -> linear
+  std::map<std::string, LinearRef> by_weight;
+  for (const auto& l : linears) {
+    by_output.emplace(g.nodes[l.node].outputs[0], l);
+    by_weight.emplace(l.weight, l);
+  }
+  auto outDim = [&](const LinearRef& l) {
+    const at::Tensor& t = g.initializers.at(l.weight);
+    return l.transposed ? t.size(0) : t.size(1);
+  };
+  auto inDim = [&](const LinearRef& l) {
+    const at::Tensor& t = g.initializers.at(l.weight);
+    return l.transposed ? t.size(1) : t.size(0);
+  };
+  std::vector<FfnGroup> out;
+  for (const auto& d : down_weights) {
+    auto dl = by_weight.find(d);
+    if (dl == by_weight.end() || !g.isInitializer(d)) continue;
+    const int64_t H = inDim(dl->second);
+    FfnGroup f{d, {}, {}, H};
+    std::set<std::string> chain;  // values computed inside f
+    std::vector<std::string> todo = {g.nodes[dl->second.node].inputs[0]};
+    bool ok = true;
+    while (ok && !todo.empty()) {
+      std::string v = todo.back();
+      todo.pop_back();
+      if (!chain.insert(v).second) continue;
+      auto lin = by_output.find(v);
+      if (lin != by_output.end()) {
+        if (!g.isInitializer(lin->second.weight) || outDim(lin->second) != H) ok = false;
+        else if (std::find(f.up.begin(), f.up.end(), lin->second.weight) == f.up.end()) f.up.push_back(lin->second.weight);
+        continue;
+      }
+      int p = g.producer(v);
+      if (p < 0 || !elementwiseOps().count(g.nodes[p].op)) {
+        ok = false;
+        break;
+      }
+      for (const auto& in : g.nodes[p].inputs) {
+        if (in.empty()) continue;
+        if (g.isInitializer(in)) {
+          const at::Tensor& t = g.initializers.at(in);
+          if (t.numel() == 1) continue;
+          // A bias over the hidden units, used only here, is sliced with them; anything else blocks.
+          if (t.dim() >= 1 && t.size(-1) == H && t.numel() == H && g.consumers(in).size() == 1) f.biases.push_back(in);
+          else ok = false;
+        } else {
+          todo.push_back(in);
+        }
+      }
+    }
+    if (!ok || f.up.empty()) continue;
+    // Nothing outside the unit may read its hidden values, or their shapes would change under it.
+    for (const auto& v : chain) {
+      for (int c : g.consumers(v)) {
+        const Node& n = g.nodes[c];
+        bool inside = c == dl->second.node;
+        for (const auto& o : n.outputs) inside = inside || chain.count(o);
+        if (!inside) ok = false;
+      }
+    }
+    for (const auto& u : f.up)
+      if (g.consumers(u).size() != 1 || (by_weight.at(u).transposed && g.consumers(g.nodes[g.producer(g.nodes[by_weight.at(u).node].inputs[1])].outputs[0]).size() != 1))
+        ok = false;  // a weight shared with another layer cannot shrink alone
+    if (ok) out.push_back(f);
+  }
+  return out;
+}
+
+void keepNeurons(Graph& g, const FfnGroup& f, const at::Tensor& keep) {
+  auto linears = findLinears(g);
+  auto transposedOf = [&](const std::string& w) {
+    for (const auto& l : linears)
+      if (l.weight == w) return l.transposed;
+    fail(ErrorCategory::Internal, "structured-prune: '" + w + "' is not a linear weight");
+  };
+  auto slice = [&](const std::string& name, int64_t dim) {
+    at::Tensor& t = g.initializers.at(name);
+    t = t.index_select(dim, keep).contiguous();
+    auto sp = g.sparsity.find(name);
+    if (sp != g.sparsity.end()) sp->second.mask = sp->second.mask.index_select(dim, keep).contiguous();
+  };
+  for (const auto& u : f.up) slice(u, transposedOf(u) ? 0 : 1);
+  slice(f.down, transposedOf(f.down) ? 1 : 0);
+  for (const auto& b : f.biases) slice(b, g.initializers.at(b).dim() - 1);
+}
+
+nlohmann::json structuredPrune(Graph& g, const at::Tensor& calibration, const StructuredPruneOptions& opts, at::Device device) {
+  auto t0 = std::chrono::steady_clock::now();
+  auto downs = selectPassTargets(g, "structured-prune", opts.targets, opts.ignore);
+  for (const auto& w : downs)
+    if (!g.isInitializer(w))
+      fail(ErrorCategory::Config, "structured-prune: '" + w + "' is already quantized; put structured pruning before quantization in the recipe");
+  auto groups = findFfnGroups(g, downs);
+  if (groups.empty())
+    fail(ErrorCategory::Config, "structured-prune: no feed-forward unit (up/gate projections -> elementwise -> down projection) among the "
+                                "targeted weights; check `targets`");
+  const int64_t params_before = g.parameterCount();
+  auto linears = findLinears(g);
+  auto transposedOf = [&](const std::string& w) {
+    for (const auto& l : linears)
+      if (l.weight == w) return l.transposed;
+    return true;
+  };
+  // Column norms of down (over its output dim), per neuron.
+  std::vector<at::Tensor> scores;
+  std::map<std::string, at::Tensor> sumsq;
+  if (opts.score == "activation") {
+    std::vector<std::string> ws;
+    for (const auto& f : groups) ws.push_back(f.down);
+    BlockRunner runner(g, calibration, opts.chunk, device);
+    runner.capture(ws, [&](const std::string& w, const at::Tensor& x) {
+      at::Tensor s = x.to(at::kDouble).pow(2).sum(0);
+      auto it = sumsq.find(w);
+      if (it == sumsq.end()) sumsq.emplace(w, s);
+      else it->second.add_(s);
+    });
+  }
+  std::vector<int64_t> cost;  // parameters per neuron
+  for (const auto& f : groups) {
+    const at::Tensor& D = g.initializers.at(f.down);
+    at::Tensor down_norm = D.to(at::kFloat).norm(2, transposedOf(f.down) ? 0 : 1);
+    at::Tensor s;
+    if (opts.score == "activation") {
+      s = sumsq.at(f.down).sqrt().to(at::kFloat) * down_norm;
+    } else {
+      at::Tensor up = at::zeros_like(down_norm);
+      for (const auto& u : f.up) up += g.initializers.at(u).to(at::kFloat).norm(2, transposedOf(u) ? 1 : 0);
+      s = down_norm * up;
+    }
+    scores.push_back(s);
+    int64_t c = D.numel() / f.neurons + static_cast<int64_t>(f.biases.size());
+    for (const auto& u : f.up) c += g.initializers.at(u).numel() / f.neurons;
+    cost.push_back(c);
+  }
+  // How many neurons each FFN keeps.
+  std::vector<int64_t> keep_n(groups.size());
+  auto roundUp = [&](int64_t k, int64_t H) { return std::min(H, (k + opts.multiple_of - 1) / opts.multiple_of * opts.multiple_of); };
+  if (opts.scope == "layer" && opts.target_params <= 0) {
+    for (size_t i = 0; i < groups.size(); ++i) {
+      int64_t H = groups[i].neurons;
+      keep_n[i] = roundUp(std::max<int64_t>(1, H - std::llround(opts.ffn_ratio * static_cast<double>(H))), H);
+    }
+  } else {
+    // One ranking over all FFN neurons; remove from the bottom (by ratio or until the parameter target).
+    std::vector<std::tuple<float, size_t, int64_t>> all;
+    int64_t total = 0;
+    for (size_t i = 0; i < groups.size(); ++i) {
+      auto acc = scores[i].accessor<float, 1>();
+      for (int64_t j = 0; j < groups[i].neurons; ++j) all.emplace_back(acc[j], i, j);
+      total += groups[i].neurons;
+      keep_n[i] = groups[i].neurons;
+    }
+    std::stable_sort(all.begin(), all.end());
+    int64_t params = params_before;
+    int64_t remove = opts.target_params > 0 ? total : std::llround(opts.ffn_ratio * static_cast<double>(total));
+    for (int64_t k = 0; k < remove && k < static_cast<int64_t>(all.size()); ++k) {
+      if (opts.target_params > 0 && params <= opts.target_params) break;
+      size_t i = std::get<1>(all[static_cast<size_t>(k)]);
+      if (keep_n[i] <= 1) continue;  // an FFN keeps at least one neuron
+      keep_n[i]--;
+      params -= cost[i];
+    }
+    for (size_t i = 0; i < groups.size(); ++i) keep_n[i] = roundUp(keep_n[i], groups[i].neurons);
+    if (opts.target_params > 0 && params > opts.target_params)
+      fail(ErrorCategory::Config, "structured-prune: target_params " + std::to_string(opts.target_params) +
+                                      " cannot be reached by removing FFN neurons (the model has " + std::to_string(params_before) +
+                                      " parameters; at most " + std::to_string(params_before - params) + " can go this way)");
+  }
+  nlohmann::json layers = nlohmann::json::array();
+  int64_t removed = 0, neurons = 0;
+  for (size_t i = 0; i < groups.size(); ++i) {
+    // The keep_n highest scores, in their original order.
+    at::Tensor order = std::get<1>(at::sort(scores[i], /*stable=*/true, 0, /*descending=*/true));
+    at::Tensor keep = std::get<0>(at::sort(order.narrow(0, 0, keep_n[i])));
+    keepNeurons(g, groups[i], keep);
+    removed += groups[i].neurons - keep_n[i];
+    neurons += groups[i].neurons;
+    std::string ups;
+    for (const auto& u : groups[i].up) ups += (ups.empty() ? "" : ", ") + u;
+    layers.push_back({{"layer", groups[i].down}, {"group", "ffn (" + ups + ")"}, {"neurons_before", groups[i].neurons},
+                      {"kept", keep_n[i]}, {"score_kept_min", scores[i].index_select(0, keep).min().item<double>()}});
+  }
+  // Value shapes downstream of the changed weights.
+  std::map<std::string, std::pair<DType, Shape>> specs;
+  for (const auto& in : g.inputs) specs[in] = {g.values.at(in).dtype, *g.values.at(in).shape};
+  inferShapes(g, specs);
+  verify(g);
+  const int64_t params_after = g.parameterCount();
+  return {{"score", opts.score}, {"scope", opts.target_params > 0 ? "global" : opts.scope}, {"ffn_ratio", opts.ffn_ratio},
+          {"target_params", opts.target_params}, {"ffn_units", groups.size()}, {"neurons_before", neurons},
+          {"neurons_removed", removed}, {"params_before", params_before}, {"params_after", params_after},
+          {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()}, {"layers", layers}};
+}
+
+namespace {
+
+class StructuredPrunePass : public Pass {
+ public:
+  const char* name() const override { return "structured-prune"; }
+  const char* description() const override {
+    return "Structured pruning: remove whole FFN neurons (up/gate rows + down columns) by importance, giving a smaller dense model.";
+  }
+  bool needsCalibration() const override { return opts_.score == "activation"; }
+  void configure(OptionReader& r) override {
+    opts_.ffn_ratio = r.number("ffn_ratio", 0.25, 0.0, 0.99, "fraction of FFN neurons to remove (0.25 or 25%)");
+    opts_.target_params = r.integer("target_params", 0, 0, int64_t{1} << 50,
+                                    "> 0: remove the lowest-scored FFN neurons of all layers until the model has at most this many parameters");
+    opts_.scope = r.choice("scope", "layer", {"layer", "global"}, "ffn_ratio of every FFN, or of all FFN neurons ranked together");
+    opts_.score = r.choice("score", "activation", {"activation", "magnitude"},
+                           "activation: ||h_j|| x ||W_down[:, j]|| on calibration data; magnitude: weight norms only (no data)");
+    opts_.multiple_of = r.integer("multiple_of", 1, 1, 4096, "round each FFN's kept neurons up to a multiple of this");
+    opts_.targets = r.strings("targets", {"Linear"}, "down projections to consider: Linear (every FFN found), or globs (layers.*.w2)");
+    opts_.ignore = r.strings("ignore", {}, "parameter-name globs to leave alone");
+    opts_.chunk = r.integer("chunk", 8, 1, 1 << 16, "calibration sequences per forward pass (memory)");
+  }
+  PassResult run(Graph& g, PassContext& ctx) override {
+    nlohmann::json s = structuredPrune(g, ctx.calibration, opts_, ctx.device);
+    char buf[240];
+    std::snprintf(buf, sizeof buf, "removed %lld of %lld FFN neurons in %d FFNs (%s score): %lld -> %lld parameters",
+                  static_cast<long long>(s["neurons_removed"].get<int64_t>()), static_cast<long long>(s["neurons_before"].get<int64_t>()),
+                  static_cast<int>(s["ffn_units"].get<size_t>()), opts_.score.c_str(),
+                  static_cast<long long>(s["params_before"].get<int64_t>()), static_cast<long long>(s["params_after"].get<int64_t>()));
+    return {buf, s};
+  }
+
+ private:
+  StructuredPruneOptions opts_;
+};
+
+}  // namespace
+
+std::unique_ptr<Pass> makeStructuredPrunePass() { return std::make_unique<StructuredPrunePass>(); }
+
+}  // namespace compress
