@@ -95,9 +95,12 @@ std::vector<FfnGroup> findFfnGroups(const Graph& g, const std::vector<std::strin
         if (!inside) ok = false;
       }
     }
-    for (const auto& u : f.up)
-      if (g.consumers(u).size() != 1 || (by_weight.at(u).transposed && g.consumers(g.nodes[g.producer(g.nodes[by_weight.at(u).node].inputs[1])].outputs[0]).size() != 1))
-        ok = false;  // a weight shared with another layer cannot shrink alone
+    for (const auto& u : f.up) {
+      const Node& mm = g.nodes[by_weight.at(u).node];
+      if (chain.count(mm.inputs[0])) ok = false;  // an up projection reading the unit's own hidden values
+      // A weight shared with another layer cannot shrink alone.
+      if (g.consumers(u).size() != 1 || (by_weight.at(u).transposed && g.consumers(mm.inputs[1]).size() != 1)) ok = false;
+    }
     if (ok) out.push_back(f);
   }
   return out;

@@ -3,6 +3,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <filesystem>
+
 #include "compress/error.h"
 #include "test_util.h"
 
@@ -31,7 +33,36 @@ TEST_CASE("shipped recipes parse with their passes and gates", "[recipe][shared]
   CHECK(r.metric == "perplexity");
   CHECK(r.max_degradation > 0);
   CHECK(r.eval.max_tokens == 32768);
-  for (auto name : {"baseline.yaml", "int4_g32.yaml"}) CHECK_NOTHROW(loadRecipe(testutil::source(std::string("configs/") + name)));
+  // Every shipped recipe parses (paths, options, calibration where a pass needs it).
+  int count = 0;
+  for (const auto& e : std::filesystem::directory_iterator(testutil::source("configs"))) {
+    if (e.path().extension() != ".yaml") continue;
+    INFO(e.path().string());
+    CHECK_NOTHROW(loadRecipe(e.path().string()));
+    ++count;
+  }
+  CHECK(count >= 17);
+}
+
+TEST_CASE("pruning options are checked before anything runs", "[recipe][errors][prune]") {
+  std::string msg = errorOf(
+      "model: missing.pt\n"
+      "output: out/x\n"
+      "passes:\n"
+      "  - magnitude-prune: {pattern: '4:2'}\n"
+      "  - wanda: {pattern: 2of4}\n"
+      "  - sparsegpt: {bits: 1, group_size: 1, blocksize: 0}\n"
+      "  - structured-prune: {ffn_ratio: 1.5, score: taylor}\n"
+      "  - structured-prune: {score: magnitude}\n");
+  CHECK_THAT(msg, Contains("passes[0].magnitude-prune.pattern: pattern '4:2': N:M needs 0 < N < M"));
+  CHECK_THAT(msg, Contains("passes[1].wanda.pattern: pattern '2of4' is not 'unstructured' or 'N:M'"));
+  CHECK_THAT(msg, Contains("passes[1].wanda: this pass needs calibration data"));
+  CHECK_THAT(msg, Contains("passes[2].sparsegpt.bits: must be 0 (no quantization) or 2-8"));
+  CHECK_THAT(msg, Contains("passes[2].sparsegpt.group_size: must be -1 (per channel) or at least 2"));
+  CHECK_THAT(msg, Contains("passes[2].sparsegpt.blocksize: must be between 1 and"));
+  CHECK_THAT(msg, Contains("passes[3].structured-prune.ffn_ratio: must be between 0 and 0.99, got 1.5"));
+  CHECK_THAT(msg, Contains("passes[3].structured-prune.score: must be one of activation | magnitude"));
+  CHECK_THAT(msg, !Contains("passes[4].structured-prune: this pass needs calibration"));  // magnitude needs no data
 }
 
 TEST_CASE("all recipe problems are reported at once with line numbers", "[recipe][errors]") {
@@ -48,7 +79,7 @@ TEST_CASE("all recipe problems are reported at once with line numbers", "[recipe
   CHECK_THAT(msg, Contains("passes[0].rtn.group_sise: unknown option (did you mean 'group_size'?)"));
   CHECK_THAT(msg, Contains("test.yaml:5:5: passes[1]: unknown pass 'magnitude-prun' (did you mean 'magnitude-prune'?)"));
   CHECK_THAT(msg, Contains("passes[2].magnitude-prune.sparsity: must be between 0 and 1, got 1.5"));
-  CHECK_THAT(msg, Contains("passes[2].magnitude-prune.scope: must be one of layer | row | global"));
+  CHECK_THAT(msg, Contains("passes[2].magnitude-prune.scope: must be one of matrix | layer | row | global"));
   CHECK_THAT(msg, Contains("output: missing"));
   CHECK_THAT(msg, Contains("problems (nothing was run)"));
 }

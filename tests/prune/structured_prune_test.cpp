@@ -1,0 +1,113 @@
+// structured_prune_test.cpp — FFN units are found (SwiGLU and GELU-with-bias), removing neurons whose
+// weights are zero leaves outputs unchanged, shapes and parameter counts follow, bad options are errors.
+#include "prune/structured_prune.h"
+
+#include <catch2/catch.hpp>
+
+#include "compress/error.h"
+#include "compress/executor.h"
+#include "compress/importer.h"
+#include "prune/magnitude_prune.h"
+#include "test_util.h"
+
+using namespace compress;
+using Catch::Matchers::Contains;
+
+TEST_CASE("FFN units are found in LLaMA (SwiGLU) and GPT-2 (GELU, biases) blocks, not elsewhere", "[structured]") {
+  Graph l = importTorchScript(testutil::fixture("llama_block.pt"));
+  auto fl = findFfnGroups(l, selectWeights(l, {"Linear"}, {}));
+  REQUIRE(fl.size() == 1);
+  CHECK(fl[0].down == "w2.weight");
+  CHECK(std::set<std::string>(fl[0].up.begin(), fl[0].up.end()) == std::set<std::string>{"w1.weight", "w3.weight"});
+  CHECK(fl[0].neurons == 48);
+  Graph g = importTorchScript(testutil::fixture("gpt2_block.pt"));
+  auto fg = findFfnGroups(g, selectWeights(g, {"Linear"}, {}));
+  REQUIRE(fg.size() == 1);
+  CHECK(fg[0].down == "fc2.weight");
+  CHECK(fg[0].up == std::vector<std::string>{"fc.weight"});
+  CHECK(fg[0].biases == std::vector<std::string>{"fc.bias"});
+  // The MLP fixture's hidden values are also read outside its "down" layer: no unit there.
+  ImportOptions io;
+  io.inputs = {{"x", DType::Float32, {Dim::sym("batch"), Dim::fixed(12)}}};
+  Graph m = importTorchScript(testutil::fixture("mlp.pt"), io);
+  CHECK(findFfnGroups(m, selectWeights(m, {"Linear"}, {})).empty());
+}
+
+namespace {
+// Zeroes neurons `dead` of the FFN (up rows, biases, down columns) so they contribute nothing.
+void killNeurons(Graph& g, const FfnGroup& f, const std::vector<int64_t>& dead) {
+  at::Tensor idx = at::tensor(dead, at::kLong);
+  for (const auto& u : f.up) g.initializers.at(u).index_fill_(0, idx, 0.0);
+  for (const auto& b : f.biases) g.initializers.at(b).index_fill_(0, idx, 0.0);
+  g.initializers.at(f.down).index_fill_(1, idx, 0.0);
+}
+}  // namespace
+
+TEST_CASE("removing neurons whose weights are zero leaves the outputs unchanged; shapes and counts follow", "[structured]") {
+  for (const char* fixture : {"llama_block.pt", "gpt2_block.pt"}) {
+    INFO(fixture);
+    Graph g = importTorchScript(testutil::fixture(fixture));
+    for (auto& [n, t] : g.initializers) t = t.clone();
+    FfnGroup f = findFfnGroups(g, selectWeights(g, {"Linear"}, {}))[0];
+    const int64_t H = f.neurons, d = g.initializers.at(f.down).size(0);
+    std::vector<int64_t> dead;
+    for (int64_t j = 1; j < H; j += 4) dead.push_back(j);  // H/4 neurons
+    killNeurons(g, f, dead);
+    at::Tensor tokens = at::randint(0, 64, {3, 10}, at::kLong);
+    at::Tensor before = Executor(g).run1(tokens);
+    int64_t params = g.parameterCount();
+    StructuredPruneOptions o;
+    o.ffn_ratio = 0.25;
+    auto s = structuredPrune(g, tokens, o, at::kCPU);
+    verify(g);
+    CHECK(s["neurons_removed"] == static_cast<int64_t>(dead.size()));
+    int64_t kept = H - static_cast<int64_t>(dead.size());
+    CHECK(g.initializers.at(f.down).sizes() == at::IntArrayRef{d, kept});
+    for (const auto& u : f.up) CHECK(g.initializers.at(u).size(0) == kept);
+    for (const auto& b : f.biases) CHECK(g.initializers.at(b).size(0) == kept);
+    int64_t per_neuron = d * static_cast<int64_t>(f.up.size() + 1) + static_cast<int64_t>(f.biases.size());
+    CHECK(g.parameterCount() == params - per_neuron * static_cast<int64_t>(dead.size()));
+    CHECK(s["params_after"] == g.parameterCount());
+    at::Tensor after = Executor(g).run1(tokens);
+    CHECK(at::allclose(after, before, 1e-5, 1e-5));
+    // Value shapes were re-inferred: the hidden activations now have `kept` channels.
+    bool found = false;
+    for (const auto& [name, vi] : g.values)
+      if (vi.shape && !vi.shape->empty() && vi.shape->back() == Dim::fixed(kept)) found = true;
+    CHECK(found);
+  }
+}
+
+TEST_CASE("structured pruning: global ranking, parameter targets, multiple_of, masks, errors", "[structured]") {
+  at::Tensor tokens = at::randint(0, 64, {4, 8}, at::kLong);
+  Graph g = importTorchScript(testutil::fixture("llama_block.pt"));
+  magnitudePrune(g, {0.5, "matrix", {"Linear"}, {"output"}});
+  StructuredPruneOptions o;
+  o.ffn_ratio = 0.3;
+  o.multiple_of = 8;
+  structuredPrune(g, tokens, o, at::kCPU);
+  verify(g);  // the masks were sliced with their weights
+  CHECK(g.initializers.at("w1.weight").size(0) == 40);  // 48 - round(14.4) = 34, rounded up to 40
+  CHECK(g.sparsity.at("w2.weight").mask.size(1) == 40);
+
+  Graph t = importTorchScript(testutil::fixture("llama_block.pt"));
+  int64_t target = t.parameterCount() - 10 * 3 * 32;
+  StructuredPruneOptions ot;
+  ot.target_params = target;
+  ot.score = "magnitude";
+  auto s = structuredPrune(t, at::Tensor(), ot, at::kCPU);
+  CHECK(t.parameterCount() <= target);
+  CHECK(t.initializers.at("w1.weight").size(0) == 38);
+  CHECK(s["scope"] == "global");
+
+  Graph e = importTorchScript(testutil::fixture("llama_block.pt"));
+  StructuredPruneOptions bad;
+  bad.target_params = 1000;
+  bad.score = "magnitude";
+  CHECK_THROWS_WITH(structuredPrune(e, at::Tensor(), bad, at::kCPU), Contains("cannot be reached"));
+  StructuredPruneOptions none;
+  none.targets = {"wq"};
+  CHECK_THROWS_WITH(structuredPrune(e, tokens, none, at::kCPU), Contains("no feed-forward unit"));
+  StructuredPruneOptions nodata;
+  CHECK_THROWS_WITH(structuredPrune(e, at::Tensor(), nodata, at::kCPU), Contains("calibration data"));
+}
