@@ -8,8 +8,11 @@
 // Keeps: topology (no nodes are added or removed).
 #include "prune/structured_prune.h"
 
+#include "prune/attention_heads.h"
+
 #include <chrono>
 #include <cmath>
+#include <functional>
 #include <set>
 
 #include "compress/calibration.h"
@@ -124,29 +127,71 @@ void keepNeurons(Graph& g, const FfnGroup& f, const at::Tensor& keep) {
   for (const auto& b : f.biases) slice(b, g.initializers.at(b).dim() - 1);
 }
 
+namespace {
+
+// Keeps the `keep_n` highest scores, as sorted indices.
+at::Tensor topIndices(const at::Tensor& scores, int64_t keep_n) {
+  at::Tensor order = std::get<1>(at::sort(scores, /*stable=*/true, 0, /*descending=*/true));
+  return std::get<0>(at::sort(order.narrow(0, 0, keep_n)));
+}
+
+// How many units each of several groups keeps when `remove` of all of them go by one ranking of `scores`
+// (lowest first; each group keeps at least one unit). `stop` ends removal early (parameter targets).
+std::vector<int64_t> globalKeep(const std::vector<at::Tensor>& scores, int64_t remove, const std::function<bool(size_t)>& stop) {
+  std::vector<std::tuple<float, size_t, int64_t>> all;
+  std::vector<int64_t> keep;
+  for (size_t i = 0; i < scores.size(); ++i) {
+    at::Tensor s = scores[i].to(at::kFloat).contiguous();
+    for (int64_t j = 0; j < s.numel(); ++j) all.emplace_back(s[j].item<float>(), i, j);
+    keep.push_back(s.numel());
+  }
+  std::stable_sort(all.begin(), all.end());
+  for (int64_t k = 0, removed = 0; removed < remove && k < static_cast<int64_t>(all.size()); ++k) {
+    size_t i = std::get<1>(all[static_cast<size_t>(k)]);
+    if (keep[i] <= 1) continue;
+    if (stop && stop(i)) break;
+    keep[i]--;
+    removed++;
+  }
+  return keep;
+}
+
+}  // namespace
+
 nlohmann::json structuredPrune(Graph& g, const at::Tensor& calibration, const StructuredPruneOptions& opts, at::Device device) {
   auto t0 = std::chrono::steady_clock::now();
-  auto downs = selectPassTargets(g, "structured-prune", opts.targets, opts.ignore);
-  for (const auto& w : downs)
+  auto targets = selectPassTargets(g, "structured-prune", opts.targets, opts.ignore);
+  for (const auto& w : targets)
     if (!g.isInitializer(w))
       fail(ErrorCategory::Config, "structured-prune: '" + w + "' is already quantized; put structured pruning before quantization in the recipe");
-  auto groups = findFfnGroups(g, downs);
-  if (groups.empty())
-    fail(ErrorCategory::Config, "structured-prune: no feed-forward unit (up/gate projections -> elementwise -> down projection) among the "
-                                "targeted weights; check `targets`");
+  const bool do_ffn = opts.ffn_ratio > 0 || opts.target_params > 0, do_heads = opts.head_ratio > 0;
+  std::vector<FfnGroup> groups;
+  if (do_ffn) {
+    groups = findFfnGroups(g, targets);
+    if (groups.empty())
+      fail(ErrorCategory::Config, "structured-prune: no feed-forward unit (up/gate projections -> elementwise -> down projection) among the "
+                                  "targeted weights; check `targets`");
+  }
+  std::vector<AttentionUnit> units;
+  if (do_heads) {
+    std::vector<std::string> why;
+    units = findAttentionUnits(g, targets, &why);
+    if (units.empty()) {
+      std::string msg = "structured-prune: head_ratio is set but no attention unit (separate q/k/v projections -> per-head attention -> "
+                        "output projection) was found among the targeted weights";
+      for (size_t k = 0; k < why.size() && k < 4; ++k) msg += "\n  " + why[k];
+      fail(ErrorCategory::Config, msg);
+    }
+  }
   const int64_t params_before = g.parameterCount();
-  auto linears = findLinears(g);
-  auto transposedOf = [&](const std::string& w) {
-    for (const auto& l : linears)
-      if (l.weight == w) return l.transposed;
-    return true;
-  };
-  // Column norms of down (over its output dim), per neuron.
-  std::vector<at::Tensor> scores;
+  std::map<std::string, bool> transposed;
+  for (const auto& l : findLinears(g)) transposed[l.weight] = l.transposed;
+  // Σ x_c² of the inputs of every down and output projection, in one calibration run.
   std::map<std::string, at::Tensor> sumsq;
   if (opts.score == "activation") {
     std::vector<std::string> ws;
     for (const auto& f : groups) ws.push_back(f.down);
+    for (const auto& u : units) ws.push_back(u.o);
     BlockRunner runner(g, calibration, opts.chunk, device);
     runner.capture(ws, [&](const std::string& w, const at::Tensor& x) {
       at::Tensor s = x.to(at::kDouble).pow(2).sum(0);
@@ -155,52 +200,42 @@ nlohmann::json structuredPrune(Graph& g, const at::Tensor& calibration, const St
       else it->second.add_(s);
     });
   }
+  // Per input channel of a consuming layer: ‖x_c‖₂·‖W[:, c]‖₂ (activation) or ‖W[:, c]‖₂ (magnitude).
+  auto channelScores = [&](const std::string& w) {
+    at::Tensor n = g.initializers.at(w).to(at::kFloat).norm(2, transposed.at(w) ? 0 : 1);
+    return opts.score == "activation" ? sumsq.at(w).sqrt().to(at::kFloat) * n : n;
+  };
+
+  // FFN neurons.
+  std::vector<at::Tensor> scores;
   std::vector<int64_t> cost;  // parameters per neuron
   for (const auto& f : groups) {
-    const at::Tensor& D = g.initializers.at(f.down);
-    at::Tensor down_norm = D.to(at::kFloat).norm(2, transposedOf(f.down) ? 0 : 1);
-    at::Tensor s;
-    if (opts.score == "activation") {
-      s = sumsq.at(f.down).sqrt().to(at::kFloat) * down_norm;
-    } else {
-      at::Tensor up = at::zeros_like(down_norm);
-      for (const auto& u : f.up) up += g.initializers.at(u).to(at::kFloat).norm(2, transposedOf(u) ? 1 : 0);
-      s = down_norm * up;
-    }
+    at::Tensor s = channelScores(f.down);
+    if (opts.score == "magnitude")
+      for (const auto& u : f.up) s = s * g.initializers.at(u).to(at::kFloat).norm(2, transposed.at(u) ? 1 : 0);
     scores.push_back(s);
-    int64_t c = D.numel() / f.neurons + static_cast<int64_t>(f.biases.size());
+    int64_t c = g.initializers.at(f.down).numel() / f.neurons + static_cast<int64_t>(f.biases.size());
     for (const auto& u : f.up) c += g.initializers.at(u).numel() / f.neurons;
     cost.push_back(c);
   }
-  // How many neurons each FFN keeps.
-  std::vector<int64_t> keep_n(groups.size());
   auto roundUp = [&](int64_t k, int64_t H) { return std::min(H, (k + opts.multiple_of - 1) / opts.multiple_of * opts.multiple_of); };
+  std::vector<int64_t> keep_n(groups.size());
   if (opts.scope == "layer" && opts.target_params <= 0) {
     for (size_t i = 0; i < groups.size(); ++i) {
       int64_t H = groups[i].neurons;
-      keep_n[i] = roundUp(std::max<int64_t>(1, H - std::llround(opts.ffn_ratio * static_cast<double>(H))), H);
+      keep_n[i] = std::max<int64_t>(1, H - std::llround(opts.ffn_ratio * static_cast<double>(H)));
     }
-  } else {
-    // One ranking over all FFN neurons; remove from the bottom (by ratio or until the parameter target).
-    std::vector<std::tuple<float, size_t, int64_t>> all;
+  } else if (!groups.empty()) {
     int64_t total = 0;
-    for (size_t i = 0; i < groups.size(); ++i) {
-      auto acc = scores[i].accessor<float, 1>();
-      for (int64_t j = 0; j < groups[i].neurons; ++j) all.emplace_back(acc[j], i, j);
-      total += groups[i].neurons;
-      keep_n[i] = groups[i].neurons;
-    }
-    std::stable_sort(all.begin(), all.end());
+    for (const auto& f : groups) total += f.neurons;
     int64_t params = params_before;
     int64_t remove = opts.target_params > 0 ? total : std::llround(opts.ffn_ratio * static_cast<double>(total));
-    for (int64_t k = 0; k < remove && k < static_cast<int64_t>(all.size()); ++k) {
-      if (opts.target_params > 0 && params <= opts.target_params) break;
-      size_t i = std::get<1>(all[static_cast<size_t>(k)]);
-      if (keep_n[i] <= 1) continue;  // an FFN keeps at least one neuron
-      keep_n[i]--;
+    keep_n = globalKeep(scores, remove, [&](size_t i) {
+      if (opts.target_params <= 0) return false;
+      if (params <= opts.target_params) return true;
       params -= cost[i];
-    }
-    for (size_t i = 0; i < groups.size(); ++i) keep_n[i] = roundUp(keep_n[i], groups[i].neurons);
+      return false;
+    });
     if (opts.target_params > 0 && params > opts.target_params)
       fail(ErrorCategory::Config, "structured-prune: target_params " + std::to_string(opts.target_params) +
                                       " cannot be reached by removing FFN neurons (the model has " + std::to_string(params_before) +
@@ -209,26 +244,53 @@ nlohmann::json structuredPrune(Graph& g, const at::Tensor& calibration, const St
   nlohmann::json layers = nlohmann::json::array();
   int64_t removed = 0, neurons = 0;
   for (size_t i = 0; i < groups.size(); ++i) {
-    // The keep_n highest scores, in their original order.
-    at::Tensor order = std::get<1>(at::sort(scores[i], /*stable=*/true, 0, /*descending=*/true));
-    at::Tensor keep = std::get<0>(at::sort(order.narrow(0, 0, keep_n[i])));
+    keep_n[i] = roundUp(keep_n[i], groups[i].neurons);
+    at::Tensor keep = topIndices(scores[i], keep_n[i]);
     keepNeurons(g, groups[i], keep);
     removed += groups[i].neurons - keep_n[i];
     neurons += groups[i].neurons;
     std::string ups;
     for (const auto& u : groups[i].up) ups += (ups.empty() ? "" : ", ") + u;
-    layers.push_back({{"layer", groups[i].down}, {"group", "ffn (" + ups + ")"}, {"neurons_before", groups[i].neurons},
-                      {"kept", keep_n[i]}, {"score_kept_min", scores[i].index_select(0, keep).min().item<double>()}});
+    layers.push_back({{"layer", groups[i].down}, {"group", "ffn neurons (" + ups + ")"}, {"neurons_before", groups[i].neurons},
+                      {"kept", keep_n[i]}});
   }
-  // Value shapes downstream of the changed weights.
+
+  // Attention heads, in key/value groups.
+  std::vector<at::Tensor> head_scores;
+  for (const auto& u : units) head_scores.push_back(channelScores(u.o).reshape({u.groups, -1}).sum(1));
+  std::vector<int64_t> keep_g(units.size());
+  if (opts.scope == "layer") {
+    for (size_t i = 0; i < units.size(); ++i)
+      keep_g[i] = std::max<int64_t>(1, units[i].groups - std::llround(opts.head_ratio * static_cast<double>(units[i].groups)));
+  } else if (!units.empty()) {
+    int64_t total = 0;
+    for (const auto& u : units) total += u.groups;
+    keep_g = globalKeep(head_scores, std::llround(opts.head_ratio * static_cast<double>(total)), nullptr);
+  }
+  int64_t heads_removed = 0, heads_before = 0;
+  for (size_t i = 0; i < units.size(); ++i) {
+    const AttentionUnit& u = units[i];
+    keepHeadGroups(g, u, topIndices(head_scores[i], keep_g[i]));
+    int64_t per_group = u.heads / u.groups;
+    heads_removed += (u.groups - keep_g[i]) * per_group;
+    heads_before += u.heads;
+    layers.push_back({{"layer", u.o}, {"group", "attention heads (" + std::to_string(per_group) + " query head" +
+                                                    (per_group > 1 ? "s" : "") + " per key/value head)"},
+                      {"neurons_before", u.heads}, {"kept", keep_g[i] * per_group}});
+  }
+
+  // Value shapes downstream of the changed weights and constants.
+  g.pruneUnused();
   std::map<std::string, std::pair<DType, Shape>> specs;
   for (const auto& in : g.inputs) specs[in] = {g.values.at(in).dtype, *g.values.at(in).shape};
   inferShapes(g, specs);
   verify(g);
   const int64_t params_after = g.parameterCount();
   return {{"score", opts.score}, {"scope", opts.target_params > 0 ? "global" : opts.scope}, {"ffn_ratio", opts.ffn_ratio},
-          {"target_params", opts.target_params}, {"ffn_units", groups.size()}, {"neurons_before", neurons},
-          {"neurons_removed", removed}, {"params_before", params_before}, {"params_after", params_after},
+          {"head_ratio", opts.head_ratio}, {"target_params", opts.target_params}, {"ffn_units", groups.size()},
+          {"neurons_before", neurons}, {"neurons_removed", removed}, {"attention_units", units.size()},
+          {"heads_before", heads_before}, {"heads_removed", heads_removed}, {"params_before", params_before},
+          {"params_after", params_after},
           {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()}, {"layers", layers}};
 }
 
@@ -238,11 +300,13 @@ class StructuredPrunePass : public Pass {
  public:
   const char* name() const override { return "structured-prune"; }
   const char* description() const override {
-    return "Structured pruning: remove whole FFN neurons (up/gate rows + down columns) by importance, giving a smaller dense model.";
+    return "Structured pruning: remove whole FFN neurons and attention heads by importance, giving a smaller dense model.";
   }
   bool needsCalibration() const override { return opts_.score == "activation"; }
   void configure(OptionReader& r) override {
-    opts_.ffn_ratio = r.number("ffn_ratio", 0.25, 0.0, 0.99, "fraction of FFN neurons to remove (0.25 or 25%)");
+    opts_.ffn_ratio = r.number("ffn_ratio", 0.25, 0.0, 0.99, "fraction of FFN neurons to remove (0.25 or 25%; 0 = none)");
+    opts_.head_ratio = r.number("head_ratio", 0.0, 0.0, 0.99,
+                                "fraction of attention heads to remove, in whole key/value groups under grouped-query attention");
     opts_.target_params = r.integer("target_params", 0, 0, int64_t{1} << 50,
                                     "> 0: remove the lowest-scored FFN neurons of all layers until the model has at most this many parameters");
     opts_.scope = r.choice("scope", "layer", {"layer", "global"}, "ffn_ratio of every FFN, or of all FFN neurons ranked together");
@@ -256,9 +320,10 @@ class StructuredPrunePass : public Pass {
   PassResult run(Graph& g, PassContext& ctx) override {
     nlohmann::json s = structuredPrune(g, ctx.calibration, opts_, ctx.device);
     char buf[240];
-    std::snprintf(buf, sizeof buf, "removed %lld of %lld FFN neurons in %d FFNs (%s score): %lld -> %lld parameters",
+    std::snprintf(buf, sizeof buf, "removed %lld of %lld FFN neurons and %lld of %lld attention heads (%s score): %lld -> %lld parameters",
                   static_cast<long long>(s["neurons_removed"].get<int64_t>()), static_cast<long long>(s["neurons_before"].get<int64_t>()),
-                  static_cast<int>(s["ffn_units"].get<size_t>()), opts_.score.c_str(),
+                  static_cast<long long>(s["heads_removed"].get<int64_t>()), static_cast<long long>(s["heads_before"].get<int64_t>()),
+                  opts_.score.c_str(),
                   static_cast<long long>(s["params_before"].get<int64_t>()), static_cast<long long>(s["params_after"].get<int64_t>()));
     return {buf, s};
   }

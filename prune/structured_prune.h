@@ -1,4 +1,5 @@
-// structured_prune.h — remove whole FFN neurons so the model becomes a genuinely smaller dense model.
+// structured_prune.h — remove whole FFN neurons and attention heads so the model becomes a genuinely
+// smaller dense model.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -26,6 +27,7 @@ std::vector<FfnGroup> findFfnGroups(const Graph& g, const std::vector<std::strin
 
 struct StructuredPruneOptions {
   double ffn_ratio = 0.25;          // fraction of FFN neurons to remove
+  double head_ratio = 0.0;          // fraction of attention heads to remove (whole key/value groups under GQA)
   int64_t target_params = 0;        // > 0: remove the lowest-scored neurons (globally) until params <= this
   std::string scope = "layer";      // layer: ffn_ratio of each FFN; global: of all FFN neurons by one ranking
   std::string score = "activation"; // activation: ‖h_j‖₂·‖W_down[:, j]‖₂; magnitude: ‖W_down[:, j]‖₂·Σ‖W_up[j, :]‖₂
@@ -38,8 +40,8 @@ struct StructuredPruneOptions {
 /// Keeps the neurons `keep` (sorted indices) of one FFN: slices its weights, biases and masks.
 void keepNeurons(Graph& g, const FfnGroup& f, const at::Tensor& keep);
 
-/// Scores FFN neurons (activation scores from `calibration`, which may be undefined for magnitude), removes
-/// the lowest-scored ones, re-infers value shapes and verifies the graph. Returns per-layer counts and
+/// Scores FFN neurons and attention-head groups (activation scores from `calibration`, which may be
+/// undefined for magnitude), removes the lowest-scored ones, re-infers value shapes and verifies the graph. Returns per-layer counts and
 /// parameter counts before/after.
 nlohmann::json structuredPrune(Graph& g, const at::Tensor& calibration, const StructuredPruneOptions& opts,
                                at::Device device);

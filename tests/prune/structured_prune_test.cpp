@@ -7,7 +7,9 @@
 #include "compress/error.h"
 #include "compress/executor.h"
 #include "compress/importer.h"
+#include "prune/attention_heads.h"
 #include "prune/magnitude_prune.h"
+#include "compress/eval.h"
 #include "test_util.h"
 
 using namespace compress;
@@ -110,4 +112,74 @@ TEST_CASE("structured pruning: global ranking, parameter targets, multiple_of, m
   CHECK_THROWS_WITH(structuredPrune(e, tokens, none, at::kCPU), Contains("no feed-forward unit"));
   StructuredPruneOptions nodata;
   CHECK_THROWS_WITH(structuredPrune(e, at::Tensor(), nodata, at::kCPU), Contains("calibration data"));
+}
+
+TEST_CASE("attention heads: a GQA unit is found and removing a dead key/value group leaves outputs unchanged", "[structured][heads]") {
+  Graph g = importTorchScript(testutil::fixture("llama_block.pt"));
+  for (auto& [n, t] : g.initializers) t = t.clone();
+  std::vector<std::string> why;
+  auto units = findAttentionUnits(g, selectWeights(g, {"Linear"}, {}), &why);
+  for (const auto& w : why) INFO(w);
+  std::string all_why;
+  for (const auto& w : why) all_why += w + "; ";
+  INFO(all_why);
+  REQUIRE(units.size() == 1);
+  const AttentionUnit& u = units[0];
+  CHECK(u.o == "wo.weight");
+  CHECK(u.groups == 2);  // the fixture: 4 query heads, 2 key/value heads, head dim 8
+  CHECK(u.heads == 4);
+  CHECK(std::set<std::string>(u.projections.begin(), u.projections.end()) ==
+        std::set<std::string>{"wq.weight", "wk.weight", "wv.weight"});
+  // Kill key/value group 0: query heads 0-1 (q rows 0-15), k/v rows 0-7, o columns 0-15.
+  g.initializers.at("wq.weight").narrow(0, 0, 16).zero_();
+  g.initializers.at("wk.weight").narrow(0, 0, 8).zero_();
+  g.initializers.at("wv.weight").narrow(0, 0, 8).zero_();
+  g.initializers.at("wo.weight").narrow(1, 0, 16).zero_();
+  at::Tensor tokens = at::randint(0, 64, {2, 9}, at::kLong);
+  at::Tensor before = Executor(g).run1(tokens);
+  int64_t params = g.parameterCount();
+  StructuredPruneOptions o;
+  o.ffn_ratio = 0;
+  o.head_ratio = 0.5;
+  auto s = structuredPrune(g, tokens, o, at::kCPU);
+  verify(g);
+  CHECK(s["heads_removed"] == 2);
+  CHECK(g.initializers.at("wq.weight").sizes() == at::IntArrayRef{16, 32});
+  CHECK(g.initializers.at("wk.weight").sizes() == at::IntArrayRef{8, 32});
+  CHECK(g.initializers.at("wo.weight").sizes() == at::IntArrayRef{32, 16});
+  CHECK(g.parameterCount() == params - (16 + 8 + 8) * 32 - 32 * 16);
+  at::Tensor after = Executor(g).run1(tokens);
+  CHECK(at::allclose(after, before, 1e-5, 1e-5));
+  // Other sequence lengths still run (the rewritten shape constants only fix the head count).
+  CHECK(Executor(g).run1(at::randint(0, 64, {1, 5}, at::kLong)).size(1) == 5);
+}
+
+TEST_CASE("heads and FFN neurons together on the stories model: smaller, still a good model", "[structured][heads][shared]") {
+  if (!testutil::haveShared()) return;
+  Graph g = importTorchScript(testutil::shared("models/stories260K/stories260K.pt"));
+  at::Tensor calib = consecutiveSequences(readTokenStream(testutil::shared("data/tinystories/train_head.tok512.npy")), 16, 256);
+  StructuredPruneOptions o;
+  o.ffn_ratio = 0.25;
+  o.head_ratio = 0.25;
+  auto s = structuredPrune(g, calib, o, at::kCPU);
+  CHECK(s["heads_removed"] == 10);      // 5 layers x 1 of 4 key/value groups x 2 query heads
+  CHECK(s["neurons_removed"] == 215);   // 5 layers x round(0.25 x 172)
+  CHECK(g.initializers.at("layers.2.wq.weight").sizes() == at::IntArrayRef{48, 64});
+  CHECK(g.initializers.at("layers.2.wk.weight").sizes() == at::IntArrayRef{24, 64});
+  CHECK(g.initializers.at("layers.2.w2.weight").sizes() == at::IntArrayRef{64, 129});
+  CHECK(s["params_after"].get<int64_t>() == 260032 - 5 * (3072 + 43 * 192));
+  LmWindows val = makeWindows(readTokenStream(testutil::shared("data/tinystories/val.tok512.npy")), 512, 8192);
+  Executor ex(g);
+  double ppl = perplexity(ex, val, 4, false).value;
+  INFO("perplexity " << ppl);
+  CHECK(ppl < 15.0);  // 4.08 dense; ~9 after 25% of FFN neurons alone
+}
+
+TEST_CASE("head pruning reports why a model's attention cannot be followed", "[structured][heads]") {
+  Graph g = importTorchScript(testutil::fixture("gpt2_block.pt"));  // one fused qkv projection, split afterwards
+  StructuredPruneOptions o;
+  o.ffn_ratio = 0;
+  o.head_ratio = 0.25;
+  o.score = "magnitude";
+  CHECK_THROWS_WITH(structuredPrune(g, at::Tensor(), o, at::kCPU), Contains("no attention unit"));
 }
