@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-build/compress}
 printf '| recipe | wall (s) | peak RSS (MiB) | baseline ppl | final ppl |\n|---|---|---|---|---|\n'
-for c in baseline int8 int4_g32 prune50 prune50_int8; do  # export timings: bench/export_formats.sh
+for c in baseline int8 int4_g32 prune50 prune50_int8 wanda50 sparsegpt50 sparsegpt_2of4 structured_ffn25; do  # export timings: bench/export_formats.sh
   out=$(mktemp -d)
   /usr/bin/time -f "%e %M" -o "$out/time" "$bin" --config "configs/$c.yaml" --output "$out/run" --quiet > "$out/log"
   read -r wall rss < "$out/time"

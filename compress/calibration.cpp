@@ -5,6 +5,7 @@
 #include <set>
 
 #include "compress/error.h"
+#include "compress/progress.h"
 
 namespace compress {
 
@@ -122,6 +123,35 @@ void BlockRunner::advanceTo(const Block* next) {
   for (auto& env : envs_) ex_->runRange(env, boundary_, to);
   nodes_run_ += static_cast<int64_t>(envs_.size()) * (to - boundary_);
   boundary_ = std::max(boundary_, to);
+}
+
+int64_t forEachBlock(const Graph& g, const at::Tensor& calibration, const std::vector<std::string>& weights, int64_t chunk,
+                     at::Device device, const char* name, bool progress,
+                     const std::function<void(const Block&, BlockRunner&)>& fn) {
+  auto blocks = groupIntoBlocks(g, weights);
+  BlockRunner runner(g, calibration, chunk, device);
+  if (!blocks.empty()) runner.advanceTo(&blocks[0]);
+  Progress prog(name, static_cast<int64_t>(blocks.size()), "blocks", progress);
+  for (size_t bi = 0; bi < blocks.size(); ++bi) {
+    fn(blocks[bi], runner);
+    if (bi + 1 < blocks.size()) runner.advanceTo(&blocks[bi + 1]);  // nothing after the last block is needed
+    prog.advance(1);
+  }
+  prog.finish();
+  return runner.forwardNodes();
+}
+
+void ChannelNormAccumulator::add(const std::string& weight, const at::Tensor& x) {
+  at::Tensor s = x.to(at::kDouble).pow(2).sum(0);
+  auto it = sumsq.find(weight);
+  if (it == sumsq.end()) sumsq.emplace(weight, s);
+  else it->second.add_(s);
+}
+
+at::Tensor ChannelNormAccumulator::norms(const std::string& weight) const {
+  auto it = sumsq.find(weight);
+  if (it == sumsq.end()) fail(ErrorCategory::Internal, "no calibration inputs reached '" + weight + "'");
+  return it->second.sqrt().to(at::kFloat);
 }
 
 void HessianAccumulator::add(const at::Tensor& x) {

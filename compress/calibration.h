@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -57,6 +58,20 @@ class BlockRunner {
   int boundary_ = 0;
   int64_t nodes_run_ = 0;
   std::map<std::string, std::string> matmul_of_;  // weight -> MatMul node name
+};
+
+/// Runs `fn(block)` for every block of `weights` in graph order with the calibration boundary at the block's
+/// start (capture from `runner` inside fn), then moves on through the block as fn left its weights. With a
+/// progress line named `name`. Returns the runner's forward-node count.
+int64_t forEachBlock(const Graph& g, const at::Tensor& calibration, const std::vector<std::string>& weights, int64_t chunk,
+                     at::Device device, const char* name, bool progress,
+                     const std::function<void(const Block& b, BlockRunner& runner)>& fn);
+
+/// Accumulates Σ x_c² (float64) per input channel of several layers' inputs: ‖X_c‖₂ for Wanda-style scores.
+struct ChannelNormAccumulator {
+  std::map<std::string, at::Tensor> sumsq;
+  void add(const std::string& weight, const at::Tensor& x);  // x [tokens, in]
+  at::Tensor norms(const std::string& weight) const;         // ‖X_c‖₂ [in], float32
 };
 
 /// Accumulates H = 2/n Σ x xᵀ (float64) of a layer's inputs.

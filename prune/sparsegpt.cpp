@@ -15,7 +15,6 @@
 #include "compress/options.h"
 #include "compress/pass.h"
 #include "compress/pass_context.h"
-#include "compress/progress.h"
 
 namespace compress {
 
@@ -126,16 +125,12 @@ nlohmann::json sparseGptPrune(Graph& g, const at::Tensor& calibration, const Spa
   auto weights = selectPassTargets(g, "sparsegpt", opts.targets, opts.ignore);
   requireFloatTargets(g, "sparsegpt", weights);
   for (const auto& w : weights) g.initializers.at(w) = g.initializers.at(w).clone();  // updated in place below
-  auto blocks = groupIntoBlocks(g, weights);
-  BlockRunner runner(g, calibration, opts.chunk, device);
-  if (!blocks.empty()) runner.advanceTo(&blocks[0]);
   nlohmann::json layers = nlohmann::json::array();
   std::map<std::string, QuantizedTensor> quantized;
-  Progress prog("sparsegpt", static_cast<int64_t>(blocks.size()), "blocks", progress);
-  for (size_t bi = 0; bi < blocks.size(); ++bi) {
+  int64_t forward = forEachBlock(g, calibration, weights, opts.chunk, device, "sparsegpt", progress, [&](const Block& b, BlockRunner& runner) {
     std::map<std::string, HessianAccumulator> acc;
-    runner.capture(blocks[bi].weights, [&](const std::string& w, const at::Tensor& x) { acc[w].add(x); });
-    for (const auto& w : blocks[bi].weights) {
+    runner.capture(b.weights, [&](const std::string& w, const at::Tensor& x) { acc[w].add(x); });
+    for (const auto& w : b.weights) {
       at::Tensor& W = g.initializers.at(w);
       at::Tensor H = acc.at(w).hessian();
       at::Tensor prior = g.sparsity.count(w) ? g.sparsity.at(w).mask : at::Tensor();
@@ -154,10 +149,7 @@ nlohmann::json sparseGptPrune(Graph& g, const at::Tensor& calibration, const Spa
       layers.push_back(row);
       if (r.quantized) quantized.emplace(w, *r.quantized);
     }
-    if (bi + 1 < blocks.size()) runner.advanceTo(&blocks[bi + 1]);
-    prog.advance(1);
-  }
-  prog.finish();
+  });
   for (const auto& [w, q] : quantized) installQuantized(g, w, q, "sparsegpt");
   nlohmann::json s = sparsityTotals(layers);
   s["target_sparsity"] = opts.pattern.nm() ? opts.pattern.sparsity() : opts.sparsity;
@@ -166,7 +158,7 @@ nlohmann::json sparseGptPrune(Graph& g, const at::Tensor& calibration, const Spa
   s["damp"] = opts.damp;
   s["format"] = opts.quant ? opts.quant->name() : "float";
   s["calibration_samples"] = calibration.size(0);
-  s["forward_nodes"] = runner.forwardNodes();
+  s["forward_nodes"] = forward;
   s["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return s;
 }

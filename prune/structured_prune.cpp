@@ -187,23 +187,18 @@ nlohmann::json structuredPrune(Graph& g, const at::Tensor& calibration, const St
   std::map<std::string, bool> transposed;
   for (const auto& l : findLinears(g)) transposed[l.weight] = l.transposed;
   // Σ x_c² of the inputs of every down and output projection, in one calibration run.
-  std::map<std::string, at::Tensor> sumsq;
+  ChannelNormAccumulator acc;
   if (opts.score == "activation") {
     std::vector<std::string> ws;
     for (const auto& f : groups) ws.push_back(f.down);
     for (const auto& u : units) ws.push_back(u.o);
     BlockRunner runner(g, calibration, opts.chunk, device);
-    runner.capture(ws, [&](const std::string& w, const at::Tensor& x) {
-      at::Tensor s = x.to(at::kDouble).pow(2).sum(0);
-      auto it = sumsq.find(w);
-      if (it == sumsq.end()) sumsq.emplace(w, s);
-      else it->second.add_(s);
-    });
+    runner.capture(ws, [&](const std::string& w, const at::Tensor& x) { acc.add(w, x); });
   }
   // Per input channel of a consuming layer: ‖x_c‖₂·‖W[:, c]‖₂ (activation) or ‖W[:, c]‖₂ (magnitude).
   auto channelScores = [&](const std::string& w) {
     at::Tensor n = g.initializers.at(w).to(at::kFloat).norm(2, transposed.at(w) ? 0 : 1);
-    return opts.score == "activation" ? sumsq.at(w).sqrt().to(at::kFloat) * n : n;
+    return opts.score == "activation" ? acc.norms(w) * n : n;
   };
 
   // FFN neurons.

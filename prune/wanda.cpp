@@ -13,7 +13,6 @@
 #include "compress/options.h"
 #include "compress/pass.h"
 #include "compress/pass_context.h"
-#include "compress/progress.h"
 
 namespace compress {
 
@@ -32,32 +31,19 @@ nlohmann::json wandaPrune(Graph& g, const at::Tensor& calibration, const WandaOp
   auto weights = selectPassTargets(g, "wanda", opts.targets, opts.ignore);
   requireFloatTargets(g, "wanda", weights);
   for (const auto& w : weights) g.initializers.at(w) = g.initializers.at(w).clone();  // pruned in place below
-  auto blocks = groupIntoBlocks(g, weights);
-  BlockRunner runner(g, calibration, opts.chunk, device);
-  if (!blocks.empty()) runner.advanceTo(&blocks[0]);
   nlohmann::json layers = nlohmann::json::array();
-  Progress prog("wanda", static_cast<int64_t>(blocks.size()), "blocks", progress);
-  for (size_t bi = 0; bi < blocks.size(); ++bi) {
-    std::map<std::string, at::Tensor> sumsq;  // Σ x_j² per input channel, float64
-    runner.capture(blocks[bi].weights, [&](const std::string& w, const at::Tensor& x) {
-      at::Tensor s = x.to(at::kDouble).pow(2).sum(0);
-      auto it = sumsq.find(w);
-      if (it == sumsq.end()) sumsq.emplace(w, s);
-      else it->second.add_(s);
-    });
-    for (const auto& w : blocks[bi].weights) {
-      at::Tensor mask = wandaMask(g.initializers.at(w), sumsq.at(w).sqrt(), opts.sparsity, opts.scope, opts.pattern);
-      layers.push_back(installMask(g, w, mask, opts.pattern));
-    }
-    if (bi + 1 < blocks.size()) runner.advanceTo(&blocks[bi + 1]);
-    prog.advance(1);
-  }
-  prog.finish();
+  int64_t forward = forEachBlock(g, calibration, weights, opts.chunk, device, "wanda", progress, [&](const Block& b, BlockRunner& runner) {
+    ChannelNormAccumulator acc;
+    runner.capture(b.weights, [&](const std::string& w, const at::Tensor& x) { acc.add(w, x); });
+    for (const auto& w : b.weights)
+      layers.push_back(installMask(g, w, wandaMask(g.initializers.at(w), acc.norms(w), opts.sparsity, opts.scope, opts.pattern), opts.pattern));
+  });
   nlohmann::json s = sparsityTotals(layers);
   s["target_sparsity"] = opts.pattern.nm() ? opts.pattern.sparsity() : opts.sparsity;
   s["scope"] = opts.pattern.nm() ? "row" : opts.scope;
   s["pattern"] = opts.pattern.str();
   s["calibration_samples"] = calibration.size(0);
+  s["forward_nodes"] = forward;
   s["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return s;
 }

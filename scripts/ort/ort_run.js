@@ -124,7 +124,7 @@ async function main() {
       ms.push(Number(process.hrtime.bigint() - t0) / 1e6);
     }
     ms.sort((x, y) => x - y);
-    console.log(JSON.stringify({median_ms: ms[Math.floor(ms.length / 2)], runs: a.runs, threads: a.threads, opt: a.opt}));
+    console.log(JSON.stringify({median_ms: ms[Math.floor(ms.length / 2)], min_ms: ms[0], runs: a.runs, threads: a.threads, opt: a.opt}));
   } else {
     throw new Error(`unknown command ${cmd} (run, ppl, bench)`);
   }

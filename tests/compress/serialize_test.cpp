@@ -16,7 +16,7 @@ using Catch::Matchers::Contains;
 
 TEST_CASE("a pruned and quantized graph round-trips through model.cir exactly", "[serialize]") {
   Graph g = importTorchScript(testutil::fixture("llama_block.pt"));
-  magnitudePrune(g, {0.5, "matrix", {"Linear"}, {"output"}});
+  magnitudePrune(g, {0.5, "matrix", {"Linear"}, {"output"}, {}});
   RtnOptions ro;
   ro.format = QuantFormat{4, 16, false};
   rtnQuantize(g, ro);

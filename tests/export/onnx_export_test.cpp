@@ -30,7 +30,7 @@ Graph inFormat(Graph g, const std::string& fmt, int group, ExportOptions& eo) {
   r.ignore = {"output"};
   if (fmt == "fp16") convertToFp16(g);
   if (fmt == "int8") rtnQuantize(g, r);
-  if (fmt.rfind("pruned50", 0) == 0) magnitudePrune(g, {0.5, "matrix", {"Linear"}, {"output"}});
+  if (fmt.rfind("pruned50", 0) == 0) magnitudePrune(g, {0.5, "matrix", {"Linear"}, {"output"}, {}});
   if (fmt == "int4-mnb" || fmt == "int4-qdq" || fmt == "pruned50-int4") {
     r.format = QuantFormat{4, group, false};
     rtnQuantize(g, r);

@@ -20,7 +20,7 @@ int64_t zeros(const at::Tensor& t) { return (t == 0).sum().item<int64_t>(); }
 TEST_CASE("per-layer magnitude pruning hits the exact sparsity and removes the smallest weights", "[prune]") {
   Graph g = block();
   Graph before = g;
-  auto s = magnitudePrune(g, {0.5, "matrix", {"Linear"}, {"output"}});
+  auto s = magnitudePrune(g, {0.5, "matrix", {"Linear"}, {"output"}, {}});
   verify(g);
   CHECK(s["layers"].size() == 7);
   for (const auto& l : s["layers"]) {
@@ -39,14 +39,14 @@ TEST_CASE("per-layer magnitude pruning hits the exact sparsity and removes the s
 
 TEST_CASE("row and global scopes", "[prune]") {
   Graph g = block();
-  magnitudePrune(g, {0.25, "row", {"w1", "w2"}, {}});
+  magnitudePrune(g, {0.25, "row", {"w1", "w2"}, {}, {}});
   at::Tensor w1 = g.initializers.at("w1.weight");
   int64_t per_row = std::llround(0.25 * w1.size(1));
   CHECK((w1 == 0).sum(1).eq(per_row).all().item<bool>());
   CHECK(zeros(g.initializers.at("wq.weight")) == 0);
 
   Graph h = block();
-  auto s = magnitudePrune(h, {0.6, "global", {"Linear"}, {"output"}});
+  auto s = magnitudePrune(h, {0.6, "global", {"Linear"}, {"output"}, {}});
   CHECK(s["zeros"].get<int64_t>() == std::llround(0.6 * s["numel"].get<int64_t>()));
   // Global: per-layer sparsities differ, the total is exact.
   std::set<double> per_layer;
@@ -56,7 +56,7 @@ TEST_CASE("row and global scopes", "[prune]") {
 
 TEST_CASE("masks survive a following rtn and pruning after quantization is refused", "[prune]") {
   Graph g = block();
-  magnitudePrune(g, {0.5, "matrix", {"Linear"}, {"output"}});
+  magnitudePrune(g, {0.5, "matrix", {"Linear"}, {"output"}, {}});
   at::Tensor mask = g.sparsity.at("w2.weight").mask;
   RtnOptions o;
   o.format = {4, 16, false};
@@ -67,7 +67,7 @@ TEST_CASE("masks survive a following rtn and pruning after quantization is refus
   QuantizedTensor q = quantizedOf(g, "w2.weight");
   at::Tensor deq = dequantize(q);
   CHECK(deq.masked_select(mask.logical_not()).abs().max().item<float>() == 0.0f);
-  CHECK_THROWS_WITH(magnitudePrune(g, {0.5, "matrix", {"Linear"}, {"output"}}), Contains("already quantized"));
+  CHECK_THROWS_WITH(magnitudePrune(g, {0.5, "matrix", {"Linear"}, {"output"}, {}}), Contains("already quantized"));
 }
 
 TEST_CASE("N:M magnitude pruning: every group of M has at least N zeros, the N smallest", "[prune][nm]") {
@@ -120,8 +120,8 @@ TEST_CASE("bad patterns are clear configuration errors", "[prune][nm]") {
 
 TEST_CASE("scope matrix and its synonym layer agree; pruning twice never revives weights", "[prune]") {
   Graph a = block(), b = block();
-  magnitudePrune(a, {0.5, "matrix", {"Linear"}, {"output"}});
-  magnitudePrune(b, {0.5, "layer", {"Linear"}, {"output"}});
+  magnitudePrune(a, {0.5, "matrix", {"Linear"}, {"output"}, {}});
+  magnitudePrune(b, {0.5, "layer", {"Linear"}, {"output"}, {}});
   CHECK(at::equal(a.initializers.at("w1.weight"), b.initializers.at("w1.weight")));
   at::Tensor first = a.sparsity.at("w1.weight").mask.clone();
   MagnitudePruneOptions o;

@@ -83,7 +83,7 @@ TEST_CASE("removing neurons whose weights are zero leaves the outputs unchanged;
 TEST_CASE("structured pruning: global ranking, parameter targets, multiple_of, masks, errors", "[structured]") {
   at::Tensor tokens = at::randint(0, 64, {4, 8}, at::kLong);
   Graph g = importTorchScript(testutil::fixture("llama_block.pt"));
-  magnitudePrune(g, {0.5, "matrix", {"Linear"}, {"output"}});
+  magnitudePrune(g, {0.5, "matrix", {"Linear"}, {"output"}, {}});
   StructuredPruneOptions o;
   o.ffn_ratio = 0.3;
   o.multiple_of = 8;

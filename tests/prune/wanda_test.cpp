@@ -79,7 +79,7 @@ TEST_CASE("Wanda beats magnitude pruning per row on the stories model", "[wanda]
     return perplexity(ex, val, 4, false).value;
   };
   Graph mag = base.clone(), wanda = base.clone();
-  magnitudePrune(mag, {0.5, "row", {"Linear"}, {"output"}});
+  magnitudePrune(mag, {0.5, "row", {"Linear"}, {"output"}, {}});
   WandaOptions o;
   o.ignore = {"output"};
   wandaPrune(wanda, calib, o, at::kCPU, false);

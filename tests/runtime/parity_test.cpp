@@ -46,7 +46,7 @@ Graph inFormat(Graph g, const std::string& fmt, int group, ExportOptions& eo) {
   if (fmt == "int2-g16") r.format = QuantFormat{2, group, false}, rtnQuantize(g, r);
   if (fmt == "int3-g16") r.format = QuantFormat{3, group, true}, rtnQuantize(g, r);
   if (fmt == "int4-mnb" || fmt == "int4-qdq" || fmt == "int4-sym") r.format = QuantFormat{4, group, fmt != "int4-sym"}, rtnQuantize(g, r);
-  if (fmt == "pruned50") magnitudePrune(g, {0.5, "matrix", {"Linear"}, {}});
+  if (fmt == "pruned50") magnitudePrune(g, {0.5, "matrix", {"Linear"}, {}, {}});
   eo.int4 = fmt == "int4-qdq" ? "qdq" : "matmulnbits";
   g.pruneUnused();
   return g;
