@@ -73,7 +73,7 @@ int cmdPasses(int argc, char** argv) {
     auto p = f();
     OptionReader r = OptionReader::describe();
     p->configure(r);
-    std::printf("%s%s\n  %s\n", p->name(), p->needsCalibration() ? "  (needs data.calibration)" : "", p->description());
+    std::printf("%s%s\n  %s\n", p->name(), p->needsCalibration() ? "  (needs data.calibration)" : p->needsTrainData() ? "  (needs data.train)" : "", p->description());
     for (const auto& d : r.docs())
       std::printf("    %-14s %-28s default %-10s %s\n", d.key.c_str(), d.type.c_str(), d.def.c_str(), d.help.c_str());
     std::printf("\n");

@@ -30,6 +30,8 @@ class Pass {
   virtual void configure(OptionReader& r) = 0;
   /// True when the pass needs `data.calibration`.
   virtual bool needsCalibration() const { return false; }
+  /// True when the pass needs `data.train` (training text).
+  virtual bool needsTrainData() const { return false; }
   virtual PassResult run(Graph& g, PassContext& ctx) = 0;
 };
 

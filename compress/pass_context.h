@@ -13,6 +13,10 @@ struct PassContext {
   /// Calibration inputs for the model's first input ([samples, seq_len] token ids for causal LMs);
   /// undefined when the recipe has no data.calibration.
   at::Tensor calibration;
+  /// The training token stream (1-D int64) from data.train; undefined without it.
+  at::Tensor train_tokens;
+  /// The model as imported, before the recipe's first pass (the default teacher for distillation).
+  const struct Graph* original = nullptr;
   bool show_progress = true;
 };
 

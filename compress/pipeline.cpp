@@ -144,6 +144,12 @@ RunSummary runRecipe(const Recipe& r, const RunOptions& opts) {
     }
   }
 
+  if (r.train.present) {
+    auto stream = loadTokenStream(r.train);
+    ctx.train_tokens = at::tensor(stream, at::kLong);
+  }
+  ctx.original = &original;
+
   MetricResult base;
   if (has_eval) {
     base = evaluate(r, original, original, eval, dev, opts.progress);

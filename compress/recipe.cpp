@@ -1,6 +1,9 @@
 // recipe.cpp — recipe parsing and validation; every problem is collected before anything runs.
 #include "compress/recipe.h"
 
+#include <climits>
+#include <cstdlib>
+
 #include <sys/stat.h>
 
 #include <fstream>
@@ -29,8 +32,7 @@ void checkFile(Diagnostics& d, const YAML::Node& node, const std::string& key, c
 }
 
 void readData(const YAML::Node& node, bool calibration, const std::string& task, const std::string& dir,
-              Diagnostics& d, DataSource& out) {
-  std::string ctx = calibration ? "data.calibration" : "data.eval";
+              Diagnostics& d, DataSource& out, const std::string& ctx) {
   if (!node) return;
   out.present = true;
   OptionReader r(node, &d, ctx);
@@ -138,11 +140,23 @@ Recipe parseRecipe(const std::string& text, const std::string& path) {
   }
 
   YAML::Node data = root["data"];
-  if (data && !data.IsMap()) d.add(data.Mark(), "data", "expected a map with calibration: and/or eval:");
+  if (data && !data.IsMap()) d.add(data.Mark(), "data", "expected a map with calibration:, eval: and/or train:");
   else if (data) {
-    checkKeys(data, {"calibration", "eval"}, "data", d);
-    readData(data["calibration"], true, r.task, r.dir, d, r.calibration);
-    readData(data["eval"], false, r.task, r.dir, d, r.eval);
+    checkKeys(data, {"calibration", "eval", "train"}, "data", d);
+    readData(data["calibration"], true, r.task, r.dir, d, r.calibration, "data.calibration");
+    readData(data["eval"], false, r.task, r.dir, d, r.eval, "data.eval");
+    readData(data["train"], false, r.task, r.dir, d, r.train, "data.train");
+    if (r.train.present && r.task != "causal-lm") d.add(data["train"].Mark(), "data.train", "training data is supported for causal-lm recipes");
+    // Training on the text the result is judged on would make the evaluation meaningless.
+    auto same = [](const std::string& a, const std::string& b) {
+      if (a.empty() || b.empty()) return false;
+      char ra[PATH_MAX], rb[PATH_MAX];
+      return ::realpath(a.c_str(), ra) && ::realpath(b.c_str(), rb) && std::string(ra) == rb;
+    };
+    if (r.train.present && r.eval.present && (same(r.train.tokens, r.eval.tokens) || same(r.train.text, r.eval.text)))
+      d.add(data["train"].Mark(), "data.train",
+            "is the same file as data.eval: training on the evaluation text would make the reported accuracy meaningless; "
+            "train on other text (e.g. train_head.tok512.npy) and keep val for evaluation");
   }
 
   if (YAML::Node passes = root["passes"]) {
@@ -174,6 +188,8 @@ Recipe parseRecipe(const std::string& text, const std::string& path) {
         pr.finish();
         if (pass->needsCalibration() && !r.calibration.present)
           d.add(item.Mark(), ctx + "." + name, "this pass needs calibration data: add data.calibration to the recipe");
+        if (pass->needsTrainData() && !r.train.present)
+          d.add(item.Mark(), ctx + "." + name, "this pass trains: add data.train (training text, not the eval text) to the recipe");
         r.passes.push_back({std::move(pass), path + ":" + std::to_string(item.Mark().line + 1)});
       }
     }

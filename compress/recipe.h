@@ -54,7 +54,7 @@ struct Recipe {
   std::string model;
   std::string task = "causal-lm";  // causal-lm | classifier | embedding | generic
   std::vector<RecipeInput> inputs;
-  DataSource calibration, eval;
+  DataSource calibration, eval, train;  // train: text for passes that train (distill); never the eval data
   std::vector<ConfiguredPass> passes;
   ExportSpec export_spec;
   std::string metric;              // perplexity | top1 | cosine (default from task)
