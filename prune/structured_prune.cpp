@@ -1,11 +1,12 @@
-// structured_prune.cpp — structured pruning of FFN neurons (the width-pruning step of Sheared-LLaMA /
-// LLM-Pruner / Minitron-style compression): neuron j of an FFN is row j of its up/gate projections and
-// column j of its down projection; removing it removes all three, so the result is a smaller dense model
-// — fewer parameters, a smaller ONNX file, less work in every runtime. Importance: the activation-weighted
+// structured_prune.cpp — structured pruning of FFN neurons and attention heads (the width-pruning step of
+// Sheared-LLaMA / LLM-Pruner / Minitron-style compression): neuron j of an FFN is row j of its up/gate
+// projections and column j of its down projection; removing it removes all three, so the result is a
+// smaller dense model — fewer parameters, a smaller ONNX file, less work in every runtime. Heads are found
+// and removed by prune/attention_heads.cpp. Importance: the activation-weighted
 // norm ‖h_j‖₂·‖W_down[:, j]‖₂ over the calibration tokens (h = the down projection's input; Wanda's score
 // summed over a column), or a data-free weight-magnitude score.
-// Changes: weight shapes of every selected FFN, the biases inside it, masks; value shapes are re-inferred.
-// Keeps: topology (no nodes are added or removed).
+// Changes: weight shapes of every selected FFN and attention unit, the biases inside them, masks, shape
+// constants of the heads; value shapes are re-inferred. Keeps: topology (no nodes are added or removed).
 #include "prune/structured_prune.h"
 
 #include "prune/attention_heads.h"

@@ -131,3 +131,29 @@ TEST_CASE("distill options and data are checked before anything runs", "[distill
                              "}\npasses:\n  - distill: {}\n");
   CHECK_THAT(same, Contains("data.train: is the same file as data.eval"));
 }
+
+TEST_CASE("hidden-state matching and cross-entropy add to the loss; zero MSE for an equal student", "[distill]") {
+  Graph teacher = block();
+  DistillOptions o = small(1);
+  o.hidden = {"w2"};
+  Graph same = teacher.clone();
+  auto s0 = distill(same, teacher, stream(600), o, at::kCPU, false);
+  CHECK(s0["first_loss"].get<double>() == Approx(0.0).margin(1e-7));  // KD 0 and MSE 0
+  auto pruned = [&]() {
+    Graph g = teacher.clone();
+    magnitudePrune(g, {0.5, "matrix", {"Linear"}, {"output"}, {}});
+    return g;
+  };
+  Graph a = pruned(), b = pruned(), c = pruned();
+  double kd_only = distill(a, teacher, stream(600), small(1), at::kCPU, false)["first_loss"].get<double>();
+  double with_hidden = distill(b, teacher, stream(600), o, at::kCPU, false)["first_loss"].get<double>();
+  DistillOptions ce = small(1);
+  ce.alpha = 0.5;
+  double with_ce = distill(c, teacher, stream(600), ce, at::kCPU, false)["first_loss"].get<double>();
+  CHECK(with_hidden > kd_only);
+  CHECK(with_ce > 0.5 * kd_only + 1.0);  // cross-entropy of a 64-token vocabulary is about ln 64 = 4.2
+  DistillOptions bad = small(1);
+  bad.hidden = {"nothing_like_this"};
+  Graph d = pruned();
+  CHECK_THROWS_WITH(distill(d, teacher, stream(600), bad, at::kCPU, false), Contains("matched no"));
+}
