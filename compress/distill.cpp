@@ -107,10 +107,8 @@ nlohmann::json distill(Graph& g, const Graph& teacher, const at::Tensor& train_t
       if (hidden_nodes.count(nd.name)) t_hidden[nd.name] = out[0];
     });
   }
-  auto lossOf = [&](const at::Tensor& logits, const at::Tensor& tlogits, const at::Tensor& targets, at::Tensor* kd_out) {
-    at::Tensor kd = kdLoss(logits, tlogits, o.temperature);
-    if (kd_out) *kd_out = kd.detach();
-    at::Tensor loss = kd * (1.0 - o.alpha);
+  auto lossOf = [&](const at::Tensor& logits, const at::Tensor& tlogits, const at::Tensor& targets) {
+    at::Tensor loss = kdLoss(logits, tlogits, o.temperature) * (1.0 - o.alpha);
     if (o.alpha > 0)
       loss = loss + o.alpha * at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}).to(at::kFloat), targets.reshape({-1}));
     for (const auto& nd : hidden_nodes)
@@ -199,7 +197,7 @@ nlohmann::json distill(Graph& g, const Graph& teacher, const at::Tensor& train_t
         }
       }
       auto tb = Clock::now();
-      at::Tensor loss = lossOf(student.run1(xm), tl, ym, nullptr) * (static_cast<double>(cnt) / static_cast<double>(o.batch));
+      at::Tensor loss = lossOf(student.run1(xm), tl, ym) * (static_cast<double>(cnt) / static_cast<double>(o.batch));
       lv += loss.item<double>();
       auto tc = Clock::now();
       loss.backward();

@@ -10,6 +10,7 @@
 #include <numeric>
 
 #include "compress/error.h"
+#include "prune/sparsity.h"
 
 namespace compress {
 
@@ -317,15 +318,8 @@ void keepHeadGroups(Graph& g, const AttentionUnit& u, const at::Tensor& keep) {
     for (int64_t k = 0; k < K; ++k) parts.push_back(at::arange(acc[k] * w, (acc[k] + 1) * w, at::kLong));
     return at::cat(parts);
   };
-  std::map<std::string, bool> transposed;
-  for (const auto& l : findLinears(g)) transposed[l.weight] = l.transposed;
-  auto slice = [&](const std::string& name, int64_t dim) {
-    at::Tensor& t = g.initializers.at(name);
-    at::Tensor idx = index(t.size(dim));
-    t = t.index_select(dim, idx).contiguous();
-    auto sp = g.sparsity.find(name);
-    if (sp != g.sparsity.end()) sp->second.mask = sp->second.mask.index_select(dim, idx).contiguous();
-  };
+  const auto transposed = linearLayouts(g);
+  auto slice = [&](const std::string& name, int64_t dim) { sliceInitializer(g, name, dim, index(g.initializers.at(name).size(dim))); };
   for (const auto& p : u.projections) slice(p, transposed.at(p) ? 0 : 1);
   slice(u.o, transposed.at(u.o) ? 1 : 0);
   for (const auto& s : u.slices) {

@@ -84,6 +84,19 @@ nlohmann::json installMask(Graph& g, const std::string& w, at::Tensor mask, cons
           {"sparsity", static_cast<double>(z) / static_cast<double>(mask.numel())}};
 }
 
+void sliceInitializer(Graph& g, const std::string& name, int64_t dim, const at::Tensor& index) {
+  at::Tensor& t = g.initializers.at(name);
+  t = t.index_select(dim, index).contiguous();
+  auto sp = g.sparsity.find(name);
+  if (sp != g.sparsity.end()) sp->second.mask = sp->second.mask.index_select(dim, index).contiguous();
+}
+
+std::map<std::string, bool> linearLayouts(const Graph& g) {
+  std::map<std::string, bool> out;
+  for (const auto& l : findLinears(g)) out[l.weight] = l.transposed;
+  return out;
+}
+
 nlohmann::json sparsityTotals(const nlohmann::json& layers) {
   int64_t zeros = 0, total = 0;
   for (const auto& l : layers) zeros += l["zeros"].get<int64_t>(), total += l["numel"].get<int64_t>();

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,13 @@ at::Tensor keepNofM(const at::Tensor& scores, int n, int m);                   /
 /// Zeroes `w` in place where `mask` is false (and where an earlier mask pruned — pruned weights never come back)
 /// and records the mask with its pattern. Returns this layer's report row.
 nlohmann::json installMask(Graph& g, const std::string& w, at::Tensor mask, const PatternSpec& p);
+
+/// Keeps the entries `index` of initializer `name` along `dim` (and of its mask): structured pruning's one
+/// way to shrink a weight or bias.
+void sliceInitializer(Graph& g, const std::string& name, int64_t dim, const at::Tensor& index);
+
+/// Whether each linear weight is stored [out, in] (transposed in its MatMul), by weight name.
+std::map<std::string, bool> linearLayouts(const Graph& g);
 
 /// A pass's summary from its layer rows: total zeros/numel/sparsity plus the rows.
 nlohmann::json sparsityTotals(const nlohmann::json& layers);

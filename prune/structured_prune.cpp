@@ -10,6 +10,7 @@
 #include "prune/structured_prune.h"
 
 #include "prune/attention_heads.h"
+#include "prune/sparsity.h"
 
 #include <chrono>
 #include <cmath>
@@ -111,21 +112,10 @@ std::vector<FfnGroup> findFfnGroups(const Graph& g, const std::vector<std::strin
 }
 
 void keepNeurons(Graph& g, const FfnGroup& f, const at::Tensor& keep) {
-  auto linears = findLinears(g);
-  auto transposedOf = [&](const std::string& w) {
-    for (const auto& l : linears)
-      if (l.weight == w) return l.transposed;
-    fail(ErrorCategory::Internal, "structured-prune: '" + w + "' is not a linear weight");
-  };
-  auto slice = [&](const std::string& name, int64_t dim) {
-    at::Tensor& t = g.initializers.at(name);
-    t = t.index_select(dim, keep).contiguous();
-    auto sp = g.sparsity.find(name);
-    if (sp != g.sparsity.end()) sp->second.mask = sp->second.mask.index_select(dim, keep).contiguous();
-  };
-  for (const auto& u : f.up) slice(u, transposedOf(u) ? 0 : 1);
-  slice(f.down, transposedOf(f.down) ? 1 : 0);
-  for (const auto& b : f.biases) slice(b, g.initializers.at(b).dim() - 1);
+  auto transposed = linearLayouts(g);
+  for (const auto& u : f.up) sliceInitializer(g, u, transposed.at(u) ? 0 : 1, keep);
+  sliceInitializer(g, f.down, transposed.at(f.down) ? 1 : 0, keep);
+  for (const auto& b : f.biases) sliceInitializer(g, b, g.initializers.at(b).dim() - 1, keep);
 }
 
 namespace {
@@ -143,7 +133,8 @@ std::vector<int64_t> globalKeep(const std::vector<at::Tensor>& scores, int64_t r
   std::vector<int64_t> keep;
   for (size_t i = 0; i < scores.size(); ++i) {
     at::Tensor s = scores[i].to(at::kFloat).contiguous();
-    for (int64_t j = 0; j < s.numel(); ++j) all.emplace_back(s[j].item<float>(), i, j);
+    auto acc = s.accessor<float, 1>();
+    for (int64_t j = 0; j < s.numel(); ++j) all.emplace_back(acc[j], i, j);
     keep.push_back(s.numel());
   }
   std::stable_sort(all.begin(), all.end());
@@ -162,9 +153,7 @@ std::vector<int64_t> globalKeep(const std::vector<at::Tensor>& scores, int64_t r
 nlohmann::json structuredPrune(Graph& g, const at::Tensor& calibration, const StructuredPruneOptions& opts, at::Device device) {
   auto t0 = std::chrono::steady_clock::now();
   auto targets = selectPassTargets(g, "structured-prune", opts.targets, opts.ignore);
-  for (const auto& w : targets)
-    if (!g.isInitializer(w))
-      fail(ErrorCategory::Config, "structured-prune: '" + w + "' is already quantized; put structured pruning before quantization in the recipe");
+  requireFloatTargets(g, "structured-prune", targets);
   const bool do_ffn = opts.ffn_ratio > 0 || opts.target_params > 0, do_heads = opts.head_ratio > 0;
   std::vector<FfnGroup> groups;
   if (do_ffn) {
@@ -185,8 +174,7 @@ nlohmann::json structuredPrune(Graph& g, const at::Tensor& calibration, const St
     }
   }
   const int64_t params_before = g.parameterCount();
-  std::map<std::string, bool> transposed;
-  for (const auto& l : findLinears(g)) transposed[l.weight] = l.transposed;
+  const auto transposed = linearLayouts(g);
   // Σ x_c² of the inputs of every down and output projection, in one calibration run.
   ChannelNormAccumulator acc;
   if (opts.score == "activation") {
