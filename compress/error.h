@@ -3,6 +3,7 @@
 // says what went wrong, where (file:line or tensor/op name) and what to do about it.
 #pragma once
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -25,5 +26,18 @@ class Error : public std::runtime_error {
 };
 
 [[noreturn]] inline void fail(ErrorCategory c, const std::string& msg) { throw Error(c, msg); }
+
+/// The message of a LibTorch (c10) exception without the C++ backtrace it appends ("Exception raised
+/// from ..." and "frame #N: ..." lines), cut to `max_chars`.
+inline std::string withoutBacktrace(const std::string& what, size_t max_chars = 400) {
+  size_t cut = what.size();
+  for (const char* marker : {"\nException raised from", "\nframe #", "Exception raised from "}) {
+    const size_t p = what.find(marker);
+    if (p != std::string::npos && p < cut) cut = p;
+  }
+  std::string s = what.substr(0, std::min(cut, max_chars));
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
 
 }  // namespace compress

@@ -404,7 +404,7 @@ std::vector<at::Tensor> runNode(const Node& n, const std::vector<at::Tensor>& in
   } catch (const std::exception& e) {
     // ATen's own checks (shape mismatches and the like; some surface as std::runtime_error in this
     // LibTorch build): name the node instead of printing a backtrace.
-    std::string what = e.what();
+    const std::string what = withoutBacktrace(e.what());
     fail(ErrorCategory::Data, n.op + " node '" + n.name + "'" + (n.source.empty() ? "" : " (" + n.source + ")") +
                                   ": " + what.substr(0, what.find('\n')));
   }

@@ -10,6 +10,7 @@
 #include <torch/csrc/jit/passes/constant_propagation.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/csrc/jit/passes/inliner.h>
+#include <caffe2/serialize/inline_container.h>
 #include <torch/script.h>
 
 #include <algorithm>
@@ -20,6 +21,7 @@
 
 #include "compress/error.h"
 #include "compress/executor.h"
+#include "compress/npy.h"
 
 namespace compress {
 namespace {
@@ -801,22 +803,70 @@ class Importer {
 
 }  // namespace
 
+namespace {
+
+/// Every tensor storage the module uses must have a record in the archive of exactly its size:
+/// LibTorch 1.13 sizes storages from the pickle and fills them from the record, so a truncated record
+/// would load silently as garbage (or reads past the record's end).
+void checkTensorRecords(const std::string& path, const jit::Module& m) {
+  std::multiset<size_t> records;
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(path);
+    for (const std::string& name : reader.getAllRecords()) {
+      const size_t slash = name.rfind('/');
+      const std::string dir = slash == std::string::npos ? "" : name.substr(0, slash);
+      const std::string leaf = name.substr(slash + 1);
+      const bool tensor_record = (dir.size() >= 4 && (dir.compare(dir.size() - 4, 4, "data") == 0 ||
+                                                      (dir.size() >= 9 && dir.compare(dir.size() - 9, 9, "constants") == 0))) &&
+                                 !leaf.empty() && leaf.find_first_not_of("0123456789") == std::string::npos;
+      if (tensor_record) records.insert(std::get<1>(reader.getRecord(name)));
+    }
+  } catch (const std::exception& e) {
+    fail(ErrorCategory::Model, "'" + path + "' is not a readable TorchScript archive (" + withoutBacktrace(e.what(), 300) + ")");
+  }
+  std::map<const void*, std::pair<size_t, std::string>> storages;  // distinct storages and a tensor using each
+  auto add = [&](const std::string& name, const at::Tensor& t) {
+    if (!t.defined() || !t.has_storage() || t.storage().nbytes() == 0) return;
+    storages.emplace(t.storage().data(), std::make_pair(t.storage().nbytes(), name));
+    const int64_t need = (t.storage_offset() + (t.numel() == 0 ? 0 : 1)) * static_cast<int64_t>(t.element_size());
+    int64_t extent = t.storage_offset();
+    for (int64_t d = 0; d < t.dim(); ++d) extent += (t.size(d) - 1) * t.stride(d);
+    if (t.numel() > 0 && (need > static_cast<int64_t>(t.storage().nbytes()) ||
+                          (extent + 1) * static_cast<int64_t>(t.element_size()) > static_cast<int64_t>(t.storage().nbytes())))
+      fail(ErrorCategory::Model, "'" + path + "': tensor '" + name + "' reaches past the end of its storage (corrupt archive)");
+  };
+  for (const auto& p : m.named_parameters(true)) add(p.name, p.value);
+  for (const auto& b : m.named_buffers(true)) add(b.name, b.value);
+  for (const auto& a : m.named_attributes(true))
+    if (a.value.isTensor()) add(a.name, a.value.toTensor());
+  for (const auto& method : m.get_methods())
+    for (const jit::Node* n : method.graph()->nodes())
+      if (n->kind() == c10::prim::Constant && n->output()->type()->kind() == c10::TypeKind::TensorType)
+        if (auto v = jit::toIValue(n->output()); v && v->isTensor()) add("a constant of " + method.name(), v->toTensor());
+  for (const auto& [ptr, st] : storages) {
+    auto it = records.find(st.first);
+    if (it == records.end())
+      fail(ErrorCategory::Model, "'" + path + "' is corrupt: no tensor record holds the " + std::to_string(st.first) + " bytes of '" +
+                                     st.second + "' (a truncated or altered archive). Re-save the model with torch.jit.save(...)");
+    records.erase(it);
+  }
+}
+
+}  // namespace
+
 std::vector<std::string> importableOps() { return {mappedOps().begin(), mappedOps().end()}; }
 
 Graph importTorchScript(const std::string& path, const ImportOptions& options) {
-  {
-    std::ifstream f(path, std::ios::binary);
-    if (!f) fail(ErrorCategory::Io, "cannot open model file '" + path + "': check the path (relative paths in a recipe are relative to the recipe file)");
-  }
+  checkRegularFile(path, "a TorchScript .pt file (relative paths in a recipe are relative to the recipe file)");
   jit::Module m;
   try {
     m = torch::jit::load(path, c10::Device(c10::kCPU));
   } catch (const std::exception& e) {
-    std::string what = e.what();
-    what = what.substr(0, what.find("\nException raised from"));
-    fail(ErrorCategory::Model, "'" + path + "' is not a loadable TorchScript file (" + what.substr(0, 300) +
+    const std::string what = withoutBacktrace(e.what(), 300);
+    fail(ErrorCategory::Model, "'" + path + "' is not a loadable TorchScript file (" + what +
                                    "). Save the model with torch.jit.trace(...) or torch.jit.script(...) and then torch.jit.save(...).");
   }
+  checkTensorRecords(path, m);
   m.eval();
   if (!m.find_method("forward"))
     fail(ErrorCategory::Model, "'" + path + "' has no forward() method");
@@ -826,8 +876,7 @@ Graph importTorchScript(const std::string& path, const ImportOptions& options) {
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
-    std::string what = e.what();
-    fail(ErrorCategory::Model, "while importing '" + path + "': " + what.substr(0, what.find("\nException raised from")));
+    fail(ErrorCategory::Model, "while importing '" + path + "': " + withoutBacktrace(e.what()));
   }
 }
 

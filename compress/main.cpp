@@ -25,7 +25,8 @@ namespace {
 const char* kUsage = R"(compress — make trained models smaller and faster without losing accuracy.
 
 Usage:
-  compress --config RECIPE.yaml [--output DIR] [--quiet]   run a recipe (same as `compress run`)
+  compress --config RECIPE.yaml [--output DIR] [--quiet] [--overwrite]
+                                                           run a recipe (same as `compress run`)
   compress passes [--ops]                                  list passes and their options
   compress inspect MODEL [--no-hashes]                     print a model's IR (.pt or model.cir)
   compress eval --model MODEL (--tokens F.npy | --text F.txt --tokenizer T.bin)
@@ -50,7 +51,9 @@ A recipe (YAML) names the model, the data, the passes and the accuracy gate:
 
 Shipped recipes are in configs/; `compress passes` lists every pass option with its default.
 A run writes DIR/report.json, DIR/report.md, DIR/model.cir (the compressed IR), DIR/recipe.yaml and,
-with export:, DIR/model.onnx — all at once or not at all.
+with export:, DIR/model.onnx — all at once or not at all. DIR must be new, empty, or an earlier
+output (it holds a .compress-output marker); any other folder is refused unless --overwrite, and a
+file, link or device is never replaced. The folder's writability is checked before the run starts.
 
 Exit codes:
   0 success            2 recipe/usage error     3 model error (unreadable, unsupported ops)
@@ -207,7 +210,14 @@ int cmdExport(int argc, char** argv) {
     vo.ppl_tokens = tokens;
     vo.seq_len = a["seq-len"].as<int64_t>();
     vo.max_tokens = a["max-tokens"].as<int64_t>();
-    nlohmann::json v = validateExport(g, out, validationInputs(g, tokens), vo);
+    nlohmann::json v;
+    try {
+      v = validateExport(g, out, validationInputs(g, tokens), vo);
+    } catch (const Error& e) {  // a file that failed its check is not left behind looking usable
+      std::remove(out.c_str());
+      if (eo.external_data) std::remove((out + ".data").c_str());
+      fail(e.category(), std::string(e.what()) + " (removed " + out + ")");
+    }
     std::printf("validation: %s\n", v.dump(2).c_str());
   }
   return 0;
@@ -217,7 +227,8 @@ int cmdRun(int argc, char** argv) {
   cxxopts::Options o("compress", "Run a recipe");
   o.add_options()("c,config", "recipe YAML", cxxopts::value<std::string>())(
       "o,output", "output folder (overrides the recipe's output:)", cxxopts::value<std::string>())(
-      "q,quiet", "no progress display")("h,help", "help")("version", "print the version");
+      "q,quiet", "no progress display")("overwrite", "replace an output folder that compress did not write")(
+      "h,help", "help")("version", "print the version");
   auto a = o.parse(argc, argv);
   if (a.count("help")) return std::printf("%s", kUsage), 0;
   if (a.count("version")) return std::printf("compress %s\n", COMPRESS_VERSION), 0;
@@ -226,6 +237,7 @@ int cmdRun(int argc, char** argv) {
   RunOptions ro;
   if (a.count("output")) ro.output_override = a["output"].as<std::string>();
   ro.progress = !a.count("quiet");
+  ro.overwrite = a.count("overwrite") > 0;
   Progress::setEnabled(ro.progress);
   Recipe r = loadRecipe(a["config"].as<std::string>());
   RunSummary s = runRecipe(r, ro);
@@ -263,8 +275,7 @@ int main(int argc, char** argv) {
   } catch (const cxxopts::exceptions::exception& e) {
     return usageError(e.what());
   } catch (const std::exception& e) {
-    std::string what = e.what();
-    what = what.substr(0, what.find("\nException raised from"));  // LibTorch appends a C++ backtrace
+    const std::string what = withoutBacktrace(e.what());  // LibTorch appends a C++ backtrace
     std::fprintf(stderr, "compress: internal error: %s\nThis is a bug; please report it with the command line.\n",
                  what.c_str());
     return exitCodeFor(ErrorCategory::Internal);

@@ -1,40 +1,137 @@
 // npy.cpp — the .npy format: magic "\x93NUMPY", version, header length, a Python-dict header, raw data.
 #include "compress/npy.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <regex>
+#include <functional>
+#include <set>
 #include <sstream>
 
 #include "compress/error.h"
+#include "runtime/size_check.h"
 
 namespace compress {
 
+namespace {
+
+/// The element types a .npy file may hold here, with their sizes (little-endian or byte-sized only).
+struct NpyType {
+  const char* descr;
+  size_t size;
+};
+constexpr NpyType kNpyTypes[] = {{"<f2", 2}, {"<f4", 4}, {"<f8", 8}, {"|i1", 1}, {"|u1", 1}, {"|b1", 1},
+                                 {"<i2", 2}, {"<i4", 4}, {"<i8", 8}, {"<u2", 2}, {"<u4", 4}, {"<u8", 8}};
+
+/// A strict reader of the header dict numpy writes: {'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }
+class HeaderParser {
+ public:
+  HeaderParser(const std::string& h, const std::function<void(const std::string&)>& bad) : h_(h), bad_(bad) {}
+
+  void parse(NpyArray& a) {
+    bool fortran = false;
+    std::set<std::string> seen;
+    expect('{');
+    while (true) {
+      skipSpace();
+      if (peek() == '}') break;
+      const std::string key = quoted();
+      if (!seen.insert(key).second) bad_("the header repeats the key '" + key + "'");
+      expect(':');
+      skipSpace();
+      if (key == "descr") a.descr = quoted();
+      else if (key == "fortran_order") fortran = boolean();
+      else if (key == "shape") a.shape = tuple();
+      else bad_("unknown header key '" + key + "'");
+      skipSpace();
+      if (peek() == ',') ++i_;
+      else if (peek() != '}') bad_("expected ',' or '}' in the header at offset " + std::to_string(i_));
+    }
+    ++i_;
+    for (; i_ < h_.size(); ++i_)
+      if (h_[i_] != ' ' && h_[i_] != '\n' && h_[i_] != '\0') bad_("unexpected bytes after the header dict");
+    for (const char* k : {"descr", "fortran_order", "shape"})
+      if (!seen.count(k)) bad_(std::string("header has no '") + k + "'");
+    if (fortran) bad_("Fortran-ordered arrays are not supported (use numpy.ascontiguousarray)");
+  }
+
+ private:
+  char peek() const { return i_ < h_.size() ? h_[i_] : '\0'; }
+  void skipSpace() {
+    while (i_ < h_.size() && (h_[i_] == ' ' || h_[i_] == '\t')) ++i_;
+  }
+  void expect(char c) {
+    skipSpace();
+    if (peek() != c) bad_(std::string("expected '") + c + "' in the header at offset " + std::to_string(i_));
+    ++i_;
+  }
+  std::string quoted() {
+    skipSpace();
+    const char q = peek();
+    if (q != '\'' && q != '"') bad_("expected a quoted string in the header at offset " + std::to_string(i_));
+    const size_t end = h_.find(q, i_ + 1);
+    if (end == std::string::npos || end - i_ > 64) bad_("unterminated string in the header");
+    std::string s = h_.substr(i_ + 1, end - i_ - 1);
+    i_ = end + 1;
+    return s;
+  }
+  bool boolean() {
+    if (h_.compare(i_, 4, "True") == 0) return i_ += 4, true;
+    if (h_.compare(i_, 5, "False") == 0) return i_ += 5, false;
+    bad_("fortran_order must be True or False");
+    return false;
+  }
+  std::vector<int64_t> tuple() {
+    std::vector<int64_t> dims;
+    expect('(');
+    while (true) {
+      skipSpace();
+      if (peek() == ')') break;
+      if (peek() == '-') bad_("the shape has a negative dim");
+      size_t start = i_;
+      while (i_ < h_.size() && std::isdigit(static_cast<unsigned char>(h_[i_]))) ++i_;
+      if (i_ == start) bad_("the shape must be a tuple of integers");
+      if (i_ - start > 15) bad_("the shape has a dim of more than 15 digits");
+      dims.push_back(std::stoll(h_.substr(start, i_ - start)));
+      if (dims.size() > 32) bad_("the shape has more than 32 dims");
+      skipSpace();
+      if (peek() == ',') ++i_;
+      else if (peek() != ')') bad_("the shape must be a tuple of integers");
+    }
+    ++i_;
+    return dims;
+  }
+
+  const std::string& h_;
+  const std::function<void(const std::string&)>& bad_;
+  size_t i_ = 0;
+};
+
+}  // namespace
+
 size_t NpyArray::itemSize() const {
-  if (descr.size() < 3) return 0;
-  return static_cast<size_t>(std::stoul(descr.substr(2)));
+  for (const NpyType& t : kNpyTypes)
+    if (descr == t.descr) return t.size;
+  return 0;
 }
 
 int64_t NpyArray::numel() const {
-  int64_t n = 1;
-  for (auto d : shape) n *= d;
-  return n;
+  int64_t n = 0;
+  return crt::checkedNumel(shape.data(), shape.size(), &n) ? n : -1;
 }
 
-NpyArray readNpy(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) fail(ErrorCategory::Io, "cannot open '" + path + "': check the path");
-  std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  auto bad = [&](const std::string& why) {
-    fail(ErrorCategory::Data, "'" + path + "' is not a valid .npy file: " + why +
-                                  ". Write it with numpy.save(path, array).");
+NpyArray parseNpy(const std::string& bytes, const std::string& path) {
+  const std::function<void(const std::string&)> bad = [&](const std::string& why) {
+    fail(ErrorCategory::Data, "'" + path + "' is not a valid .npy file: " + why + ". Write it with numpy.save(path, array).");
   };
   if (bytes.size() < 10 || bytes.compare(0, 6, "\x93NUMPY") != 0) bad("missing the \\x93NUMPY magic");
-  int major = static_cast<unsigned char>(bytes[6]);
-  size_t hlen, off;
+  const int major = static_cast<unsigned char>(bytes[6]);
+  size_t hlen = 0, off = 0;
   if (major == 1) {
     hlen = static_cast<unsigned char>(bytes[8]) | (static_cast<unsigned char>(bytes[9]) << 8);
     off = 10;
@@ -47,32 +144,63 @@ NpyArray readNpy(const std::string& path) {
   } else {
     bad("unknown format version " + std::to_string(major));
   }
-  if (bytes.size() < off + hlen) bad("truncated header");
-  std::string header = bytes.substr(off, hlen);
+  if (hlen > bytes.size() - off) bad("truncated header");
   NpyArray a;
-  std::smatch m;
-  if (!std::regex_search(header, m, std::regex("'descr'\\s*:\\s*'([^']+)'"))) bad("header has no 'descr'");
-  a.descr = m[1];
-  if (!std::regex_search(header, m, std::regex("'fortran_order'\\s*:\\s*(True|False)"))) bad("header has no 'fortran_order'");
-  if (m[1] == "True") bad("Fortran-ordered arrays are not supported (use numpy.ascontiguousarray)");
-  if (!std::regex_search(header, m, std::regex("'shape'\\s*:\\s*\\(([^)]*)\\)"))) bad("header has no 'shape'");
-  std::string dims = m[1];
-  std::regex num("(\\d+)");
-  for (auto it = std::sregex_iterator(dims.begin(), dims.end(), num); it != std::sregex_iterator(); ++it)
-    a.shape.push_back(std::stoll((*it)[1]));
-  if (a.descr[0] == '>') bad("big-endian dtype " + a.descr + " is not supported");
-  if (a.itemSize() == 0) bad("unsupported dtype " + a.descr);
-  size_t need = static_cast<size_t>(a.numel()) * a.itemSize();
-  size_t have = bytes.size() - off - hlen;
-  if (have < need)
+  HeaderParser(bytes.substr(off, hlen), bad).parse(a);
+  if (!a.descr.empty() && a.descr[0] == '>') bad("big-endian dtype " + a.descr + " is not supported (use array.astype('<" + a.descr.substr(1) + "'))");
+  if (a.itemSize() == 0) {
+    std::string known;
+    for (const NpyType& t : kNpyTypes) known += std::string(known.empty() ? "" : ", ") + t.descr;
+    bad("unsupported dtype '" + a.descr + "' (supported: " + known + ")");
+  }
+  int64_t need = 0;
+  if (a.numel() < 0 || !crt::checkedBytes(a.numel(), static_cast<int64_t>(a.itemSize()), &need))
+    bad("the shape has more than 2^48 elements");
+  const size_t have = bytes.size() - off - hlen;
+  if (have < static_cast<size_t>(need))
     fail(ErrorCategory::Data, "'" + path + "' is truncated: its header promises " + std::to_string(need) +
                                   " bytes of data but the file holds " + std::to_string(have) +
                                   ". Re-create or re-copy the file.");
-  a.data.assign(bytes.begin() + static_cast<long>(off + hlen), bytes.begin() + static_cast<long>(off + hlen + need));
+  if (have > static_cast<size_t>(need))
+    bad("it holds " + std::to_string(have) + " bytes of data but its header (" + a.descr + ", " + std::to_string(a.numel()) +
+        " values) describes " + std::to_string(need) + ": the header does not match the data");
+  a.data.assign(bytes.begin() + static_cast<long>(off + hlen), bytes.end());
   return a;
 }
 
+NpyArray readNpy(const std::string& path) {
+  return parseNpy(readRegularFile(path, "a .npy file"), path);
+}
+
+int64_t checkRegularFile(const std::string& path, const std::string& what) {
+  struct stat st{};
+  if (::stat(path.c_str(), &st) != 0) fail(ErrorCategory::Io, "cannot open '" + path + "': " + std::strerror(errno) + " (check the path)");
+  if (S_ISDIR(st.st_mode)) fail(ErrorCategory::Io, "'" + path + "' is a folder; give " + what);
+  if (!S_ISREG(st.st_mode)) fail(ErrorCategory::Io, "'" + path + "' is not a regular file (a device, pipe or socket); give " + what);
+  return static_cast<int64_t>(st.st_size);
+}
+
+std::string readRegularFile(const std::string& path, const std::string& what) {
+  struct stat st{};
+  st.st_size = checkRegularFile(path, what);
+  std::ifstream f(path, std::ios::binary);
+  if (!f) fail(ErrorCategory::Io, "cannot read '" + path + "': check its permissions");
+  std::string bytes(static_cast<size_t>(st.st_size), '\0');
+  f.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (static_cast<size_t>(f.gcount()) != bytes.size()) fail(ErrorCategory::Io, "cannot read all of '" + path + "'");
+  return bytes;
+}
+
+void refuseNonRegular(const std::string& path) {
+  struct stat st{};
+  if (::lstat(path.c_str(), &st) != 0) return;  // nothing there yet
+  if (S_ISREG(st.st_mode)) return;
+  const char* kind = S_ISDIR(st.st_mode) ? "a folder" : S_ISLNK(st.st_mode) ? "a symbolic link" : "a device, pipe or socket";
+  fail(ErrorCategory::Io, "'" + path + "' is " + kind + ", not a regular file: refusing to replace it (give a file path)");
+}
+
 void writeFileAtomic(const std::string& path, const std::string& bytes) {
+  refuseNonRegular(path);
   std::string tmp = path + ".tmp." + std::to_string(::getpid());
   {
     FILE* f = std::fopen(tmp.c_str(), "wb");

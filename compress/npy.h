@@ -11,13 +11,25 @@ struct NpyArray {
   std::string descr;            // numpy dtype string: "<i4", "<i8", "<f4", "<f2", "|u1", "|b1", ...
   std::vector<int64_t> shape;
   std::vector<char> data;       // raw little-endian element bytes, C order
-  size_t itemSize() const;
-  int64_t numel() const;
+  size_t itemSize() const;  // 0 for a dtype the reader does not accept
+  int64_t numel() const;     // -1 when the shape is negative or overflows
 };
 
-/// Reads a .npy file. Error(Io) when unreadable; Error(Data) for a bad magic, a malformed header,
-/// Fortran order, a big-endian dtype or a file shorter than its header promises (with both byte counts).
+/// Reads a .npy file. Error(Io) when unreadable or not a regular file; Error(Data) for a bad magic, a
+/// header that is not exactly numpy's dict (unknown or repeated keys, a negative or huge dim), Fortran
+/// order, a big-endian or unknown dtype, or data shorter or longer than the header says (both byte counts).
 NpyArray readNpy(const std::string& path);
+/// The same checks on bytes already in memory (`path` names them in errors).
+NpyArray parseNpy(const std::string& bytes, const std::string& path);
+
+/// The bytes of a regular file; Error(Io) naming `what` the caller expects when `path` is missing, a
+/// folder, a device, pipe or socket, or unreadable.
+std::string readRegularFile(const std::string& path, const std::string& what);
+/// The same checks without reading; returns the file's size.
+int64_t checkRegularFile(const std::string& path, const std::string& what);
+/// Error(Io) when `path` exists and is not a regular file (a folder, symlink, device): outputs never
+/// replace those.
+void refuseNonRegular(const std::string& path);
 /// Writes a .npy file atomically (temp file + rename).
 void writeNpy(const std::string& path, const NpyArray& a);
 

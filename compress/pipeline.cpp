@@ -115,6 +115,8 @@ RunSummary runRecipe(const Recipe& r, const RunOptions& opts) {
   std::string out_dir = opts.output_override.empty() ? r.output : opts.output_override;
   const int steps = 5;
   std::printf("compress %s — recipe %s\n", COMPRESS_VERSION, r.path.c_str());
+  // Made first: an output that cannot be written, or that holds the user's own files, fails before the work.
+  StagingDir out(out_dir, opts.overwrite);
 
   auto t0 = Clock::now();
   Graph original = loadModel(r.model, importOptionsFor(r));
@@ -235,7 +237,6 @@ RunSummary runRecipe(const Recipe& r, const RunOptions& opts) {
                       {"final_eval_seconds", has_eval ? fin.seconds : 0.0},
                       {"total_seconds", since(t_start)}};
 
-  StagingDir out(out_dir);
   saveGraph(g, out.path("model.cir"));
   if (r.export_spec.present) {
     auto te = Clock::now();

@@ -16,6 +16,7 @@ namespace compress {
 struct RunOptions {
   std::string output_override;  // --output
   bool progress = true;
+  bool overwrite = false;       // --overwrite: replace an output folder that compress did not write
 };
 
 struct RunSummary {

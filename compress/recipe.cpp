@@ -5,19 +5,46 @@
 #include <cstdlib>
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "compress/error.h"
+#include "compress/npy.h"
 #include "compress/options.h"
 
 namespace compress {
 namespace {
 
-bool fileExists(const std::string& p) {
+/// Why `p` cannot be read as an input file ("" when it can).
+std::string fileProblem(const std::string& p) {
   struct stat st;
-  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+  if (::stat(p.c_str(), &st) != 0) return "does not exist";
+  if (S_ISDIR(st.st_mode)) return "is a folder, not a file";
+  if (!S_ISREG(st.st_mode)) return "is not a regular file (a device, pipe or socket)";
+  if (::access(p.c_str(), R_OK) != 0) return "is not readable (check its permissions)";
+  return "";
+}
+
+/// YAML allows a key twice in a map and yaml-cpp keeps the first; a recipe that says a thing twice is
+/// ambiguous, so every repeated key anywhere in the document is an error at its second place.
+void checkDuplicateKeys(const YAML::Node& node, const std::string& ctx, Diagnostics& d) {
+  if (node.IsMap()) {
+    std::map<std::string, YAML::Mark> seen;
+    for (const auto& kv : node) {
+      const std::string k = kv.first.IsScalar() ? kv.first.Scalar() : "?";
+      const std::string where = ctx.empty() ? k : ctx + "." + k;
+      auto [it, fresh] = seen.emplace(k, kv.first.Mark());
+      if (!fresh)
+        d.add(kv.first.Mark(), where, "repeated key (first given at line " + std::to_string(it->second.line + 1) +
+                                          "); say it once");
+      checkDuplicateKeys(kv.second, where, d);
+    }
+  } else if (node.IsSequence()) {
+    for (size_t i = 0; i < node.size(); ++i) checkDuplicateKeys(node[i], ctx + "[" + std::to_string(i) + "]", d);
+  }
 }
 
 std::string resolve(const std::string& dir, const std::string& p) {
@@ -26,9 +53,10 @@ std::string resolve(const std::string& dir, const std::string& p) {
 }
 
 void checkFile(Diagnostics& d, const YAML::Node& node, const std::string& key, const std::string& path) {
-  if (!path.empty() && !fileExists(path))
+  if (path.empty()) return;
+  if (const std::string why = fileProblem(path); !why.empty())
     d.add(node ? node.Mark() : YAML::Mark::null_mark(), key,
-          "file '" + path + "' does not exist (paths are relative to the recipe's folder)");
+          "file '" + path + "' " + why + " (paths are relative to the recipe's folder)");
 }
 
 void readData(const YAML::Node& node, bool calibration, const std::string& task, const std::string& dir,
@@ -105,6 +133,7 @@ Recipe parseRecipe(const std::string& text, const std::string& path) {
     d.add(root.Mark(), "", "a recipe must be a YAML map with keys like model:, data:, passes:");
     d.throwIfAny();
   }
+  checkDuplicateKeys(root, "", d);
   checkKeys(root, {"model", "inputs", "task", "data", "passes", "accuracy", "export", "output", "device", "seed", "threads", "latency_runs"}, "", d);
 
   OptionReader top(root, &d, "");
@@ -228,11 +257,7 @@ Recipe parseRecipe(const std::string& text, const std::string& path) {
 }
 
 Recipe loadRecipe(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) fail(ErrorCategory::Io, "cannot open recipe '" + path + "': check the path (try `ls configs/`)");
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return parseRecipe(ss.str(), path);
+  return parseRecipe(readRegularFile(path, "a recipe .yaml file (try `ls configs/`)"), path);
 }
 
 }  // namespace compress

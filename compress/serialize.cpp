@@ -5,6 +5,7 @@
 #include <cstring>
 #include <fstream>
 
+#include "compress/cir_format.h"
 #include "compress/error.h"
 #include "compress/npy.h"
 
@@ -12,13 +13,6 @@ namespace compress {
 namespace {
 
 using json = nlohmann::json;
-constexpr char kMagic[9] = "CMPIR001";
-
-uint64_t fnv(const char* p, size_t n) {
-  uint64_t h = 1469598103934665603ULL;
-  for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<unsigned char>(p[i])) * 1099511628211ULL;
-  return h;
-}
 
 json attrToJson(const Attribute& a) {
   return std::visit(
@@ -101,9 +95,9 @@ void saveGraph(const Graph& g, const std::string& path) {
   h["sparsity"] = sparsity;
   h["tensors"] = tensors;
   h["data_bytes"] = data.size();
-  h["data_fnv1a64"] = fnv(data.data(), data.size());
+  h["data_fnv1a64"] = fnv1a64(data.data(), data.size());
   std::string header = h.dump();
-  std::string out(kMagic, 8);
+  std::string out(kCirMagic, 8);
   uint64_t hl = header.size();
   out.append(reinterpret_cast<const char*>(&hl), 8);
   out += header;
@@ -112,29 +106,14 @@ void saveGraph(const Graph& g, const std::string& path) {
 }
 
 Graph loadGraph(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) fail(ErrorCategory::Io, "cannot open '" + path + "': check the path");
-  std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  const std::string bytes = readRegularFile(path, "a model.cir file");
+  const CirFile f = parseCir(bytes, path);  // every tensor's type, shape and span checked
   auto bad = [&](const std::string& why) {
     fail(ErrorCategory::Model, "'" + path + "' is not a valid compressed model (model.cir): " + why +
                                    ". Re-run the recipe that produced it.");
   };
-  if (bytes.size() < 16 || bytes.compare(0, 8, kMagic) != 0) bad("wrong magic");
-  uint64_t hl;
-  std::memcpy(&hl, bytes.data() + 8, 8);
-  if (hl > bytes.size() - 16) bad("truncated header");
-  json h;
+  const json& h = f.header;
   try {
-    h = json::parse(bytes.substr(16, hl));
-  } catch (const json::exception& e) {
-    bad(std::string("corrupt header (") + e.what() + ")");
-  }
-  const char* data = bytes.data() + 16 + hl;
-  size_t data_size = bytes.size() - 16 - hl;
-  try {
-    if (h.at("data_bytes").get<size_t>() != data_size)
-      bad("data is " + std::to_string(data_size) + " bytes, the header says " + std::to_string(h.at("data_bytes").get<size_t>()));
-    if (h.at("data_fnv1a64").get<uint64_t>() != fnv(data, data_size)) bad("data checksum mismatch (the file is corrupt)");
     Graph g;
     g.inputs = h.at("inputs").get<std::vector<std::string>>();
     g.outputs = h.at("outputs").get<std::vector<std::string>>();
@@ -159,18 +138,14 @@ Graph loadGraph(const std::string& path) {
     }
     for (const auto& [w, q] : h.at("quant").items())
       g.quant[w] = QuantInfo{q.at("bits"), q.at("group_size"), q.at("symmetric"), q.at("method")};
-    for (const auto& jt : h.at("tensors")) {
-      size_t off = jt.at("offset"), nb = jt.at("nbytes");
-      if (off + nb > data_size) bad("tensor '" + jt.at("name").get<std::string>() + "' lies outside the data");
-      at::Tensor t = at::empty(jt.at("shape").get<std::vector<int64_t>>(), toScalarType(static_cast<DType>(jt.at("dtype").get<int>())));
-      if (t.nbytes() != nb) bad("tensor '" + jt.at("name").get<std::string>() + "' has an inconsistent size");
-      std::memcpy(t.data_ptr(), data + off, nb);
-      std::string name = jt.at("name");
-      if (jt.at("kind") == "mask") {
-        const auto& s = h.at("sparsity").at(name);
-        g.sparsity[name] = SparsityInfo{t, static_cast<SparsityPattern>(s.at("pattern").get<int>()), s.at("n"), s.at("m")};
+    for (const CirTensor& ct : f.tensors) {
+      at::Tensor t = at::empty(ct.shape, toScalarType(static_cast<DType>(ct.dtype)));
+      std::memcpy(t.data_ptr(), f.data + ct.offset, ct.nbytes);
+      if (ct.kind == "mask") {
+        const auto& s = h.at("sparsity").at(ct.name);
+        g.sparsity[ct.name] = SparsityInfo{t, static_cast<SparsityPattern>(s.at("pattern").get<int>()), s.at("n"), s.at("m")};
       } else {
-        g.initializers[name] = t;
+        g.initializers[ct.name] = t;
       }
     }
     verify(g);

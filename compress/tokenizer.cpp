@@ -7,13 +7,13 @@
 #include <queue>
 
 #include "compress/error.h"
+#include "compress/npy.h"
 
 namespace compress {
 
-Tokenizer Tokenizer::load(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) fail(ErrorCategory::Io, "cannot open tokenizer '" + path + "': check the path");
-  std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+Tokenizer Tokenizer::load(const std::string& path) { return parse(readRegularFile(path, "a tokenizer.bin file"), path); }
+
+Tokenizer Tokenizer::parse(const std::string& bytes, const std::string& path) {
   auto bad = [&](const std::string& why) {
     fail(ErrorCategory::Data, "'" + path + "' is not a llama2.c tokenizer.bin: " + why);
   };
@@ -106,6 +106,9 @@ std::vector<int64_t> Tokenizer::encode(const std::string& text) const {
 }
 
 std::string Tokenizer::decode(int64_t prev, int64_t token) const {
+  if (token < 0 || token >= vocabSize())
+    fail(ErrorCategory::Data, "token id " + std::to_string(token) + " is outside the tokenizer's " + std::to_string(vocabSize()) +
+                                  " tokens: the tokenizer does not belong to this model");
   std::string p = piece(token);
   if (prev == kBos && !p.empty() && p[0] == ' ') p = p.substr(1);
   unsigned int byte;

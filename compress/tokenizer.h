@@ -16,10 +16,13 @@ class Tokenizer {
   /// Loads a llama2.c tokenizer.bin: int32 max_token_length, then per token float32 score, int32 length,
   /// bytes, until the end of the file. Error(Io)/Error(Data) on unreadable or malformed files.
   static Tokenizer load(const std::string& path);
+  /// The same from bytes in memory (`path` names them in errors).
+  static Tokenizer parse(const std::string& bytes, const std::string& path);
 
   /// Encodes text (no BOS/EOS; add them yourself). Empty text gives no tokens.
   std::vector<int64_t> encode(const std::string& text) const;
-  /// The text of one token following `prev` (strips the leading space after BOS, decodes <0xXX>).
+  /// The text of one token following `prev` (strips the leading space after BOS, decodes <0xXX>);
+  /// Error(Data) for an id outside the vocabulary.
   std::string decode(int64_t prev, int64_t token) const;
 
   int64_t vocabSize() const { return static_cast<int64_t>(pieces_.size()); }

@@ -13,6 +13,17 @@ namespace compress {
 
 using json = nlohmann::json;
 
+/// Validation compares numbers: an output with NaN/Inf would compare as "no difference" (NaN > tol is
+/// false), so it is an error of its own.
+static void requireFinite(const at::Tensor& t, const std::string& output, const char* engine) {
+  if (!t.is_floating_point()) return;
+  const int64_t bad = t.numel() - at::isfinite(t).sum().item<int64_t>();
+  if (bad > 0)
+    fail(ErrorCategory::Numeric, "export validation: output '" + output + "' holds " + std::to_string(bad) + " NaN/Inf values of " +
+                                     std::to_string(t.numel()) + " in " + engine +
+                                     "; the compressed model is broken (check the passes' settings, e.g. fp16 overflow)");
+}
+
 static bool hasHalf(const Graph& g) {
   for (const auto& [n, t] : g.initializers)
     if (t.scalar_type() == at::kHalf) return true;
@@ -58,6 +69,7 @@ json validateExport(const Graph& g, const std::string& onnx_path, const std::map
   at::NoGradGuard ng;
   Executor ex(g);
   std::vector<at::Tensor> ours = ex.run(inputs);
+  for (size_t k = 0; k < g.outputs.size(); ++k) requireFinite(ours[k], g.outputs[k], "the executor");
   bool half = hasHalf(g);
   double tol = half ? 1e-2 : 1e-4;
   json ort = json::object();
@@ -67,6 +79,7 @@ json validateExport(const Graph& g, const std::string& onnx_path, const std::map
     for (size_t k = 0; k < g.outputs.size(); ++k) {
       auto it = theirs.find(g.outputs[k]);
       if (it == theirs.end()) fail(ErrorCategory::Model, "ONNX Runtime did not return output '" + g.outputs[k] + "'");
+      requireFinite(it->second, g.outputs[k], "ONNX Runtime");
       at::Tensor a = ours[k].to(at::kCPU).to(at::kDouble), b = it->second.to(at::kDouble);
       if (a.sizes() != b.sizes())
         fail(ErrorCategory::Model, "output '" + g.outputs[k] + "' is " + c10::str(b.sizes()) + " in ONNX Runtime but " +

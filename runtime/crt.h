@@ -29,7 +29,7 @@ enum class StatusCode : int {
   Ok = 0,
   InvalidArgument = 2,  // wrong input names, dtypes, shapes; bad options
   ModelError = 3,       // unreadable or malformed ONNX, unsupported ops/types
-  DataError = 4,        // input values an op cannot accept (index out of range, ...)
+  DataError = 4,        // input values an op cannot accept (index out of range, too large for the limits, ...)
   IoError = 6,          // file not found / unreadable
   Internal = 70,
 };
@@ -65,7 +65,7 @@ struct TensorView {
   DType dtype = DType::F32;
   std::vector<int64_t> shape;
   const void* data = nullptr;
-  int64_t numel() const;
+  int64_t numel() const;  // -1 when a dim is negative or the count overflows (run() rejects such views)
   size_t bytes() const { return static_cast<size_t>(numel()) * dtypeSize(dtype); }
   template <typename T>
   static TensorView of(const T* p, std::vector<int64_t> shape);
@@ -88,6 +88,11 @@ struct SessionOptions {
   bool use_simd = true;     // false forces the portable scalar kernels (for testing/debugging)
   int max_plans = 16;       // memory plans kept (one per distinct input-shape set), least recently used dropped
   bool profile = false;     // time every node (see Session::profile())
+  /// Memory a model may ask for, so that an untrusted file gets a clear error instead of exhausting the
+  /// machine (docs/security.md). 0 picks the default: max_total_bytes = physical memory, max_tensor_bytes =
+  /// half of max_total_bytes. Weights, folded constants and everything one run() allocates count.
+  int64_t max_tensor_bytes = 0;  // largest single tensor (constant, input, intermediate)
+  int64_t max_total_bytes = 0;   // weights plus one run's buffers
 };
 
 /// Time spent per op type over all profiled runs (SessionOptions::profile).

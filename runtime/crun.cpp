@@ -15,6 +15,7 @@
 #include "compress/npy.h"
 #include "compress/tokenizer.h"
 #include "runtime/crt.h"
+#include "runtime/size_check.h"
 
 namespace {
 
@@ -34,11 +35,20 @@ Usage:
   crun info MODEL.onnx      inputs, outputs, folded nodes, packed weights, kernel set
   crun ops                  every op the runtime supports
 
-Options common to all: --threads N (default: all cores), --no-simd (portable scalar kernels).
+Options common to all: --threads N (default: all cores), --no-simd (portable scalar kernels),
+  --max-tensor-mib N / --max-memory-mib N: the most one tensor / the whole model (weights plus one run)
+  may take (default: half of the machine's memory / all of it); a model asking for more is refused.
+  --allow-nonfinite: write or print outputs that hold NaN/Inf instead of failing with exit code 5.
 
-Exit codes: 0 ok, 2 usage/argument error, 3 model error (unreadable, unsupported ops), 4 data error,
-6 i/o error, 70 internal error.
+crun treats model files as untrusted: crafted files get an error, never a crash (docs/security.md).
+Outputs are written atomically (temp file + rename) and never replace a folder, link or device file.
+
+Exit codes: 0 ok, 2 usage/argument error, 3 model error (unreadable, malformed, unsupported ops),
+4 data error (bad input file or values, over the memory limits), 5 numeric error (the model produced
+NaN/Inf), 6 i/o error (missing or unwritable files), 70 internal error (a bug: please report it).
 )";
+
+constexpr int kExitNumeric = 5;
 
 int exitFor(crt::StatusCode c) { return static_cast<int>(c); }
 
@@ -56,7 +66,7 @@ crt::DType fromDescr(const std::string& d, const std::string& file) {
   if (d == "|u1") return crt::DType::U8;
   if (d == "|i1") return crt::DType::I8;
   if (d == "|b1") return crt::DType::Bool;
-  die(4, file + ": unsupported .npy dtype " + d);
+  die(4, file + ": crun cannot feed .npy dtype " + d + " (it takes <f4, <f2, <f8, <i8, <i4, |u1, |i1, |b1)");
 }
 
 std::string toDescr(crt::DType t) {
@@ -78,6 +88,11 @@ crt::Session open(const std::string& path, const cxxopts::ParseResult& r) {
   o.threads = r["threads"].as<int>();
   o.use_simd = !r.count("no-simd");
   o.profile = r.count("profile") > 0;
+  const int64_t tensorMib = r["max-tensor-mib"].as<int64_t>(), memMib = r["max-memory-mib"].as<int64_t>();
+  if (tensorMib < 0 || memMib < 0 || tensorMib > (int64_t{1} << 40) || memMib > (int64_t{1} << 40))
+    die(2, "--max-tensor-mib and --max-memory-mib take a number of MiB (0 = default)");
+  o.max_tensor_bytes = tensorMib << 20;
+  o.max_total_bytes = memMib << 20;
   auto s = crt::Session::create(path, o);
   if (!s) die(exitFor(s.status().code), s.status().message);
   return std::move(s.value());
@@ -98,13 +113,41 @@ std::pair<std::string, std::string> nameValue(const std::string& s, const char* 
   return {s.substr(0, eq), s.substr(eq + 1)};
 }
 
+/// Index of the first NaN/Inf in a float output, or -1.
+int64_t firstNonFinite(const crt::TensorView& t) {
+  const int64_t n = t.numel();
+  for (int64_t i = 0; i < n; ++i) {
+    double v;
+    if (t.dtype == crt::DType::F32) v = t.as<float>()[i];
+    else if (t.dtype == crt::DType::F64) v = t.as<double>()[i];
+    else if (t.dtype == crt::DType::F16) {
+      const uint16_t h = t.as<uint16_t>()[i];
+      v = (h & 0x7c00) == 0x7c00 ? NAN : 0.0;
+    } else return -1;
+    if (!std::isfinite(v)) return i;
+  }
+  return -1;
+}
+
+/// Exit 5 when an output holds NaN/Inf, unless --allow-nonfinite.
+void checkFinite(const crt::TensorView& t, const std::string& name, const cxxopts::ParseResult& r) {
+  if (r.count("allow-nonfinite")) return;
+  const int64_t i = firstNonFinite(t);
+  if (i >= 0)
+    die(kExitNumeric, "output '" + name + "' holds NaN or Inf (first at flat index " + std::to_string(i) +
+                          "): the model or its weights are broken; --allow-nonfinite writes it anyway");
+}
+
 std::string onlyInputName(const crt::Session& s) {
   if (s.inputs().size() != 1) die(2, "the model has several inputs; this command needs a single token input");
   return s.inputs()[0].name;
 }
 
 int cmdRun(const std::string& model, const cxxopts::ParseResult& r) {
+  if (r.count("output")) compress::refuseNonRegular(r["output"].as<std::string>());
   crt::Session s = open(model, r);
+  if (r.count("output-dir"))
+    for (const auto& io : s.outputs()) compress::refuseNonRegular(r["output-dir"].as<std::string>() + "/" + io.name + ".npy");
   std::vector<compress::NpyArray> arrays;
   std::vector<std::pair<std::string, crt::TensorView>> feeds;
   const auto specs = r["input"].as<std::vector<std::string>>();
@@ -118,6 +161,7 @@ int cmdRun(const std::string& model, const cxxopts::ParseResult& r) {
   std::vector<crt::TensorView> outs;
   crt::Status st = s.run(feeds, outs);
   if (!st.ok()) die(exitFor(st.code), st.message);
+  for (size_t i = 0; i < outs.size(); ++i) checkFinite(outs[i], s.outputs()[i].name, r);
   for (size_t i = 0; i < outs.size(); ++i) {
     compress::NpyArray a;
     a.descr = toDescr(outs[i].dtype);
@@ -173,8 +217,9 @@ int cmdBench(const std::string& model, const cxxopts::ParseResult& r) {
         shape.push_back(d);
       }
     }
-    int64_t n = 1;
-    for (int64_t d : shape) n *= d;
+    int64_t n = 0;
+    if (!crt::checkedNumel(shape.data(), shape.size(), &n) || n > (int64_t{1} << 34))
+      die(2, "--shape for '" + io.name + "' must have dims >= 0 and at most 2^34 elements");
     if (io.dtype == crt::DType::I64 || io.dtype == crt::DType::I32) tokens = std::max(tokens, n);
     data.emplace_back(static_cast<size_t>(n) * crt::dtypeSize(io.dtype));
     char* p = data.back().data();
@@ -236,6 +281,7 @@ const float* lastLogits(crt::Session& s, const std::string& input, const std::ve
   const auto& o = outs[0];
   if (o.dtype != crt::DType::F32 || o.shape.size() != 3) die(3, "expected float32 logits [1, T, vocab] as the first output");
   vocab = o.shape[2];
+  if (o.shape[1] < 1 || vocab < 1) die(3, "the model returned empty logits");
   return o.as<float>() + (o.shape[1] - 1) * vocab;
 }
 
@@ -257,6 +303,12 @@ int cmdGenerate(const std::string& model, const cxxopts::ParseResult& r) {
   for (int i = 0; i < n; ++i) {
     int64_t vocab = 0;
     const float* l = lastLogits(s, input, ids, outs, vocab);
+    if (vocab > tok.vocabSize())
+      die(4, "the model's vocabulary has " + std::to_string(vocab) + " tokens but the tokenizer only " +
+                 std::to_string(tok.vocabSize()) + ": give the tokenizer the model was trained with");
+    if (!r.count("allow-nonfinite"))
+      for (int64_t v = 0; v < vocab; ++v)
+        if (!std::isfinite(l[v])) die(kExitNumeric, "the model produced NaN/Inf logits at step " + std::to_string(i) + " (--allow-nonfinite ignores this)");
     int64_t next = 0;
     if (topK == 0) {
       next = std::max_element(l, l + vocab) - l;
@@ -314,7 +366,7 @@ int cmdPpl(const std::string& model, const cxxopts::ParseResult& r) {
       const int64_t target = stream[w0 * seq + i + 1];
       if (target < 0 || target >= V) die(4, "token " + std::to_string(target) + " is outside the vocabulary");
       const double lp = static_cast<double>(l[target]) - m - std::log(z);
-      if (!std::isfinite(lp)) die(5, "non-finite log-probability: the model produced NaN/Inf logits");
+      if (!std::isfinite(lp)) die(kExitNumeric, "non-finite log-probability: the model produced NaN/Inf logits");
       nll -= lp;
       ++count;
     }
@@ -370,7 +422,9 @@ int main(int argc, char** argv) {
       ("seed", "", cxxopts::value<uint64_t>()->default_value("0"))
       ("tokens", "", cxxopts::value<std::string>())("seq-len", "", cxxopts::value<int64_t>()->default_value("512"))
       ("max-tokens", "", cxxopts::value<int64_t>()->default_value("32768"))
-      ("batch", "", cxxopts::value<int64_t>()->default_value("1"))("h,help", "");
+      ("batch", "", cxxopts::value<int64_t>()->default_value("1"))("h,help", "")
+      ("max-tensor-mib", "", cxxopts::value<int64_t>()->default_value("0"))
+      ("max-memory-mib", "", cxxopts::value<int64_t>()->default_value("0"))("allow-nonfinite", "");
   o.parse_positional({"model"});
   try {
     auto r = o.parse(argc - 1, argv + 1);

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "runtime/crt.h"
+#include "runtime/size_check.h"
 
 namespace crt::detail {
 
@@ -41,12 +42,19 @@ struct Shape {
   }
   void push(int64_t v) {
     if (rank >= kMaxRank) fail(StatusCode::ModelError, "tensor rank above " + std::to_string(kMaxRank));
+    if (v < 0) fail(StatusCode::DataError, "negative dim " + std::to_string(v) + " in a tensor shape");
     d[rank++] = v;
   }
+  /// Elements; a Failure when a dim is negative or the count exceeds kMaxElements (never wraps).
   int64_t numel() const {
-    int64_t n = 1;
-    for (int i = 0; i < rank; ++i) n *= d[i];
+    int64_t n = 0;
+    if (!checkedNumel(d, static_cast<size_t>(rank), &n)) tooLarge();
     return n;
+  }
+  /// True when every dim is >= 0 and numel() fits (what every tensor the runtime makes satisfies).
+  bool valid() const {
+    int64_t n = 0;
+    return checkedNumel(d, static_cast<size_t>(rank), &n);
   }
   int64_t operator[](int i) const { return d[i]; }
   int64_t& operator[](int i) { return d[i]; }
@@ -59,6 +67,7 @@ struct Shape {
   bool operator!=(const Shape& o) const { return !(*this == o); }
   std::vector<int64_t> vec() const { return std::vector<int64_t>(d, d + rank); }
   std::string str() const;
+  [[noreturn]] void tooLarge() const;
 };
 
 /// A view of a dense C-order tensor. Packed 4-bit types hold ceil(numel/2) bytes.
@@ -92,6 +101,18 @@ class AlignedBytes {
  private:
   void* p_ = nullptr;
   size_t n_ = 0;
+};
+
+/// Bytes a model may ask for (SessionOptions::max_tensor_bytes / max_total_bytes, resolved at create()).
+/// Every allocation whose size comes from the file or from input shapes is checked here first, so a
+/// crafted model gets a clear error instead of an out-of-memory kill or a wrapped size.
+struct MemoryLimits {
+  int64_t max_tensor = 0;  // one tensor (constant, input, intermediate, scratch)
+  int64_t max_total = 0;   // weights plus everything one run allocates
+  /// Fails with `what` when one tensor of `bytes` is over the limit.
+  void checkTensor(int64_t bytes, const std::string& what) const;
+  /// Adds `bytes` to `used` and fails with `what` when the total goes over the limit.
+  void take(int64_t& used, int64_t bytes, const std::string& what) const;
 };
 
 struct Attr {
@@ -158,6 +179,8 @@ struct Graph {
   std::vector<IoInfo> input_info, output_info;
   std::map<std::string, int> by_name;
   int opset = 17;
+  MemoryLimits limits;
+  int64_t constant_bytes = 0;  // bytes of constants read or folded at load (counts against limits.max_total)
 };
 
 class ThreadPool;
@@ -182,6 +205,7 @@ struct RunEnv {
   ThreadPool* pool = nullptr;
   const Kernels* k = nullptr;
   int node_index = 0;
+  int64_t used = 0;  // bytes allocated so far in this run (checked against g->limits)
 };
 
 /// What an op sees: its node, inputs, and ways to produce outputs.
@@ -199,6 +223,9 @@ struct OpCtx {
   void aliasOut(int i, int src, const Shape& s);
   /// Temporary memory for this node only.
   void* scratch(size_t bytes);
+  /// Counts `bytes` of output `output` (-1: scratch) against the session's memory limits (a Failure
+  /// naming this node when over).
+  void claim(int64_t bytes, int output);
   [[noreturn]] void bad(const std::string& what) const;
 };
 

@@ -276,7 +276,7 @@ std::shared_ptr<PackedWeight> packDequantize(const Buf& q, const Buf& scale, con
                                              int64_t block_size) {
   if (q.shape.rank != 2 || scale.dt != DType::F32) return nullptr;
   if (q.dt != DType::I8 && q.dt != DType::U8 && q.dt != kI4 && q.dt != kU4) return nullptr;
-  if (zp && zp->dt != q.dt) return nullptr;
+  if (zp && (zp->dt != q.dt || zp->numel() != scale.numel())) return nullptr;  // the op reports the mismatch
   const int64_t K = q.shape[0], N = q.shape[1];
   if (axis < 0) axis += 2;
   const int off = quantOffset(q.dt);
@@ -291,8 +291,9 @@ std::shared_ptr<PackedWeight> packDequantize(const Buf& q, const Buf& scale, con
     return packQuant(N, K, K, quantBits(q.dt), qv, [&](int64_t n, int64_t) { return s[n]; },
                      [&](int64_t n, int64_t) { return static_cast<float>((zp ? quantValue(*zp, n) : 0) + off); });
   }
+  if (block_size > K) block_size = std::max<int64_t>(K, 1);  // one block: the same weights, no overflow below
   if (axis == 0 && block_size > 0 && scale.shape.rank == 2 && scale.shape[1] == N &&
-      scale.shape[0] == (K + block_size - 1) / block_size) {  // blocked along K
+      scale.shape[0] == K / block_size + (K % block_size != 0)) {  // blocked along K
     return packQuant(N, K, block_size, quantBits(q.dt), qv, [&](int64_t n, int64_t b) { return s[b * N + n]; },
                      [&](int64_t n, int64_t b) {
                        return static_cast<float>((zp ? quantValue(*zp, b * N + n) : 0) + off);
@@ -307,17 +308,22 @@ std::shared_ptr<PackedWeight> packMatMulNBits(const Node& node, const Buf& b, co
   const std::string where = node.where() + ": ";
   if (K <= 0 || N <= 0) fail(StatusCode::ModelError, where + "attributes K and N must be positive");
   if (bits != 2 && bits != 4 && bits != 8) fail(StatusCode::ModelError, where + "bits must be 2, 4 or 8, got " + std::to_string(bits));
-  if (bs < 16 || (bs & (bs - 1))) fail(StatusCode::ModelError, where + "block_size must be a power of two >= 16");
-  const int64_t nblk = (K + bs - 1) / bs, blob = bs * bits / 8;
-  if (b.dt != DType::U8 || b.numel() != N * nblk * blob)
+  if (bs < 16 || bs > 65536 || (bs & (bs - 1))) fail(StatusCode::ModelError, where + "block_size must be a power of two in [16, 65536]");
+  const int64_t nblk = K / bs + (K % bs != 0), blob = bs * bits / 8;
+  int64_t nb = 0, nbBytes = 0;
+  if (!checkedMul(N, nblk, &nb) || !checkedMul(nb, blob, &nbBytes) || nb > kMaxElements)
+    fail(StatusCode::ModelError, where + "attributes N = " + std::to_string(N) + " and K = " + std::to_string(K) + " are too large");
+  if (b.dt != DType::U8 || b.numel() != nbBytes)
     fail(StatusCode::ModelError, where + "B must be uint8 [N, n_blocks, blob] = [" + std::to_string(N) + ", " +
                                      std::to_string(nblk) + ", " + std::to_string(blob) + "], got " + b.shape.str());
-  if (scales.dt != DType::F32 || scales.numel() != N * nblk)
+  if (scales.dt != DType::F32 || scales.numel() != nb)
     fail(StatusCode::ModelError, where + "scales must be float32 with N * n_blocks values");
   const int64_t zpRow = (nblk * bits + 7) / 8;
-  if (zp && zp->dt == DType::U8 && zp->numel() != N * zpRow)
+  if (zp && zp->dt == DType::U8 && zp->numel() / std::max<int64_t>(zpRow, 1) != N)
     fail(StatusCode::ModelError, where + "packed zero_points must have N * ceil(n_blocks * bits / 8) bytes");
-  if (zp && zp->dt == DType::F32 && zp->numel() != N * nblk)
+  if (zp && zp->dt == DType::U8 && zp->numel() % std::max<int64_t>(zpRow, 1) != 0)
+    fail(StatusCode::ModelError, where + "packed zero_points must have N * ceil(n_blocks * bits / 8) bytes");
+  if (zp && zp->dt == DType::F32 && zp->numel() != nb)
     fail(StatusCode::ModelError, where + "float zero_points must have N * n_blocks values");
   if (zp && zp->dt != DType::U8 && zp->dt != DType::F32)
     fail(StatusCode::ModelError, where + "zero_points must be uint8 (packed) or float32");

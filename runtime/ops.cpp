@@ -389,7 +389,7 @@ void opReshape(OpCtx& c) {
       c.bad("negative dim " + std::to_string(d) + " in the target shape");
     }
     s.push(d);
-    known *= d;
+    if (!checkedMul(known, d, &known)) c.bad("target shape " + s.str() + " overflows");
   }
   if (infer >= 0) {
     if (known == 0 || x.numel() % known != 0) c.bad("cannot reshape " + x.shape.str() + " to " + s.str());
@@ -540,19 +540,20 @@ void opSlice(OpCtx& c) {
   for (int64_t i = 0; i < n; ++i) {
     const int ax = static_cast<int>(normAxis(c, axes[i], r));
     const int64_t dim = x.shape[ax];
-    const int64_t sp = steps[i];
-    if (sp == 0) c.bad("step 0");
+    if (steps[i] == 0) c.bad("step 0");
+    // a step longer than the axis takes at most one element: clamping it keeps offsets from overflowing
+    const int64_t sp = std::clamp<int64_t>(steps[i], -std::max<int64_t>(dim, 1), std::max<int64_t>(dim, 1));
     int64_t s = starts[i], e = ends[i];
     if (s < 0) s += dim;
     if (e < 0) e += dim;
     if (sp > 0) {
       s = std::clamp<int64_t>(s, 0, dim);
       e = std::clamp<int64_t>(e, 0, dim);
-      os[ax] = e > s ? (e - s + sp - 1) / sp : 0;
+      os[ax] = e > s ? (e - s - 1) / sp + 1 : 0;
     } else {
       s = std::clamp<int64_t>(s, 0, dim - 1);
       e = std::clamp<int64_t>(e, -1, dim - 1);
-      os[ax] = s > e ? (s - e + (-sp) - 1) / (-sp) : 0;
+      os[ax] = s > e ? (s - e - 1) / (-sp) + 1 : 0;
     }
     begin[ax] = s;
     step[ax] = sp;
@@ -887,12 +888,14 @@ void opGemm(OpCtx& c) {
     for (int64_t i = 0; i < M * N; ++i) y[i] *= alpha;
   if (c.has(2)) {
     const Buf& cb = c.in(2);
+    if (cb.dt != DType::F32 || cb.shape.rank > 2) c.bad("C must be float32 of rank <= 2");
     Shape os{M, N};
     broadcastShape(c, cb.shape, os);
     int64_t st[kMaxRank];
     bstrides(cb.shape, os, st);
+    const int64_t s0 = cb.shape.rank == 2 ? st[0] : 0, s1 = cb.shape.rank >= 1 ? st[cb.shape.rank - 1] : 0;
     for (int64_t i = 0; i < M; ++i)
-      for (int64_t j = 0; j < N; ++j) y[i * N + j] += beta * cb.as<float>()[i * st[0] + j * st[1]];
+      for (int64_t j = 0; j < N; ++j) y[i * N + j] += beta * cb.as<float>()[i * s0 + j * s1];
   }
 }
 
@@ -911,6 +914,8 @@ ConvGeom convGeom(OpCtx& c, int sp, const int64_t* kernel) {
     if (static_cast<int>(v->size()) != 2 * sp) c.bad("pads must have 2 entries per spatial dim");
     for (int i = 0; i < sp; ++i) g.p0[i] = (*v)[i], g.p1[i] = (*v)[sp + i];
   }
+  for (int i = 0; i < sp; ++i)  // the loader bounds the attributes; kernels from weights are bounded here
+    if (g.k[i] < 1 || g.k[i] > (int64_t{1} << 20) || g.s[i] < 1 || g.d[i] < 1) c.bad("kernel, strides and dilations must be positive");
   auto ap = c.node.attrs.find("auto_pad");
   if (ap != c.node.attrs.end() && ap->second.s != "NOTSET" && !ap->second.s.empty()) c.bad("auto_pad is not supported; export explicit pads");
   return g;
@@ -928,7 +933,9 @@ void opConv(OpCtx& c) {
   if (!isFloat(x.dt) || w.dt != x.dt) c.bad("Conv supports float32 and float16 inputs of one type");
   if (x.shape.rank != 4 && x.shape.rank != 3) c.bad("Conv supports 1-D and 2-D convolutions");
   const int sp = x.shape.rank - 2;
+  if (w.shape.rank != x.shape.rank) c.bad("weight " + w.shape.str() + " must have the input's rank");
   int64_t kernel[2] = {w.shape[2], sp == 2 ? w.shape[3] : 1};
+  if (kernel[0] < 1 || kernel[1] < 1) c.bad("empty kernel " + w.shape.str());
   ConvGeom g = convGeom(c, sp, kernel);
   const int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], Wd = sp == 2 ? x.shape[3] : 1;
   const int64_t F = w.shape[0], group = c.node.attrInt("group", 1);
@@ -1042,12 +1049,19 @@ void opDequantizeLinear(OpCtx& c) {
   const int r = std::max(q.shape.rank, 1);
   const int axis = static_cast<int>(normAxis(c, c.node.attrInt("axis", 1), r));
   const int64_t bs = c.node.attrInt("block_size", 0);
-  float* y = static_cast<float*>(c.out(0, DType::F32, q.shape));
   if (s.dt == DType::F16) c.bad("float16 scales are not supported by the runtime yet");
+  if (q.dt != DType::I8 && q.dt != DType::U8 && q.dt != DType::I32 && q.dt != kI4 && q.dt != kU4)
+    c.bad(std::string("cannot dequantize ") + dtypeName(q.dt) + " values");
+  if (bs < 0) c.bad("block_size must be >= 0");
   const int64_t total = q.numel();
   int64_t outer, n, inner;
   if (q.shape.rank == 0) outer = n = inner = 1;
   else splitAt(q.shape, axis, outer, n, inner);
+  // scale (and zero point) per tensor, per `axis` entry, or per block of `bs` along `axis`
+  const int64_t want = s.numel() == 1 ? 1 : bs > 0 ? outer * ((n + bs - 1) / bs) * inner : n;
+  if (s.numel() != want) c.bad("scale has " + std::to_string(s.numel()) + " values; input " + q.shape.str() + " needs " + std::to_string(want));
+  if (zp && (zp->numel() != s.numel() || zp->dt != q.dt)) c.bad("zero point must match the scale's size and the input's type");
+  float* y = static_cast<float*>(c.out(0, DType::F32, q.shape));
   for (int64_t i = 0; i < total; ++i) {
     int64_t si = 0;
     if (s.numel() > 1) {

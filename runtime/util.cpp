@@ -35,9 +35,8 @@ size_t dtypeSize(DType t) {
 }
 
 int64_t TensorView::numel() const {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
+  int64_t n = 0;
+  return checkedNumel(shape.data(), shape.size(), &n) ? n : -1;
 }
 
 namespace detail {
@@ -46,6 +45,26 @@ std::string Shape::str() const {
   std::string s = "[";
   for (int i = 0; i < rank; ++i) s += (i ? "," : "") + std::to_string(d[i]);
   return s + "]";
+}
+
+void Shape::tooLarge() const {
+  fail(StatusCode::DataError, "tensor shape " + str() + " has a negative dim or more than 2^48 elements");
+}
+
+namespace {
+std::string mib(int64_t b) { return std::to_string((b + (1 << 20) - 1) >> 20) + " MiB"; }
+}  // namespace
+
+void MemoryLimits::checkTensor(int64_t bytes, const std::string& what) const {
+  if (bytes > max_tensor)
+    fail(StatusCode::DataError, what + " needs " + mib(bytes) + ", above the " + mib(max_tensor) +
+                                    " limit for one tensor (SessionOptions::max_tensor_bytes, crun --max-tensor-mib)");
+}
+
+void MemoryLimits::take(int64_t& used, int64_t bytes, const std::string& what) const {
+  if (!checkedAdd(used, bytes, &used) || used > max_total)
+    fail(StatusCode::DataError, what + " would bring the model's memory to more than the " + mib(max_total) +
+                                    " limit (SessionOptions::max_total_bytes, crun --max-memory-mib)");
 }
 
 size_t Buf::bytes() const {
@@ -141,12 +160,15 @@ const Buf& OpCtx::in(int i) const {
 }
 
 void* OpCtx::out(int i, DType dt, const Shape& s) {
+  if (i >= static_cast<int>(node.out.size())) bad("the node lists no output " + std::to_string(i));
   const int v = node.out[i];
   Buf& b = env.vals[v];
+  if (!s.valid()) bad("output " + std::to_string(i) + " would have shape " + s.str() + ": a negative dim or more than 2^48 elements");
   b.dt = dt;
   b.shape = s;
   b.data = nullptr;
   const size_t n = b.bytes();
+  claim(static_cast<int64_t>(n), i);
   b.data = env.alloc->output(v, n, env.node_index, node.is_static);
   return b.data;
 }
@@ -154,6 +176,7 @@ void* OpCtx::out(int i, DType dt, const Shape& s) {
 void OpCtx::aliasOut(int i, int src, const Shape& s) {
   const Buf& in = this->in(src);
   if (s.numel() != in.numel()) bad("internal: alias of a different size");
+  if (i >= static_cast<int>(node.out.size())) bad("the node lists no output " + std::to_string(i));
   const int v = node.out[i];
   Buf& b = env.vals[v];
   b.dt = in.dt;
@@ -162,7 +185,22 @@ void OpCtx::aliasOut(int i, int src, const Shape& s) {
   env.alloc->alias(v, node.in[src]);
 }
 
-void* OpCtx::scratch(size_t bytes) { return env.alloc->scratch(bytes, env.node_index, node.is_static); }
+void* OpCtx::scratch(size_t bytes) {
+  claim(static_cast<int64_t>(bytes), -1);
+  return env.alloc->scratch(bytes, env.node_index, node.is_static);
+}
+
+void OpCtx::claim(int64_t bytes, int output) {
+  if (!env.g) return;  // kernels run alone (tests): no session, no limits
+  const MemoryLimits& l = env.g->limits;
+  if (bytes <= l.max_tensor && bytes <= l.max_total - env.used) {  // the common case: no strings built
+    env.used += bytes;
+    return;
+  }
+  const std::string what = node.where() + ": " + (output < 0 ? "scratch memory" : "output " + std::to_string(output));
+  l.checkTensor(bytes, what);
+  l.take(env.used, bytes, what);
+}
 
 void OpCtx::bad(const std::string& what) const {
   fail(StatusCode::DataError, node.where() + ": " + what);

@@ -106,7 +106,7 @@ TEST_CASE("unsupported ops are all reported at once with counts and locations", 
 }
 
 TEST_CASE("corrupt and missing model files give clear errors", "[importer][errors]") {
-  CHECK_THROWS_WITH(importTorchScript("/nonexistent/model.pt"), Contains("cannot open model file"));
+  CHECK_THROWS_WITH(importTorchScript("/nonexistent/model.pt"), Contains("cannot open '/nonexistent/model.pt'"));
   // Corrupt two bytes at the start of a valid file: the zip magic breaks.
   std::string tmp = testutil::tempDir("") + "/bad.pt";
   {

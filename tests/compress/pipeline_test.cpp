@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "compress/atomic_dir.h"
 #include "compress/error.h"
 #include "compress/npy.h"
 #include "compress/progress.h"
@@ -76,6 +77,7 @@ TEST_CASE("a failing run leaves an existing output folder untouched and no temp 
   std::string dir = setup("  - rtn: {targets: [no.such.layer]}\n", "");
   fs::create_directories(dir + "/out");
   std::ofstream(dir + "/out/keep.txt") << "previous results";
+  std::ofstream(dir + "/out/" + kOutputMarker) << "";  // an earlier run's output
   CHECK_THROWS_WITH(runRecipe(loadRecipe(dir + "/recipe.yaml")), Contains("matched no linear weight"));
   CHECK(fs::exists(dir + "/out/keep.txt"));
   int entries = 0;

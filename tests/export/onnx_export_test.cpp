@@ -44,8 +44,7 @@ Graph inFormat(Graph g, const std::string& fmt, int group, ExportOptions& eo) {
 bool ortOrSkip() {
   std::string why;
   if (ortAvailable(&why)) return true;
-  std::fprintf(stderr, "SKIPPED (ONNX Runtime part): %s\n", why.c_str());
-  return false;
+  return testutil::requiredOrSkip(false, "ONNX Runtime (" + why + ")");
 }
 
 }  // namespace

@@ -10,68 +10,11 @@
 
 #include "runtime/crt.h"
 #include "runtime/internal.h"
+#include "tests/runtime/model_builder.h"
 
 using Catch::Matchers::Contains;
 
 namespace {
-
-struct ModelBuilder {
-  onnx::ModelProto m;
-  onnx::GraphProto* g;
-  ModelBuilder(int opset = 17) {
-    m.set_ir_version(8);
-    auto* o = m.add_opset_import();
-    o->set_version(opset);
-    g = m.mutable_graph();
-    g->set_name("t");
-  }
-  void io(bool input, const std::string& name, int type, std::vector<std::string> dims) {
-    auto* v = input ? g->add_input() : g->add_output();
-    v->set_name(name);
-    auto* t = v->mutable_type()->mutable_tensor_type();
-    t->set_elem_type(type);
-    for (const auto& d : dims) {
-      auto* dd = t->mutable_shape()->add_dim();
-      if (std::isdigit(static_cast<unsigned char>(d[0]))) dd->set_dim_value(std::stoll(d));
-      else dd->set_dim_param(d);
-    }
-  }
-  void initF(const std::string& name, std::vector<int64_t> dims, std::vector<float> v) {
-    auto* t = g->add_initializer();
-    t->set_name(name);
-    t->set_data_type(1);
-    for (auto d : dims) t->add_dims(d);
-    t->set_raw_data(std::string(reinterpret_cast<const char*>(v.data()), v.size() * 4));
-  }
-  void initI(const std::string& name, std::vector<int64_t> dims, std::vector<int64_t> v) {
-    auto* t = g->add_initializer();
-    t->set_name(name);
-    t->set_data_type(7);
-    for (auto d : dims) t->add_dims(d);
-    for (auto x : v) t->add_int64_data(x);
-  }
-  onnx::NodeProto* node(const std::string& op, std::vector<std::string> in, std::vector<std::string> out) {
-    auto* n = g->add_node();
-    n->set_op_type(op);
-    n->set_name(op + std::to_string(g->node_size()));
-    for (auto& i : in) n->add_input(i);
-    for (auto& o : out) n->add_output(o);
-    return n;
-  }
-  std::string save(const std::string& tag) {
-    std::string path = "/tmp/crt-test-" + tag + "-" + std::to_string(::getpid()) + ".onnx";
-    std::ofstream f(path, std::ios::binary);
-    m.SerializeToOstream(&f);
-    return path;
-  }
-};
-
-void attrInt(onnx::NodeProto* n, const std::string& k, int64_t v) {
-  auto* a = n->add_attribute();
-  a->set_name(k);
-  a->set_type(onnx::AttributeProto::INT);
-  a->set_i(v);
-}
 
 /// y = softmax(x @ W + b) over the last axis, reshaped through Shape/Gather/Concat arithmetic (static nodes).
 std::string smallModel() {

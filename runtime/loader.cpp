@@ -1,0 +1,577 @@
+// loader.cpp — an ONNX file into the runtime graph: read and validate (the file may come from anyone),
+// then prepare it (pack weights, fold constants, mark shape-only nodes, liveness).
+//
+// What a crafted file cannot do (docs/security.md): make a size wrap (every size goes through
+// size_check.h), make the loader allocate before it knows the data is there (lengths are checked
+// first), ask for more memory than SessionOptions allows, read a file outside the model's folder
+// (external data is resolved after following links), or define a name twice.
+#include <onnx/onnx_pb.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include "runtime/internal.h"
+#include "runtime/kernels.h"
+#include "runtime/loader.h"
+#include "runtime/matmul.h"
+#include "runtime/thread_pool.h"
+
+namespace crt::detail {
+namespace {
+
+// ------------------------------------------------------------------------------------------- types
+bool supportedType(int t) {
+  switch (t) {
+    case 1: case 2: case 3: case 6: case 7: case 9: case 10: case 11: case 21: case 22: return true;
+  }
+  return false;
+}
+
+std::string typeName(int t) {
+  static const char* names[] = {"undefined", "float32", "uint8", "int8", "uint16", "int16", "int32", "int64",
+                                "string", "bool", "float16", "float64", "uint32", "uint64", "complex64",
+                                "complex128", "bfloat16", "float8e4m3fn", "float8e4m3fnuz", "float8e5m2",
+                                "float8e5m2fnuz", "uint4", "int4"};
+  return t >= 0 && t < 23 ? names[t] : "type " + std::to_string(t);
+}
+
+// ------------------------------------------------------------------------------------------- files
+/// The model file's bytes; IoError for what is not a readable regular file, ModelError for what is
+/// too large for protobuf (2 GiB: larger models keep their weights in external data).
+std::string readModelFile(const std::string& path) {
+  struct stat st{};
+  if (::stat(path.c_str(), &st) != 0)
+    fail(StatusCode::IoError, "cannot open " + path + ": " + std::strerror(errno) + " (crun expects an .onnx file from `compress`)");
+  if (S_ISDIR(st.st_mode)) fail(StatusCode::IoError, path + " is a folder; give the .onnx file inside it");
+  if (!S_ISREG(st.st_mode)) fail(StatusCode::IoError, path + " is not a regular file (a device, pipe or socket); give an .onnx file");
+  if (st.st_size >= (int64_t{2} << 30))
+    fail(StatusCode::ModelError, path + " is larger than 2 GiB, the protobuf limit; export with external data");
+  std::ifstream f(path, std::ios::binary);
+  if (!f) fail(StatusCode::IoError, "cannot read " + path + ": check its permissions");
+  std::string bytes(static_cast<size_t>(st.st_size), '\0');
+  f.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (static_cast<size_t>(f.gcount()) != bytes.size()) fail(StatusCode::IoError, "cannot read all of " + path);
+  return bytes;
+}
+
+/// The folder of `path` with symlinks resolved ("" when it cannot be resolved).
+std::string realFolder(const std::string& path) {
+  const std::string dir = path.find('/') == std::string::npos ? "." : path.substr(0, path.rfind('/') + 1);
+  char buf[PATH_MAX];
+  return ::realpath(dir.c_str(), buf) ? std::string(buf) : std::string();
+}
+
+/// A non-negative decimal integer from an external_data entry, or a ModelError.
+int64_t parseCount(const std::string& s, const std::string& what) {
+  if (s.empty() || s.size() > 18 || s.find_first_not_of("0123456789") != std::string::npos)
+    fail(StatusCode::ModelError, what + ": '" + s + "' is not a non-negative integer");
+  return std::stoll(s);
+}
+
+/// Where an external tensor's bytes are: a regular file inside the model's folder (after following
+/// links), holding `need` bytes at `offset`.
+struct ExternalSpan {
+  std::string file;
+  int64_t offset = 0;
+};
+
+ExternalSpan resolveExternal(const onnx::TensorProto& t, const std::string& model_dir, int64_t need, const std::string& what) {
+  std::string location;
+  int64_t length = -1;
+  ExternalSpan span;
+  for (const auto& kv : t.external_data()) {
+    if (kv.key() == "location") location = kv.value();
+    else if (kv.key() == "offset") span.offset = parseCount(kv.value(), what + " external data offset");
+    else if (kv.key() == "length") length = parseCount(kv.value(), what + " external data length");
+  }
+  if (location.empty() || location[0] == '/' || location.find("..") != std::string::npos || location.find('\0') != std::string::npos)
+    fail(StatusCode::ModelError, what + ": bad external data location '" + location + "' (it must be a relative path inside the model's folder)");
+  if (length >= 0 && length != need)
+    fail(StatusCode::ModelError, what + ": external data length " + std::to_string(length) + " != " + std::to_string(need) + " bytes");
+  if (model_dir.empty()) fail(StatusCode::IoError, what + ": cannot resolve the model's folder");
+  const std::string path = model_dir + "/" + location;
+  char buf[PATH_MAX];
+  if (!::realpath(path.c_str(), buf)) fail(StatusCode::IoError, what + ": cannot open external data file " + path + ": " + std::strerror(errno));
+  span.file = buf;
+  if (span.file.compare(0, model_dir.size() + 1, model_dir + "/") != 0)
+    fail(StatusCode::ModelError, what + ": external data file " + path + " leads outside the model's folder (to " + span.file + ")");
+  struct stat st{};
+  if (::stat(span.file.c_str(), &st) != 0 || !S_ISREG(st.st_mode))
+    fail(StatusCode::ModelError, what + ": external data " + path + " is not a regular file");
+  int64_t end = 0;
+  if (!checkedAdd(span.offset, need, &end) || end > st.st_size)
+    fail(StatusCode::ModelError, what + ": external data file " + path + " is shorter than the tensor (" + std::to_string(need) +
+                                     " bytes at offset " + std::to_string(span.offset) + ", the file has " + std::to_string(st.st_size) + ")");
+  return span;
+}
+
+// ------------------------------------------------------------------------------------------- tensors
+/// The type and shape of a TensorProto, checked (supported type, rank, dims >= 0, no overflow, limits).
+void tensorHeader(const onnx::TensorProto& t, const std::string& what, const MemoryLimits& limits, Buf& b) {
+  if (!supportedType(t.data_type()))
+    fail(StatusCode::ModelError, what + " has type " + typeName(t.data_type()) + ", which the runtime does not support");
+  b.dt = static_cast<DType>(t.data_type());
+  b.shape = Shape();
+  if (t.dims_size() > kMaxRank) fail(StatusCode::ModelError, what + " has rank " + std::to_string(t.dims_size()) + ", above " + std::to_string(kMaxRank));
+  for (int64_t d : t.dims()) {
+    if (d < 0) fail(StatusCode::ModelError, what + " has a negative dim " + std::to_string(d));
+    b.shape.push(d);
+  }
+  if (!b.shape.valid()) fail(StatusCode::ModelError, what + " has dims " + b.shape.str() + " with more than 2^48 elements");
+  limits.checkTensor(static_cast<int64_t>(b.bytes()), what);
+}
+
+/// Values stored in the typed fields (float_data, int32_data, ...) for this type.
+int64_t typedCount(const onnx::TensorProto& t, DType dt) {
+  switch (dt) {
+    case DType::F32: return t.float_data_size();
+    case DType::F64: return t.double_data_size();
+    case DType::I64: return t.int64_data_size();
+    default: return t.int32_data_size();
+  }
+}
+
+void copyTyped(const onnx::TensorProto& t, const Buf& b, char* dst, size_t need) {
+  const int64_t n = b.numel();
+  switch (b.dt) {
+    case DType::F32: std::memcpy(dst, t.float_data().data(), need); break;
+    case DType::F64: std::memcpy(dst, t.double_data().data(), need); break;
+    case DType::I64: std::memcpy(dst, t.int64_data().data(), need); break;
+    case DType::I32: std::memcpy(dst, t.int32_data().data(), need); break;
+    case DType::F16:
+      for (int64_t i = 0; i < n; ++i) reinterpret_cast<uint16_t*>(dst)[i] = static_cast<uint16_t>(t.int32_data(static_cast<int>(i)));
+      break;
+    default:  // int8, uint8, bool: one value per entry; packed 4-bit: one byte per entry
+      for (size_t i = 0; i < need; ++i) dst[i] = static_cast<char>(t.int32_data(static_cast<int>(i)));
+  }
+}
+
+/// Reads one initializer / Constant tensor into owned, aligned memory. Every length is checked before
+/// anything is allocated.
+std::shared_ptr<AlignedBytes> readTensor(const onnx::TensorProto& t, const std::string& model_dir, Graph& g, Buf& b) {
+  const std::string what = "initializer '" + t.name() + "'";
+  tensorHeader(t, what, g.limits, b);
+  const size_t need = b.bytes();
+  ExternalSpan ext;
+  const bool external = t.data_location() == onnx::TensorProto::EXTERNAL;
+  if (external) {
+    ext = resolveExternal(t, model_dir, static_cast<int64_t>(need), what);
+  } else if (t.has_raw_data()) {
+    if (t.raw_data().size() != need)
+      fail(StatusCode::ModelError, what + ": raw data has " + std::to_string(t.raw_data().size()) + " bytes, its shape " + b.shape.str() + " needs " + std::to_string(need));
+  } else {
+    const bool packed4 = b.dt == kU4 || b.dt == kI4;
+    const int64_t want = packed4 ? static_cast<int64_t>(need) : b.numel();
+    if (typedCount(t, b.dt) != want)
+      fail(StatusCode::ModelError, what + " holds " + std::to_string(typedCount(t, b.dt)) + " values, its shape " + b.shape.str() + " needs " + std::to_string(want));
+  }
+  g.limits.take(g.constant_bytes, static_cast<int64_t>(need), what);
+  auto own = std::make_shared<AlignedBytes>(need);
+  b.data = own->data();
+  char* dst = static_cast<char*>(own->data());
+  if (external) {
+    std::ifstream f(ext.file, std::ios::binary);
+    f.seekg(ext.offset);
+    f.read(dst, static_cast<std::streamsize>(need));
+    if (!f || static_cast<size_t>(f.gcount()) != need) fail(StatusCode::IoError, what + ": cannot read external data from " + ext.file);
+  } else if (t.has_raw_data()) {
+    std::memcpy(dst, t.raw_data().data(), need);
+  } else {
+    copyTyped(t, b, dst, need);
+  }
+  return own;
+}
+
+IoInfo ioInfo(const onnx::ValueInfoProto& v) {
+  IoInfo io;
+  io.name = v.name();
+  if (!v.type().has_tensor_type()) fail(StatusCode::ModelError, "graph input/output '" + v.name() + "' is not a tensor");
+  const auto& tt = v.type().tensor_type();
+  if (!supportedType(tt.elem_type()))
+    fail(StatusCode::ModelError, "graph input/output '" + v.name() + "' has type " + typeName(tt.elem_type()) + ", which the runtime does not support");
+  io.dtype = static_cast<DType>(tt.elem_type());
+  if (tt.has_shape()) {
+    if (tt.shape().dim_size() > kMaxRank) fail(StatusCode::ModelError, "graph input/output '" + v.name() + "' has rank above " + std::to_string(kMaxRank));
+    for (const auto& d : tt.shape().dim()) {
+      if (d.has_dim_value() && d.dim_value() < 0)
+        fail(StatusCode::ModelError, "graph input/output '" + v.name() + "' has a negative dim " + std::to_string(d.dim_value()));
+      io.shape.push_back(d.has_dim_value() ? d.dim_value() : -1);
+      io.dim_names.push_back(d.has_dim_param() ? d.dim_param() : "");
+    }
+  }
+  return io;
+}
+
+Attr readAttr(const onnx::AttributeProto& a) {
+  Attr r;
+  switch (a.type()) {
+    case onnx::AttributeProto::INT: r.kind = Attr::Int; r.i = a.i(); break;
+    case onnx::AttributeProto::FLOAT: r.kind = Attr::Float; r.f = a.f(); break;
+    case onnx::AttributeProto::INTS: r.kind = Attr::Ints; r.ints.assign(a.ints().begin(), a.ints().end()); break;
+    case onnx::AttributeProto::FLOATS: r.kind = Attr::Floats; r.floats.assign(a.floats().begin(), a.floats().end()); break;
+    case onnx::AttributeProto::STRING: r.kind = Attr::String; r.s = a.s(); break;
+    default: break;
+  }
+  return r;
+}
+
+/// Attribute ranges that hold for every op the runtime has: axes and permutations within the largest
+/// rank, block sizes and kernel geometry positive and bounded. Ops check what depends on the data.
+void checkAttributes(const Node& n) {
+  auto bad = [&](const std::string& k, const std::string& why) {
+    fail(StatusCode::ModelError, n.where() + ": attribute " + k + " " + why);
+  };
+  for (const auto& [k, a] : n.attrs) {
+    if ((k == "axis" || k == "start" || k == "end") && a.kind == Attr::Int && (a.i < -kMaxRank || a.i > kMaxRank))
+      bad(k, "= " + std::to_string(a.i) + " is outside [-" + std::to_string(kMaxRank) + ", " + std::to_string(kMaxRank) + "]");
+    if ((k == "axes" || k == "perm") && a.kind == Attr::Ints) {
+      if (a.ints.size() > static_cast<size_t>(kMaxRank)) bad(k, "has more than " + std::to_string(kMaxRank) + " entries");
+      for (int64_t v : a.ints)
+        if (v < -kMaxRank || v >= kMaxRank) bad(k, "entry " + std::to_string(v) + " is out of range");
+    }
+    if (k == "block_size" && a.kind == Attr::Int && (a.i < 0 || a.i > (int64_t{1} << 30)))
+      bad(k, "= " + std::to_string(a.i) + " must be in [0, 2^30]");
+    if ((k == "strides" || k == "dilations" || k == "kernel_shape") && a.kind == Attr::Ints)
+      for (int64_t v : a.ints)
+        if (v < 1 || v > (int64_t{1} << 20)) bad(k, "entry " + std::to_string(v) + " must be in [1, 2^20]");
+    if (k == "pads" && a.kind == Attr::Ints)
+      for (int64_t v : a.ints)
+        if (v < 0 || v > (int64_t{1} << 20)) bad(k, "entry " + std::to_string(v) + " must be in [0, 2^20]");
+    if (k == "group" && a.kind == Attr::Int && a.i < 1) bad(k, "must be >= 1");
+  }
+}
+
+/// Heap allocation for constant folding at load: every buffer becomes a constant's storage.
+class EagerAlloc : public Allocator {
+ public:
+  explicit EagerAlloc(Graph& g) : g_(g) {}
+  void* output(int value, size_t bytes, int, bool) override {
+    auto own = std::make_shared<AlignedBytes>(std::max<size_t>(bytes, 1));
+    g_.values[value].own = own;
+    return own->data();
+  }
+  void* scratch(size_t bytes, int, bool) override {
+    scratch_.emplace_back(std::max<size_t>(bytes, 1));
+    return scratch_.back().data();
+  }
+  void alias(int value, int src) override { g_.values[value].own = g_.values[src].own; }
+
+ private:
+  Graph& g_;
+  std::vector<AlignedBytes> scratch_;
+};
+
+// ------------------------------------------------------------------------------------------- reading
+/// Builds the graph from the proto: every name is defined once (an initializer, a graph input or one
+/// node output); every unsupported op is collected and reported at once.
+class GraphReader {
+ public:
+  GraphReader(Graph& g, const std::string& path) : g_(g), path_(path), dir_(realFolder(path)) {}
+
+  void read(const onnx::ModelProto& model) {
+    for (const auto& op : model.opset_import())
+      if (op.domain().empty() || op.domain() == "ai.onnx") g_.opset = static_cast<int>(op.version());
+    const onnx::GraphProto& gp = model.graph();
+    for (const auto& t : gp.initializer()) {
+      Value& v = g_.values[define(t.name(), "an initializer")];
+      v.is_const = true;
+      v.own = readTensor(t, dir_, g_, v.constant);
+    }
+    for (const auto& in : gp.input()) {
+      auto it = g_.by_name.find(in.name());
+      if (it != g_.by_name.end() && g_.values[it->second].is_const && !inputs_seen_.count(in.name())) {
+        inputs_seen_.insert(in.name());  // an initializer listed as an input (IR < 4): a constant here
+        continue;
+      }
+      g_.inputs.push_back(define(in.name(), "a graph input"));
+      inputs_seen_.insert(in.name());
+      g_.input_info.push_back(ioInfo(in));
+    }
+    for (const auto& np : gp.node()) addNode(np);
+    reportUnsupported();
+    for (const auto& out : gp.output()) {
+      auto it = g_.by_name.find(out.name());
+      if (it == g_.by_name.end()) fail(StatusCode::ModelError, "graph output '" + out.name() + "' is produced by no node");
+      g_.outputs.push_back(it->second);
+      g_.output_info.push_back(ioInfo(out));
+    }
+    if (g_.outputs.empty()) fail(StatusCode::ModelError, path_ + ": the graph has no outputs");
+  }
+
+ private:
+  int lookup(const std::string& name) {
+    auto it = g_.by_name.find(name);
+    if (it != g_.by_name.end()) return it->second;
+    const int id = static_cast<int>(g_.values.size());
+    Value v;
+    v.name = name;
+    g_.values.push_back(std::move(v));
+    g_.by_name[name] = id;
+    return id;
+  }
+  /// The value `name`, which `who` defines; a ModelError when something defined it already.
+  int define(const std::string& name, const std::string& who) {
+    if (name.empty()) fail(StatusCode::ModelError, path_ + ": " + who + " has an empty name");
+    auto [it, fresh] = defined_by_.emplace(name, who);
+    if (!fresh)
+      fail(StatusCode::ModelError, path_ + ": '" + name + "' is defined twice, by " + it->second + " and by " + who +
+                                       " (ONNX graphs assign every name once)");
+    return lookup(name);
+  }
+
+  void addConstant(const onnx::NodeProto& np) {
+    if (np.output_size() != 1) fail(StatusCode::ModelError, "Constant node '" + np.name() + "' needs one output");
+    if (np.attribute_size() != 1) fail(StatusCode::ModelError, "Constant node '" + np.name() + "' needs exactly one value attribute");
+    const auto& a = np.attribute(0);
+    Value& v = g_.values[define(np.output(0), "Constant node '" + np.name() + "'")];
+    if (a.name() == "value") {
+      v.own = readTensor(a.t(), dir_, g_, v.constant);
+    } else if (a.name() == "value_float" || a.name() == "value_int" || a.name() == "value_ints" || a.name() == "value_floats") {
+      const bool isInt = a.name().find("int") != std::string::npos;
+      const bool isList = a.name().back() == 's';
+      const int64_t n = isList ? (isInt ? a.ints_size() : a.floats_size()) : 1;
+      v.constant.dt = isInt ? DType::I64 : DType::F32;
+      v.constant.shape = isList ? Shape{n} : Shape();
+      g_.limits.take(g_.constant_bytes, static_cast<int64_t>(v.constant.bytes()), "Constant node '" + np.name() + "'");
+      v.own = std::make_shared<AlignedBytes>(std::max<size_t>(v.constant.bytes(), 1));
+      v.constant.data = v.own->data();
+      for (int64_t i = 0; i < n; ++i) {
+        if (isInt) v.constant.as<int64_t>()[i] = isList ? a.ints(static_cast<int>(i)) : a.i();
+        else v.constant.as<float>()[i] = isList ? a.floats(static_cast<int>(i)) : a.f();
+      }
+    } else {
+      unsupported_["Constant (sparse or string value)"]++;
+      return;
+    }
+    v.is_const = true;
+  }
+
+  void addNode(const onnx::NodeProto& np) {
+    if (np.op_type() == "Constant" && (np.domain().empty() || np.domain() == "ai.onnx")) return addConstant(np);
+    Node n;
+    n.op = np.op_type();
+    n.domain = np.domain() == "ai.onnx" ? "" : np.domain();
+    n.name = np.name().empty() ? np.op_type() + "_" + std::to_string(g_.nodes.size()) : np.name();
+    for (const auto& a : np.attribute()) n.attrs[a.name()] = readAttr(a);
+    for (const auto& i : np.input()) n.in.push_back(i.empty() ? -1 : lookup(i));
+    for (int k = 0; k < np.output_size(); ++k) {
+      const std::string& o = np.output(k);  // an omitted optional output still gets a value of its own
+      n.out.push_back(o.empty() ? lookup("\x01unnamed:" + std::to_string(g_.nodes.size()) + ":" + std::to_string(k)) : define(o, n.where()));
+    }
+    n.fn = findOp(n.domain, n.op);
+    if (!n.fn) unsupported_[(n.domain.empty() ? "" : n.domain + ".") + n.op]++;
+    checkAttributes(n);
+    g_.nodes.push_back(std::move(n));
+  }
+
+  void reportUnsupported() const {
+    if (unsupported_.empty()) return;
+    std::string msg = path_ + ": the runtime does not support " + std::to_string(unsupported_.size()) + " op type(s): ";
+    bool first = true;
+    for (const auto& [op, count] : unsupported_) {
+      msg += (first ? "" : ", ") + op + " (x" + std::to_string(count) + ")";
+      first = false;
+    }
+    fail(StatusCode::ModelError, msg + ". Supported: see `crun ops`.");
+  }
+
+  Graph& g_;
+  const std::string& path_;
+  std::string dir_;
+  std::map<std::string, std::string> defined_by_;
+  std::set<std::string> inputs_seen_;
+  std::map<std::string, int> unsupported_;
+};
+
+/// Every value read is defined before it is read (an input, a constant or an earlier node's output).
+void checkTopologicalOrder(Graph& g) {
+  std::vector<char> defined(g.values.size(), 0);
+  for (int i : g.inputs) defined[i] = 1;
+  for (size_t i = 0; i < g.values.size(); ++i)
+    if (g.values[i].is_const) defined[i] = 1;
+  for (size_t ni = 0; ni < g.nodes.size(); ++ni) {
+    for (int v : g.nodes[ni].in)
+      if (v >= 0 && !defined[v])
+        fail(StatusCode::ModelError, g.nodes[ni].where() + " reads '" + g.values[v].name + "', which no earlier node, input or initializer defines (graph not topologically sorted?)");
+    for (int v : g.nodes[ni].out) {
+      g.values[v].producer = static_cast<int>(ni);
+      defined[v] = 1;
+    }
+  }
+  for (int o : g.outputs)
+    if (!defined[o]) fail(StatusCode::ModelError, "graph output '" + g.values[o].name + "' is never computed");
+}
+
+// ------------------------------------------------------------------------------------------- preparing
+bool isConst(const Graph& g, int v) { return v >= 0 && g.values[v].is_const; }
+
+/// MatMulNBits, and MatMul whose B is DequantizeLinear of constants, get pre-packed weights.
+void packQuantizedWeights(Graph& g) {
+  for (Node& n : g.nodes) {
+    if (n.domain == "com.microsoft" && n.op == "MatMulNBits") {
+      if (n.in.size() < 3 || !isConst(g, n.in[1]) || !isConst(g, n.in[2]) || (n.in.size() > 3 && n.in[3] >= 0 && !isConst(g, n.in[3])))
+        fail(StatusCode::ModelError, n.where() + ": B, scales and zero_points must be initializers");
+      if (n.in.size() > 4 && n.in[4] >= 0) fail(StatusCode::ModelError, n.where() + ": g_idx (act-order) is not supported");
+      n.packed = packMatMulNBits(n, g.values[n.in[1]].constant, g.values[n.in[2]].constant,
+                                 n.in.size() > 3 && n.in[3] >= 0 ? &g.values[n.in[3]].constant : nullptr);
+      const int bias = n.in.size() > 5 ? n.in[5] : -1;
+      n.in = {n.in[0], bias};
+    } else if (n.domain.empty() && n.op == "MatMul" && n.in.size() == 2 && n.in[1] >= 0) {
+      const int p = g.values[n.in[1]].producer;
+      if (p < 0) continue;
+      const Node& dq = g.nodes[p];
+      if (dq.op != "DequantizeLinear" || !dq.domain.empty() || dq.in.size() < 2 || !isConst(g, dq.in[0]) || !isConst(g, dq.in[1]) ||
+          (dq.in.size() > 2 && dq.in[2] >= 0 && !isConst(g, dq.in[2])))
+        continue;
+      auto packed = packDequantize(g.values[dq.in[0]].constant, g.values[dq.in[1]].constant,
+                                   dq.in.size() > 2 && dq.in[2] >= 0 ? &g.values[dq.in[2]].constant : nullptr,
+                                   dq.attrInt("axis", 1), dq.attrInt("block_size", 0));
+      if (!packed) continue;
+      n.packed = packed;
+      n.in = {n.in[0]};
+    }
+  }
+}
+
+/// Drops nodes nothing needs (e.g. DequantizeLinear nodes now packed into their MatMul).
+void pruneUnused(Graph& g) {
+  std::vector<char> needed(g.values.size(), 0);
+  for (int o : g.outputs) needed[o] = 1;
+  std::vector<Node> kept;
+  std::vector<char> keep(g.nodes.size(), 0);
+  for (int ni = static_cast<int>(g.nodes.size()) - 1; ni >= 0; --ni) {
+    const Node& n = g.nodes[ni];
+    bool any = false;
+    for (int v : n.out) any |= needed[v] != 0;
+    if (!any) continue;
+    keep[ni] = 1;
+    for (int v : n.in)
+      if (v >= 0) needed[v] = 1;
+  }
+  for (size_t ni = 0; ni < g.nodes.size(); ++ni)
+    if (keep[ni]) kept.push_back(std::move(g.nodes[ni]));
+  g.nodes = std::move(kept);
+  for (size_t v = 0; v < g.values.size(); ++v)
+    if (!needed[v] && g.values[v].is_const) g.values[v].own.reset(), g.values[v].constant.data = nullptr;
+  for (size_t ni = 0; ni < g.nodes.size(); ++ni)
+    for (int v : g.nodes[ni].out) g.values[v].producer = static_cast<int>(ni);
+}
+
+/// Evaluates nodes whose inputs are all constants (weight transposes, casts, shape arithmetic on
+/// constants) once; returns how many were folded. What they allocate counts against the limits.
+int foldConstants(Graph& g, ThreadPool& pool, const Kernels& k) {
+  std::vector<int> uses(g.values.size(), 0);
+  for (const Node& n : g.nodes)
+    for (int v : n.in)
+      if (v >= 0) ++uses[v];
+  for (int o : g.outputs) ++uses[o];
+  std::vector<Buf> vals(g.values.size());
+  EagerAlloc alloc(g);
+  RunEnv env{&g, vals.data(), &alloc, &pool, &k, 0, g.constant_bytes};
+  std::vector<Node> live;
+  int folded = 0;
+  for (Node& n : g.nodes) {
+    bool allConst = !n.in.empty() && !n.packed;
+    for (int v : n.in)
+      if (v >= 0 && !g.values[v].is_const) allConst = false;
+    if (!allConst) {
+      live.push_back(std::move(n));
+      continue;
+    }
+    for (int v : n.in)
+      if (v >= 0) vals[v] = g.values[v].constant;
+    OpCtx c{env, n};
+    try {
+      n.fn(c);
+    } catch (const Failure& e) {
+      fail(StatusCode::ModelError, std::string("while folding constants: ") + e.what());
+    }
+    for (int v : n.out) {
+      g.values[v].is_const = true;
+      g.values[v].constant = vals[v];
+      g.values[v].producer = -1;
+    }
+    for (int v : n.in)
+      if (v >= 0 && --uses[v] == 0) g.values[v].own.reset(), g.values[v].constant.data = nullptr;
+    ++folded;
+  }
+  g.nodes = std::move(live);
+  g.constant_bytes = env.used;
+  return folded;
+}
+
+/// MatMul with a constant float B: pre-pack it as rows of the output.
+void packDenseWeights(Graph& g) {
+  for (Node& n : g.nodes) {
+    if (n.domain.empty() && n.op == "MatMul" && !n.packed && n.in.size() == 2 && isConst(g, n.in[1])) {
+      auto p = packDense(g.values[n.in[1]].constant);
+      if (!p) continue;
+      n.packed = p;
+      n.in = {n.in[0]};
+    }
+  }
+}
+
+/// Static nodes (their outputs depend only on input shapes and constants) run once per plan.
+void markStatic(Graph& g) {
+  for (Node& n : g.nodes) {
+    bool st = n.op == "Shape";
+    if (!st) {
+      bool anyStatic = false, allOk = !n.in.empty() && !n.packed;
+      for (int v : n.in) {
+        if (v < 0) continue;
+        if (g.values[v].is_static) anyStatic = true;
+        else if (!g.values[v].is_const) allOk = false;
+      }
+      st = allOk && anyStatic;
+    }
+    n.is_static = st;
+    for (int v : n.out) g.values[v].is_static = st;
+  }
+}
+
+/// Liveness: the last node reading each value.
+void computeLiveness(Graph& g) {
+  for (size_t ni = 0; ni < g.nodes.size(); ++ni) {
+    for (int v : g.nodes[ni].in)
+      if (v >= 0) g.values[v].last_use = static_cast<int>(ni);
+    for (int v : g.nodes[ni].out) g.values[v].producer = static_cast<int>(ni);
+  }
+  for (int o : g.outputs) g.values[o].last_use = INT_MAX;
+}
+
+}  // namespace
+
+Graph loadGraph(const std::string& path, const MemoryLimits& limits, ThreadPool& pool, const Kernels& k, SessionInfo& info) {
+  const std::string bytes = readModelFile(path);
+  onnx::ModelProto model;
+  if (bytes.empty() || !model.ParseFromString(bytes))
+    fail(StatusCode::ModelError, path + " is not a valid ONNX model (protobuf parse failed; truncated or not ONNX?)");
+  Graph g;
+  g.limits = limits;
+  GraphReader(g, path).read(model);
+  info.nodes = static_cast<int>(g.nodes.size());
+  checkTopologicalOrder(g);
+  packQuantizedWeights(g);
+  pruneUnused(g);
+  info.folded = foldConstants(g, pool, k);
+  packDenseWeights(g);
+  pruneUnused(g);
+  for (const Node& n : g.nodes)
+    if (n.packed) {
+      ++info.packed_matmuls;
+      info.weight_bytes += n.packed->bytes();
+    }
+  markStatic(g);
+  computeLiveness(g);
+  return g;
+}
+
+}  // namespace crt::detail

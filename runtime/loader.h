@@ -1,0 +1,17 @@
+// loader.h — reading and preparing an ONNX file (loader.cpp).
+#pragma once
+
+#include <string>
+
+#include "runtime/internal.h"
+
+namespace crt::detail {
+
+class ThreadPool;
+struct Kernels;
+
+/// Parses, validates and prepares the graph (fold, pack, mark static nodes, liveness). Everything a
+/// file says is checked before it is trusted; failures are ModelError / IoError / DataError.
+Graph loadGraph(const std::string& path, const MemoryLimits& limits, ThreadPool& pool, const Kernels& k, SessionInfo& info);
+
+}  // namespace crt::detail

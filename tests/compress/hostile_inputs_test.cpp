@@ -1,0 +1,198 @@
+// hostile_inputs_test.cpp — the host's readers against corrupt and crafted inputs (docs/security.md): .npy,
+// recipes (YAML), TorchScript archives, model.cir, tokenizers, and export validation of a broken model. Each
+// case expects its exact error category; none is an internal error (exit 70). Each was accepted, crashed
+// or was an internal error before the hardening issue.
+#include <catch2/catch.hpp>
+#include <cstring>
+#include <fstream>
+
+#include "compress/cir_format.h"
+#include "compress/error.h"
+#include "compress/importer.h"
+#include "compress/npy.h"
+#include "compress/recipe.h"
+#include "compress/serialize.h"
+#include "compress/tokenizer.h"
+#include "export/onnx_export.h"
+#include "export/ort_check.h"
+#include "export/validate.h"
+#include "test_util.h"
+
+using namespace compress;
+using Catch::Matchers::Contains;
+
+namespace {
+
+/// The category of the Error that `f` throws (Internal when it throws something else, and a failed check
+/// when it throws nothing).
+template <typename F>
+ErrorCategory categoryOf(F&& f, std::string* message = nullptr) {
+  try {
+    f();
+  } catch (const Error& e) {
+    if (message) *message = e.what();
+    return e.category();
+  } catch (const std::exception& e) {
+    if (message) *message = e.what();
+    return ErrorCategory::Internal;
+  }
+  FAIL("no error was raised");
+  return ErrorCategory::Internal;
+}
+
+std::string npyBytes(const std::string& header, const std::string& data) {
+  std::string h = header;
+  while ((10 + h.size() + 1) % 64) h.push_back(' ');
+  h.push_back('\n');
+  std::string out = "\x93NUMPY";
+  out.push_back(1);
+  out.push_back(0);
+  out.push_back(static_cast<char>(h.size() & 0xff));
+  out.push_back(static_cast<char>(h.size() >> 8));
+  return out + h + data;
+}
+
+}  // namespace
+
+TEST_CASE("strict .npy: negative or huge dims, trailing bytes, unknown dtypes, repeated or unknown keys", "[hostile][npy]") {
+  const std::string i8(16, '\1');
+  // the reference: numpy's own header for int64 (2,)
+  CHECK(parseNpy(npyBytes("{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }", i8), "ok.npy").numel() == 2);
+  struct Case {
+    const char* what;
+    std::string bytes;
+    const char* message;
+  };
+  const Case cases[] = {
+      {"negative dim", npyBytes("{'descr': '<i8', 'fortran_order': False, 'shape': (-2,), }", i8), "negative dim"},
+      {"huge dim", npyBytes("{'descr': '<i8', 'fortran_order': False, 'shape': (99999999999999999999,), }", i8), "15 digits"},
+      {"dims that overflow", npyBytes("{'descr': '<i8', 'fortran_order': False, 'shape': (4294967296, 4294967296), }", ""), "2^48"},
+      {"an <i4 header on <i8 data", npyBytes("{'descr': '<i4', 'fortran_order': False, 'shape': (2,), }", i8), "does not match"},
+      {"an unknown dtype", npyBytes("{'descr': '<c8', 'fortran_order': False, 'shape': (2,), }", i8), "unsupported dtype '<c8'"},
+      {"an odd descr", npyBytes("{'descr': 'x', 'fortran_order': False, 'shape': (2,), }", i8), "unsupported dtype 'x'"},
+      {"a repeated key", npyBytes("{'descr': '<i8', 'descr': '<i4', 'fortran_order': False, 'shape': (2,), }", i8), "repeats"},
+      {"an unknown key", npyBytes("{'descr': '<i8', 'fortran_order': False, 'shape': (2,), 'x': 1}", i8), "unknown header key"},
+      {"no shape", npyBytes("{'descr': '<i8', 'fortran_order': False, }", i8), "no 'shape'"},
+      {"a header length past the end", std::string("\x93NUMPY\x01\x00\xff\xff{", 11), "truncated header"},
+      {"big-endian", npyBytes("{'descr': '>i8', 'fortran_order': False, 'shape': (2,), }", i8), "big-endian"},
+  };
+  for (const Case& c : cases) {
+    INFO(c.what);
+    std::string msg;
+    CHECK(categoryOf([&] { parseNpy(c.bytes, "x.npy"); }, &msg) == ErrorCategory::Data);
+    CHECK_THAT(msg, Contains(c.message));
+  }
+  std::string msg;
+  CHECK(categoryOf([&] { readNpy("/dev/zero"); }, &msg) == ErrorCategory::Io);
+  CHECK_THAT(msg, Contains("not a regular file"));
+  CHECK(categoryOf([&] { readNpy("/tmp"); }, &msg) == ErrorCategory::Io);
+  CHECK_THAT(msg, Contains("is a folder"));
+}
+
+TEST_CASE("outputs never replace a folder, link or device file", "[hostile][npy]") {
+  std::string msg;
+  CHECK(categoryOf([&] { writeFileAtomic("/dev/null", "x"); }, &msg) == ErrorCategory::Io);
+  CHECK_THAT(msg, Contains("refusing to replace"));
+  struct stat st{};
+  REQUIRE(::stat("/dev/null", &st) == 0);
+  CHECK(S_ISCHR(st.st_mode));
+  const std::string dir = testutil::tempDir("");
+  CHECK(categoryOf([&] { writeFileAtomic(dir, "x"); }) == ErrorCategory::Io);
+}
+
+TEST_CASE("a recipe that repeats a key is a config error at the repeated key's line", "[hostile][recipe]") {
+  const std::string text = "model: a.pt\ntask: causal-lm\noutput: out\ntask: classifier\npasses:\n  - rtn: {bits: 8, bits: 4}\n";
+  std::string msg;
+  CHECK(categoryOf([&] { parseRecipe(text, "r.yaml"); }, &msg) == ErrorCategory::Config);
+  CHECK_THAT(msg, Contains("r.yaml:4") && Contains("task") && Contains("repeated key (first given at line 2)"));
+  CHECK_THAT(msg, Contains("bits") && Contains("r.yaml:6"));
+  CHECK(categoryOf([&] { loadRecipe("/dev/zero"); }, &msg) == ErrorCategory::Io);
+  CHECK_THAT(msg, Contains("not a regular file"));
+}
+
+TEST_CASE("a recipe naming a folder or a device as its model says so (not 'does not exist')", "[hostile][recipe]") {
+  std::string msg;
+  categoryOf([&] { parseRecipe("model: /tmp\noutput: out\ndata: {eval: {tokens: /dev/zero}}\n", "/tmp/r.yaml"); }, &msg);
+  CHECK_THAT(msg, Contains("'/tmp' is a folder, not a file"));
+  CHECK_THAT(msg, Contains("'/dev/zero' is not a regular file"));
+}
+
+TEST_CASE("a TorchScript archive with a truncated tensor record is a model error", "[hostile][importer]") {
+  std::string msg;
+  CHECK(categoryOf([&] { importTorchScript(testutil::fixture("truncated_record.pt")); }, &msg) == ErrorCategory::Model);
+  CHECK_THAT(msg, Contains("corrupt") && Contains("fc2.weight"));
+  // the archive it was cut from imports
+  ImportOptions io;
+  io.inputs = {InputSpec{"x", DType::Float32, {Dim::sym("batch"), Dim::fixed(12)}}};
+  CHECK(importTorchScript(testutil::fixture("mlp.pt"), io).initializers.size() == 6);
+  CHECK(categoryOf([&] { importTorchScript("/dev/zero"); }, &msg) == ErrorCategory::Io);
+  CHECK(categoryOf([&] { importTorchScript("/tmp"); }, &msg) == ErrorCategory::Io);
+  CHECK_THAT(msg, Contains("is a folder"));
+}
+
+TEST_CASE("model.cir: crafted tensor entries are model errors before any allocation", "[hostile][cir]") {
+  auto cir = [](const std::string& tensor_json, const std::string& data) {
+    const std::string h = R"({"data_bytes": )" + std::to_string(data.size()) + R"(, "data_fnv1a64": )" +
+                          std::to_string(fnv1a64(data.data(), data.size())) + R"(, "tensors": [)" + tensor_json + "]}";
+    std::string out(kCirMagic, 8);
+    const uint64_t hl = h.size();
+    out.append(reinterpret_cast<const char*>(&hl), 8);
+    return out + h + data;
+  };
+  const std::string data(16, '\0');
+  CHECK(parseCir(cir(R"({"name": "w", "kind": "initializer", "dtype": 1, "shape": [4], "offset": 0, "nbytes": 16})", data), "m.cir")
+            .tensors.size() == 1);
+  struct Case {
+    const char* what;
+    std::string tensor, message;
+  };
+  const Case cases[] = {
+      {"huge shape", R"({"name": "w", "kind": "initializer", "dtype": 1, "shape": [4294967296, 4294967296], "offset": 0, "nbytes": 0})", "too large"},
+      {"negative dim", R"({"name": "w", "kind": "initializer", "dtype": 1, "shape": [-4], "offset": 0, "nbytes": 16})", "negative"},
+      {"bad dtype", R"({"name": "w", "kind": "initializer", "dtype": 99, "shape": [4], "offset": 0, "nbytes": 16})", "dtype code 99"},
+      {"outside the data", R"({"name": "w", "kind": "initializer", "dtype": 1, "shape": [4], "offset": 8, "nbytes": 16})", "outside"},
+      {"offset that wraps", R"({"name": "w", "kind": "initializer", "dtype": 1, "shape": [4], "offset": 18446744073709551615, "nbytes": 16})", "outside"},
+      {"size mismatch", R"({"name": "w", "kind": "initializer", "dtype": 1, "shape": [2], "offset": 0, "nbytes": 16})", "inconsistent"},
+      {"a string dim", R"({"name": "w", "kind": "initializer", "dtype": 1, "shape": ["x"], "offset": 0, "nbytes": 16})", "malformed"},
+  };
+  for (const Case& c : cases) {
+    INFO(c.what);
+    std::string msg;
+    CHECK(categoryOf([&] { parseCir(cir(c.tensor, data), "m.cir"); }, &msg) == ErrorCategory::Model);
+    CHECK_THAT(msg, Contains(c.message));
+  }
+  std::string msg;
+  CHECK(categoryOf([&] { loadGraph("/dev/zero"); }, &msg) == ErrorCategory::Io);
+}
+
+TEST_CASE("tokenizers: a token outside the vocabulary and a device are clear errors", "[hostile][tokenizer]") {
+  std::string bytes(4, '\0');
+  const int32_t max_len = 8;
+  std::memcpy(bytes.data(), &max_len, 4);
+  for (int i = 0; i < 259; ++i) {
+    const float score = 0;
+    const int32_t len = 1;
+    bytes.append(reinterpret_cast<const char*>(&score), 4);
+    bytes.append(reinterpret_cast<const char*>(&len), 4);
+    bytes.push_back(static_cast<char>('a' + i % 26));
+  }
+  Tokenizer t = Tokenizer::parse(bytes, "tok.bin");
+  CHECK(t.vocabSize() == 259);
+  std::string msg;
+  CHECK(categoryOf([&] { t.decode(1, 300); }, &msg) == ErrorCategory::Data);
+  CHECK_THAT(msg, Contains("outside the tokenizer's 259 tokens"));
+  CHECK(categoryOf([&] { Tokenizer::parse(bytes.substr(0, bytes.size() - 1), "tok.bin"); }) == ErrorCategory::Data);
+  CHECK(categoryOf([&] { Tokenizer::load("/dev/zero"); }) == ErrorCategory::Io);
+}
+
+TEST_CASE("export validation fails when the model's outputs are NaN", "[hostile][export][ort]") {
+  ImportOptions io;
+  Graph g = importTorchScript(testutil::fixture("nan_lm.pt"), io);
+  const std::string path = testutil::tempDir("") + "/nan.onnx";
+  exportOnnx(g, path, ExportOptions{});
+  std::string why;
+  if (!testutil::requiredOrSkip(ortAvailable(&why), "ONNX Runtime (" + why + ")")) return;
+  std::string msg;
+  CHECK(categoryOf([&] { validateExport(g, path, validationInputs(g, ""), ValidationOptions{}); }, &msg) == ErrorCategory::Numeric);
+  CHECK_THAT(msg, Contains("NaN/Inf"));
+}
