@@ -30,21 +30,29 @@ std::string fileProblem(const std::string& p) {
 
 /// YAML allows a key twice in a map and yaml-cpp keeps the first; a recipe that says a thing twice is
 /// ambiguous, so every repeated key anywhere in the document is an error at its second place.
-void checkDuplicateKeys(const YAML::Node& node, const std::string& ctx, Diagnostics& d) {
+/// Keys that are not plain names (`[a]: 1`, `{x: 1}: 2`) are errors too; returns false when there are any.
+bool checkDuplicateKeys(const YAML::Node& node, const std::string& ctx, Diagnostics& d) {
+  bool names = true;
   if (node.IsMap()) {
     std::map<std::string, YAML::Mark> seen;
     for (const auto& kv : node) {
-      const std::string k = kv.first.IsScalar() ? kv.first.Scalar() : "?";
+      if (!kv.first.IsScalar()) {
+        d.add(kv.first.Mark(), ctx, "a key must be a plain name, not a list or a map");
+        names = false;
+        continue;
+      }
+      const std::string k = kv.first.Scalar();
       const std::string where = ctx.empty() ? k : ctx + "." + k;
       auto [it, fresh] = seen.emplace(k, kv.first.Mark());
       if (!fresh)
         d.add(kv.first.Mark(), where, "repeated key (first given at line " + std::to_string(it->second.line + 1) +
                                           "); say it once");
-      checkDuplicateKeys(kv.second, where, d);
+      names &= checkDuplicateKeys(kv.second, where, d);
     }
   } else if (node.IsSequence()) {
-    for (size_t i = 0; i < node.size(); ++i) checkDuplicateKeys(node[i], ctx + "[" + std::to_string(i) + "]", d);
+    for (size_t i = 0; i < node.size(); ++i) names &= checkDuplicateKeys(node[i], ctx + "[" + std::to_string(i) + "]", d);
   }
+  return names;
 }
 
 std::string resolve(const std::string& dir, const std::string& p) {
@@ -107,6 +115,8 @@ void checkKeys(const YAML::Node& node, const std::vector<std::string>& allowed, 
   }
 }
 
+void readSections(const YAML::Node& root, Recipe& r, Diagnostics& d);
+
 }  // namespace
 
 std::string defaultMetric(const std::string& task) {
@@ -133,7 +143,19 @@ Recipe parseRecipe(const std::string& text, const std::string& path) {
     d.add(root.Mark(), "", "a recipe must be a YAML map with keys like model:, data:, passes:");
     d.throwIfAny();
   }
-  checkDuplicateKeys(root, "", d);
+  if (!checkDuplicateKeys(root, "", d)) d.throwIfAny();  // everything below reads keys as names
+  try {
+    readSections(root, r, d);
+  } catch (const YAML::Exception& e) {  // a value of a shape no reader expected
+    d.add(e.mark, "", "unexpected value: " + e.msg);
+  }
+  d.throwIfAny();
+  return r;
+}
+
+namespace {
+
+void readSections(const YAML::Node& root, Recipe& r, Diagnostics& d) {
   checkKeys(root, {"model", "inputs", "task", "data", "passes", "accuracy", "export", "output", "device", "seed", "threads", "latency_runs"}, "", d);
 
   OptionReader top(root, &d, "");
@@ -219,7 +241,7 @@ Recipe parseRecipe(const std::string& text, const std::string& path) {
           d.add(item.Mark(), ctx + "." + name, "this pass needs calibration data: add data.calibration to the recipe");
         if (pass->needsTrainData() && !r.train.present)
           d.add(item.Mark(), ctx + "." + name, "this pass trains: add data.train (training text, not the eval text) to the recipe");
-        r.passes.push_back({std::move(pass), path + ":" + std::to_string(item.Mark().line + 1)});
+        r.passes.push_back({std::move(pass), r.path + ":" + std::to_string(item.Mark().line + 1)});
       }
     }
   }
@@ -252,9 +274,9 @@ Recipe parseRecipe(const std::string& text, const std::string& path) {
   }
   if (!r.eval.present && r.max_degradation >= 0)
     d.add(root["accuracy"].Mark(), "accuracy", "an accuracy gate needs data.eval to measure against");
-  d.throwIfAny();
-  return r;
 }
+
+}  // namespace
 
 Recipe loadRecipe(const std::string& path) {
   return parseRecipe(readRegularFile(path, "a recipe .yaml file (try `ls configs/`)"), path);

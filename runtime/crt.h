@@ -125,6 +125,8 @@ class Session {
   /// Loads, checks (every unsupported op/type reported at once) and prepares a model: constant
   /// subgraphs are folded, weights feeding MatMul are pre-packed (fp32/fp16/int8/int2-8 blocked).
   static Result<Session> create(const std::string& onnx_path, const SessionOptions& options = {});
+  /// The same from the bytes of an .onnx file (a model with external data must be loaded from its file).
+  static Result<Session> createFromMemory(const std::string& onnx_bytes, const SessionOptions& options = {});
 
   Session(Session&&) noexcept;
   Session& operator=(Session&&) noexcept;
@@ -146,6 +148,8 @@ class Session {
  private:
   struct Impl;
   explicit Session(std::unique_ptr<Impl> impl);
+  template <typename Load>
+  static Result<Session> make(const SessionOptions& options, const std::string& name, Load&& load);
   std::unique_ptr<Impl> impl_;
 };
 

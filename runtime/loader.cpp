@@ -95,7 +95,7 @@ ExternalSpan resolveExternal(const onnx::TensorProto& t, const std::string& mode
     fail(StatusCode::ModelError, what + ": bad external data location '" + location + "' (it must be a relative path inside the model's folder)");
   if (length >= 0 && length != need)
     fail(StatusCode::ModelError, what + ": external data length " + std::to_string(length) + " != " + std::to_string(need) + " bytes");
-  if (model_dir.empty()) fail(StatusCode::IoError, what + ": cannot resolve the model's folder");
+  if (model_dir.empty()) fail(StatusCode::ModelError, what + ": external data needs the model's folder (load the model from its file)");
   const std::string path = model_dir + "/" + location;
   char buf[PATH_MAX];
   if (!::realpath(path.c_str(), buf)) fail(StatusCode::IoError, what + ": cannot open external data file " + path + ": " + std::strerror(errno));
@@ -194,8 +194,9 @@ IoInfo ioInfo(const onnx::ValueInfoProto& v) {
   io.name = v.name();
   if (!v.type().has_tensor_type()) fail(StatusCode::ModelError, "graph input/output '" + v.name() + "' is not a tensor");
   const auto& tt = v.type().tensor_type();
-  if (!supportedType(tt.elem_type()))
-    fail(StatusCode::ModelError, "graph input/output '" + v.name() + "' has type " + typeName(tt.elem_type()) + ", which the runtime does not support");
+  if (!supportedType(tt.elem_type()) || tt.elem_type() == static_cast<int>(kU4) || tt.elem_type() == static_cast<int>(kI4))
+    fail(StatusCode::ModelError, "graph input/output '" + v.name() + "' has type " + typeName(tt.elem_type()) +
+                                     ", which the runtime does not take or return (4-bit types live inside the model only)");
   io.dtype = static_cast<DType>(tt.elem_type());
   if (tt.has_shape()) {
     if (tt.shape().dim_size() > kMaxRank) fail(StatusCode::ModelError, "graph input/output '" + v.name() + "' has rank above " + std::to_string(kMaxRank));
@@ -273,7 +274,7 @@ class EagerAlloc : public Allocator {
 /// node output); every unsupported op is collected and reported at once.
 class GraphReader {
  public:
-  GraphReader(Graph& g, const std::string& path) : g_(g), path_(path), dir_(realFolder(path)) {}
+  GraphReader(Graph& g, const std::string& path, const std::string& dir) : g_(g), path_(path), dir_(dir) {}
 
   void read(const onnx::ModelProto& model) {
     for (const auto& op : model.opset_import())
@@ -550,13 +551,17 @@ void computeLiveness(Graph& g) {
 }  // namespace
 
 Graph loadGraph(const std::string& path, const MemoryLimits& limits, ThreadPool& pool, const Kernels& k, SessionInfo& info) {
-  const std::string bytes = readModelFile(path);
+  return loadGraphBytes(readModelFile(path), path, realFolder(path), limits, pool, k, info);
+}
+
+Graph loadGraphBytes(const std::string& bytes, const std::string& name, const std::string& model_dir, const MemoryLimits& limits,
+                     ThreadPool& pool, const Kernels& k, SessionInfo& info) {
   onnx::ModelProto model;
   if (bytes.empty() || !model.ParseFromString(bytes))
-    fail(StatusCode::ModelError, path + " is not a valid ONNX model (protobuf parse failed; truncated or not ONNX?)");
+    fail(StatusCode::ModelError, name + " is not a valid ONNX model (protobuf parse failed; truncated or not ONNX?)");
   Graph g;
   g.limits = limits;
-  GraphReader(g, path).read(model);
+  GraphReader(g, name, model_dir).read(model);
   info.nodes = static_cast<int>(g.nodes.size());
   checkTopologicalOrder(g);
   packQuantizedWeights(g);

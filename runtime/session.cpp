@@ -201,6 +201,19 @@ detail::MemoryLimits resolveLimits(const SessionOptions& o) {
 }  // namespace
 
 Result<Session> Session::create(const std::string& path, const SessionOptions& options) {
+  return make(options, path, [&](Impl& m) {
+    return detail::loadGraph(path, resolveLimits(options), *m.pool, *m.k, m.info);
+  });
+}
+
+Result<Session> Session::createFromMemory(const std::string& bytes, const SessionOptions& options) {
+  return make(options, "the in-memory model", [&](Impl& m) {
+    return detail::loadGraphBytes(bytes, "the in-memory model", "", resolveLimits(options), *m.pool, *m.k, m.info);
+  });
+}
+
+template <typename Load>
+Result<Session> Session::make(const SessionOptions& options, const std::string& name, Load&& load) {
   try {
     if (options.threads < 0) return Status{StatusCode::InvalidArgument, "threads must be >= 0 (0 = all cores)"};
     if (options.max_plans < 1) return Status{StatusCode::InvalidArgument, "max_plans must be >= 1"};
@@ -213,7 +226,7 @@ Result<Session> Session::create(const std::string& path, const SessionOptions& o
     impl->k = &detail::kernelsFor(options.use_simd);
     impl->info.isa = impl->k->isa;
     impl->info.threads = impl->pool->size();
-    impl->g = detail::loadGraph(path, resolveLimits(options), *impl->pool, *impl->k, impl->info);
+    impl->g = load(*impl);
     impl->vals.resize(impl->g.values.size());
     for (size_t i = 0; i < impl->g.values.size(); ++i)
       if (impl->g.values[i].is_const) impl->vals[i] = impl->g.values[i].constant;
@@ -221,9 +234,9 @@ Result<Session> Session::create(const std::string& path, const SessionOptions& o
   } catch (const detail::Failure& e) {
     return Status{e.code, e.what()};
   } catch (const std::bad_alloc&) {
-    return Status{StatusCode::ModelError, path + ": out of memory while loading (lower SessionOptions::max_total_bytes to fail earlier)"};
+    return Status{StatusCode::ModelError, name + ": out of memory while loading (lower SessionOptions::max_total_bytes to fail earlier)"};
   } catch (const std::exception& e) {
-    return Status{StatusCode::Internal, path + ": " + e.what()};
+    return Status{StatusCode::Internal, name + ": " + e.what()};
   }
 }
 

@@ -97,7 +97,7 @@ TEST_CASE("an unwritable output location fails when the staging folder is made, 
   CHECK_THAT(msg, Contains("cannot create the folder"));
 }
 
-TEST_CASE("staging folders of killed runs are removed; a kill between the commit's renames is repaired", "[atomic_dir][hostile]") {
+TEST_CASE("staging folders of killed runs are removed, and a kill between the commit's renames is repaired", "[atomic_dir][hostile]") {
   const std::string root = testutil::tempDir(""), target = root + "/out";
   fs::create_directories(target + ".tmp-" + kDeadPid);
   writeText(target + ".tmp-" + kDeadPid + "/half.bin", "half-written");

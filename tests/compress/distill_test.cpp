@@ -60,7 +60,7 @@ TEST_CASE("a student equal to its teacher has zero KD loss", "[distill]") {
   CHECK(s["held_out_kd_before"].get<double>() == Approx(0.0).margin(1e-7));
 }
 
-TEST_CASE("one step lowers the KD loss of a pruned student; masks hold; deterministic", "[distill]") {
+TEST_CASE("one step lowers the KD loss of a pruned student, masks hold, deterministic", "[distill]") {
   Graph teacher = block();
   auto run = [&](int64_t steps) {
     Graph student = teacher.clone();
@@ -86,7 +86,7 @@ TEST_CASE("one step lowers the KD loss of a pruned student; masks hold; determin
   CHECK(sa["last_loss"] == sb["last_loss"]);
 }
 
-TEST_CASE("quantized weights stay frozen; the teacher cache trains on fixed windows", "[distill]") {
+TEST_CASE("quantized weights stay frozen, the teacher cache trains on fixed windows", "[distill]") {
   Graph teacher = block(), student = teacher.clone();
   RtnOptions r;
   r.format = {8, -1, true};
@@ -132,7 +132,7 @@ TEST_CASE("distill options and data are checked before anything runs", "[distill
   CHECK_THAT(same, Contains("data.train: is the same file as data.eval"));
 }
 
-TEST_CASE("hidden-state matching and cross-entropy add to the loss; zero MSE for an equal student", "[distill]") {
+TEST_CASE("hidden-state matching and cross-entropy add to the loss, zero MSE for an equal student", "[distill]") {
   Graph teacher = block();
   DistillOptions o = small(1);
   o.hidden = {"w2"};

@@ -47,7 +47,7 @@ TEST_CASE("calibration sampling is deterministic given the seed", "[eval]") {
   CHECK_THROWS_AS(sampleSequences(s, 1, 2000, 0), Error);
 }
 
-TEST_CASE("NaN logits are a numeric error; metrics compute the right relative change", "[eval][errors]") {
+TEST_CASE("NaN logits are a numeric error, metrics compute the right relative change", "[eval][errors]") {
   Graph g;
   g.inputs = {"tokens"};
   g.values["tokens"] = ValueInfo{DType::Int64, Shape{Dim::sym("batch"), Dim::sym("seq")}};

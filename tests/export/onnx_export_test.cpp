@@ -169,7 +169,7 @@ TEST_CASE("export errors: bad options and unreadable files", "[export][errors]")
   CHECK(after != before);
 }
 
-TEST_CASE("MatMulNBits for 2, 4 and 8 bits; other widths fall back to opset-21 QDQ; all run in ONNX Runtime", "[export]") {
+TEST_CASE("MatMulNBits for 2, 4 and 8 bits, other widths fall back to opset-21 QDQ, all run in ONNX Runtime", "[export]") {
   Graph base = importTorchScript(testutil::fixture("llama_block.pt"));
   std::string dir = testutil::tempDir("");
   for (int bits : {2, 3, 4, 5, 8}) {

@@ -118,7 +118,7 @@ TEST_CASE("bad patterns are clear configuration errors", "[prune][nm]") {
   CHECK_THROWS_WITH(parsePattern("2of4"), Contains("'unstructured' or 'N:M'"));
 }
 
-TEST_CASE("scope matrix and its synonym layer agree; pruning twice never revives weights", "[prune]") {
+TEST_CASE("scope matrix and its synonym layer agree, pruning twice never revives weights", "[prune]") {
   Graph a = block(), b = block();
   magnitudePrune(a, {0.5, "matrix", {"Linear"}, {"output"}, {}});
   magnitudePrune(b, {0.5, "layer", {"Linear"}, {"output"}, {}});

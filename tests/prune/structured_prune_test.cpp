@@ -45,7 +45,7 @@ void killNeurons(Graph& g, const FfnGroup& f, const std::vector<int64_t>& dead) 
 }
 }  // namespace
 
-TEST_CASE("removing neurons whose weights are zero leaves the outputs unchanged; shapes and counts follow", "[structured]") {
+TEST_CASE("removing neurons whose weights are zero leaves the outputs unchanged, shapes and counts follow", "[structured]") {
   for (const char* fixture : {"llama_block.pt", "gpt2_block.pt"}) {
     INFO(fixture);
     Graph g = importTorchScript(testutil::fixture(fixture));

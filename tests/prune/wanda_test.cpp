@@ -17,7 +17,7 @@
 using namespace compress;
 using Catch::Matchers::Contains;
 
-TEST_CASE("Wanda's mask: |W| x input norm per row; equal norms reduce it to magnitude per row", "[wanda]") {
+TEST_CASE("Wanda's mask: |W| x input norm per row, equal norms reduce it to magnitude per row", "[wanda]") {
   at::manual_seed(4);
   at::Tensor w = at::randn({6, 16});
   at::Tensor uniform = at::full({16}, 3.0);

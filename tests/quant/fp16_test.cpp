@@ -33,7 +33,7 @@ TEST_CASE("fp16 keeps the block list in float32 and the outputs close", "[fp16]"
   CHECK(rel > 0);
 }
 
-TEST_CASE("fp16 clamps weights beyond the fp16 range and counts them; Casts to float32 are retargeted", "[fp16]") {
+TEST_CASE("fp16 clamps weights beyond the fp16 range and counts them, Casts to float32 are retargeted", "[fp16]") {
   at::Tensor w = at::ones({2, 4});
   w[0][0] = 1e6;
   w[1][3] = -7e4;

@@ -156,7 +156,7 @@ TEST_CASE("int8 and int4 DequantizeLinear weights (per tensor, per column, block
   }
 }
 
-TEST_CASE("MatMulNBits packing (2, 4, 8 bits; default and packed zero points) matches the reference", "[runtime][kernels]") {
+TEST_CASE("MatMulNBits packing (2, 4, 8 bits, default and packed zero points) matches the reference", "[runtime][kernels]") {
   std::mt19937 rng(4);
   for (int bits : {2, 4, 8}) {
     for (int64_t K : {16, 40, 64, 100}) {
