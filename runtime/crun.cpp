@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cxxopts.hpp>
+#include <filesystem>
 #include <iostream>
 #include <map>
 #include <random>
@@ -146,8 +147,17 @@ std::string onlyInputName(const crt::Session& s) {
 int cmdRun(const std::string& model, const cxxopts::ParseResult& r) {
   if (r.count("output")) compress::refuseNonRegular(r["output"].as<std::string>());
   crt::Session s = open(model, r);
-  if (r.count("output-dir"))
-    for (const auto& io : s.outputs()) compress::refuseNonRegular(r["output-dir"].as<std::string>() + "/" + io.name + ".npy");
+  if (r.count("output-dir")) {
+    const std::string dir = r["output-dir"].as<std::string>();
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) die(6, "cannot create the output folder '" + dir + "': " + ec.message());
+    for (const auto& io : s.outputs()) {
+      if (io.name.find('/') != std::string::npos || io.name == ".." || io.name.empty())
+        die(3, "output name '" + io.name + "' cannot be a file name; use --output with a single-output model");
+      compress::refuseNonRegular(dir + "/" + io.name + ".npy");
+    }
+  }
   std::vector<compress::NpyArray> arrays;
   std::vector<std::pair<std::string, crt::TensorView>> feeds;
   const auto specs = r["input"].as<std::vector<std::string>>();

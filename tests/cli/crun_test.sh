@@ -4,14 +4,7 @@
 # Usage: crun_test.sh SOURCE_DIR WORK_DIR   (COMPRESS, CRUN = binaries)
 set -u
 src=$1 work=$2
-fails=0
-check() { if eval "$2"; then echo "ok   - $1"; else echo "FAIL - $1"; fails=$((fails + 1)); fi; }
-rm -rf "$work" && mkdir -p "$work"
-shared="$src/../shared"
-if [ ! -f "$shared/models/stories260K/stories260K.pt" ]; then
-  if [ -n "${CI:-}" ]; then echo "FAIL: ../shared is not next to the checkout, and CI must run this test"; exit 1; fi
-  echo "SKIPPED: ../shared is not next to the checkout"; exit 0
-fi
+source "$src/tests/cli/common.sh"
 "$CRUN" --help > "$work/help.txt"; check "--help exits 0 and lists commands" "[ $? -eq 0 ] && grep -q 'crun generate' $work/help.txt"
 "$CRUN" ops > "$work/ops.txt"; check "ops lists MatMulNBits and DequantizeLinear" "grep -q 'com.microsoft.MatMulNBits' $work/ops.txt && grep -q '^DequantizeLinear' $work/ops.txt"
 "$COMPRESS" export "$shared/models/stories260K/stories260K.pt" -o "$work/m.onnx" --no-validate > /dev/null

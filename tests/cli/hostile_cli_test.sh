@@ -5,14 +5,7 @@
 # Usage: hostile_cli_test.sh SOURCE_DIR WORK_DIR FIXTURES_DIR   (COMPRESS, CRUN = binaries)
 set -u
 src=$1 work=$2 fx=$3
-fails=0
-check() { if eval "$2"; then echo "ok   - $1"; else echo "FAIL - $1"; fails=$((fails + 1)); fi; }
-rm -rf "$work" && mkdir -p "$work"
-shared="$src/../shared"
-if [ ! -f "$shared/models/stories260K/stories260K.pt" ]; then
-  if [ -n "${CI:-}" ]; then echo "FAIL: ../shared is not next to the checkout, and CI must run this test"; exit 1; fi
-  echo "SKIPPED: ../shared is not next to the checkout"; exit 0
-fi
+source "$src/tests/cli/common.sh"
 py=/usr/bin/python3
 
 # --- crun: outputs
@@ -27,6 +20,13 @@ check "--output onto a symlink exits 6 and leaves link and target" "[ $rc -eq 6 
 mkdir -p "$work/odir/logits.npy"
 "$CRUN" run "$work/nan.onnx" --input tokens="$work/t.npy" --output-dir "$work/odir" --allow-nonfinite 2> "$work/e.txt"; rc=$?
 check "--output-dir where an output name is a folder exits 6" "[ $rc -eq 6 ] && [ -d $work/odir/logits.npy ]"
+
+# an output named "../lgs" (the bytes of "logits" patched in place) must not write outside --output-dir
+$py -c "b=open('$work/nan.onnx','rb').read(); open('$work/evil.onnx','wb').write(b.replace(b'logits', b'../lgs'))"
+mkdir -p "$work/evil/inner"
+"$CRUN" run "$work/evil.onnx" --input tokens="$work/t.npy" --output-dir "$work/evil/inner" --allow-nonfinite 2> "$work/e.txt"; rc=$?
+check "an output name with a path in it is refused by --output-dir (exit 3), nothing written outside" \
+  "[ $rc -eq 3 ] && grep -q 'cannot be a file name' $work/e.txt && [ ! -e $work/evil/lgs.npy ]"
 
 # --- crun: NaN outputs
 "$CRUN" run "$work/nan.onnx" --input tokens="$work/t.npy" --output "$work/o.npy" 2> "$work/e.txt"; rc=$?

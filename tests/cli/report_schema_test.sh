@@ -3,13 +3,7 @@
 # Usage: report_schema_test.sh SOURCE_DIR WORK_DIR   (COMPRESS = path of the compress binary)
 set -u
 src=$1 work=$2
-fails=0
-check() { if eval "$2"; then echo "ok   - $1"; else echo "FAIL - $1"; fails=$((fails + 1)); fi; }
-rm -rf "$work" && mkdir -p "$work"
-if [ ! -f "$src/../shared/models/stories260K/stories260K.pt" ]; then
-  if [ -n "${CI:-}" ]; then echo "FAIL: ../shared is not next to the checkout, and CI must run this test"; exit 1; fi
-  echo "SKIPPED: ../shared is not next to the checkout"; exit 0
-fi
+source "$src/tests/cli/common.sh"
 "$COMPRESS" --help > "$work/help.txt"; check "--help exits 0" "[ $? -eq 0 ]"
 check "--help teaches recipes and exit codes" "grep -q 'Exit codes' $work/help.txt && grep -q 'max_degradation' $work/help.txt"
 "$COMPRESS" passes > "$work/passes.txt"; check "passes lists rtn and magnitude-prune" "grep -q '^rtn' $work/passes.txt && grep -q '^magnitude-prune' $work/passes.txt"
