@@ -28,8 +28,8 @@ wait || true
 printf '%-15s %12s %9s %6s %7s %8s %s\n' target execs exec/s cov ft corpus outcome
 for t in "${targets[@]}"; do
   log=$out/$t.log
-  execs=$(grep -oE 'stat::number_of_executed_units: [0-9]+' "$log" | grep -oE '[0-9]+$' || echo 0)
-  rate=$(grep -oE 'stat::average_exec_per_sec: [0-9]+' "$log" | grep -oE '[0-9]+$' || echo 0)
+  execs=$(grep -oE 'stat::number_of_executed_units: +[0-9]+' "$log" | grep -oE '[0-9]+$' || echo 0)
+  rate=$(grep -oE 'stat::average_exec_per_sec: +[0-9]+' "$log" | grep -oE '[0-9]+$' || echo 0)
   last=$(grep -E '(DONE|pulse|NEW|REDUCE) +cov' "$log" | tail -1)
   cov=$(echo "$last" | grep -oE 'cov: [0-9]+' | grep -oE '[0-9]+' || echo ?)
   ft=$(echo "$last" | grep -oE 'ft: [0-9]+' | grep -oE '[0-9]+' || echo ?)

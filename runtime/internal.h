@@ -225,7 +225,14 @@ struct OpCtx {
   void* scratch(size_t bytes);
   /// Counts `bytes` of output `output` (-1: scratch) against the session's memory limits (a Failure
   /// naming this node when over).
-  void claim(int64_t bytes, int output);
+  void claim(int64_t bytes, int output) {
+    if (env.g && bytes <= env.g->limits.max_tensor && bytes <= env.g->limits.max_total - env.used) {
+      env.used += bytes;  // the common case: two compares, no strings built
+      return;
+    }
+    claimSlow(bytes, output);
+  }
+  void claimSlow(int64_t bytes, int output);
   [[noreturn]] void bad(const std::string& what) const;
 };
 

@@ -951,7 +951,10 @@ void opConv(OpCtx& c) {
   FloatOut fo = floatOut(c, x.dt, os);
   float* y = fo.p;
   const int64_t Cg = C / group, Fg = F / group, KK = Cg * g.k[0] * g.k[1], P = OH * OW;
-  float* col = static_cast<float*>(c.scratch(KK * P * sizeof(float)));
+  int64_t colElems = 0, colBytes = 0;  // the im2col buffer: kernel size x output pixels can exceed either alone
+  if (!checkedMul(KK, P, &colElems) || !checkedBytes(colElems, sizeof(float), &colBytes))
+    c.bad("the im2col buffer of " + std::to_string(KK) + " x " + std::to_string(P) + " values is too large");
+  float* col = static_cast<float*>(c.scratch(static_cast<size_t>(colBytes)));
   for (int64_t n = 0; n < N; ++n)
     for (int64_t gr = 0; gr < group; ++gr) {
       // im2col: col[(ci, kh, kw), (oh, ow)]

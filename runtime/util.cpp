@@ -163,11 +163,13 @@ void* OpCtx::out(int i, DType dt, const Shape& s) {
   if (i >= static_cast<int>(node.out.size())) bad("the node lists no output " + std::to_string(i));
   const int v = node.out[i];
   Buf& b = env.vals[v];
-  if (!s.valid()) bad("output " + std::to_string(i) + " would have shape " + s.str() + ": a negative dim or more than 2^48 elements");
+  int64_t elems = 0;  // one checked count serves the validity check and the byte size
+  if (!checkedNumel(s.d, static_cast<size_t>(s.rank), &elems))
+    bad("output " + std::to_string(i) + " would have shape " + s.str() + ": a negative dim or more than 2^48 elements");
   b.dt = dt;
   b.shape = s;
   b.data = nullptr;
-  const size_t n = b.bytes();
+  const size_t n = dt == kU4 || dt == kI4 ? static_cast<size_t>((elems + 1) / 2) : static_cast<size_t>(elems) * dtypeSize(dt);
   claim(static_cast<int64_t>(n), i);
   b.data = env.alloc->output(v, n, env.node_index, node.is_static);
   return b.data;
@@ -190,13 +192,9 @@ void* OpCtx::scratch(size_t bytes) {
   return env.alloc->scratch(bytes, env.node_index, node.is_static);
 }
 
-void OpCtx::claim(int64_t bytes, int output) {
+void OpCtx::claimSlow(int64_t bytes, int output) {
   if (!env.g) return;  // kernels run alone (tests): no session, no limits
   const MemoryLimits& l = env.g->limits;
-  if (bytes <= l.max_tensor && bytes <= l.max_total - env.used) {  // the common case: no strings built
-    env.used += bytes;
-    return;
-  }
   const std::string what = node.where() + ": " + (output < 0 ? "scratch memory" : "output " + std::to_string(output));
   l.checkTensor(bytes, what);
   l.take(env.used, bytes, what);
