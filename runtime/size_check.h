@@ -21,8 +21,21 @@ inline bool checkedMul(int64_t a, int64_t b, int64_t* out) { return !__builtin_m
 inline bool checkedAdd(int64_t a, int64_t b, int64_t* out) { return !__builtin_add_overflow(a, b, out); }
 
 /// Number of elements of a tensor with dims d[0..n): false when a dim is negative or the product of the
-/// non-zero dims exceeds kMaxElements.
+/// non-zero dims exceeds kMaxElements. Fast path (what almost every real shape takes, a few instructions per
+/// dim): when every dim is below 2^(48/n), any product of them is below 2^48, so the plain product is exact;
+/// a negative dim sets the top bit and takes the exact path.
 inline bool checkedNumel(const int64_t* d, size_t n, int64_t* numel) {
+  static constexpr uint8_t kBitsPerDim[9] = {48, 48, 24, 16, 12, 9, 8, 6, 6};  // floor(48 / n)
+  uint64_t any = 0, product = 1;  // unsigned: wraps harmlessly when the fast path does not apply
+  for (size_t i = 0; i < n; ++i) {
+    const uint64_t v = static_cast<uint64_t>(d[i]);
+    any |= v;
+    product *= v;
+  }
+  if (n <= 8 && (any >> kBitsPerDim[n]) == 0) {
+    *numel = static_cast<int64_t>(product);
+    return true;
+  }
   int64_t nonzero = 1;
   bool zero = false;
   for (size_t i = 0; i < n; ++i) {

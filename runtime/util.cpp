@@ -159,16 +159,21 @@ const Buf& OpCtx::in(int i) const {
   return env.vals[node.in[i]];
 }
 
+namespace {
+[[noreturn, gnu::noinline, gnu::cold]] void badOutput(const OpCtx& c, int i, const Shape& s) {
+  if (i >= static_cast<int>(c.node.out.size())) c.bad("the node lists no output " + std::to_string(i));
+  c.bad("output " + std::to_string(i) + " would have shape " + s.str() + ": a negative dim or more than 2^48 elements");
+}
+}  // namespace
+
 void* OpCtx::out(int i, DType dt, const Shape& s) {
-  if (i >= static_cast<int>(node.out.size())) bad("the node lists no output " + std::to_string(i));
+  int64_t elems = 0;  // one checked count serves the validity check and the byte size
+  if (__builtin_expect(i >= static_cast<int>(node.out.size()) || !checkedNumel(s.d, static_cast<size_t>(s.rank), &elems), 0))
+    badOutput(*this, i, s);
   const int v = node.out[i];
   Buf& b = env.vals[v];
-  int64_t elems = 0;  // one checked count serves the validity check and the byte size
-  if (!checkedNumel(s.d, static_cast<size_t>(s.rank), &elems))
-    bad("output " + std::to_string(i) + " would have shape " + s.str() + ": a negative dim or more than 2^48 elements");
   b.dt = dt;
   b.shape = s;
-  b.data = nullptr;
   const size_t n = dt == kU4 || dt == kI4 ? static_cast<size_t>((elems + 1) / 2) : static_cast<size_t>(elems) * dtypeSize(dt);
   claim(static_cast<int64_t>(n), i);
   b.data = env.alloc->output(v, n, env.node_index, node.is_static);
@@ -177,8 +182,10 @@ void* OpCtx::out(int i, DType dt, const Shape& s) {
 
 void OpCtx::aliasOut(int i, int src, const Shape& s) {
   const Buf& in = this->in(src);
-  if (s.numel() != in.numel()) bad("internal: alias of a different size");
-  if (i >= static_cast<int>(node.out.size())) bad("the node lists no output " + std::to_string(i));
+  int64_t elems = 0;
+  if (__builtin_expect(i >= static_cast<int>(node.out.size()) || !checkedNumel(s.d, static_cast<size_t>(s.rank), &elems), 0))
+    badOutput(*this, i, s);
+  if (elems != in.numel()) bad("internal: alias of a different size");
   const int v = node.out[i];
   Buf& b = env.vals[v];
   b.dt = in.dt;
