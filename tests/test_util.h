@@ -10,9 +10,11 @@
 
 namespace testutil {
 
-inline std::string fixture(const std::string& name) { return std::string(COMPRESS_FIXTURES_DIR) + "/" + name; }
-inline std::string shared(const std::string& rel) { return std::string(COMPRESS_SHARED_DIR) + "/" + rel; }
-inline std::string source(const std::string& rel) { return std::string(COMPRESS_SOURCE_DIR) + "/" + rel; }
+// Paths of the fixtures, ../shared and the checkout (tests/test_util.cpp: the only test file that is told
+// where the checkout is, so that every other test object is the same in any clone and ccache reuses it).
+std::string fixture(const std::string& name);
+std::string shared(const std::string& rel);
+std::string source(const std::string& rel);
 inline bool exists(const std::string& p) {
   struct stat st;
   return ::stat(p.c_str(), &st) == 0;

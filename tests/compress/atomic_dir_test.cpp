@@ -8,6 +8,7 @@
 #include <functional>
 
 #include "compress/error.h"
+#include "tests/error_util.h"
 #include "test_util.h"
 
 using namespace compress;
@@ -26,15 +27,11 @@ void writeText(const std::string& p, const std::string& s) { std::ofstream(p) <<
 /// A PID that no process has (the largest PIDs are far below this on Linux).
 constexpr const char* kDeadPid = "99999998";
 
-std::string errorOf(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    CHECK(e.category() == ErrorCategory::Io);
-    return e.what();
-  }
-  FAIL("no error was raised");
-  return "";
+/// The message of the i/o error that `f` raises (any other outcome fails the test).
+std::string ioErrorOf(const std::function<void()>& f) {
+  std::string msg;
+  CHECK(testutil::categoryOf(f, &msg) == ErrorCategory::Io);
+  return msg;
 }
 
 }  // namespace
@@ -70,15 +67,15 @@ TEST_CASE("compress never replaces a folder of the user's files, a file or a lin
   const std::string root = testutil::tempDir("");
   fs::create_directories(root + "/mine");
   writeText(root + "/mine/thesis.tex", "years of work");
-  std::string msg = errorOf([&] { StagingDir s(root + "/mine"); });
+  std::string msg = ioErrorOf([&] { StagingDir s(root + "/mine"); });
   CHECK_THAT(msg, Contains("did not write") && Contains("--overwrite"));
   CHECK(readAll(root + "/mine/thesis.tex") == "years of work");
   writeText(root + "/file", "a file named like the output");
-  msg = errorOf([&] { StagingDir s(root + "/file"); });
+  msg = ioErrorOf([&] { StagingDir s(root + "/file"); });
   CHECK_THAT(msg, Contains("not a folder"));
   CHECK(readAll(root + "/file") == "a file named like the output");
   fs::create_directory_symlink(root + "/mine", root + "/link");
-  msg = errorOf([&] { StagingDir s(root + "/link"); });
+  msg = ioErrorOf([&] { StagingDir s(root + "/link"); });
   CHECK_THAT(msg, Contains("symbolic link"));
   {
     StagingDir s(root + "/mine", /*overwrite=*/true);  // the user said so
@@ -93,7 +90,7 @@ TEST_CASE("an unwritable output location fails when the staging folder is made, 
   const std::string root = testutil::tempDir("");
   writeText(root + "/plain", "x");
   // the parent is a file: no folder can be made there (root ignores permission bits, this it cannot)
-  std::string msg = errorOf([&] { StagingDir s(root + "/plain/out"); });
+  std::string msg = ioErrorOf([&] { StagingDir s(root + "/plain/out"); });
   CHECK_THAT(msg, Contains("cannot create the folder"));
 }
 
