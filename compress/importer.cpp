@@ -828,11 +828,9 @@ void checkTensorRecords(const std::string& path, const jit::Module& m) {
   auto add = [&](const std::string& name, const at::Tensor& t) {
     if (!t.defined() || !t.has_storage() || t.storage().nbytes() == 0) return;
     storages.emplace(t.storage().data(), std::make_pair(t.storage().nbytes(), name));
-    const int64_t need = (t.storage_offset() + (t.numel() == 0 ? 0 : 1)) * static_cast<int64_t>(t.element_size());
-    int64_t extent = t.storage_offset();
-    for (int64_t d = 0; d < t.dim(); ++d) extent += (t.size(d) - 1) * t.stride(d);
-    if (t.numel() > 0 && (need > static_cast<int64_t>(t.storage().nbytes()) ||
-                          (extent + 1) * static_cast<int64_t>(t.element_size()) > static_cast<int64_t>(t.storage().nbytes())))
+    int64_t last = t.storage_offset();  // the last element the tensor reaches (LibTorch strides are >= 0)
+    for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+    if (t.numel() > 0 && (last + 1) * static_cast<int64_t>(t.element_size()) > static_cast<int64_t>(t.storage().nbytes()))
       fail(ErrorCategory::Model, "'" + path + "': tensor '" + name + "' reaches past the end of its storage (corrupt archive)");
   };
   for (const auto& p : m.named_parameters(true)) add(p.name, p.value);

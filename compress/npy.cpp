@@ -181,11 +181,10 @@ int64_t checkRegularFile(const std::string& path, const std::string& what) {
 }
 
 std::string readRegularFile(const std::string& path, const std::string& what) {
-  struct stat st{};
-  st.st_size = checkRegularFile(path, what);
+  const int64_t size = checkRegularFile(path, what);
   std::ifstream f(path, std::ios::binary);
   if (!f) fail(ErrorCategory::Io, "cannot read '" + path + "': check its permissions");
-  std::string bytes(static_cast<size_t>(st.st_size), '\0');
+  std::string bytes(static_cast<size_t>(size), '\0');
   f.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   if (static_cast<size_t>(f.gcount()) != bytes.size()) fail(ErrorCategory::Io, "cannot read all of '" + path + "'");
   return bytes;
@@ -220,21 +219,24 @@ void writeFileAtomic(const std::string& path, const std::string& bytes) {
   }
 }
 
-void writeNpy(const std::string& path, const NpyArray& a) {
-  std::ostringstream h;
-  h << "{'descr': '" << a.descr << "', 'fortran_order': False, 'shape': (";
-  for (size_t i = 0; i < a.shape.size(); ++i) h << a.shape[i] << (a.shape.size() == 1 || i + 1 < a.shape.size() ? "," : "");
-  h << "), }";
-  std::string header = h.str();
-  size_t total = 10 + header.size() + 1;
-  header.append((64 - total % 64) % 64, ' ');
+std::string npyPreamble(const std::string& dict) {
+  std::string header = dict;
+  header.append((64 - (10 + header.size() + 1) % 64) % 64, ' ');
   header.push_back('\n');
   std::string out = "\x93NUMPY";
   out.push_back(1);
   out.push_back(0);
   out.push_back(static_cast<char>(header.size() & 0xff));
   out.push_back(static_cast<char>(header.size() >> 8));
-  out += header;
+  return out + header;
+}
+
+void writeNpy(const std::string& path, const NpyArray& a) {
+  std::ostringstream h;
+  h << "{'descr': '" << a.descr << "', 'fortran_order': False, 'shape': (";
+  for (size_t i = 0; i < a.shape.size(); ++i) h << a.shape[i] << (a.shape.size() == 1 || i + 1 < a.shape.size() ? "," : "");
+  h << "), }";
+  std::string out = npyPreamble(h.str());
   out.append(a.data.begin(), a.data.end());
   writeFileAtomic(path, out);
 }

@@ -30,6 +30,8 @@ int64_t checkRegularFile(const std::string& path, const std::string& what);
 /// Error(Io) when `path` exists and is not a regular file (a folder, symlink, device): outputs never
 /// replace those.
 void refuseNonRegular(const std::string& path);
+/// Magic, version 1.0, length and `dict` padded to 64 bytes: everything of a .npy file before its data.
+std::string npyPreamble(const std::string& dict);
 /// Writes a .npy file atomically (temp file + rename).
 void writeNpy(const std::string& path, const NpyArray& a);
 

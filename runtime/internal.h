@@ -70,6 +70,9 @@ struct Shape {
   [[noreturn]] void tooLarge() const;
 };
 
+/// Bytes of `elems` values of type `dt` (packed 4-bit types: ceil(elems/2)).
+size_t bytesOf(DType dt, int64_t elems);
+
 /// A view of a dense C-order tensor. Packed 4-bit types hold ceil(numel/2) bytes.
 struct Buf {
   DType dt = DType::F32;

@@ -67,10 +67,12 @@ void MemoryLimits::take(int64_t& used, int64_t bytes, const std::string& what) c
                                     " limit (SessionOptions::max_total_bytes, crun --max-memory-mib)");
 }
 
-size_t Buf::bytes() const {
-  if (dt == kU4 || dt == kI4) return static_cast<size_t>((numel() + 1) / 2);
-  return static_cast<size_t>(numel()) * dtypeSize(dt);
+size_t bytesOf(DType dt, int64_t elems) {
+  if (dt == kU4 || dt == kI4) return static_cast<size_t>((elems + 1) / 2);
+  return static_cast<size_t>(elems) * dtypeSize(dt);
 }
+
+size_t Buf::bytes() const { return bytesOf(dt, numel()); }
 
 namespace {
 std::atomic<int64_t> g_allocations{0};
@@ -174,7 +176,7 @@ void* OpCtx::out(int i, DType dt, const Shape& s) {
   Buf& b = env.vals[v];
   b.dt = dt;
   b.shape = s;
-  const size_t n = dt == kU4 || dt == kI4 ? static_cast<size_t>((elems + 1) / 2) : static_cast<size_t>(elems) * dtypeSize(dt);
+  const size_t n = bytesOf(dt, elems);
   claim(static_cast<int64_t>(n), i);
   b.data = env.alloc->output(v, n, env.node_index, node.is_static);
   return b.data;

@@ -21,17 +21,7 @@ using testutil::categoryOf;
 
 namespace {
 
-std::string npyBytes(const std::string& header, const std::string& data) {
-  std::string h = header;
-  while ((10 + h.size() + 1) % 64) h.push_back(' ');
-  h.push_back('\n');
-  std::string out = "\x93NUMPY";
-  out.push_back(1);
-  out.push_back(0);
-  out.push_back(static_cast<char>(h.size() & 0xff));
-  out.push_back(static_cast<char>(h.size() >> 8));
-  return out + h + data;
-}
+std::string npyBytes(const std::string& header, const std::string& data) { return npyPreamble(header) + data; }
 
 }  // namespace
 
