@@ -18,6 +18,7 @@
 #include <set>
 
 #include "runtime/internal.h"
+#include "runtime/op_table.h"
 #include "runtime/kernels.h"
 #include "runtime/loader.h"
 #include "runtime/matmul.h"
@@ -368,8 +369,40 @@ class GraphReader {
     }
     n.fn = findOp(n.domain, n.op);
     if (!n.fn) unsupported_[(n.domain.empty() ? "" : n.domain + ".") + n.op]++;
+    else checkArity(n);
     checkAttributes(n);
+    if (n.fn && n.op == "ConstantOfShape") addFillValue(np, n);
     g_.nodes.push_back(std::move(n));
+  }
+
+  /// Input and output counts within the op table's bounds (trailing omitted inputs count as absent).
+  static void checkArity(const Node& n) {
+    const crt::OpInfo* info = findOpInfo(n.domain, n.op);
+    if (!info) fail(StatusCode::Internal, n.where() + ": op has an implementation but no row in op_table.def");
+    int nin = static_cast<int>(n.in.size());
+    while (nin > 0 && n.in[nin - 1] < 0) --nin;
+    if (nin < info->min_inputs || static_cast<int>(n.in.size()) > info->max_inputs)
+      fail(StatusCode::ModelError, n.where() + " has " + std::to_string(n.in.size()) + " inputs; " + n.op + " takes " +
+                                       std::to_string(info->min_inputs) + " to " + std::to_string(info->max_inputs));
+    for (int i = 0; i < info->min_inputs; ++i)
+      if (n.in[i] < 0) fail(StatusCode::ModelError, n.where() + ": required input " + std::to_string(i) + " is empty");
+    if (info->outputs >= 0 && static_cast<int>(n.out.size()) != info->outputs &&
+        !(info->outputs > 1 && static_cast<int>(n.out.size()) >= 1))  // TopK-like ops may omit trailing outputs
+      fail(StatusCode::ModelError, n.where() + " has " + std::to_string(n.out.size()) + " outputs; " + n.op + " has " +
+                                       std::to_string(info->outputs));
+    if (n.out.empty()) fail(StatusCode::ModelError, n.where() + " has no outputs");
+  }
+
+  /// ConstantOfShape's `value` (a one-element tensor attribute) becomes a constant second input.
+  void addFillValue(const onnx::NodeProto& np, Node& n) {
+    for (const auto& a : np.attribute())
+      if (a.name() == "value" && a.type() == onnx::AttributeProto::TENSOR) {
+        Value& v = g_.values[lookup("\x01value:" + std::to_string(g_.nodes.size()))];
+        v.own = readTensor(a.t(), dir_, g_, v.constant);
+        v.is_const = true;
+        if (v.constant.numel() != 1) fail(StatusCode::ModelError, n.where() + ": value must hold one element");
+        n.in.push_back(static_cast<int>(&v - g_.values.data()));
+      }
   }
 
   void reportUnsupported() const {
@@ -523,7 +556,7 @@ void packDenseWeights(Graph& g) {
 /// Static nodes (their outputs depend only on input shapes and constants) run once per plan.
 void markStatic(Graph& g) {
   for (Node& n : g.nodes) {
-    bool st = n.op == "Shape";
+    bool st = n.domain.empty() && opHas(n.op, op_trait::ShapeOnly);
     if (!st) {
       bool anyStatic = false, allOk = !n.in.empty() && !n.packed;
       for (int v : n.in) {

@@ -7,122 +7,11 @@
 #include <limits>
 #include <map>
 
-#include "runtime/internal.h"
-#include "runtime/kernels.h"
 #include "runtime/matmul.h"
+#include "runtime/ops_common.h"
 
 namespace crt::detail {
-namespace {
 
-// ---------------------------------------------------------------- fp16 arithmetic (computed in fp32)
-struct Half {
-  uint16_t bits;
-  Half() = default;
-  explicit Half(float f) : bits(floatToHalf(f)) {}
-  operator float() const { return halfToFloat(bits); }  // NOLINT
-};
-
-template <typename T>
-struct Wide { using type = T; };
-template <>
-struct Wide<Half> { using type = float; };
-
-// ---------------------------------------------------------------- helpers
-int64_t normAxis(const OpCtx& c, int64_t axis, int rank) {
-  if (axis < -rank || axis >= std::max(rank, 1)) c.bad("axis " + std::to_string(axis) + " is out of range for rank " + std::to_string(rank));
-  return axis < 0 ? axis + rank : axis;
-}
-
-Shape broadcastShape(const OpCtx& c, const Shape& a, const Shape& b) {
-  Shape o;
-  o.rank = std::max(a.rank, b.rank);
-  for (int i = 0; i < o.rank; ++i) {
-    int64_t x = i - (o.rank - a.rank) >= 0 ? a[i - (o.rank - a.rank)] : 1;
-    int64_t y = i - (o.rank - b.rank) >= 0 ? b[i - (o.rank - b.rank)] : 1;
-    if (x != y && x != 1 && y != 1) c.bad("shapes " + a.str() + " and " + b.str() + " do not broadcast");
-    o[i] = x == 1 ? y : x;
-  }
-  return o;
-}
-
-/// Element strides of `s` broadcast to `out` (0 on broadcast dims).
-void bstrides(const Shape& s, const Shape& out, int64_t* st) {
-  int64_t acc = 1;
-  for (int i = out.rank - 1; i >= 0; --i) {
-    int j = i - (out.rank - s.rank);
-    if (j >= 0 && s[j] != 1) {
-      st[i] = acc;
-      acc *= s[j];
-    } else {
-      st[i] = 0;
-      if (j >= 0) acc *= s[j];
-    }
-  }
-}
-
-/// Visits an N-ary broadcast: fn(offsets_of_inputs..., out_index_start, count, inner_strides) over the
-/// innermost dimension in runs.
-template <int NIn, typename F>
-void broadcastLoop(const Shape& out, const Shape* ins, F&& fn) {
-  int64_t st[NIn][kMaxRank] = {};
-  for (int k = 0; k < NIn; ++k) bstrides(ins[k], out, st[k]);
-  const int64_t total = out.numel();
-  if (total == 0) return;
-  if (out.rank == 0) {
-    int64_t off[NIn] = {};
-    int64_t inner[NIn] = {};
-    fn(off, int64_t{0}, int64_t{1}, inner);
-    return;
-  }
-  const int last = out.rank - 1;
-  const int64_t n = out[last];
-  int64_t inner[NIn];
-  for (int k = 0; k < NIn; ++k) inner[k] = st[k][last];
-  int64_t idx[kMaxRank] = {};
-  int64_t off[NIn] = {};
-  for (int64_t o = 0; o < total; o += n) {
-    fn(off, o, n, inner);
-    for (int d = last - 1; d >= 0; --d) {
-      ++idx[d];
-      for (int k = 0; k < NIn; ++k) off[k] += st[k][d];
-      if (idx[d] < out[d]) break;
-      for (int k = 0; k < NIn; ++k) off[k] -= st[k][d] * out[d];
-      idx[d] = 0;
-    }
-  }
-}
-
-template <typename T, typename R, typename F>
-void binaryTyped(OpCtx& c, DType outType, F f) {
-  const Buf& a = c.in(0);
-  const Buf& b = c.in(1);
-  Shape os = broadcastShape(c, a.shape, b.shape);
-  R* y = static_cast<R*>(c.out(0, outType, os));
-  const T* pa = a.as<T>();
-  const T* pb = b.as<T>();
-  Shape ins[2] = {a.shape, b.shape};
-  broadcastLoop<2>(os, ins, [&](const int64_t* off, int64_t o, int64_t n, const int64_t* inner) {
-    const T* x = pa + off[0];
-    const T* z = pb + off[1];
-    R* out = y + o;
-    if (inner[0] == 1 && inner[1] == 1) {
-      for (int64_t i = 0; i < n; ++i) out[i] = f(x[i], z[i]);
-    } else if (inner[0] == 1 && inner[1] == 0) {
-      const T zz = z[0];
-      for (int64_t i = 0; i < n; ++i) out[i] = f(x[i], zz);
-    } else if (inner[0] == 0 && inner[1] == 1) {
-      const T xx = x[0];
-      for (int64_t i = 0; i < n; ++i) out[i] = f(xx, z[i]);
-    } else {
-      for (int64_t i = 0; i < n; ++i) out[i] = f(x[i * inner[0]], z[i * inner[1]]);
-    }
-  });
-}
-
-void needSameType(const OpCtx& c) {
-  if (c.in(0).dt != c.in(1).dt)
-    c.bad(std::string("input types differ: ") + dtypeName(c.in(0).dt) + " and " + dtypeName(c.in(1).dt));
-}
 
 /// Arithmetic binary op for every numeric type; F computes on the widened type.
 template <typename Op>
@@ -185,8 +74,16 @@ void opAdd(OpCtx& c) { arith<AddOp>(c); }
 void opSub(OpCtx& c) { arith<SubOp>(c); }
 void opMul(OpCtx& c) { arith<MulOp>(c); }
 void opDiv(OpCtx& c) { arith<DivOp>(c); }
-void opMax(OpCtx& c) { arith<MaxOp>(c); }
-void opMin(OpCtx& c) { arith<MinOp>(c); }
+void opMax(OpCtx& c) {
+  if (c.nin() == 1) return c.aliasOut(0, 0, c.in(0).shape);
+  if (c.nin() != 2) c.bad("Max with more than two inputs is not supported");
+  arith<MaxOp>(c);
+}
+void opMin(OpCtx& c) {
+  if (c.nin() == 1) return c.aliasOut(0, 0, c.in(0).shape);
+  if (c.nin() != 2) c.bad("Min with more than two inputs is not supported");
+  arith<MinOp>(c);
+}
 void opPow(OpCtx& c) {
   // the exponent may have its own type (ONNX allows it); the common case is a float scalar exponent
   const Buf& b = c.in(1);
@@ -222,28 +119,41 @@ void compare(OpCtx& c) {
 void opEqual(OpCtx& c) { compare<std::equal_to<>>(c); }
 void opLess(OpCtx& c) { compare<std::less<>>(c); }
 void opGreater(OpCtx& c) { compare<std::greater<>>(c); }
+void opLessOrEqual(OpCtx& c) { compare<std::less_equal<>>(c); }
+void opGreaterOrEqual(OpCtx& c) { compare<std::greater_equal<>>(c); }
+
+/// Mod: fmod=0 takes the divisor's sign (Python / torch.remainder), fmod=1 the dividend's (C fmod).
+/// An integer division by zero gives 0 (no trap on hostile data).
+template <bool Fmod>
+struct ModOp {
+  template <typename T>
+  static T apply(T a, T b) {
+    T r = std::fmod(a, b);
+    if (!Fmod && r != 0 && ((r < 0) != (b < 0))) r += b;
+    return r;
+  }
+  static int64_t applyInt(int64_t a, int64_t b) {
+    if (b == 0 || (b == -1 && a == std::numeric_limits<int64_t>::min())) return 0;
+    int64_t r = a % b;
+    if (!Fmod && r != 0 && ((r < 0) != (b < 0))) r += b;
+    return r;
+  }
+};
+void opMod(OpCtx& c) {
+  if (c.node.attrInt("fmod", 0)) arith<ModOp<true>>(c);
+  else arith<ModOp<false>>(c);
+}
+
+template <typename F>
+void logic(OpCtx& c, F f) {
+  if (c.in(0).dt != DType::Bool || c.in(1).dt != DType::Bool) c.bad("needs bool inputs");
+  binaryTyped<uint8_t, uint8_t>(c, DType::Bool, [&](uint8_t a, uint8_t b) { return uint8_t(f(a != 0, b != 0)); });
+}
+void opAnd(OpCtx& c) { logic(c, [](bool a, bool b) { return a && b; }); }
+void opOr(OpCtx& c) { logic(c, [](bool a, bool b) { return a || b; }); }
+void opXor(OpCtx& c) { logic(c, [](bool a, bool b) { return a != b; }); }
 
 // ---------------------------------------------------------------- unary
-template <typename F>
-void unaryFloat(OpCtx& c, F f) {
-  const Buf& x = c.in(0);
-  const int64_t n = x.numel();
-  if (x.dt == DType::F32) {
-    float* y = c.outT<float>(0, x.shape);
-    const float* p = x.as<float>();
-    for (int64_t i = 0; i < n; ++i) y[i] = f(p[i]);
-  } else if (x.dt == DType::F16) {
-    uint16_t* y = static_cast<uint16_t*>(c.out(0, DType::F16, x.shape));
-    const uint16_t* p = x.as<uint16_t>();
-    for (int64_t i = 0; i < n; ++i) y[i] = floatToHalf(f(halfToFloat(p[i])));
-  } else if (x.dt == DType::F64) {
-    double* y = c.outT<double>(0, x.shape);
-    const double* p = x.as<double>();
-    for (int64_t i = 0; i < n; ++i) y[i] = f(p[i]);
-  } else {
-    c.bad(std::string("needs a floating-point input, got ") + dtypeName(x.dt));
-  }
-}
 void opSqrt(OpCtx& c) { unaryFloat(c, [](auto v) { return std::sqrt(v); }); }
 void opReciprocal(OpCtx& c) { unaryFloat(c, [](auto v) { return decltype(v)(1) / v; }); }
 void opExp(OpCtx& c) { unaryFloat(c, [](auto v) { return std::exp(v); }); }
@@ -256,20 +166,6 @@ void opSigmoid(OpCtx& c) {
   unaryFloat(c, [](auto v) { return decltype(v)(1) / (decltype(v)(1) + std::exp(-v)); });
 }
 
-template <typename F>
-void unarySigned(OpCtx& c, F f) {
-  const Buf& x = c.in(0);
-  const int64_t n = x.numel();
-  if (x.dt == DType::I64) {
-    int64_t* y = c.outT<int64_t>(0, x.shape);
-    for (int64_t i = 0; i < n; ++i) y[i] = f(x.as<int64_t>()[i]);
-  } else if (x.dt == DType::I32) {
-    int32_t* y = c.outT<int32_t>(0, x.shape);
-    for (int64_t i = 0; i < n; ++i) y[i] = f(x.as<int32_t>()[i]);
-  } else {
-    unaryFloat(c, f);
-  }
-}
 void opNeg(OpCtx& c) { unarySigned(c, [](auto v) { return -v; }); }
 void opAbs(OpCtx& c) { unarySigned(c, [](auto v) { return v < 0 ? -v : v; }); }
 void opRelu(OpCtx& c) { unarySigned(c, [](auto v) { return v > 0 ? v : decltype(v)(0); }); }
@@ -298,45 +194,6 @@ void opWhere(OpCtx& c) {
   });
 }
 
-// ---------------------------------------------------------------- casts
-template <typename From>
-double loadAs(const void* p, int64_t i) { return static_cast<double>(static_cast<const From*>(p)[i]); }
-
-double loadElem(DType t, const void* p, int64_t i) {
-  switch (t) {
-    case DType::F32: return static_cast<const float*>(p)[i];
-    case DType::F64: return static_cast<const double*>(p)[i];
-    case DType::F16: return halfToFloat(static_cast<const uint16_t*>(p)[i]);
-    case DType::I64: return static_cast<double>(static_cast<const int64_t*>(p)[i]);
-    case DType::I32: return static_cast<const int32_t*>(p)[i];
-    case DType::I8: return static_cast<const int8_t*>(p)[i];
-    case DType::U8:
-    case DType::Bool: return static_cast<const uint8_t*>(p)[i];
-    default: return 0;
-  }
-}
-
-void storeElem(DType t, void* p, int64_t i, double v) {
-  switch (t) {
-    case DType::F32: static_cast<float*>(p)[i] = static_cast<float>(v); break;
-    case DType::F64: static_cast<double*>(p)[i] = v; break;
-    case DType::F16: static_cast<uint16_t*>(p)[i] = floatToHalf(static_cast<float>(v)); break;
-    case DType::I64: static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v); break;
-    case DType::I32: static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v); break;
-    case DType::I8: static_cast<int8_t*>(p)[i] = static_cast<int8_t>(v); break;
-    case DType::U8: static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(v); break;
-    case DType::Bool: static_cast<uint8_t*>(p)[i] = v != 0; break;
-    default: break;
-  }
-}
-
-bool castable(DType t) {
-  switch (t) {
-    case DType::F32: case DType::F64: case DType::F16: case DType::I64: case DType::I32: case DType::I8:
-    case DType::U8: case DType::Bool: return true;
-    default: return false;
-  }
-}
 
 void opCast(OpCtx& c) {
   const Buf& x = c.in(0);
@@ -409,15 +266,6 @@ void opFlatten(OpCtx& c) {
   c.aliasOut(0, 0, Shape{outer, outer == 0 ? 0 : x.numel() / std::max<int64_t>(outer, 1)});
 }
 
-void axesOf(OpCtx& c, int input, const char* attr, int64_t* axes, int64_t& n) {
-  n = 0;
-  if (c.has(input)) {
-    n = readInts(c.in(input), axes, kMaxRank, c);
-  } else if (const auto* a = c.node.attrInts(attr)) {
-    if (a->size() > static_cast<size_t>(kMaxRank)) c.bad("too many axes");
-    for (int64_t v : *a) axes[n++] = v;
-  }
-}
 
 void opUnsqueeze(OpCtx& c) {
   const Buf& x = c.in(0);
@@ -456,45 +304,6 @@ void opSqueeze(OpCtx& c) {
   c.aliasOut(0, 0, s);
 }
 
-/// Copies a strided N-d view: out[idx] = in[sum idx[d]*st[d]] (element size es).
-void stridedCopy(const uint8_t* src, const int64_t* st, const Shape& os, uint8_t* dst, size_t es) {
-  const int64_t total = os.numel();
-  if (total == 0) return;
-  if (os.rank == 0) {
-    std::memcpy(dst, src, es);
-    return;
-  }
-  const int last = os.rank - 1;
-  const int64_t n = os[last], s = st[last];
-  int64_t idx[kMaxRank] = {};
-  int64_t off = 0;
-  for (int64_t o = 0; o < total; o += n) {
-    if (s == 1) {
-      std::memcpy(dst + o * es, src + off * es, n * es);
-    } else if (es == 4) {
-      const uint32_t* p = reinterpret_cast<const uint32_t*>(src) + off;
-      uint32_t* q = reinterpret_cast<uint32_t*>(dst) + o;
-      for (int64_t i = 0; i < n; ++i) q[i] = p[i * s];
-    } else {
-      for (int64_t i = 0; i < n; ++i) std::memcpy(dst + (o + i) * es, src + (off + i * s) * es, es);
-    }
-    for (int d = last - 1; d >= 0; --d) {
-      ++idx[d];
-      off += st[d];
-      if (idx[d] < os[d]) break;
-      off -= st[d] * os[d];
-      idx[d] = 0;
-    }
-  }
-}
-
-void contiguousStrides(const Shape& s, int64_t* st) {
-  int64_t acc = 1;
-  for (int i = s.rank - 1; i >= 0; --i) {
-    st[i] = acc;
-    acc *= s[i];
-  }
-}
 
 void opTranspose(OpCtx& c) {
   const Buf& x = c.in(0);
@@ -679,13 +488,6 @@ void opGather(OpCtx& c) {
 }
 
 // ---------------------------------------------------------------- reductions and normalizations
-/// Splits a rank-r tensor at `axis` into [outer, n, inner].
-void splitAt(const Shape& s, int axis, int64_t& outer, int64_t& n, int64_t& inner) {
-  outer = 1, inner = 1;
-  for (int d = 0; d < axis; ++d) outer *= s[d];
-  n = s[axis];
-  for (int d = axis + 1; d < s.rank; ++d) inner *= s[d];
-}
 
 template <bool Log>
 void softmaxF32(const float* x, float* y, int64_t outer, int64_t n, int64_t inner) {
@@ -735,7 +537,16 @@ void softmaxOp(OpCtx& c) {
 void opSoftmax(OpCtx& c) { softmaxOp<false>(c); }
 void opLogSoftmax(OpCtx& c) { softmaxOp<true>(c); }
 
-enum class Red { Mean, Max, Sum };
+enum class Red { Mean, Max, Min, Sum, Prod, L2 };
+
+template <Red R>
+inline float combine(float acc, float v) {
+  if constexpr (R == Red::Max) return std::isnan(v) ? v : std::max(acc, v);
+  if constexpr (R == Red::Min) return std::isnan(v) ? v : std::min(acc, v);
+  if constexpr (R == Red::Prod) return acc * v;
+  if constexpr (R == Red::L2) return acc + v * v;
+  return acc + v;
+}
 
 template <Red R>
 void reduceOp(OpCtx& c) {
@@ -761,7 +572,9 @@ void reduceOp(OpCtx& c) {
   void* yv = c.out(0, x.dt, os);
   const int64_t m = kept.numel();
   float* acc = static_cast<float*>(c.scratch(m * sizeof(float)));
-  for (int64_t i = 0; i < m; ++i) acc[i] = R == Red::Max ? -std::numeric_limits<float>::infinity() : 0.f;
+  const float init = R == Red::Max ? -std::numeric_limits<float>::infinity()
+                     : R == Red::Min ? std::numeric_limits<float>::infinity() : R == Red::Prod ? 1.f : 0.f;
+  for (int64_t i = 0; i < m; ++i) acc[i] = init;
   // fast path: reducing the trailing axes of a contiguous tensor
   int firstRed = r;
   while (firstRed > 0 && red[firstRed - 1]) --firstRed;
@@ -773,7 +586,7 @@ void reduceOp(OpCtx& c) {
     for (int64_t i = 0; i < m; ++i) {
       const float* q = p + i * count;
       float a = acc[i];
-      for (int64_t j = 0; j < count; ++j) a = R == Red::Max ? std::max(a, q[j]) : a + q[j];
+      for (int64_t j = 0; j < count; ++j) a = combine<R>(a, q[j]);
       acc[i] = a;
     }
   } else {
@@ -784,7 +597,7 @@ void reduceOp(OpCtx& c) {
     const int64_t total = x.numel();
     for (int64_t i = 0; i < total; ++i) {
       const float v = half ? halfToFloat(x.as<uint16_t>()[i]) : x.as<float>()[i];
-      acc[off] = R == Red::Max ? std::max(acc[off], v) : acc[off] + v;
+      acc[off] = combine<R>(acc[off], v);
       for (int d = r - 1; d >= 0; --d) {
         ++idx[d];
         off += st[d];
@@ -795,7 +608,7 @@ void reduceOp(OpCtx& c) {
     }
   }
   for (int64_t i = 0; i < m; ++i) {
-    const float v = R == Red::Mean ? acc[i] / static_cast<float>(count) : acc[i];
+    const float v = R == Red::Mean ? acc[i] / static_cast<float>(count) : R == Red::L2 ? std::sqrt(acc[i]) : acc[i];
     if (half) static_cast<uint16_t*>(yv)[i] = floatToHalf(v);
     else static_cast<float*>(yv)[i] = v;
   }
@@ -803,10 +616,12 @@ void reduceOp(OpCtx& c) {
 void opReduceMean(OpCtx& c) { reduceOp<Red::Mean>(c); }
 void opReduceMax(OpCtx& c) { reduceOp<Red::Max>(c); }
 void opReduceSum(OpCtx& c) { reduceOp<Red::Sum>(c); }
+void opReduceMin(OpCtx& c) { reduceOp<Red::Min>(c); }
+void opReduceProd(OpCtx& c) { reduceOp<Red::Prod>(c); }
+void opReduceL2(OpCtx& c) { reduceOp<Red::L2>(c); }
 
-float elemF(const Buf& b, int64_t i) { return b.dt == DType::F16 ? halfToFloat(b.as<uint16_t>()[i]) : b.as<float>()[i]; }
 
-void opLayerNorm(OpCtx& c) {
+void opLayerNormalization(OpCtx& c) {
   const Buf& x = c.in(0);
   const Buf& g = c.in(1);
   const int r = x.shape.rank;
@@ -838,7 +653,7 @@ void opLayerNorm(OpCtx& c) {
   }
 }
 
-void opBatchNorm(OpCtx& c) {
+void opBatchNormalization(OpCtx& c) {
   const Buf& x = c.in(0);
   if (x.dt != DType::F32) c.bad("needs float32 input");
   if (x.shape.rank < 2) c.bad("needs an input of rank >= 2");
@@ -860,9 +675,6 @@ void opBatchNorm(OpCtx& c) {
 
 // ---------------------------------------------------------------- Gemm, Conv, pooling
 // These compute in float32; float16 tensors (fp16 exports) are converted on the way in and out.
-bool isFloat(DType t) { return t == DType::F32 || t == DType::F16; }
-
-const float* fin(OpCtx& c, int i) { return floatData(c, c.in(i)); }
 
 void opGemm(OpCtx& c) {
   const Buf& a = c.in(0);
@@ -893,39 +705,12 @@ void opGemm(OpCtx& c) {
     broadcastShape(c, cb.shape, os);
     int64_t st[kMaxRank];
     bstrides(cb.shape, os, st);
-    const int64_t s0 = cb.shape.rank == 2 ? st[0] : 0, s1 = cb.shape.rank >= 1 ? st[cb.shape.rank - 1] : 0;
+    const int64_t s0 = st[0], s1 = st[1];  // strides over the output's [M, N] (0 on broadcast dims)
     for (int64_t i = 0; i < M; ++i)
       for (int64_t j = 0; j < N; ++j) y[i * N + j] += beta * cb.as<float>()[i * s0 + j * s1];
   }
 }
 
-struct ConvGeom {
-  int64_t k[2] = {1, 1}, s[2] = {1, 1}, d[2] = {1, 1}, p0[2] = {0, 0}, p1[2] = {0, 0};
-};
-
-ConvGeom convGeom(OpCtx& c, int sp, const int64_t* kernel) {
-  ConvGeom g;
-  for (int i = 0; i < sp; ++i) g.k[i] = kernel[i];
-  if (const auto* v = c.node.attrInts("strides"))
-    for (int i = 0; i < sp && i < static_cast<int>(v->size()); ++i) g.s[i] = (*v)[i];
-  if (const auto* v = c.node.attrInts("dilations"))
-    for (int i = 0; i < sp && i < static_cast<int>(v->size()); ++i) g.d[i] = (*v)[i];
-  if (const auto* v = c.node.attrInts("pads")) {
-    if (static_cast<int>(v->size()) != 2 * sp) c.bad("pads must have 2 entries per spatial dim");
-    for (int i = 0; i < sp; ++i) g.p0[i] = (*v)[i], g.p1[i] = (*v)[sp + i];
-  }
-  for (int i = 0; i < sp; ++i)  // the loader bounds the attributes; kernels from weights are bounded here
-    if (g.k[i] < 1 || g.k[i] > (int64_t{1} << 20) || g.s[i] < 1 || g.d[i] < 1) c.bad("kernel, strides and dilations must be positive");
-  auto ap = c.node.attrs.find("auto_pad");
-  if (ap != c.node.attrs.end() && ap->second.s != "NOTSET" && !ap->second.s.empty()) c.bad("auto_pad is not supported; export explicit pads");
-  return g;
-}
-
-int64_t outDim(int64_t in, int64_t k, int64_t s, int64_t d, int64_t p0, int64_t p1, bool ceil) {
-  const int64_t eff = d * (k - 1) + 1;
-  const int64_t num = in + p0 + p1 - eff;
-  return (ceil ? (num + s - 1) / s : num / s) + 1;
-}
 
 void opConv(OpCtx& c) {
   const Buf& x = c.in(0);
@@ -1077,38 +862,31 @@ void opDequantizeLinear(OpCtx& c) {
 }
 
 // ---------------------------------------------------------------- table
+namespace {
 struct Entry {
-  const char* name;
+  std::string_view domain, name;
   OpFn fn;
 };
-
+/// One implementation per row of op_table.def.
 const Entry kOps[] = {
-    {"Add", opAdd}, {"Sub", opSub}, {"Mul", opMul}, {"Div", opDiv}, {"Pow", opPow}, {"Max", opMax}, {"Min", opMin},
-    {"Equal", opEqual}, {"Less", opLess}, {"Greater", opGreater}, {"Sqrt", opSqrt}, {"Reciprocal", opReciprocal},
-    {"Neg", opNeg}, {"Abs", opAbs}, {"Exp", opExp}, {"Log", opLog}, {"Tanh", opTanh}, {"Sigmoid", opSigmoid},
-    {"Relu", opRelu}, {"Erf", opErf}, {"Where", opWhere}, {"Identity", opIdentity}, {"Cast", opCast},
-    {"Shape", opShape}, {"Reshape", opReshape}, {"Flatten", opFlatten}, {"Unsqueeze", opUnsqueeze},
-    {"Squeeze", opSqueeze}, {"Transpose", opTranspose}, {"Slice", opSlice}, {"Concat", opConcat},
-    {"Split", opSplit}, {"Expand", opExpand}, {"Gather", opGather}, {"Softmax", opSoftmax},
-    {"LogSoftmax", opLogSoftmax}, {"ReduceMean", opReduceMean}, {"ReduceMax", opReduceMax},
-    {"ReduceSum", opReduceSum}, {"LayerNormalization", opLayerNorm}, {"BatchNormalization", opBatchNorm},
-    {"Gemm", opGemm}, {"Conv", opConv}, {"MaxPool", opMaxPool}, {"AveragePool", opAveragePool},
-    {"GlobalAveragePool", opGlobalAveragePool}, {"DequantizeLinear", opDequantizeLinear}, {"MatMul", opMatMul},
-    {"com.microsoft.MatMulNBits", opMatMulNBits},
+#define OP(name, lo, hi, outs, traits) {"", #name, op##name},
+#define OPD(domain, name, lo, hi, outs, traits) {#domain, #name, op##name},
+#include "runtime/op_table.def"
+#undef OP
+#undef OPD
 };
-
 }  // namespace
 
 OpFn findOp(const std::string& domain, const std::string& op) {
-  const std::string key = domain.empty() || domain == "ai.onnx" ? op : domain + "." + op;
+  const std::string_view d = domain == "ai.onnx" ? std::string_view() : std::string_view(domain);
   for (const Entry& e : kOps)
-    if (key == e.name) return e.fn;
+    if (e.name == op && e.domain == d) return e.fn;
   return nullptr;
 }
 
 std::vector<std::string> supportedOps() {
   std::vector<std::string> v;
-  for (const Entry& e : kOps) v.push_back(e.name);
+  for (const Entry& e : kOps) v.push_back(e.domain.empty() ? std::string(e.name) : std::string(e.domain) + "." + std::string(e.name));
   std::sort(v.begin(), v.end());
   return v;
 }

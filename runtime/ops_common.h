@@ -1,0 +1,300 @@
+// ops_common.h — helpers shared by the runtime's op files (ops.cpp, ops_math.cpp, ops_tensor.cpp):
+// broadcasting loops, typed element access, strided copies, convolution geometry; and the declaration
+// of every op implementation, one per row of op_table.def (a missing one is a link error).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "runtime/internal.h"
+#include "runtime/kernels.h"
+
+namespace crt::detail {
+
+#define OP(name, lo, hi, outs, traits) void op##name(OpCtx& c);
+#define OPD(domain, name, lo, hi, outs, traits) void op##name(OpCtx& c);
+#include "runtime/op_table.def"
+#undef OP
+#undef OPD
+
+// ---------------------------------------------------------------- fp16 arithmetic (computed in fp32)
+struct Half {
+  uint16_t bits;
+  Half() = default;
+  explicit Half(float f) : bits(floatToHalf(f)) {}
+  operator float() const { return halfToFloat(bits); }  // NOLINT
+};
+
+template <typename T>
+struct Wide { using type = T; };
+template <>
+struct Wide<Half> { using type = float; };
+
+// ---------------------------------------------------------------- helpers
+inline int64_t normAxis(const OpCtx& c, int64_t axis, int rank) {
+  if (axis < -rank || axis >= std::max(rank, 1)) c.bad("axis " + std::to_string(axis) + " is out of range for rank " + std::to_string(rank));
+  return axis < 0 ? axis + rank : axis;
+}
+
+inline Shape broadcastShape(const OpCtx& c, const Shape& a, const Shape& b) {
+  Shape o;
+  o.rank = std::max(a.rank, b.rank);
+  for (int i = 0; i < o.rank; ++i) {
+    int64_t x = i - (o.rank - a.rank) >= 0 ? a[i - (o.rank - a.rank)] : 1;
+    int64_t y = i - (o.rank - b.rank) >= 0 ? b[i - (o.rank - b.rank)] : 1;
+    if (x != y && x != 1 && y != 1) c.bad("shapes " + a.str() + " and " + b.str() + " do not broadcast");
+    o[i] = x == 1 ? y : x;
+  }
+  return o;
+}
+
+/// Element strides of `s` broadcast to `out` (0 on broadcast dims).
+inline void bstrides(const Shape& s, const Shape& out, int64_t* st) {
+  int64_t acc = 1;
+  for (int i = out.rank - 1; i >= 0; --i) {
+    int j = i - (out.rank - s.rank);
+    if (j >= 0 && s[j] != 1) {
+      st[i] = acc;
+      acc *= s[j];
+    } else {
+      st[i] = 0;
+      if (j >= 0) acc *= s[j];
+    }
+  }
+}
+
+/// Visits an N-ary broadcast: fn(offsets_of_inputs..., out_index_start, count, inner_strides) over the
+/// innermost dimension in runs.
+template <int NIn, typename F>
+inline void broadcastLoop(const Shape& out, const Shape* ins, F&& fn) {
+  int64_t st[NIn][kMaxRank] = {};
+  for (int k = 0; k < NIn; ++k) bstrides(ins[k], out, st[k]);
+  const int64_t total = out.numel();
+  if (total == 0) return;
+  if (out.rank == 0) {
+    int64_t off[NIn] = {};
+    int64_t inner[NIn] = {};
+    fn(off, int64_t{0}, int64_t{1}, inner);
+    return;
+  }
+  const int last = out.rank - 1;
+  const int64_t n = out[last];
+  int64_t inner[NIn];
+  for (int k = 0; k < NIn; ++k) inner[k] = st[k][last];
+  int64_t idx[kMaxRank] = {};
+  int64_t off[NIn] = {};
+  for (int64_t o = 0; o < total; o += n) {
+    fn(off, o, n, inner);
+    for (int d = last - 1; d >= 0; --d) {
+      ++idx[d];
+      for (int k = 0; k < NIn; ++k) off[k] += st[k][d];
+      if (idx[d] < out[d]) break;
+      for (int k = 0; k < NIn; ++k) off[k] -= st[k][d] * out[d];
+      idx[d] = 0;
+    }
+  }
+}
+
+template <typename T, typename R, typename F>
+inline void binaryTyped(OpCtx& c, DType outType, F f) {
+  const Buf& a = c.in(0);
+  const Buf& b = c.in(1);
+  Shape os = broadcastShape(c, a.shape, b.shape);
+  R* y = static_cast<R*>(c.out(0, outType, os));
+  const T* pa = a.as<T>();
+  const T* pb = b.as<T>();
+  Shape ins[2] = {a.shape, b.shape};
+  broadcastLoop<2>(os, ins, [&](const int64_t* off, int64_t o, int64_t n, const int64_t* inner) {
+    const T* x = pa + off[0];
+    const T* z = pb + off[1];
+    R* out = y + o;
+    if (inner[0] == 1 && inner[1] == 1) {
+      for (int64_t i = 0; i < n; ++i) out[i] = f(x[i], z[i]);
+    } else if (inner[0] == 1 && inner[1] == 0) {
+      const T zz = z[0];
+      for (int64_t i = 0; i < n; ++i) out[i] = f(x[i], zz);
+    } else if (inner[0] == 0 && inner[1] == 1) {
+      const T xx = x[0];
+      for (int64_t i = 0; i < n; ++i) out[i] = f(xx, z[i]);
+    } else {
+      for (int64_t i = 0; i < n; ++i) out[i] = f(x[i * inner[0]], z[i * inner[1]]);
+    }
+  });
+}
+
+inline void needSameType(const OpCtx& c) {
+  if (c.in(0).dt != c.in(1).dt)
+    c.bad(std::string("input types differ: ") + dtypeName(c.in(0).dt) + " and " + dtypeName(c.in(1).dt));
+}
+
+template <typename F>
+inline void unaryFloat(OpCtx& c, F f) {
+  const Buf& x = c.in(0);
+  const int64_t n = x.numel();
+  if (x.dt == DType::F32) {
+    float* y = c.outT<float>(0, x.shape);
+    const float* p = x.as<float>();
+    for (int64_t i = 0; i < n; ++i) y[i] = f(p[i]);
+  } else if (x.dt == DType::F16) {
+    uint16_t* y = static_cast<uint16_t*>(c.out(0, DType::F16, x.shape));
+    const uint16_t* p = x.as<uint16_t>();
+    for (int64_t i = 0; i < n; ++i) y[i] = floatToHalf(f(halfToFloat(p[i])));
+  } else if (x.dt == DType::F64) {
+    double* y = c.outT<double>(0, x.shape);
+    const double* p = x.as<double>();
+    for (int64_t i = 0; i < n; ++i) y[i] = f(p[i]);
+  } else {
+    c.bad(std::string("needs a floating-point input, got ") + dtypeName(x.dt));
+  }
+}
+
+template <typename F>
+inline void unarySigned(OpCtx& c, F f) {
+  const Buf& x = c.in(0);
+  const int64_t n = x.numel();
+  if (x.dt == DType::I64) {
+    int64_t* y = c.outT<int64_t>(0, x.shape);
+    for (int64_t i = 0; i < n; ++i) y[i] = f(x.as<int64_t>()[i]);
+  } else if (x.dt == DType::I32) {
+    int32_t* y = c.outT<int32_t>(0, x.shape);
+    for (int64_t i = 0; i < n; ++i) y[i] = f(x.as<int32_t>()[i]);
+  } else {
+    unaryFloat(c, f);
+  }
+}
+
+// ---------------------------------------------------------------- casts
+template <typename From>
+inline double loadAs(const void* p, int64_t i) { return static_cast<double>(static_cast<const From*>(p)[i]); }
+
+inline double loadElem(DType t, const void* p, int64_t i) {
+  switch (t) {
+    case DType::F32: return static_cast<const float*>(p)[i];
+    case DType::F64: return static_cast<const double*>(p)[i];
+    case DType::F16: return halfToFloat(static_cast<const uint16_t*>(p)[i]);
+    case DType::I64: return static_cast<double>(static_cast<const int64_t*>(p)[i]);
+    case DType::I32: return static_cast<const int32_t*>(p)[i];
+    case DType::I8: return static_cast<const int8_t*>(p)[i];
+    case DType::U8:
+    case DType::Bool: return static_cast<const uint8_t*>(p)[i];
+    default: return 0;
+  }
+}
+
+inline void storeElem(DType t, void* p, int64_t i, double v) {
+  switch (t) {
+    case DType::F32: static_cast<float*>(p)[i] = static_cast<float>(v); break;
+    case DType::F64: static_cast<double*>(p)[i] = v; break;
+    case DType::F16: static_cast<uint16_t*>(p)[i] = floatToHalf(static_cast<float>(v)); break;
+    case DType::I64: static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v); break;
+    case DType::I32: static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v); break;
+    case DType::I8: static_cast<int8_t*>(p)[i] = static_cast<int8_t>(v); break;
+    case DType::U8: static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(v); break;
+    case DType::Bool: static_cast<uint8_t*>(p)[i] = v != 0; break;
+    default: break;
+  }
+}
+
+inline bool castable(DType t) {
+  switch (t) {
+    case DType::F32: case DType::F64: case DType::F16: case DType::I64: case DType::I32: case DType::I8:
+    case DType::U8: case DType::Bool: return true;
+    default: return false;
+  }
+}
+
+inline void axesOf(OpCtx& c, int input, const char* attr, int64_t* axes, int64_t& n) {
+  n = 0;
+  if (c.has(input)) {
+    n = readInts(c.in(input), axes, kMaxRank, c);
+  } else if (const auto* a = c.node.attrInts(attr)) {
+    if (a->size() > static_cast<size_t>(kMaxRank)) c.bad("too many axes");
+    for (int64_t v : *a) axes[n++] = v;
+  }
+}
+
+/// Copies a strided N-d view: out[idx] = in[sum idx[d]*st[d]] (element size es).
+inline void stridedCopy(const uint8_t* src, const int64_t* st, const Shape& os, uint8_t* dst, size_t es) {
+  const int64_t total = os.numel();
+  if (total == 0) return;
+  if (os.rank == 0) {
+    std::memcpy(dst, src, es);
+    return;
+  }
+  const int last = os.rank - 1;
+  const int64_t n = os[last], s = st[last];
+  int64_t idx[kMaxRank] = {};
+  int64_t off = 0;
+  for (int64_t o = 0; o < total; o += n) {
+    if (s == 1) {
+      std::memcpy(dst + o * es, src + off * es, n * es);
+    } else if (es == 4) {
+      const uint32_t* p = reinterpret_cast<const uint32_t*>(src) + off;
+      uint32_t* q = reinterpret_cast<uint32_t*>(dst) + o;
+      for (int64_t i = 0; i < n; ++i) q[i] = p[i * s];
+    } else {
+      for (int64_t i = 0; i < n; ++i) std::memcpy(dst + (o + i) * es, src + (off + i * s) * es, es);
+    }
+    for (int d = last - 1; d >= 0; --d) {
+      ++idx[d];
+      off += st[d];
+      if (idx[d] < os[d]) break;
+      off -= st[d] * os[d];
+      idx[d] = 0;
+    }
+  }
+}
+
+inline void contiguousStrides(const Shape& s, int64_t* st) {
+  int64_t acc = 1;
+  for (int i = s.rank - 1; i >= 0; --i) {
+    st[i] = acc;
+    acc *= s[i];
+  }
+}
+
+/// Splits a rank-r tensor at `axis` into [outer, n, inner].
+inline void splitAt(const Shape& s, int axis, int64_t& outer, int64_t& n, int64_t& inner) {
+  outer = 1, inner = 1;
+  for (int d = 0; d < axis; ++d) outer *= s[d];
+  n = s[axis];
+  for (int d = axis + 1; d < s.rank; ++d) inner *= s[d];
+}
+
+inline float elemF(const Buf& b, int64_t i) { return b.dt == DType::F16 ? halfToFloat(b.as<uint16_t>()[i]) : b.as<float>()[i]; }
+
+inline bool isFloat(DType t) { return t == DType::F32 || t == DType::F16; }
+
+inline const float* fin(OpCtx& c, int i) { return floatData(c, c.in(i)); }
+
+struct ConvGeom {
+  int64_t k[2] = {1, 1}, s[2] = {1, 1}, d[2] = {1, 1}, p0[2] = {0, 0}, p1[2] = {0, 0};
+};
+
+inline ConvGeom convGeom(OpCtx& c, int sp, const int64_t* kernel) {
+  ConvGeom g;
+  for (int i = 0; i < sp; ++i) g.k[i] = kernel[i];
+  if (const auto* v = c.node.attrInts("strides"))
+    for (int i = 0; i < sp && i < static_cast<int>(v->size()); ++i) g.s[i] = (*v)[i];
+  if (const auto* v = c.node.attrInts("dilations"))
+    for (int i = 0; i < sp && i < static_cast<int>(v->size()); ++i) g.d[i] = (*v)[i];
+  if (const auto* v = c.node.attrInts("pads")) {
+    if (static_cast<int>(v->size()) != 2 * sp) c.bad("pads must have 2 entries per spatial dim");
+    for (int i = 0; i < sp; ++i) g.p0[i] = (*v)[i], g.p1[i] = (*v)[sp + i];
+  }
+  for (int i = 0; i < sp; ++i)  // the loader bounds the attributes; kernels from weights are bounded here
+    if (g.k[i] < 1 || g.k[i] > (int64_t{1} << 20) || g.s[i] < 1 || g.d[i] < 1) c.bad("kernel, strides and dilations must be positive");
+  auto ap = c.node.attrs.find("auto_pad");
+  if (ap != c.node.attrs.end() && ap->second.s != "NOTSET" && !ap->second.s.empty()) c.bad("auto_pad is not supported; export explicit pads");
+  return g;
+}
+
+inline int64_t outDim(int64_t in, int64_t k, int64_t s, int64_t d, int64_t p0, int64_t p1, bool ceil) {
+  const int64_t eff = d * (k - 1) + 1;
+  const int64_t num = in + p0 + p1 - eff;
+  return (ceil ? (num + s - 1) / s : num / s) + 1;
+}
+
+}  // namespace crt::detail
