@@ -84,6 +84,195 @@ std::vector<int64_t> orDefault(std::vector<int64_t> v, size_t n, int64_t def) {
   return v;
 }
 
+
+std::string attrStr(const Node& n, const std::string& k, const std::string& def) {
+  auto it = n.attrs.find(k);
+  if (it == n.attrs.end()) return def;
+  if (auto* p = std::get_if<std::string>(&it->second)) return *p;
+  return def;
+}
+
+/// Axes of a Reduce* node: the `axes` input (opset 13 ReduceSum, opset 18 others) or attribute.
+std::vector<int64_t> reduceAxes(const Node& n, const Tensors& t, int64_t rank) {
+  std::vector<int64_t> axes = has(t, 1) ? toInts(t[1]) : n.attrInts("axes");
+  if (axes.empty())
+    for (int64_t i = 0; i < rank; ++i) axes.push_back(i);
+  for (auto& a : axes) a = normAxis(n, a, rank);
+  return axes;
+}
+
+template <typename F>
+OpFn reduce(F f) {
+  return [f](const Node& n, const Tensors& t) {
+    const at::Tensor& x = in(n, t, 0);
+    if (has(t, 1) && t[1].numel() == 0 && n.attrInt("noop_with_empty_axes", 0)) return Tensors{x};
+    const bool keep = n.attrInt("keepdims", 1) != 0;
+    return Tensors{f(x, reduceAxes(n, t, x.dim()), keep)};
+  };
+}
+
+/// The ops added for the model zoo (ONNX opset 13-21 semantics; see runtime/op_table.def).
+void addZooOps(std::unordered_map<std::string, OpFn>& m) {
+  m["Mod"] = [](const Node& n, const Tensors& t) {
+    const at::Tensor& a = in(n, t, 0);
+    const at::Tensor& b = in(n, t, 1);
+    if (n.attrInt("fmod", 0)) return Tensors{at::fmod(a, b)};
+    if (!a.is_floating_point() && (b == 0).any().item<bool>()) badInput(n, "integer modulo by zero");
+    return Tensors{at::remainder(a, b)};
+  };
+  m["LessOrEqual"] = binary([](const at::Tensor& a, const at::Tensor& b) { return at::le(a, b); });
+  m["GreaterOrEqual"] = binary([](const at::Tensor& a, const at::Tensor& b) { return at::ge(a, b); });
+  m["And"] = binary([](const at::Tensor& a, const at::Tensor& b) { return at::logical_and(a, b); });
+  m["Or"] = binary([](const at::Tensor& a, const at::Tensor& b) { return at::logical_or(a, b); });
+  m["Xor"] = binary([](const at::Tensor& a, const at::Tensor& b) { return at::logical_xor(a, b); });
+  m["Not"] = unary([](const at::Tensor& x) { return at::logical_not(x); });
+  m["IsNaN"] = unary([](const at::Tensor& x) { return at::isnan(x); });
+  m["Sin"] = unary([](const at::Tensor& x) { return at::sin(x); });
+  m["Cos"] = unary([](const at::Tensor& x) { return at::cos(x); });
+  m["LeakyRelu"] = [](const Node& n, const Tensors& t) { return Tensors{at::leaky_relu(in(n, t, 0), n.attrFloat("alpha", 0.01))}; };
+  m["Elu"] = [](const Node& n, const Tensors& t) { return Tensors{at::elu(in(n, t, 0), n.attrFloat("alpha", 1.0))}; };
+  m["HardSigmoid"] = [](const Node& n, const Tensors& t) {
+    const double a = n.attrFloat("alpha", 0.2), b = n.attrFloat("beta", 0.5);
+    const at::Tensor& x = in(n, t, 0);
+    if (std::abs(a - 1.0 / 6.0) < 1e-7 && b == 0.5) return Tensors{at::hardsigmoid(x)};  // torch's own kernel
+    return Tensors{at::clamp(x * a + b, 0.0, 1.0)};
+  };
+  m["HardSwish"] = unary([](const at::Tensor& x) { return at::hardswish(x); });
+  m["Gelu"] = [](const Node& n, const Tensors& t) { return Tensors{at::gelu(in(n, t, 0), attrStr(n, "approximate", "none"))}; };
+  m["Clip"] = [](const Node& n, const Tensors& t) {
+    const at::Tensor& x = in(n, t, 0);
+    c10::optional<at::Scalar> lo, hi;
+    if (has(t, 1)) lo = t[1].item();
+    if (has(t, 2)) hi = t[2].item();
+    if (!lo && !hi) return Tensors{x};
+    return Tensors{at::clamp(x, lo, hi)};
+  };
+  m["ConstantOfShape"] = [](const Node& n, const Tensors& t) {  // the IR holds the fill value as a float attribute
+    return Tensors{at::full(toInts(in(n, t, 0)), n.attrFloat("value", 0.0), at::TensorOptions().dtype(at::kFloat))};
+  };
+  m["Range"] = [](const Node& n, const Tensors& t) {
+    const at::Tensor& s = in(n, t, 0);
+    const double d = in(n, t, 2).item<double>();
+    if (d == 0) badInput(n, "delta must be non-zero");
+    return Tensors{at::arange(s.item(), in(n, t, 1).item(), t[2].item(), s.options())};
+  };
+  m["Tile"] = [](const Node& n, const Tensors& t) { return Tensors{in(n, t, 0).repeat(toInts(in(n, t, 1)))}; };
+  m["Trilu"] = [](const Node& n, const Tensors& t) {
+    const int64_t k = has(t, 1) ? t[1].item<int64_t>() : 0;
+    const at::Tensor& x = in(n, t, 0);
+    return Tensors{n.attrInt("upper", 1) ? at::triu(x, k) : at::tril(x, k)};
+  };
+  m["CumSum"] = [](const Node& n, const Tensors& t) {
+    at::Tensor x = in(n, t, 0);
+    const int64_t axis = normAxis(n, in(n, t, 1).item<int64_t>(), x.dim());
+    const bool rev = n.attrInt("reverse", 0) != 0, excl = n.attrInt("exclusive", 0) != 0;
+    if (rev) x = x.flip(axis);
+    at::Tensor y = at::cumsum(x, axis, x.scalar_type());
+    if (excl) y = y - x;
+    return Tensors{rev ? y.flip(axis) : y};
+  };
+  m["ReduceSum"] = reduce([](const at::Tensor& x, std::vector<int64_t> ax, bool keep) { return at::sum(x, ax, keep, x.scalar_type()); });
+  m["ReduceMin"] = reduce([](const at::Tensor& x, std::vector<int64_t> ax, bool keep) { return at::amin(x, ax, keep); });
+  m["ReduceProd"] = reduce([](const at::Tensor& x, std::vector<int64_t> ax, bool keep) {
+    at::Tensor y = x;
+    std::sort(ax.rbegin(), ax.rend());
+    for (auto a : ax) y = at::prod(y, a, keep);
+    return y;
+  });
+  m["ReduceL2"] = reduce([](const at::Tensor& x, std::vector<int64_t> ax, bool keep) {
+    return at::linalg_vector_norm(x, 2, ax, keep);
+  });
+  m["ArgMax"] = [](const Node& n, const Tensors& t) {
+    const at::Tensor& x = in(n, t, 0);
+    const int64_t axis = normAxis(n, n.attrInt("axis", 0), x.dim());
+    const bool keep = n.attrInt("keepdims", 1) != 0;
+    if (n.attrInt("select_last_index", 0)) {
+      at::Tensor f = x.flip(axis);
+      return Tensors{x.size(axis) - 1 - at::argmax(f, axis, keep)};
+    }
+    return Tensors{at::argmax(x, axis, keep)};
+  };
+  m["TopK"] = [](const Node& n, const Tensors& t) {
+    const at::Tensor& x = in(n, t, 0);
+    const int64_t axis = normAxis(n, n.attrInt("axis", -1), x.dim()), k = in(n, t, 1).item<int64_t>();
+    if (k < 0 || k > x.size(axis)) badInput(n, "K is outside [0, axis size]");
+    auto [v, i] = at::topk(x, k, axis, n.attrInt("largest", 1) != 0, true);
+    return Tensors{v, i};
+  };
+  m["InstanceNormalization"] = [](const Node& n, const Tensors& t) {
+    return Tensors{at::instance_norm(in(n, t, 0), in(n, t, 1), in(n, t, 2), {}, {}, true, 0.0, n.attrFloat("epsilon", 1e-5), false)};
+  };
+  m["GroupNormalization"] = [](const Node& n, const Tensors& t) {
+    const at::Tensor& x = in(n, t, 0);
+    const int64_t g = n.attrInt("num_groups", 0);
+    if (g <= 0 || x.size(1) % g) badInput(n, "channels do not split into num_groups groups");
+    at::Tensor s = in(n, t, 1), b = in(n, t, 2);
+    if (s.numel() == g && g != x.size(1)) s = s.repeat_interleave(x.size(1) / g), b = b.repeat_interleave(x.size(1) / g);
+    return Tensors{at::group_norm(x, g, s, b, n.attrFloat("epsilon", 1e-5))};
+  };
+  m["Pad"] = [](const Node& n, const Tensors& t) {
+    const at::Tensor& x = in(n, t, 0);
+    auto pads = toInts(in(n, t, 1));
+    const int64_t r = x.dim();
+    std::vector<int64_t> axes;
+    if (has(t, 3)) axes = toInts(t[3]);
+    else for (int64_t i = 0; i < r; ++i) axes.push_back(i);
+    if (pads.size() != 2 * axes.size()) badInput(n, "pads needs 2 values per padded axis");
+    std::vector<int64_t> tp(static_cast<size_t>(2 * r), 0);  // torch order: last dim first, (begin, end)
+    for (size_t i = 0; i < axes.size(); ++i) {
+      const int64_t a = normAxis(n, axes[i], r);
+      tp[static_cast<size_t>(2 * (r - 1 - a))] = pads[i];
+      tp[static_cast<size_t>(2 * (r - 1 - a) + 1)] = pads[axes.size() + i];
+    }
+    const std::string mode = attrStr(n, "mode", "constant");
+    if (mode == "constant") {
+      const double v = has(t, 2) && t[2].numel() ? t[2].item<double>() : 0.0;
+      return Tensors{at::constant_pad_nd(x, tp, v)};
+    }
+    while (tp.size() > 2 && tp[tp.size() - 1] == 0 && tp[tp.size() - 2] == 0) tp.resize(tp.size() - 2);  // the padded dims only
+    return Tensors{at::pad(x, tp, mode == "edge" ? "replicate" : mode)};
+  };
+  m["Resize"] = [](const Node& n, const Tensors& t) {
+    const at::Tensor& x = in(n, t, 0);
+    if (x.dim() != 4) badInput(n, "Resize supports 4-D inputs");
+    const std::string mode = attrStr(n, "mode", "nearest"), ctm = attrStr(n, "coordinate_transformation_mode", "half_pixel");
+    std::vector<int64_t> size;
+    c10::optional<double> sh, sw;
+    if (has(t, 3) && t[3].numel()) {
+      auto s = toInts(t[3]);
+      size = {s[2], s[3]};
+    } else if (has(t, 2) && t[2].numel() == 4) {
+      at::Tensor s = t[2].to(at::kDouble);
+      sh = s[2].item<double>(), sw = s[3].item<double>();
+      size = {static_cast<int64_t>(std::floor(x.size(2) * *sh)), static_cast<int64_t>(std::floor(x.size(3) * *sw))};
+    } else {
+      badInput(n, "Resize needs scales or sizes");
+    }
+    if (mode == "nearest") {
+      if (ctm != "asymmetric" || attrStr(n, "nearest_mode", "round_prefer_floor") != "floor")
+        badInput(n, "the executor's nearest Resize supports asymmetric coordinates with floor rounding (torch's)");
+      return Tensors{at::upsample_nearest2d(x, size, sh, sw)};
+    }
+    if (mode != "linear") badInput(n, "Resize mode '" + mode + "' is not supported");
+    if (ctm == "align_corners") return Tensors{at::upsample_bilinear2d(x, size, true, sh, sw)};
+    if (ctm != "pytorch_half_pixel" && ctm != "half_pixel") badInput(n, "coordinate_transformation_mode '" + ctm + "' is not supported");
+    return Tensors{at::upsample_bilinear2d(x, size, false, sh, sw)};
+  };
+  m["Einsum"] = [](const Node& n, const Tensors& t) {
+    return Tensors{at::einsum(attrStr(n, "equation", ""), t)};
+  };
+  m["ConvTranspose"] = [](const Node& n, const Tensors& t) {
+    const at::Tensor& x = in(n, t, 0);
+    const at::Tensor& w = in(n, t, 1);
+    size_t sp = static_cast<size_t>(w.dim() - 2);
+    auto [pads, unused] = convPads(n, sp);
+    (void)unused;
+    at::Tensor b = has(t, 2) ? t[2] : at::Tensor();
+    return Tensors{at::convolution(x, w, b, orDefault(n.attrInts("strides"), sp, 1), pads, orDefault(n.attrInts("dilations"), sp, 1),
+                                   true, orDefault(n.attrInts("output_padding"), sp, 0), n.attrInt("group", 1))};
+  };
+}
+
 const std::unordered_map<std::string, OpFn>& opTable() {
   static const std::unordered_map<std::string, OpFn> table = [] {
     std::unordered_map<std::string, OpFn> m;
@@ -342,6 +531,7 @@ const std::unordered_map<std::string, OpFn>& opTable() {
       for (int64_t i = 2; i < x.dim(); ++i) axes.push_back(i);
       return Tensors{x.mean(axes, true)};
     };
+    addZooOps(m);
     m["DequantizeLinear"] = [](const Node& n, const Tensors& t) {
       const at::Tensor& q = in(n, t, 0);
       at::Tensor scale = in(n, t, 1);
@@ -588,6 +778,7 @@ at::Tensor probeTensor(DType dtype, const Shape& shape, int64_t batch, int64_t s
     if (d.isFixed()) sizes.push_back(d.value);
     else if (d.symbol == "batch") sizes.push_back(batch);
     else if (d.symbol == "seq") sizes.push_back(seq);
+    else if (d.symbol == "height" || d.symbol == "width") sizes.push_back(8 * (batch + seq));  // room for a CNN's strides
     else sizes.push_back(batch + seq);
   }
   at::ScalarType st = toScalarType(dtype);

@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "compress/data.h"
+#include "compress/dims.h"
 #include "compress/error.h"
 #include "compress/eval.h"
 #include "compress/executor.h"
@@ -121,9 +122,9 @@ int cmdInspect(int argc, char** argv) {
         size_t q = dims.find(',', p);
         if (q == std::string::npos) q = dims.size();
         std::string d = dims.substr(p, q - p);
-        if (d == "batch" || d == "seq") in.shape.push_back(Dim::sym(d));
+        if (isInputDimName(d)) in.shape.push_back(Dim::sym(d));
         else if (!d.empty() && d.find_first_not_of("0123456789") == std::string::npos) in.shape.push_back(Dim::fixed(std::stoll(d)));
-        else return usageError("--input dim '" + d + "' must be batch, seq or a number");
+        else return usageError("--input dim '" + d + "' must be batch, seq, height, width or a number");
         p = q + 1;
       }
       io.inputs.push_back(in);

@@ -11,6 +11,7 @@
 #include <map>
 #include <sstream>
 
+#include "compress/dims.h"
 #include "compress/error.h"
 #include "compress/npy.h"
 #include "compress/options.h"
@@ -179,12 +180,12 @@ void readSections(const YAML::Node& root, Recipe& r, Diagnostics& d) {
         ri.name = kv.first.as<std::string>();
         OptionReader ir(kv.second, &d, "inputs." + ri.name);
         ri.dtype = ir.choice("dtype", "int64", {"int64", "int32", "float32", "float16", "bool"}, "input dtype");
-        ri.shape = ir.strings("shape", {"batch", "seq"}, "dims: batch, seq or numbers");
+        ri.shape = ir.strings("shape", {"batch", "seq"}, "dims: batch, seq, height, width or numbers");
         ir.finish();
         for (const auto& s : ri.shape) {
           bool num = !s.empty() && s.find_first_not_of("0123456789") == std::string::npos;
-          if (!num && s != "batch" && s != "seq")
-            d.add(kv.second["shape"].Mark(), "inputs." + ri.name + ".shape", "dim '" + s + "' must be batch, seq or a number");
+          if (!num && !isInputDimName(s))
+            d.add(kv.second["shape"].Mark(), "inputs." + ri.name + ".shape", "dim '" + s + "' must be batch, seq, height, width or a number");
         }
         r.inputs.push_back(ri);
       }

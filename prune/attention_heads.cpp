@@ -11,14 +11,16 @@
 
 #include "compress/error.h"
 #include "prune/sparsity.h"
+#include "runtime/op_table.h"
 
 namespace compress {
 
 namespace {
 
-const std::set<std::string> kUnary = {"Sigmoid", "Relu", "Tanh", "Erf", "Gelu", "Neg", "Identity", "Sqrt", "Exp",
-                                      "Abs", "Cast", "Clip", "Reciprocal", "Dropout"};
-const std::set<std::string> kBroadcast = {"Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min"};
+/// Ops the head axis passes through unchanged (op_table.def's traits): one-input elementwise ops, and
+/// broadcasting elementwise ones.
+bool headUnary(const std::string& op) { return crt::opHas(op, crt::op_trait::Unary | crt::op_trait::Prune); }
+bool headBroadcast(const std::string& op) { return crt::opHas(op, crt::op_trait::Bcast | crt::op_trait::Prune); }
 
 std::vector<int64_t> constInts(const Graph& g, const std::string& v) {
   if (v.empty() || !g.isInitializer(v)) return {};
@@ -126,13 +128,13 @@ class HeadTracker {
     const std::string out = n.outputs.empty() ? "" : n.outputs[0];
     const int R = out.empty() ? -1 : rank(out);
     if (n.op == "Shape") return true;  // sizes read at run time follow the data
-    if (kUnary.count(n.op)) return track(out, a) || bad(n, "has no fixed head axis");
+    if (headUnary(n.op)) return track(out, a) || bad(n, "has no fixed head axis");
     if (n.op == "Softmax" || n.op == "LogSoftmax") {
       if (norm(n.attrInt("axis", -1), r) == a) return bad(n, "normalizes across heads");
       if (n.op == "Softmax") heads_ = std::max(heads_, dim(x, a));
       return track(out, a) || bad(n, "has no fixed head axis");
     }
-    if (kBroadcast.count(n.op)) {
+    if (headBroadcast(n.op)) {
       int ao = -1;
       for (int j : tracked) {
         int v = axis_.at(n.inputs[j]) + R - rank(n.inputs[j]);

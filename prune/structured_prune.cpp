@@ -23,17 +23,14 @@
 #include "compress/options.h"
 #include "compress/pass.h"
 #include "compress/pass_context.h"
+#include "runtime/op_table.h"
 
 namespace compress {
 
 namespace {
 
-const std::set<std::string>& elementwiseOps() {
-  static const std::set<std::string> ops = {"Mul", "Add", "Sub", "Div", "Sigmoid", "Relu", "Tanh", "Erf", "Gelu", "Pow",
-                                            "Neg", "Identity", "LeakyRelu", "Elu", "Softplus", "HardSigmoid",
-                                            "HardSwish", "Sqrt", "Exp", "Abs", "Clip"};
-  return ops;
-}
+/// Ops an FFN unit's hidden values may pass through: elementwise on the hidden axis (op_table.def's Prune).
+bool elementwiseOp(const std::string& op) { return crt::opHas(op, crt::op_trait::Prune); }
 
 }  // namespace
 
@@ -73,7 +70,7 @@ std::vector<FfnGroup> findFfnGroups(const Graph& g, const std::vector<std::strin
         continue;
       }
       int p = g.producer(v);
-      if (p < 0 || !elementwiseOps().count(g.nodes[p].op)) {
+      if (p < 0 || !elementwiseOp(g.nodes[p].op)) {
         ok = false;
         break;
       }

@@ -3,6 +3,8 @@
 // Keeps: topology otherwise, names, quantized weights (dequantized in float32, then cast).
 #include "quant/fp16.h"
 
+#include "runtime/op_table.h"
+
 #include <set>
 
 #include "compress/error.h"
@@ -12,6 +14,13 @@
 #include "compress/pass_context.h"
 
 namespace compress {
+
+std::vector<std::string> defaultFp16BlockOps() {
+  std::vector<std::string> ops;
+  for (const crt::OpInfo* p = crt::opTableBegin(); p != crt::opTableEnd(); ++p)
+    if (p->domain.empty() && !p->has(crt::op_trait::Fp16) && !p->has(crt::op_trait::Logic)) ops.emplace_back(p->name);
+  return ops;
+}
 
 nlohmann::json convertToFp16(Graph& g, const Fp16Options& opts) {
   std::set<std::string> block(opts.block_ops.begin(), opts.block_ops.end());

@@ -11,9 +11,12 @@
 
 namespace compress {
 
+/// Ops kept in float32 by default: every op of runtime/op_table.def without the Fp16 trait
+/// (normalizations, softmax, reductions, exp/log, and Pow/Sqrt/Reciprocal, because RMSNorm's x² overflows).
+std::vector<std::string> defaultFp16BlockOps();
+
 struct Fp16Options {
-  std::vector<std::string> block_ops = {"LayerNormalization", "BatchNormalization", "Softmax", "LogSoftmax",
-                                        "ReduceMean", "ReduceMax", "Exp", "Log", "Pow", "Sqrt", "Reciprocal"};
+  std::vector<std::string> block_ops = defaultFp16BlockOps();
   bool keep_io_types = true;  // float32 graph inputs/outputs with Casts at the boundary
 };
 

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   cmake g++ make ccache time
   libtorch-dev python3-torch libopenblas0-pthread   # LibTorch; openblas replaces the slow reference BLAS
+  python3-torchvision                                  # the model zoo fixtures (scripts/fixture_zoo.py)
   libonnx-dev libprotobuf-dev protobuf-compiler       # ONNX export and loading
   libeigen3-dev libcxxopts-dev nlohmann-json3-dev libyaml-cpp-dev catch2
   python3-jsonschema                                   # validates report.json in the tests

@@ -1,0 +1,226 @@
+// zoo_test.cpp — every architecture of the fixture zoo (scripts/fixture_zoo.py: 16 families written the
+// way the usual PyTorch code writes them) end to end: TorchScript import, the executor against torch's own
+// outputs at two batch sizes and lengths (or image sizes) other than the traced ones, our ONNX export in
+// ONNX Runtime and in crun, rtn int8 / int4-g32 / 50% magnitude pruning through the same checks, and
+// torch.onnx.export's file in crun against torch. With COMPRESS_ZOO_COVERAGE=<file> the results are
+// written as JSON (scripts/model_coverage.sh renders them into docs/models.md).
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "compress/error.h"
+#include "compress/executor.h"
+#include "compress/importer.h"
+#include "compress/npy.h"
+#include "export/onnx_export.h"
+#include "export/ort_check.h"
+#include "prune/magnitude_prune.h"
+#include "quant/rtn.h"
+#include "runtime/crt.h"
+#include "test_util.h"
+
+// after the LibTorch headers: glog (pulled in by some of them) defines its own CHECK
+#include <catch2/catch.hpp>
+
+using namespace compress;
+using nlohmann::json;
+
+namespace {
+
+using Feeds = std::map<std::string, at::Tensor>;
+
+struct ZooCase {
+  Feeds inputs;
+  at::Tensor output;
+};
+
+struct ZooModel {
+  std::string name, task;
+  std::vector<InputSpec> specs;
+  std::vector<ZooCase> cases, onnx_cases;
+};
+
+std::string zooDir() { return testutil::fixture("zoo"); }
+
+at::Tensor tensorOf(const NpyArray& a) {
+  at::ScalarType st = a.descr == "<i8" ? at::kLong : a.descr == "<f4" ? at::kFloat : a.descr == "|b1" ? at::kBool : at::kInt;
+  at::Tensor t = at::empty(a.shape, st);
+  std::memcpy(t.data_ptr(), a.data.data(), a.data.size());
+  return t;
+}
+
+ZooCase readCase(const json& c) {
+  ZooCase z;
+  for (const auto& [name, file] : c["inputs"].items()) z.inputs[name] = tensorOf(readNpy(zooDir() + "/" + file.get<std::string>()));
+  z.output = tensorOf(readNpy(zooDir() + "/" + c["output"].get<std::string>()));
+  return z;
+}
+
+std::vector<ZooModel> zoo() {
+  std::ifstream f(zooDir() + "/zoo.json");
+  REQUIRE(f.good());
+  json m = json::parse(f);
+  std::vector<ZooModel> out;
+  for (const auto& e : m) {
+    ZooModel z{e["name"], e["task"], {}, {}, {}};
+    for (const auto& i : e["inputs"]) {
+      InputSpec s{i["name"], i["dtype"] == "int64" ? DType::Int64 : DType::Float32, {}};
+      for (const auto& d : i["shape"]) s.shape.push_back(d.is_string() ? Dim::sym(d.get<std::string>()) : Dim::fixed(d.get<int64_t>()));
+      z.specs.push_back(s);
+    }
+    for (const auto& c : e["cases"]) z.cases.push_back(readCase(c));
+    for (const auto& c : e["onnx_cases"]) z.onnx_cases.push_back(readCase(c));
+    out.push_back(std::move(z));
+  }
+  return out;
+}
+
+/// max |a - b| relative to max |ref| (the acceptance bound is 1e-4).
+double relDiff(const at::Tensor& a, const at::Tensor& ref) {
+  if (a.sizes() != ref.sizes()) return 1e30;
+  const double scale = std::max(ref.abs().max().item<double>(), 1e-6);
+  return (a.to(at::kFloat) - ref.to(at::kFloat)).abs().max().item<double>() / scale;
+}
+
+at::Tensor runCrun(const std::string& path, const Feeds& inputs) {
+  auto s = crt::Session::create(path);
+  INFO(s.status().message);
+  REQUIRE(s.ok());
+  std::vector<std::pair<std::string, crt::TensorView>> feeds;
+  for (const auto& [name, t] : inputs) {
+    crt::DType dt = t.scalar_type() == at::kLong ? crt::DType::I64 : crt::DType::F32;
+    feeds.push_back({name, crt::TensorView{dt, t.sizes().vec(), t.data_ptr()}});
+  }
+  auto out = s->run(feeds);
+  INFO(out.status().message);
+  REQUIRE(out.ok());
+  const auto& o = out.value()[0];
+  at::Tensor t = at::empty(o.shape, o.dtype == crt::DType::F16 ? at::kHalf : at::kFloat);
+  std::memcpy(t.data_ptr(), o.bytes.data(), o.bytes.size());
+  return t.to(at::kFloat);
+}
+
+/// Results for the coverage table: family -> column -> "ok" / "n/a: why" / "FAIL: ...".
+json& coverage() {
+  static json c = json::object();
+  return c;
+}
+void record(const std::string& family, const std::string& column, const std::string& value) {
+  coverage()[family][column] = value;
+  if (const char* p = std::getenv("COMPRESS_ZOO_COVERAGE")) {
+    std::ofstream f(p);
+    f << coverage().dump(1);
+  }
+}
+std::string verdict(bool ok, double diff) { return ok ? "ok" : "FAIL (rel. diff " + std::to_string(diff) + ")"; }
+
+Graph importZoo(const ZooModel& z) {
+  ImportOptions io;
+  io.inputs = z.specs;
+  return importTorchScript(zooDir() + "/" + z.name + ".pt", io);
+}
+
+/// Applies a compression format; returns false (with `why`) when it does not apply to the model.
+bool compressAs(Graph& g, const std::string& fmt, std::string& why) {
+  if (findLinears(g).empty()) {
+    why = "n/a: no linear layers";
+    return false;
+  }
+  RtnOptions r;
+  if (fmt == "int8") r.format = QuantFormat{8, -1, true}, rtnQuantize(g, r);
+  if (fmt == "int4-g32") r.format = QuantFormat{4, 32, false}, rtnQuantize(g, r);
+  if (fmt == "prune50") magnitudePrune(g, {0.5, "matrix", {"Linear"}, {}, {}});
+  g.pruneUnused();
+  verify(g);
+  return true;
+}
+
+/// Exports `g`, then checks ORT (optimizations off) and crun against the executor on every case.
+void checkExport(const std::string& family, const std::string& column, const Graph& g, const std::vector<ZooCase>& cases,
+                 bool have_ort) {
+  const std::string path = testutil::tempDir("") + "/" + family + ".onnx";
+  exportOnnx(g, path, {});
+  Executor ex(g);
+  double worst_ort = 0, worst_crun = 0;
+  for (const auto& c : cases) {
+    at::Tensor want = ex.run(c.inputs)[0].to(at::kFloat);
+    if (have_ort) {
+      auto ort = ortRun(path, c.inputs, "disabled");
+      REQUIRE(ort.size() == 1);
+      worst_ort = std::max(worst_ort, relDiff(ort.begin()->second, want));
+    }
+    worst_crun = std::max(worst_crun, relDiff(runCrun(path, c.inputs), want));
+  }
+  INFO(family << " " << column << ": ORT " << worst_ort << ", crun " << worst_crun);
+  CHECK(worst_ort <= 1e-4);
+  CHECK(worst_crun <= 1e-4);
+  record(family, column + " ORT", verdict(worst_ort <= 1e-4, worst_ort));
+  record(family, column + " crun", verdict(worst_crun <= 1e-4, worst_crun));
+}
+
+}  // namespace
+
+TEST_CASE("zoo: the fixture zoo holds at least 14 architectures, each with TorchScript, ONNX and two cases", "[zoo]") {
+  auto models = zoo();
+  CHECK(models.size() >= 14);
+  for (const auto& z : models) {
+    INFO(z.name);
+    CHECK(testutil::exists(zooDir() + "/" + z.name + ".pt"));
+    CHECK(testutil::exists(zooDir() + "/" + z.name + ".onnx"));
+    CHECK(z.cases.size() == 2);
+    CHECK(z.onnx_cases.size() == 2);
+  }
+}
+
+TEST_CASE("zoo: every family imports and the executor equals torch at sizes other than the traced one", "[zoo]") {
+  for (const auto& z : zoo()) {
+    INFO(z.name);
+    Graph g = importZoo(z);
+    record(z.name, "import", "ok");
+    Executor ex(g);
+    double worst = 0;
+    for (const auto& c : z.cases) worst = std::max(worst, relDiff(ex.run(c.inputs)[0], c.output));
+    INFO("executor vs torch: " << worst);
+    CHECK(worst <= 1e-4);
+    record(z.name, "executor", verdict(worst <= 1e-4, worst));
+  }
+}
+
+TEST_CASE("zoo: our ONNX export of every family runs in ONNX Runtime and crun as the executor does", "[zoo][ort]") {
+  std::string why;
+  const bool have_ort = testutil::requiredOrSkip(ortAvailable(&why), "ONNX Runtime (" + why + ")");
+  for (const auto& z : zoo()) {
+    INFO(z.name);
+    checkExport(z.name, "fp32", importZoo(z), z.cases, have_ort);
+  }
+}
+
+TEST_CASE("zoo: rtn int8, rtn int4-g32 and 50% magnitude pruning run, export and match their own executor", "[zoo][ort]") {
+  std::string why;
+  const bool have_ort = testutil::requiredOrSkip(ortAvailable(&why), "ONNX Runtime (" + why + ")");
+  for (const auto& z : zoo()) {
+    const Graph base = importZoo(z);
+    for (const std::string fmt : {"int8", "int4-g32", "prune50"}) {
+      INFO(z.name << " " << fmt);
+      Graph g = base.clone();
+      std::string na;
+      if (!compressAs(g, fmt, na)) {
+        record(z.name, fmt, na);
+        continue;
+      }
+      record(z.name, fmt, "ok");
+      checkExport(z.name, fmt, g, z.cases, have_ort);
+    }
+  }
+}
+
+TEST_CASE("zoo: crun runs the file torch.onnx.export wrote for every family, matching torch", "[zoo]") {
+  for (const auto& z : zoo()) {
+    INFO(z.name);
+    double worst = 0;
+    for (const auto& c : z.onnx_cases) worst = std::max(worst, relDiff(runCrun(zooDir() + "/" + z.name + ".onnx", c.inputs), c.output));
+    INFO("crun vs torch: " << worst);
+    CHECK(worst <= 1e-4);
+    record(z.name, "torch.onnx in crun", verdict(worst <= 1e-4, worst));
+  }
+}
