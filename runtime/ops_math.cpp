@@ -1,6 +1,7 @@
 // ops_math.cpp — the runtime's activations, logic, index reductions (ArgMax, TopK), CumSum and the
 // instance/group normalizations (ONNX opset 13-21 semantics). Float16 inputs compute in float32.
 #include <numeric>
+#include <type_traits>
 
 #include "runtime/ops_common.h"
 
@@ -10,6 +11,12 @@ namespace {
 constexpr float kSqrt2 = 1.41421356237309504880f;
 
 float attrF(const OpCtx& c, const char* k, float def) { return c.node.attrFloat(k, def); }
+
+/// CumSum's accumulator: unsigned for integers (wraps on overflow instead of UB), the type itself otherwise.
+template <typename T, bool = std::is_integral_v<T>>
+struct AccOf { using type = T; };
+template <typename T>
+struct AccOf<T, true> { using type = std::make_unsigned_t<T>; };
 
 }  // namespace
 
@@ -165,13 +172,15 @@ void opCumSum(OpCtx& c) {
   splitAt(x.shape, axis, outer, n, inner);
   auto run = [&](auto* y, const auto* p) {
     using T = std::remove_cv_t<std::remove_pointer_t<decltype(p)>>;
+    // integers accumulate unsigned: overflow wraps (as ONNX Runtime's does) instead of being UB
+    using Acc = typename AccOf<T>::type;
     for (int64_t o = 0; o < outer; ++o)
       for (int64_t i = 0; i < inner; ++i) {
-        T acc = 0;
+        Acc acc = 0;
         for (int64_t s = 0; s < n; ++s) {
           const int64_t j = reverse ? n - 1 - s : s, off = (o * n + j) * inner + i;
-          if (exclusive) y[off] = acc, acc += p[off];
-          else acc += p[off], y[off] = acc;
+          if (exclusive) y[off] = static_cast<T>(acc), acc += static_cast<Acc>(p[off]);
+          else acc += static_cast<Acc>(p[off]), y[off] = static_cast<T>(acc);
         }
       }
   };

@@ -16,6 +16,21 @@ Shape shapeFrom(OpCtx& c, const Buf& b) {
   return s;
 }
 
+/// Calls f(o, idx) for every flat output index o of a C-order tensor of shape `os`, with idx its
+/// multi-index.
+template <typename F>
+void forEachIndex(const Shape& os, F&& f) {
+  const int64_t total = os.numel();
+  int64_t idx[kMaxRank] = {};
+  for (int64_t o = 0; o < total; ++o) {
+    f(o, static_cast<const int64_t*>(idx));
+    for (int d = os.rank - 1; d >= 0; --d) {
+      if (++idx[d] < os[d]) break;
+      idx[d] = 0;
+    }
+  }
+}
+
 double scalarOf(OpCtx& c, int i) {
   const Buf& b = c.in(i);
   if (b.numel() != 1) c.bad("input " + std::to_string(i) + " must be a scalar");
@@ -49,8 +64,8 @@ void opRange(OpCtx& c) {
   const int64_t n = count > 0 ? static_cast<int64_t>(count) : 0;
   void* y = c.out(0, dt, Shape{n});
   if (dt == DType::I64) {  // exact integer steps
-    const int64_t s0 = c.in(0).as<int64_t>()[0], d = c.in(2).as<int64_t>()[0];
-    for (int64_t i = 0; i < n; ++i) static_cast<int64_t*>(y)[i] = s0 + i * d;
+    const uint64_t s0 = static_cast<uint64_t>(c.in(0).as<int64_t>()[0]), d = static_cast<uint64_t>(c.in(2).as<int64_t>()[0]);
+    for (int64_t i = 0; i < n; ++i) static_cast<int64_t*>(y)[i] = static_cast<int64_t>(s0 + static_cast<uint64_t>(i) * d);  // wraps, never UB
     return;
   }
   for (int64_t i = 0; i < n; ++i) storeElem(dt, y, i, start + static_cast<double>(i) * delta);
@@ -61,7 +76,7 @@ void opTrilu(OpCtx& c) {
   const int r = x.shape.rank;
   if (r < 2) c.bad("needs an input of rank >= 2");
   int64_t k = 0;
-  if (c.has(1)) k = static_cast<int64_t>(scalarOf(c, 1));
+  if (c.has(1)) k = static_cast<int64_t>(std::clamp(scalarOf(c, 1), -4e18, 4e18));
   const bool upper = c.node.attrInt("upper", 1) != 0;
   const int64_t rows = x.shape[r - 2], cols = x.shape[r - 1], mats = rows * cols == 0 ? 0 : x.numel() / (rows * cols);
   const size_t es = dtypeSize(x.dt);
@@ -90,19 +105,13 @@ void opTile(OpCtx& c) {
   }
   const size_t es = dtypeSize(x.dt);
   uint8_t* y = static_cast<uint8_t*>(c.out(0, x.dt, os));
-  const int64_t total = os.numel();
   int64_t ist[kMaxRank];
   contiguousStrides(x.shape, ist);
-  int64_t idx[kMaxRank] = {};
-  for (int64_t o = 0; o < total; ++o) {
+  forEachIndex(os, [&](int64_t o, const int64_t* idx) {
     int64_t src = 0;
     for (int d = 0; d < os.rank; ++d) src += (idx[d] % x.shape[d]) * ist[d];
     std::memcpy(y + o * es, x.as<uint8_t>() + src * es, es);
-    for (int d = os.rank - 1; d >= 0; --d) {
-      if (++idx[d] < os[d]) break;
-      idx[d] = 0;
-    }
-  }
+  });
 }
 
 void opPad(OpCtx& c) {
@@ -125,7 +134,8 @@ void opPad(OpCtx& c) {
   if (mode != "constant" && mode != "reflect" && mode != "edge") c.bad("mode '" + mode + "' is not supported");
   Shape os;
   for (int d = 0; d < r; ++d) {
-    const int64_t v = x.shape[d] + before[d] + after[d];
+    int64_t v = 0;
+    if (!checkedAdd(x.shape[d], before[d], &v) || !checkedAdd(v, after[d], &v)) c.bad("pads are too large");
     if (v < 0) c.bad("pads remove more than the input has");
     if (mode != "constant" && v > 0 && x.shape[d] == 0) c.bad("cannot " + mode + "-pad an empty axis");
     if (mode == "reflect" && (before[d] >= x.shape[d] || after[d] >= x.shape[d]) && (before[d] > 0 || after[d] > 0))
@@ -139,11 +149,9 @@ void opPad(OpCtx& c) {
     std::memcpy(fill, c.in(2).data, es);
   }
   uint8_t* y = static_cast<uint8_t*>(c.out(0, x.dt, os));
-  const int64_t total = os.numel();
   int64_t ist[kMaxRank];
   contiguousStrides(x.shape, ist);
-  int64_t idx[kMaxRank] = {};
-  for (int64_t o = 0; o < total; ++o) {
+  forEachIndex(os, [&](int64_t o, const int64_t* idx) {
     int64_t src = 0;
     bool inside = true;
     for (int d = 0; d < r; ++d) {
@@ -157,11 +165,7 @@ void opPad(OpCtx& c) {
       src += i * ist[d];
     }
     std::memcpy(y + o * es, inside ? x.as<uint8_t>() + src * es : fill, es);
-    for (int d = r - 1; d >= 0; --d) {
-      if (++idx[d] < os[d]) break;
-      idx[d] = 0;
-    }
-  }
+  });
 }
 
 // ---------------------------------------------------------------- Resize
@@ -214,6 +218,7 @@ void opResize(OpCtx& c) {
       scales[d] = loadElem(s.dt, s.data, d);
       if (!(scales[d] > 0) || scales[d] > 65536) c.bad("scales must be positive");
       const double v = std::floor(x.shape[d] * scales[d]);
+      if (v > static_cast<double>(kMaxElements)) c.bad("the resized shape is too large");
       os[d] = static_cast<int64_t>(v);
     }
   } else {
@@ -382,6 +387,7 @@ void opConvTranspose(OpCtx& c) {
   int64_t OD[2];
   const int64_t in[2] = {H, W};
   for (int i = 0; i < 2; ++i) {
+    if (in[i] > (int64_t{1} << 40)) c.bad("the input is too large");
     if (opad[i] < 0 || opad[i] >= std::max(g.s[i], g.d[i])) c.bad("output_padding must be smaller than the stride or dilation");
     OD[i] = g.s[i] * (in[i] - 1) + opad[i] + (g.k[i] - 1) * g.d[i] + 1 - g.p0[i] - g.p1[i];
     if (OD[i] <= 0) c.bad("the output would be empty");

@@ -117,8 +117,9 @@ crt::DType crtType(at::ScalarType st) {
   }
 }
 
-/// One node with every defined input as a graph input, exported, run by crun; output `index` as float.
-at::Tensor runOneNode(const OpCase& c, const std::vector<at::Tensor>& want) {
+/// One node with every defined input as a graph input (outputs typed like `want`), exported and run by
+/// crun; output 0, or the run's failure in `status`.
+at::Tensor runOneNode(const OpCase& c, const std::vector<at::Tensor>& want, crt::Status* status = nullptr) {
   Graph g;
   Node n;
   n.op = c.op;
@@ -156,6 +157,10 @@ at::Tensor runOneNode(const OpCase& c, const std::vector<at::Tensor>& want) {
   INFO(s.status().message);
   REQUIRE(s.ok());
   auto out = s->run(feeds);
+  if (status) {
+    *status = out.status();
+    if (!out.ok()) return at::Tensor();
+  }
   INFO(out.status().message);
   REQUIRE(out.ok());
   const auto& o = out.value()[0];
@@ -196,5 +201,30 @@ TEST_CASE("op table: one-node graphs give the same values in crun as in the exec
     const double scale = std::max(w.abs().nan_to_num(0).max().item<double>(), 1.0);
     CHECK((x - w).abs().nan_to_num(0).max().item<double>() <= 1e-5 * scale);
     CHECK(at::equal(at::isnan(x), at::isnan(w)));
+  }
+}
+
+TEST_CASE("op table: hostile values in the new ops are data errors, not crashes", "[ops][errors]") {
+  at::Tensor a = f32({2, 3}, 1);
+  const std::vector<std::pair<OpCase, at::Tensor>> bad = {
+      {{"Range with delta 0", "Range", {scalarL(0), scalarL(10), scalarL(0)}, {}}, i64({0})},
+      {{"Range with 2^62 elements", "Range", {scalarL(0), scalarL(int64_t{1} << 62), scalarL(1)}, {}}, i64({0})},
+      {{"TopK with K beyond the axis", "TopK", {a, i64({7})}, {}, 2}, a},
+      {{"Tile with a negative repeat", "Tile", {a, i64({1, -2})}, {}}, a},
+      {{"Pad removing more than the input", "Pad", {a, i64({0, -5, 0, 0})}, {{"mode", std::string("constant")}}}, a},
+      {{"Pad with overflowing pads", "Pad", {a, i64({0, INT64_MAX, 0, 1})}, {{"mode", std::string("constant")}}}, a},
+      {{"Resize with an enormous scale", "Resize", {at::zeros({1, 1, 2, 2}), at::Tensor(), at::tensor(std::vector<float>{1, 1, 6e4f, 6e4f})},
+        {{"mode", std::string("nearest")}}}, at::zeros({1, 1, 2, 2})},
+      {{"CumSum with an out-of-range axis", "CumSum", {a, scalarL(5)}, {}}, a},
+      {{"Einsum with mismatched label sizes", "Einsum", {f32({2, 3}, 2), f32({4, 5}, 3)}, {{"equation", std::string("ij,jk->ik")}}},
+       f32({2, 5}, 4)},
+  };
+  for (const auto& [c, like] : bad) {
+    INFO(c.label);
+    crt::Status st;
+    std::vector<at::Tensor> want(static_cast<size_t>(c.outputs), like);
+    runOneNode(c, want, &st);
+    CHECK(st.code == crt::StatusCode::DataError);
+    CHECK_FALSE(st.message.empty());
   }
 }
