@@ -386,11 +386,11 @@ class GraphReader {
                                        std::to_string(info->min_inputs) + " to " + std::to_string(info->max_inputs));
     for (int i = 0; i < info->min_inputs; ++i)
       if (n.in[i] < 0) fail(StatusCode::ModelError, n.where() + ": required input " + std::to_string(i) + " is empty");
-    if (info->outputs >= 0 && static_cast<int>(n.out.size()) != info->outputs &&
-        !(info->outputs > 1 && static_cast<int>(n.out.size()) >= 1))  // TopK-like ops may omit trailing outputs
-      fail(StatusCode::ModelError, n.where() + " has " + std::to_string(n.out.size()) + " outputs; " + n.op + " has " +
-                                       std::to_string(info->outputs));
-    if (n.out.empty()) fail(StatusCode::ModelError, n.where() + " has no outputs");
+    // 1 to `outputs` outputs (trailing optional ones may be omitted); -1: any number, at least one
+    const int nout = static_cast<int>(n.out.size());
+    if (nout < 1 || (info->outputs >= 0 && nout > info->outputs))
+      fail(StatusCode::ModelError, n.where() + " has " + std::to_string(nout) + " outputs; " + n.op + " has " +
+                                       (info->outputs < 0 ? std::string("at least 1") : std::to_string(info->outputs)));
   }
 
   /// ConstantOfShape's `value` (a one-element tensor attribute) becomes a constant second input.

@@ -21,6 +21,7 @@
 
 // after the LibTorch headers: glog (pulled in by some of them) defines its own CHECK
 #include <catch2/catch.hpp>
+#include "crt_run.h"
 
 using namespace compress;
 using nlohmann::json;
@@ -82,23 +83,7 @@ double relDiff(const at::Tensor& a, const at::Tensor& ref) {
   return (a.to(at::kFloat) - ref.to(at::kFloat)).abs().max().item<double>() / scale;
 }
 
-at::Tensor runCrun(const std::string& path, const Feeds& inputs) {
-  auto s = crt::Session::create(path);
-  INFO(s.status().message);
-  REQUIRE(s.ok());
-  std::vector<std::pair<std::string, crt::TensorView>> feeds;
-  for (const auto& [name, t] : inputs) {
-    crt::DType dt = t.scalar_type() == at::kLong ? crt::DType::I64 : crt::DType::F32;
-    feeds.push_back({name, crt::TensorView{dt, t.sizes().vec(), t.data_ptr()}});
-  }
-  auto out = s->run(feeds);
-  INFO(out.status().message);
-  REQUIRE(out.ok());
-  const auto& o = out.value()[0];
-  at::Tensor t = at::empty(o.shape, o.dtype == crt::DType::F16 ? at::kHalf : at::kFloat);
-  std::memcpy(t.data_ptr(), o.bytes.data(), o.bytes.size());
-  return t.to(at::kFloat);
-}
+at::Tensor runCrun(const std::string& path, const Feeds& inputs) { return testutil::runCrt(path, inputs)[0]; }
 
 /// Results for the coverage table: family -> column -> "ok" / "n/a: why" / "FAIL: ...".
 json& coverage() {

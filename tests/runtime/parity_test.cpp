@@ -14,8 +14,10 @@
 #include "quant/rtn.h"
 #include "runtime/crt.h"
 #include "test_util.h"
+#include "crt_run.h"
 
 using namespace compress;
+using testutil::runCrt;
 
 namespace {
 
@@ -52,30 +54,6 @@ Graph inFormat(Graph g, const std::string& fmt, int group, ExportOptions& eo) {
   return g;
 }
 
-std::vector<at::Tensor> runCrt(const std::string& path, const std::map<std::string, at::Tensor>& inputs, int threads,
-                               bool simd = true) {
-  crt::SessionOptions so;
-  so.threads = threads;
-  so.use_simd = simd;
-  auto s = crt::Session::create(path, so);
-  INFO(s.status().message);
-  REQUIRE(s.ok());
-  std::vector<std::pair<std::string, crt::TensorView>> feeds;
-  for (const auto& [name, t] : inputs) {
-    crt::DType dt = t.scalar_type() == at::kLong ? crt::DType::I64 : crt::DType::F32;
-    feeds.push_back({name, crt::TensorView{dt, t.sizes().vec(), t.data_ptr()}});
-  }
-  auto out = s->run(feeds);
-  INFO(out.status().message);
-  REQUIRE(out.ok());
-  std::vector<at::Tensor> r;
-  for (const auto& o : out.value()) {
-    at::Tensor t = at::empty(o.shape, o.dtype == crt::DType::F16 ? at::kHalf : at::kFloat);
-    std::memcpy(t.data_ptr(), o.bytes.data(), o.bytes.size());
-    r.push_back(t.to(at::kFloat));
-  }
-  return r;
-}
 
 double pplOf(const at::Tensor& logits, const at::Tensor& targets) {
   at::Tensor lp = at::log_softmax(logits.to(at::kDouble), -1).gather(-1, targets.unsqueeze(-1));
