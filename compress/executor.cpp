@@ -273,285 +273,315 @@ void addZooOps(std::unordered_map<std::string, OpFn>& m) {
   };
 }
 
+/// Elementwise arithmetic, comparisons and activations.
+void addElementwiseOps(std::unordered_map<std::string, OpFn>& m) {
+  m["Identity"] = unary([](const at::Tensor& x) { return x; });
+  m["Add"] = binary([](const at::Tensor& a, const at::Tensor& b) { return a + b; });
+  m["Sub"] = binary([](const at::Tensor& a, const at::Tensor& b) { return a - b; });
+  m["Mul"] = binary([](const at::Tensor& a, const at::Tensor& b) { return a * b; });
+  m["Div"] = binary([](const at::Tensor& a, const at::Tensor& b) {
+    if (!a.is_floating_point() && !b.is_floating_point()) return at::div(a, b, "trunc");
+    return a / b;
+  });
+  m["Pow"] = binary([](const at::Tensor& a, const at::Tensor& b) {
+    // x^2 is by far the most common case (RMSNorm); square() keeps it exact and fast.
+    if (b.numel() == 1 && b.is_floating_point() && b.item<double>() == 2.0) return a * a;
+    return at::pow(a, b.to(a.scalar_type()));
+  });
+  m["Max"] = binary([](const at::Tensor& a, const at::Tensor& b) { return at::maximum(a, b); });
+  m["Min"] = binary([](const at::Tensor& a, const at::Tensor& b) { return at::minimum(a, b); });
+  m["Equal"] = binary([](const at::Tensor& a, const at::Tensor& b) { return at::eq(a, b); });
+  m["Less"] = binary([](const at::Tensor& a, const at::Tensor& b) { return at::lt(a, b); });
+  m["Greater"] = binary([](const at::Tensor& a, const at::Tensor& b) { return at::gt(a, b); });
+  m["Sqrt"] = unary([](const at::Tensor& x) { return at::sqrt(x); });
+  m["Reciprocal"] = unary([](const at::Tensor& x) { return at::reciprocal(x); });
+  m["Neg"] = unary([](const at::Tensor& x) { return at::neg(x); });
+  m["Abs"] = unary([](const at::Tensor& x) { return at::abs(x); });
+  m["Exp"] = unary([](const at::Tensor& x) { return at::exp(x); });
+  m["Log"] = unary([](const at::Tensor& x) { return at::log(x); });
+  m["Tanh"] = unary([](const at::Tensor& x) { return at::tanh(x); });
+  m["Sigmoid"] = unary([](const at::Tensor& x) { return at::sigmoid(x); });
+  m["Relu"] = unary([](const at::Tensor& x) { return at::relu(x); });
+  m["Erf"] = unary([](const at::Tensor& x) { return at::erf(x); });
+  m["Where"] = [](const Node& n, const Tensors& t) {
+    return Tensors{at::where(in(n, t, 0), in(n, t, 1), in(n, t, 2))};
+  };
+}
+
+/// MatMul and Gemm.
+void addLinearAlgebraOps(std::unordered_map<std::string, OpFn>& m) {
+  m["MatMul"] = [](const Node& n, const Tensors& t) {
+    const at::Tensor& a = in(n, t, 0);
+    const at::Tensor& b = in(n, t, 1);
+    if (a.dim() == 0 || b.dim() == 0) badInput(n, "MatMul needs inputs of rank >= 1");
+    int64_t ka = a.size(-1), kb = b.dim() == 1 ? b.size(0) : b.size(-2);
+    if (ka != kb)
+      badInput(n, "inner dimensions differ: " + c10::str(a.sizes()) + " x " + c10::str(b.sizes()));
+    return Tensors{at::matmul(a, b)};
+  };
+  m["Gemm"] = [](const Node& n, const Tensors& t) {
+    at::Tensor a = in(n, t, 0), b = in(n, t, 1);
+    if (n.attrInt("transA", 0)) a = a.t();
+    if (n.attrInt("transB", 0)) b = b.t();
+    if (a.dim() != 2 || b.dim() != 2 || a.size(1) != b.size(0))
+      badInput(n, "Gemm needs 2-D inputs with matching inner dims, got " + c10::str(a.sizes()) + " and " +
+                      c10::str(b.sizes()));
+    at::Tensor y = at::matmul(a, b) * n.attrFloat("alpha", 1.0);
+    if (has(t, 2)) y = y + t[2] * n.attrFloat("beta", 1.0);
+    return Tensors{y};
+  };
+}
+
+/// Shapes and data movement.
+void addShapeOps(std::unordered_map<std::string, OpFn>& m) {
+  m["Transpose"] = [](const Node& n, const Tensors& t) {
+    const at::Tensor& x = in(n, t, 0);
+    auto perm = n.attrInts("perm");
+    if (perm.empty())
+      for (int64_t i = x.dim() - 1; i >= 0; --i) perm.push_back(i);
+    if (static_cast<int64_t>(perm.size()) != x.dim())
+      badInput(n, "perm has " + std::to_string(perm.size()) + " entries for a rank-" + std::to_string(x.dim()) + " input");
+    return Tensors{x.permute(perm)};
+  };
+  m["Reshape"] = [](const Node& n, const Tensors& t) {
+    return Tensors{reshapeOnnx(n, in(n, t, 0), toInts(in(n, t, 1)))};
+  };
+  m["Flatten"] = [](const Node& n, const Tensors& t) {
+    const at::Tensor& x = in(n, t, 0);
+    int64_t axis = n.attrInt("axis", 1);
+    if (axis < 0) axis += x.dim();
+    int64_t outer = 1;
+    for (int64_t i = 0; i < axis; ++i) outer *= x.size(i);
+    return Tensors{x.reshape({outer, -1})};
+  };
+  m["Shape"] = [](const Node& n, const Tensors& t) {
+    const at::Tensor& x = in(n, t, 0);
+    int64_t r = x.dim();
+    int64_t start = n.attrInt("start", 0), end = n.attrInt("end", r);
+    if (start < 0) start += r;
+    if (end < 0) end += r;
+    start = std::clamp<int64_t>(start, 0, r);
+    end = std::clamp<int64_t>(end, 0, r);
+    std::vector<int64_t> s(x.sizes().begin() + start, x.sizes().begin() + std::max(start, end));
+    return Tensors{at::tensor(s, at::kLong).to(x.device())};
+  };
+  m["Gather"] = [](const Node& n, const Tensors& t) {
+    const at::Tensor& x = in(n, t, 0);
+    at::Tensor idx = in(n, t, 1).to(at::kLong);
+    int64_t axis = normAxis(n, n.attrInt("axis", 0), x.dim());
+    int64_t size = x.size(axis);
+    if (idx.numel() > 0) {
+      int64_t lo = idx.min().item<int64_t>(), hi = idx.max().item<int64_t>();
+      if (lo < -size || hi >= size)
+        badInput(n, "index out of range: indices span [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                        "] but the axis has size " + std::to_string(size));
+      if (lo < 0) idx = at::where(idx < 0, idx + size, idx);
+    }
+    std::vector<int64_t> shape(x.sizes().begin(), x.sizes().begin() + axis);
+    for (auto d : idx.sizes()) shape.push_back(d);
+    for (int64_t d = axis + 1; d < x.dim(); ++d) shape.push_back(x.size(d));
+    if (axis == 0 && x.dim() == 2) return Tensors{at::embedding(x, idx)};
+    return Tensors{at::index_select(x, axis, idx.reshape({-1})).reshape(shape)};
+  };
+  m["Unsqueeze"] = [](const Node& n, const Tensors& t) {
+    at::Tensor x = in(n, t, 0);
+    auto axes = toInts(in(n, t, 1));
+    int64_t r = x.dim() + static_cast<int64_t>(axes.size());
+    for (auto& a : axes) a = normAxis(n, a, r);
+    std::sort(axes.begin(), axes.end());
+    for (auto a : axes) x = x.unsqueeze(a);
+    return Tensors{x};
+  };
+  m["Squeeze"] = [](const Node& n, const Tensors& t) {
+    at::Tensor x = in(n, t, 0);
+    if (!has(t, 1)) return Tensors{x.squeeze()};
+    auto axes = toInts(t[1]);
+    for (auto& a : axes) a = normAxis(n, a, x.dim());
+    std::sort(axes.rbegin(), axes.rend());
+    for (auto a : axes) {
+      if (x.size(a) != 1) badInput(n, "cannot squeeze axis " + std::to_string(a) + " of size " + std::to_string(x.size(a)));
+      x = x.squeeze(a);
+    }
+    return Tensors{x};
+  };
+  m["Concat"] = [](const Node& n, const Tensors& t) {
+    if (t.empty()) badInput(n, "Concat needs at least one input");
+    int64_t axis = normAxis(n, n.attrInt("axis", 0), in(n, t, 0).dim());
+    try {
+      return Tensors{at::cat(t, axis)};
+    } catch (const std::exception&) {
+      badInput(n, "inputs do not agree outside the concatenation axis");
+    }
+  };
+  m["Split"] = [](const Node& n, const Tensors& t) {
+    const at::Tensor& x = in(n, t, 0);
+    int64_t axis = normAxis(n, n.attrInt("axis", 0), x.dim());
+    std::vector<int64_t> sizes;
+    if (has(t, 1)) {
+      sizes = toInts(t[1]);
+    } else {
+      int64_t k = static_cast<int64_t>(n.outputs.size());
+      sizes.assign(k, (x.size(axis) + k - 1) / k);
+      sizes.back() = x.size(axis) - (k - 1) * sizes[0];
+    }
+    if (std::accumulate(sizes.begin(), sizes.end(), int64_t{0}) != x.size(axis))
+      badInput(n, "split sizes do not add up to the axis size " + std::to_string(x.size(axis)));
+    auto parts = at::split_with_sizes(x, sizes, axis);
+    return Tensors(parts.begin(), parts.end());
+  };
+  m["Slice"] = [](const Node& n, const Tensors& t) {
+    at::Tensor x = in(n, t, 0);
+    auto starts = toInts(in(n, t, 1)), ends = toInts(in(n, t, 2));
+    std::vector<int64_t> axes, steps;
+    if (has(t, 3)) axes = toInts(t[3]);
+    else for (size_t i = 0; i < starts.size(); ++i) axes.push_back(static_cast<int64_t>(i));
+    if (has(t, 4)) steps = toInts(t[4]);
+    else steps.assign(starts.size(), 1);
+    if (ends.size() != starts.size() || axes.size() != starts.size() || steps.size() != starts.size())
+      badInput(n, "starts, ends, axes and steps must have the same length");
+    for (size_t i = 0; i < starts.size(); ++i) {
+      int64_t ax = normAxis(n, axes[i], x.dim()), dim = x.size(ax);
+      if (steps[i] <= 0) badInput(n, "only positive steps are supported");
+      int64_t s = starts[i] < 0 ? starts[i] + dim : starts[i];
+      int64_t e = ends[i] < 0 ? ends[i] + dim : ends[i];
+      s = std::clamp<int64_t>(s, 0, dim);
+      e = std::clamp<int64_t>(e, 0, dim);
+      x = x.slice(ax, s, std::max(s, e), steps[i]);
+    }
+    return Tensors{x};
+  };
+  m["Expand"] = [](const Node& n, const Tensors& t) {
+    const at::Tensor& x = in(n, t, 0);
+    auto shape = toInts(in(n, t, 1));
+    // ONNX Expand broadcasts both ways: the result is broadcast(x.shape, shape).
+    size_t r = std::max<size_t>(shape.size(), x.dim());
+    std::vector<int64_t> out(r);
+    for (size_t i = 0; i < r; ++i) {
+      int64_t a = i + x.dim() >= r ? x.size(i + x.dim() - r) : 1;
+      int64_t b = i + shape.size() >= r ? shape[i + shape.size() - r] : 1;
+      if (a != b && a != 1 && b != 1) badInput(n, "cannot expand " + c10::str(x.sizes()) + " to the requested shape");
+      out[i] = a == 1 ? b : a;
+    }
+    return Tensors{x.expand(out)};
+  };
+  m["Cast"] = [](const Node& n, const Tensors& t) {
+    return Tensors{in(n, t, 0).to(toScalarType(static_cast<DType>(n.attrInt("to", 1))))};
+  };
+}
+
+/// Softmax, reductions and normalizations.
+void addNormalizationOps(std::unordered_map<std::string, OpFn>& m) {
+  m["Softmax"] = [](const Node& n, const Tensors& t) {
+    const at::Tensor& x = in(n, t, 0);
+    return Tensors{at::softmax(x, normAxis(n, n.attrInt("axis", -1), x.dim()))};
+  };
+  m["LogSoftmax"] = [](const Node& n, const Tensors& t) {
+    const at::Tensor& x = in(n, t, 0);
+    return Tensors{at::log_softmax(x, normAxis(n, n.attrInt("axis", -1), x.dim()))};
+  };
+  m["ReduceMean"] = [](const Node& n, const Tensors& t) {
+    const at::Tensor& x = in(n, t, 0);
+    auto axes = n.attrInts("axes");
+    bool keep = n.attrInt("keepdims", 1) != 0;
+    if (axes.empty()) return Tensors{keep ? x.mean(at::IntArrayRef{}, true) : x.mean()};
+    for (auto& a : axes) a = normAxis(n, a, x.dim());
+    return Tensors{x.mean(axes, keep)};
+  };
+  m["ReduceMax"] = [](const Node& n, const Tensors& t) {
+    at::Tensor x = in(n, t, 0);
+    auto axes = n.attrInts("axes");
+    bool keep = n.attrInt("keepdims", 1) != 0;
+    if (axes.empty())
+      for (int64_t i = 0; i < x.dim(); ++i) axes.push_back(i);
+    for (auto& a : axes) a = normAxis(n, a, x.dim());
+    return Tensors{at::amax(x, axes, keep)};
+  };
+  m["LayerNormalization"] = [](const Node& n, const Tensors& t) {
+    const at::Tensor& x = in(n, t, 0);
+    int64_t axis = normAxis(n, n.attrInt("axis", -1), x.dim());
+    std::vector<int64_t> norm(x.sizes().begin() + axis, x.sizes().end());
+    at::Tensor b = has(t, 2) ? t[2] : at::Tensor();
+    return Tensors{at::layer_norm(x, norm, in(n, t, 1), b, n.attrFloat("epsilon", 1e-5))};
+  };
+  m["BatchNormalization"] = [](const Node& n, const Tensors& t) {
+    return Tensors{at::batch_norm(in(n, t, 0), in(n, t, 1), in(n, t, 2), in(n, t, 3), in(n, t, 4), false, 0.0,
+                                  n.attrFloat("epsilon", 1e-5), false)};
+  };
+}
+
+/// Convolution and pooling.
+void addConvolutionOps(std::unordered_map<std::string, OpFn>& m) {
+  m["Conv"] = [](const Node& n, const Tensors& t) {
+    const at::Tensor& x = in(n, t, 0);
+    const at::Tensor& w = in(n, t, 1);
+    size_t sp = static_cast<size_t>(w.dim() - 2);
+    auto [pads, unused] = convPads(n, sp);
+    (void)unused;
+    at::Tensor b = has(t, 2) ? t[2] : at::Tensor();
+    try {
+      return Tensors{at::convolution(x, w, b, orDefault(n.attrInts("strides"), sp, 1), pads,
+                                     orDefault(n.attrInts("dilations"), sp, 1), false,
+                                     std::vector<int64_t>(sp, 0), n.attrInt("group", 1))};
+    } catch (const std::exception&) {
+      badInput(n, "input " + c10::str(x.sizes()) + " does not fit weight " + c10::str(w.sizes()));
+    }
+  };
+  m["MaxPool"] = [](const Node& n, const Tensors& t) {
+    auto k = n.attrInts("kernel_shape");
+    auto [pads, unused] = convPads(n, k.size());
+    (void)unused;
+    return Tensors{at::max_pool2d(in(n, t, 0), k, orDefault(n.attrInts("strides"), k.size(), 1), pads,
+                                  orDefault(n.attrInts("dilations"), k.size(), 1), n.attrInt("ceil_mode", 0) != 0)};
+  };
+  m["AveragePool"] = [](const Node& n, const Tensors& t) {
+    auto k = n.attrInts("kernel_shape");
+    auto [pads, unused] = convPads(n, k.size());
+    (void)unused;
+    return Tensors{at::avg_pool2d(in(n, t, 0), k, orDefault(n.attrInts("strides"), k.size(), 1), pads,
+                                  n.attrInt("ceil_mode", 0) != 0, n.attrInt("count_include_pad", 0) != 0)};
+  };
+  m["GlobalAveragePool"] = [](const Node& n, const Tensors& t) {
+    const at::Tensor& x = in(n, t, 0);
+    std::vector<int64_t> axes;
+    for (int64_t i = 2; i < x.dim(); ++i) axes.push_back(i);
+    return Tensors{x.mean(axes, true)};
+  };
+}
+
+/// DequantizeLinear.
+void addQuantizationOps(std::unordered_map<std::string, OpFn>& m) {
+  m["DequantizeLinear"] = [](const Node& n, const Tensors& t) {
+    const at::Tensor& q = in(n, t, 0);
+    at::Tensor scale = in(n, t, 1);
+    at::Tensor x = q.to(scale.scalar_type());
+    at::Tensor zp = has(t, 2) ? t[2].to(scale.scalar_type()) : at::Tensor();
+    int64_t bs = n.attrInt("block_size", 0);
+    int64_t axis = normAxis(n, n.attrInt("axis", 1), std::max<int64_t>(q.dim(), 1));
+    auto bcast = [&](at::Tensor s) {
+      if (s.dim() == 0 || s.numel() == 1) return s.reshape({});
+      if (bs > 0) {  // blocked: s has q's rank, axis dim = ceil(n / bs)
+        s = s.repeat_interleave(bs, axis).narrow(axis, 0, q.size(axis));
+        return s;
+      }
+      std::vector<int64_t> shape(q.dim(), 1);
+      shape[axis] = s.numel();
+      return s.reshape(shape);
+    };
+    if (zp.defined()) x = x - bcast(zp);
+    return Tensors{x * bcast(scale)};
+  };
+}
+
 const std::unordered_map<std::string, OpFn>& opTable() {
   static const std::unordered_map<std::string, OpFn> table = [] {
     std::unordered_map<std::string, OpFn> m;
-    m["Identity"] = unary([](const at::Tensor& x) { return x; });
-    m["Add"] = binary([](const at::Tensor& a, const at::Tensor& b) { return a + b; });
-    m["Sub"] = binary([](const at::Tensor& a, const at::Tensor& b) { return a - b; });
-    m["Mul"] = binary([](const at::Tensor& a, const at::Tensor& b) { return a * b; });
-    m["Div"] = binary([](const at::Tensor& a, const at::Tensor& b) {
-      if (!a.is_floating_point() && !b.is_floating_point()) return at::div(a, b, "trunc");
-      return a / b;
-    });
-    m["Pow"] = binary([](const at::Tensor& a, const at::Tensor& b) {
-      // x^2 is by far the most common case (RMSNorm); square() keeps it exact and fast.
-      if (b.numel() == 1 && b.is_floating_point() && b.item<double>() == 2.0) return a * a;
-      return at::pow(a, b.to(a.scalar_type()));
-    });
-    m["Max"] = binary([](const at::Tensor& a, const at::Tensor& b) { return at::maximum(a, b); });
-    m["Min"] = binary([](const at::Tensor& a, const at::Tensor& b) { return at::minimum(a, b); });
-    m["Equal"] = binary([](const at::Tensor& a, const at::Tensor& b) { return at::eq(a, b); });
-    m["Less"] = binary([](const at::Tensor& a, const at::Tensor& b) { return at::lt(a, b); });
-    m["Greater"] = binary([](const at::Tensor& a, const at::Tensor& b) { return at::gt(a, b); });
-    m["Sqrt"] = unary([](const at::Tensor& x) { return at::sqrt(x); });
-    m["Reciprocal"] = unary([](const at::Tensor& x) { return at::reciprocal(x); });
-    m["Neg"] = unary([](const at::Tensor& x) { return at::neg(x); });
-    m["Abs"] = unary([](const at::Tensor& x) { return at::abs(x); });
-    m["Exp"] = unary([](const at::Tensor& x) { return at::exp(x); });
-    m["Log"] = unary([](const at::Tensor& x) { return at::log(x); });
-    m["Tanh"] = unary([](const at::Tensor& x) { return at::tanh(x); });
-    m["Sigmoid"] = unary([](const at::Tensor& x) { return at::sigmoid(x); });
-    m["Relu"] = unary([](const at::Tensor& x) { return at::relu(x); });
-    m["Erf"] = unary([](const at::Tensor& x) { return at::erf(x); });
-    m["Where"] = [](const Node& n, const Tensors& t) {
-      return Tensors{at::where(in(n, t, 0), in(n, t, 1), in(n, t, 2))};
-    };
-    m["MatMul"] = [](const Node& n, const Tensors& t) {
-      const at::Tensor& a = in(n, t, 0);
-      const at::Tensor& b = in(n, t, 1);
-      if (a.dim() == 0 || b.dim() == 0) badInput(n, "MatMul needs inputs of rank >= 1");
-      int64_t ka = a.size(-1), kb = b.dim() == 1 ? b.size(0) : b.size(-2);
-      if (ka != kb)
-        badInput(n, "inner dimensions differ: " + c10::str(a.sizes()) + " x " + c10::str(b.sizes()));
-      return Tensors{at::matmul(a, b)};
-    };
-    m["Gemm"] = [](const Node& n, const Tensors& t) {
-      at::Tensor a = in(n, t, 0), b = in(n, t, 1);
-      if (n.attrInt("transA", 0)) a = a.t();
-      if (n.attrInt("transB", 0)) b = b.t();
-      if (a.dim() != 2 || b.dim() != 2 || a.size(1) != b.size(0))
-        badInput(n, "Gemm needs 2-D inputs with matching inner dims, got " + c10::str(a.sizes()) + " and " +
-                        c10::str(b.sizes()));
-      at::Tensor y = at::matmul(a, b) * n.attrFloat("alpha", 1.0);
-      if (has(t, 2)) y = y + t[2] * n.attrFloat("beta", 1.0);
-      return Tensors{y};
-    };
-    m["Transpose"] = [](const Node& n, const Tensors& t) {
-      const at::Tensor& x = in(n, t, 0);
-      auto perm = n.attrInts("perm");
-      if (perm.empty())
-        for (int64_t i = x.dim() - 1; i >= 0; --i) perm.push_back(i);
-      if (static_cast<int64_t>(perm.size()) != x.dim())
-        badInput(n, "perm has " + std::to_string(perm.size()) + " entries for a rank-" + std::to_string(x.dim()) + " input");
-      return Tensors{x.permute(perm)};
-    };
-    m["Reshape"] = [](const Node& n, const Tensors& t) {
-      return Tensors{reshapeOnnx(n, in(n, t, 0), toInts(in(n, t, 1)))};
-    };
-    m["Flatten"] = [](const Node& n, const Tensors& t) {
-      const at::Tensor& x = in(n, t, 0);
-      int64_t axis = n.attrInt("axis", 1);
-      if (axis < 0) axis += x.dim();
-      int64_t outer = 1;
-      for (int64_t i = 0; i < axis; ++i) outer *= x.size(i);
-      return Tensors{x.reshape({outer, -1})};
-    };
-    m["Shape"] = [](const Node& n, const Tensors& t) {
-      const at::Tensor& x = in(n, t, 0);
-      int64_t r = x.dim();
-      int64_t start = n.attrInt("start", 0), end = n.attrInt("end", r);
-      if (start < 0) start += r;
-      if (end < 0) end += r;
-      start = std::clamp<int64_t>(start, 0, r);
-      end = std::clamp<int64_t>(end, 0, r);
-      std::vector<int64_t> s(x.sizes().begin() + start, x.sizes().begin() + std::max(start, end));
-      return Tensors{at::tensor(s, at::kLong).to(x.device())};
-    };
-    m["Gather"] = [](const Node& n, const Tensors& t) {
-      const at::Tensor& x = in(n, t, 0);
-      at::Tensor idx = in(n, t, 1).to(at::kLong);
-      int64_t axis = normAxis(n, n.attrInt("axis", 0), x.dim());
-      int64_t size = x.size(axis);
-      if (idx.numel() > 0) {
-        int64_t lo = idx.min().item<int64_t>(), hi = idx.max().item<int64_t>();
-        if (lo < -size || hi >= size)
-          badInput(n, "index out of range: indices span [" + std::to_string(lo) + ", " + std::to_string(hi) +
-                          "] but the axis has size " + std::to_string(size));
-        if (lo < 0) idx = at::where(idx < 0, idx + size, idx);
-      }
-      std::vector<int64_t> shape(x.sizes().begin(), x.sizes().begin() + axis);
-      for (auto d : idx.sizes()) shape.push_back(d);
-      for (int64_t d = axis + 1; d < x.dim(); ++d) shape.push_back(x.size(d));
-      if (axis == 0 && x.dim() == 2) return Tensors{at::embedding(x, idx)};
-      return Tensors{at::index_select(x, axis, idx.reshape({-1})).reshape(shape)};
-    };
-    m["Unsqueeze"] = [](const Node& n, const Tensors& t) {
-      at::Tensor x = in(n, t, 0);
-      auto axes = toInts(in(n, t, 1));
-      int64_t r = x.dim() + static_cast<int64_t>(axes.size());
-      for (auto& a : axes) a = normAxis(n, a, r);
-      std::sort(axes.begin(), axes.end());
-      for (auto a : axes) x = x.unsqueeze(a);
-      return Tensors{x};
-    };
-    m["Squeeze"] = [](const Node& n, const Tensors& t) {
-      at::Tensor x = in(n, t, 0);
-      if (!has(t, 1)) return Tensors{x.squeeze()};
-      auto axes = toInts(t[1]);
-      for (auto& a : axes) a = normAxis(n, a, x.dim());
-      std::sort(axes.rbegin(), axes.rend());
-      for (auto a : axes) {
-        if (x.size(a) != 1) badInput(n, "cannot squeeze axis " + std::to_string(a) + " of size " + std::to_string(x.size(a)));
-        x = x.squeeze(a);
-      }
-      return Tensors{x};
-    };
-    m["Concat"] = [](const Node& n, const Tensors& t) {
-      if (t.empty()) badInput(n, "Concat needs at least one input");
-      int64_t axis = normAxis(n, n.attrInt("axis", 0), in(n, t, 0).dim());
-      try {
-        return Tensors{at::cat(t, axis)};
-      } catch (const std::exception&) {
-        badInput(n, "inputs do not agree outside the concatenation axis");
-      }
-    };
-    m["Split"] = [](const Node& n, const Tensors& t) {
-      const at::Tensor& x = in(n, t, 0);
-      int64_t axis = normAxis(n, n.attrInt("axis", 0), x.dim());
-      std::vector<int64_t> sizes;
-      if (has(t, 1)) {
-        sizes = toInts(t[1]);
-      } else {
-        int64_t k = static_cast<int64_t>(n.outputs.size());
-        sizes.assign(k, (x.size(axis) + k - 1) / k);
-        sizes.back() = x.size(axis) - (k - 1) * sizes[0];
-      }
-      if (std::accumulate(sizes.begin(), sizes.end(), int64_t{0}) != x.size(axis))
-        badInput(n, "split sizes do not add up to the axis size " + std::to_string(x.size(axis)));
-      auto parts = at::split_with_sizes(x, sizes, axis);
-      return Tensors(parts.begin(), parts.end());
-    };
-    m["Slice"] = [](const Node& n, const Tensors& t) {
-      at::Tensor x = in(n, t, 0);
-      auto starts = toInts(in(n, t, 1)), ends = toInts(in(n, t, 2));
-      std::vector<int64_t> axes, steps;
-      if (has(t, 3)) axes = toInts(t[3]);
-      else for (size_t i = 0; i < starts.size(); ++i) axes.push_back(static_cast<int64_t>(i));
-      if (has(t, 4)) steps = toInts(t[4]);
-      else steps.assign(starts.size(), 1);
-      if (ends.size() != starts.size() || axes.size() != starts.size() || steps.size() != starts.size())
-        badInput(n, "starts, ends, axes and steps must have the same length");
-      for (size_t i = 0; i < starts.size(); ++i) {
-        int64_t ax = normAxis(n, axes[i], x.dim()), dim = x.size(ax);
-        if (steps[i] <= 0) badInput(n, "only positive steps are supported");
-        int64_t s = starts[i] < 0 ? starts[i] + dim : starts[i];
-        int64_t e = ends[i] < 0 ? ends[i] + dim : ends[i];
-        s = std::clamp<int64_t>(s, 0, dim);
-        e = std::clamp<int64_t>(e, 0, dim);
-        x = x.slice(ax, s, std::max(s, e), steps[i]);
-      }
-      return Tensors{x};
-    };
-    m["Expand"] = [](const Node& n, const Tensors& t) {
-      const at::Tensor& x = in(n, t, 0);
-      auto shape = toInts(in(n, t, 1));
-      // ONNX Expand broadcasts both ways: the result is broadcast(x.shape, shape).
-      size_t r = std::max<size_t>(shape.size(), x.dim());
-      std::vector<int64_t> out(r);
-      for (size_t i = 0; i < r; ++i) {
-        int64_t a = i + x.dim() >= r ? x.size(i + x.dim() - r) : 1;
-        int64_t b = i + shape.size() >= r ? shape[i + shape.size() - r] : 1;
-        if (a != b && a != 1 && b != 1) badInput(n, "cannot expand " + c10::str(x.sizes()) + " to the requested shape");
-        out[i] = a == 1 ? b : a;
-      }
-      return Tensors{x.expand(out)};
-    };
-    m["Cast"] = [](const Node& n, const Tensors& t) {
-      return Tensors{in(n, t, 0).to(toScalarType(static_cast<DType>(n.attrInt("to", 1))))};
-    };
-    m["Softmax"] = [](const Node& n, const Tensors& t) {
-      const at::Tensor& x = in(n, t, 0);
-      return Tensors{at::softmax(x, normAxis(n, n.attrInt("axis", -1), x.dim()))};
-    };
-    m["LogSoftmax"] = [](const Node& n, const Tensors& t) {
-      const at::Tensor& x = in(n, t, 0);
-      return Tensors{at::log_softmax(x, normAxis(n, n.attrInt("axis", -1), x.dim()))};
-    };
-    m["ReduceMean"] = [](const Node& n, const Tensors& t) {
-      const at::Tensor& x = in(n, t, 0);
-      auto axes = n.attrInts("axes");
-      bool keep = n.attrInt("keepdims", 1) != 0;
-      if (axes.empty()) return Tensors{keep ? x.mean(at::IntArrayRef{}, true) : x.mean()};
-      for (auto& a : axes) a = normAxis(n, a, x.dim());
-      return Tensors{x.mean(axes, keep)};
-    };
-    m["ReduceMax"] = [](const Node& n, const Tensors& t) {
-      at::Tensor x = in(n, t, 0);
-      auto axes = n.attrInts("axes");
-      bool keep = n.attrInt("keepdims", 1) != 0;
-      if (axes.empty())
-        for (int64_t i = 0; i < x.dim(); ++i) axes.push_back(i);
-      for (auto& a : axes) a = normAxis(n, a, x.dim());
-      return Tensors{at::amax(x, axes, keep)};
-    };
-    m["LayerNormalization"] = [](const Node& n, const Tensors& t) {
-      const at::Tensor& x = in(n, t, 0);
-      int64_t axis = normAxis(n, n.attrInt("axis", -1), x.dim());
-      std::vector<int64_t> norm(x.sizes().begin() + axis, x.sizes().end());
-      at::Tensor b = has(t, 2) ? t[2] : at::Tensor();
-      return Tensors{at::layer_norm(x, norm, in(n, t, 1), b, n.attrFloat("epsilon", 1e-5))};
-    };
-    m["BatchNormalization"] = [](const Node& n, const Tensors& t) {
-      return Tensors{at::batch_norm(in(n, t, 0), in(n, t, 1), in(n, t, 2), in(n, t, 3), in(n, t, 4), false, 0.0,
-                                    n.attrFloat("epsilon", 1e-5), false)};
-    };
-    m["Conv"] = [](const Node& n, const Tensors& t) {
-      const at::Tensor& x = in(n, t, 0);
-      const at::Tensor& w = in(n, t, 1);
-      size_t sp = static_cast<size_t>(w.dim() - 2);
-      auto [pads, unused] = convPads(n, sp);
-      (void)unused;
-      at::Tensor b = has(t, 2) ? t[2] : at::Tensor();
-      try {
-        return Tensors{at::convolution(x, w, b, orDefault(n.attrInts("strides"), sp, 1), pads,
-                                       orDefault(n.attrInts("dilations"), sp, 1), false,
-                                       std::vector<int64_t>(sp, 0), n.attrInt("group", 1))};
-      } catch (const std::exception&) {
-        badInput(n, "input " + c10::str(x.sizes()) + " does not fit weight " + c10::str(w.sizes()));
-      }
-    };
-    m["MaxPool"] = [](const Node& n, const Tensors& t) {
-      auto k = n.attrInts("kernel_shape");
-      auto [pads, unused] = convPads(n, k.size());
-      (void)unused;
-      return Tensors{at::max_pool2d(in(n, t, 0), k, orDefault(n.attrInts("strides"), k.size(), 1), pads,
-                                    orDefault(n.attrInts("dilations"), k.size(), 1), n.attrInt("ceil_mode", 0) != 0)};
-    };
-    m["AveragePool"] = [](const Node& n, const Tensors& t) {
-      auto k = n.attrInts("kernel_shape");
-      auto [pads, unused] = convPads(n, k.size());
-      (void)unused;
-      return Tensors{at::avg_pool2d(in(n, t, 0), k, orDefault(n.attrInts("strides"), k.size(), 1), pads,
-                                    n.attrInt("ceil_mode", 0) != 0, n.attrInt("count_include_pad", 0) != 0)};
-    };
-    m["GlobalAveragePool"] = [](const Node& n, const Tensors& t) {
-      const at::Tensor& x = in(n, t, 0);
-      std::vector<int64_t> axes;
-      for (int64_t i = 2; i < x.dim(); ++i) axes.push_back(i);
-      return Tensors{x.mean(axes, true)};
-    };
+    addElementwiseOps(m);
+    addLinearAlgebraOps(m);
+    addShapeOps(m);
+    addNormalizationOps(m);
+    addConvolutionOps(m);
     addZooOps(m);
-    m["DequantizeLinear"] = [](const Node& n, const Tensors& t) {
-      const at::Tensor& q = in(n, t, 0);
-      at::Tensor scale = in(n, t, 1);
-      at::Tensor x = q.to(scale.scalar_type());
-      at::Tensor zp = has(t, 2) ? t[2].to(scale.scalar_type()) : at::Tensor();
-      int64_t bs = n.attrInt("block_size", 0);
-      int64_t axis = normAxis(n, n.attrInt("axis", 1), std::max<int64_t>(q.dim(), 1));
-      auto bcast = [&](at::Tensor s) {
-        if (s.dim() == 0 || s.numel() == 1) return s.reshape({});
-        if (bs > 0) {  // blocked: s has q's rank, axis dim = ceil(n / bs)
-          s = s.repeat_interleave(bs, axis).narrow(axis, 0, q.size(axis));
-          return s;
-        }
-        std::vector<int64_t> shape(q.dim(), 1);
-        shape[axis] = s.numel();
-        return s.reshape(shape);
-      };
-      if (zp.defined()) x = x - bcast(zp);
-      return Tensors{x * bcast(scale)};
-    };
+    addQuantizationOps(m);
     return m;
   }();
   return table;

@@ -31,6 +31,12 @@ void forEachIndex(const Shape& os, F&& f) {
   }
 }
 
+/// A string attribute, or `def` (no copy: ops run without allocating).
+const std::string& strAttr(const OpCtx& c, const char* k, const std::string& def) {
+  auto it = c.node.attrs.find(k);
+  return it == c.node.attrs.end() ? def : it->second.s;
+}
+
 double scalarOf(OpCtx& c, int i) {
   const Buf& b = c.in(i);
   if (b.numel() != 1) c.bad("input " + std::to_string(i) + " must be a scalar");
@@ -129,16 +135,17 @@ void opPad(OpCtx& c) {
     const int a = static_cast<int>(normAxis(c, axes[i], r));
     before[a] = pv[i], after[a] = pv[na + i];
   }
-  auto it = c.node.attrs.find("mode");
-  const std::string mode = it == c.node.attrs.end() ? "constant" : it->second.s;
-  if (mode != "constant" && mode != "reflect" && mode != "edge") c.bad("mode '" + mode + "' is not supported");
+  static const std::string kConstant = "constant";
+  const std::string& mode = strAttr(c, "mode", kConstant);
+  enum { Constant, Reflect, Edge } const kind = mode == "constant" ? Constant : mode == "reflect" ? Reflect : Edge;
+  if (kind == Edge && mode != "edge") c.bad("mode '" + mode + "' is not supported");
   Shape os;
   for (int d = 0; d < r; ++d) {
     int64_t v = 0;
     if (!checkedAdd(x.shape[d], before[d], &v) || !checkedAdd(v, after[d], &v)) c.bad("pads are too large");
     if (v < 0) c.bad("pads remove more than the input has");
-    if (mode != "constant" && v > 0 && x.shape[d] == 0) c.bad("cannot " + mode + "-pad an empty axis");
-    if (mode == "reflect" && (before[d] >= x.shape[d] || after[d] >= x.shape[d]) && (before[d] > 0 || after[d] > 0))
+    if (kind != Constant && v > 0 && x.shape[d] == 0) c.bad("cannot " + mode + "-pad an empty axis");
+    if (kind == Reflect && (before[d] >= x.shape[d] || after[d] >= x.shape[d]) && (before[d] > 0 || after[d] > 0))
       c.bad("reflect pads must be smaller than the axis");
     os.push(v);
   }
@@ -158,8 +165,8 @@ void opPad(OpCtx& c) {
       int64_t i = idx[d] - before[d];
       const int64_t n = x.shape[d];
       if (i < 0 || i >= n) {
-        if (mode == "constant") { inside = false; break; }
-        if (mode == "edge") i = i < 0 ? 0 : n - 1;
+        if (kind == Constant) { inside = false; break; }
+        if (kind == Edge) i = i < 0 ? 0 : n - 1;
         else i = i < 0 ? -i : 2 * (n - 1) - i;  // reflect (pads < n)
       }
       src += i * ist[d];
@@ -171,26 +178,31 @@ void opPad(OpCtx& c) {
 // ---------------------------------------------------------------- Resize
 namespace {
 
+enum class Coord { HalfPixel, Asymmetric, AlignCorners, PytorchHalfPixel };
+enum class Round { PreferFloor, PreferCeil, Floor, Ceil };
+
 /// Input coordinate of output coordinate `o` for one axis.
-double sourceCoord(const std::string& mode, int64_t o, double scale, int64_t in, int64_t out) {
-  if (mode == "asymmetric") return o / scale;
-  if (mode == "align_corners") return out == 1 ? 0 : static_cast<double>(o) * (in - 1) / (out - 1);
-  if (mode == "pytorch_half_pixel") return out > 1 ? (o + 0.5) / scale - 0.5 : 0;
-  return (o + 0.5) / scale - 0.5;  // half_pixel
+double sourceCoord(Coord mode, int64_t o, double scale, int64_t in, int64_t out) {
+  switch (mode) {
+    case Coord::Asymmetric: return o / scale;
+    case Coord::AlignCorners: return out == 1 ? 0 : static_cast<double>(o) * (in - 1) / (out - 1);
+    case Coord::PytorchHalfPixel: return out > 1 ? (o + 0.5) / scale - 0.5 : 0;
+    case Coord::HalfPixel: break;
+  }
+  return (o + 0.5) / scale - 0.5;
 }
 
-int64_t nearestIndex(const std::string& mode, double x, int64_t in) {
+int64_t nearestIndex(Round mode, double x, int64_t in) {
   int64_t i;
-  if (mode == "floor") i = static_cast<int64_t>(std::floor(x));
-  else if (mode == "ceil") i = static_cast<int64_t>(std::ceil(x));
-  else if (mode == "round_prefer_ceil") i = static_cast<int64_t>(std::floor(x + 0.5));
-  else i = x == std::floor(x) + 0.5 ? static_cast<int64_t>(std::floor(x)) : static_cast<int64_t>(std::round(x));  // round_prefer_floor
+  switch (mode) {
+    case Round::Floor: i = static_cast<int64_t>(std::floor(x)); break;
+    case Round::Ceil: i = static_cast<int64_t>(std::ceil(x)); break;
+    case Round::PreferCeil: i = static_cast<int64_t>(std::floor(x + 0.5)); break;
+    default:  // round_prefer_floor
+      i = x == std::floor(x) + 0.5 ? static_cast<int64_t>(std::floor(x)) : static_cast<int64_t>(std::round(x));
+      break;
+  }
   return std::clamp<int64_t>(i, 0, in - 1);
-}
-
-std::string strAttr(const OpCtx& c, const char* k, const char* def) {
-  auto it = c.node.attrs.find(k);
-  return it == c.node.attrs.end() ? def : it->second.s;
 }
 
 }  // namespace
@@ -199,12 +211,19 @@ void opResize(OpCtx& c) {
   const Buf& x = c.in(0);
   const int r = x.shape.rank;
   if (r != 4 && r != 3) c.bad("Resize supports inputs [N, C, W] and [N, C, H, W]");
-  const std::string mode = strAttr(c, "mode", "nearest");
-  const std::string ctm = strAttr(c, "coordinate_transformation_mode", "half_pixel");
-  const std::string nm = strAttr(c, "nearest_mode", "round_prefer_floor");
+  static const std::string kNearest = "nearest", kHalfPixel = "half_pixel", kPreferFloor = "round_prefer_floor";
+  const std::string& mode = strAttr(c, "mode", kNearest);
+  const std::string& ctm = strAttr(c, "coordinate_transformation_mode", kHalfPixel);
+  const std::string& nm = strAttr(c, "nearest_mode", kPreferFloor);
   if (mode != "nearest" && mode != "linear") c.bad("mode '" + mode + "' is not supported (nearest, linear)");
-  if (ctm != "half_pixel" && ctm != "asymmetric" && ctm != "align_corners" && ctm != "pytorch_half_pixel")
-    c.bad("coordinate_transformation_mode '" + ctm + "' is not supported");
+  const bool nearest = mode == "nearest";
+  Coord coord = Coord::HalfPixel;
+  if (ctm == "asymmetric") coord = Coord::Asymmetric;
+  else if (ctm == "align_corners") coord = Coord::AlignCorners;
+  else if (ctm == "pytorch_half_pixel") coord = Coord::PytorchHalfPixel;
+  else if (ctm != "half_pixel") c.bad("coordinate_transformation_mode '" + ctm + "' is not supported");
+  const Round round = nm == "floor" ? Round::Floor : nm == "ceil" ? Round::Ceil
+                      : nm == "round_prefer_ceil" ? Round::PreferCeil : Round::PreferFloor;
   double scales[kMaxRank];
   Shape os = x.shape;
   if (c.has(3) && c.in(3).numel() > 0) {
@@ -238,11 +257,11 @@ void opResize(OpCtx& c) {
     const float* img = X + p * IH * IW;
     float* out = fo.p + p * OH * OW;
     for (int64_t oh = 0; oh < OH; ++oh) {
-      const double yh = sp == 2 ? sourceCoord(ctm, oh, sh, IH, OH) : 0;
+      const double yh = sp == 2 ? sourceCoord(coord, oh, sh, IH, OH) : 0;
       for (int64_t ow = 0; ow < OW; ++ow) {
-        const double yw = sourceCoord(ctm, ow, sw, IW, OW);
-        if (mode == "nearest") {
-          out[oh * OW + ow] = img[nearestIndex(nm, yh, IH) * IW + nearestIndex(nm, yw, IW)];
+        const double yw = sourceCoord(coord, ow, sw, IW, OW);
+        if (nearest) {
+          out[oh * OW + ow] = img[nearestIndex(round, yh, IH) * IW + nearestIndex(round, yw, IW)];
           continue;
         }
         const double ch = std::clamp(yh, 0.0, static_cast<double>(IH - 1)), cw = std::clamp(yw, 0.0, static_cast<double>(IW - 1));
