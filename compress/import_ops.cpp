@@ -46,8 +46,7 @@ at::ScalarType Importer::resultType(const IVal& a, const IVal& b) {
 }
 
 std::string Importer::castTo(const IVal& v, at::ScalarType st) {
-  std::string t = asTensor(v, st);
-  if (v.kind == IVal::Bool && st != at::kBool) t = constScalar(v.b, st);
+  std::string t = v.kind == IVal::Bool ? constScalar(v.b, st) : asTensor(v, st);
   if (stype(t) == st) return t;
   if (g_.isInitializer(t) && !g_.parameters.count(t)) return constant(probe_.at(t).to(st));
   return emit1("Cast", {t}, {{"to", onnxType(st)}});
