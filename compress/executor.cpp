@@ -848,6 +848,8 @@ void inferShapes(Graph& g, const std::map<std::string, std::pair<DType, Shape>>&
     if (a == s1 && b == s2) return Dim::sym("seq");
     if (a == b1 * s1 && b == b2 * s2) return Dim::sym("batch*seq");
     if (a == s1 - 1 && b == s2 - 1) return Dim::sym("seq-1");
+    if (a == b1 + s1 && b == b2 + s2) return Dim::sym("past");          // a cache input's length (probeTensor)
+    if (a == b1 + 2 * s1 && b == b2 + 2 * s2) return Dim::sym("past+seq");
     return Dim::sym("?");
   };
   for (const auto& [name, t] : g.initializers) {

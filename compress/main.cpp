@@ -16,6 +16,7 @@
 #include "compress/pipeline.h"
 #include "compress/progress.h"
 #include "compress/recipe.h"
+#include "compress/kv_cache.h"
 #include "export/onnx_export.h"
 #include "export/validate.h"
 
@@ -33,7 +34,7 @@ Usage:
   compress eval --model MODEL (--tokens F.npy | --text F.txt --tokenizer T.bin)
                 [--seq-len 512] [--max-tokens N] [--batch 1]  perplexity of a model
   compress eval --config RECIPE.yaml                       baseline accuracy of a recipe's model
-  compress export MODEL -o model.onnx [--opset 17] [--int4 matmulnbits|qdq] [--external-data]
+  compress export MODEL -o model.onnx [--opset 17] [--int4 matmulnbits|qdq] [--external-data] [--kv-cache]
                 [--tokens val.npy] [--no-validate]          ONNX from a model.cir (or .pt), checked
                                                            with ONNX's checker and ONNX Runtime
 
@@ -188,6 +189,7 @@ int cmdExport(int argc, char** argv) {
       "opset", "ONNX opset (13-21; blocked QDQ weights need 21)", cxxopts::value<int>()->default_value("17"))(
       "int4", "grouped weights as matmulnbits (com.microsoft.MatMulNBits) or qdq (opset-21 DequantizeLinear)",
       cxxopts::value<std::string>()->default_value("matmulnbits"))("external-data", "weights in OUTPUT.data")(
+      "kv-cache", "a decoder with past.N.key/value inputs and present.N.key/value outputs, for generation with a cache")(
       "no-validate", "skip ONNX's checker and the ONNX Runtime comparison")(
       "tokens", "token .npy: validation inputs and perplexity through ONNX Runtime", cxxopts::value<std::string>())(
       "seq-len", "perplexity window", cxxopts::value<int64_t>()->default_value("512"))(
@@ -202,18 +204,28 @@ int cmdExport(int argc, char** argv) {
   eo.int4 = a["int4"].as<std::string>();
   eo.external_data = a.count("external-data") > 0;
   std::string out = a["output"].as<std::string>();
+  if (a.count("kv-cache")) {
+    const KvCacheInfo kv = addKvCache(g);
+    addKvMetadata(kv, eo.metadata);
+    std::printf("kv cache: %d layers, %lld kv heads of %lld, context %lld; prefill + steps reproduce the full logits (%.1e of max)\n",
+                kv.layers, static_cast<long long>(kv.kv_heads), static_cast<long long>(kv.head_dim),
+                static_cast<long long>(kv.context), kv.check_rel_diff);
+  }
   nlohmann::json st = exportOnnx(g, out, eo);
   std::printf("wrote %s: opset %d, %lld bytes (%s)\n", out.c_str(), st["opset"].get<int>(),
               static_cast<long long>(st["total_bytes"].get<int64_t>()), st["bytes_by_format"].dump().c_str());
   if (!a.count("no-validate")) {
     std::string tokens = a.count("tokens") ? a["tokens"].as<std::string>() : "";
     ValidationOptions vo;
-    vo.ppl_tokens = tokens;
+    if (!a.count("kv-cache")) vo.ppl_tokens = tokens;  // ORT's perplexity run feeds the token ids only
     vo.seq_len = a["seq-len"].as<int64_t>();
     vo.max_tokens = a["max-tokens"].as<int64_t>();
     nlohmann::json v;
     try {
-      v = validateExport(g, out, validationInputs(g, tokens), vo);
+      int64_t seq = 64;
+      auto ctx = eo.metadata.find("compress.context_length");
+      if (ctx != eo.metadata.end() && std::stoll(ctx->second) > 0) seq = std::min<int64_t>(seq, std::stoll(ctx->second) - 3);
+      v = validateExport(g, out, validationInputs(g, tokens, 2, seq, 3), vo);
     } catch (const Error& e) {  // a file that failed its check is not left behind looking usable
       std::remove(out.c_str());
       if (eo.external_data) std::remove((out + ".data").c_str());

@@ -21,6 +21,7 @@
 #include "compress/pass_context.h"
 #include "compress/report.h"
 #include "compress/serialize.h"
+#include "compress/kv_cache.h"
 #include "export/onnx_export.h"
 #include "export/ort_check.h"
 #include "export/validate.h"
@@ -245,7 +246,18 @@ RunSummary runRecipe(const Recipe& r, const RunOptions& opts) {
     eo.int4 = r.export_spec.int4;
     eo.external_data = r.export_spec.external_data;
     eo.metadata = {{"recipe", r.path}, {"recipe_fnv1a64", fnv1a64Hex(r.text)}, {"task", r.task}};
-    json ex = exportOnnx(g, out.path("model.onnx"), eo);
+    Graph cached;
+    const Graph& exported = r.export_spec.kv_cache ? cached : g;
+    json kv_json;
+    if (r.export_spec.kv_cache) {
+      cached = g;
+      const KvCacheInfo kv = addKvCache(cached);
+      addKvMetadata(kv, eo.metadata);
+      kv_json = {{"layers", kv.layers}, {"heads", kv.heads}, {"kv_heads", kv.kv_heads}, {"head_dim", kv.head_dim},
+                 {"context_length", kv.context}, {"check_rel_diff", kv.check_rel_diff}};
+    }
+    json ex = exportOnnx(exported, out.path("model.onnx"), eo);
+    if (!kv_json.is_null()) ex["kv_cache"] = kv_json;
     onnx::ModelProto unused;
     json base_stats;
     {
@@ -267,15 +279,18 @@ RunSummary runRecipe(const Recipe& r, const RunOptions& opts) {
       bool lm = r.task == "causal-lm";
       std::string tokens = lm && has_eval ? r.eval.tokens : "";
       int64_t seq = lm && has_eval ? std::min<int64_t>(64, r.eval.seq_len) : 64;
-      auto inputs = validationInputs(g, tokens, 2, seq);
+      if (!kv_json.is_null() && kv_json["context_length"].get<int64_t>() > 0)
+        seq = std::min<int64_t>(seq, kv_json["context_length"].get<int64_t>() - 3);
+      auto inputs = validationInputs(exported, tokens, 2, seq, 3);  // a cached export: random pasts of 3 positions
       ValidationOptions vo;
-      if (lm && has_eval && !r.eval.tokens.empty() && r.export_spec.validate_perplexity && r.metric == "perplexity") {
+      if (lm && has_eval && !r.eval.tokens.empty() && r.export_spec.validate_perplexity && r.metric == "perplexity" &&
+          !r.export_spec.kv_cache) {
         vo.ppl_tokens = r.eval.tokens;
         vo.seq_len = r.eval.seq_len;
         vo.max_tokens = r.eval.max_tokens;
         vo.executor_ppl = fin.value;
       }
-      ex["validation"] = validateExport(g, out.path("model.onnx"), inputs, vo);
+      ex["validation"] = validateExport(exported, out.path("model.onnx"), inputs, vo);
       const json& v = ex["validation"];
       if (v["onnxruntime"].is_object()) {
         std::printf("      ONNX Runtime matches: max |diff| %.2e (optimizations off), %.2e (ORT default)", 

@@ -257,6 +257,7 @@ void readSections(const YAML::Node& root, Recipe& r, Diagnostics& d) {
       e.opset = er.integer("opset", 17, 13, 21, "ONNX opset (blocked QDQ weights raise it to 21)");
       e.int4 = er.choice("int4", "matmulnbits", {"matmulnbits", "qdq"}, "grouped weights as com.microsoft.MatMulNBits or opset-21 DequantizeLinear");
       e.external_data = er.boolean("external_data", false, "weights in model.onnx.data (automatic above 2 GB)");
+      e.kv_cache = er.boolean("kv_cache", false, "a decoder with past/present key-value inputs and outputs (generation with a cache)");
       e.validate = er.boolean("validate", true, "check with ONNX's checker and ONNX Runtime against the executor");
       e.validate_perplexity = er.boolean("validate_perplexity", true, "also compare perplexity through ONNX Runtime");
       er.finish();

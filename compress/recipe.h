@@ -38,6 +38,7 @@ struct ExportSpec {
   int64_t opset = 17;
   std::string int4 = "matmulnbits";  // matmulnbits | qdq
   bool external_data = false;
+  bool kv_cache = false;             // past.N.key/value inputs, present.N.key/value outputs (compress/kv_cache.h)
   bool validate = true;              // ONNX checker + ONNX Runtime against the executor
   bool validate_perplexity = true;   // also perplexity through ONNX Runtime (causal LMs with data.eval)
 };

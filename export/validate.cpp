@@ -31,7 +31,7 @@ static bool hasHalf(const Graph& g) {
 }
 
 std::map<std::string, at::Tensor> validationInputs(const Graph& g, const std::string& tokens_npy, int64_t batch,
-                                                   int64_t seq) {
+                                                   int64_t seq, int64_t past_len) {
   std::map<std::string, at::Tensor> in;
   for (const auto& name : g.inputs) {
     const ValueInfo& vi = g.values.at(name);
@@ -51,7 +51,10 @@ std::map<std::string, at::Tensor> validationInputs(const Graph& g, const std::st
       }
       in[name] = ids.to(toScalarType(vi.dtype));
     } else {
-      in[name] = probeTensor(vi.dtype, vi.shape.value_or(Shape{}), batch, seq);
+      Shape shape = vi.shape.value_or(Shape{});
+      for (Dim& d : shape)
+        if (d.symbol == "past") d = Dim::fixed(past_len);
+      in[name] = probeTensor(vi.dtype, shape, batch, seq);
     }
   }
   return in;

@@ -22,8 +22,9 @@ struct ValidationOptions {
 
 /// Real inputs for a validation run: token ids (from `tokens_npy` when given, else seeded random ids below
 /// the vocabulary size read off the logits) shaped [batch, seq] for int inputs; seeded normals otherwise.
+/// A cached decoder's past.N.key/value inputs (their "past" dim) get `past_len` seeded random positions.
 std::map<std::string, at::Tensor> validationInputs(const Graph& g, const std::string& tokens_npy, int64_t batch = 2,
-                                                   int64_t seq = 64);
+                                                   int64_t seq = 64, int64_t past_len = 3);
 
 /// Validates `onnx_path` (exported from `g`) on `inputs`. Returns the measurements; throws Error(Model)
 /// when the checker rejects the file or ORT's outputs differ beyond the tolerance: max |diff| <= 1e-4

@@ -1,0 +1,521 @@
+// kv_cache.cpp — the cached-decoder rewrite (kv_cache.h), in named steps: probe the shapes, find the
+// attention cores, cache each core's keys/values, re-base the position-dependent constants on the total
+// length, re-sort, re-infer shapes, check against the full-sequence logits.
+#include "compress/kv_cache.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <climits>
+#include <functional>
+#include <map>
+#include <set>
+
+#include "compress/error.h"
+#include "compress/executor.h"
+#include "runtime/op_table.h"
+
+namespace compress {
+
+std::string pastName(int layer, bool value) { return "past." + std::to_string(layer) + (value ? ".value" : ".key"); }
+std::string presentName(int layer, bool value) { return "present." + std::to_string(layer) + (value ? ".value" : ".key"); }
+
+namespace {
+
+constexpr int64_t kProbeSeq[2] = {11, 13};  // two lengths: an axis whose size follows them is a sequence axis
+
+/// Concrete shapes of every value for two sequence lengths (batch 1).
+struct Probe {
+  std::map<std::string, std::vector<int64_t>> shape[2];
+  int64_t vocab = 0;
+
+  const std::vector<int64_t>& of(const std::string& v) const {
+    auto it = shape[0].find(v);
+    if (it == shape[0].end()) fail(ErrorCategory::Internal, "kv-cache rewrite: no probe shape for '" + v + "'");
+    return it->second;
+  }
+  /// Axes of `v` whose size is the sequence length.
+  std::vector<int> seqAxes(const std::string& v) const {
+    std::vector<int> axes;
+    auto a = shape[0].find(v), b = shape[1].find(v);
+    if (a == shape[0].end() || b == shape[1].end() || a->second.size() != b->second.size()) return axes;
+    for (size_t i = 0; i < a->second.size(); ++i)
+      if (a->second[i] == kProbeSeq[0] && b->second[i] == kProbeSeq[1]) axes.push_back(static_cast<int>(i));
+    return axes;
+  }
+};
+
+Probe probeShapes(const Graph& g) {
+  Probe p;
+  for (int r = 0; r < 2; ++r) {
+    ExecOptions opts;
+    opts.fold_constants = false;
+    Executor ex(g, opts);
+    ex.addHook([&](int, const Node& n, const std::vector<at::Tensor>&, const std::vector<at::Tensor>& outs) {
+      for (size_t k = 0; k < outs.size() && k < n.outputs.size(); ++k) p.shape[r][n.outputs[k]] = outs[k].sizes().vec();
+    });
+    at::Tensor ids = at::zeros({1, kProbeSeq[r]}, at::kLong).to(toScalarType(g.values.at(g.inputs[0]).dtype));
+    auto outs = ex.run({{g.inputs[0], ids}});
+    p.shape[r][g.inputs[0]] = ids.sizes().vec();
+    for (const auto& [name, t] : g.initializers) p.shape[r][name] = t.sizes().vec();
+    if (r == 0) p.vocab = outs[0].dim() == 3 ? outs[0].size(2) : 0;
+  }
+  return p;
+}
+
+/// Values that depend on the input's shape and constants only (Shape outputs and what is computed from
+/// them and initializers).
+std::set<std::string> staticValues(const Graph& g) {
+  std::set<std::string> st;
+  for (const auto& [name, t] : g.initializers) st.insert(name);
+  for (const Node& n : g.nodes) {
+    bool s = n.domain.empty() && crt::opHas(n.op, crt::op_trait::ShapeOnly);
+    if (!s) {
+      s = !n.inputs.empty();
+      for (const auto& in : n.inputs) s = s && (in.empty() || st.count(in));
+    }
+    if (s)
+      for (const auto& o : n.outputs) st.insert(o);
+  }
+  return st;
+}
+
+/// One attention core: scores = MatMul(q, k_mm), elementwise steps, Softmax, MatMul(probs, v_mm).
+struct Core {
+  int qk = -1, pv = -1;
+  std::set<int> score_nodes;  // nodes between the two MatMuls that carry the scores
+  int64_t heads = 0, head_dim = 0;
+};
+
+bool isLayoutOp(const Node& n) {
+  return n.domain.empty() && (crt::opHas(n.op, crt::op_trait::View) || n.op == "Transpose" || n.op == "Expand");
+}
+
+class Rewriter {
+ public:
+  explicit Rewriter(Graph& g) : g_(g), probe_((checkInputs(g), probeShapes(g))), static_(staticValues(g)) {}
+
+  KvCacheInfo run() {
+    if (probe_.vocab <= 0) fail(ErrorCategory::Model, "kv_cache: the first output must be logits [batch, seq, vocab]");
+    const ValueInfo& vi = g_.values.at(g_.inputs[0]);
+    specs_[g_.inputs[0]] = {vi.dtype, Shape{Dim::sym("batch"), Dim::sym("seq")}};
+    findCores();
+    addCommonValues();
+    for (size_t i = 0; i < cores_.size(); ++i) cacheCore(static_cast<int>(i));
+    rebasePositions();
+    for (Node& n : new_nodes_) g_.nodes.push_back(std::move(n));
+    new_nodes_.clear();
+    for (int i = 0; i < info_.layers; ++i) {
+      g_.outputs.push_back(presentName(i, false));
+      g_.outputs.push_back(presentName(i, true));
+    }
+    sortTopologically();
+    g_.pruneUnused();
+    return info_;
+  }
+  const std::map<std::string, std::pair<DType, Shape>>& inputSpecs() const { return specs_; }
+  const Probe& probe() const { return probe_; }
+
+ private:
+  // ------------------------------------------------------------------ step 1: what the rewrite accepts
+  static void checkInputs(const Graph& g) {
+    if (g.inputs.size() != 1)
+      fail(ErrorCategory::Model, "kv_cache: the model takes " + std::to_string(g.inputs.size()) +
+                                     " inputs; the cached export supports decoders whose only input is the token ids "
+                                     "(models with an attention_mask input: export without kv_cache)");
+    const ValueInfo& vi = g.values.at(g.inputs[0]);
+    if (vi.dtype != DType::Int64 && vi.dtype != DType::Int32)
+      fail(ErrorCategory::Model, "kv_cache: the input '" + g.inputs[0] + "' must be integer token ids");
+  }
+
+  // ------------------------------------------------------------------ step 2: attention cores
+  int producer(const std::string& v) const {
+    auto it = producer_.find(v);
+    return it == producer_.end() ? -1 : it->second;
+  }
+  std::vector<int> consumers(const std::string& v) const {
+    std::vector<int> c;
+    for (size_t i = 0; i < g_.nodes.size(); ++i)
+      for (const auto& in : g_.nodes[i].inputs)
+        if (in == v) {
+          c.push_back(static_cast<int>(i));
+          break;
+        }
+    return c;
+  }
+  bool isStatic(const std::string& v) const { return static_.count(v) != 0; }
+
+  void findCores() {
+    for (size_t i = 0; i < g_.nodes.size(); ++i)
+      for (const auto& o : g_.nodes[i].outputs) producer_[o] = static_cast<int>(i);
+    for (size_t i = 0; i < g_.nodes.size(); ++i) {
+      const Node& n = g_.nodes[i];
+      if (n.op != "Softmax" || !n.domain.empty()) continue;
+      Core c;
+      if (!followScores(static_cast<int>(i), c)) continue;
+      cores_.push_back(c);
+    }
+    if (cores_.empty())
+      fail(ErrorCategory::Model, "kv_cache: no causal self-attention found (Softmax between two MatMuls over the keys); "
+                                 "is this a decoder?");
+    std::sort(cores_.begin(), cores_.end(), [](const Core& a, const Core& b) { return a.qk < b.qk; });
+    info_.layers = static_cast<int>(cores_.size());
+  }
+
+  /// From a Softmax: forward through casts to MatMul(probs, v), backward through elementwise steps to
+  /// MatMul(q, k). False when this Softmax is not an attention's.
+  bool followScores(int softmax, Core& c) {
+    std::string cur = g_.nodes[softmax].outputs[0];
+    c.score_nodes.insert(softmax);
+    for (;;) {
+      auto cons = consumers(cur);
+      if (cons.size() != 1) return false;
+      const Node& n = g_.nodes[cons[0]];
+      if (n.op == "Cast") {
+        c.score_nodes.insert(cons[0]);
+        cur = n.outputs[0];
+        continue;
+      }
+      if (n.op != "MatMul" || n.inputs[0] != cur) return false;
+      c.pv = cons[0];
+      break;
+    }
+    cur = g_.nodes[softmax].inputs[0];
+    for (;;) {
+      const int p = producer(cur);
+      if (p < 0) return false;
+      const Node& n = g_.nodes[p];
+      if (n.op == "MatMul") {
+        if (isStatic(n.inputs[0]) || isStatic(n.inputs[1])) return false;
+        c.qk = p;
+        break;
+      }
+      static const std::set<std::string> kSteps = {"Add", "Sub", "Mul", "Div", "Where", "Cast", "Max", "Min", "Reshape"};
+      if (!kSteps.count(n.op)) return false;
+      std::string dyn;
+      for (const auto& in : n.inputs) {
+        if (in.empty() || isStatic(in)) continue;
+        if (!dyn.empty())
+          fail(ErrorCategory::Model, "kv_cache: the attention scores at " + n.name +
+                                         " (" + n.source + ") mix in a second dynamic tensor (an attention_mask input?); "
+                                         "the cached export supports causal masks computed from the length only");
+        dyn = in;
+      }
+      if (dyn.empty()) return false;
+      c.score_nodes.insert(p);
+      cur = dyn;
+    }
+    const auto& q = probe_.of(g_.nodes[c.qk].inputs[0]);
+    const auto& k = probe_.of(g_.nodes[c.qk].inputs[1]);
+    const auto& v = probe_.of(g_.nodes[c.pv].inputs[1]);
+    const std::string where = g_.nodes[c.qk].name + " (" + g_.nodes[c.qk].source + ")";
+    if (q.size() != 4 || k.size() != 4 || v.size() != 4)
+      fail(ErrorCategory::Model, "kv_cache: the attention at " + where +
+                                     " multiplies 3-D (batch*heads) tensors; the cached export supports 4-D [batch, heads, seq, dim] attention");
+    if (probe_.seqAxes(g_.nodes[c.qk].inputs[1]) != std::vector<int>{3} || probe_.seqAxes(g_.nodes[c.pv].inputs[1]) != std::vector<int>{2} ||
+        probe_.seqAxes(g_.nodes[c.qk].inputs[0]) != std::vector<int>{2})
+      fail(ErrorCategory::Model, "kv_cache: the attention at " + where + " is not in the [batch, heads, seq, dim] layout");
+    c.heads = q[1];
+    c.head_dim = q[3];
+    return true;
+  }
+
+  // ------------------------------------------------------------------ step 3: cache keys and values
+  std::string addNode(const std::string& op, std::vector<std::string> inputs, std::map<std::string, Attribute> attrs,
+                      const std::string& base) {
+    Node n;
+    n.op = op;
+    n.name = fresh("kv_" + op);
+    n.inputs = std::move(inputs);
+    n.attrs = std::move(attrs);
+    n.source = "kv-cache rewrite";
+    n.outputs = {fresh(base)};
+    g_.values[n.outputs[0]] = ValueInfo{};
+    const std::string out = n.outputs[0];
+    new_nodes_.push_back(std::move(n));
+    return out;
+  }
+  std::string addConst(const std::vector<int64_t>& v, const std::string& base) {
+    const std::string name = fresh(base);
+    g_.initializers[name] = at::tensor(v, at::kLong);
+    g_.values[name] = ValueInfo{DType::Int64, Shape{Dim::fixed(static_cast<int64_t>(v.size()))}};
+    return name;
+  }
+  std::string fresh(const std::string& base) {
+    std::string n = base;
+    for (int i = 1; g_.values.count(n) || g_.initializers.count(n) || taken_.count(n); ++i) n = base + "_" + std::to_string(i);
+    taken_.insert(n);
+    return n;
+  }
+
+  /// The graph's token count S, past length P and total T = P + S as [1] int64 tensors.
+  void addCommonValues() {
+    const std::string past0 = pastName(0, false);
+    const std::string tokShape = addNode("Shape", {g_.inputs[0]}, {}, "kv_token_shape");
+    seq1_ = addNode("Slice", {tokShape, addConst({1}, "kv_one"), addConst({2}, "kv_two")}, {}, "kv_seq");
+    const std::string pastShape = addNode("Shape", {past0}, {}, "kv_past_shape");
+    past1_ = addNode("Slice", {pastShape, addConst({2}, "kv_two"), addConst({3}, "kv_three")}, {}, "kv_past_len");
+    total1_ = addNode("Add", {seq1_, past1_}, {}, "kv_total_len");
+  }
+
+  /// The per-head tensor a MatMul operand is a layout of: followed back through reshapes, transposes
+  /// and the GQA repeat to the [1, s, h, D] or [1, h, s, D] value with the fewest heads.
+  std::pair<std::string, int> cachePoint(const std::string& operand, int64_t heads, int64_t head_dim, const std::string& what,
+                                         const Core& c) {
+    std::string best;
+    int best_axis = -1;
+    int64_t best_heads = INT64_MAX;
+    std::string cur = operand;
+    for (;;) {
+      const auto& s = probe_.of(cur);
+      const auto axes = probe_.seqAxes(cur);
+      if (s.size() == 4 && s[0] == 1 && axes.size() == 1 && (axes[0] == 1 || axes[0] == 2) && s[3] == head_dim) {
+        const int64_t h = s[axes[0] == 1 ? 2 : 1];
+        if (h > 0 && heads % h == 0 && h <= best_heads) best = cur, best_axis = axes[0], best_heads = h;
+      }
+      const int p = producer(cur);
+      if (p < 0 || !isLayoutOp(g_.nodes[p]) || isStatic(g_.nodes[p].inputs[0])) break;
+      cur = g_.nodes[p].inputs[0];
+    }
+    if (best.empty())
+      fail(ErrorCategory::Model, "kv_cache: the " + what + " of the attention at " + g_.nodes[c.qk].name + " (" +
+                                     g_.nodes[c.qk].source + ") are not a per-head [batch, seq, heads, " + std::to_string(head_dim) +
+                                     "] tensor reshaped into place");
+    return {best, best_axis};
+  }
+
+  /// repeat_kv: [B, h, T, D] -> [B, h * n_rep, T, D], head j reading kv head j / n_rep.
+  std::string repeatHeads(const std::string& x, int64_t n_rep, int64_t heads, int64_t head_dim) {
+    if (n_rep == 1) return x;
+    const std::string u = addNode("Unsqueeze", {x, addConst({2}, "kv_axis2")}, {}, x + ".unsq");
+    const std::string e = addNode("Expand", {u, addConst({1, 1, n_rep, 1, 1}, "kv_repeat")}, {}, x + ".expand");
+    return addNode("Reshape", {e, addConst({0, heads, -1, head_dim}, "kv_heads_shape")}, {}, x + ".repeat");
+  }
+
+  void cacheCore(int layer) {
+    Core& c = cores_[layer];
+    auto [k_src, k_axis] = cachePoint(g_.nodes[c.qk].inputs[1], c.heads, c.head_dim, "keys", c);
+    auto [v_src, v_axis] = cachePoint(g_.nodes[c.pv].inputs[1], c.heads, c.head_dim, "values", c);
+    const int64_t kvh = probe_.of(k_src)[k_axis == 1 ? 2 : 1];
+    if (probe_.of(v_src)[v_axis == 1 ? 2 : 1] != kvh)
+      fail(ErrorCategory::Model, "kv_cache: keys and values of " + g_.nodes[c.qk].name + " have different head counts");
+    if (layer == 0) info_.heads = c.heads, info_.kv_heads = kvh, info_.head_dim = c.head_dim;
+    else if (kvh != info_.kv_heads || c.head_dim != info_.head_dim)
+      fail(ErrorCategory::Model, "kv_cache: layers with different kv-head counts or head sizes are not supported");
+    std::string cached[2];
+    const std::string src[2] = {k_src, v_src};
+    const int axis[2] = {k_axis, v_axis};
+    for (int kv = 0; kv < 2; ++kv) {
+      const DType dt = g_.values.at(src[kv]).dtype;
+      const std::string past = pastName(layer, kv == 1);
+      g_.inputs.push_back(past);
+      g_.values[past] = ValueInfo{dt, Shape{Dim::sym("batch"), Dim::fixed(kvh), Dim::sym("past"), Dim::fixed(c.head_dim)}};
+      specs_[past] = {dt, *g_.values[past].shape};
+      const std::string x = axis[kv] == 1 ? addNode("Transpose", {src[kv]}, {{"perm", std::vector<int64_t>{0, 2, 1, 3}}}, src[kv] + ".bhsd")
+                                          : src[kv];
+      Node cat;
+      cat.op = "Concat";
+      cat.name = fresh("kv_Concat");
+      cat.inputs = {past, x};
+      cat.outputs = {presentName(layer, kv == 1)};
+      cat.attrs["axis"] = int64_t{2};
+      cat.source = "kv-cache rewrite";
+      g_.values[cat.outputs[0]] = ValueInfo{};
+      taken_.insert(cat.outputs[0]);
+      new_nodes_.push_back(cat);
+      cached[kv] = repeatHeads(cat.outputs[0], c.heads / kvh, c.heads, c.head_dim);
+    }
+    g_.nodes[c.qk].inputs[1] = addNode("Transpose", {cached[0]}, {{"perm", std::vector<int64_t>{0, 1, 3, 2}}}, cached[0] + ".t");
+    g_.nodes[c.pv].inputs[1] = cached[1];
+  }
+
+  // ------------------------------------------------------------------ step 4: positions on the total length
+  /// Shape(x) with every sequence axis of x replaced by the total length.
+  std::string shapeWithTotal(const Node& shape_node) {
+    const std::string& x = shape_node.inputs[0];
+    const auto axes = probe_.seqAxes(x);
+    const int64_t rank = static_cast<int64_t>(probe_.of(x).size());
+    if (axes.empty()) return shape_node.outputs[0];
+    const std::string full = addNode("Shape", {x}, {}, x + ".shape");
+    std::vector<std::string> parts;
+    for (int64_t a = 0; a < rank; ++a) {
+      if (std::find(axes.begin(), axes.end(), a) != axes.end()) parts.push_back(total1_);
+      else parts.push_back(addNode("Slice", {full, addConst({a}, "kv_at"), addConst({a + 1}, "kv_at_end")}, {}, x + ".dim"));
+    }
+    std::string s = addNode("Concat", parts, {{"axis", int64_t{0}}}, x + ".total_shape");
+    if (shape_node.hasAttr("start") || shape_node.hasAttr("end")) {
+      const int64_t start = shape_node.attrInt("start", 0), end = shape_node.attrInt("end", INT64_MAX);
+      s = addNode("Slice", {s, addConst({start}, "kv_start"), addConst({end}, "kv_end")}, {}, x + ".total_shape_part");
+    }
+    return s;
+  }
+
+  /// The static value `v` recomputed with the total length in place of the sequence length.
+  std::string withTotal(const std::string& v) {
+    if (g_.isInitializer(v) || v.empty()) return v;
+    auto m = memo_.find(v);
+    if (m != memo_.end()) return m->second;
+    const int p = producer(v);
+    if (p < 0) fail(ErrorCategory::Internal, "kv_cache: static value '" + v + "' has no producer");
+    const Node src = g_.nodes[p];
+    if (src.op == "Shape" && !isStatic(src.inputs[0])) return memo_[v] = shapeWithTotal(src);
+    Node n = src;
+    n.name = fresh(src.name + "_total");
+    for (auto& in : n.inputs) in = withTotal(in);
+    for (auto& o : n.outputs) {
+      const std::string fresh_name = fresh(o + ".total");
+      g_.values[fresh_name] = ValueInfo{};
+      memo_[o] = fresh_name;
+      o = fresh_name;
+    }
+    noteContext(src);
+    new_nodes_.push_back(n);
+    return memo_.at(v);
+  }
+
+  /// A table the positions index (a Slice or Gather of an initializer) bounds the context length.
+  void noteContext(const Node& n) {
+    if (n.inputs.empty() || !g_.isInitializer(n.inputs[0])) return;
+    const at::Tensor& t = g_.initializers.at(n.inputs[0]);
+    auto bound = [&](int64_t axis) {
+      if (axis < 0) axis += t.dim();
+      if (axis < 0 || axis >= t.dim()) return;
+      const int64_t rows = t.size(axis);
+      info_.context = info_.context ? std::min(info_.context, rows) : rows;
+    };
+    if (n.op == "Gather") {
+      bound(n.attrInt("axis", 0));
+    } else if (n.op == "Slice" && n.inputs.size() > 3 && g_.isInitializer(n.inputs[3])) {
+      const at::Tensor axes = g_.initializers.at(n.inputs[3]).to(at::kLong).reshape({-1});
+      for (int64_t i = 0; i < axes.numel(); ++i) bound(axes[i].item<int64_t>());
+    }
+  }
+
+  bool onScorePath(int node) const {
+    for (const Core& c : cores_)
+      if (c.score_nodes.count(node)) return true;
+    return false;
+  }
+
+  /// Static values with a sequence axis that dynamic nodes read (RoPE tables, position embeddings, masks):
+  /// recomputed for the total length and cut to the last S rows (a mask keeps its last, key axis).
+  void rebasePositions() {
+    std::map<std::string, std::vector<std::pair<int, int>>> uses;  // value -> (node, input)
+    for (size_t i = 0; i < g_.nodes.size(); ++i) {
+      const Node& n = g_.nodes[i];
+      bool node_static = !n.outputs.empty() && isStatic(n.outputs[0]);
+      if (node_static) continue;
+      for (size_t k = 0; k < n.inputs.size(); ++k)
+        if (!n.inputs[k].empty() && isStatic(n.inputs[k]) && !g_.isInitializer(n.inputs[k]) && !probe_.seqAxes(n.inputs[k]).empty())
+          uses[n.inputs[k]].push_back({static_cast<int>(i), static_cast<int>(k)});
+    }
+    const std::string big = addConst({INT64_MAX}, "kv_to_end");
+    for (const auto& [v, readers] : uses) {
+      int masks = 0;
+      for (const auto& [node, input] : readers) masks += onScorePath(node) ? 1 : 0;
+      if (masks != 0 && masks != static_cast<int>(readers.size()))
+        fail(ErrorCategory::Model, "kv_cache: '" + v + "' is both an attention mask and a position input");
+      auto axes = probe_.seqAxes(v);
+      const int64_t rank = static_cast<int64_t>(probe_.of(v).size());
+      if (masks) axes.erase(std::remove(axes.begin(), axes.end(), rank - 1), axes.end());
+      const std::string total = withTotal(v);
+      std::string cut = total;
+      for (int a : axes)
+        cut = addNode("Slice", {cut, past1_, big, addConst({a}, "kv_axis")}, {}, v + ".new_rows");
+      for (const auto& [node, input] : readers) g_.nodes[node].inputs[input] = cut;
+    }
+  }
+
+  // ------------------------------------------------------------------ step 5: order
+  void sortTopologically() {
+    std::map<std::string, int> prod;
+    for (size_t i = 0; i < g_.nodes.size(); ++i)
+      for (const auto& o : g_.nodes[i].outputs) prod[o] = static_cast<int>(i);
+    std::vector<char> state(g_.nodes.size(), 0);  // 0 new, 1 visiting, 2 done
+    std::vector<Node> order;
+    std::function<void(int)> visit = [&](int i) {
+      if (state[i] == 2) return;
+      if (state[i] == 1) fail(ErrorCategory::Internal, "kv_cache: the rewrite made a cycle at " + g_.nodes[i].name);
+      state[i] = 1;
+      for (const auto& in : g_.nodes[i].inputs) {
+        auto it = prod.find(in);
+        if (it != prod.end()) visit(it->second);
+      }
+      state[i] = 2;
+      order.push_back(g_.nodes[i]);
+    };
+    for (size_t i = 0; i < g_.nodes.size(); ++i) visit(static_cast<int>(i));
+    g_.nodes = std::move(order);
+  }
+
+  Graph& g_;
+  Probe probe_;
+  std::set<std::string> static_;
+  std::map<std::string, int> producer_;
+  std::vector<Core> cores_;
+  std::vector<Node> new_nodes_;
+  std::set<std::string> taken_;
+  std::map<std::string, std::string> memo_;
+  std::map<std::string, std::pair<DType, Shape>> specs_;
+  std::string seq1_, past1_, total1_;
+  KvCacheInfo info_;
+};
+
+bool hasHalf(const Graph& g) {
+  for (const auto& [n, t] : g.initializers)
+    if (t.scalar_type() == at::kHalf) return true;
+  return false;
+}
+
+/// Prefill of 4 tokens then a 3-token step through the cached graph against one full pass of 7 tokens.
+double checkAgainstFull(const Graph& full, const Graph& cached, const KvCacheInfo& info, int64_t vocab) {
+  at::NoGradGuard ng;
+  const int64_t L = 7, split = 4;
+  std::vector<int64_t> ids(L);
+  for (int64_t i = 0; i < L; ++i) ids[i] = (i * 37 + 11) % vocab;
+  const at::ScalarType it = toScalarType(full.values.at(full.inputs[0]).dtype);
+  at::Tensor tok = at::tensor(ids, at::kLong).reshape({1, L}).to(it);
+  at::Tensor want = Executor(full).run({{full.inputs[0], tok}})[0].to(at::kDouble);
+  Executor ex(cached);
+  std::map<std::string, at::Tensor> in;
+  in[cached.inputs[0]] = tok.slice(1, 0, split).contiguous();
+  for (int l = 0; l < info.layers; ++l)
+    for (int kv = 0; kv < 2; ++kv) {
+      const std::string p = pastName(l, kv == 1);
+      in[p] = at::zeros({1, info.kv_heads, 0, info.head_dim}, at::TensorOptions().dtype(toScalarType(cached.values.at(p).dtype)));
+    }
+  auto first = ex.run(in);
+  in[cached.inputs[0]] = tok.slice(1, split, L).contiguous();
+  for (int l = 0; l < info.layers; ++l)
+    for (int kv = 0; kv < 2; ++kv) in[pastName(l, kv == 1)] = first[full.outputs.size() + 2 * l + kv];
+  auto second = ex.run(in);
+  at::Tensor got = at::cat({first[0], second[0]}, 1).to(at::kDouble);
+  if (got.sizes() != want.sizes())
+    fail(ErrorCategory::Model, "kv_cache: the cached logits have shape " + c10::str(got.sizes()) + ", the model's " + c10::str(want.sizes()));
+  return (got - want).abs().max().item<double>() / std::max(want.abs().max().item<double>(), 1e-30);
+}
+
+}  // namespace
+
+void addKvMetadata(const KvCacheInfo& info, std::map<std::string, std::string>& metadata) {
+  metadata["compress.kv_cache"] = std::to_string(info.layers);
+  metadata["compress.context_length"] = std::to_string(info.context);
+}
+
+KvCacheInfo addKvCache(Graph& g) {
+  const Graph full = g;
+  Rewriter rw(g);
+  KvCacheInfo info = rw.run();
+  const int64_t vocab = rw.probe().vocab;
+  inferShapes(g, rw.inputSpecs());
+  verify(g);
+  info.check_rel_diff = checkAgainstFull(full, g, info, vocab);
+  const double tol = hasHalf(full) ? 1e-2 : 1e-4;
+  if (!(info.check_rel_diff <= tol))
+    fail(ErrorCategory::Model, "kv_cache: prefill + cached steps differ from the full-sequence logits by " +
+                                   std::to_string(info.check_rel_diff) + " of max |logit| (allowed " + std::to_string(tol) +
+                                   "): this attention's pattern is not one the rewrite understands; export without kv_cache");
+  return info;
+}
+
+}  // namespace compress
