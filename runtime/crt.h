@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -93,6 +94,11 @@ struct SessionOptions {
   /// half of max_total_bytes. Weights, folded constants and everything one run() allocates count.
   int64_t max_tensor_bytes = 0;  // largest single tensor (constant, input, intermediate)
   int64_t max_total_bytes = 0;   // weights plus one run's buffers
+  /// > 0: keep the KV cache of a model exported with `compress export --kv-cache` inside the session, for
+  /// this many tokens (preallocated; each run appends its tokens in place). The past.N inputs and present.N
+  /// outputs then disappear from inputs()/outputs(): a run takes the new token ids only (batch 1).
+  int64_t kv_capacity = 0;
+  DType kv_dtype = DType::F32;  // F32 or F16: how the cache stores keys and values
 };
 
 /// Time spent per op type over all profiled runs (SessionOptions::profile).
@@ -137,6 +143,15 @@ class Session {
   const SessionInfo& info() const;
   /// Per op type totals since creation, most expensive first (empty unless SessionOptions::profile).
   std::vector<OpProfile> profile() const;
+  /// The file's metadata_props (compress writes compress.context_length, compress.kv_cache, task, ...).
+  const std::map<std::string, std::string>& metadata() const;
+
+  /// With SessionOptions::kv_capacity: tokens cached so far, and the capacity.
+  bool hasKvCache() const;
+  int64_t kvLength() const;
+  int64_t kvCapacity() const;
+  /// Forgets cached tokens after the first `keep` (0: a new sequence).
+  Status kvTruncate(int64_t keep = 0);
 
   /// Runs the model. `outputs` receives one view per graph output, in order, pointing into the session's
   /// memory: valid until the next run() or the session's end. After the first call with the same input

@@ -16,6 +16,7 @@
 #include "compress/npy.h"
 #include "compress/tokenizer.h"
 #include "runtime/crt.h"
+#include "runtime/generator.h"
 #include "runtime/size_check.h"
 
 namespace {
@@ -28,9 +29,16 @@ Usage:
   crun bench MODEL.onnx --shape NAME=1x128 [...] [--threads 2] [--runs 50] [--warmup 5] [--json]
         median / p90 latency, tokens/s, peak memory (random inputs: ints in [0, --max-id), floats N(0,1));
         --profile adds the time per op type
-  crun generate MODEL.onnx --tokenizer tok512.bin --prompt "Once upon a time" [-n 40] [--top-k 0]
-        [--temperature 1.0] [--seed 0]
-        greedy (top-k 0) or top-k sampling; recomputes the whole prefix for each new token
+  crun generate MODEL.onnx --tokenizer tok512.bin --prompt "Once upon a time" [-n 40] [--json]
+        [--temperature 0] [--top-k 0] [--top-p 1] [--repetition-penalty 1] [--seed 0]
+        [--ctx N] [--kv-dtype f32|f16] [--no-cache] [--ignore-eos] [--prompt-len N]
+        streams tokens until EOS or -n. Greedy unless --temperature > 0 (or --top-k / --top-p, which
+        sample at temperature 1). A model exported with --kv-cache runs the prompt once, then one-token
+        steps over an in-place KV cache of --ctx tokens (default: the model's context) stored as
+        --kv-dtype; without a cache every token recomputes the prefix (crun says so). --json prints one
+        object: text, prompt_tokens, generated_tokens, prefill_ms, decode_tokens_per_s, ms_per_token_p50,
+        ms_per_token_p90, peak_rss_mb. --prompt-len N: N random prompt ids instead of a tokenizer
+        (benchmarks); --ignore-eos: always -n tokens.
   crun ppl MODEL.onnx --tokens val.tok512.npy [--seq-len 512] [--max-tokens 32768] [--batch 1]
         perplexity exactly as `compress eval` defines it (non-overlapping windows, next-token NLL)
   crun info MODEL.onnx      inputs, outputs, folded nodes, packed weights, kernel set
@@ -84,17 +92,10 @@ std::string toDescr(crt::DType t) {
   return "";
 }
 
+crt::SessionOptions sessionOptions(const cxxopts::ParseResult& r);
+
 crt::Session open(const std::string& path, const cxxopts::ParseResult& r) {
-  crt::SessionOptions o;
-  o.threads = r["threads"].as<int>();
-  o.use_simd = !r.count("no-simd");
-  o.profile = r.count("profile") > 0;
-  const int64_t tensorMib = r["max-tensor-mib"].as<int64_t>(), memMib = r["max-memory-mib"].as<int64_t>();
-  if (tensorMib < 0 || memMib < 0 || tensorMib > (int64_t{1} << 40) || memMib > (int64_t{1} << 40))
-    die(2, "--max-tensor-mib and --max-memory-mib take a number of MiB (0 = default)");
-  o.max_tensor_bytes = tensorMib << 20;
-  o.max_total_bytes = memMib << 20;
-  auto s = crt::Session::create(path, o);
+  auto s = crt::Session::create(path, sessionOptions(r));
   if (!s) die(exitFor(s.status().code), s.status().message);
   return std::move(s.value());
 }
@@ -282,64 +283,135 @@ int cmdBench(const std::string& model, const cxxopts::ParseResult& r) {
   return 0;
 }
 
-/// Logits of the last position of `ids` ([1, T] int64 -> [1, T, V] float32).
-const float* lastLogits(crt::Session& s, const std::string& input, const std::vector<int64_t>& ids,
-                        std::vector<crt::TensorView>& outs, int64_t& vocab) {
-  crt::TensorView in = crt::TensorView::of(ids.data(), {1, static_cast<int64_t>(ids.size())});
-  crt::Status st = s.run({{input, in}}, outs);
-  if (!st.ok()) die(exitFor(st.code), st.message);
-  const auto& o = outs[0];
-  if (o.dtype != crt::DType::F32 || o.shape.size() != 3) die(3, "expected float32 logits [1, T, vocab] as the first output");
-  vocab = o.shape[2];
-  if (o.shape[1] < 1 || vocab < 1) die(3, "the model returned empty logits");
-  return o.as<float>() + (o.shape[1] - 1) * vocab;
+crt::SessionOptions sessionOptions(const cxxopts::ParseResult& r) {
+  crt::SessionOptions o;
+  o.threads = r["threads"].as<int>();
+  o.use_simd = !r.count("no-simd");
+  o.profile = r.count("profile") > 0;
+  const int64_t tensorMib = r["max-tensor-mib"].as<int64_t>(), memMib = r["max-memory-mib"].as<int64_t>();
+  if (tensorMib < 0 || memMib < 0 || tensorMib > (int64_t{1} << 40) || memMib > (int64_t{1} << 40))
+    die(2, "--max-tensor-mib and --max-memory-mib take a number of MiB (0 = default)");
+  o.max_tensor_bytes = tensorMib << 20;
+  o.max_total_bytes = memMib << 20;
+  return o;
+}
+
+/// generate's options: sampling, context and cache.
+crt::GeneratorOptions generatorOptions(const cxxopts::ParseResult& r) {
+  crt::GeneratorOptions g;
+  g.session = sessionOptions(r);
+  g.context = r["ctx"].as<int64_t>();
+  const std::string kv = r["kv-dtype"].as<std::string>();
+  if (kv != "f32" && kv != "f16") die(2, "--kv-dtype is f32 or f16");
+  g.kv_dtype = kv == "f16" ? crt::DType::F16 : crt::DType::F32;
+  g.use_cache = !r.count("no-cache");
+  crt::SamplingOptions& s = g.sampling;
+  s.top_k = r["top-k"].as<int>();
+  s.top_p = r["top-p"].as<float>();
+  s.repetition_penalty = r["repetition-penalty"].as<float>();
+  s.seed = r["seed"].as<uint64_t>();
+  // sampling starts with --temperature, or with --top-k / --top-p at temperature 1; otherwise greedy
+  s.temperature = r.count("temperature") ? r["temperature"].as<float>() : (s.top_k > 0 || s.top_p < 1.f) ? 1.f : 0.f;
+  if (s.top_k < 0 || s.temperature < 0 || !(s.top_p > 0 && s.top_p <= 1) || !(s.repetition_penalty > 0) || g.context < 0)
+    die(2, "--top-k >= 0, --temperature >= 0 (0 = greedy), 0 < --top-p <= 1, --repetition-penalty > 0 and --ctx >= 0");
+  return g;
+}
+
+double percentile(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(q * static_cast<double>(v.size())))];
+}
+
+std::string jsonString(const std::string& t) {
+  std::string o = "\"";
+  for (unsigned char ch : t) {
+    if (ch == '"' || ch == '\\') o += '\\', o += static_cast<char>(ch);
+    else if (ch == '\n') o += "\\n";
+    else if (ch < 0x20) {
+      char b[8];
+      std::snprintf(b, sizeof b, "\\u%04x", ch);
+      o += b;
+    } else o += static_cast<char>(ch);
+  }
+  return o + "\"";
 }
 
 int cmdGenerate(const std::string& model, const cxxopts::ParseResult& r) {
-  if (!r.count("tokenizer")) die(2, "generate needs --tokenizer (llama2.c tokenizer.bin, e.g. ../shared/models/stories260K/tok512.bin)");
-  compress::Tokenizer tok = compress::Tokenizer::load(r["tokenizer"].as<std::string>());
-  crt::Session s = open(model, r);
-  const std::string input = onlyInputName(s);
+  const int64_t promptLen = r["prompt-len"].as<int64_t>();
+  const bool json = r.count("json") > 0, ignoreEos = r.count("ignore-eos") > 0;
+  if (!r.count("tokenizer") && promptLen <= 0)
+    die(2, "generate needs --tokenizer (llama2.c tokenizer.bin, e.g. ../shared/models/stories260K/tok512.bin), or --prompt-len N for random prompt ids");
+  std::unique_ptr<compress::Tokenizer> tok;
+  if (r.count("tokenizer")) tok = std::make_unique<compress::Tokenizer>(compress::Tokenizer::load(r["tokenizer"].as<std::string>()));
+  const int n = r["n"].as<int>();
+  if (n < 0) die(2, "-n must be >= 0");
+  auto gen = crt::Generator::create(model, generatorOptions(r));
+  if (!gen) die(exitFor(gen.status().code), gen.status().message);
+  crt::Generator& g = gen.value();
+  if (!g.cached())
+    std::cerr << "crun: note: " << (r.count("no-cache") ? "--no-cache" : model + " has no KV cache (export it with compress export --kv-cache)")
+              << ": every token recomputes the whole prefix\n";
   std::vector<int64_t> ids = {compress::Tokenizer::kBos};
-  for (int64_t t : tok.encode(r["prompt"].as<std::string>())) ids.push_back(t);
-  const int n = r["n"].as<int>(), topK = r["top-k"].as<int>();
-  const float temp = r["temperature"].as<float>();
-  if (n < 0 || topK < 0 || temp <= 0) die(2, "-n and --top-k must be >= 0 and --temperature > 0");
-  std::mt19937_64 rng(r["seed"].as<uint64_t>());
-  std::cout << r["prompt"].as<std::string>() << std::flush;
-  std::vector<crt::TensorView> outs;
-  const double t0 = now();
+  if (promptLen > 0) {
+    std::mt19937_64 rng(r["seed"].as<uint64_t>() + 1);
+    const int64_t maxId = r["max-id"].as<int64_t>();
+    if (maxId < 4) die(2, "--max-id must be >= 4");
+    for (int64_t i = 1; i < promptLen; ++i) ids.push_back(3 + static_cast<int64_t>(rng() % static_cast<uint64_t>(maxId - 3)));
+  } else {
+    for (int64_t t : tok->encode(r["prompt"].as<std::string>())) ids.push_back(t);
+  }
+  std::string text = promptLen > 0 ? "" : r["prompt"].as<std::string>();
+  if (!json) std::cout << text << std::flush;
+  double t0 = now();
+  crt::Status st = g.start(ids);
+  if (!st.ok()) die(exitFor(st.code), st.message);
+  const double prefillMs = (now() - t0) * 1e3;
+  if (tok && g.vocab() > tok->vocabSize())
+    die(4, "the model's vocabulary has " + std::to_string(g.vocab()) + " tokens but the tokenizer only " +
+               std::to_string(tok->vocabSize()) + ": give the tokenizer the model was trained with");
+  std::vector<double> stepMs;
   int made = 0;
+  int64_t prev = ids.back();
+  const double d0 = now();
   for (int i = 0; i < n; ++i) {
-    int64_t vocab = 0;
-    const float* l = lastLogits(s, input, ids, outs, vocab);
-    if (vocab > tok.vocabSize())
-      die(4, "the model's vocabulary has " + std::to_string(vocab) + " tokens but the tokenizer only " +
-                 std::to_string(tok.vocabSize()) + ": give the tokenizer the model was trained with");
-    if (!r.count("allow-nonfinite"))
-      for (int64_t v = 0; v < vocab; ++v)
-        if (!std::isfinite(l[v])) die(kExitNumeric, "the model produced NaN/Inf logits at step " + std::to_string(i) + " (--allow-nonfinite ignores this)");
-    int64_t next = 0;
-    if (topK == 0) {
-      next = std::max_element(l, l + vocab) - l;
-    } else {
-      std::vector<int64_t> idx(vocab);
-      for (int64_t v = 0; v < vocab; ++v) idx[v] = v;
-      const int64_t k = std::min<int64_t>(topK, vocab);
-      std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int64_t a, int64_t b) { return l[a] > l[b]; });
-      std::vector<double> p(k);
-      for (int64_t j = 0; j < k; ++j) p[j] = std::exp((l[idx[j]] - l[idx[0]]) / temp);
-      std::discrete_distribution<int64_t> pick(p.begin(), p.end());
-      next = idx[pick(rng)];
+    const double a = now();
+    auto t = g.next();
+    if (!t) {
+      if (g.length() >= g.context()) {
+        std::cerr << "\ncrun: stopped at the context length (" << g.context() << " tokens)\n";
+        break;
+      }
+      die(t.status().code == crt::StatusCode::DataError ? kExitNumeric : exitFor(t.status().code), t.status().message);
     }
-    if (next == compress::Tokenizer::kEos || next == compress::Tokenizer::kBos) break;
-    std::cout << tok.decode(ids.back(), next) << std::flush;
-    ids.push_back(next);
+    if (i > 0) stepMs.push_back((now() - a) * 1e3);  // the first token comes from the prefill's logits
+    const int64_t next = t.value();
+    if (!ignoreEos && (next == compress::Tokenizer::kEos || next == compress::Tokenizer::kBos)) break;
+    if (tok) {
+      const std::string piece = tok->decode(prev, next);
+      text += piece;
+      if (!json) std::cout << piece << std::flush;
+    }
+    prev = next;
     ++made;
   }
-  std::cout << "\n";
-  const double sec = now() - t0;
-  std::cerr << made << " tokens in " << sec << " s (" << (made / std::max(sec, 1e-9)) << " tokens/s, full prefix recomputed per token)\n";
+  const double decodeS = now() - d0;
+  const double p50 = percentile(stepMs, 0.5), p90 = percentile(stepMs, 0.9);
+  double sum = 0;
+  for (double m : stepMs) sum += m;
+  const double tps = stepMs.empty() ? 0 : 1e3 * static_cast<double>(stepMs.size()) / sum;
+  if (json) {
+    std::printf("{\"text\": %s, \"prompt_tokens\": %zu, \"generated_tokens\": %d, \"prefill_ms\": %.3f, \"decode_tokens_per_s\": %.2f, "
+                "\"ms_per_token_p50\": %.4f, \"ms_per_token_p90\": %.4f, \"peak_rss_mb\": %.1f, \"kv_cache\": %s, \"kv_dtype\": \"%s\", "
+                "\"context\": %lld, \"threads\": %d, \"isa\": \"%s\"}\n",
+                jsonString(text).c_str(), ids.size(), made, prefillMs, tps, p50, p90, peakRssKiB() / 1024.0, g.cached() ? "true" : "false",
+                r["kv-dtype"].as<std::string>().c_str(), static_cast<long long>(g.context()), g.session().info().threads,
+                g.session().info().isa.c_str());
+  } else {
+    std::cout << "\n";
+    std::cerr << made << " tokens in " << decodeS << " s: prefill " << prefillMs << " ms (" << ids.size() << " tokens), "
+              << tps << " tokens/s decode, p50 " << p50 << " ms/token" << (g.cached() ? " (KV cache, " + r["kv-dtype"].as<std::string>() + ")" : " (no cache)") << "\n";
+  }
   return 0;
 }
 
@@ -428,7 +500,10 @@ int main(int argc, char** argv) {
       ("tokenizer", "", cxxopts::value<std::string>())
       ("prompt", "", cxxopts::value<std::string>()->default_value("Once upon a time"))
       ("n", "", cxxopts::value<int>()->default_value("40"))("top-k", "", cxxopts::value<int>()->default_value("0"))
-      ("temperature", "", cxxopts::value<float>()->default_value("1.0"))
+      ("temperature", "", cxxopts::value<float>())("top-p", "", cxxopts::value<float>()->default_value("1"))
+      ("repetition-penalty", "", cxxopts::value<float>()->default_value("1"))
+      ("ctx", "", cxxopts::value<int64_t>()->default_value("0"))("kv-dtype", "", cxxopts::value<std::string>()->default_value("f32"))
+      ("no-cache", "")("ignore-eos", "")("prompt-len", "", cxxopts::value<int64_t>()->default_value("0"))
       ("seed", "", cxxopts::value<uint64_t>()->default_value("0"))
       ("tokens", "", cxxopts::value<std::string>())("seq-len", "", cxxopts::value<int64_t>()->default_value("512"))
       ("max-tokens", "", cxxopts::value<int64_t>()->default_value("32768"))

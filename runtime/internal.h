@@ -153,6 +153,7 @@ struct Value {
   int producer = -1;   // node index
   int last_use = -1;   // last node index reading it (graph outputs: INT32_MAX)
   bool is_static = false;
+  bool per_run_shape = false;  // an in-session KV cache's past view: its shape changes every run (kv_cache.h)
 };
 
 constexpr int64_t kPanel = 32;  // output columns per fp32 weight panel
@@ -175,6 +176,8 @@ struct PackedWeight {
   int64_t bytes() const { return rowBytes() * N + static_cast<int64_t>((scale.size() + zp.size()) * 4); }
 };
 
+struct KvState;
+
 struct Graph {
   std::vector<Node> nodes;  // topological order (after folding: only nodes that run)
   std::vector<Value> values;
@@ -184,6 +187,8 @@ struct Graph {
   int opset = 17;
   MemoryLimits limits;
   int64_t constant_bytes = 0;  // bytes of constants read or folded at load (counts against limits.max_total)
+  std::map<std::string, std::string> metadata;  // the file's metadata_props
+  std::shared_ptr<KvState> kv;                  // the in-session KV cache (SessionOptions::kv_capacity)
 };
 
 class ThreadPool;

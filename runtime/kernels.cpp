@@ -110,6 +110,13 @@ void panelsScalar(const float* X, int64_t ldx, int64_t M, const float* panels, i
   }
 }
 
+void halfToFloatScalar(const uint16_t* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = halfToFloat(x[i]);
+}
+void floatToHalfScalar(const float* x, uint16_t* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = floatToHalf(x[i]);
+}
+
 Kernels makeScalar() {
   Kernels k;
   k.isa = "scalar";
@@ -120,6 +127,8 @@ Kernels makeScalar() {
   k.gemm_panels = panelsScalar;
   k.softmax = softmaxScalar;
   k.sigmoid = sigmoidScalar;
+  k.half_to_float = halfToFloatScalar;
+  k.float_to_half = floatToHalfScalar;
   return k;
 }
 

@@ -29,6 +29,9 @@ struct Kernels {
   void (*softmax)(const float* x, float* y, int64_t rows, int64_t n) = nullptr;
   /// y = 1 / (1 + exp(-x)), n values.
   void (*sigmoid)(const float* x, float* y, int64_t n) = nullptr;
+  /// fp16 <-> fp32 conversion of n values (round to nearest even), for the fp16 KV cache.
+  void (*half_to_float)(const uint16_t* x, float* y, int64_t n) = nullptr;
+  void (*float_to_half)(const float* x, uint16_t* y, int64_t n) = nullptr;
 };
 
 /// The best kernel set this CPU supports (or the scalar one when simd is false).

@@ -38,6 +38,9 @@ inline void NIBBLES(const uint8_t* p, VF& lo, VF& hi) {
   hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4));
 }
 inline VF H2F(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline void F2H(uint16_t* p, VF v) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
 inline VF MUL(VF a, VF b) { return _mm256_mul_ps(a, b); }
 inline VF SUB(VF a, VF b) { return _mm256_sub_ps(a, b); }
 inline VF DIV(VF a, VF b) { return _mm256_div_ps(a, b); }
@@ -71,6 +74,8 @@ const Kernels* avx2Kernels() {
     s.gemm_panels = avx2::gemmPanelsSimd;
     s.softmax = avx2::softmaxSimd;
     s.sigmoid = avx2::sigmoidSimd;
+    s.half_to_float = avx2::halfToFloatSimd;
+    s.float_to_half = avx2::floatToHalfSimd;
     return &s;
   }();
   return k;

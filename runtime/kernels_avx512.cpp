@@ -35,6 +35,9 @@ inline void NIBBLES(const uint8_t* p, VF& lo, VF& hi) {
 inline VF H2F(const uint16_t* p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
+inline void F2H(uint16_t* p, VF v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
 inline VF MUL(VF a, VF b) { return _mm512_mul_ps(a, b); }
 inline VF SUB(VF a, VF b) { return _mm512_sub_ps(a, b); }
 inline VF DIV(VF a, VF b) { return _mm512_div_ps(a, b); }
@@ -65,6 +68,8 @@ const Kernels* avx512Kernels() {
     s.gemm_panels = avx512::gemmPanelsSimd;
     s.softmax = avx512::softmaxSimd;
     s.sigmoid = avx512::sigmoidSimd;
+    s.half_to_float = avx512::halfToFloatSimd;
+    s.float_to_half = avx512::floatToHalfSimd;
     return &s;
   }();
   return k;

@@ -278,6 +278,7 @@ class GraphReader {
   GraphReader(Graph& g, const std::string& path, const std::string& dir) : g_(g), path_(path), dir_(dir) {}
 
   void read(const onnx::ModelProto& model) {
+    for (const auto& kv : model.metadata_props()) g_.metadata[kv.key()] = kv.value();
     for (const auto& op : model.opset_import())
       if (op.domain().empty() || op.domain() == "ai.onnx") g_.opset = static_cast<int>(op.version());
     const onnx::GraphProto& gp = model.graph();
@@ -556,7 +557,7 @@ void packDenseWeights(Graph& g) {
 /// Static nodes (their outputs depend only on input shapes and constants) run once per plan.
 void markStatic(Graph& g) {
   for (Node& n : g.nodes) {
-    bool st = n.domain.empty() && opHas(n.op, op_trait::ShapeOnly);
+    bool st = n.domain.empty() && opHas(n.op, op_trait::ShapeOnly) && !(n.in.size() == 1 && n.in[0] >= 0 && g.values[n.in[0]].per_run_shape);
     if (!st) {
       bool anyStatic = false, allOk = !n.in.empty() && !n.packed;
       for (int v : n.in) {
@@ -607,9 +608,14 @@ Graph loadGraphBytes(const std::string& bytes, const std::string& name, const st
       ++info.packed_matmuls;
       info.weight_bytes += n.packed->bytes();
     }
+  prepareRuns(g);
+  return g;
+}
+
+void prepareRuns(Graph& g) {
+  for (Value& v : g.values) v.last_use = -1, v.is_static = false;
   markStatic(g);
   computeLiveness(g);
-  return g;
 }
 
 }  // namespace crt::detail

@@ -18,4 +18,7 @@ Graph loadGraph(const std::string& path, const MemoryLimits& limits, ThreadPool&
 Graph loadGraphBytes(const std::string& bytes, const std::string& name, const std::string& model_dir, const MemoryLimits& limits,
                      ThreadPool& pool, const Kernels& k, SessionInfo& info);
 
+/// Marks the nodes that run once per memory plan and computes liveness (again after a graph rewrite).
+void prepareRuns(Graph& g);
+
 }  // namespace crt::detail

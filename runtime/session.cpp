@@ -13,6 +13,7 @@
 
 #include "runtime/internal.h"
 #include "runtime/kernels.h"
+#include "runtime/kv_cache.h"
 #include "runtime/loader.h"
 #include "runtime/matmul.h"
 #include "runtime/thread_pool.h"
@@ -105,19 +106,22 @@ class Recorder : public Allocator {
 };
 
 /// Later runs: the same requests in the same order, served from the arena.
+/// With `up_to` (an in-session KV cache: sizes grow with the cached length), a request may be smaller
+/// than the recorded one: a plan recorded at the full capacity serves every shorter step.
 class Replayer : public Allocator {
  public:
-  explicit Replayer(const Plan& p) : p_(p) {}
+  Replayer(const Plan& p, bool up_to) : p_(p), up_to_(up_to) {}
   void* output(int, size_t bytes, int, bool) override { return next(bytes); }
   void* scratch(size_t bytes, int, bool) override { return next(bytes); }
   void alias(int, int) override {}
 
  private:
   void* next(size_t bytes) {
-    if (i_ >= p_.size.size() || p_.size[i_] != bytes) throw ReplanNeeded{};
+    if (i_ >= p_.size.size() || (up_to_ ? p_.size[i_] < bytes : p_.size[i_] != bytes)) throw ReplanNeeded{};
     return static_cast<char*>(p_.arena.data()) + p_.offset[i_++];
   }
   const Plan& p_;
+  bool up_to_;
   size_t i_ = 0;
 };
 
@@ -136,6 +140,10 @@ struct Session::Impl {
   uint64_t tick = 0;
   std::vector<double> node_ms;
   std::vector<int64_t> node_calls;
+
+  detail::Plan* findPlan(size_t keyLen);
+  bool replay(detail::Plan& plan);  // false: the plan no longer fits (dropped; record instead)
+  void record();
 
   void execute(detail::Allocator& alloc, bool skip_static) {
     detail::RunEnv env{&g, vals.data(), &alloc, pool.get(), k, 0, g.constant_bytes};
@@ -227,6 +235,8 @@ Result<Session> Session::make(const SessionOptions& options, const std::string& 
     impl->info.isa = impl->k->isa;
     impl->info.threads = impl->pool->size();
     impl->g = load(*impl);
+    if (options.kv_capacity < 0) return Status{StatusCode::InvalidArgument, "kv_capacity must be >= 0 (0: no in-session cache)"};
+    if (options.kv_capacity > 0) detail::enableKvCache(impl->g, options.kv_capacity, options.kv_dtype);
     impl->vals.resize(impl->g.values.size());
     for (size_t i = 0; i < impl->g.values.size(); ++i)
       if (impl->g.values[i].is_const) impl->vals[i] = impl->g.values[i].constant;
@@ -240,103 +250,156 @@ Result<Session> Session::make(const SessionOptions& options, const std::string& 
   }
 }
 
+namespace {
+
+/// Binds the caller's tensors to the graph inputs after checking names, types, shapes and sizes. Returns the
+/// length of the plan key.
+Status bindInputs(const detail::Graph& g, std::vector<detail::Buf>& vals,
+                  const std::vector<std::pair<std::string, TensorView>>& inputs, size_t& keyLen) {
+  if (inputs.size() != g.inputs.size())
+    return Status{StatusCode::InvalidArgument, "the model takes " + std::to_string(g.inputs.size()) + " input(s), got " + std::to_string(inputs.size())};
+  keyLen = 0;
+  for (size_t i = 0; i < g.inputs.size(); ++i) {
+    const IoInfo& io = g.input_info[i];
+    const TensorView* tv = nullptr;
+    for (const auto& [name, view] : inputs)
+      if (name == io.name) tv = &view;
+    if (!tv) return Status{StatusCode::InvalidArgument, "missing input '" + io.name + "'"};
+    if (tv->dtype != io.dtype)
+      return Status{StatusCode::InvalidArgument, "input '" + io.name + "' must be " + dtypeName(io.dtype) + ", got " + dtypeName(tv->dtype)};
+    if (!io.shape.empty() || tv->shape.empty()) {
+      if (tv->shape.size() != io.shape.size())
+        return Status{StatusCode::InvalidArgument, "input '" + io.name + "' must have rank " + std::to_string(io.shape.size()) + ", got " + std::to_string(tv->shape.size())};
+      for (size_t d = 0; d < io.shape.size(); ++d)
+        if (io.shape[d] >= 0 && tv->shape[d] != io.shape[d])
+          return Status{StatusCode::InvalidArgument, "input '" + io.name + "' dim " + std::to_string(d) + " must be " + std::to_string(io.shape[d]) + ", got " + std::to_string(tv->shape[d])};
+    }
+    if (tv->shape.size() > static_cast<size_t>(detail::kMaxRank))
+      return Status{StatusCode::InvalidArgument, "input '" + io.name + "' has rank above 8"};
+    for (int64_t d : tv->shape)
+      if (d < 0) return Status{StatusCode::InvalidArgument, "input '" + io.name + "' has a negative dim"};
+    const int64_t numel = tv->numel();
+    int64_t bytes = 0;
+    if (numel < 0 || !checkedBytes(numel, static_cast<int64_t>(dtypeSize(tv->dtype)), &bytes))
+      return Status{StatusCode::InvalidArgument, "input '" + io.name + "' has more than 2^48 elements"};
+    if (bytes > g.limits.max_tensor)
+      return Status{StatusCode::InvalidArgument, "input '" + io.name + "' has " + std::to_string(bytes) + " bytes, above the " +
+                                                     std::to_string(g.limits.max_tensor) + "-byte limit for one tensor (SessionOptions::max_tensor_bytes)"};
+    if (numel > 0 && !tv->data) return Status{StatusCode::InvalidArgument, "input '" + io.name + "' has no data"};
+    detail::Buf& b = vals[g.inputs[i]];
+    b.dt = tv->dtype;
+    b.shape = detail::Shape();
+    for (int64_t d : tv->shape) b.shape.push(d);
+    b.data = const_cast<void*>(tv->data);
+    keyLen += tv->shape.size() + 1;
+  }
+  return Status::Ok();
+}
+
+/// With an in-session cache: the run's token count, checked against the batch and the room left.
+Status checkKvRun(const detail::Graph& g, const std::vector<detail::Buf>& vals, int64_t& tokens) {
+  const detail::Shape& s = vals[g.inputs[0]].shape;
+  if (s.rank != 2 || s[0] != 1)
+    return Status{StatusCode::InvalidArgument, "with the in-session KV cache the input '" + g.input_info[0].name +
+                                                   "' is [1, new tokens] (one sequence), got " + s.str()};
+  tokens = s[1];
+  if (tokens < 1) return Status{StatusCode::InvalidArgument, "a run with the KV cache needs at least one new token"};
+  const detail::KvState& kv = *g.kv;
+  if (kv.length + tokens > kv.capacity)
+    return Status{StatusCode::InvalidArgument, std::to_string(kv.length) + " cached + " + std::to_string(tokens) +
+                                                   " new tokens exceed the KV cache's " + std::to_string(kv.capacity) +
+                                                   " (the context: SessionOptions::kv_capacity, crun --ctx)"};
+  return Status::Ok();
+}
+
+}  // namespace
+
+detail::Plan* Session::Impl::findPlan(size_t keyLen) {
+  for (auto& p : plans) {
+    if (p->key.size() != keyLen) continue;
+    size_t j = 0;
+    bool same = true;
+    for (int in : g.inputs) {
+      const detail::Shape& s = vals[in].shape;
+      same &= p->key[j++] == s.rank;
+      for (int d = 0; d < s.rank && same; ++d) same &= p->key[j++] == s[d];
+      if (!same) break;
+    }
+    if (same) return p.get();
+  }
+  return nullptr;
+}
+
+bool Session::Impl::replay(detail::Plan& plan) {
+  plan.last_used = ++tick;
+  for (const auto& [v, b] : plan.static_vals) vals[v] = b;
+  try {
+    detail::Replayer r(plan, g.kv != nullptr);
+    execute(r, true);
+    return true;
+  } catch (const detail::ReplanNeeded&) {  // data-dependent shapes (or a longer cache than recorded): record again
+    for (auto it = plans.begin(); it != plans.end(); ++it)
+      if (it->get() == &plan) {
+        plans.erase(it);
+        break;
+      }
+    return false;
+  }
+}
+
+void Session::Impl::record() {
+  auto p = std::make_unique<detail::Plan>();
+  for (int in : g.inputs) {
+    const detail::Shape& s = vals[in].shape;
+    p->key.push_back(s.rank);
+    for (int d = 0; d < s.rank; ++d) p->key.push_back(s[d]);
+  }
+  last_temp.clear();
+  detail::Recorder rec(g, *p);
+  execute(rec, false);
+  rec.finish();
+  for (size_t v = 0; v < g.values.size(); ++v)
+    if (g.values[v].is_static) p->static_vals.push_back({static_cast<int>(v), vals[v]});
+  last_temp = rec.takeTemp();
+  p->last_used = ++tick;
+  if (static_cast<int>(plans.size()) >= opts.max_plans) {
+    auto lru = std::min_element(plans.begin(), plans.end(), [](const auto& a, const auto& b) { return a->last_used < b->last_used; });
+    plans.erase(lru);
+  }
+  plans.push_back(std::move(p));
+}
+
 Status Session::run(const std::vector<std::pair<std::string, TensorView>>& inputs, std::vector<TensorView>& outputs) {
   Impl& m = *impl_;
   detail::Graph& g = m.g;
   try {
-    // bind and check inputs (no allocation: names are compared in place)
-    if (inputs.size() != g.inputs.size())
-      return Status{StatusCode::InvalidArgument, "the model takes " + std::to_string(g.inputs.size()) + " input(s), got " + std::to_string(inputs.size())};
     size_t keyLen = 0;
-    for (size_t i = 0; i < g.inputs.size(); ++i) {
-      const IoInfo& io = g.input_info[i];
-      const TensorView* tv = nullptr;
-      for (const auto& [name, view] : inputs)
-        if (name == io.name) tv = &view;
-      if (!tv) return Status{StatusCode::InvalidArgument, "missing input '" + io.name + "'"};
-      if (tv->dtype != io.dtype)
-        return Status{StatusCode::InvalidArgument, "input '" + io.name + "' must be " + dtypeName(io.dtype) + ", got " + dtypeName(tv->dtype)};
-      if (!io.shape.empty() || tv->shape.empty()) {
-        if (tv->shape.size() != io.shape.size())
-          return Status{StatusCode::InvalidArgument, "input '" + io.name + "' must have rank " + std::to_string(io.shape.size()) + ", got " + std::to_string(tv->shape.size())};
-        for (size_t d = 0; d < io.shape.size(); ++d)
-          if (io.shape[d] >= 0 && tv->shape[d] != io.shape[d])
-            return Status{StatusCode::InvalidArgument, "input '" + io.name + "' dim " + std::to_string(d) + " must be " + std::to_string(io.shape[d]) + ", got " + std::to_string(tv->shape[d])};
+    Status st = bindInputs(g, m.vals, inputs, keyLen);
+    if (!st.ok()) return st;
+    int64_t tokens = 0;
+    if (g.kv) {
+      st = checkKvRun(g, m.vals, tokens);
+      if (!st.ok()) return st;
+      detail::KvState& kv = *g.kv;
+      if (!m.findPlan(keyLen) && tokens == 1 && kv.length + 1 < kv.capacity) {
+        // one-token steps: record once at the full capacity (a dry run writing only unused cache rows),
+        // so every later step replays the same plan without allocating
+        const int64_t len = kv.length;
+        kv.length = kv.capacity - 1;
+        detail::bindKvPast(g, m.vals.data(), kv.length);
+        try {
+          m.record();
+        } catch (...) {
+          kv.length = len;
+          throw;
+        }
+        kv.length = len;
       }
-      if (tv->shape.size() > static_cast<size_t>(detail::kMaxRank))
-        return Status{StatusCode::InvalidArgument, "input '" + io.name + "' has rank above 8"};
-      for (int64_t d : tv->shape)
-        if (d < 0) return Status{StatusCode::InvalidArgument, "input '" + io.name + "' has a negative dim"};
-      const int64_t numel = tv->numel();
-      int64_t bytes = 0;
-      if (numel < 0 || !checkedBytes(numel, static_cast<int64_t>(dtypeSize(tv->dtype)), &bytes))
-        return Status{StatusCode::InvalidArgument, "input '" + io.name + "' has more than 2^48 elements"};
-      if (bytes > g.limits.max_tensor)
-        return Status{StatusCode::InvalidArgument, "input '" + io.name + "' has " + std::to_string(bytes) + " bytes, above the " +
-                                                       std::to_string(g.limits.max_tensor) + "-byte limit for one tensor (SessionOptions::max_tensor_bytes)"};
-      if (numel > 0 && !tv->data) return Status{StatusCode::InvalidArgument, "input '" + io.name + "' has no data"};
-      detail::Buf& b = m.vals[g.inputs[i]];
-      b.dt = tv->dtype;
-      b.shape = detail::Shape();
-      for (int64_t d : tv->shape) b.shape.push(d);
-      b.data = const_cast<void*>(tv->data);
-      keyLen += tv->shape.size() + 1;
+      detail::bindKvPast(g, m.vals.data(), kv.length);
     }
-    // find the plan for these shapes
-    detail::Plan* plan = nullptr;
-    for (auto& p : m.plans) {
-      if (p->key.size() != keyLen) continue;
-      size_t j = 0;
-      bool same = true;
-      for (int in : g.inputs) {
-        const detail::Shape& s = m.vals[in].shape;
-        same &= p->key[j++] == s.rank;
-        for (int d = 0; d < s.rank && same; ++d) same &= p->key[j++] == s[d];
-        if (!same) break;
-      }
-      if (same) {
-        plan = p.get();
-        break;
-      }
-    }
-    bool replayed = false;
-    if (plan) {
-      plan->last_used = ++m.tick;
-      for (const auto& [v, b] : plan->static_vals) m.vals[v] = b;
-      try {
-        detail::Replayer r(*plan);
-        m.execute(r, true);
-        replayed = true;
-      } catch (const detail::ReplanNeeded&) {  // data-dependent shapes: record again
-        for (auto it = m.plans.begin(); it != m.plans.end(); ++it)
-          if (it->get() == plan) {
-            m.plans.erase(it);
-            break;
-          }
-        plan = nullptr;
-      }
-    }
-    if (!replayed) {
-      auto p = std::make_unique<detail::Plan>();
-      for (int in : g.inputs) {
-        const detail::Shape& s = m.vals[in].shape;
-        p->key.push_back(s.rank);
-        for (int d = 0; d < s.rank; ++d) p->key.push_back(s[d]);
-      }
-      m.last_temp.clear();
-      detail::Recorder rec(g, *p);
-      m.execute(rec, false);
-      rec.finish();
-      for (size_t v = 0; v < g.values.size(); ++v)
-        if (g.values[v].is_static) p->static_vals.push_back({static_cast<int>(v), m.vals[v]});
-      m.last_temp = rec.takeTemp();
-      p->last_used = ++m.tick;
-      if (static_cast<int>(m.plans.size()) >= m.opts.max_plans) {
-        auto lru = std::min_element(m.plans.begin(), m.plans.end(), [](const auto& a, const auto& b) { return a->last_used < b->last_used; });
-        m.plans.erase(lru);
-      }
-      m.plans.push_back(std::move(p));
-    }
+    detail::Plan* plan = m.findPlan(keyLen);
+    if (!plan || !m.replay(*plan)) m.record();
+    if (g.kv) g.kv->length += tokens;
     outputs.resize(g.outputs.size());
     for (size_t i = 0; i < g.outputs.size(); ++i) {
       const detail::Buf& b = m.vals[g.outputs[i]];
@@ -352,6 +415,18 @@ Status Session::run(const std::vector<std::pair<std::string, TensorView>>& input
   } catch (const std::exception& e) {
     return Status{StatusCode::Internal, e.what()};
   }
+}
+
+const std::map<std::string, std::string>& Session::metadata() const { return impl_->g.metadata; }
+bool Session::hasKvCache() const { return impl_->g.kv != nullptr; }
+int64_t Session::kvLength() const { return impl_->g.kv ? impl_->g.kv->length : 0; }
+int64_t Session::kvCapacity() const { return impl_->g.kv ? impl_->g.kv->capacity : 0; }
+Status Session::kvTruncate(int64_t keep) {
+  if (!impl_->g.kv) return Status{StatusCode::InvalidArgument, "the session keeps no KV cache (SessionOptions::kv_capacity)"};
+  if (keep < 0 || keep > impl_->g.kv->length)
+    return Status{StatusCode::InvalidArgument, "kvTruncate(" + std::to_string(keep) + "): the cache holds " + std::to_string(impl_->g.kv->length) + " tokens"};
+  impl_->g.kv->length = keep;
+  return Status::Ok();
 }
 
 Result<std::vector<Tensor>> Session::run(const std::vector<std::pair<std::string, TensorView>>& inputs) {

@@ -1,0 +1,152 @@
+// generator.cpp — Generator (generator.h): prefill, one-token steps with the in-session KV cache, sampling.
+#include "runtime/generator.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+namespace crt {
+namespace {
+
+bool hasPastInputs(const Session& s) {
+  for (const auto& io : s.inputs())
+    if (io.name.rfind("past", 0) == 0) return true;
+  return false;
+}
+
+int64_t metadataContext(const Session& s) {
+  auto it = s.metadata().find("compress.context_length");
+  if (it == s.metadata().end()) return 0;
+  try {
+    return std::max<int64_t>(0, std::stoll(it->second));
+  } catch (...) {
+    return 0;
+  }
+}
+
+}  // namespace
+
+Result<Generator> Generator::create(const std::string& path, const GeneratorOptions& o) {
+  if (o.context < 0) return Status{StatusCode::InvalidArgument, "context must be >= 0 (0: the model's own)"};
+  if (o.kv_dtype != DType::F32 && o.kv_dtype != DType::F16) return Status{StatusCode::InvalidArgument, "the KV cache is float32 or float16"};
+  // Look first (a cheap load would be nicer; the file is read twice only for cached models).
+  SessionOptions plain = o.session;
+  plain.kv_capacity = 0;
+  auto probe = Session::create(path, plain);
+  if (!probe) return probe.status();
+  const int64_t model_ctx = metadataContext(*probe);
+  int64_t ctx = o.context > 0 ? o.context : model_ctx > 0 ? model_ctx : 2048;
+  if (model_ctx > 0 && ctx > model_ctx)
+    return Status{StatusCode::InvalidArgument, "context " + std::to_string(ctx) + " is longer than the model's " + std::to_string(model_ctx) +
+                                                   " positions (compress.context_length)"};
+  const bool cached = o.use_cache && hasPastInputs(*probe);
+  if (!cached) {
+    for (size_t i = 1; i < probe->inputs().size(); ++i)
+      if (probe->inputs()[i].name.rfind("past", 0) != 0 || probe->inputs()[i].shape.size() != 4)
+        return Status{StatusCode::InvalidArgument, "generation needs a model whose only input is the token ids (and past.N key/values); '" +
+                                                       probe->inputs()[i].name + "' is another"};
+    return Generator(std::move(probe.value()), o, false, ctx);
+  }
+  SessionOptions so = o.session;
+  so.kv_capacity = ctx;
+  so.kv_dtype = o.kv_dtype;
+  auto s = Session::create(path, so);
+  if (!s) return s.status();
+  return Generator(std::move(s.value()), o, true, ctx);
+}
+
+Generator::Generator(Session s, const GeneratorOptions& o, bool cached, int64_t context)
+    : session_(std::move(s)), opts_(o), cached_(cached), context_(context), rng_(o.sampling.seed) {
+  input_ = session_.inputs()[0].name;
+  tokens_.reserve(static_cast<size_t>(context));
+  for (size_t i = 1; i < session_.inputs().size(); ++i) {  // uncached run of a cached export: empty pasts
+    const IoInfo& io = session_.inputs()[i];
+    empty_pasts_.push_back({io.name, TensorView{io.dtype, {1, io.shape[1], 0, io.shape[3]}, nullptr}});
+  }
+}
+
+void Generator::setSampling(const SamplingOptions& s) {
+  opts_.sampling = s;
+  rng_.seed(s.seed);
+}
+
+Status Generator::feed(const int64_t* ids, int64_t n) {
+  Status st;
+  if (cached_) {
+    st = session_.run({{input_, TensorView::of(ids, {1, n})}}, outs_);
+  } else {
+    feeds_ = empty_pasts_;
+    feeds_.push_back({input_, TensorView::of(tokens_.data(), {1, static_cast<int64_t>(tokens_.size())})});
+    st = session_.run(feeds_, outs_);
+  }
+  if (!st.ok()) return st;
+  const TensorView& o = outs_[0];
+  if (o.dtype != DType::F32 || o.shape.size() != 3 || o.shape[0] != 1 || o.shape[2] < 1)
+    return Status{StatusCode::ModelError, "expected float32 logits [1, T, vocab] as the model's first output"};
+  vocab_ = o.shape[2];
+  const float* last = o.as<float>() + (o.shape[1] - 1) * vocab_;
+  logits_.assign(last, last + vocab_);
+  return Status::Ok();
+}
+
+Status Generator::start(const std::vector<int64_t>& prompt) {
+  if (prompt.empty()) return Status{StatusCode::InvalidArgument, "the prompt needs at least one token (e.g. BOS)"};
+  if (static_cast<int64_t>(prompt.size()) > context_)
+    return Status{StatusCode::InvalidArgument, "the prompt has " + std::to_string(prompt.size()) + " tokens, longer than the context of " +
+                                                   std::to_string(context_)};
+  if (cached_) {
+    Status st = session_.kvTruncate(0);
+    if (!st.ok()) return st;
+  }
+  tokens_.assign(prompt.begin(), prompt.end());
+  pending_ = false;
+  return feed(prompt.data(), static_cast<int64_t>(prompt.size()));
+}
+
+Result<int64_t> Generator::next() {
+  if (tokens_.empty()) return Status{StatusCode::InvalidArgument, "call start() with a prompt first"};
+  if (pending_) {
+    if (length() > context_) return Status{StatusCode::InvalidArgument, "the sequence reached the context of " + std::to_string(context_) + " tokens"};
+    Status st = feed(&tokens_.back(), 1);
+    if (!st.ok()) return st;
+  }
+  if (length() >= context_) return Status{StatusCode::InvalidArgument, "the sequence reached the context of " + std::to_string(context_) + " tokens"};
+  for (int64_t v = 0; v < vocab_; ++v)
+    if (!std::isfinite(logits_[v])) return Status{StatusCode::DataError, "the model produced NaN/Inf logits at position " + std::to_string(length())};
+  const int64_t t = sample();
+  tokens_.push_back(t);
+  pending_ = true;
+  return t;
+}
+
+int64_t Generator::sample() {
+  const SamplingOptions& s = opts_.sampling;
+  work_.assign(logits_.begin(), logits_.end());
+  if (s.repetition_penalty != 1.f)
+    for (int64_t t : tokens_)
+      if (t >= 0 && t < vocab_) work_[t] = work_[t] > 0 ? work_[t] / s.repetition_penalty : work_[t] * s.repetition_penalty;
+  if (s.temperature <= 0) return std::max_element(work_.begin(), work_.end()) - work_.begin();
+  order_.resize(static_cast<size_t>(vocab_));
+  std::iota(order_.begin(), order_.end(), 0);
+  const int64_t k = s.top_k > 0 ? std::min<int64_t>(s.top_k, vocab_) : vocab_;
+  std::partial_sort(order_.begin(), order_.begin() + k, order_.end(), [&](int32_t a, int32_t b) { return work_[a] > work_[b]; });
+  const float top = work_[order_[0]];
+  double total = 0;
+  std::vector<double> p(static_cast<size_t>(k));
+  for (int64_t j = 0; j < k; ++j) total += p[j] = std::exp((work_[order_[j]] - top) / s.temperature);
+  int64_t keep = k;
+  if (s.top_p < 1.f) {
+    double c = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      c += p[j] / total;
+      if (c >= s.top_p) {
+        keep = j + 1;
+        break;
+      }
+    }
+  }
+  std::discrete_distribution<int64_t> pick(p.begin(), p.begin() + keep);
+  return order_[pick(rng_)];
+}
+
+}  // namespace crt

@@ -1,0 +1,288 @@
+// kv_cache.cpp — the in-session KV cache (kv_cache.h): the load-time rewrite of the exported
+// Concat -> [GQA repeat] -> [Transpose] -> MatMul chains into KvScores / KvValues, and those two ops.
+#include "runtime/kv_cache.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "runtime/kernels.h"
+#include "runtime/loader.h"
+#include "runtime/thread_pool.h"
+
+namespace crt::detail {
+namespace {
+
+// ------------------------------------------------------------------------------------------- matching
+/// Consumers of each value (node indices).
+std::vector<std::vector<int>> consumersOf(const Graph& g) {
+  std::vector<std::vector<int>> c(g.values.size());
+  for (size_t i = 0; i < g.nodes.size(); ++i)
+    for (int v : g.nodes[i].in)
+      if (v >= 0) c[v].push_back(static_cast<int>(i));
+  return c;
+}
+
+bool constInts(const Graph& g, int v, const std::vector<int64_t>& want) {
+  if (v < 0 || !g.values[v].is_const) return false;
+  const Buf& b = g.values[v].constant;
+  if (b.dt != DType::I64 || b.numel() != static_cast<int64_t>(want.size())) return false;
+  for (size_t i = 0; i < want.size(); ++i)
+    if (b.as<int64_t>()[i] != want[i]) return false;
+  return true;
+}
+
+bool isOutput(const Graph& g, int v) { return std::find(g.outputs.begin(), g.outputs.end(), v) != g.outputs.end(); }
+
+/// What one past input's chain looks like.
+struct Chain {
+  int past = -1, concat = -1, matmul = -1;
+  bool keys = false;  // KvScores (through a Transpose) or KvValues
+  int64_t rep = 1;
+  std::vector<int> dead;  // nodes the fused op replaces
+};
+
+class ChainMatcher {
+ public:
+  explicit ChainMatcher(const Graph& g) : g_(g), cons_(consumersOf(g)) {}
+
+  Chain match(int past) const {
+    Chain c;
+    c.past = past;
+    const std::string& name = g_.values[past].name;
+    for (int ni : cons_[past]) {
+      const Node& n = g_.nodes[ni];
+      if (n.op == "Shape" && n.domain.empty()) continue;
+      if (n.op != "Concat" || !n.domain.empty() || n.in.size() != 2 || n.in[0] != past || c.concat >= 0)
+        bad(name, "is read by " + n.where() + "; the in-session cache needs present = Concat(past, new, axis 2)");
+      const int64_t axis = n.attrInt("axis", 0);
+      if (axis != 2 && axis != -2) bad(name, "is concatenated on axis " + std::to_string(axis) + ", not 2");
+      c.concat = ni;
+    }
+    if (c.concat < 0) bad(name, "is not concatenated with the new keys/values");
+    c.dead.push_back(c.concat);
+    int v = g_.nodes[c.concat].out[0];
+    if (!isOutput(g_, v)) bad(name, "'s Concat is not a graph output (present.N)");
+    v = followRepeat(v, c, name);
+    const Node& next = single(v, name);
+    if (next.op == "Transpose" && constPerm(next)) {
+      c.keys = true;
+      c.dead.push_back(index(next));
+      v = next.out[0];
+    }
+    const Node& mm = single(v, name);
+    if (mm.op != "MatMul" || !mm.domain.empty() || mm.in.size() != 2 || mm.in[1] != v || mm.packed)
+      bad(name, "does not feed an attention MatMul (found " + mm.where() + ")");
+    c.matmul = index(mm);
+    return c;
+  }
+
+ private:
+  [[noreturn]] static void bad(const std::string& past, const std::string& why) {
+    fail(StatusCode::ModelError, "KV cache: input '" + past + "' " + why +
+                                     " (the form compress export --kv-cache writes; run without --kv-capacity to pass past/present yourself)");
+  }
+  int index(const Node& n) const { return static_cast<int>(&n - g_.nodes.data()); }
+  /// The only node reading `v` (which is no other graph output than allowed).
+  const Node& single(int v, const std::string& past) const {
+    std::vector<int> readers;
+    for (int ni : cons_[v]) readers.push_back(ni);
+    if (readers.size() != 1) bad(past, "feeds " + std::to_string(readers.size()) + " nodes where one attention MatMul was expected");
+    return g_.nodes[readers[0]];
+  }
+  bool constPerm(const Node& n) const {
+    const auto* p = n.attrInts("perm");
+    return p && *p == std::vector<int64_t>{0, 1, 3, 2};
+  }
+  /// Unsqueeze(axis 2) -> Expand([1,1,r,1,1]) -> Reshape([0, h, -1, d]): the GQA repeat.
+  int followRepeat(int v, Chain& c, const std::string& past) const {
+    const Node& u = single(v, past);
+    if (u.op != "Unsqueeze" || !constInts(g_, u.in.size() > 1 ? u.in[1] : -1, {2})) return v;
+    const Node& e = single(u.out[0], past);
+    if (e.op != "Expand" || e.in.size() != 2 || !g_.values[e.in[1]].is_const) bad(past, "has an Unsqueeze that is not a GQA repeat");
+    const Buf& shape = g_.values[e.in[1]].constant;
+    if (shape.dt != DType::I64 || shape.numel() != 5) bad(past, "has an Expand that is not a GQA repeat");
+    c.rep = shape.as<int64_t>()[2];
+    const Node& r = single(e.out[0], past);
+    if (r.op != "Reshape" || c.rep < 1) bad(past, "has an Expand that is not a GQA repeat");
+    c.dead.push_back(index(u));
+    c.dead.push_back(index(e));
+    c.dead.push_back(index(r));
+    return r.out[0];
+  }
+
+  const Graph& g_;
+  std::vector<std::vector<int>> cons_;
+};
+
+// ------------------------------------------------------------------------------------------- the ops
+const KvState& stateOf(const OpCtx& c) { return *c.env.g->kv; }
+
+/// Appends input 1 ([1, kv_heads, S, head_dim]) of node c at row `length` of entry `e`.
+void appendRows(OpCtx& c, const KvState& kv, int e, const Buf& x) {
+  const int64_t S = x.shape[2], H = kv.kv_heads, D = kv.head_dim;
+  const float* src = floatData(c, x);
+  char* base = static_cast<char*>(kv.entries[e].buf.data());
+  const size_t es = dtypeSize(kv.storage);
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t s = 0; s < S; ++s) {
+      const float* row = src + (h * S + s) * D;
+      char* dst = base + ((h * kv.capacity) + kv.length + s) * D * es;
+      if (kv.storage == DType::F16) c.env.k->float_to_half(row, reinterpret_cast<uint16_t*>(dst), D);
+      else std::memcpy(dst, row, D * sizeof(float));
+    }
+}
+
+/// Rows [0, T) of kv head h of entry e as fp32: the buffer itself, or converted into `tmp`.
+const float* cachedRows(const OpCtx& c, const KvState& kv, int e, int64_t h, int64_t T, float* tmp) {
+  const char* base = static_cast<const char*>(kv.entries[e].buf.data());
+  if (kv.storage == DType::F32) return reinterpret_cast<const float*>(base) + h * kv.capacity * kv.head_dim;
+  c.env.k->half_to_float(reinterpret_cast<const uint16_t*>(base) + h * kv.capacity * kv.head_dim, tmp, T * kv.head_dim);
+  return tmp;
+}
+
+/// Checks the new rows' shape and that they fit.
+void checkNew(const OpCtx& c, const KvState& kv, const Buf& x, int64_t S_q) {
+  if (x.shape.rank != 4 || x.shape[0] != 1 || x.shape[1] != kv.kv_heads || x.shape[3] != kv.head_dim || x.shape[2] != S_q)
+    c.bad("new keys/values " + x.shape.str() + " do not fit the cache [1, " + std::to_string(kv.kv_heads) + ", S, " +
+          std::to_string(kv.head_dim) + "]");
+  if (kv.length + x.shape[2] > kv.capacity) c.bad("the KV cache is full");
+}
+
+/// scores[0, h, s, t] = q[0, h, s, :] . K[h / rep][t, :] over t < length + S, after appending the new keys.
+void opKvScores(OpCtx& c) {
+  const KvState& kv = stateOf(c);
+  const int e = static_cast<int>(c.node.attrInt("entry", 0));
+  const int64_t rep = c.node.attrInt("rep", 1);
+  const Buf& q = c.in(0);
+  const Buf& kn = c.in(1);
+  if (q.shape.rank != 4 || q.shape[0] != 1 || q.shape[1] != kv.kv_heads * rep || q.shape[3] != kv.head_dim)
+    c.bad("queries " + q.shape.str() + " do not match the cache (" + std::to_string(kv.kv_heads * rep) + " heads of " +
+          std::to_string(kv.head_dim) + ")");
+  const int64_t S = q.shape[2], D = kv.head_dim, T = kv.length + S;
+  checkNew(c, kv, kn, S);
+  appendRows(c, kv, e, kn);
+  const float* qf = floatData(c, q);
+  FloatOut o = floatOut(c, q.dt, Shape{1, q.shape[1], S, T});
+  float* tmp = kv.storage == DType::F16 ? static_cast<float*>(c.scratch(static_cast<size_t>(kv.kv_heads * T * D) * sizeof(float))) : nullptr;
+  c.env.pool->parallelFor(kv.kv_heads, [&](int64_t h) {
+    const float* K = cachedRows(c, kv, e, h, T, tmp ? tmp + h * T * D : nullptr);
+    for (int64_t r = 0; r < rep; ++r) {
+      const int64_t qh = h * rep + r;
+      c.env.k->gemm_nt(S, T, D, qf + qh * S * D, D, K, D, o.p + qh * S * T, T);
+    }
+  });
+  finish(o);
+}
+
+/// out[0, h, s, :] = sum over t of probs[0, h, s, t] * V[h / rep][t, :], after appending the new values.
+void opKvValues(OpCtx& c) {
+  const KvState& kv = stateOf(c);
+  const int e = static_cast<int>(c.node.attrInt("entry", 0));
+  const int64_t rep = c.node.attrInt("rep", 1);
+  const Buf& p = c.in(0);
+  const Buf& vn = c.in(1);
+  const int64_t D = kv.head_dim;
+  if (p.shape.rank != 4 || p.shape[0] != 1 || p.shape[1] != kv.kv_heads * rep)
+    c.bad("attention weights " + p.shape.str() + " do not match the cache");
+  const int64_t S = p.shape[2], T = kv.length + S;
+  if (p.shape[3] != T) c.bad("attention weights " + p.shape.str() + " span " + std::to_string(p.shape[3]) + " keys, the cache " + std::to_string(T));
+  checkNew(c, kv, vn, S);
+  appendRows(c, kv, e, vn);
+  const float* pf = floatData(c, p);
+  FloatOut o = floatOut(c, p.dt, Shape{1, p.shape[1], S, D});
+  float* tmp = kv.storage == DType::F16 ? static_cast<float*>(c.scratch(static_cast<size_t>(kv.kv_heads * T * D) * sizeof(float))) : nullptr;
+  c.env.pool->parallelFor(kv.kv_heads, [&](int64_t h) {
+    const float* V = cachedRows(c, kv, e, h, T, tmp ? tmp + h * T * D : nullptr);
+    for (int64_t r = 0; r < rep; ++r) {
+      const int64_t qh = h * rep + r;
+      c.env.k->gemm_nn(S, D, T, pf + qh * S * T, T, V, D, o.p + qh * S * D, D);
+    }
+  });
+  finish(o);
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------- rewrite
+void enableKvCache(Graph& g, int64_t capacity, DType storage) {
+  if (storage != DType::F32 && storage != DType::F16) fail(StatusCode::InvalidArgument, "the KV cache is stored as float32 or float16");
+  if (capacity < 1) fail(StatusCode::InvalidArgument, "the KV cache needs a capacity of at least one token");
+  auto kv = std::make_shared<KvState>();
+  kv->capacity = capacity;
+  kv->storage = storage;
+  std::vector<Chain> chains;
+  ChainMatcher m(g);
+  for (size_t i = 0; i < g.inputs.size(); ++i) {
+    const IoInfo& io = g.input_info[i];
+    if (io.shape.size() != 4 || (io.dtype != DType::F32 && io.dtype != DType::F16)) continue;
+    if (io.name.rfind("past", 0) != 0) continue;  // past.N.key/value (optimum: past_key_values.N.key)
+    chains.push_back(m.match(g.inputs[i]));
+    if (io.shape[1] < 1 || io.shape[3] < 1) fail(StatusCode::ModelError, "KV cache: input '" + io.name + "' needs fixed kv-head and head-size dims");
+    if (kv->kv_heads && (kv->kv_heads != io.shape[1] || kv->head_dim != io.shape[3]))
+      fail(StatusCode::ModelError, "KV cache: the past inputs differ in kv heads or head size");
+    kv->kv_heads = io.shape[1];
+    kv->head_dim = io.shape[3];
+  }
+  if (chains.empty())
+    fail(StatusCode::ModelError, "the model has no past.N.key/value inputs: export it with compress export --kv-cache for a cache");
+  int64_t bytes = 0;
+  if (!checkedNumel(std::vector<int64_t>{kv->kv_heads, capacity, kv->head_dim}.data(), 3, &bytes) ||
+      !checkedBytes(bytes, static_cast<int64_t>(dtypeSize(storage)), &bytes))
+    fail(StatusCode::InvalidArgument, "KV cache capacity too large");
+  std::vector<char> dead(g.nodes.size(), 0);
+  std::vector<int> drop_outputs;
+  for (size_t e = 0; e < chains.size(); ++e) {
+    const Chain& c = chains[e];
+    g.limits.take(g.constant_bytes, bytes, "the KV cache (" + std::to_string(capacity) + " tokens)");
+    KvState::Entry entry;
+    entry.past = c.past;
+    entry.model_dtype = g.values[c.past].constant.dt;
+    entry.buf.resize(static_cast<size_t>(bytes));
+    kv->entries.push_back(std::move(entry));
+    Node& mm = g.nodes[c.matmul];
+    mm.op = c.keys ? "KvScores" : "KvValues";
+    mm.domain = "crt";
+    mm.in = {mm.in[0], g.nodes[c.concat].in[1]};
+    mm.attrs["entry"].kind = Attr::Int;
+    mm.attrs["entry"].i = static_cast<int64_t>(e);
+    mm.attrs["rep"].kind = Attr::Int;
+    mm.attrs["rep"].i = c.rep;
+    mm.fn = c.keys ? opKvScores : opKvValues;
+    for (int d : c.dead) dead[d] = 1;
+    drop_outputs.push_back(g.nodes[c.concat].out[0]);
+    g.values[c.past].per_run_shape = true;
+  }
+  std::vector<Node> kept;
+  for (size_t i = 0; i < g.nodes.size(); ++i)
+    if (!dead[i]) kept.push_back(std::move(g.nodes[i]));
+  g.nodes = std::move(kept);
+  for (size_t i = 0; i < g.nodes.size(); ++i)
+    for (int v : g.nodes[i].out) g.values[v].producer = static_cast<int>(i);
+  for (size_t i = g.outputs.size(); i-- > 0;)
+    if (std::find(drop_outputs.begin(), drop_outputs.end(), g.outputs[i]) != drop_outputs.end()) {
+      g.outputs.erase(g.outputs.begin() + static_cast<long>(i));
+      g.output_info.erase(g.output_info.begin() + static_cast<long>(i));
+    }
+  for (size_t i = g.inputs.size(); i-- > 0;)
+    if (g.values[g.inputs[i]].per_run_shape) {
+      for (auto& en : kv->entries)
+        if (en.past == g.inputs[i]) en.model_dtype = g.input_info[i].dtype;
+      g.inputs.erase(g.inputs.begin() + static_cast<long>(i));
+      g.input_info.erase(g.input_info.begin() + static_cast<long>(i));
+    }
+  if (g.inputs.size() != 1) fail(StatusCode::ModelError, "KV cache: the model must have one input besides its past key/values (the token ids)");
+  g.kv = std::move(kv);
+  prepareRuns(g);
+}
+
+void bindKvPast(const Graph& g, Buf* vals, int64_t rows) {
+  const KvState& kv = *g.kv;
+  for (const auto& e : kv.entries) {
+    Buf& b = vals[e.past];
+    b.dt = e.model_dtype;
+    b.shape = Shape{1, kv.kv_heads, rows, kv.head_dim};
+    b.data = e.buf.data();  // only Shape reads it: the fused ops read the cache through KvState
+  }
+}
+
+}  // namespace crt::detail

@@ -1,0 +1,40 @@
+// kv_cache.h — the KV cache kept inside a session (SessionOptions::kv_capacity).
+//
+// A model exported with `compress export --kv-cache` computes present = Concat(past, new, axis 2), repeats
+// the kv heads for GQA and feeds the attention MatMuls. With the cache in the session, each such chain is
+// replaced at load by one fused op: KvScores (appends the new keys in place, then scores = q . K^T over
+// the cached rows) and KvValues (appends the new values, then probs . V). The cache is one preallocated
+// buffer per past input, [kv_heads, capacity, head_dim] in fp32 or fp16; nothing is copied per token but
+// the new rows. The past inputs stay in the graph as views whose shape says how many rows are cached (the
+// position and mask arithmetic reads it) and disappear from Session::inputs(); the present outputs
+// disappear from Session::outputs().
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "runtime/internal.h"
+
+namespace crt::detail {
+
+struct KvState {
+  int64_t capacity = 0;  // rows each buffer holds
+  int64_t length = 0;    // rows cached so far (the past length of the next run)
+  int64_t kv_heads = 0, head_dim = 0;
+  DType storage = DType::F32;  // F32 or F16
+  struct Entry {
+    int past = -1;  // the graph input value it replaces (bound to a view each run)
+    DType model_dtype = DType::F32;
+    AlignedBytes buf;  // [kv_heads][capacity][head_dim]
+  };
+  std::vector<Entry> entries;
+};
+
+/// Rewrites the loaded graph for an in-session cache of `capacity` rows stored as `storage`. A ModelError
+/// naming the first chain that is not in the exported form (or when the model has no past inputs).
+void enableKvCache(Graph& g, int64_t capacity, DType storage);
+
+/// Binds every past input to a view of its cache buffer with `rows` cached rows (batch 1).
+void bindKvPast(const Graph& g, Buf* vals, int64_t rows);
+
+}  // namespace crt::detail
