@@ -676,39 +676,44 @@ void opBatchNormalization(OpCtx& c) {
 // ---------------------------------------------------------------- Gemm, Conv, pooling
 // These compute in float32; float16 tensors (fp16 exports) are converted on the way in and out.
 
+/// Gemm in float32; float16 inputs are computed in float32 (floatData) and the result rounded back.
 void opGemm(OpCtx& c) {
   const Buf& a = c.in(0);
   const Buf& b = c.in(1);
-  if (a.dt != DType::F32 || b.dt != DType::F32) c.bad("Gemm supports float32");
+  if (!isFloat(a.dt) || b.dt != a.dt) c.bad("Gemm supports float32 and float16 inputs of one type");
   if (a.shape.rank != 2 || b.shape.rank != 2) c.bad("Gemm needs 2-D inputs");
   const bool ta = c.node.attrInt("transA", 0), tb = c.node.attrInt("transB", 0);
   const int64_t M = ta ? a.shape[1] : a.shape[0], K = ta ? a.shape[0] : a.shape[1];
   const int64_t Kb = tb ? b.shape[1] : b.shape[0], N = tb ? b.shape[0] : b.shape[1];
   if (K != Kb) c.bad("inner dims differ: " + a.shape.str() + " x " + b.shape.str());
   const float alpha = c.node.attrFloat("alpha", 1.f), beta = c.node.attrFloat("beta", 1.f);
-  float* y = c.outT<float>(0, Shape{M, N});
-  const float* A = a.as<float>();
+  const float* A = floatData(c, a);
+  const float* B = floatData(c, b);
+  FloatOut o = floatOut(c, a.dt, Shape{M, N});
+  float* y = o.p;
   if (ta) {
     float* t = static_cast<float*>(c.scratch(M * K * sizeof(float)));
     for (int64_t i = 0; i < K; ++i)
       for (int64_t j = 0; j < M; ++j) t[j * K + i] = A[i * M + j];
     A = t;
   }
-  if (tb) matmulNT(c, M, N, K, A, b.as<float>(), y);
-  else matmulNN(c, M, N, K, A, b.as<float>(), y);
+  if (tb) matmulNT(c, M, N, K, A, B, y);
+  else matmulNN(c, M, N, K, A, B, y);
   if (alpha != 1.f)
     for (int64_t i = 0; i < M * N; ++i) y[i] *= alpha;
   if (c.has(2)) {
     const Buf& cb = c.in(2);
-    if (cb.dt != DType::F32 || cb.shape.rank > 2) c.bad("C must be float32 of rank <= 2");
+    if (cb.dt != a.dt || cb.shape.rank > 2) c.bad("C must have A's type and rank <= 2");
+    const float* C = floatData(c, cb);
     Shape os{M, N};
     broadcastShape(c, cb.shape, os);
     int64_t st[kMaxRank];
     bstrides(cb.shape, os, st);
     const int64_t s0 = st[0], s1 = st[1];  // strides over the output's [M, N] (0 on broadcast dims)
     for (int64_t i = 0; i < M; ++i)
-      for (int64_t j = 0; j < N; ++j) y[i * N + j] += beta * cb.as<float>()[i * s0 + j * s1];
+      for (int64_t j = 0; j < N; ++j) y[i * N + j] += beta * C[i * s0 + j * s1];
   }
+  finish(o);
 }
 
 

@@ -15,6 +15,33 @@ check "compress export wrote the fp32 model" "[ -s $work/m.onnx ]"
 check "greedy generation reproduces the README text" \
   "grep -qF 'Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball.' $work/gen.txt"
 check "generate reports tokens/s" "grep -q 'tokens/s' $work/gen_err.txt"
+check "generate says the model has no KV cache" "grep -q 'no KV cache' $work/gen_err.txt"
+
+"$COMPRESS" export "$shared/models/stories260K/stories260K.pt" -o "$work/m_kv.onnx" --kv-cache > "$work/kv_export.txt"
+check "compress export --kv-cache checks the cached steps against the full logits and ONNX Runtime" \
+  "grep -q 'prefill + steps reproduce the full logits' $work/kv_export.txt && grep -q 'max_abs_diff' $work/kv_export.txt"
+for kv in f32 f16; do
+  "$CRUN" generate "$work/m_kv.onnx" --tokenizer "$shared/models/stories260K/tok512.bin" --prompt "Once upon a time" -n 40 \
+    --kv-dtype $kv > "$work/gen_kv_$kv.txt" 2> "$work/gen_kv_err.txt"
+  check "greedy generation with the KV cache ($kv) reproduces the README text" \
+    "grep -qF 'Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball.' $work/gen_kv_$kv.txt"
+done
+check "generate says it uses the cache" "grep -q 'KV cache, f16' $work/gen_kv_err.txt"
+"$CRUN" generate "$work/m_kv.onnx" --tokenizer "$shared/models/stories260K/tok512.bin" -n 300 --json --threads 1 > "$work/gen_kv.json"
+check "generate --json: 300 cached tokens with the stats fields, same text as without the cache" \
+  "/usr/bin/python3 -c \"import json,sys; d=json.load(open('$work/gen_kv.json')); k=['text','prompt_tokens','generated_tokens','prefill_ms','decode_tokens_per_s','ms_per_token_p50','ms_per_token_p90','peak_rss_mb']; sys.exit(0 if all(x in d for x in k) and d['kv_cache'] and d['generated_tokens']==300 and d['decode_tokens_per_s']>0 else 1)\""
+"$CRUN" generate "$work/m_kv.onnx" --tokenizer "$shared/models/stories260K/tok512.bin" -n 300 --json --threads 1 --no-cache > "$work/gen_nokv.json" 2>/dev/null
+check "the cached and the uncached 300-token texts are the same" \
+  "/usr/bin/python3 -c \"import json,sys; a=json.load(open('$work/gen_kv.json')); b=json.load(open('$work/gen_nokv.json')); sys.exit(0 if a['text']==b['text'] and not b['kv_cache'] else 1)\""
+"$CRUN" generate "$work/m_kv.onnx" --tokenizer "$shared/models/stories260K/tok512.bin" -n 10 --ctx 3 2> "$work/gen_ctx.txt"; rc=$?
+check "a prompt longer than --ctx is a clear error (exit 2)" "[ $rc -eq 2 ] && grep -q 'longer than the context of 3' $work/gen_ctx.txt"
+"$CRUN" generate "$work/m_kv.onnx" --tokenizer "$shared/models/stories260K/tok512.bin" -n 10 --ctx 4096 2> "$work/gen_ctx2.txt"; rc=$?
+check "--ctx beyond the model's positions is a clear error" "[ $rc -eq 2 ] && grep -q \"longer than the model's 512\" $work/gen_ctx2.txt"
+"$CRUN" generate "$work/m_kv.onnx" --tokenizer "$shared/models/stories260K/tok512.bin" -n 5 --temperature 0.8 --top-k 40 --top-p 0.9 \
+  --repetition-penalty 1.1 --seed 7 > "$work/gen_s1.txt" 2>/dev/null
+"$CRUN" generate "$work/m_kv.onnx" --tokenizer "$shared/models/stories260K/tok512.bin" -n 5 --temperature 0.8 --top-k 40 --top-p 0.9 \
+  --repetition-penalty 1.1 --seed 7 > "$work/gen_s2.txt" 2>/dev/null
+check "sampling with a seed is reproducible" "[ -s $work/gen_s1.txt ] && cmp -s $work/gen_s1.txt $work/gen_s2.txt"
 
 "$CRUN" ppl "$work/m.onnx" --tokens "$shared/data/tinystories/val.tok512.npy" --threads 2 > "$work/ppl.json"
 check "perplexity through crun is 4.0780 (within 0.1%)" \

@@ -1,0 +1,276 @@
+// kv_cache_test.cpp — generation with a KV cache, end to end: the kv_cache rewrite of every decoder fixture
+// (llama2.c, HF-LLaMA with GQA, Mistral's sliding window, GPT-2's learned positions) in every weight format,
+// crun's in-session cache (prefill + one-token steps against the full-sequence logits, no allocation per
+// step, fp16 storage), ONNX Runtime on the cached export against crun, the Generator, and the errors.
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+
+#include "compress/error.h"
+#include "compress/importer.h"
+#include "compress/kv_cache.h"
+#include "export/onnx_export.h"
+#include "export/ort_check.h"
+#include "prune/magnitude_prune.h"
+#include "quant/fp16.h"
+#include "quant/rtn.h"
+#include "runtime/crt.h"
+#include "runtime/generator.h"
+#include "runtime/internal.h"
+#include "test_util.h"
+
+// after the LibTorch headers: glog (pulled in by some of them) defines its own CHECK
+#include <catch2/catch.hpp>
+#include "crt_run.h"
+
+using namespace compress;
+
+namespace {
+
+const std::vector<std::string> kDecoders = {"llama2c", "hf_llama", "mistral", "gpt2"};
+const std::vector<std::string> kFormats = {"fp32", "fp16", "int8", "int4-g32", "prune50"};
+
+Graph importDecoder(const std::string& name) {
+  std::ifstream f(testutil::fixture("zoo") + "/zoo.json");
+  REQUIRE(f.good());
+  for (const auto& e : nlohmann::json::parse(f))
+    if (e["name"] == name) {
+      ImportOptions io;
+      for (const auto& i : e["inputs"]) {
+        InputSpec sp{i["name"], i["dtype"] == "int64" ? DType::Int64 : DType::Float32, {}};
+        for (const auto& d : i["shape"]) sp.shape.push_back(d.is_string() ? Dim::sym(d.get<std::string>()) : Dim::fixed(d.get<int64_t>()));
+        io.inputs.push_back(sp);
+      }
+      return importTorchScript(testutil::fixture("zoo") + "/" + name + ".pt", io);
+    }
+  FAIL("no fixture " << name);
+  return {};
+}
+
+void compressAs(Graph& g, const std::string& fmt) {
+  RtnOptions r;
+  if (fmt == "fp16") convertToFp16(g);
+  if (fmt == "int8") r.format = QuantFormat{8, -1, true}, rtnQuantize(g, r);
+  if (fmt == "int4-g32") r.format = QuantFormat{4, 32, false}, rtnQuantize(g, r);
+  if (fmt == "prune50") magnitudePrune(g, {0.5, "matrix", {"Linear"}, {}, {}});
+  g.pruneUnused();
+  verify(g);
+}
+
+std::vector<int64_t> someTokens(int64_t n) {
+  std::vector<int64_t> t(n);
+  for (int64_t i = 0; i < n; ++i) t[i] = (i * 29 + 5) % 64;
+  return t;
+}
+
+/// Full-sequence logits [T, vocab] of a plain export in crun.
+at::Tensor fullLogits(const std::string& onnx, const std::string& input, const std::vector<int64_t>& ids) {
+  at::Tensor tok = at::tensor(ids, at::kLong).reshape({1, static_cast<int64_t>(ids.size())});
+  return testutil::runCrt(onnx, {{input, tok}})[0][0];
+}
+
+crt::Session cachedSession(const std::string& onnx, int64_t capacity, crt::DType dt) {
+  crt::SessionOptions so;
+  so.threads = 2;
+  so.kv_capacity = capacity;
+  so.kv_dtype = dt;
+  auto s = crt::Session::create(onnx, so);
+  INFO(s.status().message);
+  REQUIRE(s.ok());
+  return std::move(s.value());
+}
+
+/// Logits of each position: a prefill of `prefill` tokens, then one-token steps. Checks that the steps
+/// after the first allocate nothing.
+at::Tensor stepLogits(crt::Session& s, const std::vector<int64_t>& ids, int64_t prefill) {
+  std::vector<at::Tensor> rows;
+  std::vector<crt::TensorView> outs;
+  const std::string input = s.inputs()[0].name;
+  int64_t before = 0;
+  for (int64_t at = 0; at < static_cast<int64_t>(ids.size());) {
+    const int64_t n = at == 0 ? prefill : 1;
+    if (at == prefill + 1) before = crt::detail::allocationCount();
+    crt::Status st = s.run({{input, crt::TensorView::of(ids.data() + at, {1, n})}}, outs);
+    INFO(st.message);
+    REQUIRE(st.ok());
+    REQUIRE(outs.size() == 1);
+    REQUIRE(outs[0].shape == std::vector<int64_t>{1, n, outs[0].shape[2]});
+    at::Tensor l = at::empty({n, outs[0].shape[2]}, outs[0].dtype == crt::DType::F16 ? at::kHalf : at::kFloat);
+    std::memcpy(l.data_ptr(), outs[0].data, l.nbytes());
+    rows.push_back(l.to(at::kFloat));
+    at += n;
+  }
+  CHECK(crt::detail::allocationCount() == before);  // one-token steps replay one plan
+  CHECK(s.kvLength() == static_cast<int64_t>(ids.size()));
+  return at::cat(rows, 0);
+}
+
+double relDiff(const at::Tensor& a, const at::Tensor& ref) {
+  REQUIRE(a.sizes() == ref.sizes());
+  return (a - ref).abs().max().item<double>() / std::max(ref.abs().max().item<double>(), 1e-30);
+}
+
+}  // namespace
+
+TEST_CASE("kv cache: every decoder and format, prefill + one-token steps equal the full-sequence logits", "[kv]") {
+  const std::string dir = testutil::tempDir("kv");
+  const std::vector<int64_t> ids = someTokens(14);
+  for (const auto& family : kDecoders)
+    for (const auto& fmt : kFormats) {
+      SECTION(family + " " + fmt) {
+        Graph g = importDecoder(family);
+        compressAs(g, fmt);
+        const std::string plain = dir + "/" + family + "_" + fmt + ".onnx", cached = dir + "/" + family + "_" + fmt + "_kv.onnx";
+        exportOnnx(g, plain);
+        Graph c = g;
+        const KvCacheInfo info = addKvCache(c);
+        CHECK(info.layers == 2);
+        CHECK(info.kv_heads == (family == "hf_llama" || family == "mistral" ? 2 : 4));  // GQA cached before the repeat
+        CHECK(info.context == (family == "llama2c" || family == "gpt2" ? 32 : 0));     // the position tables bound it
+        ExportOptions eo;
+        addKvMetadata(info, eo.metadata);
+        exportOnnx(c, cached, eo);
+        const at::Tensor want = fullLogits(plain, g.inputs[0], ids);
+        // fp16 weights: both sides compute in fp16 at different shapes, so they agree to fp16 precision
+        const double tol = fmt == "fp16" ? 2e-3 : 1e-4;
+        for (crt::DType dt : {crt::DType::F32, crt::DType::F16}) {
+          crt::Session s = cachedSession(cached, 32, dt);
+          CHECK(s.inputs().size() == 1);
+          CHECK(s.outputs().size() == 1);
+          const double d = relDiff(stepLogits(s, ids, 5), want);
+          INFO(family << " " << fmt << (dt == crt::DType::F16 ? " fp16 cache" : " fp32 cache") << ": rel. diff " << d);
+          CHECK(d <= (dt == crt::DType::F16 ? std::max(tol, 2e-3) : tol));  // an fp16 cache rounds keys and values
+          // a second sequence in the same session starts from an empty cache
+          REQUIRE(s.kvTruncate(0).ok());
+          CHECK(relDiff(stepLogits(s, ids, 3), want) <= (dt == crt::DType::F16 ? std::max(tol, 2e-3) : tol));
+        }
+      }
+    }
+}
+
+TEST_CASE("kv cache: ONNX Runtime runs the cached export and equals crun (past of 4 positions, 3 new tokens)", "[kv]") {
+  std::string why;
+  REQUIRE(ortAvailable(&why));
+  const std::string dir = testutil::tempDir("kv_ort");
+  for (const auto& family : kDecoders)
+    for (const std::string fmt : {"fp32", "int4-g32"}) {
+      Graph g = importDecoder(family);
+      compressAs(g, fmt);
+      const KvCacheInfo info = addKvCache(g);
+      const std::string path = dir + "/" + family + ".onnx";
+      exportOnnx(g, path);
+      std::map<std::string, at::Tensor> in;
+      in[g.inputs[0]] = at::tensor(someTokens(3), at::kLong).reshape({1, 3});
+      auto gen = at::make_generator<at::CPUGeneratorImpl>(3);
+      for (int l = 0; l < info.layers; ++l)
+        for (int kv = 0; kv < 2; ++kv) in[pastName(l, kv == 1)] = at::randn({1, info.kv_heads, 4, info.head_dim}, gen);
+      auto ours = testutil::runCrt(path, in);
+      auto theirs = ortRun(path, in);
+      REQUIRE(ours.size() == g.outputs.size());
+      for (size_t k = 0; k < g.outputs.size(); ++k) {
+        INFO(family << " " << fmt << " output " << g.outputs[k]);
+        REQUIRE(theirs.count(g.outputs[k]));
+        CHECK(ours[k].sizes() == theirs[g.outputs[k]].sizes());
+        CHECK(relDiff(ours[k], theirs[g.outputs[k]].to(at::kFloat)) <= 1e-4);
+      }
+      CHECK(ours[1].size(2) == 7);  // present = past + new
+    }
+}
+
+TEST_CASE("kv cache: the Generator on stories260K gives the same greedy text with and without the cache", "[kv]") {
+  if (!testutil::requiredOrSkip(testutil::haveShared(), "../shared")) return;
+  const std::string dir = testutil::tempDir("kv_gen");
+  Graph g = importTorchScript(testutil::shared("models/stories260K/stories260K.pt"), {});
+  Graph c = g;
+  const KvCacheInfo info = addKvCache(c);
+  CHECK(info.context == 512);
+  CHECK(info.kv_heads == 4);
+  ExportOptions eo;
+  addKvMetadata(info, eo.metadata);
+  exportOnnx(c, dir + "/kv.onnx", eo);
+  std::vector<std::vector<int64_t>> texts;
+  for (bool cache : {true, false}) {
+    crt::GeneratorOptions o;
+    o.session.threads = 1;
+    o.use_cache = cache;
+    auto gen = crt::Generator::create(dir + "/kv.onnx", o);
+    INFO(gen.status().message);
+    REQUIRE(gen.ok());
+    CHECK(gen->cached() == cache);
+    CHECK(gen->context() == 512);
+    REQUIRE(gen->start({1, 403, 407}).ok());
+    std::vector<int64_t> out;
+    for (int i = 0; i < 100; ++i) {
+      auto t = gen->next();
+      REQUIRE(t.ok());
+      out.push_back(t.value());
+    }
+    texts.push_back(out);
+  }
+  CHECK(texts[0] == texts[1]);
+}
+
+TEST_CASE("kv cache: bad inputs are clear errors", "[kv]") {
+  const std::string dir = testutil::tempDir("kv_bad");
+  Graph g = importDecoder("llama2c");
+  exportOnnx(g, dir + "/plain.onnx");
+  Graph c = g;
+  const KvCacheInfo info = addKvCache(c);
+  ExportOptions eo;
+  addKvMetadata(info, eo.metadata);
+  exportOnnx(c, dir + "/kv.onnx", eo);
+
+  SECTION("a past of the wrong shape") {
+    auto s = crt::Session::create(dir + "/kv.onnx");
+    REQUIRE(s.ok());
+    std::vector<int64_t> tok = {1, 2};
+    std::vector<float> past(1 * info.kv_heads * 3 * (info.head_dim + 1), 0.f);
+    std::vector<std::pair<std::string, crt::TensorView>> feeds = {{c.inputs[0], crt::TensorView::of(tok.data(), {1, 2})}};
+    for (int l = 0; l < info.layers; ++l)
+      for (int kv = 0; kv < 2; ++kv)
+        feeds.push_back({pastName(l, kv == 1), crt::TensorView::of(past.data(), {1, info.kv_heads, 3, info.head_dim + 1})});
+    std::vector<crt::TensorView> out;
+    crt::Status st = s->run(feeds, out);
+    CHECK(st.code == crt::StatusCode::InvalidArgument);
+    CHECK(st.message.find("past.0.key") != std::string::npos);
+    CHECK(st.message.find("dim 3 must be " + std::to_string(info.head_dim)) != std::string::npos);
+  }
+  SECTION("a prompt longer than the context, a sequence past the cache, a batch of two") {
+    crt::GeneratorOptions o;
+    auto gen = crt::Generator::create(dir + "/kv.onnx", o);
+    REQUIRE(gen.ok());
+    CHECK(gen->context() == 32);
+    crt::Status st = gen->start(std::vector<int64_t>(33, 1));
+    CHECK(st.code == crt::StatusCode::InvalidArgument);
+    CHECK(st.message.find("longer than the context of 32") != std::string::npos);
+    o.context = 64;
+    auto big = crt::Generator::create(dir + "/kv.onnx", o);
+    CHECK(big.status().message.find("longer than the model's 32 positions") != std::string::npos);
+
+    crt::Session s = cachedSession(dir + "/kv.onnx", 4, crt::DType::F32);
+    std::vector<int64_t> tok = {1, 2, 3, 4, 5};
+    std::vector<crt::TensorView> out;
+    st = s.run({{c.inputs[0], crt::TensorView::of(tok.data(), {1, 5})}}, out);
+    CHECK(st.code == crt::StatusCode::InvalidArgument);
+    CHECK(st.message.find("exceed the KV cache's 4") != std::string::npos);
+    st = s.run({{c.inputs[0], crt::TensorView::of(tok.data(), {2, 2})}}, out);
+    CHECK(st.code == crt::StatusCode::InvalidArgument);
+    CHECK(st.message.find("one sequence") != std::string::npos);
+    CHECK(s.kvLength() == 0);  // failed runs cache nothing
+  }
+  SECTION("a model without a cache, and a model that is not a decoder") {
+    crt::SessionOptions so;
+    so.kv_capacity = 16;
+    auto s = crt::Session::create(dir + "/plain.onnx", so);
+    CHECK(s.status().code == crt::StatusCode::ModelError);
+    CHECK(s.status().message.find("--kv-cache") != std::string::npos);
+    Graph opt = importDecoder("bert");  // three inputs, no causal attention
+    try {
+      addKvCache(opt);
+      FAIL("a CNN got a KV cache");
+    } catch (const Error& e) {
+      CHECK(e.category() == ErrorCategory::Model);
+      CHECK(std::string(e.what()).find("kv_cache") != std::string::npos);
+    }
+  }
+}
