@@ -38,7 +38,7 @@ Usage:
         --kv-dtype; without a cache every token recomputes the prefix (crun says so). --json prints one
         object: text, prompt_tokens, generated_tokens, prefill_ms, decode_tokens_per_s, ms_per_token_p50,
         ms_per_token_p90, peak_rss_mb. --prompt-len N: N random prompt ids instead of a tokenizer
-        (benchmarks); --ignore-eos: always -n tokens.
+        (benchmarks); --ignore-eos: always -n tokens; --warmup N: N untimed generations first.
   crun ppl MODEL.onnx --tokens val.tok512.npy [--seq-len 512] [--max-tokens 32768] [--batch 1]
         perplexity exactly as `compress eval` defines it (non-overlapping windows, next-token NLL)
   crun info MODEL.onnx      inputs, outputs, folded nodes, packed weights, kernel set
@@ -362,6 +362,11 @@ int cmdGenerate(const std::string& model, const cxxopts::ParseResult& r) {
     for (int64_t t : tok->encode(r["prompt"].as<std::string>())) ids.push_back(t);
   }
   std::string text = promptLen > 0 ? "" : r["prompt"].as<std::string>();
+  for (int w = 0; w < r["warmup"].as<int>() && r.count("warmup"); ++w) {  // benchmarks: plans made, caches warm
+    if (!g.start(ids).ok()) break;
+    for (int i = 0; i < n && g.next(); ++i) {
+    }
+  }
   if (!json) std::cout << text << std::flush;
   double t0 = now();
   crt::Status st = g.start(ids);

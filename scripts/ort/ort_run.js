@@ -6,6 +6,9 @@
 //       perplexity exactly as compress computes it (non-overlapping windows, next-token NLL in float64).
 //   node ort_run.js bench MODEL --in NAME=FILE.npy [...] [--runs 20] [--opt ...] [--threads N]
 //       median latency of session.run in ms.
+//   node ort_run.js generate MODEL [--prefill 16] [--gen 32] [--runs 3] [--opt ...] [--threads N]
+//       a cached export (past.N / present.N): prefill of `prefill` random ids, then `gen` greedy one-token
+//       steps feeding each present back as the next past; prints prefill ms and ms per step (median of runs).
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -57,6 +60,8 @@ function parseArgs(argv) {
     else if (k === '--seq-len') a.seqLen = Number(v());
     else if (k === '--max-tokens') a.maxTokens = Number(v());
     else if (k === '--runs') a.runs = Number(v());
+    else if (k === '--prefill') a.prefill = Number(v());
+    else if (k === '--gen') a.gen = Number(v());
     else if (!a.model) a.model = k;
     else throw new Error(`unexpected argument ${k}`);
   }
@@ -125,8 +130,45 @@ async function main() {
     }
     ms.sort((x, y) => x - y);
     console.log(JSON.stringify({median_ms: ms[Math.floor(ms.length / 2)], min_ms: ms[0], runs: a.runs, threads: a.threads, opt: a.opt}));
+  } else if (cmd === 'generate') {
+    const P = a.prefill || 16, G = a.gen || 32, tokIn = s.inputNames[0];
+    const pasts = s.inputNames.filter((n) => n.startsWith('past'));
+    let seed = 12345;
+    const rnd = () => (seed = (seed * 1103515245 + 12345) % 2147483648) % 497 + 3;
+    const once = async () => {
+      const ids = BigInt64Array.from({length: P}, () => BigInt(rnd()));
+      const f = {[tokIn]: new ort.Tensor('int64', ids, [1, P])};
+      // empty pasts: [1, kv_heads, 0, head_dim] read off the model's input metadata via a probe run
+      for (const n of pasts) f[n] = new ort.Tensor('float32', new Float32Array(0), [1, a.kvHeads, 0, a.headDim]);
+      let t0 = process.hrtime.bigint();
+      let out = await s.run(f);
+      const prefill = Number(process.hrtime.bigint() - t0) / 1e6;
+      const V = out[s.outputNames[0]].dims[2];
+      let last = out[s.outputNames[0]].data.subarray((P - 1) * V, P * V);
+      t0 = process.hrtime.bigint();
+      for (let i = 0; i < G; ++i) {
+        let best = 0;
+        for (let v = 1; v < V; ++v) if (last[v] > last[best]) best = v;
+        const g = {[tokIn]: new ort.Tensor('int64', BigInt64Array.from([BigInt(best)]), [1, 1])};
+        for (const n of pasts) g[n] = out[n.replace(/^past/, 'present')];
+        out = await s.run(g);
+        last = out[s.outputNames[0]].data;
+      }
+      return {prefill, step: Number(process.hrtime.bigint() - t0) / 1e6 / G};
+    };
+    // kv heads / head size from the declared input dims
+    const dims = (s.inputMetadata || []).find?.((m) => m.name === pasts[0]);
+    a.kvHeads = dims && dims.shape ? Number(dims.shape[1]) : Number(process.env.KV_HEADS || 0);
+    a.headDim = dims && dims.shape ? Number(dims.shape[3]) : Number(process.env.HEAD_DIM || 0);
+    if (!(a.kvHeads > 0 && a.headDim > 0)) throw new Error('cannot read the past inputs\' kv heads / head size (set KV_HEADS and HEAD_DIM)');
+    await once();
+    const pre = [], step = [];
+    for (let r = 0; r < a.runs; ++r) { const x = await once(); pre.push(x.prefill); step.push(x.step); }
+    const med = (v) => [...v].sort((x, y) => x - y)[Math.floor(v.length / 2)];
+    console.log(JSON.stringify({prefill_ms: med(pre), ms_per_token: med(step), tokens_per_s: 1e3 / med(step), prefill: P, gen: G,
+                                threads: a.threads, opt: a.opt}));
   } else {
-    throw new Error(`unknown command ${cmd} (run, ppl, bench)`);
+    throw new Error(`unknown command ${cmd} (run, ppl, bench, generate)`);
   }
 }
 
