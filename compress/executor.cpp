@@ -809,6 +809,7 @@ at::Tensor probeTensor(DType dtype, const Shape& shape, int64_t batch, int64_t s
     else if (d.symbol == "batch") sizes.push_back(batch);
     else if (d.symbol == "seq") sizes.push_back(seq);
     else if (d.symbol == "height" || d.symbol == "width") sizes.push_back(8 * (batch + seq));  // room for a CNN's strides
+    else if (d.symbol == "past+seq") sizes.push_back(batch + 2 * seq);  // a cached decoder's mask: "past" (below) + seq
     else sizes.push_back(batch + seq);
   }
   at::ScalarType st = toScalarType(dtype);

@@ -54,20 +54,25 @@ Probe probeShapes(const Graph& g) {
     ex.addHook([&](int, const Node& n, const std::vector<at::Tensor>&, const std::vector<at::Tensor>& outs) {
       for (size_t k = 0; k < outs.size() && k < n.outputs.size(); ++k) p.shape[r][n.outputs[k]] = outs[k].sizes().vec();
     });
-    at::Tensor ids = at::zeros({1, kProbeSeq[r]}, at::kLong).to(toScalarType(g.values.at(g.inputs[0]).dtype));
-    auto outs = ex.run({{g.inputs[0], ids}});
-    p.shape[r][g.inputs[0]] = ids.sizes().vec();
+    std::map<std::string, at::Tensor> in;
+    for (size_t i = 0; i < g.inputs.size(); ++i) {  // token ids (zeros), then attention masks (ones)
+      at::Tensor t = (i == 0 ? at::zeros({1, kProbeSeq[r]}, at::kLong) : at::ones({1, kProbeSeq[r]}, at::kLong));
+      in[g.inputs[i]] = t.to(toScalarType(g.values.at(g.inputs[i]).dtype));
+      p.shape[r][g.inputs[i]] = t.sizes().vec();
+    }
+    auto outs = ex.run(in);
     for (const auto& [name, t] : g.initializers) p.shape[r][name] = t.sizes().vec();
     if (r == 0) p.vocab = outs[0].dim() == 3 ? outs[0].size(2) : 0;
   }
   return p;
 }
 
-/// Values that depend on the input's shape and constants only (Shape outputs and what is computed from
-/// them and initializers).
+/// Position-like values: what depends only on the token input's shape, constants and the attention-mask
+/// inputs (Shape outputs, RoPE tables, position ids, masks), not on the token ids themselves.
 std::set<std::string> staticValues(const Graph& g) {
   std::set<std::string> st;
   for (const auto& [name, t] : g.initializers) st.insert(name);
+  for (size_t i = 1; i < g.inputs.size(); ++i) st.insert(g.inputs[i]);  // attention masks
   for (const Node& n : g.nodes) {
     bool s = n.domain.empty() && crt::opHas(n.op, crt::op_trait::ShapeOnly);
     if (!s) {
@@ -83,8 +88,10 @@ std::set<std::string> staticValues(const Graph& g) {
 /// One attention core: scores = MatMul(q, k_mm), elementwise steps, Softmax, MatMul(probs, v_mm).
 struct Core {
   int qk = -1, pv = -1;
-  std::set<int> score_nodes;  // nodes between the two MatMuls that carry the scores
+  std::set<int> score_nodes;     // nodes between the two MatMuls that carry the scores
+  std::vector<int> score_reshapes;  // Reshapes among them (their last dim is the key length)
   int64_t heads = 0, head_dim = 0;
+  bool k_merged = false, v_merged = false;  // MatMul operands in the 3-D [batch*heads, ., .] form
 };
 
 bool isLayoutOp(const Node& n) {
@@ -99,6 +106,11 @@ class Rewriter {
     if (probe_.vocab <= 0) fail(ErrorCategory::Model, "kv_cache: the first output must be logits [batch, seq, vocab]");
     const ValueInfo& vi = g_.values.at(g_.inputs[0]);
     specs_[g_.inputs[0]] = {vi.dtype, Shape{Dim::sym("batch"), Dim::sym("seq")}};
+    for (size_t i = 1; i < g_.inputs.size(); ++i) {  // masks cover the cached tokens too
+      ValueInfo& m = g_.values.at(g_.inputs[i]);
+      m.shape = Shape{Dim::sym("batch"), Dim::sym("past+seq")};
+      specs_[g_.inputs[i]] = {m.dtype, *m.shape};
+    }
     findCores();
     addCommonValues();
     for (size_t i = 0; i < cores_.size(); ++i) cacheCore(static_cast<int>(i));
@@ -118,14 +130,19 @@ class Rewriter {
 
  private:
   // ------------------------------------------------------------------ step 1: what the rewrite accepts
+  /// The token ids first; any further input is an attention mask [batch, seq] (in the cached graph
+  /// [batch, past+seq], as optimum's).
   static void checkInputs(const Graph& g) {
-    if (g.inputs.size() != 1)
-      fail(ErrorCategory::Model, "kv_cache: the model takes " + std::to_string(g.inputs.size()) +
-                                     " inputs; the cached export supports decoders whose only input is the token ids "
-                                     "(models with an attention_mask input: export without kv_cache)");
     const ValueInfo& vi = g.values.at(g.inputs[0]);
     if (vi.dtype != DType::Int64 && vi.dtype != DType::Int32)
-      fail(ErrorCategory::Model, "kv_cache: the input '" + g.inputs[0] + "' must be integer token ids");
+      fail(ErrorCategory::Model, "kv_cache: the first input '" + g.inputs[0] + "' must be integer token ids");
+    for (size_t i = 1; i < g.inputs.size(); ++i) {
+      const ValueInfo& m = g.values.at(g.inputs[i]);
+      const bool maskShape = m.shape && m.shape->size() == 2 && (*m.shape)[1].symbol == "seq";
+      if (!maskShape || m.dtype == DType::Float16 || m.dtype == DType::Float32)
+        fail(ErrorCategory::Model, "kv_cache: input '" + g.inputs[i] + "' is not an integer attention mask [batch, seq]; the cached export "
+                                   "takes the token ids and attention masks only");
+    }
   }
 
   // ------------------------------------------------------------------ step 2: attention cores
@@ -171,8 +188,9 @@ class Rewriter {
       auto cons = consumers(cur);
       if (cons.size() != 1) return false;
       const Node& n = g_.nodes[cons[0]];
-      if (n.op == "Cast") {
+      if (n.op == "Cast" || (n.op == "Reshape" && n.inputs[0] == cur)) {
         c.score_nodes.insert(cons[0]);
+        if (n.op == "Reshape") c.score_reshapes.push_back(cons[0]);
         cur = n.outputs[0];
         continue;
       }
@@ -203,20 +221,34 @@ class Rewriter {
       }
       if (dyn.empty()) return false;
       c.score_nodes.insert(p);
+      if (n.op == "Reshape") c.score_reshapes.push_back(p);
       cur = dyn;
     }
-    const auto& q = probe_.of(g_.nodes[c.qk].inputs[0]);
-    const auto& k = probe_.of(g_.nodes[c.qk].inputs[1]);
-    const auto& v = probe_.of(g_.nodes[c.pv].inputs[1]);
+    return checkLayout(c);
+  }
+
+  /// q [1, H, s, D] or [H, s, D] (batch*heads merged, batch 1 in the probe); k^T [.., D, s]; v [.., s, D].
+  bool checkLayout(Core& c) const {
+    const std::string& qv = g_.nodes[c.qk].inputs[0];
+    const std::string& kv = g_.nodes[c.qk].inputs[1];
+    const std::string& vv = g_.nodes[c.pv].inputs[1];
+    const auto& q = probe_.of(qv);
+    const auto& k = probe_.of(kv);
+    const auto& v = probe_.of(vv);
     const std::string where = g_.nodes[c.qk].name + " (" + g_.nodes[c.qk].source + ")";
-    if (q.size() != 4 || k.size() != 4 || v.size() != 4)
-      fail(ErrorCategory::Model, "kv_cache: the attention at " + where +
-                                     " multiplies 3-D (batch*heads) tensors; the cached export supports 4-D [batch, heads, seq, dim] attention");
-    if (probe_.seqAxes(g_.nodes[c.qk].inputs[1]) != std::vector<int>{3} || probe_.seqAxes(g_.nodes[c.pv].inputs[1]) != std::vector<int>{2} ||
-        probe_.seqAxes(g_.nodes[c.qk].inputs[0]) != std::vector<int>{2})
-      fail(ErrorCategory::Model, "kv_cache: the attention at " + where + " is not in the [batch, heads, seq, dim] layout");
-    c.heads = q[1];
-    c.head_dim = q[3];
+    auto rankOk = [](const std::vector<int64_t>& s) { return s.size() == 3 || s.size() == 4; };
+    if (!rankOk(q) || !rankOk(k) || !rankOk(v))
+      fail(ErrorCategory::Model, "kv_cache: the attention at " + where + " is neither [batch, heads, seq, dim] nor [batch*heads, seq, dim]");
+    const int qs = static_cast<int>(q.size()) - 2, ks = static_cast<int>(k.size()) - 1, vs = static_cast<int>(v.size()) - 2;
+    if (probe_.seqAxes(qv) != std::vector<int>{qs} || probe_.seqAxes(kv) != std::vector<int>{ks} ||
+        probe_.seqAxes(vv) != std::vector<int>{vs})
+      fail(ErrorCategory::Model, "kv_cache: the attention at " + where + " is not in the [.., heads, seq, dim] layout");
+    c.heads = q.size() == 4 ? q[1] : q[0];
+    c.head_dim = q.back();
+    c.k_merged = k.size() == 3;
+    c.v_merged = v.size() == 3;
+    if ((c.k_merged && k[0] != c.heads) || (c.v_merged && v[0] != c.heads) || k[k.size() - 2] != c.head_dim || v.back() != c.head_dim)
+      fail(ErrorCategory::Model, "kv_cache: the attention at " + where + " has keys/values that do not match its queries");
     return true;
   }
 
@@ -325,8 +357,22 @@ class Rewriter {
       new_nodes_.push_back(cat);
       cached[kv] = repeatHeads(cat.outputs[0], c.heads / kvh, c.heads, c.head_dim);
     }
-    g_.nodes[c.qk].inputs[1] = addNode("Transpose", {cached[0]}, {{"perm", std::vector<int64_t>{0, 1, 3, 2}}}, cached[0] + ".t");
-    g_.nodes[c.pv].inputs[1] = cached[1];
+    std::string kt = addNode("Transpose", {cached[0]}, {{"perm", std::vector<int64_t>{0, 1, 3, 2}}}, cached[0] + ".t");
+    std::string v = cached[1];
+    if (c.k_merged)  // [B, H, D, T] -> [B*H, D, T]
+      kt = addNode("Reshape", {kt, addNode("Concat", {addConst({-1, c.head_dim}, "kv_bh_d"), total1_}, {{"axis", int64_t{0}}}, "kv_kt_shape")}, {},
+                   kt + ".bh");
+    if (c.v_merged)  // [B, H, T, D] -> [B*H, T, D]
+      v = addNode("Reshape", {v, addNode("Concat", {addConst({-1}, "kv_bh"), total1_, addConst({c.head_dim}, "kv_d")}, {{"axis", int64_t{0}}}, "kv_v_shape")},
+                  {}, v + ".bh");
+    g_.nodes[c.qk].inputs[1] = kt;
+    g_.nodes[c.pv].inputs[1] = v;
+    for (int r : c.score_reshapes) {  // the scores' last axis is the key length: let the Reshape infer it
+      Node& n = g_.nodes[r];
+      n.inputs[1] = addNode("Concat", {addNode("Slice", {n.inputs[1], addConst({0}, "kv_zero"), addConst({-1}, "kv_minus1")}, {}, "kv_score_dims"),
+                                       addConst({-1}, "kv_minus1")},
+                            {{"axis", int64_t{0}}}, "kv_score_shape");
+    }
   }
 
   // ------------------------------------------------------------------ step 4: positions on the total length
@@ -353,6 +399,7 @@ class Rewriter {
   /// The static value `v` recomputed with the total length in place of the sequence length.
   std::string withTotal(const std::string& v) {
     if (g_.isInitializer(v) || v.empty()) return v;
+    if (std::find(g_.inputs.begin(), g_.inputs.end(), v) != g_.inputs.end()) return v;  // a mask: already past+seq long
     auto m = memo_.find(v);
     if (m != memo_.end()) return m->second;
     const int p = producer(v);
@@ -475,10 +522,16 @@ double checkAgainstFull(const Graph& full, const Graph& cached, const KvCacheInf
   for (int64_t i = 0; i < L; ++i) ids[i] = (i * 37 + 11) % vocab;
   const at::ScalarType it = toScalarType(full.values.at(full.inputs[0]).dtype);
   at::Tensor tok = at::tensor(ids, at::kLong).reshape({1, L}).to(it);
-  at::Tensor want = Executor(full).run({{full.inputs[0], tok}})[0].to(at::kDouble);
+  auto ones = [&](const std::string& name, int64_t n) {
+    return at::ones({1, n}, at::kLong).to(toScalarType(full.values.at(name).dtype));
+  };
+  std::map<std::string, at::Tensor> full_in = {{full.inputs[0], tok}};
+  for (size_t i = 1; i < full.inputs.size(); ++i) full_in[full.inputs[i]] = ones(full.inputs[i], L);
+  at::Tensor want = Executor(full).run(full_in)[0].to(at::kDouble);
   Executor ex(cached);
   std::map<std::string, at::Tensor> in;
   in[cached.inputs[0]] = tok.slice(1, 0, split).contiguous();
+  for (size_t i = 1; i < full.inputs.size(); ++i) in[full.inputs[i]] = ones(full.inputs[i], split);
   for (int l = 0; l < info.layers; ++l)
     for (int kv = 0; kv < 2; ++kv) {
       const std::string p = pastName(l, kv == 1);
@@ -486,6 +539,7 @@ double checkAgainstFull(const Graph& full, const Graph& cached, const KvCacheInf
     }
   auto first = ex.run(in);
   in[cached.inputs[0]] = tok.slice(1, split, L).contiguous();
+  for (size_t i = 1; i < full.inputs.size(); ++i) in[full.inputs[i]] = ones(full.inputs[i], L);
   for (int l = 0; l < info.layers; ++l)
     for (int kv = 0; kv < 2; ++kv) in[pastName(l, kv == 1)] = first[full.outputs.size() + 2 * l + kv];
   auto second = ex.run(in);
@@ -493,6 +547,26 @@ double checkAgainstFull(const Graph& full, const Graph& cached, const KvCacheInf
   if (got.sizes() != want.sizes())
     fail(ErrorCategory::Model, "kv_cache: the cached logits have shape " + c10::str(got.sizes()) + ", the model's " + c10::str(want.sizes()));
   return (got - want).abs().max().item<double>() / std::max(want.abs().max().item<double>(), 1e-30);
+}
+
+/// The longest sequence the model runs: the tables' bound, lowered while a full pass of that length fails
+/// (OPT's learned positions sit at an offset of 2 in a table of context + 2 rows).
+int64_t measuredContext(const Graph& full, int64_t bound) {
+  if (bound <= 0) return 0;
+  at::NoGradGuard ng;
+  Executor ex(full);
+  for (int64_t c = bound; c > 0 && c > bound - 8; --c) {
+    std::map<std::string, at::Tensor> in;
+    for (size_t i = 0; i < full.inputs.size(); ++i)
+      in[full.inputs[i]] = (i == 0 ? at::zeros({1, c}, at::kLong) : at::ones({1, c}, at::kLong)).to(toScalarType(full.values.at(full.inputs[i]).dtype));
+    try {
+      ex.run(in);
+      return c;
+    } catch (const Error&) {
+    }
+  }
+  fail(ErrorCategory::Model, "kv_cache: the model does not run at " + std::to_string(bound - 7) + ".." + std::to_string(bound) +
+                                 " tokens, the length its position tables suggest");
 }
 
 }  // namespace
@@ -509,6 +583,7 @@ KvCacheInfo addKvCache(Graph& g) {
   const int64_t vocab = rw.probe().vocab;
   inferShapes(g, rw.inputSpecs());
   verify(g);
+  info.context = measuredContext(full, info.context);
   info.check_rel_diff = checkAgainstFull(full, g, info, vocab);
   const double tol = hasHalf(full) ? 1e-2 : 1e-4;
   if (!(info.check_rel_diff <= tol))

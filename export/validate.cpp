@@ -35,7 +35,14 @@ std::map<std::string, at::Tensor> validationInputs(const Graph& g, const std::st
   std::map<std::string, at::Tensor> in;
   for (const auto& name : g.inputs) {
     const ValueInfo& vi = g.values.at(name);
-    if (vi.dtype == DType::Int64 || vi.dtype == DType::Int32) {
+    const bool mask = name != g.inputs[0] && name.find("mask") != std::string::npos;
+    if ((vi.dtype == DType::Int64 || vi.dtype == DType::Int32 || vi.dtype == DType::Bool) && mask) {
+      // an attention mask: every position attends ([batch, past+seq] for a cached decoder)
+      int64_t len = seq;
+      if (vi.shape && vi.shape->size() == 2 && (*vi.shape)[1].symbol == "past+seq") len = past_len + seq;
+      else if (vi.shape && vi.shape->size() == 2 && (*vi.shape)[1].isFixed()) len = (*vi.shape)[1].value;
+      in[name] = at::ones({batch, len}, at::TensorOptions().dtype(toScalarType(vi.dtype)));
+    } else if (vi.dtype == DType::Int64 || vi.dtype == DType::Int32) {
       at::Tensor ids;
       if (!tokens_npy.empty()) {
         auto stream = readTokenStream(tokens_npy);

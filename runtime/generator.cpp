@@ -8,6 +8,12 @@
 namespace crt {
 namespace {
 
+bool isPast(const IoInfo& io) { return io.name.rfind("past", 0) == 0 && io.shape.size() == 4; }
+/// An attention mask: [batch, seq] (or [batch, past+seq]) of integers or bools; the Generator feeds ones.
+bool isMask(const IoInfo& io) {
+  return io.shape.size() == 2 && (io.dtype == DType::I64 || io.dtype == DType::I32 || io.dtype == DType::Bool);
+}
+
 bool hasPastInputs(const Session& s) {
   for (const auto& io : s.inputs())
     if (io.name.rfind("past", 0) == 0) return true;
@@ -42,9 +48,9 @@ Result<Generator> Generator::create(const std::string& path, const GeneratorOpti
   const bool cached = o.use_cache && hasPastInputs(*probe);
   if (!cached) {
     for (size_t i = 1; i < probe->inputs().size(); ++i)
-      if (probe->inputs()[i].name.rfind("past", 0) != 0 || probe->inputs()[i].shape.size() != 4)
-        return Status{StatusCode::InvalidArgument, "generation needs a model whose only input is the token ids (and past.N key/values); '" +
-                                                       probe->inputs()[i].name + "' is another"};
+      if (!isPast(probe->inputs()[i]) && !isMask(probe->inputs()[i]))
+        return Status{StatusCode::InvalidArgument, "generation needs a model whose inputs are the token ids, attention masks and past.N "
+                                                   "key/values; '" + probe->inputs()[i].name + "' is another"};
     return Generator(std::move(probe.value()), o, false, ctx);
   }
   SessionOptions so = o.session;
@@ -59,10 +65,19 @@ Generator::Generator(Session s, const GeneratorOptions& o, bool cached, int64_t 
     : session_(std::move(s)), opts_(o), cached_(cached), context_(context), rng_(o.sampling.seed) {
   input_ = session_.inputs()[0].name;
   tokens_.reserve(static_cast<size_t>(context));
-  for (size_t i = 1; i < session_.inputs().size(); ++i) {  // uncached run of a cached export: empty pasts
+  for (size_t i = 1; i < session_.inputs().size(); ++i) {
     const IoInfo& io = session_.inputs()[i];
-    empty_pasts_.push_back({io.name, TensorView{io.dtype, {1, io.shape[1], 0, io.shape[3]}, nullptr}});
+    if (isPast(io)) empty_pasts_.push_back({io.name, TensorView{io.dtype, {1, io.shape[1], 0, io.shape[3]}, nullptr}});  // uncached run
+    else masks_.push_back({io.name, io.dtype});
   }
+  ones_.assign(static_cast<size_t>(context) * 8 + 8, 0);
+  for (const auto& [name, dt] : masks_)
+    for (int64_t j = 0; j < context + 1; ++j) {
+      char* p = ones_.data() + j * dtypeSize(dt);
+      if (dt == DType::I64) *reinterpret_cast<int64_t*>(p) = 1;
+      else if (dt == DType::I32) *reinterpret_cast<int32_t*>(p) = 1;
+      else *reinterpret_cast<uint8_t*>(p) = 1;
+    }
 }
 
 void Generator::setSampling(const SamplingOptions& s) {
@@ -71,14 +86,16 @@ void Generator::setSampling(const SamplingOptions& s) {
 }
 
 Status Generator::feed(const int64_t* ids, int64_t n) {
-  Status st;
+  const int64_t total = static_cast<int64_t>(tokens_.size());
+  feeds_.clear();
   if (cached_) {
-    st = session_.run({{input_, TensorView::of(ids, {1, n})}}, outs_);
+    feeds_.push_back({input_, TensorView::of(ids, {1, n})});
   } else {
     feeds_ = empty_pasts_;
-    feeds_.push_back({input_, TensorView::of(tokens_.data(), {1, static_cast<int64_t>(tokens_.size())})});
-    st = session_.run(feeds_, outs_);
+    feeds_.push_back({input_, TensorView::of(tokens_.data(), {1, total})});
   }
+  for (const auto& [name, dt] : masks_) feeds_.push_back({name, TensorView{dt, {1, total}, ones_.data()}});  // every position attends
+  Status st = session_.run(feeds_, outs_);
   if (!st.ok()) return st;
   const TensorView& o = outs_[0];
   if (o.dtype != DType::F32 || o.shape.size() != 3 || o.shape[0] != 1 || o.shape[2] < 1)

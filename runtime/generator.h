@@ -73,6 +73,8 @@ class Generator {
   std::vector<int32_t> order_;
   std::vector<TensorView> outs_;
   std::vector<std::pair<std::string, TensorView>> empty_pasts_, feeds_;
+  std::vector<std::pair<std::string, DType>> masks_;  // attention-mask inputs, fed ones
+  std::vector<char> ones_;
   std::mt19937_64 rng_;
   bool pending_ = false;  // the last sampled token has not been run yet
 };

@@ -37,6 +37,7 @@ bool isOutput(const Graph& g, int v) { return std::find(g.outputs.begin(), g.out
 struct Chain {
   int past = -1, concat = -1, matmul = -1;
   bool keys = false;  // KvScores (through a Transpose) or KvValues
+  bool merged = false;  // the MatMul multiplies 3-D [batch*heads, ., .] tensors (a Reshape before it)
   int64_t rep = 1;
   std::vector<int> dead;  // nodes the fused op replaces
 };
@@ -68,6 +69,11 @@ class ChainMatcher {
       c.keys = true;
       c.dead.push_back(index(next));
       v = next.out[0];
+    }
+    if (single(v, name).op == "Reshape" && single(v, name).in[0] == v) {  // [B, H, ., .] -> [B*H, ., .]
+      c.merged = true;
+      c.dead.push_back(index(single(v, name)));
+      v = single(v, name).out[0];
     }
     const Node& mm = single(v, name);
     if (mm.op != "MatMul" || !mm.domain.empty() || mm.in.size() != 2 || mm.in[1] != v || mm.packed)
@@ -140,6 +146,11 @@ const float* cachedRows(const OpCtx& c, const KvState& kv, int e, int64_t h, int
   return tmp;
 }
 
+/// [1, H, S, x] or (batch*heads merged, batch 1) [H, S, x].
+bool headsFirst(const Buf& b, int64_t heads) {
+  return (b.shape.rank == 4 && b.shape[0] == 1 && b.shape[1] == heads) || (b.shape.rank == 3 && b.shape[0] == heads);
+}
+
 /// Checks the new rows' shape and that they fit.
 void checkNew(const OpCtx& c, const KvState& kv, const Buf& x, int64_t S_q) {
   if (x.shape.rank != 4 || x.shape[0] != 1 || x.shape[1] != kv.kv_heads || x.shape[3] != kv.head_dim || x.shape[2] != S_q)
@@ -155,14 +166,14 @@ void opKvScores(OpCtx& c) {
   const int64_t rep = c.node.attrInt("rep", 1);
   const Buf& q = c.in(0);
   const Buf& kn = c.in(1);
-  if (q.shape.rank != 4 || q.shape[0] != 1 || q.shape[1] != kv.kv_heads * rep || q.shape[3] != kv.head_dim)
-    c.bad("queries " + q.shape.str() + " do not match the cache (" + std::to_string(kv.kv_heads * rep) + " heads of " +
-          std::to_string(kv.head_dim) + ")");
-  const int64_t S = q.shape[2], D = kv.head_dim, T = kv.length + S;
+  const int64_t H = kv.kv_heads * rep;
+  if (!headsFirst(q, H) || q.shape[q.shape.rank - 1] != kv.head_dim)
+    c.bad("queries " + q.shape.str() + " do not match the cache (" + std::to_string(H) + " heads of " + std::to_string(kv.head_dim) + ")");
+  const int64_t S = q.shape[q.shape.rank - 2], D = kv.head_dim, T = kv.length + S;
   checkNew(c, kv, kn, S);
   appendRows(c, kv, e, kn);
   const float* qf = floatData(c, q);
-  FloatOut o = floatOut(c, q.dt, Shape{1, q.shape[1], S, T});
+  FloatOut o = floatOut(c, q.dt, q.shape.rank == 4 ? Shape{1, H, S, T} : Shape{H, S, T});
   float* tmp = kv.storage == DType::F16 ? static_cast<float*>(c.scratch(static_cast<size_t>(kv.kv_heads * T * D) * sizeof(float))) : nullptr;
   c.env.pool->parallelFor(kv.kv_heads, [&](int64_t h) {
     const float* K = cachedRows(c, kv, e, h, T, tmp ? tmp + h * T * D : nullptr);
@@ -181,15 +192,15 @@ void opKvValues(OpCtx& c) {
   const int64_t rep = c.node.attrInt("rep", 1);
   const Buf& p = c.in(0);
   const Buf& vn = c.in(1);
-  const int64_t D = kv.head_dim;
-  if (p.shape.rank != 4 || p.shape[0] != 1 || p.shape[1] != kv.kv_heads * rep)
-    c.bad("attention weights " + p.shape.str() + " do not match the cache");
-  const int64_t S = p.shape[2], T = kv.length + S;
-  if (p.shape[3] != T) c.bad("attention weights " + p.shape.str() + " span " + std::to_string(p.shape[3]) + " keys, the cache " + std::to_string(T));
+  const int64_t D = kv.head_dim, H = kv.kv_heads * rep;
+  if (!headsFirst(p, H)) c.bad("attention weights " + p.shape.str() + " do not match the cache (" + std::to_string(H) + " heads)");
+  const int r = p.shape.rank;
+  const int64_t S = p.shape[r - 2], T = kv.length + S;
+  if (p.shape[r - 1] != T) c.bad("attention weights " + p.shape.str() + " span " + std::to_string(p.shape[r - 1]) + " keys, the cache " + std::to_string(T));
   checkNew(c, kv, vn, S);
   appendRows(c, kv, e, vn);
   const float* pf = floatData(c, p);
-  FloatOut o = floatOut(c, p.dt, Shape{1, p.shape[1], S, D});
+  FloatOut o = floatOut(c, p.dt, r == 4 ? Shape{1, H, S, D} : Shape{H, S, D});
   float* tmp = kv.storage == DType::F16 ? static_cast<float*>(c.scratch(static_cast<size_t>(kv.kv_heads * T * D) * sizeof(float))) : nullptr;
   c.env.pool->parallelFor(kv.kv_heads, [&](int64_t h) {
     const float* V = cachedRows(c, kv, e, h, T, tmp ? tmp + h * T * D : nullptr);
@@ -270,7 +281,24 @@ void enableKvCache(Graph& g, int64_t capacity, DType storage) {
       g.inputs.erase(g.inputs.begin() + static_cast<long>(i));
       g.input_info.erase(g.input_info.begin() + static_cast<long>(i));
     }
-  if (g.inputs.size() != 1) fail(StatusCode::ModelError, "KV cache: the model must have one input besides its past key/values (the token ids)");
+  for (size_t i = 1; i < g.inputs.size(); ++i) {  // attention masks over past + new tokens (optimum's layout)
+    const IoInfo& io = g.input_info[i];
+    if (io.shape.size() != 2 || io.dim_names.size() != 2 || io.dim_names[1] != "past+seq" ||
+        (io.dtype != DType::I64 && io.dtype != DType::I32 && io.dtype != DType::Bool))
+      fail(StatusCode::ModelError, "KV cache: input '" + io.name + "' is neither the token ids nor an attention mask [batch, past+seq]");
+    KvState::TotalInput t;
+    t.value = g.inputs[i];
+    t.dtype = io.dtype;
+    t.ones.resize(static_cast<size_t>(capacity) * dtypeSize(io.dtype));
+    for (int64_t j = 0; j < capacity; ++j) {
+      char* p = static_cast<char*>(t.ones.data()) + j * dtypeSize(io.dtype);
+      if (io.dtype == DType::I64) *reinterpret_cast<int64_t*>(p) = 1;
+      else if (io.dtype == DType::I32) *reinterpret_cast<int32_t*>(p) = 1;
+      else *reinterpret_cast<uint8_t*>(p) = 1;
+    }
+    g.values[t.value].per_run_shape = true;
+    kv->total_inputs.push_back(std::move(t));
+  }
   g.kv = std::move(kv);
   prepareRuns(g);
 }
@@ -282,6 +310,15 @@ void bindKvPast(const Graph& g, Buf* vals, int64_t rows) {
     b.dt = e.model_dtype;
     b.shape = Shape{1, kv.kv_heads, rows, kv.head_dim};
     b.data = e.buf.data();  // only Shape reads it: the fused ops read the cache through KvState
+  }
+}
+
+void bindKvDryRun(const Graph& g, Buf* vals) {
+  for (const auto& t : g.kv->total_inputs) {
+    Buf& b = vals[t.value];
+    b.dt = t.dtype;
+    b.shape = Shape{1, g.kv->capacity};
+    b.data = t.ones.data();
   }
 }
 

@@ -28,6 +28,14 @@ struct KvState {
     AlignedBytes buf;  // [kv_heads][capacity][head_dim]
   };
   std::vector<Entry> entries;
+  /// Inputs that cover the cached tokens too (attention masks, [1, past+seq]): not part of the plan key;
+  /// the capacity-sized dry run binds `ones` to them.
+  struct TotalInput {
+    int value = -1;
+    DType dtype = DType::I64;
+    AlignedBytes ones;  // [1, capacity] of ones
+  };
+  std::vector<TotalInput> total_inputs;
 };
 
 /// Rewrites the loaded graph for an in-session cache of `capacity` rows stored as `storage`. A ModelError
@@ -36,5 +44,7 @@ void enableKvCache(Graph& g, int64_t capacity, DType storage);
 
 /// Binds every past input to a view of its cache buffer with `rows` cached rows (batch 1).
 void bindKvPast(const Graph& g, Buf* vals, int64_t rows);
+/// Binds the mask inputs to ones of [1, capacity] (the dry run that sizes a plan at the full capacity).
+void bindKvDryRun(const Graph& g, Buf* vals);
 
 }  // namespace crt::detail

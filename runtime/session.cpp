@@ -291,7 +291,7 @@ Status bindInputs(const detail::Graph& g, std::vector<detail::Buf>& vals,
     b.shape = detail::Shape();
     for (int64_t d : tv->shape) b.shape.push(d);
     b.data = const_cast<void*>(tv->data);
-    keyLen += tv->shape.size() + 1;
+    if (!g.values[g.inputs[i]].per_run_shape) keyLen += tv->shape.size() + 1;  // masks over the cache: not in the key
   }
   return Status::Ok();
 }
@@ -309,6 +309,12 @@ Status checkKvRun(const detail::Graph& g, const std::vector<detail::Buf>& vals, 
     return Status{StatusCode::InvalidArgument, std::to_string(kv.length) + " cached + " + std::to_string(tokens) +
                                                    " new tokens exceed the KV cache's " + std::to_string(kv.capacity) +
                                                    " (the context: SessionOptions::kv_capacity, crun --ctx)"};
+  for (const auto& t : kv.total_inputs) {
+    const detail::Shape& m = vals[t.value].shape;
+    if (m.rank != 2 || m[0] != 1 || m[1] != kv.length + tokens)
+      return Status{StatusCode::InvalidArgument, "input '" + g.values[t.value].name + "' covers the cached and the new tokens: [1, " +
+                                                     std::to_string(kv.length + tokens) + "], got " + m.str()};
+  }
   return Status::Ok();
 }
 
@@ -320,6 +326,7 @@ detail::Plan* Session::Impl::findPlan(size_t keyLen) {
     size_t j = 0;
     bool same = true;
     for (int in : g.inputs) {
+      if (g.values[in].per_run_shape) continue;
       const detail::Shape& s = vals[in].shape;
       same &= p->key[j++] == s.rank;
       for (int d = 0; d < s.rank && same; ++d) same &= p->key[j++] == s[d];
@@ -350,6 +357,7 @@ bool Session::Impl::replay(detail::Plan& plan) {
 void Session::Impl::record() {
   auto p = std::make_unique<detail::Plan>();
   for (int in : g.inputs) {
+    if (g.values[in].per_run_shape) continue;
     const detail::Shape& s = vals[in].shape;
     p->key.push_back(s.rank);
     for (int d = 0; d < s.rank; ++d) p->key.push_back(s[d]);
@@ -385,8 +393,11 @@ Status Session::run(const std::vector<std::pair<std::string, TensorView>>& input
         // one-token steps: record once at the full capacity (a dry run writing only unused cache rows),
         // so every later step replays the same plan without allocating
         const int64_t len = kv.length;
+        std::vector<detail::Buf> masks;
+        for (const auto& t : kv.total_inputs) masks.push_back(m.vals[t.value]);
         kv.length = kv.capacity - 1;
         detail::bindKvPast(g, m.vals.data(), kv.length);
+        detail::bindKvDryRun(g, m.vals.data());
         try {
           m.record();
         } catch (...) {
@@ -394,6 +405,7 @@ Status Session::run(const std::vector<std::pair<std::string, TensorView>>& input
           throw;
         }
         kv.length = len;
+        for (size_t i = 0; i < masks.size(); ++i) m.vals[kv.total_inputs[i].value] = masks[i];
       }
       detail::bindKvPast(g, m.vals.data(), kv.length);
     }

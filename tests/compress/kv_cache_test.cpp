@@ -27,7 +27,7 @@ using namespace compress;
 
 namespace {
 
-const std::vector<std::string> kDecoders = {"llama2c", "hf_llama", "mistral", "gpt2"};
+const std::vector<std::string> kDecoders = {"llama2c", "hf_llama", "mistral", "gpt2", "opt", "gpt_neox"};
 const std::vector<std::string> kFormats = {"fp32", "fp16", "int8", "int4-g32", "prune50"};
 
 Graph importDecoder(const std::string& name) {
@@ -63,10 +63,12 @@ std::vector<int64_t> someTokens(int64_t n) {
   return t;
 }
 
-/// Full-sequence logits [T, vocab] of a plain export in crun.
-at::Tensor fullLogits(const std::string& onnx, const std::string& input, const std::vector<int64_t>& ids) {
-  at::Tensor tok = at::tensor(ids, at::kLong).reshape({1, static_cast<int64_t>(ids.size())});
-  return testutil::runCrt(onnx, {{input, tok}})[0][0];
+/// Full-sequence logits [T, vocab] of a plain export in crun (attention masks: all ones).
+at::Tensor fullLogits(const std::string& onnx, const Graph& g, const std::vector<int64_t>& ids) {
+  const int64_t T = static_cast<int64_t>(ids.size());
+  std::map<std::string, at::Tensor> in = {{g.inputs[0], at::tensor(ids, at::kLong).reshape({1, T})}};
+  for (size_t i = 1; i < g.inputs.size(); ++i) in[g.inputs[i]] = at::ones({1, T}, at::kLong);
+  return testutil::runCrt(onnx, in)[0][0];
 }
 
 crt::Session cachedSession(const std::string& onnx, int64_t capacity, crt::DType dt) {
@@ -86,11 +88,14 @@ at::Tensor stepLogits(crt::Session& s, const std::vector<int64_t>& ids, int64_t 
   std::vector<at::Tensor> rows;
   std::vector<crt::TensorView> outs;
   const std::string input = s.inputs()[0].name;
+  const std::vector<int64_t> ones(ids.size(), 1);
   int64_t before = 0;
   for (int64_t at = 0; at < static_cast<int64_t>(ids.size());) {
     const int64_t n = at == 0 ? prefill : 1;
     if (at == prefill + 1) before = crt::detail::allocationCount();
-    crt::Status st = s.run({{input, crt::TensorView::of(ids.data() + at, {1, n})}}, outs);
+    std::vector<std::pair<std::string, crt::TensorView>> feeds = {{input, crt::TensorView::of(ids.data() + at, {1, n})}};
+    for (size_t i = 1; i < s.inputs().size(); ++i) feeds.push_back({s.inputs()[i].name, crt::TensorView::of(ones.data(), {1, at + n})});
+    crt::Status st = s.run(feeds, outs);
     INFO(st.message);
     REQUIRE(st.ok());
     REQUIRE(outs.size() == 1);
@@ -126,16 +131,16 @@ TEST_CASE("kv cache: every decoder and format, prefill + one-token steps equal t
         const KvCacheInfo info = addKvCache(c);
         CHECK(info.layers == 2);
         CHECK(info.kv_heads == (family == "hf_llama" || family == "mistral" ? 2 : 4));  // GQA cached before the repeat
-        CHECK(info.context == (family == "llama2c" || family == "gpt2" ? 32 : 0));     // the position tables bound it
+        CHECK(info.context == (family == "llama2c" || family == "gpt2" ? 32 : family == "opt" ? 32 : 0));  // position tables bound it
         ExportOptions eo;
         addKvMetadata(info, eo.metadata);
         exportOnnx(c, cached, eo);
-        const at::Tensor want = fullLogits(plain, g.inputs[0], ids);
+        const at::Tensor want = fullLogits(plain, g, ids);
         // fp16 weights: both sides compute in fp16 at different shapes, so they agree to fp16 precision
         const double tol = fmt == "fp16" ? 2e-3 : 1e-4;
         for (crt::DType dt : {crt::DType::F32, crt::DType::F16}) {
           crt::Session s = cachedSession(cached, 32, dt);
-          CHECK(s.inputs().size() == 1);
+          CHECK(s.inputs().size() == g.inputs.size());  // tokens (and an attention mask over past + new)
           CHECK(s.outputs().size() == 1);
           const double d = relDiff(stepLogits(s, ids, 5), want);
           INFO(family << " " << fmt << (dt == crt::DType::F16 ? " fp16 cache" : " fp32 cache") << ": rel. diff " << d);
@@ -161,6 +166,7 @@ TEST_CASE("kv cache: ONNX Runtime runs the cached export and equals crun (past o
       exportOnnx(g, path);
       std::map<std::string, at::Tensor> in;
       in[g.inputs[0]] = at::tensor(someTokens(3), at::kLong).reshape({1, 3});
+      for (size_t i = 1; i < g.inputs.size() && g.inputs[i].rfind("past", 0) != 0; ++i) in[g.inputs[i]] = at::ones({1, 7}, at::kLong);
       auto gen = at::make_generator<at::CPUGeneratorImpl>(3);
       for (int l = 0; l < info.layers; ++l)
         for (int kv = 0; kv < 2; ++kv) in[pastName(l, kv == 1)] = at::randn({1, info.kv_heads, 4, info.head_dim}, gen);
