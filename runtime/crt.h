@@ -97,8 +97,14 @@ struct SessionOptions {
   /// > 0: keep the KV cache of a model exported with `compress export --kv-cache` inside the session, for
   /// this many tokens (preallocated; each run appends its tokens in place). The past.N inputs and present.N
   /// outputs then disappear from inputs()/outputs(): a run takes the new token ids only (batch 1).
+  /// -1: the model's own context (its compress.context_length metadata, else 2048).
   int64_t kv_capacity = 0;
+  bool kv_if_present = false;   // with kv_capacity: a model without past inputs loads without a cache (no error)
   DType kv_dtype = DType::F32;  // F32 or F16: how the cache stores keys and values
+  /// Generation: the first output (logits) only for the last position, [.., 1, vocab] (a prefill then
+  /// skips the classifier for every other row, as llama.cpp does). Ignored when the model's first output
+  /// is not a classifier MatMul.
+  bool last_position_logits = false;
 };
 
 /// Time spent per op type over all profiled runs (SessionOptions::profile).

@@ -94,6 +94,15 @@ std::string toDescr(crt::DType t) {
 
 crt::SessionOptions sessionOptions(const cxxopts::ParseResult& r);
 
+/// Time per op type over every run so far (--profile), to stderr.
+void printProfile(const crt::Session& s) {
+  double total = 0;
+  for (const auto& p : s.profile()) total += p.ms;
+  std::fprintf(stderr, "profile (all runs, warm-up included; %% of node time):\n");
+  for (const auto& p : s.profile())
+    std::fprintf(stderr, "  %-32s %8lld calls %10.3f ms %5.1f%%\n", p.op.c_str(), static_cast<long long>(p.calls), p.ms, 100 * p.ms / std::max(total, 1e-9));
+}
+
 crt::Session open(const std::string& path, const cxxopts::ParseResult& r) {
   auto s = crt::Session::create(path, sessionOptions(r));
   if (!s) die(exitFor(s.status().code), s.status().message);
@@ -273,13 +282,7 @@ int cmdBench(const std::string& model, const cxxopts::ParseResult& r) {
     std::printf("%.1f tokens/s  peak memory %.1f MiB  packed weights %.2f MiB\n", tokens / (med / 1e3),
                 peakRssKiB() / 1024.0, info.weight_bytes / 1048576.0);
   }
-  if (r.count("profile")) {
-    double total = 0;
-    for (const auto& p : s.profile()) total += p.ms;
-    std::printf("profile (all warm-up and timed runs; %% of node time):\n");
-    for (const auto& p : s.profile())
-      std::printf("  %-32s %8lld calls %10.3f ms %5.1f%%\n", p.op.c_str(), static_cast<long long>(p.calls), p.ms, 100 * p.ms / std::max(total, 1e-9));
-  }
+  if (r.count("profile")) printProfile(s);
   return 0;
 }
 
@@ -367,10 +370,10 @@ int cmdGenerate(const std::string& model, const cxxopts::ParseResult& r) {
     for (int i = 0; i < n && g.next(); ++i) {
     }
   }
-  if (!json) std::cout << text << std::flush;
   double t0 = now();
   crt::Status st = g.start(ids);
   if (!st.ok()) die(exitFor(st.code), st.message);
+  if (!json) std::cout << text << std::flush;
   const double prefillMs = (now() - t0) * 1e3;
   if (tok && g.vocab() > tok->vocabSize())
     die(4, "the model's vocabulary has " + std::to_string(g.vocab()) + " tokens but the tokenizer only " +
@@ -405,6 +408,7 @@ int cmdGenerate(const std::string& model, const cxxopts::ParseResult& r) {
   double sum = 0;
   for (double m : stepMs) sum += m;
   const double tps = stepMs.empty() ? 0 : 1e3 * static_cast<double>(stepMs.size()) / sum;
+  if (r.count("profile")) printProfile(g.session());
   if (json) {
     std::printf("{\"text\": %s, \"prompt_tokens\": %zu, \"generated_tokens\": %d, \"prefill_ms\": %.3f, \"decode_tokens_per_s\": %.2f, "
                 "\"ms_per_token_p50\": %.4f, \"ms_per_token_p90\": %.4f, \"peak_rss_mb\": %.1f, \"kv_cache\": %s, \"kv_dtype\": \"%s\", "

@@ -14,12 +14,6 @@ bool isMask(const IoInfo& io) {
   return io.shape.size() == 2 && (io.dtype == DType::I64 || io.dtype == DType::I32 || io.dtype == DType::Bool);
 }
 
-bool hasPastInputs(const Session& s) {
-  for (const auto& io : s.inputs())
-    if (io.name.rfind("past", 0) == 0) return true;
-  return false;
-}
-
 int64_t metadataContext(const Session& s) {
   auto it = s.metadata().find("compress.context_length");
   if (it == s.metadata().end()) return 0;
@@ -35,30 +29,24 @@ int64_t metadataContext(const Session& s) {
 Result<Generator> Generator::create(const std::string& path, const GeneratorOptions& o) {
   if (o.context < 0) return Status{StatusCode::InvalidArgument, "context must be >= 0 (0: the model's own)"};
   if (o.kv_dtype != DType::F32 && o.kv_dtype != DType::F16) return Status{StatusCode::InvalidArgument, "the KV cache is float32 or float16"};
-  // Look first (a cheap load would be nicer; the file is read twice only for cached models).
-  SessionOptions plain = o.session;
-  plain.kv_capacity = 0;
-  auto probe = Session::create(path, plain);
-  if (!probe) return probe.status();
-  const int64_t model_ctx = metadataContext(*probe);
-  int64_t ctx = o.context > 0 ? o.context : model_ctx > 0 ? model_ctx : 2048;
-  if (model_ctx > 0 && ctx > model_ctx)
-    return Status{StatusCode::InvalidArgument, "context " + std::to_string(ctx) + " is longer than the model's " + std::to_string(model_ctx) +
-                                                   " positions (compress.context_length)"};
-  const bool cached = o.use_cache && hasPastInputs(*probe);
-  if (!cached) {
-    for (size_t i = 1; i < probe->inputs().size(); ++i)
-      if (!isPast(probe->inputs()[i]) && !isMask(probe->inputs()[i]))
-        return Status{StatusCode::InvalidArgument, "generation needs a model whose inputs are the token ids, attention masks and past.N "
-                                                   "key/values; '" + probe->inputs()[i].name + "' is another"};
-    return Generator(std::move(probe.value()), o, false, ctx);
-  }
   SessionOptions so = o.session;
-  so.kv_capacity = ctx;
+  so.last_position_logits = true;  // only the next token's logits are read
+  so.kv_capacity = o.use_cache ? (o.context > 0 ? o.context : -1) : 0;
+  so.kv_if_present = true;  // a model without a cache still generates (recomputing the prefix)
   so.kv_dtype = o.kv_dtype;
   auto s = Session::create(path, so);
   if (!s) return s.status();
-  return Generator(std::move(s.value()), o, true, ctx);
+  const int64_t model_ctx = metadataContext(*s);
+  const int64_t ctx = o.context > 0 ? o.context : model_ctx > 0 ? model_ctx : 2048;
+  if (model_ctx > 0 && ctx > model_ctx)
+    return Status{StatusCode::InvalidArgument, "context " + std::to_string(ctx) + " is longer than the model's " + std::to_string(model_ctx) +
+                                                   " positions (compress.context_length)"};
+  for (size_t i = 1; i < s->inputs().size(); ++i)
+    if (!isPast(s->inputs()[i]) && !isMask(s->inputs()[i]))
+      return Status{StatusCode::InvalidArgument, "generation needs a model whose inputs are the token ids, attention masks and past.N "
+                                                 "key/values; '" + s->inputs()[i].name + "' is another"};
+  const bool cached = s->hasKvCache();
+  return Generator(std::move(s.value()), o, cached, ctx);
 }
 
 Generator::Generator(Session s, const GeneratorOptions& o, bool cached, int64_t context)

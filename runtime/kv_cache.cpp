@@ -3,6 +3,7 @@
 #include "runtime/kv_cache.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "runtime/kernels.h"
@@ -215,6 +216,24 @@ void opKvValues(OpCtx& c) {
 }  // namespace
 
 // ------------------------------------------------------------------------------------------- rewrite
+bool isPastInput(const IoInfo& io) {
+  return io.shape.size() == 4 && (io.dtype == DType::F32 || io.dtype == DType::F16) && io.name.rfind("past", 0) == 0;
+}
+
+bool hasKvInputs(const Graph& g) {
+  for (const auto& io : g.input_info)
+    if (isPastInput(io)) return true;
+  return false;
+}
+
+int64_t modelContext(const Graph& g, int64_t fallback) {
+  auto it = g.metadata.find("compress.context_length");
+  if (it == g.metadata.end()) return fallback;
+  char* end = nullptr;
+  const long long v = std::strtoll(it->second.c_str(), &end, 10);
+  return end && *end == 0 && v > 0 && v <= (int64_t{1} << 24) ? v : fallback;
+}
+
 void enableKvCache(Graph& g, int64_t capacity, DType storage) {
   if (storage != DType::F32 && storage != DType::F16) fail(StatusCode::InvalidArgument, "the KV cache is stored as float32 or float16");
   if (capacity < 1) fail(StatusCode::InvalidArgument, "the KV cache needs a capacity of at least one token");
@@ -225,8 +244,7 @@ void enableKvCache(Graph& g, int64_t capacity, DType storage) {
   ChainMatcher m(g);
   for (size_t i = 0; i < g.inputs.size(); ++i) {
     const IoInfo& io = g.input_info[i];
-    if (io.shape.size() != 4 || (io.dtype != DType::F32 && io.dtype != DType::F16)) continue;
-    if (io.name.rfind("past", 0) != 0) continue;  // past.N.key/value (optimum: past_key_values.N.key)
+    if (!isPastInput(io)) continue;  // past.N.key/value (optimum: past_key_values.N.key)
     chains.push_back(m.match(g.inputs[i]));
     if (io.shape[1] < 1 || io.shape[3] < 1) fail(StatusCode::ModelError, "KV cache: input '" + io.name + "' needs fixed kv-head and head-size dims");
     if (kv->kv_heads && (kv->kv_heads != io.shape[1] || kv->head_dim != io.shape[3]))
@@ -311,6 +329,56 @@ void bindKvPast(const Graph& g, Buf* vals, int64_t rows) {
     b.shape = Shape{1, kv.kv_heads, rows, kv.head_dim};
     b.data = e.buf.data();  // only Shape reads it: the fused ops read the cache through KvState
   }
+}
+
+namespace {
+
+/// Row S-1 of the second-to-last axis: [.., S, D] -> [.., 1, D].
+void opLastRow(OpCtx& c) {
+  const Buf& x = c.in(0);
+  const int r = x.shape.rank;
+  if (r < 2 || x.shape[r - 2] < 1) c.bad("needs [.., rows >= 1, D], got " + x.shape.str());
+  Shape s = x.shape;
+  const int64_t rows = s[r - 2], inner = s[r - 1] * static_cast<int64_t>(dtypeSize(x.dt));
+  s[r - 2] = 1;
+  const int64_t outer = s.numel() / std::max<int64_t>(s[r - 1], 1);
+  char* y = static_cast<char*>(c.out(0, x.dt, s));
+  const char* src = static_cast<const char*>(x.data);
+  for (int64_t o = 0; o < outer; ++o) std::memcpy(y + o * inner, src + (o * rows + rows - 1) * inner, static_cast<size_t>(inner));
+}
+
+}  // namespace
+
+bool lastPositionLogits(Graph& g) {
+  if (g.outputs.empty() || g.values[g.outputs[0]].producer < 0) return false;
+  int p = g.values[g.outputs[0]].producer;
+  if (g.nodes[p].op == "Add" && g.nodes[p].domain.empty()) {  // classifier + bias
+    int mm = -1;
+    for (int v : g.nodes[p].in)
+      if (v >= 0 && g.values[v].producer >= 0 && !g.values[v].is_const) mm = g.values[v].producer;
+    p = mm;
+  }
+  if (p < 0) return false;
+  const Node& n = g.nodes[p];
+  const bool matmul = (n.op == "MatMul" && n.domain.empty()) || (n.op == "MatMulNBits" && n.domain == "com.microsoft");
+  if (!matmul || !n.packed || n.in.empty() || n.in[0] < 0) return false;  // the classifier: a MatMul with packed weights
+  Value row;
+  row.name = "crt.last_row";
+  const int id = static_cast<int>(g.values.size());
+  g.values.push_back(row);
+  Node take;
+  take.op = "LastRow";
+  take.domain = "crt";
+  take.name = "crt.last_row";
+  take.in = {n.in[0]};
+  take.out = {id};
+  take.fn = opLastRow;
+  g.nodes[p].in[0] = id;
+  g.nodes.insert(g.nodes.begin() + p, std::move(take));
+  for (size_t i = 0; i < g.nodes.size(); ++i)
+    for (int v : g.nodes[i].out) g.values[v].producer = static_cast<int>(i);
+  prepareRuns(g);
+  return true;
 }
 
 void bindKvDryRun(const Graph& g, Buf* vals) {

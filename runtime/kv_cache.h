@@ -38,9 +38,19 @@ struct KvState {
   std::vector<TotalInput> total_inputs;
 };
 
+/// True when the graph has past.N key/value inputs (a cached export).
+bool hasKvInputs(const Graph& g);
+/// The model's context length (metadata compress.context_length), or `fallback` when it does not say.
+int64_t modelContext(const Graph& g, int64_t fallback);
+
 /// Rewrites the loaded graph for an in-session cache of `capacity` rows stored as `storage`. A ModelError
 /// naming the first chain that is not in the exported form (or when the model has no past inputs).
 void enableKvCache(Graph& g, int64_t capacity, DType storage);
+
+/// SessionOptions::last_position_logits: the classifier (the packed MatMul making the first output, with its
+/// bias Add) sees only the last position's row, so a prefill computes one row of logits. False (graph
+/// unchanged) when the first output is not made that way.
+bool lastPositionLogits(Graph& g);
 
 /// Binds every past input to a view of its cache buffer with `rows` cached rows (batch 1).
 void bindKvPast(const Graph& g, Buf* vals, int64_t rows);

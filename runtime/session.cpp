@@ -235,8 +235,11 @@ Result<Session> Session::make(const SessionOptions& options, const std::string& 
     impl->info.isa = impl->k->isa;
     impl->info.threads = impl->pool->size();
     impl->g = load(*impl);
-    if (options.kv_capacity < 0) return Status{StatusCode::InvalidArgument, "kv_capacity must be >= 0 (0: no in-session cache)"};
-    if (options.kv_capacity > 0) detail::enableKvCache(impl->g, options.kv_capacity, options.kv_dtype);
+    if (options.kv_capacity < -1)
+      return Status{StatusCode::InvalidArgument, "kv_capacity must be >= -1 (0: no in-session cache, -1: the model's context)"};
+    if (options.kv_capacity != 0 && (!options.kv_if_present || detail::hasKvInputs(impl->g)))
+      detail::enableKvCache(impl->g, options.kv_capacity > 0 ? options.kv_capacity : detail::modelContext(impl->g, 2048), options.kv_dtype);
+    if (options.last_position_logits) detail::lastPositionLogits(impl->g);
     impl->vals.resize(impl->g.values.size());
     for (size_t i = 0; i < impl->g.values.size(); ++i)
       if (impl->g.values[i].is_const) impl->vals[i] = impl->g.values[i].constant;

@@ -216,6 +216,29 @@ TEST_CASE("kv cache: the Generator on stories260K gives the same greedy text wit
   CHECK(texts[0] == texts[1]);
 }
 
+TEST_CASE("kv cache: last_position_logits computes the classifier for the last row only, the same numbers", "[kv]") {
+  const std::string dir = testutil::tempDir("kv_last");
+  for (const std::string family : {"llama2c", "gpt2", "opt"}) {
+    Graph g = importDecoder(family);
+    exportOnnx(g, dir + "/" + family + ".onnx");
+    const std::vector<int64_t> ids = someTokens(9);
+    const at::Tensor want = fullLogits(dir + "/" + family + ".onnx", g, ids);
+    crt::SessionOptions so;
+    so.last_position_logits = true;
+    auto s = crt::Session::create(dir + "/" + family + ".onnx", so);
+    REQUIRE(s.ok());
+    const std::vector<int64_t> ones(ids.size(), 1);
+    std::vector<std::pair<std::string, crt::TensorView>> feeds = {{g.inputs[0], crt::TensorView::of(ids.data(), {1, 9})}};
+    for (size_t i = 1; i < g.inputs.size(); ++i) feeds.push_back({g.inputs[i], crt::TensorView::of(ones.data(), {1, 9})});
+    auto out = s->run(feeds);
+    REQUIRE(out.ok());
+    INFO(family);
+    REQUIRE(out.value()[0].shape == std::vector<int64_t>{1, 1, want.size(1)});
+    at::Tensor got = at::from_blob(const_cast<uint8_t*>(out.value()[0].bytes.data()), {want.size(1)}, at::kFloat);
+    CHECK(relDiff(got, want[8]) <= 1e-6);
+  }
+}
+
 TEST_CASE("kv cache: bad inputs are clear errors", "[kv]") {
   const std::string dir = testutil::tempDir("kv_bad");
   Graph g = importDecoder("llama2c");
