@@ -10,6 +10,7 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p $seeds/{fuzz_onnx,fuzz_npy,fuzz_cir,fuzz_tokenizer,fuzz_recipe}
 "$build/compress" export "$fx/llama_block.pt" -o $seeds/fuzz_onnx/llama_fp32.onnx --no-validate > /dev/null
 "$build/compress" export "$fx/gpt2_block.pt" -o $seeds/fuzz_onnx/gpt2_fp32.onnx --no-validate > /dev/null
+"$build/compress" export "$fx/zoo/llama2c.pt" -o $seeds/fuzz_onnx/llama2c_kv.onnx --kv-cache --no-validate > /dev/null  # a cached decoder
 for spec in "int8|rtn: {bits: 8, group_size: -1, symmetric: true}" "int4|rtn: {bits: 4, group_size: 32, symmetric: false}"; do
   name=${spec%%|*}
   printf 'model: %s\ntask: causal-lm\npasses:\n  - %s\nexport: {onnx: {opset: 17, int4: matmulnbits, validate: false}}\nlatency_runs: 0\noutput: %s\n' \

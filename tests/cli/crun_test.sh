@@ -42,6 +42,19 @@ check "--ctx beyond the model's positions is a clear error" "[ $rc -eq 2 ] && gr
 "$CRUN" generate "$work/m_kv.onnx" --tokenizer "$shared/models/stories260K/tok512.bin" -n 5 --temperature 0.8 --top-k 40 --top-p 0.9 \
   --repetition-penalty 1.1 --seed 7 > "$work/gen_s2.txt" 2>/dev/null
 check "sampling with a seed is reproducible" "[ -s $work/gen_s1.txt ] && cmp -s $work/gen_s1.txt $work/gen_s2.txt"
+cat > "$work/kv_recipe.yaml" <<YAML
+model: $shared/models/stories260K/stories260K.pt
+passes:
+  - rtn: {bits: 8, group_size: -1, symmetric: true}
+latency_runs: 0
+export: {onnx: {opset: 17, kv_cache: true}}
+output: $work/kv_run
+YAML
+"$COMPRESS" --config "$work/kv_recipe.yaml" --quiet --overwrite > /dev/null 2> "$work/kv_recipe_err.txt"
+check "a recipe with export.onnx.kv_cache writes a cached int8 decoder checked in ONNX Runtime" \
+  "/usr/bin/python3 -c \"import json,sys; e=json.load(open('$work/kv_run/report.json'))['export']; sys.exit(0 if e['kv_cache']['layers']==5 and e['kv_cache']['context_length']==512 and isinstance(e['validation']['onnxruntime'], dict) else 1)\""
+"$CRUN" generate "$work/kv_run/model.onnx" --tokenizer "$shared/models/stories260K/tok512.bin" -n 20 > /dev/null 2> "$work/kv_run_gen.txt"
+check "crun generates from the recipe's cached int8 export with its cache" "grep -q 'KV cache, f32' $work/kv_run_gen.txt"
 
 "$CRUN" ppl "$work/m.onnx" --tokens "$shared/data/tinystories/val.tok512.npy" --threads 2 > "$work/ppl.json"
 check "perplexity through crun is 4.0780 (within 0.1%)" \

@@ -17,6 +17,30 @@ void check(const crt::Status& st) {
 
 }  // namespace
 
+/// A cached decoder (past.N inputs) again with the in-session KV cache: a prefill and two one-token steps.
+void runWithKvCache(const std::string& bytes, crt::SessionOptions o) {
+  o.kv_capacity = 8;
+  o.kv_if_present = true;
+  o.last_position_logits = true;
+  auto s = crt::Session::createFromMemory(bytes, o);
+  if (!s) return check(s.status());
+  if (!s->hasKvCache()) return;
+  const std::vector<int64_t> ids = {1, 3, 2, 0}, ones(8, 1);
+  for (int64_t n : {2, 1, 1}) {
+    std::vector<std::pair<std::string, crt::TensorView>> feeds;
+    for (size_t i = 0; i < s->inputs().size(); ++i) {
+      const crt::IoInfo& io = s->inputs()[i];
+      if (io.dtype != crt::DType::I64) return;
+      if (i == 0) feeds.push_back({io.name, crt::TensorView::of(ids.data(), {1, n})});
+      else feeds.push_back({io.name, crt::TensorView::of(ones.data(), {1, s->kvLength() + n})});
+    }
+    std::vector<crt::TensorView> outs;
+    const crt::Status st = s->run(feeds, outs);
+    check(st);
+    if (!st.ok()) return;
+  }
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string bytes(reinterpret_cast<const char*>(data), size);
   crt::SessionOptions o;
@@ -65,5 +89,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       (void)sum;
     }
   }
+  runWithKvCache(bytes, o);
   return 0;
 }
