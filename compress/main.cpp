@@ -48,7 +48,7 @@ A recipe (YAML) names the model, the data, the passes and the accuracy gate:
     - magnitude-prune: {sparsity: 0.5, targets: [Linear], ignore: [output]}
     - rtn: {bits: 8, group_size: -1, symmetric: true}
   accuracy: {metric: perplexity, max_degradation: 5%}
-  export: {onnx: {opset: 17, int4: matmulnbits, validate: true}}
+  export: {onnx: {opset: 17, int4: matmulnbits, validate: true}}   # kv_cache: true for generation
   output: out/prune50_int8
 
 Shipped recipes are in configs/; `compress passes` lists every pass option with its default.

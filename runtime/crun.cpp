@@ -481,6 +481,13 @@ int cmdInfo(const std::string& model, const cxxopts::ParseResult& r) {
   printIo("input", s.inputs());
   printIo("output", s.outputs());
   const auto& i = s.info();
+  auto kv = s.metadata().find("compress.kv_cache");
+  if (kv != s.metadata().end()) {
+    auto ctx = s.metadata().find("compress.context_length");
+    std::cout << "kv cache: " << kv->second << " layers of past/present key-values, context "
+              << (ctx != s.metadata().end() && ctx->second != "0" ? ctx->second : "not bounded by a table")
+              << " (crun generate keeps the cache in place)\n";
+  }
   std::cout << "nodes " << i.nodes << ", folded at load " << i.folded << ", packed MatMuls " << i.packed_matmuls
             << " (" << i.weight_bytes << " weight bytes), kernels " << i.isa << ", threads " << i.threads << "\n";
   return 0;

@@ -20,6 +20,8 @@ check "generate says the model has no KV cache" "grep -q 'no KV cache' $work/gen
 "$COMPRESS" export "$shared/models/stories260K/stories260K.pt" -o "$work/m_kv.onnx" --kv-cache > "$work/kv_export.txt"
 check "compress export --kv-cache checks the cached steps against the full logits and ONNX Runtime" \
   "grep -q 'prefill + steps reproduce the full logits' $work/kv_export.txt && grep -q 'max_abs_diff' $work/kv_export.txt"
+"$CRUN" info "$work/m_kv.onnx" > "$work/kv_info.txt"
+check "info shows the cache inputs and the context" "grep -q 'input past.0.key: float32\[batch,4,past,8\]' $work/kv_info.txt && grep -q 'kv cache: 5 layers.*context 512' $work/kv_info.txt"
 for kv in f32 f16; do
   "$CRUN" generate "$work/m_kv.onnx" --tokenizer "$shared/models/stories260K/tok512.bin" --prompt "Once upon a time" -n 40 \
     --kv-dtype $kv > "$work/gen_kv_$kv.txt" 2> "$work/gen_kv_err.txt"
@@ -55,6 +57,8 @@ check "a recipe with export.onnx.kv_cache writes a cached int8 decoder checked i
   "/usr/bin/python3 -c \"import json,sys; e=json.load(open('$work/kv_run/report.json'))['export']; sys.exit(0 if e['kv_cache']['layers']==5 and e['kv_cache']['context_length']==512 and isinstance(e['validation']['onnxruntime'], dict) else 1)\""
 "$CRUN" generate "$work/kv_run/model.onnx" --tokenizer "$shared/models/stories260K/tok512.bin" -n 20 > /dev/null 2> "$work/kv_run_gen.txt"
 check "crun generates from the recipe's cached int8 export with its cache" "grep -q 'KV cache, f32' $work/kv_run_gen.txt"
+check "the cached run's report.json validates against docs/report.schema.json" \
+  "/usr/bin/python3 -c \"import json,jsonschema; jsonschema.validate(json.load(open('$work/kv_run/report.json')), json.load(open('$src/docs/report.schema.json')))\""
 
 "$CRUN" ppl "$work/m.onnx" --tokens "$shared/data/tinystories/val.tok512.npy" --threads 2 > "$work/ppl.json"
 check "perplexity through crun is 4.0780 (within 0.1%)" \
