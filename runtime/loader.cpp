@@ -44,9 +44,10 @@ std::string typeName(int t) {
 }
 
 // ------------------------------------------------------------------------------------------- files
-/// The model file's bytes; IoError for what is not a readable regular file, ModelError for what is
-/// too large for protobuf (2 GiB: larger models keep their weights in external data).
-std::string readModelFile(const std::string& path) {
+/// Parses the model straight from its file (no copy of its bytes next to the parsed model). IoError for
+/// what is not a readable regular file, ModelError for what is too large for protobuf (2 GiB: larger models
+/// keep their weights in external data) or is not ONNX.
+void parseModelFile(const std::string& path, onnx::ModelProto& model) {
   struct stat st{};
   if (::stat(path.c_str(), &st) != 0)
     fail(StatusCode::IoError, "cannot open " + path + ": " + std::strerror(errno) + " (crun expects an .onnx file from `compress`)");
@@ -56,10 +57,9 @@ std::string readModelFile(const std::string& path) {
     fail(StatusCode::ModelError, path + " is larger than 2 GiB, the protobuf limit; export with external data");
   std::ifstream f(path, std::ios::binary);
   if (!f) fail(StatusCode::IoError, "cannot read " + path + ": check its permissions");
-  std::string bytes(static_cast<size_t>(st.st_size), '\0');
-  f.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  if (static_cast<size_t>(f.gcount()) != bytes.size()) fail(StatusCode::IoError, "cannot read all of " + path);
-  return bytes;
+  if (st.st_size == 0 || !model.ParseFromIstream(&f))
+    fail(StatusCode::ModelError, path + " is not a valid ONNX model (protobuf parse failed; truncated or not ONNX?)");
+  if (f.bad()) fail(StatusCode::IoError, "cannot read all of " + path);
 }
 
 /// The folder of `path` with symlinks resolved ("" when it cannot be resolved).
@@ -277,15 +277,18 @@ class GraphReader {
  public:
   GraphReader(Graph& g, const std::string& path, const std::string& dir) : g_(g), path_(path), dir_(dir) {}
 
-  void read(const onnx::ModelProto& model) {
+  /// Reads the proto; each initializer's bytes are released once copied, so the file is held about once.
+  void read(onnx::ModelProto& model) {
     for (const auto& kv : model.metadata_props()) g_.metadata[kv.key()] = kv.value();
     for (const auto& op : model.opset_import())
       if (op.domain().empty() || op.domain() == "ai.onnx") g_.opset = static_cast<int>(op.version());
     const onnx::GraphProto& gp = model.graph();
-    for (const auto& t : gp.initializer()) {
+    for (int i = 0; i < gp.initializer_size(); ++i) {
+      onnx::TensorProto& t = *model.mutable_graph()->mutable_initializer(i);
       Value& v = g_.values[define(t.name(), "an initializer")];
       v.is_const = true;
       v.own = readTensor(t, dir_, g_, v.constant);
+      if (t.has_raw_data()) std::string().swap(*t.mutable_raw_data());
     }
     for (const auto& in : gp.input()) {
       auto it = g_.by_name.find(in.name());
@@ -544,12 +547,19 @@ int foldConstants(Graph& g, ThreadPool& pool, const Kernels& k) {
 
 /// MatMul with a constant float B: pre-pack it as rows of the output.
 void packDenseWeights(Graph& g) {
+  std::vector<int> uses(g.values.size(), 0);
+  for (const Node& n : g.nodes)
+    for (int v : n.in)
+      if (v >= 0) ++uses[v];
+  for (int o : g.outputs) ++uses[o];
   for (Node& n : g.nodes) {
     if (n.domain.empty() && n.op == "MatMul" && !n.packed && n.in.size() == 2 && isConst(g, n.in[1])) {
-      auto p = packDense(g.values[n.in[1]].constant);
+      const int w = n.in[1];
+      auto p = packDense(g.values[w].constant);
       if (!p) continue;
       n.packed = p;
       n.in = {n.in[0]};
+      if (--uses[w] == 0) g.values[w].own.reset(), g.values[w].constant.data = nullptr;  // the packed copy replaces it now
     }
   }
 }
@@ -584,15 +594,35 @@ void computeLiveness(Graph& g) {
 
 }  // namespace
 
+namespace {
+
+void parseModel(const std::string& bytes, const std::string& name, onnx::ModelProto& model) {
+  if (bytes.empty() || !model.ParseFromString(bytes))
+    fail(StatusCode::ModelError, name + " is not a valid ONNX model (protobuf parse failed; truncated or not ONNX?)");
+}
+
+Graph buildGraph(onnx::ModelProto& model, const std::string& name, const std::string& model_dir, const MemoryLimits& limits,
+                 ThreadPool& pool, const Kernels& k, SessionInfo& info);
+
+}  // namespace
+
 Graph loadGraph(const std::string& path, const MemoryLimits& limits, ThreadPool& pool, const Kernels& k, SessionInfo& info) {
-  return loadGraphBytes(readModelFile(path), path, realFolder(path), limits, pool, k, info);
+  onnx::ModelProto model;
+  parseModelFile(path, model);
+  return buildGraph(model, path, realFolder(path), limits, pool, k, info);
 }
 
 Graph loadGraphBytes(const std::string& bytes, const std::string& name, const std::string& model_dir, const MemoryLimits& limits,
                      ThreadPool& pool, const Kernels& k, SessionInfo& info) {
   onnx::ModelProto model;
-  if (bytes.empty() || !model.ParseFromString(bytes))
-    fail(StatusCode::ModelError, name + " is not a valid ONNX model (protobuf parse failed; truncated or not ONNX?)");
+  parseModel(bytes, name, model);
+  return buildGraph(model, name, model_dir, limits, pool, k, info);
+}
+
+namespace {
+
+Graph buildGraph(onnx::ModelProto& model, const std::string& name, const std::string& model_dir, const MemoryLimits& limits,
+                 ThreadPool& pool, const Kernels& k, SessionInfo& info) {
   Graph g;
   g.limits = limits;
   GraphReader(g, name, model_dir).read(model);
@@ -611,6 +641,8 @@ Graph loadGraphBytes(const std::string& bytes, const std::string& name, const st
   prepareRuns(g);
   return g;
 }
+
+}  // namespace
 
 void prepareRuns(Graph& g) {
   for (Value& v : g.values) v.last_use = -1, v.is_static = false;

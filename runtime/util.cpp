@@ -3,6 +3,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <sys/mman.h>
+
 #include "runtime/internal.h"
 
 namespace crt {
@@ -79,17 +81,43 @@ std::atomic<int64_t> g_allocations{0};
 }
 int64_t allocationCount() { return g_allocations.load(); }
 
-AlignedBytes::~AlignedBytes() { std::free(p_); }
+namespace {
+// Buffers of 1 MiB and more (weights, KV caches, arenas) are mapped pages of their own: zeroed by the
+// kernel and returned to it when freed, so a load that copies weights does not leave the process's peak
+// memory behind in malloc's heap.
+constexpr size_t kMapBytes = size_t{1} << 20;
+size_t mappedSize(size_t n) { return (n + 4095) / 4096 * 4096; }
+
+void release(void* p, size_t n) {
+  if (!p) return;
+  if (n >= kMapBytes) ::munmap(p, mappedSize(n));
+  else std::free(p);
+}
+}  // namespace
+
+AlignedBytes::~AlignedBytes() { release(p_, n_); }
 
 void AlignedBytes::resize(size_t n) {
-  std::free(p_);
+  release(p_, n_);
   p_ = nullptr;
   n_ = n;
   if (n == 0) return;
   g_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (n >= kMapBytes) {
+    void* m = ::mmap(nullptr, mappedSize(n), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) {
+      n_ = 0;
+      fail(StatusCode::Internal, "out of memory allocating " + std::to_string(n) + " bytes");
+    }
+    p_ = m;
+    return;
+  }
   const size_t rounded = (n + 63) / 64 * 64;
   p_ = std::aligned_alloc(64, rounded);
-  if (!p_) fail(StatusCode::Internal, "out of memory allocating " + std::to_string(n) + " bytes");
+  if (!p_) {
+    n_ = 0;
+    fail(StatusCode::Internal, "out of memory allocating " + std::to_string(n) + " bytes");
+  }
   std::memset(p_, 0, rounded);
 }
 
