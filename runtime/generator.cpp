@@ -137,7 +137,8 @@ int64_t Generator::sample() {
   std::partial_sort(order_.begin(), order_.begin() + k, order_.end(), [&](int32_t a, int32_t b) { return work_[a] > work_[b]; });
   const float top = work_[order_[0]];
   double total = 0;
-  std::vector<double> p(static_cast<size_t>(k));
+  std::vector<double>& p = probs_;
+  p.resize(static_cast<size_t>(k));
   for (int64_t j = 0; j < k; ++j) total += p[j] = std::exp((work_[order_[j]] - top) / s.temperature);
   int64_t keep = k;
   if (s.top_p < 1.f) {

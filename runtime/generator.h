@@ -71,6 +71,7 @@ class Generator {
   std::vector<int64_t> tokens_;
   std::vector<float> logits_, work_;
   std::vector<int32_t> order_;
+  std::vector<double> probs_;
   std::vector<TensorView> outs_;
   std::vector<std::pair<std::string, TensorView>> empty_pasts_, feeds_;
   std::vector<std::pair<std::string, DType>> masks_;  // attention-mask inputs, fed ones
