@@ -441,7 +441,16 @@ void addShapeOps(std::unordered_map<std::string, OpFn>& m) {
       badInput(n, "starts, ends, axes and steps must have the same length");
     for (size_t i = 0; i < starts.size(); ++i) {
       int64_t ax = normAxis(n, axes[i], x.dim()), dim = x.size(ax);
-      if (steps[i] <= 0) badInput(n, "only positive steps are supported");
+      if (steps[i] == 0) badInput(n, "steps must be non-zero");
+      if (steps[i] < 0) {  // backwards: start clamped to [0, dim-1], end to [-1, dim-1], end exclusive
+        int64_t s = starts[i] < 0 ? starts[i] + dim : starts[i];
+        int64_t e = ends[i] < 0 ? std::max<int64_t>(ends[i], INT64_MIN + dim) + dim : ends[i];
+        s = std::clamp<int64_t>(s, 0, std::max<int64_t>(dim - 1, 0));
+        e = std::clamp<int64_t>(e, -1, dim - 1);
+        if (dim == 0 || s <= e) x = x.slice(ax, 0, 0);
+        else x = x.index_select(ax, at::arange(s, e, steps[i], at::TensorOptions().dtype(at::kLong)));
+        continue;
+      }
       int64_t s = starts[i] < 0 ? starts[i] + dim : starts[i];
       int64_t e = ends[i] < 0 ? ends[i] + dim : ends[i];
       s = std::clamp<int64_t>(s, 0, dim);

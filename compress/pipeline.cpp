@@ -22,6 +22,7 @@
 #include "compress/report.h"
 #include "compress/serialize.h"
 #include "compress/kv_cache.h"
+#include "compress/onnx_import.h"
 #include "export/onnx_export.h"
 #include "export/ort_check.h"
 #include "export/validate.h"
@@ -105,6 +106,7 @@ ImportOptions importOptionsFor(const Recipe& r) {
 
 Graph loadModel(const std::string& path, const ImportOptions& opts) {
   if (endsWith(path, ".cir")) return loadGraph(path);
+  if (endsWith(path, ".onnx")) return importOnnx(path, opts);
   return importTorchScript(path, opts);
 }
 

@@ -12,6 +12,7 @@
 #include "compress/executor.h"
 #include "compress/importer.h"
 #include "compress/npy.h"
+#include "compress/onnx_import.h"
 #include "export/onnx_export.h"
 #include "export/ort_check.h"
 #include "prune/magnitude_prune.h"
@@ -207,5 +208,32 @@ TEST_CASE("zoo: crun runs the file torch.onnx.export wrote for every family, mat
     INFO("crun vs torch: " << worst);
     CHECK(worst <= 1e-4);
     record(z.name, "torch.onnx in crun", verdict(worst <= 1e-4, worst));
+  }
+}
+
+TEST_CASE("zoo: torch.onnx.export's file of every family imports into the IR; the executor equals torch and ONNX Runtime", "[zoo][onnx-import]") {
+  std::string why;
+  REQUIRE(ortAvailable(&why));
+  for (const auto& z : zoo()) {
+    INFO(z.name);
+    const std::string path = zooDir() + "/" + z.name + ".onnx";
+    Graph g = importOnnx(path);
+    verify(g);
+    double worst = 0;
+    for (const auto& c : z.onnx_cases) {
+      Executor ex(g);
+      const at::Tensor ours = ex.run(c.inputs)[0];
+      worst = std::max(worst, relDiff(ours, c.output));
+      const auto ort = ortRun(path, c.inputs);
+      REQUIRE(ort.count(g.outputs[0]));
+      worst = std::max(worst, relDiff(ours, ort.at(g.outputs[0])));
+    }
+    INFO("executor on the imported ONNX vs torch and ONNX Runtime: " << worst);
+    CHECK(worst <= 1e-4);
+    // linear layers are recognised in their ONNX forms (MatMul with a constant weight, Gemm), weights named
+    const bool has_linear = z.name != "unet";
+    CHECK(findLinears(g).empty() == !has_linear);
+    for (const auto& l : findLinears(g)) CHECK(g.parameters.count(l.weight) == 1);
+    record(z.name, "torch.onnx → IR", verdict(worst <= 1e-4, worst));
   }
 }
