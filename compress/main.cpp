@@ -30,17 +30,17 @@ Usage:
   compress --config RECIPE.yaml [--output DIR] [--quiet] [--overwrite]
                                                            run a recipe (same as `compress run`)
   compress passes [--ops]                                  list passes and their options
-  compress inspect MODEL [--no-hashes]                     print a model's IR (.pt or model.cir)
+  compress inspect MODEL [--no-hashes]                     print a model's IR (.pt, .onnx or model.cir)
   compress eval --model MODEL (--tokens F.npy | --text F.txt --tokenizer T.bin)
                 [--seq-len 512] [--max-tokens N] [--batch 1]  perplexity of a model
   compress eval --config RECIPE.yaml                       baseline accuracy of a recipe's model
   compress export MODEL -o model.onnx [--opset 17] [--int4 matmulnbits|qdq] [--external-data] [--kv-cache]
-                [--tokens val.npy] [--no-validate]          ONNX from a model.cir (or .pt), checked
+                [--tokens val.npy] [--no-validate]          ONNX from a model.cir (or .pt/.onnx), checked
                                                            with ONNX's checker and ONNX Runtime
 
 A recipe (YAML) names the model, the data, the passes and the accuracy gate:
 
-  model: ../../shared/models/stories260K/stories260K.pt   # paths are relative to the recipe
+  model: ../../shared/models/stories260K/stories260K.pt   # .pt (TorchScript) or .onnx; paths relative to the recipe
   task: causal-lm
   data:
     eval: {tokens: ../../shared/data/tinystories/val.tok512.npy, max_tokens: 32768, seq_len: 512}
@@ -95,7 +95,7 @@ int cmdPasses(int argc, char** argv) {
 
 int cmdInspect(int argc, char** argv) {
   cxxopts::Options o("compress inspect", "Print a model's IR");
-  o.add_options()("model", "model (.pt or .cir)", cxxopts::value<std::string>())("no-hashes", "omit tensor hashes")(
+  o.add_options()("model", "model (.pt, .onnx or .cir)", cxxopts::value<std::string>())("no-hashes", "omit tensor hashes")(
       "input", "inputs as name:dtype:dims[;...], e.g. x:float32:batch,3,32,32 (default: int64 tokens [batch,seq])",
       cxxopts::value<std::string>())("h,help", "help");
   o.parse_positional({"model"});
@@ -139,7 +139,7 @@ int cmdInspect(int argc, char** argv) {
 
 int cmdEval(int argc, char** argv) {
   cxxopts::Options o("compress eval", "Perplexity of a model on a token stream or text");
-  o.add_options()("model", "model (.pt or .cir)", cxxopts::value<std::string>())(
+  o.add_options()("model", "model (.pt, .onnx or .cir)", cxxopts::value<std::string>())(
       "config", "take model and eval data from a recipe", cxxopts::value<std::string>())(
       "tokens", "token stream .npy", cxxopts::value<std::string>())("text", "plain text file", cxxopts::value<std::string>())(
       "tokenizer", "llama2.c tokenizer.bin for --text", cxxopts::value<std::string>())(
@@ -183,8 +183,8 @@ int cmdEval(int argc, char** argv) {
 }
 
 int cmdExport(int argc, char** argv) {
-  cxxopts::Options o("compress export", "Write a compressed model (model.cir) or a TorchScript file as ONNX");
-  o.add_options()("model", "model.cir or .pt", cxxopts::value<std::string>())(
+  cxxopts::Options o("compress export", "Write a compressed model (model.cir), a TorchScript or an ONNX file as ONNX");
+  o.add_options()("model", "model.cir, .pt or .onnx", cxxopts::value<std::string>())(
       "o,output", "ONNX file to write", cxxopts::value<std::string>()->default_value("model.onnx"))(
       "opset", "ONNX opset (13-21; blocked QDQ weights need 21)", cxxopts::value<int>()->default_value("17"))(
       "int4", "grouped weights as matmulnbits (com.microsoft.MatMulNBits) or qdq (opset-21 DequantizeLinear)",

@@ -282,6 +282,14 @@ void buildOnnx(const Graph& g, const ExportOptions& opts, onnx::ModelProto& mode
     bool axes_as_input = c.opset >= 18 && (n.op == "ReduceMean" || n.op == "ReduceMax") && n.hasAttr("axes");
     for (const auto& [k, a] : n.attrs) {
       if (axes_as_input && k == "axes") continue;
+      if (n.op == "ConstantOfShape" && k == "value") {  // the IR's float fill -> ONNX's one-element float32 tensor
+        auto* at = np->add_attribute();
+        at->set_name("value");
+        at->set_type(onnx::AttributeProto::TENSOR);
+        const float v = static_cast<float>(n.attrFloat("value", 0.0));
+        setRaw(at->mutable_t(), "value", static_cast<int>(DType::Float32), {1}, &v, sizeof v);
+        continue;
+      }
       addAttr(np, k, a);
     }
     if (axes_as_input) {  // opset 18 moved Reduce* axes from an attribute to an input
