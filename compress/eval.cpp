@@ -139,12 +139,6 @@ MetricResult cosine(Executor& ex, Executor& reference, const at::Tensor& inputs,
   return res;
 }
 
-double degradation(const std::string& metric, double baseline, double final_value) {
-  if (metric == "perplexity") return final_value / baseline - 1.0;
-  if (metric == "top1") return baseline > 0 ? (baseline - final_value) / baseline : 0.0;
-  return 1.0 - final_value;
-}
-
 at::Tensor tensorFromNpy(const NpyArray& a, const std::string& path) {
   at::ScalarType st;
   if (a.descr == "<f4") st = at::kFloat;

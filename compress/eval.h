@@ -10,6 +10,7 @@
 
 #include "compress/executor.h"
 #include "compress/npy.h"
+#include "compress/task.h"  // degradation(): by the metric's direction
 
 namespace compress {
 
@@ -38,10 +39,6 @@ MetricResult perplexity(Executor& ex, const LmWindows& w, int64_t batch, bool pr
 MetricResult top1(Executor& ex, const at::Tensor& inputs, const at::Tensor& labels, int64_t batch, bool progress = true);
 /// Mean over examples of cos(output, reference output), outputs flattened per example.
 MetricResult cosine(Executor& ex, Executor& reference, const at::Tensor& inputs, int64_t batch, bool progress = true);
-
-/// Relative loss of `final` against `baseline` for a metric (perplexity: final/base - 1; top1:
-/// (base - final)/base; cosine: 1 - final). Positive = worse.
-double degradation(const std::string& metric, double baseline, double final_value);
 
 /// A tensor holding a copy of an .npy array.
 at::Tensor tensorFromNpy(const NpyArray& a, const std::string& path);

@@ -17,6 +17,7 @@
 #include "compress/progress.h"
 #include "compress/recipe.h"
 #include "compress/kv_cache.h"
+#include "compress/task.h"
 #include "export/onnx_export.h"
 #include "export/validate.h"
 
@@ -155,7 +156,8 @@ int cmdEval(int argc, char** argv) {
   ImportOptions io;
   if (a.count("config")) {
     Recipe r = loadRecipe(a["config"].as<std::string>());
-    if (r.task != "causal-lm") return usageError("eval --config supports causal-lm recipes; use `compress --config` for others");
+    if (!taskFor(r.task).token_stream)
+      return usageError("eval --config supports recipes that evaluate on token streams (causal-lm); use `compress --config` for task '" + r.task + "'");
     if (!r.eval.present) return usageError("the recipe has no data.eval section");
     model = r.model;
     src = r.eval;

@@ -23,6 +23,7 @@
 #include "compress/serialize.h"
 #include "compress/kv_cache.h"
 #include "compress/onnx_import.h"
+#include "compress/task.h"
 #include "export/onnx_export.h"
 #include "export/ort_check.h"
 #include "export/validate.h"
@@ -49,7 +50,7 @@ struct EvalData {
 EvalData loadEval(const Recipe& r) {
   EvalData d;
   d.batch = r.eval.batch;
-  if (r.task == "causal-lm") d.windows = makeWindows(loadTokenStream(r.eval), r.eval.seq_len, r.eval.max_tokens);
+  if (taskFor(r.task).token_stream) d.windows = makeWindows(loadTokenStream(r.eval), r.eval.seq_len, r.eval.max_tokens);
   else {
     d.inputs = tensorFromNpy(readNpy(r.eval.inputs), r.eval.inputs);
     if (!r.eval.labels.empty()) d.labels = tensorFromNpy(readNpy(r.eval.labels), r.eval.labels);
@@ -62,7 +63,7 @@ MetricResult evaluate(const Recipe& r, const Graph& g, const Graph& original, co
   if (r.metric == "perplexity") return perplexity(ex, d.windows, d.batch, progress);
   if (r.metric == "top1") return top1(ex, d.inputs, d.labels, d.batch, progress);
   Executor ref(original, ExecOptions{dev});
-  at::Tensor in = r.task == "causal-lm" ? d.windows.inputs : d.inputs;
+  at::Tensor in = taskFor(r.task).token_stream ? d.windows.inputs : d.inputs;
   return cosine(ex, ref, in, d.batch, progress);
 }
 
@@ -137,7 +138,7 @@ RunSummary runRecipe(const Recipe& r, const RunOptions& opts) {
   ctx.seed = r.seed;
   ctx.show_progress = opts.progress;
   if (r.calibration.present) {
-    if (r.task == "causal-lm") {
+    if (taskFor(r.task).token_stream) {
       auto stream = loadTokenStream(r.calibration);
       ctx.calibration = r.calibration.sampling == "random"
                             ? sampleSequences(stream, r.calibration.samples, r.calibration.seq_len, r.calibration.seed)
@@ -159,7 +160,7 @@ RunSummary runRecipe(const Recipe& r, const RunOptions& opts) {
   if (has_eval) {
     base = evaluate(r, original, original, eval, dev, opts.progress);
     std::printf("[2/%d] baseline %s: %.4f on %lld %s (%.2fs)\n", steps, base.metric.c_str(), base.value,
-                static_cast<long long>(base.count), base.metric == "perplexity" ? "tokens" : "examples", base.seconds);
+                static_cast<long long>(base.count), metricFor(base.metric).counts.c_str(), base.seconds);
   } else {
     std::printf("[2/%d] no data.eval in the recipe: accuracy is not measured\n", steps);
   }
@@ -191,7 +192,7 @@ RunSummary runRecipe(const Recipe& r, const RunOptions& opts) {
   // Latency of the executor on one sequence (a fixed [1, 128] token prompt for LMs).
   json latency = json::array();
   at::Tensor probe;
-  if (r.task == "causal-lm") probe = at::zeros({1, has_eval ? std::min<int64_t>(128, r.eval.seq_len) : 128}, at::kLong);
+  if (taskFor(r.task).token_stream) probe = at::zeros({1, has_eval ? std::min<int64_t>(128, r.eval.seq_len) : 128}, at::kLong);
   else if (eval.inputs.defined()) probe = eval.inputs.narrow(0, 0, 1);
   if (probe.defined() && r.latency_runs > 0) {
     latency.push_back({{"engine", "executor (ATen)"}, {"device", dev.str()}, {"shape", probe.sizes().vec()},
@@ -278,7 +279,7 @@ RunSummary runRecipe(const Recipe& r, const RunOptions& opts) {
     std::printf("\n");
     std::fflush(stdout);
     if (r.export_spec.validate) {
-      bool lm = r.task == "causal-lm";
+      const bool lm = taskFor(r.task).token_stream;
       std::string tokens = lm && has_eval ? r.eval.tokens : "";
       int64_t seq = lm && has_eval ? std::min<int64_t>(64, r.eval.seq_len) : 64;
       if (!kv_json.is_null() && kv_json["context_length"].get<int64_t>() > 0)

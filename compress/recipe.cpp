@@ -1,6 +1,7 @@
 // recipe.cpp — recipe parsing and validation; every problem is collected before anything runs.
 #include "compress/recipe.h"
 
+#include <algorithm>
 #include <climits>
 #include <cstdlib>
 
@@ -13,6 +14,7 @@
 
 #include "compress/dims.h"
 #include "compress/error.h"
+#include "compress/task.h"
 #include "compress/npy.h"
 #include "compress/options.h"
 
@@ -91,16 +93,16 @@ void readData(const YAML::Node& node, bool calibration, const std::string& task,
   for (auto [key, path] : {std::pair{"tokens", out.tokens}, {"text", out.text}, {"tokenizer", out.tokenizer},
                            {"inputs", out.inputs}, {"labels", out.labels}})
     checkFile(d, n[key], ctx + "." + key, path);
-  bool lm = task == "causal-lm";
-  if (lm) {
+  const Task& t = taskFor(task);
+  if (t.token_stream) {
     if (out.tokens.empty() && out.text.empty())
       d.add(n.Mark(), ctx, "give `tokens: file.npy` or `text: file.txt` with `tokenizer: tokenizer.bin`");
     if (!out.tokens.empty() && !out.text.empty()) d.add(n.Mark(), ctx, "give either `tokens` or `text`, not both");
     if (!out.text.empty() && out.tokenizer.empty()) d.add(n.Mark(), ctx, "`text` needs `tokenizer: path/to/tokenizer.bin`");
   } else {
     if (out.inputs.empty()) d.add(n.Mark(), ctx, "task '" + task + "' needs `inputs: file.npy`");
-    if (task == "classifier" && !calibration && out.labels.empty())
-      d.add(n.Mark(), ctx, "task 'classifier' needs `labels: file.npy` to measure top-1 accuracy");
+    if (t.needs_labels && !calibration && out.labels.empty())
+      d.add(n.Mark(), ctx, "task '" + task + "' needs `labels: file.npy` to measure top-1 accuracy");
   }
 }
 
@@ -120,11 +122,7 @@ void readSections(const YAML::Node& root, Recipe& r, Diagnostics& d);
 
 }  // namespace
 
-std::string defaultMetric(const std::string& task) {
-  if (task == "causal-lm") return "perplexity";
-  if (task == "classifier") return "top1";
-  return "cosine";
-}
+std::string defaultMetric(const std::string& task) { return taskFor(task).default_metric; }
 
 Recipe parseRecipe(const std::string& text, const std::string& path) {
   Recipe r;
@@ -162,7 +160,7 @@ void readSections(const YAML::Node& root, Recipe& r, Diagnostics& d) {
   OptionReader top(root, &d, "");
   // The top-level scalars are read with the same typed reader as pass options; unknown keys were checked above.
   r.model = resolve(r.dir, top.str("model", "", "TorchScript model"));
-  r.task = top.choice("task", "causal-lm", {"causal-lm", "classifier", "embedding", "generic"}, "what the model does");
+  r.task = top.choice("task", "causal-lm", taskNames(), "what the model does");
   r.output = resolve(r.dir, top.str("output", "", "output folder"));
   r.device = top.choice("device", "cpu", {"cpu", "cuda"}, "where the executor runs");
   r.seed = top.integer("seed", 0, 0, int64_t{1} << 40, "seed for sampling and passes");
@@ -198,7 +196,8 @@ void readSections(const YAML::Node& root, Recipe& r, Diagnostics& d) {
     readData(data["calibration"], true, r.task, r.dir, d, r.calibration, "data.calibration");
     readData(data["eval"], false, r.task, r.dir, d, r.eval, "data.eval");
     readData(data["train"], false, r.task, r.dir, d, r.train, "data.train");
-    if (r.train.present && r.task != "causal-lm") d.add(data["train"].Mark(), "data.train", "training data is supported for causal-lm recipes");
+    if (r.train.present && !taskFor(r.task).trains)
+      d.add(data["train"].Mark(), "data.train", "training data is not supported for task '" + r.task + "' (it is for causal-lm)");
     // Training on the text the result is judged on would make the evaluation meaningless.
     auto same = [](const std::string& a, const std::string& b) {
       if (a.empty() || b.empty()) return false;
@@ -267,12 +266,15 @@ void readSections(const YAML::Node& root, Recipe& r, Diagnostics& d) {
   r.metric = defaultMetric(r.task);
   if (YAML::Node acc = root["accuracy"]) {
     OptionReader ar(acc, &d, "accuracy");
-    r.metric = ar.choice("metric", r.metric, {"perplexity", "top1", "cosine"}, "metric to gate on");
+    r.metric = ar.choice("metric", r.metric, metricNames(), "metric to gate on");
     r.max_degradation = ar.number("max_degradation", -1, -1, 1e6, "allowed relative loss, e.g. 5% or 0.05");
     ar.finish();
-    if (r.metric != defaultMetric(r.task) && !(r.metric == "cosine"))
-      d.add(acc["metric"].Mark(), "accuracy.metric", "metric '" + r.metric + "' does not fit task '" + r.task +
-                                                         "' (use " + defaultMetric(r.task) + " or cosine)");
+    const Task& t = taskFor(r.task);
+    if (std::find(t.metrics.begin(), t.metrics.end(), r.metric) == t.metrics.end()) {
+      std::string fits;
+      for (const auto& m : t.metrics) fits += (fits.empty() ? "" : " or ") + m;
+      d.add(acc["metric"].Mark(), "accuracy.metric", "metric '" + r.metric + "' does not fit task '" + r.task + "' (use " + fits + ")");
+    }
   }
   if (!r.eval.present && r.max_degradation >= 0)
     d.add(root["accuracy"].Mark(), "accuracy", "an accuracy gate needs data.eval to measure against");

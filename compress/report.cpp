@@ -1,5 +1,7 @@
 #include "compress/report.h"
 
+#include "compress/task.h"
+
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -74,11 +76,12 @@ std::string renderMarkdown(const json& r) {
   md << "| baseline | " << fmt(a["baseline"].get<double>()) << " |\n";
   md << "| compressed | " << fmt(a["final"].get<double>()) << " |\n";
   md << "| change | " << (a["degradation"].get<double>() >= 0 ? "+" : "") << fmt(100 * a["degradation"].get<double>(), 2) << "% "
-     << (a["metric"] == "perplexity" ? "(higher perplexity is worse)" : "(relative loss)") << " |\n\n";
+     << (metricFor(a["metric"].get<std::string>()).lower_is_better ? "(higher " + a["metric"].get<std::string>() + " is worse)" : std::string("(relative loss)")) << " |\n\n";
   if (a["gate"] != "none")
     md << "Accuracy gate: **" << (a["gate"] == "pass" ? "PASS" : "FAIL") << "** (allowed "
        << fmt(100 * a["max_degradation"].get<double>(), 2) << "%)\n\n";
-  md << "Evaluated on " << a["count"].get<int64_t>() << (a["metric"] == "perplexity" ? " scored tokens" : " examples") << ".\n\n";
+  const Metric& metric = metricFor(a["metric"].get<std::string>());
+  md << "Evaluated on " << a["count"].get<int64_t>() << (metric.counts == "tokens" ? " scored tokens" : " " + metric.counts) << ".\n\n";
   md << "## Size\n\n| | parameters | bytes |\n|---|---|---|\n";
   md << "| baseline | " << r["model"]["params"].get<int64_t>() << " | " << humanBytes(r["model"]["bytes"].get<double>()) << " |\n";
   md << "| compressed | " << r["compressed"]["params"].get<int64_t>() << " | " << humanBytes(r["compressed"]["bytes"].get<double>()) << " |\n\n";

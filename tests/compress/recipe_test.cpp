@@ -3,9 +3,12 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <filesystem>
+#include <fstream>
 
 #include "compress/error.h"
+#include "compress/task.h"
 #include "test_util.h"
 
 using namespace compress;
@@ -102,4 +105,34 @@ TEST_CASE("percentages and defaults are read as documented", "[recipe]") {
   CHECK(r.passes.size() == 1);
   CHECK(r.max_degradation < 0);
   CHECK(r.task == "causal-lm");
+}
+
+TEST_CASE("tasks and metrics are declared once: data, default metric, fitting metrics, direction", "[recipe]") {
+  using namespace compress;
+  CHECK(taskNames() == std::vector<std::string>{"causal-lm", "classifier", "embedding", "generic"});
+  CHECK(taskFor("causal-lm").token_stream);
+  CHECK(taskFor("causal-lm").default_metric == "perplexity");
+  CHECK(taskFor("causal-lm").trains);
+  CHECK(taskFor("classifier").needs_labels);
+  CHECK(!taskFor("embedding").token_stream);
+  for (const Task& t : tasks()) {  // every default metric exists and fits its task
+    CHECK(std::find(t.metrics.begin(), t.metrics.end(), t.default_metric) != t.metrics.end());
+    CHECK(metricFor(t.default_metric).name == t.default_metric);
+  }
+  CHECK_THROWS_WITH(taskFor("translation"), Catch::Contains("causal-lm, classifier, embedding, generic"));
+  CHECK_THROWS_WITH(metricFor("bleu"), Catch::Contains("perplexity, top1, cosine"));
+  // degradation follows the metric's direction: positive is worse
+  CHECK(degradation("perplexity", 4.0, 5.0) == Approx(0.25));
+  CHECK(degradation("top1", 0.8, 0.6) == Approx(0.25));
+  CHECK(degradation("cosine", 1.0, 0.99) == Approx(0.01));
+  CHECK(degradation("perplexity", 4.0, 3.0) < 0);
+  // a recipe whose metric does not fit its task names the ones that do
+  const std::string dir = testutil::tempDir("tasks");
+  std::ofstream(dir + "/x.npy") << "";
+  try {
+    parseRecipe("model: m.pt\ntask: embedding\naccuracy: {metric: top1}\n", dir + "/r.yaml");
+    FAIL("accepted top1 for an embedding model");
+  } catch (const Error& e) {
+    CHECK_THAT(e.what(), Catch::Contains("metric 'top1' does not fit task 'embedding' (use cosine)"));
+  }
 }

@@ -1,0 +1,62 @@
+// task.cpp — the task table (task.h).
+#include "compress/task.h"
+
+#include "compress/error.h"
+
+namespace compress {
+
+const std::vector<Task>& tasks() {
+  static const std::vector<Task> k = {
+      {"causal-lm", "next-token prediction on token ids", true, false, "perplexity", {"perplexity", "cosine"}, true},
+      {"classifier", "class logits, judged on labels", false, true, "top1", {"top1", "cosine"}, false},
+      {"embedding", "vectors, judged by cosine similarity to the uncompressed model's", false, false, "cosine", {"cosine"}, false},
+      {"generic", "any outputs, judged by cosine similarity to the uncompressed model's", false, false, "cosine", {"cosine"}, false},
+  };
+  return k;
+}
+
+const std::vector<Metric>& metrics() {
+  static const std::vector<Metric> k = {
+      {"perplexity", true, "tokens", false, "exp of the mean next-token negative log-likelihood"},
+      {"top1", false, "examples", false, "share of examples whose top class is the label"},
+      {"cosine", false, "examples", true, "mean cosine similarity of the outputs to the uncompressed model's"},
+  };
+  return k;
+}
+
+std::vector<std::string> metricNames() {
+  std::vector<std::string> n;
+  for (const Metric& m : metrics()) n.push_back(m.name);
+  return n;
+}
+
+const Metric& metricFor(const std::string& name) {
+  for (const Metric& m : metrics())
+    if (m.name == name) return m;
+  std::string all;
+  for (const Metric& m : metrics()) all += (all.empty() ? "" : ", ") + m.name;
+  fail(ErrorCategory::Config, "unknown metric '" + name + "' (metrics: " + all + ")");
+}
+
+double degradation(const std::string& metric, double baseline, double final_value) {
+  const Metric& m = metricFor(metric);
+  if (m.against_model) return 1.0 - final_value;  // the reference is the uncompressed model itself
+  if (m.lower_is_better) return final_value / baseline - 1.0;
+  return baseline > 0 ? (baseline - final_value) / baseline : 0.0;
+}
+
+std::vector<std::string> taskNames() {
+  std::vector<std::string> n;
+  for (const Task& t : tasks()) n.push_back(t.name);
+  return n;
+}
+
+const Task& taskFor(const std::string& name) {
+  for (const Task& t : tasks())
+    if (t.name == name) return t;
+  std::string all;
+  for (const Task& t : tasks()) all += (all.empty() ? "" : ", ") + t.name;
+  fail(ErrorCategory::Config, "unknown task '" + name + "' (tasks: " + all + ")");
+}
+
+}  // namespace compress
