@@ -58,6 +58,7 @@ EvalData loadEval(const Recipe& r) {
   return d;
 }
 
+/// The one place a metric's name picks its implementation (compress/eval.h).
 MetricResult evaluate(const Recipe& r, const Graph& g, const Graph& original, const EvalData& d, at::Device dev, bool progress) {
   Executor ex(g, ExecOptions{dev});
   if (r.metric == "perplexity") return perplexity(ex, d.windows, d.batch, progress);
@@ -226,7 +227,7 @@ RunSummary runRecipe(const Recipe& r, const RunOptions& opts) {
                         {"count", has_eval ? base.count : 0},
                         {"max_degradation", r.max_degradation},
                         {"gate", gate ? (passed ? "pass" : "fail") : "none"}};
-  if (has_eval && r.metric == "perplexity") {
+  if (has_eval && metricFor(r.metric).likelihood) {
     report["accuracy"]["baseline_mean_nll"] = base.mean_nll;
     report["accuracy"]["final_mean_nll"] = fin.mean_nll;
   }
@@ -286,7 +287,7 @@ RunSummary runRecipe(const Recipe& r, const RunOptions& opts) {
         seq = std::min<int64_t>(seq, kv_json["context_length"].get<int64_t>() - 3);
       auto inputs = validationInputs(exported, tokens, 2, seq, 3);  // a cached export: random pasts of 3 positions
       ValidationOptions vo;
-      if (lm && has_eval && !r.eval.tokens.empty() && r.export_spec.validate_perplexity && r.metric == "perplexity" &&
+      if (lm && has_eval && !r.eval.tokens.empty() && r.export_spec.validate_perplexity && metricFor(r.metric).likelihood &&
           !r.export_spec.kv_cache) {
         vo.ppl_tokens = r.eval.tokens;
         vo.seq_len = r.eval.seq_len;

@@ -17,9 +17,9 @@ const std::vector<Task>& tasks() {
 
 const std::vector<Metric>& metrics() {
   static const std::vector<Metric> k = {
-      {"perplexity", true, "tokens", false, "exp of the mean next-token negative log-likelihood"},
-      {"top1", false, "examples", false, "share of examples whose top class is the label"},
-      {"cosine", false, "examples", true, "mean cosine similarity of the outputs to the uncompressed model's"},
+      {"perplexity", true, "tokens", false, true, "exp of the mean next-token negative log-likelihood"},
+      {"top1", false, "examples", false, false, "share of examples whose top class is the label"},
+      {"cosine", false, "examples", true, false, "mean cosine similarity of the outputs to the uncompressed model's"},
   };
   return k;
 }

@@ -24,6 +24,7 @@ struct Metric {
   bool lower_is_better = false;  // perplexity: lower; top-1 and cosine: higher
   std::string counts;            // what `count` in a result is: "tokens" or "examples"
   bool against_model = false;    // measured against the uncompressed model's outputs (1 is no change)
+  bool likelihood = false;       // from next-token log-likelihoods: the report adds the mean NLL, export checks it in ORT
   std::string description;
 };
 
