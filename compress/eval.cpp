@@ -117,6 +117,27 @@ MetricResult top1(Executor& ex, const at::Tensor& inputs, const at::Tensor& labe
   return r;
 }
 
+MetricResult agreement(Executor& ex, Executor& reference, const at::Tensor& inputs, int64_t batch, bool show) {
+  auto t0 = std::chrono::steady_clock::now();
+  at::NoGradGuard ng;
+  const int64_t n = inputs.size(0);
+  int64_t same = 0;
+  for (int64_t b = 0; b < n; b += batch) {
+    const int64_t m = std::min(batch, n - b);
+    at::Tensor x = inputs.narrow(0, b, m);
+    at::Tensor out = ex.run1(x), ref = reference.run1(x);
+    checkFinite(out, "model outputs");
+    same += (out.reshape({m, -1}).argmax(-1).cpu() == ref.reshape({m, -1}).argmax(-1).cpu()).sum().item<int64_t>();
+  }
+  (void)show;
+  MetricResult r;
+  r.metric = "agreement";
+  r.count = n;
+  r.value = n > 0 ? static_cast<double>(same) / static_cast<double>(n) : 1.0;
+  r.seconds = since(t0);
+  return r;
+}
+
 MetricResult cosine(Executor& ex, Executor& reference, const at::Tensor& inputs, int64_t batch, bool show) {
   auto t0 = std::chrono::steady_clock::now();
   at::NoGradGuard ng;

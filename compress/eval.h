@@ -37,6 +37,9 @@ struct MetricResult {
 /// exp(mean NLL) over every scored token, accumulated in float64. Error(Numeric) on NaN/Inf logits.
 MetricResult perplexity(Executor& ex, const LmWindows& w, int64_t batch, bool progress = true);
 MetricResult top1(Executor& ex, const at::Tensor& inputs, const at::Tensor& labels, int64_t batch, bool progress = true);
+/// Share of examples whose top class (argmax of the flattened output) is the reference model's: a classifier's
+/// accuracy proxy when no labels are given.
+MetricResult agreement(Executor& ex, Executor& reference, const at::Tensor& inputs, int64_t batch, bool progress = true);
 /// Mean over examples of cos(output, reference output), outputs flattened per example.
 MetricResult cosine(Executor& ex, Executor& reference, const at::Tensor& inputs, int64_t batch, bool progress = true);
 

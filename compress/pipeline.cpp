@@ -64,6 +64,7 @@ MetricResult evaluate(const Recipe& r, const Graph& g, const Graph& original, co
   if (r.metric == "perplexity") return perplexity(ex, d.windows, d.batch, progress);
   if (r.metric == "top1") return top1(ex, d.inputs, d.labels, d.batch, progress);
   Executor ref(original, ExecOptions{dev});
+  if (r.metric == "agreement") return agreement(ex, ref, d.inputs, d.batch, progress);
   at::Tensor in = taskFor(r.task).token_stream ? d.windows.inputs : d.inputs;
   return cosine(ex, ref, in, d.batch, progress);
 }
@@ -226,7 +227,8 @@ RunSummary runRecipe(const Recipe& r, const RunOptions& opts) {
                         {"degradation", deg},
                         {"count", has_eval ? base.count : 0},
                         {"max_degradation", r.max_degradation},
-                        {"gate", gate ? (passed ? "pass" : "fail") : "none"}};
+                        {"gate", gate ? (passed ? "pass" : "fail") : "none"},
+                        {"metric_reason", r.metric_reason}};
   if (has_eval && metricFor(r.metric).likelihood) {
     report["accuracy"]["baseline_mean_nll"] = base.mean_nll;
     report["accuracy"]["final_mean_nll"] = fin.mean_nll;

@@ -93,16 +93,13 @@ void readData(const YAML::Node& node, bool calibration, const std::string& task,
   for (auto [key, path] : {std::pair{"tokens", out.tokens}, {"text", out.text}, {"tokenizer", out.tokenizer},
                            {"inputs", out.inputs}, {"labels", out.labels}})
     checkFile(d, n[key], ctx + "." + key, path);
-  const Task& t = taskFor(task);
-  if (t.token_stream) {
+  if (taskFor(task).token_stream) {
     if (out.tokens.empty() && out.text.empty())
       d.add(n.Mark(), ctx, "give `tokens: file.npy` or `text: file.txt` with `tokenizer: tokenizer.bin`");
     if (!out.tokens.empty() && !out.text.empty()) d.add(n.Mark(), ctx, "give either `tokens` or `text`, not both");
     if (!out.text.empty() && out.tokenizer.empty()) d.add(n.Mark(), ctx, "`text` needs `tokenizer: path/to/tokenizer.bin`");
   } else {
     if (out.inputs.empty()) d.add(n.Mark(), ctx, "task '" + task + "' needs `inputs: file.npy`");
-    if (t.needs_labels && !calibration && out.labels.empty())
-      d.add(n.Mark(), ctx, "task '" + task + "' needs `labels: file.npy` to measure top-1 accuracy");
   }
 }
 
@@ -263,10 +260,16 @@ void readSections(const YAML::Node& root, Recipe& r, Diagnostics& d) {
     }
   }
 
-  r.metric = defaultMetric(r.task);
+  const Task& task = taskFor(r.task);
+  const bool labels = !r.eval.labels.empty();
+  r.metric = !labels && !task.unlabeled_metric.empty() ? task.unlabeled_metric : task.default_metric;
+  r.metric_reason = r.metric == task.default_metric ? "the default for task '" + r.task + "'"
+                                                    : "no data.eval.labels: the default for task '" + r.task + "' without labels";
   if (YAML::Node acc = root["accuracy"]) {
     OptionReader ar(acc, &d, "accuracy");
-    r.metric = ar.choice("metric", r.metric, metricNames(), "metric to gate on");
+    const std::string chosen = ar.choice("metric", r.metric, metricNames(), "metric to gate on");
+    if (acc["metric"]) r.metric_reason = "chosen in the recipe";
+    r.metric = chosen;
     r.max_degradation = ar.number("max_degradation", -1, -1, 1e6, "allowed relative loss, e.g. 5% or 0.05");
     ar.finish();
     const Task& t = taskFor(r.task);
@@ -274,6 +277,9 @@ void readSections(const YAML::Node& root, Recipe& r, Diagnostics& d) {
       std::string fits;
       for (const auto& m : t.metrics) fits += (fits.empty() ? "" : " or ") + m;
       d.add(acc["metric"].Mark(), "accuracy.metric", "metric '" + r.metric + "' does not fit task '" + r.task + "' (use " + fits + ")");
+    } else if (metricFor(r.metric).needs_labels && !labels && r.eval.present) {
+      d.add(acc["metric"].Mark(), "accuracy.metric", "metric '" + r.metric + "' needs `labels: file.npy` in data.eval" +
+                                                         (task.unlabeled_metric.empty() ? "" : " (without labels use " + task.unlabeled_metric + ")"));
     }
   }
   if (!r.eval.present && r.max_degradation >= 0)

@@ -58,7 +58,8 @@ struct Recipe {
   DataSource calibration, eval, train;  // train: text for passes that train (distill); never the eval data
   std::vector<ConfiguredPass> passes;
   ExportSpec export_spec;
-  std::string metric;              // perplexity | top1 | cosine (default from task)
+  std::string metric;              // compress/task.h's metrics (default from the task, and whether labels are given)
+  std::string metric_reason;       // why this metric: the report says it
   double max_degradation = -1;     // < 0: no gate
   std::string output;
   std::string device = "cpu";

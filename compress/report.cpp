@@ -81,6 +81,7 @@ std::string renderMarkdown(const json& r) {
     md << "Accuracy gate: **" << (a["gate"] == "pass" ? "PASS" : "FAIL") << "** (allowed "
        << fmt(100 * a["max_degradation"].get<double>(), 2) << "%)\n\n";
   const Metric& metric = metricFor(a["metric"].get<std::string>());
+  if (a.contains("metric_reason")) md << "Metric: " << a["metric"].get<std::string>() << " — " << metric.description << " (" << a["metric_reason"].get<std::string>() << ").\n\n";
   md << "Evaluated on " << a["count"].get<int64_t>() << (metric.counts == "tokens" ? " scored tokens" : " " + metric.counts) << ".\n\n";
   md << "## Size\n\n| | parameters | bytes |\n|---|---|---|\n";
   md << "| baseline | " << r["model"]["params"].get<int64_t>() << " | " << humanBytes(r["model"]["bytes"].get<double>()) << " |\n";

@@ -6,20 +6,24 @@
 namespace compress {
 
 const std::vector<Task>& tasks() {
+  // name, description, token stream, default metric, metric without labels, fitting metrics, trains
   static const std::vector<Task> k = {
-      {"causal-lm", "next-token prediction on token ids", true, false, "perplexity", {"perplexity", "cosine"}, true},
-      {"classifier", "class logits, judged on labels", false, true, "top1", {"top1", "cosine"}, false},
-      {"embedding", "vectors, judged by cosine similarity to the uncompressed model's", false, false, "cosine", {"cosine"}, false},
-      {"generic", "any outputs, judged by cosine similarity to the uncompressed model's", false, false, "cosine", {"cosine"}, false},
+      {"causal-lm", "next-token prediction on token ids", true, "perplexity", "", {"perplexity", "cosine"}, true},
+      {"classifier", "class logits: top-1 accuracy on labels, or agreement with the uncompressed model without them", false,
+       "top1", "agreement", {"top1", "agreement", "cosine"}, false},
+      {"embedding", "vectors, judged by cosine similarity to the uncompressed model's", false, "cosine", "", {"cosine"}, false},
+      {"generic", "any outputs, judged by cosine similarity to the uncompressed model's", false, "cosine", "", {"cosine"}, false},
   };
   return k;
 }
 
 const std::vector<Metric>& metrics() {
+  // name, lower is better, counts, against the uncompressed model, likelihood, needs labels, description
   static const std::vector<Metric> k = {
-      {"perplexity", true, "tokens", false, true, "exp of the mean next-token negative log-likelihood"},
-      {"top1", false, "examples", false, false, "share of examples whose top class is the label"},
-      {"cosine", false, "examples", true, false, "mean cosine similarity of the outputs to the uncompressed model's"},
+      {"perplexity", true, "tokens", false, true, false, "exp of the mean next-token negative log-likelihood"},
+      {"top1", false, "examples", false, false, true, "share of examples whose top class is the label"},
+      {"agreement", false, "examples", true, false, false, "share of examples whose top class is the uncompressed model's"},
+      {"cosine", false, "examples", true, false, false, "mean cosine similarity of the outputs to the uncompressed model's"},
   };
   return k;
 }

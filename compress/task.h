@@ -12,8 +12,8 @@ struct Task {
   std::string name;
   std::string description;
   bool token_stream = false;   // data is a token stream (perplexity windows, calibration sequences); else inputs .npy
-  bool needs_labels = false;   // its eval data needs labels (top-1 accuracy)
   std::string default_metric;  // the accuracy metric unless the recipe picks another of `metrics`
+  std::string unlabeled_metric;  // the default when the eval data has no labels (empty: the default needs none)
   std::vector<std::string> metrics;
   bool trains = false;         // data.train (distillation on the task's own data) is supported
 };
@@ -25,6 +25,7 @@ struct Metric {
   std::string counts;            // what `count` in a result is: "tokens" or "examples"
   bool against_model = false;    // measured against the uncompressed model's outputs (1 is no change)
   bool likelihood = false;       // from next-token log-likelihoods: the report adds the mean NLL, export checks it in ORT
+  bool needs_labels = false;     // needs data.eval.labels
   std::string description;
 };
 

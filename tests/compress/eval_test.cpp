@@ -79,6 +79,20 @@ TEST_CASE("top1 and cosine metrics on a real classifier", "[eval]") {
   CHECK(t.count == 40);
   CHECK_THAT(t.value, WithinAbs(0.75, 1e-12));
   CHECK_THROWS_WITH(top1(ex, x, labels.narrow(0, 0, 39), 8, false), Contains("labels have 39"));
+  // Agreement without labels: with itself 1; with the negated head it is the share of equal argmaxes.
+  {
+    Executor self(g);
+    CHECK(agreement(ex, self, x, 7, false).value == 1.0);
+    Graph moved = g;
+    moved.initializers.at("out.weight") = moved.initializers.at("out.weight") * -1.0;
+    Executor neg(moved);
+    const double want = (neg.run1(x).argmax(-1) == pred).to(at::kDouble).mean().item<double>();
+    MetricResult a = agreement(neg, ex, x, 7, false);
+    CHECK(a.count == 40);
+    CHECK(a.metric == "agreement");
+    CHECK_THAT(a.value, WithinAbs(want, 1e-12));
+    CHECK(a.value < 1.0);
+  }
   // Cosine of a model against itself is 1; against a perturbed copy it is below 1 and matches a direct computation.
   Executor same(g);
   CHECK_THAT(cosine(ex, same, x, 16, false).value, WithinAbs(1.0, 1e-12));

@@ -113,4 +113,22 @@ TEST_CASE("a classifier recipe is judged by top-1 accuracy on .npy inputs and la
   CHECK(base >= 0.0);
   CHECK(base <= 1.0);
   CHECK(std::fmod(base * 32, 1.0) == Approx(0.0).margin(1e-9));  // a whole number of the 32 examples
+  CHECK(s.report["accuracy"]["metric_reason"] == "the default for task 'classifier'");
+
+  // Without labels the classifier is judged by agreement with the uncompressed model's top class.
+  std::ofstream(dir + "/r2.yaml") << "model: " << testutil::fixture("mlp.pt") << "\n"
+                                  << "inputs: {x: {dtype: float32, shape: [batch, 12]}}\ntask: classifier\n"
+                                  << "data: {eval: {inputs: x.npy, batch: 8}}\n"
+                                  << "passes: [{rtn: {bits: 4, group_size: 4}}]\naccuracy: {max_degradation: 50%}\noutput: out2\n";
+  RunSummary u = runRecipe(loadRecipe(dir + "/r2.yaml"));
+  CHECK(u.report["accuracy"]["metric"] == "agreement");
+  CHECK(u.report["accuracy"]["baseline"] == 1.0);  // the model agrees with itself
+  const double agree = u.report["accuracy"]["final"].get<double>();
+  CHECK(std::fmod(agree * 32, 1.0) == Approx(0.0).margin(1e-9));
+  CHECK(u.report["accuracy"]["degradation"].get<double>() == Approx(1.0 - agree));
+  CHECK(u.report["accuracy"]["metric_reason"].get<std::string>().find("no data.eval.labels") != std::string::npos);
+  // top1 asked for explicitly without labels is a recipe error naming the alternative
+  std::ofstream(dir + "/r3.yaml") << "model: " << testutil::fixture("mlp.pt") << "\ntask: classifier\n"
+                                  << "data: {eval: {inputs: x.npy}}\naccuracy: {metric: top1}\noutput: out3\n";
+  CHECK_THROWS_WITH(loadRecipe(dir + "/r3.yaml"), Catch::Contains("needs `labels: file.npy` in data.eval (without labels use agreement)"));
 }

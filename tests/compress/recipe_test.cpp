@@ -113,18 +113,21 @@ TEST_CASE("tasks and metrics are declared once: data, default metric, fitting me
   CHECK(taskFor("causal-lm").token_stream);
   CHECK(taskFor("causal-lm").default_metric == "perplexity");
   CHECK(taskFor("causal-lm").trains);
-  CHECK(taskFor("classifier").needs_labels);
+  CHECK(taskFor("classifier").unlabeled_metric == "agreement");
+  CHECK(metricFor("top1").needs_labels);
+  CHECK(metricFor("agreement").against_model);
   CHECK(!taskFor("embedding").token_stream);
   for (const Task& t : tasks()) {  // every default metric exists and fits its task
     CHECK(std::find(t.metrics.begin(), t.metrics.end(), t.default_metric) != t.metrics.end());
     CHECK(metricFor(t.default_metric).name == t.default_metric);
   }
   CHECK_THROWS_WITH(taskFor("translation"), Catch::Contains("causal-lm, classifier, embedding, generic"));
-  CHECK_THROWS_WITH(metricFor("bleu"), Catch::Contains("perplexity, top1, cosine"));
+  CHECK_THROWS_WITH(metricFor("bleu"), Catch::Contains("perplexity, top1, agreement, cosine"));
   // degradation follows the metric's direction: positive is worse
   CHECK(degradation("perplexity", 4.0, 5.0) == Approx(0.25));
   CHECK(degradation("top1", 0.8, 0.6) == Approx(0.25));
   CHECK(degradation("cosine", 1.0, 0.99) == Approx(0.01));
+  CHECK(degradation("agreement", 1.0, 0.9) == Approx(0.1));
   CHECK(degradation("perplexity", 4.0, 3.0) < 0);
   // a recipe whose metric does not fit its task names the ones that do
   const std::string dir = testutil::tempDir("tasks");
