@@ -138,26 +138,44 @@ MetricResult agreement(Executor& ex, Executor& reference, const at::Tensor& inpu
   return r;
 }
 
-MetricResult cosine(Executor& ex, Executor& reference, const at::Tensor& inputs, int64_t batch, bool show) {
+namespace {
+
+/// Mean over examples of cos(f(output), f(reference output)), f flattening each example (after `pool`).
+MetricResult cosineOf(Executor& ex, Executor& reference, const at::Tensor& inputs, int64_t batch, bool pool, const char* name) {
   auto t0 = std::chrono::steady_clock::now();
   at::NoGradGuard ng;
   int64_t n = inputs.size(0);
   double sum = 0;
+  auto features = [&](const at::Tensor& y, int64_t m) {
+    at::Tensor t = y.to(at::kDouble).cpu();
+    if (pool && t.dim() >= 3) t = t.mean(1);  // [B, S, D, ...] -> [B, D, ...]: one vector per sequence
+    return t.reshape({m, -1});
+  };
   for (int64_t b = 0; b < n; b += batch) {
     int64_t m = std::min(batch, n - b);
     at::Tensor x = inputs.narrow(0, b, m);
-    at::Tensor a = ex.run1(x).reshape({m, -1}).to(at::kDouble).cpu();
-    at::Tensor r = reference.run1(x).reshape({m, -1}).to(at::kDouble).cpu();
-    checkFinite(a, "model outputs");
-    sum += at::cosine_similarity(a, r, 1, 1e-12).sum().item<double>();
+    at::Tensor out = ex.run1(x);
+    checkFinite(out, "model outputs");
+    sum += at::cosine_similarity(features(out, m), features(reference.run1(x), m), 1, 1e-12).sum().item<double>();
   }
-  (void)show;
   MetricResult res;
-  res.metric = "cosine";
+  res.metric = name;
   res.count = n;
   res.value = sum / static_cast<double>(n);
   res.seconds = since(t0);
   return res;
+}
+
+}  // namespace
+
+MetricResult cosine(Executor& ex, Executor& reference, const at::Tensor& inputs, int64_t batch, bool show) {
+  (void)show;
+  return cosineOf(ex, reference, inputs, batch, false, "cosine");
+}
+
+MetricResult pooledCosine(Executor& ex, Executor& reference, const at::Tensor& inputs, int64_t batch, bool show) {
+  (void)show;
+  return cosineOf(ex, reference, inputs, batch, true, "pooled_cosine");
 }
 
 at::Tensor tensorFromNpy(const NpyArray& a, const std::string& path) {

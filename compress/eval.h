@@ -42,6 +42,9 @@ MetricResult top1(Executor& ex, const at::Tensor& inputs, const at::Tensor& labe
 MetricResult agreement(Executor& ex, Executor& reference, const at::Tensor& inputs, int64_t batch, bool progress = true);
 /// Mean over examples of cos(output, reference output), outputs flattened per example.
 MetricResult cosine(Executor& ex, Executor& reference, const at::Tensor& inputs, int64_t batch, bool progress = true);
+/// The same on the sequence-mean-pooled outputs ([B, S, D] -> [B, D]): how encoders' sentence embeddings
+/// are compared; outputs of rank 2 are used as they are.
+MetricResult pooledCosine(Executor& ex, Executor& reference, const at::Tensor& inputs, int64_t batch, bool progress = true);
 
 /// A tensor holding a copy of an .npy array.
 at::Tensor tensorFromNpy(const NpyArray& a, const std::string& path);

@@ -65,6 +65,7 @@ MetricResult evaluate(const Recipe& r, const Graph& g, const Graph& original, co
   if (r.metric == "top1") return top1(ex, d.inputs, d.labels, d.batch, progress);
   Executor ref(original, ExecOptions{dev});
   if (r.metric == "agreement") return agreement(ex, ref, d.inputs, d.batch, progress);
+  if (r.metric == "pooled_cosine") return pooledCosine(ex, ref, d.inputs, d.batch, progress);
   at::Tensor in = taskFor(r.task).token_stream ? d.windows.inputs : d.inputs;
   return cosine(ex, ref, in, d.batch, progress);
 }

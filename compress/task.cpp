@@ -11,7 +11,8 @@ const std::vector<Task>& tasks() {
       {"causal-lm", "next-token prediction on token ids", true, "perplexity", "", {"perplexity", "cosine"}, true},
       {"classifier", "class logits: top-1 accuracy on labels, or agreement with the uncompressed model without them", false,
        "top1", "agreement", {"top1", "agreement", "cosine"}, false},
-      {"embedding", "vectors, judged by cosine similarity to the uncompressed model's", false, "cosine", "", {"cosine"}, false},
+      {"embedding", "vectors (encoders), judged by cosine similarity of pooled embeddings to the uncompressed model's", false,
+       "pooled_cosine", "", {"pooled_cosine", "cosine"}, false},
       {"generic", "any outputs, judged by cosine similarity to the uncompressed model's", false, "cosine", "", {"cosine"}, false},
   };
   return k;
@@ -24,6 +25,8 @@ const std::vector<Metric>& metrics() {
       {"top1", false, "examples", false, false, true, "share of examples whose top class is the label"},
       {"agreement", false, "examples", true, false, false, "share of examples whose top class is the uncompressed model's"},
       {"cosine", false, "examples", true, false, false, "mean cosine similarity of the outputs to the uncompressed model's"},
+      {"pooled_cosine", false, "examples", true, false, false,
+       "mean cosine similarity of the sequence-mean-pooled outputs (sentence embeddings) to the uncompressed model's"},
   };
   return k;
 }

@@ -102,4 +102,19 @@ TEST_CASE("top1 and cosine metrics on a real classifier", "[eval]") {
   at::Tensor a = ex.run1(x).to(at::kDouble), b = flipped.run1(x).to(at::kDouble);
   double ref = at::cosine_similarity(b, a, 1, 1e-12).mean().item<double>();
   CHECK_THAT(cosine(flipped, ex, x, 16, false).value, WithinAbs(ref, 1e-6));  // batches of 16 vs all 40: float32 rounding
+  // Pooled cosine on [B, S, D] outputs: the cosine of the sequence means, per example.
+  ImportOptions o3;
+  o3.inputs = {{"x", DType::Float32, {Dim::sym("batch"), Dim::sym("seq"), Dim::fixed(12)}}};
+  Graph g3 = importTorchScript(testutil::fixture("mlp.pt"), o3);
+  Graph h3 = g3;
+  h3.initializers.at("out.weight") = h3.initializers.at("out.weight") * -1.0;
+  Executor e3(g3), f3(h3);
+  at::Tensor xs = at::randn({10, 6, 12});
+  at::Tensor pa = e3.run1(xs).to(at::kDouble).mean(1), pb = f3.run1(xs).to(at::kDouble).mean(1);
+  MetricResult pc = pooledCosine(f3, e3, xs, 4, false);
+  CHECK(pc.metric == "pooled_cosine");
+  CHECK(pc.count == 10);
+  CHECK_THAT(pc.value, WithinAbs(at::cosine_similarity(pb, pa, 1, 1e-12).mean().item<double>(), 1e-6));
+  Executor e3b(g3);
+  CHECK_THAT(pooledCosine(e3, e3b, xs, 4, false).value, WithinAbs(1.0, 1e-12));
 }

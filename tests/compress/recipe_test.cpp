@@ -117,12 +117,13 @@ TEST_CASE("tasks and metrics are declared once: data, default metric, fitting me
   CHECK(metricFor("top1").needs_labels);
   CHECK(metricFor("agreement").against_model);
   CHECK(!taskFor("embedding").token_stream);
+  CHECK(taskFor("embedding").default_metric == "pooled_cosine");
   for (const Task& t : tasks()) {  // every default metric exists and fits its task
     CHECK(std::find(t.metrics.begin(), t.metrics.end(), t.default_metric) != t.metrics.end());
     CHECK(metricFor(t.default_metric).name == t.default_metric);
   }
   CHECK_THROWS_WITH(taskFor("translation"), Catch::Contains("causal-lm, classifier, embedding, generic"));
-  CHECK_THROWS_WITH(metricFor("bleu"), Catch::Contains("perplexity, top1, agreement, cosine"));
+  CHECK_THROWS_WITH(metricFor("bleu"), Catch::Contains("perplexity, top1, agreement, cosine, pooled_cosine"));
   // degradation follows the metric's direction: positive is worse
   CHECK(degradation("perplexity", 4.0, 5.0) == Approx(0.25));
   CHECK(degradation("top1", 0.8, 0.6) == Approx(0.25));
@@ -136,6 +137,6 @@ TEST_CASE("tasks and metrics are declared once: data, default metric, fitting me
     parseRecipe("model: m.pt\ntask: embedding\naccuracy: {metric: top1}\n", dir + "/r.yaml");
     FAIL("accepted top1 for an embedding model");
   } catch (const Error& e) {
-    CHECK_THAT(e.what(), Catch::Contains("metric 'top1' does not fit task 'embedding' (use cosine)"));
+    CHECK_THAT(e.what(), Catch::Contains("metric 'top1' does not fit task 'embedding' (use pooled_cosine or cosine)"));
   }
 }
