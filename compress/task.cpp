@@ -4,6 +4,19 @@
 #include "compress/error.h"
 
 namespace compress {
+namespace {
+
+/// The entry of `table` called `name`; Error(Config) listing the known names otherwise.
+template <typename T>
+const T& byName(const std::vector<T>& table, const std::string& name, const char* what) {
+  for (const T& e : table)
+    if (e.name == name) return e;
+  std::string all;
+  for (const T& e : table) all += (all.empty() ? "" : ", ") + e.name;
+  fail(ErrorCategory::Config, std::string("unknown ") + what + " '" + name + "' (" + what + "s: " + all + ")");
+}
+
+}  // namespace
 
 const std::vector<Task>& tasks() {
   // name, description, token stream, default metric, metric without labels, fitting metrics, trains
@@ -37,13 +50,7 @@ std::vector<std::string> metricNames() {
   return n;
 }
 
-const Metric& metricFor(const std::string& name) {
-  for (const Metric& m : metrics())
-    if (m.name == name) return m;
-  std::string all;
-  for (const Metric& m : metrics()) all += (all.empty() ? "" : ", ") + m.name;
-  fail(ErrorCategory::Config, "unknown metric '" + name + "' (metrics: " + all + ")");
-}
+const Metric& metricFor(const std::string& name) { return byName(metrics(), name, "metric"); }
 
 double degradation(const std::string& metric, double baseline, double final_value) {
   const Metric& m = metricFor(metric);
@@ -58,12 +65,6 @@ std::vector<std::string> taskNames() {
   return n;
 }
 
-const Task& taskFor(const std::string& name) {
-  for (const Task& t : tasks())
-    if (t.name == name) return t;
-  std::string all;
-  for (const Task& t : tasks()) all += (all.empty() ? "" : ", ") + t.name;
-  fail(ErrorCategory::Config, "unknown task '" + name + "' (tasks: " + all + ")");
-}
+const Task& taskFor(const std::string& name) { return byName(tasks(), name, "task"); }
 
 }  // namespace compress

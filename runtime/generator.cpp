@@ -1,6 +1,8 @@
 // generator.cpp — Generator (generator.h): prefill, one-token steps with the in-session KV cache, sampling.
 #include "runtime/generator.h"
 
+#include "runtime/kv_cache.h"
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -8,20 +10,10 @@
 namespace crt {
 namespace {
 
-bool isPast(const IoInfo& io) { return io.name.rfind("past", 0) == 0 && io.shape.size() == 4; }
+bool isPast(const IoInfo& io) { return detail::isPastInput(io); }
 /// An attention mask: [batch, seq] (or [batch, past+seq]) of integers or bools; the Generator feeds ones.
 bool isMask(const IoInfo& io) {
   return io.shape.size() == 2 && (io.dtype == DType::I64 || io.dtype == DType::I32 || io.dtype == DType::Bool);
-}
-
-int64_t metadataContext(const Session& s) {
-  auto it = s.metadata().find("compress.context_length");
-  if (it == s.metadata().end()) return 0;
-  try {
-    return std::max<int64_t>(0, std::stoll(it->second));
-  } catch (...) {
-    return 0;
-  }
 }
 
 }  // namespace
@@ -36,7 +28,7 @@ Result<Generator> Generator::create(const std::string& path, const GeneratorOpti
   so.kv_dtype = o.kv_dtype;
   auto s = Session::create(path, so);
   if (!s) return s.status();
-  const int64_t model_ctx = metadataContext(*s);
+  const int64_t model_ctx = detail::modelContext(s->metadata(), 0);
   const int64_t ctx = o.context > 0 ? o.context : model_ctx > 0 ? model_ctx : 2048;
   if (model_ctx > 0 && ctx > model_ctx)
     return Status{StatusCode::InvalidArgument, "context " + std::to_string(ctx) + " is longer than the model's " + std::to_string(model_ctx) +

@@ -160,6 +160,18 @@ void checkNew(const OpCtx& c, const KvState& kv, const Buf& x, int64_t S_q) {
   if (kv.length + x.shape[2] > kv.capacity) c.bad("the KV cache is full");
 }
 
+/// Calls fn(rows, query head) for every query head, in parallel over kv heads: `rows` are the T cached rows
+/// of the head's kv head as fp32 (converted once per kv head when the cache is fp16, shared by its GQA group).
+template <typename F>
+void forEachHead(OpCtx& c, const KvState& kv, int e, int64_t T, int64_t rep, F&& fn) {
+  const int64_t D = kv.head_dim;
+  float* tmp = kv.storage == DType::F16 ? static_cast<float*>(c.scratch(static_cast<size_t>(kv.kv_heads * T * D) * sizeof(float))) : nullptr;
+  c.env.pool->parallelFor(kv.kv_heads, [&](int64_t h) {
+    const float* rows = cachedRows(c, kv, e, h, T, tmp ? tmp + h * T * D : nullptr);
+    for (int64_t g = 0; g < rep; ++g) fn(rows, h * rep + g);
+  });
+}
+
 /// scores[0, h, s, t] = q[0, h, s, :] . K[h / rep][t, :] over t < length + S, after appending the new keys.
 void opKvScores(OpCtx& c) {
   const KvState& kv = stateOf(c);
@@ -175,13 +187,8 @@ void opKvScores(OpCtx& c) {
   appendRows(c, kv, e, kn);
   const float* qf = floatData(c, q);
   FloatOut o = floatOut(c, q.dt, q.shape.rank == 4 ? Shape{1, H, S, T} : Shape{H, S, T});
-  float* tmp = kv.storage == DType::F16 ? static_cast<float*>(c.scratch(static_cast<size_t>(kv.kv_heads * T * D) * sizeof(float))) : nullptr;
-  c.env.pool->parallelFor(kv.kv_heads, [&](int64_t h) {
-    const float* K = cachedRows(c, kv, e, h, T, tmp ? tmp + h * T * D : nullptr);
-    for (int64_t r = 0; r < rep; ++r) {
-      const int64_t qh = h * rep + r;
-      c.env.k->gemm_nt(S, T, D, qf + qh * S * D, D, K, D, o.p + qh * S * T, T);
-    }
+  forEachHead(c, kv, e, T, rep, [&](const float* K, int64_t qh) {
+    c.env.k->gemm_nt(S, T, D, qf + qh * S * D, D, K, D, o.p + qh * S * T, T);
   });
   finish(o);
 }
@@ -202,13 +209,8 @@ void opKvValues(OpCtx& c) {
   appendRows(c, kv, e, vn);
   const float* pf = floatData(c, p);
   FloatOut o = floatOut(c, p.dt, r == 4 ? Shape{1, H, S, D} : Shape{H, S, D});
-  float* tmp = kv.storage == DType::F16 ? static_cast<float*>(c.scratch(static_cast<size_t>(kv.kv_heads * T * D) * sizeof(float))) : nullptr;
-  c.env.pool->parallelFor(kv.kv_heads, [&](int64_t h) {
-    const float* V = cachedRows(c, kv, e, h, T, tmp ? tmp + h * T * D : nullptr);
-    for (int64_t r = 0; r < rep; ++r) {
-      const int64_t qh = h * rep + r;
-      c.env.k->gemm_nn(S, D, T, pf + qh * S * T, T, V, D, o.p + qh * S * D, D);
-    }
+  forEachHead(c, kv, e, T, rep, [&](const float* V, int64_t qh) {
+    c.env.k->gemm_nn(S, D, T, pf + qh * S * T, T, V, D, o.p + qh * S * D, D);
   });
   finish(o);
 }
@@ -226,9 +228,9 @@ bool hasKvInputs(const Graph& g) {
   return false;
 }
 
-int64_t modelContext(const Graph& g, int64_t fallback) {
-  auto it = g.metadata.find("compress.context_length");
-  if (it == g.metadata.end()) return fallback;
+int64_t modelContext(const std::map<std::string, std::string>& metadata, int64_t fallback) {
+  auto it = metadata.find("compress.context_length");
+  if (it == metadata.end()) return fallback;
   char* end = nullptr;
   const long long v = std::strtoll(it->second.c_str(), &end, 10);
   return end && *end == 0 && v > 0 && v <= (int64_t{1} << 24) ? v : fallback;

@@ -11,6 +11,8 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <string>
 #include <vector>
 
 #include "runtime/internal.h"
@@ -38,10 +40,12 @@ struct KvState {
   std::vector<TotalInput> total_inputs;
 };
 
+/// A past.N key/value input of a cached export ([batch, kv_heads, past, head_dim], float).
+bool isPastInput(const IoInfo& io);
 /// True when the graph has past.N key/value inputs (a cached export).
 bool hasKvInputs(const Graph& g);
 /// The model's context length (metadata compress.context_length), or `fallback` when it does not say.
-int64_t modelContext(const Graph& g, int64_t fallback);
+int64_t modelContext(const std::map<std::string, std::string>& metadata, int64_t fallback);
 
 /// Rewrites the loaded graph for an in-session cache of `capacity` rows stored as `storage`. A ModelError
 /// naming the first chain that is not in the exported form (or when the model has no past inputs).
