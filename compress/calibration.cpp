@@ -9,49 +9,96 @@
 
 namespace compress {
 
-std::vector<Block> groupIntoBlocks(const Graph& g, const std::vector<std::string>& weights) {
-  std::vector<Block> blocks;
-  std::map<std::string, size_t> index;
-  std::regex layer(R"(^(.*\.)?(\d+)\.)");
-  for (const auto& w : weights) {
-    std::smatch m;
-    std::string key = std::regex_search(w, m, layer) ? w.substr(0, m.position(0) + m.length(0) - 1) : w;
-    auto it = index.find(key);
-    if (it == index.end()) {
-      index[key] = blocks.size();
-      blocks.push_back({key, {w}});
-    } else {
-      blocks[it->second].weights.push_back(w);
-    }
-  }
-  // Order blocks and their weights by where their MatMuls run.
-  std::map<std::string, int> pos;
-  for (const auto& l : findLinears(g))
-    if (!pos.count(l.weight)) pos[l.weight] = l.node;
-  for (auto& b : blocks)
-    std::sort(b.weights.begin(), b.weights.end(), [&](const auto& a, const auto& c) { return pos[a] < pos[c]; });
-  std::sort(blocks.begin(), blocks.end(), [&](const Block& a, const Block& b) { return pos[a.weights[0]] < pos[b.weights[0]]; });
-  // Without layer prefixes, sibling layers that read the same input (q/k/v, gate/up) still form one block.
-  std::map<std::string, std::string> input_of;
-  for (const auto& l : findLinears(g)) input_of.emplace(l.weight, g.nodes[l.node].inputs[0]);
-  std::vector<Block> merged;
-  for (auto& b : blocks) {
-    if (!merged.empty() && b.weights.size() == 1 && merged.back().weights.size() >= 1 &&
-        input_of[b.weights[0]] == input_of[merged.back().weights.back()]) {
-      bool prefixed = std::regex_search(b.weights[0], layer);
-      if (!prefixed) {
-        merged.back().weights.push_back(b.weights[0]);
-        continue;
+namespace {
+
+/// Where each calibrated layer runs (its node) and what it reads: linears and convs alike.
+struct LayerSite {
+  int node = -1;
+  std::string input;
+};
+std::map<std::string, LayerSite> layerSites(const Graph& g) {
+  std::map<std::string, LayerSite> sites;
+  for (const auto& l : findLinears(g)) sites.emplace(l.weight, LayerSite{l.node, g.nodes[l.node].inputs[0]});
+  for (const auto& c : findConvs(g)) sites.emplace(c.weight, LayerSite{c.node, g.nodes[c.node].inputs[0]});
+  return sites;
+}
+
+/// The residual Adds: x + f(x) where f contains a linear or conv layer (a transformer's attention and MLP
+/// branches, a ResNet block). Found by walking back from one operand to the other, never below the
+/// other's producer (the nodes are in topological order).
+std::vector<int> residualAdds(const Graph& g) {
+  std::set<int> layer_nodes;
+  for (const auto& [w, site] : layerSites(g)) layer_nodes.insert(site.node);
+  std::vector<int> adds;
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    const Node& n = g.nodes[i];
+    if (n.op != "Add" || n.inputs.size() != 2 || g.isInitializer(n.inputs[0]) || g.isInitializer(n.inputs[1])) continue;
+    bool residual = false;
+    for (int side = 0; side < 2 && !residual; ++side) {
+      const std::string& skip = n.inputs[side];
+      const int floor = g.producer(skip);
+      bool through_layer = false, reached = false;
+      std::vector<int> stack = {g.producer(n.inputs[1 - side])};
+      std::set<int> seen;
+      while (!stack.empty() && !reached) {
+        int k = stack.back();
+        stack.pop_back();
+        if (k <= floor || !seen.insert(k).second) continue;
+        through_layer = through_layer || layer_nodes.count(k);
+        for (const auto& v : g.nodes[static_cast<size_t>(k)].inputs) {
+          if (v == skip) reached = true;
+          else if (!v.empty() && !g.isInitializer(v)) stack.push_back(g.producer(v));
+        }
       }
+      residual = reached && through_layer;
     }
-    merged.push_back(std::move(b));
+    if (residual) adds.push_back(static_cast<int>(i));
   }
-  return merged;
+  return adds;
+}
+
+/// "layers.3" of "layers.3.attention.wq.weight" (HF "model.layers.3", GPT-2 "h.3", BERT "encoder.layer.3"),
+/// or "" for names without a numbered module.
+std::string layerPrefix(const std::string& w) {
+  static const std::regex layer(R"(^(.*\.)?(\d+)\.)");
+  std::smatch m;
+  return std::regex_search(w, m, layer) ? w.substr(0, static_cast<size_t>(m.position(0) + m.length(0) - 1)) : "";
+}
+
+}  // namespace
+
+std::vector<Block> groupIntoBlocks(const Graph& g, const std::vector<std::string>& weights) {
+  const auto sites = layerSites(g);
+  const std::vector<int> adds = residualAdds(g);
+  // Segment of a node: how many residual Adds run before it; a segment starts right after its Add.
+  auto segmentOf = [&](int node) { return static_cast<int>(std::lower_bound(adds.begin(), adds.end(), node) - adds.begin()); };
+  std::vector<std::string> ordered = weights;
+  for (const auto& w : ordered)
+    if (!sites.count(w)) fail(ErrorCategory::Internal, "'" + w + "' is not a linear or conv weight");
+  std::stable_sort(ordered.begin(), ordered.end(), [&](const auto& a, const auto& b) { return sites.at(a).node < sites.at(b).node; });
+  std::vector<Block> blocks;
+  int last_segment = -1;
+  for (const auto& w : ordered) {
+    const int seg = segmentOf(sites.at(w).node);
+    const std::string prefix = layerPrefix(w);
+    // One block per residual segment; consecutive segments of one numbered layer (a transformer layer's
+    // attention and MLP halves) stay one block, as do layers that read the block's input (q/k/v).
+    bool same = !blocks.empty() && (seg == last_segment || (!prefix.empty() && prefix == layerPrefix(blocks.back().weights[0])));
+    if (!same) {
+      Block b;
+      b.name = prefix.empty() ? "block " + std::to_string(blocks.size()) + " (" + w + ")" : prefix;
+      b.start = seg == 0 ? 0 : adds[static_cast<size_t>(seg - 1)] + 1;
+      blocks.push_back(std::move(b));
+    }
+    blocks.back().weights.push_back(w);
+    last_segment = seg;
+  }
+  return blocks;
 }
 
 std::vector<std::vector<std::string>> sharedInputGroups(const Graph& g, const Block& b) {
   std::map<std::string, std::string> input_of;
-  for (const auto& l : findLinears(g)) input_of.emplace(l.weight, g.nodes[l.node].inputs[0]);
+  for (const auto& [w, site] : layerSites(g)) input_of.emplace(w, site.input);
   std::vector<std::vector<std::string>> groups;
   std::vector<std::string> keys;
   for (const auto& w : b.weights) {
@@ -66,18 +113,65 @@ std::vector<std::vector<std::string>> sharedInputGroups(const Graph& g, const Bl
   return groups;
 }
 
+at::Tensor convColumns(const Node& n, const at::Tensor& x, const at::Tensor& w) {
+  const std::string auto_pad = n.hasAttr("auto_pad") ? std::get<std::string>(n.attrs.at("auto_pad")) : "NOTSET";
+  if (auto_pad != "NOTSET" && auto_pad != "VALID")
+    fail(ErrorCategory::Model, "calibration of conv '" + n.name + "' needs explicit pads (auto_pad " + auto_pad + ")");
+  const bool one_d = x.dim() == 3;
+  if (x.dim() != 3 && x.dim() != 4) fail(ErrorCategory::Internal, "conv '" + n.name + "': input of rank " + std::to_string(x.dim()));
+  at::Tensor xi = (one_d ? x.unsqueeze(2) : x).to(at::kFloat);
+  auto attr = [&](const char* key, int64_t def) {
+    std::vector<int64_t> v = n.attrInts(key);
+    if (v.empty()) v.assign(one_d ? 1 : 2, def);
+    if (one_d) v.insert(v.begin(), def);  // the added height axis
+    return v;
+  };
+  std::vector<int64_t> strides = attr("strides", 1), dilations = attr("dilations", 1);
+  std::vector<int64_t> pads = n.attrInts("pads");  // ONNX: begins, then ends
+  if (pads.empty()) pads.assign(one_d ? 2 : 4, 0);
+  if (one_d) pads = {0, pads[0], 0, pads[1]};
+  if (pads[0] || pads[1] || pads[2] || pads[3]) xi = at::constant_pad_nd(xi, {pads[1], pads[3], pads[0], pads[2]});
+  const int64_t kh = one_d ? 1 : w.size(2), kw = w.size(one_d ? 2 : 3);
+  at::Tensor cols = at::im2col(xi, {kh, kw}, {dilations[0], dilations[1]}, {0, 0}, {strides[0], strides[1]});  // [B, C·k, L]
+  return cols.transpose(1, 2).reshape({-1, cols.size(1)});
+}
+
+std::vector<std::string> dropGroupedConvs(const Graph& g, std::vector<std::string>& weights, nlohmann::json* skipped) {
+  std::set<std::string> grouped;
+  for (const auto& c : findConvs(g))
+    if (c.groups > 1) grouped.insert(c.weight);
+  std::vector<std::string> dropped;
+  weights.erase(std::remove_if(weights.begin(), weights.end(), [&](const std::string& w) {
+                  if (!grouped.count(w)) return false;
+                  dropped.push_back(w);
+                  return true;
+                }), weights.end());
+  if (skipped)
+    for (const auto& w : dropped)
+      skipped->push_back({{"weight", w}, {"reason", "grouped or depthwise conv: each group reads its own input channels, so one "
+                                                     "calibration matrix does not describe it (quantize it with rtn)"}});
+  return dropped;
+}
+
 BlockRunner::BlockRunner(const Graph& g, const at::Tensor& inputs, int64_t chunk, at::Device device) : g_(g) {
-  if (g.inputs.size() != 1) fail(ErrorCategory::Config, "calibration supports models with one input");
   if (!inputs.defined() || inputs.size(0) == 0)
     fail(ErrorCategory::Config, "this pass needs calibration data: add data.calibration to the recipe");
   ex_ = std::make_unique<Executor>(g, ExecOptions{device});
   for (int64_t s = 0; s < inputs.size(0); s += chunk)
-    envs_.push_back(ex_->start({{g.inputs[0], inputs.narrow(0, s, std::min(chunk, inputs.size(0) - s))}}));
+    envs_.push_back(ex_->start(companionInputs(g, inputs.narrow(0, s, std::min(chunk, inputs.size(0) - s)))));
   for (const auto& l : findLinears(g)) matmul_of_.emplace(l.weight, g.nodes[l.node].name);
+  for (const auto& c : findConvs(g)) matmul_of_.emplace(c.weight, g.nodes[c.node].name);
 }
 
 int BlockRunner::boundaryOf(const Block& b) const {
   int best = ex_->liveCount();
+  for (size_t i = static_cast<size_t>(std::max(b.start, 0)); i < g_.nodes.size(); ++i) {  // the segment's first live node
+    int k = ex_->liveIndexOf(g_.nodes[i].name);
+    if (k >= 0) {
+      best = std::min(best, k);
+      break;
+    }
+  }
   std::string prefix = b.name + ".";
   for (const auto& [name, t] : g_.initializers)
     if (name.rfind(prefix, 0) == 0) {
@@ -105,6 +199,10 @@ void BlockRunner::capture(const std::vector<std::string>& weights,
   int hook = ex_->addHook([&](int, const Node& n, const std::vector<at::Tensor>& in, const std::vector<at::Tensor>& out) {
     auto it = wanted.find(n.name);
     if (it == wanted.end()) return;
+    if (n.op == "Conv") {  // the matrix a conv multiplies: im2col columns in, channels-last out
+      fn(it->second, outputs ? out[0].movedim(1, -1).reshape({-1, out[0].size(1)}).to(at::kFloat) : convColumns(n, in[0], in[1]));
+      return;
+    }
     const at::Tensor& x = outputs ? out[0] : in[0];
     fn(it->second, x.reshape({-1, x.size(-1)}).to(at::kFloat));
   });

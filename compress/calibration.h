@@ -1,13 +1,16 @@
 // calibration.h — block-sequential calibration for GPTQ, AWQ and friends.
-// Linear weights are grouped into blocks (a transformer layer = the parameter-name prefix "layers.N.";
-// otherwise one layer per block). The calibration inputs run once up to block 0; the values live at that
-// boundary are kept, and each step runs only from the current boundary: to a layer of the block (to
+// Linear and conv weights are grouped into blocks by the graph's structure: the residual stream between
+// one residual Add and the next (a transformer's attention or MLP half, a ResNet block), whatever the
+// parameters are called; the halves of one numbered layer ("layers.N.", "h.N.") stay one block.
+// The calibration inputs run once up to block 0; the values live at that boundary are kept, and each step runs only from the current boundary: to a layer of the block (to
 // capture its input), or through the whole block (to move the boundary on, with the block's weights as the
 // pass has just left them). So the cost is O(blocks) block-forwards and only one block's activations are
 // alive at a time.
 #pragma once
 
 #include <ATen/ATen.h>
+
+#include <nlohmann/json.hpp>
 
 #include <functional>
 #include <map>
@@ -21,11 +24,20 @@
 namespace compress {
 
 struct Block {
-  std::string name;                  // "layers.3" or the weight name
-  std::vector<std::string> weights;  // linear weights in graph order
+  std::string name;                  // "layers.3", or "block 4 (<first weight>)" for unnumbered names
+  std::vector<std::string> weights;  // linear and conv weights in graph order
+  int start = 0;                     // graph node index where the block's residual segment begins
 };
 
-/// Groups `weights` (linear-layer weights) into blocks by their "<prefix>.<N>." name; others alone.
+/// The matrix a conv multiplies: the im2col columns of its input x ([B, C, H, W] or [B, C, L]) as
+/// [B·positions, C·k...], in the order of weightMatrix(w) (ONNX pads, strides and dilations honoured).
+at::Tensor convColumns(const Node& n, const at::Tensor& x, const at::Tensor& w);
+
+/// Removes grouped and depthwise convs from `weights` (their groups read different inputs, so one
+/// Hessian or activation norm does not describe them), listing each with the reason in `skipped`.
+std::vector<std::string> dropGroupedConvs(const Graph& g, std::vector<std::string>& weights, nlohmann::json* skipped);
+
+/// Groups `weights` (linear or conv weights) into blocks: residual segments (see the top of this file).
 std::vector<Block> groupIntoBlocks(const Graph& g, const std::vector<std::string>& weights);
 
 /// Sub-groups of a block that share one input, in the order a true-sequential pass quantizes them: q/k/v
@@ -40,7 +52,7 @@ class BlockRunner {
   BlockRunner(const Graph& g, const at::Tensor& inputs, int64_t chunk, at::Device device);
 
   /// Calls fn(weight, x) with the input x ([tokens, in], float32) of every MatMul of `weights` (its output
-  /// [tokens, out] with `outputs`), for every chunk, running from the current boundary only as far as the
+  /// [tokens, out] with `outputs`; for a conv its im2col columns [positions, in·k], outputs [positions, out]), for every chunk, running from the current boundary only as far as the
   /// last of them.
   void capture(const std::vector<std::string>& weights,
                const std::function<void(const std::string& weight, const at::Tensor& x)>& fn, bool outputs = false);

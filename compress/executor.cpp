@@ -3,6 +3,7 @@
 #include "compress/executor.h"
 
 #include <algorithm>
+#include <cctype>
 #include <functional>
 #include <numeric>
 #include <set>
@@ -805,10 +806,33 @@ std::vector<at::Tensor> Executor::run(const std::map<std::string, at::Tensor>& i
 }
 
 at::Tensor Executor::run1(const at::Tensor& input) {
-  if (g_.inputs.size() != 1 || g_.outputs.empty())
-    fail(ErrorCategory::Data, "run1 needs a model with exactly one input; this one has " +
-                                  std::to_string(g_.inputs.size()));
-  return run({{g_.inputs[0], input}})[0];
+  if (g_.inputs.empty() || g_.outputs.empty()) fail(ErrorCategory::Data, "this model has no inputs or no outputs");
+  return run(companionInputs(g_, input))[0];
+}
+
+std::map<std::string, at::Tensor> companionInputs(const Graph& g, const at::Tensor& first) {
+  std::map<std::string, at::Tensor> feeds;
+  if (g.inputs.empty()) return feeds;
+  feeds[g.inputs[0]] = first;
+  for (size_t i = 1; i < g.inputs.size(); ++i) {
+    const std::string& name = g.inputs[i];
+    auto vi = g.values.find(name);
+    const DType dt = vi == g.values.end() ? DType::Undefined : vi->second.dtype;
+    const bool integer = dt == DType::Int64 || dt == DType::Int32 || dt == DType::Bool;
+    if (!integer || first.dim() != 2 || at::isFloatingType(first.scalar_type()))
+      fail(ErrorCategory::Data, "model input '" + name + "' has no default: evaluation and calibration data feed the first input ('" +
+                                    g.inputs[0] + "') only, and further inputs are defaulted only for text models ([batch, seq] "
+                                    "attention masks, position ids, token type ids)");
+    const auto opts = at::TensorOptions().dtype(toScalarType(dt));
+    const int64_t b = first.size(0), s = first.size(1);
+    std::string lower = name;
+    std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    if (lower.find("position") != std::string::npos) feeds[name] = at::arange(s, opts).unsqueeze(0).expand({b, s}).contiguous();
+    else if (lower.find("mask") != std::string::npos && lower.find("padding") == std::string::npos)
+      feeds[name] = at::ones({b, s}, opts);  // 1 = attend (HF); a key_padding_mask (true = ignore) gets zeros
+    else feeds[name] = at::zeros({b, s}, opts);
+  }
+  return feeds;
 }
 
 at::Tensor probeTensor(DType dtype, const Shape& shape, int64_t batch, int64_t seq) {

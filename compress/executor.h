@@ -37,7 +37,8 @@ class Executor {
   /// Runs the graph. Inputs are given by graph input name and moved to the executor's device; missing or
   /// extra inputs, wrong dtypes and wrong ranks are Error(Data). Returns the graph outputs in order.
   std::vector<at::Tensor> run(const std::map<std::string, at::Tensor>& inputs);
-  /// Convenience for single-input graphs.
+  /// Runs the graph on its first input; further inputs get their defaults (companionInputs). Returns the
+  /// first output.
   at::Tensor run1(const at::Tensor& input);
 
   /// Values computed so far, by name: what block-sequential calibration saves at a block boundary.
@@ -81,5 +82,11 @@ void inferShapes(Graph& g, const std::map<std::string, std::pair<DType, Shape>>&
 /// A concrete probe tensor for an input spec: zeros for integer inputs (always a valid token/index),
 /// seeded normal values for floating inputs.
 at::Tensor probeTensor(DType dtype, const Shape& shape, int64_t batch, int64_t seq);
+
+/// Feeds for a model run on its first input only, as evaluation and calibration data give it: the
+/// further inputs of a text model ([batch, seq] integers) get the values a tokenizer gives a full,
+/// unpadded batch: attention masks all ones (padding masks zeros), position ids 0..seq-1, token type (segment) ids zeros.
+/// Any other further input is Error(Data) naming it.
+std::map<std::string, at::Tensor> companionInputs(const Graph& g, const at::Tensor& first);
 
 }  // namespace compress

@@ -224,6 +224,48 @@ std::vector<LinearRef> findLinears(const Graph& g) {
   return out;
 }
 
+std::vector<ConvRef> findConvs(const Graph& g) {
+  std::vector<ConvRef> out;
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    const Node& n = g.nodes[i];
+    if (n.op != "Conv" || n.inputs.size() < 2 || !g.isInitializer(n.inputs[1])) continue;
+    const at::Tensor& w = g.initializers.at(n.inputs[1]);
+    if ((w.dim() != 3 && w.dim() != 4) || !w.is_floating_point()) continue;
+    out.push_back({static_cast<int>(i), n.inputs[1], n.attrInt("group", 1)});
+  }
+  return out;
+}
+
+at::Tensor weightMatrix(const at::Tensor& w) { return w.dim() == 2 ? w : w.reshape({w.size(0), -1}); }
+
+int canonicalizeLinearLayout(Graph& g) {
+  auto linears = findLinears(g);
+  std::sort(linears.begin(), linears.end(), [](const LinearRef& a, const LinearRef& b) { return a.node > b.node; });
+  int changed = 0;
+  for (const auto& l : linears) {  // from the last node back, so earlier indices stay valid
+    const std::string& w = l.weight;
+    if (l.transposed || !g.isInitializer(w) || g.consumers(w).size() != 1) continue;
+    if (std::find(g.outputs.begin(), g.outputs.end(), w) != g.outputs.end()) continue;
+    at::Tensor& t = g.initializers.at(w);
+    t = t.t().contiguous();
+    ValueInfo& vi = g.values[w];
+    ValueInfo view = vi;  // the [in, out] view the MatMul reads
+    if (vi.shape && vi.shape->size() == 2) std::swap((*vi.shape)[0], (*vi.shape)[1]);
+    Node tr;
+    tr.op = "Transpose";
+    tr.name = g.freshName("transpose." + w);
+    tr.inputs = {w};
+    tr.outputs = {g.freshName(w + ".T")};
+    tr.attrs["perm"] = std::vector<int64_t>{1, 0};
+    tr.source = g.nodes[static_cast<size_t>(l.node)].source;
+    g.values[tr.outputs[0]] = view;
+    g.nodes[static_cast<size_t>(l.node)].inputs[1] = tr.outputs[0];
+    g.nodes.insert(g.nodes.begin() + l.node, std::move(tr));
+    ++changed;
+  }
+  return changed;
+}
+
 std::vector<std::string> namesOf(const Graph& g, const std::string& weight) {
   std::vector<std::string> names = {weight};
   for (const auto& [alias, target] : g.aliases)
@@ -239,15 +281,18 @@ static bool globMatch(const std::string& pattern, const std::string& name) {
 
 std::vector<std::string> selectWeights(const Graph& g, const std::vector<std::string>& targets,
                                        const std::vector<std::string>& ignore, std::vector<std::string>* unmatched) {
+  std::vector<std::pair<std::string, const char*>> layers;  // weight, the keyword that selects its kind
+  for (const auto& l : findLinears(g)) layers.emplace_back(l.weight, "Linear");
+  for (const auto& c : findConvs(g)) layers.emplace_back(c.weight, "Conv");
   std::vector<std::string> out;
   std::set<std::string> seen;
   std::vector<bool> used(targets.size(), false);
-  for (const auto& lin : findLinears(g)) {
-    if (!seen.insert(lin.weight).second) continue;
-    auto names = namesOf(g, lin.weight);
+  for (const auto& [weight, kind] : layers) {
+    if (!seen.insert(weight).second) continue;
+    auto names = namesOf(g, weight);
     bool hit = false;
     for (size_t t = 0; t < targets.size(); ++t) {
-      bool m = targets[t] == "Linear";
+      bool m = targets[t] == kind;
       for (const auto& n : names) m = m || globMatch(targets[t], n);
       if (m) used[t] = true, hit = true;
     }
@@ -255,11 +300,11 @@ std::vector<std::string> selectWeights(const Graph& g, const std::vector<std::st
     bool skip = false;
     for (const auto& p : ignore)
       for (const auto& n : names) skip = skip || globMatch(p, n);
-    if (!skip) out.push_back(lin.weight);
+    if (!skip) out.push_back(weight);
   }
   if (unmatched)
-    for (size_t t = 0; t < targets.size(); ++t)
-      if (!used[t]) unmatched->push_back(targets[t]);
+    for (size_t t = 0; t < targets.size(); ++t)  // a kind keyword may find none of its kind (no convs in an LM)
+      if (!used[t] && targets[t] != "Linear" && targets[t] != "Conv") unmatched->push_back(targets[t]);
   return out;
 }
 
@@ -269,7 +314,7 @@ std::vector<std::string> selectPassTargets(const Graph& g, const std::string& pa
   auto weights = selectWeights(g, targets, ignore, &unmatched);
   if (!unmatched.empty())
     fail(ErrorCategory::Config, pass + ": target pattern '" + unmatched[0] +
-                                    "' matched no linear weight (see `compress inspect MODEL` for names)");
+                                    "' matched no linear or conv weight (see `compress inspect MODEL` for names)");
   return weights;
 }
 

@@ -127,10 +127,37 @@ struct LinearRef {
 };
 std::vector<LinearRef> findLinears(const Graph& g);
 
+/// A convolution as passes see it: Conv(x, W) with W a float initializer [out, in/groups, k...] (1-D or
+/// 2-D kernels). Calibration passes treat W as the matrix [out, in/groups · k...] that multiplies the
+/// im2col columns of the input (calibration.h); grouped and depthwise convs (groups > 1) are listed with
+/// their groups so passes that need one input per matrix can skip them with a reason.
+struct ConvRef {
+  int node = -1;
+  std::string weight;
+  int64_t groups = 1;
+};
+std::vector<ConvRef> findConvs(const Graph& g);
+
+/// The default targets of the weight passes: every linear and conv layer.
+inline const std::vector<std::string> kLayerTargets = {"Linear", "Conv"};
+inline constexpr const char* kLayerTargetsHelp = "layers: Linear, Conv, or parameter-name globs";
+
+/// The [out, fan_in] matrix of a linear ([out, in]) or conv ([out, in/groups, k...]) weight: a view of a
+/// contiguous w, so in-place changes to it reach w.
+at::Tensor weightMatrix(const at::Tensor& w);
+
+/// Stores every linear weight in the nn.Linear layout [out, in] read through Transpose(W), as the
+/// TorchScript importer gives nn.Linear: MatMul(x, W[in, out]) — HF Conv1D (GPT-2), Gemm-free ONNX files,
+/// torch.onnx's pre-transposed initializers — becomes MatMul(x, Transpose(Wᵀ)) with the weight keeping
+/// its name. So every pass sees one layout: rows are output channels, groups run along the input.
+/// Weights with other readers (tied to an embedding, say) stay as they are. Returns how many changed.
+int canonicalizeLinearLayout(Graph& g);
+
 /// Every name a weight is known by: its own and those of the parameters tied to it.
 std::vector<std::string> namesOf(const Graph& g, const std::string& weight);
 
-/// Linear-layer weights selected by recipe patterns. "Linear" selects every linear layer; any other
+/// Layer weights selected by recipe patterns. "Linear" selects every linear layer, "Conv" every
+/// convolution (findConvs); any other
 /// pattern is a glob on parameter names ("layers.*.w1", "*.wq.weight"; a pattern may stop at a module
 /// name: "output" selects "output.weight"). A weight matches when any of its names (tied ones
 /// included) matches. `ignore` removes matches. Patterns in `targets` that matched nothing are appended

@@ -354,6 +354,10 @@ void Importer::hAddmm(Call& c) {
   jit::Node* n = c.n;
   double beta = get(n->inputs()[3]).kind == IVal::Int ? get(n->inputs()[3]).i : get(n->inputs()[3]).f;
   double alpha = get(n->inputs()[4]).kind == IVal::Int ? get(n->inputs()[4]).i : get(n->inputs()[4]).f;
+  if (alpha == 1 && beta == 1) {  // HF Conv1D and nn.Linear traced as addmm: the MatMul + bias a linear layer is
+    std::string y = emit1("MatMul", {c.T(1), c.T(2)}, {}, c.oname + ".mm");
+    return c.setT(emit1("Add", {y, c.T(0)}, {}, c.oname));
+  }
   return c.setT(emit1("Gemm", {c.T(1), c.T(2), c.T(0)}, {{"alpha", alpha}, {"beta", beta}}, c.oname));
 
 }

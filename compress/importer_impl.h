@@ -158,6 +158,7 @@ class Importer {
         g_.aliases[p.name] = it->second;
     }
     g_.pruneUnused();
+    canonicalizeLinearLayout(g_);  // HF Conv1D's [in, out] weights read as nn.Linear's
     inferShapes(g_, specs_);
     verify(g_);
     return std::move(g_);

@@ -73,6 +73,7 @@ class OnnxReader {
       g_.outputs.push_back(o.name());
     }
     markParameters();
+    canonicalizeLinearLayout(g_);  // MatMul(x, W[in, out]) and torch.onnx's folded transposes read as nn.Linear's
     inferShapes(g_, specs_);
     for (const Node& n : g_.nodes)  // values the executor computes fused (Sqrt+Reciprocal, Sigmoid+Mul) keep their input's type
       for (const auto& o : n.outputs)

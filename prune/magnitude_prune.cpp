@@ -17,7 +17,7 @@ nlohmann::json magnitudePrune(Graph& g, const MagnitudePruneOptions& opts) {
   requireFloatTargets(g, "magnitude-prune", weights);
   std::map<std::string, at::Tensor> masks;
   if (opts.pattern.nm()) {
-    for (const auto& w : weights) masks[w] = keepNofM(g.initializers.at(w).abs(), opts.pattern.n, opts.pattern.m);
+    for (const auto& w : weights) masks[w] = keepNofM(weightMatrix(g.initializers.at(w)).abs(), opts.pattern.n, opts.pattern.m);
   } else if (opts.scope == "global") {
     std::vector<at::Tensor> flat;
     for (const auto& w : weights) flat.push_back(g.initializers.at(w).abs().reshape({-1}).to(at::kFloat));
@@ -31,7 +31,7 @@ nlohmann::json magnitudePrune(Graph& g, const MagnitudePruneOptions& opts) {
     }
   } else {
     for (const auto& w : weights) {
-      at::Tensor a = g.initializers.at(w).abs();
+      at::Tensor a = weightMatrix(g.initializers.at(w)).abs();  // rows = output channels (a conv's [out, in·k])
       masks[w] = opts.scope == "row" ? keepPerRow(a, opts.sparsity)
                                      : keepLowestPruned(a, std::llround(opts.sparsity * static_cast<double>(a.numel())));
     }
@@ -62,7 +62,7 @@ class MagnitudePrunePass : public Pass {
                            "where the fraction applies: each matrix (layer is a synonym), each output row, all targets together");
     if (opts_.scope == "layer") opts_.scope = "matrix";
     opts_.pattern = readPattern(r);
-    opts_.targets = r.strings("targets", {"Linear"}, "weights to prune: Linear, or parameter-name globs");
+    opts_.targets = r.strings("targets", kLayerTargets, kLayerTargetsHelp);
     opts_.ignore = r.strings("ignore", {}, "parameter-name globs to leave dense (e.g. output)");
   }
   PassResult run(Graph& g, PassContext&) override {

@@ -14,7 +14,7 @@ namespace compress {
 struct MagnitudePruneOptions {
   double sparsity = 0.5;
   std::string scope = "matrix";  // matrix (alias: layer): each matrix alone; row: each output row; global: all targets
-  std::vector<std::string> targets = {"Linear"};
+  std::vector<std::string> targets = kLayerTargets;
   std::vector<std::string> ignore;
   PatternSpec pattern;  // N:M overrides sparsity and scope (the smallest N of every M in a row)
 };

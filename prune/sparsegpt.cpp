@@ -124,6 +124,8 @@ nlohmann::json sparseGptPrune(Graph& g, const at::Tensor& calibration, const Spa
   auto t0 = std::chrono::steady_clock::now();
   auto weights = selectPassTargets(g, "sparsegpt", opts.targets, opts.ignore);
   requireFloatTargets(g, "sparsegpt", weights);
+  nlohmann::json skipped = nlohmann::json::array();
+  dropGroupedConvs(g, weights, &skipped);
   for (const auto& w : weights) g.initializers.at(w) = g.initializers.at(w).clone();  // updated in place below
   nlohmann::json layers = nlohmann::json::array();
   std::map<std::string, QuantizedTensor> quantized;
@@ -131,9 +133,9 @@ nlohmann::json sparseGptPrune(Graph& g, const at::Tensor& calibration, const Spa
     std::map<std::string, HessianAccumulator> acc;
     runner.capture(b.weights, [&](const std::string& w, const at::Tensor& x) { acc[w].add(x); });
     for (const auto& w : b.weights) {
-      at::Tensor& W = g.initializers.at(w);
+      at::Tensor W = weightMatrix(g.initializers.at(w));  // a conv's [out, in·k]: a view, updated in place
       at::Tensor H = acc.at(w).hessian();
-      at::Tensor prior = g.sparsity.count(w) ? g.sparsity.at(w).mask : at::Tensor();
+      at::Tensor prior = g.sparsity.count(w) ? weightMatrix(g.sparsity.at(w).mask) : at::Tensor();
       SparseGptResult r = sparseGpt(W, H, opts, prior);
       // Output error on the calibration inputs, tr(ΔW H ΔWᵀ) / 2, and magnitude pruning's at the same mask size.
       auto outErr = [&](const at::Tensor& d) { return (d.matmul(H) * d).sum().item<double>() / 2.0; };
@@ -157,6 +159,7 @@ nlohmann::json sparseGptPrune(Graph& g, const at::Tensor& calibration, const Spa
   s["block_size"] = opts.block_size;
   s["damp"] = opts.damp;
   s["format"] = opts.quant ? opts.quant->name() : "float";
+  s["layers_skipped"] = skipped;
   s["calibration_samples"] = calibration.size(0);
   s["forward_nodes"] = forward;
   s["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -184,7 +187,7 @@ class SparseGptPass : public Pass {
     if (group == 0 || group == 1) r.error("group_size", "must be -1 (per channel) or at least 2");
     opts_.quant.reset();
     if (bits >= 2) opts_.quant = QuantFormat{static_cast<int32_t>(bits), static_cast<int32_t>(group), sym};
-    opts_.targets = r.strings("targets", {"Linear"}, "weights to prune: Linear, or parameter-name globs");
+    opts_.targets = r.strings("targets", kLayerTargets, kLayerTargetsHelp);
     opts_.ignore = r.strings("ignore", {}, "parameter-name globs to leave dense (e.g. output)");
     opts_.chunk = r.integer("chunk", 8, 1, 1 << 16, "calibration sequences per forward pass (memory)");
   }

@@ -20,7 +20,7 @@ struct SparseGptOptions {
   int64_t block_size = 128;          // columns per adaptive-mask block and lazy batch update
   double damp = 0.01;                // fraction of mean(diag H) added to the diagonal
   std::optional<QuantFormat> quant;  // joint quantization in the same sweep
-  std::vector<std::string> targets = {"Linear"};
+  std::vector<std::string> targets = kLayerTargets;
   std::vector<std::string> ignore;
   int64_t chunk = 8;
 };

@@ -75,6 +75,7 @@ at::Tensor keepNofM(const at::Tensor& scores, int n, int m) {
 
 nlohmann::json installMask(Graph& g, const std::string& w, at::Tensor mask, const PatternSpec& p) {
   at::Tensor& t = g.initializers.at(w);
+  if (mask.sizes() != t.sizes() && mask.numel() == t.numel()) mask = mask.reshape(t.sizes());  // a conv's [out, in·k] mask
   auto prev = g.sparsity.find(w);
   if (prev != g.sparsity.end() && prev->second.mask.sizes() == mask.sizes()) mask = mask & prev->second.mask;
   t.mul_(mask.to(t.scalar_type()));  // in place: a calibration runner's folded views see it

@@ -30,18 +30,21 @@ nlohmann::json wandaPrune(Graph& g, const at::Tensor& calibration, const WandaOp
   auto t0 = std::chrono::steady_clock::now();
   auto weights = selectPassTargets(g, "wanda", opts.targets, opts.ignore);
   requireFloatTargets(g, "wanda", weights);
+  nlohmann::json skipped = nlohmann::json::array();
+  dropGroupedConvs(g, weights, &skipped);
   for (const auto& w : weights) g.initializers.at(w) = g.initializers.at(w).clone();  // pruned in place below
   nlohmann::json layers = nlohmann::json::array();
   int64_t forward = forEachBlock(g, calibration, weights, opts.chunk, device, "wanda", progress, [&](const Block& b, BlockRunner& runner) {
     ChannelNormAccumulator acc;
     runner.capture(b.weights, [&](const std::string& w, const at::Tensor& x) { acc.add(w, x); });
     for (const auto& w : b.weights)
-      layers.push_back(installMask(g, w, wandaMask(g.initializers.at(w), acc.norms(w), opts.sparsity, opts.scope, opts.pattern), opts.pattern));
+      layers.push_back(installMask(g, w, wandaMask(weightMatrix(g.initializers.at(w)), acc.norms(w), opts.sparsity, opts.scope, opts.pattern), opts.pattern));
   });
   nlohmann::json s = sparsityTotals(layers);
   s["target_sparsity"] = opts.pattern.nm() ? opts.pattern.sparsity() : opts.sparsity;
   s["scope"] = opts.pattern.nm() ? "row" : opts.scope;
   s["pattern"] = opts.pattern.str();
+  s["layers_skipped"] = skipped;
   s["calibration_samples"] = calibration.size(0);
   s["forward_nodes"] = forward;
   s["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -61,7 +64,7 @@ class WandaPass : public Pass {
     opts_.sparsity = r.number("sparsity", 0.5, 0.0, 1.0, "fraction of targeted weights to zero; ignored with N:M");
     opts_.scope = r.choice("scope", "row", {"row", "matrix"}, "compare scores within each output row (the paper's) or each matrix");
     opts_.pattern = readPattern(r);
-    opts_.targets = r.strings("targets", {"Linear"}, "weights to prune: Linear, or parameter-name globs");
+    opts_.targets = r.strings("targets", kLayerTargets, kLayerTargetsHelp);
     opts_.ignore = r.strings("ignore", {}, "parameter-name globs to leave dense (e.g. output)");
     opts_.chunk = r.integer("chunk", 8, 1, 1 << 16, "calibration sequences per forward pass (memory)");
   }

@@ -16,7 +16,7 @@ struct WandaOptions {
   double sparsity = 0.5;
   std::string scope = "row";  // row (the paper's: compare within each output row) or matrix
   PatternSpec pattern;        // N:M: the N lowest scores of every M in a row
-  std::vector<std::string> targets = {"Linear"};
+  std::vector<std::string> targets = kLayerTargets;
   std::vector<std::string> ignore;
   int64_t chunk = 8;  // calibration sequences per forward pass
 };

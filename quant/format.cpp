@@ -123,9 +123,32 @@ std::vector<uint8_t> packBits(const at::Tensor& qdata, int bits, bool symmetric)
   return out;
 }
 
+// A conv weight is quantized as its [out, fan_in] matrix (groups run along in·k), so DequantizeLinear
+// gives that matrix and a Reshape gives the conv its kernel shape back: the same DQ -> op form as linears.
+static void reshapeQuantizedConv(Graph& g, const std::string& weight, const std::vector<int64_t>& shape) {
+  const std::string shape_name = g.freshName(weight + ".kernel_shape");
+  const std::string kernel = g.freshName(weight + ".kernel");
+  for (int c : g.consumers(weight))
+    for (auto& in : g.nodes[static_cast<size_t>(c)].inputs)
+      if (in == weight) in = kernel;
+  g.initializers[shape_name] = at::tensor(shape, at::kLong);
+  g.values[shape_name] = ValueInfo{DType::Int64, Shape{Dim::fixed(static_cast<int64_t>(shape.size()))}};
+  Shape ks;
+  for (auto d : shape) ks.push_back(Dim::fixed(d));
+  g.values[kernel] = ValueInfo{g.values[weight].dtype == DType::Undefined ? DType::Float32 : g.values[weight].dtype, ks};
+  g.values[weight].shape = Shape{Dim::fixed(shape[0]), Dim::fixed(g.initializers.at(weight + ".qdata").size(1))};
+  Node r;
+  r.op = "Reshape";
+  r.name = g.freshName("kernel." + weight);
+  r.inputs = {weight, shape_name};
+  r.outputs = {kernel};
+  g.nodes.insert(g.nodes.begin() + 1, std::move(r));  // right after the DequantizeLinear
+}
+
 void installQuantized(Graph& g, const std::string& weight, const QuantizedTensor& q, const std::string& method) {
   if (!g.isInitializer(weight))
     fail(ErrorCategory::Internal, "cannot quantize '" + weight + "': it is not a float initializer");
+  const std::vector<int64_t> shape = g.initializers.at(weight).sizes().vec();
   g.initializers.erase(weight);
   g.parameters.erase(weight);
   auto add = [&](const std::string& name, const at::Tensor& t) {
@@ -153,6 +176,7 @@ void installQuantized(Graph& g, const std::string& weight, const QuantizedTensor
   }
   g.nodes.insert(g.nodes.begin(), n);
   g.quant[weight] = QuantInfo{q.format.bits, q.format.group_size, q.format.symmetric, method};
+  if (shape.size() > 2) reshapeQuantizedConv(g, weight, shape);
 }
 
 QuantizedTensor quantizedOf(const Graph& g, const std::string& weight) {

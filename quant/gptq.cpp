@@ -116,6 +116,8 @@ nlohmann::json gptqQuantizeModel(Graph& g, const at::Tensor& calibration, const 
   std::vector<std::string> todo;
   for (const auto& w : weights)
     if (g.isInitializer(w)) todo.push_back(w);
+  nlohmann::json skipped = nlohmann::json::array();
+  dropGroupedConvs(g, todo, &skipped);
   // The weights are updated in place below; own them first so no other graph copy sees the changes.
   for (const auto& w : todo) g.initializers.at(w) = g.initializers.at(w).clone();
   auto blocks = groupIntoBlocks(g, todo);
@@ -131,9 +133,9 @@ nlohmann::json gptqQuantizeModel(Graph& g, const at::Tensor& calibration, const 
       std::map<std::string, HessianAccumulator> acc;
       runner.capture(step, [&](const std::string& w, const at::Tensor& x) { acc[w].add(x); });
       for (const auto& w : step) {
-        at::Tensor& W = g.initializers.at(w);
+        at::Tensor W = weightMatrix(g.initializers.at(w));  // a conv's [out, in·k]: a view, updated in place
         at::Tensor H = acc.at(w).hessian();
-        at::Tensor mask = g.sparsity.count(w) ? g.sparsity.at(w).mask : at::Tensor();
+        at::Tensor mask = g.sparsity.count(w) ? weightMatrix(g.sparsity.at(w).mask) : at::Tensor();
         QuantizedTensor q = gptqQuantize(W, H, opts.format, opts.damp, opts.block_size, opts.act_order, mask);
         at::Tensor deq = dequantize(q);
         // Output error on the calibration inputs, against round-to-nearest: tr(ΔW H ΔWᵀ) / 2.
@@ -162,7 +164,7 @@ nlohmann::json gptqQuantizeModel(Graph& g, const at::Tensor& calibration, const 
           {"symmetric", opts.format.symmetric}, {"damp", opts.damp}, {"block_size", opts.block_size},
           {"act_order", opts.act_order}, {"true_sequential", opts.true_sequential},
           {"calibration_samples", calibration.size(0)}, {"blocks", blocks.size()},
-          {"layers_quantized", results.size()}, {"bytes_before", before}, {"bytes_after", after},
+          {"layers_quantized", results.size()}, {"layers_skipped", skipped}, {"bytes_before", before}, {"bytes_after", after},
           {"forward_nodes", runner.forwardNodes()}, {"seconds", secs}, {"layers", layers}};
 }
 
@@ -181,7 +183,7 @@ class GptqPass : public Pass {
     opts_.block_size = r.integer("block_size", 128, 1, 1 << 20, "columns per lazy batch update");
     opts_.act_order = r.boolean("act_order", false, "quantize columns by decreasing diag(H); groups stay contiguous (no g_idx)");
     opts_.true_sequential = r.boolean("true_sequential", true, "q/k/v, then o, then w1/w3, then w2 inside a block");
-    opts_.targets = r.strings("targets", {"Linear"}, "weights to quantize: Linear, or parameter-name globs");
+    opts_.targets = r.strings("targets", kLayerTargets, kLayerTargetsHelp);
     opts_.ignore = r.strings("ignore", {}, "parameter-name globs to leave in float");
     opts_.chunk = r.integer("chunk", 8, 1, 1 << 16, "calibration sequences per forward pass (memory)");
   }

@@ -18,7 +18,7 @@ struct GptqOptions {
   int64_t block_size = 128;   // columns per lazy batch update
   bool act_order = false;     // quantize columns by decreasing diag(H)
   bool true_sequential = true;
-  std::vector<std::string> targets = {"Linear"};
+  std::vector<std::string> targets = kLayerTargets;
   std::vector<std::string> ignore;
   int64_t chunk = 8;          // calibration sequences per forward pass
 };

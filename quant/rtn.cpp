@@ -1,5 +1,6 @@
 // rtn.cpp — round-to-nearest (RTN) weight-only quantization, 2-8 bits, per channel or per group,
-// symmetric or asymmetric. Changes: selected Linear/MatMul weights -> DequantizeLinear(qdata, scale[, zp]).
+// symmetric or asymmetric. Changes: selected Linear/MatMul and Conv weights -> DequantizeLinear(qdata, scale[, zp])
+// (a conv's as its [out, in·k] matrix, then Reshape).
 // Keeps: topology, pruning masks (zeros quantize to exactly zero).
 #include "quant/rtn.h"
 
@@ -22,9 +23,9 @@ nlohmann::json rtnQuantize(Graph& g, const RtnOptions& opts) {
       continue;
     }
     at::Tensor t = g.initializers.at(w);
-    QuantizedTensor q = quantizeRtn(t, opts.format);
+    QuantizedTensor q = quantizeRtn(weightMatrix(t), opts.format);
     at::Tensor deq = dequantize(q);
-    double rmse = std::sqrt((deq - t.to(at::kFloat)).pow(2).mean().item<double>());
+    double rmse = std::sqrt((deq - weightMatrix(t).to(at::kFloat)).pow(2).mean().item<double>());
     int64_t b0 = t.numel() * static_cast<int64_t>(t.element_size());
     int64_t b1 = (q.qdata.numel() * opts.format.bits + 7) / 8 + q.scales.numel() * 4 +
                  (q.zero_points.defined() ? (q.zero_points.numel() * opts.format.bits + 7) / 8 : 0);
@@ -49,7 +50,7 @@ class RtnPass : public Pass {
   }
   void configure(OptionReader& r) override {
     opts_.format = readFormatOptions(r, QuantFormat{8, -1, true});
-    opts_.targets = r.strings("targets", {"Linear"}, "weights to quantize: Linear, or parameter-name globs");
+    opts_.targets = r.strings("targets", kLayerTargets, kLayerTargetsHelp);
     opts_.ignore = r.strings("ignore", {}, "parameter-name globs to leave in float");
   }
   PassResult run(Graph& g, PassContext&) override {

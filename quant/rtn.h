@@ -13,7 +13,7 @@ namespace compress {
 
 struct RtnOptions {
   QuantFormat format;
-  std::vector<std::string> targets = {"Linear"};
+  std::vector<std::string> targets = kLayerTargets;
   std::vector<std::string> ignore;
 };
 

@@ -78,7 +78,7 @@ TEST_CASE("a failing run leaves an existing output folder untouched and no temp 
   fs::create_directories(dir + "/out");
   std::ofstream(dir + "/out/keep.txt") << "previous results";
   std::ofstream(dir + "/out/" + kOutputMarker) << "";  // an earlier run's output
-  CHECK_THROWS_WITH(runRecipe(loadRecipe(dir + "/recipe.yaml")), Contains("matched no linear weight"));
+  CHECK_THROWS_WITH(runRecipe(loadRecipe(dir + "/recipe.yaml")), Contains("matched no linear or conv weight"));
   CHECK(fs::exists(dir + "/out/keep.txt"));
   int entries = 0;
   for (const auto& e : fs::directory_iterator(dir)) entries += e.path().filename().string().rfind("out", 0) == 0;

@@ -20,70 +20,17 @@
 #include "quant/rtn.h"
 #include "runtime/crt.h"
 #include "test_util.h"
+#include "zoo_util.h"
 
 // after the LibTorch headers: glog (pulled in by some of them) defines its own CHECK
 #include <catch2/catch.hpp>
 #include "crt_run.h"
 
 using namespace compress;
+using namespace zooutil;
 using nlohmann::json;
 
 namespace {
-
-using Feeds = std::map<std::string, at::Tensor>;
-
-struct ZooCase {
-  Feeds inputs;
-  at::Tensor output;
-};
-
-struct ZooModel {
-  std::string name, task;
-  std::vector<InputSpec> specs;
-  std::vector<ZooCase> cases, onnx_cases;
-};
-
-std::string zooDir() { return testutil::fixture("zoo"); }
-
-at::Tensor tensorOf(const NpyArray& a) {
-  at::ScalarType st = a.descr == "<i8" ? at::kLong : a.descr == "<f4" ? at::kFloat : a.descr == "|b1" ? at::kBool : at::kInt;
-  at::Tensor t = at::empty(a.shape, st);
-  std::memcpy(t.data_ptr(), a.data.data(), a.data.size());
-  return t;
-}
-
-ZooCase readCase(const json& c) {
-  ZooCase z;
-  for (const auto& [name, file] : c["inputs"].items()) z.inputs[name] = tensorOf(readNpy(zooDir() + "/" + file.get<std::string>()));
-  z.output = tensorOf(readNpy(zooDir() + "/" + c["output"].get<std::string>()));
-  return z;
-}
-
-std::vector<ZooModel> zoo() {
-  std::ifstream f(zooDir() + "/zoo.json");
-  REQUIRE(f.good());
-  json m = json::parse(f);
-  std::vector<ZooModel> out;
-  for (const auto& e : m) {
-    ZooModel z{e["name"], e["task"], {}, {}, {}};
-    for (const auto& i : e["inputs"]) {
-      InputSpec s{i["name"], i["dtype"] == "int64" ? DType::Int64 : DType::Float32, {}};
-      for (const auto& d : i["shape"]) s.shape.push_back(d.is_string() ? Dim::sym(d.get<std::string>()) : Dim::fixed(d.get<int64_t>()));
-      z.specs.push_back(s);
-    }
-    for (const auto& c : e["cases"]) z.cases.push_back(readCase(c));
-    for (const auto& c : e["onnx_cases"]) z.onnx_cases.push_back(readCase(c));
-    out.push_back(std::move(z));
-  }
-  return out;
-}
-
-/// max |a - b| relative to max |ref| (the acceptance bound is 1e-4).
-double relDiff(const at::Tensor& a, const at::Tensor& ref) {
-  if (a.sizes() != ref.sizes()) return 1e30;
-  const double scale = std::max(ref.abs().max().item<double>(), 1e-6);
-  return (a.to(at::kFloat) - ref.to(at::kFloat)).abs().max().item<double>() / scale;
-}
 
 at::Tensor runCrun(const std::string& path, const Feeds& inputs) { return testutil::runCrt(path, inputs)[0]; }
 
@@ -101,16 +48,11 @@ void record(const std::string& family, const std::string& column, const std::str
 }
 std::string verdict(bool ok, double diff) { return ok ? "ok" : "FAIL (rel. diff " + std::to_string(diff) + ")"; }
 
-Graph importZoo(const ZooModel& z) {
-  ImportOptions io;
-  io.inputs = z.specs;
-  return importTorchScript(zooDir() + "/" + z.name + ".pt", io);
-}
 
 /// Applies a compression format; returns false (with `why`) when it does not apply to the model.
 bool compressAs(Graph& g, const std::string& fmt, std::string& why) {
-  if (findLinears(g).empty()) {
-    why = "n/a: no linear layers";
+  if (findLinears(g).empty() && findConvs(g).empty()) {
+    why = "n/a: no linear or conv layers";
     return false;
   }
   RtnOptions r;

@@ -88,5 +88,5 @@ TEST_CASE("rtn rejects NaN weights and unmatched targets", "[rtn][errors]") {
   Graph g = importTorchScript(testutil::fixture("llama_block.pt"));
   RtnOptions o;
   o.targets = {"layers.*.nothing"};
-  CHECK_THROWS_WITH(rtnQuantize(g, o), Contains("matched no linear weight"));
+  CHECK_THROWS_WITH(rtnQuantize(g, o), Contains("matched no linear or conv weight"));
 }
