@@ -74,6 +74,8 @@ ScaleFold findScaleFold(const Graph& g, const std::vector<std::string>& weights)
   for (const auto& w : weights) {
     auto it = lin.find(w);
     if (it == lin.end() || !it->second.transposed) return none;
+    // A weight read elsewhere too (an lm_head tied to the token embedding's Gather) cannot take the scale.
+    if (!g.isInitializer(w) || g.consumers(w).size() != 1) return none;
     group_matmuls.insert(it->second.node);
     const std::string& in = g.nodes[it->second.node].inputs[0];
     if (!x.empty() && x != in) return none;
@@ -82,10 +84,21 @@ ScaleFold findScaleFold(const Graph& g, const std::vector<std::string>& weights)
   // Every reader of x must be one of the group's MatMuls, or the scale would leak elsewhere.
   for (int c : g.consumers(x))
     if (!group_matmuls.count(c)) return none;
+  int64_t in_dim = g.initializers.count(weights[0]) ? g.initializers.at(weights[0]).size(1) : -1;
   int p = g.producer(x);
+  // Through reshapes that keep the channel axis last ([B, S, D] -> [B·S, D] before HF Conv1D's addmm).
+  while (p >= 0 && g.nodes[p].op == "Reshape") {
+    const std::string& src = g.nodes[p].inputs[0];
+    auto vi = g.values.find(src);
+    int value_readers = 0;  // Shape nodes read only the shape, which the scale leaves alone
+    for (int c : g.consumers(src)) value_readers += g.nodes[static_cast<size_t>(c)].op == "Shape" ? 0 : 1;
+    if (vi == g.values.end() || !vi->second.shape || vi->second.shape->empty() || !vi->second.shape->back().isFixed() ||
+        vi->second.shape->back().value != in_dim || value_readers != 1)
+      return none;
+    p = g.producer(src);
+  }
   if (p < 0) return none;
   const Node& n = g.nodes[p];
-  int64_t in_dim = g.initializers.count(weights[0]) ? g.initializers.at(weights[0]).size(1) : -1;
   if (n.op == "LayerNormalization" && g.isInitializer(n.inputs[1])) {
     ScaleFold f{ScaleFold::LayerNorm, n.inputs[1], n.inputs.size() > 2 ? n.inputs[2] : ""};
     return f;

@@ -261,3 +261,26 @@ TEST_CASE("every algorithm runs on every family of the zoo", "[layers][zoo][algo
   }
   if (const char* p = std::getenv("COMPRESS_ZOO_ALGORITHMS")) std::ofstream(p) << table.dump(1);
 }
+
+TEST_CASE("AWQ's scale folding leaves the float model unchanged on GPT-2-, OPT- and BERT-style blocks; tied and post-LN inputs are not folded", "[layers][zoo][awq]") {
+  for (const char* family : {"gpt2", "bert", "opt"}) {
+    INFO(family);
+    ZooModel z = zooModel(family);
+    Graph g = importZoo(z);
+    const Graph before = g.clone();
+    AwqOptions o;
+    o.quantize = false;  // scales searched against int4 and folded, weights left in float: an exact rewrite
+    o.clip = false;
+    auto s = awqQuantizeModel(g, tokensFor(z, 16, 16), o, at::kCPU, false);
+    double worst = 0;
+    for (const auto& c : z.cases) worst = std::max(worst, relDiff(Executor(g).run(c.inputs)[0], Executor(before).run(c.inputs)[0]));
+    INFO(s["groups"].dump());
+    CHECK(worst <= 1e-5);
+    bool scaled = false;  // something was folded (LayerNorm with bias, or a previous linear's rows)
+    for (const auto& [name, t] : g.initializers)
+      if (before.initializers.count(name) && t.sizes() == before.initializers.at(name).sizes() && !at::equal(t, before.initializers.at(name))) scaled = true;
+    // GPT-2 and OPT are pre-LN: q/k/v and the MLP's up projection read a LayerNorm (with bias) only. BERT is
+    // post-LN: its LayerNorm output is also the residual stream, so no fold is exact and none is made.
+    CHECK(scaled == (std::string(family) != "bert"));
+  }
+}
