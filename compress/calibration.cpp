@@ -26,9 +26,9 @@ std::map<std::string, LayerSite> layerSites(const Graph& g) {
 /// The residual Adds: x + f(x) where f contains a linear or conv layer (a transformer's attention and MLP
 /// branches, a ResNet block). Found by walking back from one operand to the other, never below the
 /// other's producer (the nodes are in topological order).
-std::vector<int> residualAdds(const Graph& g) {
+std::vector<int> residualAdds(const Graph& g, const std::map<std::string, LayerSite>& sites) {
   std::set<int> layer_nodes;
-  for (const auto& [w, site] : layerSites(g)) layer_nodes.insert(site.node);
+  for (const auto& [w, site] : sites) layer_nodes.insert(site.node);
   std::vector<int> adds;
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     const Node& n = g.nodes[i];
@@ -69,7 +69,7 @@ std::string layerPrefix(const std::string& w) {
 
 std::vector<Block> groupIntoBlocks(const Graph& g, const std::vector<std::string>& weights) {
   const auto sites = layerSites(g);
-  const std::vector<int> adds = residualAdds(g);
+  const std::vector<int> adds = residualAdds(g, sites);
   // Segment of a node: how many residual Adds run before it; a segment starts right after its Add.
   auto segmentOf = [&](int node) { return static_cast<int>(std::lower_bound(adds.begin(), adds.end(), node) - adds.begin()); };
   std::vector<std::string> ordered = weights;
@@ -136,7 +136,7 @@ at::Tensor convColumns(const Node& n, const at::Tensor& x, const at::Tensor& w) 
   return cols.transpose(1, 2).reshape({-1, cols.size(1)});
 }
 
-std::vector<std::string> dropGroupedConvs(const Graph& g, std::vector<std::string>& weights, nlohmann::json* skipped) {
+void dropGroupedConvs(const Graph& g, std::vector<std::string>& weights, nlohmann::json* skipped) {
   std::set<std::string> grouped;
   for (const auto& c : findConvs(g))
     if (c.groups > 1) grouped.insert(c.weight);
@@ -150,7 +150,6 @@ std::vector<std::string> dropGroupedConvs(const Graph& g, std::vector<std::strin
     for (const auto& w : dropped)
       skipped->push_back({{"weight", w}, {"reason", "grouped or depthwise conv: each group reads its own input channels, so one "
                                                      "calibration matrix does not describe it (quantize it with rtn)"}});
-  return dropped;
 }
 
 BlockRunner::BlockRunner(const Graph& g, const at::Tensor& inputs, int64_t chunk, at::Device device) : g_(g) {
@@ -165,13 +164,7 @@ BlockRunner::BlockRunner(const Graph& g, const at::Tensor& inputs, int64_t chunk
 
 int BlockRunner::boundaryOf(const Block& b) const {
   int best = ex_->liveCount();
-  for (size_t i = static_cast<size_t>(std::max(b.start, 0)); i < g_.nodes.size(); ++i) {  // the segment's first live node
-    int k = ex_->liveIndexOf(g_.nodes[i].name);
-    if (k >= 0) {
-      best = std::min(best, k);
-      break;
-    }
-  }
+  best = std::min(best, ex_->firstLiveAtOrAfter(b.start));  // the residual segment's first node that runs
   std::string prefix = b.name + ".";
   for (const auto& [name, t] : g_.initializers)
     if (name.rfind(prefix, 0) == 0) {

@@ -2,10 +2,10 @@
 // Linear and conv weights are grouped into blocks by the graph's structure: the residual stream between
 // one residual Add and the next (a transformer's attention or MLP half, a ResNet block), whatever the
 // parameters are called; the halves of one numbered layer ("layers.N.", "h.N.") stay one block.
-// The calibration inputs run once up to block 0; the values live at that boundary are kept, and each step runs only from the current boundary: to a layer of the block (to
-// capture its input), or through the whole block (to move the boundary on, with the block's weights as the
-// pass has just left them). So the cost is O(blocks) block-forwards and only one block's activations are
-// alive at a time.
+// The calibration inputs run once up to block 0; the values live at that boundary are kept, and each
+// step runs only from the current boundary: to a layer of the block (to capture its input), or through
+// the whole block (to move the boundary on, with the block's weights as the pass has just left them). So
+// the cost is O(blocks) block-forwards and only one block's activations are alive at a time.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -35,7 +35,7 @@ at::Tensor convColumns(const Node& n, const at::Tensor& x, const at::Tensor& w);
 
 /// Removes grouped and depthwise convs from `weights` (their groups read different inputs, so one
 /// Hessian or activation norm does not describe them), listing each with the reason in `skipped`.
-std::vector<std::string> dropGroupedConvs(const Graph& g, std::vector<std::string>& weights, nlohmann::json* skipped);
+void dropGroupedConvs(const Graph& g, std::vector<std::string>& weights, nlohmann::json* skipped);
 
 /// Groups `weights` (linear or conv weights) into blocks: residual segments (see the top of this file).
 std::vector<Block> groupIntoBlocks(const Graph& g, const std::vector<std::string>& weights);
@@ -52,7 +52,8 @@ class BlockRunner {
   BlockRunner(const Graph& g, const at::Tensor& inputs, int64_t chunk, at::Device device);
 
   /// Calls fn(weight, x) with the input x ([tokens, in], float32) of every MatMul of `weights` (its output
-  /// [tokens, out] with `outputs`; for a conv its im2col columns [positions, in·k], outputs [positions, out]), for every chunk, running from the current boundary only as far as the
+  /// [tokens, out] with `outputs`; for a conv its im2col columns [positions, in·k], outputs [positions,
+  /// out]), for every chunk, running from the current boundary only as far as the
   /// last of them.
   void capture(const std::vector<std::string>& weights,
                const std::function<void(const std::string& weight, const at::Tensor& x)>& fn, bool outputs = false);

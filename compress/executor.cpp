@@ -745,6 +745,10 @@ int Executor::liveIndexOf(const std::string& node_name) const {
   return -1;
 }
 
+int Executor::firstLiveAtOrAfter(int node) const {
+  return static_cast<int>(std::lower_bound(live_nodes_.begin(), live_nodes_.end(), node) - live_nodes_.begin());
+}
+
 int Executor::firstReaderOf(const std::string& value) const {
   for (size_t k = 0; k < live_nodes_.size(); ++k) {
     const Node& n = g_.nodes[live_nodes_[k]];

@@ -50,6 +50,8 @@ class Executor {
   void runRange(Env& env, int from, int to);
   /// Position of a node among the nodes that run each time, or -1 when it was folded into a constant.
   int liveIndexOf(const std::string& node_name) const;
+  /// Position of the first node that runs each time at or after graph node index `node` (liveCount() when none).
+  int firstLiveAtOrAfter(int node) const;
   int liveCount() const { return static_cast<int>(live_nodes_.size()); }
   /// Position of the first running node that reads `value` directly, or -1.
   int firstReaderOf(const std::string& value) const;
