@@ -6,6 +6,7 @@
 
 #include "compress/error.h"
 #include "compress/progress.h"
+#include "runtime/op_table.h"
 
 namespace compress {
 
@@ -23,9 +24,72 @@ std::map<std::string, LayerSite> layerSites(const Graph& g) {
   return sites;
 }
 
-/// The residual Adds: x + f(x) where f contains a linear or conv layer (a transformer's attention and MLP
-/// branches, a ResNet block). Found by walking back from one operand to the other, never below the
-/// other's producer (the nodes are in topological order).
+/// Nodes that `v` is computed from (not through shape reads: a causal mask built from Shape(x) does not
+/// make x an ancestor of it); a graph input i counts as the node -2 - i.
+std::set<int> ancestors(const Graph& g, const std::string& v) {
+  std::set<int> seen;
+  std::vector<std::string> stack = {v};
+  std::set<std::string> visited;
+  while (!stack.empty()) {
+    std::string x = stack.back();
+    stack.pop_back();
+    if (x.empty() || g.isInitializer(x) || !visited.insert(x).second) continue;
+    const int k = g.producer(x);
+    if (k < 0) {
+      auto in = std::find(g.inputs.begin(), g.inputs.end(), x);
+      if (in != g.inputs.end()) seen.insert(-2 - static_cast<int>(in - g.inputs.begin()));
+      continue;
+    }
+    const Node& n = g.nodes[static_cast<size_t>(k)];
+    if (crt::opHas(n.op, crt::op_trait::ShapeOnly) || !seen.insert(k).second) continue;
+    stack.insert(stack.end(), n.inputs.begin(), n.inputs.end());
+  }
+  return seen;
+}
+
+/// x + f(x): walking back from one operand reaches the other through a linear or conv layer, never below
+/// the other's producer (the nodes are in topological order).
+bool identityShortcut(const Graph& g, const Node& add, const std::set<int>& layer_nodes) {
+  for (int side = 0; side < 2; ++side) {
+    const std::string& skip = add.inputs[static_cast<size_t>(side)];
+    const int floor = g.producer(skip);
+    bool through_layer = false, reached = false;
+    std::vector<int> stack = {g.producer(add.inputs[static_cast<size_t>(1 - side)])};
+    std::set<int> seen;
+    while (!stack.empty() && !reached) {
+      int k = stack.back();
+      stack.pop_back();
+      if (k <= floor || !seen.insert(k).second) continue;
+      through_layer = through_layer || layer_nodes.count(k);
+      for (const auto& v : g.nodes[static_cast<size_t>(k)].inputs) {
+        if (v == skip) reached = true;
+        else if (!v.empty() && !g.isInitializer(v)) stack.push_back(g.producer(v));
+      }
+    }
+    if (reached && through_layer) return true;
+  }
+  return false;
+}
+
+/// g(x) + f(x) with a layer in both branches (a ResNet projection shortcut): both operands are computed
+/// from one value — their latest common ancestor — and each branch after it runs a linear or conv layer.
+/// (RoPE's q·cos + rotate(q)·sin has no layer after q; an attention mask has no common ancestor.)
+bool projectionShortcut(const Graph& g, const Node& add, const std::set<int>& layer_nodes) {
+  const std::set<int> a = ancestors(g, add.inputs[0]), b = ancestors(g, add.inputs[1]);
+  bool common = false;
+  int latest = -1;  // a common graph input only: every node is after it
+  for (int k : a)
+    if (b.count(k)) common = true, latest = std::max(latest, k);
+  if (!common) return false;
+  // Nodes after the latest common one are on one branch only.
+  auto layerAfter = [&](const std::set<int>& side) {
+    return std::any_of(side.begin(), side.end(), [&](int k) { return k > latest && layer_nodes.count(k); });
+  };
+  return layerAfter(a) && layerAfter(b);
+}
+
+/// The residual Adds: x + f(x) or g(x) + f(x) where f (and g) contain a linear or conv layer (a
+/// transformer's attention and MLP branches, a ResNet block with an identity or projection shortcut).
 std::vector<int> residualAdds(const Graph& g, const std::map<std::string, LayerSite>& sites) {
   std::set<int> layer_nodes;
   for (const auto& [w, site] : sites) layer_nodes.insert(site.node);
@@ -33,26 +97,7 @@ std::vector<int> residualAdds(const Graph& g, const std::map<std::string, LayerS
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     const Node& n = g.nodes[i];
     if (n.op != "Add" || n.inputs.size() != 2 || g.isInitializer(n.inputs[0]) || g.isInitializer(n.inputs[1])) continue;
-    bool residual = false;
-    for (int side = 0; side < 2 && !residual; ++side) {
-      const std::string& skip = n.inputs[side];
-      const int floor = g.producer(skip);
-      bool through_layer = false, reached = false;
-      std::vector<int> stack = {g.producer(n.inputs[1 - side])};
-      std::set<int> seen;
-      while (!stack.empty() && !reached) {
-        int k = stack.back();
-        stack.pop_back();
-        if (k <= floor || !seen.insert(k).second) continue;
-        through_layer = through_layer || layer_nodes.count(k);
-        for (const auto& v : g.nodes[static_cast<size_t>(k)].inputs) {
-          if (v == skip) reached = true;
-          else if (!v.empty() && !g.isInitializer(v)) stack.push_back(g.producer(v));
-        }
-      }
-      residual = reached && through_layer;
-    }
-    if (residual) adds.push_back(static_cast<int>(i));
+    if (identityShortcut(g, n, layer_nodes) || projectionShortcut(g, n, layer_nodes)) adds.push_back(static_cast<int>(i));
   }
   return adds;
 }

@@ -536,11 +536,9 @@ void Importer::hTranspose(Call& c) {
 }
 
 void Importer::hT(Call& c) {
-  jit::Node* n = c.n;
   std::string x = c.T(0);
   if (rank(x) < 2) return c.setT(x);
   return c.setT(emit1("Transpose", {x}, {{"perm", std::vector<int64_t>{1, 0}}}, c.oname));
-
 }
 
 void Importer::hPermute(Call& c) {

@@ -14,6 +14,7 @@
 
 #include "compress/atomic_dir.h"
 #include "compress/data.h"
+#include "compress/dims.h"
 #include "compress/error.h"
 #include "compress/eval.h"
 #include "compress/executor.h"
@@ -102,7 +103,7 @@ ImportOptions importOptionsFor(const Recipe& r) {
     InputSpec s;
     s.name = in.name;
     s.dtype = dtypeFromName(in.dtype);
-    for (const auto& d : in.shape) s.shape.push_back(d == "batch" || d == "seq" ? Dim::sym(d) : Dim::fixed(std::stoll(d)));
+    for (const auto& d : in.shape) s.shape.push_back(isInputDimName(d) ? Dim::sym(d) : Dim::fixed(std::stoll(d)));  // recipe.cpp checked the rest are numbers
     o.inputs.push_back(s);
   }
   return o;

@@ -178,7 +178,7 @@ void readSections(const YAML::Node& root, Recipe& r, Diagnostics& d) {
         ri.shape = ir.strings("shape", {"batch", "seq"}, "dims: batch, seq, height, width or numbers");
         ir.finish();
         for (const auto& s : ri.shape) {
-          bool num = !s.empty() && s.find_first_not_of("0123456789") == std::string::npos;
+          bool num = !s.empty() && s.size() <= 12 && s.find_first_not_of("0123456789") == std::string::npos;
           if (!num && !isInputDimName(s))
             d.add(kv.second["shape"].Mark(), "inputs." + ri.name + ".shape", "dim '" + s + "' must be batch, seq, height, width or a number");
         }

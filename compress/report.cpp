@@ -121,6 +121,10 @@ std::string renderMarkdown(const json& r) {
       for (const auto& l : p["stats"]["layers"])
         md << "| " << l["layer"].get<std::string>() << " | " << l["group"].get<std::string>() << " | "
            << l["kept"].get<int64_t>() << " / " << l["neurons_before"].get<int64_t>() << " |\n";
+      if (p["stats"].contains("frozen") && !p["stats"]["frozen"].empty()) {
+        md << "\nKept whole (their channels cannot be removed):\n\n";
+        for (const auto& f : p["stats"]["frozen"]) md << "- " << f.get<std::string>() << "\n";
+      }
     } else if (first.contains("output_error")) {
       md << "| weight | shape | format | output error | RTN's output error |\n|---|---|---|---|---|\n";
       for (const auto& l : p["stats"]["layers"])

@@ -9,6 +9,9 @@
 #include <string>
 #include <vector>
 
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
 #include "compress/importer.h"
 #include "compress/npy.h"
 #include "test_util.h"
@@ -77,6 +80,20 @@ inline compress::Graph importZoo(const ZooModel& z) {
   compress::ImportOptions io;
   io.inputs = z.specs;
   return compress::importTorchScript(zooDir() + "/" + z.name + ".pt", io);
+}
+
+/// One family of the zoo by name (Error when absent).
+inline ZooModel zooModel(const std::string& name) {
+  for (auto& z : zoo())
+    if (z.name == name) return z;
+  throw std::runtime_error("no zoo family " + name);
+}
+
+/// Smooth images (bilinear upsampling of coarse noise): neighbouring pixels correlate, as in real images.
+inline at::Tensor smoothImages(int64_t n, int64_t size, uint64_t seed = 7) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  at::Tensor coarse = at::randn({n, 3, size / 4, size / 4}, gen);
+  return at::upsample_bilinear2d(coarse, {size, size}, false);
 }
 
 }  // namespace zooutil

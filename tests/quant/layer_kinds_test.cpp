@@ -8,6 +8,7 @@
 #include "compress/calibration.h"
 #include "compress/error.h"
 #include "compress/executor.h"
+#include "prune/channel_prune.h"
 #include "prune/magnitude_prune.h"
 #include "prune/sparsegpt.h"
 #include "prune/structured_prune.h"
@@ -25,20 +26,6 @@ using namespace compress;
 using namespace zooutil;
 
 namespace {
-
-ZooModel zooModel(const std::string& name) {
-  for (auto& z : zoo())
-    if (z.name == name) return z;
-  FAIL("no zoo family " << name);
-  return {};
-}
-
-/// Smooth images (bilinear upsampling of coarse noise): neighbouring pixels correlate, as in real images.
-at::Tensor smoothImages(int64_t n, int64_t size) {
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(7);
-  at::Tensor coarse = at::randn({n, 3, size / 4, size / 4}, gen);
-  return at::upsample_bilinear2d(coarse, {size, size}, false);
-}
 
 at::Tensor tokensFor(const ZooModel& z, int64_t n, int64_t seq) {
   const at::Tensor& ids = z.cases[0].inputs.at(z.specs[0].name);
@@ -144,10 +131,12 @@ TEST_CASE("calibration blocks follow the residual structure: a ResNet block, a t
     Graph g = importZoo(zooModel("resnet"));
     auto ws = selectWeights(g, kLayerTargets, {});
     auto blocks = groupIntoBlocks(g, ws);
-    // The identity shortcut (layer1: x + f(x)) ends the first block; a projection shortcut (layer2's
-    // downsample conv on the skip) is not told apart from other Adds of two computed branches yet.
-    REQUIRE(blocks.size() == 2);
+    // The identity shortcut (layer1: x + f(x)) ends the first block, the projection shortcut (layer2:
+    // downsample(x) + f(x)) the second; the classifier is the third.
+    REQUIRE(blocks.size() == 3);
     CHECK(blocks[0].weights == std::vector<std::string>{"conv1.weight", "layer1.conv1.weight", "layer1.conv2.weight"});
+    CHECK(blocks[1].weights == std::vector<std::string>{"layer2.conv1.weight", "layer2.conv2.weight", "layer2.downsample.0.weight"});
+    CHECK(blocks[2].weights == std::vector<std::string>{"fc.weight"});
     size_t total = 0;
     for (const auto& b : blocks) total += b.weights.size();
     CHECK(total == ws.size());
@@ -224,6 +213,7 @@ TEST_CASE("every algorithm runs on every family of the zoo", "[layers][zoo][algo
       {"wanda", [&](Graph& g, const at::Tensor& x) { return wandaPrune(g, x, WandaOptions{}, at::kCPU, false); }},
       {"sparsegpt", [&](Graph& g, const at::Tensor& x) { return sparseGptPrune(g, x, SparseGptOptions{}, at::kCPU, false); }},
       {"structured", [&](Graph& g, const at::Tensor& x) { return structuredPrune(g, x, StructuredPruneOptions{}, at::kCPU); }},
+      {"channel", [&](Graph& g, const at::Tensor& x) { ChannelPruneOptions o; o.ratio = 0.25; return channelPrune(g, x, o, at::kCPU); }},
   };
   nlohmann::json table = nlohmann::json::object();
   for (const auto& z : zoo()) {
@@ -238,6 +228,8 @@ TEST_CASE("every algorithm runs on every family of the zoo", "[layers][zoo][algo
         nlohmann::json stats = run(g, calib);
         row["layers"] = stats.contains("layers_quantized") ? stats["layers_quantized"].get<int64_t>()
                         : stats.contains("layers") && stats["layers"].is_array() ? static_cast<int64_t>(stats["layers"].size()) : -1;
+        if (stats.contains("macs_before") && stats["macs_before"].get<int64_t>() > 0)
+          row["macs_kept"] = stats["macs_after"].get<double>() / stats["macs_before"].get<double>();
         g.pruneUnused();
         verify(g);
         row["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
