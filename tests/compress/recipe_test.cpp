@@ -97,6 +97,14 @@ TEST_CASE("malformed YAML, wrong shapes of sections and data mistakes are config
   CHECK_THAT(errorOf("model: m.pt\noutput: o\naccuracy: {max_degradation: lots}\n"), Contains("expected a number, got 'lots'"));
   CHECK_THAT(errorOf("model: m.pt\noutput: o\ntask: classifier\naccuracy: {metric: perplexity}\n"),
              Contains("does not fit task 'classifier'"));
+  // Input dims: the four names or a number that fits (a 20-digit one used to escape as std::out_of_range).
+  CHECK_THAT(errorOf("model: m.pt\noutput: o\ninputs: {x: {dtype: float32, shape: [batch, 3, depth, width]}}\n"),
+             Contains("dim 'depth' must be batch, seq, height, width or a number"));
+  CHECK_THAT(errorOf("model: m.pt\noutput: o\ninputs: {x: {dtype: float32, shape: [batch, 99999999999999999999]}}\n"),
+             Contains("dim '99999999999999999999' must be"));
+  Recipe r = parseRecipe("model: " + testutil::fixture("mlp.pt") + "\noutput: o\ninputs: {x: {dtype: float32, shape: [batch, 3, height, width]}}\n",
+                         testutil::source("configs/test.yaml"));
+  CHECK(r.inputs[0].shape == std::vector<std::string>{"batch", "3", "height", "width"});
 }
 
 TEST_CASE("percentages and defaults are read as documented", "[recipe]") {
