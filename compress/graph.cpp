@@ -517,4 +517,105 @@ std::string dumpGraph(const Graph& g, bool with_hashes) {
   return os.str();
 }
 
+std::pair<std::vector<std::string>, int64_t> dimsKey(const Shape& s, size_t n) {
+  std::vector<std::string> syms;
+  int64_t prod = 1;
+  for (size_t i = 0; i < n && i < s.size(); ++i) {
+    if (s[i].isFixed()) {
+      prod *= s[i].value;
+      continue;
+    }
+    for (size_t b = 0, e; b <= s[i].symbol.size(); b = e + 1) {
+      e = s[i].symbol.find('*', b);
+      if (e == std::string::npos) e = s[i].symbol.size();
+      syms.push_back(s[i].symbol.substr(b, e - b));
+    }
+  }
+  std::sort(syms.begin(), syms.end());
+  return {syms, prod};
+}
+
+namespace {
+
+std::optional<std::vector<int64_t>> initializerInts(const Graph& g, const std::string& v) {
+  if (v.empty() || !g.isInitializer(v)) return std::nullopt;
+  at::Tensor t = g.initializers.at(v).to(at::kLong).reshape({-1}).contiguous();
+  return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
+}
+
+int64_t valueRank(const Graph& g, const std::string& v) {
+  if (g.isInitializer(v)) return g.initializers.at(v).dim();
+  auto it = g.values.find(v);
+  return it == g.values.end() || !it->second.shape ? -1 : static_cast<int64_t>(it->second.shape->size());
+}
+
+}  // namespace
+
+std::optional<std::vector<ShapeSource>> traceShapeVector(const Graph& g, const std::string& v, int reader, size_t input) {
+  if (auto c = initializerInts(g, v)) {
+    std::vector<ShapeSource> out;
+    for (size_t j = 0; j < c->size(); ++j) out.push_back({ShapeSource::Const, (*c)[j], reader, input, static_cast<int64_t>(j), {}, 0});
+    return out;
+  }
+  const int p = g.producer(v);
+  if (p < 0) return std::nullopt;
+  const Node& n = g.nodes[static_cast<size_t>(p)];
+  if (n.op == "Shape") {
+    const int64_t r = valueRank(g, n.inputs[0]);
+    if (r < 0) return std::nullopt;
+    int64_t lo = n.attrInt("start", 0), hi = n.attrInt("end", r);
+    lo = std::clamp(lo < 0 ? lo + r : lo, int64_t{0}, r), hi = std::clamp(hi < 0 ? hi + r : hi, int64_t{0}, r);
+    std::vector<ShapeSource> out;
+    for (int64_t j = lo; j < hi; ++j) out.push_back({ShapeSource::Dim, 0, -1, 0, 0, n.inputs[0], j});
+    return out;
+  }
+  if (n.op == "Concat") {
+    std::vector<ShapeSource> out;
+    for (size_t k = 0; k < n.inputs.size(); ++k) {
+      auto part = traceShapeVector(g, n.inputs[k], p, k);
+      if (!part) return std::nullopt;
+      out.insert(out.end(), part->begin(), part->end());
+    }
+    return out;
+  }
+  if (n.op == "Unsqueeze" || n.op == "Squeeze" || n.op == "Cast" || n.op == "Identity") return traceShapeVector(g, n.inputs[0], p, 0);
+  if (n.op == "Mul") {
+    auto a = traceShapeVector(g, n.inputs[0], p, 0), b = traceShapeVector(g, n.inputs[1], p, 1);
+    if (!a || !b || (a->size() != b->size() && a->size() != 1 && b->size() != 1)) return std::nullopt;
+    std::vector<ShapeSource> out;
+    for (size_t j = 0; j < std::max(a->size(), b->size()); ++j) {
+      ShapeSource x = (*a)[a->size() == 1 ? 0 : j], y = (*b)[b->size() == 1 ? 0 : j];
+      if (x.kind == ShapeSource::Const) std::swap(x, y);
+      ShapeSource r;  // Unknown unless one factor is a constant
+      if (y.kind == ShapeSource::Const && x.kind == ShapeSource::Dim) r = x, r.scale *= y.value;
+      else if (y.kind == ShapeSource::Const && x.kind == ShapeSource::Const) r.kind = ShapeSource::Const, r.value = x.value * y.value;
+      out.push_back(r);
+    }
+    return out;
+  }
+  if (n.op != "Gather" && n.op != "Slice") return std::nullopt;
+  auto data = traceShapeVector(g, n.inputs[0], p, 0);
+  if (!data) return std::nullopt;
+  const int64_t len = static_cast<int64_t>(data->size());
+  std::vector<int64_t> pick;
+  if (n.op == "Gather") {
+    auto idx = initializerInts(g, n.inputs[1]);
+    if (!idx) return std::nullopt;
+    pick = *idx;
+  } else {
+    auto starts = initializerInts(g, n.inputs[1]), ends = initializerInts(g, n.inputs[2]);
+    if (!starts || !ends || starts->size() != 1 || ends->size() != 1 || (n.inputs.size() > 4 && !n.inputs[4].empty())) return std::nullopt;
+    int64_t lo = (*starts)[0], hi = (*ends)[0];
+    lo = std::clamp(lo < 0 ? lo + len : lo, int64_t{0}, len), hi = std::clamp(hi < 0 ? hi + len : hi, int64_t{0}, len);
+    for (int64_t j = lo; j < hi; ++j) pick.push_back(j);
+  }
+  std::vector<ShapeSource> out;
+  for (int64_t j : pick) {
+    if (j < 0) j += len;
+    if (j < 0 || j >= len) return std::nullopt;
+    out.push_back((*data)[static_cast<size_t>(j)]);
+  }
+  return out;
+}
+
 }  // namespace compress

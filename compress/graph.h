@@ -175,6 +175,30 @@ std::vector<std::string> selectPassTargets(const Graph& g, const std::string& pa
 /// state consistent with the tensors. Throws Error(Internal) listing every violation.
 void verify(const Graph& g);
 
+/// The product of the first `n` dims of `s` as a comparable key: the sorted symbolic factors ("batch*seq"
+/// is batch times seq) and the product of the fixed sizes. Two shapes whose keys agree have the same
+/// number of elements before dim n for every binding of the symbols.
+std::pair<std::vector<std::string>, int64_t> dimsKey(const Shape& s, size_t n);
+
+/// One element of a shape vector (a Reshape's or Expand's target) traced back through the graph: a
+/// constant — element `index` of the initializer read as input `input` of node `node` —, the size of
+/// `tensor` along `axis` times `scale` (Shape, then Gather/Slice/Concat/Unsqueeze/Squeeze/Cast of it, and
+/// Mul by constants: the GQA repeat's kv_heads·n_rep), or unknown. A constant computed from other constants
+/// has node -1 (there is no one element to rewrite).
+struct ShapeSource {
+  enum Kind { Unknown, Const, Dim } kind = Unknown;
+  int64_t value = 0;  // Const
+  int node = -1;
+  size_t input = 0;
+  int64_t index = 0;
+  std::string tensor;  // Dim
+  int64_t axis = 0;
+  int64_t scale = 1;
+};
+/// Where each element of the 1-D integer value `v` (read as input `input` of node `reader`) comes from;
+/// nothing when its length cannot be known.
+std::optional<std::vector<ShapeSource>> traceShapeVector(const Graph& g, const std::string& v, int reader, size_t input);
+
 /// Canonical text dump: inputs, initializers (shape, dtype, content hash), nodes in order, outputs.
 /// Stable across runs, used by tests and `compress inspect`.
 std::string dumpGraph(const Graph& g, bool with_hashes = true);

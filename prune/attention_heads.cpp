@@ -32,11 +32,12 @@ class HeadTracker {
  public:
   HeadTracker(const Graph& g, const std::map<std::string, LinearRef>& linear_of_node) : g_(g), linear_of_node_(linear_of_node) {}
 
-  // Follows the head axis from the outputs of `starts` (MatMul nodes); true when it ends in exactly one linear.
-  bool run(const std::vector<int>& starts, AttentionUnit& u, std::string& why) {
+  // Follows the head axis from the outputs of `starts` (MatMul nodes; one fused projection of `parts` parts
+  // or several plain ones); true when it ends in exactly one linear.
+  bool run(const std::vector<int>& starts, int64_t parts, AttentionUnit& u, std::string& why) {
     for (int s : starts) {
       const std::string& out = g_.nodes[s].outputs[0];
-      if (!track(out, rank(out) - 1)) return fail(why, "projection output '" + out + "' has no fixed last dimension");
+      if (!track(out, rank(out) - 1, parts)) return fail(why, "projection output '" + out + "' has no fixed last dimension");
     }
     int first = *std::min_element(starts.begin(), starts.end());
     for (int i = first; i < static_cast<int>(g_.nodes.size()); ++i) {
@@ -59,6 +60,7 @@ class HeadTracker {
   const Graph& g_;
   const std::map<std::string, LinearRef>& linear_of_node_;
   std::map<std::string, int> axis_;
+  std::map<std::string, int64_t> parts_;  // copies of the head layout along the axis (fused q/k/v before their Split)
   std::vector<int64_t> sizes_;
   std::vector<std::string> sinks_;
   int64_t heads_ = 0;
@@ -86,35 +88,71 @@ class HeadTracker {
     const Shape* s = shape(v);
     return s && k >= 0 && k < static_cast<int>(s->size()) && (*s)[k].isFixed() ? (*s)[k].value : -1;
   }
-  bool track(const std::string& v, int a) {
+  bool track(const std::string& v, int a, int64_t parts) {
     int64_t d = dim(v, a);
-    if (a < 0 || d <= 0) return false;
+    if (a < 0 || d <= 0 || d % parts != 0) return false;
     axis_[v] = a;
-    sizes_.push_back(d);
+    parts_[v] = parts;
+    sizes_.push_back(d / parts);
     return true;
+  }
+  int64_t partsOf(const std::string& v) const {
+    auto it = parts_.find(v);
+    return it == parts_.end() ? 1 : it->second;
+  }
+  // A full-size operand that is a size-1 value expanded to the shape of a head-shaped one (DistilBERT's
+  // mask.expand_as(scores)): after pruning the Expand follows the heads by itself.
+  bool expandedFromOne(const std::string& v, int pos) const {
+    int p = g_.producer(v);
+    if (p < 0 || g_.nodes[p].op != "Expand") return false;
+    const std::string& src = g_.nodes[p].inputs[0];
+    const int ps = pos - (rank(v) - rank(src));
+    if (ps >= 0 && dim(src, ps) != 1) return false;
+    const int sp = g_.producer(g_.nodes[p].inputs[1]);
+    return sp >= 0 && g_.nodes[sp].op == "Shape" && axis_.count(g_.nodes[sp].inputs[0]);
   }
   static int norm(int64_t a, int r) { return static_cast<int>(a < 0 ? a + r : a); }
 
-  // A shape tensor (Reshape/Expand input 1) whose element `e` fixes the head axis: record a constant to resize.
-  void shapeElement(AttentionUnit& u, int node, int input, int64_t e) {
-    const std::string& v = g_.nodes[node].inputs[input];
-    if (g_.isInitializer(v)) {
-      u.resizes.push_back({node, input, e});
-      return;
-    }
-    int p = g_.producer(v);
-    if (p < 0 || g_.nodes[p].op != "Concat") return;  // computed from Shape(): follows the data by itself
-    int64_t off = 0;
-    for (size_t j = 0; j < g_.nodes[p].inputs.size(); ++j) {
-      const std::string& piece = g_.nodes[p].inputs[j];
-      int64_t len = g_.isInitializer(piece) ? g_.initializers.at(piece).numel() : dim(piece, 0);
-      if (len < 0) return;
-      if (e < off + len) {
-        if (g_.isInitializer(piece)) u.resizes.push_back({p, static_cast<int>(j), e - off});
-        return;
+  // A shape tensor (Reshape/Expand input 1) whose element `e` gives the head axis its size: a constant is
+  // recorded to resize, a size read from a head-shaped value's head axis follows by itself, -1 is inferred.
+  // False when the size comes from elsewhere (DistilBERT reshapes back to its input's width), or another
+  // element reads a head axis.
+  bool shapeElement(AttentionUnit& u, int node, int input, int64_t e) {
+    auto src = traceShapeVector(g_, g_.nodes[node].inputs[input], node, static_cast<size_t>(input));
+    if (!src || e >= static_cast<int64_t>(src->size())) return false;
+    for (size_t j = 0; j < src->size(); ++j) {
+      const ShapeSource& s = (*src)[j];
+      const bool head_dim = s.kind == ShapeSource::Dim && axis_.count(s.tensor) && axis_.at(s.tensor) == s.axis;
+      if (static_cast<int64_t>(j) != e) {
+        if (s.kind == ShapeSource::Unknown || head_dim) return false;
+      } else if (s.kind == ShapeSource::Const) {
+        if (s.value > 0 && s.node < 0) return false;  // computed from constants: nothing to rewrite
+        if (s.value > 0) u.resizes.push_back({s.node, static_cast<int>(s.input), s.index});
+      } else if (!head_dim) {
+        return false;
       }
-      off += len;
     }
+    return true;
+  }
+
+  // A Split along the head axis cuts a fused projection into its `px` parts (q, k, v), each a whole head
+  // layout; a Split along another axis keeps the heads in every output.
+  bool split(int i, AttentionUnit& u, int a, int r, int64_t px) {
+    const Node& n = g_.nodes[i];
+    if (!axis_.count(n.inputs[0])) return bad(n, "splits by head-shaped sizes");
+    const bool along = norm(n.attrInt("axis", 0), r) == a;
+    if (along) {
+      if (px != static_cast<int64_t>(n.outputs.size())) return bad(n, "splits the head axis into parts that are not whole head layouts");
+      for (const auto& o : n.outputs)
+        if (dim(o, a) * px != dim(n.inputs[0], a)) return bad(n, "splits the head axis unevenly");
+      if (n.inputs.size() > 1 && !n.inputs[1].empty()) {
+        if (!g_.isInitializer(n.inputs[1])) return bad(n, "has computed split sizes");
+        for (int64_t e = 0; e < px; ++e) u.resizes.push_back({i, 1, e});
+      }
+    }
+    for (const auto& o : n.outputs)
+      if (!track(o, a, along ? 1 : px)) return bad(n, "has no fixed head axis");
+    return true;
   }
 
   bool step(int i, AttentionUnit& u) {
@@ -125,20 +163,21 @@ class HeadTracker {
     if (tracked.empty()) return true;
     const std::string& x = n.inputs[tracked[0]];
     const int a = axis_.at(x), r = rank(x);
+    const int64_t px = partsOf(x);
     const std::string out = n.outputs.empty() ? "" : n.outputs[0];
     const int R = out.empty() ? -1 : rank(out);
     if (n.op == "Shape") return true;  // sizes read at run time follow the data
-    if (headUnary(n.op)) return track(out, a) || bad(n, "has no fixed head axis");
+    if (headUnary(n.op)) return track(out, a, px) || bad(n, "has no fixed head axis");
     if (n.op == "Softmax" || n.op == "LogSoftmax") {
       if (norm(n.attrInt("axis", -1), r) == a) return bad(n, "normalizes across heads");
       if (n.op == "Softmax") heads_ = std::max(heads_, dim(x, a));
-      return track(out, a) || bad(n, "has no fixed head axis");
+      return track(out, a, px) || bad(n, "has no fixed head axis");
     }
     if (headBroadcast(n.op)) {
       int ao = -1;
       for (int j : tracked) {
         int v = axis_.at(n.inputs[j]) + R - rank(n.inputs[j]);
-        if (ao >= 0 && v != ao) return bad(n, "combines head axes that do not line up");
+        if ((ao >= 0 && v != ao) || partsOf(n.inputs[j]) != px) return bad(n, "combines head axes that do not line up");
         ao = v;
       }
       int64_t size = dim(out, ao);
@@ -147,17 +186,17 @@ class HeadTracker {
         if (in.empty() || axis_.count(in)) continue;
         int rj = rank(in), pos = ao - (R - rj);
         if (rj < 0) return bad(n, "has an operand of unknown rank");
-        if (pos < 0 || dim(in, pos) == 1) continue;
-        if (g_.isInitializer(in) && dim(in, pos) == size) u.slices.push_back({i, static_cast<int>(j), pos});
+        if (pos < 0 || dim(in, pos) == 1 || expandedFromOne(in, pos)) continue;
+        if (g_.isInitializer(in) && dim(in, pos) == size) u.slices.push_back({i, static_cast<int>(j), pos, px});
         else return bad(n, "mixes heads with a value that is not per head");
       }
-      return track(out, ao) || bad(n, "has no fixed head axis");
+      return track(out, ao, px) || bad(n, "has no fixed head axis");
     }
     if (n.op == "Transpose") {
       auto perm = n.attrInts("perm");
       auto it = std::find(perm.begin(), perm.end(), a);
       if (it == perm.end()) return bad(n, "has no permutation");
-      return track(out, static_cast<int>(it - perm.begin())) || bad(n, "has no fixed head axis");
+      return track(out, static_cast<int>(it - perm.begin()), px) || bad(n, "has no fixed head axis");
     }
     if (n.op == "Unsqueeze") {
       auto axes = constInts(g_, n.inputs.size() > 1 ? n.inputs[1] : "");
@@ -167,7 +206,7 @@ class HeadTracker {
       int ao = a;
       for (auto v : axes)
         if (v <= ao) ++ao;
-      return track(out, ao) || bad(n, "has no fixed head axis");
+      return track(out, ao, px) || bad(n, "has no fixed head axis");
     }
     if (n.op == "Squeeze") {
       auto axes = constInts(g_, n.inputs.size() > 1 ? n.inputs[1] : "");
@@ -177,7 +216,7 @@ class HeadTracker {
         if (norm(v, r) < a) --ao;
       }
       if (axes.empty()) return bad(n, "squeezes unknown axes");
-      return track(out, ao) || bad(n, "has no fixed head axis");
+      return track(out, ao, px) || bad(n, "has no fixed head axis");
     }
     if (n.op == "Slice") {
       if (tracked[0] != 0) return bad(n, "slices by head-shaped indices");
@@ -187,13 +226,14 @@ class HeadTracker {
         for (size_t k = 0; k < starts.size(); ++k) axes.push_back(static_cast<int64_t>(k));
       for (auto v : axes)
         if (norm(v, r) == a) return bad(n, "slices the head axis");
-      return track(out, a) || bad(n, "has no fixed head axis");
+      return track(out, a, px) || bad(n, "has no fixed head axis");
     }
+    if (n.op == "Split") return split(i, u, a, r, px);
     if (n.op == "Concat") {
       if (norm(n.attrInt("axis", 0), r) == a) return bad(n, "concatenates along the head axis");
       for (const auto& in : n.inputs)
-        if (!axis_.count(in) || axis_.at(in) != a) return bad(n, "joins per-head and other values");
-      return track(out, a) || bad(n, "has no fixed head axis");
+        if (!axis_.count(in) || axis_.at(in) != a || partsOf(in) != px) return bad(n, "joins per-head and other values");
+      return track(out, a, px) || bad(n, "has no fixed head axis");
     }
     if (n.op == "Reshape") {
       if (tracked[0] != 0) return bad(n, "takes its shape from a head-shaped value");
@@ -201,43 +241,35 @@ class HeadTracker {
       const Shape* so = shape(out);
       if (!si || !so) return bad(n, "has unknown shapes");
       // The output axis whose prefix holds exactly the input's dims before the head axis.
-      auto key = [](const Shape& s, int upto) {
-        std::multiset<std::string> syms;
-        int64_t p = 1;
-        for (int k = 0; k < upto; ++k) {
-          if (s[k].isFixed()) p *= s[k].value;
-          else syms.insert(s[k].symbol);
-        }
-        return std::make_pair(syms, p);
-      };
-      auto want = key(*si, a);
+      const auto want = dimsKey(*si, static_cast<size_t>(a));
       int ao = -1;
       for (int k = 0; k < R; ++k)
-        if (key(*so, k) == want && (*so)[k].isFixed() && (*so)[k].value > 1) {
+        if (dimsKey(*so, static_cast<size_t>(k)) == want && (*so)[k].isFixed() && (*so)[k].value > 1) {
           ao = k;
           break;
         }
       if (ao < 0) return bad(n, "merges the head axis with the axes before it");
-      shapeElement(u, i, 1, ao);
-      return track(out, ao) || bad(n, "has no fixed head axis");
+      if (px > 1 && dim(out, ao) != dim(x, a)) return bad(n, "splits a fused projection's head axis before its parts are split");
+      if (!shapeElement(u, i, 1, ao)) return bad(n, "takes the head axis size from a tensor without heads");
+      return track(out, ao, px) || bad(n, "has no fixed head axis");
     }
     if (n.op == "Expand") {
       if (tracked[0] != 0) return bad(n, "takes its shape from a head-shaped value");
       int ao = a + R - r;
-      shapeElement(u, i, 1, ao);
-      return track(out, ao) || bad(n, "has no fixed head axis");
+      if (!shapeElement(u, i, 1, ao)) return bad(n, "takes the head axis size from a tensor without heads");
+      return track(out, ao, px) || bad(n, "has no fixed head axis");
     }
     if (n.op == "MatMul") {
       auto lin = linear_of_node_.find(n.name);
       if (lin != linear_of_node_.end()) {
-        if (tracked[0] != 0 || a != r - 1) return bad(n, "is a linear layer that does not contract the head axis");
+        if (tracked[0] != 0 || a != r - 1 || px > 1) return bad(n, "is a linear layer that does not contract the head axis");
         sinks_.push_back(lin->second.weight);
         return true;
       }
       int ao = -1;
       for (int j : tracked) {
         int aj = axis_.at(n.inputs[j]), rj = rank(n.inputs[j]);
-        if (aj >= rj - 2) return bad(n, "multiplies along the head axis");
+        if (aj >= rj - 2 || partsOf(n.inputs[j]) > 1) return bad(n, "multiplies along the head axis");
         int v = aj + R - rj;
         if (ao >= 0 && v != ao) return bad(n, "combines head axes that do not line up");
         ao = v;
@@ -247,13 +279,34 @@ class HeadTracker {
           int rj = rank(n.inputs[j]), pos = ao - (R - rj);
           if (pos >= 0 && pos < rj - 2 && dim(n.inputs[j], pos) != 1) return bad(n, "mixes heads with a value that is not per head");
         }
-      return track(out, ao) || bad(n, "has no fixed head axis");
+      return track(out, ao, px) || bad(n, "has no fixed head axis");
     }
     return bad(n, "reads the head axis in a way structured pruning does not follow");
   }
 };
 
 }  // namespace
+
+/// How many parts a Split cuts a projection's output into along its last axis (through its bias and
+/// reshapes that keep the last axis): GPT-2's c_attn output splits into q, k, v. 1 when it is not split.
+int64_t fusedParts(const Graph& g, const LinearRef& l) {
+  std::string v = g.nodes[static_cast<size_t>(l.node)].outputs[0];
+  for (int hop = 0; hop < 4; ++hop) {
+    auto cons = g.consumers(v);
+    if (cons.size() != 1) return 1;
+    const Node& n = g.nodes[static_cast<size_t>(cons[0])];
+    auto it = g.values.find(v);
+    const int64_t r = it != g.values.end() && it->second.shape ? static_cast<int64_t>(it->second.shape->size()) : -1;
+    if (n.op == "Split" && n.inputs[0] == v) {
+      int64_t axis = n.attrInt("axis", 0);
+      return r > 0 && (axis == -1 || axis == r - 1) && n.outputs.size() >= 2 ? static_cast<int64_t>(n.outputs.size()) : 1;
+    }
+    const bool bias = n.op == "Add" && (g.isInitializer(n.inputs[0]) || g.isInitializer(n.inputs[1]));
+    if (!bias && n.op != "Reshape") return 1;
+    v = n.outputs[0];
+  }
+  return 1;
+}
 
 std::vector<AttentionUnit> findAttentionUnits(const Graph& g, const std::vector<std::string>& o_weights, std::vector<std::string>* why) {
   auto linears = findLinears(g);
@@ -274,13 +327,15 @@ std::vector<AttentionUnit> findAttentionUnits(const Graph& g, const std::vector<
   for (const auto& o : o_weights) {
     if (!by_weight.count(o) || !g.isInitializer(o)) continue;
     const int o_node = by_weight.at(o).node;
-    // The nearest groups of two or more float projections before `o` (q/k/v sit just before their o).
-    std::string last_reason = "no group of projections sharing an input precedes it";
+    // The nearest groups of two or more float projections before `o` (q/k/v sit just before their o), or a
+    // fused projection whose output is split into q/k/v.
+    std::string last_reason = "no group of projections sharing an input (nor a fused q/k/v projection) precedes it";
     int tried = 0;
     for (auto it = shared.rbegin(); it != shared.rend() && tried < 3; ++it) {
       const auto& group = it->second;
+      const int64_t parts = group.size() == 1 ? fusedParts(g, by_weight.at(group[0])) : 1;
       std::vector<int> starts;
-      bool usable = group.size() >= 2;
+      bool usable = group.size() >= 2 || parts > 1;
       for (const auto& w : group) {
         const LinearRef& l = by_weight.at(w);
         usable = usable && l.node < o_node && g.isInitializer(w) && w != o;
@@ -291,12 +346,13 @@ std::vector<AttentionUnit> findAttentionUnits(const Graph& g, const std::vector<
       AttentionUnit u;
       HeadTracker t(g, linear_of_node);
       std::string reason;
-      if (t.run(starts, u, reason) && u.o == o) {
+      if (t.run(starts, parts, u, reason) && u.o == o) {
         u.projections = group;
+        u.parts = parts;
         bool divisible = true;
         for (const auto& w : group) {
           const at::Tensor& W = g.initializers.at(w);
-          divisible = divisible && (by_weight.at(w).transposed ? W.size(0) : W.size(1)) % u.groups == 0;
+          divisible = divisible && (by_weight.at(w).transposed ? W.size(0) : W.size(1)) % (u.groups * parts) == 0;
         }
         if (divisible) {
           units.push_back(u);
@@ -313,30 +369,34 @@ std::vector<AttentionUnit> findAttentionUnits(const Graph& g, const std::vector<
 
 void keepHeadGroups(Graph& g, const AttentionUnit& u, const at::Tensor& keep) {
   const int64_t G = u.groups, K = keep.numel();
-  auto index = [&](int64_t size) {  // positions of the kept slices of an axis of `size`
-    int64_t w = size / G;
-    std::vector<at::Tensor> parts;
+  // Positions of the kept slices of an axis of `size` holding `parts` copies of the G-slice head layout.
+  auto index = [&](int64_t size, int64_t parts) {
+    const int64_t part = size / parts, w = part / G;
+    std::vector<at::Tensor> pieces;
     auto acc = keep.accessor<int64_t, 1>();
-    for (int64_t k = 0; k < K; ++k) parts.push_back(at::arange(acc[k] * w, (acc[k] + 1) * w, at::kLong));
-    return at::cat(parts);
+    for (int64_t p = 0; p < parts; ++p)
+      for (int64_t k = 0; k < K; ++k) pieces.push_back(at::arange(p * part + acc[k] * w, p * part + (acc[k] + 1) * w, at::kLong));
+    return at::cat(pieces);
   };
   const auto transposed = linearLayouts(g);
-  auto slice = [&](const std::string& name, int64_t dim) { sliceInitializer(g, name, dim, index(g.initializers.at(name).size(dim))); };
-  for (const auto& p : u.projections) slice(p, transposed.at(p) ? 0 : 1);
-  slice(u.o, transposed.at(u.o) ? 1 : 0);
+  auto slice = [&](const std::string& name, int64_t dim, int64_t parts) {
+    sliceInitializer(g, name, dim, index(g.initializers.at(name).size(dim), parts));
+  };
+  for (const auto& p : u.projections) slice(p, transposed.at(p) ? 0 : 1, u.parts);
+  slice(u.o, transposed.at(u.o) ? 1 : 0, 1);
   for (const auto& s : u.slices) {
     std::string name = g.nodes[s.node].inputs[s.input];
     if (g.consumers(name).size() == 1) {
-      slice(name, s.dim);
+      slice(name, s.dim, s.parts);
     } else {  // shared with another node: this node gets its own sliced copy
       std::string fresh = g.freshName(name + ".heads");
-      g.initializers[fresh] = g.initializers.at(name).index_select(s.dim, index(g.initializers.at(name).size(s.dim)));
+      g.initializers[fresh] = g.initializers.at(name).index_select(s.dim, index(g.initializers.at(name).size(s.dim), s.parts));
       g.nodes[s.node].inputs[s.input] = fresh;
     }
   }
-  std::set<std::pair<int, int>> done;
+  std::set<std::tuple<int, int, int64_t>> done;  // each element once (a Split's sizes hold several)
   for (const auto& r : u.resizes) {
-    if (!done.insert({r.node, r.input}).second) continue;
+    if (!done.insert({r.node, r.input, r.element}).second) continue;
     std::string name = g.nodes[r.node].inputs[r.input];
     at::Tensor t = g.initializers.at(name).clone();
     int64_t v = t.reshape({-1})[r.element].item<int64_t>();

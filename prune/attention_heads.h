@@ -21,8 +21,12 @@ struct AttentionUnit {
   std::string o;                         // output projection weight (input columns split into `groups`)
   int64_t groups = 0;                    // key/value heads (= heads without GQA)
   int64_t heads = 0;                     // query heads
+  /// A fused projection (GPT-2's c_attn, [q; k; v] rows) is split into `parts` equal parts along the head
+  /// axis after it; every value before that Split holds `parts` copies of the head layout, one after the other.
+  int64_t parts = 1;
   struct Slice {                         // an initializer input sliced with the heads (a bias)
     int node, input, dim;
+    int64_t parts = 1;                   // copies of the head layout along `dim` (a fused bias: 3)
   };
   struct Resize {                        // a shape constant whose element follows the number of heads
     int node, input;
@@ -32,8 +36,10 @@ struct AttentionUnit {
   std::vector<Resize> resizes;
 };
 
-/// Every attention unit whose output projection is among `o_weights`. Units the analysis cannot follow
-/// (fused QKV projections, ops that mix heads) are left out; `why` collects the reasons when given.
+/// Every attention unit whose output projection is among `o_weights`: separate q/k/v projections sharing an
+/// input, or one fused projection whose output a Split cuts into equal parts along the head axis. Units the
+/// analysis cannot follow (heads merged with the batch axis, ops that mix heads) are left out; `why`
+/// collects the reasons when given.
 std::vector<AttentionUnit> findAttentionUnits(const Graph& g, const std::vector<std::string>& o_weights,
                                               std::vector<std::string>* why = nullptr);
 

@@ -51,37 +51,6 @@ struct Chan {
   std::vector<int> slot;
 };
 
-/// Product of the dims before `n` as a comparable key: the sorted symbols and the product of fixed sizes.
-std::pair<std::vector<std::string>, int64_t> prefixKey(const Shape& s, size_t n) {
-  std::vector<std::string> syms;
-  int64_t prod = 1;
-  for (size_t i = 0; i < n && i < s.size(); ++i) {
-    if (s[i].isFixed()) {
-      prod *= s[i].value;
-      continue;
-    }
-    for (size_t b = 0, e; b <= s[i].symbol.size(); b = e + 1) {  // "batch*seq" is batch times seq
-      e = s[i].symbol.find('*', b);
-      if (e == std::string::npos) e = s[i].symbol.size();
-      syms.push_back(s[i].symbol.substr(b, e - b));
-    }
-  }
-  std::sort(syms.begin(), syms.end());
-  return {syms, prod};
-}
-
-/// One element of a shape vector: a constant (held by input `input` of node `node`, element `index`), the
-/// size of `tensor` along `axis`, or unknown.
-struct ShapeElem {
-  enum Kind { Unknown, Const, Dim } kind = Unknown;
-  int64_t value = 0;
-  int node = -1;
-  size_t input = 0;
-  int64_t index = 0;
-  std::string tensor;
-  int64_t axis = 0;
-};
-
 class Tracer {
  public:
   explicit Tracer(const Graph& g) : g_(g) {
@@ -178,7 +147,6 @@ class Tracer {
   void concat(int i);
   std::optional<Chan> viewed(int i) const;
   void view(int i);
-  std::optional<std::vector<ShapeElem>> shapeSources(const std::string& v, int reader, size_t input) const;
   void reshape(int i);
   void transpose(int i);
   void reduce(int i);
@@ -346,7 +314,7 @@ std::optional<Chan> Tracer::viewed(int i) const {
   const Shape* in = shapeOf(n.inputs[0]);
   const Shape* out = shapeOf(n.outputs[0]);
   if (!x || !in || !out) return std::nullopt;
-  const auto before = prefixKey(*in, static_cast<size_t>(x->axis));
+  const auto before = dimsKey(*in, static_cast<size_t>(x->axis));
   const int64_t C = static_cast<int64_t>(x->slot.size());
   int64_t inner = 1;
   bool fixed_tail = true;
@@ -355,7 +323,7 @@ std::optional<Chan> Tracer::viewed(int i) const {
     else fixed_tail = false;
   }
   for (size_t k = 0; k < out->size(); ++k) {
-    if (prefixKey(*out, k) != before || !(*out)[k].isFixed()) continue;
+    if (dimsKey(*out, k) != before || !(*out)[k].isFixed()) continue;
     if ((*out)[k].value == C) return Chan{static_cast<int64_t>(k), x->slot};
     if (fixed_tail && (*out)[k].value == C * inner && k + 1 == out->size()) {
       Chan c{static_cast<int64_t>(k), {}};
@@ -374,64 +342,6 @@ void Tracer::view(int i) {
   freeze(x->slot, "reshaped by " + where(n) + " in a way that mixes channels");
 }
 
-// Where each element of a shape vector comes from: a constant (and which node input holds it), a dim of
-// some tensor (Shape, then Gather/Slice/Concat/Unsqueeze of it), or nothing known.
-std::optional<std::vector<ShapeElem>> Tracer::shapeSources(const std::string& v, int reader, size_t input) const {
-  if (g_.isInitializer(v)) {
-    auto c = constInts(v);
-    std::vector<ShapeElem> out;
-    for (size_t j = 0; j < c->size(); ++j) out.push_back({ShapeElem::Const, (*c)[j], reader, input, static_cast<int64_t>(j), {}, 0});
-    return out;
-  }
-  const int p = g_.producer(v);
-  if (p < 0) return std::nullopt;
-  const Node& n = g_.nodes[static_cast<size_t>(p)];
-  if (n.op == "Shape") {
-    const int64_t r = rankOf(n.inputs[0]);
-    if (r < 0) return std::nullopt;
-    int64_t lo = n.attrInt("start", 0), hi = n.attrInt("end", r);
-    lo = std::clamp(lo < 0 ? lo + r : lo, int64_t{0}, r), hi = std::clamp(hi < 0 ? hi + r : hi, int64_t{0}, r);
-    std::vector<ShapeElem> out;
-    for (int64_t j = lo; j < hi; ++j) out.push_back({ShapeElem::Dim, 0, -1, 0, 0, n.inputs[0], j});
-    return out;
-  }
-  if (n.op == "Concat") {
-    std::vector<ShapeElem> out;
-    for (size_t k = 0; k < n.inputs.size(); ++k) {
-      auto part = shapeSources(n.inputs[k], p, k);
-      if (!part) return std::nullopt;
-      out.insert(out.end(), part->begin(), part->end());
-    }
-    return out;
-  }
-  if (n.op == "Unsqueeze" || n.op == "Squeeze" || n.op == "Cast" || n.op == "Identity") return shapeSources(n.inputs[0], p, 0);
-  if (n.op == "Gather" || n.op == "Slice") {
-    auto data = shapeSources(n.inputs[0], p, 0);
-    if (!data) return std::nullopt;
-    const int64_t len = static_cast<int64_t>(data->size());
-    std::vector<int64_t> pick;
-    if (n.op == "Gather") {
-      auto idx = constInts(n.inputs[1]);
-      if (!idx) return std::nullopt;
-      pick = *idx;
-    } else {
-      auto starts = constInts(n.inputs[1]), ends = constInts(n.inputs[2]);
-      if (!starts || !ends || starts->size() != 1 || ends->size() != 1 || (n.inputs.size() > 4 && !n.inputs[4].empty())) return std::nullopt;
-      int64_t lo = (*starts)[0], hi = (*ends)[0];
-      lo = std::clamp(lo < 0 ? lo + len : lo, int64_t{0}, len), hi = std::clamp(hi < 0 ? hi + len : hi, int64_t{0}, len);
-      for (int64_t j = lo; j < hi; ++j) pick.push_back(j);
-    }
-    std::vector<ShapeElem> out;
-    for (int64_t j : pick) {
-      if (j < 0) j += len;
-      if (j < 0 || j >= len) return std::nullopt;
-      out.push_back((*data)[static_cast<size_t>(j)]);
-    }
-    return out;
-  }
-  return std::nullopt;
-}
-
 // A Reshape keeps its channels when its target shape follows them: the channel element is -1, copied from
 // a tensor with the same channels, or a constant (rewritten when channels go); no other element reads a
 // traced channel axis.
@@ -442,7 +352,7 @@ void Tracer::reshape(int i) {
   const std::string why = "reshaped by " + where(n);
   auto out = viewed(i);
   if (!out) return freeze(x->slot, why + " in a way that mixes channels");
-  auto src = shapeSources(n.inputs[1], i, 1);
+  auto src = traceShapeVector(g_, n.inputs[1], i, 1);
   if (!src || src->size() != static_cast<size_t>(rankOf(n.outputs[0]))) return freeze(x->slot, why + " to a computed shape");
   auto sameChannels = [&](const std::string& t, int64_t axis) {
     const Chan* c = chanOf(t);
@@ -453,17 +363,18 @@ void Tracer::reshape(int i) {
   };
   std::vector<ShapeConst> fixes;
   for (size_t j = 0; j < src->size(); ++j) {
-    const ShapeElem& e = (*src)[j];
+    const ShapeSource& e = (*src)[j];
     if (static_cast<int64_t>(j) != out->axis) {
-      const Chan* c = e.kind == ShapeElem::Dim ? chanOf(e.tensor) : nullptr;
-      if (e.kind == ShapeElem::Unknown || (c && c->axis == e.axis)) return freeze(x->slot, why + " to a shape that depends on channels");
+      const Chan* c = e.kind == ShapeSource::Dim ? chanOf(e.tensor) : nullptr;
+      if (e.kind == ShapeSource::Unknown || (c && c->axis == e.axis)) return freeze(x->slot, why + " to a shape that depends on channels");
       continue;
     }
-    const bool ok = (e.kind == ShapeElem::Const && (e.value == -1 || e.value == static_cast<int64_t>(out->slot.size()) ||
+    const bool ok = (e.kind == ShapeSource::Const && (e.value == -1 || e.value == static_cast<int64_t>(out->slot.size()) ||
                                                     (e.value == 0 && x->axis == out->axis && x->slot.size() == out->slot.size()))) ||
-                    (e.kind == ShapeElem::Dim && sameChannels(e.tensor, e.axis));
+                    (e.kind == ShapeSource::Dim && sameChannels(e.tensor, e.axis));
     if (!ok) return freeze(x->slot, why + " to a shape whose channel size does not follow the channels");
-    if (e.kind == ShapeElem::Const && e.value > 0) fixes.push_back({e.node, e.input, e.index, out->slot});
+    if (e.kind == ShapeSource::Const && e.value > 0 && e.node < 0) return freeze(x->slot, why + " to a channel size computed from constants");
+    if (e.kind == ShapeSource::Const && e.value > 0) fixes.push_back({e.node, e.input, e.index, out->slot});
   }
   shape_consts_.insert(shape_consts_.end(), fixes.begin(), fixes.end());
   setOut(n, *out);

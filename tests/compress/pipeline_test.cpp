@@ -132,3 +132,17 @@ TEST_CASE("a classifier recipe is judged by top-1 accuracy on .npy inputs and la
                                   << "data: {eval: {inputs: x.npy}}\naccuracy: {metric: top1}\noutput: out3\n";
   CHECK_THROWS_WITH(loadRecipe(dir + "/r3.yaml"), Catch::Contains("needs `labels: file.npy` in data.eval (without labels use agreement)"));
 }
+
+TEST_CASE("a model that cannot take the latency probe still finishes its run, saying why latency is missing", "[pipeline][zoo]") {
+  Progress::setEnabled(false);
+  const std::string dir = testutil::tempDir("");
+  // The zoo's GPT-2 has a 32-position table: the default [1, 128] probe does not fit it.
+  std::ofstream(dir + "/r.yaml") << "model: " << testutil::fixture("zoo/gpt2.pt") << "\n"
+                                 << "inputs: {input_ids: {dtype: int64, shape: [batch, seq]}}\n"
+                                 << "passes: [{rtn: {bits: 8}}]\nlatency_runs: 2\noutput: out\n";
+  RunSummary s = runRecipe(loadRecipe(dir + "/r.yaml"));
+  REQUIRE(s.report.contains("latency"));
+  CHECK(s.report["latency"].is_array());
+  CHECK(s.report["latency"].empty());
+  CHECK(fs::exists(dir + "/out/report.json"));
+}

@@ -1,8 +1,7 @@
 // structured_prune_test.cpp — FFN units are found (SwiGLU and GELU-with-bias), removing neurons whose
-// weights are zero leaves outputs unchanged, shapes and parameter counts follow, bad options are errors.
+// weights are zero leaves outputs unchanged, shapes and parameter counts follow, bad options are errors;
+// attention heads (GQA, fused q/k/v) likewise, and models whose heads cannot be followed say why.
 #include "prune/structured_prune.h"
-
-#include <catch2/catch.hpp>
 
 #include "compress/error.h"
 #include "compress/executor.h"
@@ -10,9 +9,18 @@
 #include "prune/attention_heads.h"
 #include "prune/magnitude_prune.h"
 #include "compress/eval.h"
+#include "export/onnx_export.h"
+#include "export/ort_check.h"
 #include "test_util.h"
+#include "zoo_util.h"
+
+// after the LibTorch headers: glog (pulled in by some of them) defines its own CHECK
+#include <catch2/catch.hpp>
+
+#include "crt_run.h"
 
 using namespace compress;
+using namespace zooutil;
 using Catch::Matchers::Contains;
 
 TEST_CASE("FFN units are found in LLaMA (SwiGLU) and GPT-2 (GELU, biases) blocks, not elsewhere", "[structured]") {
@@ -175,11 +183,76 @@ TEST_CASE("heads and FFN neurons together on the stories model: smaller, still a
   CHECK(ppl < 15.0);  // 4.08 dense; ~9 after 25% of FFN neurons alone
 }
 
-TEST_CASE("head pruning reports why a model's attention cannot be followed", "[structured][heads]") {
-  Graph g = importTorchScript(testutil::fixture("gpt2_block.pt"));  // one fused qkv projection, split afterwards
+TEST_CASE("heads of a fused q/k/v projection (GPT-2's c_attn, split afterwards) are removed exactly", "[structured][heads][zoo][ort]") {
+  std::string ort_why;
+  const bool have_ort = testutil::requiredOrSkip(ortAvailable(&ort_why), "ONNX Runtime (" + ort_why + ")");
+  ZooModel z = zooModel("gpt2");
+  Graph g = importZoo(z).clone();
+  std::vector<std::string> why;
+  auto units = findAttentionUnits(g, selectWeights(g, {"Linear"}, {}), &why);
+  REQUIRE(units.size() == 2);
+  for (size_t l = 0; l < 2; ++l) {
+    const std::string h = "h." + std::to_string(l) + ".";
+    CHECK(units[l].projections == std::vector<std::string>{h + "c_attn.weight"});
+    CHECK(units[l].o == h + "c_proj.weight");
+    CHECK(units[l].parts == 3);  // q, k, v
+    CHECK(units[l].groups == 4);
+  }
+  // Kill head 1 of layer 0 and head 2 of layer 1: its value rows (in the v part of c_attn, and its bias)
+  // and its columns of c_proj. Head width 8, model width 32: the v part starts at row 64.
+  const std::map<int, int64_t> dead = {{0, 1}, {1, 2}};
+  std::map<std::string, at::Tensor> before;
+  for (const auto& [l, head] : dead) {
+    const std::string h = "h." + std::to_string(l) + ".";
+    g.initializers.at(h + "c_attn.weight").narrow(0, 64 + 8 * head, 8).zero_();
+    g.initializers.at(h + "c_attn.bias").narrow(0, 64 + 8 * head, 8).zero_();
+    g.initializers.at(h + "c_proj.weight").narrow(1, 8 * head, 8).zero_();
+    for (const char* w : {"c_attn.weight", "c_attn.bias", "c_proj.weight"}) before[h + w] = g.initializers.at(h + w).clone();
+  }
+  Executor ex0(g);
+  std::vector<at::Tensor> want;
+  for (const auto& c : z.cases) want.push_back(ex0.run(c.inputs)[0]);
   StructuredPruneOptions o;
   o.ffn_ratio = 0;
   o.head_ratio = 0.25;
-  o.score = "magnitude";
-  CHECK_THROWS_WITH(structuredPrune(g, at::Tensor(), o, at::kCPU), Contains("no attention unit"));
+  auto s = structuredPrune(g, at::randint(0, 64, {8, 12}, at::kLong), o, at::kCPU);
+  CHECK(s["heads_removed"] == 2);
+  for (const auto& [l, head] : dead) {
+    const std::string h = "h." + std::to_string(l) + ".";
+    std::vector<int64_t> rows, cols;  // what must remain: every part without the dead head
+    for (int64_t part = 0; part < 3; ++part)
+      for (int64_t r = 0; r < 32; ++r)
+        if (r / 8 != head) rows.push_back(part * 32 + r);
+    for (int64_t c = 0; c < 32; ++c)
+      if (c / 8 != head) cols.push_back(c);
+    const at::Tensor R = at::tensor(rows, at::kLong), C = at::tensor(cols, at::kLong);
+    CHECK(at::equal(g.initializers.at(h + "c_attn.weight"), before.at(h + "c_attn.weight").index_select(0, R)));
+    CHECK(at::equal(g.initializers.at(h + "c_attn.bias"), before.at(h + "c_attn.bias").index_select(0, R)));
+    CHECK(at::equal(g.initializers.at(h + "c_proj.weight"), before.at(h + "c_proj.weight").index_select(1, C)));
+  }
+  const std::string path = testutil::tempDir("heads") + "/gpt2.onnx";
+  exportOnnx(g, path, {});
+  Executor ex1(g);
+  for (size_t k = 0; k < z.cases.size(); ++k) {
+    const at::Tensor got = ex1.run(z.cases[k].inputs)[0];
+    CHECK(relDiff(got, want[k]) <= 1e-5);  // the dead heads contributed nothing
+    CHECK(relDiff(testutil::runCrt(path, z.cases[k].inputs)[0], got) <= 1e-4);
+    if (have_ort) CHECK(relDiff(ortRun(path, z.cases[k].inputs, "disabled").begin()->second, got) <= 1e-4);
+  }
+}
+
+TEST_CASE("head pruning reports why a model's attention cannot be followed", "[structured][heads][zoo]") {
+  // DistilBERT-style: the heads are merged back to the width of the layer's input (x.size()), which does not
+  // follow the heads; OPT-style: heads merged with the batch axis (view(b * h, t, d)).
+  for (const auto& [family, reason] : std::vector<std::pair<std::string, std::string>>{
+           {"distilbert", "takes the head axis size from a tensor without heads"},
+           {"opt", "merges the head axis with the axes before it"}}) {
+    INFO(family);
+    Graph g = importZoo(zooModel(family));
+    StructuredPruneOptions o;
+    o.ffn_ratio = 0;
+    o.head_ratio = 0.25;
+    o.score = "magnitude";
+    CHECK_THROWS_WITH(structuredPrune(g, at::Tensor(), o, at::kCPU), Contains("no attention unit") && Contains(reason));
+  }
 }
