@@ -32,6 +32,27 @@ namespace {
 /// Ops an FFN unit's hidden values may pass through: elementwise on the hidden axis (op_table.def's Prune).
 bool elementwiseOp(const std::string& op) { return crt::opHas(op, crt::op_trait::Prune); }
 
+/// A Reshape inside an FFN unit that leaves the hidden axis (size H) last and whole: its target's last
+/// element is -1, a copy of a hidden value's last dim, or the constant H (recorded to rewrite).
+bool hiddenView(const Graph& g, int node, int64_t H, FfnGroup& f) {
+  const Node& n = g.nodes[static_cast<size_t>(node)];
+  auto last = [&](const std::string& v) {
+    auto it = g.values.find(v);
+    return it == g.values.end() || !it->second.shape || it->second.shape->empty() || !it->second.shape->back().isFixed()
+               ? int64_t{-1} : it->second.shape->back().value;
+  };
+  if (last(n.inputs[0]) != H || last(n.outputs[0]) != H) return false;
+  auto src = traceShapeVector(g, n.inputs[1], node, 1);
+  if (!src || src->empty()) return false;
+  const ShapeSource& e = src->back();
+  if (e.kind == ShapeSource::Const && e.value == -1) return true;
+  if (e.kind == ShapeSource::Const && e.value == H && e.node >= 0) {
+    f.resizes.push_back({e.node, e.input, e.index});
+    return true;
+  }
+  return e.kind == ShapeSource::Dim && last(e.tensor) == H && e.scale == 1;
+}
+
 }  // namespace
 
 std::vector<FfnGroup> findFfnGroups(const Graph& g, const std::vector<std::string>& down_weights) {
@@ -70,6 +91,14 @@ std::vector<FfnGroup> findFfnGroups(const Graph& g, const std::vector<std::strin
         continue;
       }
       int p = g.producer(v);
+      if (p >= 0 && g.nodes[p].op == "Reshape") {  // a view that keeps the hidden axis last and whole
+        if (!hiddenView(g, p, H, f)) {
+          ok = false;
+          break;
+        }
+        todo.push_back(g.nodes[p].inputs[0]);
+        continue;
+      }
       if (p < 0 || !elementwiseOp(g.nodes[p].op)) {
         ok = false;
         break;
@@ -88,11 +117,12 @@ std::vector<FfnGroup> findFfnGroups(const Graph& g, const std::vector<std::strin
       }
     }
     if (!ok || f.up.empty()) continue;
-    // Nothing outside the unit may read its hidden values, or their shapes would change under it.
+    // Nothing outside the unit may read its hidden values, or their shapes would change under it (reading
+    // only their shape is fine: it follows).
     for (const auto& v : chain) {
       for (int c : g.consumers(v)) {
         const Node& n = g.nodes[c];
-        bool inside = c == dl->second.node;
+        bool inside = c == dl->second.node || crt::opHas(n.op, crt::op_trait::ShapeOnly);
         for (const auto& o : n.outputs) inside = inside || chain.count(o);
         if (!inside) ok = false;
       }
@@ -113,6 +143,15 @@ void keepNeurons(Graph& g, const FfnGroup& f, const at::Tensor& keep) {
   for (const auto& u : f.up) sliceInitializer(g, u, transposed.at(u) ? 0 : 1, keep);
   sliceInitializer(g, f.down, transposed.at(f.down) ? 1 : 0, keep);
   for (const auto& b : f.biases) sliceInitializer(g, b, g.initializers.at(b).dim() - 1, keep);
+  for (const auto& r : f.resizes) {  // a fresh constant: the old one may have other readers
+    std::string& in = g.nodes[static_cast<size_t>(r.node)].inputs[r.input];
+    at::Tensor t = g.initializers.at(in).clone();
+    t.view(-1)[r.index] = keep.numel();
+    const std::string name = g.freshName(in + ".ffn");
+    g.initializers[name] = t;
+    g.values[name] = ValueInfo{dtypeFromScalarType(t.scalar_type()), Shape{Dim::fixed(t.numel())}};
+    in = name;
+  }
 }
 
 namespace {

@@ -20,6 +20,14 @@ struct FfnGroup {
   std::vector<std::string> up;         // weight names
   std::vector<std::string> biases;     // initializers inside f sliced along their last dim
   int64_t neurons = 0;                 // hidden size H
+  /// Shape constants inside f that hold H (HF Conv1D's `view(*size_out)` between the up projection and the
+  /// activation): element `index` of input `input` of node `node`, rewritten to the kept count.
+  struct Resize {
+    int node;
+    size_t input;
+    int64_t index;
+  };
+  std::vector<Resize> resizes;
 };
 
 /// Every FFN unit among the linear weights whose down projection is selected by `targets`/`ignore`.

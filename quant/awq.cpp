@@ -8,10 +8,12 @@
 
 #include <fnmatch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
 #include "compress/calibration.h"
+#include "runtime/op_table.h"
 #include "compress/error.h"
 #include "compress/options.h"
 #include "compress/pass.h"
@@ -65,85 +67,130 @@ bool matchesAny(const std::vector<std::string>& pats, const std::vector<std::str
 
 }  // namespace
 
+namespace {
+
+/// Readers of `v` that read its values (Shape nodes read only the shape, which a scale leaves alone).
+int valueReaders(const Graph& g, const std::string& v) {
+  int n = 0;
+  for (int c : g.consumers(v)) n += g.nodes[static_cast<size_t>(c)].op == "Shape" ? 0 : 1;
+  return n;
+}
+
+/// A per-channel initializer of `n` entries that only one node reads: it can take the scale alone.
+bool ownVector(const Graph& g, const std::string& v, int64_t n) {
+  return !v.empty() && g.isInitializer(v) && g.initializers.at(v).dim() == 1 && g.initializers.at(v).size(0) == n &&
+         g.consumers(v).size() == 1;
+}
+
+ScaleFold noFold(const std::string& why) {
+  ScaleFold f;
+  f.why = why;
+  return f;
+}
+
+}  // namespace
+
 ScaleFold findScaleFold(const Graph& g, const std::vector<std::string>& weights) {
-  ScaleFold none;
   std::map<std::string, LinearRef> lin;
   for (const auto& l : findLinears(g)) lin.emplace(l.weight, l);
+  std::map<std::string, ConvRef> conv;
+  for (const auto& c : findConvs(g)) conv.emplace(c.weight, c);
   std::string x;
-  std::set<int> group_matmuls;
+  std::set<int> readers;
+  bool convs = false;
   for (const auto& w : weights) {
-    auto it = lin.find(w);
-    if (it == lin.end() || !it->second.transposed) return none;
+    int node = -1;
+    if (auto it = lin.find(w); it != lin.end() && it->second.transposed) node = it->second.node;
+    else if (auto c = conv.find(w); c != conv.end() && c->second.groups == 1) node = c->second.node, convs = true;
+    if (node < 0) return noFold("'" + w + "' is not a linear layer or a conv with groups 1");
     // A weight read elsewhere too (an lm_head tied to the token embedding's Gather) cannot take the scale.
-    if (!g.isInitializer(w) || g.consumers(w).size() != 1) return none;
-    group_matmuls.insert(it->second.node);
-    const std::string& in = g.nodes[it->second.node].inputs[0];
-    if (!x.empty() && x != in) return none;
+    if (!g.isInitializer(w) || g.consumers(w).size() != 1) return noFold("'" + w + "' is tied to another use");
+    readers.insert(node);
+    const std::string& in = g.nodes[static_cast<size_t>(node)].inputs[0];
+    if (!x.empty() && x != in) return noFold("the layers read different inputs");
     x = in;
   }
-  // Every reader of x must be one of the group's MatMuls, or the scale would leak elsewhere.
+  // Every reader of x must be one of the group's layers, or the scale would leak elsewhere.
   for (int c : g.consumers(x))
-    if (!group_matmuls.count(c)) return none;
-  int64_t in_dim = g.initializers.count(weights[0]) ? g.initializers.at(weights[0]).size(1) : -1;
+    if (!readers.count(c)) return noFold("the input is also read by " + g.nodes[static_cast<size_t>(c)].op + " node '" + g.nodes[static_cast<size_t>(c)].name + "'");
+  const int64_t in_dim = g.initializers.at(weights[0]).size(1);
   int p = g.producer(x);
-  // Through reshapes that keep the channel axis last ([B, S, D] -> [B·S, D] before HF Conv1D's addmm).
-  while (p >= 0 && g.nodes[p].op == "Reshape") {
-    const std::string& src = g.nodes[p].inputs[0];
-    auto vi = g.values.find(src);
-    int value_readers = 0;  // Shape nodes read only the shape, which the scale leaves alone
-    for (int c : g.consumers(src)) value_readers += g.nodes[static_cast<size_t>(c)].op == "Shape" ? 0 : 1;
-    if (vi == g.values.end() || !vi->second.shape || vi->second.shape->empty() || !vi->second.shape->back().isFixed() ||
-        vi->second.shape->back().value != in_dim || value_readers != 1)
-      return none;
+  // Through reshapes that keep the channel axis last ([B, S, D] -> [B·S, D] before HF Conv1D's addmm), and
+  // through positively homogeneous ops; nothing else may read the values on the way.
+  while (p >= 0) {
+    const Node& n = g.nodes[static_cast<size_t>(p)];
+    const std::string& src = n.inputs[0];
+    if (n.op == "Reshape" && !convs) {
+      auto vi = g.values.find(src);
+      if (vi == g.values.end() || !vi->second.shape || vi->second.shape->empty() || !vi->second.shape->back().isFixed() ||
+          vi->second.shape->back().value != in_dim)
+        return noFold("a reshape moves the channels");
+    } else if (!crt::opHas(n.op, crt::op_trait::Homogeneous)) {
+      break;
+    }
+    if (valueReaders(g, src) != 1) return noFold("a value on the way to the input is read elsewhere too");
     p = g.producer(src);
   }
-  if (p < 0) return none;
-  const Node& n = g.nodes[p];
-  if (n.op == "LayerNormalization" && g.isInitializer(n.inputs[1])) {
-    ScaleFold f{ScaleFold::LayerNorm, n.inputs[1], n.inputs.size() > 2 ? n.inputs[2] : ""};
-    return f;
+  if (p < 0) return noFold("the input is a model input");
+  const Node& n = g.nodes[static_cast<size_t>(p)];
+  const std::string out = n.outputs[0];
+  auto xi = g.values.find(x);
+  const bool flat = xi != g.values.end() && xi->second.shape && xi->second.shape->size() == 2;  // [N, C]: BN's axis 1 is last
+  if ((n.op == "LayerNormalization" && !convs) || (n.op == "BatchNormalization" && (convs || flat))) {
+    const std::string bias = n.inputs.size() > 2 ? n.inputs[2] : "";
+    if (ownVector(g, n.inputs[1], in_dim) && (bias.empty() || ownVector(g, bias, in_dim))) return {ScaleFold::Affine, n.inputs[1], bias, ""};
+    return noFold(n.op + "'s parameters are shared or not per channel");
   }
+  if (n.op == "Conv" && n.attrInt("group", 1) == 1 && n.inputs.size() > 1 && g.isInitializer(n.inputs[1]) &&
+      g.initializers.at(n.inputs[1]).size(0) == in_dim && g.consumers(n.inputs[1]).size() == 1) {
+    const std::string bias = n.inputs.size() > 2 ? n.inputs[2] : "";
+    if (bias.empty() || ownVector(g, bias, in_dim)) return {ScaleFold::PrevRows, n.inputs[1], bias, ""};
+  }
+  if (convs) return noFold("the input comes from " + n.op + " node '" + n.name + "', which cannot take a per-channel scale exactly");
+  auto prevLinear = [&](const std::string& v) -> std::string {  // the [out, in] weight of the linear computing v
+    int pp = g.producer(v);
+    if (pp < 0 || g.nodes[static_cast<size_t>(pp)].op != "MatMul" || g.consumers(v).size() != 1) return "";
+    for (const auto& [w, l] : lin)
+      if (l.node == pp && l.transposed && g.isInitializer(w) && g.initializers.at(w).size(0) == in_dim && g.consumers(w).size() == 1) return w;
+    return "";
+  };
   if (n.op == "Mul") {
-    for (int k = 0; k < 2; ++k) {
-      const std::string& v = n.inputs[k];
-      if (g.isInitializer(v) && g.initializers.at(v).dim() == 1 && g.initializers.at(v).size(0) == in_dim &&
-          g.consumers(v).size() == 1)
-        return {ScaleFold::VectorMul, v, ""};
-    }
+    for (int k = 0; k < 2; ++k)
+      if (ownVector(g, n.inputs[static_cast<size_t>(k)], in_dim)) return {ScaleFold::VectorMul, n.inputs[static_cast<size_t>(k)], "", ""};
     // x = a * (X W_prevᵀ): scale the rows of W_prev (SwiGLU's up projection feeding the down projection).
-    for (int k = 0; k < 2; ++k) {
-      int pp = g.producer(n.inputs[k]);
-      if (pp < 0 || g.nodes[pp].op != "MatMul" || g.consumers(n.inputs[k]).size() != 1) continue;
-      for (const auto& [w, l] : lin)
-        if (l.node == pp && l.transposed && g.isInitializer(w) && g.initializers.at(w).size(0) == in_dim &&
-            g.consumers(w).size() == 1)
-          return {ScaleFold::PrevLinearRows, w, ""};
-    }
+    for (int k = 0; k < 2; ++k)
+      if (auto w = prevLinear(n.inputs[static_cast<size_t>(k)]); !w.empty()) return {ScaleFold::PrevRows, w, "", ""};
   }
-  return none;
+  if (n.op == "Add") {  // x = X W_prevᵀ + b (through a ReLU above): the previous linear's rows and bias
+    for (int k = 0; k < 2; ++k)
+      if (ownVector(g, n.inputs[static_cast<size_t>(k)], in_dim))
+        if (auto w = prevLinear(n.inputs[static_cast<size_t>(1 - k)]); !w.empty()) return {ScaleFold::PrevRows, w, n.inputs[static_cast<size_t>(k)], ""};
+  }
+  if (auto w = prevLinear(out); n.op == "MatMul" && !w.empty()) return {ScaleFold::PrevRows, w, "", ""};
+  return noFold("the input comes from " + n.op + " node '" + n.name + "', which cannot take a per-channel scale exactly");
 }
 
 void applyScale(Graph& g, const ScaleFold& fold, const std::vector<std::string>& weights, const at::Tensor& s) {
   at::NoGradGuard ng;
   switch (fold.kind) {
     case ScaleFold::VectorMul:
-    case ScaleFold::LayerNorm: {
+    case ScaleFold::Affine: {
       at::Tensor& t = g.initializers.at(fold.tensor);
       t.div_(s.to(t.scalar_type()));
-      if (!fold.bias.empty()) g.initializers.at(fold.bias).div_(s);
       break;
     }
-    case ScaleFold::PrevLinearRows: {
-      at::Tensor& t = g.initializers.at(fold.tensor);
-      t.div_(s.unsqueeze(1).to(t.scalar_type()));
+    case ScaleFold::PrevRows: {
+      at::Tensor rows = weightMatrix(g.initializers.at(fold.tensor));  // a view: [out, fan_in]
+      rows.div_(s.unsqueeze(1).to(rows.scalar_type()));
       break;
     }
     case ScaleFold::None:
       fail(ErrorCategory::Internal, "applyScale without a fold target");
   }
+  if (!fold.bias.empty()) g.initializers.at(fold.bias).div_(s);
   for (const auto& w : weights) {
-    at::Tensor& t = g.initializers.at(w);
-    t.mul_(s.unsqueeze(0).to(t.scalar_type()));
+    at::Tensor m = weightMatrix(g.initializers.at(w));  // [out, in·k]: channel c owns columns c·k .. c·k + k - 1
+    m.mul_(s.repeat_interleave(m.size(1) / s.size(0)).unsqueeze(0).to(m.scalar_type()));
   }
 }
 
@@ -158,7 +205,12 @@ nlohmann::json awqQuantizeModel(Graph& g, const at::Tensor& calibration, const A
   // Weights, norms and previous rows are updated in place below; own every float tensor first.
   for (auto& [name, t] : g.initializers)
     if (t.is_floating_point()) t = t.clone();
-  auto blocks = groupIntoBlocks(g, todo);
+  // Grouped and depthwise convs read their input per group: no one scale per input channel fits them.
+  // They are quantized at the end like the rest, unscaled.
+  std::vector<std::string> scaled = todo;
+  nlohmann::json skipped = nlohmann::json::array();
+  dropGroupedConvs(g, scaled, &skipped);
+  auto blocks = groupIntoBlocks(g, scaled);
   BlockRunner runner(g, calibration, o.chunk, device);
   if (!blocks.empty()) runner.advanceTo(&blocks[0]);
   nlohmann::json groups = nlohmann::json::array();
@@ -167,28 +219,40 @@ nlohmann::json awqQuantizeModel(Graph& g, const at::Tensor& calibration, const A
     auto grps = sharedInputGroups(g, blocks[bi]);
     for (size_t gi = 0; gi < grps.size(); ++gi) {
       const auto& grp = grps[gi];
-      std::vector<at::Tensor> xs;
-      runner.capture({grp[0]}, [&](const std::string&, const at::Tensor& x) { xs.push_back(x); });
-      at::Tensor x = at::cat(xs);
+      // Each layer's input as its matrix multiplies it: [tokens, in] for linears (one capture serves all),
+      // im2col columns [positions, in·k] for convs (kernels may differ within a group).
+      const bool linear_only = std::all_of(grp.begin(), grp.end(), [&](const std::string& w) { return g.initializers.at(w).dim() == 2; });
+      std::map<std::string, std::vector<at::Tensor>> parts;
+      runner.capture(linear_only ? std::vector<std::string>{grp[0]} : grp,
+                     [&](const std::string& w, const at::Tensor& x) { parts[w].push_back(x); });
+      std::map<std::string, at::Tensor> xin;
+      for (const auto& w : grp) xin[w] = at::cat(parts.at(linear_only ? grp[0] : w));
+      const int64_t channels = g.initializers.at(grp[0]).size(1);
+      auto columns = [&](const std::string& w, const at::Tensor& per_channel) {  // a channel's scale on each of its k columns
+        return per_channel.repeat_interleave(xin.at(w).size(1) / channels).unsqueeze(0);
+      };
       ScaleFold fold = findScaleFold(g, grp);
       nlohmann::json info = {{"weights", grp}, {"fold", fold.kind == ScaleFold::None ? "none" : fold.tensor}};
-      at::Tensor s = at::ones({x.size(1)});
+      if (fold.kind == ScaleFold::None) info["why"] = fold.why;
+      at::Tensor s = at::ones({channels});
       if (fold.kind != ScaleFold::None) {
         // The loss is measured where the reference measures it: at the output of the module these layers
         // feed — q/k/v at the attention output (the next single-layer group, o), w1/w3 at the MLP output
-        // (w2) — or at the layers' own outputs when nothing single follows.
-        std::string inspect = grp.size() > 1 && gi + 1 < grps.size() && grps[gi + 1].size() == 1 ? grps[gi + 1][0] : "";
+        // (w2) — or at the layers' own outputs when nothing single follows (and for convs).
+        std::string inspect =
+            linear_only && grp.size() > 1 && gi + 1 < grps.size() && grps[gi + 1].size() == 1 ? grps[gi + 1][0] : "";
         auto moduleOut = [&]() {
           std::vector<at::Tensor> outs;
           if (inspect.empty()) {
-            for (const auto& w : grp) outs.push_back(x.matmul(g.initializers.at(w).to(at::kFloat).t()));
-            return at::cat(outs, 1);
+            for (const auto& w : grp) outs.push_back(xin.at(w).matmul(weightMatrix(g.initializers.at(w)).to(at::kFloat).t()).reshape({-1}));
+            return at::cat(outs);
           }
           runner.capture({inspect}, [&](const std::string&, const at::Tensor& y) { outs.push_back(y); }, true);
           return at::cat(outs);
         };
         at::Tensor ref = moduleOut();
-        at::Tensor x_mean = x.abs().mean(0);
+        const at::Tensor& x0 = xin.at(grp[0]);
+        at::Tensor x_mean = x0.abs().reshape({x0.size(0), channels, -1}).mean(at::IntArrayRef{0, 2});  // mean |x_c| per input channel
         std::vector<at::Tensor> w0;
         for (const auto& w : grp) w0.push_back(g.initializers.at(w).clone());
         double best = INFINITY, best_alpha = 0, loss0 = 0;
@@ -196,8 +260,10 @@ nlohmann::json awqQuantizeModel(Graph& g, const at::Tensor& calibration, const A
           double alpha = static_cast<double>(k) / static_cast<double>(o.grid);
           at::Tensor sc = x_mean.pow(alpha).clamp_min(1e-4);
           sc = sc / (sc.max() * sc.min()).sqrt();
-          for (size_t j = 0; j < grp.size(); ++j)  // fake-quantized scaled weights, in place (the executor sees them)
-            g.initializers.at(grp[j]).copy_(fakeQuant(w0[j].to(at::kFloat) * sc.unsqueeze(0), o.format) / sc.unsqueeze(0));
+          for (size_t j = 0; j < grp.size(); ++j) {  // fake-quantized scaled weights, in place (the executor sees them)
+            const at::Tensor cs = columns(grp[j], sc);
+            weightMatrix(g.initializers.at(grp[j])).copy_(fakeQuant(weightMatrix(w0[j]).to(at::kFloat) * cs, o.format) / cs);
+          }
           double loss = (moduleOut() - ref).pow(2).mean().item<double>();
           if (k == 0) loss0 = loss;
           if (loss < best) best = loss, best_alpha = alpha, s = sc;
@@ -210,12 +276,11 @@ nlohmann::json awqQuantizeModel(Graph& g, const at::Tensor& calibration, const A
         info["loss_at"] = inspect.empty() ? "own outputs" : inspect;
       }
       if (o.clip) {
-        at::Tensor xs_scaled = x / s.unsqueeze(0);
         for (const auto& w : grp) {
           if (matchesAny(o.no_clip, namesOf(g, w))) continue;
           // In place now: a later group may fold its scale into this weight's rows (w2 into w3).
-          at::Tensor& t = g.initializers.at(w);
-          t.copy_(clipWeight(t.to(at::kFloat), xs_scaled, o).to(t.scalar_type()));
+          at::Tensor m = weightMatrix(g.initializers.at(w));
+          m.copy_(clipWeight(m.to(at::kFloat), xin.at(w) / columns(w, s), o).to(m.scalar_type()));
         }
       }
       groups.push_back(info);
@@ -227,12 +292,12 @@ nlohmann::json awqQuantizeModel(Graph& g, const at::Tensor& calibration, const A
   int64_t quantized = 0;
   if (o.quantize)
     for (const auto& w : todo) {
-      installQuantized(g, w, quantizeRtn(g.initializers.at(w), o.format), "awq");
+      installQuantized(g, w, quantizeRtn(weightMatrix(g.initializers.at(w)), o.format), "awq");
       ++quantized;
     }
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return {{"format", o.format.name()}, {"grid", o.grid}, {"clip", o.clip}, {"quantized", o.quantize},
-          {"layers_quantized", quantized}, {"layer_count", todo.size()}, {"groups", groups},
+          {"layers_quantized", quantized}, {"layer_count", todo.size()}, {"groups", groups}, {"layers_skipped", skipped},
           {"calibration_samples", calibration.size(0)}, {"forward_nodes", runner.forwardNodes()}, {"seconds", secs}};
 }
 
@@ -253,7 +318,7 @@ class AwqPass : public Pass {
     opts_.max_shrink = r.number("max_shrink", 0.5, 0.0, 1.0, "largest clip shrink");
     opts_.clip_tokens = r.integer("clip_tokens", 512, 1, 1 << 20, "tokens sampled for the clip search");
     opts_.quantize = r.boolean("quantize", true, "round-to-nearest at the end (false: leave float for gptq)");
-    opts_.targets = r.strings("targets", {"Linear"}, "weights to quantize: Linear, or parameter-name globs");
+    opts_.targets = r.strings("targets", kLayerTargets, std::string("weights to quantize: ") + kLayerTargetsHelp);
     opts_.ignore = r.strings("ignore", {}, "parameter-name globs to leave alone");
     opts_.chunk = r.integer("chunk", 8, 1, 1 << 16, "calibration sequences per forward pass (memory)");
   }

@@ -42,14 +42,14 @@ TEST_CASE("findScaleFold finds norm weights and previous linear rows, and nothin
   CHECK(qkv.tensor == "attention_norm.weight");
   CHECK(findScaleFold(g, {"wq.weight"}).kind == ScaleFold::None);  // wk/wv also read that input
   ScaleFold down = findScaleFold(g, {"w2.weight"});
-  CHECK(down.kind == ScaleFold::PrevLinearRows);
+  CHECK(down.kind == ScaleFold::PrevRows);
   CHECK(down.tensor == "w3.weight");
   CHECK(findScaleFold(g, {"wo.weight"}).kind == ScaleFold::None);
   ImportOptions io;
   io.inputs = {{"idx", DType::Int64, {Dim::sym("batch"), Dim::sym("seq")}}};
   Graph gpt = importTorchScript(testutil::fixture("gpt2_block.pt"), io);
   ScaleFold ln = findScaleFold(gpt, {"fc.weight"});
-  CHECK(ln.kind == ScaleFold::LayerNorm);
+  CHECK(ln.kind == ScaleFold::Affine);
   CHECK(ln.tensor == "ln2.weight");
   CHECK(ln.bias == "ln2.bias");
 }

@@ -274,5 +274,45 @@ TEST_CASE("AWQ's scale folding leaves the float model unchanged on GPT-2-, OPT- 
     // GPT-2 and OPT are pre-LN: q/k/v and the MLP's up projection read a LayerNorm (with bias) only. BERT is
     // post-LN: its LayerNorm output is also the residual stream, so no fold is exact and none is made.
     CHECK(scaled == (std::string(family) != "bert"));
+    if (std::string(family) == "opt") {  // its ReLU MLP: fc2's scale goes through the ReLU into fc1's rows and bias
+      bool relu_fold = false;
+      for (const auto& gr : s["groups"]) relu_fold = relu_fold || (gr["weights"][0] == "layers.0.fc2.weight" && gr["fold"] == "layers.0.fc1.weight");
+      CHECK(relu_fold);
+    }
+  }
+}
+
+TEST_CASE("AWQ folds conv scales into BatchNorm through ReLU and pooling; the float CNN is unchanged; others say why", "[layers][zoo][awq]") {
+  for (const char* family : {"resnet", "mobilenet_v2"}) {
+    INFO(family);
+    ZooModel z = zooModel(family);
+    Graph g = importZoo(z);
+    const Graph before = g.clone();
+    AwqOptions o;
+    o.quantize = false;  // scales searched against int4 and folded, weights left in float: an exact rewrite
+    o.clip = false;
+    auto s = awqQuantizeModel(g, smoothImages(8, 32), o, at::kCPU, false);
+    INFO(s["groups"].dump());
+    double worst = 0;
+    for (const auto& c : z.cases) worst = std::max(worst, relDiff(Executor(g).run(c.inputs)[0], Executor(before).run(c.inputs)[0]));
+    CHECK(worst <= 1e-5);
+    std::map<std::string, std::string> folds;  // first weight of the group -> fold target
+    for (const auto& gr : s["groups"]) {
+      folds[gr["weights"][0].get<std::string>()] = gr["fold"].get<std::string>();
+      if (gr["fold"] == "none") CHECK_FALSE(gr["why"].get<std::string>().empty());
+    }
+    if (std::string(family) == "resnet") {
+      // Each block's second conv reads ReLU(BatchNorm(.)) alone; the first convs read the residual stream.
+      CHECK(folds.at("layer1.conv2.weight") == "layer1.bn1.weight");
+      CHECK(folds.at("layer2.conv2.weight") == "layer2.bn1.weight");
+      CHECK(folds.at("layer1.conv1.weight") == "none");
+      CHECK(folds.at("conv1.weight") == "none");  // the image
+    } else {
+      // ReLU6 clips, so it does not commute with a scale, and most 1x1 convs read a residual sum; the last
+      // conv reads the last block's BatchNorm (a linear bottleneck) alone. Depthwise convs are quantized unscaled.
+      CHECK(folds.at("features.18.0.weight") == "features.17.conv.3.weight");
+      CHECK(folds.at("features.2.conv.2.weight") == "none");  // ReLU6
+      CHECK(s["layers_skipped"].size() == 17);  // the depthwise convs
+    }
   }
 }
