@@ -183,6 +183,40 @@ TEST_CASE("heads and FFN neurons together on the stories model: smaller, still a
   CHECK(ppl < 15.0);  // 4.08 dense; ~9 after 25% of FFN neurons alone
 }
 
+TEST_CASE("GPT-2's MLP (HF Conv1D: view(*size_out) between c_fc and the GELU) is an FFN unit; dead neurons go exactly", "[structured][zoo][ort]") {
+  std::string ort_why;
+  const bool have_ort = testutil::requiredOrSkip(ortAvailable(&ort_why), "ONNX Runtime (" + ort_why + ")");
+  ZooModel z = zooModel("gpt2");
+  Graph g = importZoo(z).clone();
+  auto units = findFfnGroups(g, selectWeights(g, {"Linear"}, {}));
+  REQUIRE(units.size() == 2);
+  for (const auto& f : units) {
+    CHECK(f.up.size() == 1);
+    CHECK(f.neurons == 128);
+    CHECK(f.resizes.size() == 1);  // the constant 128 of view(*size_out)
+  }
+  std::vector<int64_t> dead;
+  for (int64_t j = 3; j < 128; j += 4) dead.push_back(j);  // a quarter
+  for (const auto& f : units) killNeurons(g, f, dead);
+  Executor ex0(g);
+  std::vector<at::Tensor> want;
+  for (const auto& c : z.cases) want.push_back(ex0.run(c.inputs)[0]);
+  StructuredPruneOptions o;
+  o.ffn_ratio = 0.25;
+  auto s = structuredPrune(g, at::randint(0, 64, {8, 12}, at::kLong), o, at::kCPU);
+  CHECK(s["neurons_removed"] == 64);
+  CHECK(g.initializers.at("h.0.c_fc.weight").sizes() == at::IntArrayRef{96, 32});
+  const std::string path = testutil::tempDir("ffn") + "/gpt2.onnx";
+  exportOnnx(g, path, {});
+  Executor ex1(g);
+  for (size_t k = 0; k < z.cases.size(); ++k) {
+    const at::Tensor got = ex1.run(z.cases[k].inputs)[0];
+    CHECK(relDiff(got, want[k]) <= 1e-5);
+    CHECK(relDiff(testutil::runCrt(path, z.cases[k].inputs)[0], got) <= 1e-4);
+    if (have_ort) CHECK(relDiff(ortRun(path, z.cases[k].inputs, "disabled").begin()->second, got) <= 1e-4);
+  }
+}
+
 TEST_CASE("heads of a fused q/k/v projection (GPT-2's c_attn, split afterwards) are removed exactly", "[structured][heads][zoo][ort]") {
   std::string ort_why;
   const bool have_ort = testutil::requiredOrSkip(ortAvailable(&ort_why), "ONNX Runtime (" + ort_why + ")");
