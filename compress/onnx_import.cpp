@@ -1,6 +1,7 @@
 // onnx_import.cpp — ONNX to IR (onnx_import.h), in named steps: read the file, the initializers, the
 // inputs' dims, the nodes (adapted to the IR's forms), the outputs; then shape inference and the verifier.
 #include "compress/onnx_import.h"
+#include "quant/format.h"
 
 #include <onnx/onnx_pb.h>
 
@@ -73,6 +74,7 @@ class OnnxReader {
       g_.outputs.push_back(o.name());
     }
     markParameters();
+    readBackQuantizedWeights(g_, four_bit_);  // DequantizeLinear of integers: quantized weights, as the passes make them
     canonicalizeLinearLayout(g_);  // MatMul(x, W[in, out]) and torch.onnx's folded transposes read as nn.Linear's
     inferShapes(g_, specs_);
     for (const Node& n : g_.nodes)  // values the executor computes fused (Sqrt+Reciprocal, Sigmoid+Mul) keep their input's type
@@ -98,6 +100,7 @@ class OnnxReader {
 
   // ------------------------------------------------------------------ tensors
   at::Tensor tensorOf(const onnx::TensorProto& t, const std::string& what) {
+    if (t.data_type() == kUint4 || t.data_type() == kInt4) return fourBitTensor(t, what);
     const at::ScalarType st = scalarTypeOf(t.data_type(), what);
     std::vector<int64_t> dims(t.dims().begin(), t.dims().end());
     int64_t n = 0;
@@ -113,6 +116,37 @@ class OnnxReader {
     } else {
       copyTyped(t, x, n, what);
     }
+    return x;
+  }
+
+  // UINT4 / INT4 (opset 21): two values per byte, the first in the low nibble; read one per byte (uint8 /
+  // sign-extended int8), as the IR keeps quantized integers.
+  static constexpr int kUint4 = 21, kInt4 = 22;
+  at::Tensor fourBitTensor(const onnx::TensorProto& t, const std::string& what) {
+    std::vector<int64_t> dims(t.dims().begin(), t.dims().end());
+    int64_t n = 0;
+    if (!crt::checkedNumel(dims.data(), dims.size(), &n)) fail(ErrorCategory::Model, what + ": its shape is negative or too large");
+    const size_t bytes = static_cast<size_t>((n + 1) / 2);
+    std::string packed(bytes, '\0');
+    if (t.data_location() == onnx::TensorProto::EXTERNAL) {
+      readExternal(t, what, packed.data(), bytes);
+    } else if (t.has_raw_data()) {
+      if (t.raw_data().size() != bytes)
+        fail(ErrorCategory::Model, what + ": raw data has " + std::to_string(t.raw_data().size()) + " bytes, its 4-bit shape needs " + std::to_string(bytes));
+      packed = t.raw_data();
+    } else {
+      if (static_cast<size_t>(t.int32_data_size()) != bytes)
+        fail(ErrorCategory::Model, what + " holds " + std::to_string(t.int32_data_size()) + " packed values, its 4-bit shape needs " + std::to_string(bytes));
+      for (size_t i = 0; i < bytes; ++i) packed[i] = static_cast<char>(t.int32_data(static_cast<int>(i)));
+    }
+    const bool sign = t.data_type() == kInt4;
+    at::Tensor x = at::empty(dims, at::TensorOptions().dtype(sign ? at::kChar : at::kByte));
+    auto* out = static_cast<uint8_t*>(x.data_ptr());
+    for (int64_t i = 0; i < n; ++i) {
+      uint8_t v = static_cast<uint8_t>((static_cast<uint8_t>(packed[static_cast<size_t>(i / 2)]) >> (4 * (i % 2))) & 0xF);
+      out[i] = sign && v >= 8 ? static_cast<uint8_t>(v | 0xF0) : v;
+    }
+    four_bit_.insert(t.name());
     return x;
   }
 
@@ -403,6 +437,7 @@ class OnnxReader {
   std::set<std::string> used_;
   std::map<std::string, int> unsupported_;
   std::map<std::string, std::pair<DType, Shape>> specs_;
+  std::set<std::string> four_bit_;  // initializers read from UINT4/INT4 data
 };
 
 }  // namespace

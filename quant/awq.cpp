@@ -199,9 +199,7 @@ nlohmann::json awqQuantizeModel(Graph& g, const at::Tensor& calibration, const A
   auto t0 = std::chrono::steady_clock::now();
   at::NoGradGuard ng;
   auto selected = selectPassTargets(g, "awq", o.targets, o.ignore);
-  std::vector<std::string> todo;
-  for (const auto& w : selected)
-    if (g.isInitializer(w)) todo.push_back(w);
+  std::vector<std::string> todo = floatTargets(g, "awq", selected);
   // Weights, norms and previous rows are updated in place below; own every float tensor first.
   for (auto& [name, t] : g.initializers)
     if (t.is_floating_point()) t = t.clone();

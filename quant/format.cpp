@@ -2,6 +2,7 @@
 #include "quant/format.h"
 
 #include <algorithm>
+#include <optional>
 
 #include "compress/error.h"
 #include "compress/options.h"
@@ -188,6 +189,163 @@ QuantizedTensor quantizedOf(const Graph& g, const std::string& weight) {
   q.scales = g.initializers.at(weight + ".scale");
   if (g.initializers.count(weight + ".zero_point")) q.zero_points = g.initializers.at(weight + ".zero_point");
   return q;
+}
+
+namespace {
+
+/// A DequantizeLinear whose inputs are all initializers, as the IR quantizes: its integers and scales in
+/// the [out, in] orientation of the weight it makes (`transposed`: the DQ's own layout is [in, out]).
+std::optional<QuantizedTensor> quantizedFromDq(const Graph& g, const Node& dq, bool transposed, bool four_bit) {
+  for (const auto& in : dq.inputs)
+    if (!in.empty() && !g.isInitializer(in)) return std::nullopt;
+  at::Tensor x = g.initializers.at(dq.inputs[0]);
+  if (x.dim() != 2 || (x.scalar_type() != at::kChar && x.scalar_type() != at::kByte)) return std::nullopt;
+  at::Tensor s = g.initializers.at(dq.inputs[1]).to(at::kFloat);
+  at::Tensor z = dq.inputs.size() > 2 && !dq.inputs[2].empty() ? g.initializers.at(dq.inputs[2]) : at::Tensor();
+  if (!g.initializers.at(dq.inputs[1]).is_floating_point() || (z.defined() && (z.sizes() != s.sizes() || z.scalar_type() != x.scalar_type())))
+    return std::nullopt;  // a file whose DequantizeLinear the op itself would reject: left to it
+  const int64_t axis = dq.attrInt("axis", 1), block = dq.attrInt("block_size", 0);
+  // In the [out, in] orientation: the output channel is DQ axis 1 when transposed, else 0.
+  const int64_t out_axis = transposed ? 1 : 0, out = x.size(out_axis), in = x.size(1 - out_axis);
+  QuantizedTensor q;
+  q.format.bits = four_bit ? 4 : 8;
+  auto orient = [&](const at::Tensor& t) { return (transposed ? t.t() : t).contiguous(); };
+  q.qdata = orient(x);
+  if (block > 0) {
+    // Blocks along the input, the last one ragged when `block` does not divide it (as ONNX allows).
+    if (axis != 1 - out_axis || s.dim() != 2 || s.size(1 - out_axis) != (in + block - 1) / block || s.size(out_axis) != out) return std::nullopt;
+    q.format.group_size = static_cast<int32_t>(block);
+    q.scales = orient(s);
+    if (z.defined()) z = orient(z);
+  } else {
+    if (s.numel() == 1) s = s.reshape({1}).expand({out}), z = z.defined() ? z.reshape({1}).expand({out}) : z;  // per tensor
+    else if (axis != out_axis || s.dim() != 1 || s.size(0) != out) return std::nullopt;
+    q.scales = s.contiguous();
+    if (z.defined()) z = z.contiguous();
+  }
+  const bool zero = !z.defined() || z.to(at::kInt).eq(0).all().item<bool>();
+  if (x.scalar_type() == at::kChar) {
+    if (!zero) return std::nullopt;  // signed with an offset: not a format the IR has
+    q.format.symmetric = true;
+  } else {
+    q.format.symmetric = false;
+    q.zero_points = z.defined() ? z.to(at::kByte).contiguous() : at::zeros_like(q.scales, at::kByte);
+  }
+  return q;
+}
+
+}  // namespace
+
+int readBackQuantizedWeights(Graph& g, const std::set<std::string>& four_bit) {
+  int count = 0;
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    const Node dq = g.nodes[i];
+    if (dq.op != "DequantizeLinear" || !dq.domain.empty() || g.quant.count(dq.outputs[0])) continue;
+    const std::string v = dq.outputs[0];
+    auto readers = g.consumers(v);
+    if (readers.size() != 1) continue;
+    Node& r = g.nodes[static_cast<size_t>(readers[0])];
+    // What reads the weight: MatMul(x, W[in, out]), Transpose -> MatMul, Conv, or Reshape -> Conv.
+    int matmul = -1, conv = -1, between = -1;
+    bool transposed = false;
+    if (r.op == "MatMul" && r.inputs[1] == v) {
+      matmul = readers[0], transposed = true;
+    } else if ((r.op == "Transpose" || r.op == "Reshape") && g.consumers(r.outputs[0]).size() == 1) {
+      const int next = g.consumers(r.outputs[0])[0];
+      const Node& nx = g.nodes[static_cast<size_t>(next)];
+      if (r.op == "Transpose" && nx.op == "MatMul" && nx.inputs[1] == r.outputs[0] && r.attrInts("perm") == std::vector<int64_t>{1, 0})
+        matmul = next, between = readers[0];
+      else if (r.op == "Reshape" && nx.op == "Conv" && nx.inputs[1] == r.outputs[0] && g.isInitializer(r.inputs[1]))
+        conv = next, between = readers[0];
+    } else if (r.op == "Conv" && r.inputs[1] == v) {
+      conv = readers[0];
+    }
+    if (matmul < 0 && conv < 0) continue;
+    const Node& x0 = dq;
+    at::Tensor xs = g.initializers.count(x0.inputs[0]) ? g.initializers.at(x0.inputs[0]) : at::Tensor();
+    if (!xs.defined()) continue;
+    std::vector<int64_t> kernel;  // a conv weight's shape
+    Node dq2 = dq;
+    if (conv >= 0) {
+      if (between >= 0) {  // the kernel shape: the Reshape's constant target (all sizes given)
+        at::Tensor shape = g.initializers.at(g.nodes[static_cast<size_t>(between)].inputs[1]).to(at::kLong).reshape({-1});
+        for (int64_t k = 0; k < shape.numel(); ++k) kernel.push_back(shape[k].item<int64_t>());
+        int64_t numel = 1;
+        for (int64_t d : kernel) numel = d > 0 ? numel * d : -1;
+        if (numel != xs.numel()) continue;
+      } else if (xs.dim() == 4 && dq.attrInt("axis", 1) == 0) {  // a 4-D kernel quantized per output channel
+        kernel = xs.sizes().vec();
+        g.initializers.at(x0.inputs[0]) = xs.reshape({xs.size(0), -1}).contiguous();
+        dq2.attrs["axis"] = int64_t{0};
+      } else {
+        continue;
+      }
+    }
+    auto q = quantizedFromDq(g, dq2, transposed, four_bit.count(dq.inputs[0]) != 0);
+    if (!q) {
+      if (!kernel.empty() && between < 0) g.initializers.at(x0.inputs[0]) = xs;  // undo the reshape
+      continue;
+    }
+    // The weight's name: the integers' name without its ".qdata" / "_quantized" suffix, else the DQ output.
+    std::string name = dq.inputs[0];
+    for (const char* suffix : {".qdata", "_quantized"}) {
+      const std::string sfx = suffix;
+      if (name.size() > sfx.size() && name.compare(name.size() - sfx.size(), sfx.size(), sfx) == 0) name = name.substr(0, name.size() - sfx.size());
+    }
+    if (name == dq.inputs[0] || g.isInitializer(name) || (g.values.count(name) && name != v)) name = v;
+    // Rewire: the reader takes a float weight `name` ([out, in] behind a Transpose, or the kernel).
+    at::Tensor w = dequantize(*q);
+    if (!kernel.empty()) w = w.reshape(kernel);
+    std::vector<int> drop = {static_cast<int>(i)};
+    if (between >= 0) drop.push_back(between);
+    const std::string between_out = between >= 0 ? g.nodes[static_cast<size_t>(between)].outputs[0] : "";
+    Node tr;
+    if (matmul >= 0) {
+      tr.op = "Transpose";
+      tr.name = g.freshName("transpose." + name);
+      tr.inputs = {name};
+      tr.outputs = {g.freshName(name + ".T")};
+      tr.attrs["perm"] = std::vector<int64_t>{1, 0};
+      g.nodes[static_cast<size_t>(matmul)].inputs[1] = tr.outputs[0];
+      g.values[tr.outputs[0]] = ValueInfo{DType::Float32, Shape{Dim::fixed(w.size(1)), Dim::fixed(w.size(0))}};
+    } else {
+      g.nodes[static_cast<size_t>(conv)].inputs[1] = name;
+    }
+    const int reader = matmul >= 0 ? matmul : conv;
+    std::vector<Node> nodes;
+    for (size_t k = 0; k < g.nodes.size(); ++k) {
+      if (std::find(drop.begin(), drop.end(), static_cast<int>(k)) != drop.end()) continue;
+      if (static_cast<int>(k) == reader && matmul >= 0) nodes.push_back(tr);
+      nodes.push_back(g.nodes[k]);
+    }
+    g.nodes = std::move(nodes);
+    for (const auto& in : dq.inputs) g.initializers.erase(in), g.values.erase(in);
+    g.values.erase(v);
+    if (!between_out.empty()) g.values.erase(between_out);
+    g.initializers[name] = w;
+    Shape ws;
+    for (int64_t d : w.sizes()) ws.push_back(Dim::fixed(d));
+    g.values[name] = ValueInfo{DType::Float32, ws};
+    g.parameters.insert(name);
+    installQuantized(g, name, *q, "onnx");
+    ++count;
+    i = 0;  // the node list changed; the rewritten weights' new DequantizeLinear reads ".qdata" of a quantized weight
+  }
+  return count;
+}
+
+std::vector<std::string> floatTargets(const Graph& g, const std::string& pass, const std::vector<std::string>& weights) {
+  std::vector<std::string> out;
+  for (const auto& w : weights)
+    if (g.isInitializer(w)) out.push_back(w);
+  if (out.empty() && !weights.empty()) {
+    auto q = g.quant.find(weights[0]);
+    const std::string how = q == g.quant.end() ? "" : " (" + std::to_string(q->second.bits) + "-bit, " +
+                                                       (q->second.method == "onnx" ? std::string("as the ONNX file stores it") : "by " + q->second.method) + ")";
+    fail(ErrorCategory::Config, pass + ": every targeted weight is already quantized, e.g. '" + weights[0] + "'" + how +
+                                    "; quantizing again would add a second rounding error — start from the float model");
+  }
+  return out;
 }
 
 }  // namespace compress

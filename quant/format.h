@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -54,5 +55,19 @@ const std::vector<QuantFormat>& formatTable();
 void installQuantized(Graph& g, const std::string& weight, const QuantizedTensor& q, const std::string& method);
 /// The quantized form of an installed weight.
 QuantizedTensor quantizedOf(const Graph& g, const std::string& weight);
+
+/// Reads weights an ONNX file stores quantized back into quant state: DequantizeLinear of integer
+/// initializers (int8/uint8, or 4-bit ones listed in `four_bit`, unpacked one value per byte) with per-channel
+/// or blocked scales, feeding a MatMul (as [in, out] or through a Transpose) or a Conv (directly or through a
+/// Reshape of the [out, in·k] matrix) — what our export and ONNX Runtime's quantizer write — becomes a
+/// quantized weight as the passes make it (QuantInfo method "onnx"; the same integers, so exact). Weights in
+/// other forms stay as they are (their DequantizeLinear runs as an op). Run before
+/// canonicalizeLinearLayout. Returns how many weights were read back.
+int readBackQuantizedWeights(Graph& g, const std::set<std::string>& four_bit);
+
+/// The float weights among a quantizing pass's targets (the others were quantized before: skipped). When
+/// every target is already quantized — a quantized ONNX file as the model — throws Error(Config) saying so:
+/// quantizing again would compound the rounding error of the first format.
+std::vector<std::string> floatTargets(const Graph& g, const std::string& pass, const std::vector<std::string>& weights);
 
 }  // namespace compress

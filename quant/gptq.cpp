@@ -113,9 +113,7 @@ nlohmann::json gptqQuantizeModel(Graph& g, const at::Tensor& calibration, const 
                                  bool progress) {
   auto t0 = std::chrono::steady_clock::now();
   auto weights = selectPassTargets(g, "gptq", opts.targets, opts.ignore);
-  std::vector<std::string> todo;
-  for (const auto& w : weights)
-    if (g.isInitializer(w)) todo.push_back(w);
+  std::vector<std::string> todo = floatTargets(g, "gptq", weights);
   nlohmann::json skipped = nlohmann::json::array();
   dropGroupedConvs(g, todo, &skipped);
   // The weights are updated in place below; own them first so no other graph copy sees the changes.

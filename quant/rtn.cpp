@@ -14,14 +14,12 @@
 namespace compress {
 
 nlohmann::json rtnQuantize(Graph& g, const RtnOptions& opts) {
-  auto weights = selectPassTargets(g, "rtn", opts.targets, opts.ignore);
+  const auto targets = selectPassTargets(g, "rtn", opts.targets, opts.ignore);
+  const auto weights = floatTargets(g, "rtn", targets);  // the others were quantized by an earlier pass
   nlohmann::json layers = nlohmann::json::array();
-  int64_t before = 0, after = 0, skipped = 0;
+  int64_t before = 0, after = 0;
+  const int64_t skipped = static_cast<int64_t>(targets.size() - weights.size());
   for (const auto& w : weights) {
-    if (!g.isInitializer(w)) {
-      ++skipped;  // already quantized by an earlier pass
-      continue;
-    }
     at::Tensor t = g.initializers.at(w);
     QuantizedTensor q = quantizeRtn(weightMatrix(t), opts.format);
     at::Tensor deq = dequantize(q);

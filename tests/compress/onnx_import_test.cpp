@@ -182,3 +182,50 @@ TEST_CASE("onnx import: bad files are clear errors", "[onnx-import]") {
     requireError([&] { importOnnx(dir + "/ext.onnx"); }, ErrorCategory::Model, {"outside the model's folder"});
   }
 }
+
+TEST_CASE("onnx import: quantized weights (QDQ int8, int4 blocks, convs) read back as the same quantized weights", "[onnx-import][quant]") {
+  const std::string dir = testutil::tempDir("onnx_q");
+  struct Case {
+    const char* name;
+    QuantFormat format;
+    int opset;
+  };
+  for (const Case& c : {Case{"int8", QuantFormat{8, -1, true}, 17}, Case{"int8-asym", QuantFormat{8, -1, false}, 17},
+                        Case{"int4-g16", QuantFormat{4, 16, false}, 21}, Case{"int4-g16-sym", QuantFormat{4, 16, true}, 21}}) {
+    for (const char* model : {"llama_block.pt", "zoo/resnet.pt"}) {
+      INFO(c.name << " " << model);
+      ImportOptions io;
+      const bool cnn = std::string(model) == "zoo/resnet.pt";
+      if (cnn) io.inputs = {{"x", DType::Float32, {Dim::sym("batch"), Dim::fixed(3), Dim::sym("height"), Dim::sym("width")}}};
+      Graph g = importTorchScript(testutil::fixture(model), io);
+      RtnOptions r;
+      r.format = c.format;
+      rtnQuantize(g, r);
+      const std::string path = dir + "/" + c.name + (cnn ? "_resnet" : "_llama") + ".onnx";
+      ExportOptions eo;
+      eo.opset = c.opset;
+      eo.int4 = "qdq";
+      exportOnnx(g, path, eo);
+      Graph back = importOnnx(path, io);
+      CHECK(back.quant.size() == g.quant.size());
+      for (const auto& [w, q] : g.quant) {
+        INFO(w);
+        REQUIRE(back.quant.count(w));
+        CHECK(back.quant.at(w).bits == q.bits);
+        CHECK(back.quant.at(w).group_size == q.group_size);
+        CHECK(back.quant.at(w).symmetric == q.symmetric);
+        CHECK(back.quant.at(w).method == "onnx");
+        CHECK(at::equal(back.initializers.at(w + ".qdata"), g.initializers.at(w + ".qdata")));  // the same integers
+        CHECK(at::equal(back.initializers.at(w + ".scale"), g.initializers.at(w + ".scale")));
+      }
+      if (!cnn) CHECK(back.parameterBytes() == g.parameterBytes());  // (ONNX import counts BatchNorm statistics as parameters)
+      at::Tensor x = cnn ? at::randn({2, 3, 20, 20}) : at::randint(0, 64, {2, 9}, at::kLong);
+      at::Tensor a = Executor(g).run1(x), b = Executor(back).run1(x);
+      CHECK((a - b).abs().max().item<double>() <= 1e-5 * a.abs().max().item<double>());
+      // Quantizing what is already quantized is refused with the reason.
+      RtnOptions again;
+      again.format = QuantFormat{4, 32, false};
+      CHECK_THROWS_WITH(rtnQuantize(back, again), Catch::Contains("already quantized") && Catch::Contains("as the ONNX file stores it"));
+    }
+  }
+}
