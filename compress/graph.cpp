@@ -574,6 +574,7 @@ std::optional<std::vector<ShapeSource>> traceShapeVector(const Graph& g, const s
     for (size_t k = 0; k < n.inputs.size(); ++k) {
       auto part = traceShapeVector(g, n.inputs[k], p, k);
       if (!part) return std::nullopt;
+      if (part->size() == 1) (*part)[0].piece_node = p, (*part)[0].piece_input = k;
       out.insert(out.end(), part->begin(), part->end());
     }
     return out;

@@ -194,6 +194,8 @@ struct ShapeSource {
   std::string tensor;  // Dim
   int64_t axis = 0;
   int64_t scale = 1;
+  int piece_node = -1;   // the Concat this element entered through as a 1-element piece (its input
+  size_t piece_input = 0;  // piece_input), so a computed size can be replaced by a constant; -1: none
 };
 /// Where each element of the 1-D integer value `v` (read as input `input` of node `reader`) comes from;
 /// nothing when its length cannot be known.

@@ -117,7 +117,10 @@ class HeadTracker {
   // recorded to resize, a size read from a head-shaped value's head axis follows by itself, -1 is inferred.
   // False when the size comes from elsewhere (DistilBERT reshapes back to its input's width), or another
   // element reads a head axis.
-  bool shapeElement(AttentionUnit& u, int node, int input, int64_t e) {
+  // `size` is the head axis' size there. A size read from a tensor without heads that happens to equal it
+  // (DistilBERT reshapes back to its input's width) is replaced by a constant, when it entered the shape as
+  // a 1-element Concat piece.
+  bool shapeElement(AttentionUnit& u, int node, int input, int64_t e, int64_t size) {
     auto src = traceShapeVector(g_, g_.nodes[node].inputs[input], node, static_cast<size_t>(input));
     if (!src || e >= static_cast<int64_t>(src->size())) return false;
     for (size_t j = 0; j < src->size(); ++j) {
@@ -129,7 +132,8 @@ class HeadTracker {
         if (s.value > 0 && s.node < 0) return false;  // computed from constants: nothing to rewrite
         if (s.value > 0) u.resizes.push_back({s.node, static_cast<int>(s.input), s.index});
       } else if (!head_dim) {
-        return false;
+        if (s.kind != ShapeSource::Dim || s.piece_node < 0 || s.scale != 1 || dim(s.tensor, static_cast<int>(s.axis)) != size) return false;
+        u.resizes.push_back({s.piece_node, static_cast<int>(s.piece_input), 0, size});
       }
     }
     return true;
@@ -250,13 +254,13 @@ class HeadTracker {
         }
       if (ao < 0) return bad(n, "merges the head axis with the axes before it");
       if (px > 1 && dim(out, ao) != dim(x, a)) return bad(n, "splits a fused projection's head axis before its parts are split");
-      if (!shapeElement(u, i, 1, ao)) return bad(n, "takes the head axis size from a tensor without heads");
+      if (!shapeElement(u, i, 1, ao, dim(out, ao))) return bad(n, "takes the head axis size from a tensor without heads");
       return track(out, ao, px) || bad(n, "has no fixed head axis");
     }
     if (n.op == "Expand") {
       if (tracked[0] != 0) return bad(n, "takes its shape from a head-shaped value");
       int ao = a + R - r;
-      if (!shapeElement(u, i, 1, ao)) return bad(n, "takes the head axis size from a tensor without heads");
+      if (!shapeElement(u, i, 1, ao, dim(out, ao))) return bad(n, "takes the head axis size from a tensor without heads");
       return track(out, ao, px) || bad(n, "has no fixed head axis");
     }
     if (n.op == "MatMul") {
@@ -397,6 +401,14 @@ void keepHeadGroups(Graph& g, const AttentionUnit& u, const at::Tensor& keep) {
   std::set<std::tuple<int, int, int64_t>> done;  // each element once (a Split's sizes hold several)
   for (const auto& r : u.resizes) {
     if (!done.insert({r.node, r.input, r.element}).second) continue;
+    if (r.size > 0) {  // a computed size: this node reads a constant instead
+      if (r.size % G != 0) fail(ErrorCategory::Internal, "structured-prune: a size of " + std::to_string(r.size) + " does not split into " + std::to_string(G) + " groups");
+      const std::string fresh = g.freshName("heads.size");
+      g.initializers[fresh] = at::tensor(std::vector<int64_t>{r.size / G * K}, at::kLong);
+      g.values[fresh] = ValueInfo{DType::Int64, Shape{Dim::fixed(1)}};
+      g.nodes[r.node].inputs[r.input] = fresh;
+      continue;
+    }
     std::string name = g.nodes[r.node].inputs[r.input];
     at::Tensor t = g.initializers.at(name).clone();
     int64_t v = t.reshape({-1})[r.element].item<int64_t>();

@@ -31,7 +31,8 @@ struct AttentionUnit {
   struct Resize {                        // a shape constant whose element follows the number of heads
     int node, input;
     int64_t element;
-  };
+    int64_t size = 0;                    // > 0: input `input` is a computed 1-element size of `size` (the
+  };                                     // width of a tensor without heads): replaced by the new constant
   std::vector<Slice> slices;
   std::vector<Resize> resizes;
 };

@@ -275,18 +275,59 @@ TEST_CASE("heads of a fused q/k/v projection (GPT-2's c_attn, split afterwards) 
   }
 }
 
-TEST_CASE("head pruning reports why a model's attention cannot be followed", "[structured][heads][zoo]") {
-  // DistilBERT-style: the heads are merged back to the width of the layer's input (x.size()), which does not
-  // follow the heads; OPT-style: heads merged with the batch axis (view(b * h, t, d)).
-  for (const auto& [family, reason] : std::vector<std::pair<std::string, std::string>>{
-           {"distilbert", "takes the head axis size from a tensor without heads"},
-           {"opt", "merges the head axis with the axes before it"}}) {
+TEST_CASE("heads of BERT and DistilBERT (an expand_as mask, a reshape back to the input's width) are removed exactly", "[structured][heads][zoo][ort]") {
+  std::string ort_why;
+  const bool have_ort = testutil::requiredOrSkip(ortAvailable(&ort_why), "ONNX Runtime (" + ort_why + ")");
+  for (const char* family : {"bert", "distilbert"}) {
     INFO(family);
-    Graph g = importZoo(zooModel(family));
+    ZooModel z = zooModel(family);
+    Graph g = importZoo(z).clone();
+    std::vector<std::string> why;
+    auto units = findAttentionUnits(g, selectWeights(g, {"Linear"}, {}), &why);
+    REQUIRE(units.size() == 2);
+    // Kill key/value group 1 of every unit: its q/k/v rows and biases and its o columns.
+    const auto transposed = linearLayouts(g);
+    for (const auto& u : units) {
+      REQUIRE(u.groups == 4);
+      for (const auto& p : u.projections) {
+        at::Tensor& w = g.initializers.at(p);
+        const int64_t dim = transposed.at(p) ? 0 : 1, width = w.size(dim) / u.groups;
+        w.narrow(dim, width, width).zero_();
+      }
+      for (const auto& sl : u.slices) {
+        at::Tensor& b = g.initializers.at(g.nodes[static_cast<size_t>(sl.node)].inputs[static_cast<size_t>(sl.input)]);
+        b.narrow(sl.dim, b.size(sl.dim) / u.groups, b.size(sl.dim) / u.groups).zero_();
+      }
+      at::Tensor& o = g.initializers.at(u.o);
+      const int64_t dim = transposed.at(u.o) ? 1 : 0;
+      o.narrow(dim, o.size(dim) / u.groups, o.size(dim) / u.groups).zero_();
+    }
+    Executor ex0(g);
+    std::vector<at::Tensor> want;
+    for (const auto& c : z.cases) want.push_back(ex0.run(c.inputs)[0]);
     StructuredPruneOptions o;
     o.ffn_ratio = 0;
     o.head_ratio = 0.25;
-    o.score = "magnitude";
-    CHECK_THROWS_WITH(structuredPrune(g, at::Tensor(), o, at::kCPU), Contains("no attention unit") && Contains(reason));
+    auto s = structuredPrune(g, at::randint(0, 64, {8, 12}, at::kLong), o, at::kCPU);
+    CHECK(s["heads_removed"] == 2);
+    const std::string path = testutil::tempDir("heads") + "/" + family + ".onnx";
+    exportOnnx(g, path, {});
+    Executor ex1(g);
+    for (size_t k = 0; k < z.cases.size(); ++k) {
+      const at::Tensor got = ex1.run(z.cases[k].inputs)[0];
+      CHECK(relDiff(got, want[k]) <= 1e-5);
+      CHECK(relDiff(testutil::runCrt(path, z.cases[k].inputs)[0], got) <= 1e-4);
+      if (have_ort) CHECK(relDiff(ortRun(path, z.cases[k].inputs, "disabled").begin()->second, got) <= 1e-4);
+    }
   }
+}
+
+TEST_CASE("head pruning reports why a model's attention cannot be followed", "[structured][heads][zoo]") {
+  // OPT-style: heads merged with the batch axis (view(b * h, t, d)) for the attention products.
+  Graph g = importZoo(zooModel("opt"));
+  StructuredPruneOptions o;
+  o.ffn_ratio = 0;
+  o.head_ratio = 0.25;
+  o.score = "magnitude";
+  CHECK_THROWS_WITH(structuredPrune(g, at::Tensor(), o, at::kCPU), Contains("no attention unit") && Contains("merges the head axis with the axes before it"));
 }
