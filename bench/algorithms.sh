@@ -13,7 +13,7 @@ COMPRESS_ZOO_ALGORITHMS=bench/algorithms.json "$build/tests/compress_tests" "[al
 python3 - <<'PY'
 import json
 t = json.load(open("bench/algorithms.json"))
-algos = ["rtn", "gptq", "awq", "magnitude", "wanda", "sparsegpt", "structured", "channel"]
+algos = ["rtn", "gptq", "awq", "magnitude", "wanda", "sparsegpt", "structured", "heads", "channel"]
 print("| family | " + " | ".join(algos) + " |")
 print("|---" * (len(algos) + 1) + "|")
 for fam, row in t.items():
@@ -30,5 +30,5 @@ for fam, row in t.items():
             why = why.split(": ", 1)[1] if ": " in why else why  # drop the pass name
             cells.append("n/a: " + why[:48])
     print(f"| {fam} | " + " | ".join(cells) + " |")
-print("\ncell: output error vs float (seconds, layers changed); int4-g32 for rtn/gptq/awq, 50% for magnitude (per row)/wanda/sparsegpt, 25% FFN neurons for structured, 25% of every channel group for channel (MACs kept)")
+print("\ncell: output error vs float (seconds, layers changed); int4-g32 for rtn/gptq/awq, 50% for magnitude (per row)/wanda/sparsegpt, 25% FFN neurons for structured, 25% of the attention heads (key/value groups) for heads, 25% of every channel group for channel (MACs kept)")
 PY

@@ -588,7 +588,10 @@ std::optional<std::vector<ShapeSource>> traceShapeVector(const Graph& g, const s
       ShapeSource x = (*a)[a->size() == 1 ? 0 : j], y = (*b)[b->size() == 1 ? 0 : j];
       if (x.kind == ShapeSource::Const) std::swap(x, y);
       ShapeSource r;  // Unknown unless one factor is a constant
-      if (y.kind == ShapeSource::Const && x.kind == ShapeSource::Dim) r = x, r.scale *= y.value;
+      if (y.kind == ShapeSource::Const && x.kind == ShapeSource::Dim) {
+        r = x, r.scale *= y.value;
+        if (x.scale == 1 && y.node >= 0) r.scale_node = y.node, r.scale_input = y.input, r.scale_index = y.index;
+      }
       else if (y.kind == ShapeSource::Const && x.kind == ShapeSource::Const) r.kind = ShapeSource::Const, r.value = x.value * y.value;
       out.push_back(r);
     }

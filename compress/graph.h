@@ -196,6 +196,9 @@ struct ShapeSource {
   int64_t scale = 1;
   int piece_node = -1;   // the Concat this element entered through as a 1-element piece (its input
   size_t piece_input = 0;  // piece_input), so a computed size can be replaced by a constant; -1: none
+  int scale_node = -1;     // where `scale` came from when it is one constant (element scale_index of input
+  size_t scale_input = 0;  // scale_input of node scale_node: the Mul's), so it can be rewritten; -1: none
+  int64_t scale_index = 0;
 };
 /// Where each element of the 1-D integer value `v` (read as input `input` of node `reader`) comes from;
 /// nothing when its length cannot be known.

@@ -61,6 +61,13 @@ class HeadTracker {
   const std::map<std::string, LinearRef>& linear_of_node_;
   std::map<std::string, int> axis_;
   std::map<std::string, int64_t> parts_;  // copies of the head layout along the axis (fused q/k/v before their Split)
+  // Values whose head axis is merged with the axis before it (OPT's view(b·h, t, d)): the head count and
+  // the outer dim it was merged with.
+  struct Merged {
+    int64_t heads;
+    Dim outer;
+  };
+  std::map<std::string, Merged> merged_;
   std::vector<int64_t> sizes_;
   std::vector<std::string> sinks_;
   int64_t heads_ = 0;
@@ -95,6 +102,19 @@ class HeadTracker {
     parts_[v] = parts;
     sizes_.push_back(d / parts);
     return true;
+  }
+  bool trackMerged(const std::string& v, int a, const Merged& m) {
+    if (a < 0) return false;
+    axis_[v] = a;
+    parts_[v] = 1;
+    merged_[v] = m;
+    sizes_.push_back(m.heads);
+    return true;
+  }
+  // Tracks `out` like the input `x` (merged or not) on axis `a`.
+  bool follow(const std::string& x, const std::string& out, int a, int64_t parts) {
+    auto m = merged_.find(x);
+    return m != merged_.end() ? trackMerged(out, a, m->second) : track(out, a, parts);
   }
   int64_t partsOf(const std::string& v) const {
     auto it = parts_.find(v);
@@ -139,6 +159,45 @@ class HeadTracker {
     return true;
   }
 
+  // A Reshape that merges the head axis `a` into the axis before it ([b, h, t, d] -> [b·h, t, d]): the
+  // output axis whose target element is (that outer dim)·h, h a constant it records to rewrite, with the
+  // same dims before it; -1 when this is not such a merge.
+  int mergedAxis(int i, AttentionUnit& u, const Shape& si, const Shape& so, int a) {
+    const Node& n = g_.nodes[i];
+    const int64_t h = dim(n.inputs[0], a);
+    if (a < 1 || h <= 1 || so.size() + 1 != si.size()) return -1;
+    auto src = traceShapeVector(g_, n.inputs[1], i, 1);
+    if (!src || src->size() != so.size()) return -1;
+    const int m = a - 1;
+    const ShapeSource& e = (*src)[static_cast<size_t>(m)];
+    if (dimsKey(so, static_cast<size_t>(m)) != dimsKey(si, static_cast<size_t>(m)) || e.kind != ShapeSource::Dim || e.scale != h ||
+        e.scale_node < 0)
+      return -1;
+    const Shape* t = shape(e.tensor);
+    if (!t || e.axis >= static_cast<int64_t>(t->size()) || (*t)[static_cast<size_t>(e.axis)] != si[static_cast<size_t>(m)]) return -1;
+    for (size_t j = 0; j < src->size(); ++j) {  // no other element may read a head axis
+      const ShapeSource& o = (*src)[j];
+      if (static_cast<int>(j) != m && (o.kind == ShapeSource::Unknown || (o.kind == ShapeSource::Dim && axis_.count(o.tensor) && axis_.at(o.tensor) == o.axis)))
+        return -1;
+    }
+    u.resizes.push_back({e.scale_node, static_cast<int>(e.scale_input), e.scale_index});
+    return m;
+  }
+
+  // A Reshape of a merged value that splits the head axis out again ([b·h, t, t] -> [b, h, t, t]).
+  bool split(int i, AttentionUnit& u, const Shape& si, const Shape& so, int a, const Merged& m) {
+    const Node& n = g_.nodes[i];
+    Shape before(si.begin(), si.begin() + a);
+    before.push_back(m.outer);
+    const auto want = dimsKey(before, before.size());
+    for (int k = 1; k < static_cast<int>(so.size()); ++k)
+      if (dimsKey(so, static_cast<size_t>(k)) == want && so[static_cast<size_t>(k)].isFixed() && so[static_cast<size_t>(k)].value == m.heads) {
+        if (!shapeElement(u, i, 1, k, m.heads)) return bad(n, "takes the head axis size from a tensor without heads");
+        return track(n.outputs[0], k, 1) || bad(n, "has no fixed head axis");
+      }
+    return bad(n, "reshapes a merged head axis into something other than its heads");
+  }
+
   // A Split along the head axis cuts a fused projection into its `px` parts (q, k, v), each a whole head
   // layout; a Split along another axis keeps the heads in every output.
   bool split(int i, AttentionUnit& u, int a, int r, int64_t px) {
@@ -171,11 +230,14 @@ class HeadTracker {
     const std::string out = n.outputs.empty() ? "" : n.outputs[0];
     const int R = out.empty() ? -1 : rank(out);
     if (n.op == "Shape") return true;  // sizes read at run time follow the data
-    if (headUnary(n.op)) return track(out, a, px) || bad(n, "has no fixed head axis");
+    const Merged* mx = merged_.count(x) ? &merged_.at(x) : nullptr;
+    for (int j : tracked)
+      if ((merged_.count(n.inputs[j]) != 0) != (mx != nullptr)) return bad(n, "combines merged and separate head axes");
+    if (headUnary(n.op)) return follow(x, out, a, px) || bad(n, "has no fixed head axis");
     if (n.op == "Softmax" || n.op == "LogSoftmax") {
       if (norm(n.attrInt("axis", -1), r) == a) return bad(n, "normalizes across heads");
-      if (n.op == "Softmax") heads_ = std::max(heads_, dim(x, a));
-      return track(out, a, px) || bad(n, "has no fixed head axis");
+      if (n.op == "Softmax") heads_ = std::max(heads_, mx ? mx->heads : dim(x, a));
+      return follow(x, out, a, px) || bad(n, "has no fixed head axis");
     }
     if (headBroadcast(n.op)) {
       int ao = -1;
@@ -184,23 +246,24 @@ class HeadTracker {
         if ((ao >= 0 && v != ao) || partsOf(n.inputs[j]) != px) return bad(n, "combines head axes that do not line up");
         ao = v;
       }
-      int64_t size = dim(out, ao);
+      int64_t size = mx ? -1 : dim(out, ao);
       for (size_t j = 0; j < n.inputs.size(); ++j) {
         const std::string& in = n.inputs[j];
         if (in.empty() || axis_.count(in)) continue;
         int rj = rank(in), pos = ao - (R - rj);
         if (rj < 0) return bad(n, "has an operand of unknown rank");
-        if (pos < 0 || dim(in, pos) == 1 || expandedFromOne(in, pos)) continue;
-        if (g_.isInitializer(in) && dim(in, pos) == size) u.slices.push_back({i, static_cast<int>(j), pos, px});
+        if (pos < 0 || dim(in, pos) == 1 || (!mx && expandedFromOne(in, pos))) continue;
+        if (!mx && g_.isInitializer(in) && dim(in, pos) == size) u.slices.push_back({i, static_cast<int>(j), pos, px});
         else return bad(n, "mixes heads with a value that is not per head");
       }
-      return track(out, ao, px) || bad(n, "has no fixed head axis");
+      return follow(x, out, ao, px) || bad(n, "has no fixed head axis");
     }
+    if (mx && n.op != "Transpose" && n.op != "Reshape" && n.op != "MatMul") return bad(n, "reads a head axis merged with the batch axis");
     if (n.op == "Transpose") {
       auto perm = n.attrInts("perm");
       auto it = std::find(perm.begin(), perm.end(), a);
       if (it == perm.end()) return bad(n, "has no permutation");
-      return track(out, static_cast<int>(it - perm.begin()), px) || bad(n, "has no fixed head axis");
+      return follow(x, out, static_cast<int>(it - perm.begin()), px) || bad(n, "has no fixed head axis");
     }
     if (n.op == "Unsqueeze") {
       auto axes = constInts(g_, n.inputs.size() > 1 ? n.inputs[1] : "");
@@ -233,6 +296,12 @@ class HeadTracker {
       return track(out, a, px) || bad(n, "has no fixed head axis");
     }
     if (n.op == "Split") return split(i, u, a, r, px);
+    if (n.op == "Gather") {  // indexing another axis (RoPE's x[..., 0] of pairs) keeps the heads
+      if (tracked[0] != 0 || axis_.count(n.inputs[1])) return bad(n, "gathers by head-shaped indices");
+      const int ga = norm(n.attrInt("axis", 0), r), ri = rank(n.inputs[1]);
+      if (ga == a || ri < 0) return bad(n, "gathers along the head axis");
+      return track(out, a < ga ? a : a + ri - 1, px) || bad(n, "has no fixed head axis");
+    }
     if (n.op == "Concat") {
       if (norm(n.attrInt("axis", 0), r) == a) return bad(n, "concatenates along the head axis");
       for (const auto& in : n.inputs)
@@ -244,6 +313,8 @@ class HeadTracker {
       const Shape* si = shape(x);
       const Shape* so = shape(out);
       if (!si || !so) return bad(n, "has unknown shapes");
+      if (mx) return split(i, u, *si, *so, a, *mx);
+      if (int m = mergedAxis(i, u, *si, *so, a); m >= 0) return trackMerged(out, m, Merged{dim(x, a), (*si)[static_cast<size_t>(a - 1)]});
       // The output axis whose prefix holds exactly the input's dims before the head axis.
       const auto want = dimsKey(*si, static_cast<size_t>(a));
       int ao = -1;
@@ -283,7 +354,7 @@ class HeadTracker {
           int rj = rank(n.inputs[j]), pos = ao - (R - rj);
           if (pos >= 0 && pos < rj - 2 && dim(n.inputs[j], pos) != 1) return bad(n, "mixes heads with a value that is not per head");
         }
-      return track(out, ao, px) || bad(n, "has no fixed head axis");
+      return follow(x, out, ao, px) || bad(n, "has no fixed head axis");
     }
     return bad(n, "reads the head axis in a way structured pruning does not follow");
   }

@@ -213,6 +213,12 @@ TEST_CASE("every algorithm runs on every family of the zoo", "[layers][zoo][algo
       {"wanda", [&](Graph& g, const at::Tensor& x) { return wandaPrune(g, x, WandaOptions{}, at::kCPU, false); }},
       {"sparsegpt", [&](Graph& g, const at::Tensor& x) { return sparseGptPrune(g, x, SparseGptOptions{}, at::kCPU, false); }},
       {"structured", [&](Graph& g, const at::Tensor& x) { return structuredPrune(g, x, StructuredPruneOptions{}, at::kCPU); }},
+      {"heads", [&](Graph& g, const at::Tensor& x) {
+         StructuredPruneOptions o;
+         o.ffn_ratio = 0;
+         o.head_ratio = 0.25;
+         return structuredPrune(g, x, o, at::kCPU);
+       }},
       {"channel", [&](Graph& g, const at::Tensor& x) { ChannelPruneOptions o; o.ratio = 0.25; return channelPrune(g, x, o, at::kCPU); }},
   };
   nlohmann::json table = nlohmann::json::object();
