@@ -67,14 +67,16 @@ class OnnxReader {
     const onnx::GraphProto& gp = m.graph();
     for (const auto& t : gp.initializer()) addInitializer(t);
     readInputs(gp);
-    for (const auto& n : gp.node()) addNode(n);
-    reportUnsupported();
+    for (const auto& n : gp.node()) addNode(n);  // what the IR cannot run is listed at once, after the read-back below
     for (const auto& o : gp.output()) {
       if (!g_.values.count(o.name()) && !g_.isInitializer(o.name())) fail(ErrorCategory::Model, path_ + ": output '" + o.name() + "' is never computed");
       g_.outputs.push_back(o.name());
     }
     markParameters();
-    readBackQuantizedWeights(g_, four_bit_);  // DequantizeLinear of integers: quantized weights, as the passes make them
+    readBackQuantizedWeights(g_, four_bit_);  // DequantizeLinear of integers, MatMulNBits: quantized weights, as the passes make them
+    for (const Node& n : g_.nodes)
+      if (n.op == "MatMulNBits") unsupported_["com.microsoft.MatMulNBits whose weights are not plain initializers (or with g_idx)"]++;
+    reportUnsupported();
     canonicalizeLinearLayout(g_);  // MatMul(x, W[in, out]) and torch.onnx's folded transposes read as nn.Linear's
     inferShapes(g_, specs_);
     for (const Node& n : g_.nodes)  // values the executor computes fused (Sqrt+Reciprocal, Sigmoid+Mul) keep their input's type
@@ -279,6 +281,7 @@ class OnnxReader {
       if (n.op == "ConstantOfShape" && a.name() == "value") continue;
       n.attrs[a.name()] = attributeOf(a, np);
     }
+    if (n.domain == "com.microsoft" && n.op == "MatMulNBits") return emit(std::move(n));  // read back below, or refused
     if (!n.domain.empty() || !isSupportedOp(n.op)) {
       unsupported_[(n.domain.empty() ? "" : n.domain + ".") + n.op]++;
       emit(std::move(n));

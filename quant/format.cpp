@@ -196,6 +196,7 @@ namespace {
 /// A DequantizeLinear whose inputs are all initializers, as the IR quantizes: its integers and scales in
 /// the [out, in] orientation of the weight it makes (`transposed`: the DQ's own layout is [in, out]).
 std::optional<QuantizedTensor> quantizedFromDq(const Graph& g, const Node& dq, bool transposed, bool four_bit) {
+  if (dq.inputs.size() < 2) return std::nullopt;
   for (const auto& in : dq.inputs)
     if (!in.empty() && !g.isInitializer(in)) return std::nullopt;
   at::Tensor x = g.initializers.at(dq.inputs[0]);
@@ -234,17 +235,112 @@ std::optional<QuantizedTensor> quantizedFromDq(const Graph& g, const Node& dq, b
   return q;
 }
 
+/// The `count` values of `bits` bits each packed low bits first in every row of `bytes` [rows, row_bytes].
+at::Tensor unpackRows(const at::Tensor& bytes, int64_t rows, int64_t count, int bits) {
+  at::Tensor b = bytes.to(at::kByte).contiguous().reshape({rows, -1});
+  const int64_t row_bytes = b.size(1);
+  at::Tensor out = at::empty({rows, count}, at::kInt);
+  auto src = b.accessor<uint8_t, 2>();
+  auto dst = out.accessor<int32_t, 2>();
+  const int mask = (1 << bits) - 1;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t bit = i * bits, at = bit / 8;
+      int window = src[r][at] | (at + 1 < row_bytes ? src[r][at + 1] << 8 : 0);
+      dst[r][i] = (window >> (bit % 8)) & mask;
+    }
+  return out;
+}
+
+/// The quantized weight a MatMulNBits node holds ([N, K] in the IR's layout), or nothing when its inputs
+/// are not plain initializers of the documented shapes.
+std::optional<QuantizedTensor> quantizedFromNBits(const Graph& g, const Node& m) {
+  const int64_t K = m.attrInt("K", -1), N = m.attrInt("N", -1), bits = m.attrInt("bits", 4), bs = m.attrInt("block_size", -1);
+  if (K <= 0 || N <= 0 || bs < 16 || (bs & (bs - 1)) != 0 || (bits != 2 && bits != 4 && bits != 8)) return std::nullopt;
+  if (m.inputs.size() < 3 || m.outputs.size() != 1 || !g.isInitializer(m.inputs[1]) || !g.isInitializer(m.inputs[2])) return std::nullopt;
+  if (m.inputs.size() > 4 && !m.inputs[4].empty()) return std::nullopt;  // g_idx (act-order): not a format the IR has
+  const int64_t blocks = (K + bs - 1) / bs, blob = bs * bits / 8;
+  const at::Tensor& B = g.initializers.at(m.inputs[1]);
+  const at::Tensor& S = g.initializers.at(m.inputs[2]);
+  if (B.scalar_type() != at::kByte || B.numel() != N * blocks * blob || !S.is_floating_point() || S.numel() != N * blocks) return std::nullopt;
+  QuantizedTensor q;
+  q.format = QuantFormat{static_cast<int32_t>(bits), static_cast<int32_t>(bs), true};
+  at::Tensor u = unpackRows(B, N * blocks, bs, static_cast<int>(bits)).reshape({N, blocks * bs}).narrow(1, 0, K);
+  q.scales = S.to(at::kFloat).reshape({N, blocks}).contiguous();
+  const bool has_zp = m.inputs.size() > 3 && !m.inputs[3].empty();
+  if (!has_zp) {  // the default zero point 2^(bits-1): symmetric
+    q.qdata = (u - (1 << (bits - 1))).to(at::kChar).contiguous();
+    return q;
+  }
+  if (!g.isInitializer(m.inputs[3])) return std::nullopt;
+  const at::Tensor& Z = g.initializers.at(m.inputs[3]);
+  const int64_t zrow = (blocks * bits + 7) / 8;
+  if (Z.scalar_type() != at::kByte || Z.numel() != N * zrow) return std::nullopt;
+  q.format.symmetric = false;
+  q.qdata = u.to(at::kByte).contiguous();
+  q.zero_points = unpackRows(Z, N, blocks, static_cast<int>(bits)).to(at::kByte).contiguous();
+  return q;
+}
+
+/// MatMulNBits(A, B, scales[, zero_points]) -> MatMul(A, Transpose(W)) with W the quantized weight.
+bool readBackNBits(Graph& g, size_t i) {
+  const Node m = g.nodes[i];
+  auto q = quantizedFromNBits(g, m);
+  if (!q) return false;
+  std::string name = m.inputs[1];
+  if (name.size() > 2 && name.compare(name.size() - 2, 2, ".B") == 0) name = name.substr(0, name.size() - 2);
+  if (name == m.inputs[1] || g.isInitializer(name) || g.values.count(name)) name = g.freshName(m.name + ".weight");
+  std::vector<Node> add;
+  Node tr;
+  tr.op = "Transpose";
+  tr.name = g.freshName("transpose." + name);
+  tr.inputs = {name};
+  tr.outputs = {g.freshName(name + ".T")};
+  tr.attrs["perm"] = std::vector<int64_t>{1, 0};
+  Node mm;
+  mm.op = "MatMul";
+  mm.name = m.name;
+  mm.source = m.source;
+  mm.inputs = {m.inputs[0], tr.outputs[0]};
+  const bool bias = m.inputs.size() > 5 && !m.inputs[5].empty();
+  mm.outputs = {bias ? g.freshName(m.outputs[0] + ".mm") : m.outputs[0]};
+  add = {tr, mm};
+  if (bias) {
+    Node b;
+    b.op = "Add";
+    b.name = g.freshName(m.name + ".bias");
+    b.inputs = {mm.outputs[0], m.inputs[5]};
+    b.outputs = {m.outputs[0]};
+    add.push_back(b);
+  }
+  g.nodes.erase(g.nodes.begin() + static_cast<std::ptrdiff_t>(i));
+  g.nodes.insert(g.nodes.begin() + static_cast<std::ptrdiff_t>(i), add.begin(), add.end());
+  for (size_t k = 1; k < 4 && k < m.inputs.size(); ++k)
+    if (!m.inputs[k].empty()) g.initializers.erase(m.inputs[k]), g.values.erase(m.inputs[k]);
+  at::Tensor w = dequantize(*q);
+  g.initializers[name] = w;
+  g.values[name] = ValueInfo{DType::Float32, Shape{Dim::fixed(w.size(0)), Dim::fixed(w.size(1))}};
+  g.values[tr.outputs[0]] = ValueInfo{DType::Float32, Shape{Dim::fixed(w.size(1)), Dim::fixed(w.size(0))}};
+  g.parameters.insert(name);
+  installQuantized(g, name, *q, "onnx");
+  return true;
+}
+
 }  // namespace
 
 int readBackQuantizedWeights(Graph& g, const std::set<std::string>& four_bit) {
   int count = 0;
+  for (size_t i = 0; i < g.nodes.size(); ++i)
+    if (g.nodes[i].op == "MatMulNBits" && g.nodes[i].domain == "com.microsoft" && readBackNBits(g, i)) ++count;
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     const Node dq = g.nodes[i];
-    if (dq.op != "DequantizeLinear" || !dq.domain.empty() || g.quant.count(dq.outputs[0])) continue;
+    if (dq.op != "DequantizeLinear" || !dq.domain.empty() || dq.inputs.size() < 2 || dq.outputs.size() != 1 || g.quant.count(dq.outputs[0]))
+      continue;
     const std::string v = dq.outputs[0];
     auto readers = g.consumers(v);
     if (readers.size() != 1) continue;
     Node& r = g.nodes[static_cast<size_t>(readers[0])];
+    if (r.inputs.size() < 2 || r.outputs.empty()) continue;  // (a malformed node: left for the op checks to refuse)
     // What reads the weight: MatMul(x, W[in, out]), Transpose -> MatMul, Conv, or Reshape -> Conv.
     int matmul = -1, conv = -1, between = -1;
     bool transposed = false;
@@ -253,6 +349,7 @@ int readBackQuantizedWeights(Graph& g, const std::set<std::string>& four_bit) {
     } else if ((r.op == "Transpose" || r.op == "Reshape") && g.consumers(r.outputs[0]).size() == 1) {
       const int next = g.consumers(r.outputs[0])[0];
       const Node& nx = g.nodes[static_cast<size_t>(next)];
+      if (nx.inputs.size() < 2) continue;
       if (r.op == "Transpose" && nx.op == "MatMul" && nx.inputs[1] == r.outputs[0] && r.attrInts("perm") == std::vector<int64_t>{1, 0})
         matmul = next, between = readers[0];
       else if (r.op == "Reshape" && nx.op == "Conv" && nx.inputs[1] == r.outputs[0] && g.isInitializer(r.inputs[1]))
