@@ -410,7 +410,7 @@ std::vector<AttentionUnit> findAttentionUnits(const Graph& g, const std::vector<
       const auto& group = it->second;
       const int64_t parts = group.size() == 1 ? fusedParts(g, by_weight.at(group[0])) : 1;
       std::vector<int> starts;
-      bool usable = group.size() >= 2 || parts > 1;
+      bool usable = true;  // one projection too: fused q/k/v, split into parts (GPT-2) or laid out per head (GPT-NeoX)
       for (const auto& w : group) {
         const LinearRef& l = by_weight.at(w);
         usable = usable && l.node < o_node && g.isInitializer(w) && w != o;
