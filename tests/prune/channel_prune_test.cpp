@@ -262,3 +262,56 @@ TEST_CASE("a recipe prunes a CNN's channels from .npy calibration images and rep
   CHECK(p["stats"]["macs_after"].get<double>() <= 0.75 * p["stats"]["macs_before"].get<double>());
   CHECK(s.report["accuracy"]["metric"] == "agreement");
 }
+
+TEST_CASE("channels concatenated along the channel axis keep their groups; the reader's columns follow both", "[channel]") {
+  // x -> conv a (4) -> relu \
+  //                          concat -> conv c (5) -> global pool (the output)
+  // x -> conv b (4) -> relu /
+  Graph g;
+  g.inputs = {"x"};
+  g.values["x"] = ValueInfo{DType::Float32, Shape{Dim::sym("batch"), Dim::fixed(3), Dim::sym("height"), Dim::sym("width")}};
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(9);
+  auto weight = [&](const std::string& name, std::vector<int64_t> shape) {
+    g.initializers[name] = at::randn(shape, gen);
+    g.parameters.insert(name);
+    Shape s;
+    for (int64_t d : shape) s.push_back(Dim::fixed(d));
+    g.values[name] = ValueInfo{DType::Float32, s};
+  };
+  weight("a.weight", {4, 3, 3, 3});
+  weight("b.weight", {4, 3, 1, 1});
+  weight("c.weight", {5, 8, 1, 1});
+  g.nodes.push_back(Node{"Conv", "", "conv_a", {"x", "a.weight"}, {"ya"}, {{"pads", std::vector<int64_t>{1, 1, 1, 1}}}, ""});
+  g.nodes.push_back(Node{"Relu", "", "relu_a", {"ya"}, {"ra"}, {}, ""});
+  g.nodes.push_back(Node{"Conv", "", "conv_b", {"x", "b.weight"}, {"yb"}, {}, ""});
+  g.nodes.push_back(Node{"Relu", "", "relu_b", {"yb"}, {"rb"}, {}, ""});
+  g.nodes.push_back(Node{"Concat", "", "cat", {"ra", "rb"}, {"cat"}, {{"axis", int64_t{1}}}, ""});
+  g.nodes.push_back(Node{"Conv", "", "conv_c", {"cat", "c.weight"}, {"yc"}, {}, ""});
+  g.nodes.push_back(Node{"GlobalAveragePool", "", "pool", {"yc"}, {"y"}, {}, ""});
+  g.outputs = {"y"};
+  inferShapes(g, {{"x", {DType::Float32, g.values.at("x").shape.value()}}});
+  verify(g);
+
+  ChannelAnalysis a = findChannelGroups(g, kLayerTargets, {});
+  CHECK(producerSets(a) == std::set<std::set<std::string>>{{"a.weight"}, {"b.weight"}});
+  REQUIRE(a.frozen.size() == 1);
+  CHECK_THAT(a.frozen[0], Contains("c.weight") && Contains("graph output"));
+  // Kill channel 1 of a and channel 2 of b: their filters and c's columns 1 and 4 + 2.
+  g.initializers.at("a.weight")[1].zero_();
+  g.initializers.at("b.weight")[2].zero_();
+  g.initializers.at("c.weight").select(1, 1).zero_();
+  g.initializers.at("c.weight").select(1, 6).zero_();
+  const at::Tensor c0 = g.initializers.at("c.weight").clone();
+  const at::Tensor x = at::randn({2, 3, 9, 7}, gen);
+  const at::Tensor want = Executor(g).run1(x);
+  nlohmann::json r = channelPrune(g, at::Tensor(), magnitude(0.25), at::kCPU);
+  CHECK(r["channels_removed"] == 2);
+  CHECK(g.initializers.at("a.weight").size(0) == 3);
+  CHECK(g.initializers.at("b.weight").size(0) == 3);
+  CHECK(at::equal(g.initializers.at("c.weight"), c0.index_select(1, at::tensor(std::vector<int64_t>{0, 2, 3, 4, 5, 7}, at::kLong))));
+  const at::Tensor got = Executor(g).run1(x);
+  CHECK(relDiff(got, want) <= 1e-5);
+  const std::string path = testutil::tempDir("channel") + "/concat.onnx";
+  exportOnnx(g, path, {});
+  CHECK(relDiff(testutil::runCrt(path, {{"x", x}})[0], got) <= 1e-4);
+}
