@@ -326,108 +326,113 @@ bool readBackNBits(Graph& g, size_t i) {
   return true;
 }
 
+/// DequantizeLinear node i -> a quantized weight read by its MatMul or Conv; false when it is not one.
+bool readBackDq(Graph& g, size_t i, const std::set<std::string>& four_bit) {
+  const Node dq = g.nodes[i];
+  if (dq.op != "DequantizeLinear" || !dq.domain.empty() || dq.inputs.size() < 2 || dq.outputs.size() != 1 || g.quant.count(dq.outputs[0]))
+    return false;
+  const std::string v = dq.outputs[0];
+  auto readers = g.consumers(v);
+  if (readers.size() != 1) return false;
+  Node& r = g.nodes[static_cast<size_t>(readers[0])];
+  if (r.inputs.size() < 2 || r.outputs.empty()) return false;  // (a malformed node: left for the op checks to refuse)
+  // What reads the weight: MatMul(x, W[in, out]), Transpose -> MatMul, Conv, or Reshape -> Conv.
+  int matmul = -1, conv = -1, between = -1;
+  bool transposed = false;
+  if (r.op == "MatMul" && r.inputs[1] == v) {
+    matmul = readers[0], transposed = true;
+  } else if ((r.op == "Transpose" || r.op == "Reshape") && g.consumers(r.outputs[0]).size() == 1) {
+    const int next = g.consumers(r.outputs[0])[0];
+    const Node& nx = g.nodes[static_cast<size_t>(next)];
+    if (nx.inputs.size() < 2) return false;
+    if (r.op == "Transpose" && nx.op == "MatMul" && nx.inputs[1] == r.outputs[0] && r.attrInts("perm") == std::vector<int64_t>{1, 0})
+      matmul = next, between = readers[0];
+    else if (r.op == "Reshape" && nx.op == "Conv" && nx.inputs[1] == r.outputs[0] && g.isInitializer(r.inputs[1]))
+      conv = next, between = readers[0];
+  } else if (r.op == "Conv" && r.inputs[1] == v) {
+    conv = readers[0];
+  }
+  if (matmul < 0 && conv < 0) return false;
+  const Node& x0 = dq;
+  at::Tensor xs = g.initializers.count(x0.inputs[0]) ? g.initializers.at(x0.inputs[0]) : at::Tensor();
+  if (!xs.defined()) return false;
+  std::vector<int64_t> kernel;  // a conv weight's shape
+  Node dq2 = dq;
+  if (conv >= 0) {
+    if (between >= 0) {  // the kernel shape: the Reshape's constant target (all sizes given)
+      at::Tensor shape = g.initializers.at(g.nodes[static_cast<size_t>(between)].inputs[1]).to(at::kLong).reshape({-1});
+      for (int64_t k = 0; k < shape.numel(); ++k) kernel.push_back(shape[k].item<int64_t>());
+      int64_t numel = 1;
+      for (int64_t d : kernel) numel = d > 0 ? numel * d : -1;
+      if (numel != xs.numel()) return false;
+    } else if (xs.dim() == 4 && dq.attrInt("axis", 1) == 0) {  // a 4-D kernel quantized per output channel
+      kernel = xs.sizes().vec();
+      g.initializers.at(x0.inputs[0]) = xs.reshape({xs.size(0), -1}).contiguous();
+      dq2.attrs["axis"] = int64_t{0};
+    } else {
+      return false;
+    }
+  }
+  auto q = quantizedFromDq(g, dq2, transposed, four_bit.count(dq.inputs[0]) != 0);
+  if (!q) {
+    if (!kernel.empty() && between < 0) g.initializers.at(x0.inputs[0]) = xs;  // undo the reshape
+    return false;
+  }
+  // The weight's name: the integers' name without its ".qdata" / "_quantized" suffix, else the DQ output.
+  std::string name = dq.inputs[0];
+  for (const char* suffix : {".qdata", "_quantized"}) {
+    const std::string sfx = suffix;
+    if (name.size() > sfx.size() && name.compare(name.size() - sfx.size(), sfx.size(), sfx) == 0) name = name.substr(0, name.size() - sfx.size());
+  }
+  if (name == dq.inputs[0] || g.isInitializer(name) || (g.values.count(name) && name != v)) name = v;
+  // Rewire: the reader takes a float weight `name` ([out, in] behind a Transpose, or the kernel).
+  at::Tensor w = dequantize(*q);
+  if (!kernel.empty()) w = w.reshape(kernel);
+  std::vector<int> drop = {static_cast<int>(i)};
+  if (between >= 0) drop.push_back(between);
+  const std::string between_out = between >= 0 ? g.nodes[static_cast<size_t>(between)].outputs[0] : "";
+  Node tr;
+  if (matmul >= 0) {
+    tr.op = "Transpose";
+    tr.name = g.freshName("transpose." + name);
+    tr.inputs = {name};
+    tr.outputs = {g.freshName(name + ".T")};
+    tr.attrs["perm"] = std::vector<int64_t>{1, 0};
+    g.nodes[static_cast<size_t>(matmul)].inputs[1] = tr.outputs[0];
+    g.values[tr.outputs[0]] = ValueInfo{DType::Float32, Shape{Dim::fixed(w.size(1)), Dim::fixed(w.size(0))}};
+  } else {
+    g.nodes[static_cast<size_t>(conv)].inputs[1] = name;
+  }
+  const int reader = matmul >= 0 ? matmul : conv;
+  std::vector<Node> nodes;
+  for (size_t k = 0; k < g.nodes.size(); ++k) {
+    if (std::find(drop.begin(), drop.end(), static_cast<int>(k)) != drop.end()) continue;
+    if (static_cast<int>(k) == reader && matmul >= 0) nodes.push_back(tr);
+    nodes.push_back(g.nodes[k]);
+  }
+  g.nodes = std::move(nodes);
+  for (const auto& in : dq.inputs) g.initializers.erase(in), g.values.erase(in);
+  g.values.erase(v);
+  if (!between_out.empty()) g.values.erase(between_out);
+  g.initializers[name] = w;
+  Shape ws;
+  for (int64_t d : w.sizes()) ws.push_back(Dim::fixed(d));
+  g.values[name] = ValueInfo{DType::Float32, ws};
+  g.parameters.insert(name);
+  installQuantized(g, name, *q, "onnx");
+  return true;
+}
+
 }  // namespace
 
 int readBackQuantizedWeights(Graph& g, const std::set<std::string>& four_bit) {
   int count = 0;
   for (size_t i = 0; i < g.nodes.size(); ++i)
     if (g.nodes[i].op == "MatMulNBits" && g.nodes[i].domain == "com.microsoft" && readBackNBits(g, i)) ++count;
-  for (size_t i = 0; i < g.nodes.size(); ++i) {
-    const Node dq = g.nodes[i];
-    if (dq.op != "DequantizeLinear" || !dq.domain.empty() || dq.inputs.size() < 2 || dq.outputs.size() != 1 || g.quant.count(dq.outputs[0]))
-      continue;
-    const std::string v = dq.outputs[0];
-    auto readers = g.consumers(v);
-    if (readers.size() != 1) continue;
-    Node& r = g.nodes[static_cast<size_t>(readers[0])];
-    if (r.inputs.size() < 2 || r.outputs.empty()) continue;  // (a malformed node: left for the op checks to refuse)
-    // What reads the weight: MatMul(x, W[in, out]), Transpose -> MatMul, Conv, or Reshape -> Conv.
-    int matmul = -1, conv = -1, between = -1;
-    bool transposed = false;
-    if (r.op == "MatMul" && r.inputs[1] == v) {
-      matmul = readers[0], transposed = true;
-    } else if ((r.op == "Transpose" || r.op == "Reshape") && g.consumers(r.outputs[0]).size() == 1) {
-      const int next = g.consumers(r.outputs[0])[0];
-      const Node& nx = g.nodes[static_cast<size_t>(next)];
-      if (nx.inputs.size() < 2) continue;
-      if (r.op == "Transpose" && nx.op == "MatMul" && nx.inputs[1] == r.outputs[0] && r.attrInts("perm") == std::vector<int64_t>{1, 0})
-        matmul = next, between = readers[0];
-      else if (r.op == "Reshape" && nx.op == "Conv" && nx.inputs[1] == r.outputs[0] && g.isInitializer(r.inputs[1]))
-        conv = next, between = readers[0];
-    } else if (r.op == "Conv" && r.inputs[1] == v) {
-      conv = readers[0];
-    }
-    if (matmul < 0 && conv < 0) continue;
-    const Node& x0 = dq;
-    at::Tensor xs = g.initializers.count(x0.inputs[0]) ? g.initializers.at(x0.inputs[0]) : at::Tensor();
-    if (!xs.defined()) continue;
-    std::vector<int64_t> kernel;  // a conv weight's shape
-    Node dq2 = dq;
-    if (conv >= 0) {
-      if (between >= 0) {  // the kernel shape: the Reshape's constant target (all sizes given)
-        at::Tensor shape = g.initializers.at(g.nodes[static_cast<size_t>(between)].inputs[1]).to(at::kLong).reshape({-1});
-        for (int64_t k = 0; k < shape.numel(); ++k) kernel.push_back(shape[k].item<int64_t>());
-        int64_t numel = 1;
-        for (int64_t d : kernel) numel = d > 0 ? numel * d : -1;
-        if (numel != xs.numel()) continue;
-      } else if (xs.dim() == 4 && dq.attrInt("axis", 1) == 0) {  // a 4-D kernel quantized per output channel
-        kernel = xs.sizes().vec();
-        g.initializers.at(x0.inputs[0]) = xs.reshape({xs.size(0), -1}).contiguous();
-        dq2.attrs["axis"] = int64_t{0};
-      } else {
-        continue;
-      }
-    }
-    auto q = quantizedFromDq(g, dq2, transposed, four_bit.count(dq.inputs[0]) != 0);
-    if (!q) {
-      if (!kernel.empty() && between < 0) g.initializers.at(x0.inputs[0]) = xs;  // undo the reshape
-      continue;
-    }
-    // The weight's name: the integers' name without its ".qdata" / "_quantized" suffix, else the DQ output.
-    std::string name = dq.inputs[0];
-    for (const char* suffix : {".qdata", "_quantized"}) {
-      const std::string sfx = suffix;
-      if (name.size() > sfx.size() && name.compare(name.size() - sfx.size(), sfx.size(), sfx) == 0) name = name.substr(0, name.size() - sfx.size());
-    }
-    if (name == dq.inputs[0] || g.isInitializer(name) || (g.values.count(name) && name != v)) name = v;
-    // Rewire: the reader takes a float weight `name` ([out, in] behind a Transpose, or the kernel).
-    at::Tensor w = dequantize(*q);
-    if (!kernel.empty()) w = w.reshape(kernel);
-    std::vector<int> drop = {static_cast<int>(i)};
-    if (between >= 0) drop.push_back(between);
-    const std::string between_out = between >= 0 ? g.nodes[static_cast<size_t>(between)].outputs[0] : "";
-    Node tr;
-    if (matmul >= 0) {
-      tr.op = "Transpose";
-      tr.name = g.freshName("transpose." + name);
-      tr.inputs = {name};
-      tr.outputs = {g.freshName(name + ".T")};
-      tr.attrs["perm"] = std::vector<int64_t>{1, 0};
-      g.nodes[static_cast<size_t>(matmul)].inputs[1] = tr.outputs[0];
-      g.values[tr.outputs[0]] = ValueInfo{DType::Float32, Shape{Dim::fixed(w.size(1)), Dim::fixed(w.size(0))}};
-    } else {
-      g.nodes[static_cast<size_t>(conv)].inputs[1] = name;
-    }
-    const int reader = matmul >= 0 ? matmul : conv;
-    std::vector<Node> nodes;
-    for (size_t k = 0; k < g.nodes.size(); ++k) {
-      if (std::find(drop.begin(), drop.end(), static_cast<int>(k)) != drop.end()) continue;
-      if (static_cast<int>(k) == reader && matmul >= 0) nodes.push_back(tr);
-      nodes.push_back(g.nodes[k]);
-    }
-    g.nodes = std::move(nodes);
-    for (const auto& in : dq.inputs) g.initializers.erase(in), g.values.erase(in);
-    g.values.erase(v);
-    if (!between_out.empty()) g.values.erase(between_out);
-    g.initializers[name] = w;
-    Shape ws;
-    for (int64_t d : w.sizes()) ws.push_back(Dim::fixed(d));
-    g.values[name] = ValueInfo{DType::Float32, ws};
-    g.parameters.insert(name);
-    installQuantized(g, name, *q, "onnx");
-    ++count;
-    i = 0;  // the node list changed; the rewritten weights' new DequantizeLinear reads ".qdata" of a quantized weight
-  }
+  // Each rewrite changes the node list (its new DequantizeLinear, at the front, reads a quantized weight's
+  // ".qdata" and is skipped): start over until nothing is left to read back.
+  for (size_t i = 0; i < g.nodes.size(); ++i)
+    if (readBackDq(g, i, four_bit)) ++count, i = static_cast<size_t>(-1);
   return count;
 }
 
