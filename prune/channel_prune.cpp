@@ -177,8 +177,21 @@ void Tracer::conv(int i) {
     if (!b.empty()) addSlice(b, 0, x->slot, ChannelRole::Other, i);
     depthwise_.emplace_back(i, x->slot);
     setOut(n, *x);
-  } else {
-    if (x) freeze(x->slot, "read by " + where(n) + ", a grouped conv (group " + std::to_string(groups) + ")");
+  } else if (x && x->axis == 1 && cin == static_cast<int64_t>(x->slot.size()) && cout % groups == 0) {
+    // A grouped conv: every group must keep as many inputs and outputs as the others, so input l of each
+    // group is one channel (they go together), and so is output m of each group.
+    const int64_t cin_g = W.size(1), cout_g = cout / groups;
+    for (int64_t j = 1; j < groups; ++j)
+      for (int64_t l = 0; l < cin_g; ++l) uf_.unite(x->slot[static_cast<size_t>(l)], x->slot[static_cast<size_t>(j * cin_g + l)]);
+    addSlice(w, 1, std::vector<int>(x->slot.begin(), x->slot.begin() + cin_g), ChannelRole::Weight, i);
+    Chan out{1, fresh(cout, i)};
+    for (int64_t j = 1; j < groups; ++j)
+      for (int64_t m = 0; m < cout_g; ++m) uf_.unite(out.slot[static_cast<size_t>(m)], out.slot[static_cast<size_t>(j * cout_g + m)]);
+    addSlice(w, 0, out.slot, ChannelRole::Weight, i);
+    if (!b.empty()) addSlice(b, 0, out.slot, ChannelRole::Other, i);
+    setOut(n, out);
+  } else if (x) {
+    freeze(x->slot, "read by " + where(n) + ", a grouped conv (group " + std::to_string(groups) + ") on untraced channels");
   }
 }
 

@@ -315,3 +315,53 @@ TEST_CASE("channels concatenated along the channel axis keep their groups; the r
   exportOnnx(g, path, {});
   CHECK(relDiff(testutil::runCrt(path, {{"x", x}})[0], got) <= 1e-4);
 }
+
+TEST_CASE("a grouped conv keeps its groups equal: input l and output m of every group go together", "[channel]") {
+  // x -> conv a (8) -> relu -> grouped conv g (8 -> 8, 2 groups) -> relu -> conv c (5) -> global pool (the output)
+  Graph g;
+  g.inputs = {"x"};
+  g.values["x"] = ValueInfo{DType::Float32, Shape{Dim::sym("batch"), Dim::fixed(3), Dim::sym("height"), Dim::sym("width")}};
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(10);
+  auto weight = [&](const std::string& name, std::vector<int64_t> shape) {
+    g.initializers[name] = at::randn(shape, gen);
+    g.parameters.insert(name);
+    Shape s;
+    for (int64_t d : shape) s.push_back(Dim::fixed(d));
+    g.values[name] = ValueInfo{DType::Float32, s};
+  };
+  weight("a.weight", {8, 3, 1, 1});
+  weight("g.weight", {8, 4, 3, 3});
+  weight("g.bias", {8});
+  weight("c.weight", {5, 8, 1, 1});
+  g.nodes.push_back(Node{"Conv", "", "conv_a", {"x", "a.weight"}, {"ya"}, {}, ""});
+  g.nodes.push_back(Node{"Relu", "", "relu_a", {"ya"}, {"ra"}, {}, ""});
+  g.nodes.push_back(Node{"Conv", "", "conv_g", {"ra", "g.weight", "g.bias"}, {"yg"}, {{"group", int64_t{2}}, {"pads", std::vector<int64_t>{1, 1, 1, 1}}}, ""});
+  g.nodes.push_back(Node{"Relu", "", "relu_g", {"yg"}, {"rg"}, {}, ""});
+  g.nodes.push_back(Node{"Conv", "", "conv_c", {"rg", "c.weight"}, {"yc"}, {}, ""});
+  g.nodes.push_back(Node{"GlobalAveragePool", "", "pool", {"yc"}, {"y"}, {}, ""});
+  g.outputs = {"y"};
+  inferShapes(g, {{"x", {DType::Float32, g.values.at("x").shape.value()}}});
+  ChannelAnalysis an = findChannelGroups(g, kLayerTargets, {});
+  REQUIRE(an.groups.size() == 2);
+  for (const auto& grp : an.groups) CHECK(grp.channels.size() == 4);  // 8 channels in pairs, one of each group
+  // Kill input 1 of both groups (a's channels 1 and 5, g's input column 1) and output 2 of both groups
+  // (g's rows 2 and 6, their biases, c's columns 2 and 6).
+  for (int64_t c : {1, 5}) g.initializers.at("a.weight")[c].zero_();
+  g.initializers.at("g.weight").select(1, 1).zero_();
+  for (int64_t c : {2, 6}) {
+    g.initializers.at("g.weight")[c].zero_();
+    g.initializers.at("g.bias")[c].zero_();
+    g.initializers.at("c.weight").select(1, c).zero_();
+  }
+  const at::Tensor x = at::randn({2, 3, 6, 5}, gen);
+  const at::Tensor want = Executor(g).run1(x);
+  nlohmann::json r = channelPrune(g, at::Tensor(), magnitude(0.25), at::kCPU);
+  CHECK(r["channels_removed"] == 2);
+  CHECK(g.initializers.at("a.weight").size(0) == 6);
+  CHECK(g.initializers.at("g.weight").sizes() == at::IntArrayRef{6, 3, 3, 3});  // still 2 groups of 3 inputs, 3 outputs
+  CHECK(g.nodes[2].attrInt("group", 0) == 2);
+  CHECK(relDiff(Executor(g).run1(x), want) <= 1e-5);
+  const std::string path = testutil::tempDir("channel") + "/grouped.onnx";
+  exportOnnx(g, path, {});
+  CHECK(relDiff(testutil::runCrt(path, {{"x", x}})[0], want) <= 1e-4);
+}
