@@ -857,6 +857,13 @@ at::Tensor probeTensor(DType dtype, const Shape& shape, int64_t batch, int64_t s
   return at::zeros(sizes, at::TensorOptions().dtype(st));
 }
 
+void reinferShapes(Graph& g) {
+  std::map<std::string, std::pair<DType, Shape>> specs;
+  for (const auto& in : g.inputs) specs[in] = {g.values.at(in).dtype, *g.values.at(in).shape};
+  inferShapes(g, specs);
+  verify(g);
+}
+
 void inferShapes(Graph& g, const std::map<std::string, std::pair<DType, Shape>>& input_specs) {
   // Two probes whose batch, seq and batch*seq all differ, so every dim that moves is classified.
   const int64_t b1 = 2, s1 = 3, b2 = 3, s2 = 5;

@@ -81,6 +81,9 @@ class Executor {
 /// input's shape (Dims named "batch"/"seq" are varied; other symbols get size 4 and 6).
 void inferShapes(Graph& g, const std::map<std::string, std::pair<DType, Shape>>& input_specs);
 
+/// inferShapes from the graph's own input specs (after a pass changed weight shapes), then verify().
+void reinferShapes(Graph& g);
+
 /// A concrete probe tensor for an input spec: zeros for integer inputs (always a valid token/index),
 /// seeded normal values for floating inputs.
 at::Tensor probeTensor(DType dtype, const Shape& shape, int64_t batch, int64_t seq);

@@ -238,6 +238,16 @@ std::vector<ConvRef> findConvs(const Graph& g) {
 
 at::Tensor weightMatrix(const at::Tensor& w) { return w.dim() == 2 ? w : w.reshape({w.size(0), -1}); }
 
+Node linearTranspose(const Graph& g, const std::string& w) {
+  Node tr;
+  tr.op = "Transpose";
+  tr.name = g.freshName("transpose." + w);
+  tr.inputs = {w};
+  tr.outputs = {g.freshName(w + ".T")};
+  tr.attrs["perm"] = std::vector<int64_t>{1, 0};
+  return tr;
+}
+
 int canonicalizeLinearLayout(Graph& g) {
   auto linears = findLinears(g);
   std::sort(linears.begin(), linears.end(), [](const LinearRef& a, const LinearRef& b) { return a.node > b.node; });
@@ -251,12 +261,7 @@ int canonicalizeLinearLayout(Graph& g) {
     ValueInfo& vi = g.values[w];
     ValueInfo view = vi;  // the [in, out] view the MatMul reads
     if (vi.shape && vi.shape->size() == 2) std::swap((*vi.shape)[0], (*vi.shape)[1]);
-    Node tr;
-    tr.op = "Transpose";
-    tr.name = g.freshName("transpose." + w);
-    tr.inputs = {w};
-    tr.outputs = {g.freshName(w + ".T")};
-    tr.attrs["perm"] = std::vector<int64_t>{1, 0};
+    Node tr = linearTranspose(g, w);
     tr.source = g.nodes[static_cast<size_t>(l.node)].source;
     g.values[tr.outputs[0]] = view;
     g.nodes[static_cast<size_t>(l.node)].inputs[1] = tr.outputs[0];

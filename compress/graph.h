@@ -146,6 +146,10 @@ inline constexpr const char* kLayerTargetsHelp = "layers: Linear, Conv, or param
 /// contiguous w, so in-place changes to it reach w.
 at::Tensor weightMatrix(const at::Tensor& w);
 
+/// The Transpose(W, perm=[1, 0]) node through which a linear layer reads its [out, in] weight `w`, with a
+/// fresh name and output (not inserted).
+Node linearTranspose(const Graph& g, const std::string& w);
+
 /// Stores every linear weight in the nn.Linear layout [out, in] read through Transpose(W), as the
 /// TorchScript importer gives nn.Linear: MatMul(x, W[in, out]) — HF Conv1D (GPT-2), Gemm-free ONNX files,
 /// torch.onnx's pre-transposed initializers — becomes MatMul(x, Transpose(Wᵀ)) with the weight keeping

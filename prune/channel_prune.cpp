@@ -739,10 +739,7 @@ nlohmann::json channelPrune(Graph& g, const at::Tensor& calibration, const Chann
   const std::set<int> removed = channelsToRemove(a, scores, ratio, opts.multiple_of);
   removeChannels(g, a, removed);
   g.pruneUnused();
-  std::map<std::string, std::pair<DType, Shape>> specs;
-  for (const auto& in : g.inputs) specs[in] = {g.values.at(in).dtype, *g.values.at(in).shape};
-  inferShapes(g, specs);
-  verify(g);
+  reinferShapes(g);
 
   nlohmann::json layers = nlohmann::json::array();  // one row per group, as structured-prune's
   int64_t channels = 0;

@@ -301,10 +301,7 @@ nlohmann::json structuredPrune(Graph& g, const at::Tensor& calibration, const St
 
   // Value shapes downstream of the changed weights and constants.
   g.pruneUnused();
-  std::map<std::string, std::pair<DType, Shape>> specs;
-  for (const auto& in : g.inputs) specs[in] = {g.values.at(in).dtype, *g.values.at(in).shape};
-  inferShapes(g, specs);
-  verify(g);
+  reinferShapes(g);
   const int64_t params_after = g.parameterCount();
   return {{"score", opts.score}, {"scope", opts.target_params > 0 ? "global" : opts.scope}, {"ffn_ratio", opts.ffn_ratio},
           {"head_ratio", opts.head_ratio}, {"target_params", opts.target_params}, {"ffn_units", groups.size()},

@@ -291,12 +291,7 @@ bool readBackNBits(Graph& g, size_t i) {
   if (name.size() > 2 && name.compare(name.size() - 2, 2, ".B") == 0) name = name.substr(0, name.size() - 2);
   if (name == m.inputs[1] || g.isInitializer(name) || g.values.count(name)) name = g.freshName(m.name + ".weight");
   std::vector<Node> add;
-  Node tr;
-  tr.op = "Transpose";
-  tr.name = g.freshName("transpose." + name);
-  tr.inputs = {name};
-  tr.outputs = {g.freshName(name + ".T")};
-  tr.attrs["perm"] = std::vector<int64_t>{1, 0};
+  const Node tr = linearTranspose(g, name);
   Node mm;
   mm.op = "MatMul";
   mm.name = m.name;
@@ -393,11 +388,7 @@ bool readBackDq(Graph& g, size_t i, const std::set<std::string>& four_bit) {
   const std::string between_out = between >= 0 ? g.nodes[static_cast<size_t>(between)].outputs[0] : "";
   Node tr;
   if (matmul >= 0) {
-    tr.op = "Transpose";
-    tr.name = g.freshName("transpose." + name);
-    tr.inputs = {name};
-    tr.outputs = {g.freshName(name + ".T")};
-    tr.attrs["perm"] = std::vector<int64_t>{1, 0};
+    tr = linearTranspose(g, name);
     g.nodes[static_cast<size_t>(matmul)].inputs[1] = tr.outputs[0];
     g.values[tr.outputs[0]] = ValueInfo{DType::Float32, Shape{Dim::fixed(w.size(1)), Dim::fixed(w.size(0))}};
   } else {

@@ -12,6 +12,7 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
+#include "compress/executor.h"
 #include "compress/importer.h"
 #include "compress/npy.h"
 #include "test_util.h"
@@ -94,6 +95,14 @@ inline at::Tensor smoothImages(int64_t n, int64_t size, uint64_t seed = 7) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   at::Tensor coarse = at::randn({n, 3, size / 4, size / 4}, gen);
   return at::upsample_bilinear2d(coarse, {size, size}, false);
+}
+
+/// The graph's first output on every recorded case of `z` (the executor's reference before a change).
+inline std::vector<at::Tensor> outputsOf(const compress::Graph& g, const ZooModel& z) {
+  compress::Executor ex(g);
+  std::vector<at::Tensor> out;
+  for (const auto& c : z.cases) out.push_back(ex.run(c.inputs)[0]);
+  return out;
 }
 
 }  // namespace zooutil

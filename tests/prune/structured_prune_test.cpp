@@ -51,6 +51,21 @@ void killNeurons(Graph& g, const FfnGroup& f, const std::vector<int64_t>& dead) 
   for (const auto& b : f.biases) g.initializers.at(b).index_fill_(0, idx, 0.0);
   g.initializers.at(f.down).index_fill_(1, idx, 0.0);
 }
+
+// What dead units leave behind: on every recorded case of `z` the pruned `g` gives `want` (its outputs
+// before the pruning, within 1e-5), and its ONNX export runs the same in crun and ONNX Runtime (1e-4).
+void checkUnchangedAndExported(const Graph& g, const ZooModel& z, const std::vector<at::Tensor>& want, const std::string& name,
+                               bool have_ort) {
+  const std::string path = testutil::tempDir("structured") + "/" + name + ".onnx";
+  exportOnnx(g, path, {});
+  Executor ex(g);
+  for (size_t k = 0; k < z.cases.size(); ++k) {
+    const at::Tensor got = ex.run(z.cases[k].inputs)[0];
+    CHECK(relDiff(got, want[k]) <= 1e-5);
+    CHECK(relDiff(testutil::runCrt(path, z.cases[k].inputs)[0], got) <= 1e-4);
+    if (have_ort) CHECK(relDiff(ortRun(path, z.cases[k].inputs, "disabled").begin()->second, got) <= 1e-4);
+  }
+}
 }  // namespace
 
 TEST_CASE("removing neurons whose weights are zero leaves the outputs unchanged, shapes and counts follow", "[structured]") {
@@ -198,23 +213,13 @@ TEST_CASE("GPT-2's MLP (HF Conv1D: view(*size_out) between c_fc and the GELU) is
   std::vector<int64_t> dead;
   for (int64_t j = 3; j < 128; j += 4) dead.push_back(j);  // a quarter
   for (const auto& f : units) killNeurons(g, f, dead);
-  Executor ex0(g);
-  std::vector<at::Tensor> want;
-  for (const auto& c : z.cases) want.push_back(ex0.run(c.inputs)[0]);
+  const std::vector<at::Tensor> want = outputsOf(g, z);
   StructuredPruneOptions o;
   o.ffn_ratio = 0.25;
   auto s = structuredPrune(g, at::randint(0, 64, {8, 12}, at::kLong), o, at::kCPU);
   CHECK(s["neurons_removed"] == 64);
   CHECK(g.initializers.at("h.0.c_fc.weight").sizes() == at::IntArrayRef{96, 32});
-  const std::string path = testutil::tempDir("ffn") + "/gpt2.onnx";
-  exportOnnx(g, path, {});
-  Executor ex1(g);
-  for (size_t k = 0; k < z.cases.size(); ++k) {
-    const at::Tensor got = ex1.run(z.cases[k].inputs)[0];
-    CHECK(relDiff(got, want[k]) <= 1e-5);
-    CHECK(relDiff(testutil::runCrt(path, z.cases[k].inputs)[0], got) <= 1e-4);
-    if (have_ort) CHECK(relDiff(ortRun(path, z.cases[k].inputs, "disabled").begin()->second, got) <= 1e-4);
-  }
+  checkUnchangedAndExported(g, z, want, "gpt2_ffn", have_ort);
 }
 
 TEST_CASE("heads of a fused q/k/v projection (GPT-2's c_attn, split afterwards) are removed exactly", "[structured][heads][zoo][ort]") {
@@ -243,9 +248,7 @@ TEST_CASE("heads of a fused q/k/v projection (GPT-2's c_attn, split afterwards) 
     g.initializers.at(h + "c_proj.weight").narrow(1, 8 * head, 8).zero_();
     for (const char* w : {"c_attn.weight", "c_attn.bias", "c_proj.weight"}) before[h + w] = g.initializers.at(h + w).clone();
   }
-  Executor ex0(g);
-  std::vector<at::Tensor> want;
-  for (const auto& c : z.cases) want.push_back(ex0.run(c.inputs)[0]);
+  const std::vector<at::Tensor> want = outputsOf(g, z);
   StructuredPruneOptions o;
   o.ffn_ratio = 0;
   o.head_ratio = 0.25;
@@ -264,15 +267,7 @@ TEST_CASE("heads of a fused q/k/v projection (GPT-2's c_attn, split afterwards) 
     CHECK(at::equal(g.initializers.at(h + "c_attn.bias"), before.at(h + "c_attn.bias").index_select(0, R)));
     CHECK(at::equal(g.initializers.at(h + "c_proj.weight"), before.at(h + "c_proj.weight").index_select(1, C)));
   }
-  const std::string path = testutil::tempDir("heads") + "/gpt2.onnx";
-  exportOnnx(g, path, {});
-  Executor ex1(g);
-  for (size_t k = 0; k < z.cases.size(); ++k) {
-    const at::Tensor got = ex1.run(z.cases[k].inputs)[0];
-    CHECK(relDiff(got, want[k]) <= 1e-5);  // the dead heads contributed nothing
-    CHECK(relDiff(testutil::runCrt(path, z.cases[k].inputs)[0], got) <= 1e-4);
-    if (have_ort) CHECK(relDiff(ortRun(path, z.cases[k].inputs, "disabled").begin()->second, got) <= 1e-4);
-  }
+  checkUnchangedAndExported(g, z, want, "gpt2_heads", have_ort);  // the dead heads contributed nothing
 }
 
 // BERT; DistilBERT (an expand_as mask, a reshape back to the input's width); OPT (heads merged with the
@@ -307,24 +302,14 @@ TEST_CASE("heads of BERT, DistilBERT, OPT, ViT, nn.MultiheadAttention and the LL
       const int64_t dim = transposed.at(u.o) ? 1 : 0;
       o.narrow(dim, o.size(dim) / u.groups, o.size(dim) / u.groups).zero_();
     }
-    Executor ex0(g);
-    std::vector<at::Tensor> want;
-    for (const auto& c : z.cases) want.push_back(ex0.run(c.inputs)[0]);
+    const std::vector<at::Tensor> want = outputsOf(g, z);
     StructuredPruneOptions o;
     o.ffn_ratio = 0;
     o.head_ratio = 0.25;
     const bool image = z.specs[0].dtype == DType::Float32;
     auto s = structuredPrune(g, image ? smoothImages(8, 32) : at::randint(0, 64, {8, 12}, at::kLong), o, at::kCPU);
     CHECK(s["heads_removed"] == one_group_each);  // 25% of 4 groups, or of 2 (rounded to 1)
-    const std::string path = testutil::tempDir("heads") + "/" + family + ".onnx";
-    exportOnnx(g, path, {});
-    Executor ex1(g);
-    for (size_t k = 0; k < z.cases.size(); ++k) {
-      const at::Tensor got = ex1.run(z.cases[k].inputs)[0];
-      CHECK(relDiff(got, want[k]) <= 1e-5);
-      CHECK(relDiff(testutil::runCrt(path, z.cases[k].inputs)[0], got) <= 1e-4);
-      if (have_ort) CHECK(relDiff(ortRun(path, z.cases[k].inputs, "disabled").begin()->second, got) <= 1e-4);
-    }
+    checkUnchangedAndExported(g, z, want, std::string(family) + "_heads", have_ort);
   }
 }
 
