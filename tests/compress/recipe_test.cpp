@@ -29,12 +29,14 @@ std::string errorOf(const std::string& text) {
 
 TEST_CASE("shipped recipes parse with their passes and gates", "[recipe][shared]") {
   if (!testutil::haveShared()) return;
+  // The default job: SparseGPT 50%, a short distillation from the dense model, int8 — gated at 25%.
   Recipe r = loadRecipe(testutil::source("configs/prune50_int8.yaml"));
-  REQUIRE(r.passes.size() == 2);
-  CHECK(std::string(r.passes[0].pass->name()) == "magnitude-prune");
-  CHECK(std::string(r.passes[1].pass->name()) == "rtn");
+  REQUIRE(r.passes.size() == 3);
+  CHECK(std::string(r.passes[0].pass->name()) == "sparsegpt");
+  CHECK(std::string(r.passes[1].pass->name()) == "distill");
+  CHECK(std::string(r.passes[2].pass->name()) == "rtn");
   CHECK(r.metric == "perplexity");
-  CHECK(r.max_degradation > 0);
+  CHECK(r.max_degradation == Approx(0.25));
   CHECK(r.eval.max_tokens == 32768);
   // Every shipped recipe parses (paths, options, calibration where a pass needs it).
   int count = 0;
