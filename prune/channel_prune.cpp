@@ -638,8 +638,9 @@ std::vector<double> channelScores(const Graph& g, const ChannelAnalysis& a, cons
     if (score == "activation") n = n * input_norms.at(sl.reader);
     const double mean = n.mean().item<double>();
     if (!(mean > 0)) continue;
-    auto acc = n.contiguous();
-    for (size_t k = 0; k < sl.cls.size(); ++k) s[static_cast<size_t>(sl.cls[k])] += acc[static_cast<int64_t>(k)].item<double>() / mean;
+    const at::Tensor c = n.contiguous();
+    const double* v = c.data_ptr<double>();  // one read per entry, not a tensor op each
+    for (size_t k = 0; k < sl.cls.size(); ++k) s[static_cast<size_t>(sl.cls[k])] += v[k] / mean;
   }
   return s;
 }
