@@ -84,6 +84,9 @@ struct Tensor {
   const T* as() const { return reinterpret_cast<const T*>(bytes.data()); }
 };
 
+/// How pruned weights are stored at load (SessionOptions::sparse).
+enum class SparseMode { Auto, Off, On };
+
 struct SessionOptions {
   int threads = 0;          // 0: all hardware threads
   bool use_simd = true;     // false forces the portable scalar kernels (for testing/debugging)
@@ -105,6 +108,10 @@ struct SessionOptions {
   /// skips the classifier for every other row, as llama.cpp does). Ignored when the model's first output
   /// is not a classifier MatMul.
   bool last_position_logits = false;
+  /// Pruned weights: Auto keeps a weight in the sparse form (a bitmask plus its nonzeros, runtime/sparse.h)
+  /// where that is faster with this CPU's kernels (a measured density crossover per format); On wherever the
+  /// weight has zeros; Off never. Results are bit-identical in every mode.
+  SparseMode sparse = SparseMode::Auto;
 };
 
 /// Time spent per op type over all profiled runs (SessionOptions::profile).
@@ -127,6 +134,7 @@ struct SessionInfo {
   int nodes = 0;              // nodes in the file
   int folded = 0;             // removed at load: constant subgraphs evaluated once
   int packed_matmuls = 0;     // MatMul/MatMulNBits with pre-packed constant weights
+  int sparse_matmuls = 0;     // of those, weights kept in the sparse form (SessionOptions::sparse)
   int64_t weight_bytes = 0;   // bytes of pre-packed weights (what a decode step streams)
   std::string isa;            // kernel set in use: "avx512", "avx2", "scalar"
   int threads = 1;

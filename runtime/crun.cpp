@@ -45,6 +45,8 @@ Usage:
   crun ops                  every op the runtime supports
 
 Options common to all: --threads N (default: all cores), --no-simd (portable scalar kernels),
+  --sparse auto|on|off: pruned weights in the sparse form (bitmask + nonzeros: fewer bytes per token,
+  bit-identical results) where this CPU's kernels are faster with it (auto, default), always, or never.
   --max-tensor-mib N / --max-memory-mib N: the most one tensor / the whole model (weights plus one run)
   may take (default: half of the machine's memory / all of it); a model asking for more is refused.
   --allow-nonfinite: write or print outputs that hold NaN/Inf instead of failing with exit code 5.
@@ -273,9 +275,9 @@ int cmdBench(const std::string& model, const cxxopts::ParseResult& r) {
   if (r.count("json")) {
     std::printf("{\"model\": \"%s\", \"median_ms\": %.4f, \"p90_ms\": %.4f, \"min_ms\": %.4f, \"tokens_per_s\": %.1f, "
                 "\"peak_rss_mib\": %.1f, \"load_s\": %.3f, \"threads\": %d, \"isa\": \"%s\", \"weight_bytes\": %lld, "
-                "\"runs\": %d}\n",
+                "\"sparse_matmuls\": %d, \"runs\": %d}\n",
                 model.c_str(), med, p90, ms.front(), tokens / (med / 1e3), peakRssKiB() / 1024.0, loadS, info.threads,
-                info.isa.c_str(), static_cast<long long>(info.weight_bytes), runs);
+                info.isa.c_str(), static_cast<long long>(info.weight_bytes), info.sparse_matmuls, runs);
   } else {
     std::printf("model %s  (%s kernels, %d threads, load %.2f s)\n", model.c_str(), info.isa.c_str(), info.threads, loadS);
     std::printf("median %.3f ms  p90 %.3f ms  min %.3f ms  over %d runs\n", med, p90, ms.front(), runs);
@@ -291,6 +293,11 @@ crt::SessionOptions sessionOptions(const cxxopts::ParseResult& r) {
   o.threads = r["threads"].as<int>();
   o.use_simd = !r.count("no-simd");
   o.profile = r.count("profile") > 0;
+  const std::string sparse = r["sparse"].as<std::string>();
+  if (sparse == "auto") o.sparse = crt::SparseMode::Auto;
+  else if (sparse == "on") o.sparse = crt::SparseMode::On;
+  else if (sparse == "off") o.sparse = crt::SparseMode::Off;
+  else die(2, "--sparse takes auto, on or off, got '" + sparse + "'");
   const int64_t tensorMib = r["max-tensor-mib"].as<int64_t>(), memMib = r["max-memory-mib"].as<int64_t>();
   if (tensorMib < 0 || memMib < 0 || tensorMib > (int64_t{1} << 40) || memMib > (int64_t{1} << 40))
     die(2, "--max-tensor-mib and --max-memory-mib take a number of MiB (0 = default)");
@@ -489,7 +496,7 @@ int cmdInfo(const std::string& model, const cxxopts::ParseResult& r) {
               << " (crun generate keeps the cache in place)\n";
   }
   std::cout << "nodes " << i.nodes << ", folded at load " << i.folded << ", packed MatMuls " << i.packed_matmuls
-            << " (" << i.weight_bytes << " weight bytes), kernels " << i.isa << ", threads " << i.threads << "\n";
+            << " (" << i.sparse_matmuls << " sparse, " << i.weight_bytes << " weight bytes), kernels " << i.isa << ", threads " << i.threads << "\n";
   return 0;
 }
 
@@ -511,6 +518,7 @@ int main(int argc, char** argv) {
       ("output", "", cxxopts::value<std::string>())("output-dir", "", cxxopts::value<std::string>())
       ("shape", "", cxxopts::value<std::vector<std::string>>()->default_value({}))
       ("threads", "", cxxopts::value<int>()->default_value("0"))("no-simd", "")("profile", "")
+      ("sparse", "", cxxopts::value<std::string>()->default_value("auto"))
       ("runs", "", cxxopts::value<int>()->default_value("50"))("warmup", "", cxxopts::value<int>()->default_value("5"))
       ("json", "")("max-id", "", cxxopts::value<int64_t>()->default_value("500"))
       ("tokenizer", "", cxxopts::value<std::string>())

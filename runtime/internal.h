@@ -165,15 +165,17 @@ constexpr int64_t kPanel = 32;  // output columns per fp32 weight panel
 /// (Q4: in each 32-value chunk byte j holds value j in its low nibble and value j+16 in its high nibble);
 /// scale and zero point per (row, block), float. A weight is (q - zp) * scale; padding holds q = 0 and
 /// meets zero-padded activations.
+struct SparseForm;
 struct PackedWeight {
   enum Kind { F32, F16, Q8, Q4 } kind = F32;
   int64_t N = 0, K = 0;
   int64_t block = 0, nblk = 1, P = 0;
-  AlignedBytes w;
+  AlignedBytes w;                       // the dense form (empty when `sparse` holds the weight)
+  std::shared_ptr<const SparseForm> sparse;  // runtime/sparse.h: bitmask + packed nonzeros, or null
   std::vector<float> scale, zp;
   int bits = 32;
   int64_t rowBytes() const;
-  int64_t bytes() const { return rowBytes() * N + static_cast<int64_t>((scale.size() + zp.size()) * 4); }
+  int64_t bytes() const;  // what one pass over the weight reads (dense or sparse form, scales, zero points)
 };
 
 struct KvState;

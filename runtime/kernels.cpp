@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "runtime/internal.h"
+#include "runtime/sparse.h"
 
 namespace crt::detail {
 namespace gemm_base {
@@ -24,37 +26,50 @@ inline int qAt(const PackedWeight& w, const uint8_t* row, int64_t b, int64_t j) 
   return c < 16 ? (chunk[c] & 0xF) : (chunk[c - 16] >> 4);
 }
 
+/// Output n of an F32 weight from its panel (the panel's column n % kPanel).
+float dotPanelColumn(const float* panel, int64_t K, int64_t j, const float* x) {
+  float s = 0;
+  for (int64_t k = 0; k < K; ++k) s += x[k] * panel[k * kPanel + j];
+  return s;
+}
+
+/// Output n of a Q8/Q4 weight from its packed row.
+float dotQuantRow(const PackedWeight& w, const uint8_t* row, int64_t n, const float* x, const float* xsum) {
+  float s = 0;
+  for (int64_t b = 0; b < w.nblk; ++b) {
+    float blk = 0;
+    for (int64_t j = 0; j < w.P; ++j) blk += x[b * w.P + j] * static_cast<float>(qAt(w, row, b, j));
+    s += w.scale[n * w.nblk + b] * (blk - w.zp[n * w.nblk + b] * xsum[b]);
+  }
+  return s;
+}
+
 void gemvScalar(const PackedWeight& w, const float* x, const float* xsum, int64_t n0, int64_t n1, float* y) {
   const int64_t K = w.K;
   for (int64_t n = n0; n < n1; ++n) {
-    double acc = 0;
     switch (w.kind) {
-      case PackedWeight::F32: {
-        const float* p = static_cast<const float*>(w.w.data()) + (n / kPanel) * K * kPanel + n % kPanel;
-        float s = 0;
-        for (int64_t k = 0; k < K; ++k) s += x[k] * p[k * kPanel];
-        acc = s;
+      case PackedWeight::F32:
+        y[n] = dotPanelColumn(static_cast<const float*>(w.w.data()) + (n / kPanel) * K * kPanel, K, n % kPanel, x);
         break;
-      }
       case PackedWeight::F16: {
         const uint16_t* r = static_cast<const uint16_t*>(w.w.data()) + n * K;
         float s = 0;
         for (int64_t k = 0; k < K; ++k) s += x[k] * halfToFloat(r[k]);
-        acc = s;
+        y[n] = s;
         break;
       }
-      default: {
-        const uint8_t* row = static_cast<const uint8_t*>(w.w.data()) + n * w.rowBytes();
-        float s = 0;
-        for (int64_t b = 0; b < w.nblk; ++b) {
-          float blk = 0;
-          for (int64_t j = 0; j < w.P; ++j) blk += x[b * w.P + j] * static_cast<float>(qAt(w, row, b, j));
-          s += w.scale[n * w.nblk + b] * (blk - w.zp[n * w.nblk + b] * xsum[b]);
-        }
-        acc = s;
-      }
+      default:
+        y[n] = dotQuantRow(w, static_cast<const uint8_t*>(w.w.data()) + n * w.rowBytes(), n, x, xsum);
     }
-    y[n] = static_cast<float>(acc);
+  }
+}
+
+/// Dequantizes one packed Q8/Q4 row into p (nblk * P floats, padding as zeros).
+void unpackQuantRow(const PackedWeight& w, const uint8_t* row, int64_t n, float* p) {
+  for (int64_t b = 0; b < w.nblk; ++b) {
+    const int64_t valid = std::min(w.block, w.K - b * w.block);
+    const float zp = w.zp[n * w.nblk + b], sc = w.scale[n * w.nblk + b];
+    for (int64_t j = 0; j < w.P; ++j) p[b * w.P + j] = j < valid ? (static_cast<float>(qAt(w, row, b, j)) - zp) * sc : 0.f;
   }
 }
 
@@ -68,16 +83,33 @@ void unpackScalar(const PackedWeight& w, int64_t n0, int64_t n1, float* panel, i
       const uint16_t* r = static_cast<const uint16_t*>(w.w.data()) + n * w.K;
       for (int64_t k = 0; k < w.K; ++k) p[k] = halfToFloat(r[k]);
     } else {
-      const uint8_t* row = static_cast<const uint8_t*>(w.w.data()) + n * w.rowBytes();
-      for (int64_t b = 0; b < w.nblk; ++b) {
-        const int64_t valid = std::min(w.block, w.K - b * w.block);
-        const float zp = w.zp[n * w.nblk + b], sc = w.scale[n * w.nblk + b];
-        for (int64_t j = 0; j < w.P; ++j)
-          p[b * w.P + j] = j < valid ? (static_cast<float>(qAt(w, row, b, j)) - zp) * sc : 0.f;
-      }
+      unpackQuantRow(w, static_cast<const uint8_t*>(w.w.data()) + n * w.rowBytes(), n, p);
     }
   }
 }
+
+// The sparse form, as reference: each panel / row is converted back to the dense layout and then computed
+// exactly as above.
+void sparseGemvScalar(const PackedWeight& w, const float* x, const float* xsum, int64_t n0, int64_t n1, float* y) {
+  std::vector<uint8_t> unit(static_cast<size_t>(w.kind == PackedWeight::F32 ? w.K * kPanel * 4 : w.rowBytes()));
+  int64_t have = -1;
+  for (int64_t n = n0; n < n1; ++n) {
+    const int64_t u = w.kind == PackedWeight::F32 ? n / kPanel : n;
+    if (u != have) sparseToDense(w, u, unit.data()), have = u;
+    y[n] = w.kind == PackedWeight::F32 ? dotPanelColumn(reinterpret_cast<const float*>(unit.data()), w.K, n % kPanel, x)
+                                       : dotQuantRow(w, unit.data(), n, x, xsum);
+  }
+}
+
+void sparseUnpackRowsScalar(const PackedWeight& w, int64_t n0, int64_t n1, float* panel, int64_t ldp) {
+  std::vector<uint8_t> row(static_cast<size_t>(w.rowBytes()));
+  for (int64_t n = n0; n < n1; ++n) {
+    sparseToDense(w, n, row.data());
+    unpackQuantRow(w, row.data(), n, panel + (n - n0) * ldp);
+  }
+}
+
+void sparseUnpackPanelScalar(const PackedWeight& w, int64_t p, float* panel) { sparseToDense(w, p, panel); }
 
 void softmaxScalar(const float* x, float* y, int64_t rows, int64_t n) {
   for (int64_t r = 0; r < rows; ++r) {
@@ -125,6 +157,9 @@ Kernels makeScalar() {
   k.gemv = gemvScalar;
   k.unpack_rows = unpackScalar;
   k.gemm_panels = panelsScalar;
+  k.sparse_gemv = sparseGemvScalar;
+  k.sparse_unpack_rows = sparseUnpackRowsScalar;
+  k.sparse_unpack_panel = sparseUnpackPanelScalar;
   k.softmax = softmaxScalar;
   k.sigmoid = sigmoidScalar;
   k.half_to_float = halfToFloatScalar;
@@ -145,6 +180,11 @@ const Kernels& kernelsFor(bool simd) {
     if (const Kernels* k = avx2Kernels()) return *k;
   }
   return scalarKernels();
+}
+
+int64_t PackedWeight::bytes() const {
+  const int64_t params = static_cast<int64_t>((scale.size() + zp.size()) * 4);
+  return (sparse ? sparse->bytes() : rowBytes() * N) + params;
 }
 
 int64_t PackedWeight::rowBytes() const {

@@ -7,6 +7,7 @@
 
 #include "runtime/internal.h"
 #include "runtime/kernels.h"
+#include "runtime/sparse.h"
 
 namespace crt::detail {
 namespace gemm_avx2 {
@@ -58,6 +59,17 @@ inline float HMAX(VF v) {
   return _mm_cvtss_f32(s);
 }
 inline VF ZERO_BELOW(VF x, VF t, VF v) { return _mm256_and_ps(v, _mm256_cmp_ps(x, t, _CMP_GE_OQ)); }
+// Sparse forms: W floats from packed p, lane i taking the next value when bit i of m is set, else 0.
+inline VF EXPANDF(uint32_t m, const float* p, const ExpandTables& t) {
+  const __m256i idx = _mm256_load_si256(reinterpret_cast<const __m256i*>(t.lanes[m & 255]));
+  const VF v = _mm256_permutevar8x32_ps(_mm256_loadu_ps(p), idx);
+  return _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(-1))));
+}
+// 16 bytes -> 16 / W float vectors.
+inline void B16TOF(__m128i v, VF* out) {
+  out[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+  out[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8)));
+}
 #include "runtime/kernels_simd.inc"
 }  // namespace avx2
 
@@ -72,6 +84,9 @@ const Kernels* avx2Kernels() {
     s.gemv = avx2::gemvSimd;
     s.unpack_rows = avx2::unpackSimd;
     s.gemm_panels = avx2::gemmPanelsSimd;
+    s.sparse_gemv = avx2::sparseGemvSimd;
+    s.sparse_unpack_rows = avx2::sparseUnpackRowsSimd;
+    s.sparse_unpack_panel = avx2::sparseUnpackPanelSimd;
     s.softmax = avx2::softmaxSimd;
     s.sigmoid = avx2::sigmoidSimd;
     s.half_to_float = avx2::halfToFloatSimd;

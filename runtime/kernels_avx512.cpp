@@ -7,6 +7,7 @@
 
 #include "runtime/internal.h"
 #include "runtime/kernels.h"
+#include "runtime/sparse.h"
 
 namespace crt::detail {
 namespace gemm_avx512 {
@@ -50,6 +51,10 @@ inline VF POW2N(VF p, VF n) {  // p * 2^n for integral n in [-127, 127]
 }
 inline float HMAX(VF v) { return _mm512_reduce_max_ps(v); }
 inline VF ZERO_BELOW(VF x, VF t, VF v) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, t, _CMP_GE_OQ), v); }
+inline VF EXPANDF(uint32_t m, const float* p, const ExpandTables&) {
+  return _mm512_maskz_expand_ps(static_cast<__mmask16>(m), _mm512_loadu_ps(p));
+}
+inline void B16TOF(__m128i v, VF* out) { out[0] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)); }
 #include "runtime/kernels_simd.inc"
 }  // namespace avx512
 
@@ -66,6 +71,9 @@ const Kernels* avx512Kernels() {
     s.gemv = avx512::gemvSimd;
     s.unpack_rows = avx512::unpackSimd;
     s.gemm_panels = avx512::gemmPanelsSimd;
+    s.sparse_gemv = avx512::sparseGemvSimd;
+    s.sparse_unpack_rows = avx512::sparseUnpackRowsSimd;
+    s.sparse_unpack_panel = avx512::sparseUnpackPanelSimd;
     s.softmax = avx512::softmaxSimd;
     s.sigmoid = avx512::sigmoidSimd;
     s.half_to_float = avx512::halfToFloatSimd;

@@ -46,20 +46,43 @@ void matmulNN(OpCtx& c, int64_t M, int64_t N, int64_t K, const float* A, const f
   splitColumns(c, M, N, K, [&](int64_t b, int64_t e) { c.env.k->gemm_nn(M, e - b, K, A, K, B + b, N, Y + b, N); });
 }
 
+namespace {
+
+/// F32 weights: the panels serve GEMV (1 row) and GEMM alike; a sparse weight is expanded one panel at a time
+/// into the task's buffer for GEMM (amortized over all rows) and read in its packed form for GEMV.
+void panelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, float* Y) {
+  const Kernels& k = *c.env.k;
+  const int64_t N = w.N, K = w.K;
+  const int64_t npanels = (N + kPanel - 1) / kPanel;
+  const int64_t tasks = tasksFor(c, rows * N * K, npanels);
+  const bool expand = w.sparse && rows > kGemvRows;
+  float* bufs = expand ? static_cast<float*>(c.scratch(tasks * K * kPanel * sizeof(float))) : nullptr;
+  c.env.pool->parallelFor(tasks, [&](int64_t t) {
+    int64_t b, e;
+    range(npanels, tasks, t, 1, b, e);
+    if (!w.sparse) return k.gemm_panels(X, K, rows, static_cast<const float*>(w.w.data()), K, b, e, Y, N, N);
+    for (int64_t p = b; p < e; ++p) {
+      if (!expand) {
+        for (int64_t r = 0; r < rows; ++r)
+          k.sparse_gemv(w, X + r * K, nullptr, p * kPanel, std::min(N, (p + 1) * kPanel), Y + r * N);
+        continue;
+      }
+      float* panel = bufs + t * K * kPanel;
+      k.sparse_unpack_panel(w, p, panel);
+      k.gemm_panels(X, K, rows, panel, K, 0, 1, Y + p * kPanel, N, N - p * kPanel);
+    }
+  });
+}
+
+}  // namespace
+
 void packedMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, float* Y) {
   const Kernels& k = *c.env.k;
   const int64_t N = w.N, K = w.K;
   const bool quant = w.kind == PackedWeight::Q8 || w.kind == PackedWeight::Q4;
-  if (w.kind == PackedWeight::F32) {  // panels serve GEMV (1 row) and GEMM alike
-    const int64_t npanels = (N + kPanel - 1) / kPanel;
-    const int64_t tasks = tasksFor(c, rows * N * K, npanels);
-    c.env.pool->parallelFor(tasks, [&](int64_t t) {
-      int64_t b, e;
-      range(npanels, tasks, t, 1, b, e);
-      k.gemm_panels(X, K, rows, static_cast<const float*>(w.w.data()), K, b, e, Y, N, N);
-    });
-    return;
-  }
+  if (w.kind == PackedWeight::F32) return panelMatMul(c, w, X, rows, Y);
+  const auto gemv = w.sparse ? k.sparse_gemv : k.gemv;
+  const auto unpack = w.sparse ? k.sparse_unpack_rows : k.unpack_rows;
 
   const int64_t Kp = quant ? w.nblk * w.P : K;
   // Activations in the weight's padded block layout (quantized weights), with per-block sums.
@@ -85,8 +108,7 @@ void packedMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows,
     c.env.pool->parallelFor(tasks, [&](int64_t t) {
       int64_t b, e;
       range(N, tasks, t, kPanel, b, e);
-      for (int64_t r = 0; r < rows; ++r)
-        k.gemv(w, Xp + r * Kp, quant ? xsum + r * w.nblk : nullptr, b, e, Y + r * N);
+      for (int64_t r = 0; r < rows; ++r) gemv(w, Xp + r * Kp, quant ? xsum + r * w.nblk : nullptr, b, e, Y + r * N);
     });
     return;
   }
@@ -100,7 +122,7 @@ void packedMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows,
     float* rowsBuf = bufs + t * kGemmRows * Kp;
     for (int64_t n0 = b; n0 < e; n0 += kGemmRows) {
       const int64_t n1 = std::min(e, n0 + kGemmRows);
-      k.unpack_rows(w, n0, n1, rowsBuf, Kp);
+      unpack(w, n0, n1, rowsBuf, Kp);
       k.gemm_nt(rows, n1 - n0, Kp, Xp, Kp, rowsBuf, Kp, Y + n0, N);
     }
   });

@@ -16,6 +16,7 @@
 #include "runtime/kv_cache.h"
 #include "runtime/loader.h"
 #include "runtime/matmul.h"
+#include "runtime/sparse.h"
 #include "runtime/thread_pool.h"
 
 namespace crt {
@@ -179,7 +180,10 @@ std::vector<OpProfile> Session::profile() const {
   for (size_t i = 0; i < impl_->node_ms.size(); ++i) {
     const detail::Node& n = impl_->g.nodes[i];
     std::string key = (n.domain.empty() ? "" : n.domain + ".") + n.op;
-    if (n.packed) key += n.packed->kind == detail::PackedWeight::F32 ? " (packed f32)" : n.packed->kind == detail::PackedWeight::F16 ? " (packed f16)" : n.packed->kind == detail::PackedWeight::Q8 ? " (packed q8)" : " (packed q4)";
+    if (n.packed) {
+      static const char* const kKindNames[] = {" (packed f32", " (packed f16", " (packed q8", " (packed q4"};
+      key += std::string(kKindNames[n.packed->kind]) + (n.packed->sparse ? " sparse)" : ")");
+    }
     OpProfile& p = by[key];
     p.op = key;
     p.calls += impl_->node_calls[i];
@@ -235,6 +239,12 @@ Result<Session> Session::make(const SessionOptions& options, const std::string& 
     impl->info.isa = impl->k->isa;
     impl->info.threads = impl->pool->size();
     impl->g = load(*impl);
+    impl->info.sparse_matmuls = detail::chooseSparseForms(impl->g, options.sparse, *impl->k);
+    if (impl->info.sparse_matmuls > 0) {
+      impl->info.weight_bytes = 0;
+      for (const detail::Node& n : impl->g.nodes)
+        if (n.packed) impl->info.weight_bytes += n.packed->bytes();
+    }
     if (options.kv_capacity < -1)
       return Status{StatusCode::InvalidArgument, "kv_capacity must be >= -1 (0: no in-session cache, -1: the model's context)"};
     if (options.kv_capacity != 0 && (!options.kv_if_present || detail::hasKvInputs(impl->g)))

@@ -1,0 +1,61 @@
+// sparse.h — the sparse form of a packed MatMul weight, so that a pruned model reads fewer bytes per token.
+//
+// Layout: the elements of the dense packed layout (matmul.h's PackedWeight) in their stored order, cut into
+// 32-element chunks; per chunk a 32-bit mask (bit i set: element i is stored) and the stored elements packed in
+// order. A clear bit is an exact zero of the weight: ±0.0f for F32 (expanded as +0.0, so at most the sign of an
+// exactly-zero output can differ from the dense form), the block's zero point for Q8/Q4 (and the block padding). The dense layouts' chunks are:
+//   F32: panel p, column block of kPanel = 32 outputs, one chunk per k: mask word p*K + k, values float32.
+//   Q8/Q4: row n, its nblk*P stored elements: mask word n*(nblk*P/32) + c, values one byte each (Q8) or one
+//   nibble each (Q4; two per byte, low nibble first, every chunk starting at a byte).
+// N:M patterns (2:4) use the same form: a 2:4 chunk's mask costs 4 bits per 4 weights, exactly what two 2-bit
+// indices cost, and the kernels expand it in registers without a lookup per group.
+// The kernels (kernels_simd.inc) expand a chunk in registers and then do the dense kernels' arithmetic in the
+// same order, so the sparse form gives bit-identical results (tests/runtime/sparse_test.cpp; for F32 up to the
+// sign of zero).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "runtime/internal.h"
+
+namespace crt::detail {
+
+struct Kernels;
+
+struct SparseForm {
+  std::vector<uint32_t> mask;  // one word per 32-element chunk of the dense layout
+  std::vector<int64_t> start;  // F32: per panel, Q8/Q4: per row, and one past the end: byte offset into values
+  AlignedBytes values;         // the stored elements; kSparsePad readable bytes past the last one
+  int64_t stored = 0;          // elements stored
+  int64_t elements = 0;        // elements of the dense layout (with padding)
+  int64_t bytes() const {
+    return static_cast<int64_t>(mask.size() * 4 + start.size() * 8) + start.back();
+  }
+};
+
+constexpr int64_t kSparsePad = 64;  // kernels load whole vectors past a chunk's last value
+
+/// Fraction of the weight's elements that are nonzero (1.0 for F16 and for layouts without a sparse form).
+double storedFraction(const PackedWeight& w);
+/// The sparse form of a dense packed weight, or null when it has none: F16, or a Q8/Q4 zero point that is
+/// not a representable integer (a weight element equal to it would not be an exact zero).
+std::shared_ptr<const SparseForm> makeSparse(const PackedWeight& w);
+/// Converts back: unit u (F32: panel, [K][kPanel] floats; Q8/Q4: row, rowBytes() bytes in the dense layout).
+void sparseToDense(const PackedWeight& w, int64_t u, void* dst);
+
+/// Per weight at load (SessionOptions::sparse): Auto keeps the sparse form where the kernel set has SIMD sparse
+/// kernels and the weight's nonzero fraction is at most the kernel set's measured crossover for its kind; On
+/// wherever a form exists and the weight has any zero; Off never. Returns the number of weights converted.
+int chooseSparseForms(Graph& g, SparseMode mode, const Kernels& k);
+
+/// Expansion tables of the SIMD kernels: for an 8-bit mask m, lanes[m][i] is the index of lane i's value in the
+/// packed input (-1 when bit i is clear), bytes[m] the same as pshufb indices (0x80 when clear).
+struct alignas(64) ExpandTables {
+  int32_t lanes[256][8];
+  uint64_t bytes[256];
+};
+const ExpandTables& expandTables();
+
+}  // namespace crt::detail

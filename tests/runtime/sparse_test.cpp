@@ -1,0 +1,221 @@
+// sparse_test.cpp — the sparse weight form (runtime/sparse.h): for every kernel set, pattern (none, 50%
+// unstructured, 2:4 along K, 90%, all zero), format (fp32 panels, int8 per channel and blocked, int4 blocked,
+// with and without zero points) and size around the chunk/panel/tile boundaries, GEMV and GEMM on the sparse
+// form give exactly the bits of the dense form; the conversion round-trips; the load-time choice follows
+// SessionOptions::sparse and the kernel set's crossover.
+#include <catch2/catch.hpp>
+#include <cstring>
+#include <random>
+
+#include "runtime/internal.h"
+#include "runtime/kernels.h"
+#include "runtime/matmul.h"
+#include "runtime/sparse.h"
+#include "runtime/thread_pool.h"
+
+using namespace crt;
+using namespace crt::detail;
+
+namespace {
+
+struct HeapAlloc : Allocator {
+  std::vector<AlignedBytes> keep;
+  void* output(int, size_t b, int, bool) override { keep.emplace_back(std::max<size_t>(b, 1)); return keep.back().data(); }
+  void* scratch(size_t b, int, bool) override { keep.emplace_back(std::max<size_t>(b, 1)); return keep.back().data(); }
+  void alias(int, int) override {}
+};
+
+std::vector<const Kernels*> kernelSets() {
+  std::vector<const Kernels*> v = {&scalarKernels()};
+  if (avx2Kernels()) v.push_back(avx2Kernels());
+  if (avx512Kernels()) v.push_back(avx512Kernels());
+  return v;
+}
+
+enum class Pattern { None, Half, TwoFour, Ninety, All };
+const char* name(Pattern p) {
+  static const char* const names[] = {"none", "50%", "2:4", "90%", "all"};
+  return names[static_cast<int>(p)];
+}
+
+/// Whether element (k, n) of a [K, N] weight is pruned.
+bool pruned(Pattern p, int64_t k, int64_t n, std::mt19937& rng) {
+  switch (p) {
+    case Pattern::None: return false;
+    case Pattern::Half: return rng() % 2 == 0;
+    case Pattern::TwoFour: return ((k % 4) + n) % 4 < 2;  // two of every four consecutive k, varying with n
+    case Pattern::Ninety: return rng() % 10 != 0;
+    case Pattern::All: return true;
+  }
+  return false;
+}
+
+std::vector<float> run(const Kernels& k, const PackedWeight& w, const std::vector<float>& x, int64_t M) {
+  static ThreadPool pool(2);
+  HeapAlloc alloc;
+  Node node;
+  node.op = "MatMul";
+  std::vector<Buf> vals(1);
+  RunEnv env{nullptr, vals.data(), &alloc, &pool, &k, 0};
+  OpCtx c{env, node};
+  std::vector<float> y(M * w.N, -1.f);
+  packedMatMul(c, w, x.data(), M, y.data());
+  return y;
+}
+
+/// Packs the weight twice with `pack` and turns the second copy sparse; then every kernel set must give the
+/// same bits from both at decode and prefill row counts.
+template <typename Pack>
+void checkSparseEqualsDense(Pack pack, int64_t K, double wantStored) {
+  auto dense = pack();
+  auto sparse = pack();
+  REQUIRE(dense);
+  auto form = makeSparse(*sparse);
+  REQUIRE(form);
+  CHECK(form->stored == static_cast<int64_t>(wantStored));
+  CHECK(storedFraction(*dense) == Approx(wantStored / static_cast<double>(dense->N * K)));
+  sparse->sparse = form;
+  sparse->w = AlignedBytes();
+  // the conversion round-trips
+  const bool f32 = dense->kind == PackedWeight::F32;
+  const int64_t units = f32 ? (dense->N + kPanel - 1) / kPanel : dense->N;
+  const int64_t unitBytes = f32 ? K * kPanel * 4 : dense->rowBytes();
+  std::vector<uint8_t> unit(static_cast<size_t>(unitBytes));
+  for (int64_t u = 0; u < units; ++u) {
+    sparseToDense(*sparse, u, unit.data());
+    const uint8_t* want = static_cast<const uint8_t*>(dense->w.data()) + u * unitBytes;
+    if (!f32) {
+      REQUIRE(std::memcmp(unit.data(), want, unit.size()) == 0);
+      continue;
+    }
+    for (int64_t i = 0; i < K * kPanel; ++i)  // as values: -0.0 comes back as +0.0
+      REQUIRE(reinterpret_cast<const float*>(unit.data())[i] == reinterpret_cast<const float*>(want)[i]);
+  }
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd;
+  for (int64_t M : {1, 2, 4, 5, 13}) {
+    std::vector<float> x(M * K);
+    for (auto& v : x) v = nd(rng);
+    for (const Kernels* k : kernelSets()) {
+      INFO("kernels " << k->isa << " M=" << M);
+      const auto yd = run(*k, *dense, x, M), ys = run(*k, *sparse, x, M);
+      // the same bits, except that F32's -0.0 weights expand as +0.0 (an exactly-zero output may change sign)
+      int64_t differ = 0;
+      for (size_t i = 0; i < yd.size(); ++i) {
+        uint32_t a, b;
+        std::memcpy(&a, &yd[i], 4), std::memcpy(&b, &ys[i], 4);
+        differ += a != b && !(f32 && yd[i] == 0.f && ys[i] == 0.f);
+      }
+      CHECK(differ == 0);
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("sparse fp32 weights give the dense kernels' bits (GEMV and GEMM, every pattern and kernel set)", "[runtime][sparse]") {
+  for (Pattern p : {Pattern::None, Pattern::Half, Pattern::TwoFour, Pattern::Ninety, Pattern::All}) {
+    for (int64_t K : {1, 31, 32, 33, 100}) {
+      for (int64_t N : {1, 31, 32, 33, 96}) {
+        INFO("pattern " << name(p) << " K=" << K << " N=" << N);
+        std::mt19937 rng(11);
+        std::normal_distribution<float> nd;
+        std::vector<float> w(K * N);
+        int64_t stored = 0;
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t n = 0; n < N; ++n) {
+            w[k * N + n] = pruned(p, k, n, rng) ? 0.f : nd(rng);
+            stored += w[k * N + n] != 0.f;
+          }
+        if (K * N > 3 && w[3] == 0.f) w[3] = -0.f;  // a pruned negative weight: a zero, not stored
+        Buf b{DType::F32, Shape{K, N}, w.data()};
+        checkSparseEqualsDense([&] { return packDense(b); }, K, static_cast<double>(stored));
+      }
+    }
+  }
+}
+
+TEST_CASE("sparse int8 and int4 weights give the dense kernels' bits (per channel, blocked, zero points)", "[runtime][sparse]") {
+  for (Pattern p : {Pattern::None, Pattern::Half, Pattern::TwoFour, Pattern::Ninety, Pattern::All}) {
+    for (int bits : {8, 4}) {
+      for (int64_t K : {16, 33, 64, 100}) {
+        for (int64_t bs : {int64_t{0}, int64_t{16}, int64_t{32}}) {  // 0: one block per row (per channel)
+          for (bool withZp : {false, true}) {
+            const int64_t N = 37;
+            INFO("pattern " << name(p) << " bits " << bits << " K=" << K << " block " << bs << " zp " << withZp);
+            std::mt19937 rng(13);
+            const int64_t block = bs ? bs : K, nblk = (K + block - 1) / block;
+            const int top = (1 << bits) - 1;
+            // q and zp as the packed stored values (unsigned), the weight (q - zp) * s
+            std::vector<uint8_t> q(K * N);
+            std::vector<uint8_t> zp(nblk * N);
+            std::vector<float> s(nblk * N);
+            for (auto& v : s) v = std::uniform_real_distribution<float>(0.01f, 0.1f)(rng);
+            for (auto& z : zp) z = static_cast<uint8_t>(withZp ? rng() % (top + 1) : (top + 1) / 2);
+            int64_t stored = 0;
+            for (int64_t k = 0; k < K; ++k)
+              for (int64_t n = 0; n < N; ++n) {
+                const uint8_t z = zp[(k / block) * N + n];
+                q[k * N + n] = pruned(p, k, n, rng) ? z : static_cast<uint8_t>(rng() % (top + 1));
+                stored += q[k * N + n] != z;
+              }
+            // as DequantizeLinear of uint8 (8 bits) or uint4 (4 bits) [K, N]
+            std::vector<uint8_t> qb(bits == 8 ? K * N : (K * N + 1) / 2, 0), zb(bits == 8 ? nblk * N : (nblk * N + 1) / 2, 0);
+            for (int64_t i = 0; i < K * N; ++i) {
+              if (bits == 8) qb[i] = q[i];
+              else qb[i / 2] |= static_cast<uint8_t>(q[i] << (4 * (i & 1)));
+            }
+            for (int64_t i = 0; i < nblk * N; ++i) {
+              if (bits == 8) zb[i] = zp[i];
+              else zb[i / 2] |= static_cast<uint8_t>(zp[i] << (4 * (i & 1)));
+            }
+            const DType dt = bits == 8 ? DType::U8 : kU4;
+            Buf qbuf{dt, Shape{K, N}, qb.data()};
+            Buf sbuf{DType::F32, bs ? Shape{nblk, N} : Shape{N}, s.data()};
+            Buf zbuf{dt, sbuf.shape, zb.data()};
+            checkSparseEqualsDense([&] { return packDequantize(qbuf, sbuf, &zbuf, bs ? 0 : 1, bs); }, K,
+                                   static_cast<double>(stored));
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("a zero point that no stored value can equal has no sparse form", "[runtime][sparse]") {
+  PackedWeight w;
+  w.kind = PackedWeight::Q8;
+  w.N = 1, w.K = 32, w.block = 32, w.nblk = 1, w.P = 32, w.bits = 8;
+  w.w.resize(32);
+  w.scale = {0.1f};
+  w.zp = {3.5f};  // MatMulNBits float zero points may be fractional: q == zp never holds
+  CHECK(makeSparse(w) == nullptr);
+  CHECK(storedFraction(w) == 1.0);
+  w.zp = {3.f};
+  CHECK(makeSparse(w) != nullptr);
+  CHECK(storedFraction(w) == 1.0);  // every stored 0 differs from zero point 3
+}
+
+TEST_CASE("the load-time choice follows SessionOptions::sparse and the kernel set's crossover", "[runtime][sparse]") {
+  std::vector<float> half(64 * 64, 0.f), full(64 * 64, 1.f);
+  for (size_t i = 0; i < half.size(); i += 2) half[i] = 1.f;
+  Graph g;
+  for (auto* w : {&half, &full}) {
+    Node n;
+    n.op = "MatMul";
+    n.packed = packDense(Buf{DType::F32, Shape{64, 64}, w->data()});
+    g.nodes.push_back(std::move(n));
+  }
+  Kernels k = scalarKernels();
+  CHECK(chooseSparseForms(g, SparseMode::Off, k) == 0);
+  CHECK(chooseSparseForms(g, SparseMode::Auto, k) == 0);  // no crossover: the scalar kernels never pick it
+  k.sparse_crossover[PackedWeight::F32] = 0.4f;
+  CHECK(chooseSparseForms(g, SparseMode::Auto, k) == 0);  // 50% nonzero is above this crossover
+  k.sparse_crossover[PackedWeight::F32] = 0.6f;
+  CHECK(chooseSparseForms(g, SparseMode::Auto, k) == 1);
+  CHECK(g.nodes[0].packed->sparse);
+  CHECK(g.nodes[0].packed->w.size() == 0);
+  CHECK(g.nodes[0].packed->bytes() < 64 * 64 * 4 * 6 / 10);
+  CHECK(chooseSparseForms(g, SparseMode::On, k) == 0);  // the dense weight has no zero
+  CHECK_FALSE(g.nodes[1].packed->sparse);
+}
