@@ -14,8 +14,9 @@ rounds=${2:-3}
 mkdir -p build/bench
 synth=build/bench/llama768_untied.pt
 [ -f "$synth" ] || /usr/bin/python3 scripts/make_synthetic_llama.py "$synth" --untied
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+mkdir -p build/bench/sparse
+tmp=$(realpath build/bench/sparse)  # the exports are kept for reruns (delete the folder to re-export)
+mkdir -p "$tmp"
 
 bw1=$("$build/membw" 1)
 bw2=$("$build/membw" 2)
@@ -42,6 +43,7 @@ latency_runs: 0
 export: {onnx: {opset: 17, int4: matmulnbits, validate: false}}
 output: $tmp/${prune}_$f
 YAML
+    [ -f "$tmp/${prune}_$f/model.onnx" ] && continue
     echo "export ${prune} $f" >&2
     "$build/compress" --config "$tmp/${prune}_$f.yaml" --quiet > /dev/null
   done
@@ -63,14 +65,14 @@ for f in fp32 int8 int4_g32; do
         for prune in dense 50 2of4; do
           for mode in off on; do
             [ $prune = dense ] && [ $mode = on ] && continue
-            got[$prune.$mode]+="$(timeit "$tmp/${prune}_$f/model.onnx" $mode $threads $s) "
+            got[$prune.$mode]+="$(timeit "$tmp/${prune}_$f/model.onnx" $mode $threads $s),"
           done
         done
       done
       for prune in dense 50 2of4; do
         for mode in off on; do
           [ $prune = dense ] && [ $mode = on ] && continue
-          rows="$rows{\"format\": \"$f\", \"prune\": \"$prune\", \"sparse\": \"$mode\", \"threads\": $threads, \"shape\": \"1x$s\", \"file_bytes\": $(stat -c %s "$tmp/${prune}_$f/model.onnx"), \"runs\": [$(echo ${got[$prune.$mode]} | tr ' ' ',')]},"
+          rows="$rows{\"format\": \"$f\", \"prune\": \"$prune\", \"sparse\": \"$mode\", \"threads\": $threads, \"shape\": \"1x$s\", \"file_bytes\": $(stat -c %s "$tmp/${prune}_$f/model.onnx"), \"runs\": [${got[$prune.$mode]%,}]},"
         done
       done
       unset got

@@ -25,6 +25,7 @@
 #include "compress/kv_cache.h"
 #include "compress/onnx_import.h"
 #include "compress/task.h"
+#include "export/crun_latency.h"
 #include "export/onnx_export.h"
 #include "export/ort_check.h"
 #include "export/validate.h"
@@ -84,6 +85,38 @@ double medianLatencyMs(const Graph& g, const at::Tensor& input, int runs, at::De
   }
   std::sort(ms.begin(), ms.end());
   return ms[ms.size() / 2];
+}
+
+/// crun's latency (our runtime, 2 threads) of the baseline and of the compressed export at the decode shape [1, 1]
+/// (LMs) and at the probe's shape, so the report shows what compression bought where the model ships. Skipped
+/// with a line where crun cannot run the probe (extra inputs such as masks or a KV cache's pasts).
+void measureCrunLatency(const Graph& original, const std::string& model, const std::string& base_path,
+                        const std::string& input, const at::Tensor& probe, bool lm, int runs, json& latency) {
+  exportOnnx(original, base_path, ExportOptions{});
+  std::vector<at::Tensor> probes;
+  if (lm && probe.size(1) > 1) probes.push_back(at::zeros({1, 1}, at::kLong));
+  probes.push_back(probe);
+  try {
+    for (const at::Tensor& t : probes) {
+      const std::map<std::string, at::Tensor> in = {{input, t}};
+      const CrunLatency b = crunLatency(base_path, in, runs, 2), c = crunLatency(model, in, runs, 2);
+      latency.push_back({{"engine", "crun (ours, " + c.isa + ")"}, {"device", "cpu"}, {"shape", t.sizes().vec()}, {"threads", 2},
+                         {"runs", runs}, {"baseline_median_ms", b.median_ms}, {"compressed_median_ms", c.median_ms},
+                         {"baseline_p90_ms", b.p90_ms}, {"compressed_p90_ms", c.p90_ms},
+                         {"baseline_weight_bytes", b.weight_bytes}, {"compressed_weight_bytes", c.weight_bytes},
+                         {"sparse_matmuls", c.sparse_matmuls}});
+      std::string shape;
+      for (int64_t d : t.sizes()) shape += (shape.empty() ? "[" : ", ") + std::to_string(d);
+      std::printf("      crun %s]: %.3f ms -> %.3f ms (x%.2f; weights read %s -> %s%s)\n", shape.c_str(),
+                  b.median_ms, c.median_ms, c.median_ms / b.median_ms, humanBytes(static_cast<double>(b.weight_bytes)).c_str(),
+                  humanBytes(static_cast<double>(c.weight_bytes)).c_str(),
+                  c.sparse_matmuls > 0 ? (", " + std::to_string(c.sparse_matmuls) + " sparse").c_str() : "");
+    }
+  } catch (const Error& e) {
+    if (e.category() != ErrorCategory::Data) throw;
+    std::printf("      crun latency not measured: %s\n", e.what());
+  }
+  std::filesystem::remove(base_path);
 }
 
 at::Device deviceFor(const Recipe& r) {
@@ -333,6 +366,10 @@ RunSummary runRecipe(const Recipe& r, const RunOptions& opts) {
         std::printf("      %s\n", v["onnxruntime"].get<std::string>().c_str());
       }
     }
+    if (probe.defined() && r.latency_runs > 0)
+      measureCrunLatency(original, out.path("model.onnx"), out.path("baseline_crun.onnx.tmp"), exported.inputs[0], probe,
+                         taskFor(r.task).token_stream, static_cast<int>(r.latency_runs), latency);
+    report["latency"] = latency;
     ex["seconds"] = since(te);
     report["export"] = ex;
   }

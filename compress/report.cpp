@@ -174,7 +174,9 @@ std::string renderMarkdown(const json& r) {
     md << "| " << l["engine"].get<std::string>() << " | " << l["device"].get<std::string>() << " | " << l["shape"].dump()
        << " | " << l["threads"].get<int>() << " | " << fmt(l["baseline_median_ms"].get<double>(), 3) << " | "
        << fmt(l["compressed_median_ms"].get<double>(), 3) << " |\n";
-  md << "\nThe executor runs the IR with ATen ops; ONNX Runtime runs model.onnx with its default optimizations.\n";
+  md << "\nThe executor runs the IR with ATen ops; ONNX Runtime runs model.onnx with its default optimizations; crun is "
+        "our runtime (runtime/), running model.onnx as shipped (pruned weights in its sparse form where that is faster on "
+        "this CPU).\n";
   md << "\n## Environment\n\n```\n" << r["environment"].dump(2) << "\n```\n";
   md << "\nTotal wall time: " << fmt(r["timing"]["total_seconds"].get<double>(), 2) << " s\n";
   return md.str();

@@ -87,6 +87,10 @@ const Kernels* avx2Kernels() {
     s.sparse_gemv = avx2::sparseGemvSimd;
     s.sparse_unpack_rows = avx2::sparseUnpackRowsSimd;
     s.sparse_unpack_panel = avx2::sparseUnpackPanelSimd;
+    // bench/sparse.sh (Zen 3, 2 Dec 2026): fp32 at 50% nonzero decodes in 0.81-0.87x the dense time (the only
+    // density measured, so nothing above it); int8 and int4 are slower sparse (their dense GEMVs are compute-bound
+    // here and AVX2 has no byte expand), so auto never picks them.
+    s.sparse_crossover[PackedWeight::F32] = 0.5f;
     s.softmax = avx2::softmaxSimd;
     s.sigmoid = avx2::sigmoidSimd;
     s.half_to_float = avx2::halfToFloatSimd;

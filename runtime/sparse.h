@@ -45,8 +45,8 @@ std::shared_ptr<const SparseForm> makeSparse(const PackedWeight& w);
 /// Converts back: unit u (F32: panel, [K][kPanel] floats; Q8/Q4: row, rowBytes() bytes in the dense layout).
 void sparseToDense(const PackedWeight& w, int64_t u, void* dst);
 
-/// Per weight at load (SessionOptions::sparse): Auto keeps the sparse form where the kernel set has SIMD sparse
-/// kernels and the weight's nonzero fraction is at most the kernel set's measured crossover for its kind; On
+/// Per weight at load (SessionOptions::sparse): Auto keeps the sparse form where the weight's nonzero fraction is
+/// at most the kernel set's measured crossover for its kind and the dense weight is at least 1 MiB; On
 /// wherever a form exists and the weight has any zero; Off never. Returns the number of weights converted.
 int chooseSparseForms(Graph& g, SparseMode mode, const Kernels& k);
 

@@ -12,6 +12,7 @@
 #include "export/onnx_export.h"
 #include "export/ort_check.h"
 #include "prune/magnitude_prune.h"
+#include "prune/sparsity.h"
 #include "quant/fp16.h"
 #include "quant/rtn.h"
 #include "runtime/crt.h"
@@ -53,6 +54,14 @@ void compressAs(Graph& g, const std::string& fmt) {
   if (fmt == "int8") r.format = QuantFormat{8, -1, true}, rtnQuantize(g, r);
   if (fmt == "int4-g32") r.format = QuantFormat{4, 32, false}, rtnQuantize(g, r);
   if (fmt == "prune50") magnitudePrune(g, {0.5, "matrix", {"Linear"}, {}, {}});
+  if (fmt == "prune50-int8") {
+    magnitudePrune(g, {0.5, "matrix", {"Linear"}, {}, {}});
+    r.format = QuantFormat{8, -1, true}, rtnQuantize(g, r);
+  }
+  if (fmt == "2:4-int4-g32") {
+    magnitudePrune(g, {0.5, "matrix", {"Linear"}, {}, parsePattern("2:4")});
+    r.format = QuantFormat{4, 32, false}, rtnQuantize(g, r);
+  }
   g.pruneUnused();
   verify(g);
 }
@@ -302,4 +311,44 @@ TEST_CASE("kv cache: bad inputs are clear errors", "[kv]") {
       CHECK(std::string(e.what()).find("kv_cache") != std::string::npos);
     }
   }
+}
+
+TEST_CASE("sparse weights: pruned models give the same logits in crun with the sparse form as dense", "[kv][sparse]") {
+  const std::string dir = testutil::tempDir("kv_sparse");
+  const std::vector<int64_t> ids = someTokens(9);
+  for (const std::string family : {"llama2c", "gpt2", "opt"})
+    for (const std::string fmt : {"prune50", "prune50-int8", "2:4-int4-g32"}) {
+      SECTION(family + " " + fmt) {
+        Graph g = importDecoder(family);
+        compressAs(g, fmt);
+        const std::string onnx = dir + "/" + family + "_" + fmt + ".onnx";
+        exportOnnx(g, onnx);
+        std::vector<std::vector<float>> logits;
+        for (crt::SparseMode mode : {crt::SparseMode::Off, crt::SparseMode::On}) {
+          crt::SessionOptions so;
+          so.threads = 2;
+          so.sparse = mode;
+          auto s = crt::Session::create(onnx, so);
+          INFO(s.status().message);
+          REQUIRE(s.ok());
+          if (mode == crt::SparseMode::Off) CHECK(s->info().sparse_matmuls == 0);
+          else CHECK(s->info().sparse_matmuls == s->info().packed_matmuls);  // every linear is pruned
+          std::vector<std::pair<std::string, crt::TensorView>> feeds = {
+              {s->inputs()[0].name, crt::TensorView::of(ids.data(), {1, static_cast<int64_t>(ids.size())})}};
+          const std::vector<int64_t> ones(ids.size(), 1);
+          for (size_t i = 1; i < s->inputs().size(); ++i)
+            feeds.push_back({s->inputs()[i].name, crt::TensorView::of(ones.data(), {1, static_cast<int64_t>(ids.size())})});
+          auto out = s->run(feeds);
+          INFO(out.status().message);
+          REQUIRE(out.ok());
+          const auto& o = out.value()[0];
+          logits.emplace_back(o.bytes.size() / 4);
+          std::memcpy(logits.back().data(), o.bytes.data(), o.bytes.size());
+        }
+        REQUIRE(logits[0].size() == logits[1].size());
+        int64_t differ = 0;
+        for (size_t i = 0; i < logits[0].size(); ++i) differ += !(logits[0][i] == logits[1][i]);
+        CHECK(differ == 0);  // equal values: the sparse kernels do the dense kernels' arithmetic
+      }
+    }
 }

@@ -286,9 +286,9 @@ TEST_CASE("a recipe prunes a CNN's channels from .npy calibration images and rep
 }
 
 TEST_CASE("channels concatenated along the channel axis keep their groups; the reader's columns follow both", "[channel]") {
-  // x -> conv a (4) -> relu \
+  // x -> conv a (4) -> relu --.
   //                          concat -> conv c (5) -> global pool (the output)
-  // x -> conv b (4) -> relu /
+  // x -> conv b (4) -> relu --'
   ImageGraph b(9);
   b.weight("a.weight", {4, 3, 3, 3});
   b.weight("b.weight", {4, 3, 1, 1});

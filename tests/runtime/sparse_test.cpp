@@ -197,13 +197,15 @@ TEST_CASE("a zero point that no stored value can equal has no sparse form", "[ru
 }
 
 TEST_CASE("the load-time choice follows SessionOptions::sparse and the kernel set's crossover", "[runtime][sparse]") {
-  std::vector<float> half(64 * 64, 0.f), full(64 * 64, 1.f);
+  constexpr int64_t D = 512;  // 1 MiB as fp32: Auto leaves smaller (cache-resident) weights dense
+  std::vector<float> half(D * D, 0.f), full(D * D, 1.f), small(64 * 64, 0.f);
   for (size_t i = 0; i < half.size(); i += 2) half[i] = 1.f;
   Graph g;
-  for (auto* w : {&half, &full}) {
+  for (auto* w : {&half, &full, &small}) {
     Node n;
     n.op = "MatMul";
-    n.packed = packDense(Buf{DType::F32, Shape{64, 64}, w->data()});
+    const int64_t d = w == &small ? 64 : D;
+    n.packed = packDense(Buf{DType::F32, Shape{d, d}, w->data()});
     g.nodes.push_back(std::move(n));
   }
   Kernels k = scalarKernels();
@@ -215,7 +217,9 @@ TEST_CASE("the load-time choice follows SessionOptions::sparse and the kernel se
   CHECK(chooseSparseForms(g, SparseMode::Auto, k) == 1);
   CHECK(g.nodes[0].packed->sparse);
   CHECK(g.nodes[0].packed->w.size() == 0);
-  CHECK(g.nodes[0].packed->bytes() < 64 * 64 * 4 * 6 / 10);
-  CHECK(chooseSparseForms(g, SparseMode::On, k) == 0);  // the dense weight has no zero
+  CHECK(g.nodes[0].packed->bytes() < D * D * 4 * 6 / 10);
+  CHECK_FALSE(g.nodes[2].packed->sparse);               // all zero, but small
+  CHECK(chooseSparseForms(g, SparseMode::On, k) == 1);  // the small one; the full weight has no zero
+  CHECK(g.nodes[2].packed->sparse);
   CHECK_FALSE(g.nodes[1].packed->sparse);
 }
