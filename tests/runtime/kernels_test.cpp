@@ -9,25 +9,15 @@
 #include "runtime/kernels.h"
 #include "runtime/matmul.h"
 #include "runtime/thread_pool.h"
+#include "kernel_sets.h"
 
 using namespace crt;
 using namespace crt::detail;
 
 namespace {
 
-struct HeapAlloc : Allocator {
-  std::vector<AlignedBytes> keep;
-  void* output(int, size_t b, int, bool) override { keep.emplace_back(std::max<size_t>(b, 1)); return keep.back().data(); }
-  void* scratch(size_t b, int, bool) override { keep.emplace_back(std::max<size_t>(b, 1)); return keep.back().data(); }
-  void alias(int, int) override {}
-};
-
-std::vector<const Kernels*> kernelSets() {
-  std::vector<const Kernels*> v = {&scalarKernels()};
-  if (avx2Kernels()) v.push_back(avx2Kernels());
-  if (avx512Kernels()) v.push_back(avx512Kernels());
-  return v;
-}
+using testutil::HeapAlloc;
+using testutil::kernelSets;
 
 /// A quantized weight [K, N] as DequantizeLinear inputs: int8/uint8 values, blocked or per-column scales.
 struct QuantCase {
