@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
@@ -149,4 +150,46 @@ TEST_CASE("tasks and metrics are declared once: data, default metric, fitting me
   } catch (const Error& e) {
     CHECK_THAT(e.what(), Catch::Contains("metric 'top1' does not fit task 'embedding' (use pooled_cosine or cosine)"));
   }
+}
+
+namespace {
+
+/// The smallest round gate a degradation (a fraction) meets: steps of 0.5% below 10%, 5% up to 100%, 50% above.
+double roundGate(double d) {
+  const double pct = std::max(d * 100.0, 1e-9);
+  const double step = pct < 10 ? 0.5 : pct < 100 ? 5 : 50;
+  return std::ceil(pct / step - 1e-9) * step / 100.0;
+}
+
+}  // namespace
+
+TEST_CASE("every shipped recipe's gate is the smallest round number its README result meets", "[recipe]") {
+  std::ifstream f(testutil::source("README.md"));
+  REQUIRE(f.good());
+  std::string line;
+  double baseline = 0;
+  int checked = 0;
+  while (std::getline(f, line)) {
+    const auto at = line.find("| `configs/");
+    if (at != 0) continue;
+    const std::string name = line.substr(3, line.find('`', 3) - 3);
+    std::vector<std::string> cells;
+    for (size_t p = 1, q; (q = line.find('|', p)) != std::string::npos; p = q + 1) cells.push_back(line.substr(p, q - p));
+    REQUIRE(cells.size() >= 4);
+    const double ppl = std::atof(cells[2].c_str());
+    REQUIRE(ppl > 0);
+    if (name == "configs/baseline.yaml") baseline = ppl;
+    REQUIRE(baseline > 0);  // the baseline row comes first
+    std::ifstream rf(testutil::source(name));
+    REQUIRE(rf.good());
+    const std::string text((std::istreambuf_iterator<char>(rf)), std::istreambuf_iterator<char>());
+    const auto g = text.find("max_degradation: ");
+    if (name == "configs/baseline.yaml" || name == "configs/fp32.yaml") continue;  // nothing to gate
+    INFO(name << ": perplexity " << ppl << " against " << baseline);
+    REQUIRE(g != std::string::npos);
+    const double gate = std::atof(text.c_str() + g + 17) / 100.0;
+    CHECK(gate == Approx(roundGate(ppl / baseline - 1)));
+    ++checked;
+  }
+  CHECK(checked >= 19);
 }
