@@ -296,6 +296,7 @@ RunSummary runRecipe(const Recipe& r, const RunOptions& opts) {
     eo.opset = static_cast<int>(r.export_spec.opset);
     eo.int4 = r.export_spec.int4;
     eo.external_data = r.export_spec.external_data;
+    eo.compact_sparse = r.export_spec.compact_sparse;
     eo.metadata = {{"recipe", r.path}, {"recipe_fnv1a64", fnv1a64Hex(r.text)}, {"task", r.task}};
     Graph cached;
     const Graph& exported = r.export_spec.kv_cache ? cached : g;

@@ -256,6 +256,10 @@ void readSections(const YAML::Node& root, Recipe& r, Diagnostics& d) {
       e.kv_cache = er.boolean("kv_cache", false, "a decoder with past/present key-value inputs and outputs (generation with a cache)");
       e.validate = er.boolean("validate", true, "check with ONNX's checker and ONNX Runtime against the executor");
       e.validate_perplexity = er.boolean("validate_perplexity", true, "also compare perplexity through ONNX Runtime");
+      e.compact_sparse = er.choice("sparse_weights", "dense", {"dense", "compact"},
+                                   "pruned fp32/int8 linear weights as dense tensors, or compact: a bitmask plus the "
+                                   "nonzeros, rebuilt by standard ops at load (smaller files; ONNX Runtime and crun "
+                                   "run both)") == "compact";
       er.finish();
     }
   }

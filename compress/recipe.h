@@ -41,6 +41,7 @@ struct ExportSpec {
   bool kv_cache = false;             // past.N.key/value inputs, present.N.key/value outputs (compress/kv_cache.h)
   bool validate = true;              // ONNX checker + ONNX Runtime against the executor
   bool validate_perplexity = true;   // also perplexity through ONNX Runtime (causal LMs with data.eval)
+  bool compact_sparse = false;       // sparse_weights: compact (export/sparse_weights.h); dense is the default
 };
 
 struct ConfiguredPass {

@@ -1,10 +1,12 @@
 // onnx_export.cpp — IR -> ONNX ModelProto, canonical dumps, ONNX's checker.
 #include "export/onnx_export.h"
+#include "export/sparse_weights.h"
 
 #include <onnx/checker.h>
 #include <onnx/onnx_pb.h>
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
@@ -320,6 +322,22 @@ void buildOnnx(const Graph& g, const ExportOptions& opts, onnx::ModelProto& mode
     } else {
       setTensor(gp->add_initializer(), name, t);
     }
+  }
+  if (opts.compact_sparse) {
+    std::set<std::string> pruned;
+    for (const auto& l : findLinears(g)) pruned.insert(g.quant.count(l.weight) ? l.weight + ".qdata" : l.weight);
+    json cs = compactSparseWeights(*gp, pruned);
+    for (const auto& t : gp->initializer()) {  // the mask and values count as their weight's bytes
+      const std::string& n = t.name();
+      for (const char* suffix : {".mask", ".values"}) {
+        const size_t len = std::strlen(suffix);
+        if (n.size() <= len || n.compare(n.size() - len, len, suffix) != 0) continue;
+        const std::string base = n.substr(0, n.size() - len);
+        auto owner = c.weight_of.find(base);
+        c.weight_of[n] = owner != c.weight_of.end() ? owner->second : base;
+      }
+    }
+    if (stats) (*stats)["sparse_weights"] = cs;
   }
   // Intermediate shapes (from the IR's probe-based inference) for tools and readers.
   std::set<std::string> io(g.inputs.begin(), g.inputs.end());

@@ -26,6 +26,7 @@ struct ExportOptions {
   bool external_data = false;        // always write weights to <file>.data
   int64_t external_threshold = int64_t{1} << 31;  // above this many bytes of weights, use external data anyway
   std::map<std::string, std::string> metadata;    // extra metadata_props (recipe hash, ...)
+  bool compact_sparse = false;  // pruned fp32/int8 linear weights as bitmask + nonzeros (export/sparse_weights.h)
 };
 
 /// Writes `g` to `path` (atomically; plus `path`.data for external data). Returns what was written:

@@ -453,6 +453,7 @@ bool isConst(const Graph& g, int v) { return v >= 0 && g.values[v].is_const; }
 /// MatMulNBits, and MatMul whose B is DequantizeLinear of constants, get pre-packed weights.
 void packQuantizedWeights(Graph& g) {
   for (Node& n : g.nodes) {
+    if (n.packed) continue;  // the second call (after folding) sees the first one's work
     if (n.domain == "com.microsoft" && n.op == "MatMulNBits") {
       if (n.in.size() < 3 || !isConst(g, n.in[1]) || !isConst(g, n.in[2]) || (n.in.size() > 3 && n.in[3] >= 0 && !isConst(g, n.in[3])))
         fail(StatusCode::ModelError, n.where() + ": B, scales and zero_points must be initializers");
@@ -503,12 +504,17 @@ void pruneUnused(Graph& g) {
 }
 
 /// Evaluates nodes whose inputs are all constants (weight transposes, casts, shape arithmetic on
-/// constants) once; returns how many were folded. What they allocate counts against the limits.
-int foldConstants(Graph& g, ThreadPool& pool, const Kernels& k) {
+/// constants) once; returns how many were folded. What they allocate counts against the limits. With
+/// keepWeightDequant, a DequantizeLinear feeding a MatMul's B stays (its now-constant integers are packed
+/// next, instead of being expanded to fp32: a compact sparse weight rebuilt at load, export/sparse_weights.h).
+int foldConstants(Graph& g, ThreadPool& pool, const Kernels& k, bool keepWeightDequant) {
   std::vector<int> uses(g.values.size(), 0);
-  for (const Node& n : g.nodes)
+  std::vector<char> matmulB(g.values.size(), 0);
+  for (const Node& n : g.nodes) {
     for (int v : n.in)
       if (v >= 0) ++uses[v];
+    if (n.domain.empty() && n.op == "MatMul" && n.in.size() == 2 && n.in[1] >= 0) matmulB[n.in[1]] = 1;
+  }
   for (int o : g.outputs) ++uses[o];
   std::vector<Buf> vals(g.values.size());
   EagerAlloc alloc(g);
@@ -519,6 +525,7 @@ int foldConstants(Graph& g, ThreadPool& pool, const Kernels& k) {
     bool allConst = !n.in.empty() && !n.packed;
     for (int v : n.in)
       if (v >= 0 && !g.values[v].is_const) allConst = false;
+    if (keepWeightDequant && n.domain.empty() && n.op == "DequantizeLinear" && matmulB[n.out[0]]) allConst = false;
     if (!allConst) {
       live.push_back(std::move(n));
       continue;
@@ -630,7 +637,11 @@ Graph buildGraph(onnx::ModelProto& model, const std::string& name, const std::st
   checkTopologicalOrder(g);
   packQuantizedWeights(g);
   pruneUnused(g);
-  info.folded = foldConstants(g, pool, k);
+  info.folded = foldConstants(g, pool, k, true);
+  pruneUnused(g);           // (also renumbers the producers after folding)
+  packQuantizedWeights(g);  // integers that were computed by constant subgraphs
+  pruneUnused(g);
+  info.folded += foldConstants(g, pool, k, false);  // what could not be packed is expanded as before
   packDenseWeights(g);
   pruneUnused(g);
   for (const Node& n : g.nodes)
