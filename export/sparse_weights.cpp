@@ -43,7 +43,7 @@ void intAttr(onnx::NodeProto* n, const std::string& k, int64_t v) {
 struct Constants {
   const std::string axes = "sparse_weights.axes1", pow2 = "sparse_weights.pow2", two = "sparse_weights.two",
                     axis0 = "sparse_weights.axis0", zero = "sparse_weights.zero_f32";
-  void add(onnx::GraphProto& g) {
+  void add(onnx::GraphProto& g, bool anyFloat) {
     const int64_t one = 1, ax0 = 0;
     addTensor(g, axes, onnx::TensorProto::INT64, {1}, raw(&one, 8));
     std::vector<int32_t> p = {1, 2, 4, 8, 16, 32, 64, 128};
@@ -52,7 +52,7 @@ struct Constants {
     addTensor(g, two, onnx::TensorProto::INT32, {1}, raw(&t, 4));
     addTensor(g, axis0, onnx::TensorProto::INT64, {}, raw(&ax0, 8));
     const float z = 0.f;
-    addTensor(g, zero, onnx::TensorProto::FLOAT, {}, raw(&z, 4));
+    if (anyFloat) addTensor(g, zero, onnx::TensorProto::FLOAT, {}, raw(&z, 4));  // only Where reads it
   }
 };
 
@@ -87,6 +87,7 @@ nlohmann::json compactSparseWeights(onnx::GraphProto& g, const std::set<std::str
   std::vector<onnx::TensorProto> keep, added;
   int64_t dense = 0, compact = 0;
   int count = 0;
+  bool anyFloat = false;
   for (onnx::TensorProto& t : *g.mutable_initializer()) {
     const bool f32 = t.data_type() == onnx::TensorProto::FLOAT, i8 = t.data_type() == onnx::TensorProto::INT8;
     int64_t n = 1;
@@ -130,6 +131,7 @@ nlohmann::json compactSparseWeights(onnx::GraphProto& g, const std::set<std::str
     s.set_name(w + ".sparse/shape"), s.set_data_type(onnx::TensorProto::INT64), s.add_dims(static_cast<int64_t>(dims.size())),
         s.set_raw_data(raw(dims.data(), dims.size() * 8));
     rebuild(nodes, k, w, t.data_type(), n, s.name());
+    anyFloat |= f32;
     dense += static_cast<int64_t>(t.raw_data().size());
     compact += static_cast<int64_t>(mask.size() + values.size());
     for (auto* x : {&m, &v, &fs, &s}) added.push_back(std::move(*x));
@@ -139,7 +141,7 @@ nlohmann::json compactSparseWeights(onnx::GraphProto& g, const std::set<std::str
   for (auto& t : keep) *g.add_initializer() = std::move(t);
   for (auto& t : added) *g.add_initializer() = std::move(t);
   if (count > 0) {
-    k.add(g);
+    k.add(g, anyFloat);
     std::vector<onnx::NodeProto> rest(g.node().begin(), g.node().end());
     g.clear_node();
     for (auto& n : nodes) *g.add_node() = std::move(n);
