@@ -11,14 +11,18 @@ constexpr int64_t kMinSaving = 2048;  // bytes: the rebuilding nodes and their s
 
 std::string raw(const void* p, size_t n) { return std::string(static_cast<const char*>(p), n); }
 
-onnx::TensorProto* addTensor(onnx::GraphProto& g, const std::string& name, int dtype, const std::vector<int64_t>& dims,
-                             const std::string& bytes) {
-  onnx::TensorProto* t = g.add_initializer();
-  t->set_name(name);
-  t->set_data_type(dtype);
-  for (int64_t d : dims) t->add_dims(d);
-  t->set_raw_data(bytes);
+onnx::TensorProto tensor(const std::string& name, int dtype, const std::vector<int64_t>& dims, const std::string& bytes) {
+  onnx::TensorProto t;
+  t.set_name(name);
+  t.set_data_type(dtype);
+  for (int64_t d : dims) t.add_dims(d);
+  t.set_raw_data(bytes);
   return t;
+}
+
+void addTensor(onnx::GraphProto& g, const std::string& name, int dtype, const std::vector<int64_t>& dims,
+               const std::string& bytes) {
+  *g.add_initializer() = tensor(name, dtype, dims, bytes);
 }
 
 onnx::NodeProto* addNode(std::vector<onnx::NodeProto>& nodes, const std::string& op, std::vector<std::string> in,
@@ -57,7 +61,7 @@ struct Constants {
 };
 
 /// Nodes rebuilding initializer `w` (dims, dtype) from w.mask and w.values.
-void rebuild(std::vector<onnx::NodeProto>& nodes, const Constants& k, const std::string& w, int dtype, int64_t n,
+void rebuild(std::vector<onnx::NodeProto>& nodes, const Constants& k, const std::string& w, int dtype,
              const std::string& shape) {
   const std::string p = w + ".sparse/";
   intAttr(addNode(nodes, "Cast", {w + ".mask"}, p + "mask_i32"), "to", onnx::TensorProto::INT32);
@@ -76,7 +80,6 @@ void rebuild(std::vector<onnx::NodeProto>& nodes, const Constants& k, const std:
     intAttr(addNode(nodes, "Cast", {p + "flat_i32"}, p + "flat"), "to", dtype);
   }
   addNode(nodes, "Reshape", {p + "flat", shape}, w);
-  (void)n;
 }
 
 }  // namespace
@@ -102,14 +105,9 @@ nlohmann::json compactSparseWeights(onnx::GraphProto& g, const std::set<std::str
     std::string mask(static_cast<size_t>(n / 8), '\0'), values;
     int64_t nnz = 0;
     for (int64_t i = 0; i < n; ++i) {
-      bool nz = false;
-      for (size_t b = 0; b < es; ++b) nz |= data[i * es + b] != 0;
-      if (f32) {
-        float v;
-        std::memcpy(&v, data + i * es, 4);
-        nz = v != 0.f;  // -0.0 is a zero too
-      }
-      if (!nz) continue;
+      float v = 0.f;
+      if (f32) std::memcpy(&v, data + i * es, 4);
+      if (f32 ? v == 0.f : data[i] == 0) continue;  // -0.0 is a zero too
       mask[i / 8] = static_cast<char>(mask[i / 8] | (1 << (i % 8)));
       values.append(data + i * es, es);
       ++nnz;
@@ -122,19 +120,16 @@ nlohmann::json compactSparseWeights(onnx::GraphProto& g, const std::set<std::str
     }
     values.append(es, '\0');  // one padding value: the exclusive count after the last nonzero gathers it
     const std::string w = t.name();
-    onnx::TensorProto m, v, fs, s;
-    m.set_name(w + ".mask"), m.set_data_type(onnx::TensorProto::UINT8), m.add_dims(n / 8), m.set_raw_data(mask);
-    v.set_name(w + ".values"), v.set_data_type(t.data_type()), v.add_dims(nnz + 1), v.set_raw_data(values);
-    fs.set_name(w + ".sparse/flat_shape"), fs.set_data_type(onnx::TensorProto::INT64), fs.add_dims(1),
-        fs.set_raw_data(raw(&n, 8));
-    std::vector<int64_t> dims(t.dims().begin(), t.dims().end());
-    s.set_name(w + ".sparse/shape"), s.set_data_type(onnx::TensorProto::INT64), s.add_dims(static_cast<int64_t>(dims.size())),
-        s.set_raw_data(raw(dims.data(), dims.size() * 8));
-    rebuild(nodes, k, w, t.data_type(), n, s.name());
+    const std::vector<int64_t> dims(t.dims().begin(), t.dims().end());
+    added.push_back(tensor(w + ".mask", onnx::TensorProto::UINT8, {n / 8}, mask));
+    added.push_back(tensor(w + ".values", t.data_type(), {nnz + 1}, values));
+    added.push_back(tensor(w + ".sparse/flat_shape", onnx::TensorProto::INT64, {1}, raw(&n, 8)));
+    added.push_back(tensor(w + ".sparse/shape", onnx::TensorProto::INT64, {static_cast<int64_t>(dims.size())},
+                           raw(dims.data(), dims.size() * 8)));
+    rebuild(nodes, k, w, t.data_type(), w + ".sparse/shape");
     anyFloat |= f32;
     dense += static_cast<int64_t>(t.raw_data().size());
     compact += static_cast<int64_t>(mask.size() + values.size());
-    for (auto* x : {&m, &v, &fs, &s}) added.push_back(std::move(*x));
     ++count;
   }
   g.clear_initializer();
