@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <iostream>
 
+#include "compress/compare.h"
 #include "compress/data.h"
 #include "compress/dims.h"
 #include "compress/error.h"
@@ -238,6 +239,32 @@ int cmdExport(int argc, char** argv) {
   return 0;
 }
 
+int cmdCompare(int argc, char** argv) {
+  cxxopts::Options o("compress compare",
+                     "Put runs side by side: one table of accuracy, size, bits per weight, crun and ONNX Runtime latency,\n"
+                     "peak memory and wall time, with the uncompressed baseline and the Pareto fronts marked.\n"
+                     "Each RUN is an output folder of `compress run` (or its report.json). Runs must share the model,\n"
+                     "the metric and the evaluation data.\n\n"
+                     "  compress compare out/int8 out/int4_g32 out/prune50_int8 -o out/compare");
+  o.add_options()("runs", "output folders or report.json files", cxxopts::value<std::vector<std::string>>())(
+      "o,output", "write compare.md, compare.html, compare.json, accuracy_vs_size.svg and accuracy_vs_latency.svg here",
+      cxxopts::value<std::string>())("force", "compare runs of different models, metrics or evaluation data")(
+      "overwrite", "replace an output folder that compress did not write")("h,help", "help");
+  o.parse_positional({"runs"});
+  o.positional_help("RUN...");
+  auto a = o.parse(argc, argv);
+  if (a.count("help")) return std::printf("%s", o.help().c_str()), 0;
+  if (!a.count("runs")) return usageError("compare needs output folders: compress compare out/int8 out/int4_g32 [-o out/compare]");
+  const Comparison c = compareRuns(a["runs"].as<std::vector<std::string>>(), a.count("force") > 0);
+  std::printf("%s", compareMarkdown(c).c_str());
+  if (a.count("output")) {
+    const std::string dir = a["output"].as<std::string>();
+    writeComparison(c, dir, a.count("overwrite") > 0);
+    std::printf("\nwrote %s/{compare.md, compare.html, compare.json, accuracy_vs_size.svg, accuracy_vs_latency.svg}\n", dir.c_str());
+  }
+  return 0;
+}
+
 int cmdRun(int argc, char** argv) {
   cxxopts::Options o("compress", "Run a recipe");
   o.add_options()("c,config", "recipe YAML", cxxopts::value<std::string>())(
@@ -282,7 +309,8 @@ int main(int argc, char** argv) {
     if (sub == "eval") return cmdEval(argc - 1, argv + 1);
     if (sub == "run") return cmdRun(argc - 1, argv + 1);
     if (sub == "export") return cmdExport(argc - 1, argv + 1);
-    if (!sub.empty() && sub[0] != '-') return usageError("unknown command '" + sub + "' (commands: run, passes, inspect, eval, export)");
+    if (sub == "compare") return cmdCompare(argc - 1, argv + 1);
+    if (!sub.empty() && sub[0] != '-') return usageError("unknown command '" + sub + "' (commands: run, passes, inspect, eval, export, compare)");
     return cmdRun(argc, argv);
   } catch (const Error& e) {
     std::fprintf(stderr, "compress: %s: %s\n", categoryName(e.category()), e.what());

@@ -11,6 +11,7 @@ PACKAGES=(
   libonnx-dev libprotobuf-dev protobuf-compiler       # ONNX export and loading
   libeigen3-dev libcxxopts-dev nlohmann-json3-dev libyaml-cpp-dev catch2
   python3-jsonschema                                   # validates report.json in the tests
+  librsvg2-bin libxml2-utils                           # rsvg-convert and xmllint check the SVG plots in the tests
   clang libclang-rt-14-dev                             # libFuzzer and sanitizer runtimes (tests/fuzz)
 )
 
