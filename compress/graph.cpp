@@ -151,15 +151,22 @@ int64_t Graph::parameterBytes() const {
       const auto& t = initializers.at(p);
       b += t.numel() * static_cast<int64_t>(t.element_size());
     }
-  for (const auto& [w, q] : quant) {
-    auto qd = initializers.find(w + ".qdata");
-    if (qd == initializers.end()) continue;
-    b += (qd->second.numel() * q.bits + 7) / 8;
-    auto sc = initializers.find(w + ".scale");
-    if (sc != initializers.end()) b += sc->second.numel() * static_cast<int64_t>(sc->second.element_size());
-    auto zp = initializers.find(w + ".zero_point");
-    if (zp != initializers.end()) b += (zp->second.numel() * q.bits + 7) / 8;
-  }
+  for (const auto& [w, q] : quant)
+    if (initializers.count(w + ".qdata")) b += weightBytes(w);
+  return b;
+}
+
+int64_t Graph::weightBytes(const std::string& w) const {
+  auto f = initializers.find(w);
+  if (f != initializers.end()) return f->second.numel() * static_cast<int64_t>(f->second.element_size());
+  auto q = quant.find(w);
+  auto qd = initializers.find(w + ".qdata");
+  if (q == quant.end() || qd == initializers.end()) return 0;
+  int64_t b = (qd->second.numel() * q->second.bits + 7) / 8;
+  auto sc = initializers.find(w + ".scale");
+  if (sc != initializers.end()) b += sc->second.numel() * static_cast<int64_t>(sc->second.element_size());
+  auto zp = initializers.find(w + ".zero_point");
+  if (zp != initializers.end()) b += (zp->second.numel() * q->second.bits + 7) / 8;
   return b;
 }
 

@@ -111,6 +111,9 @@ struct Graph {
   /// Parameter count and bytes, counting tied weights once and quantized weights at their packed size.
   int64_t parameterCount() const;
   int64_t parameterBytes() const;
+  /// Bytes one weight is stored in: a float initializer's own bytes, or a quantized weight's packed integers,
+  /// scales and zero points (what parameterBytes counts for it). 0 when `weight` is neither.
+  int64_t weightBytes(const std::string& weight) const;
   /// A deep copy: tensors (initializers, masks) are cloned, so in-place changes to one graph's weights
   /// never reach the other. (Plain copies share tensor storage.)
   Graph clone() const;

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <functional>
 
 namespace compress {
 
@@ -18,6 +19,10 @@ struct PassContext {
   /// The model as imported, before the recipe's first pass (the default teacher for distillation).
   const struct Graph* original = nullptr;
   bool show_progress = true;
+  /// The recipe's accuracy check on its evaluation data: the relative degradation (positive = worse) of a
+  /// candidate graph against the uncompressed model's baseline. Empty without data.eval. Passes that search
+  /// (auto) verify their choices with it.
+  std::function<double(const struct Graph&)> degradation;
 };
 
 }  // namespace compress

@@ -400,6 +400,11 @@ RunSummary runRecipe(const Recipe& r, const RunOptions& opts) {
   }
   std::fflush(stdout);
 
+  if (res.has_eval)  // passes that search (auto) check their candidates on the recipe's metric
+    ctx.degradation = [&, base = res.base.value](const Graph& candidate) {
+      return degradation(r.metric, base, evaluate(r, candidate, original, eval, dev, false).value);
+    };
+
   Graph g = original.clone();  // passes may change weights in place; the original stays the reference
   res.compressed = &g;
   res.passes = runPasses(r, g, ctx, steps);
@@ -429,13 +434,18 @@ RunSummary runRecipe(const Recipe& r, const RunOptions& opts) {
     report["latency"] = res.latency;
   }
   writeFileAtomic(out.path("recipe.yaml"), r.text);
+  report["plots"] = json::array();
+  for (const ReportPlot& p : reportPlots(report)) {
+    writeFileAtomic(out.path(p.file), p.svg);
+    report["plots"].push_back({{"file", p.file}, {"title", p.title}});
+  }
   report["memory"] = peakMemory();
   report["timing"]["total_seconds"] = since(t_start);
   writeFileAtomic(out.path("report.json"), report.dump(2) + "\n");
   writeFileAtomic(out.path("report.md"), renderMarkdown(report));
   out.commit();
-  std::printf("[5/%d] wrote %s/{model.cir,%s report.json, report.md, recipe.yaml}\n", steps, out_dir.c_str(),
-              r.export_spec.present ? " model.onnx," : "");
+  std::printf("[5/%d] wrote %s/{model.cir,%s report.json, report.md, recipe.yaml, %zu plots}\n", steps, out_dir.c_str(),
+              r.export_spec.present ? " model.onnx," : "", report["plots"].size());
   std::printf("size: %s -> %s (ratio %.3f)\n", humanBytes(static_cast<double>(original.parameterBytes())).c_str(),
               humanBytes(static_cast<double>(g.parameterBytes())).c_str(), report["size_ratio"].get<double>());
   if (gate)

@@ -4,6 +4,7 @@
 
 #include "compress/error.h"
 #include "compress/options.h"
+#include "quant/format.h"
 
 namespace compress {
 
@@ -105,6 +106,19 @@ nlohmann::json sparsityTotals(const nlohmann::json& layers) {
           {"sparsity", total ? static_cast<double>(zeros) / static_cast<double>(total) : 0.0}, {"layers", layers}};
 }
 
+namespace {
+
+/// "fp32", "fp16", or the quantized format's name ("int8", "int4-g32-asym").
+std::string storageFormat(const Graph& g, const std::string& weight) {
+  auto q = g.quant.find(weight);
+  if (q != g.quant.end()) return QuantFormat{q->second.bits, static_cast<int32_t>(q->second.group_size), q->second.symmetric}.name();
+  auto t = g.initializers.find(weight);
+  if (t != g.initializers.end() && t->second.scalar_type() == at::kHalf) return "fp16";
+  return "fp32";
+}
+
+}  // namespace
+
 nlohmann::json sparsitySummary(const Graph& g) {
   nlohmann::json layers = nlohmann::json::array();
   int64_t zeros = 0, total = 0, pz = 0, pt = 0;
@@ -129,7 +143,8 @@ nlohmann::json sparsitySummary(const Graph& g) {
     zeros += z, total += n;
     if (sp != g.sparsity.end()) pz += z, pt += n;
     layers.push_back({{"weight", l.weight}, {"pattern", pattern}, {"zeros", z}, {"numel", n},
-                      {"sparsity", static_cast<double>(z) / static_cast<double>(n)}});
+                      {"sparsity", static_cast<double>(z) / static_cast<double>(n)}, {"format", storageFormat(g, l.weight)},
+                      {"bits_per_weight", 8.0 * static_cast<double>(g.weightBytes(l.weight)) / static_cast<double>(n)}});
   }
   auto frac = [](int64_t a, int64_t b) { return b ? static_cast<double>(a) / static_cast<double>(b) : 0.0; };
   return {{"linear_sparsity", frac(zeros, total)}, {"linear_zeros", zeros}, {"linear_numel", total},

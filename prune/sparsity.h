@@ -52,8 +52,9 @@ std::map<std::string, bool> linearLayouts(const Graph& g);
 /// A pass's summary from its layer rows: total zeros/numel/sparsity plus the rows.
 nlohmann::json sparsityTotals(const nlohmann::json& layers);
 
-/// The graph's sparsity after all passes, for report.json: every linear weight with its sparsity and
-/// pattern (dense ones as "dense"), and global sparsity over linear weights and over pruned ones.
+/// The graph's sparsity after all passes, for report.json: every linear weight with its sparsity, pattern
+/// (dense ones as "dense"), storage format and bits per weight (scales and zero points included), and global
+/// sparsity over linear weights and over pruned ones.
 nlohmann::json sparsitySummary(const Graph& g);
 
 /// Pruning passes work on float weights: throws Error(Config) naming the pass when a target is quantized.

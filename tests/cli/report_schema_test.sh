@@ -36,5 +36,33 @@ sed -e 's/max_degradation: [^}]*/max_degradation: 0.01%/' -e "s#\.\./\.\./shared
   "$src/configs/int8.yaml" > "$work/gate.yaml"
 "$COMPRESS" --config "$work/gate.yaml" --output "$work/gate" --quiet > /dev/null 2> "$work/gate.txt"; rc=$?
 check "missed accuracy gate exits 8 and says why" "[ $rc -eq 8 ] && grep -q 'accuracy gate failed' $work/gate.txt && [ -f $work/gate/report.json ]"
+
+# The report's plots (item: per-layer bits, sparsity, SparseGPT's output error): listed, well-formed, rendered.
+check "report.json lists the per-layer plots and the peak memory" \
+  "/usr/bin/python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); f=[p[\"file\"] for p in r[\"plots\"]]; assert f[:3]==[\"layers_bits.svg\",\"layers_sparsity.svg\",\"layers_error_sparsegpt.svg\"], f; assert r[\"memory\"][\"peak_rss_bytes\"]>50e6' $work/run/report.json"
+for svg in "$work"/run/*.svg; do
+  check "$(basename $svg) is well-formed and renders" "xmllint --noout $svg && rsvg-convert -o $work/plot.png $svg && [ -s $work/plot.png ]"
+  check "report.md shows $(basename $svg)" "grep -q '($(basename $svg))' $work/run/report.md"
+done
+
+# compress compare over the two runs: a table, the fronts, the files; another model's run is refused.
+"$COMPRESS" compare "$work/run" "$work/gate" -o "$work/cmp" > "$work/cmp.txt"; rc=$?
+cat "$work/cmp.txt"
+check "compare exits 0 and lists the baseline and both runs" \
+  "[ $rc -eq 0 ] && grep -q '^| baseline |' $work/cmp.txt && grep -q '^| run |' $work/cmp.txt && grep -q '^| gate |' $work/cmp.txt"
+check "compare marks the int8 run (smaller than the baseline, 0.1% worse) on the size front" \
+  "grep -q '^Pareto front, perplexity against size: baseline, .*gate' $work/cmp.txt"
+for f in compare.md compare.html compare.json accuracy_vs_size.svg accuracy_vs_latency.svg; do
+  check "compare wrote $f" "[ -s $work/cmp/$f ]"
+done
+check "compare.html is well-formed" "xmllint --html --noout $work/cmp/compare.html"
+check "compare's plots render" "rsvg-convert -o $work/plot.png $work/cmp/accuracy_vs_size.svg && rsvg-convert -o $work/plot.png $work/cmp/accuracy_vs_latency.svg"
+mkdir -p "$work/other"
+/usr/bin/python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); r["model"]["path"]="other.pt"; json.dump(r, open(sys.argv[2],"w"))' \
+  "$work/run/report.json" "$work/other/report.json"
+"$COMPRESS" compare "$work/run" "$work/other" > /dev/null 2> "$work/cmp_err.txt"; rc=$?
+check "compare refuses another model's run (exit 2) and says --force" "[ $rc -eq 2 ] && grep -q 'the model differs' $work/cmp_err.txt && grep -q -- '--force' $work/cmp_err.txt"
+"$COMPRESS" compare "$work/run" "$work/other" --force > /dev/null; check "compare --force accepts it" "[ $? -eq 0 ]"
+
 echo "cli: $fails failed"
 [ $fails -eq 0 ]
