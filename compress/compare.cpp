@@ -114,6 +114,18 @@ Latencies latenciesOf(const LoadedReport& l) {
   return t;
 }
 
+/// Each latency slot from the first report that has it.
+Latencies firstLatencies(const std::vector<LoadedReport>& all) {
+  Latencies t;
+  for (const LoadedReport& l : all) {
+    const Latencies x = latenciesOf(l);
+    if (!t.crun_decode) t.crun_decode = x.crun_decode;
+    if (!t.crun_prefill) t.crun_prefill = x.crun_prefill;
+    if (!t.ort) t.ort = x.ort;
+  }
+  return t;
+}
+
 /// The facts two runs must share to be compared, and the reason they differ ("" when they do not).
 std::string mismatch(const LoadedReport& a, const LoadedReport& b) {
   auto differs = [&](const std::string& what, const std::string& x, const std::string& y) {
@@ -163,9 +175,11 @@ CompareRow runRow(const LoadedReport& l, double baseline_params) {
   return row;
 }
 
-CompareRow baselineRow(const LoadedReport& l) {
+/// The uncompressed model's row: its accuracy and size from the first report, its latencies from the first
+/// report that measured them (an evaluate-only run has none).
+CompareRow baselineRow(const LoadedReport& l, const std::vector<LoadedReport>& all) {
   CompareRow row;
-  row.name = "baseline";
+  row.name = "uncompressed";
   row.source = l.file;
   row.recipe = "(uncompressed " + fs::path(needString(l, "model.path")).filename().string() + ")";
   row.baseline = true;
@@ -175,7 +189,7 @@ CompareRow baselineRow(const LoadedReport& l) {
   row.bytes = needNumber(l, "model.bytes");
   const double params = needNumber(l, "model.params");
   row.bits_per_weight = params > 0 ? 8 * row.bytes / params : NAN;
-  const Latencies t = latenciesOf(l);
+  const Latencies t = firstLatencies(all);
   if (t.crun_decode) row.crun_decode_ms = optNumber(*t.crun_decode, "baseline_median_ms"), row.crun_decode_p90_ms = optNumber(*t.crun_decode, "baseline_p90_ms");
   if (t.crun_prefill) row.crun_prefill_ms = optNumber(*t.crun_prefill, "baseline_median_ms"), row.crun_prefill_p90_ms = optNumber(*t.crun_prefill, "baseline_p90_ms");
   if (t.ort) row.ort_ms = optNumber(*t.ort, "baseline_median_ms");
@@ -259,11 +273,11 @@ svg::ScatterPlot frontPlot(const Comparison& c, bool size) {
     if (r.baseline) base.points.push_back({pt.x, pt.y, ""});  // drawn over the front's mark, labelled once
   }
   p.series = {others, front, base};
-  // The y range the fronts span, widened by twice that on the worse side: a far worse run (39 against 4.1) is
+  // The y range this plot's front spans, widened by twice that on the worse side: a far worse run (39 against 4.1) is
   // drawn on the edge instead of flattening the runs worth choosing between.
   double lo = INFINITY, hi = -INFINITY;
   for (const CompareRow& r : c.rows)
-    if (r.measured && (r.front_size || r.front_latency || r.baseline)) lo = std::min(lo, r.metric), hi = std::max(hi, r.metric);
+    if (r.measured && ((size ? r.front_size : r.front_latency) || r.baseline)) lo = std::min(lo, r.metric), hi = std::max(hi, r.metric);
   if (std::isfinite(lo)) {
     const double span = std::max(hi - lo, 0.01 * std::max(std::fabs(lo), std::fabs(hi)));
     (c.lower_is_better ? p.y_max : p.y_min) = c.lower_is_better ? hi + 2 * span : lo - 2 * span;
@@ -305,11 +319,11 @@ Comparison compareRuns(const std::vector<std::string>& paths, bool force) {
   c.metric = needString(first, "accuracy.metric");
   c.lower_is_better = metricFor(c.metric).lower_is_better;
   c.model = needString(first, "model.path");
-  const Latencies t = latenciesOf(first);
+  const Latencies t = firstLatencies(reports);
   if (t.crun_decode) c.decode_shape = shapeText((*t.crun_decode)["shape"]), c.crun_threads = t.crun_decode->value("threads", 0);
   if (t.crun_prefill) c.prefill_shape = shapeText((*t.crun_prefill)["shape"]), c.crun_threads = t.crun_prefill->value("threads", 0);
   if (t.ort) c.ort_shape = shapeText((*t.ort)["shape"]), c.ort_threads = t.ort->value("threads", 0);
-  c.rows.push_back(baselineRow(first));
+  c.rows.push_back(baselineRow(first, reports));
   const double params = needNumber(first, "model.params");
   for (const LoadedReport& l : reports) c.rows.push_back(runRow(l, params));
   for (const CompareRow& r : c.rows)

@@ -14,7 +14,7 @@ namespace compress {
 
 /// One run (or the baseline) as the comparison sees it. NaN marks a value the report does not have.
 struct CompareRow {
-  std::string name;     // the output folder's name; "baseline" for the uncompressed model
+  std::string name;     // the output folder's name; "uncompressed" for the baseline model
   std::string source;   // the report.json it came from
   std::string recipe;
   bool baseline = false;

@@ -104,12 +104,15 @@ double labelWidth(size_t chars) { return 6.5 * static_cast<double>(chars); }
 /// Label boxes already drawn, so the next label can be moved off them.
 class LabelPlacer {
  public:
-  /// The y of a label of `chars` characters starting at x near `y`: the first of y, y + 12, y - 12, ... whose box
-  /// (10 px text, ~6 px per character) overlaps no box placed so far.
+  /// Labels stay with their baselines in [top, bottom] (inside the plot frame).
+  LabelPlacer(double top, double bottom) : top_(top), bottom_(bottom) {}
+  /// The y of a label of `chars` characters starting at x near `y`: the first of y, y - 12, y + 12, y - 24, ...
+  /// inside the frame whose box (10 px text) overlaps no box placed so far.
   double place(double x, double y, size_t chars) {
     const double w = labelWidth(chars) + 4, h = 11;
-    for (int k = 0; k < 12; ++k) {
-      const double dy = (k % 2 ? 1 : -1) * 12.0 * ((k + 1) / 2), cy = y + dy;
+    for (int k = 0; k < 16; ++k) {
+      const double dy = (k % 2 ? -1 : 1) * 12.0 * ((k + 1) / 2), cy = y + dy;
+      if (cy < top_ || cy > bottom_) continue;
       bool clear = true;
       for (const Box& b : boxes_) clear = clear && (x + w < b.x || b.x + b.w < x || cy < b.y - b.h || b.y < cy - h);
       if (clear) return boxes_.push_back({x, cy, w, h}), cy;
@@ -122,6 +125,7 @@ class LabelPlacer {
     double x, y, w, h;  // y is the text baseline; the box spans [y - h, y]
   };
   std::vector<Box> boxes_;
+  double top_, bottom_;
 };
 
 std::string drawSeries(const Frame& f, const Series& se, const char* colour, LabelPlacer& labels) {
@@ -153,8 +157,9 @@ std::string drawSeries(const Frame& f, const Series& se, const char* colour, Lab
     if (label.empty()) continue;
     const bool left = x + 7 + labelWidth(label.size()) > 716;  // would run off the right edge: put it to the left
     const double lx = left ? x - 7 - labelWidth(label.size()) : x + 7;
-    s << text(left ? x - 7 : lx, labels.place(lx, y + (above ? 14 : -6), label.size()), label, left ? "end" : "start", 10,
-              " fill=\"#333333\"");
+    const double want = y + (above ? 14 : -6), ly = labels.place(lx, want, label.size());
+    if (std::fabs(ly - want) > 12) s << line(x, y, left ? x - 7 : lx, ly - 4, "#999999", 0.6);  // moved: a leader line
+    s << text(left ? x - 7 : lx, ly, label, left ? "end" : "start", 10, " fill=\"#333333\"");
   }
   return s.str();
 }
@@ -195,7 +200,7 @@ std::string scatter(const ScatterPlot& p) {
   f.x = niceAxis(xlo, xhi);
   f.y = niceAxis(std::isfinite(p.y_min) ? std::max(ylo, p.y_min) : ylo, std::isfinite(p.y_max) ? std::min(yhi, p.y_max) : yhi);
   s << drawAxes(f, p.x_label, p.y_label);
-  LabelPlacer labels;
+  LabelPlacer labels(f.top + 11, f.bottom - 2);
   for (size_t i = 0; i < p.series.size(); ++i) s << drawSeries(f, p.series[i], kPalette[i % kPaletteSize], labels);
   double lx = f.left;  // legend: one row under the x label
   for (size_t i = 0; i < p.series.size(); ++i) {

@@ -48,10 +48,10 @@ done
 # compress compare over the two runs: a table, the fronts, the files; another model's run is refused.
 "$COMPRESS" compare "$work/run" "$work/gate" -o "$work/cmp" > "$work/cmp.txt"; rc=$?
 cat "$work/cmp.txt"
-check "compare exits 0 and lists the baseline and both runs" \
-  "[ $rc -eq 0 ] && grep -q '^| baseline |' $work/cmp.txt && grep -q '^| run |' $work/cmp.txt && grep -q '^| gate |' $work/cmp.txt"
-check "compare marks the int8 run (smaller than the baseline, 0.1% worse) on the size front" \
-  "grep -q '^Pareto front, perplexity against size: baseline, .*gate' $work/cmp.txt"
+check "compare exits 0 and lists the uncompressed model and both runs" \
+  "[ $rc -eq 0 ] && grep -q '^| uncompressed |' $work/cmp.txt && grep -q '^| run |' $work/cmp.txt && grep -q '^| gate |' $work/cmp.txt"
+check "compare marks the int8 run (smaller than the uncompressed model, 0.1% worse) on the size front" \
+  "grep -q '^Pareto front, perplexity against size: uncompressed, .*gate' $work/cmp.txt"
 for f in compare.md compare.html compare.json accuracy_vs_size.svg accuracy_vs_latency.svg; do
   check "compare wrote $f" "[ -s $work/cmp/$f ]"
 done

@@ -61,8 +61,8 @@ std::vector<std::string> writeRuns(const std::vector<json>& reports) {
   return dirs;
 }
 
-// Size front: baseline (1000 B, 4.0), a (500, 4.01), b (300, 4.2); c (300, 4.5) loses to b and d to a.
-// Latency front: c (0.04 ms, 4.5), a (0.05, 4.01), baseline (0.065, 4.0); b (0.06, 4.2) and d lose to a.
+// Size front: the uncompressed model (1000 B, 4.0), a (500, 4.01), b (300, 4.2); c (300, 4.5) loses to b and d to a.
+// Latency front: c (0.04 ms, 4.5), a (0.05, 4.01), uncompressed (0.065, 4.0); b (0.06, 4.2) and d lose to a.
 const std::vector<Run> kRuns = {{"a", 500, 4.01, 0.05, 2.5}, {"b", 300, 4.2, 0.06, 2.0}, {"c", 300, 4.5, 0.04, 1.9},
                                 {"d", 600, 4.3, 0.07, 2.8}};
 
@@ -93,7 +93,7 @@ TEST_CASE("the Pareto front keeps exactly the points no other point beats in bot
 TEST_CASE("compare puts the baseline and every run in one table with the fronts marked", "[compare]") {
   const Comparison c = compareRuns(writeRuns(reportsOf(kRuns)), false);
   REQUIRE(c.rows.size() == 5);
-  CHECK(c.rows[0].name == "baseline");
+  CHECK(c.rows[0].name == "uncompressed");
   CHECK(c.rows[0].baseline);
   CHECK(c.metric == "perplexity");
   CHECK(c.lower_is_better);
@@ -101,12 +101,12 @@ TEST_CASE("compare puts the baseline and every run in one table with the fronts 
   CHECK(c.prefill_shape == "[1, 128]");
   CHECK(c.crun_threads == 2);
   for (const auto& [name, size, latency] : std::vector<std::tuple<std::string, bool, bool>>{
-           {"baseline", true, true}, {"a", true, true}, {"b", true, false}, {"c", false, true}, {"d", false, false}}) {
+           {"uncompressed", true, true}, {"a", true, true}, {"b", true, false}, {"c", false, true}, {"d", false, false}}) {
     INFO(name);
     CHECK(row(c, name).front_size == size);
     CHECK(row(c, name).front_latency == latency);
   }
-  const CompareRow& base = row(c, "baseline");
+  const CompareRow& base = row(c, "uncompressed");
   CHECK(base.metric == 4.0);
   CHECK(base.bits_per_weight == 32.0);
   CHECK(base.crun_decode_ms == 0.065);
@@ -127,8 +127,8 @@ TEST_CASE("compare puts the baseline and every run in one table with the fronts 
   const std::string md = compareMarkdown(c);
   CHECK_THAT(md, Contains("| b | configs/b.yaml | 4.2000 | +5.00% | pass | 300 B | 9.60 | 600 B | 0.060 (0.066) | 2.000 (2.200) | 2.400 | 200.00 MiB | 10.5 | size |"));
   CHECK_THAT(md, Contains("| c | configs/c.yaml | 4.5000 | +12.50% | pass | 300 B | 9.60 | 600 B | 0.040 (0.044) | 1.900 (2.090) | 2.280 | 200.00 MiB | 10.5 | latency |"));
-  CHECK_THAT(md, Contains("Pareto front, perplexity against size: baseline, a, b."));
-  CHECK_THAT(md, Contains("Pareto front, perplexity against crun latency: baseline, a, c."));
+  CHECK_THAT(md, Contains("Pareto front, perplexity against size: uncompressed, a, b."));
+  CHECK_THAT(md, Contains("Pareto front, perplexity against crun latency: uncompressed, a, c."));
   CHECK_THAT(md, Contains("crun [1, 1] 2 thr ms (p90)"));
 
   const json j = compareJson(c);
@@ -226,4 +226,16 @@ TEST_CASE("the comparison folder is written at once and never over the user's fi
   std::ofstream(mine + "/notes.txt") << "mine";
   CHECK(testutil::categoryOf([&] { writeComparison(c, mine, false); }) == ErrorCategory::Io);
   CHECK(fs::is_regular_file(mine + "/notes.txt"));
+}
+
+TEST_CASE("the uncompressed model's latency comes from the first run that measured it", "[compare]") {
+  std::vector<json> reports = reportsOf({kRuns[0], kRuns[1]});
+  reports[0]["latency"] = json::array();  // an evaluate-only run first (configs/baseline.yaml)
+  const Comparison c = compareRuns(writeRuns(reports), false);
+  CHECK(c.decode_shape == "[1, 1]");
+  CHECK(row(c, "uncompressed").crun_decode_ms == 0.065);
+  CHECK(std::isnan(row(c, "a").crun_decode_ms));
+  CHECK(row(c, "b").crun_decode_ms == 0.06);
+  CHECK_FALSE(row(c, "a").front_latency);  // no latency: on no latency front
+  CHECK(row(c, "a").front_size);
 }
