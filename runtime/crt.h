@@ -86,6 +86,10 @@ struct Tensor {
 
 /// How pruned weights are stored at load (SessionOptions::sparse).
 enum class SparseMode { Auto, Off, On };
+/// Which int8/int4 weights multiply int8-quantized activations with integer dot products (runtime/int8_acts.h):
+/// Model where the file asks (MatMulNBits accuracy_level 4, as in ONNX Runtime), On for every int8/int4 weight,
+/// Off never (exact fp32 compute).
+enum class Int8Activations { Model, Off, On };
 
 struct SessionOptions {
   int threads = 0;          // 0: all hardware threads
@@ -112,6 +116,9 @@ struct SessionOptions {
   /// where that is faster with this CPU's kernels (a measured density crossover per format); On wherever the
   /// weight has zeros; Off never. Results are bit-identical in every mode.
   SparseMode sparse = SparseMode::Auto;
+  /// Integer dot products with int8 activations for quantized weights: faster, within the error bound that
+  /// runtime/int8_acts.h states (sparse weights keep exact compute).
+  Int8Activations int8_activations = Int8Activations::Model;
 };
 
 /// Time spent per op type over all profiled runs (SessionOptions::profile).
@@ -135,8 +142,10 @@ struct SessionInfo {
   int folded = 0;             // removed at load: constant subgraphs evaluated once
   int packed_matmuls = 0;     // MatMul/MatMulNBits with pre-packed constant weights
   int sparse_matmuls = 0;     // of those, weights kept in the sparse form (SessionOptions::sparse)
+  int int8_matmuls = 0;       // of those, weights computed with int8 activations (SessionOptions::int8_activations)
   int64_t weight_bytes = 0;   // bytes of pre-packed weights (what a decode step streams)
   std::string isa;            // kernel set in use: "avx512", "avx2", "scalar"
+  std::string int8_isa;       // the integer dot product of int8_matmuls: "avx512-vnni", "avx2", "scalar" ("" if none)
   int threads = 1;
 };
 

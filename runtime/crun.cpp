@@ -47,6 +47,9 @@ Usage:
 Options common to all: --threads N (default: all cores), --no-simd (portable scalar kernels),
   --sparse auto|on|off: pruned weights in the sparse form (bitmask + nonzeros: fewer bytes per token,
   bit-identical results) where this CPU's kernels are faster with it (auto, default), always, or never.
+  --int8-activations model|on|off: int8/int4 weights multiply activations quantized to int8 per 32 values
+  with integer dot products (VNNI / AVX2), faster and within a stated error bound of exact fp32: where the file
+  asks (MatMulNBits accuracy_level 4, default), for every quantized weight, or never.
   --max-tensor-mib N / --max-memory-mib N: the most one tensor / the whole model (weights plus one run)
   may take (default: half of the machine's memory / all of it); a model asking for more is refused.
   --allow-nonfinite: write or print outputs that hold NaN/Inf instead of failing with exit code 5.
@@ -275,9 +278,10 @@ int cmdBench(const std::string& model, const cxxopts::ParseResult& r) {
   if (r.count("json")) {
     std::printf("{\"model\": \"%s\", \"median_ms\": %.4f, \"p90_ms\": %.4f, \"min_ms\": %.4f, \"tokens_per_s\": %.1f, "
                 "\"peak_rss_mib\": %.1f, \"load_s\": %.3f, \"threads\": %d, \"isa\": \"%s\", \"weight_bytes\": %lld, "
-                "\"sparse_matmuls\": %d, \"runs\": %d}\n",
+                "\"sparse_matmuls\": %d, \"int8_matmuls\": %d, \"int8_isa\": \"%s\", \"runs\": %d}\n",
                 model.c_str(), med, p90, ms.front(), tokens / (med / 1e3), peakRssKiB() / 1024.0, loadS, info.threads,
-                info.isa.c_str(), static_cast<long long>(info.weight_bytes), info.sparse_matmuls, runs);
+                info.isa.c_str(), static_cast<long long>(info.weight_bytes), info.sparse_matmuls, info.int8_matmuls,
+                info.int8_isa.c_str(), runs);
   } else {
     std::printf("model %s  (%s kernels, %d threads, load %.2f s)\n", model.c_str(), info.isa.c_str(), info.threads, loadS);
     std::printf("median %.3f ms  p90 %.3f ms  min %.3f ms  over %d runs\n", med, p90, ms.front(), runs);
@@ -298,6 +302,11 @@ crt::SessionOptions sessionOptions(const cxxopts::ParseResult& r) {
   else if (sparse == "on") o.sparse = crt::SparseMode::On;
   else if (sparse == "off") o.sparse = crt::SparseMode::Off;
   else die(2, "--sparse takes auto, on or off, got '" + sparse + "'");
+  const std::string i8 = r["int8-activations"].as<std::string>();
+  if (i8 == "model") o.int8_activations = crt::Int8Activations::Model;
+  else if (i8 == "on") o.int8_activations = crt::Int8Activations::On;
+  else if (i8 == "off") o.int8_activations = crt::Int8Activations::Off;
+  else die(2, "--int8-activations takes model, on or off, got '" + i8 + "'");
   const int64_t tensorMib = r["max-tensor-mib"].as<int64_t>(), memMib = r["max-memory-mib"].as<int64_t>();
   if (tensorMib < 0 || memMib < 0 || tensorMib > (int64_t{1} << 40) || memMib > (int64_t{1} << 40))
     die(2, "--max-tensor-mib and --max-memory-mib take a number of MiB (0 = default)");
@@ -496,7 +505,9 @@ int cmdInfo(const std::string& model, const cxxopts::ParseResult& r) {
               << " (crun generate keeps the cache in place)\n";
   }
   std::cout << "nodes " << i.nodes << ", folded at load " << i.folded << ", packed MatMuls " << i.packed_matmuls
-            << " (" << i.sparse_matmuls << " sparse, " << i.weight_bytes << " weight bytes), kernels " << i.isa << ", threads " << i.threads << "\n";
+            << " (" << i.sparse_matmuls << " sparse, " << i.int8_matmuls << " with int8 activations"
+            << (i.int8_matmuls ? " (" + i.int8_isa + ")" : std::string()) << ", " << i.weight_bytes
+            << " weight bytes), kernels " << i.isa << ", threads " << i.threads << "\n";
   return 0;
 }
 
@@ -519,6 +530,7 @@ int main(int argc, char** argv) {
       ("shape", "", cxxopts::value<std::vector<std::string>>()->default_value({}))
       ("threads", "", cxxopts::value<int>()->default_value("0"))("no-simd", "")("profile", "")
       ("sparse", "", cxxopts::value<std::string>()->default_value("auto"))
+      ("int8-activations", "", cxxopts::value<std::string>()->default_value("model"))
       ("runs", "", cxxopts::value<int>()->default_value("50"))("warmup", "", cxxopts::value<int>()->default_value("5"))
       ("json", "")("max-id", "", cxxopts::value<int64_t>()->default_value("500"))
       ("tokenizer", "", cxxopts::value<std::string>())

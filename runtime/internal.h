@@ -174,6 +174,7 @@ struct PackedWeight {
   std::shared_ptr<const SparseForm> sparse;  // runtime/sparse.h: bitmask + packed nonzeros, or null
   std::vector<float> scale, zp;
   int bits = 32;
+  bool int8 = false;  // Q8/Q4 with int8 activations (runtime/int8_acts.h, Kernels::gemm_i8)
   int64_t rowBytes() const;
   int64_t bytes() const;  // what one pass over the weight reads (dense or sparse form, scales, zero points)
 };

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <vector>
 
+#include "runtime/int8_acts.h"
 #include "runtime/internal.h"
 #include "runtime/sparse.h"
 
@@ -111,6 +112,33 @@ void sparseUnpackRowsScalar(const PackedWeight& w, int64_t n0, int64_t n1, float
 
 void sparseUnpackPanelScalar(const PackedWeight& w, int64_t p, float* panel) { sparseToDense(w, p, panel); }
 
+/// The int8-activation reference: per chunk an exact integer dot, scaled by the chunk's d, per block by s, less the
+/// zero point's term (runtime/int8_acts.h's formula, term by term).
+void gemmInt8Scalar(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_t n1, float* Y, int64_t ldy) {
+  const int64_t cpb = w.P / 32;
+  const int lpc = int8LanesPerChunk(w.kind);
+  for (int64_t m = 0; m < a.M; ++m) {
+    const int8_t* q = a.qRow(m);
+    const float* d = a.dRow(m);
+    const float* bq = a.bqRow(m);
+    for (int64_t n = n0; n < n1; ++n) {
+      const uint8_t* row = static_cast<const uint8_t*>(w.w.data()) + n * w.rowBytes();
+      float y = 0.f;
+      for (int64_t b = 0; b < w.nblk; ++b) {
+        float bs = 0.f;
+        for (int64_t cc = 0; cc < cpb; ++cc) {
+          const int64_t c = b * cpb + cc;
+          int32_t dot = 0;
+          for (int j = 0; j < 32; ++j) dot += qAt(w, row, b, cc * 32 + j) * q[int8ActIndex(w.kind, a.W, c, j)];
+          bs += d[c * lpc] * static_cast<float>(dot);
+        }
+        y += w.scale[n * w.nblk + b] * (bs - w.zp[n * w.nblk + b] * bq[b]);
+      }
+      Y[m * ldy + n] = y;
+    }
+  }
+}
+
 void softmaxScalar(const float* x, float* y, int64_t rows, int64_t n) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* p = x + r * n;
@@ -160,6 +188,9 @@ Kernels makeScalar() {
   k.sparse_gemv = sparseGemvScalar;
   k.sparse_unpack_rows = sparseUnpackRowsScalar;
   k.sparse_unpack_panel = sparseUnpackPanelScalar;
+  k.gemm_i8 = gemmInt8Scalar;
+  k.i8_width = 16;
+  k.i8_isa = "scalar";
   k.softmax = softmaxScalar;
   k.sigmoid = sigmoidScalar;
   k.half_to_float = halfToFloatScalar;

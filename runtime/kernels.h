@@ -8,6 +8,7 @@
 namespace crt::detail {
 
 struct PackedWeight;
+struct Int8Acts;
 
 struct Kernels {
   const char* isa = "scalar";
@@ -34,6 +35,11 @@ struct Kernels {
   /// Per PackedWeight::Kind, the largest nonzero fraction at which these kernels run the sparse form faster
   /// than the dense one (decode GEMV; bench/sparse.sh measures it); 0: SparseMode::Auto never picks it.
   float sparse_crossover[4] = {0.f, 0.f, 0.f, 0.f};
+  /// Q8/Q4 rows [n0, n1) against activation rows quantized to int8 (runtime/int8_acts.h, laid out for
+  /// i8_width lanes): Y[m * ldy + n] for m < a.M. Integer dot products; null where the CPU has no such kernel.
+  void (*gemm_i8)(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_t n1, float* Y, int64_t ldy) = nullptr;
+  int i8_width = 16;
+  const char* i8_isa = "scalar";  // which integer dot product gemm_i8 uses ("avx512-vnni", "avx2", "scalar")
   /// Softmax over each of `rows` contiguous rows of length n (y may equal x).
   void (*softmax)(const float* x, float* y, int64_t rows, int64_t n) = nullptr;
   /// y = 1 / (1 + exp(-x)), n values.

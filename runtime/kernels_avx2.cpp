@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "runtime/int8_acts.h"
 #include "runtime/internal.h"
 #include "runtime/kernels.h"
 #include "runtime/sparse.h"
@@ -71,7 +72,41 @@ inline void B16TOF(__m128i v, VF* out) {
   out[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8)));
 }
 #include "runtime/kernels_simd.inc"
+
+// Integer dot products (kernels_int8.inc) with maddubs: its int16 pair sums saturate above 32767, so bytes of 128
+// and more are split into nibbles (each nibble's products are then at most 2 * 15 * 127).
+using VI = __m256i;
+inline VI ZEROI() { return _mm256_setzero_si256(); }
+inline VI LOADI(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+inline VI LOADI_PART(const void* p, int64_t bytes) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_maskload_epi32(static_cast<const int*>(p), _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(bytes / 4)), lane));
+}
+inline VI DOT_SMALL(VI acc, VI u, VI s) {
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+}
+inline VI NIBLO(VI v) { return _mm256_and_si256(v, _mm256_set1_epi8(15)); }
+inline VI NIBHI(VI v) { return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(15)); }
+inline VI DOT_U8(VI acc, VI u, VI s) {
+  const VI lo = _mm256_maddubs_epi16(NIBLO(u), s), hi = _mm256_maddubs_epi16(NIBHI(u), s);
+  return _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_madd_epi16(lo, _mm256_set1_epi16(1)),
+                                                _mm256_madd_epi16(hi, _mm256_set1_epi16(16))));
+}
+inline VF CVTI(VI v) { return _mm256_cvtepi32_ps(v); }
+inline VF LOADF_N(const float* p, int n) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane));
+}
+inline VI LANEIDX(int l) {
+  return _mm256_srli_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), __builtin_ctz(static_cast<unsigned>(l)));
+}
+inline VF PERMF(VF v, VI idx) { return _mm256_permutevar8x32_ps(v, idx); }
+#include "runtime/kernels_int8.inc"
 }  // namespace avx2
+
+void gemmInt8Avx2(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_t n1, float* Y, int64_t ldy) {
+  avx2::gemmInt8Simd(w, a, n0, n1, Y, ldy);
+}
 
 const Kernels* avx2Kernels() {
   static const Kernels* k = [] () -> const Kernels* {
@@ -91,6 +126,9 @@ const Kernels* avx2Kernels() {
     // density measured, so nothing above it); int8 and int4 are slower sparse (their dense GEMVs are compute-bound
     // here and AVX2 has no byte expand), so auto never picks them.
     s.sparse_crossover[PackedWeight::F32] = 0.5f;
+    s.gemm_i8 = gemmInt8Avx2;
+    s.i8_width = avx2::W;
+    s.i8_isa = "avx2";
     s.softmax = avx2::softmaxSimd;
     s.sigmoid = avx2::sigmoidSimd;
     s.half_to_float = avx2::halfToFloatSimd;

@@ -15,6 +15,9 @@ void gemm_nt(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int
 void gemm_nn(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t);
 }  // namespace gemm_avx512
 
+void gemmInt8Vnni512(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_t n1, float* Y, int64_t ldy);  // kernels_vnni.cpp
+void gemmInt8Avx2(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_t n1, float* Y, int64_t ldy);  // kernels_avx2.cpp
+
 namespace avx512 {
 using VF = __m512;
 constexpr int W = 16;
@@ -75,6 +78,16 @@ const Kernels* avx512Kernels() {
     s.sparse_unpack_rows = avx512::sparseUnpackRowsSimd;
     s.sparse_unpack_panel = avx512::sparseUnpackPanelSimd;
     // sparse_crossover: not measured on an AVX-512 machine yet (bench/sparse.sh), so auto keeps weights dense.
+    // Integer dot products: AVX-512 VNNI where the CPU has it (Zen 4/5, Ice Lake and later), else AVX2's maddubs.
+    if (__builtin_cpu_supports("avx512vnni")) {
+      s.gemm_i8 = gemmInt8Vnni512;
+      s.i8_width = 16;
+      s.i8_isa = "avx512-vnni";
+    } else {
+      s.gemm_i8 = gemmInt8Avx2;
+      s.i8_width = 8;
+      s.i8_isa = "avx2";
+    }
     s.softmax = avx512::softmaxSimd;
     s.sigmoid = avx512::sigmoidSimd;
     s.half_to_float = avx512::halfToFloatSimd;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "runtime/int8_acts.h"
 #include "runtime/kernels.h"
 #include "runtime/thread_pool.h"
 
@@ -74,6 +75,26 @@ void panelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, 
   });
 }
 
+/// Q8/Q4 weights with int8 activations (runtime/int8_acts.h): the rows are quantized once (split over the pool),
+/// then every task multiplies its range of weight rows with all of them in integer dot products.
+void int8MatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, float* Y) {
+  const Kernels& k = *c.env.k;
+  const int64_t N = w.N, K = w.K;
+  const Int8Acts a = int8ActsView(w, k.i8_width, rows, c.scratch(static_cast<size_t>(int8ActsBytes(w, k.i8_width, rows))));
+  const int64_t qtasks = rows >= 8 ? std::min<int64_t>(c.env.pool->size(), rows / 4) : 1;
+  c.env.pool->parallelFor(qtasks, [&](int64_t t) {
+    int64_t b, e;
+    range(rows, qtasks, t, 1, b, e);
+    quantizeInt8Rows(w, a, X, b, e);
+  });
+  const int64_t tasks = tasksFor(c, rows * N * K, N / 16);
+  c.env.pool->parallelFor(tasks, [&](int64_t t) {
+    int64_t b, e;
+    range(N, tasks, t, 16, b, e);
+    if (e > b) k.gemm_i8(w, a, b, e, Y, N);
+  });
+}
+
 }  // namespace
 
 void packedMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, float* Y) {
@@ -81,6 +102,7 @@ void packedMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows,
   const int64_t N = w.N, K = w.K;
   const bool quant = w.kind == PackedWeight::Q8 || w.kind == PackedWeight::Q4;
   if (w.kind == PackedWeight::F32) return panelMatMul(c, w, X, rows, Y);
+  if (w.int8 && k.gemm_i8) return int8MatMul(c, w, X, rows, Y);
   const auto gemv = w.sparse ? k.sparse_gemv : k.gemv;
   const auto unpack = w.sparse ? k.sparse_unpack_rows : k.unpack_rows;
 

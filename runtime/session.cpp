@@ -16,6 +16,7 @@
 #include "runtime/kv_cache.h"
 #include "runtime/loader.h"
 #include "runtime/matmul.h"
+#include "runtime/int8_acts.h"
 #include "runtime/sparse.h"
 #include "runtime/thread_pool.h"
 
@@ -182,7 +183,8 @@ std::vector<OpProfile> Session::profile() const {
     std::string key = (n.domain.empty() ? "" : n.domain + ".") + n.op;
     if (n.packed) {
       static const char* const kKindNames[] = {" (packed f32", " (packed f16", " (packed q8", " (packed q4"};
-      key += std::string(kKindNames[n.packed->kind]) + (n.packed->sparse ? " sparse)" : ")");
+      key += std::string(kKindNames[n.packed->kind]) + (n.packed->sparse ? " sparse" : "") +
+             (n.packed->int8 ? std::string(", int8 activations ") + impl_->k->i8_isa : std::string()) + ")";
     }
     OpProfile& p = by[key];
     p.op = key;
@@ -240,6 +242,8 @@ Result<Session> Session::make(const SessionOptions& options, const std::string& 
     impl->info.threads = impl->pool->size();
     impl->g = load(*impl);
     impl->info.sparse_matmuls = detail::chooseSparseForms(impl->g, options.sparse, *impl->k);
+    impl->info.int8_matmuls = detail::chooseInt8Activations(impl->g, options.int8_activations, *impl->k);
+    if (impl->info.int8_matmuls > 0) impl->info.int8_isa = impl->k->i8_isa;
     if (impl->info.sparse_matmuls > 0) {
       impl->info.weight_bytes = 0;
       for (const detail::Node& n : impl->g.nodes)

@@ -1,0 +1,113 @@
+// int8_acts.cpp — quantizing activation rows to int8 in the layout of runtime/int8_acts.h (portable code shared by
+// every kernel set, so the integer inputs are the same bits whichever kernels run), and the load-time choice of
+// the weights that use it.
+#include "runtime/int8_acts.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "runtime/kernels.h"
+
+namespace crt::detail {
+namespace {
+
+int64_t align64(int64_t b) { return (b + 63) / 64 * 64; }
+
+/// Round to nearest even (the default MXCSR mode, as std::nearbyint) in one instruction; x86-64's baseline SSE.
+inline int roundToInt(float v) { return _mm_cvtss_si32(_mm_set_ss(v)); }
+
+/// One row: chunk scales d (lane-expanded), values q, and per block bq.
+void quantizeRow(const PackedWeight& w, int W, const float* x, int8_t* q, float* d, float* bq) {
+  const int64_t cpb = w.P / 32;
+  const int lpc = int8LanesPerChunk(w.kind);
+  for (int64_t b = 0; b < w.nblk; ++b) {
+    float bsum = 0.f;
+    for (int64_t cc = 0; cc < cpb; ++cc) {
+      const int64_t c = b * cpb + cc, k0 = b * w.block + cc * 32;
+      const int n = static_cast<int>(std::clamp<int64_t>(std::min(w.block - cc * 32, w.K - k0), 0, 32));
+      const float* xc = x + k0;
+      float amax = 0.f;
+      bool nan = false;
+      for (int j = 0; j < n; ++j) {
+        const float a = std::fabs(xc[j]);
+        amax = std::max(amax, a);
+        nan |= a != a;
+      }
+      const float dc = nan ? std::numeric_limits<float>::quiet_NaN() : amax / 127.f;  // a NaN reaches y through d
+      const float id = std::isfinite(dc) && dc > 0.f ? 1.f / dc : 0.f;
+      int8_t v[32] = {};
+      int sum = 0;
+      for (int j = 0; j < n; ++j) {
+        v[j] = static_cast<int8_t>(std::clamp(roundToInt(xc[j] * id), -127, 127));
+        sum += v[j];
+      }
+      std::memcpy(q + int8ActIndex(w.kind, W, c, 0), v, 16);
+      std::memcpy(q + int8ActIndex(w.kind, W, c, 16), v + 16, 16);
+      for (int i = 0; i < lpc; ++i) d[c * lpc + i] = dc;
+      bsum += dc * static_cast<float>(sum);
+    }
+    bq[b] = bsum;
+  }
+}
+
+}  // namespace
+
+int64_t int8ActsBytes(const PackedWeight& w, int W, int64_t M) {
+  const int64_t steps = int8Steps(w, W);
+  return align64(M * steps * int8StepBytes(w.kind, W)) + align64(M * steps * W * 4) + align64(M * w.nblk * 4);
+}
+
+Int8Acts int8ActsView(const PackedWeight& w, int W, int64_t M, void* mem) {
+  Int8Acts a;
+  a.W = W;
+  a.M = M;
+  a.steps = int8Steps(w, W);
+  a.stepBytes = int8StepBytes(w.kind, W);
+  a.nblk = w.nblk;
+  uint8_t* p = static_cast<uint8_t*>(mem);
+  a.q = reinterpret_cast<int8_t*>(p);
+  a.d = reinterpret_cast<float*>(p + align64(M * a.steps * a.stepBytes));
+  a.bq = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(a.d) + align64(M * a.steps * W * 4));
+  return a;
+}
+
+void quantizeInt8Rows(const PackedWeight& w, const Int8Acts& a, const float* X, int64_t m0, int64_t m1) {
+  for (int64_t m = m0; m < m1; ++m) {
+    int8_t* q = a.q + m * a.steps * a.stepBytes;
+    float* d = a.d + m * a.steps * a.W;
+    std::memset(q, 0, static_cast<size_t>(a.steps * a.stepBytes));  // the padding up to whole steps
+    std::fill(d, d + a.steps * a.W, 0.f);
+    quantizeRow(w, a.W, X + m * w.K, q, d, a.bq + m * w.nblk);
+  }
+}
+
+Int8Acts quantizeInt8Acts(const PackedWeight& w, int W, const float* X, int64_t M, void* mem) {
+  Int8Acts a = int8ActsView(w, W, M, mem);
+  quantizeInt8Rows(w, a, X, 0, M);
+  return a;
+}
+
+bool int8Capable(const PackedWeight& w, const Kernels& k) {
+  return (w.kind == PackedWeight::Q8 || w.kind == PackedWeight::Q4) && !w.sparse && k.gemm_i8 &&
+         int8ScaleMode(w, k.i8_width) != Int8ScaleMode::Unsupported;
+}
+
+int chooseInt8Activations(Graph& g, Int8Activations mode, const Kernels& k) {
+  if (mode == Int8Activations::Off) return 0;
+  int chosen = 0;
+  for (Node& n : g.nodes) {
+    if (!n.packed || !int8Capable(*n.packed, k)) continue;
+    const bool asked = mode == Int8Activations::On ||
+                       (n.op == "MatMulNBits" && n.attrInt("accuracy_level", 0) == kInt8AccuracyLevel);
+    if (!asked) continue;
+    n.packed->int8 = true;
+    ++chosen;
+  }
+  return chosen;
+}
+
+}  // namespace crt::detail

@@ -1,0 +1,86 @@
+// int8_acts.h — activations quantized to int8 for integer dot products with Q8/Q4 weights (MatMulNBits'
+// accuracy_level 4, as ONNX Runtime and llama.cpp's Q8_0 activations do).
+//
+// Each activation row is cut into the weight's 32-value chunks (the padded block layout of PackedWeight: chunk c
+// is values [32*(c % cpb), +32) of block c / cpb, cpb = P / 32); per chunk d = max|x| / 127 and q = round(x / d)
+// in [-127, 127]. The weight side stays as packed (unsigned values u, zero point z, scale s per block), so
+//   y = sum_b s_b * sum_{c in b} d_c * dot(u_c, q_c)  -  sum_b s_b * z_b * bq_b,   bq_b = sum_{c in b} d_c * sum(q_c)
+// where dot(u_c, q_c) is an exact integer (u8 x s8: VNNI vpdpbusd, AVX2 maddubs). Using sum(q_c) rather than the
+// exact sum of x keeps the error that of (u - z) * q, i.e. of the centred weight. The error against exact fp32
+// compute is bounded per output by sum_c (d_c / 2) * sum_{j in c} |s (u_j - z)| (tests/runtime/int8_acts_test.cpp).
+//
+// Layout, for a kernel whose int32 vector has W lanes (a register of 4W bytes) — one "step" reads one register of
+// weight bytes (Q4: G = W/4 chunks, Q8: W/8 chunks), so a row of R weight bytes takes S = ceil(R / 4W) steps:
+//   Q8: q in natural order, 4W bytes per step; the dot's lanes 8i..8i+7 belong to the step's chunk i.
+//   Q4: per step two registers: values 0-15 of the step's G chunks in order, then values 16-31 (the low and the
+//       high nibbles of the G * 16 packed bytes); the dot's lanes 4i..4i+3 belong to the step's chunk i.
+//   scales: d_c repeated for each of the chunk's lanes (8 for Q8, 4 for Q4): W floats per step, lane for lane.
+// Padding (past the row's last chunk up to whole steps) is zero, so the kernels read whole registers.
+#pragma once
+
+#include <cstdint>
+
+#include "runtime/internal.h"
+
+namespace crt::detail {
+
+/// Lanes of the int32 dot per 32-value chunk (see the layout above).
+inline int int8LanesPerChunk(PackedWeight::Kind k) { return k == PackedWeight::Q4 ? 4 : 8; }
+/// Chunks (of 32 values) in one packed weight row.
+inline int64_t int8Chunks(const PackedWeight& w) { return w.nblk * w.P / 32; }
+/// Steps of a W-lane kernel over one packed row (one register of 4W weight bytes each).
+inline int64_t int8Steps(const PackedWeight& w, int W) { return (w.rowBytes() + 4 * W - 1) / (4 * W); }
+/// Activation bytes per step: Q4 two registers (low and high nibbles' values), Q8 one.
+inline int64_t int8StepBytes(PackedWeight::Kind k, int W) { return (k == PackedWeight::Q4 ? 8 : 4) * W; }
+/// Offset in a row's activation bytes of value j (< 32) of chunk c.
+inline int64_t int8ActIndex(PackedWeight::Kind k, int W, int64_t c, int j) {
+  if (k == PackedWeight::Q8) return c * 32 + j;
+  const int64_t G = W / 4, s = c / G, i = c % G;
+  return s * 8 * W + (j < 16 ? 0 : 4 * W) + i * 16 + (j & 15);
+}
+
+/// How a kernel finds the weight scale of each dot lane: one per row (per-channel), one per step (blocks span
+/// whole steps), or W / lanes-per-block consecutive blocks per step (small blocks); other block sizes have no
+/// int8 path (Unsupported).
+enum class Int8ScaleMode { Row, PerStep, Permute, Unsupported };
+inline Int8ScaleMode int8ScaleMode(const PackedWeight& w, int W) {
+  if (w.nblk == 1) return Int8ScaleMode::Row;
+  const int64_t lanesPerBlock = (w.P / 32) * int8LanesPerChunk(w.kind);
+  if (lanesPerBlock % W == 0) return Int8ScaleMode::PerStep;
+  if (W % lanesPerBlock == 0) return Int8ScaleMode::Permute;
+  return Int8ScaleMode::Unsupported;
+}
+
+/// M activation rows quantized for one weight and one kernel width (scratch memory owned by the caller).
+struct Int8Acts {
+  int W = 16;
+  int64_t M = 0, steps = 0, stepBytes = 0, nblk = 1;
+  int8_t* q = nullptr;   // [M][steps * stepBytes]
+  float* d = nullptr;    // [M][steps * W], the lane-expanded chunk scales
+  float* bq = nullptr;   // [M][nblk]: per weight block, sum over its chunks of d_c * sum(q_c)
+  const int8_t* qRow(int64_t m) const { return q + m * steps * stepBytes; }
+  const float* dRow(int64_t m) const { return d + m * steps * W; }
+  const float* bqRow(int64_t m) const { return bq + m * nblk; }
+};
+
+/// MatMulNBits' accuracy_level that asks for int8 activations (ONNX Runtime's "int8 compute").
+constexpr int64_t kInt8AccuracyLevel = 4;
+
+/// Bytes of scratch that M quantized rows need (q, d and bq, each 64-byte aligned).
+int64_t int8ActsBytes(const PackedWeight& w, int W, int64_t M);
+/// The view of M rows laid out in `mem` (int8ActsBytes of it); nothing is written.
+Int8Acts int8ActsView(const PackedWeight& w, int W, int64_t M, void* mem);
+/// Quantizes rows [m0, m1) of X [M, K] (row stride K) into the view (padding included).
+void quantizeInt8Rows(const PackedWeight& w, const Int8Acts& a, const float* X, int64_t m0, int64_t m1);
+/// Both of the above for all M rows.
+Int8Acts quantizeInt8Acts(const PackedWeight& w, int W, const float* X, int64_t M, void* mem);
+
+struct Kernels;
+/// True when kernel set k has an int8 path for w: a dense Q8/Q4 weight whose block size tiles k's vectors.
+bool int8Capable(const PackedWeight& w, const Kernels& k);
+/// Per weight at load (SessionOptions::int8_activations): Model marks the MatMulNBits nodes whose accuracy_level
+/// is 4, On every capable Q8/Q4 weight, Off none. Runs after the sparse choice (sparse weights stay exact).
+/// Returns the number of weights marked.
+int chooseInt8Activations(Graph& g, Int8Activations mode, const Kernels& k);
+
+}  // namespace crt::detail

@@ -1,0 +1,44 @@
+// kernels_vnni.cpp — the int8-activation kernel with AVX-512 VNNI (vpdpbusd: 64 unsigned x signed byte products
+// per instruction), compiled with those flags alone and used only when the CPU has them (kernels_avx512.cpp).
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "runtime/int8_acts.h"
+#include "runtime/kernels.h"
+
+namespace crt::detail {
+namespace vnni512 {
+using VF = __m512;
+using VI = __m512i;
+constexpr int W = 16;
+inline VF ZERO() { return _mm512_setzero_ps(); }
+inline VF SET1(float f) { return _mm512_set1_ps(f); }
+inline VF LOADF(const float* p) { return _mm512_loadu_ps(p); }
+inline VF FMA(VF a, VF b, VF c) { return _mm512_fmadd_ps(a, b, c); }
+inline VF MUL(VF a, VF b) { return _mm512_mul_ps(a, b); }
+inline float HSUM(VF v) { return _mm512_reduce_add_ps(v); }
+inline VI ZEROI() { return _mm512_setzero_si512(); }
+inline VI LOADI(const void* p) { return _mm512_loadu_si512(p); }
+inline VI LOADI_PART(const void* p, int64_t bytes) {
+  return _mm512_maskz_loadu_epi8(static_cast<__mmask64>((1ull << bytes) - 1), p);
+}
+inline VI DOT_SMALL(VI acc, VI u, VI s) { return _mm512_dpbusd_epi32(acc, u, s); }
+inline VI DOT_U8(VI acc, VI u, VI s) { return _mm512_dpbusd_epi32(acc, u, s); }
+inline VI NIBLO(VI v) { return _mm512_and_si512(v, _mm512_set1_epi8(15)); }
+inline VI NIBHI(VI v) { return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(15)); }
+inline VF CVTI(VI v) { return _mm512_cvtepi32_ps(v); }
+inline VF LOADF_N(const float* p, int n) { return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p); }
+inline VI LANEIDX(int l) {
+  return _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                           __builtin_ctz(static_cast<unsigned>(l)));  // l is a power of two (W % l == 0)
+}
+inline VF PERMF(VF v, VI idx) { return _mm512_permutexvar_ps(idx, v); }
+#include "runtime/kernels_int8.inc"
+}  // namespace vnni512
+
+void gemmInt8Vnni512(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_t n1, float* Y, int64_t ldy) {
+  vnni512::gemmInt8Simd(w, a, n0, n1, Y, ldy);
+}
+
+}  // namespace crt::detail

@@ -1,0 +1,190 @@
+// int8_acts_test.cpp — int8 activations with integer dot products (runtime/int8_acts.h): every kernel set's
+// gemm_i8 against the scalar reference on the same quantized activations, at sizes below, at, above and a multiple
+// of the 32-value chunk, the kernels' step (4 or 2 chunks) and the 4-row group; every result within the stated
+// error bound of exact fp32 compute; the load-time choice; NaN reaching the output.
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <random>
+
+#include "runtime/int8_acts.h"
+#include "runtime/internal.h"
+#include "runtime/kernels.h"
+#include "runtime/matmul.h"
+#include "runtime/thread_pool.h"
+#include "kernel_sets.h"
+
+using namespace crt;
+using namespace crt::detail;
+
+namespace {
+
+using testutil::HeapAlloc;
+using testutil::kernelSets;
+
+/// A random Q8/Q4 weight [K, N] packed from DequantizeLinear inputs, with its dense values in double.
+struct QuantWeight {
+  std::shared_ptr<PackedWeight> pw;
+  std::vector<double> dense;  // [K][N]
+};
+
+QuantWeight makeWeight(int bits, int64_t K, int64_t N, int64_t block, bool withZp, std::mt19937& rng) {
+  const int64_t nb = block ? (K + block - 1) / block : 1, ns = block ? nb * N : N;
+  std::vector<uint8_t> q8(K * N), q4((K * N + 1) / 2), z8(ns), z4((ns + 1) / 2);
+  std::vector<float> s(ns);
+  std::vector<int> qv(K * N), zv(ns);
+  for (auto& v : s) v = std::uniform_real_distribution<float>(0.01f, 0.1f)(rng);
+  const int top = bits == 8 ? 255 : 15;
+  for (int64_t i = 0; i < K * N; ++i) {
+    qv[i] = std::uniform_int_distribution<int>(0, top)(rng);
+    if (bits == 8) q8[i] = static_cast<uint8_t>(qv[i]);
+    else q4[i / 2] |= static_cast<uint8_t>(qv[i] << (4 * (i & 1)));
+  }
+  for (int64_t i = 0; i < ns; ++i) {
+    zv[i] = withZp ? std::uniform_int_distribution<int>(0, top)(rng) : 0;
+    if (bits == 8) z8[i] = static_cast<uint8_t>(zv[i]);
+    else z4[i / 2] |= static_cast<uint8_t>(zv[i] << (4 * (i & 1)));
+  }
+  Buf q{bits == 8 ? DType::U8 : kU4, Shape{K, N}, bits == 8 ? static_cast<void*>(q8.data()) : static_cast<void*>(q4.data())};
+  Buf sc{DType::F32, block ? Shape{nb, N} : Shape{N}, s.data()};
+  Buf zp{q.dt, sc.shape, bits == 8 ? static_cast<void*>(z8.data()) : static_cast<void*>(z4.data())};
+  QuantWeight w;
+  w.pw = packDequantize(q, sc, withZp ? &zp : nullptr, block ? 0 : 1, block);
+  w.dense.resize(K * N);
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t si = block ? (k / block) * N + n : n;
+      w.dense[k * N + n] = (qv[k * N + n] - zv[si]) * static_cast<double>(s[si]);
+    }
+  return w;
+}
+
+/// Y = X * W^T through packedMatMul with kernel set k (int8 activations when the weight says so).
+std::vector<float> run(const Kernels& k, const PackedWeight& w, const std::vector<float>& x, int64_t M) {
+  ThreadPool pool(2);
+  HeapAlloc alloc;
+  Node node;
+  node.op = "MatMul";
+  std::vector<Buf> vals(1);
+  RunEnv env{nullptr, vals.data(), &alloc, &pool, &k, 0};
+  OpCtx c{env, node};
+  std::vector<float> y(M * w.N, -1.f);
+  packedMatMul(c, w, x.data(), M, y.data());
+  return y;
+}
+
+/// The stated bound on |int8 result - exact| for output (m, n): sum over chunks of d_c / 2 * sum |w|, where d_c is
+/// the chunk's max |x| / 127 (plus float rounding, relative 1e-5 of sum |x w|).
+double bound(const std::vector<float>& x, const QuantWeight& w, int64_t m, int64_t n, int64_t K, int64_t N) {
+  const PackedWeight& p = *w.pw;
+  double b = 0, mag = 0;
+  for (int64_t blk = 0; blk < p.nblk; ++blk)
+    for (int64_t c0 = 0; c0 < p.block; c0 += 32) {
+      double amax = 0, wsum = 0;
+      for (int64_t j = c0; j < std::min(c0 + 32, p.block); ++j) {
+        const int64_t k = blk * p.block + j;
+        if (k >= K) break;
+        amax = std::max(amax, std::abs(static_cast<double>(x[m * K + k])));
+        wsum += std::abs(w.dense[k * N + n]);
+        mag += std::abs(x[m * K + k] * w.dense[k * N + n]);
+      }
+      b += amax / 127.0 / 2.0 * wsum;
+    }
+  return b * (1 + 1e-5) + 1e-5 * mag + 1e-6;
+}
+
+}  // namespace
+
+TEST_CASE("int8-activation kernels match the scalar reference and stay within the error bound of exact", "[runtime][kernels][int8]") {
+  std::mt19937 rng(15);
+  std::normal_distribution<float> nd;
+  int checked = 0;
+  for (int bits : {8, 4}) {
+    for (int64_t K : {16, 31, 32, 33, 64, 100, 128, 160, 256, 300}) {
+      for (int64_t N : {1, 3, 4, 5, 33}) {
+        for (int64_t block : {int64_t{0}, int64_t{16}, int64_t{32}, int64_t{64}, int64_t{128}}) {
+          for (bool withZp : {false, true}) {
+            QuantWeight w = makeWeight(bits, K, N, block, withZp, rng);
+            REQUIRE(w.pw);
+            for (int64_t M : {1, 2, 5, 13}) {
+              std::vector<float> x(M * K);
+              for (auto& v : x) v = nd(rng);
+              if (K > 40) x[7] = 25.f;  // an outlier in one chunk
+              std::vector<float> ref;
+              for (const Kernels* k : kernelSets()) {
+                INFO("kernels " << k->isa << " (" << k->i8_isa << ") bits " << bits << " K " << K << " N " << N
+                                << " block " << block << " zp " << withZp << " M " << M);
+                REQUIRE(int8Capable(*w.pw, *k));
+                w.pw->int8 = true;
+                const std::vector<float> y = run(*k, *w.pw, x, M);
+                w.pw->int8 = false;
+                // the same quantized activations through the scalar reference
+                std::vector<uint8_t> mem(static_cast<size_t>(int8ActsBytes(*w.pw, k->i8_width, M)) + 64);
+                void* aligned = mem.data() + (64 - reinterpret_cast<uintptr_t>(mem.data()) % 64) % 64;
+                const Int8Acts a = quantizeInt8Acts(*w.pw, k->i8_width, x.data(), M, aligned);
+                std::vector<float> want(M * N, -2.f);
+                scalarKernels().gemm_i8(*w.pw, a, 0, N, want.data(), N);
+                for (int64_t m = 0; m < M; ++m)
+                  for (int64_t n = 0; n < N; ++n) {
+                    double exact = 0, mag = 0;
+                    for (int64_t kk = 0; kk < K; ++kk) {
+                      exact += x[m * K + kk] * w.dense[kk * N + n];
+                      mag += std::abs(x[m * K + kk] * w.dense[kk * N + n]);
+                    }
+                    const float got = y[m * N + n];
+                    CHECK_THAT(got, Catch::WithinAbs(want[m * N + n], 2e-6 * mag + 1e-6));
+                    CHECK(std::abs(got - exact) <= bound(x, w, m, n, K, N));
+                  }
+                ++checked;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  CHECK(checked >= 2 * 10 * 5 * 5 * 2 * 4);
+}
+
+TEST_CASE("int8 activations are chosen per weight at load: where asked, for capable layouts only", "[runtime][int8]") {
+  std::mt19937 rng(16);
+  const Kernels& k = kernelsFor(true);
+  // A block whose 32-value chunks do not tile the vector (96 = 3 chunks) has no int8 path on SIMD kernels.
+  QuantWeight odd = makeWeight(4, 192, 8, 96, true, rng);
+  QuantWeight g32 = makeWeight(4, 64, 8, 32, true, rng);
+  QuantWeight ch8 = makeWeight(8, 64, 8, 0, false, rng);
+  CHECK(int8Capable(*g32.pw, k));
+  CHECK(int8Capable(*ch8.pw, k));
+  CHECK_FALSE(int8Capable(*odd.pw, k));
+
+  Graph g;
+  auto add = [&](const std::string& op, std::shared_ptr<PackedWeight> w, int64_t level) {
+    Node n;
+    n.op = op;
+    n.packed = std::move(w);
+    if (level >= 0) n.attrs["accuracy_level"].kind = Attr::Int, n.attrs["accuracy_level"].i = level;
+    g.nodes.push_back(std::move(n));
+  };
+  add("MatMulNBits", g32.pw, 4);
+  add("MatMulNBits", makeWeight(4, 64, 8, 32, false, rng).pw, 0);
+  add("MatMul", ch8.pw, -1);
+  CHECK(chooseInt8Activations(g, Int8Activations::Off, k) == 0);
+  CHECK(chooseInt8Activations(g, Int8Activations::Model, k) == 1);
+  CHECK(g.nodes[0].packed->int8);
+  CHECK_FALSE(g.nodes[1].packed->int8);
+  CHECK_FALSE(g.nodes[2].packed->int8);
+  CHECK(chooseInt8Activations(g, Int8Activations::On, k) == 3);
+  CHECK(g.nodes[2].packed->int8);
+}
+
+TEST_CASE("a NaN activation reaches the int8 path's output as NaN", "[runtime][int8][hostile]") {
+  std::mt19937 rng(17);
+  QuantWeight w = makeWeight(4, 64, 4, 32, true, rng);
+  std::vector<float> x(64, 0.5f);
+  x[40] = std::nanf("");
+  for (const Kernels* k : kernelSets()) {
+    INFO("kernels " << k->isa);
+    w.pw->int8 = true;
+    const std::vector<float> y = run(*k, *w.pw, x, 1);
+    for (float v : y) CHECK(std::isnan(v));
+  }
+}
