@@ -37,6 +37,7 @@ Usage:
                 [--seq-len 512] [--max-tokens N] [--batch 1]  perplexity of a model
   compress eval --config RECIPE.yaml                       baseline accuracy of a recipe's model
   compress export MODEL -o model.onnx [--opset 17] [--int4 matmulnbits|qdq] [--external-data] [--kv-cache]
+                  [--accuracy-level 4]
                 [--tokens val.npy] [--no-validate]          ONNX from a model.cir (or .pt/.onnx), checked
                                                            with ONNX's checker and ONNX Runtime
 
@@ -193,6 +194,8 @@ int cmdExport(int argc, char** argv) {
       "int4", "grouped weights as matmulnbits (com.microsoft.MatMulNBits) or qdq (opset-21 DequantizeLinear)",
       cxxopts::value<std::string>()->default_value("matmulnbits"))("external-data", "weights in OUTPUT.data")(
       "kv-cache", "a decoder with past.N.key/value inputs and present.N.key/value outputs, for generation with a cache")(
+      "accuracy-level", "MatMulNBits accuracy_level: 4 = int8 activations with integer dot products (0 = exact)",
+      cxxopts::value<int64_t>()->default_value("0"))(
       "no-validate", "skip ONNX's checker and the ONNX Runtime comparison")(
       "tokens", "token .npy: validation inputs and perplexity through ONNX Runtime", cxxopts::value<std::string>())(
       "seq-len", "perplexity window", cxxopts::value<int64_t>()->default_value("512"))(
@@ -206,6 +209,8 @@ int cmdExport(int argc, char** argv) {
   eo.opset = a["opset"].as<int>();
   eo.int4 = a["int4"].as<std::string>();
   eo.external_data = a.count("external-data") > 0;
+  eo.accuracy_level = a["accuracy-level"].as<int64_t>();
+  if (eo.accuracy_level < 0 || eo.accuracy_level > 4) return usageError("--accuracy-level takes 0 to 4 (4: int8 activations)");
   std::string out = a["output"].as<std::string>();
   if (a.count("kv-cache")) {
     const KvCacheInfo kv = addKvCache(g);
@@ -220,6 +225,7 @@ int cmdExport(int argc, char** argv) {
   if (!a.count("no-validate")) {
     std::string tokens = a.count("tokens") ? a["tokens"].as<std::string>() : "";
     ValidationOptions vo;
+    vo.int8_activations = st.value("int8_activation_matmuls", int64_t{0}) > 0;
     if (!a.count("kv-cache")) vo.ppl_tokens = tokens;  // ORT's perplexity run feeds the token ids only
     vo.seq_len = a["seq-len"].as<int64_t>();
     vo.max_tokens = a["max-tokens"].as<int64_t>();

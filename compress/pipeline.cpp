@@ -289,6 +289,7 @@ json exportStep(const Recipe& r, const Graph& original, const Graph& g, bool has
   eo.int4 = r.export_spec.int4;
   eo.external_data = r.export_spec.external_data;
   eo.compact_sparse = r.export_spec.compact_sparse;
+  eo.accuracy_level = r.export_spec.accuracy_level;
   eo.metadata = {{"recipe", r.path}, {"recipe_fnv1a64", fnv1a64Hex(r.text)}, {"task", r.task}};
   Graph cached;
   const Graph& exported = r.export_spec.kv_cache ? cached : g;
@@ -325,6 +326,7 @@ json exportStep(const Recipe& r, const Graph& original, const Graph& g, bool has
       seq = std::min<int64_t>(seq, kv_json["context_length"].get<int64_t>() - 3);
     auto inputs = validationInputs(exported, tokens, 2, seq, 3);  // a cached export: random pasts of 3 positions
     ValidationOptions vo;
+    vo.int8_activations = ex.value("int8_activation_matmuls", int64_t{0}) > 0;
     if (lm && has_eval && !r.eval.tokens.empty() && r.export_spec.validate_perplexity && metricFor(r.metric).likelihood &&
         !r.export_spec.kv_cache) {
       vo.ppl_tokens = r.eval.tokens;
@@ -341,6 +343,9 @@ json exportStep(const Recipe& r, const Graph& original, const Graph& g, bool has
       if (v["onnxruntime"].contains("perplexity"))
         std::printf("; perplexity %.4f (ORT default: %.4f)", v["onnxruntime"]["perplexity"]["ort_opt_disabled"].get<double>(),
                     v["onnxruntime"]["perplexity"]["ort_opt_all"].get<double>());
+      if (vo.int8_activations && v["onnxruntime"].contains("perplexity"))
+        std::printf("; int8 activations cost %+.3f%% perplexity against exact compute",
+                    100 * (v["onnxruntime"]["perplexity"]["ort_opt_disabled"].get<double>() / fin.value - 1));
       std::printf("\n");
       if (timed) {
         std::string base_onnx = out.path("baseline.onnx.tmp");

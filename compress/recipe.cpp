@@ -260,6 +260,9 @@ void readSections(const YAML::Node& root, Recipe& r, Diagnostics& d) {
                                    "pruned fp32/int8 linear weights as dense tensors, or compact: a bitmask plus the "
                                    "nonzeros, rebuilt by standard ops at load (smaller files; ONNX Runtime and crun "
                                    "run both)") == "compact";
+      e.accuracy_level = er.integer("accuracy_level", 0, 0, 4,
+                                    "MatMulNBits accuracy_level: 0 exact fp32 compute, 4 int8 activations with integer "
+                                    "dot products (faster in ONNX Runtime and crun, within a stated error bound)");
       er.finish();
     }
   }

@@ -42,6 +42,7 @@ struct ExportSpec {
   bool validate = true;              // ONNX checker + ONNX Runtime against the executor
   bool validate_perplexity = true;   // also perplexity through ONNX Runtime (causal LMs with data.eval)
   bool compact_sparse = false;       // sparse_weights: compact (export/sparse_weights.h); dense is the default
+  int64_t accuracy_level = 0;        // MatMulNBits accuracy_level: 4 = int8 activations (ExportOptions)
 };
 
 struct ConfiguredPass {

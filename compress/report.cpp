@@ -11,6 +11,8 @@
 #include <ctime>
 #include <map>
 #include <fstream>
+#include <iomanip>
+#include <iomanip>
 #include <sstream>
 #include <thread>
 
@@ -233,6 +235,16 @@ void mdExport(std::ostream& md, const json& e) {
     md << "\nPerplexity through ONNX Runtime: " << fmt(o["perplexity"]["ort_opt_disabled"].get<double>()) << " (executor "
        << fmt(o["perplexity"]["executor"].get<double>()) << "; ORT default optimizations "
        << fmt(o["perplexity"]["ort_opt_all"].get<double>()) << ")\n";
+  if (o.value("int8_activations", false)) {
+    md << "\nThe file asks for int8 activations (MatMulNBits accuracy_level 4): ONNX Runtime and crun quantize each "
+          "activation row to int8 per 32 values and use integer dot products; the executor computes exactly, so the "
+          "differences above are the cost of int8 compute";
+    if (o.contains("perplexity"))
+      md << " (perplexity " << std::showpos << std::fixed << std::setprecision(3)
+         << 100 * (o["perplexity"]["ort_opt_disabled"].get<double>() / o["perplexity"]["executor"].get<double>() - 1)
+         << std::noshowpos << std::defaultfloat << "%)";
+    md << ".\n";
+  }
 }
 
 void mdLatency(std::ostream& md, const json& r) {

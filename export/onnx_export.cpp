@@ -235,6 +235,7 @@ void buildOnnx(const Graph& g, const ExportOptions& opts, onnx::ModelProto& mode
   std::set<std::string> used;  // initializers the emitted nodes read
   std::set<std::string> emitted_values;
   bool any_nbits = false;
+  int64_t int8_act_nodes = 0;  // MatMulNBits nodes written with accuracy_level 4 (int8 activations)
   int reduce_axes_id = 0;
   for (const Node& n : g.nodes) {
     // Weights written as MatMulNBits have no DequantizeLinear/Transpose of their own.
@@ -258,6 +259,8 @@ void buildOnnx(const Graph& g, const ExportOptions& opts, onnx::ModelProto& mode
       addAttr(np, "N", qd.size(0));
       addAttr(np, "bits", static_cast<int64_t>(q.bits));
       addAttr(np, "block_size", q.group_size);
+      if (c.opts.accuracy_level > 0) addAttr(np, "accuracy_level", c.opts.accuracy_level);
+      int8_act_nodes += c.opts.accuracy_level == 4;
       any_nbits = true;
       emitted_values.insert(n.outputs[0]);
       continue;
@@ -376,6 +379,7 @@ void buildOnnx(const Graph& g, const ExportOptions& opts, onnx::ModelProto& mode
     (*stats)["quantized_weight_fp32_bytes"] = q_fp32;
     (*stats)["quantized_weight_ratio"] = q_fp32 ? static_cast<double>(q_bytes) / static_cast<double>(q_fp32) : 1.0;
     (*stats)["opset"] = c.opset;
+    (*stats)["int8_activation_matmuls"] = int8_act_nodes;
     (*stats)["ir_version"] = model.ir_version();
     (*stats)["int4"] = opts.int4;
     (*stats)["initializer_bytes"] = total;

@@ -27,6 +27,9 @@ struct ExportOptions {
   int64_t external_threshold = int64_t{1} << 31;  // above this many bytes of weights, use external data anyway
   std::map<std::string, std::string> metadata;    // extra metadata_props (recipe hash, ...)
   bool compact_sparse = false;  // pruned fp32/int8 linear weights as bitmask + nonzeros (export/sparse_weights.h)
+  /// MatMulNBits' accuracy_level (0 unset: exact; 4: int8 activations with integer dot products, in ONNX Runtime
+  /// and crun; runtime/int8_acts.h). Written on every MatMulNBits node when > 0.
+  int64_t accuracy_level = 0;
 };
 
 /// Writes `g` to `path` (atomically; plus `path`.data for external data). Returns what was written:

@@ -80,8 +80,9 @@ json validateExport(const Graph& g, const std::string& onnx_path, const std::map
   Executor ex(g);
   std::vector<at::Tensor> ours = ex.run(inputs);
   for (size_t k = 0; k < g.outputs.size(); ++k) requireFinite(ours[k], g.outputs[k], "the executor");
-  bool half = hasHalf(g);
-  double tol = half ? 1e-2 : 1e-4;
+  // fp32 and dequantized weights: absolute; fp16 weights or int8 activations: relative to the output's max |value|.
+  const bool half = hasHalf(g), relative = half || opts.int8_activations;
+  const double tol = opts.int8_activations ? kInt8ActOutputTolerance : half ? 1e-2 : 1e-4;
   json ort = json::object();
   for (const char* level : {"disabled", "all"}) {
     auto theirs = ortRun(onnx_path, inputs, level);
@@ -100,13 +101,16 @@ json validateExport(const Graph& g, const std::string& onnx_path, const std::map
     }
     std::string key = std::string("opt_") + level;
     ort[key] = {{"max_abs_diff", worst_abs}, {"max_rel_diff", worst_rel}};
-    if (std::string(level) == "disabled" && (half ? worst_rel : worst_abs) > tol)
+    if (std::string(level) == "disabled" && (relative ? worst_rel : worst_abs) > tol)
       fail(ErrorCategory::Model, "ONNX Runtime's outputs differ from the executor's by " +
-                                     std::to_string(half ? worst_rel : worst_abs) + (half ? " (relative)" : "") +
-                                     ", more than the allowed " + std::to_string(tol) + " for '" + onnx_path + "'");
+                                     std::to_string(relative ? worst_rel : worst_abs) + (relative ? " (relative)" : "") +
+                                     ", more than the allowed " + std::to_string(tol) +
+                                     (opts.int8_activations ? " for int8 activations (accuracy_level 4)" : "") +
+                                     " for '" + onnx_path + "'");
   }
   ort["tolerance"] = tol;
-  ort["tolerance_kind"] = half ? "relative" : "absolute";
+  ort["tolerance_kind"] = relative ? "relative" : "absolute";
+  ort["int8_activations"] = opts.int8_activations;
   if (!opts.ppl_tokens.empty()) {
     double ours_ppl = opts.executor_ppl;
     if (ours_ppl <= 0) {
@@ -118,9 +122,12 @@ json validateExport(const Graph& g, const std::string& onnx_path, const std::map
     double rel = std::abs(p0.perplexity / ours_ppl - 1.0);
     ort["perplexity"] = {{"executor", ours_ppl}, {"ort_opt_disabled", p0.perplexity}, {"ort_opt_all", p1.perplexity},
                          {"relative_diff", rel}, {"tokens", p0.count}};
-    if (rel > 1e-3)
+    const double ppl_tol = opts.int8_activations ? kInt8ActPerplexityTolerance : 1e-3;
+    if (rel > ppl_tol)
       fail(ErrorCategory::Model, "perplexity through ONNX Runtime (" + std::to_string(p0.perplexity) +
-                                     ") differs from the executor's (" + std::to_string(ours_ppl) + ") by more than 0.1%");
+                                     ") differs from the executor's (" + std::to_string(ours_ppl) + ") by more than " +
+                                     std::to_string(ppl_tol * 100) + "%" +
+                                     (opts.int8_activations ? " with int8 activations (accuracy_level 4)" : ""));
   }
   r["onnxruntime"] = ort;
   return r;

@@ -13,10 +13,12 @@ namespace testutil {
 
 /// Every output of one run, as float32 (threads 0: all hardware threads).
 inline std::vector<at::Tensor> runCrt(const std::string& path, const std::map<std::string, at::Tensor>& inputs, int threads = 0,
-                                      bool simd = true) {
+                                      bool simd = true, crt::Int8Activations int8 = crt::Int8Activations::Model,
+                                      int* int8_matmuls = nullptr) {
   crt::SessionOptions so;
   so.threads = threads;
   so.use_simd = simd;
+  so.int8_activations = int8;
   auto s = crt::Session::create(path, so);
   INFO(s.status().message);
   REQUIRE(s.ok());
@@ -25,6 +27,7 @@ inline std::vector<at::Tensor> runCrt(const std::string& path, const std::map<st
     crt::DType dt = t.scalar_type() == at::kLong ? crt::DType::I64 : crt::DType::F32;
     feeds.push_back({name, crt::TensorView{dt, t.sizes().vec(), t.data_ptr()}});
   }
+  if (int8_matmuls) *int8_matmuls = s->info().int8_matmuls;
   auto out = s->run(feeds);
   INFO(out.status().message);
   REQUIRE(out.ok());

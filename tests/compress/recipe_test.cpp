@@ -99,6 +99,8 @@ TEST_CASE("malformed YAML, wrong shapes of sections and data mistakes are config
   CHECK_THAT(errorOf("model: m.pt\noutput: o\naccuracy: {max_degradation: 5%}\n"), Contains("needs data.eval"));
   CHECK_THAT(errorOf("model: m.pt\noutput: o\naccuracy: {max_degradation: lots}\n"), Contains("expected a number, got 'lots'"));
   CHECK_THAT(errorOf("model: m.pt\noutput: o\nexport: {onnx: {sparse_weights: coo}}\n"), Contains("compact"));
+  CHECK_THAT(errorOf("model: m.pt\noutput: o\nexport: {onnx: {accuracy_level: 5}}\n"),
+             Contains("export.onnx.accuracy_level: must be between 0 and 4"));
   CHECK_THAT(errorOf("model: m.pt\noutput: o\ntask: classifier\naccuracy: {metric: perplexity}\n"),
              Contains("does not fit task 'classifier'"));
   // Input dims: the four names or a number that fits (a 20-digit one used to escape as std::out_of_range).

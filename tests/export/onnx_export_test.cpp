@@ -14,6 +14,8 @@
 #include "prune/magnitude_prune.h"
 #include "quant/fp16.h"
 #include "quant/rtn.h"
+#include "compress/executor.h"
+#include "crt_run.h"
 #include "test_util.h"
 
 using namespace compress;
@@ -189,6 +191,48 @@ TEST_CASE("MatMulNBits for 2, 4 and 8 bits, other widths fall back to opset-21 Q
       auto v = validateExport(g, path, validationInputs(g, "", 2, 7));
       CHECK(v["onnxruntime"]["opt_disabled"]["max_abs_diff"].get<double>() <= 1e-4);
     }
+  }
+}
+
+TEST_CASE("accuracy_level 4: MatMulNBits asks for int8 activations, which crun and ONNX Runtime honour within the bound", "[export][int8]") {
+  Graph base = importTorchScript(testutil::fixture("llama_block.pt"));
+  std::string dir = testutil::tempDir("");
+  for (int bits : {4, 8}) {
+    INFO(bits << " bits");
+    Graph g = base;
+    RtnOptions r;
+    r.format = QuantFormat{bits, 16, false};
+    rtnQuantize(g, r);
+    g.pruneUnused();
+    ExportOptions eo;
+    eo.accuracy_level = 4;
+    const std::string path = dir + "/al4.onnx";
+    auto s = exportOnnx(g, path, eo);
+    const int64_t nbits = s["int8_activation_matmuls"].get<int64_t>();
+    CHECK(nbits >= 7);  // q, k, v, o, gate, up, down
+    auto inputs = validationInputs(g, "", 2, 7);
+    std::vector<at::Tensor> want = Executor(g).run(inputs);
+    int chosen = -1;
+    for (auto mode : {crt::Int8Activations::Model, crt::Int8Activations::Off}) {
+      const std::vector<at::Tensor> got = testutil::runCrt(path, inputs, 2, true, mode, &chosen);
+      const double rel = (got[0] - want[0]).abs().max().item<double>() / want[0].abs().max().item<double>();
+      if (mode == crt::Int8Activations::Model) {
+        CHECK(chosen == nbits);
+        CHECK(rel > 0);  // activations were rounded
+        CHECK(rel <= kInt8ActOutputTolerance);
+      } else {
+        CHECK(chosen == 0);
+        CHECK(rel <= 1e-5);
+      }
+    }
+    if (!ortOrSkip()) continue;
+    ValidationOptions vo;
+    vo.int8_activations = true;
+    auto v = validateExport(g, path, inputs, vo);  // throws beyond kInt8ActOutputTolerance
+    CHECK(v["onnxruntime"]["int8_activations"].get<bool>());
+    CHECK(v["onnxruntime"]["opt_disabled"]["max_rel_diff"].get<double>() > 1e-5);
+    // the same file held to the exact tolerance is refused, naming int8 compute as the reason to relax it
+    CHECK_THROWS_WITH(validateExport(g, path, inputs, ValidationOptions{}), Contains("more than the allowed"));
   }
 }
 
