@@ -56,9 +56,11 @@ void quantizeRow(const PackedWeight& w, int W, const float* x, int8_t* q, float*
 
 }  // namespace
 
+int64_t bqStride(const PackedWeight& w) { return (w.nblk + 15) / 16 * 16; }
+
 int64_t int8ActsBytes(const PackedWeight& w, int W, int64_t M) {
   const int64_t steps = int8Steps(w, W);
-  return align64(M * steps * int8StepBytes(w.kind, W)) + align64(M * steps * W * 4) + align64(M * w.nblk * 4);
+  return align64(M * steps * int8StepBytes(w.kind, W)) + align64(M * steps * W * 4) + align64(M * bqStride(w) * 4);
 }
 
 Int8Acts int8ActsView(const PackedWeight& w, int W, int64_t M, void* mem) {
@@ -68,6 +70,7 @@ Int8Acts int8ActsView(const PackedWeight& w, int W, int64_t M, void* mem) {
   a.steps = int8Steps(w, W);
   a.stepBytes = int8StepBytes(w.kind, W);
   a.nblk = w.nblk;
+  a.bqStride = bqStride(w);
   uint8_t* p = static_cast<uint8_t*>(mem);
   a.q = reinterpret_cast<int8_t*>(p);
   a.d = reinterpret_cast<float*>(p + align64(M * a.steps * a.stepBytes));
@@ -81,7 +84,9 @@ void quantizeInt8Rows(const PackedWeight& w, const Int8Acts& a, const float* X, 
     float* d = a.d + m * a.steps * a.W;
     std::memset(q, 0, static_cast<size_t>(a.steps * a.stepBytes));  // the padding up to whole steps
     std::fill(d, d + a.steps * a.W, 0.f);
-    quantizeRow(w, a.W, X + m * w.K, q, d, a.bq + m * w.nblk);
+    float* bq = a.bq + m * a.bqStride;
+    std::fill(bq + w.nblk, bq + a.bqStride, 0.f);
+    quantizeRow(w, a.W, X + m * w.K, q, d, bq);
   }
 }
 
@@ -89,6 +94,27 @@ Int8Acts quantizeInt8Acts(const PackedWeight& w, int W, const float* X, int64_t 
   Int8Acts a = int8ActsView(w, W, M, mem);
   quantizeInt8Rows(w, a, X, 0, M);
   return a;
+}
+
+bool enableInt8(PackedWeight& w) {
+  if (w.int8) return true;
+  const size_t n = w.scale.size();
+  std::vector<uint16_t> s16(n + kInt8ParamPad, 0);
+  std::vector<uint8_t> z8(n + kInt8ParamPad, 0);
+  constexpr float kHalfMinNormal = 6.103515625e-05f, kHalfMax = 65504.f;
+  for (size_t i = 0; i < n; ++i) {
+    const float s = std::fabs(w.scale[i]), z = w.zp[i];
+    if (!(s <= kHalfMax) || (s != 0.f && s < kHalfMinNormal)) return false;  // fp16 would lose more than 2^-11
+    if (!(z >= 0.f && z <= 255.f) || z != std::floor(z)) return false;       // a fractional MatMulNBits zero point
+    s16[i] = floatToHalf(w.scale[i]);
+    z8[i] = static_cast<uint8_t>(z);
+  }
+  w.scale16 = std::move(s16);
+  w.zp8 = std::move(z8);
+  w.scale = std::vector<float>();
+  w.zp = std::vector<float>();
+  w.int8 = true;
+  return true;
 }
 
 bool int8Capable(const PackedWeight& w, const Kernels& k) {
@@ -103,8 +129,7 @@ int chooseInt8Activations(Graph& g, Int8Activations mode, const Kernels& k) {
     if (!n.packed || !int8Capable(*n.packed, k)) continue;
     const bool asked = mode == Int8Activations::On ||
                        (n.op == "MatMulNBits" && n.attrInt("accuracy_level", 0) == kInt8AccuracyLevel);
-    if (!asked) continue;
-    n.packed->int8 = true;
+    if (!asked || !enableInt8(*n.packed)) continue;
     ++chosen;
   }
   return chosen;

@@ -6,8 +6,10 @@
 // in [-127, 127]. The weight side stays as packed (unsigned values u, zero point z, scale s per block), so
 //   y = sum_b s_b * sum_{c in b} d_c * dot(u_c, q_c)  -  sum_b s_b * z_b * bq_b,   bq_b = sum_{c in b} d_c * sum(q_c)
 // where dot(u_c, q_c) is an exact integer (u8 x s8: VNNI vpdpbusd, AVX2 maddubs). Using sum(q_c) rather than the
-// exact sum of x keeps the error that of (u - z) * q, i.e. of the centred weight. The error against exact fp32
-// compute is bounded per output by sum_c (d_c / 2) * sum_{j in c} |s (u_j - z)| (tests/runtime/int8_acts_test.cpp).
+// exact sum of x keeps the error that of (u - z) * q, i.e. of the centred weight. The scales s are kept in fp16 and
+// the zero points z in bytes (enableInt8). The error against exact fp32 compute is bounded per output by
+//   sum_c (d_c / 2) * sum_{j in c} |s (u_j - z)|  +  2^-11 * sum_j |s (u_j - z) x_j|   (+ float rounding)
+// (activation rounding, then the fp16 scale; tests/runtime/int8_acts_test.cpp).
 //
 // Layout, for a kernel whose int32 vector has W lanes (a register of 4W bytes) — one "step" reads one register of
 // weight bytes (Q4: G = W/4 chunks, Q8: W/8 chunks), so a row of R weight bytes takes S = ceil(R / 4W) steps:
@@ -55,12 +57,13 @@ inline Int8ScaleMode int8ScaleMode(const PackedWeight& w, int W) {
 struct Int8Acts {
   int W = 16;
   int64_t M = 0, steps = 0, stepBytes = 0, nblk = 1;
+  int64_t bqStride = 16;  // nblk rounded up to 16, the padding zero: the kernels' zero-point sums read whole vectors
   int8_t* q = nullptr;   // [M][steps * stepBytes]
   float* d = nullptr;    // [M][steps * W], the lane-expanded chunk scales
-  float* bq = nullptr;   // [M][nblk]: per weight block, sum over its chunks of d_c * sum(q_c)
+  float* bq = nullptr;   // [M][bqStride]: per weight block, sum over its chunks of d_c * sum(q_c)
   const int8_t* qRow(int64_t m) const { return q + m * steps * stepBytes; }
   const float* dRow(int64_t m) const { return d + m * steps * W; }
-  const float* bqRow(int64_t m) const { return bq + m * nblk; }
+  const float* bqRow(int64_t m) const { return bq + m * bqStride; }
 };
 
 /// MatMulNBits' accuracy_level that asks for int8 activations (ONNX Runtime's "int8 compute").
@@ -74,6 +77,12 @@ Int8Acts int8ActsView(const PackedWeight& w, int W, int64_t M, void* mem);
 void quantizeInt8Rows(const PackedWeight& w, const Int8Acts& a, const float* X, int64_t m0, int64_t m1);
 /// Both of the above for all M rows.
 Int8Acts quantizeInt8Acts(const PackedWeight& w, int W, const float* X, int64_t M, void* mem);
+
+/// Switches w to int8 activations: its scales become fp16 (as llama.cpp's Q4_0/Q8_0 store them; relative change at
+/// most 2^-11, inside the bound below) and its zero points bytes, replacing the fp32 parameters (3 bytes per block
+/// instead of 8, the bytes a decode step reads). False, and w unchanged, when a scale is outside fp16's normal
+/// range or a zero point is not an integer in [0, 255] (w then keeps exact compute).
+bool enableInt8(PackedWeight& w);
 
 struct Kernels;
 /// True when kernel set k has an int8 path for w: a dense Q8/Q4 weight whose block size tiles k's vectors.

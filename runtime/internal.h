@@ -157,6 +157,7 @@ struct Value {
 };
 
 constexpr int64_t kPanel = 32;  // output columns per fp32 weight panel
+constexpr int64_t kInt8ParamPad = 16;  // readable entries past the last block's fp16 scale / zero point
 
 /// Weights of a MatMul packed at load for our kernels.
 /// F32: panels of kPanel outputs, [ceil(N/kPanel)][K][kPanel] (last panel zero padded): the GEMM micro-kernel
@@ -172,9 +173,12 @@ struct PackedWeight {
   int64_t block = 0, nblk = 1, P = 0;
   AlignedBytes w;                       // the dense form (empty when `sparse` holds the weight)
   std::shared_ptr<const SparseForm> sparse;  // runtime/sparse.h: bitmask + packed nonzeros, or null
-  std::vector<float> scale, zp;
+  std::vector<float> scale, zp;  // per (row, block); empty once `int8` holds them in the compact form below
   int bits = 32;
-  bool int8 = false;  // Q8/Q4 with int8 activations (runtime/int8_acts.h, Kernels::gemm_i8)
+  bool int8 = false;  // Q8/Q4 with int8 activations (runtime/int8_acts.h, Kernels::gemm_i8): then the parameters
+                      // are scale16 (fp16) and zp8 (integers), 3 bytes per block instead of 8
+  std::vector<uint16_t> scale16;  // [N * nblk] + kInt8ParamPad
+  std::vector<uint8_t> zp8;       // [N * nblk] + kInt8ParamPad
   int64_t rowBytes() const;
   int64_t bytes() const;  // what one pass over the weight reads (dense or sparse form, scales, zero points)
 };

@@ -132,7 +132,7 @@ void gemmInt8Scalar(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_
           for (int j = 0; j < 32; ++j) dot += qAt(w, row, b, cc * 32 + j) * q[int8ActIndex(w.kind, a.W, c, j)];
           bs += d[c * lpc] * static_cast<float>(dot);
         }
-        y += w.scale[n * w.nblk + b] * (bs - w.zp[n * w.nblk + b] * bq[b]);
+        y += halfToFloat(w.scale16[n * w.nblk + b]) * (bs - static_cast<float>(w.zp8[n * w.nblk + b]) * bq[b]);
       }
       Y[m * ldy + n] = y;
     }
@@ -214,7 +214,7 @@ const Kernels& kernelsFor(bool simd) {
 }
 
 int64_t PackedWeight::bytes() const {
-  const int64_t params = static_cast<int64_t>((scale.size() + zp.size()) * 4);
+  const int64_t params = int8 ? N * nblk * 3 : static_cast<int64_t>((scale.size() + zp.size()) * 4);
   return (sparse ? sparse->bytes() : rowBytes() * N) + params;
 }
 

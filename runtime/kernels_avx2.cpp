@@ -93,9 +93,13 @@ inline VI DOT_U8(VI acc, VI u, VI s) {
                                                 _mm256_madd_epi16(hi, _mm256_set1_epi16(16))));
 }
 inline VF CVTI(VI v) { return _mm256_cvtepi32_ps(v); }
-inline VF LOADF_N(const float* p, int n) {
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane));
+inline VF HALVES(const uint16_t* p) { return H2F(p); }
+inline float HALF1(uint16_t h) { return _cvtsh_ss(h); }
+inline VF HALVES4(const uint16_t* p) {
+  return _mm256_castps128_ps256(_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+inline VF BYTESF(const uint8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
 inline VI LANEIDX(int l) {
   return _mm256_srli_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), __builtin_ctz(static_cast<unsigned>(l)));

@@ -28,7 +28,14 @@ inline VI DOT_U8(VI acc, VI u, VI s) { return _mm512_dpbusd_epi32(acc, u, s); }
 inline VI NIBLO(VI v) { return _mm512_and_si512(v, _mm512_set1_epi8(15)); }
 inline VI NIBHI(VI v) { return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(15)); }
 inline VF CVTI(VI v) { return _mm512_cvtepi32_ps(v); }
-inline VF LOADF_N(const float* p, int n) { return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p); }
+inline VF HALVES(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+inline float HALF1(uint16_t h) { return _cvtsh_ss(h); }
+inline VF HALVES4(const uint16_t* p) {
+  return _mm512_castps128_ps512(_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+inline VF BYTESF(const uint8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
 inline VI LANEIDX(int l) {
   return _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                            __builtin_ctz(static_cast<unsigned>(l)));  // l is a power of two (W % l == 0)

@@ -244,7 +244,7 @@ Result<Session> Session::make(const SessionOptions& options, const std::string& 
     impl->info.sparse_matmuls = detail::chooseSparseForms(impl->g, options.sparse, *impl->k);
     impl->info.int8_matmuls = detail::chooseInt8Activations(impl->g, options.int8_activations, *impl->k);
     if (impl->info.int8_matmuls > 0) impl->info.int8_isa = impl->k->i8_isa;
-    if (impl->info.sparse_matmuls > 0) {
+    if (impl->info.sparse_matmuls > 0 || impl->info.int8_matmuls > 0) {  // both change the bytes a step reads
       impl->info.weight_bytes = 0;
       for (const detail::Node& n : impl->g.nodes)
         if (n.packed) impl->info.weight_bytes += n.packed->bytes();

@@ -58,22 +58,8 @@ QuantWeight makeWeight(int bits, int64_t K, int64_t N, int64_t block, bool withZ
   return w;
 }
 
-/// Y = X * W^T through packedMatMul with kernel set k (int8 activations when the weight says so).
-std::vector<float> run(const Kernels& k, const PackedWeight& w, const std::vector<float>& x, int64_t M) {
-  ThreadPool pool(2);
-  HeapAlloc alloc;
-  Node node;
-  node.op = "MatMul";
-  std::vector<Buf> vals(1);
-  RunEnv env{nullptr, vals.data(), &alloc, &pool, &k, 0};
-  OpCtx c{env, node};
-  std::vector<float> y(M * w.N, -1.f);
-  packedMatMul(c, w, x.data(), M, y.data());
-  return y;
-}
-
 /// The stated bound on |int8 result - exact| for output (m, n): sum over chunks of d_c / 2 * sum |w|, where d_c is
-/// the chunk's max |x| / 127 (plus float rounding, relative 1e-5 of sum |x w|).
+/// the chunk's max |x| / 127, plus 2^-11 of sum |x w| for the fp16 scales (and float rounding, 1e-5 of it).
 double bound(const std::vector<float>& x, const QuantWeight& w, int64_t m, int64_t n, int64_t K, int64_t N) {
   const PackedWeight& p = *w.pw;
   double b = 0, mag = 0;
@@ -89,7 +75,7 @@ double bound(const std::vector<float>& x, const QuantWeight& w, int64_t m, int64
       }
       b += amax / 127.0 / 2.0 * wsum;
     }
-  return b * (1 + 1e-5) + 1e-5 * mag + 1e-6;
+  return b * (1 + 1e-5) + (std::ldexp(1.0, -11) + 1e-5) * mag + 1e-6;
 }
 
 }  // namespace
@@ -114,9 +100,8 @@ TEST_CASE("int8-activation kernels match the scalar reference and stay within th
                 INFO("kernels " << k->isa << " (" << k->i8_isa << ") bits " << bits << " K " << K << " N " << N
                                 << " block " << block << " zp " << withZp << " M " << M);
                 REQUIRE(int8Capable(*w.pw, *k));
-                w.pw->int8 = true;
-                const std::vector<float> y = run(*k, *w.pw, x, M);
-                w.pw->int8 = false;
+                REQUIRE(enableInt8(*w.pw));
+                const std::vector<float> y = testutil::runPacked(*k, *w.pw, x, M);
                 // the same quantized activations through the scalar reference
                 std::vector<uint8_t> mem(static_cast<size_t>(int8ActsBytes(*w.pw, k->i8_width, M)) + 64);
                 void* aligned = mem.data() + (64 - reinterpret_cast<uintptr_t>(mem.data()) % 64) % 64;
@@ -174,6 +159,31 @@ TEST_CASE("int8 activations are chosen per weight at load: where asked, for capa
   CHECK_FALSE(g.nodes[2].packed->int8);
   CHECK(chooseInt8Activations(g, Int8Activations::On, k) == 3);
   CHECK(g.nodes[2].packed->int8);
+  // The compact parameters: 3 bytes per block instead of 8, the fp32 ones released.
+  CHECK(g32.pw->bytes() == 8 * 64 / 2 + 8 * 2 * 3);
+  CHECK(g32.pw->scale.empty());
+}
+
+TEST_CASE("weights whose parameters fp16 and bytes cannot hold keep exact compute", "[runtime][int8][hostile]") {
+  std::mt19937 rng(18);
+  QuantWeight tiny = makeWeight(8, 64, 4, 0, true, rng);
+  tiny.pw->scale[2] = 1e-7f;  // below fp16's normal range: more than 2^-11 would be lost
+  QuantWeight frac = makeWeight(4, 64, 4, 32, true, rng);
+  frac.pw->zp[1] = 3.5f;  // MatMulNBits float zero points may be fractional
+  QuantWeight huge = makeWeight(4, 64, 4, 32, true, rng);
+  huge.pw->scale[0] = 1e6f;
+  for (QuantWeight* w : {&tiny, &frac, &huge}) {
+    const std::vector<float> before = w->pw->scale;
+    CHECK_FALSE(enableInt8(*w->pw));
+    CHECK_FALSE(w->pw->int8);
+    CHECK(w->pw->scale == before);  // unchanged, still exact
+  }
+  Graph g;
+  Node n;
+  n.op = "MatMul";
+  n.packed = frac.pw;
+  g.nodes.push_back(std::move(n));
+  CHECK(chooseInt8Activations(g, Int8Activations::On, kernelsFor(true)) == 0);
 }
 
 TEST_CASE("a NaN activation reaches the int8 path's output as NaN", "[runtime][int8][hostile]") {
@@ -183,8 +193,8 @@ TEST_CASE("a NaN activation reaches the int8 path's output as NaN", "[runtime][i
   x[40] = std::nanf("");
   for (const Kernels* k : kernelSets()) {
     INFO("kernels " << k->isa);
-    w.pw->int8 = true;
-    const std::vector<float> y = run(*k, *w.pw, x, 1);
+    REQUIRE(enableInt8(*w.pw));
+    const std::vector<float> y = testutil::runPacked(*k, *w.pw, x, 1);
     for (float v : y) CHECK(std::isnan(v));
   }
 }

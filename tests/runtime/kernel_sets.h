@@ -1,5 +1,5 @@
-// kernel_sets.h — what the kernel tests share: every kernel set this CPU can run, and an allocator that gives each
-// request its own heap block (for OpCtx outside a session).
+// kernel_sets.h — what the kernel tests share: every kernel set this CPU can run, an allocator that gives each
+// request its own heap block (for OpCtx outside a session), and a packed MatMul run with one kernel set.
 #pragma once
 
 #include <algorithm>
@@ -7,6 +7,8 @@
 
 #include "runtime/internal.h"
 #include "runtime/kernels.h"
+#include "runtime/matmul.h"
+#include "runtime/thread_pool.h"
 
 namespace testutil {
 
@@ -23,6 +25,22 @@ inline std::vector<const crt::detail::Kernels*> kernelSets() {
   if (avx2Kernels()) v.push_back(avx2Kernels());
   if (avx512Kernels()) v.push_back(avx512Kernels());
   return v;
+}
+
+/// Y = X [M, K] * W^T through packedMatMul with kernel set k on a 2-thread pool (outside a session).
+inline std::vector<float> runPacked(const crt::detail::Kernels& k, const crt::detail::PackedWeight& w,
+                                    const std::vector<float>& x, int64_t M) {
+  using namespace crt::detail;
+  static ThreadPool pool(2);
+  HeapAlloc alloc;
+  Node node;
+  node.op = "MatMul";
+  std::vector<Buf> vals(1);
+  RunEnv env{nullptr, vals.data(), &alloc, &pool, &k, 0};
+  OpCtx c{env, node};
+  std::vector<float> y(M * w.N, -1.f);
+  packedMatMul(c, w, x.data(), M, y.data());
+  return y;
 }
 
 }  // namespace testutil

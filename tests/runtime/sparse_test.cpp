@@ -40,18 +40,6 @@ bool pruned(Pattern p, int64_t k, int64_t n, std::mt19937& rng) {
   return false;
 }
 
-std::vector<float> run(const Kernels& k, const PackedWeight& w, const std::vector<float>& x, int64_t M) {
-  static ThreadPool pool(2);
-  HeapAlloc alloc;
-  Node node;
-  node.op = "MatMul";
-  std::vector<Buf> vals(1);
-  RunEnv env{nullptr, vals.data(), &alloc, &pool, &k, 0};
-  OpCtx c{env, node};
-  std::vector<float> y(M * w.N, -1.f);
-  packedMatMul(c, w, x.data(), M, y.data());
-  return y;
-}
 
 /// Packs the weight twice with `pack` and turns the second copy sparse; then every kernel set must give the
 /// same bits from both at decode and prefill row counts.
@@ -88,7 +76,7 @@ void checkSparseEqualsDense(Pack pack, int64_t K, double wantStored) {
     for (auto& v : x) v = nd(rng);
     for (const Kernels* k : kernelSets()) {
       INFO("kernels " << k->isa << " M=" << M);
-      const auto yd = run(*k, *dense, x, M), ys = run(*k, *sparse, x, M);
+      const auto yd = testutil::runPacked(*k, *dense, x, M), ys = testutil::runPacked(*k, *sparse, x, M);
       // the same bits, except that F32's -0.0 weights expand as +0.0 (an exactly-zero output may change sign)
       int64_t differ = 0;
       for (size_t i = 0; i < yd.size(); ++i) {
