@@ -94,6 +94,11 @@ inline VI DOT_U8(VI acc, VI u, VI s) {
 }
 inline VF CVTI(VI v) { return _mm256_cvtepi32_ps(v); }
 inline VF HALVES(const uint16_t* p) { return H2F(p); }
+inline VF FNMA(VF a, VF b, VF c) { return _mm256_fnmadd_ps(a, b, c); }
+inline void HSUM4(VF a, VF b, VF c, VF d, float* out) {
+  const VF t = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));  // per 128-bit half: a b c d partial sums
+  _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
+}
 inline float HALF1(uint16_t h) { return _cvtsh_ss(h); }
 inline VF HALVES4(const uint16_t* p) {
   return _mm256_castps128_ps256(_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));

@@ -29,6 +29,15 @@ inline VI NIBLO(VI v) { return _mm512_and_si512(v, _mm512_set1_epi8(15)); }
 inline VI NIBHI(VI v) { return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(15)); }
 inline VF CVTI(VI v) { return _mm512_cvtepi32_ps(v); }
 inline VF HALVES(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+inline VF FNMA(VF a, VF b, VF c) { return _mm512_fnmadd_ps(a, b, c); }
+inline void HSUM4(VF a, VF b, VF c, VF d, float* out) {
+  const VF ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));  // a0+a2 a1+a3 b0+b2 b1+b3
+  const VF cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xEE));
+  VF t = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xDD));     // one 128-bit lane each
+  t = _mm512_add_ps(t, _mm512_permute_ps(t, 0x4E));
+  t = _mm512_add_ps(t, _mm512_permute_ps(t, 0xB1));
+  _mm_storeu_ps(out, _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), t)));
+}
 inline float HALF1(uint16_t h) { return _cvtsh_ss(h); }
 inline VF HALVES4(const uint16_t* p) {
   return _mm512_castps128_ps512(_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
