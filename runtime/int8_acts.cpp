@@ -20,8 +20,8 @@ int64_t align64(int64_t b) { return (b + 63) / 64 * 64; }
 /// Round to nearest even (the default MXCSR mode, as std::nearbyint) in one instruction; x86-64's baseline SSE.
 inline int roundToInt(float v) { return _mm_cvtss_si32(_mm_set_ss(v)); }
 
-/// One row: chunk scales d (lane-expanded), values q, and per block bq.
-void quantizeRow(const PackedWeight& w, int W, const float* x, int8_t* q, float* d, float* bq) {
+/// One row: chunk scales d (lane-expanded), values q, and per block bq; `chunk` quantizes 32 values.
+void quantizeRow(const PackedWeight& w, int W, Int8ChunkFn chunk, const float* x, int8_t* q, float* d, float* bq) {
   const int64_t cpb = w.P / 32;
   const int lpc = int8LanesPerChunk(w.kind);
   for (int64_t b = 0; b < w.nblk; ++b) {
@@ -29,22 +29,10 @@ void quantizeRow(const PackedWeight& w, int W, const float* x, int8_t* q, float*
     for (int64_t cc = 0; cc < cpb; ++cc) {
       const int64_t c = b * cpb + cc, k0 = b * w.block + cc * 32;
       const int n = static_cast<int>(std::clamp<int64_t>(std::min(w.block - cc * 32, w.K - k0), 0, 32));
-      const float* xc = x + k0;
-      float amax = 0.f;
-      bool nan = false;
-      for (int j = 0; j < n; ++j) {
-        const float a = std::fabs(xc[j]);
-        amax = std::max(amax, a);
-        nan |= a != a;
-      }
-      const float dc = nan ? std::numeric_limits<float>::quiet_NaN() : amax / 127.f;  // a NaN reaches y through d
-      const float id = std::isfinite(dc) && dc > 0.f ? 1.f / dc : 0.f;
-      int8_t v[32] = {};
-      int sum = 0;
-      for (int j = 0; j < n; ++j) {
-        v[j] = static_cast<int8_t>(std::clamp(roundToInt(xc[j] * id), -127, 127));
-        sum += v[j];
-      }
+      alignas(32) int8_t v[32];
+      float dc;
+      int sum;
+      chunk(x + k0, n, v, &dc, &sum);
       std::memcpy(q + int8ActIndex(w.kind, W, c, 0), v, 16);
       std::memcpy(q + int8ActIndex(w.kind, W, c, 16), v + 16, 16);
       for (int i = 0; i < lpc; ++i) d[c * lpc + i] = dc;
@@ -55,6 +43,25 @@ void quantizeRow(const PackedWeight& w, int W, const float* x, int8_t* q, float*
 }
 
 }  // namespace
+
+void quantizeInt8Chunk(const float* x, int n, int8_t* v, float* d, int* sum) {
+  float amax = 0.f;
+  bool nan = false;
+  for (int j = 0; j < n; ++j) {
+    const float a = std::fabs(x[j]);
+    amax = std::max(amax, a);
+    nan |= a != a;
+  }
+  const float dc = nan ? std::numeric_limits<float>::quiet_NaN() : amax / 127.f;  // a NaN reaches y through d
+  const float id = int8InverseScale(dc);
+  int s = 0;
+  for (int j = 0; j < 32; ++j) {
+    v[j] = j < n ? static_cast<int8_t>(std::clamp(roundToInt(x[j] * id), -127, 127)) : 0;
+    s += v[j];
+  }
+  *d = dc;
+  *sum = s;
+}
 
 int64_t bqStride(const PackedWeight& w) { return (w.nblk + 15) / 16 * 16; }
 
@@ -78,7 +85,7 @@ Int8Acts int8ActsView(const PackedWeight& w, int W, int64_t M, void* mem) {
   return a;
 }
 
-void quantizeInt8Rows(const PackedWeight& w, const Int8Acts& a, const float* X, int64_t m0, int64_t m1) {
+void quantizeInt8Rows(const PackedWeight& w, const Int8Acts& a, const float* X, int64_t m0, int64_t m1, Int8ChunkFn chunk) {
   for (int64_t m = m0; m < m1; ++m) {
     int8_t* q = a.q + m * a.steps * a.stepBytes;
     float* d = a.d + m * a.steps * a.W;
@@ -86,7 +93,7 @@ void quantizeInt8Rows(const PackedWeight& w, const Int8Acts& a, const float* X, 
     std::fill(d, d + a.steps * a.W, 0.f);
     float* bq = a.bq + m * a.bqStride;
     std::fill(bq + w.nblk, bq + a.bqStride, 0.f);
-    quantizeRow(w, a.W, X + m * w.K, q, d, bq);
+    quantizeRow(w, a.W, chunk ? chunk : quantizeInt8Chunk, X + m * w.K, q, d, bq);
   }
 }
 

@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 
 #include "runtime/internal.h"
 
@@ -73,8 +74,18 @@ constexpr int64_t kInt8AccuracyLevel = 4;
 int64_t int8ActsBytes(const PackedWeight& w, int W, int64_t M);
 /// The view of M rows laid out in `mem` (int8ActsBytes of it); nothing is written.
 Int8Acts int8ActsView(const PackedWeight& w, int W, int64_t M, void* mem);
-/// Quantizes rows [m0, m1) of X [M, K] (row stride K) into the view (padding included).
-void quantizeInt8Rows(const PackedWeight& w, const Int8Acts& a, const float* X, int64_t m0, int64_t m1);
+/// One chunk: n <= 32 values x into v[32] (zero past n), d = max|x| / 127 (NaN when x holds one), sum of v. The
+/// portable definition; Kernels::quantize_i8 gives the same bits with SIMD.
+void quantizeInt8Chunk(const float* x, int n, int8_t* v, float* d, int* sum);
+/// 1 / d, or 0 for a chunk of zeros, of denormals (1 / d would overflow) or with a NaN or infinity (d not finite).
+inline float int8InverseScale(float d) {
+  return d >= std::numeric_limits<float>::min() && d <= std::numeric_limits<float>::max() ? 1.f / d : 0.f;
+}
+using Int8ChunkFn = void (*)(const float* x, int n, int8_t* v, float* d, int* sum);
+/// Quantizes rows [m0, m1) of X [M, K] (row stride K) into the view (padding included), chunk by chunk with
+/// `chunk` (null: quantizeInt8Chunk).
+void quantizeInt8Rows(const PackedWeight& w, const Int8Acts& a, const float* X, int64_t m0, int64_t m1,
+                      Int8ChunkFn chunk = nullptr);
 /// Both of the above for all M rows.
 Int8Acts quantizeInt8Acts(const PackedWeight& w, int W, const float* X, int64_t M, void* mem);
 

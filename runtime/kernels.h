@@ -39,6 +39,8 @@ struct Kernels {
   /// i8_width lanes): Y[m * ldy + n] for m < a.M. Integer dot products; null where the CPU has no such kernel.
   void (*gemm_i8)(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_t n1, float* Y, int64_t ldy) = nullptr;
   int i8_width = 16;
+  /// quantizeInt8Chunk with SIMD, bit-identical (runtime/int8_acts.h); null: the portable one.
+  void (*quantize_i8)(const float* x, int n, int8_t* v, float* d, int* sum) = nullptr;
   const char* i8_isa = "scalar";  // which integer dot product gemm_i8 uses ("avx512-vnni", "avx2", "scalar")
   /// Softmax over each of `rows` contiguous rows of length n (y may equal x).
   void (*softmax)(const float* x, float* y, int64_t rows, int64_t n) = nullptr;

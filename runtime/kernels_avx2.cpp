@@ -94,6 +94,22 @@ inline VI DOT_U8(VI acc, VI u, VI s) {
 }
 inline VF CVTI(VI v) { return _mm256_cvtepi32_ps(v); }
 inline VF HALVES(const uint16_t* p) { return H2F(p); }
+inline VF ABSF(VF v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.f), v); }
+inline VF MAXF(VF a, VF b) { return _mm256_max_ps(a, b); }
+inline float HMAXF(VF v) { return HMAX(v); }
+inline bool ANYNAN(VF v) { return _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) != 0; }
+inline VI ROUNDI(VF v) { return _mm256_cvtps_epi32(v); }
+inline VI ADDI(VI a, VI b) { return _mm256_add_epi32(a, b); }
+inline int SUMI(VI v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+inline void STOREQ(int8_t* p, const VI* q) {  // packs interleave 128-bit halves; the permute puts them in order
+  const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+}
 inline VF FNMA(VF a, VF b, VF c) { return _mm256_fnmadd_ps(a, b, c); }
 inline void HSUM4(VF a, VF b, VF c, VF d, float* out) {
   const VF t = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));  // per 128-bit half: a b c d partial sums
@@ -116,6 +132,7 @@ inline VF PERMF(VF v, VI idx) { return _mm256_permutevar8x32_ps(v, idx); }
 void gemmInt8Avx2(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_t n1, float* Y, int64_t ldy) {
   avx2::gemmInt8Simd(w, a, n0, n1, Y, ldy);
 }
+void quantizeChunkAvx2(const float* x, int n, int8_t* v, float* d, int* sum) { avx2::quantizeChunkSimd(x, n, v, d, sum); }
 
 const Kernels* avx2Kernels() {
   static const Kernels* k = [] () -> const Kernels* {
@@ -138,6 +155,7 @@ const Kernels* avx2Kernels() {
     s.gemm_i8 = gemmInt8Avx2;
     s.i8_width = avx2::W;
     s.i8_isa = "avx2";
+    s.quantize_i8 = quantizeChunkAvx2;
     s.softmax = avx2::softmaxSimd;
     s.sigmoid = avx2::sigmoidSimd;
     s.half_to_float = avx2::halfToFloatSimd;

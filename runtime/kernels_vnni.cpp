@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "runtime/int8_acts.h"
 #include "runtime/kernels.h"
@@ -29,6 +30,17 @@ inline VI NIBLO(VI v) { return _mm512_and_si512(v, _mm512_set1_epi8(15)); }
 inline VI NIBHI(VI v) { return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(15)); }
 inline VF CVTI(VI v) { return _mm512_cvtepi32_ps(v); }
 inline VF HALVES(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+inline VF ABSF(VF v) { return _mm512_abs_ps(v); }
+inline VF MAXF(VF a, VF b) { return _mm512_max_ps(a, b); }
+inline float HMAXF(VF v) { return _mm512_reduce_max_ps(v); }
+inline bool ANYNAN(VF v) { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0; }
+inline VI ROUNDI(VF v) { return _mm512_cvtps_epi32(v); }
+inline VI ADDI(VI a, VI b) { return _mm512_add_epi32(a, b); }
+inline int SUMI(VI v) { return _mm512_reduce_add_epi32(v); }
+inline void STOREQ(int8_t* p, const VI* q) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtsepi32_epi8(q[0]));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p + 16), _mm512_cvtsepi32_epi8(q[1]));
+}
 inline VF FNMA(VF a, VF b, VF c) { return _mm512_fnmadd_ps(a, b, c); }
 inline void HSUM4(VF a, VF b, VF c, VF d, float* out) {
   const VF ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));  // a0+a2 a1+a3 b0+b2 b1+b3
@@ -56,5 +68,6 @@ inline VF PERMF(VF v, VI idx) { return _mm512_permutexvar_ps(idx, v); }
 void gemmInt8Vnni512(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_t n1, float* Y, int64_t ldy) {
   vnni512::gemmInt8Simd(w, a, n0, n1, Y, ldy);
 }
+void quantizeChunkAvx512(const float* x, int n, int8_t* v, float* d, int* sum) { vnni512::quantizeChunkSimd(x, n, v, d, sum); }
 
 }  // namespace crt::detail

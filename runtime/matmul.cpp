@@ -85,7 +85,7 @@ void int8MatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, f
   c.env.pool->parallelFor(qtasks, [&](int64_t t) {
     int64_t b, e;
     range(rows, qtasks, t, 1, b, e);
-    quantizeInt8Rows(w, a, X, b, e);
+    quantizeInt8Rows(w, a, X, b, e, k.quantize_i8);
   });
   const int64_t tasks = tasksFor(c, rows * N * K, N / 16);
   c.env.pool->parallelFor(tasks, [&](int64_t t) {

@@ -4,6 +4,7 @@
 // error bound of exact fp32 compute; the load-time choice; NaN reaching the output.
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstring>
 #include <random>
 
 #include "runtime/int8_acts.h"
@@ -128,6 +129,37 @@ TEST_CASE("int8-activation kernels match the scalar reference and stay within th
     }
   }
   CHECK(checked >= 2 * 10 * 5 * 5 * 2 * 4);
+}
+
+TEST_CASE("the SIMD activation quantizers give the portable one's bits", "[runtime][kernels][int8]") {
+  std::mt19937 rng(19);
+  std::normal_distribution<float> nd;
+  int compared = 0;
+  for (const Kernels* k : kernelSets()) {
+    if (!k->quantize_i8) continue;
+    INFO("kernels " << k->isa);
+    for (int trial = 0; trial < 2000; ++trial) {
+      float x[32];
+      const float scale = std::ldexp(1.f, std::uniform_int_distribution<int>(-130, 100)(rng));  // denormals to huge
+      for (float& v : x) v = nd(rng) * scale;
+      const int n = trial % 5 == 0 ? std::uniform_int_distribution<int>(0, 31)(rng) : 32;
+      if (trial % 7 == 0) x[trial % 32] = std::nanf("");
+      if (trial % 11 == 0) x[(trial / 11) % 32] = (trial & 1 ? 1 : -1) * INFINITY;
+      if (trial % 13 == 0) std::fill(x, x + 32, 0.f);
+      if (trial % 17 == 0) x[3] = 127.5f * x[5];  // ties
+      int8_t want[32], got[32];
+      float dw, dg;
+      int sw, sg;
+      quantizeInt8Chunk(x, n, want, &dw, &sw);
+      k->quantize_i8(x, n, got, &dg, &sg);
+      INFO("trial " << trial << " n " << n);
+      CHECK(std::memcmp(want, got, 32) == 0);
+      CHECK(sw == sg);
+      CHECK((dw == dg || (std::isnan(dw) && std::isnan(dg))));
+      ++compared;
+    }
+  }
+  CHECK(compared >= 2000);
 }
 
 TEST_CASE("int8 activations are chosen per weight at load: where asked, for capable layouts only", "[runtime][int8]") {
