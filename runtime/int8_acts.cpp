@@ -125,7 +125,8 @@ bool enableInt8(PackedWeight& w) {
 }
 
 bool int8Capable(const PackedWeight& w, const Kernels& k) {
-  return (w.kind == PackedWeight::Q8 || w.kind == PackedWeight::Q4) && !w.sparse && k.gemm_i8 &&
+  return (w.kind == PackedWeight::Q8 || w.kind == PackedWeight::Q4) && (w.sparse ? k.gemm_i8_sparse : k.gemm_i8) &&
+         (!w.sparse || w.kind == PackedWeight::Q8) &&  // sparse int4 keeps exact compute
          int8ScaleMode(w, k.i8_width) != Int8ScaleMode::Unsupported;
 }
 

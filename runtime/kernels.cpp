@@ -117,12 +117,14 @@ void sparseUnpackPanelScalar(const PackedWeight& w, int64_t p, float* panel) { s
 void gemmInt8Scalar(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_t n1, float* Y, int64_t ldy) {
   const int64_t cpb = w.P / 32;
   const int lpc = int8LanesPerChunk(w.kind);
+  std::vector<uint8_t> dense(w.sparse ? static_cast<size_t>(w.rowBytes()) : 0);
   for (int64_t m = 0; m < a.M; ++m) {
     const int8_t* q = a.qRow(m);
     const float* d = a.dRow(m);
     const float* bq = a.bqRow(m);
     for (int64_t n = n0; n < n1; ++n) {
       const uint8_t* row = static_cast<const uint8_t*>(w.w.data()) + n * w.rowBytes();
+      if (w.sparse) sparseToDense(w, n, dense.data()), row = dense.data();
       float y = 0.f;
       for (int64_t b = 0; b < w.nblk; ++b) {
         float bs = 0.f;
@@ -189,6 +191,7 @@ Kernels makeScalar() {
   k.sparse_unpack_rows = sparseUnpackRowsScalar;
   k.sparse_unpack_panel = sparseUnpackPanelScalar;
   k.gemm_i8 = gemmInt8Scalar;
+  k.gemm_i8_sparse = gemmInt8Scalar;
   k.i8_width = 16;
   k.i8_isa = "scalar";
   k.softmax = softmaxScalar;

@@ -38,6 +38,9 @@ struct Kernels {
   /// Q8/Q4 rows [n0, n1) against activation rows quantized to int8 (runtime/int8_acts.h, laid out for
   /// i8_width lanes): Y[m * ldy + n] for m < a.M. Integer dot products; null where the CPU has no such kernel.
   void (*gemm_i8)(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_t n1, float* Y, int64_t ldy) = nullptr;
+  /// gemm_i8 for a weight in the sparse form (bit-identical to it on the dense form); null: sparse weights keep
+  /// exact compute with these kernels.
+  void (*gemm_i8_sparse)(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_t n1, float* Y, int64_t ldy) = nullptr;
   int i8_width = 16;
   /// quantizeInt8Chunk with SIMD, bit-identical (runtime/int8_acts.h); null: the portable one.
   void (*quantize_i8)(const float* x, int n, int8_t* v, float* d, int* sum) = nullptr;

@@ -18,6 +18,7 @@ void gemm_nn(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int
 void gemmInt8Vnni512(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_t n1, float* Y, int64_t ldy);  // kernels_vnni.cpp
 void gemmInt8Avx2(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_t n1, float* Y, int64_t ldy);  // kernels_avx2.cpp
 void quantizeChunkAvx512(const float* x, int n, int8_t* v, float* d, int* sum);  // kernels_vnni.cpp
+void gemmInt8SparseVnni512(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_t n1, float* Y, int64_t ldy);  // kernels_vnni_sparse.cpp
 void quantizeChunkAvx2(const float* x, int n, int8_t* v, float* d, int* sum);    // kernels_avx2.cpp
 
 namespace avx512 {
@@ -86,6 +87,7 @@ const Kernels* avx512Kernels() {
       s.i8_width = 16;
       s.i8_isa = "avx512-vnni";
       s.quantize_i8 = quantizeChunkAvx512;
+      if (__builtin_cpu_supports("avx512vbmi2")) s.gemm_i8_sparse = gemmInt8SparseVnni512;  // byte expansion
     } else {
       s.gemm_i8 = gemmInt8Avx2;
       s.i8_width = 8;

@@ -91,7 +91,7 @@ void int8MatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, f
   c.env.pool->parallelFor(tasks, [&](int64_t t) {
     int64_t b, e;
     range(N, tasks, t, 16, b, e);
-    if (e > b) k.gemm_i8(w, a, b, e, Y, N);
+    if (e > b) (w.sparse ? k.gemm_i8_sparse : k.gemm_i8)(w, a, b, e, Y, N);
   });
 }
 
@@ -102,7 +102,7 @@ void packedMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows,
   const int64_t N = w.N, K = w.K;
   const bool quant = w.kind == PackedWeight::Q8 || w.kind == PackedWeight::Q4;
   if (w.kind == PackedWeight::F32) return panelMatMul(c, w, X, rows, Y);
-  if (w.int8 && k.gemm_i8) return int8MatMul(c, w, X, rows, Y);
+  if (w.int8 && (w.sparse ? k.gemm_i8_sparse : k.gemm_i8)) return int8MatMul(c, w, X, rows, Y);
   const auto gemv = w.sparse ? k.sparse_gemv : k.gemv;
   const auto unpack = w.sparse ? k.sparse_unpack_rows : k.unpack_rows;
 

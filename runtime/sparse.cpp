@@ -153,7 +153,7 @@ void sparseToDense(const PackedWeight& w, int64_t u, void* dst) {
     for (int64_t i = 0; i < kChunk; ++i) {
       const int64_t e = c * kChunk + i, b = e / w.P;
       const bool pad = e % w.P >= std::min(w.block, w.K - b * w.block);
-      int q = pad ? 0 : static_cast<int>(w.zp[u * w.nblk + b]);
+      int q = pad ? 0 : w.int8 ? w.zp8[u * w.nblk + b] : static_cast<int>(w.zp[u * w.nblk + b]);
       if (m >> i & 1u) {
         q = w.kind == PackedWeight::Q8 ? v[count] : (v[count / 2] >> (4 * (count % 2))) & 0xF;
         ++count;

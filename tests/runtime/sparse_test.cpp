@@ -10,6 +10,7 @@
 #include "runtime/internal.h"
 #include "runtime/kernels.h"
 #include "runtime/matmul.h"
+#include "runtime/int8_acts.h"
 #include "runtime/sparse.h"
 #include "runtime/thread_pool.h"
 #include "kernel_sets.h"
@@ -87,6 +88,24 @@ void checkSparseEqualsDense(Pack pack, int64_t K, double wantStored) {
       CHECK(differ == 0);
     }
   }
+  if (dense->kind != PackedWeight::Q8) return;
+  // int8 activations: the sparse form (vpexpandb over the zero points) gives the dense int8 kernel's bits
+  REQUIRE(enableInt8(*dense));
+  REQUIRE(enableInt8(*sparse));
+  int sets = 0;
+  for (int64_t M : {1, 2, 5, 13}) {
+    std::vector<float> x(M * K);
+    for (auto& v : x) v = nd(rng);
+    for (const Kernels* k : kernelSets()) {
+      if (!int8Capable(*sparse, *k)) continue;  // no byte expansion: such kernel sets keep sparse weights exact
+      INFO("int8 activations, kernels " << k->i8_isa << " M=" << M);
+      const auto yd = testutil::runPacked(*k, *dense, x, M), ys = testutil::runPacked(*k, *sparse, x, M);
+      CHECK(std::memcmp(yd.data(), ys.data(), yd.size() * 4) == 0);
+      ++sets;
+    }
+  }
+  const bool vbmi2 = avx512Kernels() && avx512Kernels()->gemm_i8_sparse;
+  CHECK(sets == 4 * (vbmi2 ? 2 : 1));  // the scalar reference, and the VBMI2 kernel where the CPU has it
 }
 
 }  // namespace
