@@ -4,6 +4,7 @@
 # linear including the classifier magnitude-pruned to 50% unstructured or 2:4, as fp32, int8 (per channel,
 # symmetric) and int4-g32 (asymmetric, MatMulNBits), and the unpruned files as the dense baseline. Each file is
 # timed with `crun bench --sparse off` and `--sparse on`, interleaved over several rounds (the machine is shared),
+# the int8 files also with int8 activations (`--int8-activations on`, format "int8_acts"),
 # at [1,1] (decode GEMV) and [1,128] (prefill), with 1 and 2 threads; the median of the rounds' medians is kept.
 # Prints a Markdown table and writes bench/sparse.json.
 # Usage: bash bench/sparse.sh [build] [rounds]
@@ -49,14 +50,17 @@ YAML
   done
 done
 
-# one timing: median ms of `crun bench` for file, mode, threads, tokens
+# one timing: median ms of `crun bench` for file, mode, threads, tokens, int8 activations (off|on)
 timeit() {
   local runs=$([ "$4" = 1 ] && echo 30 || echo 5)
-  "$build/crun" bench "$1" --shape tokens=1x$4 --threads "$3" --runs "$runs" --warmup 2 --sparse "$2" --json
+  "$build/crun" bench "$1" --shape tokens=1x$4 --threads "$3" --runs "$runs" --warmup 2 --sparse "$2" --json \
+    --int8-activations "$5"
 }
 
 rows="["
-for f in fp32 int8 int4_g32; do
+for fmt in fp32 int8 int8_acts int4_g32; do  # int8_acts: the int8 files with int8 activations (integer dot products)
+  f=${fmt%_acts}
+  acts=$([ "$fmt" = int8_acts ] && echo on || echo off)
   for threads in 1 2; do
     for s in 1 128; do
       # every file and mode of this format once per round, so that the machine's noise hits them alike
@@ -65,14 +69,14 @@ for f in fp32 int8 int4_g32; do
         for prune in dense 50 2of4; do
           for mode in off on; do
             [ $prune = dense ] && [ $mode = on ] && continue
-            got[$prune.$mode]+="$(timeit "$tmp/${prune}_$f/model.onnx" $mode $threads $s),"
+            got[$prune.$mode]+="$(timeit "$tmp/${prune}_$f/model.onnx" $mode $threads $s $acts),"
           done
         done
       done
       for prune in dense 50 2of4; do
         for mode in off on; do
           [ $prune = dense ] && [ $mode = on ] && continue
-          rows="$rows{\"format\": \"$f\", \"prune\": \"$prune\", \"sparse\": \"$mode\", \"threads\": $threads, \"shape\": \"1x$s\", \"file_bytes\": $(stat -c %s "$tmp/${prune}_$f/model.onnx"), \"runs\": [${got[$prune.$mode]%,}]},"
+          rows="$rows{\"format\": \"$fmt\", \"prune\": \"$prune\", \"sparse\": \"$mode\", \"threads\": $threads, \"shape\": \"1x$s\", \"file_bytes\": $(stat -c %s "$tmp/${prune}_$f/model.onnx"), \"runs\": [${got[$prune.$mode]%,}]},"
         done
       done
       unset got

@@ -103,6 +103,11 @@ Int8Acts quantizeInt8Acts(const PackedWeight& w, int W, const float* X, int64_t 
   return a;
 }
 
+bool int8Asked(const Node& n, Int8Activations mode) {
+  return mode == Int8Activations::On ||
+         (mode == Int8Activations::Model && n.op == "MatMulNBits" && n.attrInt("accuracy_level", 0) == kInt8AccuracyLevel);
+}
+
 bool enableInt8(PackedWeight& w) {
   if (w.int8) return true;
   const size_t n = w.scale.size();
@@ -135,9 +140,7 @@ int chooseInt8Activations(Graph& g, Int8Activations mode, const Kernels& k) {
   int chosen = 0;
   for (Node& n : g.nodes) {
     if (!n.packed || !int8Capable(*n.packed, k)) continue;
-    const bool asked = mode == Int8Activations::On ||
-                       (n.op == "MatMulNBits" && n.attrInt("accuracy_level", 0) == kInt8AccuracyLevel);
-    if (!asked || !enableInt8(*n.packed)) continue;
+    if (!int8Asked(n, mode) || !enableInt8(*n.packed)) continue;
     ++chosen;
   }
   return chosen;

@@ -98,6 +98,8 @@ bool enableInt8(PackedWeight& w);
 struct Kernels;
 /// True when kernel set k has an int8 path for w: a dense Q8/Q4 weight whose block size tiles k's vectors.
 bool int8Capable(const PackedWeight& w, const Kernels& k);
+/// Whether node n asks for int8 activations under `mode` (On: every node; Model: MatMulNBits with accuracy_level 4).
+bool int8Asked(const Node& n, Int8Activations mode);
 /// Per weight at load (SessionOptions::int8_activations): Model marks the MatMulNBits nodes whose accuracy_level
 /// is 4, On every capable Q8/Q4 weight, Off none. Runs after the sparse choice (sparse weights stay exact).
 /// Returns the number of weights marked.

@@ -80,14 +80,20 @@ const Kernels* avx512Kernels() {
     s.sparse_gemv = avx512::sparseGemvSimd;
     s.sparse_unpack_rows = avx512::sparseUnpackRowsSimd;
     s.sparse_unpack_panel = avx512::sparseUnpackPanelSimd;
-    // sparse_crossover: not measured on an AVX-512 machine yet (bench/sparse.sh), so auto keeps weights dense.
+    // sparse_crossover stays 0 for exact compute: bench/sparse.sh on Zen 5 (6 Dec 2026) measured every sparse form
+    // slower than dense at decode (fp32 2.1-2.2x, int8 1.7-2.3x, int4 2.3-4.2x with 1 thread), so auto keeps them dense.
     // Integer dot products: AVX-512 VNNI where the CPU has it (Zen 4/5, Ice Lake and later), else AVX2's maddubs.
     if (__builtin_cpu_supports("avx512vnni")) {
       s.gemm_i8 = gemmInt8Vnni512;
       s.i8_width = 16;
       s.i8_isa = "avx512-vnni";
       s.quantize_i8 = quantizeChunkAvx512;
-      if (__builtin_cpu_supports("avx512vbmi2")) s.gemm_i8_sparse = gemmInt8SparseVnni512;  // byte expansion
+      if (__builtin_cpu_supports("avx512vbmi2")) {  // byte expansion
+        s.gemm_i8_sparse = gemmInt8SparseVnni512;
+        // bench/sparse.sh (Zen 5, 6 Dec 2026): int8 at 50% and 2:4 with int8 activations decodes in about 0.7x the
+        // dense int8 time (the only density measured, so nothing above it).
+        s.sparse_crossover_i8 = 0.5f;
+      }
     } else {
       s.gemm_i8 = gemmInt8Avx2;
       s.i8_width = 8;

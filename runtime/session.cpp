@@ -241,7 +241,7 @@ Result<Session> Session::make(const SessionOptions& options, const std::string& 
     impl->info.isa = impl->k->isa;
     impl->info.threads = impl->pool->size();
     impl->g = load(*impl);
-    impl->info.sparse_matmuls = detail::chooseSparseForms(impl->g, options.sparse, *impl->k);
+    impl->info.sparse_matmuls = detail::chooseSparseForms(impl->g, options.sparse, *impl->k, options.int8_activations);
     impl->info.int8_matmuls = detail::chooseInt8Activations(impl->g, options.int8_activations, *impl->k);
     if (impl->info.int8_matmuls > 0) impl->info.int8_isa = impl->k->i8_isa;
     if (impl->info.sparse_matmuls > 0 || impl->info.int8_matmuls > 0) {  // both change the bytes a step reads

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "runtime/int8_acts.h"
 #include "runtime/kernels.h"
 
 namespace crt::detail {
@@ -164,14 +165,18 @@ void sparseToDense(const PackedWeight& w, int64_t u, void* dst) {
   }
 }
 
-int chooseSparseForms(Graph& g, SparseMode mode, const Kernels& k) {
+int chooseSparseForms(Graph& g, SparseMode mode, const Kernels& k, Int8Activations int8) {
   if (mode == SparseMode::Off) return 0;
   int converted = 0;
   for (Node& n : g.nodes) {
     if (!n.packed || n.packed->sparse || n.packed->kind == PackedWeight::F16) continue;
     PackedWeight& w = *n.packed;
     const double f = storedFraction(w);
-    const double crossover = k.sparse_crossover[w.kind];
+    // A weight that will take int8 activations (chosen next, chooseInt8Activations) runs other kernels: their own
+    // crossover, and none where the int8 kernels have no sparse form (it would cost the int8 path).
+    const bool i8 = int8Asked(n, int8) && int8Capable(w, k);
+    const double crossover = i8 ? (k.gemm_i8_sparse && w.kind == PackedWeight::Q8 ? k.sparse_crossover_i8 : 0.0)
+                                : k.sparse_crossover[w.kind];
     const bool pays = crossover > 0 && f <= crossover && w.bytes() >= kSparseMinBytes;
     if (mode == SparseMode::On ? f >= 1.0 : !pays) continue;
     auto s = makeSparse(w);

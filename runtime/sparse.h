@@ -48,7 +48,8 @@ void sparseToDense(const PackedWeight& w, int64_t u, void* dst);
 /// Per weight at load (SessionOptions::sparse): Auto keeps the sparse form where the weight's nonzero fraction is
 /// at most the kernel set's measured crossover for its kind and the dense weight is at least 1 MiB; On
 /// wherever a form exists and the weight has any zero; Off never. Returns the number of weights converted.
-int chooseSparseForms(Graph& g, SparseMode mode, const Kernels& k);
+/// Weights that will take int8 activations (`int8`, runtime/int8_acts.h) are judged by Kernels::sparse_crossover_i8.
+int chooseSparseForms(Graph& g, SparseMode mode, const Kernels& k, Int8Activations int8 = Int8Activations::Off);
 
 /// Expansion tables of the SIMD kernels: for an 8-bit mask m, lanes[m][i] is the index of lane i's value in the
 /// packed input (-1 when bit i is clear), bytes[m] the same as pshufb indices (0x80 when clear).
