@@ -220,3 +220,40 @@ TEST_CASE("the load-time choice follows SessionOptions::sparse and the kernel se
   CHECK(g.nodes[2].packed->sparse);
   CHECK_FALSE(g.nodes[1].packed->sparse);
 }
+
+TEST_CASE("weights headed for int8 activations are judged by the int8 kernels' crossover", "[runtime][sparse][int8]") {
+  constexpr int64_t D = 1024;  // 1 MiB as int8
+  std::vector<int8_t> q8(D * D, 0);
+  for (size_t i = 0; i < q8.size(); i += 2) q8[i] = 5;  // 50% nonzero (zero point 0)
+  std::vector<uint8_t> q4(D * D, 0);  // [D, 2D] int4: 1 MiB
+  for (size_t i = 0; i < q4.size(); ++i) q4[i] = 0x05;  // every other int4 nonzero
+  std::vector<float> s(D, 0.01f), s4(D / 32 * 2 * D, 0.01f);
+  auto graph = [&] {
+    Graph g;
+    Node a;
+    a.op = "MatMul";
+    a.packed = packDequantize(Buf{DType::I8, Shape{D, D}, q8.data()}, Buf{DType::F32, Shape{D}, s.data()}, nullptr, 1, 0);
+    g.nodes.push_back(std::move(a));
+    Node b;
+    b.op = "MatMul";
+    b.packed = packDequantize(Buf{kU4, Shape{D, 2 * D}, q4.data()}, Buf{DType::F32, Shape{D / 32, 2 * D}, s4.data()},
+                              nullptr, 0, 32);
+    g.nodes.push_back(std::move(b));
+    return g;
+  };
+  Kernels k = scalarKernels();
+  k.sparse_crossover[PackedWeight::Q8] = 0.f;
+  k.sparse_crossover[PackedWeight::Q4] = 0.6f;
+  k.sparse_crossover_i8 = 0.6f;
+  Graph exact = graph();  // exact compute: the int4 weight pays by the exact crossover, the int8 one does not
+  CHECK(chooseSparseForms(exact, SparseMode::Auto, k, Int8Activations::Off) == 1);
+  CHECK(exact.nodes[1].packed->sparse);
+  Graph i8 = graph();  // int8 activations: the int8 weight by sparse_crossover_i8; int4 has no sparse int8 path
+  CHECK(chooseSparseForms(i8, SparseMode::Auto, k, Int8Activations::On) == 1);
+  CHECK(i8.nodes[0].packed->sparse);
+  CHECK_FALSE(i8.nodes[1].packed->sparse);
+  CHECK(chooseInt8Activations(i8, Int8Activations::On, k) == 2);  // both keep int8 activations
+  k.sparse_crossover_i8 = 0.f;
+  Graph none = graph();
+  CHECK(chooseSparseForms(none, SparseMode::Auto, k, Int8Activations::On) == 0);
+}
