@@ -86,5 +86,27 @@ check "out-of-vocabulary token exits 4 (data) naming the Gather" "[ $rc -eq 4 ] 
 check "malformed --shape exits 2" "[ $rc -eq 2 ] && grep -q 'separated by x' $work/e5.txt"
 "$CRUN" frob 2> /dev/null; check "unknown command exits 2" "[ $? -eq 2 ]"
 
+# int8 activations: a file exported with accuracy_level 4 asks for them, crun honours it and can be told otherwise
+cat > "$work/al4.yaml" <<YAML
+model: $shared/models/stories260K/stories260K.pt
+passes: [{rtn: {bits: 4, group_size: 32, symmetric: false, ignore: [output]}}]
+latency_runs: 0
+export: {onnx: {opset: 17, int4: matmulnbits, validate: false, accuracy_level: 4}}
+output: $work/al4
+YAML
+"$COMPRESS" --config "$work/al4.yaml" --quiet > /dev/null
+"$CRUN" info "$work/al4/model.onnx" > "$work/al4_info.txt"
+check "an accuracy_level 4 export runs its 35 int4 weights with int8 activations" "grep -q '35 with int8 activations' $work/al4_info.txt"
+"$CRUN" info "$work/al4/model.onnx" --int8-activations off > "$work/al4_off.txt"
+check "--int8-activations off keeps exact compute" "grep -q '(0 sparse, 0 with int8 activations' $work/al4_off.txt"
+for m in on off; do
+  "$CRUN" ppl "$work/al4/model.onnx" --tokens "$shared/data/tinystories/val.tok512.npy" --max-tokens 4096 \
+    --int8-activations $m > "$work/al4_ppl_$m.json"
+done
+check "int8 activations cost under 1% perplexity" \
+  "/usr/bin/python3 -c \"import json,sys; a=json.load(open('$work/al4_ppl_on.json'))['perplexity']; b=json.load(open('$work/al4_ppl_off.json'))['perplexity']; sys.exit(0 if a != b and abs(a / b - 1) < 0.01 else 1)\""
+"$CRUN" info "$work/al4/model.onnx" --int8-activations always 2> "$work/e6.txt"; rc=$?
+check "a bad --int8-activations value exits 2 naming the choices" "[ $rc -eq 2 ] && grep -q 'takes model, on or off' $work/e6.txt"
+
 [ $fails -eq 0 ] || { echo "$fails check(s) failed"; exit 1; }
 echo "all crun checks passed"
