@@ -1,6 +1,6 @@
-// int8_acts.cpp — quantizing activation rows to int8 in the layout of runtime/int8_acts.h (portable code shared by
-// every kernel set, so the integer inputs are the same bits whichever kernels run), and the load-time choice of
-// the weights that use it.
+// int8_acts.cpp — quantizing activation rows to int8 in the layout of runtime/int8_acts.h (the portable chunk
+// quantizer is the definition; each kernel set's SIMD one gives its bits, so the integer inputs are the same
+// whichever kernels run), and the load-time choice of the weights that use it.
 #include "runtime/int8_acts.h"
 
 #include <immintrin.h>

@@ -79,6 +79,7 @@ void panelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, 
 /// then every task multiplies its range of weight rows with all of them in integer dot products.
 void int8MatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, float* Y) {
   const Kernels& k = *c.env.k;
+  const auto gemm = w.sparse ? k.gemm_i8_sparse : k.gemm_i8;  // chooseInt8Activations checked it exists
   const int64_t N = w.N, K = w.K;
   const Int8Acts a = int8ActsView(w, k.i8_width, rows, c.scratch(static_cast<size_t>(int8ActsBytes(w, k.i8_width, rows))));
   const int64_t qtasks = rows >= 8 ? std::min<int64_t>(c.env.pool->size(), rows / 4) : 1;
@@ -91,7 +92,7 @@ void int8MatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, f
   c.env.pool->parallelFor(tasks, [&](int64_t t) {
     int64_t b, e;
     range(N, tasks, t, 16, b, e);
-    if (e > b) (w.sparse ? k.gemm_i8_sparse : k.gemm_i8)(w, a, b, e, Y, N);
+    if (e > b) gemm(w, a, b, e, Y, N);
   });
 }
 
@@ -102,7 +103,7 @@ void packedMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows,
   const int64_t N = w.N, K = w.K;
   const bool quant = w.kind == PackedWeight::Q8 || w.kind == PackedWeight::Q4;
   if (w.kind == PackedWeight::F32) return panelMatMul(c, w, X, rows, Y);
-  if (w.int8 && (w.sparse ? k.gemm_i8_sparse : k.gemm_i8)) return int8MatMul(c, w, X, rows, Y);
+  if (w.int8) return int8MatMul(c, w, X, rows, Y);  // its fp32 scales are gone: never the exact kernels
   const auto gemv = w.sparse ? k.sparse_gemv : k.gemv;
   const auto unpack = w.sparse ? k.sparse_unpack_rows : k.unpack_rows;
 

@@ -13,10 +13,10 @@
 
 #include "runtime/internal.h"
 #include "runtime/kernels.h"
+#include "runtime/int8_acts.h"
 #include "runtime/kv_cache.h"
 #include "runtime/loader.h"
 #include "runtime/matmul.h"
-#include "runtime/int8_acts.h"
 #include "runtime/sparse.h"
 #include "runtime/thread_pool.h"
 
