@@ -558,27 +558,46 @@ void addConvolutionOps(std::unordered_map<std::string, OpFn>& m) {
   };
 }
 
-/// DequantizeLinear.
+/// A QuantizeLinear/DequantizeLinear parameter (scale or zero point) broadcast against the data tensor x: per
+/// tensor, per `axis` entry, or (block_size > 0) per block of block_size along `axis` (the parameter then has x's
+/// rank with ceil(n / block_size) entries on that axis).
+at::Tensor quantParam(const Node& n, const at::Tensor& x, at::Tensor s) {
+  if (s.dim() == 0 || s.numel() == 1) return s.reshape({});
+  const int64_t bs = n.attrInt("block_size", 0);
+  const int64_t axis = normAxis(n, n.attrInt("axis", 1), std::max<int64_t>(x.dim(), 1));
+  if (bs > 0) return s.repeat_interleave(bs, axis).narrow(axis, 0, x.size(axis));
+  std::vector<int64_t> shape(x.dim(), 1);
+  shape[axis] = s.numel();
+  return s.reshape(shape);
+}
+
+/// QuantizeLinear's output type: the zero point's, else output_dtype (opset 21), else uint8.
+at::ScalarType quantizedType(const Node& n, const Tensors& t) {
+  if (has(t, 2)) return t[2].scalar_type();
+  const int64_t od = n.attrInt("output_dtype", 0);
+  if (od == 0 || od == 2) return at::kByte;  // onnx.TensorProto UINT8
+  if (od == 3) return at::kChar;             // INT8
+  fail(ErrorCategory::Model, n.op + " node '" + n.name + "': output_dtype " + std::to_string(od) + " is not supported (int8 or uint8)");
+}
+
+/// QuantizeLinear and DequantizeLinear.
 void addQuantizationOps(std::unordered_map<std::string, OpFn>& m) {
+  m["QuantizeLinear"] = [](const Node& n, const Tensors& t) {
+    const at::Tensor& x = in(n, t, 0);
+    const at::ScalarType qt = quantizedType(n, t);
+    if (qt != at::kChar && qt != at::kByte)
+      fail(ErrorCategory::Model, n.op + " node '" + n.name + "': only int8 and uint8 outputs are supported");
+    const double lo = qt == at::kChar ? -128 : 0, hi = qt == at::kChar ? 127 : 255;
+    at::Tensor y = at::round(x.to(at::kFloat) / quantParam(n, x, in(n, t, 1).to(at::kFloat)));  // half to even
+    if (has(t, 2)) y = y + quantParam(n, x, t[2].to(at::kFloat));
+    return Tensors{y.clamp(lo, hi).to(qt)};
+  };
   m["DequantizeLinear"] = [](const Node& n, const Tensors& t) {
     const at::Tensor& q = in(n, t, 0);
     at::Tensor scale = in(n, t, 1);
     at::Tensor x = q.to(scale.scalar_type());
-    at::Tensor zp = has(t, 2) ? t[2].to(scale.scalar_type()) : at::Tensor();
-    int64_t bs = n.attrInt("block_size", 0);
-    int64_t axis = normAxis(n, n.attrInt("axis", 1), std::max<int64_t>(q.dim(), 1));
-    auto bcast = [&](at::Tensor s) {
-      if (s.dim() == 0 || s.numel() == 1) return s.reshape({});
-      if (bs > 0) {  // blocked: s has q's rank, axis dim = ceil(n / bs)
-        s = s.repeat_interleave(bs, axis).narrow(axis, 0, q.size(axis));
-        return s;
-      }
-      std::vector<int64_t> shape(q.dim(), 1);
-      shape[axis] = s.numel();
-      return s.reshape(shape);
-    };
-    if (zp.defined()) x = x - bcast(zp);
-    return Tensors{x * bcast(scale)};
+    if (has(t, 2)) x = x - quantParam(n, q, t[2].to(scale.scalar_type()));
+    return Tensors{x * quantParam(n, q, scale)};
   };
 }
 

@@ -145,6 +145,10 @@ void planWeights(Ctx& c) {
       c.rename[t] = transposes[0];
     }
   }
+  // Per-token activation quantization (smoothquant.h's Dynamic) uses opset 21's blocked scales and output_dtype.
+  for (const auto& n : c.g.nodes)
+    if (n.op == "QuantizeLinear" && (n.hasAttr("block_size") || n.hasAttr("output_dtype")))
+      c.opset = std::max(c.opset, 21);
   if (c.opset < 13 || c.opset > 21)
     fail(ErrorCategory::Config, "export opset must be between 13 and 21, got " + std::to_string(c.opset));
 }

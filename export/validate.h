@@ -20,7 +20,9 @@ struct ValidationOptions {
   double executor_ppl = 0;    // our perplexity on the same windows (0: computed here)
   /// The file asks for int8 activations (MatMulNBits accuracy_level 4): ONNX Runtime then rounds activations as
   /// the executor does not, so outputs are held to kInt8ActOutputTolerance relative and perplexity to
-  /// kInt8ActPerplexityTolerance, and the difference is reported as the cost of int8 compute.
+  /// kInt8ActPerplexityTolerance, and the difference is reported as the cost of int8 compute. A graph that quantizes
+  /// activations itself (QuantizeLinear: SmoothQuant's W8A8) is held to the same bounds: rounding is discontinuous,
+  /// so last-bit differences between two correct implementations can move an activation by one step.
   bool int8_activations = false;
 };
 

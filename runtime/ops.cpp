@@ -833,34 +833,74 @@ void opGlobalAveragePool(OpCtx& c) {
   finish(fo);
 }
 
-// ---------------------------------------------------------------- DequantizeLinear (not feeding a MatMul)
+// ---------------------------------------------------------------- QuantizeLinear, DequantizeLinear
+namespace {
+
+/// Where element i of a QuantizeLinear/DequantizeLinear data tensor finds its scale and zero point: per tensor,
+/// per `axis` entry, or per block of block_size along `axis` (the parameters then have the data's rank with
+/// ceil(n / block_size) entries on that axis). Checks the parameters' sizes and types.
+struct QuantParamIndex {
+  int64_t n = 1, inner = 1, bs = 0;
+  bool perTensor = true;
+  int64_t operator()(int64_t i) const {
+    if (perTensor) return 0;
+    const int64_t o = i / (n * inner), a = (i / inner) % n, in = i % inner;
+    return bs > 0 ? (o * ((n + bs - 1) / bs) + a / bs) * inner + in : a;
+  }
+};
+
+QuantParamIndex quantParamIndex(OpCtx& c, const Buf& data, const Buf& s, const Buf* zp) {
+  if (s.dt != DType::F32) c.bad(s.dt == DType::F16 ? "float16 scales are not supported by the runtime yet" : "scale must be float32");
+  const int r = std::max(data.shape.rank, 1);
+  const int axis = static_cast<int>(normAxis(c, c.node.attrInt("axis", 1), r));
+  QuantParamIndex ix;
+  ix.bs = c.node.attrInt("block_size", 0);
+  if (ix.bs < 0) c.bad("block_size must be >= 0");
+  int64_t outer = 1;
+  if (data.shape.rank > 0) splitAt(data.shape, axis, outer, ix.n, ix.inner);
+  ix.perTensor = s.numel() == 1;
+  const int64_t want = ix.perTensor ? 1 : ix.bs > 0 ? outer * ((ix.n + ix.bs - 1) / ix.bs) * ix.inner : ix.n;
+  if (s.numel() != want) c.bad("scale has " + std::to_string(s.numel()) + " values; input " + data.shape.str() + " needs " + std::to_string(want));
+  if (zp && zp->numel() != s.numel()) c.bad("zero point must have as many values as the scale");
+  return ix;
+}
+
+}  // namespace
+
+void opQuantizeLinear(OpCtx& c) {
+  const Buf& x = c.in(0);
+  const Buf& s = c.in(1);
+  const Buf* zp = c.has(2) ? &c.in(2) : nullptr;
+  DType qt = DType::U8;
+  if (zp) qt = zp->dt;
+  else if (const int64_t od = c.node.attrInt("output_dtype", 0); od == 3) qt = DType::I8;  // onnx.TensorProto INT8
+  else if (od != 0 && od != 2) c.bad("output_dtype " + std::to_string(od) + " is not supported (int8 or uint8)");
+  if (qt != DType::I8 && qt != DType::U8) c.bad(std::string("cannot quantize to ") + dtypeName(qt) + " (int8 or uint8)");
+  const QuantParamIndex ix = quantParamIndex(c, x, s, zp);
+  const float* X = floatData(c, x);
+  const float lo = qt == DType::I8 ? -128.f : 0.f, hi = qt == DType::I8 ? 127.f : 255.f;
+  void* y = c.out(0, qt, x.shape);
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const int64_t si = ix(i);
+    float v = std::nearbyint(X[i] / s.as<float>()[si]) + (zp ? static_cast<float>(quantValue(*zp, si)) : 0.f);
+    v = v != v ? 0.f : std::clamp(v, lo, hi);  // NaN has no integer: 0, as ONNX Runtime's conversion gives
+    if (qt == DType::I8) static_cast<int8_t*>(y)[i] = static_cast<int8_t>(v);
+    else static_cast<uint8_t*>(y)[i] = static_cast<uint8_t>(v);
+  }
+}
+
+/// (not feeding a MatMul: those are packed at load)
 void opDequantizeLinear(OpCtx& c) {
   const Buf& q = c.in(0);
   const Buf& s = c.in(1);
-  if (s.dt != DType::F32 && s.dt != DType::F16) c.bad("scale must be float32 or float16");
   const Buf* zp = c.has(2) ? &c.in(2) : nullptr;
-  const int r = std::max(q.shape.rank, 1);
-  const int axis = static_cast<int>(normAxis(c, c.node.attrInt("axis", 1), r));
-  const int64_t bs = c.node.attrInt("block_size", 0);
-  if (s.dt == DType::F16) c.bad("float16 scales are not supported by the runtime yet");
   if (q.dt != DType::I8 && q.dt != DType::U8 && q.dt != DType::I32 && q.dt != kI4 && q.dt != kU4)
     c.bad(std::string("cannot dequantize ") + dtypeName(q.dt) + " values");
-  if (bs < 0) c.bad("block_size must be >= 0");
-  const int64_t total = q.numel();
-  int64_t outer, n, inner;
-  if (q.shape.rank == 0) outer = n = inner = 1;
-  else splitAt(q.shape, axis, outer, n, inner);
-  // scale (and zero point) per tensor, per `axis` entry, or per block of `bs` along `axis`
-  const int64_t want = s.numel() == 1 ? 1 : bs > 0 ? outer * ((n + bs - 1) / bs) * inner : n;
-  if (s.numel() != want) c.bad("scale has " + std::to_string(s.numel()) + " values; input " + q.shape.str() + " needs " + std::to_string(want));
-  if (zp && (zp->numel() != s.numel() || zp->dt != q.dt)) c.bad("zero point must match the scale's size and the input's type");
+  const QuantParamIndex ix = quantParamIndex(c, q, s, zp);
+  if (zp && zp->dt != q.dt) c.bad("zero point must match the scale's size and the input's type");
   float* y = static_cast<float*>(c.out(0, DType::F32, q.shape));
-  for (int64_t i = 0; i < total; ++i) {
-    int64_t si = 0;
-    if (s.numel() > 1) {
-      const int64_t o = i / (n * inner), a = (i / inner) % n, in = i % inner;
-      si = bs > 0 ? (o * ((n + bs - 1) / bs) + a / bs) * inner + in : a;
-    }
+  for (int64_t i = 0; i < q.numel(); ++i) {
+    const int64_t si = ix(i);
     const float z = zp ? static_cast<float>(quantValue(*zp, si)) : 0.f;
     y[i] = (static_cast<float>(quantValue(q, i)) - z) * s.as<float>()[si];
   }
