@@ -59,6 +59,8 @@ struct Int8Acts {
   int W = 16;
   int64_t M = 0, steps = 0, stepBytes = 0, nblk = 1;
   int64_t bqStride = 16;  // nblk rounded up to 16, the padding zero: the kernels' zero-point sums read whole vectors
+  bool rowScale = false;  // every chunk of a row has the same d (the model's QuantizeLinear scale): kernels may sum
+                          // a per-channel weight's dot products as integers over the whole row (kInt8IntegerSteps)
   int8_t* q = nullptr;   // [M][steps * stepBytes]
   float* d = nullptr;    // [M][steps * W], the lane-expanded chunk scales
   float* bq = nullptr;   // [M][bqStride]: per weight block, sum over its chunks of d_c * sum(q_c)
@@ -66,6 +68,10 @@ struct Int8Acts {
   const float* dRow(int64_t m) const { return d + m * steps * W; }
   const float* bqRow(int64_t m) const { return bq + m * bqStride; }
 };
+
+/// Steps of 4 products of at most 255 * 128 per int32 lane that cannot overflow (2^31 / (4 * 255 * 128) > 16384):
+/// the longest row (16384 * 4W values) whose dot products the kernels may sum as integers.
+constexpr int64_t kInt8IntegerSteps = 16384;
 
 /// MatMulNBits' accuracy_level that asks for int8 activations (ONNX Runtime's "int8 compute").
 constexpr int64_t kInt8AccuracyLevel = 4;
@@ -89,6 +95,18 @@ void quantizeInt8Rows(const PackedWeight& w, const Int8Acts& a, const float* X, 
 /// Both of the above for all M rows.
 Int8Acts quantizeInt8Acts(const PackedWeight& w, int W, const float* X, int64_t M, void* mem);
 
+/// One chunk quantized as ONNX QuantizeLinear does with zero point 0: n <= 32 values x into v[32] (zero past n),
+/// v = saturate(round_half_even(x / s)) in [-128, 127] (the division, not a multiplication by 1 / s; NaN -> 0), and
+/// the sum of v. The portable definition; Kernels::quantize_i8_scaled gives the same bits with SIMD.
+void quantizeInt8ChunkScaled(const float* x, int n, float s, int8_t* v, int* sum);
+using Int8ScaledChunkFn = void (*)(const float* x, int n, float s, int8_t* v, int* sum);
+/// Rows [m0, m1) of X quantized chunk by chunk with `chunk` (null: quantizeInt8ChunkScaled) with s = scale[m * stride]
+/// (stride 0: one scale for every row); every chunk's d is s.
+void quantizeInt8RowsScaled(const PackedWeight& w, const Int8Acts& a, const float* X, int64_t m0, int64_t m1,
+                            const float* scale, int64_t stride, Int8ScaledChunkFn chunk = nullptr);
+
+/// True when w's scales and zero points fit the compact int8 form (enableInt8 would succeed).
+bool int8ParamsFit(const PackedWeight& w);
 /// Switches w to int8 activations: its scales become fp16 (as llama.cpp's Q4_0/Q8_0 store them; relative change at
 /// most 2^-11, inside the bound below) and its zero points bytes, replacing the fp32 parameters (3 bytes per block
 /// instead of 8, the bytes a decode step reads). False, and w unchanged, when a scale is outside fp16's normal
@@ -98,8 +116,17 @@ bool enableInt8(PackedWeight& w);
 struct Kernels;
 /// True when kernel set k has an int8 path for w: a dense Q8/Q4 weight whose block size tiles k's vectors.
 bool int8Capable(const PackedWeight& w, const Kernels& k);
-/// Whether node n asks for int8 activations under `mode` (On: every node; Model: MatMulNBits with accuracy_level 4).
+/// Whether node n asks for int8 activations under `mode` (On: every node; Model: MatMulNBits with accuracy_level 4,
+/// and MatMuls whose input the model quantizes, fuseQuantizedInputs).
 bool int8Asked(const Node& n, Int8Activations mode);
+/// Activations the model quantizes itself (SmoothQuant's W8A8: QuantizeLinear(x, s[, z]) -> DequantizeLinear(q, s[, z])
+/// -> MatMul on a packed Q8/Q4 weight), to int8 with zero point 0 (or uint8 with 128: the same integers), with s one
+/// scale per tensor or per row (opset 21's block_size >= K along the last axis): the MatMul reads x and s itself
+/// (Node::act_quant) and quantizes x as QuantizeLinear does, so its kernels meet the integers ONNX Runtime's do. The
+/// weight's scales become fp16 (enableInt8). Not done under Off, or where the kernels have no int8 path for the
+/// weight (the nodes then run as they are). Returns the number of MatMuls fused; prune and re-prepare after.
+int fuseQuantizedInputs(Graph& g, Int8Activations mode, const Kernels& k);
+
 /// Per weight at load (SessionOptions::int8_activations): Model marks the MatMulNBits nodes whose accuracy_level
 /// is 4, On every capable Q8/Q4 weight, Off none. Runs after the sparse choice (sparse weights stay exact).
 /// Returns the number of weights marked.

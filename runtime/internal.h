@@ -138,6 +138,8 @@ struct Node {
   OpFn fn = nullptr;
   std::shared_ptr<PackedWeight> packed;  // MatMul / MatMulNBits / QMatMul with pre-packed weights
   bool is_static = false;                 // depends only on input shapes and constants: run once per plan
+  bool act_quant = false;  // MatMul on a packed weight whose input the model quantizes itself: in = {x, scale}
+                           // (int8_acts.h, fuseQuantizedInputs)
 
   int64_t attrInt(const std::string& k, int64_t def) const;
   float attrFloat(const std::string& k, float def) const;

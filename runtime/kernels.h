@@ -46,6 +46,8 @@ struct Kernels {
   int i8_width = 16;
   /// quantizeInt8Chunk with SIMD, bit-identical (runtime/int8_acts.h); null: the portable one.
   void (*quantize_i8)(const float* x, int n, int8_t* v, float* d, int* sum) = nullptr;
+  /// quantizeInt8ChunkScaled with SIMD, bit-identical; null: the portable one.
+  void (*quantize_i8_scaled)(const float* x, int n, float s, int8_t* v, int* sum) = nullptr;
   const char* i8_isa = "scalar";  // which integer dot product gemm_i8 uses ("avx512-vnni", "avx2", "scalar")
   /// Softmax over each of `rows` contiguous rows of length n (y may equal x).
   void (*softmax)(const float* x, float* y, int64_t rows, int64_t n) = nullptr;

@@ -126,6 +126,13 @@ inline VI LANEIDX(int l) {
   return _mm256_srli_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), __builtin_ctz(static_cast<unsigned>(l)));
 }
 inline VF PERMF(VF v, VI idx) { return _mm256_permutevar8x32_ps(v, idx); }
+inline VF DIVF(VF a, VF b) { return _mm256_div_ps(a, b); }
+inline VF MINF(VF a, VF b) { return _mm256_min_ps(a, b); }
+inline VF NONAN(VF v) { return _mm256_and_ps(v, _mm256_cmp_ps(v, v, _CMP_ORD_Q)); }  // NaN lanes -> 0
+inline __m128i HSUM4I(VI a, VI b, VI c, VI d) {  // the lane sums of four int32 vectors
+  const VI t = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
+  return _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+}
 #include "runtime/kernels_int8.inc"
 }  // namespace avx2
 
@@ -133,6 +140,9 @@ void gemmInt8Avx2(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_t 
   avx2::gemmInt8Simd(w, a, n0, n1, Y, ldy);
 }
 void quantizeChunkAvx2(const float* x, int n, int8_t* v, float* d, int* sum) { avx2::quantizeChunkSimd(x, n, v, d, sum); }
+void quantizeChunkScaledAvx2(const float* x, int n, float s, int8_t* v, int* sum) {
+  avx2::quantizeChunkScaledSimd(x, n, s, v, sum);
+}
 
 const Kernels* avx2Kernels() {
   static const Kernels* k = [] () -> const Kernels* {
@@ -156,6 +166,7 @@ const Kernels* avx2Kernels() {
     s.i8_width = avx2::W;
     s.i8_isa = "avx2";
     s.quantize_i8 = quantizeChunkAvx2;
+    s.quantize_i8_scaled = quantizeChunkScaledAvx2;
     s.softmax = avx2::softmaxSimd;
     s.sigmoid = avx2::sigmoidSimd;
     s.half_to_float = avx2::halfToFloatSimd;

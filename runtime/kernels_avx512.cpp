@@ -20,6 +20,8 @@ void gemmInt8Avx2(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_t 
 void quantizeChunkAvx512(const float* x, int n, int8_t* v, float* d, int* sum);  // kernels_vnni.cpp
 void gemmInt8SparseVnni512(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_t n1, float* Y, int64_t ldy);  // kernels_vnni_sparse.cpp
 void quantizeChunkAvx2(const float* x, int n, int8_t* v, float* d, int* sum);    // kernels_avx2.cpp
+void quantizeChunkScaledAvx512(const float* x, int n, float s, int8_t* v, int* sum);  // kernels_vnni.cpp
+void quantizeChunkScaledAvx2(const float* x, int n, float s, int8_t* v, int* sum);    // kernels_avx2.cpp
 
 namespace avx512 {
 using VF = __m512;
@@ -88,6 +90,7 @@ const Kernels* avx512Kernels() {
       s.i8_width = 16;
       s.i8_isa = "avx512-vnni";
       s.quantize_i8 = quantizeChunkAvx512;
+      s.quantize_i8_scaled = quantizeChunkScaledAvx512;
       if (__builtin_cpu_supports("avx512vbmi2")) {  // byte expansion
         s.gemm_i8_sparse = gemmInt8SparseVnni512;
         // bench/sparse.sh (Zen 5, 6 Dec 2026): int8 at 50% and 2:4 with int8 activations decodes in about 0.7x the
@@ -99,6 +102,7 @@ const Kernels* avx512Kernels() {
       s.i8_width = 8;
       s.i8_isa = "avx2";
       s.quantize_i8 = quantizeChunkAvx2;
+      s.quantize_i8_scaled = quantizeChunkScaledAvx2;
     }
     s.softmax = avx512::softmaxSimd;
     s.sigmoid = avx512::sigmoidSimd;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "runtime/int8_acts.h"
 #include "runtime/kernels.h"
@@ -18,5 +19,8 @@ void gemmInt8Vnni512(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64
   vnni512::gemmInt8Simd(w, a, n0, n1, Y, ldy);
 }
 void quantizeChunkAvx512(const float* x, int n, int8_t* v, float* d, int* sum) { vnni512::quantizeChunkSimd(x, n, v, d, sum); }
+void quantizeChunkScaledAvx512(const float* x, int n, float s, int8_t* v, int* sum) {
+  vnni512::quantizeChunkScaledSimd(x, n, s, v, sum);
+}
 
 }  // namespace crt::detail

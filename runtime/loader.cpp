@@ -479,7 +479,8 @@ void packQuantizedWeights(Graph& g) {
   }
 }
 
-/// Drops nodes nothing needs (e.g. DequantizeLinear nodes now packed into their MatMul).
+}  // namespace
+
 void pruneUnused(Graph& g) {
   std::vector<char> needed(g.values.size(), 0);
   for (int o : g.outputs) needed[o] = 1;
@@ -502,6 +503,8 @@ void pruneUnused(Graph& g) {
   for (size_t ni = 0; ni < g.nodes.size(); ++ni)
     for (int v : g.nodes[ni].out) g.values[v].producer = static_cast<int>(ni);
 }
+
+namespace {
 
 /// Evaluates nodes whose inputs are all constants (weight transposes, casts, shape arithmetic on
 /// constants) once; returns how many were folded. What they allocate counts against the limits. With

@@ -18,6 +18,9 @@ Graph loadGraph(const std::string& path, const MemoryLimits& limits, ThreadPool&
 Graph loadGraphBytes(const std::string& bytes, const std::string& name, const std::string& model_dir, const MemoryLimits& limits,
                      ThreadPool& pool, const Kernels& k, SessionInfo& info);
 
+/// Drops nodes nothing needs (DequantizeLinear nodes packed into their MatMul, QuantizeLinear pairs fused into it)
+/// and renumbers the producers.
+void pruneUnused(Graph& g);
 /// Marks the nodes that run once per memory plan and computes liveness (again after a graph rewrite).
 void prepareRuns(Graph& g);
 

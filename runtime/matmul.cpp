@@ -76,17 +76,21 @@ void panelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, 
 }
 
 /// Q8/Q4 weights with int8 activations (runtime/int8_acts.h): the rows are quantized once (split over the pool),
-/// then every task multiplies its range of weight rows with all of them in integer dot products.
-void int8MatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, float* Y) {
+/// then every task multiplies its range of weight rows with all of them in integer dot products. The rows are
+/// quantized per 32-value chunk, or with the model's own scales (act_scale[m * stride], fuseQuantizedInputs).
+void int8MatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, float* Y, const float* act_scale = nullptr,
+                int64_t stride = 0) {
   const Kernels& k = *c.env.k;
   const auto gemm = w.sparse ? k.gemm_i8_sparse : k.gemm_i8;  // chooseInt8Activations checked it exists
   const int64_t N = w.N, K = w.K;
-  const Int8Acts a = int8ActsView(w, k.i8_width, rows, c.scratch(static_cast<size_t>(int8ActsBytes(w, k.i8_width, rows))));
+  Int8Acts a = int8ActsView(w, k.i8_width, rows, c.scratch(static_cast<size_t>(int8ActsBytes(w, k.i8_width, rows))));
+  a.rowScale = act_scale != nullptr;
   const int64_t qtasks = rows >= 8 ? std::min<int64_t>(c.env.pool->size(), rows / 4) : 1;
   c.env.pool->parallelFor(qtasks, [&](int64_t t) {
     int64_t b, e;
     range(rows, qtasks, t, 1, b, e);
-    quantizeInt8Rows(w, a, X, b, e, k.quantize_i8);
+    if (act_scale) quantizeInt8RowsScaled(w, a, X, b, e, act_scale, stride, k.quantize_i8_scaled);
+    else quantizeInt8Rows(w, a, X, b, e, k.quantize_i8);
   });
   const int64_t tasks = tasksFor(c, rows * N * K, N / 16);
   c.env.pool->parallelFor(tasks, [&](int64_t t) {
@@ -153,6 +157,23 @@ void packedMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows,
 
 namespace {
 
+/// A MatMul whose input the model quantizes (Node::act_quant, fuseQuantizedInputs) with `s`, one scale or one per row.
+void quantizedInputMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, const Buf& s, const Shape& xs, float* Y) {
+  if (s.dt != DType::F32 || (s.numel() != 1 && s.numel() != rows))
+    c.bad("the input's quantization scale " + s.shape.str() + " is neither per tensor nor one per row of " + xs.str());
+  const float* sc = s.as<float>();
+  const int64_t stride = s.numel() == 1 ? 0 : 1;
+  if (w.int8) return int8MatMul(c, w, X, rows, Y, sc, stride);
+  // A weight left with exact kernels: QuantizeLinear -> DequantizeLinear by hand, then the float MatMul.
+  float* xq = static_cast<float*>(c.scratch(static_cast<size_t>(rows * w.K) * sizeof(float)));
+  for (int64_t m = 0; m < rows; ++m)
+    for (int64_t j = 0; j < w.K; ++j) {
+      const float r = std::nearbyint(X[m * w.K + j] / sc[m * stride]);
+      xq[m * w.K + j] = (r != r ? 0.f : std::clamp(r, -128.f, 127.f)) * sc[m * stride];
+    }
+  packedMatMul(c, w, xq, rows, Y);
+}
+
 void packedOp(OpCtx& c, const PackedWeight& w, const Buf* bias) {
   const Buf& a = c.in(0);
   if (a.shape.rank == 0) c.bad("MatMul needs an input of rank >= 1");
@@ -165,6 +186,7 @@ void packedOp(OpCtx& c, const PackedWeight& w, const Buf* bias) {
   FloatOut fo = floatOut(c, a.dt, os);
   float* Y = fo.p;
   if (w.K == 0) std::fill(Y, Y + os.numel(), 0.f);
+  else if (c.node.act_quant) quantizedInputMatMul(c, w, X, rows, c.in(1), a.shape, Y);
   else packedMatMul(c, w, X, rows, Y);
   if (bias) {
     if (bias->numel() != w.N || bias->dt != DType::F32) c.bad("bias must be float32 with N values");

@@ -241,6 +241,10 @@ Result<Session> Session::make(const SessionOptions& options, const std::string& 
     impl->info.isa = impl->k->isa;
     impl->info.threads = impl->pool->size();
     impl->g = load(*impl);
+    if (detail::fuseQuantizedInputs(impl->g, options.int8_activations, *impl->k) > 0) {
+      detail::pruneUnused(impl->g);  // the QuantizeLinear -> DequantizeLinear pairs now inside their MatMuls
+      detail::prepareRuns(impl->g);
+    }
     impl->info.sparse_matmuls = detail::chooseSparseForms(impl->g, options.sparse, *impl->k, options.int8_activations);
     impl->info.int8_matmuls = detail::chooseInt8Activations(impl->g, options.int8_activations, *impl->k);
     if (impl->info.int8_matmuls > 0) impl->info.int8_isa = impl->k->i8_isa;

@@ -162,6 +162,94 @@ TEST_CASE("the SIMD activation quantizers give the portable one's bits", "[runti
   CHECK(compared >= 2000);
 }
 
+TEST_CASE("the SIMD QuantizeLinear quantizers give the portable one's bits", "[runtime][kernels][int8]") {
+  std::mt19937 rng(23);
+  std::normal_distribution<float> nd;
+  int compared = 0;
+  for (const Kernels* k : kernelSets()) {
+    if (!k->quantize_i8_scaled) continue;
+    INFO("kernels " << k->isa);
+    for (int trial = 0; trial < 2000; ++trial) {
+      float x[32];
+      const float mag = std::ldexp(1.f, std::uniform_int_distribution<int>(-130, 100)(rng));
+      for (float& v : x) v = nd(rng) * mag;
+      float s = mag * std::uniform_real_distribution<float>(0.001f, 0.05f)(rng);
+      const int n = trial % 5 == 0 ? std::uniform_int_distribution<int>(0, 31)(rng) : 32;
+      if (trial % 7 == 0) x[trial % 32] = std::nanf("");
+      if (trial % 11 == 0) x[(trial / 11) % 32] = (trial & 1 ? 1 : -1) * INFINITY;
+      if (trial % 13 == 0) s = 0.f;  // x / 0: saturates (0 / 0 is NaN: 0)
+      if (trial % 17 == 0) x[3] = 2.5f * s, x[4] = -3.5f * s, x[5] = 200.f * s;  // ties, saturation
+      int8_t want[32], got[32];
+      int sw, sg;
+      quantizeInt8ChunkScaled(x, n, s, want, &sw);
+      k->quantize_i8_scaled(x, n, s, got, &sg);
+      INFO("trial " << trial << " n " << n << " s " << s);
+      CHECK(std::memcmp(want, got, 32) == 0);
+      CHECK(sw == sg);
+      ++compared;
+    }
+  }
+  CHECK(compared >= 2000);
+  int8_t v[32];
+  int sum;
+  const float ties[4] = {2.5f, -2.5f, 3.5f, 1000.f};
+  quantizeInt8ChunkScaled(ties, 4, 1.f, v, &sum);
+  CHECK((v[0] == 2 && v[1] == -2 && v[2] == 4 && v[3] == 127));  // half to even, saturated
+}
+
+TEST_CASE("row-scaled activations (QuantizeLinear's) on per-channel weights: integer kernels match the reference",
+          "[runtime][kernels][int8]") {
+  std::mt19937 rng(29);
+  std::normal_distribution<float> nd;
+  int checked = 0;
+  for (int bits : {8, 4}) {
+    for (int64_t K : {16, 31, 32, 33, 64, 100, 128, 300, 1000}) {
+      for (int64_t N : {1, 3, 4, 5, 9, 33}) {
+        QuantWeight w = makeWeight(bits, K, N, 0, bits == 4, rng);
+        REQUIRE(enableInt8(*w.pw));
+        for (int64_t M : {1, 2, 3, 4, 5, 13}) {
+          std::vector<float> x(M * K), scale(M);
+          for (auto& v : x) v = nd(rng);
+          for (int64_t m = 0; m < M; ++m) {
+            float amax = 0;
+            for (int64_t j = 0; j < K; ++j) amax = std::max(amax, std::abs(x[m * K + j]));
+            scale[m] = amax / 127.f;
+          }
+          for (int64_t stride : {int64_t{1}, int64_t{0}}) {  // per row, per tensor
+            for (const Kernels* k : kernelSets()) {
+              INFO("kernels " << k->isa << " (" << k->i8_isa << ") bits " << bits << " K " << K << " N " << N << " M " << M
+                              << " stride " << stride);
+              std::vector<uint8_t> mem(static_cast<size_t>(int8ActsBytes(*w.pw, k->i8_width, M)) + 64);
+              void* aligned = mem.data() + (64 - reinterpret_cast<uintptr_t>(mem.data()) % 64) % 64;
+              Int8Acts a = int8ActsView(*w.pw, k->i8_width, M, aligned);
+              quantizeInt8RowsScaled(*w.pw, a, x.data(), 0, M, scale.data(), stride);
+              a.rowScale = true;
+              std::vector<float> got(M * N, -3.f), want(M * N, -2.f);
+              k->gemm_i8(*w.pw, a, 0, N, got.data(), N);
+              scalarKernels().gemm_i8(*w.pw, a, 0, N, want.data(), N);
+              for (int64_t m = 0; m < M; ++m)
+                for (int64_t n = 0; n < N; ++n) {
+                  // QuantizeLinear -> DequantizeLinear by hand, times the dense weight: the value the model means
+                  const float sm = scale[m * stride];
+                  double qdq = 0, mag = 0;
+                  for (int64_t kk = 0; kk < K; ++kk) {
+                    const double xq = std::clamp(std::nearbyint(x[m * K + kk] / sm), -128.f, 127.f) * static_cast<double>(sm);
+                    qdq += xq * w.dense[kk * N + n];
+                    mag += std::abs(xq * w.dense[kk * N + n]);
+                  }
+                  CHECK_THAT(got[m * N + n], Catch::WithinAbs(want[m * N + n], 2e-6 * mag + 1e-6));
+                  CHECK_THAT(got[m * N + n], Catch::WithinAbs(qdq, (std::ldexp(1.0, -11) + 1e-5) * mag + 1e-6));  // fp16 scales
+                }
+              ++checked;
+            }
+          }
+        }
+      }
+    }
+  }
+  CHECK(checked >= 2 * 9 * 6 * 6 * 2);
+}
+
 TEST_CASE("int8 activations are chosen per weight at load: where asked, for capable layouts only", "[runtime][int8]") {
   std::mt19937 rng(16);
   const Kernels& k = kernelsFor(true);
