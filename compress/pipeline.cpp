@@ -337,9 +337,10 @@ json exportStep(const Recipe& r, const Graph& original, const Graph& g, bool has
     ex["validation"] = validateExport(exported, out.path("model.onnx"), inputs, vo);
     const json& v = ex["validation"];
     if (v["onnxruntime"].is_object()) {
-      std::printf("      ONNX Runtime matches: max |diff| %.2e (optimizations off), %.2e (ORT default)",
-                  v["onnxruntime"]["opt_disabled"]["max_abs_diff"].get<double>(),
-                  v["onnxruntime"]["opt_all"]["max_abs_diff"].get<double>());
+      const bool rel = v["onnxruntime"]["tolerance_kind"] == "relative";
+      const char* key = rel ? "max_rel_diff" : "max_abs_diff";
+      std::printf("      ONNX Runtime matches: max |diff|%s %.2e (optimizations off), %.2e (ORT default)", rel ? " / max |y|" : "",
+                  v["onnxruntime"]["opt_disabled"][key].get<double>(), v["onnxruntime"]["opt_all"][key].get<double>());
       if (v["onnxruntime"].contains("perplexity"))
         std::printf("; perplexity %.4f (ORT default: %.4f)", v["onnxruntime"]["perplexity"]["ort_opt_disabled"].get<double>(),
                     v["onnxruntime"]["perplexity"]["ort_opt_all"].get<double>());

@@ -166,7 +166,7 @@ bool enableInt8(PackedWeight& w) {
   }
   w.scale16 = std::move(s16);
   w.zp8 = std::move(z8);
-  w.scale = std::vector<float>();
+  if (w.nblk > 1) w.scale = std::vector<float>();
   w.zp = std::vector<float>();
   w.int8 = true;
   return true;

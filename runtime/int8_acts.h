@@ -6,8 +6,9 @@
 // in [-127, 127]. The weight side stays as packed (unsigned values u, zero point z, scale s per block), so
 //   y = sum_b s_b * sum_{c in b} d_c * dot(u_c, q_c)  -  sum_b s_b * z_b * bq_b,   bq_b = sum_{c in b} d_c * sum(q_c)
 // where dot(u_c, q_c) is an exact integer (u8 x s8: VNNI vpdpbusd, AVX2 maddubs). Using sum(q_c) rather than the
-// exact sum of x keeps the error that of (u - z) * q, i.e. of the centred weight. The scales s are kept in fp16 and
-// the zero points z in bytes (enableInt8). The error against exact fp32 compute is bounded per output by
+// exact sum of x keeps the error that of (u - z) * q, i.e. of the centred weight. The scales s are kept in fp16 (fp32
+// for per-channel weights, whose 2^-11 term below is then 0) and the zero points z in bytes (enableInt8). The error
+// against exact fp32 compute is bounded per output by
 //   sum_c (d_c / 2) * sum_{j in c} |s (u_j - z)|  +  2^-11 * sum_j |s (u_j - z) x_j|   (+ float rounding)
 // (activation rounding, then the fp16 scale; tests/runtime/int8_acts_test.cpp).
 //
@@ -105,11 +106,17 @@ using Int8ScaledChunkFn = void (*)(const float* x, int n, float s, int8_t* v, in
 void quantizeInt8RowsScaled(const PackedWeight& w, const Int8Acts& a, const float* X, int64_t m0, int64_t m1,
                             const float* scale, int64_t stride, Int8ScaledChunkFn chunk = nullptr);
 
+/// The scale of block b of row n of an int8-enabled weight: fp32 for a per-channel weight, else the fp16 one.
+inline float int8WeightScale(const PackedWeight& w, int64_t n, int64_t b) {
+  return w.nblk == 1 ? w.scale[n] : halfToFloat(w.scale16[n * w.nblk + b]);
+}
+
 /// True when w's scales and zero points fit the compact int8 form (enableInt8 would succeed).
 bool int8ParamsFit(const PackedWeight& w);
 /// Switches w to int8 activations: its scales become fp16 (as llama.cpp's Q4_0/Q8_0 store them; relative change at
 /// most 2^-11, inside the bound below) and its zero points bytes, replacing the fp32 parameters (3 bytes per block
-/// instead of 8, the bytes a decode step reads). False, and w unchanged, when a scale is outside fp16's normal
+/// instead of 8, the bytes a decode step reads). A per-channel weight (one block per row) keeps its fp32 scales too
+/// (N floats, read once per row): its kernels use them, so they carry no fp16 error. False, and w unchanged, when a scale is outside fp16's normal
 /// range or a zero point is not an integer in [0, 255] (w then keeps exact compute).
 bool enableInt8(PackedWeight& w);
 

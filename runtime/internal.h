@@ -175,7 +175,8 @@ struct PackedWeight {
   int64_t block = 0, nblk = 1, P = 0;
   AlignedBytes w;                       // the dense form (empty when `sparse` holds the weight)
   std::shared_ptr<const SparseForm> sparse;  // runtime/sparse.h: bitmask + packed nonzeros, or null
-  std::vector<float> scale, zp;  // per (row, block); empty once `int8` holds them in the compact form below
+  std::vector<float> scale, zp;  // per (row, block); empty once `int8` holds them in the compact form below (a
+                                 // per-channel weight keeps `scale`: N floats, its int8 kernels' exact scales)
   int bits = 32;
   bool int8 = false;  // Q8/Q4 with int8 activations (runtime/int8_acts.h, Kernels::gemm_i8): then the parameters
                       // are scale16 (fp16) and zp8 (integers), 3 bytes per block instead of 8

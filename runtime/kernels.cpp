@@ -134,7 +134,7 @@ void gemmInt8Scalar(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_
           for (int j = 0; j < 32; ++j) dot += qAt(w, row, b, cc * 32 + j) * q[int8ActIndex(w.kind, a.W, c, j)];
           bs += d[c * lpc] * static_cast<float>(dot);
         }
-        y += halfToFloat(w.scale16[n * w.nblk + b]) * (bs - static_cast<float>(w.zp8[n * w.nblk + b]) * bq[b]);
+        y += int8WeightScale(w, n, b) * (bs - static_cast<float>(w.zp8[n * w.nblk + b]) * bq[b]);
       }
       Y[m * ldy + n] = y;
     }
@@ -217,7 +217,8 @@ const Kernels& kernelsFor(bool simd) {
 }
 
 int64_t PackedWeight::bytes() const {
-  const int64_t params = int8 ? N * nblk * 3 : static_cast<int64_t>((scale.size() + zp.size()) * 4);
+  const int64_t params = int8 ? N * nblk * 3 + static_cast<int64_t>(scale.size()) * 4  // (+ per-channel fp32 scales)
+                              : static_cast<int64_t>((scale.size() + zp.size()) * 4);
   return (sparse ? sparse->bytes() : rowBytes() * N) + params;
 }
 
