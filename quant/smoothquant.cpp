@@ -61,7 +61,7 @@ void insertInputQuant(Graph& g, const InputQuant& iq, ActQuant mode) {
   if (mode == ActQuant::Static) {
     const std::string scale = g.freshName(base + ".scale"), zp = g.freshName(base + ".zero_point");
     addConstant(g, scale, at::scalar_tensor(iq.amax > 0 && std::isfinite(iq.amax) ? iq.amax / 127.0 : 1.0, at::kFloat));
-    addConstant(g, zp, at::scalar_tensor(0, at::kChar));
+    addConstant(g, zp, at::scalar_tensor(128, at::kByte));  // uint8 - 128: int8's integers (smoothquant.h)
     params = {scale, zp};
   } else {
     // scale = max(max|x_row| / 127, FLT_MIN): a row of zeros quantizes to zeros instead of 0 / 0.

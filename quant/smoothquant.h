@@ -16,7 +16,9 @@ namespace compress {
 /// standard QuantizeLinear -> DequantizeLinear nodes in front of the MatMul:
 ///   Dynamic: per token (row), scale = max|x_row| / 127 computed in the graph (Abs, ReduceMax, Div, Max) and used as
 ///            an opset-21 blocked scale (block_size = the row length);
-///   Static:  per tensor, one scale = max over the calibration set of |x| / 127, an initializer.
+///   Static:  per tensor, one scale = max over the calibration set of |x| / 127, an initializer; stored as uint8 with
+///            zero point 128 (the same integers as int8 with zero point 0, and the form ONNX Runtime fuses into its
+///            U8S8 integer MatMul: measured 10x faster at [1,1] than int8 activations, which it runs op by op).
 enum class ActQuant { Dynamic, Static };
 
 struct SmoothQuantOptions {
