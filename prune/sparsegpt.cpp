@@ -46,7 +46,9 @@ SparseGptResult sparseGpt(const at::Tensor& w0, const at::Tensor& h0, const Spar
   // A group's scales are taken when the sweep reaches its first column, from its columns as updated so far.
   auto setGroup = [&](int64_t gi, const at::Tensor& cols_w) {
     at::Tensor s, z;
-    computeScales(cols_w, QuantFormat{f.bits, -1, f.symmetric}, s, z);
+    QuantFormat per_row = f;  // (scale_dtype too)
+    per_row.group_size = -1;
+    computeScales(cols_w, per_row, s, z);
     scales.select(1, gi).copy_(s);
     if (z.defined()) zeros.select(1, gi).copy_(z.to(at::kFloat));
   };

@@ -13,6 +13,7 @@ std::string QuantFormat::name() const {
   std::string n = "int" + std::to_string(bits);
   if (group_size > 0) n += "-g" + std::to_string(group_size);
   if (!symmetric) n += "-asym";
+  if (fp16_scales) n += "-s16";
   return n;
 }
 
@@ -22,6 +23,9 @@ QuantFormat readFormatOptions(OptionReader& r, const QuantFormat& d) {
   f.group_size = static_cast<int32_t>(
       r.integer("group_size", d.group_size, -1, 1 << 20, "input channels per scale; -1 = one scale per output channel"));
   f.symmetric = r.boolean("symmetric", d.symmetric, "symmetric (no zero point) or asymmetric (uint with zero point)");
+  f.fp16_scales = r.choice("scale_dtype", d.fp16_scales ? "float16" : "float32", {"float32", "float16"},
+                           "float16: scales rounded to fp16 in the pass (what int8-activation kernels and llama.cpp keep; "
+                           "the file still stores float32)") == "float16";
   if (f.group_size == 0 || f.group_size == 1) r.error("group_size", "must be -1 (per channel) or at least 2");
   return f;
 }
@@ -56,16 +60,27 @@ void computeScales(const at::Tensor& weight, const QuantFormat& f, at::Tensor& s
   at::Tensor w = weight.to(at::kFloat);
   int64_t g = f.group_size > 0 ? f.group_size : w.size(1);
   at::Tensor x = grouped(w, g);  // [out, groups, g]
+  // fp16 scales: rounded to the nearest fp16 normal (a smaller one only coarsens a group of near-zero weights; a
+  // larger one is refused), before the zero points are taken from them.
+  auto storable = [&](at::Tensor s) {
+    if (!f.fp16_scales) return s;
+    constexpr double kHalfMinNormal = 6.103515625e-05, kHalfMax = 65504.0;
+    if (s.max().item<double>() > kHalfMax)
+      fail(ErrorCategory::Config, "scale_dtype float16: a scale of " + std::to_string(s.max().item<double>()) +
+                                      " is beyond fp16's range (65504); use scale_dtype: float32 for this model");
+    return s.clamp_min(kHalfMinNormal).to(at::kHalf).to(at::kFloat);
+  };
   if (f.symmetric) {
     double qmax = (1 << (f.bits - 1)) - 1;
     at::Tensor amax = x.abs().amax(-1);
     scales = amax / qmax;
+    scales = storable(at::where(scales > 0, scales, at::ones_like(scales)));
     zero_points = at::Tensor();
   } else {
     double qmax = (1 << f.bits) - 1;
     at::Tensor lo = at::clamp_max(x.amin(-1), 0), hi = at::clamp_min(x.amax(-1), 0);
     scales = (hi - lo) / qmax;
-    scales = at::where(scales > 0, scales, at::ones_like(scales));
+    scales = storable(at::where(scales > 0, scales, at::ones_like(scales)));
     zero_points = at::clamp(at::round(-lo / scales), 0, qmax).to(at::kByte);
   }
   scales = at::where(scales > 0, scales, at::ones_like(scales));  // all-zero rows/groups

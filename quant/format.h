@@ -21,7 +21,9 @@ struct QuantFormat {
   int32_t bits = 8;
   int32_t group_size = -1;  // -1: per output channel
   bool symmetric = true;
-  char pad_[7] = {};
+  bool fp16_scales = false;  // scale_dtype float16: scales rounded to fp16 normals inside the pass (stored as fp32
+                             // values fp16 holds exactly, so crun's fp16 form of them is exact)
+  char pad_[6] = {};
   std::string name() const;  // "int8", "int4-g32-asym", ...
 };
 static_assert(sizeof(QuantFormat) == 16, "QuantFormat is a plain 16-byte descriptor");
@@ -43,7 +45,7 @@ at::Tensor dequantize(const QuantizedTensor& q);
 std::vector<uint8_t> packBits(const at::Tensor& qdata, int bits, bool symmetric);
 
 class OptionReader;
-/// Reads the format options every quantizing pass shares (bits, group_size, symmetric) with the given
+/// Reads the format options every quantizing pass shares (bits, group_size, symmetric, scale_dtype) with the given
 /// defaults, validating them in one place.
 QuantFormat readFormatOptions(OptionReader& r, const QuantFormat& defaults);
 

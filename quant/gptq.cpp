@@ -34,7 +34,8 @@ QuantizedTensor gptqQuantize(const at::Tensor& w0, const at::Tensor& h0, const Q
   const int64_t groups = (cols + g - 1) / g;
   // Scales: per channel from the whole weight; per group when the sweep reaches the group (from the
   // updated weight), or all up front from the original weight with act_order (static groups).
-  QuantFormat per_row{f.bits, -1, f.symmetric};
+  QuantFormat per_row = f;  // (scale_dtype too)
+  per_row.group_size = -1;
   at::Tensor scales = at::zeros({rows, groups}), zeros = at::zeros({rows, groups});
   auto setGroup = [&](int64_t gi, const at::Tensor& cols_w) {
     at::Tensor s, z;

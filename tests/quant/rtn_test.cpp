@@ -3,10 +3,12 @@
 #include "quant/rtn.h"
 
 #include <catch2/catch.hpp>
+#include <yaml-cpp/yaml.h>
 
 #include "compress/error.h"
 #include "compress/executor.h"
 #include "compress/importer.h"
+#include "compress/options.h"
 #include "prune/magnitude_prune.h"
 #include "test_util.h"
 
@@ -95,4 +97,37 @@ TEST_CASE("rtn rejects NaN weights and unmatched targets", "[rtn][errors]") {
   RtnOptions o;
   o.targets = {"layers.*.nothing"};
   CHECK_THROWS_WITH(rtnQuantize(g, o), Contains("matched no linear or conv weight"));
+}
+
+TEST_CASE("scale_dtype float16: scales fp16 holds exactly, the same error as float32 scales, huge scales refused", "[rtn]") {
+  at::manual_seed(3);
+  at::Tensor w = at::randn({16, 64}) * 0.05;
+  w.narrow(0, 0, 1).mul_(1e-4);  // a row of near-zero weights: its scale is below fp16's normal range
+  for (QuantFormat f : {QuantFormat{4, 32, false}, QuantFormat{8, -1, true}, QuantFormat{4, 16, true}}) {
+    INFO(f.name());
+    QuantFormat h = f;
+    h.fp16_scales = true;
+    CHECK(h.name() == f.name() + "-s16");
+    const QuantizedTensor q32 = quantizeRtn(w, f), q16 = quantizeRtn(w, h);
+    CHECK(at::equal(q16.scales, q16.scales.to(at::kHalf).to(at::kFloat)));  // exact in fp16
+    CHECK(q16.scales.min().item<double>() >= 6.103515625e-05);                // normals only
+    const double e32 = (dequantize(q32) - w).pow(2).mean().item<double>();
+    const double e16 = (dequantize(q16) - w).pow(2).mean().item<double>();
+    CHECK(e16 < e32 * 1.02);  // rounding a scale by 2^-11 moves the grid, not the error
+  }
+  CHECK_THROWS_WITH(quantizeRtn(at::full({2, 32}, 1e7), QuantFormat{8, -1, true, true}), Contains("beyond fp16's range"));
+}
+
+TEST_CASE("scale_dtype is read with the other format options and a wrong value is a recipe error", "[rtn][errors]") {
+  Diagnostics d("recipe.yaml");
+  OptionReader ok(YAML::Load("{bits: 4, group_size: 32, scale_dtype: float16}"), &d, "passes[0].rtn");
+  const QuantFormat f = readFormatOptions(ok, QuantFormat{8, -1, true});
+  ok.finish();
+  CHECK(d.empty());
+  CHECK(f.fp16_scales);
+  OptionReader bad(YAML::Load("{scale_dtype: bfloat16}"), &d, "passes[0].rtn");
+  readFormatOptions(bad, QuantFormat{8, -1, true});
+  bad.finish();
+  REQUIRE_FALSE(d.empty());
+  CHECK_THAT(d.errors()[0], Contains("scale_dtype"));
 }
