@@ -273,9 +273,14 @@ struct FloatOut {
   void* raw;
   DType dt;
   int64_t n;
+  void (*to_half)(const float* x, uint16_t* y, int64_t n) = nullptr;  // the kernel set's (SIMD) conversion
 };
 FloatOut floatOut(OpCtx& c, DType dt, const Shape& s);
 void finish(const FloatOut& o);
+/// n values between fp16 and fp32 with the session's kernel set (F16C where the CPU has it; the portable
+/// conversion's bits either way).
+void halfToFloatN(const OpCtx& c, const uint16_t* x, float* y, int64_t n);
+void floatToHalfN(const OpCtx& c, const float* x, uint16_t* y, int64_t n);
 
 /// Heap blocks the runtime has allocated so far (tests check that a planned run() allocates none).
 int64_t allocationCount();

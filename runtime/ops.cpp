@@ -21,9 +21,7 @@ void arith(OpCtx& c) {
   switch (t) {
     case DType::F32: binaryTyped<float, float>(c, t, [](float a, float b) { return Op::apply(a, b); }); break;
     case DType::F64: binaryTyped<double, double>(c, t, [](double a, double b) { return Op::apply(a, b); }); break;
-    case DType::F16:
-      binaryTyped<Half, Half>(c, t, [](Half a, Half b) { return Half(Op::apply(float(a), float(b))); });
-      break;
+    case DType::F16: binaryHalf(c, [](float a, float b) { return Op::apply(a, b); }); break;
     case DType::I64: binaryTyped<int64_t, int64_t>(c, t, [](int64_t a, int64_t b) { return Op::applyInt(a, b); }); break;
     case DType::I32: binaryTyped<int32_t, int32_t>(c, t, [](int32_t a, int32_t b) { return static_cast<int32_t>(Op::applyInt(a, b)); }); break;
     default: c.bad(std::string("unsupported type ") + dtypeName(t));
@@ -203,9 +201,9 @@ void opCast(OpCtx& c) {
   void* y = c.out(0, to, x.shape);
   const int64_t n = x.numel();
   if (x.dt == DType::F32 && to == DType::F16) {
-    for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(y)[i] = floatToHalf(x.as<float>()[i]);
+    floatToHalfN(c, x.as<float>(), static_cast<uint16_t*>(y), n);
   } else if (x.dt == DType::F16 && to == DType::F32) {
-    for (int64_t i = 0; i < n; ++i) static_cast<float*>(y)[i] = halfToFloat(x.as<uint16_t>()[i]);
+    halfToFloatN(c, x.as<uint16_t>(), static_cast<float*>(y), n);
   } else {
     for (int64_t i = 0; i < n; ++i) storeElem(to, y, i, loadElem(x.dt, x.data, i));
   }

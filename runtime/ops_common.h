@@ -97,15 +97,10 @@ inline void broadcastLoop(const Shape& out, const Shape* ins, F&& fn) {
   }
 }
 
+/// y = f(a, b) with broadcasting over the data pa (shape a) and pb (shape b) into y (shape os).
 template <typename T, typename R, typename F>
-inline void binaryTyped(OpCtx& c, DType outType, F f) {
-  const Buf& a = c.in(0);
-  const Buf& b = c.in(1);
-  Shape os = broadcastShape(c, a.shape, b.shape);
-  R* y = static_cast<R*>(c.out(0, outType, os));
-  const T* pa = a.as<T>();
-  const T* pb = b.as<T>();
-  Shape ins[2] = {a.shape, b.shape};
+inline void binaryLoop(const Shape& as, const T* pa, const Shape& bs, const T* pb, const Shape& os, R* y, F f) {
+  Shape ins[2] = {as, bs};
   broadcastLoop<2>(os, ins, [&](const int64_t* off, int64_t o, int64_t n, const int64_t* inner) {
     const T* x = pa + off[0];
     const T* z = pb + off[1];
@@ -124,6 +119,28 @@ inline void binaryTyped(OpCtx& c, DType outType, F f) {
   });
 }
 
+template <typename T, typename R, typename F>
+inline void binaryTyped(OpCtx& c, DType outType, F f) {
+  const Buf& a = c.in(0);
+  const Buf& b = c.in(1);
+  const Shape os = broadcastShape(c, a.shape, b.shape);
+  binaryLoop<T, R>(a.shape, a.as<T>(), b.shape, b.as<T>(), os, static_cast<R*>(c.out(0, outType, os)), f);
+}
+
+/// A float16 elementwise op computed in float32 (each result rounded to fp16 once, as Half arithmetic does), with
+/// the kernel set's F16C conversions instead of one portable conversion per element.
+template <typename F>
+inline void binaryHalf(OpCtx& c, F f) {
+  const Buf& a = c.in(0);
+  const Buf& b = c.in(1);
+  const Shape os = broadcastShape(c, a.shape, b.shape);
+  const float* pa = floatData(c, a);
+  const float* pb = floatData(c, b);
+  FloatOut fo = floatOut(c, DType::F16, os);
+  binaryLoop<float, float>(a.shape, pa, b.shape, pb, os, fo.p, f);
+  finish(fo);
+}
+
 inline void needSameType(const OpCtx& c) {
   if (c.in(0).dt != c.in(1).dt)
     c.bad(std::string("input types differ: ") + dtypeName(c.in(0).dt) + " and " + dtypeName(c.in(1).dt));
@@ -137,10 +154,11 @@ inline void unaryFloat(OpCtx& c, F f) {
     float* y = c.outT<float>(0, x.shape);
     const float* p = x.as<float>();
     for (int64_t i = 0; i < n; ++i) y[i] = f(p[i]);
-  } else if (x.dt == DType::F16) {
-    uint16_t* y = static_cast<uint16_t*>(c.out(0, DType::F16, x.shape));
-    const uint16_t* p = x.as<uint16_t>();
-    for (int64_t i = 0; i < n; ++i) y[i] = floatToHalf(f(halfToFloat(p[i])));
+  } else if (x.dt == DType::F16) {  // in float32, converted with the kernel set's F16C
+    const float* p = floatData(c, x);
+    FloatOut fo = floatOut(c, DType::F16, x.shape);
+    for (int64_t i = 0; i < n; ++i) fo.p[i] = f(p[i]);
+    finish(fo);
   } else if (x.dt == DType::F64) {
     double* y = c.outT<double>(0, x.shape);
     const double* p = x.as<double>();

@@ -6,6 +6,7 @@
 #include <sys/mman.h>
 
 #include "runtime/internal.h"
+#include "runtime/kernels.h"
 
 namespace crt {
 
@@ -266,19 +267,31 @@ const float* floatData(OpCtx& c, const Buf& b) {
   if (b.dt != DType::F16) c.bad(std::string("needs float32 or float16 inputs, got ") + dtypeName(b.dt));
   const int64_t n = b.numel();
   float* f = static_cast<float*>(c.scratch(n * sizeof(float)));
-  for (int64_t k = 0; k < n; ++k) f[k] = halfToFloat(b.as<uint16_t>()[k]);
+  halfToFloatN(c, b.as<uint16_t>(), f, n);
   return f;
+}
+
+void halfToFloatN(const OpCtx& c, const uint16_t* x, float* y, int64_t n) {
+  if (c.env.k && c.env.k->half_to_float) return c.env.k->half_to_float(x, y, n);
+  for (int64_t k = 0; k < n; ++k) y[k] = halfToFloat(x[k]);
+}
+
+void floatToHalfN(const OpCtx& c, const float* x, uint16_t* y, int64_t n) {
+  if (c.env.k && c.env.k->float_to_half) return c.env.k->float_to_half(x, y, n);
+  for (int64_t k = 0; k < n; ++k) y[k] = floatToHalf(x[k]);
 }
 
 FloatOut floatOut(OpCtx& c, DType dt, const Shape& s) {
   FloatOut o{nullptr, c.out(0, dt, s), dt, s.numel()};
   o.p = dt == DType::F32 ? static_cast<float*>(o.raw) : static_cast<float*>(c.scratch(o.n * sizeof(float)));
+  if (c.env.k) o.to_half = c.env.k->float_to_half;
   return o;
 }
 
 void finish(const FloatOut& o) {
-  if (o.dt == DType::F16)
-    for (int64_t k = 0; k < o.n; ++k) static_cast<uint16_t*>(o.raw)[k] = floatToHalf(o.p[k]);
+  if (o.dt != DType::F16) return;
+  if (o.to_half) return o.to_half(o.p, static_cast<uint16_t*>(o.raw), o.n);
+  for (int64_t k = 0; k < o.n; ++k) static_cast<uint16_t*>(o.raw)[k] = floatToHalf(o.p[k]);
 }
 
 }  // namespace detail

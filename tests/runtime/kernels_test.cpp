@@ -3,6 +3,7 @@
 // blocks) and tile (32-column panels, 12/4/2/1-row tiles); fp16 conversion; softmax/sigmoid.
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstring>
 #include <random>
 
 #include "runtime/internal.h"
@@ -222,5 +223,41 @@ TEST_CASE("softmax and sigmoid kernels match std::exp, including -inf masks", "[
       k->sigmoid(x.data() + 1, y.data(), n);
       for (int64_t j = 0; j < n; ++j) CHECK(y[j] == Approx(1.0 / (1.0 + std::exp(-double(x[j + 1])))).margin(1e-7).epsilon(1e-5));
     }
+  }
+}
+
+TEST_CASE("every kernel set's fp16 conversions give the portable conversion's bits", "[runtime][kernels]") {
+  std::vector<uint16_t> all(65536);
+  for (int i = 0; i < 65536; ++i) all[i] = static_cast<uint16_t>(i);
+  std::mt19937 rng(31);
+  std::vector<float> xs;
+  for (int i = 0; i < 200000; ++i) {  // every exponent fp16 can reach and beyond, ties included
+    const float m = std::uniform_real_distribution<float>(1.f, 2.f)(rng);
+    xs.push_back((i & 1 ? -1 : 1) * std::ldexp(m, std::uniform_int_distribution<int>(-30, 20)(rng)));
+  }
+  for (int i = 0; i < 2048; ++i) xs.push_back(std::ldexp(static_cast<float>(2 * i + 1), -25));  // halfway cases
+  for (float v : {0.f, -0.f, 65504.f, 65520.f, 1e9f, -1e9f, INFINITY, -INFINITY, 6.1035156e-05f, 5.9604645e-08f, 2.9802322e-08f})
+    xs.push_back(v);
+  for (const Kernels* k : kernelSets()) {
+    INFO("kernels " << k->isa);
+    REQUIRE(k->half_to_float);
+    REQUIRE(k->float_to_half);
+    std::vector<float> f(all.size());
+    k->half_to_float(all.data(), f.data(), static_cast<int64_t>(all.size()));
+    int bad = 0;
+    for (int i = 0; i < 65536; ++i) {
+      const float want = halfToFloat(all[i]);
+      bad += std::isnan(want) ? !std::isnan(f[i]) : std::memcmp(&want, &f[i], 4) != 0;
+    }
+    CHECK(bad == 0);
+    std::vector<uint16_t> h(xs.size());
+    k->float_to_half(xs.data(), h.data(), static_cast<int64_t>(xs.size()));
+    bad = 0;
+    for (size_t i = 0; i < xs.size(); ++i) bad += h[i] != floatToHalf(xs[i]);
+    CHECK(bad == 0);
+    uint16_t hn;
+    const float nan = std::nanf("");
+    k->float_to_half(&nan, &hn, 1);
+    CHECK(std::isnan(halfToFloat(hn)));
   }
 }
