@@ -397,11 +397,28 @@ void opConcat(OpCtx& c) {
   for (int d = 0; d < axis; ++d) outer *= os[d];
   for (int d = static_cast<int>(axis) + 1; d < r; ++d) inner *= os[d];
   const int64_t orow = os[static_cast<int>(axis)] * inner * es;
+  bool single = inner == 1 && (es == 2 || es == 4 || es == 8);
+  for (int i = 0; i < c.nin() && single; ++i) single = c.in(i).shape[static_cast<int>(axis)] == 1;
+  if (single) {  // torch.stack(dim=-1): one element of each input per output row (RoPE's pairs), interleaved
+    auto interleave = [&](auto tag) {
+      using T = decltype(tag);
+      T* out = reinterpret_cast<T*>(y);
+      const int k = c.nin();
+      for (int i = 0; i < k; ++i) {
+        const T* in = c.in(i).as<T>();
+        for (int64_t o = 0; o < outer; ++o) out[o * k + i] = in[o];
+      }
+    };
+    if (es == 2) interleave(uint16_t{});
+    else if (es == 4) interleave(uint32_t{});
+    else interleave(uint64_t{});
+    return;
+  }
   int64_t col = 0;
   for (int i = 0; i < c.nin(); ++i) {
     const Buf& b = c.in(i);
     const int64_t brow = b.shape[static_cast<int>(axis)] * inner * es;
-    for (int64_t o = 0; o < outer; ++o) std::memcpy(y + o * orow + col, b.as<uint8_t>() + o * brow, brow);
+    for (int64_t o = 0; o < outer; ++o) copyRow(y + o * orow + col, b.as<uint8_t>() + o * brow, brow);
     col += brow;
   }
 }

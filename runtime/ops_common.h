@@ -10,6 +10,7 @@
 
 #include "runtime/internal.h"
 #include "runtime/kernels.h"
+#include "runtime/thread_pool.h"
 
 namespace crt::detail {
 
@@ -65,14 +66,28 @@ inline void bstrides(const Shape& s, const Shape& out, int64_t* st) {
   }
 }
 
-/// Visits an N-ary broadcast: fn(offsets_of_inputs..., out_index_start, count, inner_strides) over the
-/// innermost dimension in runs.
+/// memcpy for the short rows of Concat/Slice along an inner axis (RoPE's halves: 128 bytes each): 64-byte blocks
+/// of constant size, which the compiler inlines as vector moves, instead of a library call per row.
+inline void copyRow(uint8_t* d, const uint8_t* s, int64_t n) {
+  for (; n >= 64; n -= 64, d += 64, s += 64) std::memcpy(d, s, 64);
+  for (; n >= 8; n -= 8, d += 8, s += 8) std::memcpy(d, s, 8);
+  for (; n > 0; --n) *d++ = *s++;
+}
+
+/// Rows of an output for broadcastRows: runs along its innermost dimension (1 for a scalar).
+inline int64_t broadcastRowCount(const Shape& out) {
+  if (out.rank == 0) return 1;
+  return out[out.rank - 1] == 0 ? 0 : out.numel() / out[out.rank - 1];
+}
+
+/// Visits rows [r0, r1) of an N-ary broadcast: fn(offsets_of_inputs..., out_index_start, count, inner_strides)
+/// per run along the innermost dimension.
 template <int NIn, typename F>
-inline void broadcastLoop(const Shape& out, const Shape* ins, F&& fn) {
+inline void broadcastRows(const Shape& out, const Shape* ins, int64_t r0, int64_t r1, F&& fn) {
   int64_t st[NIn][kMaxRank] = {};
   for (int k = 0; k < NIn; ++k) bstrides(ins[k], out, st[k]);
   const int64_t total = out.numel();
-  if (total == 0) return;
+  if (total == 0 || r0 >= r1) return;
   if (out.rank == 0) {
     int64_t off[NIn] = {};
     int64_t inner[NIn] = {};
@@ -85,7 +100,12 @@ inline void broadcastLoop(const Shape& out, const Shape* ins, F&& fn) {
   for (int k = 0; k < NIn; ++k) inner[k] = st[k][last];
   int64_t idx[kMaxRank] = {};
   int64_t off[NIn] = {};
-  for (int64_t o = 0; o < total; o += n) {
+  for (int64_t d = last - 1, rem = r0; d >= 0; --d) {  // the index of row r0
+    idx[d] = rem % out[static_cast<int>(d)];
+    rem /= out[static_cast<int>(d)];
+    for (int k = 0; k < NIn; ++k) off[k] += idx[d] * st[k][d];
+  }
+  for (int64_t o = r0 * n; o < r1 * n; o += n) {
     fn(off, o, n, inner);
     for (int d = last - 1; d >= 0; --d) {
       ++idx[d];
@@ -97,11 +117,29 @@ inline void broadcastLoop(const Shape& out, const Shape* ins, F&& fn) {
   }
 }
 
-/// y = f(a, b) with broadcasting over the data pa (shape a) and pb (shape b) into y (shape os).
+/// Visits a whole N-ary broadcast (broadcastRows over every row).
+template <int NIn, typename F>
+inline void broadcastLoop(const Shape& out, const Shape* ins, F&& fn) {
+  broadcastRows<NIn>(out, ins, 0, broadcastRowCount(out), fn);
+}
+
+constexpr int64_t kParallelElements = 1 << 15;  // an elementwise op this large splits its rows over the pool
+
+/// fn(r0, r1) over `rows` rows of a `total`-element output: on the calling thread, or in one range per thread of
+/// the pool when the output is large.
+template <typename F>
+inline void parallelRows(const OpCtx& c, int64_t rows, int64_t total, F&& fn) {
+  const int64_t tasks = c.env.pool && total >= kParallelElements ? std::min<int64_t>(c.env.pool->size(), rows) : 1;
+  if (tasks <= 1) return fn(int64_t{0}, rows);
+  c.env.pool->parallelFor(tasks, [&](int64_t t) { fn(rows * t / tasks, rows * (t + 1) / tasks); });
+}
+
+/// y = f(a, b) with broadcasting over the data pa (shape a) and pb (shape b) into y (shape os), rows [r0, r1).
 template <typename T, typename R, typename F>
-inline void binaryLoop(const Shape& as, const T* pa, const Shape& bs, const T* pb, const Shape& os, R* y, F f) {
+inline void binaryRows(const Shape& as, const T* pa, const Shape& bs, const T* pb, const Shape& os, R* y, F f, int64_t r0,
+                       int64_t r1) {
   Shape ins[2] = {as, bs};
-  broadcastLoop<2>(os, ins, [&](const int64_t* off, int64_t o, int64_t n, const int64_t* inner) {
+  broadcastRows<2>(os, ins, r0, r1, [&](const int64_t* off, int64_t o, int64_t n, const int64_t* inner) {
     const T* x = pa + off[0];
     const T* z = pb + off[1];
     R* out = y + o;
@@ -119,12 +157,19 @@ inline void binaryLoop(const Shape& as, const T* pa, const Shape& bs, const T* p
   });
 }
 
+/// binaryRows over every row, split over the pool when large.
+template <typename T, typename R, typename F>
+inline void binaryLoop(const OpCtx& c, const Shape& as, const T* pa, const Shape& bs, const T* pb, const Shape& os, R* y, F f) {
+  parallelRows(c, broadcastRowCount(os), os.numel(),
+               [&](int64_t r0, int64_t r1) { binaryRows<T, R>(as, pa, bs, pb, os, y, f, r0, r1); });
+}
+
 template <typename T, typename R, typename F>
 inline void binaryTyped(OpCtx& c, DType outType, F f) {
   const Buf& a = c.in(0);
   const Buf& b = c.in(1);
   const Shape os = broadcastShape(c, a.shape, b.shape);
-  binaryLoop<T, R>(a.shape, a.as<T>(), b.shape, b.as<T>(), os, static_cast<R*>(c.out(0, outType, os)), f);
+  binaryLoop<T, R>(c, a.shape, a.as<T>(), b.shape, b.as<T>(), os, static_cast<R*>(c.out(0, outType, os)), f);
 }
 
 /// A float16 elementwise op computed in float32 (each result rounded to fp16 once, as Half arithmetic does), with
@@ -137,7 +182,7 @@ inline void binaryHalf(OpCtx& c, F f) {
   const float* pa = floatData(c, a);
   const float* pb = floatData(c, b);
   FloatOut fo = floatOut(c, DType::F16, os);
-  binaryLoop<float, float>(a.shape, pa, b.shape, pb, os, fo.p, f);
+  binaryLoop<float, float>(c, a.shape, pa, b.shape, pb, os, fo.p, f);
   finish(fo);
 }
 

@@ -105,6 +105,12 @@ std::vector<OpCase> cases() {
       {"Softmax negative axis", "Softmax", {a}, {{"axis", int64_t{-2}}}},
       {"Gather negative axis", "Gather", {a, i64({3, -1, 0})}, {{"axis", int64_t{-1}}}},
       {"Concat negative axis", "Concat", {a, a * 2}, {{"axis", int64_t{-1}}}},
+      {"Concat of single elements (torch.stack's interleave)", "Concat", {f32({2, 3, 1}, 17), f32({2, 3, 1}, 18), f32({2, 3, 1}, 19)},
+       {{"axis", int64_t{-1}}}},
+      {"Concat of single int64 elements", "Concat", {ints.reshape({2, 3, 1}), (ints * 3).reshape({2, 3, 1})}, {{"axis", int64_t{2}}}},
+      {"Add, large enough to split over threads, broadcast", "Add", {f32({4, 3, 64, 50}, 20), f32({3, 1, 50}, 21)}, {}},
+      {"Mul, split over threads, a scalar per row", "Mul", {f32({2, 70, 300}, 22), f32({70, 1}, 23)}, {}},
+      {"Sub, split over threads, rank 1", "Sub", {f32({40000}, 24), scalarF(0.25)}, {}},
   };
 }
 
