@@ -23,6 +23,11 @@ inline VI DOT_U8(VI acc, VI u, VI s) {
   return acc;
 }
 inline VI DOT_SMALL(VI acc, VI u, VI s) { return DOT_U8(acc, u, s); }
+// acc + u . (the 4 signed bytes at p, broadcast to every lane): the activation operand straight from memory.
+inline VI DOT_BCAST(VI acc, VI u, const int8_t* p) {
+  __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u), "m"(*reinterpret_cast<const int32_t*>(p)));
+  return acc;
+}
 inline VI NIBLO(VI v) { return _mm512_and_si512(v, _mm512_set1_epi8(15)); }
 inline VI NIBHI(VI v) { return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(15)); }
 inline VF CVTI(VI v) { return _mm512_cvtepi32_ps(v); }

@@ -162,6 +162,46 @@ TEST_CASE("the SIMD activation quantizers give the portable one's bits", "[runti
   CHECK(compared >= 2000);
 }
 
+TEST_CASE("prefill tiles across slabs of gathered chunks match the scalar reference (long rows)", "[runtime][kernels][int8]") {
+  std::mt19937 rng(37);
+  std::normal_distribution<float> nd;
+  int checked = 0;
+  for (int bits : {4, 8}) {
+    for (int64_t K : {2080, 4100}) {  // more than one 64-chunk slab; a block of 128 split across a slab boundary
+      for (int64_t block : {int64_t{0}, int64_t{32}, int64_t{128}}) {
+        QuantWeight w = makeWeight(bits, K, 35, block, true, rng);
+        REQUIRE(enableInt8(*w.pw));
+        for (int64_t M : {8, 11}) {
+          std::vector<float> x(M * K);
+          for (auto& v : x) v = nd(rng);
+          for (bool rowScale : {false, true}) {
+            for (const Kernels* k : kernelSets()) {
+              INFO("kernels " << k->i8_isa << " bits " << bits << " K " << K << " block " << block << " M " << M << " rowScale " << rowScale);
+              std::vector<uint8_t> mem(static_cast<size_t>(int8ActsBytes(*w.pw, k->i8_width, M)) + 64);
+              void* aligned = mem.data() + (64 - reinterpret_cast<uintptr_t>(mem.data()) % 64) % 64;
+              Int8Acts a = int8ActsView(*w.pw, k->i8_width, M, aligned);
+              std::vector<float> scale(M, 0.02f);
+              if (rowScale) quantizeInt8RowsScaled(*w.pw, a, x.data(), 0, M, scale.data(), 1);
+              else quantizeInt8Rows(*w.pw, a, x.data(), 0, M);
+              a.rowScale = rowScale;
+              std::vector<float> got(M * 35, -3.f), want(M * 35, -2.f);
+              k->gemm_i8(*w.pw, a, 0, 35, got.data(), 35);
+              scalarKernels().gemm_i8(*w.pw, a, 0, 35, want.data(), 35);
+              for (int64_t i = 0; i < M * 35; ++i) {
+                double mag = 0;
+                for (int64_t kk = 0; kk < K; ++kk) mag += std::abs(x[(i / 35) * K + kk] * w.dense[kk * 35 + i % 35]);
+                CHECK_THAT(got[i], Catch::WithinAbs(want[i], 2e-6 * mag + 1e-6));
+              }
+              ++checked;
+            }
+          }
+        }
+      }
+    }
+  }
+  CHECK(checked >= 2 * 2 * 3 * 2 * 2);
+}
+
 TEST_CASE("the SIMD QuantizeLinear quantizers give the portable one's bits", "[runtime][kernels][int8]") {
   std::mt19937 rng(23);
   std::normal_distribution<float> nd;
