@@ -596,16 +596,14 @@ void reduceOp(OpCtx& c) {
   bool trailing = true;
   for (int d = 0; d < firstRed; ++d) trailing &= !red[d];
   const int64_t count = m == 0 ? 0 : x.numel() / m;
-  if (trailing && !half) {  // rows split over the pool when large (RMSNorm's mean, SmoothQuant's per-token max)
+  if (trailing && !half) {  // (split over the pool it made SmoothQuant's per-token prefill slower: 34 -> 44 ms)
     const float* p = x.as<float>();
-    parallelRows(c, m, x.numel(), [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const float* q = p + i * count;
-        float a = acc[i];
-        for (int64_t j = 0; j < count; ++j) a = combine<R>(a, q[j]);
-        acc[i] = a;
-      }
-    });
+    for (int64_t i = 0; i < m; ++i) {
+      const float* q = p + i * count;
+      float a = acc[i];
+      for (int64_t j = 0; j < count; ++j) a = combine<R>(a, q[j]);
+      acc[i] = a;
+    }
   } else {
     int64_t st[kMaxRank];
     bstrides(kept, x.shape, st);

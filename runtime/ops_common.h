@@ -198,10 +198,7 @@ inline void unaryFloat(OpCtx& c, F f) {
   if (x.dt == DType::F32) {
     float* y = c.outT<float>(0, x.shape);
     const float* p = x.as<float>();
-    const int64_t parts = (n + 4095) / 4096;  // split over the pool in runs of 4096 when large
-    parallelRows(c, parts, n, [&](int64_t b, int64_t e) {
-      for (int64_t i = b * 4096; i < std::min(n, e * 4096); ++i) y[i] = f(p[i]);
-    });
+    for (int64_t i = 0; i < n; ++i) y[i] = f(p[i]);
   } else if (x.dt == DType::F16) {  // in float32, converted with the kernel set's F16C
     const float* p = floatData(c, x);
     FloatOut fo = floatOut(c, DType::F16, x.shape);
