@@ -299,6 +299,12 @@ nlohmann::json awqQuantizeModel(Graph& g, const at::Tensor& calibration, const A
           {"calibration_samples", calibration.size(0)}, {"forward_nodes", runner.forwardNodes()}, {"seconds", secs}};
 }
 
+int foldedGroups(const nlohmann::json& groups) {
+  int folded = 0;
+  for (const auto& gr : groups) folded += gr["fold"] != "none";
+  return folded;
+}
+
 namespace {
 
 class AwqPass : public Pass {
@@ -322,8 +328,7 @@ class AwqPass : public Pass {
   }
   PassResult run(Graph& g, PassContext& ctx) override {
     nlohmann::json s = awqQuantizeModel(g, ctx.calibration, opts_, ctx.device, ctx.show_progress);
-    int folded = 0;
-    for (const auto& gr : s["groups"]) folded += gr["fold"] != "none";
+    const int folded = foldedGroups(s["groups"]);
     char buf[200];
     std::snprintf(buf, sizeof buf, "%s: scales folded for %d of %d input groups%s, %d layers %s",
                   opts_.format.name().c_str(), folded, static_cast<int>(s["groups"].size()), opts_.clip ? ", clipped" : "",

@@ -47,6 +47,9 @@ ScaleFold findScaleFold(const Graph& g, const std::vector<std::string>& weights)
 /// rounding).
 void applyScale(Graph& g, const ScaleFold& fold, const std::vector<std::string>& weights, const at::Tensor& s);
 
+/// How many of a pass report's `groups` had their scale folded (awq and smoothquant report them alike).
+int foldedGroups(const nlohmann::json& groups);
+
 /// Block-sequential AWQ over the selected linear and conv weights with `calibration` inputs. Grouped and
 /// depthwise convs are quantized without a scale (listed in `layers_skipped`).
 nlohmann::json awqQuantizeModel(Graph& g, const at::Tensor& calibration, const AwqOptions& opts, at::Device device,

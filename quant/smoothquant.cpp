@@ -194,7 +194,9 @@ class SmoothQuantPass : public Pass {
     opts_.alpha = r.number("alpha", 0.5, 0.0, 1.0, "migration strength: s = max|x|^alpha / max|W|^(1-alpha)");
     opts_.smooth = r.boolean("smooth", true, "migrate outliers (false: plain W8A8, for comparison)");
     opts_.activations = r.choice("activations", "dynamic", {"dynamic", "static"},
-                                 "int8 activations per token computed at run time (dynamic) or one calibrated scale per tensor (static)") == "static"
+                                 "int8 activations per token computed at run time (dynamic: the most accurate; crun runs it as integer "
+                                 "MatMuls, ONNX Runtime op by op, slowly) or one calibrated scale per tensor (static: ONNX Runtime's "
+                                 "fused int8 form)") == "static"
                             ? ActQuant::Static
                             : ActQuant::Dynamic;
     opts_.quantize = r.boolean("quantize", true, "quantize weights and activations (false: smoothing only, for a following gptq)");
@@ -205,8 +207,7 @@ class SmoothQuantPass : public Pass {
   }
   PassResult run(Graph& g, PassContext& ctx) override {
     nlohmann::json s = smoothQuantModel(g, ctx.calibration, opts_, ctx.device, ctx.show_progress);
-    int folded = 0;
-    for (const auto& gr : s["groups"]) folded += gr["fold"] != "none";
+    const int folded = foldedGroups(s["groups"]);
     char buf[220];
     if (!opts_.quantize)
       std::snprintf(buf, sizeof buf, "smoothing only: scales folded for %d of %d inputs (alpha %.2f), weights left in float",

@@ -866,14 +866,18 @@ struct QuantParamIndex {
 
 QuantParamIndex quantParamIndex(OpCtx& c, const Buf& data, const Buf& s, const Buf* zp) {
   if (s.dt != DType::F32) c.bad(s.dt == DType::F16 ? "float16 scales are not supported by the runtime yet" : "scale must be float32");
-  const int r = std::max(data.shape.rank, 1);
-  const int axis = static_cast<int>(normAxis(c, c.node.attrInt("axis", 1), r));
   QuantParamIndex ix;
   ix.bs = c.node.attrInt("block_size", 0);
   if (ix.bs < 0) c.bad("block_size must be >= 0");
+  ix.perTensor = s.numel() == 1;
+  if (ix.perTensor) {  // axis is ignored (the default 1 need not exist: a rank-1 input)
+    if (zp && zp->numel() != 1) c.bad("zero point must have as many values as the scale");
+    return ix;
+  }
+  const int r = std::max(data.shape.rank, 1);
+  const int axis = static_cast<int>(normAxis(c, c.node.attrInt("axis", 1), r));
   int64_t outer = 1;
   if (data.shape.rank > 0) splitAt(data.shape, axis, outer, ix.n, ix.inner);
-  ix.perTensor = s.numel() == 1;
   const int64_t want = ix.perTensor ? 1 : ix.bs > 0 ? outer * ((ix.n + ix.bs - 1) / ix.bs) * ix.inner : ix.n;
   if (s.numel() != want) c.bad("scale has " + std::to_string(s.numel()) + " values; input " + data.shape.str() + " needs " + std::to_string(want));
   if (zp && zp->numel() != s.numel()) c.bad("zero point must have as many values as the scale");

@@ -14,6 +14,7 @@
 #include "compress/pipeline.h"
 #include "compress/recipe.h"
 #include "compress/progress.h"
+#include "shipped_recipe.h"
 #include "test_util.h"
 
 using namespace compress;
@@ -174,15 +175,7 @@ TEST_CASE("auto refuses a recipe without a goal, or a degradation goal without e
 namespace {
 
 /// A shipped recipe run without export or latency (the accuracy and the weights are what is compared).
-RunSummary runShipped(const std::string& name) {
-  Recipe r = loadRecipe(testutil::source("configs/" + name + ".yaml"));
-  r.export_spec.present = false;
-  r.latency_runs = 0;
-  RunOptions o;
-  o.output_override = testutil::tempDir("auto") + "/" + name;
-  o.progress = false;
-  return runRecipe(r, o);
-}
+using testutil::runShipped;
 
 }  // namespace
 

@@ -16,6 +16,7 @@
 #include "export/onnx_export.h"
 #include "export/ort_check.h"
 #include "runtime/crt.h"
+#include "shipped_recipe.h"
 #include "test_util.h"
 
 #include <catch2/catch.hpp>  // after the LibTorch headers (glog defines CHECK)
@@ -152,16 +153,7 @@ TEST_CASE("on stories260K, W8A8 stays within 1% of fp32 perplexity, and smoothin
           "[smoothquant][shared]") {
   if (!testutil::haveShared()) return;
   Progress::setEnabled(false);
-  auto shipped = [](const std::string& name) {
-    Recipe r = loadRecipe(testutil::source("configs/" + name + ".yaml"));
-    r.export_spec.present = false;
-    r.latency_runs = 0;
-    RunOptions o;
-    o.output_override = testutil::tempDir("w8a8") + "/" + name;
-    o.progress = false;
-    return runRecipe(r, o).report;
-  };
-  const auto dyn = shipped("smoothquant_w8a8"), sta = shipped("smoothquant_w8a8_static");
+  const auto dyn = testutil::runShipped("smoothquant_w8a8").report, sta = testutil::runShipped("smoothquant_w8a8_static").report;
   INFO(dyn["passes"][0]["summary"].get<std::string>() << " / " << sta["passes"][0]["summary"].get<std::string>());
   CHECK(dyn["accuracy"]["degradation"].get<double>() <= 0.01);  // the issue's target for per-token activations
   CHECK(sta["accuracy"]["degradation"].get<double>() <= 0.01);

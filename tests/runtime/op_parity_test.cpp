@@ -111,6 +111,15 @@ std::vector<OpCase> cases() {
       {"Add, large enough to split over threads, broadcast", "Add", {f32({4, 3, 64, 50}, 20), f32({3, 1, 50}, 21)}, {}},
       {"Mul, split over threads, a scalar per row", "Mul", {f32({2, 70, 300}, 22), f32({70, 1}, 23)}, {}},
       {"Sub, split over threads, rank 1", "Sub", {f32({40000}, 24), scalarF(0.25)}, {}},
+      {"QuantizeLinear per tensor, default uint8", "QuantizeLinear", {a * 40, scalarF(0.5)}, {}},
+      {"QuantizeLinear int8 zero point, ties and saturation", "QuantizeLinear",
+       {at::tensor(std::vector<float>{0.5f, 1.5f, -2.5f, 300.f, -300.f, 2.49f}), scalarF(1.0), at::scalar_tensor(3, at::kChar)}, {}},
+      {"QuantizeLinear per axis (uint8)", "QuantizeLinear",
+       {a * 10, at::tensor(std::vector<float>{0.1f, 0.2f, 0.3f}), at::tensor(std::vector<int64_t>{0, 128, 255}).to(at::kByte)},
+       {{"axis", int64_t{1}}}},
+      {"QuantizeLinear per row, blocked along the last axis, output_dtype int8", "QuantizeLinear",
+       {a * 5, at::tensor(std::vector<float>{0.05f, 0.1f, 0.2f, 0.4f, 0.8f, 1.6f}).reshape({2, 3, 1})},
+       {{"axis", int64_t{-1}}, {"block_size", int64_t{4}}, {"output_dtype", int64_t{3}}}},
   };
 }
 
@@ -119,6 +128,8 @@ crt::DType crtType(at::ScalarType st) {
     case at::kLong: return crt::DType::I64;
     case at::kBool: return crt::DType::Bool;
     case at::kInt: return crt::DType::I32;
+    case at::kChar: return crt::DType::I8;
+    case at::kByte: return crt::DType::U8;
     default: return crt::DType::F32;
   }
 }
@@ -170,7 +181,8 @@ at::Tensor runOneNode(const OpCase& c, const std::vector<at::Tensor>& want, crt:
   INFO(out.status().message);
   REQUIRE(out.ok());
   const auto& o = out.value()[0];
-  at::ScalarType st = o.dtype == crt::DType::I64 ? at::kLong : o.dtype == crt::DType::Bool ? at::kBool : at::kFloat;
+  at::ScalarType st = o.dtype == crt::DType::I64 ? at::kLong : o.dtype == crt::DType::Bool ? at::kBool
+                     : o.dtype == crt::DType::I8 ? at::kChar : o.dtype == crt::DType::U8 ? at::kByte : at::kFloat;
   at::Tensor t = at::empty(o.shape, st);
   std::memcpy(t.data_ptr(), o.bytes.data(), o.bytes.size());
   return t;
@@ -202,6 +214,10 @@ TEST_CASE("op table: one-node graphs give the same values in crun as in the exec
     at::Tensor got = runOneNode(c, want);
     REQUIRE(got.sizes() == want[0].sizes());
     REQUIRE(got.scalar_type() == (want[0].scalar_type() == at::kInt ? at::kLong : want[0].scalar_type()));
+    if (c.op == "QuantizeLinear") {  // integers: exactly the executor's
+      CHECK(at::equal(got, want[0]));
+      continue;
+    }
     if (got.numel() == 0) continue;
     const at::Tensor w = want[0].to(at::kDouble), x = got.to(at::kDouble);
     const double scale = std::max(w.abs().nan_to_num(0).max().item<double>(), 1.0);
@@ -222,6 +238,10 @@ TEST_CASE("op table: hostile values in the new ops are data errors, not crashes"
       {{"Resize with an enormous scale", "Resize", {at::zeros({1, 1, 2, 2}), at::Tensor(), at::tensor(std::vector<float>{1, 1, 6e4f, 6e4f})},
         {{"mode", std::string("nearest")}}}, at::zeros({1, 1, 2, 2})},
       {{"CumSum with an out-of-range axis", "CumSum", {a, scalarL(5)}, {}}, a},
+      {{"QuantizeLinear to float (output_dtype 1)", "QuantizeLinear", {a, scalarF(0.1)}, {{"output_dtype", int64_t{1}}}},
+       at::zeros({2, 3}, at::kByte)},
+      {{"QuantizeLinear with a scale per row of the wrong count", "QuantizeLinear", {a, f32({5}, 9).abs()}, {{"axis", int64_t{0}}}},
+       at::zeros({2, 3}, at::kByte)},
       {{"Einsum with mismatched label sizes", "Einsum", {f32({2, 3}, 2), f32({4, 5}, 3)}, {{"equation", std::string("ij,jk->ik")}}},
        f32({2, 5}, 4)},
   };
