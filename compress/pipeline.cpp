@@ -327,8 +327,8 @@ json exportStep(const Recipe& r, const Graph& original, const Graph& g, bool has
     auto inputs = validationInputs(exported, tokens, 2, seq, 3);  // a cached export: random pasts of 3 positions
     ValidationOptions vo;
     vo.int8_activations = ex.value("int8_activation_matmuls", int64_t{0}) > 0;
-    if (lm && has_eval && !r.eval.tokens.empty() && r.export_spec.validate_perplexity && metricFor(r.metric).likelihood &&
-        !r.export_spec.kv_cache) {
+    // (a cached export is scored from an empty cache: scripts/ort/ort_run.js feeds empty pasts)
+    if (lm && has_eval && !r.eval.tokens.empty() && r.export_spec.validate_perplexity && metricFor(r.metric).likelihood) {
       vo.ppl_tokens = r.eval.tokens;
       vo.seq_len = r.eval.seq_len;
       vo.max_tokens = r.eval.max_tokens;

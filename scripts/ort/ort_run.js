@@ -84,6 +84,20 @@ function feeds(a) {
   return f;
 }
 
+// A cached export's past inputs (past.N.key/value), empty: [1, kv_heads, 0, head_dim], the sizes read off the
+// model's declared input dims (or KV_HEADS / HEAD_DIM). {} for an uncached export.
+function emptyPasts(s) {
+  const pasts = s.inputNames.filter((n) => n.startsWith('past'));
+  if (pasts.length === 0) return {};
+  const dims = (s.inputMetadata || []).find?.((m) => m.name === pasts[0]);
+  const kvHeads = dims && dims.shape ? Number(dims.shape[1]) : Number(process.env.KV_HEADS || 0);
+  const headDim = dims && dims.shape ? Number(dims.shape[3]) : Number(process.env.HEAD_DIM || 0);
+  if (!(kvHeads > 0 && headDim > 0)) throw new Error('cannot read the past inputs\' kv heads / head size (set KV_HEADS and HEAD_DIM)');
+  const f = {};
+  for (const n of pasts) f[n] = new ort.Tensor('float32', new Float32Array(0), [1, kvHeads, 0, headDim]);
+  return f;
+}
+
 async function main() {
   const [cmd, ...rest] = process.argv.slice(2);
   const a = parseArgs(rest);
@@ -102,10 +116,11 @@ async function main() {
     const windows = a.maxTokens > 0 ? Math.floor(a.maxTokens / T) : Math.floor((tok.data.length - 1) / T);
     if (windows * T + 1 > tok.data.length) throw new Error('token stream too short');
     let nll = 0;
+    const pasts = emptyPasts(s);  // a cached export scores each window from an empty cache
     for (let w = 0; w < windows; ++w) {
       const ids = new BigInt64Array(T);
       for (let i = 0; i < T; ++i) ids[i] = BigInt(tok.data[w * T + i]);
-      const out = await s.run({[s.inputNames[0]]: new ort.Tensor('int64', ids, [1, T])});
+      const out = await s.run({...pasts, [s.inputNames[0]]: new ort.Tensor('int64', ids, [1, T])});
       const logits = out[s.outputNames[0]].data;
       const V = logits.length / T;
       for (let i = 0; i < T; ++i) {
@@ -120,7 +135,7 @@ async function main() {
     const count = windows * T;
     console.log(JSON.stringify({perplexity: Math.exp(nll / count), mean_nll: nll / count, count}));
   } else if (cmd === 'bench') {
-    const f = feeds(a);
+    const f = {...emptyPasts(s), ...feeds(a)};  // a cached export without --in pasts: prefill from an empty cache
     await s.run(f);
     const ms = [];
     for (let i = 0; i < a.runs; ++i) {
@@ -132,14 +147,12 @@ async function main() {
     console.log(JSON.stringify({median_ms: ms[Math.floor(ms.length / 2)], min_ms: ms[0], runs: a.runs, threads: a.threads, opt: a.opt}));
   } else if (cmd === 'generate') {
     const P = a.prefill || 16, G = a.gen || 32, tokIn = s.inputNames[0];
-    const pasts = s.inputNames.filter((n) => n.startsWith('past'));
+    const empty = emptyPasts(s), pasts = Object.keys(empty);
     let seed = 12345;
     const rnd = () => (seed = (seed * 1103515245 + 12345) % 2147483648) % 497 + 3;
     const once = async () => {
       const ids = BigInt64Array.from({length: P}, () => BigInt(rnd()));
-      const f = {[tokIn]: new ort.Tensor('int64', ids, [1, P])};
-      // empty pasts: [1, kv_heads, 0, head_dim] read off the model's input metadata via a probe run
-      for (const n of pasts) f[n] = new ort.Tensor('float32', new Float32Array(0), [1, a.kvHeads, 0, a.headDim]);
+      const f = {...empty, [tokIn]: new ort.Tensor('int64', ids, [1, P])};
       let t0 = process.hrtime.bigint();
       let out = await s.run(f);
       const prefill = Number(process.hrtime.bigint() - t0) / 1e6;
@@ -156,11 +169,6 @@ async function main() {
       }
       return {prefill, step: Number(process.hrtime.bigint() - t0) / 1e6 / G};
     };
-    // kv heads / head size from the declared input dims
-    const dims = (s.inputMetadata || []).find?.((m) => m.name === pasts[0]);
-    a.kvHeads = dims && dims.shape ? Number(dims.shape[1]) : Number(process.env.KV_HEADS || 0);
-    a.headDim = dims && dims.shape ? Number(dims.shape[3]) : Number(process.env.HEAD_DIM || 0);
-    if (!(a.kvHeads > 0 && a.headDim > 0)) throw new Error('cannot read the past inputs\' kv heads / head size (set KV_HEADS and HEAD_DIM)');
     await once();
     const pre = [], step = [];
     for (let r = 0; r < a.runs; ++r) { const x = await once(); pre.push(x.prefill); step.push(x.step); }
