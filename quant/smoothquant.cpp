@@ -33,13 +33,6 @@ struct InputQuant {
   double amax = 0;
 };
 
-void addConstant(Graph& g, const std::string& name, const at::Tensor& t) {
-  g.initializers[name] = t;
-  Shape s;
-  for (auto d : t.sizes()) s.push_back(Dim::fixed(d));
-  g.values[name] = ValueInfo{dtypeFromScalarType(t.scalar_type()), s};
-}
-
 Node makeNode(const Graph& g, const std::string& op, const std::string& base, std::vector<std::string> inputs,
               const std::string& output) {
   Node n;
@@ -60,14 +53,14 @@ void insertInputQuant(Graph& g, const InputQuant& iq, ActQuant mode) {
   std::vector<std::string> params;
   if (mode == ActQuant::Static) {
     const std::string scale = g.freshName(base + ".scale"), zp = g.freshName(base + ".zero_point");
-    addConstant(g, scale, at::scalar_tensor(iq.amax > 0 && std::isfinite(iq.amax) ? iq.amax / 127.0 : 1.0, at::kFloat));
-    addConstant(g, zp, at::scalar_tensor(128, at::kByte));  // uint8 - 128: int8's integers (smoothquant.h)
+    g.initializers[scale] = at::scalar_tensor(iq.amax > 0 && std::isfinite(iq.amax) ? iq.amax / 127.0 : 1.0, at::kFloat);
+    g.initializers[zp] = at::scalar_tensor(128, at::kByte);  // uint8 - 128: int8's integers (smoothquant.h)
     params = {scale, zp};
   } else {
     // scale = max(max|x_row| / 127, FLT_MIN): a row of zeros quantizes to zeros instead of 0 / 0.
     const std::string c127 = "smoothquant.int8_max", cmin = "smoothquant.min_scale";
-    if (!g.isInitializer(c127)) addConstant(g, c127, at::scalar_tensor(127.0, at::kFloat));
-    if (!g.isInitializer(cmin)) addConstant(g, cmin, at::scalar_tensor(std::numeric_limits<float>::min(), at::kFloat));
+    if (!g.isInitializer(c127)) g.initializers[c127] = at::scalar_tensor(127.0, at::kFloat);
+    if (!g.isInitializer(cmin)) g.initializers[cmin] = at::scalar_tensor(std::numeric_limits<float>::min(), at::kFloat);
     const std::string a = g.freshName(base + ".abs"), m = g.freshName(base + ".absmax"), s0 = g.freshName(base + ".scale0"),
                       s = g.freshName(base + ".scale");
     nodes.push_back(makeNode(g, "Abs", a, {iq.x}, a));

@@ -111,9 +111,7 @@ void quantizeInt8Rows(const PackedWeight& w, const Int8Acts& a, const float* X, 
 void quantizeInt8ChunkScaled(const float* x, int n, float s, int8_t* v, int* sum) {
   int total = 0;
   for (int j = 0; j < 32; ++j) {
-    float r = j < n ? x[j] / s : 0.f;
-    r = r != r ? 0.f : std::clamp(r, -128.f, 127.f);  // (clamping to integers before rounding changes nothing)
-    v[j] = static_cast<int8_t>(roundToInt(r));
+    v[j] = j < n ? quantizeLinearInt8(x[j], s) : 0;
     total += v[j];
   }
   *sum = total;

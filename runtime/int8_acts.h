@@ -21,6 +21,8 @@
 // Padding (past the row's last chunk up to whole steps) is zero, so the kernels read whole registers.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 
@@ -95,6 +97,14 @@ void quantizeInt8Rows(const PackedWeight& w, const Int8Acts& a, const float* X, 
                       Int8ChunkFn chunk = nullptr);
 /// Both of the above for all M rows.
 Int8Acts quantizeInt8Acts(const PackedWeight& w, int W, const float* X, int64_t M, void* mem);
+
+/// One value as ONNX QuantizeLinear makes it for int8 with zero point 0: x / s (a division, not a multiplication
+/// by 1 / s), NaN -> 0, saturated to [-128, 127], rounded half to even.
+inline int8_t quantizeLinearInt8(float x, float s) {
+  float r = x / s;
+  r = r != r ? 0.f : std::clamp(r, -128.f, 127.f);  // (clamping to integers before rounding changes nothing)
+  return static_cast<int8_t>(std::nearbyint(r));
+}
 
 /// One chunk quantized as ONNX QuantizeLinear does with zero point 0: n <= 32 values x into v[32] (zero past n),
 /// v = saturate(round_half_even(x / s)) in [-128, 127] (the division, not a multiplication by 1 / s; NaN -> 0), and

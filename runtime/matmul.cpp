@@ -167,10 +167,7 @@ void quantizedInputMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64
   // A weight left with exact kernels: QuantizeLinear -> DequantizeLinear by hand, then the float MatMul.
   float* xq = static_cast<float*>(c.scratch(static_cast<size_t>(rows * w.K) * sizeof(float)));
   for (int64_t m = 0; m < rows; ++m)
-    for (int64_t j = 0; j < w.K; ++j) {
-      const float r = std::nearbyint(X[m * w.K + j] / sc[m * stride]);
-      xq[m * w.K + j] = (r != r ? 0.f : std::clamp(r, -128.f, 127.f)) * sc[m * stride];
-    }
+    for (int64_t j = 0; j < w.K; ++j) xq[m * w.K + j] = quantizeLinearInt8(X[m * w.K + j], sc[m * stride]) * sc[m * stride];
   packedMatMul(c, w, xq, rows, Y);
 }
 
