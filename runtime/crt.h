@@ -91,6 +91,12 @@ enum class SparseMode { Auto, Off, On };
 /// Off never (exact fp32 compute).
 enum class Int8Activations { Model, Off, On };
 
+/// Where a session runs (SessionOptions::device). Cuda: every node the CUDA backend has a kernel for runs on
+/// the GPU (the rest on the CPU, with copies between); Auto: Cuda when this build has it and a GPU answers,
+/// else Cpu. Emulated: the device path (placement, copies, device memory plans) on host memory with the CPU
+/// kernels, for testing the boundary on machines without a GPU; results are bit-identical to Cpu.
+enum class Device { Cpu, Cuda, Auto, Emulated };
+
 struct SessionOptions {
   int threads = 0;          // 0: all hardware threads
   bool use_simd = true;     // false forces the portable scalar kernels (for testing/debugging)
@@ -119,6 +125,7 @@ struct SessionOptions {
   /// Integer dot products with int8 activations for quantized weights: faster, within the error bound that
   /// runtime/int8_acts.h states (sparse weights keep exact compute).
   Int8Activations int8_activations = Int8Activations::Model;
+  Device device = Device::Cpu;
 };
 
 /// Time spent per op type over all profiled runs (SessionOptions::profile).
@@ -147,6 +154,9 @@ struct SessionInfo {
   std::string isa;            // kernel set in use: "avx512", "avx2", "scalar"
   std::string int8_isa;       // the integer dot product of int8_matmuls: "avx512-vnni", "avx2", "scalar" ("" if none)
   int threads = 1;
+  std::string device = "cpu";  // "cpu", "emulated", or "cuda (<GPU name>)"
+  int device_nodes = 0;        // nodes assigned to the device
+  int device_copies = 0;       // copy nodes between host and device
 };
 
 class Session {

@@ -47,6 +47,10 @@ Usage:
 Options common to all: --threads N (default: all cores), --no-simd (portable scalar kernels),
   --sparse auto|on|off: pruned weights in the sparse form (bitmask + nonzeros: fewer bytes per token,
   bit-identical results) where this CPU's kernels are faster with it (auto, default), always, or never.
+  --device cpu|cuda|auto|emulated: where nodes run (default cpu). cuda: every node the CUDA backend has a
+  kernel for (MatMul on fp32/fp16/int8/int4 weights, elementwise math, Softmax, ReduceMean) on GPU 0, the rest
+  on the CPU with copies between; auto: cuda when this build has it and a GPU answers; emulated: the device
+  path on host memory (for testing; bit-identical to cpu). `crun info` shows what was placed where.
   --int8-activations model|on|off: int8/int4 weights multiply activations quantized to int8 per 32 values
   with integer dot products (VNNI / AVX2), faster and within a stated error bound of exact fp32: where the file
   asks (MatMulNBits accuracy_level 4, default), for every quantized weight, or never.
@@ -278,12 +282,14 @@ int cmdBench(const std::string& model, const cxxopts::ParseResult& r) {
   if (r.count("json")) {
     std::printf("{\"model\": \"%s\", \"median_ms\": %.4f, \"p90_ms\": %.4f, \"min_ms\": %.4f, \"tokens_per_s\": %.1f, "
                 "\"peak_rss_mib\": %.1f, \"load_s\": %.3f, \"threads\": %d, \"isa\": \"%s\", \"weight_bytes\": %lld, "
-                "\"sparse_matmuls\": %d, \"int8_matmuls\": %d, \"int8_isa\": \"%s\", \"runs\": %d}\n",
+                "\"sparse_matmuls\": %d, \"int8_matmuls\": %d, \"int8_isa\": \"%s\", \"device\": \"%s\", \"device_nodes\": %d, "
+                "\"runs\": %d}\n",
                 model.c_str(), med, p90, ms.front(), tokens / (med / 1e3), peakRssKiB() / 1024.0, loadS, info.threads,
                 info.isa.c_str(), static_cast<long long>(info.weight_bytes), info.sparse_matmuls, info.int8_matmuls,
-                info.int8_isa.c_str(), runs);
+                info.int8_isa.c_str(), info.device.c_str(), info.device_nodes, runs);
   } else {
-    std::printf("model %s  (%s kernels, %d threads, load %.2f s)\n", model.c_str(), info.isa.c_str(), info.threads, loadS);
+    std::printf("model %s  (%s kernels, %d threads%s, load %.2f s)\n", model.c_str(), info.isa.c_str(), info.threads,
+                info.device_nodes ? (", " + std::to_string(info.device_nodes) + " nodes on " + info.device).c_str() : "", loadS);
     std::printf("median %.3f ms  p90 %.3f ms  min %.3f ms  over %d runs\n", med, p90, ms.front(), runs);
     std::printf("%.1f tokens/s  peak memory %.1f MiB  packed weights %.2f MiB\n", tokens / (med / 1e3),
                 peakRssKiB() / 1024.0, info.weight_bytes / 1048576.0);
@@ -307,6 +313,12 @@ crt::SessionOptions sessionOptions(const cxxopts::ParseResult& r) {
   else if (i8 == "on") o.int8_activations = crt::Int8Activations::On;
   else if (i8 == "off") o.int8_activations = crt::Int8Activations::Off;
   else die(2, "--int8-activations takes model, on or off, got '" + i8 + "'");
+  const std::string dev = r["device"].as<std::string>();
+  if (dev == "cpu") o.device = crt::Device::Cpu;
+  else if (dev == "cuda") o.device = crt::Device::Cuda;
+  else if (dev == "auto") o.device = crt::Device::Auto;
+  else if (dev == "emulated") o.device = crt::Device::Emulated;
+  else die(2, "--device takes cpu, cuda, auto or emulated, got '" + dev + "'");
   const int64_t tensorMib = r["max-tensor-mib"].as<int64_t>(), memMib = r["max-memory-mib"].as<int64_t>();
   if (tensorMib < 0 || memMib < 0 || tensorMib > (int64_t{1} << 40) || memMib > (int64_t{1} << 40))
     die(2, "--max-tensor-mib and --max-memory-mib take a number of MiB (0 = default)");
@@ -508,6 +520,8 @@ int cmdInfo(const std::string& model, const cxxopts::ParseResult& r) {
             << " (" << i.sparse_matmuls << " sparse, " << i.int8_matmuls << " with int8 activations"
             << (i.int8_matmuls ? " (" + i.int8_isa + ")" : std::string()) << ", " << i.weight_bytes
             << " weight bytes), kernels " << i.isa << ", threads " << i.threads << "\n";
+  if (i.device != "cpu")
+    std::cout << "device: " << i.device << ": " << i.device_nodes << " nodes, " << i.device_copies << " copies between host and device\n";
   return 0;
 }
 
@@ -531,6 +545,7 @@ int main(int argc, char** argv) {
       ("threads", "", cxxopts::value<int>()->default_value("0"))("no-simd", "")("profile", "")
       ("sparse", "", cxxopts::value<std::string>()->default_value("auto"))
       ("int8-activations", "", cxxopts::value<std::string>()->default_value("model"))
+      ("device", "", cxxopts::value<std::string>()->default_value("cpu"))
       ("runs", "", cxxopts::value<int>()->default_value("50"))("warmup", "", cxxopts::value<int>()->default_value("5"))
       ("json", "")("max-id", "", cxxopts::value<int64_t>()->default_value("500"))
       ("tokenizer", "", cxxopts::value<std::string>())

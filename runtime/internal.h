@@ -140,6 +140,8 @@ struct Node {
   bool is_static = false;                 // depends only on input shapes and constants: run once per plan
   bool act_quant = false;  // MatMul on a packed weight whose input the model quantizes itself: in = {x, scale}
                            // (int8_acts.h, fuseQuantizedInputs)
+  bool on_device = false;  // runs on Graph::device (backend.h, placeNodes); its outputs live there
+  int device_code = 0;     // its DeviceOpKind::code (which Binary / Unary function)
 
   int64_t attrInt(const std::string& k, int64_t def) const;
   float attrFloat(const std::string& k, float def) const;
@@ -156,6 +158,7 @@ struct Value {
   int last_use = -1;   // last node index reading it (graph outputs: INT32_MAX)
   bool is_static = false;
   bool per_run_shape = false;  // an in-session KV cache's past view: its shape changes every run (kv_cache.h)
+  bool on_device = false;      // its memory is Graph::device's (backend.h)
 };
 
 constexpr int64_t kPanel = 32;  // output columns per fp32 weight panel
@@ -182,11 +185,13 @@ struct PackedWeight {
                       // are scale16 (fp16) and zp8 (integers), 3 bytes per block instead of 8
   std::vector<uint16_t> scale16;  // [N * nblk] + kInt8ParamPad
   std::vector<uint8_t> zp8;       // [N * nblk] + kInt8ParamPad
+  std::shared_ptr<void> device;   // the device backend's copy, in its own layout (Backend::prepare), or null
   int64_t rowBytes() const;
   int64_t bytes() const;  // what one pass over the weight reads (dense or sparse form, scales, zero points)
 };
 
 struct KvState;
+class Backend;
 
 struct Graph {
   std::vector<Node> nodes;  // topological order (after folding: only nodes that run)
@@ -199,6 +204,8 @@ struct Graph {
   int64_t constant_bytes = 0;  // bytes of constants read or folded at load (counts against limits.max_total)
   std::map<std::string, std::string> metadata;  // the file's metadata_props
   std::shared_ptr<KvState> kv;                  // the in-session KV cache (SessionOptions::kv_capacity)
+  std::shared_ptr<Backend> device;              // the device backend (SessionOptions::device), or null: host only
+  std::vector<std::shared_ptr<void>> device_constants;  // constants uploaded for device nodes (placeNodes)
 };
 
 class ThreadPool;

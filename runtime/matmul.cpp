@@ -1,4 +1,5 @@
 #include "runtime/matmul.h"
+#include "runtime/op_geometry.h"
 
 #include <algorithm>
 #include <cmath>
@@ -195,22 +196,21 @@ void packedOp(OpCtx& c, const PackedWeight& w, const Buf* bias) {
 
 }  // namespace
 
-void opMatMul(OpCtx& c) {
-  if (c.node.packed) return packedOp(c, *c.node.packed, nullptr);
-  const Buf& a = c.in(0);
-  const Buf& b = c.in(1);
+MatMulGeometry matmulGeometry(const OpCtx& c, const Buf& a, const Buf& b) {
   if (a.dt != b.dt) c.bad(std::string("input types differ: ") + dtypeName(a.dt) + " and " + dtypeName(b.dt));
   if (a.shape.rank == 0 || b.shape.rank == 0) c.bad("MatMul needs inputs of rank >= 1");
   // Promote 1-D operands as numpy.matmul does, then broadcast the batch dims.
   Shape as = a.shape, bs = b.shape;
   if (as.rank == 1) as = Shape{1, as[0]};
   if (bs.rank == 1) bs = Shape{bs[0], 1};
+  MatMulGeometry m;
   const int64_t M = as[as.rank - 2], K = as[as.rank - 1], N = bs[bs.rank - 1];
+  m.M = M, m.K = K, m.N = N;
   if (bs[bs.rank - 2] != K) c.bad("inner dimensions differ: " + a.shape.str() + " x " + b.shape.str());
   Shape ab = as, bb = bs;
   ab.rank -= 2;
   bb.rank -= 2;
-  Shape batch;
+  Shape& batch = m.batch;
   batch.rank = std::max(ab.rank, bb.rank);
   for (int i = 0; i < batch.rank; ++i) {
     int64_t x = i - (batch.rank - ab.rank) >= 0 ? ab[i - (batch.rank - ab.rank)] : 1;
@@ -218,38 +218,40 @@ void opMatMul(OpCtx& c) {
     if (x != y && x != 1 && y != 1) c.bad("batch dims of " + a.shape.str() + " and " + b.shape.str() + " do not broadcast");
     batch[i] = x == 1 ? y : x;
   }
-  Shape os = batch;
-  if (a.shape.rank > 1) os.push(M);
-  if (b.shape.rank > 1) os.push(N);
+  m.os = batch;
+  if (a.shape.rank > 1) m.os.push(M);
+  if (b.shape.rank > 1) m.os.push(N);
+  // batch offsets by broadcasting strides over the batch dims
+  int64_t acc = M * K;
+  for (int i = batch.rank - 1; i >= 0; --i) {
+    int j = i - (batch.rank - ab.rank);
+    m.sa[i] = (j >= 0 && ab[j] != 1) ? acc : 0;
+    if (j >= 0) acc *= ab[j];
+  }
+  acc = K * N;
+  for (int i = batch.rank - 1; i >= 0; --i) {
+    int j = i - (batch.rank - bb.rank);
+    m.sb[i] = (j >= 0 && bb[j] != 1) ? acc : 0;
+    if (j >= 0) acc *= bb[j];
+  }
+  return m;
+}
+
+void opMatMul(OpCtx& c) {
+  if (c.node.packed) return packedOp(c, *c.node.packed, nullptr);
+  const Buf& a = c.in(0);
+  const Buf& b = c.in(1);
+  const MatMulGeometry m = matmulGeometry(c, a, b);
+  const int64_t M = m.M, N = m.N, K = m.K;
+  const Shape& batch = m.batch;
   const float* A = floatData(c, a);
   const float* B = floatData(c, b);
-  FloatOut fo = floatOut(c, a.dt, os);
+  FloatOut fo = floatOut(c, a.dt, m.os);
   float* Y = fo.p;
-  // batch offsets by broadcasting strides over the batch dims
-  int64_t sa[kMaxRank] = {}, sb[kMaxRank] = {};
-  {
-    int64_t acc = M * K;
-    for (int i = batch.rank - 1; i >= 0; --i) {
-      int j = i - (batch.rank - ab.rank);
-      sa[i] = (j >= 0 && ab[j] != 1) ? acc : 0;
-      if (j >= 0) acc *= ab[j];
-    }
-    acc = K * N;
-    for (int i = batch.rank - 1; i >= 0; --i) {
-      int j = i - (batch.rank - bb.rank);
-      sb[i] = (j >= 0 && bb[j] != 1) ? acc : 0;
-      if (j >= 0) acc *= bb[j];
-    }
-  }
   const int64_t nb = batch.numel();
   auto one = [&](int64_t i, bool inner_parallel) {
-    int64_t oa = 0, ob = 0, rem = i;
-    for (int d = batch.rank - 1; d >= 0; --d) {
-      const int64_t idx = rem % batch[d];
-      rem /= batch[d];
-      oa += idx * sa[d];
-      ob += idx * sb[d];
-    }
+    int64_t oa = 0, ob = 0;
+    m.offsets(i, oa, ob);
     if (inner_parallel) matmulNN(c, M, N, K, A + oa, B + ob, Y + i * M * N);
     else c.env.k->gemm_nn(M, N, K, A + oa, K, B + ob, N, Y + i * M * N, N);
   };

@@ -8,6 +8,7 @@
 #include <map>
 
 #include "runtime/matmul.h"
+#include "runtime/op_geometry.h"
 #include "runtime/ops_common.h"
 
 namespace crt::detail {
@@ -303,8 +304,7 @@ void opSqueeze(OpCtx& c) {
 }
 
 
-void opTranspose(OpCtx& c) {
-  const Buf& x = c.in(0);
+StridedView transposeView(const OpCtx& c, const Buf& x) {
   const int r = x.shape.rank;
   int64_t perm[kMaxRank];
   const auto* p = c.node.attrInts("perm");
@@ -314,19 +314,24 @@ void opTranspose(OpCtx& c) {
   } else {
     for (int i = 0; i < r; ++i) perm[i] = r - 1 - i;
   }
-  int64_t st[kMaxRank] = {}, ist[kMaxRank] = {};
+  StridedView v;
+  int64_t ist[kMaxRank] = {};
   contiguousStrides(x.shape, ist);
-  Shape os;
   for (int i = 0; i < r; ++i) {
-    os.push(x.shape[static_cast<int>(perm[i])]);
-    st[i] = ist[perm[i]];
+    v.os.push(x.shape[static_cast<int>(perm[i])]);
+    v.st[i] = ist[perm[i]];
   }
-  void* y = c.out(0, x.dt, os);
-  stridedCopy(x.as<uint8_t>(), st, os, static_cast<uint8_t*>(y), dtypeSize(x.dt));
+  return v;
 }
 
-void opSlice(OpCtx& c) {
+void opTranspose(OpCtx& c) {
   const Buf& x = c.in(0);
+  const StridedView v = transposeView(c, x);
+  void* y = c.out(0, x.dt, v.os);
+  stridedCopy(x.as<uint8_t>(), v.st, v.os, static_cast<uint8_t*>(y), dtypeSize(x.dt));
+}
+
+StridedView sliceView(const OpCtx& c, const Buf& x) {
   const int r = x.shape.rank;
   int64_t starts[kMaxRank], ends[kMaxRank], axes[kMaxRank], steps[kMaxRank];
   int64_t n = readInts(c.in(1), starts, kMaxRank, c);
@@ -342,7 +347,9 @@ void opSlice(OpCtx& c) {
     for (int64_t i = 0; i < n; ++i) steps[i] = 1;
   }
   int64_t begin[kMaxRank] = {}, step[kMaxRank];
-  Shape os = x.shape;
+  StridedView v;
+  v.os = x.shape;
+  Shape& os = v.os;
   for (int i = 0; i < r; ++i) step[i] = 1;
   for (int64_t i = 0; i < n; ++i) {
     const int ax = static_cast<int>(normAxis(c, axes[i], r));
@@ -365,40 +372,53 @@ void opSlice(OpCtx& c) {
     begin[ax] = s;
     step[ax] = sp;
   }
-  int64_t ist[kMaxRank] = {}, st[kMaxRank] = {};
+  int64_t ist[kMaxRank] = {};
   contiguousStrides(x.shape, ist);
-  int64_t off = 0;
   for (int i = 0; i < r; ++i) {
-    off += begin[i] * ist[i];
-    st[i] = ist[i] * step[i];
+    v.offset += begin[i] * ist[i];
+    v.st[i] = ist[i] * step[i];
   }
-  void* y = c.out(0, x.dt, os);
-  const size_t es = dtypeSize(x.dt);
-  if (os.numel() > 0) stridedCopy(x.as<uint8_t>() + off * es, st, os, static_cast<uint8_t*>(y), es);
+  return v;
 }
 
-void opConcat(OpCtx& c) {
+void opSlice(OpCtx& c) {
+  const Buf& x = c.in(0);
+  const StridedView v = sliceView(c, x);
+  void* y = c.out(0, x.dt, v.os);
+  const size_t es = dtypeSize(x.dt);
+  if (v.os.numel() > 0) stridedCopy(x.as<uint8_t>() + v.offset * es, v.st, v.os, static_cast<uint8_t*>(y), es);
+}
+
+ConcatLayout concatLayout(const OpCtx& c) {
   if (c.nin() == 0) c.bad("Concat needs at least one input");
   const Buf& first = c.in(0);
   const int r = first.shape.rank;
-  const int64_t axis = normAxis(c, c.node.attrInt("axis", 0), r);
-  Shape os = first.shape;
-  os[static_cast<int>(axis)] = 0;
+  ConcatLayout l;
+  l.axis = static_cast<int>(normAxis(c, c.node.attrInt("axis", 0), r));
+  l.os = first.shape;
+  l.os[l.axis] = 0;
   for (int i = 0; i < c.nin(); ++i) {
     const Buf& b = c.in(i);
     if (b.dt != first.dt || b.shape.rank != r) c.bad("inputs differ in type or rank");
     for (int d = 0; d < r; ++d)
-      if (d != axis && b.shape[d] != first.shape[d]) c.bad("inputs do not agree outside the concatenation axis");
-    os[static_cast<int>(axis)] += b.shape[static_cast<int>(axis)];
+      if (d != l.axis && b.shape[d] != first.shape[d]) c.bad("inputs do not agree outside the concatenation axis");
+    l.os[l.axis] += b.shape[l.axis];
   }
+  for (int d = 0; d < l.axis; ++d) l.outer *= l.os[d];
+  for (int d = l.axis + 1; d < r; ++d) l.inner *= l.os[d];
+  return l;
+}
+
+void opConcat(OpCtx& c) {
+  const ConcatLayout l = concatLayout(c);
+  const int axis = l.axis;
+  const int64_t outer = l.outer, inner = l.inner;
+  const Buf& first = c.in(0);
   const size_t es = dtypeSize(first.dt);
-  uint8_t* y = static_cast<uint8_t*>(c.out(0, first.dt, os));
-  int64_t outer = 1, inner = 1;
-  for (int d = 0; d < axis; ++d) outer *= os[d];
-  for (int d = static_cast<int>(axis) + 1; d < r; ++d) inner *= os[d];
-  const int64_t orow = os[static_cast<int>(axis)] * inner * es;
+  uint8_t* y = static_cast<uint8_t*>(c.out(0, first.dt, l.os));
+  const int64_t orow = l.os[axis] * inner * es;
   bool single = inner == 1 && (es == 2 || es == 4 || es == 8);
-  for (int i = 0; i < c.nin() && single; ++i) single = c.in(i).shape[static_cast<int>(axis)] == 1;
+  for (int i = 0; i < c.nin() && single; ++i) single = c.in(i).shape[axis] == 1;
   if (single) {  // torch.stack(dim=-1): one element of each input per output row (RoPE's pairs), interleaved
     auto interleave = [&](auto tag) {
       using T = decltype(tag);
@@ -417,7 +437,7 @@ void opConcat(OpCtx& c) {
   int64_t col = 0;
   for (int i = 0; i < c.nin(); ++i) {
     const Buf& b = c.in(i);
-    const int64_t brow = b.shape[static_cast<int>(axis)] * inner * es;
+    const int64_t brow = b.shape[axis] * inner * es;
     for (int64_t o = 0; o < outer; ++o) copyRow(y + o * orow + col, b.as<uint8_t>() + o * brow, brow);
     col += brow;
   }

@@ -11,6 +11,7 @@
 
 #include <unistd.h>
 
+#include "runtime/backend.h"
 #include "runtime/internal.h"
 #include "runtime/kernels.h"
 #include "runtime/int8_acts.h"
@@ -24,52 +25,81 @@ namespace crt {
 namespace detail {
 
 // ------------------------------------------------------------------------------------------- planning
+/// One arena per side: the host's and, with a device backend, the device's (backend.h).
 struct Plan {
   std::vector<int64_t> key;  // concatenated input shapes
   AlignedBytes arena;
+  DeviceBytes device_arena;
   std::vector<size_t> offset, size;  // per dynamic allocation, in request order
+  std::vector<char> on_device;       // per dynamic allocation: which arena
   std::vector<std::shared_ptr<AlignedBytes>> statics;
+  std::vector<std::shared_ptr<DeviceBytes>> device_statics;
   std::vector<std::pair<int, Buf>> static_vals;
   uint64_t last_used = 0;
 };
 
 struct ReplanNeeded {};
 
-/// First run for a shape set: plain heap buffers, recording sizes and lifetimes.
+/// First run for a shape set: plain heap (or device) buffers, recording sizes, sides and lifetimes.
 class Recorder : public Allocator {
  public:
   Recorder(const Graph& g, Plan& plan) : g_(g), plan_(plan), root_(g.values.size(), -1) {}
   void* output(int value, size_t bytes, int node, bool is_static) override {
-    if (is_static) {
-      plan_.statics.push_back(std::make_shared<AlignedBytes>(std::max<size_t>(bytes, 1)));
-      return plan_.statics.back()->data();
-    }
-    root_[value] = add(bytes, node, node);
+    const bool dev = g_.values[value].on_device;
+    if (is_static) return keepStatic(bytes, dev);
+    root_[value] = add(bytes, node, node, dev);
     ends_.back() = std::max(node, g_.values[value].last_use);
-    return temp_.back().data();
+    return last_;
   }
   void* scratch(size_t bytes, int node, bool is_static) override {
+    const bool dev = g_.nodes[node].on_device;
     if (is_static) {  // static nodes do not run on replay: their scratch is not part of the plan
-      static_scratch_.emplace_back(std::max<size_t>(bytes, 1));
-      return static_scratch_.back().data();
+      if (dev) return static_scratch_dev_.emplace_back(*g_.device, bytes).data();
+      return static_scratch_.emplace_back(std::max<size_t>(bytes, 1)).data();
     }
-    add(bytes, node, node);
-    return temp_.back().data();
+    add(bytes, node, node, dev);
+    return last_;
   }
   void alias(int value, int src) override {
     const int r = root_[src];
     root_[value] = r;
     if (r >= 0) ends_[r] = std::max(ends_[r], g_.values[value].last_use);
   }
-  /// Lays the allocations out in one arena: greedy by size, reusing space of allocations whose lifetimes
-  /// do not overlap.
+  /// Lays each side's allocations out in its arena: greedy by size, reusing space of allocations whose
+  /// lifetimes do not overlap.
   void finish() {
-    const size_t n = sizes_.size();
-    std::vector<size_t> order(n);
-    for (size_t i = 0; i < n; ++i) order[i] = i;
-    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return sizes_[a] != sizes_[b] ? sizes_[a] > sizes_[b] : a < b; });
-    plan_.offset.assign(n, 0);
+    plan_.offset.assign(sizes_.size(), 0);
     plan_.size = sizes_;
+    plan_.on_device = dev_;
+    plan_.arena.resize(std::max<size_t>(layout(false), 64));
+    if (std::find(dev_.begin(), dev_.end(), 1) != dev_.end()) plan_.device_arena = DeviceBytes(*g_.device, layout(true));
+  }
+  std::vector<AlignedBytes> takeTemp() { return std::move(temp_); }
+
+ private:
+  static size_t round(size_t b) { return (std::max<size_t>(b, 1) + 63) / 64 * 64; }
+  void* keepStatic(size_t bytes, bool dev) {
+    if (dev) {
+      plan_.device_statics.push_back(std::make_shared<DeviceBytes>(*g_.device, bytes));
+      return plan_.device_statics.back()->data();
+    }
+    plan_.statics.push_back(std::make_shared<AlignedBytes>(std::max<size_t>(bytes, 1)));
+    return plan_.statics.back()->data();
+  }
+  int add(size_t bytes, int start, int end, bool dev) {
+    last_ = dev ? temp_dev_.emplace_back(*g_.device, bytes).data() : temp_.emplace_back(std::max<size_t>(bytes, 1)).data();
+    sizes_.push_back(bytes);
+    starts_.push_back(start);
+    ends_.push_back(end);
+    dev_.push_back(dev);
+    return static_cast<int>(sizes_.size()) - 1;
+  }
+  /// Places the allocations of one side; returns the arena size.
+  size_t layout(bool dev) {
+    std::vector<size_t> order;
+    for (size_t i = 0; i < sizes_.size(); ++i)
+      if (dev_[i] == dev) order.push_back(i);
+    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return sizes_[a] != sizes_[b] ? sizes_[a] > sizes_[b] : a < b; });
     std::vector<size_t> placed;
     size_t total = 0;
     for (size_t i : order) {
@@ -86,42 +116,36 @@ class Recorder : public Allocator {
       total = std::max(total, off + round(sizes_[i]));
       placed.push_back(i);
     }
-    plan_.arena.resize(std::max<size_t>(total, 64));
-  }
-  std::vector<AlignedBytes> takeTemp() { return std::move(temp_); }
-
- private:
-  static size_t round(size_t b) { return (std::max<size_t>(b, 1) + 63) / 64 * 64; }
-  int add(size_t bytes, int start, int end) {
-    temp_.emplace_back(std::max<size_t>(bytes, 1));
-    sizes_.push_back(bytes);
-    starts_.push_back(start);
-    ends_.push_back(end);
-    return static_cast<int>(sizes_.size()) - 1;
+    return total;
   }
   const Graph& g_;
   Plan& plan_;
   std::vector<int> root_;
   std::vector<AlignedBytes> temp_, static_scratch_;
+  std::vector<DeviceBytes> temp_dev_, static_scratch_dev_;  // (device buffers never hold graph outputs)
   std::vector<size_t> sizes_;
   std::vector<int> starts_, ends_;
+  std::vector<char> dev_;
+  void* last_ = nullptr;
 };
 
-/// Later runs: the same requests in the same order, served from the arena.
+/// Later runs: the same requests in the same order, served from the arenas.
 /// With `up_to` (an in-session KV cache: sizes grow with the cached length), a request may be smaller
 /// than the recorded one: a plan recorded at the full capacity serves every shorter step.
 class Replayer : public Allocator {
  public:
-  Replayer(const Plan& p, bool up_to) : p_(p), up_to_(up_to) {}
-  void* output(int, size_t bytes, int, bool) override { return next(bytes); }
-  void* scratch(size_t bytes, int, bool) override { return next(bytes); }
+  Replayer(const Graph& g, const Plan& p, bool up_to) : g_(g), p_(p), up_to_(up_to) {}
+  void* output(int value, size_t bytes, int, bool) override { return next(bytes, g_.values[value].on_device); }
+  void* scratch(size_t bytes, int node, bool) override { return next(bytes, g_.nodes[node].on_device); }
   void alias(int, int) override {}
 
  private:
-  void* next(size_t bytes) {
-    if (i_ >= p_.size.size() || (up_to_ ? p_.size[i_] < bytes : p_.size[i_] != bytes)) throw ReplanNeeded{};
-    return static_cast<char*>(p_.arena.data()) + p_.offset[i_++];
+  void* next(size_t bytes, bool dev) {
+    if (i_ >= p_.size.size() || (up_to_ ? p_.size[i_] < bytes : p_.size[i_] != bytes) || p_.on_device[i_] != dev) throw ReplanNeeded{};
+    void* base = dev ? p_.device_arena.data() : p_.arena.data();
+    return static_cast<char*>(base) + p_.offset[i_++];
   }
+  const Graph& g_;
   const Plan& p_;
   bool up_to_;
   size_t i_ = 0;
@@ -146,6 +170,7 @@ struct Session::Impl {
   detail::Plan* findPlan(size_t keyLen);
   bool replay(detail::Plan& plan);  // false: the plan no longer fits (dropped; record instead)
   void record();
+  void placeOnDevice();  // assigns nodes to the device backend, if any (backend.h), and records what it took
 
   void execute(detail::Allocator& alloc, bool skip_static) {
     detail::RunEnv env{&g, vals.data(), &alloc, pool.get(), k, 0, g.constant_bytes};
@@ -241,12 +266,16 @@ Result<Session> Session::make(const SessionOptions& options, const std::string& 
     impl->info.isa = impl->k->isa;
     impl->info.threads = impl->pool->size();
     impl->g = load(*impl);
+    impl->g.device = detail::makeBackend(options.device);
     if (detail::fuseQuantizedInputs(impl->g, options.int8_activations, *impl->k) > 0) {
       detail::pruneUnused(impl->g);  // the QuantizeLinear -> DequantizeLinear pairs now inside their MatMuls
       detail::prepareRuns(impl->g);
     }
-    impl->info.sparse_matmuls = detail::chooseSparseForms(impl->g, options.sparse, *impl->k, options.int8_activations);
-    impl->info.int8_matmuls = detail::chooseInt8Activations(impl->g, options.int8_activations, *impl->k);
+    // a GPU computes from the dense packed weights: no CPU-only forms for weights it may take
+    const bool dense = impl->g.device && impl->g.device->denseWeights();
+    const Int8Activations int8 = dense ? Int8Activations::Off : options.int8_activations;
+    impl->info.sparse_matmuls = detail::chooseSparseForms(impl->g, dense ? SparseMode::Off : options.sparse, *impl->k, int8);
+    impl->info.int8_matmuls = detail::chooseInt8Activations(impl->g, int8, *impl->k);
     if (impl->info.int8_matmuls > 0) impl->info.int8_isa = impl->k->i8_isa;
     if (impl->info.sparse_matmuls > 0 || impl->info.int8_matmuls > 0) {  // both change the bytes a step reads
       impl->info.weight_bytes = 0;
@@ -258,6 +287,7 @@ Result<Session> Session::make(const SessionOptions& options, const std::string& 
     if (options.kv_capacity != 0 && (!options.kv_if_present || detail::hasKvInputs(impl->g)))
       detail::enableKvCache(impl->g, options.kv_capacity > 0 ? options.kv_capacity : detail::modelContext(impl->g.metadata, 2048), options.kv_dtype);
     if (options.last_position_logits) detail::lastPositionLogits(impl->g);
+    impl->placeOnDevice();
     impl->vals.resize(impl->g.values.size());
     for (size_t i = 0; i < impl->g.values.size(); ++i)
       if (impl->g.values[i].is_const) impl->vals[i] = impl->g.values[i].constant;
@@ -269,6 +299,14 @@ Result<Session> Session::make(const SessionOptions& options, const std::string& 
   } catch (const std::exception& e) {
     return Status{StatusCode::Internal, name + ": " + e.what()};
   }
+}
+
+void Session::Impl::placeOnDevice() {
+  if (!g.device) return;
+  info.device = g.device->name();
+  info.device_nodes = detail::placeNodes(g);
+  for (const detail::Node& n : g.nodes) info.device_copies += n.fn == detail::opCopyToDevice || n.fn == detail::opCopyToHost;
+  detail::prepareRuns(g);
 }
 
 namespace {
@@ -362,7 +400,7 @@ bool Session::Impl::replay(detail::Plan& plan) {
   plan.last_used = ++tick;
   for (const auto& [v, b] : plan.static_vals) vals[v] = b;
   try {
-    detail::Replayer r(plan, g.kv != nullptr);
+    detail::Replayer r(g, plan, g.kv != nullptr);
     execute(r, true);
     return true;
   } catch (const detail::ReplanNeeded&) {  // data-dependent shapes (or a longer cache than recorded): record again

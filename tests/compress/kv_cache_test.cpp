@@ -16,6 +16,7 @@
 #include "quant/fp16.h"
 #include "quant/rtn.h"
 #include "runtime/crt.h"
+#include "runtime/cuda/cuda_backend.h"
 #include "runtime/generator.h"
 #include "runtime/internal.h"
 #include "test_util.h"
@@ -390,6 +391,73 @@ TEST_CASE("compact sparse weights on disk: smaller files that ONNX Runtime and c
         auto sd = crt::Session::create(dense);
         REQUIRE(sd.ok());
         CHECK(s->info().weight_bytes == sd->info().weight_bytes);
+      }
+    }
+}
+
+namespace {
+
+crt::Session deviceSession(const std::string& onnx, crt::Device d, int64_t capacity) {
+  crt::SessionOptions so;
+  so.threads = 2;
+  so.device = d;
+  so.kv_capacity = capacity;
+  auto s = crt::Session::create(onnx, so);
+  INFO(s.status().message);
+  REQUIRE(s.ok());
+  return std::move(s.value());
+}
+
+at::Tensor runOnce(crt::Session& s, const std::vector<int64_t>& ids) {
+  const int64_t T = static_cast<int64_t>(ids.size());
+  const std::vector<int64_t> ones(ids.size(), 1);
+  std::vector<std::pair<std::string, crt::TensorView>> feeds = {{s.inputs()[0].name, crt::TensorView::of(ids.data(), {1, T})}};
+  for (size_t i = 1; i < s.inputs().size(); ++i) feeds.push_back({s.inputs()[i].name, crt::TensorView::of(ones.data(), {1, T})});
+  auto out = s.run(feeds);
+  INFO(out.status().message);
+  REQUIRE(out.ok());
+  const crt::Tensor& o = out.value()[0];
+  at::Tensor t = at::empty(o.shape, o.dtype == crt::DType::F16 ? at::kHalf : at::kFloat);
+  std::memcpy(t.data_ptr(), o.bytes.data(), o.bytes.size());
+  return t.to(at::kFloat);
+}
+
+}  // namespace
+
+TEST_CASE("devices: every decoder and format, full-sequence and cached logits on the emulated device equal the CPU's bit for bit, and on a GPU within 1e-4", "[kv][device]") {
+  const std::string dir = testutil::tempDir("kvdev");
+  const std::vector<int64_t> ids = someTokens(14);
+  std::string why;
+  const bool gpu = crt::detail::cudaDeviceCount(&why) > 0;
+  static bool said = false;  // (the body runs once per section)
+  if (!gpu && !said) said = true, WARN("CUDA legs skipped: " << why);
+  for (const auto& family : kDecoders)
+    for (const auto& fmt : kFormats) {
+      SECTION(family + " " + fmt) {
+        Graph g = importDecoder(family);
+        compressAs(g, fmt);
+        const std::string plain = dir + "/" + family + "_" + fmt + ".onnx", cached = dir + "/" + family + "_" + fmt + "_kv.onnx";
+        exportOnnx(g, plain);
+        Graph c = g;
+        ExportOptions eo;
+        addKvMetadata(addKvCache(c), eo.metadata);
+        exportOnnx(c, cached, eo);
+        crt::Session cpu = deviceSession(plain, crt::Device::Cpu, 0);
+        const at::Tensor want = runOnce(cpu, ids);
+        crt::Session emu = deviceSession(plain, crt::Device::Emulated, 0);
+        if (fmt != "fp16") CHECK(emu.info().device_nodes > 0);  // (fp16 graphs stay on the host for now)
+        CHECK(at::equal(runOnce(emu, ids), want));
+        crt::Session cpuKv = deviceSession(cached, crt::Device::Cpu, 32);
+        crt::Session emuKv = deviceSession(cached, crt::Device::Emulated, 32);
+        const at::Tensor steps = stepLogits(cpuKv, ids, 5);
+        CHECK(at::equal(stepLogits(emuKv, ids, 5), steps));
+        if (gpu) {
+          crt::Session cuda = deviceSession(plain, crt::Device::Cuda, 0);
+          INFO(cuda.info().device << ": " << cuda.info().device_nodes << " nodes");
+          CHECK(relDiff(runOnce(cuda, ids), want) <= 1e-4);
+          crt::Session cudaKv = deviceSession(cached, crt::Device::Cuda, 32);
+          CHECK(relDiff(stepLogits(cudaKv, ids, 5), steps) <= 1e-4);
+        }
       }
     }
 }

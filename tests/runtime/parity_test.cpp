@@ -13,6 +13,7 @@
 #include "quant/fp16.h"
 #include "quant/rtn.h"
 #include "runtime/crt.h"
+#include "runtime/cuda/cuda_backend.h"
 #include "test_util.h"
 #include "crt_run.h"
 
@@ -88,6 +89,42 @@ TEST_CASE("runtime outputs equal the executor's on every export format of every 
         double scale = want.abs().max().item<double>();
         if (fmt == "fp16") CHECK(diff <= 1e-2 * std::max(scale, 1.0));
         else CHECK(diff <= 1e-4 * std::max(scale, 1.0));
+      }
+    }
+  }
+}
+
+TEST_CASE("devices: every family and export format on the emulated device equals the CPU bit for bit, on a GPU within 1e-4", "[runtime][parity][device]") {
+  const std::vector<std::string> formats = {"fp32", "fp16", "int8", "int8-asym", "int4-mnb", "int4-qdq", "int3-g16", "pruned50"};
+  std::string why;
+  const bool gpu = crt::detail::cudaDeviceCount(&why) > 0;
+  if (!gpu) WARN("CUDA legs skipped: " << why);
+  std::string dir = testutil::tempDir("");
+  for (const auto& f : families()) {
+    ImportOptions io;
+    io.inputs = {f.spec};
+    Graph base = importTorchScript(testutil::fixture(f.file), io);
+    at::manual_seed(7);
+    at::Tensor x = f.tokens ? at::randint(0, 64, f.shape, at::kLong) : at::randn(f.shape);
+    std::map<std::string, at::Tensor> inputs = {{f.spec.name, x}};
+    for (const auto& fmt : formats) {
+      INFO(f.file << " as " << fmt);
+      ExportOptions eo;
+      Graph g = inFormat(base, fmt, f.group, eo);
+      std::string path = dir + "/m.onnx";
+      exportOnnx(g, path, eo);
+      crt::SessionOptions so;
+      so.threads = 2;
+      const at::Tensor want = testutil::runCrtWith(path, inputs, so)[0];
+      so.device = crt::Device::Emulated;
+      crt::SessionInfo info;
+      CHECK(at::equal(testutil::runCrtWith(path, inputs, so, &info)[0], want));
+      if (fmt != "fp16") CHECK(info.device_nodes > 0);
+      if (gpu) {
+        so.device = crt::Device::Cuda;
+        const at::Tensor got = testutil::runCrtWith(path, inputs, so, &info)[0];
+        INFO(info.device << ": " << info.device_nodes << " nodes, " << info.device_copies << " copies");
+        CHECK((got - want).abs().max().item<double>() <= 1e-4 * std::max(want.abs().max().item<double>(), 1.0));
       }
     }
   }

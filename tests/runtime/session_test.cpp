@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "runtime/crt.h"
+#include "runtime/cuda/cuda_backend.h"
 #include "runtime/internal.h"
 #include "tests/runtime/model_builder.h"
 
@@ -162,4 +163,52 @@ TEST_CASE("data errors inside ops name the node: Gather index out of range, bad 
   auto st = s->run({{"ids", crt::TensorView::of(bad.data(), {2})}}, out);
   CHECK(st.code == crt::StatusCode::DataError);
   CHECK_THAT(st.message, Contains("Gather node") && Contains("index 4 is out of range for an axis of size 4"));
+}
+
+TEST_CASE("the emulated device: placement, copies, device plans that allocate nothing when replayed, the CPU's values", "[runtime][session][device]") {
+  crt::SessionOptions so;
+  so.threads = 2;
+  so.device = crt::Device::Emulated;
+  auto s = crt::Session::create(smallModel(), so);
+  REQUIRE(s.ok());
+  // MatMul (packed), Add, Reshape (a view: follows its data) and Softmax on the device; Shape/Gather/Concat are
+  // static host arithmetic; x goes in and y comes out through one copy each
+  CHECK(s->info().device == "emulated");
+  CHECK(s->info().device_nodes == 4);
+  CHECK(s->info().device_copies == 2);
+  auto cpu = crt::Session::create(smallModel(), {2});
+  REQUIRE(cpu.ok());
+  std::vector<float> x2 = {0.1f, -0.2f, 0.3f, 1, 0, -1};
+  std::vector<float> x3 = {0.5f, 0.5f, 0.5f, -1, 2, 0.25f, 0, 0, 1};
+  std::vector<crt::TensorView> out, ref;
+  for (int round = 0; round < 3; ++round)
+    for (const auto* x : {&x2, &x3}) {
+      const int64_t rows = static_cast<int64_t>(x->size() / 3);
+      std::vector<std::pair<std::string, crt::TensorView>> feeds = {{"x", crt::TensorView::of(x->data(), {rows, 3})}};
+      const int64_t before = crt::detail::allocationCount();
+      REQUIRE(s->run(feeds, out).ok());
+      if (round > 0) CHECK(crt::detail::allocationCount() == before);  // neither side allocates on a planned run
+      REQUIRE(cpu->run(feeds, ref).ok());
+      REQUIRE(out[0].shape == ref[0].shape);
+      for (int64_t i = 0; i < rows * 2; ++i) CHECK(out[0].as<float>()[i] == ref[0].as<float>()[i]);  // bit for bit
+    }
+}
+
+TEST_CASE("device options: cuda without a GPU (or without CUDA in the build) is a clear error, auto falls back to the CPU", "[runtime][session][device]") {
+  crt::SessionOptions so;
+  so.device = crt::Device::Cuda;
+  std::string why;
+  if (crt::detail::cudaDeviceCount(&why) > 0) {
+    WARN("a GPU answers here: this test checks the machines without one");
+    return;
+  }
+  auto s = crt::Session::create(smallModel(), so);
+  REQUIRE(!s.ok());
+  CHECK(s.status().code == crt::StatusCode::InvalidArgument);
+  CHECK_THAT(s.status().message, Contains("--device cpu"));
+  so.device = crt::Device::Auto;
+  auto a = crt::Session::create(smallModel(), so);
+  REQUIRE(a.ok());
+  CHECK(a->info().device == "cpu");
+  CHECK(a->info().device_nodes == 0);
 }

@@ -1,0 +1,286 @@
+// backend.cpp — node placement for a device backend (which nodes, which copies, which constants to upload),
+// the copy ops, and the emulated device (backend.h).
+#include "runtime/backend.h"
+
+#include <cstring>
+#include <unordered_map>
+
+#include "runtime/cuda/cuda_backend.h"
+#include "runtime/op_table.h"
+
+namespace crt::detail {
+
+// ------------------------------------------------------------------------------------------- what may move
+namespace {
+
+bool isView(const Node& n) { return n.domain.empty() && opHas(n.op, op_trait::View); }
+
+struct NamedKind {
+  std::string_view name;
+  DeviceOpKind kind;
+};
+constexpr NamedKind kDeviceOps[] = {
+    {"Add", {DeviceOp::Binary, int(device::Binary::Add)}},      {"Sub", {DeviceOp::Binary, int(device::Binary::Sub)}},
+    {"Mul", {DeviceOp::Binary, int(device::Binary::Mul)}},      {"Div", {DeviceOp::Binary, int(device::Binary::Div)}},
+    {"Pow", {DeviceOp::Binary, int(device::Binary::Pow)}},      {"Sqrt", {DeviceOp::Unary, int(device::Unary::Sqrt)}},
+    {"Reciprocal", {DeviceOp::Unary, int(device::Unary::Reciprocal)}}, {"Neg", {DeviceOp::Unary, int(device::Unary::Neg)}},
+    {"Exp", {DeviceOp::Unary, int(device::Unary::Exp)}},        {"Tanh", {DeviceOp::Unary, int(device::Unary::Tanh)}},
+    {"Sigmoid", {DeviceOp::Unary, int(device::Unary::Sigmoid)}}, {"Relu", {DeviceOp::Unary, int(device::Unary::Relu)}},
+    {"Softmax", {DeviceOp::Softmax, 0}},                        {"ReduceMean", {DeviceOp::ReduceMean, 0}},
+    {"Transpose", {DeviceOp::Transpose, 0}},                    {"Slice", {DeviceOp::Slice, 0}},
+    {"Concat", {DeviceOp::Concat, 0}},                          {"MatMul", {DeviceOp::BatchMatMul, 0}},
+};
+
+/// ReduceMean over the last axis only, keeping it (RMSNorm's mean of squares).
+bool lastAxisMean(const Graph& g, const Node& n) {
+  if (n.attrInt("keepdims", 1) != 1) return false;
+  if (const std::vector<int64_t>* axes = n.attrInts("axes")) return axes->size() == 1 && (*axes)[0] == -1;
+  if (n.in.size() < 2 || n.in[1] < 0 || !g.values[n.in[1]].is_const) return false;
+  const Buf& a = g.values[n.in[1]].constant;
+  return a.dt == DType::I64 && a.numel() == 1 && a.as<int64_t>()[0] == -1;
+}
+
+}  // namespace
+
+DeviceOpKind deviceOpOf(const Graph& g, const Node& n) {
+  if (n.packed) {
+    const PackedWeight& w = *n.packed;
+    const bool plain = !n.act_quant && !w.sparse && !w.int8 && (n.in.size() == 1 || n.in[1] < 0);
+    return plain ? DeviceOpKind{DeviceOp::MatMul, 0} : DeviceOpKind{};
+  }
+  if (!n.domain.empty()) return {};
+  for (const NamedKind& k : kDeviceOps) {
+    if (n.op != k.name) continue;
+    if (k.kind.op == DeviceOp::Softmax) {
+      auto it = n.attrs.find("axis");
+      const bool last = it != n.attrs.end() ? it->second.i == -1 : g.opset >= 13;
+      return last ? k.kind : DeviceOpKind{};
+    }
+    if (k.kind.op == DeviceOp::ReduceMean) return lastAxisMean(g, n) ? k.kind : DeviceOpKind{};
+    return k.kind;
+  }
+  return {};
+}
+
+bool readsOnDevice(const Node& n, int input) {
+  if (isView(n)) return input == 0;  // Reshape's shape, Unsqueeze's axes: host integers
+  if (n.domain.empty() && (n.op == "ReduceMean" || n.op == "Slice")) return input == 0;  // axes, starts, ends, steps
+  return true;
+}
+
+// ------------------------------------------------------------------------------------------- weights
+device::WeightView weightView(const PackedWeight& w, const void* bytes, const float* scale, const float* zp) {
+  device::WeightView v;
+  v.N = w.N, v.K = w.K, v.block = w.block, v.nblk = w.nblk, v.P = w.P;
+  switch (w.kind) {
+    case PackedWeight::F32: v.kind = device::WeightView::F32; break;
+    case PackedWeight::F16: v.kind = device::WeightView::F16; break;
+    case PackedWeight::Q8: v.kind = device::WeightView::Q8; break;
+    case PackedWeight::Q4: v.kind = device::WeightView::Q4; break;
+  }
+  if (w.kind == PackedWeight::Q8 || w.kind == PackedWeight::Q4) v.row_bytes = w.rowBytes();
+  v.w = static_cast<const uint8_t*>(bytes);
+  v.scale = scale;
+  v.zp = zp;
+  return v;
+}
+
+std::vector<float> panelsToRows(const PackedWeight& w) {
+  std::vector<float> rows(static_cast<size_t>(w.N * w.K));
+  const float* panels = static_cast<const float*>(w.w.data());
+  for (int64_t n = 0; n < w.N; ++n)
+    for (int64_t k = 0; k < w.K; ++k) rows[n * w.K + k] = panels[(n / kPanel) * w.K * kPanel + k * kPanel + n % kPanel];
+  return rows;
+}
+
+// ------------------------------------------------------------------------------------------- copies
+void opCopyToDevice(OpCtx& c) {
+  const Buf& x = c.in(0);
+  void* y = c.out(0, x.dt, x.shape);
+  if (x.bytes() > 0) c.env.g->device->upload(y, x.data, x.bytes());
+}
+
+void opCopyToHost(OpCtx& c) {
+  const Buf& x = c.in(0);
+  void* y = c.out(0, x.dt, x.shape);
+  if (x.bytes() > 0) c.env.g->device->download(y, x.data, x.bytes());
+}
+
+// ------------------------------------------------------------------------------------------- placement
+namespace {
+
+/// Values known at load to be float32: float constants and inputs, and the outputs of ops that keep their input's
+/// element type (op_table.def: all but the OwnType ops, Cast to float32 included). A MatMul on a packed weight
+/// keeps its activation's type.
+std::vector<char> knownFloat32(const Graph& g) {
+  std::vector<char> f32(g.values.size(), 0);
+  for (size_t v = 0; v < g.values.size(); ++v)
+    if (g.values[v].is_const) f32[v] = g.values[v].constant.dt == DType::F32;
+  for (size_t i = 0; i < g.inputs.size() && i < g.input_info.size(); ++i) f32[g.inputs[i]] = g.input_info[i].dtype == DType::F32;
+  for (const Node& n : g.nodes) {
+    const OpInfo* info = findOpInfo(n.domain, n.op);
+    bool out = false;
+    if (info && n.domain.empty() && n.op == "Cast") out = n.attrInt("to", 0) == static_cast<int64_t>(DType::F32);
+    else if (info && !info->has(op_trait::OwnType)) out = !n.in.empty() && n.in[0] >= 0 && f32[n.in[0]];
+    for (size_t o = 0; o < n.out.size(); ++o) f32[n.out[o]] = out && (o == 0 || info->outputs == -1);  // (Split: all)
+  }
+  return f32;
+}
+
+/// Decides each node's side: a node goes to the device when the backend has its kernel and its data inputs are
+/// float32 that can be on the device (not an in-session KV cache view); a View op follows its data input.
+int assignNodes(Graph& g, Backend& b) {
+  const std::vector<char> f32 = knownFloat32(g);
+  std::vector<char> onDevice(g.values.size(), 0);
+  int assigned = 0;
+  for (Node& n : g.nodes) {
+    // (a node whose implementation a load-time rewrite replaced, such as the in-session KV cache's attention,
+    // keeps it on the host)
+    bool ok = !n.is_static && !n.out.empty() && n.fn == findOp(n.domain, n.op);
+    for (size_t i = 0; i < n.in.size() && ok; ++i) {
+      const int v = n.in[i];
+      if (v < 0 || !readsOnDevice(n, static_cast<int>(i))) continue;
+      ok = f32[v] && !g.values[v].per_run_shape;  // (a static input is copied once per plan)
+    }
+    if (ok && isView(n)) {
+      n.on_device = onDevice[n.in[0]] != 0;
+    } else if (ok) {
+      if (OpFn fn = b.kernelFor(g, n)) {
+        n.on_device = true;
+        n.device_code = deviceOpOf(g, n).code;
+        n.fn = fn;
+        b.prepare(n);
+      }
+    }
+    for (int o : n.out) onDevice[o] = n.on_device;
+    assigned += n.on_device;
+  }
+  return assigned;
+}
+
+int newValue(Graph& g, const Value& like, const std::string& suffix, bool onDevice) {
+  Value v;
+  v.name = like.name + suffix;
+  v.on_device = onDevice;
+  g.values.push_back(v);
+  return static_cast<int>(g.values.size()) - 1;
+}
+
+Node copyNode(int from, int to, bool toDevice, const std::string& name) {
+  Node c;
+  c.domain = "crt";
+  c.op = toDevice ? "CopyToDevice" : "CopyToHost";
+  c.name = name;
+  c.in = {from};
+  c.out = {to};
+  c.fn = toDevice ? opCopyToDevice : opCopyToHost;
+  c.on_device = toDevice;  // where its output lives
+  return c;
+}
+
+/// A constant a device node reads, uploaded once at load.
+int uploadConstant(Graph& g, int v) {
+  const Buf host = g.values[v].constant;
+  const size_t bytes = host.bytes();
+  std::shared_ptr<Backend> b = g.device;
+  std::shared_ptr<void> mem(b->alloc(std::max<size_t>(bytes, 1)), [b](void* p) { b->release(p); });
+  if (bytes > 0) b->upload(mem.get(), host.data, bytes);
+  g.device_constants.push_back(mem);
+  const int d = newValue(g, g.values[v], "@device", true);
+  Value& dv = g.values[d];
+  dv.is_const = true;
+  dv.constant = host;
+  dv.constant.data = mem.get();
+  return d;
+}
+
+/// Rewires every input that sits on the wrong side through a copy (one per value and side) and moves device
+/// outputs of the graph back to the host under their own names. Returns the copies inserted.
+int insertCopies(Graph& g) {
+  const size_t nv = g.values.size();
+  std::vector<int> there(nv, -1);  // the value's copy on the other side
+  std::vector<Node> out;
+  out.reserve(g.nodes.size() * 2);
+  int copies = 0;
+  for (Node& n : g.nodes) {
+    for (int o : n.out) g.values[o].on_device = n.on_device;
+    for (size_t i = 0; i < n.in.size(); ++i) {
+      const int v = n.in[i];
+      if (v < 0) continue;
+      const bool want = n.on_device && readsOnDevice(n, static_cast<int>(i));
+      if (g.values[v].on_device == want) continue;
+      if (there[v] < 0) {
+        if (g.values[v].is_const && want) {
+          there[v] = uploadConstant(g, v);
+        } else {
+          there[v] = newValue(g, g.values[v], want ? "@device" : "@host", want);
+          out.push_back(copyNode(v, there[v], want, g.values[v].name + (want ? " to device" : " to host")));
+          ++copies;
+        }
+        if (static_cast<size_t>(there[v]) >= there.size()) there.resize(g.values.size(), -1);
+      }
+      n.in[i] = there[v];
+    }
+    out.push_back(std::move(n));
+  }
+  // Graph outputs made on the device: the device value is renamed, the output keeps its id and name.
+  for (int& o : g.outputs) {
+    if (!g.values[o].on_device) continue;
+    const int d = newValue(g, g.values[o], "@device", true);
+    for (Node& n : out) {
+      for (int& v : n.out) v = v == o ? d : v;
+      for (int& v : n.in) v = v == o ? d : v;
+    }
+    g.values[o].on_device = false;
+    out.push_back(copyNode(d, o, false, g.values[o].name + " to host"));
+    ++copies;
+  }
+  g.nodes = std::move(out);
+  return copies;
+}
+
+// ------------------------------------------------------------------------------------------- emulated device
+/// Host memory in buffers of its own, the CPU kernels, memcpy for copies: every line of the boundary
+/// (placement, copies, device plans, uploaded constants) runs, and results are bit-identical to the CPU's.
+/// It takes the ops the CUDA backend takes (deviceOpOf), so tests place nodes as a GPU session would. Its
+/// buffers are AlignedBytes, so allocationCount() counts them as it counts the host's.
+class EmulatedBackend final : public Backend {
+ public:
+  const char* name() const override { return "emulated"; }
+  void* alloc(size_t bytes) override {
+    auto b = std::make_unique<AlignedBytes>(std::max<size_t>(bytes, 1));
+    void* p = b->data();
+    blocks_.emplace(p, std::move(b));
+    return p;
+  }
+  void release(void* p) noexcept override { blocks_.erase(p); }
+  void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void download(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  OpFn kernelFor(const Graph& g, const Node& n) override { return deviceOpOf(g, n).op != DeviceOp::None ? n.fn : nullptr; }
+  void prepare(Node&) override {}
+  int64_t liveAllocations() const override { return static_cast<int64_t>(blocks_.size()); }
+
+ private:
+  std::unordered_map<void*, std::unique_ptr<AlignedBytes>> blocks_;
+};
+
+}  // namespace
+
+int placeNodes(Graph& g) {
+  if (!g.device) return 0;
+  const int assigned = assignNodes(g, *g.device);
+  if (assigned > 0) insertCopies(g);
+  return assigned;
+}
+
+std::shared_ptr<Backend> makeBackend(Device d) {
+  switch (d) {
+    case Device::Cpu: return nullptr;
+    case Device::Emulated: return std::make_shared<EmulatedBackend>();
+    case Device::Cuda: return makeCudaBackend(true);
+    case Device::Auto: return makeCudaBackend(false);
+  }
+  return nullptr;
+}
+
+}  // namespace crt::detail

@@ -1,0 +1,445 @@
+// cuda_backend.cu — the CUDA backend (backend.h): device memory, copies, and a kernel for every DeviceOp.
+// Packed weights are uploaded once (fp32 panels as rows; fp16, int8 and int4 in the host's packed bytes);
+// decode rows run a warp-per-row GEMV straight from the packed bytes, prefill (16 rows or more) dequantizes
+// into a scratch fp32 weight and calls cuBLAS. The index and reduction arithmetic is device_math.h's, which
+// the CPU tests check against the CPU kernels. cuBLAS is opened at run time (dlopen), so that a build with CUDA
+// starts on machines without the toolkit's libraries and says what is missing only when asked for a GPU.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "runtime/backend.h"
+#include "runtime/op_geometry.h"
+#include "runtime/cuda/cuda_backend.h"
+#include "runtime/cuda/device_math.h"
+
+namespace crt::detail {
+namespace {
+
+namespace dm = crt::device;
+
+constexpr int kGemvWarps = 4;      // warps (rows) per GEMV block
+constexpr int64_t kGemmRows = 16;  // from this many activation rows on, dequantize + cuBLAS
+constexpr int kRowThreads = 256;   // threads per row in Softmax / ReduceMean
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) fail(StatusCode::Internal, std::string("CUDA: ") + what + ": " + cudaGetErrorString(e));
+}
+void checkLaunch(const char* kernel) { check(cudaGetLastError(), kernel); }
+
+unsigned blocksFor(int64_t n, int threads) { return static_cast<unsigned>(std::min<int64_t>((n + threads - 1) / threads, 65535 * 8)); }
+
+// ------------------------------------------------------------------------------------------- kernels
+__device__ float warpSum(float v) {
+  for (int off = dm::kWarp / 2; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+/// Y[m, n] = W[n] . X[m] for a packed weight; a warp per row n, blockIdx.y = m.
+__global__ void gemvKernel(dm::WeightView v, const float* X, float* Y) {
+  const int warp = threadIdx.x / dm::kWarp, lane = threadIdx.x % dm::kWarp;
+  const int64_t n = dm::gemvRow(blockIdx.x, kGemvWarps, warp);
+  if (n >= v.N) return;
+  const float* x = X + blockIdx.y * v.K;
+  const float p = (v.kind == dm::WeightView::Q8 || v.kind == dm::WeightView::Q4) ? dm::quantRowPartial(v, n, x, lane, dm::kWarp)
+                                                                                 : dm::denseRowPartial(v, n, x, lane, dm::kWarp);
+  const float s = warpSum(p);
+  if (lane == 0) Y[blockIdx.y * v.N + n] = s;
+}
+
+/// W[n, k] as fp32 rows (for cuBLAS).
+__global__ void dequantKernel(dm::WeightView v, float* W) {
+  const int64_t total = v.N * v.K;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
+    W[i] = dm::weightAt(v, i / v.K, i % v.K);
+}
+
+__global__ void binaryKernel(dm::Binary op, dm::Broadcast bc, int64_t total, const float* A, const float* B, float* Y) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t oa, ob;
+    dm::broadcastOffsets(bc, i, oa, ob);
+    Y[i] = dm::applyBinary(op, A[oa], B[ob]);
+  }
+}
+
+__global__ void unaryKernel(dm::Unary op, int64_t total, const float* X, float* Y) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
+    Y[i] = dm::applyUnary(op, X[i]);
+}
+
+__global__ void gatherKernel(dm::Strided v, int64_t total, const float* X, float* Y) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
+    Y[i] = X[dm::stridedSource(v, i)];
+}
+
+/// The block's sum (max with `isMax`) of one value per thread; every thread gets it.
+__device__ float blockReduce(float v, bool isMax) {
+  __shared__ float part[kRowThreads / dm::kWarp];
+  for (int off = dm::kWarp / 2; off > 0; off /= 2) {
+    const float o = __shfl_xor_sync(0xffffffffu, v, off);
+    v = isMax ? fmaxf(v, o) : v + o;
+  }
+  const int warp = threadIdx.x / dm::kWarp, lane = threadIdx.x % dm::kWarp;
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  float r = part[0];
+  for (int w = 1; w < kRowThreads / dm::kWarp; ++w) r = isMax ? fmaxf(r, part[w]) : r + part[w];
+  __syncthreads();
+  return r;
+}
+
+__global__ void softmaxKernel(const float* X, float* Y, int64_t n) {
+  const float* x = X + blockIdx.x * n;
+  float* y = Y + blockIdx.x * n;
+  float m = -INFINITY;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, x[i]);
+  m = blockReduce(m, true);
+  float s = 0.f;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += expf(x[i] - m);
+  s = blockReduce(s, false);
+  const float inv = 1.f / s;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) y[i] = expf(x[i] - m) * inv;
+}
+
+__global__ void meanKernel(const float* X, float* Y, int64_t n) {
+  const float* x = X + blockIdx.x * n;
+  float s = 0.f;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += x[i];
+  s = blockReduce(s, false);
+  if (threadIdx.x == 0) Y[blockIdx.x] = s / static_cast<float>(n);
+}
+
+// ------------------------------------------------------------------------------------------- cuBLAS
+/// The cuBLAS entry points the backend uses, from libcublas.so.13 ($CRT_CUBLAS names another file).
+struct Blas {
+  void* lib = nullptr;
+  decltype(&cublasCreate_v2) create = nullptr;
+  decltype(&cublasDestroy_v2) destroy = nullptr;
+  decltype(&cublasSgemm_v2) sgemm = nullptr;
+  decltype(&cublasSgemmStridedBatched) sgemmBatched = nullptr;
+};
+
+/// Loads cuBLAS once; empty `why` on success.
+const Blas& blasLibrary(std::string& why) {
+  static Blas b;
+  static std::string err;
+  static bool tried = false;
+  if (!tried) {
+    tried = true;
+    const char* env = std::getenv("CRT_CUBLAS");
+    for (const char* name : {env, "libcublas.so.13", "libcublas.so"}) {
+      if (!name || !*name) continue;
+      if ((b.lib = dlopen(name, RTLD_NOW | RTLD_LOCAL))) break;
+    }
+    if (b.lib) {
+      b.create = reinterpret_cast<decltype(b.create)>(dlsym(b.lib, "cublasCreate_v2"));
+      b.destroy = reinterpret_cast<decltype(b.destroy)>(dlsym(b.lib, "cublasDestroy_v2"));
+      b.sgemm = reinterpret_cast<decltype(b.sgemm)>(dlsym(b.lib, "cublasSgemm_v2"));
+      b.sgemmBatched = reinterpret_cast<decltype(b.sgemmBatched)>(dlsym(b.lib, "cublasSgemmStridedBatched"));
+      if (!b.create || !b.destroy || !b.sgemm || !b.sgemmBatched) err = "libcublas lacks the cuBLAS 13 entry points";
+    } else {
+      err = "cannot load libcublas.so.13 (put the CUDA toolkit's lib folder on LD_LIBRARY_PATH, or set CRT_CUBLAS to the file)";
+    }
+  }
+  why = err;
+  return b;
+}
+
+// ------------------------------------------------------------------------------------------- the backend
+/// A packed weight on the device: its bytes, scales and zero points, and the view the kernels read.
+struct DeviceWeight {
+  void* w = nullptr;
+  float* scale = nullptr;
+  float* zp = nullptr;
+  dm::WeightView view;
+  ~DeviceWeight() {
+    cudaFree(w);
+    cudaFree(scale);
+    cudaFree(zp);
+  }
+};
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(std::string gpu, const Blas& lib) : gpu_(std::move(gpu)), lib_(lib) {
+    if (lib_.create(&blas_) != CUBLAS_STATUS_SUCCESS) fail(StatusCode::Internal, "CUDA: cuBLAS did not initialize");
+  }
+  ~CudaBackend() override { lib_.destroy(blas_); }
+  const char* name() const override { return gpu_.c_str(); }
+  void* alloc(size_t bytes) override {
+    void* p = nullptr;
+    const cudaError_t e = cudaMalloc(&p, std::max<size_t>(bytes, 1));
+    if (e != cudaSuccess)
+      fail(StatusCode::DataError, "CUDA: cannot allocate " + std::to_string(bytes >> 20) + " MiB on the GPU (" +
+                                      cudaGetErrorString(e) + "): a smaller model, shorter inputs, or --device cpu");
+    ++live_;
+    return p;
+  }
+  void release(void* p) noexcept override {
+    --live_;
+    cudaFree(p);
+  }
+  void upload(void* dst, const void* src, size_t bytes) override { check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "upload"); }
+  void download(void* dst, const void* src, size_t bytes) override {
+    check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "download (or a kernel before it)");
+  }
+  OpFn kernelFor(const Graph& g, const Node& n) override;
+  void prepare(Node& n) override;
+  int64_t liveAllocations() const override { return live_; }
+  bool denseWeights() const override { return true; }
+  cublasHandle_t blas() const { return blas_; }
+  const Blas& lib() const { return lib_; }
+
+ private:
+  std::string gpu_;
+  const Blas& lib_;
+  cublasHandle_t blas_ = nullptr;
+  int64_t live_ = 0;
+};
+
+CudaBackend& backendOf(const OpCtx& c) { return static_cast<CudaBackend&>(*c.env.g->device); }
+
+const float* f32In(const OpCtx& c, int i) {
+  const Buf& b = c.in(i);
+  if (b.dt != DType::F32) c.bad(std::string("the CUDA kernel takes float32, got ") + dtypeName(b.dt));
+  return b.as<float>();
+}
+
+void opCudaMatMul(OpCtx& c) {
+  const DeviceWeight& dw = *static_cast<const DeviceWeight*>(c.node.packed->device.get());
+  const dm::WeightView& v = dw.view;
+  const Buf& x = c.in(0);
+  const float* X = f32In(c, 0);
+  if (x.shape.rank < 1 || x.shape[x.shape.rank - 1] != v.K)
+    c.bad("input " + x.shape.str() + " does not end in the weight's " + std::to_string(v.K) + " inputs");
+  Shape os = x.shape;
+  os[os.rank - 1] = v.N;
+  float* Y = c.outT<float>(0, os);
+  const int64_t M = v.K == 0 ? 0 : x.numel() / v.K;
+  if (M == 0 || v.N == 0) return;
+  if (M < kGemmRows) {
+    for (int64_t m0 = 0; m0 < M; m0 += 65535) {
+      const dim3 grid(static_cast<unsigned>((v.N + kGemvWarps - 1) / kGemvWarps), static_cast<unsigned>(std::min<int64_t>(M - m0, 65535)));
+      gemvKernel<<<grid, kGemvWarps * dm::kWarp>>>(v, X + m0 * v.K, Y + m0 * v.N);
+    }
+    return checkLaunch("gemv");
+  }
+  const float* W = reinterpret_cast<const float*>(v.w);
+  if (v.kind != dm::WeightView::F32) {
+    float* D = static_cast<float*>(c.scratch(static_cast<size_t>(v.N * v.K) * sizeof(float)));
+    dequantKernel<<<blocksFor(v.N * v.K, 256), 256>>>(v, D);
+    checkLaunch("dequantize");
+    W = D;
+  }
+  // Y[M, N] (row-major) = X[M, K] W[N, K]^T: column-major Y^T[N, M] = W^T... as cuBLAS sees the same bytes.
+  const float one = 1.f, zero = 0.f;
+  const CudaBackend& b = backendOf(c);
+  if (b.lib().sgemm(b.blas(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(v.N), static_cast<int>(M), static_cast<int>(v.K), &one,
+                  W, static_cast<int>(v.K), X, static_cast<int>(v.K), &zero, Y, static_cast<int>(v.N)) != CUBLAS_STATUS_SUCCESS)
+    c.bad("cuBLAS SGEMM failed");
+}
+
+void opCudaBinary(OpCtx& c) {
+  const Buf& a = c.in(0);
+  const Buf& b = c.in(1);
+  const float* A = f32In(c, 0);
+  const float* B = f32In(c, 1);
+  dm::Broadcast bc;
+  if (!dm::makeBroadcast(a.shape.d, a.shape.rank, b.shape.d, b.shape.rank, bc)) c.bad(a.shape.str() + " and " + b.shape.str() + " do not broadcast");
+  Shape os;
+  for (int i = 0; i < bc.rank; ++i) os.push(bc.out[i]);
+  float* Y = c.outT<float>(0, os);
+  const int64_t total = os.numel();
+  if (total == 0) return;
+  binaryKernel<<<blocksFor(total, 256), 256>>>(static_cast<dm::Binary>(c.node.device_code), bc, total, A, B, Y);
+  checkLaunch("elementwise");
+}
+
+void opCudaUnary(OpCtx& c) {
+  const Buf& x = c.in(0);
+  const float* X = f32In(c, 0);
+  float* Y = c.outT<float>(0, x.shape);
+  const int64_t total = x.numel();
+  if (total == 0) return;
+  unaryKernel<<<blocksFor(total, 256), 256>>>(static_cast<dm::Unary>(c.node.device_code), total, X, Y);
+  checkLaunch("elementwise");
+}
+
+/// Rows and row length of a last-axis op (a rank-0 input is one row of one value).
+void lastAxis(const Buf& x, int64_t& rows, int64_t& n) {
+  n = x.shape.rank == 0 ? 1 : x.shape[x.shape.rank - 1];
+  rows = n == 0 ? 0 : x.numel() / n;
+}
+
+void opCudaSoftmax(OpCtx& c) {
+  const Buf& x = c.in(0);
+  const float* X = f32In(c, 0);
+  float* Y = c.outT<float>(0, x.shape);
+  int64_t rows, n;
+  lastAxis(x, rows, n);
+  if (rows == 0) return;
+  softmaxKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(X, Y, n);
+  checkLaunch("softmax");
+}
+
+void opCudaReduceMean(OpCtx& c) {
+  const Buf& x = c.in(0);
+  const float* X = f32In(c, 0);
+  Shape os = x.shape;
+  if (os.rank > 0) os[os.rank - 1] = 1;
+  float* Y = c.outT<float>(0, os);
+  int64_t rows, n;
+  lastAxis(x, rows, n);
+  if (rows == 0) return;
+  meanKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(X, Y, n);
+  checkLaunch("reduce mean");
+}
+
+/// Transpose and Slice: one gather over the op's strided view of its input.
+void stridedOp(OpCtx& c, const StridedView& sv) {
+  const float* X = f32In(c, 0);
+  float* Y = c.outT<float>(0, sv.os);
+  const int64_t total = sv.os.numel();
+  if (total == 0) return;
+  dm::Strided v;
+  v.rank = sv.os.rank;
+  v.offset = sv.offset;
+  for (int d = 0; d < v.rank; ++d) v.os[d] = sv.os[d], v.st[d] = sv.st[d];
+  gatherKernel<<<blocksFor(total, 256), 256>>>(v, total, X, Y);
+  checkLaunch("strided copy");
+}
+
+void opCudaTranspose(OpCtx& c) { stridedOp(c, transposeView(c, c.in(0))); }
+void opCudaSlice(OpCtx& c) { stridedOp(c, sliceView(c, c.in(0))); }
+
+/// Concat: each input fills a column range of the output's [outer, row] layout (one 2-D copy per input).
+void opCudaConcat(OpCtx& c) {
+  const ConcatLayout l = concatLayout(c);
+  for (int i = 0; i < c.nin(); ++i) f32In(c, i);
+  char* y = static_cast<char*>(c.out(0, DType::F32, l.os));
+  const size_t orow = static_cast<size_t>(l.os[l.axis] * l.inner) * sizeof(float);
+  size_t col = 0;
+  for (int i = 0; i < c.nin(); ++i) {
+    const Buf& b = c.in(i);
+    const size_t brow = static_cast<size_t>(b.shape[l.axis] * l.inner) * sizeof(float);
+    if (brow > 0 && l.outer > 0)
+      check(cudaMemcpy2DAsync(y + col, orow, b.data, brow, brow, static_cast<size_t>(l.outer), cudaMemcpyDeviceToDevice), "concat");
+    col += brow;
+  }
+}
+
+/// MatMul of two tensors: one strided batched SGEMM when each operand's batch is one stride (or broadcast),
+/// else one SGEMM per batch at the geometry's offsets.
+void opCudaBatchMatMul(OpCtx& c) {
+  const Buf& a = c.in(0);
+  const Buf& b = c.in(1);
+  const float* A = f32In(c, 0);
+  const float* B = f32In(c, 1);
+  const MatMulGeometry m = matmulGeometry(c, a, b);
+  float* Y = c.outT<float>(0, m.os);
+  const int64_t nb = m.batch.numel(), outBytes = nb * m.M * m.N * static_cast<int64_t>(sizeof(float));
+  if (outBytes == 0) return;
+  if (m.K == 0) return check(cudaMemsetAsync(Y, 0, static_cast<size_t>(outBytes)), "matmul of empty inner dims");
+  // row-major Y = A B is column-major Y^T = B^T A^T: cuBLAS multiplies B (N x K, ld N) by A (K x M, ld K)
+  const float one = 1.f, zero = 0.f;
+  const int M = static_cast<int>(m.M), N = static_cast<int>(m.N), K = static_cast<int>(m.K);
+  const CudaBackend& cb = backendOf(c);
+  cublasHandle_t h = cb.blas();
+  int64_t strideA = 0, strideB = 0;
+  if (dm::uniformBatch(m.batch.d, m.sa, m.batch.rank, m.M * m.K, strideA) &&
+      dm::uniformBatch(m.batch.d, m.sb, m.batch.rank, m.K * m.N, strideB)) {
+    if (cb.lib().sgemmBatched(h, CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, &one, B, N, strideB, A, K, strideA, &zero, Y, N,
+                                  m.M * m.N, static_cast<int>(nb)) != CUBLAS_STATUS_SUCCESS)
+      c.bad("cuBLAS batched SGEMM failed");
+    return;
+  }
+  for (int64_t i = 0; i < nb; ++i) {
+    int64_t oa = 0, ob = 0;
+    m.offsets(i, oa, ob);
+    if (cb.lib().sgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, &one, B + ob, N, A + oa, K, &zero, Y + i * m.M * m.N, N) != CUBLAS_STATUS_SUCCESS)
+      c.bad("cuBLAS SGEMM failed");
+  }
+}
+
+OpFn CudaBackend::kernelFor(const Graph& g, const Node& n) {
+  switch (deviceOpOf(g, n).op) {
+    case DeviceOp::MatMul: return opCudaMatMul;
+    case DeviceOp::Binary: return opCudaBinary;
+    case DeviceOp::Unary: return opCudaUnary;
+    case DeviceOp::Softmax: return opCudaSoftmax;
+    case DeviceOp::ReduceMean: return opCudaReduceMean;
+    case DeviceOp::Transpose: return opCudaTranspose;
+    case DeviceOp::Slice: return opCudaSlice;
+    case DeviceOp::Concat: return opCudaConcat;
+    case DeviceOp::BatchMatMul: return opCudaBatchMatMul;
+    case DeviceOp::None: break;
+  }
+  return nullptr;
+}
+
+/// The weight's bytes in the device layout: fp32 panels become rows [N][K]; the rest is the host's packing.
+std::shared_ptr<DeviceWeight> uploadWeight(CudaBackend& b, const PackedWeight& w) {
+  auto d = std::make_shared<DeviceWeight>();
+  auto put = [&](void** dst, const void* src, size_t bytes) {
+    check(cudaMalloc(dst, std::max<size_t>(bytes, 1)), "allocating a weight");
+    if (bytes > 0) b.upload(*dst, src, bytes);
+  };
+  if (w.kind == PackedWeight::F32) {
+    const std::vector<float> rows = panelsToRows(w);
+    put(&d->w, rows.data(), rows.size() * sizeof(float));
+  } else if (w.kind == PackedWeight::F16) {
+    put(&d->w, w.w.data(), static_cast<size_t>(w.N * w.K) * 2);
+  } else {
+    put(&d->w, w.w.data(), static_cast<size_t>(w.rowBytes() * w.N));
+    put(reinterpret_cast<void**>(&d->scale), w.scale.data(), w.scale.size() * sizeof(float));
+    put(reinterpret_cast<void**>(&d->zp), w.zp.data(), w.zp.size() * sizeof(float));
+  }
+  d->view = weightView(w, d->w, d->scale, d->zp);
+  return d;
+}
+
+void CudaBackend::prepare(Node& n) {
+  if (n.packed && !n.packed->device) n.packed->device = uploadWeight(*this, *n.packed);
+}
+
+}  // namespace
+
+bool cudaCompiled() { return true; }
+
+int cudaDeviceCount(std::string* why) {
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess) {
+    if (why) *why = std::string("no CUDA device: ") + cudaGetErrorString(e);
+    return 0;
+  }
+  if (count == 0 && why) *why = "no CUDA device";
+  return count;
+}
+
+int64_t cudaFreeBytes() {
+  size_t free = 0, total = 0;
+  if (cudaMemGetInfo(&free, &total) != cudaSuccess) return -1;
+  return static_cast<int64_t>(free);
+}
+
+std::shared_ptr<Backend> makeCudaBackend(bool required) {
+  std::string why;
+  if (cudaDeviceCount(&why) == 0) {
+    if (required) fail(StatusCode::InvalidArgument, why + " (run on the CPU with --device cpu, or --device auto)");
+    return nullptr;
+  }
+  const Blas& lib = blasLibrary(why);
+  if (!why.empty()) {
+    if (required) fail(StatusCode::InvalidArgument, "CUDA: " + why);
+    return nullptr;
+  }
+  cudaDeviceProp prop{};
+  check(cudaGetDeviceProperties(&prop, 0), "reading the GPU's properties");
+  return std::make_shared<CudaBackend>(std::string("cuda (") + prop.name + ")", lib);
+}
+
+}  // namespace crt::detail

@@ -1,0 +1,26 @@
+// cuda_backend.h — the CUDA backend's entry points, for host code (no CUDA headers): cuda_backend.cu where
+// CMake found a CUDA compiler, cuda_none.cpp elsewhere.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace crt::detail {
+
+class Backend;
+
+/// The CUDA backend on GPU 0. required: a Failure saying why it cannot run (a build without CUDA, no GPU, a
+/// driver error); otherwise null in those cases (Device::Auto then runs on the CPU).
+std::shared_ptr<Backend> makeCudaBackend(bool required);
+
+/// Whether this build has the CUDA backend.
+bool cudaCompiled();
+
+/// GPUs that answer now (0 without CUDA in this build or without a driver/GPU); `why` says why none.
+int cudaDeviceCount(std::string* why = nullptr);
+
+/// Free GPU memory in bytes (cudaMemGetInfo), or -1 without a GPU: the leak test's measure.
+int64_t cudaFreeBytes();
+
+}  // namespace crt::detail

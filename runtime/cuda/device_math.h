@@ -1,0 +1,255 @@
+// device_math.h — the index and reduction arithmetic of the CUDA kernels, as __host__ __device__ functions:
+// nvcc compiles them into the kernels and g++ into the CPU tests (tests/runtime/device_math_test.cpp), which
+// run them lane by lane, in the kernels' order, against the CPU kernels. No CUDA headers, no LibTorch.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define CRT_HD __host__ __device__ __forceinline__
+#else
+#define CRT_HD inline
+#endif
+
+namespace crt::device {
+
+constexpr int kWarp = 32;
+constexpr int kMaxRank = 8;
+
+// ------------------------------------------------------------------------------------------- elementwise
+enum class Binary : int { Add, Sub, Mul, Div, Pow };
+enum class Unary : int { Sqrt, Reciprocal, Neg, Exp, Tanh, Sigmoid, Relu };
+
+CRT_HD float applyBinary(Binary op, float a, float b) {
+  switch (op) {
+    case Binary::Add: return a + b;
+    case Binary::Sub: return a - b;
+    case Binary::Mul: return a * b;
+    case Binary::Div: return a / b;
+    case Binary::Pow: return b == 2.f ? a * a : powf(a, b);  // RMSNorm's square: exact, as the CPU's Pow
+  }
+  return 0.f;
+}
+
+CRT_HD float applyUnary(Unary op, float x) {
+  switch (op) {
+    case Unary::Sqrt: return sqrtf(x);
+    case Unary::Reciprocal: return 1.f / x;
+    case Unary::Neg: return -x;
+    case Unary::Exp: return expf(x);
+    case Unary::Tanh: return tanhf(x);
+    case Unary::Sigmoid: return 1.f / (1.f + expf(-x));
+    case Unary::Relu: return x > 0.f ? x : 0.f;
+  }
+  return 0.f;
+}
+
+/// Multidirectional broadcasting of two operands into an output of `rank` dims: per output dim its size and
+/// each operand's element stride (0 where the operand has size 1 or lacks the dim).
+struct Broadcast {
+  int rank = 0;
+  int64_t out[kMaxRank] = {};
+  int64_t sa[kMaxRank] = {};
+  int64_t sb[kMaxRank] = {};
+};
+
+/// Builds the broadcast of shapes a and b (ranks <= kMaxRank); false when they do not broadcast.
+inline bool makeBroadcast(const int64_t* a, int ra, const int64_t* b, int rb, Broadcast& bc) {
+  const int r = ra > rb ? ra : rb;
+  if (r > kMaxRank) return false;
+  bc.rank = r;
+  int64_t acc_a = 1, acc_b = 1;
+  for (int i = r - 1; i >= 0; --i) {
+    const int ia = i - (r - ra), ib = i - (r - rb);
+    const int64_t da = ia >= 0 ? a[ia] : 1, db = ib >= 0 ? b[ib] : 1;
+    if (da != db && da != 1 && db != 1) return false;
+    bc.out[i] = da == 1 ? db : da;
+    bc.sa[i] = da == 1 ? 0 : acc_a;
+    bc.sb[i] = db == 1 ? 0 : acc_b;
+    acc_a *= da;
+    acc_b *= db;
+  }
+  return true;
+}
+
+/// Offsets into a and b of output element i (C order).
+CRT_HD void broadcastOffsets(const Broadcast& bc, int64_t i, int64_t& oa, int64_t& ob) {
+  oa = 0, ob = 0;
+  for (int d = bc.rank - 1; d >= 0; --d) {
+    const int64_t idx = i % bc.out[d];
+    i /= bc.out[d];
+    oa += idx * bc.sa[d];
+    ob += idx * bc.sb[d];
+  }
+}
+
+// ------------------------------------------------------------------------------------------- data movement
+/// Transpose and Slice as one gather: output element i (C order over `os`) reads input element
+/// offset + sum idx[d] * st[d] (detail::StridedView, runtime/op_geometry.h).
+struct Strided {
+  int rank = 0;
+  int64_t os[kMaxRank] = {};
+  int64_t st[kMaxRank] = {};
+  int64_t offset = 0;
+};
+
+CRT_HD int64_t stridedSource(const Strided& s, int64_t i) {
+  int64_t off = s.offset;
+  for (int d = s.rank - 1; d >= 0; --d) {
+    off += (i % s.os[d]) * s.st[d];
+    i /= s.os[d];
+  }
+  return off;
+}
+
+/// Whether a batch of `rank` dims with per-dim offsets `st` is one constant stride (`unit` per batch) or all
+/// zero (broadcast): then cuBLAS's strided batched GEMM takes it in one call. The stride is returned in `stride`.
+inline bool uniformBatch(const int64_t* dims, const int64_t* st, int rank, int64_t unit, int64_t& stride) {
+  bool zero = true, dense = true;
+  int64_t expect = unit;
+  for (int d = rank - 1; d >= 0; --d) {
+    zero = zero && st[d] == 0;
+    dense = dense && (st[d] == expect || dims[d] == 1);
+    expect *= dims[d];
+  }
+  stride = zero ? 0 : unit;
+  return zero || dense;
+}
+
+// ------------------------------------------------------------------------------------------- fp16
+/// fp16 bits to float, exact (the CPU runtime's portable conversion, bit for bit).
+CRT_HD float halfBitsToFloat(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+  if (exp == 0) {
+    if (man == 0) {
+      bits = sign;
+    } else {
+      exp = 127 - 15 + 1;
+      while (!(man & 0x400)) {
+        man <<= 1;
+        --exp;
+      }
+      man &= 0x3ff;
+      bits = sign | (exp << 23) | (man << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (man << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+  }
+  union {
+    uint32_t u;
+    float f;
+  } v{bits};
+  return v.f;
+}
+
+// ------------------------------------------------------------------------------------------- packed weights
+/// A packed weight as the device kernels see it (the layouts of detail::PackedWeight, runtime/internal.h):
+/// F32 rows [N][K] (the host's panels are unpanelled at upload); F16 rows [N][K]; Q8/Q4 rows of nblk blocks
+/// of P values (Q8: a byte per value; Q4: per 32-value chunk 16 bytes, byte j = value j (low nibble) | value j+16 (high nibble)), with
+/// a float scale and zero point per (row, block): weight = (q - zp) * scale.
+struct WeightView {
+  enum Kind : int { F32, F16, Q8, Q4 } kind = F32;
+  int64_t N = 0, K = 0, block = 1, nblk = 1, P = 32, row_bytes = 0;
+  const uint8_t* w = nullptr;
+  const float* scale = nullptr;
+  const float* zp = nullptr;
+};
+
+/// Chunks of 32 values in one packed Q8/Q4 row (padded positions included).
+CRT_HD int64_t chunksPerRow(const WeightView& v) { return v.nblk * v.P / 32; }
+
+/// Chunk c of row n against x: scale * (sum q*x - zp * sum x) over the chunk's valid values (the padding
+/// of each block meets x = 0, as the CPU kernels' zero-padded activations).
+CRT_HD float chunkDot(const WeightView& v, int64_t n, int64_t c, const float* x) {
+  const int64_t pos = c * 32;           // padded position in the row
+  const int64_t b = pos / v.P;          // its block
+  const int64_t t0 = pos - b * v.P;     // first value's index in the block
+  const int64_t k0 = b * v.block + t0;  // its logical index in x
+  int64_t valid = v.block - t0;
+  if (valid > v.K - k0) valid = v.K - k0;
+  if (valid > 32) valid = 32;
+  if (valid <= 0) return 0.f;
+  const uint8_t* row = v.w + n * v.row_bytes;
+  float sqx = 0.f, sx = 0.f;
+  if (v.kind == WeightView::Q8) {
+    const uint8_t* q = row + pos;
+    for (int j = 0; j < valid; ++j) sqx += static_cast<float>(q[j]) * x[k0 + j], sx += x[k0 + j];
+  } else {
+    const uint8_t* q = row + pos / 2;
+    for (int j = 0; j < valid; ++j) {
+      const int qj = j < 16 ? (q[j] & 0xF) : (q[j - 16] >> 4);
+      sqx += static_cast<float>(qj) * x[k0 + j];
+      sx += x[k0 + j];
+    }
+  }
+  const int64_t p = n * v.nblk + b;
+  return v.scale[p] * (sqx - v.zp[p] * sx);
+}
+
+/// One lane's share of row n of a Q8/Q4 weight against x: chunks lane, lane + lanes, ... (a warp per row: 32
+/// lanes read 32 consecutive chunks, 512 (Q4) or 1024 (Q8) contiguous bytes per step).
+CRT_HD float quantRowPartial(const WeightView& v, int64_t n, const float* x, int lane, int lanes) {
+  float acc = 0.f;
+  const int64_t chunks = chunksPerRow(v);
+  for (int64_t c = lane; c < chunks; c += lanes) acc += chunkDot(v, n, c, x);
+  return acc;
+}
+
+/// One lane's share of row n of an F16 or F32 row-major weight [N][K] (the device keeps fp32 weights as rows,
+/// not panels): pairs of values 2*lane, 2*lane + 2*lanes, ...
+CRT_HD float denseRowPartial(const WeightView& v, int64_t n, const float* x, int lane, int lanes) {
+  float acc = 0.f;
+  if (v.kind == WeightView::F16) {
+    const uint16_t* row = reinterpret_cast<const uint16_t*>(v.w) + n * v.K;
+    for (int64_t k = 2 * lane; k < v.K; k += 2 * lanes) {
+      acc += halfBitsToFloat(row[k]) * x[k];
+      if (k + 1 < v.K) acc += halfBitsToFloat(row[k + 1]) * x[k + 1];
+    }
+  } else {
+    const float* row = reinterpret_cast<const float*>(v.w) + n * v.K;
+    for (int64_t k = 2 * lane; k < v.K; k += 2 * lanes) {
+      acc += row[k] * x[k];
+      if (k + 1 < v.K) acc += row[k + 1] * x[k + 1];
+    }
+  }
+  return acc;
+}
+
+/// Weight (n, k) as float, any kind (the dequantization in front of the prefill GEMM).
+CRT_HD float weightAt(const WeightView& v, int64_t n, int64_t k) {
+  if (v.kind == WeightView::F32) return reinterpret_cast<const float*>(v.w)[n * v.K + k];
+  if (v.kind == WeightView::F16) return halfBitsToFloat(reinterpret_cast<const uint16_t*>(v.w)[n * v.K + k]);
+  const int64_t b = k / v.block, pos = b * v.P + (k - b * v.block);
+  const uint8_t* row = v.w + n * v.row_bytes;
+  int q;
+  if (v.kind == WeightView::Q8) {
+    q = row[pos];
+  } else {
+    const int j = static_cast<int>(pos % 32);
+    const uint8_t byte = row[(pos - j) / 2 + (j % 16)];
+    q = j < 16 ? (byte & 0xF) : (byte >> 4);
+  }
+  const int64_t p = n * v.nblk + b;
+  return (static_cast<float>(q) - v.zp[p]) * v.scale[p];
+}
+
+/// The warp's butterfly sum (__shfl_xor_sync with offsets 16, 8, 4, 2, 1) computed on the host in the same
+/// order: every lane ends with the same value. `v` holds 32 partials and is overwritten.
+inline float butterflySum(float* v) {
+  for (int off = kWarp / 2; off > 0; off /= 2) {
+    float next[kWarp];
+    for (int l = 0; l < kWarp; ++l) next[l] = v[l] + v[l ^ off];
+    for (int l = 0; l < kWarp; ++l) v[l] = next[l];
+  }
+  return v[0];
+}
+
+/// The rows one block of `warps` warps takes in the quantized GEMV: warp w of block b takes row
+/// b * warps + w.
+CRT_HD int64_t gemvRow(int64_t block, int warps, int warp) { return block * warps + warp; }
+
+}  // namespace crt::device

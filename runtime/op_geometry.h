@@ -1,0 +1,48 @@
+// op_geometry.h — the shapes and index maps of data-movement ops and MatMul, computed once for every backend:
+// the CPU ops (ops.cpp, matmul.cpp) and the CUDA kernels (runtime/cuda/) read the same geometry, so the two
+// cannot disagree about an attribute, a negative index or a broadcast. No LibTorch, no CUDA headers.
+#pragma once
+
+#include "runtime/internal.h"
+
+namespace crt::detail {
+
+/// out[idx] = in[offset + sum idx[d] * st[d]] over the output shape `os` (elements).
+struct StridedView {
+  Shape os;
+  int64_t st[kMaxRank] = {};
+  int64_t offset = 0;
+};
+StridedView transposeView(const OpCtx& c, const Buf& x);
+/// Slice of x with the node's starts/ends/axes/steps inputs (host integers).
+StridedView sliceView(const OpCtx& c, const Buf& x);
+
+/// Concat: the output shape, and the output as [outer, os[axis] * inner] rows that each input fills a column
+/// range of.
+struct ConcatLayout {
+  Shape os;
+  int axis = 0;
+  int64_t outer = 1, inner = 1;
+};
+ConcatLayout concatLayout(const OpCtx& c);
+
+/// MatMul of two tensors (numpy.matmul): Y[batch][M, N] = A[batch][M, K] B[batch][K, N], with the batch dims
+/// broadcast; sa/sb are each operand's element offset per unit of each batch dim (0 where broadcast).
+struct MatMulGeometry {
+  Shape os, batch;
+  int64_t M = 0, N = 0, K = 0;
+  int64_t sa[kMaxRank] = {}, sb[kMaxRank] = {};
+  /// Offsets of batch i into A and B.
+  void offsets(int64_t i, int64_t& oa, int64_t& ob) const {
+    oa = 0, ob = 0;
+    for (int d = batch.rank - 1; d >= 0; --d) {
+      const int64_t idx = i % batch[d];
+      i /= batch[d];
+      oa += idx * sa[d];
+      ob += idx * sb[d];
+    }
+  }
+};
+MatMulGeometry matmulGeometry(const OpCtx& c, const Buf& a, const Buf& b);
+
+}  // namespace crt::detail

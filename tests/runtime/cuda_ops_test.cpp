@@ -1,0 +1,200 @@
+// cuda_ops_test.cpp — every CUDA kernel against the CPU runtime on small graphs, at the sizes around its tiles
+// (GEMV rows per block, the GEMV -> cuBLAS switch at 16 rows, 32-value chunks, quantization blocks), and a
+// session run 1,000 times without leaking GPU memory. Every machine runs the same graphs on the emulated device
+// (the same placement, bit-identical values); without a GPU the CUDA legs say so in one line (the kernels'
+// arithmetic is checked on every machine by device_math_test.cpp).
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <random>
+
+#include "runtime/crt.h"
+#include "runtime/cuda/cuda_backend.h"
+#include "tests/runtime/model_builder.h"
+
+namespace {
+
+bool haveGpu(bool say = false) {
+  std::string why;
+  if (crt::detail::cudaDeviceCount(&why) > 0) return true;
+  if (say) WARN("CUDA legs skipped: " << why);
+  return false;
+}
+
+void initRaw(ModelBuilder& b, const std::string& name, std::vector<int64_t> dims, int type, const std::string& bytes) {
+  auto* t = b.g->add_initializer();
+  t->set_name(name);
+  t->set_data_type(type);
+  for (auto d : dims) t->add_dims(d);
+  t->set_raw_data(bytes);
+}
+
+template <typename T>
+std::string bytesOf(const std::vector<T>& v) {
+  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
+}
+
+std::vector<float> randoms(size_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd;
+  std::vector<float> v(n);
+  for (auto& e : v) e = nd(rng);
+  return v;
+}
+
+/// Largest |a - b| over the largest |a| of two float32 outputs of the same shape.
+double relDiff(const crt::Tensor& a, const crt::Tensor& b) {
+  REQUIRE(a.shape == b.shape);
+  const float* pa = reinterpret_cast<const float*>(a.bytes.data());
+  const float* pb = reinterpret_cast<const float*>(b.bytes.data());
+  double scale = 1e-6, diff = 0;
+  for (size_t i = 0; i < a.bytes.size() / 4; ++i) {
+    scale = std::max(scale, static_cast<double>(std::abs(pa[i])));
+    diff = std::max(diff, static_cast<double>(std::abs(pa[i] - pb[i])));
+  }
+  return diff / scale;
+}
+
+crt::Tensor runOn(const std::string& model, crt::Device d, const std::vector<std::pair<std::string, crt::TensorView>>& feeds,
+                  int device_nodes) {
+  crt::SessionOptions so;
+  so.threads = 2;
+  so.device = d;
+  auto s = crt::Session::create(model, so);
+  INFO(s.status().message);
+  REQUIRE(s.ok());
+  if (d != crt::Device::Cpu) CHECK(s->info().device_nodes == device_nodes);
+  auto out = s->run(feeds);
+  INFO(out.status().message);
+  REQUIRE(out.ok());
+  return out.value()[0];
+}
+
+/// Output 0 on the CPU, on the emulated device (bit for bit) and, with a GPU, on CUDA (within `tol` of the
+/// output's largest magnitude); both devices must take `device_nodes` nodes.
+void compare(const std::string& model, const std::vector<std::pair<std::string, crt::TensorView>>& feeds, int device_nodes,
+             double tol = 1e-5) {
+  const crt::Tensor want = runOn(model, crt::Device::Cpu, feeds, 0);
+  CHECK(runOn(model, crt::Device::Emulated, feeds, device_nodes).bytes == want.bytes);
+  if (haveGpu()) CHECK(relDiff(want, runOn(model, crt::Device::Cuda, feeds, device_nodes)) <= tol);
+}
+
+/// x [M, K] times a weight [K, N] of the given kind: "fp32", "int8" (DequantizeLinear, per column) or
+/// "int4-gB" (MatMulNBits, block B).
+std::string matmulModel(const std::string& kind, int64_t K, int64_t N, int64_t block, unsigned seed) {
+  ModelBuilder b;
+  b.m.add_opset_import()->set_domain("com.microsoft");
+  b.m.mutable_opset_import(1)->set_version(1);
+  b.io(true, "x", 1, {"m", std::to_string(K)});
+  b.io(false, "y", 1, {"m", std::to_string(N)});
+  std::mt19937 rng(seed);
+  if (kind == "fp32") {
+    b.initF("W", {K, N}, randoms(K * N, seed));
+    b.node("MatMul", {"x", "W"}, {"y"});
+  } else if (kind == "int8") {
+    std::vector<uint8_t> q(K * N), z(N);
+    for (auto& e : q) e = static_cast<uint8_t>(rng() % 256);
+    for (auto& e : z) e = static_cast<uint8_t>(100 + rng() % 50);
+    std::vector<float> s(N, 0.02f);
+    initRaw(b, "Q", {K, N}, 2, bytesOf(q));
+    initRaw(b, "Z", {N}, 2, bytesOf(z));
+    b.initF("S", {N}, s);
+    auto* dq = b.node("DequantizeLinear", {"Q", "S", "Z"}, {"W"});
+    attrInt(dq, "axis", 1);
+    b.node("MatMul", {"x", "W"}, {"y"});
+  } else {
+    const int64_t nblk = (K + block - 1) / block, blob = block / 2;
+    std::vector<uint8_t> q(N * nblk * blob), z(N * ((nblk + 1) / 2));
+    for (auto& e : q) e = static_cast<uint8_t>(rng() % 256);
+    for (auto& e : z) e = static_cast<uint8_t>(rng() % 256);
+    std::vector<float> s(N * nblk);
+    for (auto& e : s) e = 0.01f + 0.001f * static_cast<float>(rng() % 50);
+    initRaw(b, "B", {N, nblk, blob}, 2, bytesOf(q));
+    b.initF("S", {N * nblk}, s);
+    initRaw(b, "Z", {static_cast<int64_t>(z.size())}, 2, bytesOf(z));
+    auto* n = b.node("MatMulNBits", {"x", "B", "S", "Z"}, {"y"});
+    n->set_domain("com.microsoft");
+    attrInt(n, "K", K);
+    attrInt(n, "N", N);
+    attrInt(n, "bits", 4);
+    attrInt(n, "block_size", block);
+  }
+  return b.save("cuda-mm-" + kind);
+}
+
+}  // namespace
+
+TEST_CASE("CUDA MatMul on packed weights equals the CPU: fp32, int8, int4 at GEMV and GEMM sizes", "[runtime][cuda]") {
+  haveGpu(true);
+  struct Kind {
+    std::string name;
+    int64_t block;
+  };
+  for (const Kind& kind : std::vector<Kind>{{"fp32", 0}, {"int8", 0}, {"int4", 16}, {"int4", 32}, {"int4", 128}})
+    for (int64_t K : {32, 33, 200})
+      for (int64_t N : {1, 5, 67}) {
+        const std::string model = matmulModel(kind.name, K, N, kind.block, static_cast<unsigned>(K * 131 + N));
+        for (int64_t M : {1, 3, 15, 16, 17, 40}) {
+          INFO(kind.name << " block " << kind.block << " M " << M << " K " << K << " N " << N);
+          const std::vector<float> x = randoms(M * K, static_cast<unsigned>(M));
+          compare(model, {{"x", crt::TensorView::of(x.data(), {M, K})}}, 1);
+        }
+      }
+}
+
+TEST_CASE("CUDA elementwise, Softmax, ReduceMean, Transpose, Slice, Concat and batched MatMul equal the CPU", "[runtime][cuda]") {
+  haveGpu(true);
+  ModelBuilder b(17);
+  b.io(true, "a", 1, {"2", "3", "40"});
+  b.io(true, "c", 1, {"3", "1"});
+  b.io(false, "y", 1, {"2", "3", "3"});
+  b.node("Add", {"a", "c"}, {"t0"});    // broadcast [2,3,40] + [3,1]
+  b.node("Mul", {"t0", "a"}, {"t1"});
+  b.node("Sub", {"t1", "c"}, {"t2"});
+  b.node("Div", {"t2", "c"}, {"t3"});
+  b.initF("two", {}, {2.f});
+  b.node("Pow", {"t3", "two"}, {"t4"});
+  b.node("Sqrt", {"t4"}, {"t5"});
+  b.node("Sigmoid", {"t5"}, {"t6"});
+  b.node("Tanh", {"t6"}, {"t7"});
+  auto* rm = b.node("ReduceMean", {"t7"}, {"m"});
+  attrInt(rm, "keepdims", 1);
+  auto* ax = rm->add_attribute();
+  ax->set_name("axes");
+  ax->set_type(onnx::AttributeProto::INTS);
+  ax->add_ints(-1);
+  b.node("Sub", {"t7", "m"}, {"t8"});
+  auto* sm = b.node("Softmax", {"t8"}, {"p"});
+  attrInt(sm, "axis", -1);
+  b.initI("s0", {1}, {3});
+  b.initI("e0", {1}, {37});
+  b.initI("ax", {1}, {2});
+  b.node("Slice", {"p", "s0", "e0", "ax"}, {"q"});  // [2, 3, 34]
+  auto* tr = b.node("Transpose", {"q"}, {"qt"});     // [2, 34, 3]
+  auto* perm = tr->add_attribute();
+  perm->set_name("perm");
+  perm->set_type(onnx::AttributeProto::INTS);
+  for (int p : {0, 2, 1}) perm->add_ints(p);
+  auto* cat = b.node("Concat", {"q", "q"}, {"qq"});  // [2, 3, 68]
+  attrInt(cat, "axis", 2);
+  b.node("Slice", {"qq", "s0", "e0", "ax"}, {"q2"});  // [2, 3, 34]
+  b.node("MatMul", {"q2", "qt"}, {"y"});               // batched [2,3,34] x [2,34,3]
+  const std::string model = b.save("cuda-ops");
+  const std::vector<float> a = randoms(2 * 3 * 40, 1);
+  std::vector<float> c = {0.5f, 1.5f, 2.f};
+  compare(model, {{"a", crt::TensorView::of(a.data(), {2, 3, 40})}, {"c", crt::TensorView::of(c.data(), {3, 1})}}, 16, 1e-5);
+}
+
+TEST_CASE("CUDA sessions do not leak: 1,000 runs leave the GPU's free memory as it was", "[runtime][cuda]") {
+  if (!haveGpu(true)) return;
+  const std::string model = matmulModel("int4", 256, 128, 32, 3);
+  crt::SessionOptions so;
+  so.device = crt::Device::Cuda;
+  auto s = crt::Session::create(model, so);
+  REQUIRE(s.ok());
+  const std::vector<float> x = randoms(4 * 256, 2);
+  std::vector<crt::TensorView> out;
+  REQUIRE(s->run({{"x", crt::TensorView::of(x.data(), {4, 256})}}, out).ok());  // records the plan
+  const int64_t before = crt::detail::cudaFreeBytes();
+  for (int i = 0; i < 1000; ++i) REQUIRE(s->run({{"x", crt::TensorView::of(x.data(), {4, 256})}}, out).ok());
+  CHECK(crt::detail::cudaFreeBytes() == before);
+}

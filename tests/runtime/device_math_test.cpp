@@ -1,0 +1,205 @@
+// device_math_test.cpp — the CUDA kernels' arithmetic (runtime/cuda/device_math.h) on the host, lane by lane in
+// the kernels' order, against the CPU runtime: the GEMV's per-lane partials and warp sum for every packed weight
+// kind at block and chunk boundaries, the dequantization in front of the prefill GEMM (exact), broadcasting and
+// strided-copy index maps, the batched-GEMM stride test, fp16 bits. Runs on every machine; the kernels themselves
+// are checked on a GPU by the device tests (parity_test, kv_cache_test, cuda_ops_test).
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <random>
+
+#include "runtime/backend.h"
+#include "runtime/cuda/device_math.h"
+#include "runtime/internal.h"
+#include "runtime/matmul.h"
+#include "runtime/ops_common.h"
+#include "kernel_sets.h"
+
+using namespace crt::detail;
+namespace dm = crt::device;
+
+namespace {
+
+/// Row n of y = W x as the CUDA GEMV computes it: 32 lanes' partials, then the warp's butterfly sum.
+float deviceRow(const dm::WeightView& v, int64_t n, const float* x) {
+  float part[dm::kWarp];
+  const bool quant = v.kind == dm::WeightView::Q8 || v.kind == dm::WeightView::Q4;
+  for (int l = 0; l < dm::kWarp; ++l)
+    part[l] = quant ? dm::quantRowPartial(v, n, x, l, dm::kWarp) : dm::denseRowPartial(v, n, x, l, dm::kWarp);
+  return dm::butterflySum(part);
+}
+
+/// Checks the device arithmetic on packed weight `w` against the CPU's scalar kernels: GEMV rows within fp32
+/// reordering error, dequantized weights bit for bit.
+void checkWeight(const PackedWeight& w) {
+  const std::vector<float> rows = w.kind == PackedWeight::F32 ? panelsToRows(w) : std::vector<float>();
+  const dm::WeightView v = weightView(w, w.kind == PackedWeight::F32 ? static_cast<const void*>(rows.data()) : w.w.data(),
+                                      w.scale.data(), w.zp.data());
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd;
+  std::vector<float> x(w.K);
+  for (auto& e : x) e = nd(rng);
+  const std::vector<float> want = testutil::runPacked(scalarKernels(), w, x, 1);
+  // the dequantized weight: unpack_rows gives the CPU's floats (padding as zeros)
+  const int64_t ld = (w.kind == PackedWeight::Q8 || w.kind == PackedWeight::Q4) ? w.nblk * w.P : w.K;
+  std::vector<float> unpacked(static_cast<size_t>(w.N * ld));
+  if (w.kind != PackedWeight::F32) scalarKernels().unpack_rows(w, 0, w.N, unpacked.data(), ld);
+  for (int64_t n = 0; n < w.N; ++n) {
+    double mag = 0;
+    for (int64_t k = 0; k < w.K; ++k) {
+      const float wk = dm::weightAt(v, n, k);
+      mag += std::abs(static_cast<double>(wk) * x[k]);
+      if (w.kind == PackedWeight::F32) {
+        CHECK(wk == rows[n * w.K + k]);
+      } else if (w.kind == PackedWeight::F16) {
+        CHECK(wk == unpacked[n * ld + k]);
+      } else {
+        const int64_t b = k / w.block;
+        CHECK(wk == unpacked[n * ld + b * w.P + (k - b * w.block)]);
+      }
+    }
+    CHECK(std::abs(deviceRow(v, n, x.data()) - want[n]) <= 1e-5 * std::max(mag, 1e-3));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("device GEMV arithmetic, lane by lane, equals the CPU kernels for fp32, fp16, int8 and int4 weights", "[runtime][device]") {
+  std::mt19937 rng(9);
+  std::normal_distribution<float> nd;
+  for (int64_t K : {1, 31, 32, 33, 100, 130}) {
+    for (int64_t N : {1, 5, 33}) {
+      INFO("K " << K << " N " << N);
+      // fp32 and fp16 weights [K, N]
+      std::vector<float> wf(K * N);
+      std::vector<uint16_t> wh(K * N);
+      for (int64_t i = 0; i < K * N; ++i) wf[i] = nd(rng), wh[i] = floatToHalf(wf[i]);
+      for (bool half : {false, true}) {
+        Buf b;
+        b.dt = half ? crt::DType::F16 : crt::DType::F32;
+        b.shape = Shape{K, N};
+        b.data = half ? static_cast<void*>(wh.data()) : static_cast<void*>(wf.data());
+        auto pw = packDense(b);
+        REQUIRE(pw);
+        checkWeight(*pw);
+      }
+      // int8 / int4 with zero points, per column and blocked (16, 32, 64, 128: chunks within and across blocks)
+      for (int bits : {8, 4})
+        for (int64_t block : {int64_t{0}, int64_t{16}, int64_t{32}, int64_t{64}, int64_t{128}}) {
+          INFO("bits " << bits << " block " << block);
+          const int64_t nb = block ? (K + block - 1) / block : 1, ns = block ? nb * N : N;
+          std::vector<uint8_t> q8(K * N), q4((K * N + 1) / 2), z8(ns), z4((ns + 1) / 2);
+          std::vector<float> s(ns);
+          for (auto& e : s) e = std::uniform_real_distribution<float>(0.01f, 0.1f)(rng);
+          for (int64_t i = 0; i < K * N; ++i) {
+            const int q = std::uniform_int_distribution<int>(0, bits == 8 ? 255 : 15)(rng);
+            q8[i] = static_cast<uint8_t>(q);
+            q4[i / 2] |= static_cast<uint8_t>(q << (4 * (i & 1)));
+          }
+          for (int64_t i = 0; i < ns; ++i) {
+            const int z = std::uniform_int_distribution<int>(0, bits == 8 ? 255 : 15)(rng);
+            z8[i] = static_cast<uint8_t>(z);
+            z4[i / 2] |= static_cast<uint8_t>(z << (4 * (i & 1)));
+          }
+          Buf q, sc, zp;
+          q.dt = bits == 8 ? crt::DType::U8 : kU4;
+          q.shape = Shape{K, N};
+          q.data = bits == 8 ? static_cast<void*>(q8.data()) : static_cast<void*>(q4.data());
+          sc.dt = crt::DType::F32;
+          sc.shape = block ? Shape{nb, N} : Shape{N};
+          sc.data = s.data();
+          zp = sc;
+          zp.dt = q.dt;
+          zp.data = bits == 8 ? static_cast<void*>(z8.data()) : static_cast<void*>(z4.data());
+          auto pw = packDequantize(q, sc, &zp, block ? 0 : 1, block);
+          REQUIRE(pw);
+          checkWeight(*pw);
+        }
+    }
+  }
+}
+
+TEST_CASE("device index maps: broadcasting, strided copies (Transpose, Slice) and batched-GEMM strides", "[runtime][device]") {
+  SECTION("broadcast offsets equal the CPU's broadcast strides") {
+    const std::vector<std::pair<Shape, Shape>> cases = {{{2, 3, 4}, {4}}, {{2, 1, 4}, {3, 1}}, {{1}, {5, 2}}, {{}, {2, 2}},
+                                                        {{2, 3, 1, 5}, {1, 3, 4, 1}}, {{7}, {7}}};
+    for (const auto& [a, b] : cases) {
+      dm::Broadcast bc;
+      REQUIRE(dm::makeBroadcast(a.d, a.rank, b.d, b.rank, bc));
+      Shape os;
+      for (int i = 0; i < bc.rank; ++i) os.push(bc.out[i]);
+      int64_t sa[kMaxRank], sb[kMaxRank];
+      bstrides(a, os, sa);
+      bstrides(b, os, sb);
+      for (int64_t i = 0; i < os.numel(); ++i) {
+        int64_t oa, ob, ra = 0, rb = 0, rem = i;
+        dm::broadcastOffsets(bc, i, oa, ob);
+        for (int d = os.rank - 1; d >= 0; --d) {
+          ra += (rem % os[d]) * sa[d];
+          rb += (rem % os[d]) * sb[d];
+          rem /= os[d];
+        }
+        CHECK(oa == ra);
+        CHECK(ob == rb);
+      }
+    }
+    dm::Broadcast bc;
+    const int64_t a[] = {2, 3}, b[] = {4};
+    CHECK_FALSE(dm::makeBroadcast(a, 2, b, 1, bc));
+  }
+  SECTION("strided sources equal the CPU's strided copy") {
+    std::vector<float> src(4 * 5 * 6);
+    for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<float>(i);
+    struct Case {
+      Shape os;
+      std::vector<int64_t> st;
+      int64_t offset;
+    };
+    const std::vector<Case> cases = {{{6, 5, 4}, {1, 6, 30}, 0},     // a full transpose
+                                     {{2, 5, 3}, {30, 6, 2}, 1},     // a slice with step 2 from offset 1
+                                     {{4, 2, 6}, {30, -6, 1}, 24},   // a negative step
+                                     {{4, 5, 1}, {30, 6, 0}, 5}};    // the last element of each row
+    for (const Case& c : cases) {
+      std::vector<float> want(c.os.numel());
+      stridedCopy(reinterpret_cast<const uint8_t*>(src.data() + c.offset), c.st.data(), c.os, reinterpret_cast<uint8_t*>(want.data()), 4);
+      dm::Strided v;
+      v.rank = c.os.rank;
+      v.offset = c.offset;
+      for (int d = 0; d < v.rank; ++d) v.os[d] = c.os[d], v.st[d] = c.st[d];
+      for (int64_t i = 0; i < c.os.numel(); ++i) CHECK(src[dm::stridedSource(v, i)] == want[i]);
+    }
+  }
+  SECTION("uniform batches: dense, broadcast, and the mixed case that needs one GEMM per batch") {
+    int64_t stride = -1;
+    const int64_t dims[] = {2, 3};
+    const int64_t dense[] = {3 * 20, 20}, zero[] = {0, 0}, mixed[] = {20, 0}, ones[] = {0, 20};
+    CHECK(dm::uniformBatch(dims, dense, 2, 20, stride));
+    CHECK(stride == 20);
+    CHECK(dm::uniformBatch(dims, zero, 2, 20, stride));
+    CHECK(stride == 0);
+    CHECK_FALSE(dm::uniformBatch(dims, mixed, 2, 20, stride));  // GQA's repeated heads
+    const int64_t dims1[] = {1, 3};
+    CHECK(dm::uniformBatch(dims1, ones, 2, 20, stride));  // a size-1 dim's stride does not matter
+  }
+}
+
+TEST_CASE("device elementwise functions and fp16 bits equal the CPU's", "[runtime][device]") {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float a = dm::halfBitsToFloat(static_cast<uint16_t>(h)), b = halfToFloat(static_cast<uint16_t>(h));
+    if (std::isnan(b)) CHECK(std::isnan(a));
+    else CHECK(a == b);
+  }
+  for (float x : {-3.5f, -1.f, 0.f, 0.25f, 2.f, 9.f}) {
+    CHECK(dm::applyBinary(dm::Binary::Add, x, 1.5f) == x + 1.5f);
+    CHECK(dm::applyBinary(dm::Binary::Sub, x, 1.5f) == x - 1.5f);
+    CHECK(dm::applyBinary(dm::Binary::Mul, x, 1.5f) == x * 1.5f);
+    CHECK(dm::applyBinary(dm::Binary::Div, x, 1.5f) == x / 1.5f);
+    CHECK(dm::applyBinary(dm::Binary::Pow, x, 2.f) == x * x);
+    CHECK(dm::applyUnary(dm::Unary::Neg, x) == -x);
+    CHECK(dm::applyUnary(dm::Unary::Relu, x) == std::max(x, 0.f));
+    CHECK(dm::applyUnary(dm::Unary::Sigmoid, x) == Approx(1 / (1 + std::exp(-x))).epsilon(1e-6));
+    CHECK(dm::applyUnary(dm::Unary::Tanh, x) == Approx(std::tanh(x)).epsilon(1e-6));
+    CHECK(dm::applyUnary(dm::Unary::Exp, x) == Approx(std::exp(x)).epsilon(1e-6));
+    if (x > 0) CHECK(dm::applyUnary(dm::Unary::Sqrt, x) == std::sqrt(x));
+    if (x != 0) CHECK(dm::applyUnary(dm::Unary::Reciprocal, x) == 1 / x);
+  }
+}
