@@ -2,6 +2,7 @@
 // CMake found a CUDA compiler, cuda_none.cpp elsewhere.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -19,6 +20,10 @@ bool cudaCompiled();
 
 /// GPUs that answer now (0 without CUDA in this build or without a driver/GPU); `why` says why none.
 int cudaDeviceCount(std::string* why = nullptr);
+
+/// Device-to-device copy bandwidth in GB/s ((read + write bytes) / time of a cudaMemcpy of `bytes`, best of 5):
+/// what bench/cuda.sh rates the kernels against. -1 without a GPU.
+double cudaCopyBandwidth(size_t bytes);
 
 /// Free GPU memory in bytes (cudaMemGetInfo), or -1 without a GPU: the leak test's measure.
 int64_t cudaFreeBytes();

@@ -21,5 +21,6 @@ int cudaDeviceCount(std::string* why) {
 }
 
 int64_t cudaFreeBytes() { return -1; }
+double cudaCopyBandwidth(size_t) { return -1; }
 
 }  // namespace crt::detail

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #if defined(__CUDACC__)
 #define CRT_HD __host__ __device__ __forceinline__
@@ -159,6 +160,16 @@ struct WeightView {
   const float* zp = nullptr;
 };
 
+/// Copies 16 bytes at p (16-byte aligned: packed chunks are) to out: one 128-bit load on the GPU.
+CRT_HD void load16(const uint8_t* p, uint8_t* out) {
+#if defined(__CUDA_ARCH__)
+  const uint4 v = *reinterpret_cast<const uint4*>(p);
+  memcpy(out, &v, 16);
+#else
+  for (int i = 0; i < 16; ++i) out[i] = p[i];
+#endif
+}
+
 /// Chunks of 32 values in one packed Q8/Q4 row (padded positions included).
 CRT_HD int64_t chunksPerRow(const WeightView& v) { return v.nblk * v.P / 32; }
 
@@ -174,12 +185,14 @@ CRT_HD float chunkDot(const WeightView& v, int64_t n, int64_t c, const float* x)
   if (valid > 32) valid = 32;
   if (valid <= 0) return 0.f;
   const uint8_t* row = v.w + n * v.row_bytes;
+  uint8_t q[32];  // the chunk's bytes, loaded whole (the padding of a block is readable)
   float sqx = 0.f, sx = 0.f;
   if (v.kind == WeightView::Q8) {
-    const uint8_t* q = row + pos;
+    load16(row + pos, q);
+    load16(row + pos + 16, q + 16);
     for (int j = 0; j < valid; ++j) sqx += static_cast<float>(q[j]) * x[k0 + j], sx += x[k0 + j];
   } else {
-    const uint8_t* q = row + pos / 2;
+    load16(row + pos / 2, q);
     for (int j = 0; j < valid; ++j) {
       const int qj = j < 16 ? (q[j] & 0xF) : (q[j - 16] >> 4);
       sqx += static_cast<float>(qj) * x[k0 + j];

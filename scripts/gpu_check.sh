@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# gpu_check.sh — the one prepared device check for the CUDA backend (issue 17). Here (any machine with nvcc):
+# builds crun, runtime_tests and cuda_bench with CUDA, exports stories260K (fp32, int8, int4-g32; plain and with a
+# KV cache), and writes a self-contained bundle to build/gpu-bundle (well under 64 MiB): the binaries, every
+# shared library they load with glibc's own loader (the device machine has no Debian packages), the models,
+# the evaluation tokens and run.sh. It prints the command to run on the device machine, where run.sh
+#   1. runs the CUDA and device tests of runtime_tests (every kernel against the CPU at tile-boundary sizes,
+#      no leak over 1,000 runs),
+#   2. compares perplexity (32,768 tokens) and greedy generation of every model on the GPU with the CPU,
+#   3. times crun at [1,1] and [1,128] on both, and cuda_bench (GEMV / GEMM at LLM shapes against the GPU's
+#      copy bandwidth), and PyTorch's matmul at the same shapes as the peer (fp32 and fp16),
+# writing everything under $OUT (the device tool brings it back) or build/gpu-bundle/out.
+# Usage: bash scripts/gpu_check.sh        (then, through the device tool, with carry ["build/gpu-bundle"]:
+#        bash build/gpu-bundle/run.sh [--quick])
+set -euo pipefail
+cd "$(dirname "$0")/.."
+shared=$(realpath ../shared)
+[ -f "$shared/models/stories260K/stories260K.pt" ] || { echo "gpu_check: ../shared (stories260K) must sit next to this checkout" >&2; exit 1; }
+command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ] || { echo "gpu_check: no nvcc here: the bundle needs the CUDA build" >&2; exit 1; }
+bash scripts/setup.sh >/dev/null
+cmake --build build --target crun runtime_tests cuda_bench compress -j2 >/dev/null
+[ -x build/cuda_bench ] || { echo "gpu_check: build/cuda_bench is missing (CMake found no CUDA compiler?)" >&2; exit 1; }
+
+bundle=build/gpu-bundle
+rm -rf "$bundle"
+mkdir -p "$bundle/bin" "$bundle/lib" "$bundle/models" "$bundle/data"
+cp build/crun build/tests/runtime_tests build/cuda_bench "$bundle/bin/"
+# every shared library the binaries load, and glibc's loader to start them with those (not the device's)
+for b in "$bundle"/bin/*; do ldd "$b" | awk '/=>/ && $3 ~ /^\// {print $3} /ld-linux/ && $1 ~ /^\// {print $1}'; done | sort -u |
+  while read -r lib; do cp -L "$lib" "$bundle/lib/"; done
+
+# the models: stories260K as fp32, int8 (per channel) and int4-g32 (MatMulNBits), plain and with a KV cache
+for fmt in fp32 int8 int4; do
+  case $fmt in
+    fp32) passes="[]" ;;
+    int8) passes="[{rtn: {bits: 8, group_size: -1, symmetric: true}}]" ;;
+    int4) passes="[{rtn: {bits: 4, group_size: 32, symmetric: false}}]" ;;
+  esac
+  for kv in false true; do
+    out=build/gpu-export/${fmt}_kv$kv
+    mkdir -p build/gpu-export
+    cat > "build/gpu-export/${fmt}_kv$kv.yaml" <<YAML
+model: $shared/models/stories260K/stories260K.pt
+passes: $passes
+latency_runs: 0
+export: {onnx: {opset: 17, int4: matmulnbits, kv_cache: $kv, validate: false}}
+output: $(realpath -m "$out")
+YAML
+    build/compress --config "build/gpu-export/${fmt}_kv$kv.yaml" --quiet --overwrite >/dev/null
+    cp "$out/model.onnx" "$bundle/models/${fmt}$([ "$kv" = true ] && echo _kv).onnx"
+  done
+done
+cp "$shared/data/tinystories/val.tok512.npy" "$shared/models/stories260K/tok512.bin" "$bundle/data/"
+cp scripts/gpu_run.sh "$bundle/run.sh"
+cp bench/torch_matmul.py "$bundle/"
+size=$(du -sm "$bundle" | cut -f1)
+[ "$size" -lt 64 ] || { echo "gpu_check: the bundle is ${size} MiB, over the device tool's 64 MiB" >&2; exit 1; }
+echo "gpu_check: bundle ready: $bundle (${size} MiB)"
+echo "on the device machine (device tool, carry [\"build/gpu-bundle\"], timeout 540):"
+echo "  bash build/gpu-bundle/run.sh"

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# run.sh of the device-check bundle (scripts/gpu_check.sh builds the bundle and copies this file into it): runs on
+# the GPU machine with the bundle's own glibc loader and libraries; cuBLAS comes from that machine's CUDA
+# toolkit or PyTorch. Results: $OUT/gpu_check.log and $OUT/*.json (or out/ next to this file).
+# Usage: bash run.sh [--quick]
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+out=${OUT:-$here/out}
+mkdir -p "$out"
+quick=${1:-}
+exec > >(tee "$out/gpu_check.log") 2>&1
+
+# cuBLAS 13: the CUDA toolkit's, else PyTorch's wheel (nvidia-cublas)
+cublas=$( (ls /usr/local/cuda*/lib64/libcublas.so.13 /usr/local/cuda*/lib/libcublas.so.13 2>/dev/null;
+           ldconfig -p 2>/dev/null | awk '/libcublas.so.13 /{print $NF}';
+           python3 -c "import nvidia.cublas, os; print(os.path.join(os.path.dirname(nvidia.cublas.__file__), 'lib', 'libcublas.so.13'))" 2>/dev/null;
+           find / -name libcublas.so.13 -not -path "*/proc/*" 2>/dev/null) | while read -r f; do [ -f "$f" ] && echo "$f" && break; done)
+[ -n "$cublas" ] || { echo "run.sh: no libcublas.so.13 on this machine"; exit 1; }
+export CRT_CUBLAS=$cublas
+libs="$here/lib:$(dirname "$cublas")"
+loader=$(ls "$here"/lib/ld-linux-x86-64.so.2)
+run() { "$loader" --library-path "$libs" "$@"; }
+echo "== machine"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; echo "cuBLAS: $cublas"
+status=0
+
+echo "== 1. CUDA and device tests (runtime_tests [cuda],[device])"
+run "$here/bin/runtime_tests" "[cuda],[device]" || status=1
+
+echo "== 2. stories260K on the GPU against the CPU: perplexity (32,768 tokens) and greedy text"
+for m in fp32 int8 int4; do
+  for d in cpu cuda; do
+    run "$here/bin/crun" ppl "$here/models/$m.onnx" --tokens "$here/data/val.tok512.npy" --seq-len 256 --max-tokens 32768 \
+      --device $d --threads 2 > "$out/ppl_${m}_$d.txt" 2>&1 || status=1
+    run "$here/bin/crun" generate "$here/models/${m}_kv.onnx" --tokenizer "$here/data/tok512.bin" --prompt "Once upon a time" \
+      -n 60 --json --device $d --threads 2 > "$out/gen_${m}_$d.json" 2>&1 || status=1
+  done
+  python3 - "$m" "$out/ppl_${m}_cpu.txt" "$out/ppl_${m}_cuda.txt" <<'PY' || { echo "  perplexity differs (or a run failed)"; status=1; }
+import json, sys
+c, g = (json.loads(open(p).read().strip().splitlines()[-1])["perplexity"] for p in sys.argv[2:4])
+print("%s: perplexity cpu %.4f cuda %.4f" % (sys.argv[1], c, g))
+sys.exit(0 if abs(g / c - 1) <= 1e-3 else 1)
+PY
+  python3 - "$out/gen_${m}_cpu.json" "$out/gen_${m}_cuda.json" <<'PY' || status=1
+import json, sys
+a, b = (json.loads(open(p).read().splitlines()[-1]) for p in sys.argv[1:3])
+print("  text cpu :", a["text"][:100].replace("\n", " "))
+print("  text cuda:", b["text"][:100].replace("\n", " "), "| decode tok/s cpu %.0f cuda %.0f" % (a["decode_tokens_per_s"], b["decode_tokens_per_s"]))
+sys.exit(0 if a["text"] == b["text"] else 1)
+PY
+done
+
+echo "== 3. speed: crun on stories260K, cuda_bench, PyTorch matmul"
+for m in fp32 int4; do
+  for shape in 1x1 1x128; do
+    for d in cpu cuda; do
+      run "$here/bin/crun" bench "$here/models/$m.onnx" --shape tokens=$shape --runs 50 --device $d --threads 2 --json > "$out/bench_${m}_${shape}_$d.json" 2>&1
+      echo "$m $shape $d: $(grep -o '"median_ms": [0-9.]*' "$out/bench_${m}_${shape}_$d.json")"
+    done
+  done
+done
+run "$here/bin/cuda_bench" $quick | tee "$out/cuda_bench.jsonl" || status=1
+python3 "$here/torch_matmul.py" $quick | tee "$out/torch_matmul.jsonl" || status=1
+echo "== done: status $status (0 = every check passed); results in $out"
+exit $status
