@@ -208,6 +208,15 @@ const float* f32In(const OpCtx& c, int i) {
   return b.as<float>();
 }
 
+cublasOperation_t op(bool trans) { return trans ? CUBLAS_OP_T : CUBLAS_OP_N; }
+
+/// Y = X R (row-major) through cuBLAS as `g` says (device_math.h: rowMajorGemm); false when cuBLAS fails.
+bool sgemm(const CudaBackend& b, const dm::GemmCall& g, const float* R, const float* X, float* Y) {
+  const float one = 1.f, zero = 0.f;
+  return b.lib().sgemm(b.blas(), op(g.transA), op(g.transB), g.m, g.n, g.k, &one, R, g.lda, X, g.ldb, &zero, Y, g.ldc) ==
+         CUBLAS_STATUS_SUCCESS;
+}
+
 void opCudaMatMul(OpCtx& c) {
   const DeviceWeight& dw = *static_cast<const DeviceWeight*>(c.node.packed->device.get());
   const dm::WeightView& v = dw.view;
@@ -234,12 +243,7 @@ void opCudaMatMul(OpCtx& c) {
     checkLaunch("dequantize");
     W = D;
   }
-  // Y[M, N] (row-major) = X[M, K] W[N, K]^T: column-major Y^T[N, M] = W^T... as cuBLAS sees the same bytes.
-  const float one = 1.f, zero = 0.f;
-  const CudaBackend& b = backendOf(c);
-  if (b.lib().sgemm(b.blas(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(v.N), static_cast<int>(M), static_cast<int>(v.K), &one,
-                  W, static_cast<int>(v.K), X, static_cast<int>(v.K), &zero, Y, static_cast<int>(v.N)) != CUBLAS_STATUS_SUCCESS)
-    c.bad("cuBLAS SGEMM failed");
+  if (!sgemm(backendOf(c), dm::rowMajorGemm(M, v.N, v.K, true), W, X, Y)) c.bad("cuBLAS SGEMM failed");
 }
 
 void opCudaBinary(OpCtx& c) {
@@ -343,24 +347,21 @@ void opCudaBatchMatMul(OpCtx& c) {
   const int64_t nb = m.batch.numel(), outBytes = nb * m.M * m.N * static_cast<int64_t>(sizeof(float));
   if (outBytes == 0) return;
   if (m.K == 0) return check(cudaMemsetAsync(Y, 0, static_cast<size_t>(outBytes)), "matmul of empty inner dims");
-  // row-major Y = A B is column-major Y^T = B^T A^T: cuBLAS multiplies B (N x K, ld N) by A (K x M, ld K)
-  const float one = 1.f, zero = 0.f;
-  const int M = static_cast<int>(m.M), N = static_cast<int>(m.N), K = static_cast<int>(m.K);
+  const dm::GemmCall g = dm::rowMajorGemm(m.M, m.N, m.K, false);
   const CudaBackend& cb = backendOf(c);
-  cublasHandle_t h = cb.blas();
   int64_t strideA = 0, strideB = 0;
   if (dm::uniformBatch(m.batch.d, m.sa, m.batch.rank, m.M * m.K, strideA) &&
       dm::uniformBatch(m.batch.d, m.sb, m.batch.rank, m.K * m.N, strideB)) {
-    if (cb.lib().sgemmBatched(h, CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, &one, B, N, strideB, A, K, strideA, &zero, Y, N,
-                                  m.M * m.N, static_cast<int>(nb)) != CUBLAS_STATUS_SUCCESS)
+    const float one = 1.f, zero = 0.f;
+    if (cb.lib().sgemmBatched(cb.blas(), op(g.transA), op(g.transB), g.m, g.n, g.k, &one, B, g.lda, strideB, A, g.ldb, strideA, &zero,
+                              Y, g.ldc, m.M * m.N, static_cast<int>(nb)) != CUBLAS_STATUS_SUCCESS)
       c.bad("cuBLAS batched SGEMM failed");
     return;
   }
   for (int64_t i = 0; i < nb; ++i) {
     int64_t oa = 0, ob = 0;
     m.offsets(i, oa, ob);
-    if (cb.lib().sgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, &one, B + ob, N, A + oa, K, &zero, Y + i * m.M * m.N, N) != CUBLAS_STATUS_SUCCESS)
-      c.bad("cuBLAS SGEMM failed");
+    if (!sgemm(cb, g, B + ob, A + oa, Y + i * m.M * m.N)) c.bad("cuBLAS SGEMM failed");
   }
 }
 

@@ -118,6 +118,24 @@ inline bool uniformBatch(const int64_t* dims, const int64_t* st, int rank, int64
   return zero || dense;
 }
 
+// ------------------------------------------------------------------------------------------- cuBLAS calls
+/// One cuBLAS SGEMM call (column-major: C[m, n] = op(A)[m, k] op(B)[k, n]) that computes the row-major product
+/// Y[M, N] = X[M, K] R, where R is [K, N] row-major (`rTransposed` false) or [N, K] row-major (true: a weight's
+/// rows). Row-major Y is column-major Y^T = R^T X^T, so cuBLAS's A is R and its B is X.
+struct GemmCall {
+  bool transA = false, transB = false;
+  int m = 0, n = 0, k = 0, lda = 0, ldb = 0, ldc = 0;
+};
+inline GemmCall rowMajorGemm(int64_t M, int64_t N, int64_t K, bool rTransposed) {
+  GemmCall c;
+  c.transA = rTransposed;
+  c.m = static_cast<int>(N), c.n = static_cast<int>(M), c.k = static_cast<int>(K);
+  c.lda = static_cast<int>(rTransposed ? K : N);
+  c.ldb = static_cast<int>(K);
+  c.ldc = static_cast<int>(N);
+  return c;
+}
+
 // ------------------------------------------------------------------------------------------- fp16
 /// fp16 bits to float, exact (the CPU runtime's portable conversion, bit for bit).
 CRT_HD float halfBitsToFloat(uint16_t h) {

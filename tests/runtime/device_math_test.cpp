@@ -203,3 +203,42 @@ TEST_CASE("device elementwise functions and fp16 bits equal the CPU's", "[runtim
     if (x != 0) CHECK(dm::applyUnary(dm::Unary::Reciprocal, x) == 1 / x);
   }
 }
+
+namespace {
+
+/// cuBLAS's SGEMM contract on the host: column-major C[m, n] = op(A) op(B), op = transpose where asked.
+void colMajorSgemm(const dm::GemmCall& g, const float* A, const float* B, float* C) {
+  for (int j = 0; j < g.n; ++j)
+    for (int i = 0; i < g.m; ++i) {
+      double s = 0;
+      for (int p = 0; p < g.k; ++p) {
+        const float a = g.transA ? A[p + i * g.lda] : A[i + p * g.lda];
+        const float b = g.transB ? B[j + p * g.ldb] : B[p + j * g.ldb];
+        s += static_cast<double>(a) * b;
+      }
+      C[i + j * g.ldc] = static_cast<float>(s);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("the cuBLAS calls compute the row-major products: X W^T (packed weights) and A B (attention)", "[runtime][device]") {
+  std::mt19937 rng(4);
+  std::normal_distribution<float> nd;
+  for (int64_t M : {1, 3, 16})
+    for (int64_t N : {1, 5, 8})
+      for (int64_t K : {1, 7, 32})
+        for (bool weightRows : {true, false}) {
+          INFO("M " << M << " N " << N << " K " << K << (weightRows ? " X W^T" : " A B"));
+          std::vector<float> X(M * K), R(K * N), Y(M * N, -1.f);
+          for (auto& e : X) e = nd(rng);
+          for (auto& e : R) e = nd(rng);  // [N, K] rows of a weight, or [K, N]
+          colMajorSgemm(dm::rowMajorGemm(M, N, K, weightRows), R.data(), X.data(), Y.data());
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t n = 0; n < N; ++n) {
+              double want = 0;
+              for (int64_t k = 0; k < K; ++k) want += static_cast<double>(X[m * K + k]) * (weightRows ? R[n * K + k] : R[k * N + n]);
+              CHECK(Y[m * N + n] == Approx(want).margin(1e-5));
+            }
+        }
+}
