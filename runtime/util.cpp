@@ -5,6 +5,7 @@
 
 #include <sys/mman.h>
 
+#include "runtime/cuda/device_math.h"
 #include "runtime/internal.h"
 #include "runtime/kernels.h"
 
@@ -122,30 +123,7 @@ void AlignedBytes::resize(size_t n) {
   std::memset(p_, 0, rounded);
 }
 
-float halfToFloat(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
-  uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
-  if (exp == 0) {
-    if (man == 0) {
-      bits = sign;
-    } else {  // subnormal: normalize
-      exp = 127 - 15 + 1;
-      while (!(man & 0x400)) {
-        man <<= 1;
-        --exp;
-      }
-      man &= 0x3ff;
-      bits = sign | (exp << 23) | (man << 13);
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (man << 13);
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
+float halfToFloat(uint16_t h) { return device::halfBitsToFloat(h); }  // (the CUDA kernels' conversion too)
 
 uint16_t floatToHalf(float f) {
   uint32_t x;

@@ -81,11 +81,12 @@ at::Tensor fullLogits(const std::string& onnx, const Graph& g, const std::vector
   return testutil::runCrt(onnx, in)[0][0];
 }
 
-crt::Session cachedSession(const std::string& onnx, int64_t capacity, crt::DType dt) {
+crt::Session cachedSession(const std::string& onnx, int64_t capacity, crt::DType dt, crt::Device device = crt::Device::Cpu) {
   crt::SessionOptions so;
   so.threads = 2;
   so.kv_capacity = capacity;
   so.kv_dtype = dt;
+  so.device = device;
   auto s = crt::Session::create(onnx, so);
   INFO(s.status().message);
   REQUIRE(s.ok());
@@ -397,17 +398,6 @@ TEST_CASE("compact sparse weights on disk: smaller files that ONNX Runtime and c
 
 namespace {
 
-crt::Session deviceSession(const std::string& onnx, crt::Device d, int64_t capacity) {
-  crt::SessionOptions so;
-  so.threads = 2;
-  so.device = d;
-  so.kv_capacity = capacity;
-  auto s = crt::Session::create(onnx, so);
-  INFO(s.status().message);
-  REQUIRE(s.ok());
-  return std::move(s.value());
-}
-
 at::Tensor runOnce(crt::Session& s, const std::vector<int64_t>& ids) {
   const int64_t T = static_cast<int64_t>(ids.size());
   const std::vector<int64_t> ones(ids.size(), 1);
@@ -430,7 +420,10 @@ TEST_CASE("devices: every decoder and format, full-sequence and cached logits on
   std::string why;
   const bool gpu = crt::detail::cudaDeviceCount(&why) > 0;
   static bool said = false;  // (the body runs once per section)
-  if (!gpu && !said) said = true, WARN("CUDA legs skipped: " << why);
+  if (!gpu && !said) {
+    said = true;
+    WARN("CUDA legs skipped: " << why);
+  }
   for (const auto& family : kDecoders)
     for (const auto& fmt : kFormats) {
       SECTION(family + " " + fmt) {
@@ -442,20 +435,20 @@ TEST_CASE("devices: every decoder and format, full-sequence and cached logits on
         ExportOptions eo;
         addKvMetadata(addKvCache(c), eo.metadata);
         exportOnnx(c, cached, eo);
-        crt::Session cpu = deviceSession(plain, crt::Device::Cpu, 0);
+        crt::Session cpu = cachedSession(plain, 0, crt::DType::F32);
         const at::Tensor want = runOnce(cpu, ids);
-        crt::Session emu = deviceSession(plain, crt::Device::Emulated, 0);
+        crt::Session emu = cachedSession(plain, 0, crt::DType::F32, crt::Device::Emulated);
         if (fmt != "fp16") CHECK(emu.info().device_nodes > 0);  // (fp16 graphs stay on the host for now)
         CHECK(at::equal(runOnce(emu, ids), want));
-        crt::Session cpuKv = deviceSession(cached, crt::Device::Cpu, 32);
-        crt::Session emuKv = deviceSession(cached, crt::Device::Emulated, 32);
+        crt::Session cpuKv = cachedSession(cached, 32, crt::DType::F32);
+        crt::Session emuKv = cachedSession(cached, 32, crt::DType::F32, crt::Device::Emulated);
         const at::Tensor steps = stepLogits(cpuKv, ids, 5);
         CHECK(at::equal(stepLogits(emuKv, ids, 5), steps));
         if (gpu) {
-          crt::Session cuda = deviceSession(plain, crt::Device::Cuda, 0);
+          crt::Session cuda = cachedSession(plain, 0, crt::DType::F32, crt::Device::Cuda);
           INFO(cuda.info().device << ": " << cuda.info().device_nodes << " nodes");
           CHECK(relDiff(runOnce(cuda, ids), want) <= 1e-4);
-          crt::Session cudaKv = deviceSession(cached, crt::Device::Cuda, 32);
+          crt::Session cudaKv = cachedSession(cached, 32, crt::DType::F32, crt::Device::Cuda);
           CHECK(relDiff(stepLogits(cudaKv, ids, 5), steps) <= 1e-4);
         }
       }
