@@ -73,12 +73,17 @@ std::vector<int64_t> someTokens(int64_t n) {
   return t;
 }
 
-/// Full-sequence logits [T, vocab] of a plain export in crun (attention masks: all ones).
-at::Tensor fullLogits(const std::string& onnx, const Graph& g, const std::vector<int64_t>& ids) {
+/// A plain export's inputs for the whole sequence (attention masks: all ones).
+std::map<std::string, at::Tensor> fullInputs(const Graph& g, const std::vector<int64_t>& ids) {
   const int64_t T = static_cast<int64_t>(ids.size());
   std::map<std::string, at::Tensor> in = {{g.inputs[0], at::tensor(ids, at::kLong).reshape({1, T})}};
   for (size_t i = 1; i < g.inputs.size(); ++i) in[g.inputs[i]] = at::ones({1, T}, at::kLong);
-  return testutil::runCrt(onnx, in)[0][0];
+  return in;
+}
+
+/// Full-sequence logits [T, vocab] of a plain export in crun.
+at::Tensor fullLogits(const std::string& onnx, const Graph& g, const std::vector<int64_t>& ids) {
+  return testutil::runCrt(onnx, fullInputs(g, ids))[0][0];
 }
 
 crt::Session cachedSession(const std::string& onnx, int64_t capacity, crt::DType dt, crt::Device device = crt::Device::Cpu) {
@@ -128,9 +133,16 @@ double relDiff(const at::Tensor& a, const at::Tensor& ref) {
 
 }  // namespace
 
-TEST_CASE("kv cache: every decoder and format, prefill + one-token steps equal the full-sequence logits", "[kv]") {
+TEST_CASE("kv cache: every decoder and format, prefill + one-token steps equal the full-sequence logits; on the emulated device bit for bit, on a GPU within 1e-4", "[kv][device]") {
   const std::string dir = testutil::tempDir("kv");
   const std::vector<int64_t> ids = someTokens(14);
+  std::string why;
+  const bool gpu = crt::detail::cudaDeviceCount(&why) > 0;
+  static bool said = false;  // (the body runs once per section)
+  if (!gpu && !said) {
+    said = true;
+    WARN("CUDA legs skipped: " << why);
+  }
   for (const auto& family : kDecoders)
     for (const auto& fmt : kFormats) {
       SECTION(family + " " + fmt) {
@@ -158,7 +170,25 @@ TEST_CASE("kv cache: every decoder and format, prefill + one-token steps equal t
           CHECK(d <= (dt == crt::DType::F16 ? std::max(tol, 2e-3) : tol));  // an fp16 cache rounds keys and values
           // a second sequence in the same session starts from an empty cache
           REQUIRE(s.kvTruncate(0).ok());
-          CHECK(relDiff(stepLogits(s, ids, 3), want) <= (dt == crt::DType::F16 ? std::max(tol, 2e-3) : tol));
+          const at::Tensor steps = stepLogits(s, ids, 3);
+          CHECK(relDiff(steps, want) <= (dt == crt::DType::F16 ? std::max(tol, 2e-3) : tol));
+          // the device path: placement, copies and device plans; the same bits emulated, 1e-4 on a GPU
+          crt::Session emu = cachedSession(cached, 32, dt, crt::Device::Emulated);
+          if (fmt != "fp16") CHECK(emu.info().device_nodes > 0);  // (fp16 graphs stay on the host for now)
+          CHECK(at::equal(stepLogits(emu, ids, 3), steps));
+          if (gpu) {
+            crt::Session cuda = cachedSession(cached, 32, dt, crt::Device::Cuda);
+            INFO(cuda.info().device << ": " << cuda.info().device_nodes << " nodes");
+            CHECK(relDiff(stepLogits(cuda, ids, 3), steps) <= 1e-4);
+          }
+        }
+        crt::SessionOptions so;
+        so.threads = 2;
+        so.device = crt::Device::Emulated;
+        CHECK(at::equal(testutil::runCrtWith(plain, fullInputs(g, ids), so)[0][0], want));
+        if (gpu) {
+          so.device = crt::Device::Cuda;
+          CHECK(relDiff(testutil::runCrtWith(plain, fullInputs(g, ids), so)[0][0], want) <= 1e-4);
         }
       }
     }
@@ -396,61 +426,3 @@ TEST_CASE("compact sparse weights on disk: smaller files that ONNX Runtime and c
     }
 }
 
-namespace {
-
-at::Tensor runOnce(crt::Session& s, const std::vector<int64_t>& ids) {
-  const int64_t T = static_cast<int64_t>(ids.size());
-  const std::vector<int64_t> ones(ids.size(), 1);
-  std::vector<std::pair<std::string, crt::TensorView>> feeds = {{s.inputs()[0].name, crt::TensorView::of(ids.data(), {1, T})}};
-  for (size_t i = 1; i < s.inputs().size(); ++i) feeds.push_back({s.inputs()[i].name, crt::TensorView::of(ones.data(), {1, T})});
-  auto out = s.run(feeds);
-  INFO(out.status().message);
-  REQUIRE(out.ok());
-  const crt::Tensor& o = out.value()[0];
-  at::Tensor t = at::empty(o.shape, o.dtype == crt::DType::F16 ? at::kHalf : at::kFloat);
-  std::memcpy(t.data_ptr(), o.bytes.data(), o.bytes.size());
-  return t.to(at::kFloat);
-}
-
-}  // namespace
-
-TEST_CASE("devices: every decoder and format, full-sequence and cached logits on the emulated device equal the CPU's bit for bit, and on a GPU within 1e-4", "[kv][device]") {
-  const std::string dir = testutil::tempDir("kvdev");
-  const std::vector<int64_t> ids = someTokens(14);
-  std::string why;
-  const bool gpu = crt::detail::cudaDeviceCount(&why) > 0;
-  static bool said = false;  // (the body runs once per section)
-  if (!gpu && !said) {
-    said = true;
-    WARN("CUDA legs skipped: " << why);
-  }
-  for (const auto& family : kDecoders)
-    for (const auto& fmt : kFormats) {
-      SECTION(family + " " + fmt) {
-        Graph g = importDecoder(family);
-        compressAs(g, fmt);
-        const std::string plain = dir + "/" + family + "_" + fmt + ".onnx", cached = dir + "/" + family + "_" + fmt + "_kv.onnx";
-        exportOnnx(g, plain);
-        Graph c = g;
-        ExportOptions eo;
-        addKvMetadata(addKvCache(c), eo.metadata);
-        exportOnnx(c, cached, eo);
-        crt::Session cpu = cachedSession(plain, 0, crt::DType::F32);
-        const at::Tensor want = runOnce(cpu, ids);
-        crt::Session emu = cachedSession(plain, 0, crt::DType::F32, crt::Device::Emulated);
-        if (fmt != "fp16") CHECK(emu.info().device_nodes > 0);  // (fp16 graphs stay on the host for now)
-        CHECK(at::equal(runOnce(emu, ids), want));
-        crt::Session cpuKv = cachedSession(cached, 32, crt::DType::F32);
-        crt::Session emuKv = cachedSession(cached, 32, crt::DType::F32, crt::Device::Emulated);
-        const at::Tensor steps = stepLogits(cpuKv, ids, 5);
-        CHECK(at::equal(stepLogits(emuKv, ids, 5), steps));
-        if (gpu) {
-          crt::Session cuda = cachedSession(plain, 0, crt::DType::F32, crt::Device::Cuda);
-          INFO(cuda.info().device << ": " << cuda.info().device_nodes << " nodes");
-          CHECK(relDiff(runOnce(cuda, ids), want) <= 1e-4);
-          crt::Session cudaKv = cachedSession(cached, 32, crt::DType::F32, crt::Device::Cuda);
-          CHECK(relDiff(stepLogits(cudaKv, ids, 5), steps) <= 1e-4);
-        }
-      }
-    }
-}
