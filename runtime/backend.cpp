@@ -6,6 +6,7 @@
 #include <unordered_map>
 
 #include "runtime/cuda/cuda_backend.h"
+#include "runtime/fuse.h"
 #include "runtime/op_table.h"
 
 namespace crt::detail {
@@ -31,15 +32,6 @@ constexpr NamedKind kDeviceOps[] = {
     {"Concat", {DeviceOp::Concat, 0}},                          {"MatMul", {DeviceOp::BatchMatMul, 0}},
 };
 
-/// ReduceMean over the last axis only, keeping it (RMSNorm's mean of squares).
-bool lastAxisMean(const Graph& g, const Node& n) {
-  if (n.attrInt("keepdims", 1) != 1) return false;
-  if (const std::vector<int64_t>* axes = n.attrInts("axes")) return axes->size() == 1 && (*axes)[0] == -1;
-  if (n.in.size() < 2 || n.in[1] < 0 || !g.values[n.in[1]].is_const) return false;
-  const Buf& a = g.values[n.in[1]].constant;
-  return a.dt == DType::I64 && a.numel() == 1 && a.as<int64_t>()[0] == -1;
-}
-
 }  // namespace
 
 DeviceOpKind deviceOpOf(const Graph& g, const Node& n) {
@@ -47,6 +39,11 @@ DeviceOpKind deviceOpOf(const Graph& g, const Node& n) {
     const PackedWeight& w = *n.packed;
     const bool plain = !n.act_quant && !w.sparse && !w.int8 && (n.in.size() == 1 || n.in[1] < 0);
     return plain ? DeviceOpKind{DeviceOp::MatMul, 0} : DeviceOpKind{};
+  }
+  if (n.domain == "crt") {  // the load-time fusions (fuse.h)
+    if (n.op == "RMSNorm") return {DeviceOp::RMSNorm, 0};
+    if (n.op == "SiluMul") return {DeviceOp::SiluMul, 0};
+    return {};
   }
   if (!n.domain.empty()) return {};
   for (const NamedKind& k : kDeviceOps) {
@@ -56,7 +53,7 @@ DeviceOpKind deviceOpOf(const Graph& g, const Node& n) {
       const bool last = it != n.attrs.end() ? it->second.i == -1 : g.opset >= 13;
       return last ? k.kind : DeviceOpKind{};
     }
-    if (k.kind.op == DeviceOp::ReduceMean) return lastAxisMean(g, n) ? k.kind : DeviceOpKind{};
+    if (k.kind.op == DeviceOp::ReduceMean) return isLastAxisMean(g, n) ? k.kind : DeviceOpKind{};
     return k.kind;
   }
   return {};
@@ -107,8 +104,6 @@ void opCopyToHost(OpCtx& c) {
 }
 
 // ------------------------------------------------------------------------------------------- placement
-namespace {
-
 /// Values known at load to be float32: float constants and inputs, and the outputs of ops that keep their input's
 /// element type (op_table.def: all but the OwnType ops, Cast to float32 included). A MatMul on a packed weight
 /// keeps its activation's type.
@@ -121,11 +116,14 @@ std::vector<char> knownFloat32(const Graph& g) {
     const OpInfo* info = findOpInfo(n.domain, n.op);
     bool out = false;
     if (info && n.domain.empty() && n.op == "Cast") out = n.attrInt("to", 0) == static_cast<int64_t>(DType::F32);
-    else if (info && !info->has(op_trait::OwnType)) out = !n.in.empty() && n.in[0] >= 0 && f32[n.in[0]];
-    for (size_t o = 0; o < n.out.size(); ++o) f32[n.out[o]] = out && (o == 0 || info->outputs == -1);  // (Split: all)
+    else if ((info && !info->has(op_trait::OwnType)) || n.fn == opRMSNorm || n.fn == opSiluMul)
+      out = !n.in.empty() && n.in[0] >= 0 && f32[n.in[0]];
+    for (size_t o = 0; o < n.out.size(); ++o) f32[n.out[o]] = out && (o == 0 || (info && info->outputs == -1));  // (Split: all)
   }
   return f32;
 }
+
+namespace {
 
 /// Decides each node's side: a node goes to the device when the backend has its kernel and its data inputs are
 /// float32 that can be on the device (not an in-session KV cache view); a View op follows its data input.
@@ -134,9 +132,9 @@ int assignNodes(Graph& g, Backend& b) {
   std::vector<char> onDevice(g.values.size(), 0);
   int assigned = 0;
   for (Node& n : g.nodes) {
-    // (a node whose implementation a load-time rewrite replaced, such as the in-session KV cache's attention,
-    // keeps it on the host)
-    bool ok = !n.is_static && !n.out.empty() && n.fn == findOp(n.domain, n.op);
+    // (load-time rewrites name their nodes in the crt domain: deviceOpOf takes only the fusions among them, so the
+    // in-session KV cache's attention stays on the host)
+    bool ok = !n.is_static && !n.out.empty();
     for (size_t i = 0; i < n.in.size() && ok; ++i) {
       const int v = n.in[i];
       if (v < 0 || !readsOnDevice(n, static_cast<int>(i))) continue;

@@ -126,6 +126,9 @@ struct SessionOptions {
   /// runtime/int8_acts.h states (sparse weights keep exact compute).
   Int8Activations int8_activations = Int8Activations::Model;
   Device device = Device::Cpu;
+  /// Fuse RMSNorm and SwiGLU's SiLU-multiply chains into one node each at load (runtime/fuse.h; bit-identical
+  /// results, fewer passes over the activations). false runs the file's nodes one by one.
+  bool fuse = true;
 };
 
 /// Time spent per op type over all profiled runs (SessionOptions::profile).
@@ -155,6 +158,7 @@ struct SessionInfo {
   std::string int8_isa;       // the integer dot product of int8_matmuls: "avx512-vnni", "avx2", "scalar" ("" if none)
   int threads = 1;
   std::string device = "cpu";  // "cpu", "emulated", or "cuda (<GPU name>)"
+  int fused_nodes = 0;         // fused chains (SessionOptions::fuse)
   int device_nodes = 0;        // nodes assigned to the device
   int device_copies = 0;       // copy nodes between host and device
 };

@@ -51,6 +51,7 @@ Options common to all: --threads N (default: all cores), --no-simd (portable sca
   kernel for (MatMul on fp32/fp16/int8/int4 weights, elementwise math, Softmax, ReduceMean) on GPU 0, the rest
   on the CPU with copies between; auto: cuda when this build has it and a GPU answers; emulated: the device
   path on host memory (for testing; bit-identical to cpu). `crun info` shows what was placed where.
+  --no-fuse: run RMSNorm and SwiGLU chains node by node (by default each is one fused node: the same bits).
   --int8-activations model|on|off: int8/int4 weights multiply activations quantized to int8 per 32 values
   with integer dot products (VNNI / AVX2), faster and within a stated error bound of exact fp32: where the file
   asks (MatMulNBits accuracy_level 4, default), for every quantized weight, or never.
@@ -303,6 +304,7 @@ crt::SessionOptions sessionOptions(const cxxopts::ParseResult& r) {
   o.threads = r["threads"].as<int>();
   o.use_simd = !r.count("no-simd");
   o.profile = r.count("profile") > 0;
+  o.fuse = !r.count("no-fuse");
   const std::string sparse = r["sparse"].as<std::string>();
   if (sparse == "auto") o.sparse = crt::SparseMode::Auto;
   else if (sparse == "on") o.sparse = crt::SparseMode::On;
@@ -519,7 +521,7 @@ int cmdInfo(const std::string& model, const cxxopts::ParseResult& r) {
   std::cout << "nodes " << i.nodes << ", folded at load " << i.folded << ", packed MatMuls " << i.packed_matmuls
             << " (" << i.sparse_matmuls << " sparse, " << i.int8_matmuls << " with int8 activations"
             << (i.int8_matmuls ? " (" + i.int8_isa + ")" : std::string()) << ", " << i.weight_bytes
-            << " weight bytes), kernels " << i.isa << ", threads " << i.threads << "\n";
+            << " weight bytes), fused chains " << i.fused_nodes << ", kernels " << i.isa << ", threads " << i.threads << "\n";
   if (i.device != "cpu")
     std::cout << "device: " << i.device << ": " << i.device_nodes << " nodes, " << i.device_copies << " copies between host and device\n";
   return 0;
@@ -546,6 +548,7 @@ int main(int argc, char** argv) {
       ("sparse", "", cxxopts::value<std::string>()->default_value("auto"))
       ("int8-activations", "", cxxopts::value<std::string>()->default_value("model"))
       ("device", "", cxxopts::value<std::string>()->default_value("cpu"))
+      ("no-fuse", "")
       ("runs", "", cxxopts::value<int>()->default_value("50"))("warmup", "", cxxopts::value<int>()->default_value("5"))
       ("json", "")("max-id", "", cxxopts::value<int64_t>()->default_value("500"))
       ("tokenizer", "", cxxopts::value<std::string>())

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "runtime/backend.h"
+#include "runtime/fuse.h"
 #include "runtime/internal.h"
 #include "runtime/kernels.h"
 #include "runtime/int8_acts.h"
@@ -269,6 +270,10 @@ Result<Session> Session::make(const SessionOptions& options, const std::string& 
     impl->g.device = detail::makeBackend(options.device);
     if (detail::fuseQuantizedInputs(impl->g, options.int8_activations, *impl->k) > 0) {
       detail::pruneUnused(impl->g);  // the QuantizeLinear -> DequantizeLinear pairs now inside their MatMuls
+      detail::prepareRuns(impl->g);
+    }
+    if (options.fuse && (impl->info.fused_nodes = detail::fuseChains(impl->g)) > 0) {
+      detail::pruneUnused(impl->g);
       detail::prepareRuns(impl->g);
     }
     // a GPU computes from the dense packed weights: no CPU-only forms for weights it may take

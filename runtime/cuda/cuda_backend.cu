@@ -112,6 +112,27 @@ __global__ void meanKernel(const float* X, float* Y, int64_t n) {
   if (threadIdx.x == 0) Y[blockIdx.x] = s / static_cast<float>(n);
 }
 
+/// crt.RMSNorm (fuse.h): a block per row; the same order of operations as the CPU kernel up to the sum's order.
+__global__ void rmsNormKernel(const float* X, const float* W, float* Y, int64_t n, float eps) {
+  const float* x = X + blockIdx.x * n;
+  float* y = Y + blockIdx.x * n;
+  float s = 0.f;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += x[i] * x[i];
+  s = blockReduce(s, false);
+  const float inv = 1.f / sqrtf(s / static_cast<float>(n) + eps);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) y[i] = W ? (x[i] * inv) * W[i] : x[i] * inv;
+}
+
+/// crt.SiluMul (fuse.h): (g * sigmoid(g)) * up, with broadcasting.
+__global__ void siluMulKernel(dm::Broadcast bc, int64_t total, const float* G, const float* U, float* Y) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t og, ou;
+    dm::broadcastOffsets(bc, i, og, ou);
+    const float g = G[og];
+    Y[i] = (g * dm::applyUnary(dm::Unary::Sigmoid, g)) * U[ou];
+  }
+}
+
 // ------------------------------------------------------------------------------------------- cuBLAS
 /// The cuBLAS entry points the backend uses, from libcublas.so.13 ($CRT_CUBLAS names another file).
 struct Blas {
@@ -365,6 +386,35 @@ void opCudaBatchMatMul(OpCtx& c) {
   }
 }
 
+void opCudaRMSNorm(OpCtx& c) {
+  const Buf& x = c.in(0);
+  const float* X = f32In(c, 0);
+  if (x.shape.rank == 0) c.bad("needs an input of rank >= 1");
+  const int64_t n = x.shape[x.shape.rank - 1], rows = n == 0 ? 0 : x.numel() / n;
+  const float* W = c.has(1) ? f32In(c, 1) : nullptr;
+  if (W && c.in(1).numel() != n) c.bad("the weight must have one value per channel");
+  float* Y = c.outT<float>(0, x.shape);
+  if (rows == 0) return;
+  rmsNormKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(X, W, Y, n, c.node.attrFloat("eps", 0.f));
+  checkLaunch("rms norm");
+}
+
+void opCudaSiluMul(OpCtx& c) {
+  const Buf& g = c.in(0);
+  const Buf& u = c.in(1);
+  const float* G = f32In(c, 0);
+  const float* U = f32In(c, 1);
+  dm::Broadcast bc;
+  if (!dm::makeBroadcast(g.shape.d, g.shape.rank, u.shape.d, u.shape.rank, bc)) c.bad(g.shape.str() + " and " + u.shape.str() + " do not broadcast");
+  Shape os;
+  for (int i = 0; i < bc.rank; ++i) os.push(bc.out[i]);
+  float* Y = c.outT<float>(0, os);
+  const int64_t total = os.numel();
+  if (total == 0) return;
+  siluMulKernel<<<blocksFor(total, 256), 256>>>(bc, total, G, U, Y);
+  checkLaunch("silu mul");
+}
+
 OpFn CudaBackend::kernelFor(const Graph& g, const Node& n) {
   switch (deviceOpOf(g, n).op) {
     case DeviceOp::MatMul: return opCudaMatMul;
@@ -376,6 +426,8 @@ OpFn CudaBackend::kernelFor(const Graph& g, const Node& n) {
     case DeviceOp::Slice: return opCudaSlice;
     case DeviceOp::Concat: return opCudaConcat;
     case DeviceOp::BatchMatMul: return opCudaBatchMatMul;
+    case DeviceOp::RMSNorm: return opCudaRMSNorm;
+    case DeviceOp::SiluMul: return opCudaSiluMul;
     case DeviceOp::None: break;
   }
   return nullptr;

@@ -62,7 +62,7 @@ struct ModelBuilder {
   }
 };
 
-void attrInt(onnx::NodeProto* n, const std::string& k, int64_t v) {
+inline void attrInt(onnx::NodeProto* n, const std::string& k, int64_t v) {
   auto* a = n->add_attribute();
   a->set_name(k);
   a->set_type(onnx::AttributeProto::INT);

@@ -1,0 +1,96 @@
+// fuse_test.cpp — the load-time fusions (runtime/fuse.h): RMSNorm and SiLU-multiply chains become one node each
+// and give the chains' bits; chains that something else reads into, other exponents and broadcasting are handled.
+#include <catch2/catch.hpp>
+#include <random>
+
+#include "runtime/crt.h"
+#include "runtime/cuda/cuda_backend.h"
+#include "tests/runtime/model_builder.h"
+
+namespace {
+
+/// y = SwiGLU-style block: RMSNorm(x) * w, then (g * sigmoid(g)) * up with g = h * a, up = h * b (elementwise).
+/// `leak`: the RMSNorm's mean is also a graph output (the chain must stay unfused); `pow3`: x^3 instead of x^2;
+/// `bcastUp`: up has shape [1, 8] against g's [rows, 8].
+std::string normGluModel(bool leak, bool pow3, bool bcastUp) {
+  ModelBuilder b;
+  b.io(true, "x", 1, {"rows", "8"});
+  b.io(false, "y", 1, {"rows", "8"});
+  if (leak) b.io(false, "mean", 1, {"rows", "1"});
+  b.initF("p", {}, {pow3 ? 3.f : 2.f});
+  b.initF("eps", {}, {1e-5f});
+  b.initF("w", {8}, {0.5f, 1, 1.5f, 2, -1, 0.25f, 3, 1});
+  b.initF("a", {8}, {1, -2, 0.5f, 3, 1, 1, -1, 2});
+  b.initF("bb", bcastUp ? std::vector<int64_t>{1, 8} : std::vector<int64_t>{8}, {2, 1, 0.5f, -1, 1, 3, 1, -2});
+  b.node("Pow", {"x", "p"}, {"x2"});
+  auto* m = b.node("ReduceMean", {"x2"}, {"mean"});
+  auto* ax = m->add_attribute();
+  ax->set_name("axes");
+  ax->set_type(onnx::AttributeProto::INTS);
+  ax->add_ints(-1);
+  b.node("Add", {"mean", "eps"}, {"me"});
+  b.node("Sqrt", {"me"}, {"sd"});
+  b.node("Reciprocal", {"sd"}, {"r"});
+  b.node("Mul", {"x", "r"}, {"xn"});
+  b.node("Mul", {"xn", "w"}, {"h"});
+  b.node("Mul", {"h", "a"}, {"g"});
+  if (bcastUp) b.node("Mul", {"bb", "bb"}, {"up"});  // [1, 8]
+  else b.node("Mul", {"h", "bb"}, {"up"});
+  b.node("Sigmoid", {"g"}, {"s"});
+  b.node("Mul", {"s", "g"}, {"gs"});
+  b.node("Mul", {"gs", "up"}, {"y"});
+  return b.save(std::string("fuse") + (leak ? "-leak" : "") + (pow3 ? "-pow3" : "") + (bcastUp ? "-bcast" : ""));
+}
+
+/// Output 0 with and without fusion, checking how many chains were fused; the fused nodes on the emulated device
+/// (the same bits) and, with a GPU, on CUDA (within 1e-5).
+void checkSameBits(const std::string& model, int fused) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd;
+  std::vector<float> x(5 * 8);
+  for (auto& e : x) e = nd(rng);
+  std::vector<std::vector<uint8_t>> outs;
+  for (bool fuse : {true, false}) {
+    crt::SessionOptions so;
+    so.threads = 2;
+    so.fuse = fuse;
+    auto s = crt::Session::create(model, so);
+    INFO(s.status().message);
+    REQUIRE(s.ok());
+    CHECK(s->info().fused_nodes == (fuse ? fused : 0));
+    auto r = s->run({{"x", crt::TensorView::of(x.data(), {5, 8})}});
+    REQUIRE(r.ok());
+    outs.push_back(r.value()[0].bytes);
+  }
+  CHECK(outs[0] == outs[1]);
+  std::string why;
+  for (crt::Device d : {crt::Device::Emulated, crt::Device::Cuda}) {
+    if (d == crt::Device::Cuda && crt::detail::cudaDeviceCount(&why) == 0) break;
+    crt::SessionOptions so;
+    so.device = d;
+    auto s = crt::Session::create(model, so);
+    INFO(s.status().message);
+    REQUIRE(s.ok());
+    CHECK(s->info().device_nodes > 0);
+    auto r = s->run({{"x", crt::TensorView::of(x.data(), {5, 8})}});
+    REQUIRE(r.ok());
+    const std::vector<uint8_t>& got = r.value()[0].bytes;
+    REQUIRE(got.size() == outs[0].size());
+    if (d == crt::Device::Emulated) {
+      CHECK(got == outs[0]);
+    } else {
+      const float* a = reinterpret_cast<const float*>(got.data());
+      const float* b = reinterpret_cast<const float*>(outs[0].data());
+      for (size_t i = 0; i < got.size() / 4; ++i) CHECK(a[i] == Approx(b[i]).epsilon(1e-5).margin(1e-6));
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("fusion: RMSNorm and SiLU-multiply chains become one node each, with the chains' bits", "[runtime][fuse]") {
+  SECTION("both chains") { checkSameBits(normGluModel(false, false, false), 2); }
+  SECTION("up broadcast against the gate") { checkSameBits(normGluModel(false, false, true), 2); }
+  SECTION("an intermediate the graph also outputs keeps the norm unfused") { checkSameBits(normGluModel(true, false, false), 1); }
+  SECTION("x^3 is not a norm") { checkSameBits(normGluModel(false, true, false), 1); }
+}
