@@ -46,6 +46,7 @@ for n in (1, 128): np.save('$tmp/tokens_%d.npy' % n, np.random.RandomState(n).ra
 rows="["
 for round in $(seq "$rounds"); do
   for t in $thread_list; do
+    rows="$rows{\"round\": $round, \"threads\": $t, \"fma_peak_gflops\": $("$build/fmapeak" "$t")},"
     for n in 128 1; do
       for f in $formats; do
         m=model; [ $f = int8 ] && m=off
@@ -61,6 +62,11 @@ echo "${rows%,}]" > bench/w8a8.json
 /usr/bin/python3 - <<'PY'
 import json
 rows = json.load(open("bench/w8a8.json"))
+peak = {}
+for r in rows:
+    if "fma_peak_gflops" in r:
+        peak[r["threads"]] = max(peak.get(r["threads"], 0), r["fma_peak_gflops"])
+rows = [r for r in rows if "format" in r]
 def best(t, n, f, eng):
     v = [r[eng]["median_ms"] for r in rows if r["threads"] == t and r["rows"] == n and r["format"] == f]
     return min(v)
@@ -72,4 +78,13 @@ for t in sorted({r["threads"] for r in rows}):
         for f in ("fp32", "int8", "w8a8_dyn", "w8a8_sta"):
             c, o = best(t, n, f, "crun"), best(t, n, f, "ort")
             print(f"| {t} | [1,{n}] | {f} | {c:.2f} | {o:.2f} | {c / base:.2f} | {c / o:.2f} |")
+print()
+# fp32 prefill against the FMA peak (build/fmapeak): 2 flops per weight per row, all 128 rows of every MatMul
+params = next(r["crun"]["weight_bytes"] for r in rows if r["format"] == "fp32") / 4
+for t in sorted(peak):
+    c, o = best(t, 128, "fp32", "crun"), best(t, 128, "fp32", "ort")
+    gf = 2 * params * 128 / 1e9
+    print(f"{t} thread(s): fp32 [1,128] is {gf:.1f} GFLOP of MatMuls; crun {gf / c * 1e3:.0f} GFLOPS, ONNX Runtime {gf / o * 1e3:.0f}, "
+          f"FMA peak {peak[t]:.0f} (build/fmapeak): 0.8 x ONNX Runtime's time would need {gf / (0.8 * o) * 1e3:.0f} GFLOPS "
+          f"({gf / (0.8 * o) * 1e3 / peak[t] * 100:.0f}% of the peak, with no time left for the other ops)")
 PY
