@@ -271,12 +271,12 @@ int placeNodes(Graph& g) {
   return assigned;
 }
 
-std::shared_ptr<Backend> makeBackend(Device d) {
+std::shared_ptr<Backend> makeBackend(Device d, int index) {
   switch (d) {
     case Device::Cpu: return nullptr;
     case Device::Emulated: return std::make_shared<EmulatedBackend>();
-    case Device::Cuda: return makeCudaBackend(true);
-    case Device::Auto: return makeCudaBackend(false);
+    case Device::Cuda: return makeCudaBackend(true, index);
+    case Device::Auto: return makeCudaBackend(false, index);
   }
   return nullptr;
 }

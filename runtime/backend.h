@@ -35,6 +35,8 @@ class Backend {
   /// True when the device computes from the dense packed weights (then the session chooses no CPU-only sparse
   /// or int8-activation forms, which would keep those MatMuls on the host).
   virtual bool denseWeights() const { return false; }
+  /// Called at the start of every run (the CUDA backend makes its GPU the thread's current device).
+  virtual void beginRun() {}
   /// Heap blocks this backend holds now (tests: a planned run allocates none, nothing leaks).
   virtual int64_t liveAllocations() const = 0;
 };
@@ -64,7 +66,7 @@ class DeviceBytes {
 
 /// The backend for SessionOptions::device: null for Device::Cpu (and for Device::Auto where no CUDA device
 /// works); a Failure naming what is missing when Device::Cuda cannot run.
-std::shared_ptr<Backend> makeBackend(Device d);
+std::shared_ptr<Backend> makeBackend(Device d, int index = 0);
 
 /// The ops a device backend implements (the CUDA backend all of them; runtime/cuda/device_math.h has their
 /// arithmetic): MatMul on a packed weight (F32/F16/Q8/Q4 dense, exact compute), float32 Add/Sub/Mul/Div/Pow with

@@ -126,6 +126,7 @@ struct SessionOptions {
   /// runtime/int8_acts.h states (sparse weights keep exact compute).
   Int8Activations int8_activations = Int8Activations::Model;
   Device device = Device::Cpu;
+  int device_index = 0;  // which GPU (crun --device cuda:N)
   /// Fuse RMSNorm and SwiGLU's SiLU-multiply chains into one node each at load (runtime/fuse.h; bit-identical
   /// results, fewer passes over the activations). false runs the file's nodes one by one.
   bool fuse = true;

@@ -47,10 +47,11 @@ Usage:
 Options common to all: --threads N (default: all cores), --no-simd (portable scalar kernels),
   --sparse auto|on|off: pruned weights in the sparse form (bitmask + nonzeros: fewer bytes per token,
   bit-identical results) where this CPU's kernels are faster with it (auto, default), always, or never.
-  --device cpu|cuda|auto|emulated: where nodes run (default cpu). cuda: every node the CUDA backend has a
-  kernel for (MatMul on fp32/fp16/int8/int4 weights, elementwise math, Softmax, ReduceMean) on GPU 0, the rest
-  on the CPU with copies between; auto: cuda when this build has it and a GPU answers; emulated: the device
-  path on host memory (for testing; bit-identical to cpu). `crun info` shows what was placed where.
+  --device cpu|cuda|cuda:N|auto|emulated: where nodes run (default cpu). cuda: every node the CUDA backend has
+  a kernel for (MatMul on fp32/int8/int4 weights, elementwise math, norms, Softmax, attention's products) on GPU 0
+  (cuda:N: GPU N), the rest on the CPU with copies between; auto: cuda when this build has it and a GPU
+  answers; emulated: the device path on host memory (for testing; bit-identical to cpu). `crun info` shows what
+  was placed where.
   --no-fuse: run RMSNorm and SwiGLU chains node by node (by default each is one fused node: the same bits).
   --int8-activations model|on|off: int8/int4 weights multiply activations quantized to int8 per 32 values
   with integer dot products (VNNI / AVX2), faster and within a stated error bound of exact fp32: where the file
@@ -318,9 +319,11 @@ crt::SessionOptions sessionOptions(const cxxopts::ParseResult& r) {
   const std::string dev = r["device"].as<std::string>();
   if (dev == "cpu") o.device = crt::Device::Cpu;
   else if (dev == "cuda") o.device = crt::Device::Cuda;
+  else if (dev.rfind("cuda:", 0) == 0 && dev.size() > 5 && dev.size() < 9 && dev.find_first_not_of("0123456789", 5) == std::string::npos)
+    o.device = crt::Device::Cuda, o.device_index = std::stoi(dev.substr(5));
   else if (dev == "auto") o.device = crt::Device::Auto;
   else if (dev == "emulated") o.device = crt::Device::Emulated;
-  else die(2, "--device takes cpu, cuda, auto or emulated, got '" + dev + "'");
+  else die(2, "--device takes cpu, cuda, cuda:N, auto or emulated, got '" + dev + "'");
   const int64_t tensorMib = r["max-tensor-mib"].as<int64_t>(), memMib = r["max-memory-mib"].as<int64_t>();
   if (tensorMib < 0 || memMib < 0 || tensorMib > (int64_t{1} << 40) || memMib > (int64_t{1} << 40))
     die(2, "--max-tensor-mib and --max-memory-mib take a number of MiB (0 = default)");

@@ -267,7 +267,8 @@ Result<Session> Session::make(const SessionOptions& options, const std::string& 
     impl->info.isa = impl->k->isa;
     impl->info.threads = impl->pool->size();
     impl->g = load(*impl);
-    impl->g.device = detail::makeBackend(options.device);
+    if (options.device_index < 0) return Status{StatusCode::InvalidArgument, "device_index must be >= 0"};
+    impl->g.device = detail::makeBackend(options.device, options.device_index);
     if (detail::fuseQuantizedInputs(impl->g, options.int8_activations, *impl->k) > 0) {
       detail::pruneUnused(impl->g);  // the QuantizeLinear -> DequantizeLinear pairs now inside their MatMuls
       detail::prepareRuns(impl->g);
@@ -448,6 +449,7 @@ Status Session::run(const std::vector<std::pair<std::string, TensorView>>& input
     size_t keyLen = 0;
     Status st = bindInputs(g, m.vals, inputs, keyLen);
     if (!st.ok()) return st;
+    if (g.device) g.device->beginRun();
     int64_t tokens = 0;
     if (g.kv) {
       st = checkKvRun(g, m.vals, tokens);

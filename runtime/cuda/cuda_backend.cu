@@ -185,9 +185,11 @@ struct DeviceWeight {
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(std::string gpu, const Blas& lib) : gpu_(std::move(gpu)), lib_(lib) {
+  CudaBackend(std::string gpu, int index, const Blas& lib) : gpu_(std::move(gpu)), index_(index), lib_(lib) {
+    beginRun();
     if (lib_.create(&blas_) != CUBLAS_STATUS_SUCCESS) fail(StatusCode::Internal, "CUDA: cuBLAS did not initialize");
   }
+  void beginRun() override { check(cudaSetDevice(index_), "selecting the GPU"); }
   ~CudaBackend() override { lib_.destroy(blas_); }
   const char* name() const override { return gpu_.c_str(); }
   void* alloc(size_t bytes) override {
@@ -216,6 +218,7 @@ class CudaBackend final : public Backend {
 
  private:
   std::string gpu_;
+  int index_ = 0;
   const Blas& lib_;
   cublasHandle_t blas_ = nullptr;
   int64_t live_ = 0;
@@ -503,9 +506,12 @@ int64_t cudaFreeBytes() {
   return static_cast<int64_t>(free);
 }
 
-std::shared_ptr<Backend> makeCudaBackend(bool required) {
+std::shared_ptr<Backend> makeCudaBackend(bool required, int index) {
   std::string why;
-  if (cudaDeviceCount(&why) == 0) {
+  const int count = cudaDeviceCount(&why);
+  if (count > 0 && (index < 0 || index >= count))
+    why = "no CUDA device " + std::to_string(index) + " (this machine has " + std::to_string(count) + ")";
+  if (count == 0 || index < 0 || index >= count) {
     if (required) fail(StatusCode::InvalidArgument, why + " (run on the CPU with --device cpu, or --device auto)");
     return nullptr;
   }
@@ -515,8 +521,8 @@ std::shared_ptr<Backend> makeCudaBackend(bool required) {
     return nullptr;
   }
   cudaDeviceProp prop{};
-  check(cudaGetDeviceProperties(&prop, 0), "reading the GPU's properties");
-  return std::make_shared<CudaBackend>(std::string("cuda (") + prop.name + ")", lib);
+  check(cudaGetDeviceProperties(&prop, index), "reading the GPU's properties");
+  return std::make_shared<CudaBackend>("cuda:" + std::to_string(index) + " (" + prop.name + ")", index, lib);
 }
 
 }  // namespace crt::detail

@@ -11,9 +11,9 @@ namespace crt::detail {
 
 class Backend;
 
-/// The CUDA backend on GPU 0. required: a Failure saying why it cannot run (a build without CUDA, no GPU, a
-/// driver error); otherwise null in those cases (Device::Auto then runs on the CPU).
-std::shared_ptr<Backend> makeCudaBackend(bool required);
+/// The CUDA backend on GPU `index`. required: a Failure saying why it cannot run (a build without CUDA, no GPU, no
+/// GPU of that index, a driver error); otherwise null in those cases (Device::Auto then runs on the CPU).
+std::shared_ptr<Backend> makeCudaBackend(bool required, int index = 0);
 
 /// Whether this build has the CUDA backend.
 bool cudaCompiled();

@@ -5,7 +5,7 @@
 
 namespace crt::detail {
 
-std::shared_ptr<Backend> makeCudaBackend(bool required) {
+std::shared_ptr<Backend> makeCudaBackend(bool required, int) {
   if (required)
     fail(StatusCode::InvalidArgument,
          "this build has no CUDA backend (CMake found no CUDA compiler when it was built): rebuild where nvcc is "

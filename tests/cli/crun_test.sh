@@ -108,5 +108,24 @@ check "int8 activations cost under 1% perplexity" \
 "$CRUN" info "$work/al4/model.onnx" --int8-activations always 2> "$work/e6.txt"; rc=$?
 check "a bad --int8-activations value exits 2 naming the choices" "[ $rc -eq 2 ] && grep -q 'takes model, on or off' $work/e6.txt"
 
+# devices and fusion: the emulated device and --no-fuse give the same perplexity and the same greedy text
+for opt in "--device emulated" "--no-fuse" ""; do
+  tag=$(echo "$opt" | tr -d ' -')
+  "$CRUN" ppl "$work/m.onnx" --tokens "$shared/data/tinystories/val.tok512.npy" --max-tokens 4096 $opt > "$work/dev_ppl_$tag.json"
+  "$CRUN" generate "$work/m_kv.onnx" --tokenizer "$shared/models/stories260K/tok512.bin" -n 40 --json $opt > "$work/dev_gen_$tag.json"
+done
+check "the emulated device and --no-fuse: the CPU's perplexity and text exactly" \
+  "/usr/bin/python3 -c \"import json,sys; p=[json.load(open('$work/dev_ppl_%s.json' % t))['perplexity'] for t in ('deviceemulated','nofuse','')]; g=[json.load(open('$work/dev_gen_%s.json' % t))['text'] for t in ('deviceemulated','nofuse','')]; sys.exit(0 if p[0]==p[2] and p[1]==p[2] and g[0]==g[2] and g[1]==g[2] else 1)\""
+"$CRUN" info "$work/m.onnx" --device emulated > "$work/dev_info.txt"
+check "info says how many nodes and copies the device took, and how many chains were fused" \
+  "grep -q 'device: emulated: [1-9][0-9]* nodes, [1-9][0-9]* copies' $work/dev_info.txt && grep -q 'fused chains 16' $work/dev_info.txt"
+"$CRUN" info "$work/m.onnx" --device tpu 2> "$work/e7.txt"; rc=$?
+check "a bad --device value exits 2 naming the choices" "[ $rc -eq 2 ] && grep -q 'takes cpu, cuda, cuda:N, auto or emulated' $work/e7.txt"
+if ! "$CRUN" info "$work/m.onnx" --device cuda > /dev/null 2> "$work/e8.txt"; then
+  check "--device cuda without a usable GPU exits 2 and says how to run on the CPU" "grep -q -- '--device cpu' $work/e8.txt"
+  "$CRUN" info "$work/m.onnx" --device auto > "$work/auto_info.txt"
+  check "--device auto falls back to the CPU" "! grep -q '^device:' $work/auto_info.txt"
+fi
+
 [ $fails -eq 0 ] || { echo "$fails check(s) failed"; exit 1; }
 echo "all crun checks passed"
