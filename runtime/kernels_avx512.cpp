@@ -60,7 +60,11 @@ inline VF POW2N(VF p, VF n) {  // p * 2^n for integral n in [-127, 127]
 inline float HMAX(VF v) { return _mm512_reduce_max_ps(v); }
 inline VF ZERO_BELOW(VF x, VF t, VF v) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, t, _CMP_GE_OQ), v); }
 inline VF EXPANDF(uint32_t m, const float* p, const ExpandTables&) {
-  return _mm512_maskz_expand_ps(static_cast<__mmask16>(m), _mm512_loadu_ps(p));
+  // The register form: GCC folds the load into a memory-operand vexpandps, which is microcoded on AMD Zen 4/5
+  // (the sparse fp32 GEMV ran at 2x the dense time with it); the empty asm keeps the load separate.
+  VF v = _mm512_loadu_ps(p);
+  __asm__("" : "+v"(v));
+  return _mm512_maskz_expand_ps(static_cast<__mmask16>(m), v);
 }
 inline void B16TOF(__m128i v, VF* out) { out[0] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)); }
 #include "runtime/kernels_simd.inc"
@@ -82,8 +86,10 @@ const Kernels* avx512Kernels() {
     s.sparse_gemv = avx512::sparseGemvSimd;
     s.sparse_unpack_rows = avx512::sparseUnpackRowsSimd;
     s.sparse_unpack_panel = avx512::sparseUnpackPanelSimd;
-    // sparse_crossover stays 0 for exact compute: bench/sparse.sh on Zen 5 (6 Dec 2026) measured every sparse form
-    // slower than dense at decode (fp32 2.1-2.2x, int8 1.7-2.3x, int4 2.3-4.2x with 1 thread), so auto keeps them dense.
+    // Exact compute: fp32 at 50% decodes in about 0.6-0.8x the dense time since the expansion reads its values from
+    // a register (bench/sparse.sh, Zen 5, third session of 6 Dec 2026; 2x before); int8 and int4 stay dense (1.7-2.3x
+    // and 2.3-4.2x with 1 thread: AVX-512 without VBMI2's byte expansion emulates it), so auto keeps them dense.
+    s.sparse_crossover[PackedWeight::F32] = 0.5f;
     // Integer dot products: AVX-512 VNNI where the CPU has it (Zen 4/5, Ice Lake and later), else AVX2's maddubs.
     if (__builtin_cpu_supports("avx512vnni")) {
       s.gemm_i8 = gemmInt8Vnni512;

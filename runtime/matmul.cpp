@@ -63,12 +63,11 @@ void panelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, 
     int64_t b, e;
     range(npanels, tasks, t, 1, b, e);
     if (!w.sparse) return k.gemm_panels(X, K, rows, static_cast<const float*>(w.w.data()), K, b, e, Y, N, N);
+    if (!expand) {  // the task's whole panel range at once (the sparse GEMV interleaves panels)
+      for (int64_t r = 0; r < rows; ++r) k.sparse_gemv(w, X + r * K, nullptr, b * kPanel, std::min(N, e * kPanel), Y + r * N);
+      return;
+    }
     for (int64_t p = b; p < e; ++p) {
-      if (!expand) {
-        for (int64_t r = 0; r < rows; ++r)
-          k.sparse_gemv(w, X + r * K, nullptr, p * kPanel, std::min(N, (p + 1) * kPanel), Y + r * N);
-        continue;
-      }
       float* panel = bufs + t * K * kPanel;
       k.sparse_unpack_panel(w, p, panel);
       k.gemm_panels(X, K, rows, panel, K, 0, 1, Y + p * kPanel, N, N - p * kPanel);
