@@ -30,6 +30,17 @@ void check(cudaError_t e, const char* what) {
 }
 void checkLaunch(const char* kernel) { check(cudaGetLastError(), kernel); }
 
+/// GPU memory for `what`; out of memory is a data error (too large a model or input for this GPU), not a bug.
+void* deviceAlloc(size_t bytes, const std::string& what) {
+  void* p = nullptr;
+  const cudaError_t e = cudaMalloc(&p, std::max<size_t>(bytes, 1));
+  if (e == cudaErrorMemoryAllocation)
+    fail(StatusCode::DataError, "CUDA: cannot allocate " + std::to_string(bytes >> 20) + " MiB on the GPU for " + what +
+                                    ": a smaller model, shorter inputs, or --device cpu");
+  check(e, ("allocating " + what).c_str());
+  return p;
+}
+
 unsigned blocksFor(int64_t n, int threads) { return static_cast<unsigned>(std::min<int64_t>((n + threads - 1) / threads, 65535 * 8)); }
 
 // ------------------------------------------------------------------------------------------- kernels
@@ -193,11 +204,7 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override { lib_.destroy(blas_); }
   const char* name() const override { return gpu_.c_str(); }
   void* alloc(size_t bytes) override {
-    void* p = nullptr;
-    const cudaError_t e = cudaMalloc(&p, std::max<size_t>(bytes, 1));
-    if (e != cudaSuccess)
-      fail(StatusCode::DataError, "CUDA: cannot allocate " + std::to_string(bytes >> 20) + " MiB on the GPU (" +
-                                      cudaGetErrorString(e) + "): a smaller model, shorter inputs, or --device cpu");
+    void* p = deviceAlloc(bytes, "activations");
     ++live_;
     return p;
   }
@@ -440,7 +447,7 @@ OpFn CudaBackend::kernelFor(const Graph& g, const Node& n) {
 std::shared_ptr<DeviceWeight> uploadWeight(CudaBackend& b, const PackedWeight& w) {
   auto d = std::make_shared<DeviceWeight>();
   auto put = [&](void** dst, const void* src, size_t bytes) {
-    check(cudaMalloc(dst, std::max<size_t>(bytes, 1)), "allocating a weight");
+    *dst = deviceAlloc(bytes, "a weight");
     if (bytes > 0) b.upload(*dst, src, bytes);
   };
   if (w.kind == PackedWeight::F32) {
