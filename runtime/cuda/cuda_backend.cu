@@ -277,19 +277,25 @@ void opCudaMatMul(OpCtx& c) {
   if (!sgemm(backendOf(c), dm::rowMajorGemm(M, v.N, v.K, true), W, X, Y)) c.bad("cuBLAS SGEMM failed");
 }
 
-void opCudaBinary(OpCtx& c) {
+/// The broadcast of inputs 0 and 1 (float32) and the output it makes; `total` = its elements.
+float* broadcastOut(OpCtx& c, dm::Broadcast& bc, int64_t& total) {
   const Buf& a = c.in(0);
   const Buf& b = c.in(1);
-  const float* A = f32In(c, 0);
-  const float* B = f32In(c, 1);
-  dm::Broadcast bc;
+  f32In(c, 0), f32In(c, 1);
   if (!dm::makeBroadcast(a.shape.d, a.shape.rank, b.shape.d, b.shape.rank, bc)) c.bad(a.shape.str() + " and " + b.shape.str() + " do not broadcast");
   Shape os;
   for (int i = 0; i < bc.rank; ++i) os.push(bc.out[i]);
-  float* Y = c.outT<float>(0, os);
-  const int64_t total = os.numel();
+  total = os.numel();
+  return c.outT<float>(0, os);
+}
+
+void opCudaBinary(OpCtx& c) {
+  dm::Broadcast bc;
+  int64_t total = 0;
+  float* Y = broadcastOut(c, bc, total);
   if (total == 0) return;
-  binaryKernel<<<blocksFor(total, 256), 256>>>(static_cast<dm::Binary>(c.node.device_code), bc, total, A, B, Y);
+  binaryKernel<<<blocksFor(total, 256), 256>>>(static_cast<dm::Binary>(c.node.device_code), bc, total, c.in(0).as<float>(),
+                                               c.in(1).as<float>(), Y);
   checkLaunch("elementwise");
 }
 
@@ -410,18 +416,11 @@ void opCudaRMSNorm(OpCtx& c) {
 }
 
 void opCudaSiluMul(OpCtx& c) {
-  const Buf& g = c.in(0);
-  const Buf& u = c.in(1);
-  const float* G = f32In(c, 0);
-  const float* U = f32In(c, 1);
   dm::Broadcast bc;
-  if (!dm::makeBroadcast(g.shape.d, g.shape.rank, u.shape.d, u.shape.rank, bc)) c.bad(g.shape.str() + " and " + u.shape.str() + " do not broadcast");
-  Shape os;
-  for (int i = 0; i < bc.rank; ++i) os.push(bc.out[i]);
-  float* Y = c.outT<float>(0, os);
-  const int64_t total = os.numel();
+  int64_t total = 0;
+  float* Y = broadcastOut(c, bc, total);
   if (total == 0) return;
-  siluMulKernel<<<blocksFor(total, 256), 256>>>(bc, total, G, U, Y);
+  siluMulKernel<<<blocksFor(total, 256), 256>>>(bc, total, c.in(0).as<float>(), c.in(1).as<float>(), Y);
   checkLaunch("silu mul");
 }
 
