@@ -110,7 +110,9 @@ void sparseUnpackRowsScalar(const PackedWeight& w, int64_t n0, int64_t n1, float
   }
 }
 
-void sparseUnpackPanelScalar(const PackedWeight& w, int64_t p, float* panel) { sparseToDense(w, p, panel); }
+void sparseUnpackPanelsScalar(const PackedWeight& w, int64_t p0, int64_t p1, float* panels) {
+  for (int64_t p = p0; p < p1; ++p) sparseToDense(w, p, panels + (p - p0) * w.K * kPanel);
+}
 
 /// The int8-activation reference: per chunk an exact integer dot, scaled by the chunk's d, per block by s, less the
 /// zero point's term (runtime/int8_acts.h's formula, term by term).
@@ -189,7 +191,7 @@ Kernels makeScalar() {
   k.gemm_panels = panelsScalar;
   k.sparse_gemv = sparseGemvScalar;
   k.sparse_unpack_rows = sparseUnpackRowsScalar;
-  k.sparse_unpack_panel = sparseUnpackPanelScalar;
+  k.sparse_unpack_panels = sparseUnpackPanelsScalar;
   k.gemm_i8 = gemmInt8Scalar;
   k.gemm_i8_sparse = gemmInt8Scalar;
   k.i8_width = 16;

@@ -58,7 +58,8 @@ void panelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, 
   const int64_t npanels = (N + kPanel - 1) / kPanel;
   const int64_t tasks = tasksFor(c, rows * N * K, npanels);
   const bool expand = w.sparse && rows > kGemvRows;
-  float* bufs = expand ? static_cast<float*>(c.scratch(tasks * K * kPanel * sizeof(float))) : nullptr;
+  constexpr int64_t kExpandPanels = 4;  // sparse panels expanded together (their expansions overlap), then one GEMM
+  float* bufs = expand ? static_cast<float*>(c.scratch(tasks * kExpandPanels * K * kPanel * sizeof(float))) : nullptr;
   c.env.pool->parallelFor(tasks, [&](int64_t t) {
     int64_t b, e;
     range(npanels, tasks, t, 1, b, e);
@@ -67,10 +68,11 @@ void panelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, 
       for (int64_t r = 0; r < rows; ++r) k.sparse_gemv(w, X + r * K, nullptr, b * kPanel, std::min(N, e * kPanel), Y + r * N);
       return;
     }
-    for (int64_t p = b; p < e; ++p) {
-      float* panel = bufs + t * K * kPanel;
-      k.sparse_unpack_panel(w, p, panel);
-      k.gemm_panels(X, K, rows, panel, K, 0, 1, Y + p * kPanel, N, N - p * kPanel);
+    float* panels = bufs + t * kExpandPanels * K * kPanel;
+    for (int64_t p = b; p < e; p += kExpandPanels) {
+      const int64_t n = std::min(kExpandPanels, e - p);
+      k.sparse_unpack_panels(w, p, p + n, panels);
+      k.gemm_panels(X, K, rows, panels, K, 0, n, Y + p * kPanel, N, N - p * kPanel);
     }
   });
 }
