@@ -24,7 +24,10 @@ void opRMSNorm(OpCtx& c) {
   if (x.dt != DType::F32 || x.shape.rank == 0) c.bad("needs a float32 input of rank >= 1");
   const int64_t n = x.shape[x.shape.rank - 1], rows = n == 0 ? 0 : x.numel() / n;
   const Buf* w = c.has(1) ? &c.in(1) : nullptr;
-  if (w && (w->dt != DType::F32 || w->numel() != n)) c.bad("the weight must be float32 with one value per channel");
+  // (a one-value weight broadcasts, as Mul did)
+  if (w && (w->dt != DType::F32 || (w->numel() != n && w->numel() != 1)))
+    c.bad("the weight must be float32 with one value per channel, or one value");
+  const int64_t ws = w && w->numel() == 1 ? 0 : 1;
   const float eps = c.node.attrFloat("eps", 0.f);
   const float* X = x.as<float>();
   const float* W = w ? w->as<float>() : nullptr;
@@ -42,7 +45,7 @@ void opRMSNorm(OpCtx& c) {
       const float mean = acc / static_cast<float>(n);
       const float inv = 1.f / std::sqrt(mean + eps);
       if (W) {
-        for (int64_t j = 0; j < n; ++j) yr[j] = (xr[j] * inv) * W[j];
+        for (int64_t j = 0; j < n; ++j) yr[j] = (xr[j] * inv) * W[j * ws];
       } else {
         for (int64_t j = 0; j < n; ++j) yr[j] = xr[j] * inv;
       }

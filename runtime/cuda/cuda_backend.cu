@@ -124,14 +124,14 @@ __global__ void meanKernel(const float* X, float* Y, int64_t n) {
 }
 
 /// crt.RMSNorm (fuse.h): a block per row; the same order of operations as the CPU kernel up to the sum's order.
-__global__ void rmsNormKernel(const float* X, const float* W, float* Y, int64_t n, float eps) {
+__global__ void rmsNormKernel(const float* X, const float* W, int64_t ws, float* Y, int64_t n, float eps) {
   const float* x = X + blockIdx.x * n;
   float* y = Y + blockIdx.x * n;
   float s = 0.f;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += x[i] * x[i];
   s = blockReduce(s, false);
   const float inv = 1.f / sqrtf(s / static_cast<float>(n) + eps);
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) y[i] = W ? (x[i] * inv) * W[i] : x[i] * inv;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) y[i] = W ? (x[i] * inv) * W[i * ws] : x[i] * inv;
 }
 
 /// crt.SiluMul (fuse.h): (g * sigmoid(g)) * up, with broadcasting.
@@ -408,10 +408,11 @@ void opCudaRMSNorm(OpCtx& c) {
   if (x.shape.rank == 0) c.bad("needs an input of rank >= 1");
   const int64_t n = x.shape[x.shape.rank - 1], rows = n == 0 ? 0 : x.numel() / n;
   const float* W = c.has(1) ? f32In(c, 1) : nullptr;
-  if (W && c.in(1).numel() != n) c.bad("the weight must have one value per channel");
+  if (W && c.in(1).numel() != n && c.in(1).numel() != 1) c.bad("the weight must have one value per channel, or one value");
+  const int64_t ws = W && c.in(1).numel() == 1 ? 0 : 1;
   float* Y = c.outT<float>(0, x.shape);
   if (rows == 0) return;
-  rmsNormKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(X, W, Y, n, c.node.attrFloat("eps", 0.f));
+  rmsNormKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(X, W, ws, Y, n, c.node.attrFloat("eps", 0.f));
   checkLaunch("rms norm");
 }
 

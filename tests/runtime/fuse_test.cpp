@@ -11,15 +11,16 @@ namespace {
 
 /// y = SwiGLU-style block: RMSNorm(x) * w, then (g * sigmoid(g)) * up with g = h * a, up = h * b (elementwise).
 /// `leak`: the RMSNorm's mean is also a graph output (the chain must stay unfused); `pow3`: x^3 instead of x^2;
-/// `bcastUp`: up has shape [1, 8] against g's [rows, 8].
-std::string normGluModel(bool leak, bool pow3, bool bcastUp) {
+/// `bcastUp`: up has shape [1, 8] against g's [rows, 8]; `scalarW`: the norm's weight is one value, [1].
+std::string normGluModel(bool leak, bool pow3, bool bcastUp, bool scalarW = false) {
   ModelBuilder b;
   b.io(true, "x", 1, {"rows", "8"});
   b.io(false, "y", 1, {"rows", "8"});
   if (leak) b.io(false, "mean", 1, {"rows", "1"});
   b.initF("p", {}, {pow3 ? 3.f : 2.f});
   b.initF("eps", {}, {1e-5f});
-  b.initF("w", {8}, {0.5f, 1, 1.5f, 2, -1, 0.25f, 3, 1});
+  if (scalarW) b.initF("w", {1}, {1.5f});
+  else b.initF("w", {8}, {0.5f, 1, 1.5f, 2, -1, 0.25f, 3, 1});
   b.initF("a", {8}, {1, -2, 0.5f, 3, 1, 1, -1, 2});
   b.initF("bb", bcastUp ? std::vector<int64_t>{1, 8} : std::vector<int64_t>{8}, {2, 1, 0.5f, -1, 1, 3, 1, -2});
   b.node("Pow", {"x", "p"}, {"x2"});
@@ -39,7 +40,8 @@ std::string normGluModel(bool leak, bool pow3, bool bcastUp) {
   b.node("Sigmoid", {"g"}, {"s"});
   b.node("Mul", {"s", "g"}, {"gs"});
   b.node("Mul", {"gs", "up"}, {"y"});
-  return b.save(std::string("fuse") + (leak ? "-leak" : "") + (pow3 ? "-pow3" : "") + (bcastUp ? "-bcast" : ""));
+  return b.save(std::string("fuse") + (leak ? "-leak" : "") + (pow3 ? "-pow3" : "") + (bcastUp ? "-bcast" : "") +
+                (scalarW ? "-w1" : ""));
 }
 
 /// Output 0 with and without fusion, checking how many chains were fused; the fused nodes on the emulated device
@@ -93,4 +95,5 @@ TEST_CASE("fusion: RMSNorm and SiLU-multiply chains become one node each, with t
   SECTION("up broadcast against the gate") { checkSameBits(normGluModel(false, false, true), 2); }
   SECTION("an intermediate the graph also outputs keeps the norm unfused") { checkSameBits(normGluModel(true, false, false), 1); }
   SECTION("x^3 is not a norm") { checkSameBits(normGluModel(false, true, false), 1); }
+  SECTION("a one-value norm weight broadcasts") { checkSameBits(normGluModel(false, false, false, true), 2); }
 }
