@@ -117,7 +117,7 @@ struct Uses {
 /// The RMSNorm chain from Pow node p; fills `chain` (nodes to drop; the last is replaced) and the fused node.
 bool matchRmsNorm(const Graph& g, const Uses& u, const std::vector<char>& f32, int p, std::vector<int>& chain, Node& fused) {
   const Node& pow = g.nodes[p];
-  if (!is(pow, "Pow") || pow.in.size() != 2 || scalarConst(g, pow.in[1]) != 2.f || !f32[pow.in[0]]) return false;
+  if (!is(pow, "Pow") || pow.in.size() != 2 || pow.in[0] < 0 || scalarConst(g, pow.in[1]) != 2.f || !f32[pow.in[0]]) return false;
   const int x = pow.in[0];
   const int mean = u.single(pow.out[0]);
   if (mean < 0 || !isLastAxisMean(g, g.nodes[mean])) return false;
