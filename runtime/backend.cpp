@@ -30,6 +30,7 @@ constexpr NamedKind kDeviceOps[] = {
     {"Softmax", {DeviceOp::Softmax, 0}},                        {"ReduceMean", {DeviceOp::ReduceMean, 0}},
     {"Transpose", {DeviceOp::Transpose, 0}},                    {"Slice", {DeviceOp::Slice, 0}},
     {"Concat", {DeviceOp::Concat, 0}},                          {"MatMul", {DeviceOp::BatchMatMul, 0}},
+    {"Expand", {DeviceOp::Expand, 0}},
 };
 
 }  // namespace
@@ -61,7 +62,7 @@ DeviceOpKind deviceOpOf(const Graph& g, const Node& n) {
 
 bool readsOnDevice(const Node& n, int input) {
   if (isView(n)) return input == 0;  // Reshape's shape, Unsqueeze's axes: host integers
-  if (n.domain.empty() && (n.op == "ReduceMean" || n.op == "Slice")) return input == 0;  // axes, starts, ends, steps
+  if (n.domain.empty() && (n.op == "ReduceMean" || n.op == "Slice" || n.op == "Expand")) return input == 0;  // axes, bounds, shape
   return true;
 }
 

@@ -71,9 +71,9 @@ std::shared_ptr<Backend> makeBackend(Device d, int index = 0);
 /// The ops a device backend implements (the CUDA backend all of them; runtime/cuda/device_math.h has their
 /// arithmetic): MatMul on a packed weight (F32/F16/Q8/Q4 dense, exact compute), float32 Add/Sub/Mul/Div/Pow with
 /// broadcasting, Sqrt/Reciprocal/Neg/Exp/Tanh/Sigmoid/Relu, Softmax and ReduceMean over the last axis,
-/// Transpose, Slice, Concat, MatMul of two tensors (attention's batched products), and the fused RMSNorm and
+/// Transpose, Slice, Expand, Concat, MatMul of two tensors (attention's batched products), and the fused RMSNorm and
 /// SiLU-multiply (fuse.h).
-enum class DeviceOp { None, MatMul, Binary, Unary, Softmax, ReduceMean, Transpose, Slice, Concat, BatchMatMul, RMSNorm, SiluMul };
+enum class DeviceOp { None, MatMul, Binary, Unary, Softmax, ReduceMean, Transpose, Slice, Expand, Concat, BatchMatMul, RMSNorm, SiluMul };
 struct DeviceOpKind {
   DeviceOp op = DeviceOp::None;
   int code = 0;  // device::Binary or device::Unary

@@ -526,7 +526,8 @@ int cmdInfo(const std::string& model, const cxxopts::ParseResult& r) {
             << (i.int8_matmuls ? " (" + i.int8_isa + ")" : std::string()) << ", " << i.weight_bytes
             << " weight bytes), fused chains " << i.fused_nodes << ", kernels " << i.isa << ", threads " << i.threads << "\n";
   if (i.device != "cpu")
-    std::cout << "device: " << i.device << ": " << i.device_nodes << " nodes, " << i.device_copies << " copies between host and device\n";
+    std::cout << "device: " << i.device << ": " << i.device_nodes << " nodes, " << i.device_copies << " copies between host and device"
+              << "; on the host each run: " << (i.host_ops.empty() ? "nothing" : i.host_ops) << "\n";
   return 0;
 }
 

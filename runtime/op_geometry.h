@@ -16,6 +16,8 @@ struct StridedView {
 StridedView transposeView(const OpCtx& c, const Buf& x);
 /// Slice of x with the node's starts/ends/axes/steps inputs (host integers).
 StridedView sliceView(const OpCtx& c, const Buf& x);
+/// Expand of x to the node's shape input (host integers): broadcast dims read with stride 0.
+StridedView expandView(const OpCtx& c, const Buf& x);
 
 /// Concat: the output shape, and the output as [outer, os[axis] * inner] rows that each input fills a column
 /// range of.

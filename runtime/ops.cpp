@@ -478,17 +478,22 @@ void opSplit(OpCtx& c) {
   }
 }
 
-void opExpand(OpCtx& c) {
-  const Buf& x = c.in(0);
+StridedView expandView(const OpCtx& c, const Buf& x) {
   int64_t v[kMaxRank];
   int64_t n = readInts(c.in(1), v, kMaxRank, c);
   Shape target;
   for (int64_t i = 0; i < n; ++i) target.push(v[i]);
-  Shape os = broadcastShape(c, x.shape, target);
-  int64_t st[kMaxRank];
-  bstrides(x.shape, os, st);
-  void* y = c.out(0, x.dt, os);
-  stridedCopy(x.as<uint8_t>(), st, os, static_cast<uint8_t*>(y), dtypeSize(x.dt));
+  StridedView sv;
+  sv.os = broadcastShape(c, x.shape, target);
+  bstrides(x.shape, sv.os, sv.st);
+  return sv;
+}
+
+void opExpand(OpCtx& c) {
+  const Buf& x = c.in(0);
+  const StridedView v = expandView(c, x);
+  void* y = c.out(0, x.dt, v.os);
+  stridedCopy(x.as<uint8_t>(), v.st, v.os, static_cast<uint8_t*>(y), dtypeSize(x.dt));
 }
 
 void opGather(OpCtx& c) {

@@ -311,7 +311,13 @@ void Session::Impl::placeOnDevice() {
   if (!g.device) return;
   info.device = g.device->name();
   info.device_nodes = detail::placeNodes(g);
-  for (const detail::Node& n : g.nodes) info.device_copies += n.fn == detail::opCopyToDevice || n.fn == detail::opCopyToHost;
+  std::map<std::string, int> host;  // what runs on the host every run (copies and static nodes aside)
+  for (const detail::Node& n : g.nodes) {
+    const bool copy = n.fn == detail::opCopyToDevice || n.fn == detail::opCopyToHost;
+    info.device_copies += copy;
+    if (!copy && !n.on_device && !n.is_static) ++host[n.domain.empty() ? n.op : n.domain + "." + n.op];
+  }
+  for (const auto& [op, count] : host) info.host_ops += (info.host_ops.empty() ? "" : ", ") + op + " " + std::to_string(count);
   detail::prepareRuns(g);
 }
 

@@ -339,7 +339,7 @@ void opCudaReduceMean(OpCtx& c) {
   checkLaunch("reduce mean");
 }
 
-/// Transpose and Slice: one gather over the op's strided view of its input.
+/// Transpose, Slice and Expand: one gather over the op's strided view of its input.
 void stridedOp(OpCtx& c, const StridedView& sv) {
   const float* X = f32In(c, 0);
   float* Y = c.outT<float>(0, sv.os);
@@ -355,6 +355,7 @@ void stridedOp(OpCtx& c, const StridedView& sv) {
 
 void opCudaTranspose(OpCtx& c) { stridedOp(c, transposeView(c, c.in(0))); }
 void opCudaSlice(OpCtx& c) { stridedOp(c, sliceView(c, c.in(0))); }
+void opCudaExpand(OpCtx& c) { stridedOp(c, expandView(c, c.in(0))); }
 
 /// Concat: each input fills a column range of the output's [outer, row] layout (one 2-D copy per input).
 void opCudaConcat(OpCtx& c) {
@@ -434,6 +435,7 @@ OpFn CudaBackend::kernelFor(const Graph& g, const Node& n) {
     case DeviceOp::ReduceMean: return opCudaReduceMean;
     case DeviceOp::Transpose: return opCudaTranspose;
     case DeviceOp::Slice: return opCudaSlice;
+    case DeviceOp::Expand: return opCudaExpand;
     case DeviceOp::Concat: return opCudaConcat;
     case DeviceOp::BatchMatMul: return opCudaBatchMatMul;
     case DeviceOp::RMSNorm: return opCudaRMSNorm;

@@ -141,7 +141,7 @@ TEST_CASE("CUDA MatMul on packed weights equals the CPU: fp32, int8, int4 at GEM
       }
 }
 
-TEST_CASE("CUDA elementwise, Softmax, ReduceMean, Transpose, Slice, Concat and batched MatMul equal the CPU", "[runtime][cuda]") {
+TEST_CASE("CUDA elementwise, Softmax, ReduceMean, Transpose, Slice, Expand, Concat and batched MatMul equal the CPU", "[runtime][cuda]") {
   haveGpu(true);
   ModelBuilder b(17);
   b.io(true, "a", 1, {"2", "3", "40"});
@@ -162,7 +162,9 @@ TEST_CASE("CUDA elementwise, Softmax, ReduceMean, Transpose, Slice, Concat and b
   ax->set_name("axes");
   ax->set_type(onnx::AttributeProto::INTS);
   ax->add_ints(-1);
-  b.node("Sub", {"t7", "m"}, {"t8"});
+  b.initI("full", {3}, {2, 3, 40});
+  b.node("Expand", {"m", "full"}, {"me"});  // [2, 3, 1] -> [2, 3, 40]
+  b.node("Sub", {"t7", "me"}, {"t8"});
   auto* sm = b.node("Softmax", {"t8"}, {"p"});
   attrInt(sm, "axis", -1);
   b.initI("s0", {1}, {3});
@@ -181,7 +183,7 @@ TEST_CASE("CUDA elementwise, Softmax, ReduceMean, Transpose, Slice, Concat and b
   const std::string model = b.save("cuda-ops");
   const std::vector<float> a = randoms(2 * 3 * 40, 1);
   std::vector<float> c = {0.5f, 1.5f, 2.f};
-  compare(model, {{"a", crt::TensorView::of(a.data(), {2, 3, 40})}, {"c", crt::TensorView::of(c.data(), {3, 1})}}, 16, 1e-5);
+  compare(model, {{"a", crt::TensorView::of(a.data(), {2, 3, 40})}, {"c", crt::TensorView::of(c.data(), {3, 1})}}, 17, 1e-5);
 }
 
 TEST_CASE("CUDA sessions do not leak: 1,000 runs leave the GPU's free memory as it was", "[runtime][cuda]") {
