@@ -216,7 +216,6 @@ int insertCopies(Graph& g) {
           out.push_back(copyNode(v, there[v], want, g.values[v].name + (want ? " to device" : " to host")));
           ++copies;
         }
-        if (static_cast<size_t>(there[v]) >= there.size()) there.resize(g.values.size(), -1);
       }
       n.in[i] = there[v];
     }

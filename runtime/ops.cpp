@@ -324,12 +324,14 @@ StridedView transposeView(const OpCtx& c, const Buf& x) {
   return v;
 }
 
-void opTranspose(OpCtx& c) {
-  const Buf& x = c.in(0);
-  const StridedView v = transposeView(c, x);
+/// Output 0 = the strided view v of input x (Transpose, Slice, Expand).
+static void copyView(OpCtx& c, const Buf& x, const StridedView& v) {
   void* y = c.out(0, x.dt, v.os);
-  stridedCopy(x.as<uint8_t>(), v.st, v.os, static_cast<uint8_t*>(y), dtypeSize(x.dt));
+  const size_t es = dtypeSize(x.dt);
+  if (v.os.numel() > 0) stridedCopy(x.as<uint8_t>() + v.offset * es, v.st, v.os, static_cast<uint8_t*>(y), es);
 }
+
+void opTranspose(OpCtx& c) { copyView(c, c.in(0), transposeView(c, c.in(0))); }
 
 StridedView sliceView(const OpCtx& c, const Buf& x) {
   const int r = x.shape.rank;
@@ -381,13 +383,7 @@ StridedView sliceView(const OpCtx& c, const Buf& x) {
   return v;
 }
 
-void opSlice(OpCtx& c) {
-  const Buf& x = c.in(0);
-  const StridedView v = sliceView(c, x);
-  void* y = c.out(0, x.dt, v.os);
-  const size_t es = dtypeSize(x.dt);
-  if (v.os.numel() > 0) stridedCopy(x.as<uint8_t>() + v.offset * es, v.st, v.os, static_cast<uint8_t*>(y), es);
-}
+void opSlice(OpCtx& c) { copyView(c, c.in(0), sliceView(c, c.in(0))); }
 
 ConcatLayout concatLayout(const OpCtx& c) {
   if (c.nin() == 0) c.bad("Concat needs at least one input");
@@ -489,12 +485,7 @@ StridedView expandView(const OpCtx& c, const Buf& x) {
   return sv;
 }
 
-void opExpand(OpCtx& c) {
-  const Buf& x = c.in(0);
-  const StridedView v = expandView(c, x);
-  void* y = c.out(0, x.dt, v.os);
-  stridedCopy(x.as<uint8_t>(), v.st, v.os, static_cast<uint8_t*>(y), dtypeSize(x.dt));
-}
+void opExpand(OpCtx& c) { copyView(c, c.in(0), expandView(c, c.in(0))); }
 
 void opGather(OpCtx& c) {
   const Buf& x = c.in(0);
