@@ -110,9 +110,6 @@ void sparseUnpackRowsScalar(const PackedWeight& w, int64_t n0, int64_t n1, float
   }
 }
 
-void sparseUnpackPanelsScalar(const PackedWeight& w, int64_t p0, int64_t p1, float* panels) {
-  for (int64_t p = p0; p < p1; ++p) sparseToDense(w, p, panels + (p - p0) * w.K * kPanel);
-}
 
 /// The int8-activation reference: per chunk an exact integer dot, scaled by the chunk's d, per block by s, less the
 /// zero point's term (runtime/int8_acts.h's formula, term by term).
@@ -174,6 +171,14 @@ void panelsScalar(const float* X, int64_t ldx, int64_t M, const float* panels, i
   }
 }
 
+void sparsePanelsScalar(const PackedWeight& w, const float* X, int64_t ldx, int64_t M, int64_t p0, int64_t p1,
+                        float* buf, float* Y, int64_t ldy, int64_t N) {
+  for (int64_t p = p0; p < p1; ++p) {
+    sparseToDense(w, p, buf);
+    panelsScalar(X, ldx, M, buf, w.K, 0, 1, Y + p * kPanel, ldy, N - p * kPanel);
+  }
+}
+
 void halfToFloatScalar(const uint16_t* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = halfToFloat(x[i]);
 }
@@ -191,7 +196,7 @@ Kernels makeScalar() {
   k.gemm_panels = panelsScalar;
   k.sparse_gemv = sparseGemvScalar;
   k.sparse_unpack_rows = sparseUnpackRowsScalar;
-  k.sparse_unpack_panels = sparseUnpackPanelsScalar;
+  k.sparse_gemm_panels = sparsePanelsScalar;
   k.gemm_i8 = gemmInt8Scalar;
   k.gemm_i8_sparse = gemmInt8Scalar;
   k.i8_width = 16;

@@ -27,11 +27,13 @@ struct Kernels {
   void (*gemm_panels)(const float* X, int64_t ldx, int64_t M, const float* panels, int64_t K, int64_t p0, int64_t p1,
                       float* Y, int64_t ldy, int64_t N) = nullptr;
   /// The sparse form (runtime/sparse.h), bit-identical to the dense kernels above: sparse_gemv as gemv;
-  /// sparse_unpack_rows as unpack_rows for Q8/Q4; sparse_unpack_panels writes F32 panels [p0, p1) as [p][K][kPanel].
+  /// sparse_unpack_rows as unpack_rows for Q8/Q4; sparse_gemm_panels as gemm_panels for an F32 weight's panels
+  /// [p0, p1), expanding one panel at a time into buf (K * kPanel floats).
   void (*sparse_gemv)(const PackedWeight& w, const float* x, const float* xsum, int64_t n0, int64_t n1,
                       float* y) = nullptr;
   void (*sparse_unpack_rows)(const PackedWeight& w, int64_t n0, int64_t n1, float* panel, int64_t ldp) = nullptr;
-  void (*sparse_unpack_panels)(const PackedWeight& w, int64_t p0, int64_t p1, float* panels) = nullptr;
+  void (*sparse_gemm_panels)(const PackedWeight& w, const float* X, int64_t ldx, int64_t M, int64_t p0, int64_t p1,
+                             float* buf, float* Y, int64_t ldy, int64_t N) = nullptr;
   /// Per PackedWeight::Kind, the largest nonzero fraction at which these kernels run the sparse form faster
   /// than the dense one (decode GEMV; bench/sparse.sh measures it); 0: SparseMode::Auto never picks it.
   float sparse_crossover[4] = {0.f, 0.f, 0.f, 0.f};

@@ -50,30 +50,22 @@ void matmulNN(OpCtx& c, int64_t M, int64_t N, int64_t K, const float* A, const f
 
 namespace {
 
-/// F32 weights: the panels serve GEMV (1 row) and GEMM alike; a sparse weight is expanded one panel at a time
-/// into the task's buffer for GEMM (amortized over all rows) and read in its packed form for GEMV.
+/// F32 weights: the panels serve GEMV (1 row) and GEMM alike; a sparse weight is read in its packed form for GEMV
+/// and, for GEMM, expanded one panel at a time into the task's buffer by the panel's first row tile.
 void panelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, float* Y) {
   const Kernels& k = *c.env.k;
   const int64_t N = w.N, K = w.K;
   const int64_t npanels = (N + kPanel - 1) / kPanel;
   const int64_t tasks = tasksFor(c, rows * N * K, npanels);
   const bool expand = w.sparse && rows > kGemvRows;
-  constexpr int64_t kExpandPanels = 4;  // sparse panels expanded together (their expansions overlap), then one GEMM
-  float* bufs = expand ? static_cast<float*>(c.scratch(tasks * kExpandPanels * K * kPanel * sizeof(float))) : nullptr;
+  float* bufs = expand ? static_cast<float*>(c.scratch(tasks * K * kPanel * sizeof(float))) : nullptr;
   c.env.pool->parallelFor(tasks, [&](int64_t t) {
     int64_t b, e;
     range(npanels, tasks, t, 1, b, e);
     if (!w.sparse) return k.gemm_panels(X, K, rows, static_cast<const float*>(w.w.data()), K, b, e, Y, N, N);
-    if (!expand) {  // the task's whole panel range at once (the sparse GEMV interleaves panels)
-      for (int64_t r = 0; r < rows; ++r) k.sparse_gemv(w, X + r * K, nullptr, b * kPanel, std::min(N, e * kPanel), Y + r * N);
-      return;
-    }
-    float* panels = bufs + t * kExpandPanels * K * kPanel;
-    for (int64_t p = b; p < e; p += kExpandPanels) {
-      const int64_t n = std::min(kExpandPanels, e - p);
-      k.sparse_unpack_panels(w, p, p + n, panels);
-      k.gemm_panels(X, K, rows, panels, K, 0, n, Y + p * kPanel, N, N - p * kPanel);
-    }
+    if (expand) return k.sparse_gemm_panels(w, X, K, rows, b, e, bufs + t * K * kPanel, Y, N, N);
+    // the task's whole panel range at once (the sparse GEMV interleaves panels)
+    for (int64_t r = 0; r < rows; ++r) k.sparse_gemv(w, X + r * K, nullptr, b * kPanel, std::min(N, e * kPanel), Y + r * N);
   });
 }
 
