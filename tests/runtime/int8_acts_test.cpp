@@ -290,6 +290,39 @@ TEST_CASE("row-scaled activations (QuantizeLinear's) on per-channel weights: int
   CHECK(checked >= 2 * 9 * 6 * 6 * 2);
 }
 
+TEST_CASE("integer prefill tiles across activation and weight blocks match the reference", "[runtime][kernels][int8]") {
+  // 37 activation rows: blocks of 16, 16 and 5 (tiles of 4 and 1); 130 weight rows of ~4 KiB: 256 KiB blocks of 60
+  // rows, 4-row groups, and 2 rows past the last group.
+  std::mt19937 rng(41);
+  std::normal_distribution<float> nd;
+  constexpr int64_t K = 4100, N = 130, M = 37;
+  int checked = 0;
+  for (int bits : {8, 4}) {
+    QuantWeight w = makeWeight(bits, K, N, 0, bits == 4, rng);
+    REQUIRE(enableInt8(*w.pw));
+    std::vector<float> x(M * K), scale(M, 0.03f);
+    for (auto& v : x) v = nd(rng);
+    for (const Kernels* k : kernelSets()) {
+      INFO("kernels " << k->i8_isa << " bits " << bits);
+      std::vector<uint8_t> mem(static_cast<size_t>(int8ActsBytes(*w.pw, k->i8_width, M)) + 64);
+      void* aligned = mem.data() + (64 - reinterpret_cast<uintptr_t>(mem.data()) % 64) % 64;
+      Int8Acts a = int8ActsView(*w.pw, k->i8_width, M, aligned);
+      quantizeInt8RowsScaled(*w.pw, a, x.data(), 0, M, scale.data(), 1);
+      a.rowScale = true;
+      std::vector<float> got(M * N, -3.f), want(M * N, -2.f);
+      k->gemm_i8(*w.pw, a, 0, N, got.data(), N);
+      scalarKernels().gemm_i8(*w.pw, a, 0, N, want.data(), N);
+      for (int64_t i = 0; i < M * N; ++i) {
+        double mag = 0;
+        for (int64_t kk = 0; kk < K; ++kk) mag += std::abs(x[(i / N) * K + kk] * w.dense[kk * N + i % N]);
+        CHECK_THAT(got[i], Catch::WithinAbs(want[i], 2e-6 * mag + 1e-6));
+      }
+      ++checked;
+    }
+  }
+  CHECK(checked >= 2 * 2);
+}
+
 TEST_CASE("int8 activations are chosen per weight at load: where asked, for capable layouts only", "[runtime][int8]") {
   std::mt19937 rng(16);
   const Kernels& k = kernelsFor(true);
