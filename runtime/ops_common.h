@@ -279,11 +279,60 @@ inline void axesOf(OpCtx& c, int input, const char* attr, int64_t* axes, int64_t
 }
 
 /// Copies a strided N-d view: out[idx] = in[sum idx[d]*st[d]] (element size es).
+/// Band width of tiledCopy: 8 rows (16 rows 8 KiB apart share one L1 set and thrashed it: a 768 x 2048 transpose
+/// took 3.4 ms with 16, 0.7 with 8, 2.3 element by element).
+constexpr int64_t kCopyTile = 8;
+
+/// stridedCopy of T elements where the output's last dim reads with a stride and dim d reads contiguously (st[d] ==
+/// 1: a transpose): bands of kCopyTile values of d, each walking the whole last dim, so that a source line read serves
+/// the whole band and the band's output rows are written as sequential streams (element by element, each read of a
+/// large transpose missed the cache: 11% of a 440 MB model's load).
+template <typename T>
+void tiledCopy(const T* src, const int64_t* st, const Shape& os, int d, T* dst) {
+  const int last = os.rank - 1;
+  int64_t ost[kMaxRank] = {};
+  for (int64_t i = os.rank - 1, acc = 1; i >= 0; --i) ost[i] = acc, acc *= os[static_cast<int>(i)];
+  const int64_t nd = os[d], nl = os[last], sl = st[last], od = ost[d];
+  const int64_t outer = os.numel() / (nd * nl);
+  int64_t idx[kMaxRank] = {};
+  int64_t soff = 0, doff = 0;
+  for (int64_t o = 0; o < outer; ++o) {
+    for (int64_t i0 = 0; i0 < nd; i0 += kCopyTile) {  // a band of kCopyTile output rows, written as as many streams
+      const int64_t ie = std::min(nd, i0 + kCopyTile);
+      for (int64_t j = 0; j < nl; ++j)  // each j reads one source line
+        for (int64_t i = i0; i < ie; ++i) dst[doff + i * od + j] = src[soff + i + j * sl];
+    }
+    for (int k = last - 1; k >= 0; --k) {  // the next index over the dims other than d and last
+      if (k == d) continue;
+      ++idx[k];
+      soff += st[k], doff += ost[k];
+      if (idx[k] < os[k]) break;
+      soff -= st[k] * os[k], doff -= ost[k] * os[k];
+      idx[k] = 0;
+    }
+  }
+}
+
+/// The dim that a tiled copy can pair with the strided last dim: contiguous in the source and long enough to fill
+/// a tile's lines; -1 when none is (or the last dim is contiguous or short).
+inline int tilePartner(const int64_t* st, const Shape& os) {
+  const int last = os.rank - 1;
+  if (last < 1 || st[last] == 1 || os[last] < kCopyTile / 2) return -1;
+  for (int d = 0; d < last; ++d)
+    if (st[d] == 1 && os[d] >= kCopyTile / 2) return d;
+  return -1;
+}
+
 inline void stridedCopy(const uint8_t* src, const int64_t* st, const Shape& os, uint8_t* dst, size_t es) {
   const int64_t total = os.numel();
   if (total == 0) return;
   if (os.rank == 0) {
     std::memcpy(dst, src, es);
+    return;
+  }
+  if (const int d = tilePartner(st, os); d >= 0 && (es == 4 || es == 2)) {
+    if (es == 4) tiledCopy(reinterpret_cast<const uint32_t*>(src), st, os, d, reinterpret_cast<uint32_t*>(dst));
+    else tiledCopy(reinterpret_cast<const uint16_t*>(src), st, os, d, reinterpret_cast<uint16_t*>(dst));
     return;
   }
   const int last = os.rank - 1;

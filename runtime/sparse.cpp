@@ -49,13 +49,54 @@ bool zeroPointsRepresentable(const PackedWeight& w) {
 int64_t panels(const PackedWeight& w) { return (w.N + kPanel - 1) / kPanel; }
 int64_t chunksPerRow(const PackedWeight& w) { return w.nblk * w.P / kChunk; }
 
-/// Element e of row n of a dense Q8/Q4 weight is an exact zero (its block's zero point) or block padding.
-bool clearQ(const PackedWeight& w, const uint8_t* row, int64_t n, int64_t e) {
-  const int64_t b = e / w.P, j = e % w.P;
-  if (j >= std::min(w.block, w.K - b * w.block)) return true;
-  return storedAt(w, row, e) == static_cast<int>(w.zp[n * w.nblk + b]);
+/// Mask word of F32 panel pi, row k: bit j set where the weight is not ±0.0 (pruning by multiplication leaves
+/// half its zeros negative).
+uint32_t maskF32(const PackedWeight& w, int64_t pi, int64_t k) {
+  const float* p = static_cast<const float*>(w.w.data()) + (pi * w.K + k) * kPanel;
+  uint32_t m = 0;
+  for (int64_t j = 0; j < kPanel; ++j) m |= static_cast<uint32_t>(p[j] != 0.f) << j;
+  return m;
 }
 
+/// Mask word of chunk c of Q8/Q4 row n: bit i set where the element is stored, neither block padding nor an exact
+/// zero (its block's zero point). A chunk lies in one block.
+uint32_t maskQ(const PackedWeight& w, const uint8_t* row, int64_t n, int64_t c) {
+  const int64_t cpb = w.P / kChunk, b = c / cpb, j0 = (c % cpb) * kChunk;
+  const int64_t valid = std::min(w.block, w.K - b * w.block);
+  const int z = static_cast<int>(w.zp[n * w.nblk + b]);
+  uint32_t m = 0;
+  for (int64_t i = 0; i < kChunk; ++i)
+    m |= static_cast<uint32_t>(j0 + i < valid && storedAt(w, row, c * kChunk + i) != z) << i;
+  return m;
+}
+
+/// Bytes the stored values of a chunk with mask m take (Q4: nibbles, each chunk starting at a byte).
+int64_t chunkBytes(PackedWeight::Kind kind, uint32_t m) {
+  const int64_t count = __builtin_popcount(m);
+  return kind == PackedWeight::F32 ? 4 * count : kind == PackedWeight::Q8 ? count : (count + 1) / 2;
+}
+
+/// Writes the stored values of unit u (F32 panel, Q8/Q4 row) to dst, chunk by chunk, in element order.
+void packUnit(const PackedWeight& w, const SparseForm& s, int64_t u, uint8_t* dst) {
+  if (w.kind == PackedWeight::F32) {
+    const float* p = static_cast<const float*>(w.w.data()) + u * w.K * kPanel;
+    for (int64_t k = 0; k < w.K; ++k)
+      for (uint32_t m = s.mask[u * w.K + k]; m; m &= m - 1, dst += 4) std::memcpy(dst, p + k * kPanel + __builtin_ctz(m), 4);
+    return;
+  }
+  const uint8_t* row = static_cast<const uint8_t*>(w.w.data()) + u * w.rowBytes();
+  const int64_t cpr = chunksPerRow(w);
+  for (int64_t c = 0; c < cpr; ++c) {
+    int count = 0;
+    for (uint32_t m = s.mask[u * cpr + c]; m; m &= m - 1, ++count) {
+      const int v = storedAt(w, row, c * kChunk + __builtin_ctz(m));
+      if (w.kind == PackedWeight::Q8) *dst++ = static_cast<uint8_t>(v);
+      else if (count % 2 == 0) *dst = static_cast<uint8_t>(v);
+      else *dst++ |= static_cast<uint8_t>(v << 4);
+    }
+    if (w.kind == PackedWeight::Q4 && count % 2 == 1) ++dst;
+  }
+}
 
 }  // namespace
 
@@ -70,7 +111,7 @@ double storedFraction(const PackedWeight& w) {
     if (!zeroPointsRepresentable(w)) return 1.0;
     for (int64_t n = 0; n < w.N; ++n) {
       const uint8_t* row = static_cast<const uint8_t*>(w.w.data()) + n * w.rowBytes();
-      for (int64_t b = 0; b < w.nblk; ++b) {  // clearQ's test, block by block (a plain loop the compiler vectorizes)
+      for (int64_t b = 0; b < w.nblk; ++b) {  // nonzero: a stored value other than its block's zero point
         const int64_t valid = std::min(w.block, w.K - b * w.block);
         const int z = static_cast<int>(w.zp[n * w.nblk + b]);
         if (w.kind == PackedWeight::Q8) {
@@ -88,54 +129,26 @@ double storedFraction(const PackedWeight& w) {
 std::shared_ptr<const SparseForm> makeSparse(const PackedWeight& w) {
   if (w.sparse || w.kind == PackedWeight::F16 || (quantized(w) && !zeroPointsRepresentable(w))) return nullptr;
   auto s = std::make_shared<SparseForm>();
-  std::vector<uint8_t> vals;
-  if (w.kind == PackedWeight::F32) {
-    const float* p = static_cast<const float*>(w.w.data());
-    const int64_t np = panels(w);
-    s->mask.resize(np * w.K);
-    s->elements = np * w.K * kPanel;
-    for (int64_t pi = 0; pi < np; ++pi) {
-      s->start.push_back(static_cast<int64_t>(vals.size()));
-      for (int64_t k = 0; k < w.K; ++k) {
-        uint32_t m = 0;
-        for (int64_t j = 0; j < kPanel; ++j) {
-          const float v = p[(pi * w.K + k) * kPanel + j];
-          if (v == 0.f) continue;  // -0.0 too: pruning by multiplication leaves half its zeros negative
-          m |= 1u << j;
-          vals.insert(vals.end(), reinterpret_cast<const uint8_t*>(&v), reinterpret_cast<const uint8_t*>(&v) + 4);
-          ++s->stored;
-        }
-        s->mask[pi * w.K + k] = m;
-      }
-    }
-  } else {
-    const int64_t cpr = chunksPerRow(w);
-    s->mask.resize(w.N * cpr);
-    s->elements = w.N * cpr * kChunk;
-    for (int64_t n = 0; n < w.N; ++n) {
-      s->start.push_back(static_cast<int64_t>(vals.size()));
-      const uint8_t* row = static_cast<const uint8_t*>(w.w.data()) + n * w.rowBytes();
-      for (int64_t c = 0; c < cpr; ++c) {
-        uint32_t m = 0;
-        int count = 0;
-        for (int64_t i = 0; i < kChunk; ++i) {
-          const int64_t e = c * kChunk + i;
-          if (clearQ(w, row, n, e)) continue;
-          m |= 1u << i;
-          const int v = storedAt(w, row, e);
-          if (w.kind == PackedWeight::Q8) vals.push_back(static_cast<uint8_t>(v));
-          else if (count % 2 == 0) vals.push_back(static_cast<uint8_t>(v));
-          else vals.back() = static_cast<uint8_t>(vals.back() | (v << 4));
-          ++count;
-        }
-        s->stored += count;
-        s->mask[n * cpr + c] = m;
-      }
+  const bool f32 = w.kind == PackedWeight::F32;
+  const int64_t units = f32 ? panels(w) : w.N, perUnit = f32 ? w.K : chunksPerRow(w);
+  s->elements = units * perUnit * kChunk;
+  s->mask.resize(units * perUnit);
+  // Pass 1: the masks, and where each unit's values start; pass 2: the values, straight into place.
+  int64_t bytes = 0;
+  for (int64_t u = 0; u < units; ++u) {
+    s->start.push_back(bytes);
+    const uint8_t* row = f32 ? nullptr : static_cast<const uint8_t*>(w.w.data()) + u * w.rowBytes();
+    for (int64_t c = 0; c < perUnit; ++c) {
+      const uint32_t m = f32 ? maskF32(w, u, c) : maskQ(w, row, u, c);
+      s->mask[u * perUnit + c] = m;
+      s->stored += __builtin_popcount(m);
+      bytes += chunkBytes(w.kind, m);
     }
   }
-  s->start.push_back(static_cast<int64_t>(vals.size()));
-  s->values.resize(vals.size() + kSparsePad);
-  if (!vals.empty()) std::memcpy(s->values.data(), vals.data(), vals.size());
+  s->start.push_back(bytes);
+  s->values.resize(bytes + kSparsePad);
+  std::memset(s->values.data(), 0, static_cast<size_t>(bytes + kSparsePad));
+  for (int64_t u = 0; u < units; ++u) packUnit(w, *s, u, static_cast<uint8_t*>(s->values.data()) + s->start[u]);
   return s;
 }
 
