@@ -235,6 +235,7 @@ int64_t PackedWeight::rowBytes() const {
     case F16: return K * 2;
     case Q8: return nblk * P;
     case Q4: return nblk * P / 2;
+    case Q8P: return K;  // per output on average, as F32
   }
   return 0;
 }

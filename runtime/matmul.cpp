@@ -69,6 +69,21 @@ void panelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, 
   });
 }
 
+/// Q8P weights, many rows: as a sparse F32 weight, each panel dequantized into the task's buffer by its first row
+/// tile (Kernels::q8p_gemm_panels). X is in the padded block layout (row stride Kp).
+void q8PanelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t Kp, int64_t rows, float* Y) {
+  const Kernels& k = *c.env.k;
+  const int64_t N = w.N, K = w.K;
+  const int64_t npanels = (N + kPanel - 1) / kPanel;
+  const int64_t tasks = tasksFor(c, rows * N * K, npanels);
+  float* bufs = static_cast<float*>(c.scratch(tasks * K * kPanel * sizeof(float)));
+  c.env.pool->parallelFor(tasks, [&](int64_t t) {
+    int64_t b, e;
+    range(npanels, tasks, t, 1, b, e);
+    if (e > b) k.q8p_gemm_panels(w, X, Kp, rows, b, e, bufs + t * K * kPanel, Y, N, N);
+  });
+}
+
 /// Q8/Q4 weights with int8 activations (runtime/int8_acts.h): the rows are quantized once (split over the pool),
 /// then every task multiplies its range of weight rows with all of them in integer dot products. The rows are
 /// quantized per 32-value chunk, or with the model's own scales (act_scale[m * stride], fuseQuantizedInputs).
@@ -99,7 +114,7 @@ void int8MatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, f
 void packedMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, float* Y) {
   const Kernels& k = *c.env.k;
   const int64_t N = w.N, K = w.K;
-  const bool quant = w.kind == PackedWeight::Q8 || w.kind == PackedWeight::Q4;
+  const bool quant = w.kind == PackedWeight::Q8 || w.kind == PackedWeight::Q4 || w.kind == PackedWeight::Q8P;
   if (w.kind == PackedWeight::F32) return panelMatMul(c, w, X, rows, Y);
   if (w.int8) return int8MatMul(c, w, X, rows, Y);  // its fp32 scales are gone: never the exact kernels
   const auto gemv = w.sparse ? k.sparse_gemv : k.gemv;
@@ -133,6 +148,7 @@ void packedMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows,
     });
     return;
   }
+  if (w.kind == PackedWeight::Q8P) return q8PanelMatMul(c, w, Xp, Kp, rows, Y);
   // GEMM: each task dequantizes kGemmRows weight rows at a time into its own fp32 block and multiplies it
   // with Eigen (the dequantization is amortized over all activation rows; no full fp32 copy of the weight).
   const int64_t tasks = tasksFor(c, rows * N * K, (N + kGemmRows - 1) / kGemmRows);
@@ -403,6 +419,34 @@ std::shared_ptr<PackedWeight> packMatMulNBits(const Node& node, const Buf& b, co
         if (zp->dt == DType::F32) return zp->as<float>()[n * nblk + blk];
         return static_cast<float>(bitsAt(zp->as<uint8_t>() + n * zpRow, blk));
       });
+}
+
+bool panelizeQ8(PackedWeight& w) {
+  if (w.kind != PackedWeight::Q8 || w.nblk != 1 || w.int8 || w.sparse || w.device || w.w.size() == 0) return false;
+  const int64_t np = (w.N + kPanel - 1) / kPanel, rb = w.rowBytes();
+  AlignedBytes panels;
+  panels.resize(static_cast<size_t>(np * w.K * kPanel));
+  std::memset(panels.data(), 0, panels.size());
+  const uint8_t* rows = static_cast<const uint8_t*>(w.w.data());
+  uint8_t* out = static_cast<uint8_t*>(panels.data());
+  for (int64_t n = 0; n < w.N; ++n) {  // row n's value k goes to panel n / kPanel, row k, column n % kPanel
+    const uint8_t* row = rows + n * rb;
+    uint8_t* col = out + (n / kPanel) * w.K * kPanel + n % kPanel;
+    for (int64_t k = 0; k < w.K; ++k) col[k * kPanel] = row[k];
+  }
+  w.w = std::move(panels);
+  w.scale.resize(np * kPanel, 0.f);  // padding outputs: scale 0, zero point 0
+  w.zp.resize(np * kPanel, 0.f);
+  w.kind = PackedWeight::Q8P;
+  return true;
+}
+
+int choosePanelQ8(Graph& g, const Kernels& k) {
+  if (!k.q8p_gemm_panels) return 0;
+  int converted = 0;
+  for (Node& n : g.nodes)
+    if (n.packed && !n.on_device) converted += panelizeQ8(*n.packed);
+  return converted;
 }
 
 }  // namespace crt::detail

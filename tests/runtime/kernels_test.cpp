@@ -40,7 +40,10 @@ std::vector<double> reference(const std::vector<float>& x, const std::vector<dou
   return y;
 }
 
-void checkAll(const PackedWeight& pw, const std::vector<double>& dense, int64_t K, int64_t N) {
+/// Every kernel set that takes the weight's layout (Q8P: those with Q8P kernels) at M from GEMV to GEMM tiles against
+/// the reference; returns the number of kernel sets run.
+int checkAll(const PackedWeight& pw, const std::vector<double>& dense, int64_t K, int64_t N) {
+  int sets = 0;
   std::mt19937 rng(3);
   std::normal_distribution<float> nd;
   ThreadPool pool(2);
@@ -51,7 +54,9 @@ void checkAll(const PackedWeight& pw, const std::vector<double>& dense, int64_t 
     double scale = 1e-6;
     for (double v : want) scale = std::max(scale, std::abs(v));
     for (const Kernels* k : kernelSets()) {
-      INFO("kernels " << k->isa << " M=" << M << " K=" << K << " N=" << N);
+      if (pw.kind == PackedWeight::Q8P && !k->q8p_gemm_panels) continue;
+      INFO("kernels " << k->isa << " M=" << M << " K=" << K << " N=" << N << " kind " << pw.kind);
+      sets += M == 1;
       HeapAlloc alloc;
       Node node;
       node.op = "MatMul";
@@ -65,6 +70,7 @@ void checkAll(const PackedWeight& pw, const std::vector<double>& dense, int64_t 
       CHECK(err <= 2e-5 * scale * std::sqrt(static_cast<double>(K)));
     }
   }
+  return sets;
 }
 
 }  // namespace
@@ -98,7 +104,7 @@ TEST_CASE("fp32 and fp16 packed MatMul (panels / GEMV / GEMM) match the referenc
 TEST_CASE("int8 and int4 DequantizeLinear weights (per tensor, per column, blocked) match the reference", "[runtime][kernels]") {
   std::mt19937 rng(2);
   for (int64_t K : {16, 31, 32, 33, 64, 100, 172}) {
-    for (int64_t N : {1, 5, 32, 33}) {
+    for (int64_t N : {1, 5, 32, 33, 160}) {  // (160: the Q8P GEMV's four panels at a time, then one)
       for (int64_t block : {int64_t{0}, int64_t{16}, int64_t{32}, int64_t{64}}) {
         for (int bits : {8, 4}) {
           for (bool withZp : {false, true}) {
@@ -141,6 +147,14 @@ TEST_CASE("int8 and int4 DequantizeLinear weights (per tensor, per column, block
                 dense[k * N + n] = (qv[k * N + n] - zv[si]) * static_cast<double>(s[si]);
               }
             checkAll(*pw, dense, K, N);
+            if (bits == 8 && block == 0) {  // per channel: also rearranged into Q8P panels, as exact compute runs it
+              auto panels = packDequantize(q, sc, withZp ? &zp : nullptr, 1, 0);
+              REQUIRE(panelizeQ8(*panels));
+              CHECK(panels->kind == PackedWeight::Q8P);
+              CHECK(panels->w.size() == static_cast<size_t>((N + kPanel - 1) / kPanel * K * kPanel));
+              const int sets = checkAll(*panels, dense, K, N);
+              CHECK(sets == (avx512Kernels() ? 1 : 0) + (avx2Kernels() ? 1 : 0));
+            }
           }
         }
       }
