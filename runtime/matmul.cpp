@@ -69,9 +69,9 @@ void panelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, 
   });
 }
 
-/// Q8P weights, many rows: as a sparse F32 weight, each panel dequantized into the task's buffer by its first row
-/// tile (Kernels::q8p_gemm_panels). X is in the padded block layout (row stride Kp).
-void q8PanelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t Kp, int64_t rows, float* Y) {
+/// Q8P / Q4P weights, many rows: as a sparse F32 weight, each panel dequantized into the task's buffer by its first
+/// row tile (Kernels::quant_gemm_panels). X is in the padded block layout (row stride Kp).
+void quantPanelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t Kp, int64_t rows, float* Y) {
   const Kernels& k = *c.env.k;
   const int64_t N = w.N, K = w.K;
   const int64_t npanels = (N + kPanel - 1) / kPanel;
@@ -80,7 +80,7 @@ void q8PanelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t Kp, 
   c.env.pool->parallelFor(tasks, [&](int64_t t) {
     int64_t b, e;
     range(npanels, tasks, t, 1, b, e);
-    if (e > b) k.q8p_gemm_panels(w, X, Kp, rows, b, e, bufs + t * K * kPanel, Y, N, N);
+    if (e > b) k.quant_gemm_panels(w, X, Kp, rows, b, e, bufs + t * K * kPanel, Y, N, N);
   });
 }
 
@@ -114,7 +114,7 @@ void int8MatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, f
 void packedMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, float* Y) {
   const Kernels& k = *c.env.k;
   const int64_t N = w.N, K = w.K;
-  const bool quant = w.kind == PackedWeight::Q8 || w.kind == PackedWeight::Q4 || w.kind == PackedWeight::Q8P;
+  const bool quant = w.kind == PackedWeight::Q8 || w.kind == PackedWeight::Q4 || w.panelOrdered();
   if (w.kind == PackedWeight::F32) return panelMatMul(c, w, X, rows, Y);
   if (w.int8) return int8MatMul(c, w, X, rows, Y);  // its fp32 scales are gone: never the exact kernels
   const auto gemv = w.sparse ? k.sparse_gemv : k.gemv;
@@ -148,7 +148,7 @@ void packedMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows,
     });
     return;
   }
-  if (w.kind == PackedWeight::Q8P) return q8PanelMatMul(c, w, Xp, Kp, rows, Y);
+  if (w.panelOrdered()) return quantPanelMatMul(c, w, Xp, Kp, rows, Y);
   // GEMM: each task dequantizes kGemmRows weight rows at a time into its own fp32 block and multiplies it
   // with Eigen (the dequantization is amortized over all activation rows; no full fp32 copy of the weight).
   const int64_t tasks = tasksFor(c, rows * N * K, (N + kGemmRows - 1) / kGemmRows);
@@ -421,31 +421,44 @@ std::shared_ptr<PackedWeight> packMatMulNBits(const Node& node, const Buf& b, co
       });
 }
 
-bool panelizeQ8(PackedWeight& w) {
-  if (w.kind != PackedWeight::Q8 || w.nblk != 1 || w.int8 || w.sparse || w.device || w.w.size() == 0) return false;
-  const int64_t np = (w.N + kPanel - 1) / kPanel, rb = w.rowBytes();
+bool panelize(PackedWeight& w) {
+  const bool q8 = w.kind == PackedWeight::Q8 && w.nblk == 1;
+  const bool q4 = w.kind == PackedWeight::Q4 && (w.nblk == 1 || w.block % 32 == 0);  // x in blocks is x itself
+  if (!(q8 || q4) || w.int8 || w.sparse || w.device || w.w.size() == 0) return false;
+  const int64_t np = (w.N + kPanel - 1) / kPanel, rowBytes = q8 ? kPanel : kPanel / 2;
   AlignedBytes panels;
-  panels.resize(static_cast<size_t>(np * w.K * kPanel));
+  panels.resize(static_cast<size_t>(np * w.K * rowBytes));
   std::memset(panels.data(), 0, panels.size());
-  const uint8_t* rows = static_cast<const uint8_t*>(w.w.data());
   uint8_t* out = static_cast<uint8_t*>(panels.data());
-  for (int64_t n = 0; n < w.N; ++n) {  // row n's value k goes to panel n / kPanel, row k, column n % kPanel
-    const uint8_t* row = rows + n * rb;
-    uint8_t* col = out + (n / kPanel) * w.K * kPanel + n % kPanel;
-    for (int64_t k = 0; k < w.K; ++k) col[k * kPanel] = row[k];
+  std::vector<float> scale(np * w.nblk * kPanel, 0.f), zp(scale.size(), 0.f);  // padding outputs: 0 and 0
+  for (int64_t n = 0; n < w.N; ++n) {  // row n's value k goes to panel n / kPanel, row k, column j = n % kPanel
+    const int64_t p = n / kPanel, j = n % kPanel;
+    uint8_t* rows = out + p * w.K * rowBytes;
+    const uint8_t* row = static_cast<const uint8_t*>(w.w.data()) + n * w.rowBytes();
+    for (int64_t k = 0, b = 0; b < w.nblk; ++b)
+      for (int64_t e = b * w.P, ee = e + std::min(w.block, w.K - k); e < ee; ++e, ++k) {  // e: k's stored element
+        // (Q4 rows: chunks of 32 elements, byte c holding element c low and c + 16 high)
+        const int v = q8 ? row[e] : (row[(e >> 5) * 16 + (e & 15)] >> (e & 16 ? 4 : 0)) & 0xF;
+        if (q8) rows[k * rowBytes + j] = static_cast<uint8_t>(v);
+        else rows[k * rowBytes + j % 16] |= static_cast<uint8_t>(j < 16 ? v : v << 4);
+      }
+    for (int64_t b = 0; b < w.nblk; ++b) {
+      scale[(p * w.nblk + b) * kPanel + j] = w.scale[n * w.nblk + b];
+      zp[(p * w.nblk + b) * kPanel + j] = w.zp[n * w.nblk + b];
+    }
   }
   w.w = std::move(panels);
-  w.scale.resize(np * kPanel, 0.f);  // padding outputs: scale 0, zero point 0
-  w.zp.resize(np * kPanel, 0.f);
-  w.kind = PackedWeight::Q8P;
+  w.scale = std::move(scale);
+  w.zp = std::move(zp);
+  w.kind = q8 ? PackedWeight::Q8P : PackedWeight::Q4P;
   return true;
 }
 
-int choosePanelQ8(Graph& g, const Kernels& k) {
-  if (!k.q8p_gemm_panels) return 0;
+int choosePanelForms(Graph& g, const Kernels& k) {
+  if (!k.quant_gemm_panels) return 0;
   int converted = 0;
   for (Node& n : g.nodes)
-    if (n.packed && !n.on_device) converted += panelizeQ8(*n.packed);
+    if (n.packed && !n.on_device) converted += panelize(*n.packed);
   return converted;
 }
 

@@ -208,7 +208,7 @@ std::vector<OpProfile> Session::profile() const {
     const detail::Node& n = impl_->g.nodes[i];
     std::string key = (n.domain.empty() ? "" : n.domain + ".") + n.op;
     if (n.packed) {
-      static const char* const kKindNames[] = {" (packed f32", " (packed f16", " (packed q8", " (packed q4", " (packed q8 panels"};
+      static const char* const kKindNames[] = {" (packed f32", " (packed f16", " (packed q8", " (packed q4", " (packed q8 panels", " (packed q4 panels"};
       key += std::string(kKindNames[n.packed->kind]) + (n.packed->sparse ? " sparse" : "") +
              (n.packed->int8 ? std::string(", int8 activations ") + impl_->k->i8_isa : std::string()) + ")";
     }
@@ -283,7 +283,7 @@ Result<Session> Session::make(const SessionOptions& options, const std::string& 
     impl->info.sparse_matmuls = detail::chooseSparseForms(impl->g, dense ? SparseMode::Off : options.sparse, *impl->k, int8);
     impl->info.int8_matmuls = detail::chooseInt8Activations(impl->g, int8, *impl->k);
     if (impl->info.int8_matmuls > 0) impl->info.int8_isa = impl->k->i8_isa;
-    const int panelized = dense ? 0 : detail::choosePanelQ8(impl->g, *impl->k);  // the weights left on exact kernels
+    const int panelized = dense ? 0 : detail::choosePanelForms(impl->g, *impl->k);  // the weights left on exact kernels
     if (impl->info.sparse_matmuls > 0 || impl->info.int8_matmuls > 0 || panelized > 0) {  // the bytes a step reads
       impl->info.weight_bytes = 0;
       for (const detail::Node& n : impl->g.nodes)

@@ -101,7 +101,7 @@ void packUnit(const PackedWeight& w, const SparseForm& s, int64_t u, uint8_t* ds
 }  // namespace
 
 double storedFraction(const PackedWeight& w) {
-  if (w.N == 0 || w.K == 0 || w.kind == PackedWeight::F16 || w.kind == PackedWeight::Q8P) return 1.0;
+  if (w.N == 0 || w.K == 0 || w.kind == PackedWeight::F16 || w.panelOrdered()) return 1.0;
   if (w.sparse) return static_cast<double>(w.sparse->stored) / static_cast<double>(w.N * w.K);
   int64_t nz = 0;
   if (w.kind == PackedWeight::F32) {
@@ -127,7 +127,7 @@ double storedFraction(const PackedWeight& w) {
 }
 
 std::shared_ptr<const SparseForm> makeSparse(const PackedWeight& w) {
-  if (w.sparse || w.kind == PackedWeight::F16 || w.kind == PackedWeight::Q8P || (quantized(w) && !zeroPointsRepresentable(w)))
+  if (w.sparse || w.kind == PackedWeight::F16 || w.panelOrdered() || (quantized(w) && !zeroPointsRepresentable(w)))
     return nullptr;
   auto s = std::make_shared<SparseForm>();
   const bool f32 = w.kind == PackedWeight::F32;
@@ -192,7 +192,7 @@ int chooseSparseForms(Graph& g, SparseMode mode, const Kernels& k, Int8Activatio
   if (mode == SparseMode::Off) return 0;
   int converted = 0;
   for (Node& n : g.nodes) {
-    if (!n.packed || n.packed->sparse || n.packed->kind == PackedWeight::F16 || n.packed->kind == PackedWeight::Q8P) continue;
+    if (!n.packed || n.packed->sparse || n.packed->kind == PackedWeight::F16 || n.packed->panelOrdered()) continue;
     PackedWeight& w = *n.packed;
     // A weight that will take int8 activations (chosen next, chooseInt8Activations) runs other kernels: their own
     // crossover, and none where the int8 kernels have no sparse form (it would cost the int8 path).

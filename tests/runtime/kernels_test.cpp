@@ -40,7 +40,7 @@ std::vector<double> reference(const std::vector<float>& x, const std::vector<dou
   return y;
 }
 
-/// Every kernel set that takes the weight's layout (Q8P: those with Q8P kernels) at M from GEMV to GEMM tiles against
+/// Every kernel set that takes the weight's layout (Q8P / Q4P: those with their kernels) at M from GEMV to GEMM tiles against
 /// the reference; returns the number of kernel sets run.
 int checkAll(const PackedWeight& pw, const std::vector<double>& dense, int64_t K, int64_t N) {
   int sets = 0;
@@ -54,7 +54,7 @@ int checkAll(const PackedWeight& pw, const std::vector<double>& dense, int64_t K
     double scale = 1e-6;
     for (double v : want) scale = std::max(scale, std::abs(v));
     for (const Kernels* k : kernelSets()) {
-      if (pw.kind == PackedWeight::Q8P && !k->q8p_gemm_panels) continue;
+      if (pw.panelOrdered() && !k->quant_gemm_panels) continue;
       INFO("kernels " << k->isa << " M=" << M << " K=" << K << " N=" << N << " kind " << pw.kind);
       sets += M == 1;
       HeapAlloc alloc;
@@ -104,7 +104,7 @@ TEST_CASE("fp32 and fp16 packed MatMul (panels / GEMV / GEMM) match the referenc
 TEST_CASE("int8 and int4 DequantizeLinear weights (per tensor, per column, blocked) match the reference", "[runtime][kernels]") {
   std::mt19937 rng(2);
   for (int64_t K : {16, 31, 32, 33, 64, 100, 172}) {
-    for (int64_t N : {1, 5, 32, 33, 160}) {  // (160: the Q8P GEMV's four panels at a time, then one)
+    for (int64_t N : {1, 5, 32, 33, 160}) {  // (160: the panel GEMV's groups of four (two) panels, then one)
       for (int64_t block : {int64_t{0}, int64_t{16}, int64_t{32}, int64_t{64}}) {
         for (int bits : {8, 4}) {
           for (bool withZp : {false, true}) {
@@ -147,11 +147,14 @@ TEST_CASE("int8 and int4 DequantizeLinear weights (per tensor, per column, block
                 dense[k * N + n] = (qv[k * N + n] - zv[si]) * static_cast<double>(s[si]);
               }
             checkAll(*pw, dense, K, N);
-            if (bits == 8 && block == 0) {  // per channel: also rearranged into Q8P panels, as exact compute runs it
-              auto panels = packDequantize(q, sc, withZp ? &zp : nullptr, 1, 0);
-              REQUIRE(panelizeQ8(*panels));
-              CHECK(panels->kind == PackedWeight::Q8P);
-              CHECK(panels->w.size() == static_cast<size_t>((N + kPanel - 1) / kPanel * K * kPanel));
+            // Rearranged into Q8P / Q4P panels, as exact compute runs them: int8 in one block per row, int4 in one
+            // block or in blocks of a multiple of 32 (int8 in blocks, int4 in blocks of 16 keep rows).
+            auto panels = packDequantize(q, sc, withZp ? &zp : nullptr, block ? 0 : 1, block);
+            const bool takes = panels->nblk == 1 || (bits == 4 && panels->block % 32 == 0);
+            REQUIRE(panelize(*panels) == takes);
+            if (takes) {
+              CHECK(panels->kind == (bits == 8 ? PackedWeight::Q8P : PackedWeight::Q4P));
+              CHECK(panels->w.size() == static_cast<size_t>((N + kPanel - 1) / kPanel * K * kPanel * bits / 8));
               const int sets = checkAll(*panels, dense, K, N);
               CHECK(sets == (avx512Kernels() ? 1 : 0) + (avx2Kernels() ? 1 : 0));
             }
@@ -199,6 +202,12 @@ TEST_CASE("MatMulNBits packing (2, 4, 8 bits, default and packed zero points) ma
           INFO("bits " << bits << " K " << K << " block " << bs << " zp " << withZp);
           auto pw = packMatMulNBits(node, b, s, withZp ? &z : nullptr);
           checkAll(*pw, dense, K, N);
+          // as exact compute runs it: 2- and 4-bit blocks of 32 (or one block) in Q4P panels
+          auto panels = packMatMulNBits(node, b, s, withZp ? &z : nullptr);
+          if (panelize(*panels)) {
+            CHECK(((bits < 8 && (bs == 32 || nblk == 1)) || (bits == 8 && nblk == 1)));
+            checkAll(*panels, dense, K, N);
+          }
         }
       }
     }
