@@ -283,8 +283,8 @@ Result<Session> Session::make(const SessionOptions& options, const std::string& 
     impl->info.sparse_matmuls = detail::chooseSparseForms(impl->g, dense ? SparseMode::Off : options.sparse, *impl->k, int8);
     impl->info.int8_matmuls = detail::chooseInt8Activations(impl->g, int8, *impl->k);
     if (impl->info.int8_matmuls > 0) impl->info.int8_isa = impl->k->i8_isa;
-    const int panelized = dense ? 0 : detail::choosePanelForms(impl->g, *impl->k);  // the weights left on exact kernels
-    if (impl->info.sparse_matmuls > 0 || impl->info.int8_matmuls > 0 || panelized > 0) {  // the bytes a step reads
+    impl->info.panel_matmuls = dense ? 0 : detail::choosePanelForms(impl->g, *impl->k);  // those left on exact kernels
+    if (impl->info.sparse_matmuls > 0 || impl->info.int8_matmuls > 0 || impl->info.panel_matmuls > 0) {  // bytes per step
       impl->info.weight_bytes = 0;
       for (const detail::Node& n : impl->g.nodes)
         if (n.packed) impl->info.weight_bytes += n.packed->bytes();

@@ -99,6 +99,9 @@ YAML
 check "an accuracy_level 4 export runs its 35 int4 weights with int8 activations" "grep -q '35 with int8 activations' $work/al4_info.txt"
 "$CRUN" info "$work/al4/model.onnx" --int8-activations off > "$work/al4_off.txt"
 check "--int8-activations off keeps exact compute" "grep -q '(0 sparse, 0 with int8 activations' $work/al4_off.txt"
+check "exact int4-g32 weights run in the fp32 panel order" "grep -q '35 in panel order' $work/al4_off.txt"
+"$CRUN" info "$work/al4/model.onnx" --int8-activations off --no-simd > "$work/al4_scalar.txt"
+check "the scalar kernels keep the rows" "grep -q ', 0 in panel order' $work/al4_scalar.txt"
 for m in on off; do
   "$CRUN" ppl "$work/al4/model.onnx" --tokens "$shared/data/tinystories/val.tok512.npy" --max-tokens 4096 \
     --int8-activations $m > "$work/al4_ppl_$m.json"
