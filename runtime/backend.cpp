@@ -76,7 +76,8 @@ device::WeightView weightView(const PackedWeight& w, const void* bytes, const fl
     case PackedWeight::Q8: v.kind = device::WeightView::Q8; break;
     case PackedWeight::Q4: v.kind = device::WeightView::Q4; break;
     case PackedWeight::Q8P:
-    case PackedWeight::Q4P: fail(StatusCode::Internal, "a panel-ordered weight reached the device");  // (choosePanelForms skips device sessions)
+    case PackedWeight::Q4P:
+    case PackedWeight::F16P: fail(StatusCode::Internal, "a panel-ordered weight reached the device");  // (choosePanelForms skips device sessions)
   }
   if (w.kind == PackedWeight::Q8 || w.kind == PackedWeight::Q4) v.row_bytes = w.rowBytes();
   v.w = static_cast<const uint8_t*>(bytes);

@@ -154,7 +154,7 @@ struct SessionInfo {
   int packed_matmuls = 0;     // MatMul/MatMulNBits with pre-packed constant weights
   int sparse_matmuls = 0;     // of those, weights kept in the sparse form (SessionOptions::sparse)
   int int8_matmuls = 0;       // of those, weights computed with int8 activations (SessionOptions::int8_activations)
-  int panel_matmuls = 0;      // of those, int8/int4 weights on exact kernels rearranged into the fp32 panel order
+  int panel_matmuls = 0;      // of those, int8/int4/fp16 weights on exact kernels rearranged into the fp32 panel order
                               // (faster prefill; every SIMD kernel set, never on a device)
   int64_t weight_bytes = 0;   // bytes of pre-packed weights (what a decode step streams)
   std::string isa;            // kernel set in use: "avx512", "avx2", "scalar"

@@ -170,15 +170,16 @@ constexpr int64_t kInt8ParamPad = 16;  // readable entries past the last block's
 /// to `P` (a multiple of 32) values; per row nblk*P bytes (Q8, one unsigned value per byte) or nblk*P/2
 /// (Q4: in each 32-value chunk byte j holds value j in its low nibble and value j+16 in its high nibble);
 /// scale and zero point per (row, block), float. A weight is (q - zp) * scale; padding holds q = 0 and
-/// meets zero-padded activations. Q8P / Q4P: a Q8 weight per channel (nblk 1) or a Q4 weight per channel or in
-/// blocks of a multiple of 32, rearranged at load for exact compute (choosePanelForms) into F32's panel order:
-/// [ceil(N/kPanel)][K] rows of kPanel bytes (Q8P) or kPanel / 2 bytes (Q4P: byte j holds column j in its low nibble
-/// and column j + 16 in its high one); scale and zp as [panel][nblk][kPanel], zero past N. The GEMM dequantizes each
-/// panel inside its first row tile, as the sparse fp32 form expands.
+/// meets zero-padded activations. Q8P / Q4P / F16P: a Q8 weight per channel (nblk 1), a Q4 weight per channel or
+/// in blocks of a multiple of 32, or an F16 weight, rearranged at load for exact compute (choosePanelForms) into
+/// F32's panel order: [ceil(N/kPanel)][K] rows of kPanel bytes (Q8P), kPanel / 2 bytes (Q4P: byte j holds column j
+/// in its low nibble and column j + 16 in its high one) or kPanel halves (F16P); Q8P / Q4P scale and zp as
+/// [panel][nblk][kPanel], zero past N. The GEMM converts each panel inside its first row tile, as the sparse fp32
+/// form expands.
 struct SparseForm;
 struct PackedWeight {
-  enum Kind { F32, F16, Q8, Q4, Q8P, Q4P } kind = F32;
-  bool panelOrdered() const { return kind == Q8P || kind == Q4P; }
+  enum Kind { F32, F16, Q8, Q4, Q8P, Q4P, F16P } kind = F32;
+  bool panelOrdered() const { return kind == Q8P || kind == Q4P || kind == F16P; }
   int64_t N = 0, K = 0;
   int64_t block = 0, nblk = 1, P = 0;
   AlignedBytes w;                       // the dense form (empty when `sparse` holds the weight)

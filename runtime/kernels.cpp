@@ -237,6 +237,7 @@ int64_t PackedWeight::rowBytes() const {
     case Q4: return nblk * P / 2;
     case Q8P: return K;  // per output on average, as F32
     case Q4P: return K / 2;
+    case F16P: return K * 2;
   }
   return 0;
 }

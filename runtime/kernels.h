@@ -34,14 +34,14 @@ struct Kernels {
   void (*sparse_unpack_rows)(const PackedWeight& w, int64_t n0, int64_t n1, float* panel, int64_t ldp) = nullptr;
   void (*sparse_gemm_panels)(const PackedWeight& w, const float* X, int64_t ldx, int64_t M, int64_t p0, int64_t p1,
                              float* buf, float* Y, int64_t ldy, int64_t N) = nullptr;
-  /// gemm_panels for a Q8P / Q4P weight (internal.h), dequantizing one panel at a time into buf (K * kPanel floats);
-  /// null where the kernel set has no panel-ordered kernels (then choosePanelForms keeps rows). gemv takes Q8P and
-  /// Q4P where this is set.
-  void (*quant_gemm_panels)(const PackedWeight& w, const float* X, int64_t ldx, int64_t M, int64_t p0, int64_t p1,
-                            float* buf, float* Y, int64_t ldy, int64_t N) = nullptr;
+  /// gemm_panels for a Q8P / Q4P / F16P weight (internal.h), converting one panel at a time into buf (K * kPanel
+  /// floats); null where the kernel set has no panel-ordered kernels (then choosePanelForms keeps rows). gemv takes
+  /// the panel-ordered kinds where this is set.
+  void (*converting_gemm_panels)(const PackedWeight& w, const float* X, int64_t ldx, int64_t M, int64_t p0, int64_t p1,
+                                 float* buf, float* Y, int64_t ldy, int64_t N) = nullptr;
   /// Per PackedWeight::Kind, the largest nonzero fraction at which these kernels run the sparse form faster
   /// than the dense one (decode GEMV; bench/sparse.sh measures it); 0: SparseMode::Auto never picks it.
-  float sparse_crossover[6] = {};
+  float sparse_crossover[7] = {};
   /// The same for Q8 weights with int8 activations (gemm_i8_sparse against gemm_i8).
   float sparse_crossover_i8 = 0.f;
   /// Q8/Q4 rows [n0, n1) against activation rows quantized to int8 (runtime/int8_acts.h, laid out for

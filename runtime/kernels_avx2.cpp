@@ -158,7 +158,7 @@ const Kernels* avx2Kernels() {
     s.sparse_gemv = avx2::sparseGemvSimd;
     s.sparse_unpack_rows = avx2::sparseUnpackRowsSimd;
     s.sparse_gemm_panels = avx2::sparseGemmPanelsSimd;
-    s.quant_gemm_panels = avx2::quantGemmPanelsSimd;
+    s.converting_gemm_panels = avx2::convertingGemmPanelsSimd;
     // bench/sparse.sh (Zen 3, 2 Dec 2026): fp32 at 50% nonzero decodes in 0.81-0.87x the dense time (the only
     // density measured, so nothing above it); int8 and int4 are slower sparse (their dense GEMVs are compute-bound
     // here and AVX2 has no byte expand), so auto never picks them.

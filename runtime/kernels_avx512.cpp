@@ -86,7 +86,7 @@ const Kernels* avx512Kernels() {
     s.sparse_gemv = avx512::sparseGemvSimd;
     s.sparse_unpack_rows = avx512::sparseUnpackRowsSimd;
     s.sparse_gemm_panels = avx512::sparseGemmPanelsSimd;
-    s.quant_gemm_panels = avx512::quantGemmPanelsSimd;
+    s.converting_gemm_panels = avx512::convertingGemmPanelsSimd;
     // Exact compute: fp32 at 50% decodes in about 0.6-0.8x the dense time since the expansion reads its values from
     // a register (bench/sparse.sh, Zen 5, third session of 6 Dec 2026; 2x before); int8 and int4 stay dense (1.7-2.3x
     // and 2.3-4.2x with 1 thread: AVX-512 without VBMI2's byte expansion emulates it), so auto keeps them dense.

@@ -69,9 +69,9 @@ void panelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, 
   });
 }
 
-/// Q8P / Q4P weights, many rows: as a sparse F32 weight, each panel dequantized into the task's buffer by its first
-/// row tile (Kernels::quant_gemm_panels). X is in the padded block layout (row stride Kp).
-void quantPanelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t Kp, int64_t rows, float* Y) {
+/// Q8P / Q4P / F16P weights, many rows: as a sparse F32 weight, each panel converted into the task's buffer by its first
+/// row tile (Kernels::converting_gemm_panels). X is in the padded block layout (row stride Kp; K for F16P).
+void convertingPanelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t Kp, int64_t rows, float* Y) {
   const Kernels& k = *c.env.k;
   const int64_t N = w.N, K = w.K;
   const int64_t npanels = (N + kPanel - 1) / kPanel;
@@ -80,7 +80,7 @@ void quantPanelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t K
   c.env.pool->parallelFor(tasks, [&](int64_t t) {
     int64_t b, e;
     range(npanels, tasks, t, 1, b, e);
-    if (e > b) k.quant_gemm_panels(w, X, Kp, rows, b, e, bufs + t * K * kPanel, Y, N, N);
+    if (e > b) k.converting_gemm_panels(w, X, Kp, rows, b, e, bufs + t * K * kPanel, Y, N, N);
   });
 }
 
@@ -114,7 +114,7 @@ void int8MatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, f
 void packedMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, float* Y) {
   const Kernels& k = *c.env.k;
   const int64_t N = w.N, K = w.K;
-  const bool quant = w.kind == PackedWeight::Q8 || w.kind == PackedWeight::Q4 || w.panelOrdered();
+  const bool quant = w.kind != PackedWeight::F16 && w.kind != PackedWeight::F16P;  // (F32 returned above)
   if (w.kind == PackedWeight::F32) return panelMatMul(c, w, X, rows, Y);
   if (w.int8) return int8MatMul(c, w, X, rows, Y);  // its fp32 scales are gone: never the exact kernels
   const auto gemv = w.sparse ? k.sparse_gemv : k.gemv;
@@ -148,7 +148,7 @@ void packedMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows,
     });
     return;
   }
-  if (w.panelOrdered()) return quantPanelMatMul(c, w, Xp, Kp, rows, Y);
+  if (w.panelOrdered()) return convertingPanelMatMul(c, w, Xp, Kp, rows, Y);
   // GEMM: each task dequantizes kGemmRows weight rows at a time into its own fp32 block and multiplies it
   // with Eigen (the dequantization is amortized over all activation rows; no full fp32 copy of the weight).
   const int64_t tasks = tasksFor(c, rows * N * K, (N + kGemmRows - 1) / kGemmRows);
@@ -421,7 +421,27 @@ std::shared_ptr<PackedWeight> packMatMulNBits(const Node& node, const Buf& b, co
       });
 }
 
+namespace {
+
+/// F16 rows [N][K] to F16P panels [N/kPanel][K][kPanel] halves (zero past N).
+void panelizeF16(PackedWeight& w) {
+  const int64_t np = (w.N + kPanel - 1) / kPanel;
+  AlignedBytes panels;
+  panels.resize(static_cast<size_t>(np * w.K * kPanel * 2));  // (zeroed)
+  const uint16_t* rows = static_cast<const uint16_t*>(w.w.data());
+  uint16_t* out = static_cast<uint16_t*>(panels.data());
+  for (int64_t n = 0; n < w.N; ++n) {
+    uint16_t* col = out + (n / kPanel) * w.K * kPanel + n % kPanel;
+    for (int64_t k = 0; k < w.K; ++k) col[k * kPanel] = rows[n * w.K + k];
+  }
+  w.w = std::move(panels);
+  w.kind = PackedWeight::F16P;
+}
+
+}  // namespace
+
 bool panelize(PackedWeight& w) {
+  if (w.kind == PackedWeight::F16 && !w.device && w.w.size() > 0) return panelizeF16(w), true;
   const bool q8 = w.kind == PackedWeight::Q8 && w.nblk == 1;
   const bool q4 = w.kind == PackedWeight::Q4 && (w.nblk == 1 || w.block % 32 == 0);  // x in blocks is x itself
   if (!(q8 || q4) || w.int8 || w.sparse || w.device || w.w.size() == 0) return false;
@@ -455,7 +475,7 @@ bool panelize(PackedWeight& w) {
 }
 
 int choosePanelForms(Graph& g, const Kernels& k) {
-  if (!k.quant_gemm_panels) return 0;
+  if (!k.converting_gemm_panels) return 0;
   int converted = 0;
   for (Node& n : g.nodes)
     if (n.packed && !n.on_device) converted += panelize(*n.packed);

@@ -26,11 +26,11 @@ std::shared_ptr<PackedWeight> packDequantize(const Buf& q, const Buf& scale, con
 /// Packs com.microsoft MatMulNBits constants; throws Failure(ModelError) on inconsistent inputs.
 std::shared_ptr<PackedWeight> packMatMulNBits(const Node& n, const Buf& b, const Buf& scales, const Buf* zp);
 
-/// Rearranges a dense Q8 weight per channel into Q8P panels, or a Q4 weight per channel or in blocks of a multiple
-/// of 32 into Q4P (internal.h), for exact compute; false (and nothing changed) for any other weight.
+/// Rearranges a dense Q8 weight per channel into Q8P panels, a Q4 weight per channel or in blocks of a multiple of
+/// 32 into Q4P, or an F16 weight into F16P (internal.h), for exact compute; false (and nothing changed) for any other.
 bool panelize(PackedWeight& w);
 /// At load, after the sparse and int8-activation choices: every weight that panelize takes, where the kernel set
-/// has the kernels (Kernels::quant_gemm_panels). Returns the number converted.
+/// has the kernels (Kernels::converting_gemm_panels). Returns the number converted.
 int choosePanelForms(Graph& g, const Kernels& k);
 
 /// The GEMV/GEMM driver on packed weights: Y[rows, N] = X[rows, K] * W^T. Public for the kernel tests.

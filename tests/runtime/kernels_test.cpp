@@ -40,7 +40,7 @@ std::vector<double> reference(const std::vector<float>& x, const std::vector<dou
   return y;
 }
 
-/// Every kernel set that takes the weight's layout (Q8P / Q4P: those with their kernels) at M from GEMV to GEMM tiles against
+/// Every kernel set that takes the weight's layout (Q8P / Q4P / F16P: those with their kernels) at M from GEMV to GEMM tiles against
 /// the reference; returns the number of kernel sets run.
 int checkAll(const PackedWeight& pw, const std::vector<double>& dense, int64_t K, int64_t N) {
   int sets = 0;
@@ -54,7 +54,7 @@ int checkAll(const PackedWeight& pw, const std::vector<double>& dense, int64_t K
     double scale = 1e-6;
     for (double v : want) scale = std::max(scale, std::abs(v));
     for (const Kernels* k : kernelSets()) {
-      if (pw.panelOrdered() && !k->quant_gemm_panels) continue;
+      if (pw.panelOrdered() && !k->converting_gemm_panels) continue;
       INFO("kernels " << k->isa << " M=" << M << " K=" << K << " N=" << N << " kind " << pw.kind);
       sets += M == 1;
       HeapAlloc alloc;
@@ -79,7 +79,7 @@ TEST_CASE("fp32 and fp16 packed MatMul (panels / GEMV / GEMM) match the referenc
   std::mt19937 rng(1);
   std::normal_distribution<float> nd;
   for (int64_t K : {1, 31, 32, 33, 64, 172}) {
-    for (int64_t N : {1, 31, 32, 33, 96}) {
+    for (int64_t N : {1, 31, 32, 33, 96, 160}) {
       for (bool half : {false, true}) {
         std::vector<float> w(K * N);
         std::vector<uint16_t> h(K * N);
@@ -96,6 +96,12 @@ TEST_CASE("fp32 and fp16 packed MatMul (panels / GEMV / GEMM) match the referenc
         auto pw = packDense(b);
         REQUIRE(pw);
         checkAll(*pw, dense, K, N);
+        if (half) {  // as exact compute runs it: in F16P panels
+          auto panels = packDense(b);
+          REQUIRE(panelize(*panels));
+          CHECK(panels->kind == PackedWeight::F16P);
+          CHECK(checkAll(*panels, dense, K, N) == (avx512Kernels() ? 1 : 0) + (avx2Kernels() ? 1 : 0));
+        }
       }
     }
   }
