@@ -447,8 +447,7 @@ bool panelize(PackedWeight& w) {
   if (!(q8 || q4) || w.int8 || w.sparse || w.device || w.w.size() == 0) return false;
   const int64_t np = (w.N + kPanel - 1) / kPanel, rowBytes = q8 ? kPanel : kPanel / 2;
   AlignedBytes panels;
-  panels.resize(static_cast<size_t>(np * w.K * rowBytes));
-  std::memset(panels.data(), 0, panels.size());
+  panels.resize(static_cast<size_t>(np * w.K * rowBytes));  // (zeroed: Q4P's nibbles are or-ed in)
   uint8_t* out = static_cast<uint8_t*>(panels.data());
   std::vector<float> scale(np * w.nblk * kPanel, 0.f), zp(scale.size(), 0.f);  // padding outputs: 0 and 0
   for (int64_t n = 0; n < w.N; ++n) {  // row n's value k goes to panel n / kPanel, row k, column j = n % kPanel
