@@ -278,13 +278,12 @@ inline void axesOf(OpCtx& c, int input, const char* attr, int64_t* axes, int64_t
   }
 }
 
-/// Copies a strided N-d view: out[idx] = in[sum idx[d]*st[d]] (element size es).
 /// Band width of tiledCopy: 8 rows (16 rows 8 KiB apart share one L1 set and thrashed it: a 768 x 2048 transpose
 /// took 3.4 ms with 16, 0.7 with 8, 2.3 element by element).
-constexpr int64_t kCopyTile = 8;
+constexpr int64_t kCopyBand = 8;
 
 /// stridedCopy of T elements where the output's last dim reads with a stride and dim d reads contiguously (st[d] ==
-/// 1: a transpose): bands of kCopyTile values of d, each walking the whole last dim, so that a source line read serves
+/// 1: a transpose): bands of kCopyBand values of d, each walking the whole last dim, so that a source line read serves
 /// the whole band and the band's output rows are written as sequential streams (element by element, each read of a
 /// large transpose missed the cache: 11% of a 440 MB model's load).
 template <typename T>
@@ -297,8 +296,8 @@ void tiledCopy(const T* src, const int64_t* st, const Shape& os, int d, T* dst) 
   int64_t idx[kMaxRank] = {};
   int64_t soff = 0, doff = 0;
   for (int64_t o = 0; o < outer; ++o) {
-    for (int64_t i0 = 0; i0 < nd; i0 += kCopyTile) {  // a band of kCopyTile output rows, written as as many streams
-      const int64_t ie = std::min(nd, i0 + kCopyTile);
+    for (int64_t i0 = 0; i0 < nd; i0 += kCopyBand) {  // a band of kCopyBand output rows, written as as many streams
+      const int64_t ie = std::min(nd, i0 + kCopyBand);
       for (int64_t j = 0; j < nl; ++j)  // each j reads one source line
         for (int64_t i = i0; i < ie; ++i) dst[doff + i * od + j] = src[soff + i + j * sl];
     }
@@ -314,15 +313,16 @@ void tiledCopy(const T* src, const int64_t* st, const Shape& os, int d, T* dst) 
 }
 
 /// The dim that a tiled copy can pair with the strided last dim: contiguous in the source and long enough to fill
-/// a tile's lines; -1 when none is (or the last dim is contiguous or short).
+/// half a band; -1 when none is (or the last dim is contiguous or short).
 inline int tilePartner(const int64_t* st, const Shape& os) {
   const int last = os.rank - 1;
-  if (last < 1 || st[last] == 1 || os[last] < kCopyTile / 2) return -1;
+  if (last < 1 || st[last] == 1 || os[last] < kCopyBand / 2) return -1;
   for (int d = 0; d < last; ++d)
-    if (st[d] == 1 && os[d] >= kCopyTile / 2) return d;
+    if (st[d] == 1 && os[d] >= kCopyBand / 2) return d;
   return -1;
 }
 
+/// Copies a strided N-d view: out[idx] = in[sum idx[d]*st[d]] (element size es).
 inline void stridedCopy(const uint8_t* src, const int64_t* st, const Shape& os, uint8_t* dst, size_t es) {
   const int64_t total = os.numel();
   if (total == 0) return;

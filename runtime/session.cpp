@@ -208,7 +208,9 @@ std::vector<OpProfile> Session::profile() const {
     const detail::Node& n = impl_->g.nodes[i];
     std::string key = (n.domain.empty() ? "" : n.domain + ".") + n.op;
     if (n.packed) {
-      static const char* const kKindNames[] = {" (packed f32", " (packed f16", " (packed q8", " (packed q4", " (packed q8 panels", " (packed q4 panels", " (packed f16 panels"};
+      static const char* const kKindNames[] = {" (packed f32",       " (packed f16",       " (packed q8",
+                                               " (packed q4",        " (packed q8 panels", " (packed q4 panels",
+                                               " (packed f16 panels"};
       key += std::string(kKindNames[n.packed->kind]) + (n.packed->sparse ? " sparse" : "") +
              (n.packed->int8 ? std::string(", int8 activations ") + impl_->k->i8_isa : std::string()) + ")";
     }
