@@ -323,6 +323,54 @@ TEST_CASE("integer prefill tiles across activation and weight blocks match the r
   CHECK(checked >= 2 * 2);
 }
 
+TEST_CASE("W8A8 prefill tiles with the outputs in lanes match the reference across weight blocks and row tiles",
+          "[runtime][kernels][int8]") {
+  // At 16+ activation rows a per-channel Q8 weight with row-scaled activations takes the repacked 64-row blocks
+  // (AVX-512 VNNI) with tiles of 6 activation rows; sizes around the 16-group transpose, the 64-row block and the
+  // tile, on sub-ranges of rows as the pool's tasks take them.
+  std::mt19937 rng(43);
+  std::normal_distribution<float> nd;
+  int checked = 0;
+  for (int64_t K : {32, 60, 64, 100, 1000, 2080}) {
+    for (int64_t N : {16, 63, 64, 65, 130, 200}) {
+      QuantWeight w = makeWeight(8, K, N, 0, K % 64 == 0, rng);
+      REQUIRE(enableInt8(*w.pw));
+      for (int64_t M : {16, 17, 23, 24, 37}) {
+        std::vector<float> x(M * K), scale(M);
+        for (auto& v : x) v = nd(rng);
+        for (int64_t m = 0; m < M; ++m) scale[m] = 0.02f + 0.001f * static_cast<float>(m);
+        for (const Kernels* k : kernelSets()) {
+          std::vector<uint8_t> mem(static_cast<size_t>(int8ActsBytes(*w.pw, k->i8_width, M)) + 64);
+          void* aligned = mem.data() + (64 - reinterpret_cast<uintptr_t>(mem.data()) % 64) % 64;
+          Int8Acts a = int8ActsView(*w.pw, k->i8_width, M, aligned);
+          quantizeInt8RowsScaled(*w.pw, a, x.data(), 0, M, scale.data(), 1);
+          a.rowScale = true;
+          std::vector<float> want(M * N, -2.f);
+          scalarKernels().gemm_i8(*w.pw, a, 0, N, want.data(), N);
+          for (int64_t n0 : {int64_t{0}, int64_t{16}}) {
+            if (n0 >= N) continue;
+            INFO("kernels " << k->i8_isa << " K " << K << " N " << N << " M " << M << " rows from " << n0);
+            std::vector<float> got(M * N, -3.f);
+            k->gemm_i8(*w.pw, a, n0, N, got.data(), N);
+            for (int64_t m = 0; m < M; ++m)
+              for (int64_t n = 0; n < N; ++n) {
+                if (n < n0) {
+                  REQUIRE(got[m * N + n] == -3.f);  // outside the range: untouched
+                  continue;
+                }
+                double mag = 0;
+                for (int64_t kk = 0; kk < K; ++kk) mag += std::abs(x[m * K + kk] * w.dense[kk * N + n]);
+                CHECK_THAT(got[m * N + n], Catch::WithinAbs(want[m * N + n], 2e-6 * mag + 1e-6));
+              }
+            ++checked;
+          }
+        }
+      }
+    }
+  }
+  CHECK(checked >= 6 * 6 * 5 * 2);
+}
+
 TEST_CASE("int8 activations are chosen per weight at load: where asked, for capable layouts only", "[runtime][int8]") {
   std::mt19937 rng(16);
   const Kernels& k = kernelsFor(true);
