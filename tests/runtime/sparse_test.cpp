@@ -106,6 +106,30 @@ void checkSparseEqualsDense(Pack pack, int64_t K, double wantStored) {
   }
   const bool vbmi2 = avx512Kernels() && avx512Kernels()->gemm_i8_sparse;
   CHECK(sets == 4 * (vbmi2 ? 2 : 1));  // the scalar reference, and the VBMI2 kernel where the CPU has it
+  if (dense->nblk != 1) return;
+  // row-scaled activations (SmoothQuant's W8A8, one scale per row) on a per-channel weight: the integer tiles of a
+  // few rows and the repacked 64-row blocks of a prefill (16+ rows) give the dense form's bits too
+  int rowScaled = 0;
+  for (int64_t M : {3, 37}) {
+    std::vector<float> x(M * K), scale(M);
+    for (auto& v : x) v = nd(rng);
+    for (int64_t m = 0; m < M; ++m) scale[m] = 0.01f + 0.002f * static_cast<float>(m);
+    for (const Kernels* k : kernelSets()) {
+      if (!int8Capable(*sparse, *k)) continue;
+      INFO("row-scaled int8 activations, kernels " << k->i8_isa << " M=" << M);
+      std::vector<uint8_t> mem(static_cast<size_t>(int8ActsBytes(*dense, k->i8_width, M)) + 64);
+      void* aligned = mem.data() + (64 - reinterpret_cast<uintptr_t>(mem.data()) % 64) % 64;
+      Int8Acts a = int8ActsView(*dense, k->i8_width, M, aligned);
+      quantizeInt8RowsScaled(*dense, a, x.data(), 0, M, scale.data(), 1);
+      a.rowScale = true;
+      std::vector<float> yd(M * dense->N, -1.f), ys(M * dense->N, -2.f);
+      k->gemm_i8(*dense, a, 0, dense->N, yd.data(), dense->N);
+      k->gemm_i8_sparse(*sparse, a, 0, dense->N, ys.data(), dense->N);
+      CHECK(std::memcmp(yd.data(), ys.data(), yd.size() * 4) == 0);
+      ++rowScaled;
+    }
+  }
+  CHECK(rowScaled == 2 * (vbmi2 ? 2 : 1));
 }
 
 }  // namespace
