@@ -7,6 +7,7 @@
 
 #include "runtime/int8_acts.h"
 #include "runtime/kernels.h"
+#include "runtime/sparse.h"
 #include "runtime/thread_pool.h"
 
 namespace crt::detail {
@@ -61,7 +62,7 @@ void panelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, 
   float* bufs = expand ? static_cast<float*>(c.scratch(tasks * K * kPanel * sizeof(float))) : nullptr;
   c.env.pool->parallelFor(tasks, [&](int64_t t) {
     int64_t b, e;
-    range(npanels, tasks, t, 1, b, e);
+    range(npanels, tasks, t, w.sparse && !expand ? kMaskGroup : 1, b, e);  // (the sparse GEMV's mask groups whole)
     if (!w.sparse) return k.gemm_panels(X, K, rows, static_cast<const float*>(w.w.data()), K, b, e, Y, N, N);
     if (expand) return k.sparse_gemm_panels(w, X, K, rows, b, e, bufs + t * K * kPanel, Y, N, N);
     // the task's whole panel range at once (the sparse GEMV interleaves panels)

@@ -81,7 +81,7 @@ void packUnit(const PackedWeight& w, const SparseForm& s, int64_t u, uint8_t* ds
   if (w.kind == PackedWeight::F32) {
     const float* p = static_cast<const float*>(w.w.data()) + u * w.K * kPanel;
     for (int64_t k = 0; k < w.K; ++k)
-      for (uint32_t m = s.mask[u * w.K + k]; m; m &= m - 1, dst += 4) std::memcpy(dst, p + k * kPanel + __builtin_ctz(m), 4);
+      for (uint32_t m = s.mask[f32MaskIndex(u, k, w.K)]; m; m &= m - 1, dst += 4) std::memcpy(dst, p + k * kPanel + __builtin_ctz(m), 4);
     return;
   }
   const uint8_t* row = static_cast<const uint8_t*>(w.w.data()) + u * w.rowBytes();
@@ -133,7 +133,7 @@ std::shared_ptr<const SparseForm> makeSparse(const PackedWeight& w) {
   const bool f32 = w.kind == PackedWeight::F32;
   const int64_t units = f32 ? panels(w) : w.N, perUnit = f32 ? w.K : chunksPerRow(w);
   s->elements = units * perUnit * kChunk;
-  s->mask.resize(units * perUnit);
+  s->mask.resize(f32 ? (units + kMaskGroup - 1) / kMaskGroup * kMaskGroup * perUnit : units * perUnit);
   // Pass 1: the masks, and where each unit's values start; pass 2: the values, straight into place.
   int64_t bytes = 0;
   for (int64_t u = 0; u < units; ++u) {
@@ -141,7 +141,7 @@ std::shared_ptr<const SparseForm> makeSparse(const PackedWeight& w) {
     const uint8_t* row = f32 ? nullptr : static_cast<const uint8_t*>(w.w.data()) + u * w.rowBytes();
     for (int64_t c = 0; c < perUnit; ++c) {
       const uint32_t m = f32 ? maskF32(w, u, c) : maskQ(w, row, u, c);
-      s->mask[u * perUnit + c] = m;
+      s->mask[f32 ? f32MaskIndex(u, c, w.K) : u * perUnit + c] = m;
       s->stored += __builtin_popcount(m);
       bytes += chunkBytes(w.kind, m);
     }
@@ -159,7 +159,7 @@ void sparseToDense(const PackedWeight& w, int64_t u, void* dst) {
   if (w.kind == PackedWeight::F32) {
     float* panel = static_cast<float*>(dst);
     for (int64_t k = 0; k < w.K; ++k) {
-      const uint32_t m = s.mask[u * w.K + k];
+      const uint32_t m = s.mask[f32MaskIndex(u, k, w.K)];
       for (int64_t j = 0; j < kPanel; ++j) {
         float f = 0.f;
         if (m >> j & 1u) std::memcpy(&f, v, 4), v += 4;

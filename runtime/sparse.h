@@ -4,7 +4,9 @@
 // 32-element chunks; per chunk a 32-bit mask (bit i set: element i is stored) and the stored elements packed in
 // order. A clear bit is an exact zero of the weight: ±0.0f for F32 (expanded as +0.0, so at most the sign of an
 // exactly-zero output can differ from the dense form), the block's zero point for Q8/Q4 (and the block padding). The dense layouts' chunks are:
-//   F32: panel p, column block of kPanel = 32 outputs, one chunk per k: mask word p*K + k, values float32.
+//   F32: panel p, column block of kPanel = 32 outputs, one chunk per k: values float32; the mask words of
+//   kMaskGroup consecutive panels interleaved by k (f32MaskIndex), so that the GEMV, which walks that many panels
+//   at once, reads their masks as one stream (Zen 5: 3% faster than a stream per panel).
 //   Q8/Q4: row n, its nblk*P stored elements: mask word n*(nblk*P/32) + c, values one byte each (Q8) or one
 //   nibble each (Q4; two per byte, low nibble first, every chunk starting at a byte).
 // N:M patterns (2:4) use the same form: a 2:4 chunk's mask costs 4 bits per 4 weights, exactly what two 2-bit
@@ -36,6 +38,13 @@ struct SparseForm {
 };
 
 constexpr int64_t kSparsePad = 64;  // kernels load whole vectors past a chunk's last value
+
+/// Panels whose F32 mask words are interleaved (the sparse GEMV's group), and where panel p's word for row k is
+/// (the last group padded with zero words).
+constexpr int64_t kMaskGroup = 4;
+inline int64_t f32MaskIndex(int64_t p, int64_t k, int64_t K) {
+  return ((p / kMaskGroup) * K + k) * kMaskGroup + p % kMaskGroup;
+}
 
 /// Fraction of the weight's elements that are nonzero (1.0 for F16 and for layouts without a sparse form).
 double storedFraction(const PackedWeight& w);
