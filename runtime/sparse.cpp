@@ -133,7 +133,8 @@ std::shared_ptr<const SparseForm> makeSparse(const PackedWeight& w) {
   const bool f32 = w.kind == PackedWeight::F32;
   const int64_t units = f32 ? panels(w) : w.N, perUnit = f32 ? w.K : chunksPerRow(w);
   s->elements = units * perUnit * kChunk;
-  s->mask.resize(f32 ? (units + kMaskGroup - 1) / kMaskGroup * kMaskGroup * perUnit : units * perUnit);
+  // (and one word past the end: the int8 kernels read two chunks' masks at once)
+  s->mask.resize((f32 ? (units + kMaskGroup - 1) / kMaskGroup * kMaskGroup * perUnit : units * perUnit) + 1);
   // Pass 1: the masks, and where each unit's values start; pass 2: the values, straight into place.
   int64_t bytes = 0;
   for (int64_t u = 0; u < units; ++u) {
