@@ -120,7 +120,7 @@ std::vector<char> knownFloat32(const Graph& g) {
     const OpInfo* info = findOpInfo(n.domain, n.op);
     bool out = false;
     if (info && n.domain.empty() && n.op == "Cast") out = n.attrInt("to", 0) == static_cast<int64_t>(DType::F32);
-    else if ((info && !info->has(op_trait::OwnType)) || n.fn == opRMSNorm || n.fn == opSiluMul)
+    else if ((info && !info->has(op_trait::OwnType)) || fusedKeepsType(n))
       out = !n.in.empty() && n.in[0] >= 0 && f32[n.in[0]];
     for (size_t o = 0; o < n.out.size(); ++o) f32[n.out[o]] = out && (o == 0 || (info && info->outputs == -1));  // (Split: all)
   }

@@ -84,6 +84,82 @@ void opSiluMul(OpCtx& c) {
   binaryLoop(c, g.shape, static_cast<const float*>(t), up.shape, up.as<float>(), os, Y, [](float a, float b) { return a * b; });
 }
 
+void opRope(OpCtx& c) {
+  const Buf& t = c.in(0);
+  const Buf& cs = c.in(1);
+  const Buf& sn = c.in(2);
+  if (t.dt != DType::F32 || cs.dt != DType::F32 || sn.dt != DType::F32) c.bad("needs float32 inputs");
+  const int r = t.shape.rank;
+  if (r == 0 || r + 1 > kMaxRank) c.bad("needs an input of rank 1 to " + std::to_string(kMaxRank - 1));
+  int64_t s = c.node.attrInt("axis", -1), k = c.node.attrInt("stack", -1);
+  s = s < 0 ? s + r : s;
+  k = k < 0 ? k + r + 1 : k;
+  if (s < 0 || s >= r || k < 0 || k > r) c.bad("axis or stack axis out of range for " + t.shape.str());
+  if (t.shape[s] % 2 != 0) c.bad("the pairs' axis of " + t.shape.str() + " has an odd length");
+  Shape A = t.shape;  // the shape of each half
+  A.d[s] /= 2;
+  for (const Buf* tab : {&cs, &sn})
+    if (broadcastShape(c, A, tab->shape) != A) c.bad("cos / sin " + tab->shape.str() + " do not broadcast to " + A.str());
+  Shape O;
+  for (int m = 0; m <= r; ++m) O.push(m == k ? 2 : A[m < k ? m : m - 1]);
+  // Strides, per axis m of A: into t for a (b is one element of t further along s), into cos / sin (0 where they
+  // broadcast), into y for the first of the pair (the second is y's stride on the stack axis further).
+  int64_t ta[kMaxRank], tc[kMaxRank], tsn[kMaxRank], ty[kMaxRank];
+  int64_t st = 1, sy = 1, so[kMaxRank + 1];
+  for (int m = r; m >= 0; --m) so[m] = sy, sy *= O[m];
+  for (int m = r - 1; m >= 0; --m) {
+    ta[m] = (m == s ? 2 : 1) * st;
+    st *= t.shape[m];
+    ty[m] = so[m < k ? m : m + 1];
+  }
+  for (auto [tab, dst] : {std::pair<const Buf*, int64_t*>{&cs, tc}, {&sn, tsn}}) {
+    int64_t stride = 1;
+    for (int m = r - 1; m >= 0; --m) {
+      const int q = m - (r - tab->shape.rank);  // the table's axis for A's axis m (right-aligned), if any
+      const int64_t dim = q >= 0 ? tab->shape[q] : 1;
+      dst[m] = dim == 1 ? 0 : stride;
+      stride *= dim;
+    }
+  }
+  const int64_t bOff = t.shape[s] == 0 ? 0 : ta[s] / 2, secondOff = so[k];
+  const int64_t n = A[r - 1], rows = n == 0 ? 0 : A.numel() / n;
+  const float* T = t.as<float>();
+  const float* C = cs.as<float>();
+  const float* S = sn.as<float>();
+  float* Y = c.outT<float>(0, O);
+  parallelRows(c, rows, A.numel(), [&](int64_t r0, int64_t r1) {
+    for (int64_t row = r0; row < r1; ++row) {
+      int64_t a0 = 0, c0 = 0, s0 = 0, y0 = 0;
+      for (int64_t m = r - 2, rest = row; m >= 0; --m) {  // the row's index on A's leading axes
+        const int64_t i = rest % A[m];
+        rest /= A[m];
+        a0 += i * ta[m], c0 += i * tc[m], s0 += i * tsn[m], y0 += i * ty[m];
+      }
+      const int64_t da = ta[r - 1], dc = tc[r - 1], ds = tsn[r - 1], dy = ty[r - 1];
+      if (da == 2 && bOff == 1 && dy == 2 && secondOff == 1 && dc == 1 && ds == 1) {  // pairs on the last axis
+        const float* tr = T + a0;  // (constant strides: GCC vectorizes this loop)
+        const float* cr = C + c0;
+        const float* sr = S + s0;
+        float* yr = Y + y0;
+        for (int64_t j = 0; j < n; ++j) {
+          const float a = tr[2 * j], b = tr[2 * j + 1];
+          yr[2 * j] = a * cr[j] - b * sr[j];
+          yr[2 * j + 1] = a * sr[j] + b * cr[j];
+        }
+        continue;
+      }
+      for (int64_t j = 0; j < n; ++j) {
+        const float a = T[a0 + j * da], b = T[a0 + bOff + j * da];
+        const float cv = C[c0 + j * dc], sv = S[s0 + j * ds];
+        Y[y0 + j * dy] = a * cv - b * sv;  // (each product rounded: this file has no FMA contraction)
+        Y[y0 + secondOff + j * dy] = a * sv + b * cv;
+      }
+    }
+  });
+}
+
+bool fusedKeepsType(const Node& n) { return n.fn == opRMSNorm || n.fn == opSiluMul || n.fn == opRope; }
+
 // ------------------------------------------------------------------------------------------- matching
 namespace {
 
@@ -176,11 +252,108 @@ bool matchSiluMul(const Graph& g, const Uses& u, const std::vector<char>& f32, i
   return true;
 }
 
+/// The single int64 / int32 value of a constant, or `none`.
+int64_t intConst(const Graph& g, int v, int64_t none) {
+  if (v < 0 || !g.values[v].is_const) return none;
+  const Buf& b = g.values[v].constant;
+  if (b.numel() != 1) return none;
+  return b.dt == DType::I64 ? b.as<int64_t>()[0] : b.dt == DType::I32 ? b.as<int32_t>()[0] : none;
+}
+
+constexpr int64_t kNoInt = INT64_MIN;
+
+/// Slice(t, start, to the end, one axis, step 2): the axis, or kNoInt.
+int64_t strideTwoSlice(const Graph& g, const Node& n, int64_t start) {
+  if (!is(n, "Slice") || n.in.size() != 5 || intConst(g, n.in[1], kNoInt) != start || intConst(g, n.in[4], kNoInt) != 2)
+    return kNoInt;
+  if (intConst(g, n.in[2], kNoInt) < (int64_t{1} << 30)) return kNoInt;  // "to the end" (torch writes INT64_MAX)
+  return intConst(g, n.in[3], kNoInt);
+}
+
+/// Unsqueeze's one axis (attribute before opset 13, input from it), or kNoInt.
+int64_t unsqueezeAxis(const Graph& g, const Node& n) {
+  if (!is(n, "Unsqueeze")) return kNoInt;
+  if (const std::vector<int64_t>* axes = n.attrInts("axes")) return axes->size() == 1 ? (*axes)[0] : kNoInt;
+  return n.in.size() == 2 ? intConst(g, n.in[1], kNoInt) : kNoInt;
+}
+
+/// The node among a's two readers that is Mul(a, x) or Mul(x, a), x = tab; -1 if none.
+int mulWith(const Graph& g, const std::vector<int>& readers, int a, int tab) {
+  for (int i : readers)
+    if (is(g.nodes[i], "Mul") && otherInput(g.nodes[i], a) == tab) return i;
+  return -1;
+}
+
+/// The RoPE chain from Slice node p (a = t[0::2]); see fuse.h.
+bool matchRope(const Graph& g, const Uses& u, const std::vector<std::vector<int>>& readers, const std::vector<char>& f32,
+               int p, std::vector<int>& chain, Node& fused) {
+  const Node& sa = g.nodes[p];
+  const int64_t axis = strideTwoSlice(g, sa, 0);
+  if (axis == kNoInt || sa.in[0] < 0 || !f32[sa.in[0]]) return false;
+  const int t = sa.in[0], a = sa.out[0];
+  // b: the other stride-2 slice of t on the same axis
+  int pb = -1;
+  for (int i : readers[t])
+    if (i != p && strideTwoSlice(g, g.nodes[i], 1) == axis && g.nodes[i].in[0] == t) pb = i;
+  if (pb < 0) return false;
+  const int b = g.nodes[pb].out[0];
+  if (u.count[a] != 2 || u.count[b] != 2) return false;
+  // Sub(Mul(a, cos), Mul(b, sin)): the Sub a Mul of a feeds; cos and sin from its operands' Muls
+  int sub = -1;
+  for (int i : readers[a]) {
+    const int next = is(g.nodes[i], "Mul") ? u.single(g.nodes[i].out[0]) : -1;
+    if (next >= 0 && is(g.nodes[next], "Sub") && g.nodes[next].in.size() == 2) sub = next;
+  }
+  if (sub < 0) return false;
+  const auto producer = [&](int x, int v) {  // the reader of x that writes v
+    for (int i : readers[x])
+      if (g.nodes[i].out[0] == v) return i;
+    return -1;
+  };
+  const int ac = producer(a, g.nodes[sub].in[0]), bs = producer(b, g.nodes[sub].in[1]);
+  if (ac < 0 || bs < 0 || !is(g.nodes[ac], "Mul") || !is(g.nodes[bs], "Mul")) return false;
+  const int cosv = otherInput(g.nodes[ac], a), sinv = otherInput(g.nodes[bs], b);
+  if (cosv < 0 || sinv < 0 || cosv == sinv || !f32[cosv] || !f32[sinv]) return false;
+  const int as = mulWith(g, readers[a], a, sinv), bc = mulWith(g, readers[b], b, cosv);
+  if (as < 0 || bc < 0 || as == ac || bc == bs) return false;
+  const int add = u.single(g.nodes[as].out[0]);
+  if (add < 0 || add != u.single(g.nodes[bc].out[0]) || !is(g.nodes[add], "Add")) return false;
+  if (u.single(g.nodes[ac].out[0]) != sub || u.single(g.nodes[bs].out[0]) != sub) return false;
+  // both halves Unsqueezed on one axis and Concatenated, first the Sub's, on that axis
+  const int u0 = u.single(g.nodes[sub].out[0]), u1 = u.single(g.nodes[add].out[0]);
+  if (u0 < 0 || u1 < 0) return false;
+  const int64_t k = unsqueezeAxis(g, g.nodes[u0]);
+  if (k == kNoInt || unsqueezeAxis(g, g.nodes[u1]) != k) return false;
+  const int cat = u.single(g.nodes[u0].out[0]);
+  if (cat < 0 || !is(g.nodes[cat], "Concat") || u.single(g.nodes[u1].out[0]) != cat || g.nodes[cat].in.size() != 2 ||
+      g.nodes[cat].in[0] != g.nodes[u0].out[0] || g.nodes[cat].in[1] != g.nodes[u1].out[0] || g.nodes[cat].attrInt("axis", kNoInt) != k)
+    return false;
+  chain = {p, pb, ac, bs, sub, as, bc, add, u0, u1, cat};
+  std::sort(chain.begin(), chain.end() - 1);  // (the Concat, last in order, is replaced)
+  if (chain.end()[-2] > cat) return false;
+  fused = Node();
+  fused.domain = "crt";
+  fused.op = "Rope";
+  fused.name = g.nodes[cat].name;
+  fused.in = {t, cosv, sinv};
+  fused.out = g.nodes[cat].out;
+  fused.attrs["axis"].kind = Attr::Int;
+  fused.attrs["axis"].i = axis;
+  fused.attrs["stack"].kind = Attr::Int;
+  fused.attrs["stack"].i = k;
+  fused.fn = opRope;
+  return true;
+}
+
 }  // namespace
 
-int fuseChains(Graph& g) {
+int fuseChains(Graph& g, bool rope) {
   const std::vector<char> f32 = knownFloat32(g);
   const Uses u(g);
+  std::vector<std::vector<int>> readers(g.values.size());  // every reader of each value (RoPE's a and b have two)
+  for (size_t i = 0; i < g.nodes.size(); ++i)
+    for (int v : g.nodes[i].in)
+      if (v >= 0 && (readers[v].empty() || readers[v].back() != static_cast<int>(i))) readers[v].push_back(static_cast<int>(i));
   std::vector<char> drop(g.nodes.size(), 0);
   std::vector<std::pair<int, Node>> replace;  // (index of the chain's last node, the fused node)
   int fused = 0;
@@ -188,7 +361,9 @@ int fuseChains(Graph& g) {
     if (drop[i] || g.nodes[i].is_static) continue;
     std::vector<int> chain;
     Node f;
-    if (!matchRmsNorm(g, u, f32, i, chain, f) && !matchSiluMul(g, u, f32, i, chain, f)) continue;
+    if (!matchRmsNorm(g, u, f32, i, chain, f) && !matchSiluMul(g, u, f32, i, chain, f) &&
+        !(rope && matchRope(g, u, readers, f32, i, chain, f)))
+      continue;
     bool free = true;
     for (int c : chain) free &= !drop[c];
     if (!free) continue;

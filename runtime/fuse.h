@@ -3,20 +3,33 @@
 //  - RMSNorm: Pow(x, 2) -> ReduceMean(last axis, keepdims) -> Add(eps) -> Sqrt -> Reciprocal -> Mul(x, .)
 //    [-> Mul(., weight)]                                   => crt.RMSNorm(x[, weight]; eps)
 //  - SwiGLU's gate: Sigmoid(g) -> Mul(g, .) -> Mul(., up)   => crt.SiluMul(g, up)
+//  - RoPE on pairs (LLaMA's rotation of (t[2i], t[2i+1])): a = Slice(t, 0::2 on axis s), b = Slice(t, 1::2 on s);
+//    Sub(Mul(a, cos), Mul(b, sin)), Add(Mul(a, sin), Mul(b, cos)); both Unsqueezed at k and Concatenated on k
+//                                                          => crt.Rope(t, cos, sin; axis s, stack k)
+//    Prefill of the 768-wide synthetic model spent ~7% of its time in these 11 nodes per rotation (1 thread).
+//    Only on the CPU (a device backend runs the chain node by node).
 // Only float32 chains (known at load, backend.h's knownFloat32) whose intermediates nothing else reads are fused.
+// fuse.cpp is compiled with -ffp-contract=off: a fused a*c - b*s must round both products, as the Mul nodes did.
 #pragma once
 
 #include "runtime/internal.h"
 
 namespace crt::detail {
 
-/// Fuses every matching chain; returns the nodes fused. Run pruneUnused + prepareRuns after a non-zero result.
-int fuseChains(Graph& g);
+/// Fuses every matching chain (RoPE only when `rope`); returns the nodes fused. Run pruneUnused + prepareRuns after
+/// a non-zero result.
+int fuseChains(Graph& g, bool rope = true);
+
+/// Whether n is a fused node whose output has its first input's element type (backend.h's knownFloat32).
+bool fusedKeepsType(const Node& n);
 
 /// ReduceMean over the last axis only, keeping it (the axes attribute or a constant axes input of -1).
 bool isLastAxisMean(const Graph& g, const Node& n);
 
 void opRMSNorm(OpCtx& c);  // in = {x, weight (optional)}, attr eps: y = (x * 1/sqrt(mean(x^2) + eps)) * weight
 void opSiluMul(OpCtx& c);  // in = {g, up}: y = (g * sigmoid(g)) * up, with broadcasting
+/// in = {t, cos, sin}, attrs axis (s), stack (k): a / b = the even / odd elements of t along s, cos and sin broadcast
+/// to a's shape; y = stack([a*cos - b*sin, a*sin + b*cos], axis k).
+void opRope(OpCtx& c);
 
 }  // namespace crt::detail

@@ -275,7 +275,7 @@ Result<Session> Session::make(const SessionOptions& options, const std::string& 
       detail::pruneUnused(impl->g);  // the QuantizeLinear -> DequantizeLinear pairs now inside their MatMuls
       detail::prepareRuns(impl->g);
     }
-    if (options.fuse && (impl->info.fused_nodes = detail::fuseChains(impl->g)) > 0) {
+    if (options.fuse && (impl->info.fused_nodes = detail::fuseChains(impl->g, !impl->g.device)) > 0) {
       detail::pruneUnused(impl->g);
       detail::prepareRuns(impl->g);
     }

@@ -1,6 +1,9 @@
-// fuse_test.cpp — the load-time fusions (runtime/fuse.h): RMSNorm and SiLU-multiply chains become one node each
-// and give the chains' bits; chains that something else reads into, other exponents and broadcasting are handled.
+// fuse_test.cpp — the load-time fusions (runtime/fuse.h): RMSNorm, SiLU-multiply and RoPE chains become one node
+// each and give the chains' bits; chains that something else reads into, other exponents, other operand orders,
+// other axes and broadcasting are handled.
 #include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdint>
 #include <random>
 
 #include "runtime/crt.h"
@@ -44,12 +47,49 @@ std::string normGluModel(bool leak, bool pow3, bool bcastUp, bool scalarW = fals
                 (scalarW ? "-w1" : ""));
 }
 
+/// LLaMA's RoPE on pairs as torch exports it: a = x[..., 0::2], b = x[..., 1::2] on axis `axis` of x [5, 2, 3, 8];
+/// a*cos - b*sin and a*sin + b*cos (cos and sin of shape `tab`), each Unsqueezed at `stack`, Concatenated there.
+/// `swapSub`: b*sin - a*cos (not a rotation: stays unfused); `leakB`: b is also a graph output (stays unfused).
+std::string ropeModel(int64_t axis, int64_t stack, std::vector<int64_t> tab, bool swapSub = false, bool leakB = false) {
+  ModelBuilder b;
+  b.io(true, "x", 1, {"5", "2", "3", "h"});
+  b.io(false, "y", 1, {});
+  if (leakB) b.io(false, "b", 1, {});
+  int64_t n = 1;
+  for (int64_t d : tab) n *= d;
+  std::vector<float> c(static_cast<size_t>(n)), sn(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) c[i] = std::cos(0.3f * static_cast<float>(i)), sn[i] = std::sin(0.3f * static_cast<float>(i));
+  b.initF("cos", tab, c);
+  b.initF("sin", tab, sn);
+  b.initI("zero", {1}, {0});
+  b.initI("one", {1}, {1});
+  b.initI("end", {1}, {INT64_MAX});
+  b.initI("axis", {1}, {axis});
+  b.initI("two", {1}, {2});
+  b.initI("stack", {1}, {stack});
+  b.node("Slice", {"x", "zero", "end", "axis", "two"}, {"a"});
+  b.node("Slice", {"x", "one", "end", "axis", "two"}, {"b"});
+  b.node("Mul", {"a", "cos"}, {"ac"});
+  b.node("Mul", {"b", "sin"}, {"bs"});
+  b.node("Sub", swapSub ? std::vector<std::string>{"bs", "ac"} : std::vector<std::string>{"ac", "bs"}, {"r0"});
+  b.node("Mul", {"sin", "a"}, {"as"});  // (operands in either order)
+  b.node("Mul", {"b", "cos"}, {"bc"});
+  b.node("Add", {"as", "bc"}, {"r1"});
+  b.node("Unsqueeze", {"r0", "stack"}, {"u0"});
+  b.node("Unsqueeze", {"r1", "stack"}, {"u1"});
+  attrInt(b.node("Concat", {"u0", "u1"}, {"y"}), "axis", stack);
+  return b.save("rope-" + std::to_string(axis) + "-" + std::to_string(stack) + "-" + std::to_string(tab.size()) +
+                (swapSub ? "-swap" : "") + (leakB ? "-leak" : ""));
+}
+
 /// Output 0 with and without fusion, checking how many chains were fused; the fused nodes on the emulated device
-/// (the same bits) and, with a GPU, on CUDA (within 1e-5).
-void checkSameBits(const std::string& model, int fused) {
+/// (the same bits) and, with a GPU, on CUDA (within 1e-5). x has shape `xs`.
+void checkSameBits(const std::string& model, int fused, std::vector<int64_t> xs = {5, 8}) {
   std::mt19937 rng(3);
   std::normal_distribution<float> nd;
-  std::vector<float> x(5 * 8);
+  int64_t count = 1;
+  for (int64_t d : xs) count *= d;
+  std::vector<float> x(static_cast<size_t>(count));
   for (auto& e : x) e = nd(rng);
   std::vector<std::vector<uint8_t>> outs;
   for (bool fuse : {true, false}) {
@@ -60,7 +100,8 @@ void checkSameBits(const std::string& model, int fused) {
     INFO(s.status().message);
     REQUIRE(s.ok());
     CHECK(s->info().fused_nodes == (fuse ? fused : 0));
-    auto r = s->run({{"x", crt::TensorView::of(x.data(), {5, 8})}});
+    auto r = s->run({{"x", crt::TensorView::of(x.data(), xs)}});
+    INFO(r.status().message);
     REQUIRE(r.ok());
     outs.push_back(r.value()[0].bytes);
   }
@@ -74,7 +115,8 @@ void checkSameBits(const std::string& model, int fused) {
     INFO(s.status().message);
     REQUIRE(s.ok());
     CHECK(s->info().device_nodes > 0);
-    auto r = s->run({{"x", crt::TensorView::of(x.data(), {5, 8})}});
+    auto r = s->run({{"x", crt::TensorView::of(x.data(), xs)}});
+    INFO(r.status().message);
     REQUIRE(r.ok());
     const std::vector<uint8_t>& got = r.value()[0].bytes;
     REQUIRE(got.size() == outs[0].size());
@@ -96,4 +138,31 @@ TEST_CASE("fusion: RMSNorm and SiLU-multiply chains become one node each, with t
   SECTION("an intermediate the graph also outputs keeps the norm unfused") { checkSameBits(normGluModel(true, false, false), 1); }
   SECTION("x^3 is not a norm") { checkSameBits(normGluModel(false, true, false), 1); }
   SECTION("a one-value norm weight broadcasts") { checkSameBits(normGluModel(false, false, false, true), 2); }
+}
+
+TEST_CASE("fusion: LLaMA's RoPE on pairs becomes one node with the chain's bits, on any axes", "[runtime][fuse]") {
+  const std::vector<int64_t> xs = {5, 2, 3, 8};
+  SECTION("pairs on the last axis, tables [T, 1, half] (x is [B, T, H, head])") { checkSameBits(ropeModel(-1, 4, {2, 1, 4}), 1, xs); }
+  SECTION("positive axes, tables [half]") { checkSameBits(ropeModel(3, -1, {4}), 1, xs); }
+  SECTION("pairs on axis 1, stacked before it") { checkSameBits(ropeModel(1, 0, {1, 3, 8}), 1, xs); }
+  SECTION("pairs on axis 3, stacked at axis 2") { checkSameBits(ropeModel(3, 2, {3, 4}), 1, xs); }
+  SECTION("b*sin - a*cos is not a rotation") { checkSameBits(ropeModel(-1, -1, {2, 1, 4}, true), 0, xs); }
+  SECTION("b read elsewhere keeps the chain") { checkSameBits(ropeModel(-1, -1, {2, 1, 4}, false, true), 0, xs); }
+}
+
+TEST_CASE("fusion: a fused RoPE on an odd-length axis fails cleanly, as the chain does", "[runtime][fuse][hostile]") {
+  // x declared [5, 2, 3, 8] but fed [5, 2, 3, 7]: both the chain (shapes 4 and 3 do not broadcast) and the fused
+  // node (odd pairs' axis) refuse it with an error, not a crash.
+  const std::string model = ropeModel(-1, -1, {4});
+  std::vector<float> x(5 * 2 * 3 * 7, 0.5f);
+  for (bool fuse : {true, false}) {
+    crt::SessionOptions so;
+    so.fuse = fuse;
+    auto s = crt::Session::create(model, so);
+    REQUIRE(s.ok());
+    auto r = s->run({{"x", crt::TensorView::of(x.data(), {5, 2, 3, 7})}});
+    CHECK_FALSE(r.ok());
+    INFO(r.status().message);
+    if (fuse) CHECK(r.status().message.find("odd") != std::string::npos);
+  }
 }
