@@ -158,10 +158,7 @@ TEST_CASE("CUDA elementwise, Softmax, ReduceMean, Transpose, Slice, Expand, Conc
   b.node("Tanh", {"t6"}, {"t7"});
   auto* rm = b.node("ReduceMean", {"t7"}, {"m"});
   attrInt(rm, "keepdims", 1);
-  auto* ax = rm->add_attribute();
-  ax->set_name("axes");
-  ax->set_type(onnx::AttributeProto::INTS);
-  ax->add_ints(-1);
+  attrInts(rm, "axes", {-1});
   b.initI("full", {3}, {2, 3, 40});
   b.node("Expand", {"m", "full"}, {"me"});  // [2, 3, 1] -> [2, 3, 40]
   b.node("Sub", {"t7", "me"}, {"t8"});
@@ -171,11 +168,7 @@ TEST_CASE("CUDA elementwise, Softmax, ReduceMean, Transpose, Slice, Expand, Conc
   b.initI("e0", {1}, {37});
   b.initI("ax", {1}, {2});
   b.node("Slice", {"p", "s0", "e0", "ax"}, {"q"});  // [2, 3, 34]
-  auto* tr = b.node("Transpose", {"q"}, {"qt"});     // [2, 34, 3]
-  auto* perm = tr->add_attribute();
-  perm->set_name("perm");
-  perm->set_type(onnx::AttributeProto::INTS);
-  for (int p : {0, 2, 1}) perm->add_ints(p);
+  attrInts(b.node("Transpose", {"q"}, {"qt"}), "perm", {0, 2, 1});  // [2, 34, 3]
   auto* cat = b.node("Concat", {"q", "q"}, {"qq"});  // [2, 3, 68]
   attrInt(cat, "axis", 2);
   b.node("Slice", {"qq", "s0", "e0", "ax"}, {"q2"});  // [2, 3, 34]

@@ -27,11 +27,7 @@ std::string normGluModel(bool leak, bool pow3, bool bcastUp, bool scalarW = fals
   b.initF("a", {8}, {1, -2, 0.5f, 3, 1, 1, -1, 2});
   b.initF("bb", bcastUp ? std::vector<int64_t>{1, 8} : std::vector<int64_t>{8}, {2, 1, 0.5f, -1, 1, 3, 1, -2});
   b.node("Pow", {"x", "p"}, {"x2"});
-  auto* m = b.node("ReduceMean", {"x2"}, {"mean"});
-  auto* ax = m->add_attribute();
-  ax->set_name("axes");
-  ax->set_type(onnx::AttributeProto::INTS);
-  ax->add_ints(-1);
+  attrInts(b.node("ReduceMean", {"x2"}, {"mean"}), "axes", {-1});
   b.node("Add", {"mean", "eps"}, {"me"});
   b.node("Sqrt", {"me"}, {"sd"});
   b.node("Reciprocal", {"sd"}, {"r"});
@@ -84,7 +80,7 @@ std::string ropeModel(int64_t axis, int64_t stack, std::vector<int64_t> tab, boo
 
 /// Output 0 with and without fusion, checking how many chains were fused; the fused nodes on the emulated device
 /// (the same bits) and, with a GPU, on CUDA (within 1e-5). x has shape `xs`.
-void checkSameBits(const std::string& model, int fused, std::vector<int64_t> xs = {5, 8}) {
+void checkSameBits(const std::string& model, int fused, std::vector<int64_t> xs = {19, 8}) {  // (19 rows: 8, 8, 3)
   std::mt19937 rng(3);
   std::normal_distribution<float> nd;
   int64_t count = 1;
@@ -164,5 +160,34 @@ TEST_CASE("fusion: a fused RoPE on an odd-length axis fails cleanly, as the chai
     CHECK_FALSE(r.ok());
     INFO(r.status().message);
     if (fuse) CHECK(r.status().message.find("odd") != std::string::npos);
+  }
+}
+
+TEST_CASE("reductions over the last axis keep each row's left-to-right order, rows side by side or alone", "[runtime][fuse]") {
+  // ReduceSum / ReduceMean / ReduceMax over the last axis of [19, 37] (8-row groups, then 3 rows alone): exactly the
+  // sequential float reference of each row (the order the RMSNorm fusion repeats).
+  ModelBuilder b;
+  b.io(true, "x", 1, {"rows", "37"});
+  for (const char* o : {"sum", "mean", "max"}) b.io(false, o, 1, {"rows", "1"});
+  b.initI("last", {1}, {-1});
+  b.node("ReduceSum", {"x", "last"}, {"sum"});
+  attrInts(b.node("ReduceMean", {"x"}, {"mean"}), "axes", {-1});
+  attrInts(b.node("ReduceMax", {"x"}, {"max"}), "axes", {-1});
+  const std::string model = b.save("reduce-rows");
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd;
+  std::vector<float> x(19 * 37);
+  for (auto& e : x) e = nd(rng) * 100.f;  // (large values: a different order would change the low bits)
+  auto s = crt::Session::create(model, crt::SessionOptions{});
+  REQUIRE(s.ok());
+  auto r = s->run({{"x", crt::TensorView::of(x.data(), {19, 37})}});
+  REQUIRE(r.ok());
+  for (int64_t row = 0; row < 19; ++row) {
+    float sum = 0.f, mx = -INFINITY;
+    for (int64_t j = 0; j < 37; ++j) sum = sum + x[row * 37 + j], mx = std::max(mx, x[row * 37 + j]);
+    INFO("row " << row);
+    CHECK(reinterpret_cast<const float*>(r.value()[0].bytes.data())[row] == sum);
+    CHECK(reinterpret_cast<const float*>(r.value()[1].bytes.data())[row] == sum / 37.f);
+    CHECK(reinterpret_cast<const float*>(r.value()[2].bytes.data())[row] == mx);
   }
 }

@@ -21,13 +21,6 @@ namespace {
 
 constexpr int64_t k2to32 = int64_t{1} << 32;
 
-void attrInts(onnx::NodeProto* n, const std::string& k, std::vector<int64_t> v) {
-  auto* a = n->add_attribute();
-  a->set_name(k);
-  a->set_type(onnx::AttributeProto::INTS);
-  for (int64_t x : v) a->add_ints(x);
-}
-
 crt::Status createStatus(const std::string& path, crt::SessionOptions o = {}) {
   auto s = crt::Session::create(path, o);
   return s.ok() ? crt::Status::Ok() : s.status();

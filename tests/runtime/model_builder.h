@@ -69,4 +69,11 @@ inline void attrInt(onnx::NodeProto* n, const std::string& k, int64_t v) {
   a->set_i(v);
 }
 
+inline void attrInts(onnx::NodeProto* n, const std::string& k, const std::vector<int64_t>& v) {
+  auto* a = n->add_attribute();
+  a->set_name(k);
+  a->set_type(onnx::AttributeProto::INTS);
+  for (int64_t e : v) a->add_ints(e);
+}
+
 }  // namespace
