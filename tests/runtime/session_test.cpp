@@ -212,3 +212,45 @@ TEST_CASE("device options: cuda without a GPU (or without CUDA in the build) is 
   CHECK(a->info().device == "cpu");
   CHECK(a->info().device_nodes == 0);
 }
+
+TEST_CASE("large Transpose, Slice and Expand copies split over the threads give the reference values", "[runtime][session]") {
+  // [1, 40, 12, 70] (33,600 values: above the split threshold) through a heads transpose, a last-two-axes transpose,
+  // a strided slice and an Expand, with 1 and 3 threads; every value checked against index arithmetic.
+  ModelBuilder b;
+  b.io(true, "x", 1, {"1", "40", "12", "70"});
+  for (const char* o : {"t1", "t2", "s", "e"}) b.io(false, o, 1, {});
+  attrInts(b.node("Transpose", {"x"}, {"t1"}), "perm", {0, 2, 1, 3});  // [1, 12, 40, 70]
+  attrInts(b.node("Transpose", {"x"}, {"t2"}), "perm", {0, 1, 3, 2});  // [1, 40, 70, 12]
+  b.initI("st", {2}, {1, 5});
+  b.initI("en", {2}, {40, 70});
+  b.initI("ax", {2}, {1, 3});
+  b.initI("sp", {2}, {2, 3});
+  b.node("Slice", {"x", "st", "en", "ax", "sp"}, {"s"});  // [1, 20, 12, 22]
+  b.initI("shape", {4}, {2, 40, 12, 70});
+  b.node("Expand", {"x", "shape"}, {"e"});  // [2, 40, 12, 70]
+  const std::string model = b.save("copies");
+  std::vector<float> x(40 * 12 * 70);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i);
+  const auto at = [&](int64_t t, int64_t h, int64_t d) { return x[(t * 12 + h) * 70 + d]; };
+  for (int threads : {1, 3}) {
+    crt::SessionOptions so;
+    so.threads = threads;
+    auto s = crt::Session::create(model, so);
+    REQUIRE(s.ok());
+    auto r = s->run({{"x", crt::TensorView::of(x.data(), {1, 40, 12, 70})}});
+    REQUIRE(r.ok());
+    const auto out = [&](int k) { return reinterpret_cast<const float*>(r.value()[k].bytes.data()); };
+    int64_t bad = 0;
+    for (int64_t t = 0; t < 40; ++t)
+      for (int64_t h = 0; h < 12; ++h)
+        for (int64_t d = 0; d < 70; ++d) {
+          bad += out(0)[(h * 40 + t) * 70 + d] != at(t, h, d);
+          bad += out(1)[(t * 70 + d) * 12 + h] != at(t, h, d);
+          bad += out(3)[(t * 12 + h) * 70 + d] != at(t, h, d) || out(3)[((40 + t) * 12 + h) * 70 + d] != at(t, h, d);
+          if (t % 2 == 1 && d >= 5 && (d - 5) % 3 == 0) bad += out(2)[((t / 2) * 12 + h) * 22 + (d - 5) / 3] != at(t, h, d);
+        }
+    INFO("threads " << threads);
+    CHECK(bad == 0);
+    CHECK(r.value()[2].shape == std::vector<int64_t>{1, 20, 12, 22});
+  }
+}
