@@ -565,8 +565,10 @@ void softmaxOp(OpCtx& c) {
   const int axis = static_cast<int>(normAxis(c, c.node.attrInt("axis", -1), x.shape.rank));
   int64_t outer, n, inner;
   splitAt(x.shape, axis, outer, n, inner);
-  if (x.dt == DType::F32 && inner == 1 && !Log) {
-    c.env.k->softmax(x.as<float>(), c.outT<float>(0, x.shape), outer, n);
+  if (x.dt == DType::F32 && inner == 1 && !Log) {  // rows are independent: large ones split over the pool
+    const float* X = x.as<float>();
+    float* Y = c.outT<float>(0, x.shape);
+    parallelRows(c, outer, outer * n, [&](int64_t r0, int64_t r1) { c.env.k->softmax(X + r0 * n, Y + r0 * n, r1 - r0, n); });
   } else if (x.dt == DType::F32) {
     softmaxF32<Log>(x.as<float>(), c.outT<float>(0, x.shape), outer, n, inner);
   } else if (x.dt == DType::F16) {
