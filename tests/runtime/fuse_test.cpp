@@ -43,7 +43,7 @@ std::string normGluModel(bool leak, bool pow3, bool bcastUp, bool scalarW = fals
                 (scalarW ? "-w1" : ""));
 }
 
-/// LLaMA's RoPE on pairs as torch exports it: a = x[..., 0::2], b = x[..., 1::2] on axis `axis` of x [5, 2, 3, 8];
+/// LLaMA's RoPE on pairs as torch exports it: a = x[..., 0::2], b = x[..., 1::2] on axis `axis` of x [5, 2, 3, h];
 /// a*cos - b*sin and a*sin + b*cos (cos and sin of shape `tab`), each Unsqueezed at `stack`, Concatenated there.
 /// `swapSub`: b*sin - a*cos (not a rotation: stays unfused); `leakB`: b is also a graph output (stays unfused).
 std::string ropeModel(int64_t axis, int64_t stack, std::vector<int64_t> tab, bool swapSub = false, bool leakB = false) {
@@ -147,8 +147,8 @@ TEST_CASE("fusion: LLaMA's RoPE on pairs becomes one node with the chain's bits,
 }
 
 TEST_CASE("fusion: a fused RoPE on an odd-length axis fails cleanly, as the chain does", "[runtime][fuse][hostile]") {
-  // x declared [5, 2, 3, 8] but fed [5, 2, 3, 7]: both the chain (shapes 4 and 3 do not broadcast) and the fused
-  // node (odd pairs' axis) refuse it with an error, not a crash.
+  // x [5, 2, 3, h] fed with h = 7: both the chain (halves of 4 and 3 values do not broadcast) and the fused node
+  // (odd pairs' axis) refuse it with an error, not a crash.
   const std::string model = ropeModel(-1, -1, {4});
   std::vector<float> x(5 * 2 * 3 * 7, 0.5f);
   for (bool fuse : {true, false}) {
