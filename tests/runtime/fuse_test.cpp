@@ -46,6 +46,7 @@ std::string normGluModel(bool leak, bool pow3, bool bcastUp, bool scalarW = fals
 /// LLaMA's RoPE on pairs as torch exports it: a = x[..., 0::2], b = x[..., 1::2] on axis `axis` of x [5, 2, 3, h];
 /// a*cos - b*sin and a*sin + b*cos (cos and sin of shape `tab`), each Unsqueezed at `stack`, Concatenated there.
 /// `swapSub`: b*sin - a*cos (not a rotation: stays unfused); `leakB`: b is also a graph output (stays unfused).
+/// `tab` empty: cos and sin are graph inputs of any shape instead of constants.
 std::string ropeModel(int64_t axis, int64_t stack, std::vector<int64_t> tab, bool swapSub = false, bool leakB = false) {
   ModelBuilder b;
   b.io(true, "x", 1, {"5", "2", "3", "h"});
@@ -55,8 +56,13 @@ std::string ropeModel(int64_t axis, int64_t stack, std::vector<int64_t> tab, boo
   for (int64_t d : tab) n *= d;
   std::vector<float> c(static_cast<size_t>(n)), sn(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) c[i] = std::cos(0.3f * static_cast<float>(i)), sn[i] = std::sin(0.3f * static_cast<float>(i));
-  b.initF("cos", tab, c);
-  b.initF("sin", tab, sn);
+  if (tab.empty()) {
+    b.io(true, "cos", 1, {"c0", "c1"});
+    b.io(true, "sin", 1, {"c0", "c1"});
+  } else {
+    b.initF("cos", tab, c);
+    b.initF("sin", tab, sn);
+  }
   b.initI("zero", {1}, {0});
   b.initI("one", {1}, {1});
   b.initI("end", {1}, {INT64_MAX});
@@ -189,5 +195,23 @@ TEST_CASE("reductions over the last axis keep each row's left-to-right order, ro
     CHECK(reinterpret_cast<const float*>(r.value()[0].bytes.data())[row] == sum);
     CHECK(reinterpret_cast<const float*>(r.value()[1].bytes.data())[row] == sum / 37.f);
     CHECK(reinterpret_cast<const float*>(r.value()[2].bytes.data())[row] == mx);
+  }
+}
+
+TEST_CASE("fusion: a fused RoPE refuses tables that do not broadcast to the halves, as the chain does", "[runtime][fuse][hostile]") {
+  // cos / sin as graph inputs, fed [3, 5] against halves [5, 2, 3, 4]: an error naming the shapes, fused or not
+  const std::string model = ropeModel(-1, -1, {});
+  std::vector<float> x(5 * 2 * 3 * 8, 0.5f), tab(15, 0.25f);
+  for (bool fuse : {true, false}) {
+    crt::SessionOptions so;
+    so.fuse = fuse;
+    auto s = crt::Session::create(model, so);
+    REQUIRE(s.ok());
+    CHECK(s->info().fused_nodes == (fuse ? 1 : 0));
+    auto r = s->run({{"x", crt::TensorView::of(x.data(), {5, 2, 3, 8})}, {"cos", crt::TensorView::of(tab.data(), {3, 5})},
+                     {"sin", crt::TensorView::of(tab.data(), {3, 5})}});
+    INFO(r.status().message);
+    CHECK_FALSE(r.ok());
+    if (fuse) CHECK(r.status().message.find("do not broadcast") != std::string::npos);
   }
 }
