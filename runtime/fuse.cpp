@@ -1,8 +1,12 @@
-// fuse.cpp — RMSNorm and SiLU-multiply chains fused into one node each at load (fuse.h).
+// fuse.cpp — RMSNorm, SiLU-multiply, RoPE and per-row scale chains fused into one node each at load (fuse.h).
 #include "runtime/fuse.h"
+
+#include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <limits>
 
 #include "runtime/backend.h"
 #include "runtime/kernels.h"
@@ -10,13 +14,15 @@
 
 namespace crt::detail {
 
-bool isLastAxisMean(const Graph& g, const Node& n) {
-  if (!n.domain.empty() || n.op != "ReduceMean" || n.attrInt("keepdims", 1) != 1) return false;
+bool isLastAxisReduce(const Graph& g, const Node& n, const char* op) {
+  if (!n.domain.empty() || n.op != op || n.attrInt("keepdims", 1) != 1) return false;
   if (const std::vector<int64_t>* axes = n.attrInts("axes")) return axes->size() == 1 && (*axes)[0] == -1;
   if (n.in.size() < 2 || n.in[1] < 0 || !g.values[n.in[1]].is_const) return false;
   const Buf& a = g.values[n.in[1]].constant;
   return a.dt == DType::I64 && a.numel() == 1 && a.as<int64_t>()[0] == -1;
 }
+
+bool isLastAxisMean(const Graph& g, const Node& n) { return isLastAxisReduce(g, n, "ReduceMean"); }
 
 // ------------------------------------------------------------------------------------------- kernels
 void opRMSNorm(OpCtx& c) {
@@ -176,7 +182,47 @@ void opRope(OpCtx& c) {
   });
 }
 
-bool fusedKeepsType(const Node& n) { return n.fn == opRMSNorm || n.fn == opSiluMul || n.fn == opRope; }
+void opAbsMaxScale(OpCtx& c) {
+  const Buf& x = c.in(0);
+  if (x.dt != DType::F32 || x.shape.rank == 0) c.bad("needs a float32 input of rank >= 1");
+  const int64_t n = x.shape[x.shape.rank - 1], rows = n == 0 ? x.numel() : x.numel() / n;
+  Shape os = x.shape;
+  os.d[os.rank - 1] = 1;
+  const float div = c.node.attrFloat("divisor", 1.f), floor = c.node.attrFloat("floor", 1.f);
+  const float* X = x.as<float>();
+  float* S = c.outT<float>(0, os);
+  // The chain's result: NaN if a value of the row is NaN (ReduceMax keeps a NaN, Max propagates it), else
+  // max(max|x| / divisor, floor). The matcher only fuses a floor > 0, so the sign of a zero maximum, the one thing
+  // the chain's left-to-right order decides, never reaches the output: the row's maximum is taken 4 lanes wide.
+  const __m128 sign = _mm_set1_ps(-0.f);
+  parallelRows(c, rows, rows * std::max<int64_t>(n, 1), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = X + r * n;
+      __m128 m4 = _mm_setzero_ps(), nan4 = _mm_setzero_ps();
+      int64_t j = 0;
+      for (; j + 4 <= n; j += 4) {
+        const __m128 v = _mm_andnot_ps(sign, _mm_loadu_ps(xr + j));
+        nan4 = _mm_or_ps(nan4, _mm_cmpunord_ps(v, v));
+        m4 = _mm_max_ps(m4, v);
+      }
+      alignas(16) float lanes[4];
+      _mm_store_ps(lanes, m4);
+      bool nan = _mm_movemask_ps(nan4) != 0;
+      float m = std::max(std::max(lanes[0], lanes[1]), std::max(lanes[2], lanes[3]));
+      for (; j < n; ++j) {
+        const float v = std::fabs(xr[j]);
+        nan |= std::isnan(v);
+        m = std::max(m, v);
+      }
+      const float sc = m / div;
+      S[r] = nan || std::isnan(sc) ? NAN : std::max(sc, floor);
+    }
+  });
+}
+
+bool fusedKeepsType(const Node& n) {
+  return n.fn == opRMSNorm || n.fn == opSiluMul || n.fn == opRope || n.fn == opAbsMaxScale;
+}
 
 // ------------------------------------------------------------------------------------------- matching
 namespace {
@@ -302,6 +348,35 @@ int mulWith(const Graph& g, const std::vector<int>& readers, int a, int tab) {
   return -1;
 }
 
+/// The per-row scale chain from Abs node p; see fuse.h.
+bool matchAbsMaxScale(const Graph& g, const Uses& u, const std::vector<char>& f32, int p, std::vector<int>& chain, Node& fused) {
+  const Node& ab = g.nodes[p];
+  if (!is(ab, "Abs") || ab.in.size() != 1 || ab.in[0] < 0 || !f32[ab.in[0]]) return false;
+  const int mx = u.single(ab.out[0]);
+  if (mx < 0 || !isLastAxisReduce(g, g.nodes[mx], "ReduceMax")) return false;
+  const int dv = u.single(g.nodes[mx].out[0]);
+  if (dv < 0 || !is(g.nodes[dv], "Div") || g.nodes[dv].in.size() != 2 || g.nodes[dv].in[0] != g.nodes[mx].out[0]) return false;
+  const float div = scalarConst(g, g.nodes[dv].in[1]);
+  const int fl = u.single(g.nodes[dv].out[0]);
+  if (std::isnan(div) || fl < 0 || !is(g.nodes[fl], "Max") || g.nodes[fl].in.size() != 2 || g.nodes[fl].in[0] != g.nodes[dv].out[0])
+    return false;
+  const float floor = scalarConst(g, g.nodes[fl].in[1]);
+  if (!(floor > 0.f)) return false;  // (opAbsMaxScale relies on it)
+  chain = {p, mx, dv, fl};
+  fused = Node();
+  fused.domain = "crt";
+  fused.op = "AbsMaxScale";
+  fused.name = g.nodes[fl].name;
+  fused.in = {ab.in[0]};
+  fused.out = g.nodes[fl].out;
+  fused.attrs["divisor"].kind = Attr::Float;
+  fused.attrs["divisor"].f = div;
+  fused.attrs["floor"].kind = Attr::Float;
+  fused.attrs["floor"].f = floor;
+  fused.fn = opAbsMaxScale;
+  return true;
+}
+
 /// The RoPE chain from Slice node p (a = t[0::2]); see fuse.h.
 bool matchRope(const Graph& g, const Uses& u, const std::vector<std::vector<int>>& readers, const std::vector<char>& f32,
                int p, std::vector<int>& chain, Node& fused) {
@@ -365,7 +440,7 @@ bool matchRope(const Graph& g, const Uses& u, const std::vector<std::vector<int>
 
 }  // namespace
 
-int fuseChains(Graph& g, bool rope) {
+int fuseChains(Graph& g, bool cpuOnly) {
   const std::vector<char> f32 = knownFloat32(g);
   const Uses u(g);
   std::vector<std::vector<int>> readers(g.values.size());  // every reader of each value (RoPE's a and b have two)
@@ -380,7 +455,7 @@ int fuseChains(Graph& g, bool rope) {
     std::vector<int> chain;
     Node f;
     if (!matchRmsNorm(g, u, f32, i, chain, f) && !matchSiluMul(g, u, f32, i, chain, f) &&
-        !(rope && matchRope(g, u, readers, f32, i, chain, f)))
+        !(cpuOnly && (matchRope(g, u, readers, f32, i, chain, f) || matchAbsMaxScale(g, u, f32, i, chain, f))))
       continue;
     bool free = true;
     for (int c : chain) free &= !drop[c];

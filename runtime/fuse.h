@@ -6,8 +6,9 @@
 //  - RoPE on pairs (LLaMA's rotation of (t[2i], t[2i+1])): a = Slice(t, 0::2 on axis s), b = Slice(t, 1::2 on s);
 //    Sub(Mul(a, cos), Mul(b, sin)), Add(Mul(a, sin), Mul(b, cos)); both Unsqueezed at k and Concatenated on k
 //                                                          => crt.Rope(t, cos, sin; axis s, stack k)
-//    Prefill of the 768-wide synthetic model spent ~7% of its time in these 11 nodes per rotation (1 thread).
-//    Only on the CPU (a device backend runs the chain node by node).
+//  - SmoothQuant's per-token activation scale: Abs(x) -> ReduceMax(last axis, keepdims) -> Div(c) -> Max(., floor)
+//                                                          => crt.AbsMaxScale(x; divisor c, floor)
+//    These two only on the CPU (a device backend has no kernel for them and runs the chains node by node).
 // Only float32 chains (known at load, backend.h's knownFloat32) whose intermediates nothing else reads are fused.
 // fuse.cpp is compiled with -ffp-contract=off: a fused a*c - b*s must round both products, as the Mul nodes did.
 #pragma once
@@ -16,14 +17,16 @@
 
 namespace crt::detail {
 
-/// Fuses every matching chain (RoPE only when `rope`); returns the nodes fused. Run pruneUnused + prepareRuns after
-/// a non-zero result.
-int fuseChains(Graph& g, bool rope = true);
+/// Fuses every matching chain (RoPE and the per-row scale only when `cpuOnly`); returns the nodes fused. Run
+/// pruneUnused + prepareRuns after a non-zero result.
+int fuseChains(Graph& g, bool cpuOnly = true);
 
 /// Whether n is a fused node whose output has its first input's element type (backend.h's knownFloat32).
 bool fusedKeepsType(const Node& n);
 
-/// ReduceMean over the last axis only, keeping it (the axes attribute or a constant axes input of -1).
+/// `op` (a reduction) over the last axis only, keeping it (the axes attribute or a constant axes input of -1).
+bool isLastAxisReduce(const Graph& g, const Node& n, const char* op);
+/// isLastAxisReduce for ReduceMean.
 bool isLastAxisMean(const Graph& g, const Node& n);
 
 void opRMSNorm(OpCtx& c);  // in = {x, weight (optional)}, attr eps: y = (x * 1/sqrt(mean(x^2) + eps)) * weight
@@ -31,5 +34,7 @@ void opSiluMul(OpCtx& c);  // in = {g, up}: y = (g * sigmoid(g)) * up, with broa
 /// in = {t, cos, sin}, attrs axis (s), stack (k): a / b = the even / odd elements of t along s, cos and sin broadcast
 /// to a's shape; y = stack([a*cos - b*sin, a*sin + b*cos], axis k).
 void opRope(OpCtx& c);
+/// in = {x}, attrs divisor, floor: per row of x's last axis, max(max|x| / divisor, floor), the row's axis kept as 1.
+void opAbsMaxScale(OpCtx& c);
 
 }  // namespace crt::detail

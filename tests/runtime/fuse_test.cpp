@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <random>
 
 #include "runtime/crt.h"
@@ -82,6 +83,23 @@ std::string ropeModel(int64_t axis, int64_t stack, std::vector<int64_t> tab, boo
   attrInt(b.node("Concat", {"u0", "u1"}, {"y"}), "axis", stack);
   return b.save("rope-" + std::to_string(axis) + "-" + std::to_string(stack) + "-" + std::to_string(tab.size()) +
                 (swapSub ? "-swap" : "") + (leakB ? "-leak" : ""));
+}
+
+/// SmoothQuant's per-token scale as its export writes it: Abs(x) -> ReduceMax(axes [-1]) -> Div(127) -> Max(., floor),
+/// x [rows, 8]. `swapMax`: Max(floor, .) (not fused); `floor` <= 0 is not fused either (the sign of a zero max would
+/// then matter).
+std::string scaleModel(float floor, bool swapMax = false) {
+  ModelBuilder b;
+  b.io(true, "x", 1, {"rows", "8"});
+  b.io(false, "y", 1, {"rows", "1"});
+  b.initI("last", {1}, {-1});
+  b.initF("c127", {}, {127.f});
+  b.initF("floor", {}, {floor});
+  b.node("Abs", {"x"}, {"a"});
+  b.node("ReduceMax", {"a", "last"}, {"m"});
+  b.node("Div", {"m", "c127"}, {"s0"});
+  b.node("Max", swapMax ? std::vector<std::string>{"floor", "s0"} : std::vector<std::string>{"s0", "floor"}, {"y"});
+  return b.save("scale-" + std::to_string(floor) + (swapMax ? "-swap" : ""));
 }
 
 /// Output 0 with and without fusion, checking how many chains were fused; the fused nodes on the emulated device
@@ -213,5 +231,37 @@ TEST_CASE("fusion: a fused RoPE refuses tables that do not broadcast to the halv
     INFO(r.status().message);
     CHECK_FALSE(r.ok());
     if (fuse) CHECK(r.status().message.find("do not broadcast") != std::string::npos);
+  }
+}
+
+TEST_CASE("fusion: SmoothQuant's per-token scale chain becomes one node with the chain's bits", "[runtime][fuse]") {
+  SECTION("the exported chain") { checkSameBits(scaleModel(1e-8f), 1); }
+  SECTION("Max(floor, .) keeps the chain") { checkSameBits(scaleModel(1e-8f, true), 0); }
+  SECTION("a floor of 0 keeps the chain") { checkSameBits(scaleModel(0.f), 0); }
+  SECTION("rows of zeros, signed zeros, NaN, infinity and denormals: the same bits fused and not") {
+    const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+    std::vector<float> x = {0, -0.f, 0, 0, -0.f, 0, 0, 0,             // zeros: the floor
+                            1, -2, 3, nan, 4, 5, -6, 7,               // a NaN wins
+                            -inf, 1, 2, 3, 4, 5, 6, 7,                // infinity
+                            1e-40f, -2e-40f, 0, 0, 0, 0, 0, 0,        // denormals
+                            -9, 8, 7, 6, 5, 4, 3, 2, 1, 2, 3, 4, 5, 6, 7, 8.5f};  // (2 rows)
+    std::vector<std::vector<uint8_t>> outs;
+    for (bool fuse : {true, false}) {
+      crt::SessionOptions so;
+      so.fuse = fuse;
+      auto s = crt::Session::create(scaleModel(1e-8f), so);
+      REQUIRE(s.ok());
+      CHECK(s->info().fused_nodes == (fuse ? 1 : 0));
+      auto r = s->run({{"x", crt::TensorView::of(x.data(), {6, 8})}});
+      REQUIRE(r.ok());
+      outs.push_back(r.value()[0].bytes);
+    }
+    CHECK(outs[0] == outs[1]);
+    const float* y = reinterpret_cast<const float*>(outs[0].data());
+    CHECK(y[0] == 1e-8f);
+    CHECK(std::isnan(y[1]));
+    CHECK(y[2] == inf);
+    CHECK(y[4] == 9.f / 127.f);
+    CHECK(y[5] == 8.5f / 127.f);
   }
 }
