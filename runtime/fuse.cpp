@@ -254,6 +254,28 @@ struct Uses {
   int single(int v) const { return v >= 0 && count[v] == 1 ? consumer[v] : -1; }
 };
 
+/// The fused node that replaces a chain ending in node `last`: domain crt, `last`'s name and outputs.
+Node fusedNode(const char* op, OpFn fn, const Node& last, std::vector<int> in) {
+  Node f;
+  f.domain = "crt";
+  f.op = op;
+  f.fn = fn;
+  f.name = last.name;
+  f.in = std::move(in);
+  f.out = last.out;
+  return f;
+}
+
+void setAttr(Node& n, const char* key, float v) {
+  n.attrs[key].kind = Attr::Float;
+  n.attrs[key].f = v;
+}
+
+void setAttr(Node& n, const char* key, int64_t v) {
+  n.attrs[key].kind = Attr::Int;
+  n.attrs[key].i = v;
+}
+
 /// The RMSNorm chain from Pow node p; fills `chain` (nodes to drop; the last is replaced) and the fused node.
 bool matchRmsNorm(const Graph& g, const Uses& u, const std::vector<char>& f32, int p, std::vector<int>& chain, Node& fused) {
   const Node& pow = g.nodes[p];
@@ -272,14 +294,8 @@ bool matchRmsNorm(const Graph& g, const Uses& u, const std::vector<char>& f32, i
   const int mul = u.single(g.nodes[rec].out[0]);
   if (mul < 0 || !is(g.nodes[mul], "Mul") || otherInput(g.nodes[mul], g.nodes[rec].out[0]) != x) return false;
   chain = {p, mean, add, sq, rec, mul};
-  fused = Node();
-  fused.domain = "crt";
-  fused.op = "RMSNorm";
-  fused.name = g.nodes[mul].name;
-  fused.in = {x};
-  fused.attrs["eps"].kind = Attr::Float;
-  fused.attrs["eps"].f = eps;
-  fused.fn = opRMSNorm;
+  fused = fusedNode("RMSNorm", opRMSNorm, g.nodes[mul], {x});
+  setAttr(fused, "eps", eps);
   int out = g.nodes[mul].out[0];
   const int scale = u.single(out);  // the weight: a float32 constant vector
   if (scale >= 0 && is(g.nodes[scale], "Mul")) {
@@ -306,13 +322,7 @@ bool matchSiluMul(const Graph& g, const Uses& u, const std::vector<char>& f32, i
   const int up = otherInput(g.nodes[m2], g.nodes[m1].out[0]);
   if (up < 0 || !f32[up]) return false;
   chain = {s, m1, m2};
-  fused = Node();
-  fused.domain = "crt";
-  fused.op = "SiluMul";
-  fused.name = g.nodes[m2].name;
-  fused.in = {gate, up};
-  fused.out = g.nodes[m2].out;
-  fused.fn = opSiluMul;
+  fused = fusedNode("SiluMul", opSiluMul, g.nodes[m2], {gate, up});
   return true;
 }
 
@@ -363,17 +373,9 @@ bool matchAbsMaxScale(const Graph& g, const Uses& u, const std::vector<char>& f3
   const float floor = scalarConst(g, g.nodes[fl].in[1]);
   if (!(floor > 0.f)) return false;  // (opAbsMaxScale relies on it)
   chain = {p, mx, dv, fl};
-  fused = Node();
-  fused.domain = "crt";
-  fused.op = "AbsMaxScale";
-  fused.name = g.nodes[fl].name;
-  fused.in = {ab.in[0]};
-  fused.out = g.nodes[fl].out;
-  fused.attrs["divisor"].kind = Attr::Float;
-  fused.attrs["divisor"].f = div;
-  fused.attrs["floor"].kind = Attr::Float;
-  fused.attrs["floor"].f = floor;
-  fused.fn = opAbsMaxScale;
+  fused = fusedNode("AbsMaxScale", opAbsMaxScale, g.nodes[fl], {ab.in[0]});
+  setAttr(fused, "divisor", div);
+  setAttr(fused, "floor", floor);
   return true;
 }
 
@@ -424,17 +426,9 @@ bool matchRope(const Graph& g, const Uses& u, const std::vector<std::vector<int>
   chain = {p, pb, ac, bs, sub, as, bc, add, u0, u1, cat};
   std::sort(chain.begin(), chain.end() - 1);  // (the Concat, last in order, is replaced)
   if (chain.end()[-2] > cat) return false;
-  fused = Node();
-  fused.domain = "crt";
-  fused.op = "Rope";
-  fused.name = g.nodes[cat].name;
-  fused.in = {t, cosv, sinv};
-  fused.out = g.nodes[cat].out;
-  fused.attrs["axis"].kind = Attr::Int;
-  fused.attrs["axis"].i = axis;
-  fused.attrs["stack"].kind = Attr::Int;
-  fused.attrs["stack"].i = k;
-  fused.fn = opRope;
+  fused = fusedNode("Rope", opRope, g.nodes[cat], {t, cosv, sinv});
+  setAttr(fused, "axis", axis);
+  setAttr(fused, "stack", k);
   return true;
 }
 
