@@ -127,7 +127,7 @@ struct SessionOptions {
   Int8Activations int8_activations = Int8Activations::Model;
   Device device = Device::Cpu;
   int device_index = 0;  // which GPU (crun --device cuda:N)
-  /// Fuse RMSNorm, SwiGLU's SiLU-multiply and (on the CPU) RoPE and per-token scale chains into one node each at load (runtime/fuse.h; bit-identical
+  /// Fuse RMSNorm, SwiGLU's SiLU-multiply and (on the CPU) RoPE, per-token scale and attention-softmax chains into one node each at load (runtime/fuse.h; bit-identical
   /// results, fewer passes over the activations). false runs the file's nodes one by one.
   bool fuse = true;
 };

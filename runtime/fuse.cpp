@@ -1,4 +1,5 @@
-// fuse.cpp — RMSNorm, SiLU-multiply, RoPE and per-row scale chains fused into one node each at load (fuse.h).
+// fuse.cpp — RMSNorm, SiLU-multiply, RoPE, per-row scale and attention-softmax chains fused into one node each at
+// load (fuse.h).
 #include "runtime/fuse.h"
 
 #include <immintrin.h>
@@ -220,8 +221,50 @@ void opAbsMaxScale(OpCtx& c) {
   });
 }
 
+void opScaleMaskSoftmax(OpCtx& c) {
+  const Buf& x = c.in(0);
+  const Buf& mask = c.in(1);
+  if (x.dt != DType::F32 || mask.dt != DType::F32) c.bad("needs float32 inputs");
+  const int r = x.shape.rank;
+  if (r == 0) c.bad("needs scores of rank >= 1");
+  if (broadcastShape(c, x.shape, mask.shape) != x.shape)
+    c.bad("the mask " + mask.shape.str() + " does not broadcast to the scores " + x.shape.str());
+  int64_t ms[kMaxRank];  // the mask's stride for each axis of x (0 where it broadcasts)
+  for (int m = r - 1, stride = 1; m >= 0; --m) {
+    const int q = m - (r - mask.shape.rank);
+    const int64_t dim = q >= 0 ? mask.shape[q] : 1;
+    ms[m] = dim == 1 ? 0 : stride;
+    stride *= static_cast<int>(dim);
+  }
+  const int64_t n = x.shape[r - 1], rows = n == 0 ? 0 : x.numel() / n;
+  const float div = c.node.attrFloat("divisor", 1.f);
+  const float* X = x.as<float>();
+  const float* M = mask.as<float>();
+  float* Y = c.outT<float>(0, x.shape);
+  // per row the chain's operations: x / divisor, + mask (both rounded, as the Div and Add nodes did), then the
+  // Softmax kernel on the row in place (rows are independent: the same bits as over all rows at once)
+  parallelRows(c, rows, rows * n, [&](int64_t r0, int64_t r1) {
+    for (int64_t row = r0; row < r1; ++row) {
+      int64_t mo = 0;
+      for (int64_t m = r - 2, rest = row; m >= 0; --m) {
+        mo += rest % x.shape[m] * ms[m];
+        rest /= x.shape[m];
+      }
+      const float* xr = X + row * n;
+      const float* mr = M + mo;
+      float* y = Y + row * n;
+      if (ms[r - 1] == 1) {  // (the usual [T, T] mask: a contiguous row, so the loop vectorizes)
+        for (int64_t j = 0; j < n; ++j) y[j] = xr[j] / div + mr[j];
+      } else {
+        for (int64_t j = 0; j < n; ++j) y[j] = xr[j] / div + mr[0];
+      }
+      c.env.k->softmax(y, y, 1, n);
+    }
+  });
+}
+
 bool fusedKeepsType(const Node& n) {
-  return n.fn == opRMSNorm || n.fn == opSiluMul || n.fn == opRope || n.fn == opAbsMaxScale;
+  return n.fn == opRMSNorm || n.fn == opSiluMul || n.fn == opRope || n.fn == opAbsMaxScale || n.fn == opScaleMaskSoftmax;
 }
 
 // ------------------------------------------------------------------------------------------- matching
@@ -379,6 +422,24 @@ bool matchAbsMaxScale(const Graph& g, const Uses& u, const std::vector<char>& f3
   return true;
 }
 
+/// Attention's Div(scores, c) -> Add(., mask) -> Softmax(last axis) from Div node p; see fuse.h.
+bool matchScaleMaskSoftmax(const Graph& g, const Uses& u, const std::vector<char>& f32, int p, std::vector<int>& chain,
+                           Node& fused) {
+  const Node& dv = g.nodes[p];
+  if (!is(dv, "Div") || dv.in.size() != 2 || dv.in[0] < 0 || !f32[dv.in[0]]) return false;
+  const float div = scalarConst(g, dv.in[1]);
+  const int add = u.single(dv.out[0]);
+  if (std::isnan(div) || add < 0 || !is(g.nodes[add], "Add")) return false;
+  const int mask = otherInput(g.nodes[add], dv.out[0]);
+  const int sm = u.single(g.nodes[add].out[0]);
+  if (mask < 0 || !f32[mask] || sm < 0 || !is(g.nodes[sm], "Softmax") || g.nodes[sm].attrInt("axis", g.opset >= 13 ? -1 : 1) != -1)
+    return false;
+  chain = {p, add, sm};
+  fused = fusedNode("ScaleMaskSoftmax", opScaleMaskSoftmax, g.nodes[sm], {dv.in[0], mask});
+  setAttr(fused, "divisor", div);
+  return true;
+}
+
 /// The RoPE chain from Slice node p (a = t[0::2]); see fuse.h.
 bool matchRope(const Graph& g, const Uses& u, const std::vector<std::vector<int>>& readers, const std::vector<char>& f32,
                int p, std::vector<int>& chain, Node& fused) {
@@ -449,7 +510,8 @@ int fuseChains(Graph& g, bool cpuOnly) {
     std::vector<int> chain;
     Node f;
     if (!matchRmsNorm(g, u, f32, i, chain, f) && !matchSiluMul(g, u, f32, i, chain, f) &&
-        !(cpuOnly && (matchRope(g, u, readers, f32, i, chain, f) || matchAbsMaxScale(g, u, f32, i, chain, f))))
+        !(cpuOnly && (matchRope(g, u, readers, f32, i, chain, f) || matchAbsMaxScale(g, u, f32, i, chain, f) ||
+                      matchScaleMaskSoftmax(g, u, f32, i, chain, f))))
       continue;
     bool free = true;
     for (int c : chain) free &= !drop[c];

@@ -8,7 +8,9 @@
 //                                                          => crt.Rope(t, cos, sin; axis s, stack k)
 //  - SmoothQuant's per-token activation scale: Abs(x) -> ReduceMax(last axis, keepdims) -> Div(c) -> Max(., floor)
 //                                                          => crt.AbsMaxScale(x; divisor c, floor)
-//    These two only on the CPU (a device backend has no kernel for them and runs the chains node by node).
+//  - attention's scaled, masked softmax: Div(scores, c) -> Add(., mask) -> Softmax(last axis)
+//                                                          => crt.ScaleMaskSoftmax(scores, mask; divisor c)
+//    These three only on the CPU (a device backend has no kernel for them and runs the chains node by node).
 // Only float32 chains (known at load, backend.h's knownFloat32) whose intermediates nothing else reads are fused.
 // fuse.cpp is compiled with -ffp-contract=off: a fused a*c - b*s must round both products, as the Mul nodes did.
 #pragma once
@@ -17,8 +19,8 @@
 
 namespace crt::detail {
 
-/// Fuses every matching chain (RoPE and the per-row scale only when `cpuOnly`); returns the nodes fused. Run
-/// pruneUnused + prepareRuns after a non-zero result.
+/// Fuses every matching chain (RoPE, the per-row scale and the attention softmax only when `cpuOnly`); returns the
+/// nodes fused. Run pruneUnused + prepareRuns after a non-zero result.
 int fuseChains(Graph& g, bool cpuOnly = true);
 
 /// Whether n is a fused node whose output has its first input's element type (backend.h's knownFloat32).
@@ -36,5 +38,7 @@ void opSiluMul(OpCtx& c);  // in = {g, up}: y = (g * sigmoid(g)) * up, with broa
 void opRope(OpCtx& c);
 /// in = {x}, attrs divisor, floor: per row of x's last axis, max(max|x| / divisor, floor), the row's axis kept as 1.
 void opAbsMaxScale(OpCtx& c);
+/// in = {scores, mask}, attr divisor: softmax over the last axis of scores / divisor + mask (mask broadcast to scores).
+void opScaleMaskSoftmax(OpCtx& c);
 
 }  // namespace crt::detail

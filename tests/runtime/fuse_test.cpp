@@ -102,6 +102,30 @@ std::string scaleModel(float floor, bool swapMax = false) {
   return b.save("scale-" + std::to_string(floor) + (swapMax ? "-swap" : ""));
 }
 
+/// Attention's scaled, masked softmax: Softmax(Div(x, sqrt(32)) + mask) over axis `axis` of x [rows, 8], mask a
+/// constant of shape `maskShape` (empty: a graph input "mask" of any shape); `maskFirst`: Add(mask, .).
+std::string softmaxModel(std::vector<int64_t> maskShape, bool maskFirst = false, int64_t axis = -1) {
+  ModelBuilder b;
+  b.io(true, "x", 1, {"rows", "8"});
+  b.io(false, "y", 1, {"rows", "8"});
+  b.initF("c", {}, {5.656854f});  // (sqrt(32): not a power of two, so x / c and x * (1 / c) differ)
+  if (maskShape.empty()) {
+    b.io(true, "mask", 1, {"m0", "m1"});
+  } else {
+    int64_t n = 1;
+    for (int64_t d : maskShape) n *= d;
+    std::vector<float> m(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) m[i] = i % 3 == 0 ? -INFINITY : 0.1f * static_cast<float>(i % 7);  // (a causal-style -inf)
+    b.initF("mask", maskShape, m);
+  }
+  b.node("Div", {"x", "c"}, {"s"});
+  b.node("Add", maskFirst ? std::vector<std::string>{"mask", "s"} : std::vector<std::string>{"s", "mask"}, {"sm"});
+  attrInt(b.node("Softmax", {"sm"}, {"y"}), "axis", axis);
+  std::string tag;
+  for (int64_t d : maskShape) tag += "-" + std::to_string(d);
+  return b.save("softmax" + tag + (maskFirst ? "-first" : "") + "-ax" + std::to_string(axis));
+}
+
 /// Output 0 with and without fusion, checking how many chains were fused; the fused nodes on the emulated device
 /// (the same bits) and, with a GPU, on CUDA (within 1e-5). x has shape `xs`.
 void checkSameBits(const std::string& model, int fused, std::vector<int64_t> xs = {19, 8}) {  // (19 rows: 8, 8, 3)
@@ -263,5 +287,27 @@ TEST_CASE("fusion: SmoothQuant's per-token scale chain becomes one node with the
     CHECK(y[2] == inf);
     CHECK(y[4] == 9.f / 127.f);
     CHECK(y[5] == 8.5f / 127.f);
+  }
+}
+
+TEST_CASE("fusion: attention's scaled, masked softmax becomes one node with the chain's bits", "[runtime][fuse]") {
+  SECTION("a mask row per score row") { checkSameBits(softmaxModel({19, 8}), 1); }
+  SECTION("one mask row for all, Add(mask, .)") { checkSameBits(softmaxModel({8}, true), 1); }
+  SECTION("a one-value mask") { checkSameBits(softmaxModel({1}), 1); }
+  SECTION("a softmax over the first axis keeps the chain") { checkSameBits(softmaxModel({8}, false, 0), 0); }
+  SECTION("a mask that does not broadcast to the scores is an error naming both, fused or not") {
+    const std::string model = softmaxModel({});
+    std::vector<float> x(19 * 8, 0.5f), m(3 * 8, 0.f);
+    for (bool fuse : {true, false}) {
+      crt::SessionOptions so;
+      so.fuse = fuse;
+      auto s = crt::Session::create(model, so);
+      REQUIRE(s.ok());
+      CHECK(s->info().fused_nodes == (fuse ? 1 : 0));
+      auto r = s->run({{"x", crt::TensorView::of(x.data(), {19, 8})}, {"mask", crt::TensorView::of(m.data(), {3, 8})}});
+      INFO(r.status().message);
+      CHECK_FALSE(r.ok());
+      if (fuse) CHECK(r.status().message.find("[19,8] and [3,8] do not broadcast") != std::string::npos);
+    }
   }
 }
