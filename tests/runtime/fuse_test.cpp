@@ -174,6 +174,23 @@ void checkSameBits(const std::string& model, int fused, std::vector<int64_t> xs 
   }
 }
 
+/// Inputs the model refuses: an error (not a crash) with and without fusion, `fused` chains fused, and the fused
+/// run's message containing `says`.
+void checkRefused(const std::string& model, int fused, const std::vector<std::pair<std::string, crt::TensorView>>& in,
+                  const std::string& says) {
+  for (bool fuse : {true, false}) {
+    crt::SessionOptions so;
+    so.fuse = fuse;
+    auto s = crt::Session::create(model, so);
+    REQUIRE(s.ok());
+    CHECK(s->info().fused_nodes == (fuse ? fused : 0));
+    auto r = s->run(in);
+    INFO(r.status().message);
+    CHECK_FALSE(r.ok());
+    if (fuse) CHECK(r.status().message.find(says) != std::string::npos);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("fusion: RMSNorm and SiLU-multiply chains become one node each, with the chains' bits", "[runtime][fuse]") {
@@ -197,18 +214,8 @@ TEST_CASE("fusion: LLaMA's RoPE on pairs becomes one node with the chain's bits,
 TEST_CASE("fusion: a fused RoPE on an odd-length axis fails cleanly, as the chain does", "[runtime][fuse][hostile]") {
   // x [5, 2, 3, h] fed with h = 7: both the chain (halves of 4 and 3 values do not broadcast) and the fused node
   // (odd pairs' axis) refuse it with an error, not a crash.
-  const std::string model = ropeModel(-1, -1, {4});
   std::vector<float> x(5 * 2 * 3 * 7, 0.5f);
-  for (bool fuse : {true, false}) {
-    crt::SessionOptions so;
-    so.fuse = fuse;
-    auto s = crt::Session::create(model, so);
-    REQUIRE(s.ok());
-    auto r = s->run({{"x", crt::TensorView::of(x.data(), {5, 2, 3, 7})}});
-    CHECK_FALSE(r.ok());
-    INFO(r.status().message);
-    if (fuse) CHECK(r.status().message.find("odd") != std::string::npos);
-  }
+  checkRefused(ropeModel(-1, -1, {4}), 1, {{"x", crt::TensorView::of(x.data(), {5, 2, 3, 7})}}, "odd");
 }
 
 TEST_CASE("reductions over the last axis keep each row's left-to-right order, rows side by side or alone", "[runtime][fuse]") {
@@ -242,20 +249,11 @@ TEST_CASE("reductions over the last axis keep each row's left-to-right order, ro
 
 TEST_CASE("fusion: a fused RoPE refuses tables that do not broadcast to the halves, as the chain does", "[runtime][fuse][hostile]") {
   // cos / sin as graph inputs, fed [3, 5] against halves [5, 2, 3, 4]: an error naming the shapes, fused or not
-  const std::string model = ropeModel(-1, -1, {});
   std::vector<float> x(5 * 2 * 3 * 8, 0.5f), tab(15, 0.25f);
-  for (bool fuse : {true, false}) {
-    crt::SessionOptions so;
-    so.fuse = fuse;
-    auto s = crt::Session::create(model, so);
-    REQUIRE(s.ok());
-    CHECK(s->info().fused_nodes == (fuse ? 1 : 0));
-    auto r = s->run({{"x", crt::TensorView::of(x.data(), {5, 2, 3, 8})}, {"cos", crt::TensorView::of(tab.data(), {3, 5})},
-                     {"sin", crt::TensorView::of(tab.data(), {3, 5})}});
-    INFO(r.status().message);
-    CHECK_FALSE(r.ok());
-    if (fuse) CHECK(r.status().message.find("do not broadcast") != std::string::npos);
-  }
+  checkRefused(ropeModel(-1, -1, {}), 1,
+               {{"x", crt::TensorView::of(x.data(), {5, 2, 3, 8})}, {"cos", crt::TensorView::of(tab.data(), {3, 5})},
+                {"sin", crt::TensorView::of(tab.data(), {3, 5})}},
+               "do not broadcast");
 }
 
 TEST_CASE("fusion: SmoothQuant's per-token scale chain becomes one node with the chain's bits", "[runtime][fuse]") {
@@ -296,18 +294,9 @@ TEST_CASE("fusion: attention's scaled, masked softmax becomes one node with the 
   SECTION("a one-value mask") { checkSameBits(softmaxModel({1}), 1); }
   SECTION("a softmax over the first axis keeps the chain") { checkSameBits(softmaxModel({8}, false, 0), 0); }
   SECTION("a mask that does not broadcast to the scores is an error naming both, fused or not") {
-    const std::string model = softmaxModel({});
     std::vector<float> x(19 * 8, 0.5f), m(3 * 8, 0.f);
-    for (bool fuse : {true, false}) {
-      crt::SessionOptions so;
-      so.fuse = fuse;
-      auto s = crt::Session::create(model, so);
-      REQUIRE(s.ok());
-      CHECK(s->info().fused_nodes == (fuse ? 1 : 0));
-      auto r = s->run({{"x", crt::TensorView::of(x.data(), {19, 8})}, {"mask", crt::TensorView::of(m.data(), {3, 8})}});
-      INFO(r.status().message);
-      CHECK_FALSE(r.ok());
-      if (fuse) CHECK(r.status().message.find("[19,8] and [3,8] do not broadcast") != std::string::npos);
-    }
+    checkRefused(softmaxModel({}), 1,
+                 {{"x", crt::TensorView::of(x.data(), {19, 8})}, {"mask", crt::TensorView::of(m.data(), {3, 8})}},
+                 "[19,8] and [3,8] do not broadcast");
   }
 }
