@@ -137,15 +137,8 @@ void opRope(OpCtx& c) {
     st *= t.shape[m];
     ty[m] = so[m < k ? m : m + 1];
   }
-  for (auto [tab, dst] : {std::pair<const Buf*, int64_t*>{&cs, tc}, {&sn, tsn}}) {
-    int64_t stride = 1;
-    for (int m = r - 1; m >= 0; --m) {
-      const int q = m - (r - tab->shape.rank);  // the table's axis for A's axis m (right-aligned), if any
-      const int64_t dim = q >= 0 ? tab->shape[q] : 1;
-      dst[m] = dim == 1 ? 0 : stride;
-      stride *= dim;
-    }
-  }
+  bstrides(cs.shape, A, tc);
+  bstrides(sn.shape, A, tsn);
   const int64_t bOff = t.shape[s] == 0 ? 0 : ta[s] / 2, secondOff = so[k];
   const int64_t n = A[r - 1], rows = n == 0 ? 0 : A.numel() / n;
   const float* T = t.as<float>();
@@ -230,12 +223,7 @@ void opScaleMaskSoftmax(OpCtx& c) {
   if (broadcastShape(c, x.shape, mask.shape) != x.shape)
     c.bad("the mask " + mask.shape.str() + " does not broadcast to the scores " + x.shape.str());
   int64_t ms[kMaxRank];  // the mask's stride for each axis of x (0 where it broadcasts)
-  for (int m = r - 1, stride = 1; m >= 0; --m) {
-    const int q = m - (r - mask.shape.rank);
-    const int64_t dim = q >= 0 ? mask.shape[q] : 1;
-    ms[m] = dim == 1 ? 0 : stride;
-    stride *= static_cast<int>(dim);
-  }
+  bstrides(mask.shape, x.shape, ms);
   const int64_t n = x.shape[r - 1], rows = n == 0 ? 0 : x.numel() / n;
   const float div = c.node.attrFloat("divisor", 1.f);
   const float* X = x.as<float>();
