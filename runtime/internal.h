@@ -175,7 +175,8 @@ constexpr int64_t kInt8ParamPad = 16;  // readable entries past the last block's
 /// F32's panel order: [ceil(N/kPanel)][K] rows of kPanel bytes (Q8P), kPanel / 2 bytes (Q4P: byte j holds column j
 /// in its low nibble and column j + 16 in its high one) or kPanel halves (F16P); Q8P / Q4P scale and zero points as
 /// [panel][nblk][kPanel], zero past N: the zero points as bytes in zp8 (zp empty) where every one is an integer in
-/// [0, 255], which is what quantized files hold, else as floats in zp. The GEMM converts each panel inside its first row tile, as the sparse fp32
+/// [0, 255], which is what quantized files hold, else as floats in zp; the scales as fp16 in scale16 (scale empty)
+/// where every one is an fp16 value, else as floats in scale. The GEMM converts each panel inside its first row tile, as the sparse fp32
 /// form expands.
 struct SparseForm;
 struct PackedWeight {
@@ -190,7 +191,7 @@ struct PackedWeight {
   int bits = 32;
   bool int8 = false;  // Q8/Q4 with int8 activations (runtime/int8_acts.h, Kernels::gemm_i8): then the parameters
                       // are scale16 (fp16) and zp8 (integers), 3 bytes per block instead of 8
-  std::vector<uint16_t> scale16;  // [N * nblk] + kInt8ParamPad
+  std::vector<uint16_t> scale16;  // [N * nblk] + kInt8ParamPad (Q8P / Q4P: [panel][nblk][kPanel], see above)
   std::vector<uint8_t> zp8;       // [N * nblk] + kInt8ParamPad (Q8P / Q4P: [panel][nblk][kPanel], see above)
   std::shared_ptr<void> device;   // the device backend's copy, in its own layout (Backend::prepare), or null
   int64_t rowBytes() const;

@@ -225,7 +225,7 @@ const Kernels& kernelsFor(bool simd) {
 
 int64_t PackedWeight::bytes() const {
   const int64_t params = int8 ? N * nblk * 3 + static_cast<int64_t>(scale.size()) * 4  // (+ per-channel fp32 scales)
-                              : static_cast<int64_t>((scale.size() + zp.size()) * 4 + zp8.size());  // (Q8P/Q4P: byte zps)
+                              : static_cast<int64_t>((scale.size() + zp.size()) * 4 + scale16.size() * 2 + zp8.size());  // (Q8P/Q4P)
   return (sparse ? sparse->bytes() : rowBytes() * N) + params;
 }
 

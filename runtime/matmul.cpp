@@ -439,6 +439,30 @@ void panelizeF16(PackedWeight& w) {
   w.kind = PackedWeight::F16P;
 }
 
+/// A panel form's scales and zero points ([panel][nblk][kPanel]) in the fewest bytes that hold them exactly: zero
+/// points that are all integers in [0, 255] as bytes, scales that are all fp16 values as fp16 (exports with
+/// `scale_dtype: float16` write such scales), else floats. An int4-g32 decode of the synthetic model reads 82.1 MB
+/// per token with both as floats, 71.9 MB with byte zero points, 65.0 MB with fp16 scales too; both convert to the
+/// same floats, so the results do not change.
+void setPanelParams(PackedWeight& w, std::vector<float> scale, std::vector<float> zp) {
+  const bool zpBytes = std::all_of(zp.begin(), zp.end(), [](float z) { return z >= 0.f && z <= 255.f && z == std::floor(z); });
+  const bool scaleHalves = std::all_of(scale.begin(), scale.end(), [](float s) { return halfToFloat(floatToHalf(s)) == s; });
+  if (zpBytes) {
+    w.zp8.resize(zp.size());
+    std::transform(zp.begin(), zp.end(), w.zp8.begin(), [](float z) { return static_cast<uint8_t>(z); });
+    w.zp = std::vector<float>();
+  } else {
+    w.zp = std::move(zp);
+  }
+  if (scaleHalves) {
+    w.scale16.resize(scale.size());
+    std::transform(scale.begin(), scale.end(), w.scale16.begin(), floatToHalf);
+    w.scale = std::vector<float>();
+  } else {
+    w.scale = std::move(scale);
+  }
+}
+
 }  // namespace
 
 bool panelize(PackedWeight& w) {
@@ -468,18 +492,8 @@ bool panelize(PackedWeight& w) {
     }
   }
   w.w = std::move(panels);
-  w.scale = std::move(scale);
   w.kind = q8 ? PackedWeight::Q8P : PackedWeight::Q4P;
-  // Zero points that are bytes are kept as bytes: an int4 decode reads 1 byte per 32 weights for them instead
-  // of 4 (82.1 -> 71.8 MB per token on the synthetic model), and they convert to the same floats.
-  const bool bytes = std::all_of(zp.begin(), zp.end(), [](float z) { return z >= 0.f && z <= 255.f && z == std::floor(z); });
-  if (bytes) {
-    w.zp8.resize(zp.size());
-    std::transform(zp.begin(), zp.end(), w.zp8.begin(), [](float z) { return static_cast<uint8_t>(z); });
-    w.zp = std::vector<float>();
-  } else {
-    w.zp = std::move(zp);
-  }
+  setPanelParams(w, std::move(scale), std::move(zp));
   return true;
 }
 

@@ -220,43 +220,52 @@ TEST_CASE("MatMulNBits packing (2, 4, 8 bits, default and packed zero points) ma
   }
 }
 
-TEST_CASE("Q4P panels keep byte zero points as bytes and fractional ones as floats, with the same results", "[runtime][kernels]") {
+TEST_CASE("Q4P panels keep byte zero points and fp16 scales in their small forms, with the same results", "[runtime][kernels]") {
   // MatMulNBits with float zero points: integers in [0, 255] (what quantizers write) go to zp8, a byte each instead
-  // of a float; fractional ones stay floats. Either way the panel form gives the reference's values.
+  // of a float, fractional ones stay floats; scales that are all fp16 values (scale_dtype: float16) go to scale16.
+  // Either way the panel form gives the reference's values.
   std::mt19937 rng(9);
   const int64_t K = 96, N = 40, bs = 32, nblk = K / bs, blob = bs / 2;
-  for (bool fractional : {false, true}) {
-    std::vector<uint8_t> B(N * nblk * blob, 0);
-    std::vector<float> S(N * nblk), Z(N * nblk);
-    for (auto& v : S) v = std::uniform_real_distribution<float>(0.01f, 0.1f)(rng);
-    for (auto& z : Z) z = static_cast<float>(std::uniform_int_distribution<int>(0, 15)(rng)) + (fractional ? 0.25f : 0.f);
-    std::vector<double> dense(K * N);
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t k = 0; k < K; ++k) {
-        const int v = std::uniform_int_distribution<int>(0, 15)(rng);
-        const int64_t b = k / bs, j = k % bs;
-        B[(n * nblk + b) * blob + j / 2] |= static_cast<uint8_t>(v << (4 * (j % 2)));
-        dense[k * N + n] = (v - static_cast<double>(Z[n * nblk + b])) * S[n * nblk + b];
+  for (bool fractional : {false, true})
+    for (bool halfScales : {false, true}) {
+      std::vector<uint8_t> B(N * nblk * blob, 0);
+      std::vector<float> S(N * nblk), Z(N * nblk);
+      for (auto& v : S) {
+        v = std::uniform_real_distribution<float>(0.01f, 0.1f)(rng);
+        if (halfScales) v = halfToFloat(floatToHalf(v));
       }
-    Node node;
-    node.op = "MatMulNBits";
-    node.domain = "com.microsoft";
-    node.attrs["K"].kind = Attr::Int, node.attrs["K"].i = K;
-    node.attrs["N"].kind = Attr::Int, node.attrs["N"].i = N;
-    node.attrs["bits"].kind = Attr::Int, node.attrs["bits"].i = 4;
-    node.attrs["block_size"].kind = Attr::Int, node.attrs["block_size"].i = bs;
-    Buf b{DType::U8, Shape{N, nblk, blob}, B.data()}, s{DType::F32, Shape{N * nblk}, S.data()}, z{DType::F32, Shape{N * nblk}, Z.data()};
-    INFO("fractional zero points " << fractional);
-    auto panels = packMatMulNBits(node, b, s, &z);
-    REQUIRE(panelize(*panels));
-    CHECK(panels->kind == PackedWeight::Q4P);
-    const int64_t params = (N + kPanel - 1) / kPanel * nblk * kPanel;  // per panel, block and column
-    CHECK(panels->zp.size() == static_cast<size_t>(fractional ? params : 0));
-    CHECK(panels->zp8.size() == static_cast<size_t>(fractional ? 0 : params));
-    CHECK(panels->bytes() == panels->rowBytes() * N + params * 4 + params * (fractional ? 4 : 1));  // (scale + zp)
-    const int sets = checkAll(*panels, dense, K, N);
-    CHECK(sets == (avx512Kernels() ? 1 : 0) + (avx2Kernels() ? 1 : 0));
-  }
+      if (!halfScales) S[5] = 0.0123456789f;  // (not an fp16 value: the scales stay floats)
+      for (auto& z : Z) z = static_cast<float>(std::uniform_int_distribution<int>(0, 15)(rng)) + (fractional ? 0.25f : 0.f);
+      std::vector<double> dense(K * N);
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < K; ++k) {
+          const int v = std::uniform_int_distribution<int>(0, 15)(rng);
+          const int64_t b = k / bs, j = k % bs;
+          B[(n * nblk + b) * blob + j / 2] |= static_cast<uint8_t>(v << (4 * (j % 2)));
+          dense[k * N + n] = (v - static_cast<double>(Z[n * nblk + b])) * S[n * nblk + b];
+        }
+      Node node;
+      node.op = "MatMulNBits";
+      node.domain = "com.microsoft";
+      node.attrs["K"].kind = Attr::Int, node.attrs["K"].i = K;
+      node.attrs["N"].kind = Attr::Int, node.attrs["N"].i = N;
+      node.attrs["bits"].kind = Attr::Int, node.attrs["bits"].i = 4;
+      node.attrs["block_size"].kind = Attr::Int, node.attrs["block_size"].i = bs;
+      Buf b{DType::U8, Shape{N, nblk, blob}, B.data()}, s{DType::F32, Shape{N * nblk}, S.data()},
+          z{DType::F32, Shape{N * nblk}, Z.data()};
+      INFO("fractional zero points " << fractional << ", fp16 scales " << halfScales);
+      auto panels = packMatMulNBits(node, b, s, &z);
+      REQUIRE(panelize(*panels));
+      CHECK(panels->kind == PackedWeight::Q4P);
+      const int64_t params = (N + kPanel - 1) / kPanel * nblk * kPanel;  // per panel, block and column
+      CHECK(panels->zp.size() == static_cast<size_t>(fractional ? params : 0));
+      CHECK(panels->zp8.size() == static_cast<size_t>(fractional ? 0 : params));
+      CHECK(panels->scale.size() == static_cast<size_t>(halfScales ? 0 : params));
+      CHECK(panels->scale16.size() == static_cast<size_t>(halfScales ? params : 0));
+      CHECK(panels->bytes() == panels->rowBytes() * N + params * (halfScales ? 2 : 4) + params * (fractional ? 4 : 1));
+      const int sets = checkAll(*panels, dense, K, N);
+      CHECK(sets == (avx512Kernels() ? 1 : 0) + (avx2Kernels() ? 1 : 0));
+    }
 }
 
 TEST_CASE("fp16 conversion is exact both ways and rounds to nearest even", "[runtime][kernels]") {
