@@ -72,7 +72,7 @@ void checkSparseEqualsDense(Pack pack, int64_t K, double wantStored) {
   }
   std::mt19937 rng(7);
   std::normal_distribution<float> nd;
-  for (int64_t M : {1, 2, 3, 4, 5, 12, 13, 27}) {  // GEMV; the GEMM tiles of 12, 4, 2 and 1 rows
+  for (int64_t M : {1, 2, 3, 4, 5, 12, 13, 20, 27}) {  // GEMV; the GEMM tiles of 12, 8, 4, 2 and 1 rows
     std::vector<float> x(M * K);
     for (auto& v : x) v = nd(rng);
     for (const Kernels* k : kernelSets()) {
