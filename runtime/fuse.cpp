@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
 
 #include "runtime/backend.h"
@@ -365,7 +364,7 @@ int64_t intConst(const Graph& g, int v, int64_t none) {
   return b.dt == DType::I64 ? b.as<int64_t>()[0] : b.dt == DType::I32 ? b.as<int32_t>()[0] : none;
 }
 
-constexpr int64_t kNoInt = INT64_MIN;
+constexpr int64_t kNoInt = std::numeric_limits<int64_t>::min();
 
 /// Slice(t, start, to the end, one axis, step 2): the axis, or kNoInt.
 int64_t strideTwoSlice(const Graph& g, const Node& n, int64_t start) {

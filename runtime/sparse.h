@@ -46,6 +46,20 @@ inline int64_t f32MaskIndex(int64_t p, int64_t k, int64_t K) {
   return ((p / kMaskGroup) * K + k) * kMaskGroup + p % kMaskGroup;
 }
 
+/// The set bits of a mask, through the popcnt instruction where the build has it (the SIMD kernel files): GCC's
+/// builtin clears the destination before each popcnt (an instruction per chunk in loops bound by their count), and
+/// for a mask known to fit 16 bits emits the 16-bit form, whose partial-register write chains every popcount of a
+/// loop together. The count is 64-bit, ready to add to a pointer.
+inline uint64_t popcount64(uint64_t m) {
+#if defined(__POPCNT__)
+  uint64_t c;
+  __asm__("popcnt %1, %0" : "=r"(c) : "rm"(m));
+  return c;
+#else
+  return static_cast<uint64_t>(__builtin_popcountll(m));
+#endif
+}
+
 /// Fraction of the weight's elements that are nonzero (1.0 for F16 and for layouts without a sparse form).
 double storedFraction(const PackedWeight& w);
 /// The sparse form of a dense packed weight, or null when it has none: F16, or a Q8/Q4 zero point that is
