@@ -198,6 +198,12 @@ struct PackedWeight {
   int64_t bytes() const;  // what one pass over the weight reads (dense or sparse form, scales, zero points)
 };
 
+/// Bytes of one row k of a panel (kPanel columns) of a panel-ordered kind: a byte per column (Q8P), a nibble (Q4P)
+/// or a half (F16P).
+constexpr int64_t panelRowBytes(PackedWeight::Kind k) {
+  return k == PackedWeight::Q4P ? kPanel / 2 : k == PackedWeight::Q8P ? kPanel : kPanel * 2;
+}
+
 struct KvState;
 class Backend;
 

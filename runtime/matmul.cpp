@@ -470,7 +470,7 @@ bool panelize(PackedWeight& w) {
   const bool q8 = w.kind == PackedWeight::Q8 && w.nblk == 1;
   const bool q4 = w.kind == PackedWeight::Q4 && (w.nblk == 1 || w.block % 32 == 0);  // x in blocks is x itself
   if (!(q8 || q4) || w.int8 || w.sparse || w.device || w.w.size() == 0) return false;
-  const int64_t np = (w.N + kPanel - 1) / kPanel, rowBytes = q8 ? kPanel : kPanel / 2;
+  const int64_t np = (w.N + kPanel - 1) / kPanel, rowBytes = panelRowBytes(q8 ? PackedWeight::Q8P : PackedWeight::Q4P);
   AlignedBytes panels;
   panels.resize(static_cast<size_t>(np * w.K * rowBytes));  // (zeroed: Q4P's nibbles are or-ed in)
   uint8_t* out = static_cast<uint8_t*>(panels.data());
