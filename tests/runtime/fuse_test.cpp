@@ -1,5 +1,5 @@
-// fuse_test.cpp — the load-time fusions (runtime/fuse.h): RMSNorm, SiLU-multiply and RoPE chains become one node
-// each and give the chains' bits; chains that something else reads into, other exponents, other operand orders,
+// fuse_test.cpp — the load-time fusions (runtime/fuse.h): RMSNorm, SiLU-multiply, RoPE, per-row scale and
+// attention-softmax chains become one node each and give the chains' bits; chains that something else reads into, other exponents, other operand orders,
 // other axes and broadcasting are handled.
 #include <catch2/catch.hpp>
 #include <cmath>
