@@ -14,6 +14,9 @@ struct StridedView {
   int64_t offset = 0;
 };
 StridedView transposeView(const OpCtx& c, const Buf& x);
+/// Whether v reads its input's elements in their memory order from its start (a transpose that moves only axes of
+/// size 1, as a decode step's head transposes do; a slice or expand that keeps everything): a reshape, no copy.
+bool viewKeepsOrder(const StridedView& v);
 /// Slice of x with the node's starts/ends/axes/steps inputs (host integers).
 StridedView sliceView(const OpCtx& c, const Buf& x);
 /// Expand of x to the node's shape input (host integers): broadcast dims read with stride 0.

@@ -11,6 +11,7 @@
 #include "runtime/crt.h"
 #include "runtime/cuda/cuda_backend.h"
 #include "runtime/internal.h"
+#include "runtime/op_geometry.h"
 #include "tests/runtime/model_builder.h"
 
 using Catch::Matchers::Contains;
@@ -252,5 +253,71 @@ TEST_CASE("large Transpose, Slice and Expand copies split over the threads give 
     INFO("threads " << threads);
     CHECK(bad == 0);
     CHECK(r.value()[2].shape == std::vector<int64_t>{1, 20, 12, 22});
+  }
+}
+
+TEST_CASE("Transpose, Slice and Expand views that keep memory order alias their input and give the reference values", "[runtime][session]") {
+  // Which views are reshapes: only size-1 axes move, from offset 0.
+  using crt::detail::StridedView;
+  const auto view = [](std::vector<int64_t> os, std::vector<int64_t> st, int64_t offset) {
+    StridedView v;
+    for (size_t i = 0; i < os.size(); ++i) v.os.push(os[i]), v.st[i] = st[i];
+    v.offset = offset;
+    return v;
+  };
+  CHECK(crt::detail::viewKeepsOrder(view({1, 12, 1, 64}, {768, 64, 768, 1}, 0)));    // [1,1,12,64] heads transpose
+  CHECK(!crt::detail::viewKeepsOrder(view({1, 12, 2, 64}, {1536, 64, 768, 1}, 0)));  // two rows: a real transpose
+  CHECK(!crt::detail::viewKeepsOrder(view({1, 12, 1, 64}, {768, 64, 768, 1}, 64)));  // a slice from an offset
+  CHECK(!crt::detail::viewKeepsOrder(view({2, 12, 64}, {0, 64, 1}, 0)));             // a broadcast
+  CHECK(!crt::detail::viewKeepsOrder(view({12, 64}, {64, -1}, 0)));                  // a reversal
+  CHECK(crt::detail::viewKeepsOrder(view({}, {}, 0)));
+
+  // A decode step's shapes: q = 2x [1, 1, 12, 64] transposed to heads and back (aliases of q, read after q's own
+  // last use), a full Slice and an Expand (aliases), an offset Slice and a two-row transpose (copies).
+  ModelBuilder b;
+  b.io(true, "x", 1, {"1", "1", "12", "64"});
+  b.io(true, "x2", 1, {"1", "2", "12", "64"});
+  for (const char* o : {"t", "r", "s", "s1", "e", "u"}) b.io(false, o, 1, {});
+  b.initF("two", {1}, {2.f});
+  b.node("Mul", {"x", "two"}, {"q"});
+  attrInts(b.node("Transpose", {"q"}, {"t"}), "perm", {0, 2, 1, 3});   // [1, 12, 1, 64]
+  attrInts(b.node("Transpose", {"t"}, {"tb"}), "perm", {0, 2, 1, 3});  // [1, 1, 12, 64]
+  b.node("Add", {"tb", "x"}, {"r"});                                   // 3x
+  b.initI("st", {1}, {0});
+  b.initI("big", {1}, {INT64_MAX});
+  b.initI("one", {1}, {1});
+  b.initI("ax", {1}, {3});
+  b.node("Slice", {"q", "st", "big", "ax"}, {"s"});   // all of q
+  b.node("Slice", {"q", "one", "big", "ax"}, {"s1"});  // [1, 1, 12, 63]
+  b.initI("shape", {3}, {1, 12, 64});
+  b.node("Expand", {"q", "shape"}, {"e"});  // [1, 1, 12, 64]
+  attrInts(b.node("Transpose", {"x2"}, {"u"}), "perm", {0, 2, 1, 3});  // [1, 12, 2, 64]
+  const std::string model = b.save("order-views");
+  std::vector<float> x(12 * 64), x2(2 * 12 * 64);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i) - 300.f;
+  for (size_t i = 0; i < x2.size(); ++i) x2[i] = static_cast<float>(i) * 0.5f;
+  auto s = crt::Session::create(model, crt::SessionOptions{});
+  REQUIRE(s.ok());
+  for (int run = 0; run < 2; ++run) {  // recorded, then replayed
+    auto r = s->run({{"x", crt::TensorView::of(x.data(), {1, 1, 12, 64})}, {"x2", crt::TensorView::of(x2.data(), {1, 2, 12, 64})}});
+    REQUIRE(r.ok());
+    const auto out = [&](int k) { return reinterpret_cast<const float*>(r.value()[k].bytes.data()); };
+    CHECK(r.value()[0].shape == std::vector<int64_t>{1, 12, 1, 64});
+    CHECK(r.value()[3].shape == std::vector<int64_t>{1, 1, 12, 63});
+    CHECK(r.value()[4].shape == std::vector<int64_t>{1, 1, 12, 64});
+    CHECK(r.value()[5].shape == std::vector<int64_t>{1, 12, 2, 64});
+    int64_t bad = 0;
+    for (int64_t h = 0; h < 12; ++h)
+      for (int64_t d = 0; d < 64; ++d) {
+        const float v = x[h * 64 + d];
+        bad += out(0)[h * 64 + d] != 2 * v;
+        bad += out(1)[h * 64 + d] != 3 * v;
+        bad += out(2)[h * 64 + d] != 2 * v;
+        bad += out(4)[h * 64 + d] != 2 * v;
+        if (d >= 1) bad += out(3)[h * 63 + d - 1] != 2 * v;
+        for (int64_t t = 0; t < 2; ++t) bad += out(5)[(h * 2 + t) * 64 + d] != x2[(t * 12 + h) * 64 + d];
+      }
+    INFO("run " << run);
+    CHECK(bad == 0);
   }
 }
