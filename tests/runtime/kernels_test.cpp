@@ -171,6 +171,18 @@ TEST_CASE("int8 and int4 DequantizeLinear weights (per tensor, per column, block
   }
 }
 
+/// A com.microsoft MatMulNBits node with its K, N, bits and block_size attributes (what packMatMulNBits reads).
+static Node matMulNBitsNode(int64_t K, int64_t N, int64_t bits, int64_t bs) {
+  Node node;
+  node.op = "MatMulNBits";
+  node.domain = "com.microsoft";
+  for (auto [key, v] : {std::pair<const char*, int64_t>{"K", K}, {"N", N}, {"bits", bits}, {"block_size", bs}}) {
+    node.attrs[key].kind = Attr::Int;
+    node.attrs[key].i = v;
+  }
+  return node;
+}
+
 TEST_CASE("MatMulNBits packing (2, 4, 8 bits, default and packed zero points) matches the reference", "[runtime][kernels]") {
   std::mt19937 rng(4);
   for (int bits : {2, 4, 8}) {
@@ -196,13 +208,7 @@ TEST_CASE("MatMulNBits packing (2, 4, 8 bits, default and packed zero points) ma
               B[(n * nblk + b) * blob + j * bits / 8] |= static_cast<uint8_t>(v << ((j * bits) % 8));
               dense[k * N + n] = (v - zs[n * nblk + b]) * static_cast<double>(S[n * nblk + b]);
             }
-          Node node;
-          node.op = "MatMulNBits";
-          node.domain = "com.microsoft";
-          node.attrs["K"].kind = Attr::Int, node.attrs["K"].i = K;
-          node.attrs["N"].kind = Attr::Int, node.attrs["N"].i = N;
-          node.attrs["bits"].kind = Attr::Int, node.attrs["bits"].i = bits;
-          node.attrs["block_size"].kind = Attr::Int, node.attrs["block_size"].i = bs;
+          const Node node = matMulNBitsNode(K, N, bits, bs);
           Buf b{DType::U8, Shape{N, nblk, blob}, B.data()}, s{DType::F32, Shape{N * nblk}, S.data()},
               z{DType::U8, Shape{N * zrow}, Z.data()};
           INFO("bits " << bits << " K " << K << " block " << bs << " zp " << withZp);
@@ -244,13 +250,7 @@ TEST_CASE("Q4P panels keep byte zero points and fp16 scales in their small forms
           B[(n * nblk + b) * blob + j / 2] |= static_cast<uint8_t>(v << (4 * (j % 2)));
           dense[k * N + n] = (v - static_cast<double>(Z[n * nblk + b])) * S[n * nblk + b];
         }
-      Node node;
-      node.op = "MatMulNBits";
-      node.domain = "com.microsoft";
-      node.attrs["K"].kind = Attr::Int, node.attrs["K"].i = K;
-      node.attrs["N"].kind = Attr::Int, node.attrs["N"].i = N;
-      node.attrs["bits"].kind = Attr::Int, node.attrs["bits"].i = 4;
-      node.attrs["block_size"].kind = Attr::Int, node.attrs["block_size"].i = bs;
+      const Node node = matMulNBitsNode(K, N, 4, bs);
       Buf b{DType::U8, Shape{N, nblk, blob}, B.data()}, s{DType::F32, Shape{N * nblk}, S.data()},
           z{DType::F32, Shape{N * nblk}, Z.data()};
       INFO("fractional zero points " << fractional << ", fp16 scales " << halfScales);
