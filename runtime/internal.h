@@ -233,8 +233,9 @@ class Allocator {
   virtual void* output(int value, size_t bytes, int node, bool is_static) = 0;
   /// Memory that lives only while node `node` runs.
   virtual void* scratch(size_t bytes, int node, bool is_static) = 0;
-  /// `value` shares the memory of value `src` (a reshape-like op).
-  virtual void alias(int value, int src) = 0;
+  /// `value` (`bytes` long, made by node `node`) shares the memory of value `src` (a reshape-like op, or a view
+  /// that keeps its input's order: whether it does may depend on the shapes of the run).
+  virtual void alias(int value, int src, size_t bytes, int node, bool is_static) = 0;
 };
 
 struct RunEnv {

@@ -263,7 +263,7 @@ class EagerAlloc : public Allocator {
     scratch_.emplace_back(std::max<size_t>(bytes, 1));
     return scratch_.back().data();
   }
-  void alias(int value, int src) override { g_.values[value].own = g_.values[src].own; }
+  void alias(int value, int src, size_t, int, bool) override { g_.values[value].own = g_.values[src].own; }
 
  private:
   Graph& g_;

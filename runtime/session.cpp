@@ -33,6 +33,8 @@ struct Plan {
   DeviceBytes device_arena;
   std::vector<size_t> offset, size;  // per dynamic allocation, in request order
   std::vector<char> on_device;       // per dynamic allocation: which arena
+  std::vector<int> node, value;      // per dynamic allocation: the node that asked for it, the value it holds (-1: scratch)
+  std::vector<char> spare;           // per dynamic allocation: space for an output the recording aliased (Recorder)
   std::vector<std::shared_ptr<AlignedBytes>> statics;
   std::vector<std::shared_ptr<DeviceBytes>> device_statics;
   std::vector<std::pair<int, Buf>> static_vals;
@@ -42,13 +44,16 @@ struct Plan {
 struct ReplanNeeded {};
 
 /// First run for a shape set: plain heap (or device) buffers, recording sizes, sides and lifetimes.
+/// With `spares` (an in-session KV cache, whose plan serves shorter runs than the recorded one), every output an op
+/// aliases also gets space of its own in the plan: a view that aliases at the recorded length (a Slice taking a whole
+/// table) may copy at a shorter one, and the replay then puts it there.
 class Recorder : public Allocator {
  public:
-  Recorder(const Graph& g, Plan& plan) : g_(g), plan_(plan), root_(g.values.size(), -1) {}
+  Recorder(const Graph& g, Plan& plan, bool spares) : g_(g), plan_(plan), root_(g.values.size(), -1), spares_(spares) {}
   void* output(int value, size_t bytes, int node, bool is_static) override {
     const bool dev = g_.values[value].on_device;
     if (is_static) return keepStatic(bytes, dev);
-    root_[value] = add(bytes, node, node, dev);
+    root_[value] = add(bytes, node, node, dev, value);
     ends_.back() = std::max(node, g_.values[value].last_use);
     return last_;
   }
@@ -58,13 +63,17 @@ class Recorder : public Allocator {
       if (dev) return static_scratch_dev_.emplace_back(*g_.device, bytes).data();
       return static_scratch_.emplace_back(std::max<size_t>(bytes, 1)).data();
     }
-    add(bytes, node, node, dev);
+    add(bytes, node, node, dev, -1);
     return last_;
   }
-  void alias(int value, int src) override {
+  void alias(int value, int src, size_t bytes, int node, bool is_static) override {
     const int r = root_[src];
     root_[value] = r;
     if (r >= 0) ends_[r] = std::max(ends_[r], g_.values[value].last_use);
+    if (spares_ && !is_static) {
+      add(bytes, node, std::max(node, g_.values[value].last_use), g_.values[value].on_device, value);
+      spare_.back() = 1;
+    }
   }
   /// Lays each side's allocations out in its arena: greedy by size, reusing space of allocations whose
   /// lifetimes do not overlap.
@@ -72,6 +81,9 @@ class Recorder : public Allocator {
     plan_.offset.assign(sizes_.size(), 0);
     plan_.size = sizes_;
     plan_.on_device = dev_;
+    plan_.node = starts_;
+    plan_.spare = spare_;
+    plan_.value = values_;
     plan_.arena.resize(std::max<size_t>(layout(false), 64));
     if (std::find(dev_.begin(), dev_.end(), 1) != dev_.end()) plan_.device_arena = DeviceBytes(*g_.device, layout(true));
   }
@@ -87,12 +99,14 @@ class Recorder : public Allocator {
     plan_.statics.push_back(std::make_shared<AlignedBytes>(std::max<size_t>(bytes, 1)));
     return plan_.statics.back()->data();
   }
-  int add(size_t bytes, int start, int end, bool dev) {
+  int add(size_t bytes, int start, int end, bool dev, int value) {
     last_ = dev ? temp_dev_.emplace_back(*g_.device, bytes).data() : temp_.emplace_back(std::max<size_t>(bytes, 1)).data();
     sizes_.push_back(bytes);
     starts_.push_back(start);
     ends_.push_back(end);
     dev_.push_back(dev);
+    spare_.push_back(0);
+    values_.push_back(value);
     return static_cast<int>(sizes_.size()) - 1;
   }
   /// Places the allocations of one side; returns the arena size.
@@ -125,24 +139,32 @@ class Recorder : public Allocator {
   std::vector<AlignedBytes> temp_, static_scratch_;
   std::vector<DeviceBytes> temp_dev_, static_scratch_dev_;  // (device buffers never hold graph outputs)
   std::vector<size_t> sizes_;
-  std::vector<int> starts_, ends_;
-  std::vector<char> dev_;
+  std::vector<int> starts_, ends_, values_;
+  std::vector<char> dev_, spare_;
+  bool spares_ = false;
   void* last_ = nullptr;
 };
 
-/// Later runs: the same requests in the same order, served from the arenas.
+/// Later runs: the same requests from the same nodes in the same order, served from the arenas.
 /// With `up_to` (an in-session KV cache: sizes grow with the cached length), a request may be smaller
-/// than the recorded one: a plan recorded at the full capacity serves every shorter step.
+/// than the recorded one: a plan recorded at the full capacity serves every shorter step. An output the
+/// recording aliased takes its spare space where this run copies it, and skips it where this run aliases too; an
+/// output the recording copied cannot alias now (the plan's lifetimes would not hold): that run is recorded anew.
 class Replayer : public Allocator {
  public:
   Replayer(const Graph& g, const Plan& p, bool up_to) : g_(g), p_(p), up_to_(up_to) {}
-  void* output(int value, size_t bytes, int, bool) override { return next(bytes, g_.values[value].on_device); }
-  void* scratch(size_t bytes, int node, bool) override { return next(bytes, g_.nodes[node].on_device); }
-  void alias(int, int) override {}
+  void* output(int value, size_t bytes, int node, bool) override { return next(bytes, g_.values[value].on_device, node); }
+  void* scratch(size_t bytes, int node, bool) override { return next(bytes, g_.nodes[node].on_device, node); }
+  void alias(int value, int, size_t, int, bool is_static) override {
+    if (is_static || i_ >= p_.size.size() || p_.value[i_] != value) return;
+    if (!p_.spare[i_]) throw ReplanNeeded{};
+    ++i_;
+  }
 
  private:
-  void* next(size_t bytes, bool dev) {
-    if (i_ >= p_.size.size() || (up_to_ ? p_.size[i_] < bytes : p_.size[i_] != bytes) || p_.on_device[i_] != dev) throw ReplanNeeded{};
+  void* next(size_t bytes, bool dev, int node) {
+    if (i_ >= p_.size.size() || p_.node[i_] != node || (up_to_ ? p_.size[i_] < bytes : p_.size[i_] != bytes) || p_.on_device[i_] != dev)
+      throw ReplanNeeded{};
     void* base = dev ? p_.device_arena.data() : p_.arena.data();
     return static_cast<char*>(base) + p_.offset[i_++];
   }
@@ -437,7 +459,7 @@ void Session::Impl::record() {
     for (int d = 0; d < s.rank; ++d) p->key.push_back(s[d]);
   }
   last_temp.clear();
-  detail::Recorder rec(g, *p);
+  detail::Recorder rec(g, *p, g.kv != nullptr);
   execute(rec, false);
   rec.finish();
   for (size_t v = 0; v < g.values.size(); ++v)

@@ -200,7 +200,7 @@ void OpCtx::aliasOut(int i, int src, const Shape& s) {
   b.dt = in.dt;
   b.shape = s;
   b.data = in.data;
-  env.alloc->alias(v, node.in[src]);
+  env.alloc->alias(v, node.in[src], bytesOf(in.dt, elems), env.node_index, node.is_static);
 }
 
 void* OpCtx::scratch(size_t bytes) {

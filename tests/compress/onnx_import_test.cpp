@@ -90,7 +90,7 @@ TEST_CASE("onnx import: the stories model exported and imported back gives the T
   CHECK((la - lb).abs().max().item<double>() <= 1e-5 * la.abs().max().item<double>());
 }
 
-TEST_CASE("onnx import: Gemm with transB, alpha and beta becomes a linear layer; opset-18 ReduceMean axes", "[onnx-import]") {
+TEST_CASE("onnx import: Gemm with transB, alpha and beta becomes a linear layer - opset-18 ReduceMean axes", "[onnx-import]") {
   const std::string dir = testutil::tempDir("onnx_gemm");
   auto m = tinyModel(18, [](onnx::GraphProto& g) {
     floatInit(g, "fc.weight", {3, 4}, {1, 2, 3, 4, -1, 0, 1, 0, 0.5f, 0.5f, 0.5f, 0.5f});

@@ -154,7 +154,7 @@ TEST_CASE("zoo: crun runs the file torch.onnx.export wrote for every family, mat
   }
 }
 
-TEST_CASE("zoo: torch.onnx.export's file of every family imports into the IR; the executor equals torch and ONNX Runtime", "[zoo][onnx-import]") {
+TEST_CASE("zoo: torch.onnx.export's file of every family imports into the IR - the executor equals torch and ONNX Runtime", "[zoo][onnx-import]") {
   std::string why;
   REQUIRE(ortAvailable(&why));
   for (const auto& z : zoo()) {

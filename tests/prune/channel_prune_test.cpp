@@ -104,7 +104,7 @@ TEST_CASE("channel groups follow residual adds, BatchNorm and the layers reading
     if (grp.producers.size() == 2 && grp.producers[0] == "layer2.conv2.weight") CHECK(slicedTensors(a, grp.channels[0]).count("fc.weight[1]"));
 }
 
-TEST_CASE("depthwise convs and squeeze-excitation tie channels; frozen groups say why (MobileNetV2/V3, UNet)", "[channel]") {
+TEST_CASE("depthwise convs and squeeze-excitation tie channels - frozen groups say why (MobileNetV2/V3, UNet)", "[channel]") {
   for (const char* name : {"mobilenet_v2", "mobilenet_v3", "efficientnet"}) {
     INFO(name);
     Graph g = importZoo(zooModel(name));
@@ -285,7 +285,7 @@ TEST_CASE("a recipe prunes a CNN's channels from .npy calibration images and rep
   CHECK(s.report["accuracy"]["metric"] == "agreement");
 }
 
-TEST_CASE("channels concatenated along the channel axis keep their groups; the reader's columns follow both", "[channel]") {
+TEST_CASE("channels concatenated along the channel axis keep their groups - the reader's columns follow both", "[channel]") {
   // x -> conv a (4) -> relu --.
   //                          concat -> conv c (5) -> global pool (the output)
   // x -> conv b (4) -> relu --'

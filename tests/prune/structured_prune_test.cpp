@@ -198,7 +198,7 @@ TEST_CASE("heads and FFN neurons together on the stories model: smaller, still a
   CHECK(ppl < 15.0);  // 4.08 dense; ~9 after 25% of FFN neurons alone
 }
 
-TEST_CASE("GPT-2's MLP (HF Conv1D: view(*size_out) between c_fc and the GELU) is an FFN unit; dead neurons go exactly", "[structured][zoo][ort]") {
+TEST_CASE("GPT-2's MLP (HF Conv1D: view(*size_out) between c_fc and the GELU) is an FFN unit - dead neurons go exactly", "[structured][zoo][ort]") {
   std::string ort_why;
   const bool have_ort = testutil::requiredOrSkip(ortAvailable(&ort_why), "ONNX Runtime (" + ort_why + ")");
   ZooModel z = zooModel("gpt2");

@@ -59,7 +59,7 @@ TEST_CASE("convColumns times the conv's weight matrix is the convolution (pads, 
   CHECK(at::allclose(got1, want1, 1e-4, 1e-5));
 }
 
-TEST_CASE("GPTQ int4 beats RTN int4 on every conv of a ResNet with correlated inputs; depthwise convs are skipped with a reason", "[layers][zoo]") {
+TEST_CASE("GPTQ int4 beats RTN int4 on every conv of a ResNet with correlated inputs - depthwise convs are skipped with a reason", "[layers][zoo]") {
   for (const char* family : {"resnet", "mobilenet_v2"}) {
     INFO(family);
     ZooModel z = zooModel(family);
@@ -88,7 +88,7 @@ TEST_CASE("GPTQ int4 beats RTN int4 on every conv of a ResNet with correlated in
   }
 }
 
-TEST_CASE("GPT-2's Conv1D weights read as nn.Linear's; GPTQ int4 beats RTN on each", "[layers][zoo]") {
+TEST_CASE("GPT-2's Conv1D weights read as nn.Linear's - GPTQ int4 beats RTN on each", "[layers][zoo]") {
   ZooModel z = zooModel("gpt2");
   Graph g = importZoo(z);
   std::vector<LinearRef> lins = findLinears(g);
@@ -107,7 +107,7 @@ TEST_CASE("GPT-2's Conv1D weights read as nn.Linear's; GPTQ int4 beats RTN on ea
   CHECK(relDiff(Executor(before).run(z.cases[0].inputs)[0], z.cases[0].output) <= 1e-4);  // the re-layout is exact
 }
 
-TEST_CASE("Wanda and SparseGPT prune convs and models with several inputs; SparseGPT beats magnitude on each layer", "[layers][zoo]") {
+TEST_CASE("Wanda and SparseGPT prune convs and models with several inputs - SparseGPT beats magnitude on each layer", "[layers][zoo]") {
   for (const char* family : {"resnet", "bert"}) {
     INFO(family);
     ZooModel z = zooModel(family);
@@ -152,7 +152,7 @@ TEST_CASE("calibration blocks follow the residual structure: a ResNet block, a t
   }
 }
 
-TEST_CASE("a model's further inputs get their defaults for evaluation and calibration; others are refused by name", "[layers][zoo]") {
+TEST_CASE("a model's further inputs get their defaults for evaluation and calibration - others are refused by name", "[layers][zoo]") {
   ZooModel z = zooModel("bert");
   Graph g = importZoo(z);
   at::Tensor ids = tokensFor(z, 2, 7);
@@ -277,7 +277,7 @@ nlohmann::json awqFoldOnly(Graph& g, const ZooModel& z, const at::Tensor& calibr
 }
 }  // namespace
 
-TEST_CASE("AWQ's scale folding leaves the float model unchanged on GPT-2-, OPT- and BERT-style blocks; tied and post-LN inputs are not folded", "[layers][zoo][awq]") {
+TEST_CASE("AWQ's scale folding leaves the float model unchanged on GPT-2-, OPT- and BERT-style blocks - tied and post-LN inputs are not folded", "[layers][zoo][awq]") {
   for (const char* family : {"gpt2", "bert", "opt"}) {
     INFO(family);
     ZooModel z = zooModel(family);
@@ -298,7 +298,7 @@ TEST_CASE("AWQ's scale folding leaves the float model unchanged on GPT-2-, OPT- 
   }
 }
 
-TEST_CASE("AWQ folds conv scales into BatchNorm through ReLU and pooling; the float CNN is unchanged; others say why", "[layers][zoo][awq]") {
+TEST_CASE("AWQ folds conv scales into BatchNorm through ReLU and pooling - the float CNN is unchanged - others say why", "[layers][zoo][awq]") {
   for (const char* family : {"resnet", "mobilenet_v2"}) {
     INFO(family);
     ZooModel z = zooModel(family);

@@ -16,7 +16,7 @@ struct HeapAlloc : crt::detail::Allocator {
   std::vector<crt::detail::AlignedBytes> keep;
   void* output(int, size_t b, int, bool) override { keep.emplace_back(std::max<size_t>(b, 1)); return keep.back().data(); }
   void* scratch(size_t b, int, bool) override { keep.emplace_back(std::max<size_t>(b, 1)); return keep.back().data(); }
-  void alias(int, int) override {}
+  void alias(int, int, size_t, int, bool) override {}
 };
 
 inline std::vector<const crt::detail::Kernels*> kernelSets() {

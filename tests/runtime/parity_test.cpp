@@ -63,7 +63,7 @@ double pplOf(const at::Tensor& logits, const at::Tensor& targets) {
 
 }  // namespace
 
-TEST_CASE("runtime outputs equal the executor's on every export format of every model family; unfused, and on the emulated device, the same bits; a GPU within 1e-4", "[runtime][parity][device]") {
+TEST_CASE("runtime outputs equal the executor's on every export format of every model family - unfused, and on the emulated device, the same bits - a GPU within 1e-4", "[runtime][parity][device]") {
   const std::vector<std::string> formats = {"fp32", "fp16", "int8", "int8-asym", "int4-mnb", "int4-qdq", "int4-sym",
                                             "int3-g16", "int2-g16", "pruned50"};
   std::string why;
