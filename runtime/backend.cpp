@@ -7,6 +7,7 @@
 
 #include "runtime/cuda/cuda_backend.h"
 #include "runtime/fuse.h"
+#include "runtime/kv_cache.h"
 #include "runtime/op_table.h"
 
 namespace crt::detail {
@@ -33,6 +34,12 @@ constexpr NamedKind kDeviceOps[] = {
     {"Expand", {DeviceOp::Expand, 0}},
 };
 
+constexpr NamedKind kCrtDeviceOps[] = {
+    {"RMSNorm", {DeviceOp::RMSNorm, 0}}, {"SiluMul", {DeviceOp::SiluMul, 0}}, {"Rope", {DeviceOp::Rope, 0}},
+    {"ScaleMaskSoftmax", {DeviceOp::ScaleMaskSoftmax, 0}}, {"KvScores", {DeviceOp::KvScores, 0}},
+    {"KvValues", {DeviceOp::KvValues, 0}},
+};
+
 }  // namespace
 
 DeviceOpKind deviceOpOf(const Graph& g, const Node& n) {
@@ -41,9 +48,9 @@ DeviceOpKind deviceOpOf(const Graph& g, const Node& n) {
     const bool plain = !n.act_quant && !w.sparse && !w.int8 && (n.in.size() == 1 || n.in[1] < 0);
     return plain ? DeviceOpKind{DeviceOp::MatMul, 0} : DeviceOpKind{};
   }
-  if (n.domain == "crt") {  // the load-time fusions (fuse.h)
-    if (n.op == "RMSNorm") return {DeviceOp::RMSNorm, 0};
-    if (n.op == "SiluMul") return {DeviceOp::SiluMul, 0};
+  if (n.domain == "crt") {  // the load-time rewrites (fuse.h, kv_cache.h)
+    for (const NamedKind& k : kCrtDeviceOps)
+      if (n.op == k.name) return k.kind;
     return {};
   }
   if (!n.domain.empty()) return {};
@@ -59,6 +66,8 @@ DeviceOpKind deviceOpOf(const Graph& g, const Node& n) {
   }
   return {};
 }
+
+bool readsShapeOnly(const Node& n) { return n.domain.empty() && opHas(n.op, op_trait::ShapeOnly); }
 
 bool readsOnDevice(const Node& n, int input) {
   if (isView(n)) return input == 0;  // Reshape's shape, Unsqueeze's axes: host integers
@@ -120,7 +129,7 @@ std::vector<char> knownFloat32(const Graph& g) {
     const OpInfo* info = findOpInfo(n.domain, n.op);
     bool out = false;
     if (info && n.domain.empty() && n.op == "Cast") out = n.attrInt("to", 0) == static_cast<int64_t>(DType::F32);
-    else if ((info && !info->has(op_trait::OwnType)) || fusedKeepsType(n))
+    else if ((info && !info->has(op_trait::OwnType)) || fusedKeepsType(n) || isKvAttention(n))
       out = !n.in.empty() && n.in[0] >= 0 && f32[n.in[0]];
     for (size_t o = 0; o < n.out.size(); ++o) f32[n.out[o]] = out && (o == 0 || (info && info->outputs == -1));  // (Split: all)
   }
@@ -136,8 +145,8 @@ int assignNodes(Graph& g, Backend& b) {
   std::vector<char> onDevice(g.values.size(), 0);
   int assigned = 0;
   for (Node& n : g.nodes) {
-    // (load-time rewrites name their nodes in the crt domain: deviceOpOf takes only the fusions among them, so the
-    // in-session KV cache's attention stays on the host)
+    // (load-time rewrites name their nodes in the crt domain: deviceOpOf takes the fusions and the in-session KV
+    // cache's attention among them; the cache entry of an attention op placed here moves to the device)
     bool ok = !n.is_static && !n.out.empty();
     for (size_t i = 0; i < n.in.size() && ok; ++i) {
       const int v = n.in[i];
@@ -152,6 +161,7 @@ int assignNodes(Graph& g, Backend& b) {
         n.device_code = deviceOpOf(g, n).code;
         n.fn = fn;
         b.prepare(n);
+        if (isKvAttention(n)) kvEntryToDevice(g, n);
       }
     }
     for (int o : n.out) onDevice[o] = n.on_device;
@@ -196,8 +206,9 @@ int uploadConstant(Graph& g, int v) {
   return d;
 }
 
-/// Rewires every input that sits on the wrong side through a copy (one per value and side) and moves device
-/// outputs of the graph back to the host under their own names. Returns the copies inserted.
+/// Rewires every input that sits on the wrong side through a copy (one per value and side; a Shape reads the shape
+/// its value has on either side, so it needs none) and moves device outputs of the graph back to the host under their
+/// own names. Returns the copies inserted.
 int insertCopies(Graph& g) {
   const size_t nv = g.values.size();
   std::vector<int> there(nv, -1);  // the value's copy on the other side
@@ -210,7 +221,7 @@ int insertCopies(Graph& g) {
       const int v = n.in[i];
       if (v < 0) continue;
       const bool want = n.on_device && readsOnDevice(n, static_cast<int>(i));
-      if (g.values[v].on_device == want) continue;
+      if (g.values[v].on_device == want || readsShapeOnly(n)) continue;
       if (there[v] < 0) {
         if (g.values[v].is_const && want) {
           there[v] = uploadConstant(g, v);

@@ -71,9 +71,13 @@ std::shared_ptr<Backend> makeBackend(Device d, int index = 0);
 /// The ops a device backend implements (the CUDA backend all of them; runtime/cuda/device_math.h has their
 /// arithmetic): MatMul on a packed weight (F32/F16/Q8/Q4 dense, exact compute), float32 Add/Sub/Mul/Div/Pow with
 /// broadcasting, Sqrt/Reciprocal/Neg/Exp/Tanh/Sigmoid/Relu, Softmax and ReduceMean over the last axis,
-/// Transpose, Slice, Expand, Concat, MatMul of two tensors (attention's batched products), and the fused RMSNorm and
-/// SiLU-multiply (fuse.h).
-enum class DeviceOp { None, MatMul, Binary, Unary, Softmax, ReduceMean, Transpose, Slice, Expand, Concat, BatchMatMul, RMSNorm, SiluMul };
+/// Transpose, Slice, Expand, Concat, MatMul of two tensors (attention's batched products), the fused RMSNorm,
+/// SiLU-multiply, RoPE and scaled masked softmax (fuse.h), and the in-session KV cache's attention products
+/// (kv_cache.h: the cache then lives on the device).
+enum class DeviceOp {
+  None, MatMul, Binary, Unary, Softmax, ReduceMean, Transpose, Slice, Expand, Concat, BatchMatMul, RMSNorm, SiluMul,
+  Rope, ScaleMaskSoftmax, KvScores, KvValues
+};
 struct DeviceOpKind {
   DeviceOp op = DeviceOp::None;
   int code = 0;  // device::Binary or device::Unary
@@ -84,6 +88,9 @@ DeviceOpKind deviceOpOf(const Graph& g, const Node& n);
 /// Values known at load to be float32: float constants and inputs, and the outputs of ops that keep their input's
 /// element type (op_table.def: all but the OwnType ops; Cast to float32 included).
 std::vector<char> knownFloat32(const Graph& g);
+
+/// Whether `n` reads only its inputs' shapes (Shape: op_table.def's ShapeOnly), which it may take from either side.
+bool readsShapeOnly(const Node& n);
 
 /// Which inputs of `n` a device kernel reads as device data (the others, e.g. Reshape's shape, stay on the host).
 bool readsOnDevice(const Node& n, int input);

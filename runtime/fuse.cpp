@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "runtime/backend.h"
+#include "runtime/cuda/device_math.h"
 #include "runtime/kernels.h"
 #include "runtime/ops_common.h"
 
@@ -108,7 +109,7 @@ void opSiluMul(OpCtx& c) {
   binaryLoop(c, g.shape, static_cast<const float*>(t), up.shape, up.as<float>(), os, Y, [](float a, float b) { return a * b; });
 }
 
-void opRope(OpCtx& c) {
+RopeGeometry ropeGeometry(OpCtx& c) {
   const Buf& t = c.in(0);
   const Buf& cs = c.in(1);
   const Buf& sn = c.in(2);
@@ -124,36 +125,44 @@ void opRope(OpCtx& c) {
   A.d[s] /= 2;
   for (const Buf* tab : {&cs, &sn})
     if (broadcastShape(c, A, tab->shape) != A) c.bad("cos / sin " + tab->shape.str() + " do not broadcast to " + A.str());
-  Shape O;
-  for (int m = 0; m <= r; ++m) O.push(m == k ? 2 : A[m < k ? m : m - 1]);
+  RopeGeometry geo;
+  for (int m = 0; m <= r; ++m) geo.out.push(m == k ? 2 : A[m < k ? m : m - 1]);
   // Strides, per axis m of A: into t for a (b is one element of t further along s), into cos / sin (0 where they
   // broadcast), into y for the first of the pair (the second is y's stride on the stack axis further).
-  int64_t ta[kMaxRank], tc[kMaxRank], tsn[kMaxRank], ty[kMaxRank];
+  device::Rope& g = geo.r;
+  g.rank = r;
   int64_t st = 1, sy = 1, so[kMaxRank + 1];
-  for (int m = r; m >= 0; --m) so[m] = sy, sy *= O[m];
+  for (int m = r; m >= 0; --m) so[m] = sy, sy *= geo.out[m];
   for (int m = r - 1; m >= 0; --m) {
-    ta[m] = (m == s ? 2 : 1) * st;
+    g.A[m] = A[m];
+    g.ta[m] = (m == s ? 2 : 1) * st;
     st *= t.shape[m];
-    ty[m] = so[m < k ? m : m + 1];
+    g.ty[m] = so[m < k ? m : m + 1];
   }
-  bstrides(cs.shape, A, tc);
-  bstrides(sn.shape, A, tsn);
-  const int64_t bOff = t.shape[s] == 0 ? 0 : ta[s] / 2, secondOff = so[k];
-  const int64_t n = A[r - 1], rows = n == 0 ? 0 : A.numel() / n;
-  const float* T = t.as<float>();
-  const float* C = cs.as<float>();
-  const float* S = sn.as<float>();
-  float* Y = c.outT<float>(0, O);
-  parallelRows(c, rows, A.numel(), [&](int64_t r0, int64_t r1) {
+  bstrides(cs.shape, A, g.tc);
+  bstrides(sn.shape, A, g.ts);
+  g.bOff = t.shape[s] == 0 ? 0 : g.ta[s] / 2;
+  g.second = so[k];
+  return geo;
+}
+
+void opRope(OpCtx& c) {
+  const RopeGeometry geo = ropeGeometry(c);
+  const device::Rope& g = geo.r;
+  const int r = g.rank;
+  int64_t numel = 1;
+  for (int m = 0; m < r; ++m) numel *= g.A[m];
+  const int64_t n = g.A[r - 1], rows = n == 0 ? 0 : numel / n;
+  const float* T = c.in(0).as<float>();
+  const float* C = c.in(1).as<float>();
+  const float* S = c.in(2).as<float>();
+  float* Y = c.outT<float>(0, geo.out);
+  const int64_t da = g.ta[r - 1], dc = g.tc[r - 1], ds = g.ts[r - 1], dy = g.ty[r - 1];
+  parallelRows(c, rows, numel, [&](int64_t r0, int64_t r1) {
     for (int64_t row = r0; row < r1; ++row) {
-      int64_t a0 = 0, c0 = 0, s0 = 0, y0 = 0;
-      for (int64_t m = r - 2, rest = row; m >= 0; --m) {  // the row's index on A's leading axes
-        const int64_t i = rest % A[m];
-        rest /= A[m];
-        a0 += i * ta[m], c0 += i * tc[m], s0 += i * tsn[m], y0 += i * ty[m];
-      }
-      const int64_t da = ta[r - 1], dc = tc[r - 1], ds = tsn[r - 1], dy = ty[r - 1];
-      if (da == 2 && bOff == 1 && dy == 2 && secondOff == 1 && dc == 1 && ds == 1) {  // pairs on the last axis
+      int64_t a0, c0, s0, y0;  // the row's first pair (its index on A's leading axes)
+      device::ropeOffsets(g, row * n, a0, c0, s0, y0);
+      if (da == 2 && g.bOff == 1 && dy == 2 && g.second == 1 && dc == 1 && ds == 1) {  // pairs on the last axis
         const float* tr = T + a0;  // (constant strides: GCC vectorizes this loop)
         const float* cr = C + c0;
         const float* sr = S + s0;
@@ -165,12 +174,9 @@ void opRope(OpCtx& c) {
         }
         continue;
       }
-      for (int64_t j = 0; j < n; ++j) {
-        const float a = T[a0 + j * da], b = T[a0 + bOff + j * da];
-        const float cv = C[c0 + j * dc], sv = S[s0 + j * ds];
-        Y[y0 + j * dy] = a * cv - b * sv;  // (each product rounded: this file has no FMA contraction)
-        Y[y0 + secondOff + j * dy] = a * sv + b * cv;
-      }
+      for (int64_t j = 0; j < n; ++j)  // (each product rounded: this file has no FMA contraction)
+        device::ropePair(T[a0 + j * da], T[a0 + g.bOff + j * da], C[c0 + j * dc], S[s0 + j * ds], Y[y0 + j * dy],
+                         Y[y0 + g.second + j * dy]);
     }
   });
 }
@@ -213,7 +219,7 @@ void opAbsMaxScale(OpCtx& c) {
   });
 }
 
-void opScaleMaskSoftmax(OpCtx& c) {
+device::RowMask scaleMaskGeometry(OpCtx& c) {
   const Buf& x = c.in(0);
   const Buf& mask = c.in(1);
   if (x.dt != DType::F32 || mask.dt != DType::F32) c.bad("needs float32 inputs");
@@ -221,29 +227,32 @@ void opScaleMaskSoftmax(OpCtx& c) {
   if (r == 0) c.bad("needs scores of rank >= 1");
   if (broadcastShape(c, x.shape, mask.shape) != x.shape)
     c.bad("the mask " + mask.shape.str() + " does not broadcast to the scores " + x.shape.str());
-  int64_t ms[kMaxRank];  // the mask's stride for each axis of x (0 where it broadcasts)
-  bstrides(mask.shape, x.shape, ms);
-  const int64_t n = x.shape[r - 1], rows = n == 0 ? 0 : x.numel() / n;
+  device::RowMask m;
+  m.rank = r;
+  for (int d = 0; d < r; ++d) m.dims[d] = x.shape[d];
+  bstrides(mask.shape, x.shape, m.ms);
+  return m;
+}
+
+void opScaleMaskSoftmax(OpCtx& c) {
+  const device::RowMask m = scaleMaskGeometry(c);
+  const Buf& x = c.in(0);
+  const int64_t n = x.shape[m.rank - 1], rows = n == 0 ? 0 : x.numel() / n;
   const float div = c.node.attrFloat("divisor", 1.f);
   const float* X = x.as<float>();
-  const float* M = mask.as<float>();
+  const float* M = c.in(1).as<float>();
   float* Y = c.outT<float>(0, x.shape);
   // per row the chain's operations: x / divisor, + mask (both rounded, as the Div and Add nodes did), then the
   // Softmax kernel on the row in place (rows are independent: the same bits as over all rows at once)
   parallelRows(c, rows, rows * n, [&](int64_t r0, int64_t r1) {
     for (int64_t row = r0; row < r1; ++row) {
-      int64_t mo = 0;
-      for (int64_t m = r - 2, rest = row; m >= 0; --m) {
-        mo += rest % x.shape[m] * ms[m];
-        rest /= x.shape[m];
-      }
       const float* xr = X + row * n;
-      const float* mr = M + mo;
+      const float* mr = M + device::maskRowOffset(m, row);
       float* y = Y + row * n;
-      if (ms[r - 1] == 1) {  // (the usual [T, T] mask: a contiguous row, so the loop vectorizes)
+      if (m.ms[m.rank - 1] == 1) {  // (the usual [T, T] mask: a contiguous row, so the loop vectorizes)
         for (int64_t j = 0; j < n; ++j) y[j] = xr[j] / div + mr[j];
       } else {
-        for (int64_t j = 0; j < n; ++j) y[j] = xr[j] / div + mr[0];
+        for (int64_t j = 0; j < n; ++j) y[j] = device::scaleMask(xr[j], div, mr[0]);
       }
       c.env.k->softmax(y, y, 1, n);
     }
@@ -497,8 +506,8 @@ int fuseChains(Graph& g, bool cpuOnly) {
     std::vector<int> chain;
     Node f;
     if (!matchRmsNorm(g, u, f32, i, chain, f) && !matchSiluMul(g, u, f32, i, chain, f) &&
-        !(cpuOnly && (matchRope(g, u, readers, f32, i, chain, f) || matchAbsMaxScale(g, u, f32, i, chain, f) ||
-                      matchScaleMaskSoftmax(g, u, f32, i, chain, f))))
+        !matchRope(g, u, readers, f32, i, chain, f) && !matchScaleMaskSoftmax(g, u, f32, i, chain, f) &&
+        !(cpuOnly && matchAbsMaxScale(g, u, f32, i, chain, f)))
       continue;
     bool free = true;
     for (int c : chain) free &= !drop[c];

@@ -1,4 +1,4 @@
-// fuse.h — load-time fusion of two op chains every LLaMA-style export has, into one node each, with the chains'
+// fuse.h — load-time fusion of the op chains LLaMA-style exports have, into one node each, with the chains'
 // exact arithmetic (bit-identical results, fewer passes over the activations, fewer nodes per token):
 //  - RMSNorm: Pow(x, 2) -> ReduceMean(last axis, keepdims) -> Add(eps) -> Sqrt -> Reciprocal -> Mul(x, .)
 //    [-> Mul(., weight)]                                   => crt.RMSNorm(x[, weight]; eps)
@@ -10,16 +10,19 @@
 //                                                          => crt.AbsMaxScale(x; divisor c, floor)
 //  - attention's scaled, masked softmax: Div(scores, c) -> Add(., mask) -> Softmax(last axis)
 //                                                          => crt.ScaleMaskSoftmax(scores, mask; divisor c)
-//    These three only on the CPU (a device backend has no kernel for them and runs the chains node by node).
+//    The per-row scale only on the CPU (SmoothQuant's int8 MatMuls stay on the host; a device session runs that chain
+//    node by node); the CUDA backend has kernels for the other four (ropeGeometry and scaleMaskGeometry below are
+//    the checks and index maps both sides use).
 // Only float32 chains (known at load, backend.h's knownFloat32) whose intermediates nothing else reads are fused.
 // fuse.cpp is compiled with -ffp-contract=off: a fused a*c - b*s must round both products, as the Mul nodes did.
 #pragma once
 
+#include "runtime/cuda/device_math.h"
 #include "runtime/internal.h"
 
 namespace crt::detail {
 
-/// Fuses every matching chain (RoPE, the per-row scale and the attention softmax only when `cpuOnly`); returns the
+/// Fuses every matching chain (the per-row scale only when `cpuOnly`); returns the
 /// nodes fused. Run pruneUnused + prepareRuns after a non-zero result.
 int fuseChains(Graph& g, bool cpuOnly = true);
 
@@ -36,9 +39,18 @@ void opSiluMul(OpCtx& c);  // in = {g, up}: y = (g * sigmoid(g)) * up, with broa
 /// in = {t, cos, sin}, attrs axis (s), stack (k): a / b = the even / odd elements of t along s, cos and sin broadcast
 /// to a's shape; y = stack([a*cos - b*sin, a*sin + b*cos], axis k).
 void opRope(OpCtx& c);
+/// crt.Rope's output shape and index map (device_math.h), its inputs and attributes checked (a ModelError naming the
+/// node otherwise).
+struct RopeGeometry {
+  Shape out;
+  device::Rope r;
+};
+RopeGeometry ropeGeometry(OpCtx& c);
 /// in = {x}, attrs divisor, floor: per row of x's last axis, max(max|x| / divisor, floor), the row's axis kept as 1.
 void opAbsMaxScale(OpCtx& c);
 /// in = {scores, mask}, attr divisor: softmax over the last axis of scores / divisor + mask (mask broadcast to scores).
 void opScaleMaskSoftmax(OpCtx& c);
+/// crt.ScaleMaskSoftmax's mask offsets per row of the scores (device_math.h), its inputs checked.
+device::RowMask scaleMaskGeometry(OpCtx& c);
 
 }  // namespace crt::detail

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "runtime/backend.h"
 #include "runtime/kernels.h"
 #include "runtime/loader.h"
 #include "runtime/thread_pool.h"
@@ -128,7 +129,7 @@ const KvState& stateOf(const OpCtx& c) { return *c.env.g->kv; }
 void appendRows(OpCtx& c, const KvState& kv, int e, const Buf& x) {
   const int64_t S = x.shape[2], H = kv.kv_heads, D = kv.head_dim;
   const float* src = floatData(c, x);
-  char* base = static_cast<char*>(kv.entries[e].buf.data());
+  char* base = static_cast<char*>(kv.entries[e].data());
   const size_t es = dtypeSize(kv.storage);
   for (int64_t h = 0; h < H; ++h)
     for (int64_t s = 0; s < S; ++s) {
@@ -141,7 +142,7 @@ void appendRows(OpCtx& c, const KvState& kv, int e, const Buf& x) {
 
 /// Rows [0, T) of kv head h of entry e as fp32: the buffer itself, or converted into `tmp`.
 const float* cachedRows(const OpCtx& c, const KvState& kv, int e, int64_t h, int64_t T, float* tmp) {
-  const char* base = static_cast<const char*>(kv.entries[e].buf.data());
+  const char* base = static_cast<const char*>(kv.entries[e].data());
   if (kv.storage == DType::F32) return reinterpret_cast<const float*>(base) + h * kv.capacity * kv.head_dim;
   c.env.k->half_to_float(reinterpret_cast<const uint16_t*>(base) + h * kv.capacity * kv.head_dim, tmp, T * kv.head_dim);
   return tmp;
@@ -175,20 +176,12 @@ void forEachHead(OpCtx& c, const KvState& kv, int e, int64_t T, int64_t rep, F&&
 /// scores[0, h, s, t] = q[0, h, s, :] . K[h / rep][t, :] over t < length + S, after appending the new keys.
 void opKvScores(OpCtx& c) {
   const KvState& kv = stateOf(c);
-  const int e = static_cast<int>(c.node.attrInt("entry", 0));
-  const int64_t rep = c.node.attrInt("rep", 1);
-  const Buf& q = c.in(0);
-  const Buf& kn = c.in(1);
-  const int64_t H = kv.kv_heads * rep;
-  if (!headsFirst(q, H) || q.shape[q.shape.rank - 1] != kv.head_dim)
-    c.bad("queries " + q.shape.str() + " do not match the cache (" + std::to_string(H) + " heads of " + std::to_string(kv.head_dim) + ")");
-  const int64_t S = q.shape[q.shape.rank - 2], D = kv.head_dim, T = kv.length + S;
-  checkNew(c, kv, kn, S);
-  appendRows(c, kv, e, kn);
-  const float* qf = floatData(c, q);
-  FloatOut o = floatOut(c, q.dt, q.shape.rank == 4 ? Shape{1, H, S, T} : Shape{H, S, T});
-  forEachHead(c, kv, e, T, rep, [&](const float* K, int64_t qh) {
-    c.env.k->gemm_nt(S, T, D, qf + qh * S * D, D, K, D, o.p + qh * S * T, T);
+  const KvAttention a = kvScoresGeometry(c);
+  appendRows(c, kv, a.entry, c.in(1));
+  const float* qf = floatData(c, c.in(0));
+  FloatOut o = floatOut(c, c.in(0).dt, a.out);
+  forEachHead(c, kv, a.entry, a.T, a.rep, [&](const float* K, int64_t qh) {
+    c.env.k->gemm_nt(a.S, a.T, a.D, qf + qh * a.S * a.D, a.D, K, a.D, o.p + qh * a.S * a.T, a.T);
   });
   finish(o);
 }
@@ -196,26 +189,61 @@ void opKvScores(OpCtx& c) {
 /// out[0, h, s, :] = sum over t of probs[0, h, s, t] * V[h / rep][t, :], after appending the new values.
 void opKvValues(OpCtx& c) {
   const KvState& kv = stateOf(c);
-  const int e = static_cast<int>(c.node.attrInt("entry", 0));
-  const int64_t rep = c.node.attrInt("rep", 1);
-  const Buf& p = c.in(0);
-  const Buf& vn = c.in(1);
-  const int64_t D = kv.head_dim, H = kv.kv_heads * rep;
-  if (!headsFirst(p, H)) c.bad("attention weights " + p.shape.str() + " do not match the cache (" + std::to_string(H) + " heads)");
-  const int r = p.shape.rank;
-  const int64_t S = p.shape[r - 2], T = kv.length + S;
-  if (p.shape[r - 1] != T) c.bad("attention weights " + p.shape.str() + " span " + std::to_string(p.shape[r - 1]) + " keys, the cache " + std::to_string(T));
-  checkNew(c, kv, vn, S);
-  appendRows(c, kv, e, vn);
-  const float* pf = floatData(c, p);
-  FloatOut o = floatOut(c, p.dt, r == 4 ? Shape{1, H, S, D} : Shape{H, S, D});
-  forEachHead(c, kv, e, T, rep, [&](const float* V, int64_t qh) {
-    c.env.k->gemm_nn(S, D, T, pf + qh * S * T, T, V, D, o.p + qh * S * D, D);
+  const KvAttention a = kvValuesGeometry(c);
+  appendRows(c, kv, a.entry, c.in(1));
+  const float* pf = floatData(c, c.in(0));
+  FloatOut o = floatOut(c, c.in(0).dt, a.out);
+  forEachHead(c, kv, a.entry, a.T, a.rep, [&](const float* V, int64_t qh) {
+    c.env.k->gemm_nn(a.S, a.D, a.T, pf + qh * a.S * a.T, a.T, V, a.D, o.p + qh * a.S * a.D, a.D);
   });
   finish(o);
 }
 
 }  // namespace
+
+KvAttention kvScoresGeometry(OpCtx& c) {
+  const KvState& kv = stateOf(c);
+  KvAttention a;
+  a.entry = kvEntryOf(c.node);
+  a.rep = c.node.attrInt("rep", 1);
+  a.H = kv.kv_heads * a.rep, a.D = kv.head_dim;
+  const Buf& q = c.in(0);
+  if (!headsFirst(q, a.H) || q.shape[q.shape.rank - 1] != a.D)
+    c.bad("queries " + q.shape.str() + " do not match the cache (" + std::to_string(a.H) + " heads of " + std::to_string(a.D) + ")");
+  a.S = q.shape[q.shape.rank - 2], a.T = kv.length + a.S;
+  checkNew(c, kv, c.in(1), a.S);
+  a.out = q.shape.rank == 4 ? Shape{1, a.H, a.S, a.T} : Shape{a.H, a.S, a.T};
+  return a;
+}
+
+KvAttention kvValuesGeometry(OpCtx& c) {
+  const KvState& kv = stateOf(c);
+  KvAttention a;
+  a.entry = kvEntryOf(c.node);
+  a.rep = c.node.attrInt("rep", 1);
+  a.H = kv.kv_heads * a.rep, a.D = kv.head_dim;
+  const Buf& p = c.in(0);
+  if (!headsFirst(p, a.H)) c.bad("attention weights " + p.shape.str() + " do not match the cache (" + std::to_string(a.H) + " heads)");
+  const int r = p.shape.rank;
+  a.S = p.shape[r - 2], a.T = kv.length + a.S;
+  if (p.shape[r - 1] != a.T) c.bad("attention weights " + p.shape.str() + " span " + std::to_string(p.shape[r - 1]) + " keys, the cache " + std::to_string(a.T));
+  checkNew(c, kv, c.in(1), a.S);
+  a.out = r == 4 ? Shape{1, a.H, a.S, a.D} : Shape{a.H, a.S, a.D};
+  return a;
+}
+
+bool isKvAttention(const Node& n) { return n.fn == opKvScores || n.fn == opKvValues; }
+
+int kvEntryOf(const Node& n) { return static_cast<int>(n.attrInt("entry", 0)); }
+
+void kvEntryToDevice(Graph& g, const Node& n) {
+  KvState::Entry& e = g.kv->entries.at(static_cast<size_t>(kvEntryOf(n)));
+  if (e.on_device) return;
+  std::shared_ptr<Backend> b = g.device;
+  const size_t bytes = e.buf.size();
+  e.on_device = std::shared_ptr<void>(b->alloc(std::max<size_t>(bytes, 1)), [b](void* p) { b->release(p); });
+  e.buf = AlignedBytes();
+}
 
 // ------------------------------------------------------------------------------------------- rewrite
 bool isPastInput(const IoInfo& io) {
@@ -329,7 +357,7 @@ void bindKvPast(const Graph& g, Buf* vals, int64_t rows) {
     Buf& b = vals[e.past];
     b.dt = e.model_dtype;
     b.shape = Shape{1, kv.kv_heads, rows, kv.head_dim};
-    b.data = e.buf.data();  // only Shape reads it: the fused ops read the cache through KvState
+    b.data = e.data();  // only Shape reads it: the fused ops read the cache through KvState
   }
 }
 

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -27,7 +28,9 @@ struct KvState {
   struct Entry {
     int past = -1;  // the graph input value it replaces (bound to a view each run)
     DType model_dtype = DType::F32;
-    AlignedBytes buf;  // [kv_heads][capacity][head_dim]
+    AlignedBytes buf;                 // [kv_heads][capacity][head_dim], on the host
+    std::shared_ptr<void> on_device;  // the same on the session's device (backend.h), where its attention op runs
+    void* data() const { return on_device ? on_device.get() : buf.data(); }
   };
   std::vector<Entry> entries;
   /// Inputs that cover the cached tokens too (attention masks, [1, past+seq]): not part of the plan key;
@@ -55,6 +58,25 @@ void enableKvCache(Graph& g, int64_t capacity, DType storage);
 /// bias Add) sees only the last position's row, so a prefill computes one row of logits. False (graph
 /// unchanged) when the first output is not made that way.
 bool lastPositionLogits(Graph& g);
+
+/// Whether n is the in-session cache's attention op (KvScores / KvValues); its output has its first input's type.
+bool isKvAttention(const Node& n);
+/// The cache entry n (isKvAttention) reads and appends to.
+int kvEntryOf(const Node& n);
+/// Moves the cache entry of n (isKvAttention, just placed on g.device) to device memory: its kernel reads and
+/// appends there, and nothing crosses per token but the new rows' computation.
+void kvEntryToDevice(Graph& g, const Node& n);
+
+/// A KvScores / KvValues node's checked geometry (the CPU and CUDA kernels share it): its cache entry, GQA repeat,
+/// query heads H, new rows S, rows attended T (cached + S), head size D and output shape. Checks the inputs
+/// against the cache (heads, head size, the attention weights' span) and that the new rows fit.
+struct KvAttention {
+  int entry = 0;
+  int64_t rep = 1, H = 0, S = 0, T = 0, D = 0;
+  Shape out;
+};
+KvAttention kvScoresGeometry(OpCtx& c);
+KvAttention kvValuesGeometry(OpCtx& c);
 
 /// Binds every past input to a view of its cache buffer with `rows` cached rows (batch 1).
 void bindKvPast(const Graph& g, Buf* vals, int64_t rows);

@@ -5,6 +5,7 @@
 // the CPU tests check against the CPU kernels. cuBLAS is opened at run time (dlopen), so that a build with CUDA
 // starts on machines without the toolkit's libraries and says what is missing only when asked for a GPU.
 #include <cublas_v2.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <dlfcn.h>
 
@@ -12,6 +13,8 @@
 #include <string>
 
 #include "runtime/backend.h"
+#include "runtime/fuse.h"
+#include "runtime/kv_cache.h"
 #include "runtime/op_geometry.h"
 #include "runtime/cuda/cuda_backend.h"
 #include "runtime/cuda/device_math.h"
@@ -102,9 +105,8 @@ __device__ float blockReduce(float v, bool isMax) {
   return r;
 }
 
-__global__ void softmaxKernel(const float* X, float* Y, int64_t n) {
-  const float* x = X + blockIdx.x * n;
-  float* y = Y + blockIdx.x * n;
+/// Softmax of one row of n values by the block (x may be y).
+__device__ void softmaxRow(const float* x, float* y, int64_t n) {
   float m = -INFINITY;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, x[i]);
   m = blockReduce(m, true);
@@ -113,6 +115,74 @@ __global__ void softmaxKernel(const float* X, float* Y, int64_t n) {
   s = blockReduce(s, false);
   const float inv = 1.f / s;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) y[i] = expf(x[i] - m) * inv;
+}
+
+__global__ void softmaxKernel(const float* X, float* Y, int64_t n) { softmaxRow(X + blockIdx.x * n, Y + blockIdx.x * n, n); }
+
+/// crt.ScaleMaskSoftmax (fuse.h): a block per row; each thread scales and masks the values it then reads back first.
+__global__ void scaleMaskSoftmaxKernel(dm::RowMask m, const float* X, const float* M, float* Y, int64_t n, float divisor) {
+  const float* x = X + blockIdx.x * n;
+  const float* mr = M + dm::maskRowOffset(m, blockIdx.x);
+  const int64_t ms = m.ms[m.rank - 1];
+  float* y = Y + blockIdx.x * n;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) y[i] = dm::scaleMask(x[i], divisor, mr[i * ms]);
+  softmaxRow(y, y, n);
+}
+
+/// crt.Rope (fuse.h): a thread per pair.
+__global__ void ropeKernel(dm::Rope r, int64_t total, const float* T, const float* C, const float* S, float* Y) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t a, c, s, y;
+    dm::ropeOffsets(r, i, a, c, s, y);
+    float y0, y1;
+    dm::ropePair(T[a], T[a + r.bOff], C[c], S[s], y0, y1);
+    Y[y] = y0;
+    Y[y + r.second] = y1;
+  }
+}
+
+// ------------------------------------------------------------------------------------------- KV cache
+/// Writes the new rows X [H kv heads][S][D] at rows length.. of the cache (fp16: rounded to nearest even, as the
+/// CPU's conversion).
+__global__ void kvAppendKernel(dm::KvCache kv, void* cache, int64_t H, int64_t S, int64_t length, const float* X) {
+  const int64_t total = H * S * kv.D;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t d = i % kv.D, s = (i / kv.D) % S, h = i / (S * kv.D);
+    const int64_t dst = dm::kvRowOffset(kv, h, length + s) + d;
+    if (kv.f16) static_cast<uint16_t*>(cache)[dst] = __half_as_ushort(__float2half_rn(X[i]));
+    else static_cast<float*>(cache)[dst] = X[i];
+  }
+}
+
+/// scores[hs][t] = Q[hs] . K[t] for query row hs = qh * S + s: a warp per score.
+__global__ void kvScoresKernel(dm::KvCache kv, const float* Q, float* Y, int64_t S, int64_t T, int64_t total) {
+  const int64_t w = blockIdx.x * int64_t(kGemvWarps) + threadIdx.x / dm::kWarp;
+  const int lane = threadIdx.x % dm::kWarp;
+  if (w >= total) return;
+  const int64_t hs = w / T, t = w % T;
+  const float s = warpSum(dm::kvScorePartial(kv, Q + hs * kv.D, hs / S, t, lane, dm::kWarp));
+  if (lane == 0) Y[w] = s;
+}
+
+/// out[hs][d] = sum_t P[hs][t] V[t][d]: a block per query row; with D <= kRowThreads its threads form
+/// kRowThreads / D groups over t, summed in shared memory; above, a thread per d over all t.
+__global__ void kvValuesKernel(dm::KvCache kv, const float* P, float* Y, int64_t S, int64_t T) {
+  const int64_t hs = blockIdx.x, D = kv.D;
+  const float* p = P + hs * T;
+  float* y = Y + hs * D;
+  if (D > kRowThreads) {
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) y[d] = dm::kvValuePartial(kv, p, hs / S, T, d, 0, 1);
+    return;
+  }
+  __shared__ float part[kRowThreads];
+  const int64_t groups = kRowThreads / D, g = threadIdx.x / D, d = threadIdx.x % D;
+  if (g < groups) part[threadIdx.x] = dm::kvValuePartial(kv, p, hs / S, T, d, g, groups);
+  __syncthreads();
+  if (threadIdx.x < D) {
+    float sum = 0.f;
+    for (int64_t j = 0; j < groups; ++j) sum += part[j * D + threadIdx.x];
+    y[threadIdx.x] = sum;
+  }
 }
 
 __global__ void meanKernel(const float* X, float* Y, int64_t n) {
@@ -426,6 +496,66 @@ void opCudaSiluMul(OpCtx& c) {
   checkLaunch("silu mul");
 }
 
+void opCudaRope(OpCtx& c) {
+  const RopeGeometry geo = ropeGeometry(c);
+  float* Y = c.outT<float>(0, geo.out);
+  const int64_t total = geo.out.numel() / 2;
+  if (total == 0) return;
+  ropeKernel<<<blocksFor(total, 256), 256>>>(geo.r, total, c.in(0).as<float>(), c.in(1).as<float>(), c.in(2).as<float>(), Y);
+  checkLaunch("rope");
+}
+
+void opCudaScaleMaskSoftmax(OpCtx& c) {
+  const dm::RowMask m = scaleMaskGeometry(c);
+  const Buf& x = c.in(0);
+  float* Y = c.outT<float>(0, x.shape);
+  int64_t rows, n;
+  lastAxis(x, rows, n);
+  if (rows == 0) return;
+  scaleMaskSoftmaxKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(m, x.as<float>(), c.in(1).as<float>(), Y, n,
+                                                                       c.node.attrFloat("divisor", 1.f));
+  checkLaunch("scale mask softmax");
+}
+
+/// The cache entry of a KvScores / KvValues node as the kernels read it, after appending input 1's new rows.
+dm::KvCache appendToCache(OpCtx& c, const KvAttention& a) {
+  const KvState& kv = *c.env.g->kv;
+  const KvState::Entry& e = kv.entries.at(static_cast<size_t>(a.entry));
+  if (!e.on_device) c.bad("the KV cache is not on the device");
+  dm::KvCache v;
+  v.data = e.on_device.get();
+  v.f16 = kv.storage == DType::F16;
+  v.capacity = kv.capacity, v.D = kv.head_dim, v.rep = a.rep;
+  const float* X = f32In(c, 1);
+  const int64_t total = kv.kv_heads * a.S * a.D;
+  if (total > 0) {
+    kvAppendKernel<<<blocksFor(total, 256), 256>>>(v, e.on_device.get(), kv.kv_heads, a.S, kv.length, X);
+    checkLaunch("kv append");
+  }
+  return v;
+}
+
+void opCudaKvScores(OpCtx& c) {
+  const KvAttention a = kvScoresGeometry(c);
+  const float* Q = f32In(c, 0);
+  const dm::KvCache kv = appendToCache(c, a);
+  float* Y = c.outT<float>(0, a.out);
+  const int64_t total = a.H * a.S * a.T;
+  if (total == 0) return;
+  kvScoresKernel<<<static_cast<unsigned>((total + kGemvWarps - 1) / kGemvWarps), kGemvWarps * dm::kWarp>>>(kv, Q, Y, a.S, a.T, total);
+  checkLaunch("kv scores");
+}
+
+void opCudaKvValues(OpCtx& c) {
+  const KvAttention a = kvValuesGeometry(c);
+  const float* P = f32In(c, 0);
+  const dm::KvCache kv = appendToCache(c, a);
+  float* Y = c.outT<float>(0, a.out);
+  if (a.H * a.S * a.D == 0) return;
+  kvValuesKernel<<<static_cast<unsigned>(a.H * a.S), kRowThreads>>>(kv, P, Y, a.S, a.T);
+  checkLaunch("kv values");
+}
+
 OpFn CudaBackend::kernelFor(const Graph& g, const Node& n) {
   switch (deviceOpOf(g, n).op) {
     case DeviceOp::MatMul: return opCudaMatMul;
@@ -440,6 +570,10 @@ OpFn CudaBackend::kernelFor(const Graph& g, const Node& n) {
     case DeviceOp::BatchMatMul: return opCudaBatchMatMul;
     case DeviceOp::RMSNorm: return opCudaRMSNorm;
     case DeviceOp::SiluMul: return opCudaSiluMul;
+    case DeviceOp::Rope: return opCudaRope;
+    case DeviceOp::ScaleMaskSoftmax: return opCudaScaleMaskSoftmax;
+    case DeviceOp::KvScores: return opCudaKvScores;
+    case DeviceOp::KvValues: return opCudaKvValues;
     case DeviceOp::None: break;
   }
   return nullptr;

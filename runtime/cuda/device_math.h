@@ -165,6 +165,96 @@ CRT_HD float halfBitsToFloat(uint16_t h) {
   return v.f;
 }
 
+// ------------------------------------------------------------------------------------------- fused chains
+/// A product rounded to float on its own, never contracted with the add or subtract after it into an FMA: the
+/// CPU's fused ops round each product (fuse.cpp is compiled with -ffp-contract=off), and so does the device.
+CRT_HD float mulRounded(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+/// crt.Rope (runtime/fuse.h) as offsets: over the half shape A (A = t's shape with the pairs' axis halved, `rank`
+/// dims), pair element i reads a at its ta offset and b = a + bOff from t, cos and sin at their broadcast offsets
+/// (tc, ts: 0 where they broadcast), and writes y at its ty offset (first of the pair) and that + `second`.
+struct Rope {
+  int rank = 0;
+  int64_t A[kMaxRank] = {}, ta[kMaxRank] = {}, tc[kMaxRank] = {}, ts[kMaxRank] = {}, ty[kMaxRank] = {};
+  int64_t bOff = 0, second = 0;
+};
+
+/// The offsets of pair element i (C order over A) into t (a), cos, sin and y, starting from the innermost axis.
+CRT_HD void ropeOffsets(const Rope& r, int64_t i, int64_t& a, int64_t& c, int64_t& s, int64_t& y) {
+  a = c = s = y = 0;
+  for (int d = r.rank - 1; d >= 0; --d) {
+    const int64_t idx = i % r.A[d];
+    i /= r.A[d];
+    a += idx * r.ta[d], c += idx * r.tc[d], s += idx * r.ts[d], y += idx * r.ty[d];
+  }
+}
+
+/// One pair's rotation: (a cos - b sin, a sin + b cos), each product rounded, as the exported Mul/Sub/Add nodes.
+CRT_HD void ropePair(float a, float b, float cv, float sv, float& y0, float& y1) {
+  y0 = mulRounded(a, cv) - mulRounded(b, sv);
+  y1 = mulRounded(a, sv) + mulRounded(b, cv);
+}
+
+/// crt.ScaleMaskSoftmax's mask (runtime/fuse.h) per row of scores [dims..., n]: its stride on each axis of the
+/// scores (0 where it broadcasts); row r of the scores reads the mask from maskRowOffset(r), stepping ms[rank-1].
+struct RowMask {
+  int rank = 0;
+  int64_t dims[kMaxRank] = {}, ms[kMaxRank] = {};
+};
+
+CRT_HD int64_t maskRowOffset(const RowMask& m, int64_t row) {
+  int64_t off = 0;
+  for (int d = m.rank - 2; d >= 0; --d) {
+    off += row % m.dims[d] * m.ms[d];
+    row /= m.dims[d];
+  }
+  return off;
+}
+
+/// A score divided, then masked (both rounded, as the Div and Add nodes did).
+CRT_HD float scaleMask(float x, float divisor, float mask) { return x / divisor + mask; }
+
+// ------------------------------------------------------------------------------------------- KV cache
+/// The in-session KV cache (runtime/kv_cache.h) as the attention kernels read it: per kv head `capacity` rows of
+/// D values, fp32 or fp16 bits; query head qh reads kv head qh / rep (GQA).
+struct KvCache {
+  const void* data = nullptr;
+  bool f16 = false;
+  int64_t capacity = 0, D = 0, rep = 1;
+};
+
+/// Element offset of row t of kv head h.
+CRT_HD int64_t kvRowOffset(const KvCache& kv, int64_t h, int64_t t) { return (h * kv.capacity + t) * kv.D; }
+
+/// Cached element i as float.
+CRT_HD float kvAt(const KvCache& kv, int64_t i) {
+  return kv.f16 ? halfBitsToFloat(static_cast<const uint16_t*>(kv.data)[i]) : static_cast<const float*>(kv.data)[i];
+}
+
+/// One lane's share of score (qh, t) = q . K[qh / rep][t] (q: the query row of D values): values lane,
+/// lane + lanes, ...
+CRT_HD float kvScorePartial(const KvCache& kv, const float* q, int64_t qh, int64_t t, int lane, int lanes) {
+  const int64_t row = kvRowOffset(kv, qh / kv.rep, t);
+  float acc = 0.f;
+  for (int64_t d = lane; d < kv.D; d += lanes) acc += q[d] * kvAt(kv, row + d);
+  return acc;
+}
+
+/// One share of output (qh, d) = sum over t < T of p[t] V[qh / rep][t][d] (p: the row of T attention weights):
+/// t = t0, t0 + step, ...
+CRT_HD float kvValuePartial(const KvCache& kv, const float* p, int64_t qh, int64_t T, int64_t d, int64_t t0, int64_t step) {
+  const int64_t base = kvRowOffset(kv, qh / kv.rep, 0) + d;
+  float acc = 0.f;
+  for (int64_t t = t0; t < T; t += step) acc += p[t] * kvAt(kv, base + t * kv.D);
+  return acc;
+}
+
 // ------------------------------------------------------------------------------------------- packed weights
 /// A packed weight as the device kernels see it (the layouts of detail::PackedWeight, runtime/internal.h):
 /// F32 rows [N][K] (the host's panels are unpanelled at upload); F16 rows [N][K]; Q8/Q4 rows of nblk blocks

@@ -1,7 +1,8 @@
 // device_math_test.cpp — the CUDA kernels' arithmetic (runtime/cuda/device_math.h) on the host, lane by lane in
 // the kernels' order, against the CPU runtime: the GEMV's per-lane partials and warp sum for every packed weight
 // kind at block and chunk boundaries, the dequantization in front of the prefill GEMM (exact), broadcasting and
-// strided-copy index maps, the batched-GEMM stride test, fp16 bits. Runs on every machine; the kernels themselves
+// strided-copy index maps, the batched-GEMM stride test, fp16 bits, the KV-cache attention's partial sums (GQA, fp32
+// and fp16 caches) and the RoPE / masked-softmax index maps. Runs on every machine; the kernels themselves
 // are checked on a GPU by the device tests (parity_test, kv_cache_test, cuda_ops_test).
 #include <catch2/catch.hpp>
 #include <cmath>
@@ -241,4 +242,87 @@ TEST_CASE("the cuBLAS calls compute the row-major products: X W^T (packed weight
               CHECK(Y[m * N + n] == Approx(want).margin(1e-5));
             }
         }
+}
+
+TEST_CASE("device KV-cache attention arithmetic (GQA, fp32 and fp16 caches) equals the CPU's cached attention", "[runtime][device][kv]") {
+  // The CUDA kernels' schemes: a score is 32 lanes' partials and the warp's sum; an output value is the partials of
+  // kRowThreads / D groups over the cached rows, summed in group order (one thread over all rows when D > 256).
+  constexpr int kRowThreads = 256;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd;
+  for (bool f16 : {false, true})
+    for (int64_t D : {8, 33, 64, 80, 300})
+      for (int64_t rep : {1, 3}) {
+        INFO((f16 ? "fp16" : "fp32") << " cache, head size " << D << ", GQA repeat " << rep);
+        const int64_t kvHeads = 2, capacity = 13, T = 11, S = 2, H = kvHeads * rep;
+        std::vector<float> cache(static_cast<size_t>(kvHeads * capacity * D));
+        for (auto& e : cache) e = nd(rng);
+        std::vector<uint16_t> bits(cache.size());
+        for (size_t i = 0; i < cache.size(); ++i) bits[i] = floatToHalf(cache[i]), cache[i] = f16 ? halfToFloat(bits[i]) : cache[i];
+        dm::KvCache kv;
+        kv.data = f16 ? static_cast<const void*>(bits.data()) : cache.data();
+        kv.f16 = f16, kv.capacity = capacity, kv.D = D, kv.rep = rep;
+        std::vector<float> q(static_cast<size_t>(H * S * D)), p(static_cast<size_t>(H * S * T));
+        for (auto& e : q) e = nd(rng);
+        for (auto& e : p) e = std::abs(nd(rng));
+        for (int64_t qh = 0; qh < H; ++qh) {
+          const float* rows = cache.data() + dm::kvRowOffset(kv, qh / rep, 0);  // what the CPU op reads for this head
+          CHECK(rows == cache.data() + (qh / rep) * capacity * D);
+          std::vector<float> scores(static_cast<size_t>(S * T)), out(static_cast<size_t>(S * D));
+          scalarKernels().gemm_nt(S, T, D, q.data() + qh * S * D, D, rows, D, scores.data(), T);
+          scalarKernels().gemm_nn(S, D, T, p.data() + qh * S * T, T, rows, D, out.data(), D);
+          for (int64_t s = 0; s < S; ++s) {
+            const float* qr = q.data() + (qh * S + s) * D;
+            const float* pr = p.data() + (qh * S + s) * T;
+            for (int64_t t = 0; t < T; ++t) {
+              float part[dm::kWarp];
+              double mag = 0;
+              for (int l = 0; l < dm::kWarp; ++l) part[l] = dm::kvScorePartial(kv, qr, qh, t, l, dm::kWarp);
+              for (int64_t d = 0; d < D; ++d) mag += std::abs(static_cast<double>(qr[d]) * rows[t * D + d]);
+              CHECK(std::abs(dm::butterflySum(part) - scores[s * T + t]) <= 1e-5 * std::max(mag, 1e-3));
+            }
+            const int64_t groups = D > kRowThreads ? 1 : kRowThreads / D;
+            for (int64_t d = 0; d < D; ++d) {
+              float sum = 0.f;
+              double mag = 0;
+              for (int64_t g = 0; g < groups; ++g) sum += dm::kvValuePartial(kv, pr, qh, T, d, g, groups);
+              for (int64_t t = 0; t < T; ++t) mag += std::abs(static_cast<double>(pr[t]) * rows[t * D + d]);
+              CHECK(std::abs(sum - out[s * D + d]) <= 1e-5 * std::max(mag, 1e-3));
+            }
+          }
+        }
+        // appended rows land where the CPU op writes them: kv head h, row t at (h * capacity + t) * D
+        CHECK(dm::kvRowOffset(kv, 1, 5) == (1 * capacity + 5) * D);
+      }
+}
+
+TEST_CASE("device RoPE and masked-softmax index maps equal the CPU's fused ops' (the ops share them)", "[runtime][device]") {
+  // ropeOffsets over A = [2, 3, 4] with pairs on the last axis (t [2, 3, 8]) stacked last (y [2, 3, 4, 2]), tables [3, 4]
+  dm::Rope r;
+  r.rank = 3;
+  const int64_t A[3] = {2, 3, 4}, ta[3] = {24, 8, 2}, tc[3] = {0, 4, 1}, ty[3] = {24, 8, 2};
+  for (int d = 0; d < 3; ++d) r.A[d] = A[d], r.ta[d] = ta[d], r.tc[d] = tc[d], r.ts[d] = tc[d], r.ty[d] = ty[d];
+  r.bOff = 1, r.second = 1;
+  for (int64_t i = 0; i < 24; ++i) {
+    int64_t a, c, s, y;
+    dm::ropeOffsets(r, i, a, c, s, y);
+    const int64_t i0 = i / 12, i1 = i / 4 % 3, i2 = i % 4;
+    CHECK(a == i0 * 24 + i1 * 8 + 2 * i2);
+    CHECK(c == i1 * 4 + i2);
+    CHECK(s == c);
+    CHECK(y == a);
+  }
+  float y0, y1;
+  dm::ropePair(3.f, 5.f, 0.5f, 0.25f, y0, y1);
+  CHECK(y0 == 3.f * 0.5f - 5.f * 0.25f);
+  CHECK(y1 == 3.f * 0.25f + 5.f * 0.5f);
+  // maskRowOffset: scores [2, 3, 5] against a mask [3, 5] (strides 0, 5, 1) and a mask [2, 1, 5] (5, 0, 1)
+  dm::RowMask m;
+  m.rank = 3;
+  m.dims[0] = 2, m.dims[1] = 3, m.dims[2] = 5;
+  m.ms[0] = 0, m.ms[1] = 5, m.ms[2] = 1;
+  for (int64_t row = 0; row < 6; ++row) CHECK(dm::maskRowOffset(m, row) == row % 3 * 5);
+  m.ms[0] = 5, m.ms[1] = 0;
+  for (int64_t row = 0; row < 6; ++row) CHECK(dm::maskRowOffset(m, row) == row / 3 * 5);
+  CHECK(dm::scaleMask(3.f, 5.656854f, -1.f) == 3.f / 5.656854f + -1.f);
 }

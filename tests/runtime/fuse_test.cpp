@@ -127,8 +127,9 @@ std::string softmaxModel(std::vector<int64_t> maskShape, bool maskFirst = false,
 }
 
 /// Output 0 with and without fusion, checking how many chains were fused; the fused nodes on the emulated device
-/// (the same bits) and, with a GPU, on CUDA (within 1e-5). x has shape `xs`.
-void checkSameBits(const std::string& model, int fused, std::vector<int64_t> xs = {19, 8}) {  // (19 rows: 8, 8, 3)
+/// (the same bits, no fused node left on the host) and, with a GPU, on CUDA (within 1e-5). x has shape `xs`.
+/// `deviceFuses` false: a chain a device session runs node by node (SmoothQuant's per-token scale).
+void checkSameBits(const std::string& model, int fused, std::vector<int64_t> xs = {19, 8}, bool deviceFuses = true) {  // (19 rows: 8, 8, 3)
   std::mt19937 rng(3);
   std::normal_distribution<float> nd;
   int64_t count = 1;
@@ -159,6 +160,9 @@ void checkSameBits(const std::string& model, int fused, std::vector<int64_t> xs 
     INFO(s.status().message);
     REQUIRE(s.ok());
     CHECK(s->info().device_nodes > 0);
+    CHECK(s->info().fused_nodes == (deviceFuses ? fused : 0));
+    INFO("on the host: " << s->info().host_ops);
+    CHECK(s->info().host_ops.find("crt.") == std::string::npos);
     auto r = s->run({{"x", crt::TensorView::of(x.data(), xs)}});
     INFO(r.status().message);
     REQUIRE(r.ok());
@@ -257,9 +261,9 @@ TEST_CASE("fusion: a fused RoPE refuses tables that do not broadcast to the halv
 }
 
 TEST_CASE("fusion: SmoothQuant's per-token scale chain becomes one node with the chain's bits", "[runtime][fuse]") {
-  SECTION("the exported chain") { checkSameBits(scaleModel(1e-8f), 1); }
-  SECTION("Max(floor, .) keeps the chain") { checkSameBits(scaleModel(1e-8f, true), 0); }
-  SECTION("a floor of 0 keeps the chain") { checkSameBits(scaleModel(0.f), 0); }
+  SECTION("the exported chain") { checkSameBits(scaleModel(1e-8f), 1, {19, 8}, false); }
+  SECTION("Max(floor, .) keeps the chain") { checkSameBits(scaleModel(1e-8f, true), 0, {19, 8}, false); }
+  SECTION("a floor of 0 keeps the chain") { checkSameBits(scaleModel(0.f), 0, {19, 8}, false); }
   SECTION("rows of zeros, signed zeros, NaN, infinity and denormals: the same bits fused and not") {
     const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
     std::vector<float> x = {0, -0.f, 0, 0, -0.f, 0, 0, 0,             // zeros: the floor
