@@ -8,6 +8,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "scratch_paths.h"
+
 namespace testutil {
 
 // Paths of the fixtures, ../shared and the checkout (tests/test_util.cpp: the only test file that is told
@@ -32,10 +34,12 @@ inline bool haveShared() {
   return requiredOrSkip(exists(shared("models/stories260K/stories260K.pt")),
                         "../shared (the stories260K model and data, next to this checkout)");
 }
+/// A fresh folder under /tmp, removed when the test binary exits (scratch_paths.h).
 inline std::string tempDir(const std::string& tag) {
+  (void)tag;
   char tmpl[] = "/tmp/compress-test-XXXXXX";
-  std::string d = ::mkdtemp(tmpl);
-  return d + (tag.empty() ? "" : "");
+  if (!::mkdtemp(tmpl)) throw std::runtime_error("cannot create a folder under /tmp");
+  return removeAtExit(tmpl);
 }
 
 }  // namespace testutil

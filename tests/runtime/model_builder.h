@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "../scratch_paths.h"
+
 namespace {
 
 struct ModelBuilder {
@@ -55,7 +57,7 @@ struct ModelBuilder {
     return n;
   }
   std::string save(const std::string& tag) {
-    std::string path = "/tmp/crt-test-" + tag + "-" + std::to_string(::getpid()) + ".onnx";
+    std::string path = testutil::removeAtExit("/tmp/crt-test-" + tag + "-" + std::to_string(::getpid()) + ".onnx");
     std::ofstream f(path, std::ios::binary);
     m.SerializeToOstream(&f);
     return path;
