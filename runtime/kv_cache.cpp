@@ -173,62 +173,68 @@ void forEachHead(OpCtx& c, const KvState& kv, int e, int64_t T, int64_t rep, F&&
   });
 }
 
+/// The body both attention ops share: appends input 1's new rows to the node's entry, then product(x, rows, qh, y)
+/// for every query head qh (x: input 0 as fp32, rows: the head's cached rows, y: the fp32 output).
+template <typename Product>
+void attend(OpCtx& c, const KvAttention& a, Product&& product) {
+  const KvState& kv = stateOf(c);
+  appendRows(c, kv, a.entry, c.in(1));
+  const float* x = floatData(c, c.in(0));
+  FloatOut o = floatOut(c, c.in(0).dt, a.out);
+  forEachHead(c, kv, a.entry, a.T, a.rep, [&](const float* rows, int64_t qh) { product(x, rows, qh, o.p); });
+  finish(o);
+}
+
 /// scores[0, h, s, t] = q[0, h, s, :] . K[h / rep][t, :] over t < length + S, after appending the new keys.
 void opKvScores(OpCtx& c) {
-  const KvState& kv = stateOf(c);
   const KvAttention a = kvScoresGeometry(c);
-  appendRows(c, kv, a.entry, c.in(1));
-  const float* qf = floatData(c, c.in(0));
-  FloatOut o = floatOut(c, c.in(0).dt, a.out);
-  forEachHead(c, kv, a.entry, a.T, a.rep, [&](const float* K, int64_t qh) {
-    c.env.k->gemm_nt(a.S, a.T, a.D, qf + qh * a.S * a.D, a.D, K, a.D, o.p + qh * a.S * a.T, a.T);
+  attend(c, a, [&](const float* q, const float* K, int64_t qh, float* y) {
+    c.env.k->gemm_nt(a.S, a.T, a.D, q + qh * a.S * a.D, a.D, K, a.D, y + qh * a.S * a.T, a.T);
   });
-  finish(o);
 }
 
 /// out[0, h, s, :] = sum over t of probs[0, h, s, t] * V[h / rep][t, :], after appending the new values.
 void opKvValues(OpCtx& c) {
-  const KvState& kv = stateOf(c);
   const KvAttention a = kvValuesGeometry(c);
-  appendRows(c, kv, a.entry, c.in(1));
-  const float* pf = floatData(c, c.in(0));
-  FloatOut o = floatOut(c, c.in(0).dt, a.out);
-  forEachHead(c, kv, a.entry, a.T, a.rep, [&](const float* V, int64_t qh) {
-    c.env.k->gemm_nn(a.S, a.D, a.T, pf + qh * a.S * a.T, a.T, V, a.D, o.p + qh * a.S * a.D, a.D);
+  attend(c, a, [&](const float* p, const float* V, int64_t qh, float* y) {
+    c.env.k->gemm_nn(a.S, a.D, a.T, p + qh * a.S * a.T, a.T, V, a.D, y + qh * a.S * a.D, a.D);
   });
-  finish(o);
+}
+
+}  // namespace
+
+namespace {
+
+/// The parts both attention ops share: the node's entry and GQA repeat, and input 0 ([1, H, S, x] or [H, S, x])
+/// checked against the cache's heads; `what` names input 0 in the error. S, T and the new rows checked.
+KvAttention kvAttention(OpCtx& c, const char* what) {
+  const KvState& kv = stateOf(c);
+  KvAttention a;
+  a.entry = kvEntryOf(c.node);
+  a.rep = c.node.attrInt("rep", 1);
+  a.H = kv.kv_heads * a.rep, a.D = kv.head_dim;
+  const Buf& x = c.in(0);
+  if (!headsFirst(x, a.H)) c.bad(std::string(what) + " " + x.shape.str() + " do not match the cache (" + std::to_string(a.H) + " heads)");
+  a.S = x.shape[x.shape.rank - 2], a.T = kv.length + a.S;
+  checkNew(c, kv, c.in(1), a.S);
+  return a;
 }
 
 }  // namespace
 
 KvAttention kvScoresGeometry(OpCtx& c) {
-  const KvState& kv = stateOf(c);
-  KvAttention a;
-  a.entry = kvEntryOf(c.node);
-  a.rep = c.node.attrInt("rep", 1);
-  a.H = kv.kv_heads * a.rep, a.D = kv.head_dim;
-  const Buf& q = c.in(0);
-  if (!headsFirst(q, a.H) || q.shape[q.shape.rank - 1] != a.D)
-    c.bad("queries " + q.shape.str() + " do not match the cache (" + std::to_string(a.H) + " heads of " + std::to_string(a.D) + ")");
-  a.S = q.shape[q.shape.rank - 2], a.T = kv.length + a.S;
-  checkNew(c, kv, c.in(1), a.S);
-  a.out = q.shape.rank == 4 ? Shape{1, a.H, a.S, a.T} : Shape{a.H, a.S, a.T};
+  KvAttention a = kvAttention(c, "queries");
+  const Shape& q = c.in(0).shape;
+  if (q[q.rank - 1] != a.D) c.bad("queries " + q.str() + " do not match the cache's head size " + std::to_string(a.D));
+  a.out = q.rank == 4 ? Shape{1, a.H, a.S, a.T} : Shape{a.H, a.S, a.T};
   return a;
 }
 
 KvAttention kvValuesGeometry(OpCtx& c) {
-  const KvState& kv = stateOf(c);
-  KvAttention a;
-  a.entry = kvEntryOf(c.node);
-  a.rep = c.node.attrInt("rep", 1);
-  a.H = kv.kv_heads * a.rep, a.D = kv.head_dim;
-  const Buf& p = c.in(0);
-  if (!headsFirst(p, a.H)) c.bad("attention weights " + p.shape.str() + " do not match the cache (" + std::to_string(a.H) + " heads)");
-  const int r = p.shape.rank;
-  a.S = p.shape[r - 2], a.T = kv.length + a.S;
-  if (p.shape[r - 1] != a.T) c.bad("attention weights " + p.shape.str() + " span " + std::to_string(p.shape[r - 1]) + " keys, the cache " + std::to_string(a.T));
-  checkNew(c, kv, c.in(1), a.S);
-  a.out = r == 4 ? Shape{1, a.H, a.S, a.D} : Shape{a.H, a.S, a.D};
+  KvAttention a = kvAttention(c, "attention weights");
+  const Shape& p = c.in(0).shape;
+  if (p[p.rank - 1] != a.T) c.bad("attention weights " + p.str() + " span " + std::to_string(p[p.rank - 1]) + " keys, the cache " + std::to_string(a.T));
+  a.out = p.rank == 4 ? Shape{1, a.H, a.S, a.D} : Shape{a.H, a.S, a.D};
   return a;
 }
 
