@@ -1,7 +1,9 @@
 // cuda_backend.cu — the CUDA backend (backend.h): device memory, copies, and a kernel for every DeviceOp.
 // Packed weights are uploaded once (fp32 panels as rows; fp16, int8 and int4 in the host's packed bytes);
 // decode rows run a warp-per-row GEMV straight from the packed bytes, prefill (16 rows or more) dequantizes
-// into a scratch fp32 weight and calls cuBLAS. The index and reduction arithmetic is device_math.h's, which
+// into a scratch fp32 weight and calls cuBLAS. The in-session KV cache lives in GPU memory (kv_cache.h): KvScores
+// and KvValues append the new rows there and read the cached ones in place. The index and reduction arithmetic is
+// device_math.h's, which
 // the CPU tests check against the CPU kernels. cuBLAS is opened at run time (dlopen), so that a build with CUDA
 // starts on machines without the toolkit's libraries and says what is missing only when asked for a GPU.
 #include <cublas_v2.h>
