@@ -23,8 +23,8 @@ run() { "$loader" --library-path "$libs" "$@"; }
 echo "== machine"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; echo "cuBLAS: $cublas"
 status=0
 
-echo "== 1. CUDA and device tests (runtime_tests [cuda],[device])"
-run "$here/bin/runtime_tests" "[cuda],[device]" || status=1
+echo "== 1. CUDA and device tests (runtime_tests [cuda],[device],[fuse]: the fused nodes' CUDA legs too)"
+run "$here/bin/runtime_tests" "[cuda],[device],[fuse]" || status=1
 
 echo "== 2. stories260K on the GPU against the CPU: perplexity (32,768 tokens) and greedy text"
 for m in fp32 int8 int4; do
