@@ -37,7 +37,7 @@ constexpr NamedKind kDeviceOps[] = {
 constexpr NamedKind kCrtDeviceOps[] = {
     {"RMSNorm", {DeviceOp::RMSNorm, 0}}, {"SiluMul", {DeviceOp::SiluMul, 0}}, {"Rope", {DeviceOp::Rope, 0}},
     {"ScaleMaskSoftmax", {DeviceOp::ScaleMaskSoftmax, 0}}, {"KvScores", {DeviceOp::KvScores, 0}},
-    {"KvValues", {DeviceOp::KvValues, 0}},
+    {"KvValues", {DeviceOp::KvValues, 0}}, {"KvAttention", {DeviceOp::KvAttention, 0}},
 };
 
 }  // namespace

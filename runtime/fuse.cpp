@@ -219,19 +219,21 @@ void opAbsMaxScale(OpCtx& c) {
   });
 }
 
+device::RowMask rowMask(OpCtx& c, const Shape& scores, const Shape& mask) {
+  if (broadcastShape(c, scores, mask) != scores) c.bad("the mask " + mask.str() + " does not broadcast to the scores " + scores.str());
+  device::RowMask m;
+  m.rank = scores.rank;
+  for (int d = 0; d < scores.rank; ++d) m.dims[d] = scores[d];
+  bstrides(mask, scores, m.ms);
+  return m;
+}
+
 device::RowMask scaleMaskGeometry(OpCtx& c) {
   const Buf& x = c.in(0);
   const Buf& mask = c.in(1);
   if (x.dt != DType::F32 || mask.dt != DType::F32) c.bad("needs float32 inputs");
-  const int r = x.shape.rank;
-  if (r == 0) c.bad("needs scores of rank >= 1");
-  if (broadcastShape(c, x.shape, mask.shape) != x.shape)
-    c.bad("the mask " + mask.shape.str() + " does not broadcast to the scores " + x.shape.str());
-  device::RowMask m;
-  m.rank = r;
-  for (int d = 0; d < r; ++d) m.dims[d] = x.shape[d];
-  bstrides(mask.shape, x.shape, m.ms);
-  return m;
+  if (x.shape.rank == 0) c.bad("needs scores of rank >= 1");
+  return rowMask(c, x.shape, mask.shape);
 }
 
 void opScaleMaskSoftmax(OpCtx& c) {

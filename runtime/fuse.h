@@ -52,5 +52,7 @@ void opAbsMaxScale(OpCtx& c);
 void opScaleMaskSoftmax(OpCtx& c);
 /// crt.ScaleMaskSoftmax's mask offsets per row of the scores (device_math.h), its inputs checked.
 device::RowMask scaleMaskGeometry(OpCtx& c);
+/// The offsets of a mask broadcast to `scores` per row (a DataError naming both shapes where it does not broadcast).
+device::RowMask rowMask(OpCtx& c, const Shape& scores, const Shape& mask);
 
 }  // namespace crt::detail

@@ -7,8 +7,10 @@
 #include <cstring>
 
 #include "runtime/backend.h"
+#include "runtime/fuse.h"
 #include "runtime/kernels.h"
 #include "runtime/loader.h"
+#include "runtime/ops_common.h"
 #include "runtime/thread_pool.h"
 
 namespace crt::detail {
@@ -122,6 +124,16 @@ class ChainMatcher {
   std::vector<std::vector<int>> cons_;
 };
 
+/// Removes the nodes marked in `dead` and renumbers the values' producers.
+void dropNodes(Graph& g, const std::vector<char>& dead) {
+  std::vector<Node> kept;
+  for (size_t i = 0; i < g.nodes.size(); ++i)
+    if (!dead[i]) kept.push_back(std::move(g.nodes[i]));
+  g.nodes = std::move(kept);
+  for (size_t i = 0; i < g.nodes.size(); ++i)
+    for (int v : g.nodes[i].out) g.values[v].producer = static_cast<int>(i);
+}
+
 // ------------------------------------------------------------------------------------------- the ops
 const KvState& stateOf(const OpCtx& c) { return *c.env.g->kv; }
 
@@ -201,6 +213,44 @@ void opKvValues(OpCtx& c) {
   });
 }
 
+/// crt.KvAttention: KvScores -> crt.ScaleMaskSoftmax -> KvValues of one layer in one op, with the chain's arithmetic
+/// (the same kernel calls in the same order: the same bits); each query head's scores stay in a scratch block.
+void opKvAttention(OpCtx& c) {
+  const KvState& kv = stateOf(c);
+  const KvAttention a = kvAttentionGeometry(c);
+  const device::RowMask& m = a.mask;
+  const int ev = a.entry_v;
+  appendRows(c, kv, a.entry, c.in(1));
+  appendRows(c, kv, ev, c.in(3));
+  const float* q = c.in(0).as<float>();
+  const float* M = c.in(2).as<float>();
+  const float div = c.node.attrFloat("divisor", 1.f);
+  float* Y = c.outT<float>(0, a.out);
+  float* sc = static_cast<float*>(c.scratch(static_cast<size_t>(kv.kv_heads * a.S * a.T) * sizeof(float)));
+  const int64_t D = a.D, T = a.T, S = a.S;
+  float* tmp = kv.storage == DType::F16 ? static_cast<float*>(c.scratch(static_cast<size_t>(kv.kv_heads * 2 * T * D) * sizeof(float))) : nullptr;
+  c.env.pool->parallelFor(kv.kv_heads, [&](int64_t h) {
+    const float* K = cachedRows(c, kv, a.entry, h, T, tmp ? tmp + 2 * h * T * D : nullptr);
+    const float* V = cachedRows(c, kv, ev, h, T, tmp ? tmp + (2 * h + 1) * T * D : nullptr);
+    float* p = sc + h * S * T;
+    for (int64_t g = 0; g < a.rep; ++g) {
+      const int64_t qh = h * a.rep + g;
+      c.env.k->gemm_nt(S, T, D, q + qh * S * D, D, K, D, p, T);
+      for (int64_t s = 0; s < S; ++s) {  // (crt.ScaleMaskSoftmax's row loop)
+        float* y = p + s * T;
+        const float* mr = M + device::maskRowOffset(m, qh * S + s);
+        if (m.ms[m.rank - 1] == 1) {
+          for (int64_t j = 0; j < T; ++j) y[j] = y[j] / div + mr[j];
+        } else {
+          for (int64_t j = 0; j < T; ++j) y[j] = device::scaleMask(y[j], div, mr[0]);
+        }
+        c.env.k->softmax(y, y, 1, T);
+      }
+      c.env.k->gemm_nn(S, D, T, p, T, V, D, Y + qh * S * D, D);
+    }
+  });
+}
+
 }  // namespace
 
 namespace {
@@ -238,17 +288,67 @@ KvAttention kvValuesGeometry(OpCtx& c) {
   return a;
 }
 
-bool isKvAttention(const Node& n) { return n.fn == opKvScores || n.fn == opKvValues; }
+KvAttention kvAttentionGeometry(OpCtx& c) {
+  KvAttention a = kvScoresGeometry(c);  // queries and new keys
+  const KvState& kv = stateOf(c);
+  for (int i : {0, 1, 2, 3})
+    if (c.in(i).dt != DType::F32) c.bad("the fused attention takes float32 queries, keys, mask and values");
+  a.entry_v = static_cast<int>(c.node.attrInt("entry_v", 0));
+  checkNew(c, kv, c.in(3), a.S);
+  a.mask = rowMask(c, a.out, c.in(2).shape);  // (a.out: the scores [1, H, S, T] or [H, S, T])
+  a.out = a.out.rank == 4 ? Shape{1, a.H, a.S, a.D} : Shape{a.H, a.S, a.D};
+  return a;
+}
+
+int fuseKvAttention(Graph& g) {
+  std::vector<int> readers(g.values.size(), 0);
+  for (const Node& n : g.nodes)
+    for (int v : n.in)
+      if (v >= 0) ++readers[v];
+  for (int o : g.outputs) readers[o] += 2;  // (a graph output is never an intermediate)
+  const auto only = [&](int v) { return v >= 0 && readers[v] == 1 && g.values[v].producer >= 0; };
+  std::vector<char> dead(g.nodes.size(), 0);
+  int fused = 0;
+  for (Node& vn : g.nodes) {
+    if (vn.fn != opKvValues || !only(vn.in[0])) continue;
+    Node& sm = g.nodes[g.values[vn.in[0]].producer];
+    if (sm.fn != opScaleMaskSoftmax || !only(sm.in[0])) continue;
+    Node& kn = g.nodes[g.values[sm.in[0]].producer];
+    if (kn.fn != opKvScores || kn.attrInt("rep", 1) != vn.attrInt("rep", 1)) continue;
+    Node f;
+    f.domain = "crt";
+    f.op = "KvAttention";
+    f.name = vn.name;
+    f.fn = opKvAttention;
+    f.in = {kn.in[0], kn.in[1], sm.in[1], vn.in[1]};
+    f.out = vn.out;
+    f.attrs = kn.attrs;  // entry (the keys'), rep
+    f.attrs["entry_v"] = vn.attrs.at("entry");
+    f.attrs["divisor"] = sm.attrs.at("divisor");
+    dead[g.values[sm.in[0]].producer] = 1;
+    dead[g.values[vn.in[0]].producer] = 1;
+    vn = std::move(f);
+    ++fused;
+  }
+  if (fused > 0) dropNodes(g, dead);
+  return fused;
+}
+
+bool isKvAttention(const Node& n) { return n.fn == opKvScores || n.fn == opKvValues || n.fn == opKvAttention; }
 
 int kvEntryOf(const Node& n) { return static_cast<int>(n.attrInt("entry", 0)); }
 
 void kvEntryToDevice(Graph& g, const Node& n) {
-  KvState::Entry& e = g.kv->entries.at(static_cast<size_t>(kvEntryOf(n)));
-  if (e.on_device) return;
-  std::shared_ptr<Backend> b = g.device;
-  const size_t bytes = e.buf.size();
-  e.on_device = std::shared_ptr<void>(b->alloc(std::max<size_t>(bytes, 1)), [b](void* p) { b->release(p); });
-  e.buf = AlignedBytes();
+  std::vector<int> entries = {kvEntryOf(n)};
+  if (n.fn == opKvAttention) entries.push_back(static_cast<int>(n.attrInt("entry_v", 0)));  // (its values' entry)
+  for (int i : entries) {
+    KvState::Entry& e = g.kv->entries.at(static_cast<size_t>(i));
+    if (e.on_device) continue;
+    std::shared_ptr<Backend> b = g.device;
+    const size_t bytes = e.buf.size();
+    e.on_device = std::shared_ptr<void>(b->alloc(std::max<size_t>(bytes, 1)), [b](void* p) { b->release(p); });
+    e.buf = AlignedBytes();
+  }
 }
 
 // ------------------------------------------------------------------------------------------- rewrite
@@ -270,7 +370,7 @@ int64_t modelContext(const std::map<std::string, std::string>& metadata, int64_t
   return end && *end == 0 && v > 0 && v <= (int64_t{1} << 24) ? v : fallback;
 }
 
-void enableKvCache(Graph& g, int64_t capacity, DType storage) {
+int enableKvCache(Graph& g, int64_t capacity, DType storage) {
   if (storage != DType::F32 && storage != DType::F16) fail(StatusCode::InvalidArgument, "the KV cache is stored as float32 or float16");
   if (capacity < 1) fail(StatusCode::InvalidArgument, "the KV cache needs a capacity of at least one token");
   auto kv = std::make_shared<KvState>();
@@ -317,12 +417,7 @@ void enableKvCache(Graph& g, int64_t capacity, DType storage) {
     drop_outputs.push_back(g.nodes[c.concat].out[0]);
     g.values[c.past].per_run_shape = true;
   }
-  std::vector<Node> kept;
-  for (size_t i = 0; i < g.nodes.size(); ++i)
-    if (!dead[i]) kept.push_back(std::move(g.nodes[i]));
-  g.nodes = std::move(kept);
-  for (size_t i = 0; i < g.nodes.size(); ++i)
-    for (int v : g.nodes[i].out) g.values[v].producer = static_cast<int>(i);
+  dropNodes(g, dead);
   for (size_t i = g.outputs.size(); i-- > 0;)
     if (std::find(drop_outputs.begin(), drop_outputs.end(), g.outputs[i]) != drop_outputs.end()) {
       g.outputs.erase(g.outputs.begin() + static_cast<long>(i));
@@ -354,7 +449,9 @@ void enableKvCache(Graph& g, int64_t capacity, DType storage) {
     kv->total_inputs.push_back(std::move(t));
   }
   g.kv = std::move(kv);
+  const int fused = fuseKvAttention(g);
   prepareRuns(g);
+  return fused;
 }
 
 void bindKvPast(const Graph& g, Buf* vals, int64_t rows) {

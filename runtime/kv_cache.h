@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/cuda/device_math.h"
 #include "runtime/internal.h"
 
 namespace crt::detail {
@@ -52,18 +53,26 @@ int64_t modelContext(const std::map<std::string, std::string>& metadata, int64_t
 
 /// Rewrites the loaded graph for an in-session cache of `capacity` rows stored as `storage`. A ModelError
 /// naming the first chain that is not in the exported form (or when the model has no past inputs).
-void enableKvCache(Graph& g, int64_t capacity, DType storage);
+/// Returns the attention chains fused into crt.KvAttention (fuseKvAttention).
+int enableKvCache(Graph& g, int64_t capacity, DType storage);
+
+/// Fuses KvScores -> crt.ScaleMaskSoftmax (fuse.h) -> KvValues of each layer (intermediates read by nothing else,
+/// float32, the same GQA repeat) into crt.KvAttention(q, new keys, mask, new values; entry, entry_v, rep, divisor):
+/// the chain's bits, each head's scores kept in a scratch block; on a device, one kernel per layer. Returns the chains
+/// fused (none without the fused softmax, e.g. with SessionOptions::fuse off).
+int fuseKvAttention(Graph& g);
 
 /// SessionOptions::last_position_logits: the classifier (the packed MatMul making the first output, with its
 /// bias Add) sees only the last position's row, so a prefill computes one row of logits. False (graph
 /// unchanged) when the first output is not made that way.
 bool lastPositionLogits(Graph& g);
 
-/// Whether n is the in-session cache's attention op (KvScores / KvValues); its output has its first input's type.
+/// Whether n is the in-session cache's attention op (KvScores / KvValues / KvAttention); its output has its first
+/// input's type.
 bool isKvAttention(const Node& n);
-/// The cache entry n (isKvAttention) reads and appends to.
+/// The cache entry n (isKvAttention) reads and appends to (KvAttention: its keys'; attribute entry_v: its values').
 int kvEntryOf(const Node& n);
-/// Moves the cache entry of n (isKvAttention, just placed on g.device) to device memory: its kernel reads and
+/// Moves the cache entries of n (isKvAttention, just placed on g.device) to device memory: its kernel reads and
 /// appends there, and nothing crosses per token but the new rows' computation.
 void kvEntryToDevice(Graph& g, const Node& n);
 
@@ -74,9 +83,13 @@ struct KvAttention {
   int entry = 0;
   int64_t rep = 1, H = 0, S = 0, T = 0, D = 0;
   Shape out;
+  int entry_v = 0;        // KvAttention: the values' entry
+  device::RowMask mask;   // KvAttention: the mask's offsets per row of the scores [.., H, S, T]
 };
 KvAttention kvScoresGeometry(OpCtx& c);
 KvAttention kvValuesGeometry(OpCtx& c);
+/// crt.KvAttention's: kvScoresGeometry's checks plus the new values (input 3); `out` is the attention output.
+KvAttention kvAttentionGeometry(OpCtx& c);
 
 /// Binds every past input to a view of its cache buffer with `rows` cached rows (batch 1).
 void bindKvPast(const Graph& g, Buf* vals, int64_t rows);

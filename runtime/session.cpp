@@ -316,7 +316,8 @@ Result<Session> Session::make(const SessionOptions& options, const std::string& 
     if (options.kv_capacity < -1)
       return Status{StatusCode::InvalidArgument, "kv_capacity must be >= -1 (0: no in-session cache, -1: the model's context)"};
     if (options.kv_capacity != 0 && (!options.kv_if_present || detail::hasKvInputs(impl->g)))
-      detail::enableKvCache(impl->g, options.kv_capacity > 0 ? options.kv_capacity : detail::modelContext(impl->g.metadata, 2048), options.kv_dtype);
+      impl->info.fused_nodes += detail::enableKvCache(
+          impl->g, options.kv_capacity > 0 ? options.kv_capacity : detail::modelContext(impl->g.metadata, 2048), options.kv_dtype);
     if (options.last_position_logits) detail::lastPositionLogits(impl->g);
     impl->placeOnDevice();
     impl->vals.resize(impl->g.values.size());

@@ -166,25 +166,51 @@ __global__ void kvScoresKernel(dm::KvCache kv, const float* Q, float* Y, int64_t
   if (lane == 0) Y[w] = s;
 }
 
-/// out[hs][d] = sum_t P[hs][t] V[t][d]: a block per query row; with D <= kRowThreads its threads form
+/// y[d] = sum_t p[t] V[qh / rep][t][d] by the block (kRowThreads threads): with D <= kRowThreads its threads form
 /// kRowThreads / D groups over t, summed in shared memory; above, a thread per d over all t.
-__global__ void kvValuesKernel(dm::KvCache kv, const float* P, float* Y, int64_t S, int64_t T) {
-  const int64_t hs = blockIdx.x, D = kv.D;
-  const float* p = P + hs * T;
-  float* y = Y + hs * D;
+__device__ void valuesRow(const dm::KvCache& kv, const float* p, int64_t qh, int64_t T, float* y) {
+  const int64_t D = kv.D;
   if (D > kRowThreads) {
-    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) y[d] = dm::kvValuePartial(kv, p, hs / S, T, d, 0, 1);
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) y[d] = dm::kvValuePartial(kv, p, qh, T, d, 0, 1);
     return;
   }
   __shared__ float part[kRowThreads];
   const int64_t groups = kRowThreads / D, g = threadIdx.x / D, d = threadIdx.x % D;
-  if (g < groups) part[threadIdx.x] = dm::kvValuePartial(kv, p, hs / S, T, d, g, groups);
+  if (g < groups) part[threadIdx.x] = dm::kvValuePartial(kv, p, qh, T, d, g, groups);
   __syncthreads();
   if (threadIdx.x < D) {
     float sum = 0.f;
     for (int64_t j = 0; j < groups; ++j) sum += part[j * D + threadIdx.x];
     y[threadIdx.x] = sum;
   }
+}
+
+/// out[hs][d] = sum_t P[hs][t] V[t][d]: a block per query row hs = qh * S + s.
+__global__ void kvValuesKernel(dm::KvCache kv, const float* P, float* Y, int64_t S, int64_t T) {
+  valuesRow(kv, P + blockIdx.x * T, blockIdx.x / S, T, Y + blockIdx.x * kv.D);
+}
+
+/// The largest T whose scores one block keeps in shared memory (the rest of the 48 KiB is the reductions').
+constexpr int64_t kAttentionSmemRows = 11 * 1024;
+
+/// crt.KvAttention, one kernel per layer: a block per query row hs = qh * S + s computes its T scores (a warp per
+/// score, divided and masked) into shared memory, softmaxes them there and sums the output row from them.
+__global__ void kvAttentionKernel(dm::KvCache K, dm::KvCache V, const float* Q, dm::RowMask m, const float* M, float divisor,
+                                  float* Y, int64_t S, int64_t T) {
+  extern __shared__ float sc[];  // [T]
+  const int64_t hs = blockIdx.x, qh = hs / S;
+  const float* q = Q + hs * K.D;
+  const float* mr = M + dm::maskRowOffset(m, hs);
+  const int64_t ms = m.ms[m.rank - 1];
+  const int warp = threadIdx.x / dm::kWarp, lane = threadIdx.x % dm::kWarp, warps = blockDim.x / dm::kWarp;
+  for (int64_t t = warp; t < T; t += warps) {
+    const float s = warpSum(dm::kvScorePartial(K, q, qh, t, lane, dm::kWarp));
+    if (lane == 0) sc[t] = dm::scaleMask(s, divisor, mr[t * ms]);
+  }
+  __syncthreads();
+  softmaxRow(sc, sc, T);
+  __syncthreads();
+  valuesRow(V, sc, qh, T, Y + hs * V.D);
 }
 
 __global__ void meanKernel(const float* X, float* Y, int64_t n) {
@@ -519,16 +545,16 @@ void opCudaScaleMaskSoftmax(OpCtx& c) {
   checkLaunch("scale mask softmax");
 }
 
-/// The cache entry of a KvScores / KvValues node as the kernels read it, after appending input 1's new rows.
-dm::KvCache appendToCache(OpCtx& c, const KvAttention& a) {
+/// Cache entry `entry` as the kernels read it, after appending the new rows of input `input`.
+dm::KvCache appendToCache(OpCtx& c, const KvAttention& a, int entry, int input) {
   const KvState& kv = *c.env.g->kv;
-  const KvState::Entry& e = kv.entries.at(static_cast<size_t>(a.entry));
+  const KvState::Entry& e = kv.entries.at(static_cast<size_t>(entry));
   if (!e.on_device) c.bad("the KV cache is not on the device");
   dm::KvCache v;
   v.data = e.on_device.get();
   v.f16 = kv.storage == DType::F16;
   v.capacity = kv.capacity, v.D = kv.head_dim, v.rep = a.rep;
-  const float* X = f32In(c, 1);
+  const float* X = f32In(c, input);
   const int64_t total = kv.kv_heads * a.S * a.D;
   if (total > 0) {
     kvAppendKernel<<<blocksFor(total, 256), 256>>>(v, e.on_device.get(), kv.kv_heads, a.S, kv.length, X);
@@ -540,7 +566,7 @@ dm::KvCache appendToCache(OpCtx& c, const KvAttention& a) {
 void opCudaKvScores(OpCtx& c) {
   const KvAttention a = kvScoresGeometry(c);
   const float* Q = f32In(c, 0);
-  const dm::KvCache kv = appendToCache(c, a);
+  const dm::KvCache kv = appendToCache(c, a, a.entry, 1);
   float* Y = c.outT<float>(0, a.out);
   const int64_t total = a.H * a.S * a.T;
   if (total == 0) return;
@@ -551,11 +577,34 @@ void opCudaKvScores(OpCtx& c) {
 void opCudaKvValues(OpCtx& c) {
   const KvAttention a = kvValuesGeometry(c);
   const float* P = f32In(c, 0);
-  const dm::KvCache kv = appendToCache(c, a);
+  const dm::KvCache kv = appendToCache(c, a, a.entry, 1);
   float* Y = c.outT<float>(0, a.out);
   if (a.H * a.S * a.D == 0) return;
   kvValuesKernel<<<static_cast<unsigned>(a.H * a.S), kRowThreads>>>(kv, P, Y, a.S, a.T);
   checkLaunch("kv values");
+}
+
+/// crt.KvAttention: one kernel while a row's scores fit in shared memory, else the three ops' kernels through a
+/// scratch score tensor.
+void opCudaKvAttention(OpCtx& c) {
+  const KvAttention a = kvAttentionGeometry(c);
+  const float* Q = f32In(c, 0);
+  const float* M = f32In(c, 2);
+  const dm::KvCache K = appendToCache(c, a, a.entry, 1), V = appendToCache(c, a, a.entry_v, 3);
+  float* Y = c.outT<float>(0, a.out);
+  const int64_t rows = a.H * a.S;
+  if (rows == 0 || a.D == 0) return;
+  const float divisor = c.node.attrFloat("divisor", 1.f);
+  if (a.T <= kAttentionSmemRows) {
+    kvAttentionKernel<<<static_cast<unsigned>(rows), kRowThreads, static_cast<size_t>(a.T) * sizeof(float)>>>(K, V, Q, a.mask, M, divisor, Y,
+                                                                                                           a.S, a.T);
+    return checkLaunch("kv attention");
+  }
+  float* P = static_cast<float*>(c.scratch(static_cast<size_t>(rows * a.T) * sizeof(float)));
+  kvScoresKernel<<<static_cast<unsigned>((rows * a.T + kGemvWarps - 1) / kGemvWarps), kGemvWarps * dm::kWarp>>>(K, Q, P, a.S, a.T, rows * a.T);
+  scaleMaskSoftmaxKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(a.mask, P, M, P, a.T, divisor);
+  kvValuesKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(V, P, Y, a.S, a.T);
+  checkLaunch("kv attention (long rows)");
 }
 
 OpFn CudaBackend::kernelFor(const Graph& g, const Node& n) {
@@ -576,6 +625,7 @@ OpFn CudaBackend::kernelFor(const Graph& g, const Node& n) {
     case DeviceOp::ScaleMaskSoftmax: return opCudaScaleMaskSoftmax;
     case DeviceOp::KvScores: return opCudaKvScores;
     case DeviceOp::KvValues: return opCudaKvValues;
+    case DeviceOp::KvAttention: return opCudaKvAttention;
     case DeviceOp::None: break;
   }
   return nullptr;

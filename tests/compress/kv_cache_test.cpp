@@ -86,9 +86,11 @@ at::Tensor fullLogits(const std::string& onnx, const Graph& g, const std::vector
   return testutil::runCrt(onnx, fullInputs(g, ids))[0][0];
 }
 
-crt::Session cachedSession(const std::string& onnx, int64_t capacity, crt::DType dt, crt::Device device = crt::Device::Cpu) {
+crt::Session cachedSession(const std::string& onnx, int64_t capacity, crt::DType dt, crt::Device device = crt::Device::Cpu,
+                           bool fuse = true) {
   crt::SessionOptions so;
   so.threads = 2;
+  so.fuse = fuse;
   so.kv_capacity = capacity;
   so.kv_dtype = dt;
   so.device = device;
@@ -172,6 +174,23 @@ TEST_CASE("kv cache: every decoder and format, prefill + one-token steps equal t
           REQUIRE(s.kvTruncate(0).ok());
           const at::Tensor steps = stepLogits(s, ids, 3);
           CHECK(relDiff(steps, want) <= (dt == crt::DType::F16 ? std::max(tol, 2e-3) : tol));
+          // the fused attention (KvScores -> masked softmax -> KvValues as one crt.KvAttention, where the family's
+          // export has the fused softmax) has the unfused chain's bits
+          crt::Session unfused = cachedSession(cached, 32, dt, crt::Device::Cpu, false);
+          CHECK(at::equal(stepLogits(unfused, ids, 3), steps));
+          if (fmt != "fp16" && (family == "llama2c" || family == "hf_llama")) {  // (their masks are added: the fused softmax)
+            crt::SessionOptions po;
+            po.kv_capacity = 32;
+            po.kv_dtype = dt;
+            po.profile = true;
+            auto ps = crt::Session::create(cached, po);
+            REQUIRE(ps.ok());
+            stepLogits(ps.value(), ids, 3);
+            std::map<std::string, int64_t> calls;
+            for (const auto& op : ps->profile()) calls[op.op] = op.calls;
+            CHECK(calls["crt.KvAttention"] == info.layers * 13);  // a prefill, the steps' recording at full capacity, 11 steps
+            CHECK(calls.count("crt.KvScores") == 0);
+          }
           // the device path: placement, copies and device plans; the same bits emulated, 1e-4 on a GPU
           crt::Session emu = cachedSession(cached, 32, dt, crt::Device::Emulated);
           if (fmt != "fp16") {  // (fp16 graphs stay on the host for now)
