@@ -72,7 +72,10 @@ void sparseToDense(const PackedWeight& w, int64_t u, void* dst);
 /// at most the kernel set's measured crossover for its kind and the dense weight is at least 1 MiB; On
 /// wherever a form exists and the weight has any zero; Off never. Returns the number of weights converted.
 /// Weights that will take int8 activations (`int8`, runtime/int8_acts.h) are judged by Kernels::sparse_crossover_i8.
-int chooseSparseForms(Graph& g, SparseMode mode, const Kernels& k, Int8Activations int8 = Int8Activations::Off);
+/// Auto considers weights of 1 MiB and more when the model's packed weights fit in `cacheBytes` (-1: this core's
+/// last-level cache), and of 64 KiB and more when they do not (then every weight streams from memory).
+int chooseSparseForms(Graph& g, SparseMode mode, const Kernels& k, Int8Activations int8 = Int8Activations::Off,
+                      int64_t cacheBytes = -1);
 
 /// Expansion tables of the SIMD kernels: for an 8-bit mask m, lanes[m][i] is the index of lane i's value in the
 /// packed input (-1 when bit i is clear), bytes[m] the same as pshufb indices (0x80 when clear).

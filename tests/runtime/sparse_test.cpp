@@ -245,6 +245,34 @@ TEST_CASE("the load-time choice follows SessionOptions::sparse and the kernel se
   CHECK_FALSE(g.nodes[1].packed->sparse);
 }
 
+TEST_CASE("auto takes smaller weights too when the model's weights do not fit in the last-level cache", "[runtime][sparse]") {
+  // a 512 KiB weight (half zeros) next to 1 MiB ones: below the in-cache minimum, above the streaming one
+  std::vector<float> mid(256 * 512, 0.f), big(512 * 512, 0.f), tiny(32 * 32, 0.f);
+  for (auto* w : {&mid, &big})
+    for (size_t i = 0; i < w->size(); i += 2) (*w)[i] = 1.f;
+  auto graph = [&] {
+    Graph g;
+    for (auto* w : {&mid, &big, &tiny}) {
+      Node n;
+      n.op = "MatMul";
+      const int64_t rows = w == &mid ? 256 : w == &big ? 512 : 32;
+      n.packed = packDense(Buf{DType::F32, Shape{rows, static_cast<int64_t>(w->size()) / rows}, w->data()});
+      g.nodes.push_back(std::move(n));
+    }
+    return g;
+  };
+  Kernels k = scalarKernels();
+  k.sparse_crossover[PackedWeight::F32] = 0.6f;
+  Graph cached = graph();  // 1.5 MiB of weights in a 64 MiB cache: the 512 KiB one stays dense
+  CHECK(chooseSparseForms(cached, SparseMode::Auto, k, Int8Activations::Off, int64_t{64} << 20) == 1);
+  CHECK_FALSE(cached.nodes[0].packed->sparse);
+  CHECK(cached.nodes[1].packed->sparse);
+  Graph streamed = graph();  // the same weights against a 1 MiB cache: both pay
+  CHECK(chooseSparseForms(streamed, SparseMode::Auto, k, Int8Activations::Off, int64_t{1} << 20) == 2);
+  CHECK(streamed.nodes[0].packed->sparse);
+  CHECK_FALSE(streamed.nodes[2].packed->sparse);  // 4 KiB, all zero: still too small to pay
+}
+
 TEST_CASE("weights headed for int8 activations are judged by the int8 kernels' crossover", "[runtime][sparse][int8]") {
   constexpr int64_t D = 1024;  // 1 MiB as int8
   std::vector<int8_t> q8(D * D, 0);
