@@ -49,11 +49,11 @@ struct ReplanNeeded {};
 /// table) may copy at a shorter one, and the replay then puts it there.
 class Recorder : public Allocator {
  public:
-  Recorder(const Graph& g, Plan& plan, bool spares) : g_(g), plan_(plan), root_(g.values.size(), -1), spares_(spares) {}
+  Recorder(const Graph& g, Plan& plan, bool spares) : g_(g), plan_(plan), holders_(g.values.size()), spares_(spares) {}
   void* output(int value, size_t bytes, int node, bool is_static) override {
     const bool dev = g_.values[value].on_device;
     if (is_static) return keepStatic(bytes, dev);
-    root_[value] = add(bytes, node, node, dev, value);
+    holders_[value] = {add(bytes, node, node, dev, value)};
     ends_.back() = std::max(node, g_.values[value].last_use);
     return last_;
   }
@@ -67,11 +67,10 @@ class Recorder : public Allocator {
     return last_;
   }
   void alias(int value, int src, size_t bytes, int node, bool is_static) override {
-    const int r = root_[src];
-    root_[value] = r;
-    if (r >= 0) ends_[r] = std::max(ends_[r], g_.values[value].last_use);
+    holders_[value] = holders_[src];
+    for (int h : holders_[value]) ends_[h] = std::max(ends_[h], g_.values[value].last_use);
     if (spares_ && !is_static) {
-      add(bytes, node, std::max(node, g_.values[value].last_use), g_.values[value].on_device, value);
+      holders_[value].push_back(add(bytes, node, std::max(node, g_.values[value].last_use), g_.values[value].on_device, value));
       spare_.back() = 1;
     }
   }
@@ -135,7 +134,9 @@ class Recorder : public Allocator {
   }
   const Graph& g_;
   Plan& plan_;
-  std::vector<int> root_;
+  // per value: the allocations its bytes may live in on a replay (its own; or, aliased, those of the value it aliases
+  // and its own spare), each kept alive until the value's last use
+  std::vector<std::vector<int>> holders_;
   std::vector<AlignedBytes> temp_, static_scratch_;
   std::vector<DeviceBytes> temp_dev_, static_scratch_dev_;  // (device buffers never hold graph outputs)
   std::vector<size_t> sizes_;
