@@ -31,7 +31,7 @@ constexpr NamedKind kDeviceOps[] = {
     {"Softmax", {DeviceOp::Softmax, 0}},                        {"ReduceMean", {DeviceOp::ReduceMean, 0}},
     {"Transpose", {DeviceOp::Transpose, 0}},                    {"Slice", {DeviceOp::Slice, 0}},
     {"Concat", {DeviceOp::Concat, 0}},                          {"MatMul", {DeviceOp::BatchMatMul, 0}},
-    {"Expand", {DeviceOp::Expand, 0}},
+    {"Expand", {DeviceOp::Expand, 0}},                          {"LayerNormalization", {DeviceOp::LayerNorm, 0}},
 };
 
 constexpr NamedKind kCrtDeviceOps[] = {

@@ -50,4 +50,13 @@ struct MatMulGeometry {
 };
 MatMulGeometry matmulGeometry(const OpCtx& c, const Buf& a, const Buf& b);
 
+/// LayerNormalization: `outer` rows of `n` values (the axes from the node's axis on), epsilon, and whether the scale
+/// (input 1) and bias (input 2, optional) hold one value for all (else one per value of a row); both checked.
+struct LayerNormRows {
+  int64_t outer = 1, n = 1;
+  float eps = 1e-5f;
+  bool scalarScale = false, hasBias = false, scalarBias = false;
+};
+LayerNormRows layerNormRows(const OpCtx& c);
+
 }  // namespace crt::detail

@@ -9,6 +9,7 @@
 
 #include "runtime/matmul.h"
 #include "runtime/op_geometry.h"
+#include "runtime/cuda/device_math.h"
 #include "runtime/ops_common.h"
 
 namespace crt::detail {
@@ -694,18 +695,33 @@ void opReduceProd(OpCtx& c) { reduceOp<Red::Prod>(c); }
 void opReduceL2(OpCtx& c) { reduceOp<Red::L2>(c); }
 
 
-void opLayerNormalization(OpCtx& c) {
+LayerNormRows layerNormRows(const OpCtx& c) {
   const Buf& x = c.in(0);
   const Buf& g = c.in(1);
   const int r = x.shape.rank;
   const int axis = static_cast<int>(normAxis(c, c.node.attrInt("axis", -1), r));
-  const float eps = c.node.attrFloat("epsilon", 1e-5f);
-  int64_t outer = 1, n = 1;
-  for (int d = 0; d < axis; ++d) outer *= x.shape[d];
-  for (int d = axis; d < r; ++d) n *= x.shape[d];
-  if (g.numel() != n && g.numel() != 1) c.bad("scale of " + g.shape.str() + " does not match the normalized size " + std::to_string(n));
-  const Buf* b = c.has(2) ? &c.in(2) : nullptr;
+  LayerNormRows l;
+  l.eps = c.node.attrFloat("epsilon", 1e-5f);
+  for (int d = 0; d < axis; ++d) l.outer *= x.shape[d];
+  for (int d = axis; d < r; ++d) l.n *= x.shape[d];
+  if (g.numel() != l.n && g.numel() != 1) c.bad("scale of " + g.shape.str() + " does not match the normalized size " + std::to_string(l.n));
+  l.scalarScale = g.numel() == 1;
+  if (c.has(2)) {
+    const Buf& b = c.in(2);
+    if (b.numel() != l.n && b.numel() != 1) c.bad("bias of " + b.shape.str() + " does not match the normalized size " + std::to_string(l.n));
+    l.hasBias = true, l.scalarBias = b.numel() == 1;
+  }
   if (x.dt != DType::F32 && x.dt != DType::F16) c.bad("needs float input");
+  return l;
+}
+
+void opLayerNormalization(OpCtx& c) {
+  const Buf& x = c.in(0);
+  const Buf& g = c.in(1);
+  const LayerNormRows l = layerNormRows(c);
+  const int64_t outer = l.outer, n = l.n;
+  const float eps = l.eps;
+  const Buf* b = l.hasBias ? &c.in(2) : nullptr;
   void* y = c.out(0, x.dt, x.shape);
   for (int64_t o = 0; o < outer; ++o) {
     double mean = 0, var = 0;
@@ -718,8 +734,8 @@ void opLayerNormalization(OpCtx& c) {
     var /= n;
     const float inv = static_cast<float>(1.0 / std::sqrt(var + eps));
     for (int64_t j = 0; j < n; ++j) {
-      float v = (elemF(x, o * n + j) - static_cast<float>(mean)) * inv * elemF(g, g.numel() == 1 ? 0 : j);
-      if (b) v += elemF(*b, b->numel() == 1 ? 0 : j);
+      const float v = device::layerNormValue(elemF(x, o * n + j), static_cast<float>(mean), inv, elemF(g, l.scalarScale ? 0 : j),
+                                             l.hasBias, b ? elemF(*b, l.scalarBias ? 0 : j) : 0.f);
       if (x.dt == DType::F16) static_cast<uint16_t*>(y)[o * n + j] = floatToHalf(v);
       else static_cast<float*>(y)[o * n + j] = v;
     }

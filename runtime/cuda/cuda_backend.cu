@@ -232,6 +232,20 @@ __global__ void rmsNormKernel(const float* X, const float* W, int64_t ws, float*
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) y[i] = W ? (x[i] * inv) * W[i * ws] : x[i] * inv;
 }
 
+/// LayerNormalization: a block per row of n values; mean, then the mean squared deviation (the CPU sums in double:
+/// the results agree to float rounding), then device_math.h's value.
+__global__ void layerNormKernel(const float* X, const float* G, int64_t gs, const float* B, int64_t bs, float* Y, int64_t n, float eps) {
+  const float* x = X + blockIdx.x * n;
+  float* y = Y + blockIdx.x * n;
+  float s = 0.f;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += x[i];
+  const float mean = blockReduce(s, false) / static_cast<float>(n);
+  float v = 0.f;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) v += (x[i] - mean) * (x[i] - mean);
+  const float inv = 1.f / sqrtf(blockReduce(v, false) / static_cast<float>(n) + eps);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) y[i] = dm::layerNormValue(x[i], mean, inv, G[i * gs], B != nullptr, B ? B[i * bs] : 0.f);
+}
+
 /// crt.SiluMul (fuse.h): (g * sigmoid(g)) * up, with broadcasting.
 __global__ void siluMulKernel(dm::Broadcast bc, int64_t total, const float* G, const float* U, float* Y) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
@@ -515,6 +529,18 @@ void opCudaRMSNorm(OpCtx& c) {
   checkLaunch("rms norm");
 }
 
+void opCudaLayerNorm(OpCtx& c) {
+  const Buf& x = c.in(0);
+  const float* X = f32In(c, 0);
+  const LayerNormRows l = layerNormRows(c);
+  const float* G = f32In(c, 1);
+  const float* B = l.hasBias ? f32In(c, 2) : nullptr;
+  float* Y = c.outT<float>(0, x.shape);
+  if (l.outer == 0 || l.n == 0) return;
+  layerNormKernel<<<static_cast<unsigned>(l.outer), kRowThreads>>>(X, G, l.scalarScale ? 0 : 1, B, l.scalarBias ? 0 : 1, Y, l.n, l.eps);
+  checkLaunch("layer norm");
+}
+
 void opCudaSiluMul(OpCtx& c) {
   dm::Broadcast bc;
   int64_t total = 0;
@@ -621,6 +647,7 @@ OpFn CudaBackend::kernelFor(const Graph& g, const Node& n) {
     case DeviceOp::BatchMatMul: return opCudaBatchMatMul;
     case DeviceOp::RMSNorm: return opCudaRMSNorm;
     case DeviceOp::SiluMul: return opCudaSiluMul;
+    case DeviceOp::LayerNorm: return opCudaLayerNorm;
     case DeviceOp::Rope: return opCudaRope;
     case DeviceOp::ScaleMaskSoftmax: return opCudaScaleMaskSoftmax;
     case DeviceOp::KvScores: return opCudaKvScores;

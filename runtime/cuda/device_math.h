@@ -220,6 +220,12 @@ CRT_HD int64_t maskRowOffset(const RowMask& m, int64_t row) {
 /// A score divided, then masked (both rounded, as the Div and Add nodes did).
 CRT_HD float scaleMask(float x, float divisor, float mask) { return x / divisor + mask; }
 
+/// LayerNormalization's output value: (x - mean) * inv * scale [+ bias], in that order (the CPU op's too).
+CRT_HD float layerNormValue(float x, float mean, float inv, float scale, bool hasBias, float bias) {
+  const float v = (x - mean) * inv * scale;
+  return hasBias ? v + bias : v;
+}
+
 // ------------------------------------------------------------------------------------------- KV cache
 /// The in-session KV cache (runtime/kv_cache.h) as the attention kernels read it: per kv head `capacity` rows of
 /// D values, fp32 or fp16 bits; query head qh reads kv head qh / rep (GQA).

@@ -179,6 +179,45 @@ TEST_CASE("CUDA elementwise, Softmax, ReduceMean, Transpose, Slice, Expand, Conc
   compare(model, {{"a", crt::TensorView::of(a.data(), {2, 3, 40})}, {"c", crt::TensorView::of(c.data(), {3, 1})}}, 17, 1e-5);
 }
 
+TEST_CASE("CUDA LayerNormalization equals the CPU: last axis and two axes, per-value and one-value scale and bias", "[runtime][cuda]") {
+  haveGpu(true);
+  struct Case {
+    int64_t axis;
+    std::vector<int64_t> scale;  // its shape (bias: the same)
+    bool bias;
+  };
+  for (const Case& k : std::vector<Case>{{-1, {300}, true}, {-1, {300}, false}, {1, {7, 300}, true}, {-1, {1}, true}}) {
+    INFO("axis " << k.axis << ", scale of " << k.scale.size() << " dims, bias " << k.bias);
+    ModelBuilder b(17);
+    b.io(true, "x", 1, {"3", "7", "300"});
+    b.io(false, "y", 1, {"3", "7", "300"});
+    int64_t n = 1;
+    for (int64_t d : k.scale) n *= d;
+    b.initF("g", k.scale, randoms(static_cast<size_t>(n), 4));
+    b.initF("bb", k.scale, randoms(static_cast<size_t>(n), 5));
+    auto* ln = b.node("LayerNormalization", k.bias ? std::vector<std::string>{"x", "g", "bb"} : std::vector<std::string>{"x", "g"}, {"y"});
+    attrInt(ln, "axis", k.axis);
+    const std::string model = b.save("cuda-ln");
+    std::vector<float> x = randoms(3 * 7 * 300, 6);
+    for (size_t i = 0; i < x.size(); ++i) x[i] = 3.f + 2.f * x[i];  // (a mean far from zero)
+    compare(model, {{"x", crt::TensorView::of(x.data(), {3, 7, 300})}}, 1, 1e-5);
+  }
+  // a bias that matches neither the row nor one value is an error naming it, not a read past its end
+  ModelBuilder b(17);
+  b.io(true, "x", 1, {"2", "8"});
+  b.io(false, "y", 1, {"2", "8"});
+  b.initF("g", {8}, std::vector<float>(8, 1.f));
+  b.initF("bb", {3}, std::vector<float>(3, 0.f));
+  b.node("LayerNormalization", {"x", "g", "bb"}, {"y"});
+  crt::SessionOptions so;
+  auto s = crt::Session::create(b.save("ln-bad-bias"), so);
+  REQUIRE(s.ok());
+  std::vector<float> x(16, 1.f);
+  auto r = s->run({{"x", crt::TensorView::of(x.data(), {2, 8})}});
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().message.find("bias of [3] does not match the normalized size 8") != std::string::npos);
+}
+
 TEST_CASE("CUDA sessions do not leak: 1,000 runs leave the GPU's free memory as it was", "[runtime][cuda]") {
   if (!haveGpu(true)) return;
   const std::string model = matmulModel("int4", 256, 128, 32, 3);
