@@ -321,3 +321,102 @@ TEST_CASE("Transpose, Slice and Expand views that keep memory order alias their 
     CHECK(bad == 0);
   }
 }
+
+namespace {
+
+/// A cached attention in the exported form (past.0.key/value [1, 1, past, 4], Concat on axis 2, the keys
+/// transposed) whose output also adds sum(Reshape(Slice(TAB, 0:T))): at T = 8, TAB's length, the Slice takes the
+/// whole table and aliases it; at shorter T it copies, and the Reshape aliases the copy until the last node. Between
+/// them a chain of T x 4 copies (from a 16-row table, never whole) competes for the same arena space.
+std::string aliasSpareModel() {
+  ModelBuilder b(17);
+  b.io(true, "ids", 7, {"1", "s"});
+  b.io(true, "past.0.key", 1, {"1", "1", "past", "4"});
+  b.io(true, "past.0.value", 1, {"1", "1", "past", "4"});
+  b.io(false, "y", 1, {"1", "1", "s", "4"});
+  b.io(false, "present.0.key", 1, {"1", "1", "t", "4"});
+  b.io(false, "present.0.value", 1, {"1", "1", "t", "4"});
+  std::vector<float> emb(10 * 4), tab(8 * 4), tab2(16 * 4);
+  for (size_t i = 0; i < emb.size(); ++i) emb[i] = 0.1f * static_cast<float>(i % 7) - 0.3f;
+  for (size_t i = 0; i < tab.size(); ++i) tab[i] = static_cast<float>(i + 1);
+  for (size_t i = 0; i < tab2.size(); ++i) tab2[i] = 0.5f * static_cast<float>(i);
+  b.initF("E", {10, 4}, emb);
+  b.initF("TAB", {8, 4}, tab);
+  b.initF("TAB2", {16, 4}, tab2);
+  b.initI("one", {1}, {1});
+  b.initI("zero", {1}, {0});
+  b.initI("two", {1}, {2});
+  b.initI("flat", {1}, {-1});
+  b.initF("c3", {}, {3.f});
+  b.node("Gather", {"E", "ids"}, {"h"});  // [1, s, 4]
+  b.node("Unsqueeze", {"h", "one"}, {"k"});  // [1, 1, s, 4]
+  attrInt(b.node("Concat", {"past.0.key", "k"}, {"present.0.key"}), "axis", 2);
+  attrInts(b.node("Transpose", {"present.0.key"}, {"kt"}), "perm", {0, 1, 3, 2});
+  b.node("MatMul", {"k", "kt"}, {"scores"});  // [1, 1, s, t]
+  attrInt(b.node("Softmax", {"scores"}, {"p"}), "axis", -1);
+  attrInt(b.node("Concat", {"past.0.value", "k"}, {"present.0.value"}), "axis", 2);
+  b.node("MatMul", {"p", "present.0.value"}, {"att"});  // [1, 1, s, 4]
+  // T = past + s, from the shapes (the past's, which the cache rewrite keeps as a view of the cached rows)
+  b.node("Shape", {"past.0.value"}, {"pv_shape"});
+  b.node("Gather", {"pv_shape", "two"}, {"past_len"});  // [1]
+  b.node("Shape", {"ids"}, {"ids_shape"});
+  b.node("Gather", {"ids_shape", "one"}, {"s_len"});  // [1]
+  b.node("Add", {"past_len", "s_len"}, {"t1"});
+  b.node("Slice", {"TAB", "zero", "t1", "zero"}, {"rows"});  // [T, 4]: the whole table at T = 8
+  b.node("Reshape", {"rows", "flat"}, {"rows_flat"});        // an alias of rows, read by the last nodes
+  b.node("Slice", {"TAB2", "zero", "t1", "zero"}, {"j0"});   // [T, 4] copies, never the whole table
+  b.node("Mul", {"j0", "c3"}, {"j1"});
+  b.node("Add", {"j1", "j0"}, {"j2"});
+  b.node("Mul", {"j2", "c3"}, {"j3"});
+  b.node("Add", {"j3", "j1"}, {"j4"});
+  b.node("ReduceSum", {"j4"}, {"js"});
+  b.node("ReduceSum", {"rows_flat"}, {"rs"});
+  b.node("Add", {"att", "rs"}, {"a1"});
+  b.node("Add", {"a1", "js"}, {"y"});
+  return b.save("kv-alias-spare");
+}
+
+}  // namespace
+
+TEST_CASE("a KV session's plan keeps the space of an output its recording aliased alive while anything reads it", "[runtime][session][kv]") {
+  const std::string model = aliasSpareModel();
+  const std::vector<int64_t> ids = {1, 4, 2, 7, 3, 9, 5, 6};
+  // reference: the same steps with past and present passed by hand (a plan per shape, no replay across lengths)
+  std::vector<std::vector<float>> want;
+  {
+    auto s = crt::Session::create(model, crt::SessionOptions{});
+    REQUIRE(s.ok());
+    std::vector<float> pk, pv;
+    for (int64_t t = 0; t < 8; ++t) {
+      auto r = s->run({{"ids", crt::TensorView::of(ids.data() + t, {1, 1})},
+                       {"past.0.key", crt::TensorView::of(pk.data(), {1, 1, t, 4})},
+                       {"past.0.value", crt::TensorView::of(pv.data(), {1, 1, t, 4})}});
+      INFO(r.status().message);
+      REQUIRE(r.ok());
+      const auto& o = r.value();
+      const float* y = reinterpret_cast<const float*>(o[0].bytes.data());
+      want.emplace_back(y, y + 4);
+      const float* k = reinterpret_cast<const float*>(o[1].bytes.data());
+      const float* v = reinterpret_cast<const float*>(o[2].bytes.data());
+      pk.assign(k, k + (t + 1) * 4);
+      pv.assign(v, v + (t + 1) * 4);
+    }
+  }
+  // the in-session cache of 8 rows: one-token steps replay the plan recorded at T = 8 (where the Slice aliased)
+  crt::SessionOptions so;
+  so.kv_capacity = 8;
+  auto s = crt::Session::create(model, so);
+  INFO(s.status().message);
+  REQUIRE(s.ok());
+  int64_t before = 0;
+  for (int64_t t = 0; t < 8; ++t) {
+    if (t == 2) before = crt::detail::allocationCount();
+    std::vector<crt::TensorView> out;
+    const crt::Status st = s->run({{"ids", crt::TensorView::of(ids.data() + t, {1, 1})}}, out);
+    INFO("step " << t << ": " << st.message);
+    REQUIRE(st.ok());
+    const float* y = static_cast<const float*>(out[0].data);
+    for (int i = 0; i < 4; ++i) CHECK(y[i] == Approx(want[t][i]).epsilon(1e-6));
+  }
+  CHECK(crt::detail::allocationCount() == before);  // the steps after the first replay one plan
+}
