@@ -37,7 +37,7 @@ constexpr NamedKind kDeviceOps[] = {
 constexpr NamedKind kCrtDeviceOps[] = {
     {"RMSNorm", {DeviceOp::RMSNorm, 0}}, {"SiluMul", {DeviceOp::SiluMul, 0}}, {"Rope", {DeviceOp::Rope, 0}},
     {"ScaleMaskSoftmax", {DeviceOp::ScaleMaskSoftmax, 0}}, {"KvScores", {DeviceOp::KvScores, 0}},
-    {"KvValues", {DeviceOp::KvValues, 0}}, {"KvAttention", {DeviceOp::KvAttention, 0}},
+    {"KvValues", {DeviceOp::KvValues, 0}}, {"KvAttention", {DeviceOp::KvAttention, 0}}, {"LastRow", {DeviceOp::LastRow, 0}},
 };
 
 }  // namespace
@@ -129,7 +129,7 @@ std::vector<char> knownFloat32(const Graph& g) {
     const OpInfo* info = findOpInfo(n.domain, n.op);
     bool out = false;
     if (info && n.domain.empty() && n.op == "Cast") out = n.attrInt("to", 0) == static_cast<int64_t>(DType::F32);
-    else if ((info && !info->has(op_trait::OwnType)) || fusedKeepsType(n) || isKvAttention(n))
+    else if ((info && !info->has(op_trait::OwnType)) || fusedKeepsType(n) || isKvAttention(n) || isLastRow(n))
       out = !n.in.empty() && n.in[0] >= 0 && f32[n.in[0]];
     for (size_t o = 0; o < n.out.size(); ++o) f32[n.out[o]] = out && (o == 0 || (info && info->outputs == -1));  // (Split: all)
   }

@@ -41,7 +41,8 @@ Usage:
         (benchmarks); --ignore-eos: always -n tokens; --warmup N: N untimed generations first.
   crun ppl MODEL.onnx --tokens val.tok512.npy [--seq-len 512] [--max-tokens 32768] [--batch 1]
         perplexity exactly as `compress eval` defines it (non-overlapping windows, next-token NLL)
-  crun info MODEL.onnx      inputs, outputs, folded nodes, packed weights, kernel set
+  crun info MODEL.onnx      inputs, outputs, folded nodes, packed weights, kernel set; with --device, what runs where
+                            (for a cached export also what crun generate's decode steps place)
   crun ops                  every op the runtime supports
 
 Options common to all: --threads N (default: all cores), --no-simd (portable scalar kernels),
@@ -527,9 +528,19 @@ int cmdInfo(const std::string& model, const cxxopts::ParseResult& r) {
             << (i.int8_matmuls ? " (" + i.int8_isa + ")" : std::string()) << ", " << i.panel_matmuls << " in panel order, "
             << i.weight_bytes
             << " weight bytes), fused chains " << i.fused_nodes << ", kernels " << i.isa << ", threads " << i.threads << "\n";
-  if (i.device != "cpu")
-    std::cout << "device: " << i.device << ": " << i.device_nodes << " nodes, " << i.device_copies << " copies between host and device"
-              << "; on the host each run: " << (i.host_ops.empty() ? "nothing" : i.host_ops) << "\n";
+  auto placement = [](const char* what, const crt::SessionInfo& d) {
+    std::cout << what << d.device << ": " << d.device_nodes << " nodes, " << d.device_copies << " copies between host and device"
+              << "; on the host each run: " << (d.host_ops.empty() ? "nothing" : d.host_ops) << "\n";
+  };
+  if (i.device != "cpu") placement("device: ", i);
+  if (i.device != "cpu" && kv != s.metadata().end()) {  // what crun generate's decode steps place (the in-session cache)
+    crt::SessionOptions so = sessionOptions(r);
+    so.kv_capacity = -1;
+    so.last_position_logits = true;
+    auto g = crt::Session::create(model, so);
+    if (g.ok()) placement("generate (KV cache in place), device: ", g->info());
+    else std::cout << "generate (KV cache in place): " << g.status().message << "\n";
+  }
   return 0;
 }
 

@@ -10,6 +10,7 @@
 #include "runtime/fuse.h"
 #include "runtime/kernels.h"
 #include "runtime/loader.h"
+#include "runtime/op_geometry.h"
 #include "runtime/ops_common.h"
 #include "runtime/thread_pool.h"
 
@@ -469,8 +470,8 @@ namespace {
 /// Row S-1 of the second-to-last axis: [.., S, D] -> [.., 1, D].
 void opLastRow(OpCtx& c) {
   const Buf& x = c.in(0);
+  lastRowView(c);  // (the checks)
   const int r = x.shape.rank;
-  if (r < 2 || x.shape[r - 2] < 1) c.bad("needs [.., rows >= 1, D], got " + x.shape.str());
   Shape s = x.shape;
   const int64_t rows = s[r - 2], inner = s[r - 1] * static_cast<int64_t>(dtypeSize(x.dt));
   s[r - 2] = 1;
@@ -481,6 +482,21 @@ void opLastRow(OpCtx& c) {
 }
 
 }  // namespace
+
+StridedView lastRowView(const OpCtx& c) {
+  const Buf& x = c.in(0);
+  const int r = x.shape.rank;
+  if (r < 2 || x.shape[r - 2] < 1) c.bad("needs [.., rows >= 1, D], got " + x.shape.str());
+  StridedView v;
+  v.os = x.shape;
+  v.os[r - 2] = 1;
+  int64_t acc = 1;
+  for (int d = r - 1; d >= 0; --d) v.st[d] = acc, acc *= x.shape[d];
+  v.offset = (x.shape[r - 2] - 1) * v.st[r - 2];
+  return v;
+}
+
+bool isLastRow(const Node& n) { return n.fn == opLastRow; }
 
 bool lastPositionLogits(Graph& g) {
   if (g.outputs.empty() || g.values[g.outputs[0]].producer < 0) return false;

@@ -66,6 +66,11 @@ int fuseKvAttention(Graph& g);
 /// bias Add) sees only the last position's row, so a prefill computes one row of logits. False (graph
 /// unchanged) when the first output is not made that way.
 bool lastPositionLogits(Graph& g);
+/// The crt.LastRow node lastPositionLogits inserts (its output has its input's type), and its view of the input:
+/// row S-1 of [.., S, D] (a device backend copies it as a strided view; checks the input's shape).
+bool isLastRow(const Node& n);
+struct StridedView;
+StridedView lastRowView(const OpCtx& c);
 
 /// Whether n is the in-session cache's attention op (KvScores / KvValues / KvAttention); its output has its first
 /// input's type.

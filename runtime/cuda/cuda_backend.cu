@@ -466,6 +466,7 @@ void stridedOp(OpCtx& c, const StridedView& sv) {
 }
 
 void opCudaTranspose(OpCtx& c) { stridedOp(c, transposeView(c, c.in(0))); }
+void opCudaLastRow(OpCtx& c) { stridedOp(c, lastRowView(c)); }
 void opCudaSlice(OpCtx& c) { stridedOp(c, sliceView(c, c.in(0))); }
 void opCudaExpand(OpCtx& c) { stridedOp(c, expandView(c, c.in(0))); }
 
@@ -653,6 +654,7 @@ OpFn CudaBackend::kernelFor(const Graph& g, const Node& n) {
     case DeviceOp::KvScores: return opCudaKvScores;
     case DeviceOp::KvValues: return opCudaKvValues;
     case DeviceOp::KvAttention: return opCudaKvAttention;
+    case DeviceOp::LastRow: return opCudaLastRow;
     case DeviceOp::None: break;
   }
   return nullptr;

@@ -123,6 +123,9 @@ check "the emulated device and --no-fuse: the CPU's perplexity and text exactly"
 "$CRUN" info "$work/m.onnx" > "$work/cpu_info.txt"
 check "info says how many nodes and copies the device took, and how many chains were fused (the same on the device)" \
   "grep -q 'device: emulated: [1-9][0-9]* nodes, [1-9][0-9]* copies.*on the host each run: Gather 1$' $work/dev_info.txt && grep -q 'fused chains 31' $work/dev_info.txt && grep -q 'fused chains 31' $work/cpu_info.txt"
+"$CRUN" info "$work/m_kv.onnx" --device emulated > "$work/dev_kv_info.txt"
+check "info on a cached export shows generate's decode step: everything but the embedding and position arithmetic on the device, 2 copies" \
+  "grep -q '^generate (KV cache in place), device: emulated: [1-9][0-9]* nodes, 2 copies' $work/dev_kv_info.txt && ! grep '^generate' $work/dev_kv_info.txt | grep -q 'crt\.\|MatMul'"
 "$CRUN" info "$work/m.onnx" --device tpu 2> "$work/e7.txt"; rc=$?
 check "a bad --device value exits 2 naming the choices" "[ $rc -eq 2 ] && grep -q 'takes cpu, cuda, cuda:N, auto or emulated' $work/e7.txt"
 if ! "$CRUN" info "$work/m.onnx" --device cuda > /dev/null 2> "$work/e8.txt"; then
