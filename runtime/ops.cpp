@@ -486,7 +486,10 @@ void opSplit(OpCtx& c) {
     for (int i = 0; i < k; ++i) sizes[i] = std::min(each, dim - each * i);
   }
   int64_t total = 0;
-  for (int i = 0; i < k; ++i) total += sizes[i];
+  for (int i = 0; i < k; ++i) {
+    if (sizes[i] < 0 || sizes[i] > dim) c.bad("split size " + std::to_string(sizes[i]) + " is outside [0, " + std::to_string(dim) + "]");
+    total += sizes[i];
+  }
   if (total != dim) c.bad("split sizes do not add up to the axis size " + std::to_string(dim));
   int64_t outer = 1, inner = 1;
   for (int d = 0; d < axis; ++d) outer *= x.shape[d];

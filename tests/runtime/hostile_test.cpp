@@ -267,6 +267,25 @@ TEST_CASE("DequantizeLinear with a scale that does not fit its input is a data e
   CHECK_THAT(r.status().message, Contains("scale has 3 values"));
 }
 
+TEST_CASE("Split sizes out of range are a data error, not a read past the input", "[runtime][hostile]") {
+  // sizes {7, -2} add up to the axis' 5: the first part would copy 7 rows of 5
+  for (const auto& sizes : std::vector<std::vector<int64_t>>{{7, -2}, {-1, 6}}) {
+    ModelBuilder b;
+    b.io(true, "x", 1, {"5", "4"});
+    b.io(false, "a", 1, {});
+    b.io(false, "b", 1, {});
+    b.initI("sizes", {2}, sizes);
+    attrInt(b.node("Split", {"x", "sizes"}, {"a", "b"}), "axis", 0);
+    auto s = crt::Session::create(b.save("split-hostile"), {});
+    REQUIRE(s.ok());
+    std::vector<float> x(20, 1.f);
+    auto r = s->run({{"x", crt::TensorView::of(x.data(), {5, 4})}});
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.status().code == crt::StatusCode::DataError);
+    CHECK_THAT(r.status().message, Contains("is outside [0, 5]"));
+  }
+}
+
 TEST_CASE("external data: bad offsets, short files, paths and links outside the model's folder", "[runtime][hostile]") {
   const std::string dir = tempDir("ext"), outside = tempDir("ext-outside");
   {
