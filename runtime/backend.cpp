@@ -32,6 +32,7 @@ constexpr NamedKind kDeviceOps[] = {
     {"Transpose", {DeviceOp::Transpose, 0}},                    {"Slice", {DeviceOp::Slice, 0}},
     {"Concat", {DeviceOp::Concat, 0}},                          {"MatMul", {DeviceOp::BatchMatMul, 0}},
     {"Expand", {DeviceOp::Expand, 0}},                          {"LayerNormalization", {DeviceOp::LayerNorm, 0}},
+    {"Split", {DeviceOp::Split, 0}},
 };
 
 constexpr NamedKind kCrtDeviceOps[] = {
@@ -71,7 +72,8 @@ bool readsShapeOnly(const Node& n) { return n.domain.empty() && opHas(n.op, op_t
 
 bool readsOnDevice(const Node& n, int input) {
   if (isView(n)) return input == 0;  // Reshape's shape, Unsqueeze's axes: host integers
-  if (n.domain.empty() && (n.op == "ReduceMean" || n.op == "Slice" || n.op == "Expand")) return input == 0;  // axes, bounds, shape
+  if (n.domain.empty() && (n.op == "ReduceMean" || n.op == "Slice" || n.op == "Expand" || n.op == "Split"))
+    return input == 0;  // axes, bounds, shape, split sizes
   return true;
 }
 

@@ -3,6 +3,8 @@
 // cannot disagree about an attribute, a negative index or a broadcast. No LibTorch, no CUDA headers.
 #pragma once
 
+#include <vector>
+
 #include "runtime/internal.h"
 
 namespace crt::detail {
@@ -49,6 +51,10 @@ struct MatMulGeometry {
   }
 };
 MatMulGeometry matmulGeometry(const OpCtx& c, const Buf& a, const Buf& b);
+
+/// Split: each output's view of the input (checked: sizes from input 1 or the attribute, or equal parts; each in
+/// [0, axis length], adding up to it).
+std::vector<StridedView> splitViews(const OpCtx& c);
 
 /// LayerNormalization: `outer` rows of `n` values (the axes from the node's axis on), epsilon, and whether the scale
 /// (input 1) and bias (input 2, optional) hold one value for all (else one per value of a row); both checked.

@@ -468,14 +468,14 @@ void opConcat(OpCtx& c) {
   }
 }
 
-void opSplit(OpCtx& c) {
+std::vector<StridedView> splitViews(const OpCtx& c) {
   const Buf& x = c.in(0);
   const int r = x.shape.rank;
-  const int64_t axis = normAxis(c, c.node.attrInt("axis", 0), r);
+  const int axis = static_cast<int>(normAxis(c, c.node.attrInt("axis", 0), r));
   const int k = static_cast<int>(c.node.out.size());
   int64_t sizes[64];
   if (k > 64) c.bad("more than 64 outputs");
-  const int64_t dim = x.shape[static_cast<int>(axis)];
+  const int64_t dim = x.shape[axis];
   if (c.has(1)) {
     if (readInts(c.in(1), sizes, 64, c) != k) c.bad("split has a size per output");
   } else if (const auto* a = c.node.attrInts("split")) {
@@ -491,18 +491,28 @@ void opSplit(OpCtx& c) {
     total += sizes[i];
   }
   if (total != dim) c.bad("split sizes do not add up to the axis size " + std::to_string(dim));
-  int64_t outer = 1, inner = 1;
-  for (int d = 0; d < axis; ++d) outer *= x.shape[d];
-  for (int d = static_cast<int>(axis) + 1; d < r; ++d) inner *= x.shape[d];
-  const size_t es = dtypeSize(x.dt);
-  int64_t col = 0;
+  std::vector<StridedView> views(static_cast<size_t>(k));
+  int64_t st[kMaxRank];
+  contiguousStrides(x.shape, st);
+  int64_t at = 0;
   for (int i = 0; i < k; ++i) {
-    Shape os = x.shape;
-    os[static_cast<int>(axis)] = sizes[i];
-    uint8_t* y = static_cast<uint8_t*>(c.out(i, x.dt, os));
-    const int64_t row = sizes[i] * inner * es;
-    for (int64_t o = 0; o < outer; ++o) std::memcpy(y + o * row, x.as<uint8_t>() + o * dim * inner * es + col, row);
-    col += row;
+    StridedView& v = views[static_cast<size_t>(i)];
+    v.os = x.shape;
+    v.os[axis] = sizes[i];
+    for (int d = 0; d < r; ++d) v.st[d] = st[d];
+    v.offset = at * st[axis];
+    at += sizes[i];
+  }
+  return views;
+}
+
+void opSplit(OpCtx& c) {
+  const Buf& x = c.in(0);
+  const size_t es = dtypeSize(x.dt);
+  const std::vector<StridedView> views = splitViews(c);
+  for (size_t i = 0; i < views.size(); ++i) {
+    uint8_t* y = static_cast<uint8_t*>(c.out(static_cast<int>(i), x.dt, views[i].os));
+    stridedCopy(x.as<uint8_t>() + views[i].offset * static_cast<int64_t>(es), views[i].st, views[i].os, y, es);
   }
 }
 

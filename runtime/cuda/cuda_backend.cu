@@ -452,9 +452,9 @@ void opCudaReduceMean(OpCtx& c) {
 }
 
 /// Transpose, Slice and Expand: one gather over the op's strided view of its input.
-void stridedOp(OpCtx& c, const StridedView& sv) {
+void stridedOp(OpCtx& c, const StridedView& sv, int output = 0) {
   const float* X = f32In(c, 0);
-  float* Y = c.outT<float>(0, sv.os);
+  float* Y = c.outT<float>(output, sv.os);
   const int64_t total = sv.os.numel();
   if (total == 0) return;
   dm::Strided v;
@@ -467,6 +467,10 @@ void stridedOp(OpCtx& c, const StridedView& sv) {
 
 void opCudaTranspose(OpCtx& c) { stridedOp(c, transposeView(c, c.in(0))); }
 void opCudaLastRow(OpCtx& c) { stridedOp(c, lastRowView(c)); }
+void opCudaSplit(OpCtx& c) {
+  const std::vector<StridedView> views = splitViews(c);
+  for (size_t i = 0; i < views.size(); ++i) stridedOp(c, views[i], static_cast<int>(i));
+}
 void opCudaSlice(OpCtx& c) { stridedOp(c, sliceView(c, c.in(0))); }
 void opCudaExpand(OpCtx& c) { stridedOp(c, expandView(c, c.in(0))); }
 
@@ -655,6 +659,7 @@ OpFn CudaBackend::kernelFor(const Graph& g, const Node& n) {
     case DeviceOp::KvValues: return opCudaKvValues;
     case DeviceOp::KvAttention: return opCudaKvAttention;
     case DeviceOp::LastRow: return opCudaLastRow;
+    case DeviceOp::Split: return opCudaSplit;
     case DeviceOp::None: break;
   }
   return nullptr;

@@ -218,6 +218,23 @@ TEST_CASE("CUDA LayerNormalization equals the CPU: last axis and two axes, per-v
   CHECK(r.status().message.find("bias of [3] does not match the normalized size 8") != std::string::npos);
 }
 
+TEST_CASE("CUDA Split equals the CPU: GPT-2's q, k, v on the last axis, uneven parts on a middle axis", "[runtime][cuda]") {
+  haveGpu(true);
+  for (int64_t axis : {2, 1}) {
+    INFO("axis " << axis);
+    ModelBuilder b(17);
+    b.io(true, "x", 1, {"2", "9", "24"});
+    b.io(false, "y", 1, {});
+    b.initI("sizes", {3}, axis == 2 ? std::vector<int64_t>{8, 8, 8} : std::vector<int64_t>{2, 0, 7});
+    attrInt(b.node("Split", {"x", "sizes"}, {"a", "b", "c"}), "axis", axis);
+    b.node("Concat", {"c", "b", "a"}, {"y"});  // the parts in another order: every output is read
+    attrInt(b.g->mutable_node(1), "axis", axis);
+    const std::string model = b.save("cuda-split-" + std::to_string(axis));
+    const std::vector<float> x = randoms(2 * 9 * 24, 7);
+    compare(model, {{"x", crt::TensorView::of(x.data(), {2, 9, 24})}}, 2, 0);
+  }
+}
+
 TEST_CASE("CUDA sessions do not leak: 1,000 runs leave the GPU's free memory as it was", "[runtime][cuda]") {
   if (!haveGpu(true)) return;
   const std::string model = matmulModel("int4", 256, 128, 32, 3);
