@@ -32,7 +32,7 @@ constexpr NamedKind kDeviceOps[] = {
     {"Transpose", {DeviceOp::Transpose, 0}},                    {"Slice", {DeviceOp::Slice, 0}},
     {"Concat", {DeviceOp::Concat, 0}},                          {"MatMul", {DeviceOp::BatchMatMul, 0}},
     {"Expand", {DeviceOp::Expand, 0}},                          {"LayerNormalization", {DeviceOp::LayerNorm, 0}},
-    {"Split", {DeviceOp::Split, 0}},
+    {"Split", {DeviceOp::Split, 0}},                            {"Where", {DeviceOp::Where, 0}},
 };
 
 constexpr NamedKind kCrtDeviceOps[] = {
@@ -66,6 +66,10 @@ DeviceOpKind deviceOpOf(const Graph& g, const Node& n) {
     return k.kind;
   }
   return {};
+}
+
+DType deviceInputType(const Node& n, int input) {
+  return n.domain.empty() && n.op == "Where" && input == 0 ? DType::Bool : DType::F32;
 }
 
 bool readsShapeOnly(const Node& n) { return n.domain.empty() && opHas(n.op, op_trait::ShapeOnly); }
@@ -119,22 +123,32 @@ void opCopyToHost(OpCtx& c) {
 }
 
 // ------------------------------------------------------------------------------------------- placement
-/// Values known at load to be float32: float constants and inputs, and the outputs of ops that keep their input's
-/// element type (op_table.def: all but the OwnType ops, Cast to float32 included). A MatMul on a packed weight
-/// keeps its activation's type.
-std::vector<char> knownFloat32(const Graph& g) {
-  std::vector<char> f32(g.values.size(), 0);
+/// Each value's element type where it is known at load (0 where not): constants and inputs; Cast's target; bool for
+/// comparisons (op_table.def's BoolOut); Where's second input's type; every op that keeps its input's type (op_table.def:
+/// all but the OwnType ops; the load-time fusions, the KV-cache ops and the last-row slice) input 0's. A MatMul on a
+/// packed weight keeps its activation's type.
+std::vector<int> knownTypes(const Graph& g) {
+  std::vector<int> t(g.values.size(), 0);
   for (size_t v = 0; v < g.values.size(); ++v)
-    if (g.values[v].is_const) f32[v] = g.values[v].constant.dt == DType::F32;
-  for (size_t i = 0; i < g.inputs.size() && i < g.input_info.size(); ++i) f32[g.inputs[i]] = g.input_info[i].dtype == DType::F32;
+    if (g.values[v].is_const) t[v] = static_cast<int>(g.values[v].constant.dt);
+  for (size_t i = 0; i < g.inputs.size() && i < g.input_info.size(); ++i) t[g.inputs[i]] = static_cast<int>(g.input_info[i].dtype);
+  const auto of = [&](const Node& n, size_t i) { return i < n.in.size() && n.in[i] >= 0 ? t[n.in[i]] : 0; };
   for (const Node& n : g.nodes) {
     const OpInfo* info = findOpInfo(n.domain, n.op);
-    bool out = false;
-    if (info && n.domain.empty() && n.op == "Cast") out = n.attrInt("to", 0) == static_cast<int64_t>(DType::F32);
-    else if ((info && !info->has(op_trait::OwnType)) || fusedKeepsType(n) || isKvAttention(n) || isLastRow(n))
-      out = !n.in.empty() && n.in[0] >= 0 && f32[n.in[0]];
-    for (size_t o = 0; o < n.out.size(); ++o) f32[n.out[o]] = out && (o == 0 || (info && info->outputs == -1));  // (Split: all)
+    int out = 0;
+    if (info && n.domain.empty() && n.op == "Cast") out = static_cast<int>(n.attrInt("to", 0));
+    else if (info && info->has(op_trait::BoolOut)) out = static_cast<int>(DType::Bool);
+    else if (info && n.domain.empty() && n.op == "Where") out = of(n, 1) == of(n, 2) ? of(n, 1) : 0;
+    else if ((info && !info->has(op_trait::OwnType)) || fusedKeepsType(n) || isKvAttention(n) || isLastRow(n)) out = of(n, 0);
+    for (size_t o = 0; o < n.out.size(); ++o) t[n.out[o]] = o == 0 || (info && info->outputs == -1) ? out : 0;  // (Split: all)
   }
+  return t;
+}
+
+std::vector<char> knownFloat32(const Graph& g) {
+  const std::vector<int> t = knownTypes(g);
+  std::vector<char> f32(t.size());
+  for (size_t v = 0; v < t.size(); ++v) f32[v] = t[v] == static_cast<int>(DType::F32);
   return f32;
 }
 
@@ -143,7 +157,7 @@ namespace {
 /// Decides each node's side: a node goes to the device when the backend has its kernel and its data inputs are
 /// float32 that can be on the device (not an in-session KV cache view); a View op follows its data input.
 int assignNodes(Graph& g, Backend& b) {
-  const std::vector<char> f32 = knownFloat32(g);
+  const std::vector<int> types = knownTypes(g);
   std::vector<char> onDevice(g.values.size(), 0);
   int assigned = 0;
   for (Node& n : g.nodes) {
@@ -153,7 +167,8 @@ int assignNodes(Graph& g, Backend& b) {
     for (size_t i = 0; i < n.in.size() && ok; ++i) {
       const int v = n.in[i];
       if (v < 0 || !readsOnDevice(n, static_cast<int>(i))) continue;
-      ok = f32[v] && !g.values[v].per_run_shape;  // (a static input is copied once per plan)
+      const DType want = deviceInputType(n, static_cast<int>(i));
+      ok = types[v] == static_cast<int>(want) && !g.values[v].per_run_shape;  // (a static input is copied once per plan)
     }
     if (ok && isView(n)) {
       n.on_device = onDevice[n.in[0]] != 0;

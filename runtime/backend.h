@@ -71,13 +71,14 @@ std::shared_ptr<Backend> makeBackend(Device d, int index = 0);
 /// The ops a device backend implements (the CUDA backend all of them; runtime/cuda/device_math.h has their
 /// arithmetic): MatMul on a packed weight (F32/F16/Q8/Q4 dense, exact compute), float32 Add/Sub/Mul/Div/Pow with
 /// broadcasting, Sqrt/Reciprocal/Neg/Exp/Tanh/Sigmoid/Relu, Softmax and ReduceMean over the last axis,
-/// Transpose, Slice, Expand, Concat, Split, MatMul of two tensors (attention's batched products), LayerNormalization,
+/// Transpose, Slice, Expand, Concat, Split, Where (a bool condition), MatMul of two tensors (attention's batched
+/// products), LayerNormalization,
 /// the fused RMSNorm, SiLU-multiply, RoPE and scaled masked softmax (fuse.h), the in-session KV cache's attention
 /// (kv_cache.h: its products, or the fused KvAttention; the cache then lives on the device) and the last-row slice
 /// before a generation's classifier.
 enum class DeviceOp {
   None, MatMul, Binary, Unary, Softmax, ReduceMean, Transpose, Slice, Expand, Concat, BatchMatMul, LayerNorm, RMSNorm, SiluMul,
-  Rope, ScaleMaskSoftmax, KvScores, KvValues, KvAttention, LastRow, Split
+  Rope, ScaleMaskSoftmax, KvScores, KvValues, KvAttention, LastRow, Split, Where
 };
 struct DeviceOpKind {
   DeviceOp op = DeviceOp::None;
@@ -86,9 +87,12 @@ struct DeviceOpKind {
 /// What `n` is for a device backend (None: it stays on the host). Structure only; types are placeNodes' part.
 DeviceOpKind deviceOpOf(const Graph& g, const Node& n);
 
-/// Values known at load to be float32: float constants and inputs, and the outputs of ops that keep their input's
-/// element type (op_table.def: all but the OwnType ops; Cast to float32 included).
+/// Each value's element type where it is known at load (a DType's number, 0 where not): backend.cpp says how.
+std::vector<int> knownTypes(const Graph& g);
+/// The values knownTypes finds float32.
 std::vector<char> knownFloat32(const Graph& g);
+/// The element type a device kernel takes for input `input` of `n`: float32, but bool for Where's condition.
+DType deviceInputType(const Node& n, int input);
 
 /// Whether `n` reads only its inputs' shapes (Shape: op_table.def's ShapeOnly), which it may take from either side.
 bool readsShapeOnly(const Node& n);

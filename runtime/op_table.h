@@ -11,7 +11,7 @@ namespace crt {
 namespace op_trait {
 constexpr uint32_t Unary = 1u << 0, Bcast = 1u << 1, ShapeOnly = 1u << 2, Fp16 = 1u << 3, Prune = 1u << 4,
                    View = 1u << 5, Logic = 1u << 6, PerChannel = 1u << 7,
-                   Homogeneous = 1u << 8, OwnType = 1u << 9;
+                   Homogeneous = 1u << 8, OwnType = 1u << 9, BoolOut = 1u << 10;
 }  // namespace op_trait
 
 struct OpInfo {

@@ -81,6 +81,15 @@ __global__ void binaryKernel(dm::Binary op, dm::Broadcast bc, int64_t total, con
   }
 }
 
+/// Where: Y[i] = C[i] ? A[i] : B[i] with the three broadcast (C bytes, bool).
+__global__ void whereKernel(dm::Broadcast3 bc, int64_t total, const uint8_t* C, const float* A, const float* B, float* Y) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t off[3];
+    dm::broadcastOffsets3(bc, i, off);
+    Y[i] = C[off[0]] ? A[off[1]] : B[off[2]];
+  }
+}
+
 __global__ void unaryKernel(dm::Unary op, int64_t total, const float* X, float* Y) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
     Y[i] = dm::applyUnary(op, X[i]);
@@ -411,6 +420,25 @@ void opCudaBinary(OpCtx& c) {
   checkLaunch("elementwise");
 }
 
+void opCudaWhere(OpCtx& c) {
+  const Buf& cond = c.in(0);
+  if (cond.dt != DType::Bool) c.bad("condition must be bool");
+  const float* A = f32In(c, 1);
+  const float* B = f32In(c, 2);
+  const int64_t* dims[3] = {cond.shape.d, c.in(1).shape.d, c.in(2).shape.d};
+  const int ranks[3] = {cond.shape.rank, c.in(1).shape.rank, c.in(2).shape.rank};
+  dm::Broadcast3 bc;
+  if (!dm::makeBroadcast3(dims, ranks, bc))
+    c.bad(cond.shape.str() + ", " + c.in(1).shape.str() + " and " + c.in(2).shape.str() + " do not broadcast");
+  Shape os;
+  for (int i = 0; i < bc.rank; ++i) os.push(bc.out[i]);
+  float* Y = c.outT<float>(0, os);
+  const int64_t total = os.numel();
+  if (total == 0) return;
+  whereKernel<<<blocksFor(total, 256), 256>>>(bc, total, cond.as<uint8_t>(), A, B, Y);
+  checkLaunch("where");
+}
+
 void opCudaUnary(OpCtx& c) {
   const Buf& x = c.in(0);
   const float* X = f32In(c, 0);
@@ -660,6 +688,7 @@ OpFn CudaBackend::kernelFor(const Graph& g, const Node& n) {
     case DeviceOp::KvAttention: return opCudaKvAttention;
     case DeviceOp::LastRow: return opCudaLastRow;
     case DeviceOp::Split: return opCudaSplit;
+    case DeviceOp::Where: return opCudaWhere;
     case DeviceOp::None: break;
   }
   return nullptr;

@@ -85,6 +85,49 @@ CRT_HD void broadcastOffsets(const Broadcast& bc, int64_t i, int64_t& oa, int64_
   }
 }
 
+/// Broadcasting of three operands (Where's condition, X and Y): per output dim its size and each operand's stride.
+struct Broadcast3 {
+  int rank = 0;
+  int64_t out[kMaxRank] = {};
+  int64_t s[3][kMaxRank] = {};
+};
+
+/// Builds the broadcast of three shapes (ranks <= kMaxRank); false when they do not broadcast.
+inline bool makeBroadcast3(const int64_t* const dims[3], const int ranks[3], Broadcast3& bc) {
+  int r = 0;
+  for (int k = 0; k < 3; ++k) r = ranks[k] > r ? ranks[k] : r;
+  if (r > kMaxRank) return false;
+  bc.rank = r;
+  int64_t acc[3] = {1, 1, 1};
+  for (int i = r - 1; i >= 0; --i) {
+    int64_t size = 1;
+    for (int k = 0; k < 3; ++k) {
+      const int j = i - (r - ranks[k]);
+      const int64_t d = j >= 0 ? dims[k][j] : 1;
+      if (d != 1 && size != 1 && d != size) return false;
+      if (d != 1) size = d;
+    }
+    bc.out[i] = size;
+    for (int k = 0; k < 3; ++k) {
+      const int j = i - (r - ranks[k]);
+      const int64_t d = j >= 0 ? dims[k][j] : 1;
+      bc.s[k][i] = d == 1 ? 0 : acc[k];
+      acc[k] *= d;
+    }
+  }
+  return true;
+}
+
+/// Offsets into the three operands of output element i (C order).
+CRT_HD void broadcastOffsets3(const Broadcast3& bc, int64_t i, int64_t* off) {
+  off[0] = off[1] = off[2] = 0;
+  for (int d = bc.rank - 1; d >= 0; --d) {
+    const int64_t idx = i % bc.out[d];
+    i /= bc.out[d];
+    for (int k = 0; k < 3; ++k) off[k] += idx * bc.s[k][d];
+  }
+}
+
 // ------------------------------------------------------------------------------------------- data movement
 /// Transpose and Slice as one gather: output element i (C order over `os`) reads input element
 /// offset + sum idx[d] * st[d] (detail::StridedView, runtime/op_geometry.h).

@@ -235,6 +235,23 @@ TEST_CASE("CUDA Split equals the CPU: GPT-2's q, k, v on the last axis, uneven p
   }
 }
 
+TEST_CASE("CUDA Where equals the CPU: a bool condition from the host, the three operands broadcast", "[runtime][cuda]") {
+  haveGpu(true);
+  // GPT-2's masking: Where(causal [1, 1, s, t] bool, scores [2, 3, s, t], -inf scalar), then Softmax on the device
+  ModelBuilder b(17);
+  b.io(true, "scores", 1, {"2", "3", "5", "7"});
+  b.io(true, "m", 1, {"1", "1", "5", "7"});
+  b.io(false, "y", 1, {"2", "3", "5", "7"});
+  b.initF("zero", {}, {0.f});
+  b.initF("neg", {}, {-1e4f});
+  b.node("Less", {"m", "zero"}, {"keep"});  // bool, made on the host (no device kernel)
+  b.node("Where", {"keep", "scores", "neg"}, {"masked"});
+  attrInt(b.node("Softmax", {"masked"}, {"y"}), "axis", -1);
+  const std::string model = b.save("cuda-where");
+  const std::vector<float> x = randoms(2 * 3 * 5 * 7, 8), m = randoms(5 * 7, 9);
+  compare(model, {{"scores", crt::TensorView::of(x.data(), {2, 3, 5, 7})}, {"m", crt::TensorView::of(m.data(), {1, 1, 5, 7})}}, 2);
+}
+
 TEST_CASE("CUDA sessions do not leak: 1,000 runs leave the GPU's free memory as it was", "[runtime][cuda]") {
   if (!haveGpu(true)) return;
   const std::string model = matmulModel("int4", 256, 128, 32, 3);

@@ -326,3 +326,26 @@ TEST_CASE("device RoPE and masked-softmax index maps equal the CPU's fused ops' 
   for (int64_t row = 0; row < 6; ++row) CHECK(dm::maskRowOffset(m, row) == row / 3 * 5);
   CHECK(dm::scaleMask(3.f, 5.656854f, -1.f) == 3.f / 5.656854f + -1.f);
 }
+
+TEST_CASE("device three-operand broadcasting (Where) maps every output to the operands' elements", "[runtime][device]") {
+  const int64_t c[] = {2, 1, 4}, a[] = {3, 1}, bb[] = {4};
+  const int64_t* dims[3] = {c, a, bb};
+  const int ranks[3] = {3, 2, 1};
+  dm::Broadcast3 bc;
+  REQUIRE(dm::makeBroadcast3(dims, ranks, bc));
+  REQUIRE(bc.rank == 3);
+  CHECK(bc.out[0] == 2);
+  CHECK(bc.out[1] == 3);
+  CHECK(bc.out[2] == 4);
+  for (int64_t i = 0; i < 24; ++i) {
+    const int64_t i0 = i / 12, i1 = i / 4 % 3, i2 = i % 4;
+    int64_t off[3];
+    dm::broadcastOffsets3(bc, i, off);
+    CHECK(off[0] == i0 * 4 + i2);  // c [2, 1, 4]
+    CHECK(off[1] == i1);           // a [3, 1]
+    CHECK(off[2] == i2);           // b [4]
+  }
+  const int64_t bad[] = {5};
+  const int64_t* dims2[3] = {c, a, bad};
+  CHECK_FALSE(dm::makeBroadcast3(dims2, ranks, bc));  // 4 against 5
+}
