@@ -154,8 +154,9 @@ std::vector<char> knownFloat32(const Graph& g) {
 
 namespace {
 
-/// Decides each node's side: a node goes to the device when the backend has its kernel and its data inputs are
-/// float32 that can be on the device (not an in-session KV cache view); a View op follows its data input.
+/// Decides each node's side: a node goes to the device when the backend has its kernel and its data inputs are known
+/// to have the types its kernel takes (deviceInputType: float32, Where's condition bool) and can be on the device (not
+/// an in-session KV cache view); a View op follows its data input.
 int assignNodes(Graph& g, Backend& b) {
   const std::vector<int> types = knownTypes(g);
   std::vector<char> onDevice(g.values.size(), 0);
