@@ -28,6 +28,7 @@ constexpr NamedKind kDeviceOps[] = {
     {"Reciprocal", {DeviceOp::Unary, int(device::Unary::Reciprocal)}}, {"Neg", {DeviceOp::Unary, int(device::Unary::Neg)}},
     {"Exp", {DeviceOp::Unary, int(device::Unary::Exp)}},        {"Tanh", {DeviceOp::Unary, int(device::Unary::Tanh)}},
     {"Sigmoid", {DeviceOp::Unary, int(device::Unary::Sigmoid)}}, {"Relu", {DeviceOp::Unary, int(device::Unary::Relu)}},
+    {"Erf", {DeviceOp::Unary, int(device::Unary::Erf)}},
     {"Softmax", {DeviceOp::Softmax, 0}},                        {"ReduceMean", {DeviceOp::ReduceMean, 0}},
     {"Transpose", {DeviceOp::Transpose, 0}},                    {"Slice", {DeviceOp::Slice, 0}},
     {"Concat", {DeviceOp::Concat, 0}},                          {"MatMul", {DeviceOp::BatchMatMul, 0}},

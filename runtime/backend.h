@@ -70,7 +70,7 @@ std::shared_ptr<Backend> makeBackend(Device d, int index = 0);
 
 /// The ops a device backend implements (the CUDA backend all of them; runtime/cuda/device_math.h has their
 /// arithmetic): MatMul on a packed weight (F32/F16/Q8/Q4 dense, exact compute), float32 Add/Sub/Mul/Div/Pow with
-/// broadcasting, Sqrt/Reciprocal/Neg/Exp/Tanh/Sigmoid/Relu, Softmax and ReduceMean over the last axis,
+/// broadcasting, Sqrt/Reciprocal/Neg/Exp/Tanh/Sigmoid/Relu/Erf, Softmax and ReduceMean over the last axis,
 /// Transpose, Slice, Expand, Concat, Split, Where (a bool condition), MatMul of two tensors (attention's batched
 /// products), LayerNormalization,
 /// the fused RMSNorm, SiLU-multiply, RoPE and scaled masked softmax (fuse.h), the in-session KV cache's attention

@@ -20,7 +20,7 @@ constexpr int kMaxRank = 8;
 
 // ------------------------------------------------------------------------------------------- elementwise
 enum class Binary : int { Add, Sub, Mul, Div, Pow };
-enum class Unary : int { Sqrt, Reciprocal, Neg, Exp, Tanh, Sigmoid, Relu };
+enum class Unary : int { Sqrt, Reciprocal, Neg, Exp, Tanh, Sigmoid, Relu, Erf };
 
 CRT_HD float applyBinary(Binary op, float a, float b) {
   switch (op) {
@@ -42,6 +42,7 @@ CRT_HD float applyUnary(Unary op, float x) {
     case Unary::Tanh: return tanhf(x);
     case Unary::Sigmoid: return 1.f / (1.f + expf(-x));
     case Unary::Relu: return x > 0.f ? x : 0.f;
+    case Unary::Erf: return erff(x);
   }
   return 0.f;
 }

@@ -141,7 +141,7 @@ TEST_CASE("CUDA MatMul on packed weights equals the CPU: fp32, int8, int4 at GEM
       }
 }
 
-TEST_CASE("CUDA elementwise, Softmax, ReduceMean, Transpose, Slice, Expand, Concat and batched MatMul equal the CPU", "[runtime][cuda]") {
+TEST_CASE("CUDA elementwise (Erf included), Softmax, ReduceMean, Transpose, Slice, Expand, Concat and batched MatMul equal the CPU", "[runtime][cuda]") {
   haveGpu(true);
   ModelBuilder b(17);
   b.io(true, "a", 1, {"2", "3", "40"});
@@ -155,7 +155,8 @@ TEST_CASE("CUDA elementwise, Softmax, ReduceMean, Transpose, Slice, Expand, Conc
   b.node("Pow", {"t3", "two"}, {"t4"});
   b.node("Sqrt", {"t4"}, {"t5"});
   b.node("Sigmoid", {"t5"}, {"t6"});
-  b.node("Tanh", {"t6"}, {"t7"});
+  b.node("Tanh", {"t6"}, {"t6b"});
+  b.node("Erf", {"t6b"}, {"t7"});
   auto* rm = b.node("ReduceMean", {"t7"}, {"m"});
   attrInt(rm, "keepdims", 1);
   attrInts(rm, "axes", {-1});
@@ -176,7 +177,7 @@ TEST_CASE("CUDA elementwise, Softmax, ReduceMean, Transpose, Slice, Expand, Conc
   const std::string model = b.save("cuda-ops");
   const std::vector<float> a = randoms(2 * 3 * 40, 1);
   std::vector<float> c = {0.5f, 1.5f, 2.f};
-  compare(model, {{"a", crt::TensorView::of(a.data(), {2, 3, 40})}, {"c", crt::TensorView::of(c.data(), {3, 1})}}, 17, 1e-5);
+  compare(model, {{"a", crt::TensorView::of(a.data(), {2, 3, 40})}, {"c", crt::TensorView::of(c.data(), {3, 1})}}, 18, 1e-5);
 }
 
 TEST_CASE("CUDA LayerNormalization equals the CPU: last axis and two axes, per-value and one-value scale and bias", "[runtime][cuda]") {

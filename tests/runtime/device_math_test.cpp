@@ -200,6 +200,7 @@ TEST_CASE("device elementwise functions and fp16 bits equal the CPU's", "[runtim
     CHECK(dm::applyUnary(dm::Unary::Sigmoid, x) == Approx(1 / (1 + std::exp(-x))).epsilon(1e-6));
     CHECK(dm::applyUnary(dm::Unary::Tanh, x) == Approx(std::tanh(x)).epsilon(1e-6));
     CHECK(dm::applyUnary(dm::Unary::Exp, x) == Approx(std::exp(x)).epsilon(1e-6));
+    CHECK(dm::applyUnary(dm::Unary::Erf, x) == Approx(std::erf(x)).epsilon(1e-6).margin(1e-7));
     if (x > 0) CHECK(dm::applyUnary(dm::Unary::Sqrt, x) == std::sqrt(x));
     if (x != 0) CHECK(dm::applyUnary(dm::Unary::Reciprocal, x) == 1 / x);
   }
