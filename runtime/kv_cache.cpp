@@ -470,15 +470,10 @@ namespace {
 /// Row S-1 of the second-to-last axis: [.., S, D] -> [.., 1, D].
 void opLastRow(OpCtx& c) {
   const Buf& x = c.in(0);
-  lastRowView(c);  // (the checks)
-  const int r = x.shape.rank;
-  Shape s = x.shape;
-  const int64_t rows = s[r - 2], inner = s[r - 1] * static_cast<int64_t>(dtypeSize(x.dt));
-  s[r - 2] = 1;
-  const int64_t outer = s.numel() / std::max<int64_t>(s[r - 1], 1);
-  char* y = static_cast<char*>(c.out(0, x.dt, s));
-  const char* src = static_cast<const char*>(x.data);
-  for (int64_t o = 0; o < outer; ++o) std::memcpy(y + o * inner, src + (o * rows + rows - 1) * inner, static_cast<size_t>(inner));
+  const StridedView v = lastRowView(c);
+  const size_t es = dtypeSize(x.dt);
+  uint8_t* y = static_cast<uint8_t*>(c.out(0, x.dt, v.os));
+  stridedCopy(x.as<uint8_t>() + v.offset * static_cast<int64_t>(es), v.st, v.os, y, es);
 }
 
 }  // namespace
@@ -490,8 +485,7 @@ StridedView lastRowView(const OpCtx& c) {
   StridedView v;
   v.os = x.shape;
   v.os[r - 2] = 1;
-  int64_t acc = 1;
-  for (int d = r - 1; d >= 0; --d) v.st[d] = acc, acc *= x.shape[d];
+  contiguousStrides(x.shape, v.st);
   v.offset = (x.shape[r - 2] - 1) * v.st[r - 2];
   return v;
 }

@@ -335,8 +335,18 @@ inline void stridedCopy(const uint8_t* src, const int64_t* st, const Shape& os, 
     else tiledCopy(reinterpret_cast<const uint16_t*>(src), st, os, d, reinterpret_cast<uint16_t*>(dst));
     return;
   }
-  const int last = os.rank - 1;
-  const int64_t n = os[last], s = st[last];
+  // Trailing dims that are contiguous in the input too are one run (a Split or Slice on an outer axis copies whole
+  // blocks, not rows of the last dim).
+  Shape cos = os;
+  int64_t cst[kMaxRank];
+  for (int d = 0; d < os.rank; ++d) cst[d] = st[d];
+  while (cos.rank >= 2 && cst[cos.rank - 1] == 1 && cst[cos.rank - 2] == cos[cos.rank - 1]) {
+    cos.d[cos.rank - 2] *= cos[cos.rank - 1];
+    cst[cos.rank - 2] = 1;
+    --cos.rank;
+  }
+  const int last = cos.rank - 1;
+  const int64_t n = cos[last], s = cst[last];
   int64_t idx[kMaxRank] = {};
   int64_t off = 0;
   for (int64_t o = 0; o < total; o += n) {
@@ -351,9 +361,9 @@ inline void stridedCopy(const uint8_t* src, const int64_t* st, const Shape& os, 
     }
     for (int d = last - 1; d >= 0; --d) {
       ++idx[d];
-      off += st[d];
-      if (idx[d] < os[d]) break;
-      off -= st[d] * os[d];
+      off += cst[d];
+      if (idx[d] < cos[d]) break;
+      off -= cst[d] * cos[d];
       idx[d] = 0;
     }
   }
