@@ -5,6 +5,7 @@
 
 #include <onnx/onnx_pb.h>
 
+#include <cctype>
 #include <climits>
 #include <cstring>
 #include <filesystem>
@@ -20,6 +21,20 @@ namespace compress {
 namespace {
 
 constexpr int kMinOpset = 13, kMaxOpset = 21;
+
+/// The symbolic dim a KV-cache input's named dim stands for: "past" (the cached length: our exports' name, and names
+/// such as Optimum's "past_sequence_length") or "past+seq" (a mask over cached and new positions: "past+seq",
+/// "past_sequence_length + 1", "total_sequence_length"); null for any other name. The probes that infer shapes give
+/// these their own lengths (executor.cpp's probeTensor), which fit a short context; taken as an image's height, a
+/// cache of a model with a 32-token context was probed at 40 positions and the import failed.
+const char* cacheDimName(const std::string& param) {
+  std::string p;
+  for (char ch : param)
+    if (ch != ' ') p += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  if (p == "past+seq" || p.find("total_seq") != std::string::npos) return "past+seq";
+  if (p.find("past") == std::string::npos) return nullptr;
+  return p.find('+') != std::string::npos ? "past+seq" : "past";
+}
 
 std::string readFile(const std::string& path) {
   std::error_code ec;
@@ -200,6 +215,7 @@ class OnnxReader {
   // ------------------------------------------------------------------ inputs
   Dim dimOf(const onnx::TensorShapeProto::Dimension& d, size_t axis, size_t rank, bool integer, const std::string& input) {
     if (d.has_dim_value() && d.dim_value() >= 0) return Dim::fixed(d.dim_value());
+    if (const char* cache = cacheDimName(d.dim_param())) return Dim::sym(cache);  // a KV-cache export's past / past+seq
     if (axis == 0) return Dim::sym("batch");
     if (axis == 1 && ((integer && rank == 2) || (!integer && rank == 3))) return Dim::sym("seq");
     if (!integer && rank == 4 && axis >= 2) return Dim::sym(axis == 2 ? "height" : "width");

@@ -24,11 +24,13 @@ struct NamedKind {
 constexpr NamedKind kDeviceOps[] = {
     {"Add", {DeviceOp::Binary, int(device::Binary::Add)}},      {"Sub", {DeviceOp::Binary, int(device::Binary::Sub)}},
     {"Mul", {DeviceOp::Binary, int(device::Binary::Mul)}},      {"Div", {DeviceOp::Binary, int(device::Binary::Div)}},
-    {"Pow", {DeviceOp::Binary, int(device::Binary::Pow)}},      {"Sqrt", {DeviceOp::Unary, int(device::Unary::Sqrt)}},
+    {"Pow", {DeviceOp::Binary, int(device::Binary::Pow)}},      {"Max", {DeviceOp::Binary, int(device::Binary::Max)}},
+    {"Min", {DeviceOp::Binary, int(device::Binary::Min)}},      {"Sqrt", {DeviceOp::Unary, int(device::Unary::Sqrt)}},
     {"Reciprocal", {DeviceOp::Unary, int(device::Unary::Reciprocal)}}, {"Neg", {DeviceOp::Unary, int(device::Unary::Neg)}},
     {"Exp", {DeviceOp::Unary, int(device::Unary::Exp)}},        {"Tanh", {DeviceOp::Unary, int(device::Unary::Tanh)}},
     {"Sigmoid", {DeviceOp::Unary, int(device::Unary::Sigmoid)}}, {"Relu", {DeviceOp::Unary, int(device::Unary::Relu)}},
-    {"Erf", {DeviceOp::Unary, int(device::Unary::Erf)}},
+    {"Erf", {DeviceOp::Unary, int(device::Unary::Erf)}},          {"Cos", {DeviceOp::Unary, int(device::Unary::Cos)}},
+    {"Sin", {DeviceOp::Unary, int(device::Unary::Sin)}},          {"Gather", {DeviceOp::Gather, 0}},
     {"Softmax", {DeviceOp::Softmax, 0}},                        {"ReduceMean", {DeviceOp::ReduceMean, 0}},
     {"Transpose", {DeviceOp::Transpose, 0}},                    {"Slice", {DeviceOp::Slice, 0}},
     {"Concat", {DeviceOp::Concat, 0}},                          {"MatMul", {DeviceOp::BatchMatMul, 0}},
@@ -41,6 +43,15 @@ constexpr NamedKind kCrtDeviceOps[] = {
     {"ScaleMaskSoftmax", {DeviceOp::ScaleMaskSoftmax, 0}}, {"KvScores", {DeviceOp::KvScores, 0}},
     {"KvValues", {DeviceOp::KvValues, 0}}, {"KvAttention", {DeviceOp::KvAttention, 0}}, {"LastRow", {DeviceOp::LastRow, 0}},
 };
+
+/// A Gather whose indices are a constant of one element (llama2.c's x[..., 0] and x[..., 1] of its rotary pairs): a
+/// strided copy (op_geometry.h's gatherView). Per-run indices (an embedding's tokens) keep the Gather on the host,
+/// where its table stays.
+bool oneConstantIndex(const Graph& g, const Node& n) {
+  if (n.in.size() < 2 || n.in[1] < 0) return false;
+  const Value& idx = g.values[n.in[1]];
+  return idx.is_const && idx.constant.numel() == 1;
+}
 
 }  // namespace
 
@@ -64,6 +75,8 @@ DeviceOpKind deviceOpOf(const Graph& g, const Node& n) {
       return last ? k.kind : DeviceOpKind{};
     }
     if (k.kind.op == DeviceOp::ReduceMean) return isLastAxisMean(g, n) ? k.kind : DeviceOpKind{};
+    if (k.kind.op == DeviceOp::Gather) return oneConstantIndex(g, n) ? k.kind : DeviceOpKind{};
+    if (k.kind.op == DeviceOp::Binary && n.in.size() != 2) return {};  // (Max and Min take 1-8 inputs)
     return k.kind;
   }
   return {};
@@ -77,8 +90,8 @@ bool readsShapeOnly(const Node& n) { return n.domain.empty() && opHas(n.op, op_t
 
 bool readsOnDevice(const Node& n, int input) {
   if (isView(n)) return input == 0;  // Reshape's shape, Unsqueeze's axes: host integers
-  if (n.domain.empty() && (n.op == "ReduceMean" || n.op == "Slice" || n.op == "Expand" || n.op == "Split"))
-    return input == 0;  // axes, bounds, shape, split sizes
+  if (n.domain.empty() && (n.op == "ReduceMean" || n.op == "Slice" || n.op == "Expand" || n.op == "Split" || n.op == "Gather"))
+    return input == 0;  // axes, bounds, shape, split sizes, the index
   return true;
 }
 

@@ -165,6 +165,7 @@ struct SessionInfo {
   int device_nodes = 0;        // nodes assigned to the device
   int device_copies = 0;       // copy nodes between host and device
   std::string host_ops;        // with a device: the op types left on the host per run, with counts ("Gather 1")
+  std::string copied_values;   // with a device: the values copied each run ("logits to host, tokens to device")
 };
 
 class Session {

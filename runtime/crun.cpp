@@ -531,6 +531,7 @@ int cmdInfo(const std::string& model, const cxxopts::ParseResult& r) {
   auto placement = [](const char* what, const crt::SessionInfo& d) {
     std::cout << what << d.device << ": " << d.device_nodes << " nodes, " << d.device_copies << " copies between host and device"
               << "; on the host each run: " << (d.host_ops.empty() ? "nothing" : d.host_ops) << "\n";
+    if (!d.copied_values.empty()) std::cout << "  copied each run: " << d.copied_values << "\n";
   };
   if (i.device != "cpu") placement("device: ", i);
   if (i.device != "cpu" && kv != s.metadata().end()) {  // what crun generate's decode steps place (the in-session cache)

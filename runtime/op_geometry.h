@@ -23,6 +23,8 @@ bool viewKeepsOrder(const StridedView& v);
 StridedView sliceView(const OpCtx& c, const Buf& x);
 /// Expand of x to the node's shape input (host integers): broadcast dims read with stride 0.
 StridedView expandView(const OpCtx& c, const Buf& x);
+/// Gather of x at the node's one index (input 1, host integers; checked in range): the selected slab, a strided view.
+StridedView gatherView(const OpCtx& c, const Buf& x);
 
 /// Concat: the output shape, and the output as [outer, os[axis] * inner] rows that each input fills a column
 /// range of.

@@ -529,32 +529,68 @@ StridedView expandView(const OpCtx& c, const Buf& x) {
 
 void opExpand(OpCtx& c) { copyView(c, c.in(0), expandView(c, c.in(0))); }
 
-void opGather(OpCtx& c) {
-  const Buf& x = c.in(0);
-  const Buf& idx = c.in(1);
+namespace {
+
+/// Gather's checked geometry: the axis, its size and the output shape (indices int64 or int32, each in range).
+struct GatherGeometry {
+  int axis = 0;
+  int64_t size = 0;
+  Shape os;
+};
+
+int64_t indexAt(const Buf& idx, int64_t i) { return idx.dt == DType::I64 ? idx.as<int64_t>()[i] : idx.as<int32_t>()[i]; }
+
+GatherGeometry gatherGeometry(const OpCtx& c, const Buf& x, const Buf& idx) {
   if (idx.dt != DType::I64 && idx.dt != DType::I32) c.bad("indices must be int64 or int32");
   const int r = x.shape.rank;
   if (r == 0) c.bad("cannot gather from a scalar");
-  const int axis = static_cast<int>(normAxis(c, c.node.attrInt("axis", 0), r));
-  Shape os;
-  for (int d = 0; d < axis; ++d) os.push(x.shape[d]);
-  for (int d = 0; d < idx.shape.rank; ++d) os.push(idx.shape[d]);
-  for (int d = axis + 1; d < r; ++d) os.push(x.shape[d]);
-  const int64_t size = x.shape[axis];
-  int64_t outer = 1, inner = 1;
-  for (int d = 0; d < axis; ++d) outer *= x.shape[d];
-  for (int d = axis + 1; d < r; ++d) inner *= x.shape[d];
-  const size_t es = dtypeSize(x.dt), row = inner * es;
-  const int64_t ni = idx.numel();
-  for (int64_t i = 0; i < ni; ++i) {
-    int64_t j = idx.dt == DType::I64 ? idx.as<int64_t>()[i] : idx.as<int32_t>()[i];
-    if (j < -size || j >= size)
-      c.bad("index " + std::to_string(j) + " is out of range for an axis of size " + std::to_string(size));
+  GatherGeometry gg;
+  gg.axis = static_cast<int>(normAxis(c, c.node.attrInt("axis", 0), r));
+  for (int d = 0; d < gg.axis; ++d) gg.os.push(x.shape[d]);
+  for (int d = 0; d < idx.shape.rank; ++d) gg.os.push(idx.shape[d]);
+  for (int d = gg.axis + 1; d < r; ++d) gg.os.push(x.shape[d]);
+  gg.size = x.shape[gg.axis];
+  for (int64_t i = 0, ni = idx.numel(); i < ni; ++i) {
+    const int64_t j = indexAt(idx, i);
+    if (j < -gg.size || j >= gg.size) c.bad("index " + std::to_string(j) + " is out of range for an axis of size " + std::to_string(gg.size));
   }
-  uint8_t* y = static_cast<uint8_t*>(c.out(0, x.dt, os));
+  return gg;
+}
+
+}  // namespace
+
+StridedView gatherView(const OpCtx& c, const Buf& x) {
+  const Buf& idx = c.in(1);
+  const GatherGeometry gg = gatherGeometry(c, x, idx);
+  if (idx.numel() != 1) c.bad("a strided Gather takes one index (this node has " + std::to_string(idx.numel()) + ")");
+  int64_t ist[kMaxRank] = {};
+  contiguousStrides(x.shape, ist);
+  StridedView v;
+  v.os = gg.os;
+  const int64_t j = indexAt(idx, 0);
+  v.offset = (j < 0 ? j + gg.size : j) * ist[gg.axis];
+  // output dims: x's before the axis, the index's (all of size 1: any stride), x's after it
+  int o = 0;
+  for (int d = 0; d < gg.axis; ++d) v.st[o++] = ist[d];
+  for (int d = 0; d < idx.shape.rank; ++d) v.st[o++] = 0;
+  for (int d = gg.axis + 1; d < x.shape.rank; ++d) v.st[o++] = ist[d];
+  return v;
+}
+
+void opGather(OpCtx& c) {
+  const Buf& x = c.in(0);
+  const Buf& idx = c.in(1);
+  if (idx.numel() == 1) return copyView(c, x, gatherView(c, x));  // one slab: the device's strided copy
+  const GatherGeometry gg = gatherGeometry(c, x, idx);
+  int64_t outer = 1, inner = 1;
+  for (int d = 0; d < gg.axis; ++d) outer *= x.shape[d];
+  for (int d = gg.axis + 1; d < x.shape.rank; ++d) inner *= x.shape[d];
+  const size_t es = dtypeSize(x.dt), row = inner * es;
+  const int64_t ni = idx.numel(), size = gg.size;
+  uint8_t* y = static_cast<uint8_t*>(c.out(0, x.dt, gg.os));
   for (int64_t o = 0; o < outer; ++o)
     for (int64_t i = 0; i < ni; ++i) {
-      int64_t j = idx.dt == DType::I64 ? idx.as<int64_t>()[i] : idx.as<int32_t>()[i];
+      int64_t j = indexAt(idx, i);
       if (j < 0) j += size;
       std::memcpy(y + (o * ni + i) * row, x.as<uint8_t>() + (o * size + j) * row, row);
     }

@@ -338,7 +338,7 @@ inline void stridedCopy(const uint8_t* src, const int64_t* st, const Shape& os, 
   // Trailing dims that are contiguous in the input too are one run (a Split or Slice on an outer axis copies whole
   // blocks, not rows of the last dim).
   Shape cos = os;
-  int64_t cst[kMaxRank];
+  int64_t cst[kMaxRank] = {};
   for (int d = 0; d < os.rank; ++d) cst[d] = st[d];
   while (cos.rank >= 2 && cst[cos.rank - 1] == 1 && cst[cos.rank - 2] == cos[cos.rank - 1]) {
     cos.d[cos.rank - 2] *= cos[cos.rank - 1];

@@ -342,6 +342,7 @@ void Session::Impl::placeOnDevice() {
   for (const detail::Node& n : g.nodes) {
     const bool copy = n.fn == detail::opCopyToDevice || n.fn == detail::opCopyToHost;
     info.device_copies += copy;
+    if (copy && !n.is_static) info.copied_values += (info.copied_values.empty() ? "" : ", ") + n.name;
     if (!copy && !n.on_device && !n.is_static) ++host[n.domain.empty() ? n.op : n.domain + "." + n.op];
   }
   for (const auto& [op, count] : host) info.host_ops += (info.host_ops.empty() ? "" : ", ") + op + " " + std::to_string(count);

@@ -501,6 +501,7 @@ void opCudaSplit(OpCtx& c) {
 }
 void opCudaSlice(OpCtx& c) { stridedOp(c, sliceView(c, c.in(0))); }
 void opCudaExpand(OpCtx& c) { stridedOp(c, expandView(c, c.in(0))); }
+void opCudaGather(OpCtx& c) { stridedOp(c, gatherView(c, c.in(0))); }
 
 /// Concat: each input fills a column range of the output's [outer, row] layout (one 2-D copy per input).
 void opCudaConcat(OpCtx& c) {
@@ -689,6 +690,7 @@ OpFn CudaBackend::kernelFor(const Graph& g, const Node& n) {
     case DeviceOp::LastRow: return opCudaLastRow;
     case DeviceOp::Split: return opCudaSplit;
     case DeviceOp::Where: return opCudaWhere;
+    case DeviceOp::Gather: return opCudaGather;
     case DeviceOp::None: break;
   }
   return nullptr;

@@ -19,8 +19,8 @@ constexpr int kWarp = 32;
 constexpr int kMaxRank = 8;
 
 // ------------------------------------------------------------------------------------------- elementwise
-enum class Binary : int { Add, Sub, Mul, Div, Pow };
-enum class Unary : int { Sqrt, Reciprocal, Neg, Exp, Tanh, Sigmoid, Relu, Erf };
+enum class Binary : int { Add, Sub, Mul, Div, Pow, Max, Min };
+enum class Unary : int { Sqrt, Reciprocal, Neg, Exp, Tanh, Sigmoid, Relu, Erf, Cos, Sin };
 
 CRT_HD float applyBinary(Binary op, float a, float b) {
   switch (op) {
@@ -29,6 +29,8 @@ CRT_HD float applyBinary(Binary op, float a, float b) {
     case Binary::Mul: return a * b;
     case Binary::Div: return a / b;
     case Binary::Pow: return b == 2.f ? a * a : powf(a, b);  // RMSNorm's square: exact, as the CPU's Pow
+    case Binary::Max: return a != a || b != b ? NAN : (a < b ? b : a);  // the CPU's: NaN wins, std::max's ties
+    case Binary::Min: return a != a || b != b ? NAN : (b < a ? b : a);
   }
   return 0.f;
 }
@@ -43,6 +45,8 @@ CRT_HD float applyUnary(Unary op, float x) {
     case Unary::Sigmoid: return 1.f / (1.f + expf(-x));
     case Unary::Relu: return x > 0.f ? x : 0.f;
     case Unary::Erf: return erff(x);
+    case Unary::Cos: return cosf(x);  // (rotary tables: NeoX's, HF LLaMA's and Mistral's compute them per step)
+    case Unary::Sin: return sinf(x);
   }
   return 0.f;
 }

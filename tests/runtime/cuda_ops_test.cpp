@@ -253,6 +253,58 @@ TEST_CASE("CUDA Where equals the CPU: a bool condition from the host, the three 
   compare(model, {{"scores", crt::TensorView::of(x.data(), {2, 3, 5, 7})}, {"m", crt::TensorView::of(m.data(), {1, 1, 5, 7})}}, 2);
 }
 
+TEST_CASE("CUDA rotary-table ops equal the CPU: Gather at one constant index, Cos, Sin, Max and Min; other Gathers stay on the host", "[runtime][cuda]") {
+  haveGpu(true);
+  // llama2.c's x[..., 0] / x[..., 1] of its rotary pairs, NeoX's and LLaMA's cos / sin tables, OPT's clamp of the scores
+  ModelBuilder b(17);
+  b.io(true, "x", 1, {"4", "4", "4", "4"});
+  b.io(true, "i", 7, {"1"});
+  b.io(false, "y", 1, {"1", "4", "4", "4"});
+  b.initI("first", {}, {0});
+  b.initI("second", {1}, {1});
+  b.initI("last", {}, {-1});
+  b.initI("two", {2}, {0, 2});
+  attrInt(b.node("Gather", {"x", "first"}, {"a"}), "axis", 3);    // [4, 4, 4]: a scalar index on the last axis
+  attrInt(b.node("Gather", {"x", "second"}, {"b"}), "axis", 0);   // [1, 4, 4, 4]: a one-element index on the first
+  attrInt(b.node("Gather", {"x", "last"}, {"c"}), "axis", -3);    // [4, 4, 4]: a negative index on a middle axis
+  attrInt(b.node("Gather", {"x", "i"}, {"d"}), "axis", 0);        // per-run index: on the host
+  attrInt(b.node("Gather", {"x", "two"}, {"e2"}), "axis", 1);     // two indices: on the host
+  b.node("Cos", {"a"}, {"ca"});
+  b.node("Sin", {"b"}, {"sb"});
+  b.node("Max", {"ca", "sb"}, {"m"});  // [1, 4, 4, 4]
+  b.node("Min", {"m", "c"}, {"n"});
+  b.node("Add", {"n", "d"}, {"s"});
+  b.initI("axes", {1}, {1});
+  b.node("ReduceSum", {"e2", "axes"}, {"e"});  // [4, 4, 4] on the host
+  b.node("Sub", {"s", "e"}, {"y"});
+  const std::string model = b.save("cuda-rotary");
+  const std::vector<float> x = randoms(4 * 4 * 4 * 4, 11);
+  for (int64_t i : {2, -4}) {
+    compare(model, {{"x", crt::TensorView::of(x.data(), {4, 4, 4, 4})}, {"i", crt::TensorView::of(&i, {1})}}, 9);
+  }
+  // a constant index out of range is the same data error on the device as on the CPU
+  ModelBuilder bad(17);
+  bad.io(true, "x", 1, {"2", "3"});
+  bad.io(false, "y", 1, {"2"});
+  bad.initI("k", {}, {3});
+  attrInt(bad.node("Gather", {"x", "k"}, {"g"}), "axis", 1);
+  bad.node("Cos", {"g"}, {"y"});
+  const std::string badModel = bad.save("cuda-gather-range");
+  const std::vector<float> small = randoms(6, 12);
+  for (crt::Device d : {crt::Device::Cpu, crt::Device::Emulated}) {
+    crt::SessionOptions so;
+    so.device = d;
+    auto s = crt::Session::create(badModel, so);
+    std::string message = s.status().message;
+    if (s.ok()) {
+      auto out = s->run({{"x", crt::TensorView::of(small.data(), {2, 3})}});
+      REQUIRE_FALSE(out.ok());
+      message = out.status().message;
+    }
+    CHECK(message.find("index 3 is out of range for an axis of size 3") != std::string::npos);
+  }
+}
+
 TEST_CASE("CUDA sessions do not leak: 1,000 runs leave the GPU's free memory as it was", "[runtime][cuda]") {
   if (!haveGpu(true)) return;
   const std::string model = matmulModel("int4", 256, 128, 32, 3);

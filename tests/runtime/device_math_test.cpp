@@ -195,12 +195,18 @@ TEST_CASE("device elementwise functions and fp16 bits equal the CPU's", "[runtim
     CHECK(dm::applyBinary(dm::Binary::Mul, x, 1.5f) == x * 1.5f);
     CHECK(dm::applyBinary(dm::Binary::Div, x, 1.5f) == x / 1.5f);
     CHECK(dm::applyBinary(dm::Binary::Pow, x, 2.f) == x * x);
+    CHECK(dm::applyBinary(dm::Binary::Max, x, 0.25f) == std::max(x, 0.25f));
+    CHECK(dm::applyBinary(dm::Binary::Min, x, 0.25f) == std::min(x, 0.25f));
+    CHECK(std::isnan(dm::applyBinary(dm::Binary::Max, x, NAN)));  // NaN propagates, as the CPU's Max
+    CHECK(std::isnan(dm::applyBinary(dm::Binary::Min, NAN, x)));
     CHECK(dm::applyUnary(dm::Unary::Neg, x) == -x);
     CHECK(dm::applyUnary(dm::Unary::Relu, x) == std::max(x, 0.f));
     CHECK(dm::applyUnary(dm::Unary::Sigmoid, x) == Approx(1 / (1 + std::exp(-x))).epsilon(1e-6));
     CHECK(dm::applyUnary(dm::Unary::Tanh, x) == Approx(std::tanh(x)).epsilon(1e-6));
     CHECK(dm::applyUnary(dm::Unary::Exp, x) == Approx(std::exp(x)).epsilon(1e-6));
     CHECK(dm::applyUnary(dm::Unary::Erf, x) == Approx(std::erf(x)).epsilon(1e-6).margin(1e-7));
+    CHECK(dm::applyUnary(dm::Unary::Cos, x) == Approx(std::cos(x)).epsilon(1e-6).margin(1e-7));
+    CHECK(dm::applyUnary(dm::Unary::Sin, x) == Approx(std::sin(x)).epsilon(1e-6).margin(1e-7));
     if (x > 0) CHECK(dm::applyUnary(dm::Unary::Sqrt, x) == std::sqrt(x));
     if (x != 0) CHECK(dm::applyUnary(dm::Unary::Reciprocal, x) == 1 / x);
   }
