@@ -456,7 +456,6 @@ class Rewriter {
         if (!n.inputs[k].empty() && isStatic(n.inputs[k]) && !g_.isInitializer(n.inputs[k]) && !probe_.seqAxes(n.inputs[k]).empty())
           uses[n.inputs[k]].push_back({static_cast<int>(i), static_cast<int>(k)});
     }
-    const std::string big = addConst({INT64_MAX}, "kv_to_end");
     for (const auto& [v, readers] : uses) {
       int masks = 0;
       for (const auto& [node, input] : readers) masks += onScorePath(node) ? 1 : 0;
@@ -465,12 +464,155 @@ class Rewriter {
       auto axes = probe_.seqAxes(v);
       const int64_t rank = static_cast<int64_t>(probe_.of(v).size());
       if (masks) axes.erase(std::remove(axes.begin(), axes.end(), rank - 1), axes.end());
-      const std::string total = withTotal(v);
-      std::string cut = total;
-      for (int a : axes)
-        cut = addNode("Slice", {cut, past1_, big, addConst({a}, "kv_axis")}, {}, v + ".new_rows");
+      std::string cut;
+      if (axes.size() == 1) {
+        cut = newRows(v, axes[0]);
+      } else {
+        cut = withTotal(v);
+        for (int a : axes) cut = lastRows(cut, a, v);
+      }
       for (const auto& [node, input] : readers) g_.nodes[node].inputs[input] = cut;
     }
+  }
+
+  /// Rows past.. of `total` along `axis` (the new tokens' rows of a value computed for the total length).
+  std::string lastRows(const std::string& total, int axis, const std::string& base) {
+    if (big_.empty()) big_ = addConst({INT64_MAX}, "kv_to_end");
+    return addNode("Slice", {total, past1_, big_, addConst({axis}, "kv_axis")}, {}, base + ".new_rows");
+  }
+
+  /// The past length as an int64 scalar (Trilu's diagonal offset).
+  std::string pastScalar() {
+    if (past0_.empty()) {
+      const std::string scalar = fresh("kv_scalar_shape");
+      g_.initializers[scalar] = at::empty({0}, at::kLong);
+      g_.values[scalar] = ValueInfo{DType::Int64, Shape{Dim::fixed(0)}};
+      past0_ = addNode("Reshape", {past1_, scalar}, {}, "kv_past_scalar");
+    }
+    return past0_;
+  }
+
+  /// The static value `v` with only the new tokens' rows along `axis` (one of its sequence axes) and the total length
+  /// on its other sequence axes: what lastRows(withTotal(v), axis) gives, computed from the new rows where the op
+  /// allows (elementwise ops and their broadcast operands, Unsqueeze, Expand, Trilu). A causal mask [T, T] built and
+  /// then cut to its last rows cost every decode step O(T^2): 7 ms per layer and token at T = 1500 in the GPT-NeoX
+  /// fixture, where the step's attention took 0.3 ms. Anything else (Range, Concat, Reshape, ...) is cut after it is
+  /// computed, which costs O(T) for the 1-D position vectors and tables these ops make.
+  std::string newRows(const std::string& v, int axis) {
+    const auto key = std::make_pair(v, axis);
+    if (auto m = rows_memo_.find(key); m != rows_memo_.end()) return m->second;
+    const int p = producer(v);
+    std::string out;
+    if (p >= 0) {
+      const Node src = g_.nodes[p];
+      noteContext(src);  // (a table cut here bounds the context as withTotal's would)
+      if (src.domain.empty() && src.outputs.size() == 1 && (crt::opHas(src.op, crt::op_trait::Bcast) || crt::opHas(src.op, crt::op_trait::Unary))) out = elementwiseRows(src, axis);
+      else if (src.domain.empty() && src.op == "Unsqueeze") out = unsqueezeRows(src, axis);
+      else if (src.domain.empty() && src.op == "Expand") out = expandRows(src, axis);
+      else if (src.domain.empty() && src.op == "Trilu") out = triluRows(src, axis);
+      else if (src.domain.empty() && src.op == "Slice") out = sliceRows(src, axis);
+    }
+    if (out.empty()) out = lastRows(withTotal(v), axis, v);
+    return rows_memo_[key] = out;
+  }
+
+  int rankOf(const std::string& v) const { return static_cast<int>(probe_.of(v).size()); }
+  bool isSeqAxis(const std::string& v, int axis) const {
+    const auto axes = probe_.seqAxes(v);
+    return axis >= 0 && std::find(axes.begin(), axes.end(), axis) != axes.end();
+  }
+  /// Operand `u` of a node whose output (rank `rank`) is cut along `axis`: its new rows where it carries that axis
+  /// (multidirectional broadcasting aligns the trailing dims), else all of it (a broadcast dim of 1).
+  std::string operandRows(const std::string& u, int axis, int rank) {
+    if (u.empty()) return u;
+    const int a = axis - (rank - rankOf(u));
+    return isSeqAxis(u, a) ? newRows(u, a) : withTotal(u);
+  }
+
+  std::string elementwiseRows(const Node& src, int axis) {
+    const int rank = rankOf(src.outputs[0]);
+    std::vector<std::string> in;
+    for (const auto& u : src.inputs) in.push_back(operandRows(u, axis, rank));
+    return addNode(src.op, in, src.attrs, src.outputs[0] + ".new_rows");
+  }
+
+  std::string unsqueezeRows(const Node& src, int axis) {
+    if (src.inputs.size() < 2 || !g_.isInitializer(src.inputs[1])) return {};
+    const int rank = rankOf(src.outputs[0]);
+    const at::Tensor axes = g_.initializers.at(src.inputs[1]).to(at::kLong).reshape({-1});
+    int before = 0;
+    for (int64_t i = 0; i < axes.numel(); ++i) {
+      const int64_t a = axes[i].item<int64_t>() < 0 ? axes[i].item<int64_t>() + rank : axes[i].item<int64_t>();
+      if (a == axis) return {};
+      before += a < axis;
+    }
+    if (!isSeqAxis(src.inputs[0], axis - before)) return {};
+    return addNode("Unsqueeze", {newRows(src.inputs[0], axis - before), src.inputs[1]}, src.attrs, src.outputs[0] + ".new_rows");
+  }
+
+  /// Expand(x, shape) cut along `axis`: x's new rows expanded with 1 in the shape there, or x (a dim of 1 there)
+  /// expanded to the new-token count.
+  std::string expandRows(const Node& src, int axis) {
+    const std::string& x = src.inputs[0];
+    const std::string& shape = src.inputs[1];
+    const int rank = rankOf(src.outputs[0]);
+    const int len = static_cast<int>(probe_.of(shape).at(0));
+    const int ax = axis - (rank - rankOf(x)), as = axis - (rank - len);
+    const bool xRows = isSeqAxis(x, ax);
+    if (as < 0) return {};
+    const std::string total = withTotal(shape);
+    if (big_.empty()) big_ = addConst({INT64_MAX}, "kv_to_end");
+    const std::string head = addNode("Slice", {total, addConst({0}, "kv_zero"), addConst({as}, "kv_at")}, {}, shape + ".head");
+    const std::string tail = addNode("Slice", {total, addConst({as + 1}, "kv_at_end"), big_}, {}, shape + ".tail");
+    const std::string dims = addNode("Concat", {head, xRows ? addConst({1}, "kv_one") : seq1_, tail}, {{"axis", int64_t{0}}}, shape + ".new_rows");
+    return addNode("Expand", {xRows ? newRows(x, ax) : withTotal(x), dims}, src.attrs, src.outputs[0] + ".new_rows");
+  }
+
+  /// Slice(x, starts, ends, axes, steps) cut along `axis`: where it slices that axis with step 1 (llama2.c's and
+  /// GPT-2's causal tables, mask[:, :, :T, :T]), the same Slice starting past rows later (a start that counts from
+  /// the end keeps its sign: the slice spans T > past rows, so such a start is at most -T); where it slices other
+  /// axes only, the same Slice of x's new rows.
+  std::string sliceRows(const Node& src, int axis) {
+    if (src.inputs.size() < 3) return {};
+    const int rank = rankOf(src.outputs[0]);
+    const int64_t len = probe_.of(src.inputs[1]).at(0);
+    int64_t at = axis;  // the axis's position in starts / ends
+    if (src.inputs.size() > 3 && !src.inputs[3].empty()) {
+      if (!g_.isInitializer(src.inputs[3])) return {};
+      const at::Tensor axes = g_.initializers.at(src.inputs[3]).to(at::kLong).reshape({-1});
+      at = -1;
+      for (int64_t i = 0; i < axes.numel(); ++i)
+        if ((axes[i].item<int64_t>() + rank) % rank == axis) at = i;
+    }
+    if (at < 0) {  // another axis sliced: the same Slice of x's new rows
+      if (!isSeqAxis(src.inputs[0], axis)) return {};
+      std::vector<std::string> in = {newRows(src.inputs[0], axis)};
+      for (size_t i = 1; i < src.inputs.size(); ++i) in.push_back(withTotal(src.inputs[i]));
+      return addNode("Slice", in, src.attrs, src.outputs[0] + ".new_rows");
+    }
+    if (at >= len) return {};
+    if (src.inputs.size() > 4 && !src.inputs[4].empty()) {
+      if (!g_.isInitializer(src.inputs[4])) return {};
+      if (g_.initializers.at(src.inputs[4]).to(at::kLong).reshape({-1})[at].item<int64_t>() != 1) return {};
+    }
+    std::vector<int64_t> onehot(static_cast<size_t>(len), 0);
+    onehot[static_cast<size_t>(at)] = 1;
+    const std::string shift = addNode("Mul", {addConst(onehot, "kv_onehot"), past1_}, {}, src.outputs[0] + ".start_shift");
+    std::vector<std::string> in;
+    for (const auto& u : src.inputs) in.push_back(withTotal(u));
+    in[1] = addNode("Add", {in[1], shift}, {}, src.outputs[0] + ".new_starts");
+    return addNode("Slice", in, src.attrs, src.outputs[0] + ".new_rows");
+  }
+
+  /// Trilu(X, k) cut to rows past..: Trilu of X's new rows with the diagonal moved by past (row i of the cut is row
+  /// past + i of the whole: j <= i + k becomes j <= i + (k + past), and the same for the upper triangle).
+  std::string triluRows(const Node& src, int axis) {
+    const std::string& x = src.inputs[0];
+    if (axis != rankOf(x) - 2 || !isSeqAxis(x, axis)) return {};
+    const std::string k = src.inputs.size() > 1 && !src.inputs[1].empty()
+                              ? addNode("Add", {withTotal(src.inputs[1]), pastScalar()}, {}, src.outputs[0] + ".diagonal")
+                              : pastScalar();
+    return addNode("Trilu", {newRows(x, axis), k}, src.attrs, src.outputs[0] + ".new_rows");
   }
 
   // ------------------------------------------------------------------ step 5: order
@@ -504,7 +646,8 @@ class Rewriter {
   std::set<std::string> taken_;
   std::map<std::string, std::string> memo_;
   std::map<std::string, std::pair<DType, Shape>> specs_;
-  std::string seq1_, past1_, total1_;
+  std::string seq1_, past1_, total1_, past0_, big_;
+  std::map<std::pair<std::string, int>, std::string> rows_memo_;  // newRows
   KvCacheInfo info_;
 };
 

@@ -27,7 +27,8 @@ Usage:
   crun run MODEL.onnx --input NAME=FILE.npy [...] [--output OUT.npy | --output-dir DIR] [--threads N]
         runs once; one output -> --output file, several -> DIR/<output name>.npy
   crun bench MODEL.onnx --shape NAME=1x128 [...] [--threads 2] [--runs 50] [--warmup 5] [--json]
-        median / p90 latency, tokens/s, peak memory (random inputs: ints in [0, --max-id), floats N(0,1));
+        median / p90 latency, tokens/s, peak memory (random inputs: ints in [0, --max-id), by default the model's
+        vocabulary (its logits' last dim) or 500; floats N(0,1));
         --profile adds the time per op type
   crun generate MODEL.onnx --tokenizer tok512.bin --prompt "Once upon a time" [-n 40] [--json]
         [--temperature 0] [--top-k 0] [--top-p 1] [--repetition-penalty 1] [--seed 0]
@@ -217,6 +218,15 @@ int cmdRun(const std::string& model, const cxxopts::ParseResult& r) {
   return 0;
 }
 
+/// Random token ids are drawn below this: --max-id, else the model's vocabulary (its first output's last dim, the
+/// logits', where the file fixes it), else 500 (stories260K's 512 tokens, less a margin). A fixed 500 made every
+/// model with a smaller vocabulary fail with "index out of range" in bench and generate --prompt-len.
+int64_t maxIdFor(const cxxopts::ParseResult& r, const crt::Session& s) {
+  if (r.count("max-id")) return r["max-id"].as<int64_t>();
+  if (!s.outputs().empty() && s.outputs()[0].shape.size() >= 2 && s.outputs()[0].shape.back() > 0) return s.outputs()[0].shape.back();
+  return 500;
+}
+
 int cmdBench(const std::string& model, const cxxopts::ParseResult& r) {
   const double t0 = now();
   crt::Session s = open(model, r);
@@ -256,7 +266,8 @@ int cmdBench(const std::string& model, const cxxopts::ParseResult& r) {
     if (io.dtype == crt::DType::I64 || io.dtype == crt::DType::I32) tokens = std::max(tokens, n);
     data.emplace_back(static_cast<size_t>(n) * crt::dtypeSize(io.dtype));
     char* p = data.back().data();
-    const int64_t maxId = r["max-id"].as<int64_t>();
+    const int64_t maxId = maxIdFor(r, s);
+    if (maxId < 1) die(2, "--max-id must be >= 1");
     std::normal_distribution<float> normal;
     for (int64_t i = 0; i < n; ++i) {
       if (io.dtype == crt::DType::I64) reinterpret_cast<int64_t*>(p)[i] = static_cast<int64_t>(rng() % maxId);
@@ -393,8 +404,8 @@ int cmdGenerate(const std::string& model, const cxxopts::ParseResult& r) {
   std::vector<int64_t> ids = {compress::Tokenizer::kBos};
   if (promptLen > 0) {
     std::mt19937_64 rng(r["seed"].as<uint64_t>() + 1);
-    const int64_t maxId = r["max-id"].as<int64_t>();
-    if (maxId < 4) die(2, "--max-id must be >= 4");
+    const int64_t maxId = maxIdFor(r, g.session());
+    if (maxId < 4) die(2, "--max-id must be >= 4 (ids 0-2 are llama2.c's special tokens)");
     for (int64_t i = 1; i < promptLen; ++i) ids.push_back(3 + static_cast<int64_t>(rng() % static_cast<uint64_t>(maxId - 3)));
   } else {
     for (int64_t t : tok->encode(r["prompt"].as<std::string>())) ids.push_back(t);
@@ -568,7 +579,7 @@ int main(int argc, char** argv) {
       ("device", "", cxxopts::value<std::string>()->default_value("cpu"))
       ("no-fuse", "")
       ("runs", "", cxxopts::value<int>()->default_value("50"))("warmup", "", cxxopts::value<int>()->default_value("5"))
-      ("json", "")("max-id", "", cxxopts::value<int64_t>()->default_value("500"))
+      ("json", "")("max-id", "", cxxopts::value<int64_t>())
       ("tokenizer", "", cxxopts::value<std::string>())
       ("prompt", "", cxxopts::value<std::string>()->default_value("Once upon a time"))
       ("n", "", cxxopts::value<int>()->default_value("40"))("top-k", "", cxxopts::value<int>()->default_value("0"))

@@ -8,6 +8,7 @@
 #include <onnx/onnx_pb.h>
 
 #include "compress/error.h"
+#include "compress/executor.h"
 #include "compress/importer.h"
 #include "compress/kv_cache.h"
 #include "compress/onnx_import.h"
@@ -297,6 +298,44 @@ TEST_CASE("kv cache: a cached export of a 32-token-context model imports back, i
     }
     const Graph again = importOnnx(renamed);
     for (size_t i = 1; i < again.inputs.size(); ++i) CHECK(shapeStr(*again.values.at(again.inputs[i]).shape) == shapeStr(*back.values.at(back.inputs[i]).shape));
+  }
+}
+
+TEST_CASE("kv cache: a decode step's work grows linearly with the cached length - no [T, T] mask is built and cut", "[kv]") {
+  // A one-token step after P cached positions, for two P: every value the step computes (causal masks, rotary
+  // tables, scores, the cache itself) may grow with T = P + 1, none with T^2. The masks NeoX, HF LLaMA and Mistral
+  // build from positions were computed for all T rows and cut to the last one: O(T^2) per step.
+  for (const auto& family : kDecoders) {
+    INFO(family);
+    Graph c = importDecoder(family);
+    const KvCacheInfo info = addKvCache(c);
+    const bool bounded = info.context > 0;  // position tables of 32 rows
+    const int64_t pasts[2] = {bounded ? 6 : 60, bounded ? 24 : 240};
+    std::map<std::string, int64_t> numel[2];
+    for (int r = 0; r < 2; ++r) {
+      std::map<std::string, at::Tensor> in = {{c.inputs[0], at::full({1, 1}, 5, at::kLong)}};
+      for (size_t i = 1; i < c.inputs.size(); ++i) {
+        const std::string& name = c.inputs[i];
+        in[name] = name.rfind("past.", 0) == 0 ? at::zeros({1, info.kv_heads, pasts[r], info.head_dim})
+                                               : at::ones({1, pasts[r] + 1}, at::kLong);  // an attention mask over past + new
+      }
+      ExecOptions eo;
+      eo.fold_constants = false;
+      Executor ex(c, eo);
+      ex.addHook([&](int, const Node& n, const std::vector<at::Tensor>&, const std::vector<at::Tensor>& outs) {
+        for (size_t k = 0; k < outs.size() && k < n.outputs.size(); ++k) numel[r][n.outputs[k]] = outs[k].numel();
+      });
+      ex.run(in);
+    }
+    const double growth = static_cast<double>(pasts[1] + 1) / static_cast<double>(pasts[0] + 1);  // 3.6-4x; T^2: 13-16x
+    int checked = 0;
+    for (const auto& [v, n0] : numel[0]) {
+      const int64_t n1 = numel[1].at(v);
+      INFO(v << ": " << n0 << " -> " << n1 << " elements");
+      CHECK(static_cast<double>(n1) <= 1.1 * growth * static_cast<double>(n0) + 16);
+      checked += n1 > n0;
+    }
+    CHECK(checked >= 4 * info.layers);  // (the test sees the values that grow: the cache, scores, masks)
   }
 }
 
