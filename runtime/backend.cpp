@@ -3,6 +3,7 @@
 #include "runtime/backend.h"
 
 #include <cstring>
+#include <functional>
 #include <unordered_map>
 
 #include "runtime/cuda/cuda_backend.h"
@@ -168,33 +169,98 @@ std::vector<char> knownFloat32(const Graph& g) {
 
 namespace {
 
-/// Decides each node's side: a node goes to the device when the backend has its kernel and its data inputs are known
-/// to have the types its kernel takes (deviceInputType: float32, Where's condition bool) and can be on the device (not
-/// an in-session KV cache view); a View op follows its data input.
-int assignNodes(Graph& g, Backend& b) {
+/// The device kernel of each node that may run there, null for the rest: the backend has its kernel and its data
+/// inputs are known to have the types its kernel takes (deviceInputType: float32, Where's condition bool) and can be on
+/// the device (not an in-session KV cache view); a View op follows its data input (a null kernel and a mark in `view`).
+std::vector<OpFn> deviceCandidates(const Graph& g, Backend& b, std::vector<char>& view) {
   const std::vector<int> types = knownTypes(g);
   std::vector<char> onDevice(g.values.size(), 0);
-  int assigned = 0;
-  for (Node& n : g.nodes) {
+  std::vector<OpFn> fn(g.nodes.size(), nullptr);
+  view.assign(g.nodes.size(), 0);
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    const Node& n = g.nodes[i];
     // (load-time rewrites name their nodes in the crt domain: deviceOpOf takes the fusions and the in-session KV
-    // cache's attention among them; the cache entry of an attention op placed here moves to the device)
+    // cache's attention among them)
     bool ok = !n.is_static && !n.out.empty();
-    for (size_t i = 0; i < n.in.size() && ok; ++i) {
-      const int v = n.in[i];
-      if (v < 0 || !readsOnDevice(n, static_cast<int>(i))) continue;
-      const DType want = deviceInputType(n, static_cast<int>(i));
+    for (size_t k = 0; k < n.in.size() && ok; ++k) {
+      const int v = n.in[k];
+      if (v < 0 || !readsOnDevice(n, static_cast<int>(k))) continue;
+      const DType want = deviceInputType(n, static_cast<int>(k));
       ok = types[v] == static_cast<int>(want) && !g.values[v].per_run_shape;  // (a static input is copied once per plan)
     }
-    if (ok && isView(n)) {
-      n.on_device = onDevice[n.in[0]] != 0;
-    } else if (ok) {
-      if (OpFn fn = b.kernelFor(g, n)) {
-        n.on_device = true;
-        n.device_code = deviceOpOf(g, n).code;
-        n.fn = fn;
-        b.prepare(n);
-        if (isKvAttention(n)) kvEntryToDevice(g, n);
+    if (ok && isView(n)) view[i] = onDevice[n.in[0]];
+    else if (ok) fn[i] = b.kernelFor(g, n);
+    for (int o : n.out) onDevice[o] = fn[i] != nullptr || view[i];
+  }
+  return fn;
+}
+
+/// A light node (no packed weight, no KV cache) whose device-read inputs are all per-run host values and whose
+/// results are read on the host only costs two copies on the device and computes nothing worth them: it stays on the
+/// host (GPT-NeoX's positions: a Slice of the host's Range went to the device and back for the host's Einsum). Views
+/// are seen through. Applied from the last node up until nothing changes, so a chain of such nodes goes back whole.
+void keepBetweenHostNodes(const Graph& g, std::vector<OpFn>& fn, const std::vector<char>& view) {
+  std::vector<std::vector<std::pair<int, int>>> readers(g.values.size());  // (node, input)
+  for (size_t i = 0; i < g.nodes.size(); ++i)
+    for (size_t k = 0; k < g.nodes[i].in.size(); ++k)
+      if (g.nodes[i].in[k] >= 0 && !readsShapeOnly(g.nodes[i])) readers[g.nodes[i].in[k]].push_back({static_cast<int>(i), static_cast<int>(k)});
+  std::vector<char> graphOutput(g.values.size(), 0);
+  for (int o : g.outputs) graphOutput[o] = 1;
+  std::vector<int> producer(g.values.size(), -1);
+  for (size_t i = 0; i < g.nodes.size(); ++i)
+    for (int o : g.nodes[i].out) producer[o] = static_cast<int>(i);
+  const auto onDevice = [&](int node) { return fn[node] != nullptr || view[node]; };
+  // whether any reader of v (through views) runs on the device
+  std::function<bool(int)> readOnDevice = [&](int v) {
+    for (const auto& [r, k] : readers[v]) {
+      if (view[r]) {
+        for (int o : g.nodes[r].out)
+          if (readOnDevice(o)) return true;
+      } else if (onDevice(r) && readsOnDevice(g.nodes[r], k)) {
+        return true;
       }
+    }
+    return false;
+  };
+  // whether node i is such a node now
+  const auto betweenHostNodes = [&](int i) {
+    const Node& n = g.nodes[i];
+    if (!fn[i] || n.packed || isKvAttention(n)) return false;
+    for (size_t k = 0; k < n.in.size(); ++k) {
+      const int v = n.in[k];
+      if (v < 0 || !readsOnDevice(n, static_cast<int>(k)) || g.values[v].is_const) continue;
+      if (producer[v] >= 0 && onDevice(producer[v])) return false;
+    }
+    for (int o : n.out)
+      if (graphOutput[o] || readOnDevice(o)) return false;
+    return true;
+  };
+  for (bool changed = true; changed;) {
+    changed = false;
+    for (int i = static_cast<int>(g.nodes.size()) - 1; i >= 0; --i)
+      if (betweenHostNodes(i)) fn[i] = nullptr, changed = true;
+  }
+}
+
+/// Decides each node's side (deviceCandidates, less keepBetweenHostNodes) and prepares the device's nodes: the device
+/// kernel, the packed weight's upload, an attention op's cache entry moved to device memory. View ops follow their
+/// data input.
+int assignNodes(Graph& g, Backend& b) {
+  std::vector<char> view;
+  std::vector<OpFn> fn = deviceCandidates(g, b, view);
+  keepBetweenHostNodes(g, fn, view);
+  std::vector<char> onDevice(g.values.size(), 0);
+  int assigned = 0;
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    Node& n = g.nodes[i];
+    if (view[i]) {
+      n.on_device = onDevice[n.in[0]] != 0;
+    } else if (fn[i]) {
+      n.on_device = true;
+      n.device_code = deviceOpOf(g, n).code;
+      n.fn = fn[i];
+      b.prepare(n);
+      if (isKvAttention(n)) kvEntryToDevice(g, n);
     }
     for (int o : n.out) onDevice[o] = n.on_device;
     assigned += n.on_device;

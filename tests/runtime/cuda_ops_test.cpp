@@ -253,7 +253,7 @@ TEST_CASE("CUDA Where equals the CPU: a bool condition from the host, the three 
   compare(model, {{"scores", crt::TensorView::of(x.data(), {2, 3, 5, 7})}, {"m", crt::TensorView::of(m.data(), {1, 1, 5, 7})}}, 2);
 }
 
-TEST_CASE("CUDA rotary-table ops equal the CPU: Gather at one constant index, Cos, Sin, Max and Min; other Gathers stay on the host", "[runtime][cuda]") {
+TEST_CASE("CUDA rotary-table ops equal the CPU: Gather at one constant index, Cos, Sin, Max and Min, and other Gathers stay on the host", "[runtime][cuda]") {
   haveGpu(true);
   // llama2.c's x[..., 0] / x[..., 1] of its rotary pairs, NeoX's and LLaMA's cos / sin tables, OPT's clamp of the scores
   ModelBuilder b(17);
@@ -302,6 +302,44 @@ TEST_CASE("CUDA rotary-table ops equal the CPU: Gather at one constant index, Co
       message = out.status().message;
     }
     CHECK(message.find("index 3 is out of range for an axis of size 3") != std::string::npos);
+  }
+}
+
+TEST_CASE("device placement: a node between host nodes stays on the host, and with a device reader it goes to the device", "[runtime][device]") {
+  // GPT-NeoX's positions: Range and Einsum on the host (no device kernels), a Slice between them that the device could
+  // run, which would cost a copy in and a copy out
+  for (bool deviceReader : {false, true}) {
+    INFO((deviceReader ? "the Slice also feeds an Exp" : "the Slice feeds the Einsum only"));
+    ModelBuilder b(17);
+    b.io(true, "x", 1, {"6"});
+    b.io(false, "y", 1, {});
+    b.initI("s0", {1}, {1});
+    b.initI("e0", {1}, {5});
+    b.initF("f", {3}, {0.5f, 0.25f, 0.125f});
+    b.node("Slice", {"x", "s0", "e0"}, {"t"});
+    auto* e = b.node("Einsum", {"t", "f"}, {deviceReader ? "o" : "y"});
+    attrStr(e, "equation", "i,j->ij");
+    if (deviceReader) {
+      b.node("Exp", {"t"}, {"u"});
+      b.node("Unsqueeze", {"u", "s0"}, {"uu"});  // [4, 1] (axes [1])
+      b.node("Add", {"o", "uu"}, {"y"});  // [4, 3] + [4, 1]: on the device, with the Einsum's output copied in
+    }
+    const std::string model = b.save(deviceReader ? "between-host-2" : "between-host-1");
+    const std::vector<float> x = randoms(6, 13);
+    crt::SessionOptions so;
+    so.device = crt::Device::Emulated;
+    auto sess = crt::Session::create(model, so);
+    INFO(sess.status().message);
+    REQUIRE(sess.ok());
+    INFO("copied each run: " << sess->info().copied_values);
+    if (!deviceReader) {
+      CHECK(sess->info().device_nodes == 0);
+      CHECK(sess->info().device_copies == 0);
+    } else {
+      CHECK(sess->info().device_nodes == 4);  // Slice, Exp, Unsqueeze (a view that follows it), Add
+      CHECK(sess->info().host_ops == "Einsum 1");
+    }
+    compare(model, {{"x", crt::TensorView::of(x.data(), {6})}}, deviceReader ? 4 : 0);
   }
 }
 

@@ -71,6 +71,13 @@ inline void attrInt(onnx::NodeProto* n, const std::string& k, int64_t v) {
   a->set_i(v);
 }
 
+inline void attrStr(onnx::NodeProto* n, const std::string& k, const std::string& v) {
+  auto* a = n->add_attribute();
+  a->set_name(k);
+  a->set_type(onnx::AttributeProto::STRING);
+  a->set_s(v);
+}
+
 inline void attrInts(onnx::NodeProto* n, const std::string& k, const std::vector<int64_t>& v) {
   auto* a = n->add_attribute();
   a->set_name(k);
