@@ -841,13 +841,14 @@ void addKvMetadata(const KvCacheInfo& info, std::map<std::string, std::string>& 
   metadata["compress.context_length"] = std::to_string(info.context);
 }
 
-KvCacheInfo addKvCache(Graph& g) {
+KvCacheInfo addKvCache(Graph& g, KvCuts cuts) {
   const Graph full = g;
   const double tol = hasHalf(full) ? 1e-2 : 1e-4;
   KvCacheInfo info;
   // new-row cuts pushed up the position cones first; should a model's cone defeat them (the check below says so),
   // the plain cuts after the whole-length values, which cost O(T^2) per step for a mask but are what was checked first
   for (bool pushCuts : {true, false}) {
+    if (pushCuts && cuts == KvCuts::Plain) continue;
     g = full;
     try {
       Rewriter rw(g, pushCuts);

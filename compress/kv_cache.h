@@ -28,9 +28,14 @@ struct KvCacheInfo {
 std::string pastName(int layer, bool value);
 std::string presentName(int layer, bool value);
 
+/// How the position-dependent values (masks, rotary tables, position embeddings) get the new tokens' rows: computed
+/// from the new rows of their inputs where the ops allow (Pushed: a mask [S, T] per step), with Plain as the checked
+/// fallback; or computed for the whole length and then cut (Plain: [T, T] per step; tests).
+enum class KvCuts { Pushed, Plain };
+
 /// Rewrites `g` (a causal decoder: one integer input [batch, seq], logits as the first output) into its
 /// cached form. Throws Error(Model) saying what was not found or what the check measured.
-KvCacheInfo addKvCache(Graph& g);
+KvCacheInfo addKvCache(Graph& g, KvCuts cuts = KvCuts::Pushed);
 
 /// The ONNX metadata a cached export carries (crun reads it: compress.kv_cache, compress.context_length).
 void addKvMetadata(const KvCacheInfo& info, std::map<std::string, std::string>& metadata);
