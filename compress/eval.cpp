@@ -65,9 +65,25 @@ static void checkFinite(const at::Tensor& t, const std::string& what) {
                                         "numbers. Check the input data and the last pass's settings.");
 }
 
+/// Token ids outside the model's vocabulary (its logits' last dim, where the graph fixes it) are a data error before
+/// any forward pass: the embedding's Gather would fail with a node's name, or a target would index past the logits.
+static void checkVocabulary(const Executor& ex, const LmWindows& w) {
+  const Graph& g = ex.graph();
+  if (g.outputs.empty() || !g.values.count(g.outputs[0]) || !g.values.at(g.outputs[0]).shape) return;
+  const Shape& s = *g.values.at(g.outputs[0]).shape;
+  if (s.size() != 3 || !s.back().isFixed() || w.inputs.numel() == 0) return;
+  const int64_t vocab = s.back().value;
+  const int64_t lo = std::min(w.inputs.min().item<int64_t>(), w.targets.min().item<int64_t>());
+  const int64_t hi = std::max(w.inputs.max().item<int64_t>(), w.targets.max().item<int64_t>());
+  if (lo < 0 || hi >= vocab)
+    fail(ErrorCategory::Data, "the evaluation tokens hold id " + std::to_string(lo < 0 ? lo : hi) + ", but the model's vocabulary has " +
+                                  std::to_string(vocab) + " tokens (its logits' last dim): evaluate on a token stream of the model's own tokenizer");
+}
+
 MetricResult perplexity(Executor& ex, const LmWindows& w, int64_t batch, bool show) {
   auto t0 = std::chrono::steady_clock::now();
   at::NoGradGuard ng;
+  checkVocabulary(ex, w);
   int64_t n = w.inputs.size(0);
   Progress prog("perplexity", n, "windows", show);
   double nll = 0;

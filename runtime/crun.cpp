@@ -221,10 +221,15 @@ int cmdRun(const std::string& model, const cxxopts::ParseResult& r) {
 /// Random token ids are drawn below this: --max-id, else the model's vocabulary (its first output's last dim, the
 /// logits', where the file fixes it), else 500 (stories260K's 512 tokens, less a margin). A fixed 500 made every
 /// model with a smaller vocabulary fail with "index out of range" in bench and generate --prompt-len.
+/// The model's vocabulary: its first output's last dim where the file fixes it (logits [.., vocab]), else 0.
+int64_t vocabOf(const crt::Session& s) {
+  if (!s.outputs().empty() && s.outputs()[0].shape.size() >= 2 && s.outputs()[0].shape.back() > 0) return s.outputs()[0].shape.back();
+  return 0;
+}
+
 int64_t maxIdFor(const cxxopts::ParseResult& r, const crt::Session& s) {
   if (r.count("max-id")) return r["max-id"].as<int64_t>();
-  if (!s.outputs().empty() && s.outputs()[0].shape.size() >= 2 && s.outputs()[0].shape.back() > 0) return s.outputs()[0].shape.back();
-  return 500;
+  return vocabOf(s) > 0 ? vocabOf(s) : 500;
 }
 
 int cmdBench(const std::string& model, const cxxopts::ParseResult& r) {
@@ -482,6 +487,12 @@ int cmdPpl(const std::string& model, const cxxopts::ParseResult& r) {
     die(4, "the token stream has " + std::to_string(n) + " tokens; scoring " + std::to_string(std::max<int64_t>(windows, 1) * seq) + " needs one more");
   crt::Session s = open(model, r);
   const std::string input = onlyInputName(s);
+  if (const int64_t vocab = vocabOf(s); vocab > 0)  // (before any run: a token the embedding lacks fails in a Gather)
+    for (int64_t i = 0; i <= windows * seq; ++i)
+      if (stream[i] < 0 || stream[i] >= vocab)
+        die(4, r["tokens"].as<std::string>() + " holds token id " + std::to_string(stream[i]) + " at position " + std::to_string(i) + ", but " +
+                   model + "'s vocabulary has " + std::to_string(vocab) +
+                   " tokens (its logits' last dim): score it on a token stream of the model's own tokenizer");
   double nll = 0;
   int64_t count = 0;
   std::vector<crt::TensorView> outs;

@@ -64,6 +64,11 @@ check "the cached run's report.json validates against docs/report.schema.json" \
 check "perplexity through crun is 4.0780 (within 0.1%)" \
   "/usr/bin/python3 -c \"import json,sys; p=json.load(open('$work/ppl.json'))['perplexity']; sys.exit(0 if abs(p/4.0780-1) < 1e-3 else 1)\""
 
+/usr/bin/python3 -c "import numpy as np; t = np.arange(40, dtype=np.int64) % 500; t[21] = 600; np.save('$work/oov.npy', t)"
+"$CRUN" ppl "$work/m.onnx" --tokens "$work/oov.npy" --seq-len 8 --max-tokens 32 > /dev/null 2> "$work/ppl_oov.txt"; rc=$?
+check "ppl on a stream with a token the vocabulary lacks: exit 4, which id, where, the vocabulary's size" \
+  "[ $rc -eq 4 ] && grep -q 'holds token id 600 at position 21' $work/ppl_oov.txt && grep -q 'vocabulary has 512 tokens' $work/ppl_oov.txt"
+
 /usr/bin/python3 -c "import numpy as np; np.save('$work/in.npy', np.array([[1, 403, 407]], dtype=np.int64))"
 "$CRUN" run "$work/m.onnx" --input tokens="$work/in.npy" --output "$work/out.npy"
 check "run writes logits [1,3,512]" "/usr/bin/python3 -c \"import numpy as np,sys; a=np.load('$work/out.npy'); sys.exit(0 if a.shape==(1,3,512) and np.isfinite(a).all() else 1)\""

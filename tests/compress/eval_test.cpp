@@ -4,13 +4,16 @@
 #include <catch2/catch.hpp>
 
 #include "compress/error.h"
+#include "compress/executor.h"
 #include "compress/importer.h"
 #include "compress/npy.h"
 #include "test_util.h"
+#include "tests/error_util.h"
 
 using namespace compress;
 using Catch::Matchers::Contains;
 using Catch::Matchers::WithinAbs;
+using testutil::categoryOf;
 
 TEST_CASE("stories260K perplexity on val.tok512.npy is 4.0780", "[eval][shared][slow]") {
   if (!testutil::haveShared()) return;
@@ -117,4 +120,19 @@ TEST_CASE("top1 and cosine metrics on a real classifier", "[eval]") {
   CHECK_THAT(pc.value, WithinAbs(at::cosine_similarity(pb, pa, 1, 1e-12).mean().item<double>(), 1e-6));
   Executor e3b(g3);
   CHECK_THAT(pooledCosine(e3, e3b, xs, 4, false).value, WithinAbs(1.0, 1e-12));
+}
+
+TEST_CASE("perplexity on tokens the model's vocabulary lacks is a data error before any forward pass", "[hostile][eval]") {
+  const Graph g = importTorchScript(testutil::fixture("zoo") + "/hf_llama.pt", {});  // vocabulary of 64
+  Executor ex(g);
+  std::vector<int64_t> stream(33);
+  for (int64_t i = 0; i < 33; ++i) stream[i] = i % 60;
+  CHECK_NOTHROW(perplexity(ex, makeWindows(stream, 8, 32), 1, false));
+  for (int64_t bad : {64, 300, -1}) {
+    INFO(bad);
+    stream[11] = bad;
+    std::string msg;
+    CHECK(categoryOf([&] { perplexity(ex, makeWindows(stream, 8, 32), 1, false); }, &msg) == ErrorCategory::Data);
+    CHECK_THAT(msg, Contains("hold id " + std::to_string(bad) + ", but the model's vocabulary has 64 tokens"));
+  }
 }
