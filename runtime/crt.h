@@ -162,6 +162,7 @@ struct SessionInfo {
   int threads = 1;
   std::string device = "cpu";  // "cpu", "emulated", or "cuda (<GPU name>)"
   int fused_nodes = 0;         // fused chains (SessionOptions::fuse)
+  int merged = 0;              // nodes that repeated an earlier node's op on the same inputs, merged into it at load
   int device_nodes = 0;        // nodes assigned to the device
   int device_copies = 0;       // copy nodes between host and device
   std::string host_ops;        // with a device: the op types left on the host per run, with counts ("Gather 1")

@@ -545,7 +545,7 @@ int cmdInfo(const std::string& model, const cxxopts::ParseResult& r) {
               << (ctx != s.metadata().end() && ctx->second != "0" ? ctx->second : "not bounded by a table")
               << " (crun generate keeps the cache in place)\n";
   }
-  std::cout << "nodes " << i.nodes << ", folded at load " << i.folded << ", packed MatMuls " << i.packed_matmuls
+  std::cout << "nodes " << i.nodes << ", folded at load " << i.folded << ", merged repeats " << i.merged << ", packed MatMuls " << i.packed_matmuls
             << " (" << i.sparse_matmuls << " sparse, " << i.int8_matmuls << " with int8 activations"
             << (i.int8_matmuls ? " (" + i.int8_isa + ")" : std::string()) << ", " << i.panel_matmuls << " in panel order, "
             << i.weight_bytes

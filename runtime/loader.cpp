@@ -574,6 +574,74 @@ void packDenseWeights(Graph& g) {
   }
 }
 
+/// A constant small enough to compare by content (exporters write the same axes, shapes and scalars many times).
+constexpr int64_t kMergeConstantBytes = 1024;
+
+/// The node's identity for mergeDuplicates: op, attributes (floats by their bits) and inputs (canonical ids).
+std::string nodeKey(const Node& n, const std::vector<int>& canonical) {
+  std::string key = n.domain + '/' + n.op + '(';
+  for (int v : n.in) key += std::to_string(v < 0 ? -1 : canonical[v]) + ',';
+  key += ')';
+  const auto bits = [](float f) {
+    uint32_t b;
+    std::memcpy(&b, &f, 4);
+    return std::to_string(b);
+  };
+  for (const auto& [name, a] : n.attrs) {
+    key += name + '=' + std::to_string(static_cast<int>(a.kind)) + ':';
+    switch (a.kind) {
+      case Attr::Int: key += std::to_string(a.i); break;
+      case Attr::Float: key += bits(a.f); break;
+      case Attr::Ints:
+        for (int64_t e : a.ints) key += std::to_string(e) + ',';
+        break;
+      case Attr::Floats:
+        for (float e : a.floats) key += bits(e) + ',';
+        break;
+      case Attr::String: key += std::to_string(a.s.size()) + ':' + a.s; break;
+      case Attr::None: break;
+    }
+    key += ';';
+  }
+  return key;
+}
+
+}  // namespace
+
+int mergeDuplicates(Graph& g) {
+  // small constants of the same type, shape and bytes are one value; every other value is itself until merged
+  std::vector<int> canonical(g.values.size());
+  std::map<std::string, int> constants;
+  for (size_t v = 0; v < g.values.size(); ++v) {
+    canonical[v] = static_cast<int>(v);
+    const Value& x = g.values[v];
+    if (!x.is_const || !x.constant.data || x.constant.bytes() > kMergeConstantBytes) continue;
+    std::string key = std::to_string(static_cast<int>(x.constant.dt)) + ':' + x.constant.shape.str() + ':';
+    key.append(static_cast<const char*>(x.constant.data), x.constant.bytes());
+    canonical[v] = constants.emplace(key, static_cast<int>(v)).first->second;
+  }
+  std::vector<char> output(g.values.size(), 0);
+  for (int o : g.outputs) output[o] = 1;
+  std::map<std::string, int> seen;  // key -> node
+  int merged = 0;
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    Node& n = g.nodes[i];
+    for (int& v : n.in)
+      if (v >= 0) v = canonical[v];
+    bool mergeable = !n.packed && !n.out.empty();
+    for (int o : n.out) mergeable = mergeable && !output[o];  // (a graph output keeps its own node and name)
+    if (!mergeable) continue;
+    auto [it, fresh] = seen.emplace(nodeKey(n, canonical), static_cast<int>(i));
+    if (fresh) continue;
+    const Node& first = g.nodes[it->second];
+    for (size_t k = 0; k < n.out.size(); ++k) canonical[n.out[k]] = first.out[k];
+    ++merged;  // (its outputs are read nowhere now: pruneUnused drops it)
+  }
+  return merged;
+}
+
+namespace {
+
 /// Static nodes (their outputs depend only on input shapes and constants) run once per plan.
 void markStatic(Graph& g) {
   for (Node& n : g.nodes) {
@@ -647,6 +715,7 @@ Graph buildGraph(onnx::ModelProto& model, const std::string& name, const std::st
   info.folded += foldConstants(g, pool, k, false);  // what could not be packed is expanded as before
   packDenseWeights(g);
   pruneUnused(g);
+  if ((info.merged = mergeDuplicates(g)) > 0) pruneUnused(g);
   for (const Node& n : g.nodes)
     if (n.packed) {
       ++info.packed_matmuls;

@@ -83,6 +83,53 @@ TEST_CASE("a session computes the right values, a planned run allocates nothing,
   CHECK(owned.value()[0].as<float>()[1] == Approx(expected(x2)[1]));
 }
 
+TEST_CASE("repeated subexpressions are merged at load: same op, attributes and inputs (equal constants by content), not graph outputs", "[runtime][session]") {
+  // two layers' copies of the same rotary arithmetic: Mul(x, c) -> Cos, with c written twice; a Softmax over another
+  // axis and a Mul by another constant are not repeats; y2 is a graph output that repeats y1's node
+  ModelBuilder b;
+  b.io(true, "x", 1, {"2", "3"});
+  b.io(false, "y", 1, {"2", "3"});
+  b.io(false, "y2", 1, {"2", "3"});
+  b.initF("c1", {3}, {0.5f, 1.f, 2.f});
+  b.initF("c2", {3}, {0.5f, 1.f, 2.f});  // the same bytes as c1
+  b.initF("c3", {3}, {0.5f, 1.f, 3.f});  // not
+  b.node("Mul", {"x", "c1"}, {"a1"});
+  b.node("Mul", {"x", "c2"}, {"a2"});    // repeats a1 (merged)
+  b.node("Mul", {"x", "c3"}, {"a3"});
+  b.node("Cos", {"a1"}, {"k1"});
+  b.node("Cos", {"a2"}, {"k2"});         // repeats k1 once a2 is a1 (merged)
+  attrInt(b.node("Softmax", {"k1"}, {"s1"}), "axis", 1);
+  attrInt(b.node("Softmax", {"k2"}, {"s2"}), "axis", 0);  // another axis: kept
+  attrInt(b.node("Softmax", {"k2"}, {"s3"}), "axis", 1);  // repeats s1 (merged)
+  b.node("Add", {"s1", "s2"}, {"t"});
+  b.node("Add", {"t", "s3"}, {"u"});
+  b.node("Add", {"u", "a3"}, {"y"});
+  b.node("Add", {"u", "a3"}, {"y2"});    // a graph output: kept under its name
+  const std::string model = b.save("merge");
+  auto s = crt::Session::create(model);
+  INFO(s.status().message);
+  REQUIRE(s.ok());
+  CHECK(s->info().merged == 3);
+  const std::vector<float> x = {0.1f, -0.7f, 1.3f, 2.f, 0.f, -1.5f};
+  auto out = s->run({{"x", crt::TensorView::of(x.data(), {2, 3})}});
+  REQUIRE(out.ok());
+  REQUIRE(out.value().size() == 2);
+  const float* y = reinterpret_cast<const float*>(out.value()[0].bytes.data());
+  CHECK(out.value()[0].bytes == out.value()[1].bytes);
+  const float c1[3] = {0.5f, 1.f, 2.f}, c3[3] = {0.5f, 1.f, 3.f};
+  for (int r = 0; r < 2; ++r)
+    for (int j = 0; j < 3; ++j) {
+      float k[2][3];
+      for (int rr = 0; rr < 2; ++rr)
+        for (int jj = 0; jj < 3; ++jj) k[rr][jj] = std::cos(x[rr * 3 + jj] * c1[jj]);
+      double rowSum = 0, colSum = 0;
+      for (int jj = 0; jj < 3; ++jj) rowSum += std::exp(k[r][jj]);
+      for (int rr = 0; rr < 2; ++rr) colSum += std::exp(k[rr][j]);
+      const double want = 2 * std::exp(k[r][j]) / rowSum + std::exp(k[r][j]) / colSum + x[r * 3 + j] * c3[j];
+      CHECK(y[r * 3 + j] == Approx(want).epsilon(1e-5));
+    }
+}
+
 TEST_CASE("bad inputs to run() are Status errors, never exceptions", "[runtime][session][errors]") {
   auto s = crt::Session::create(smallModel());
   REQUIRE(s.ok());
