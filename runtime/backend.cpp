@@ -43,6 +43,7 @@ constexpr NamedKind kCrtDeviceOps[] = {
     {"RMSNorm", {DeviceOp::RMSNorm, 0}}, {"SiluMul", {DeviceOp::SiluMul, 0}}, {"Rope", {DeviceOp::Rope, 0}},
     {"ScaleMaskSoftmax", {DeviceOp::ScaleMaskSoftmax, 0}}, {"KvScores", {DeviceOp::KvScores, 0}},
     {"KvValues", {DeviceOp::KvValues, 0}}, {"KvAttention", {DeviceOp::KvAttention, 0}}, {"LastRow", {DeviceOp::LastRow, 0}},
+    {"Gelu", {DeviceOp::Gelu, 0}},
 };
 
 /// A Gather whose indices are a constant of one element (llama2.c's x[..., 0] and x[..., 1] of its rotary pairs): a

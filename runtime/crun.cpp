@@ -54,7 +54,7 @@ Options common to all: --threads N (default: all cores), --no-simd (portable sca
   (cuda:N: GPU N), the rest on the CPU with copies between; auto: cuda when this build has it and a GPU
   answers; emulated: the device path on host memory (for testing; bit-identical to cpu). `crun info` shows what
   was placed where.
-  --no-fuse: run RMSNorm, SwiGLU, RoPE, per-token scale and attention-softmax chains node by node (by default each
+  --no-fuse: run RMSNorm, SwiGLU, GELU, RoPE, per-token scale and attention-softmax chains node by node (by default each
   is one fused node: the same bits).
   --int8-activations model|on|off: int8/int4 weights multiply activations quantized to int8 per 32 values
   with integer dot products (VNNI / AVX2), faster and within a stated error bound of exact fp32: where the file

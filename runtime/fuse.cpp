@@ -261,8 +261,34 @@ void opScaleMaskSoftmax(OpCtx& c) {
   });
 }
 
+device::Gelu geluParams(const OpCtx& c) {
+  device::Gelu g;
+  g.tanh_form = static_cast<int>(c.node.attrInt("tanh", 0));
+  g.half = c.node.attrFloat("half", g.half);
+  g.one = c.node.attrFloat("one", g.one);
+  g.div = c.node.attrFloat("div", g.div);
+  g.power = c.node.attrFloat("power", g.power);
+  g.cube = c.node.attrFloat("cube", g.cube);
+  g.scale = c.node.attrFloat("scale", g.scale);
+  return g;
+}
+
+void opFusedGelu(OpCtx& c) {
+  const Buf& x = c.in(0);
+  if (x.dt != DType::F32) c.bad("needs a float32 input");
+  const device::Gelu g = geluParams(c);
+  const int64_t n = x.numel();
+  const float* X = x.as<float>();
+  float* Y = c.outT<float>(0, x.shape);
+  constexpr int64_t kBlock = 4096;
+  parallelRows(c, (n + kBlock - 1) / kBlock, n, [&](int64_t b0, int64_t b1) {
+    for (int64_t i = b0 * kBlock, end = std::min(n, b1 * kBlock); i < end; ++i) Y[i] = device::applyGelu(g, X[i]);
+  });
+}
+
 bool fusedKeepsType(const Node& n) {
-  return n.fn == opRMSNorm || n.fn == opSiluMul || n.fn == opRope || n.fn == opAbsMaxScale || n.fn == opScaleMaskSoftmax;
+  return n.fn == opRMSNorm || n.fn == opSiluMul || n.fn == opRope || n.fn == opAbsMaxScale || n.fn == opScaleMaskSoftmax ||
+         n.fn == opFusedGelu;
 }
 
 // ------------------------------------------------------------------------------------------- matching
@@ -365,6 +391,67 @@ bool matchSiluMul(const Graph& g, const Uses& u, const std::vector<char>& f32, i
   chain = {s, m1, m2};
   fused = fusedNode("SiluMul", opSiluMul, g.nodes[m2], {gate, up});
   return true;
+}
+
+/// The input of a two-input node whose other input is a float32 scalar constant (its value in `c`), or -1.
+int withScalar(const Graph& g, const Node& n, float& c) {
+  if (n.in.size() != 2) return -1;
+  for (int k = 0; k < 2; ++k) {
+    c = scalarConst(g, n.in[1 - k]);
+    if (!std::isnan(c) && n.in[k] >= 0) return n.in[k];
+  }
+  return -1;
+}
+
+/// The producer of `v` when it is op `op` and `v` is read by `reader` only, or -1.
+int feeds(const Graph& g, const Uses& u, int v, const char* op, int reader) {
+  if (v < 0 || u.single(v) != reader) return -1;
+  const int p = g.values[v].producer;
+  return p >= 0 && is(g.nodes[p], op) ? p : -1;
+}
+
+/// A GELU chain (device::Gelu's two forms) ending in node y = Mul(h, o), h = Mul(x, half), o = Add(t, one) with
+/// t = Erf(Div(x, div)) or t = Tanh(Mul(Add(x, Mul(Pow(x, power), cube)), scale)), every intermediate read once.
+bool matchGelu(const Graph& g, const Uses& u, const std::vector<char>& f32, int y, std::vector<int>& chain, Node& fused) {
+  const Node& last = g.nodes[y];
+  if (!is(last, "Mul") || last.in.size() != 2) return false;
+  for (int side = 0; side < 2; ++side) {
+    device::Gelu p;
+    const int h = feeds(g, u, last.in[side], "Mul", y), o = feeds(g, u, last.in[1 - side], "Add", y);
+    if (h < 0 || o < 0) continue;
+    const int x = withScalar(g, g.nodes[h], p.half);
+    const int tv = withScalar(g, g.nodes[o], p.one);
+    if (x < 0 || !f32[x] || tv < 0) continue;
+    int t = feeds(g, u, tv, "Erf", o);
+    if (t >= 0) {
+      const int d = feeds(g, u, g.nodes[t].in[0], "Div", t);
+      if (d < 0 || g.nodes[d].in[0] != x || std::isnan(p.div = scalarConst(g, g.nodes[d].in[1]))) continue;
+      chain = {d, t};
+    } else if ((t = feeds(g, u, tv, "Tanh", o)) >= 0) {
+      p.tanh_form = 1;
+      const int sm = feeds(g, u, g.nodes[t].in[0], "Mul", t);
+      const int av = sm >= 0 ? withScalar(g, g.nodes[sm], p.scale) : -1;
+      const int a = feeds(g, u, av, "Add", sm);
+      const int m = a >= 0 ? feeds(g, u, otherInput(g.nodes[a], x), "Mul", a) : -1;
+      const int qv = m >= 0 ? withScalar(g, g.nodes[m], p.cube) : -1;
+      const int q = feeds(g, u, qv, "Pow", m);
+      if (q < 0 || g.nodes[q].in[0] != x || std::isnan(p.power = scalarConst(g, g.nodes[q].in[1]))) continue;
+      chain = {q, m, a, sm, t};
+    } else {
+      continue;
+    }
+    for (int k : {h, o, y}) chain.push_back(k);
+    std::sort(chain.begin(), chain.end());
+    if (chain.back() != y) continue;
+    fused = fusedNode("Gelu", opFusedGelu, last, {x});
+    setAttr(fused, "tanh", static_cast<int64_t>(p.tanh_form));
+    setAttr(fused, "half", p.half);
+    setAttr(fused, "one", p.one);
+    if (p.tanh_form) setAttr(fused, "power", p.power), setAttr(fused, "cube", p.cube), setAttr(fused, "scale", p.scale);
+    else setAttr(fused, "div", p.div);
+    return true;
+  }
+  return false;
 }
 
 /// The single int64 / int32 value of a constant, or `none`.
@@ -509,6 +596,7 @@ int fuseChains(Graph& g, bool cpuOnly) {
     Node f;
     if (!matchRmsNorm(g, u, f32, i, chain, f) && !matchSiluMul(g, u, f32, i, chain, f) &&
         !matchRope(g, u, readers, f32, i, chain, f) && !matchScaleMaskSoftmax(g, u, f32, i, chain, f) &&
+        !matchGelu(g, u, f32, i, chain, f) &&
         !(cpuOnly && matchAbsMaxScale(g, u, f32, i, chain, f)))
       continue;
     bool free = true;

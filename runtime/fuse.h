@@ -10,8 +10,11 @@
 //                                                          => crt.AbsMaxScale(x; divisor c, floor)
 //  - attention's scaled, masked softmax: Div(scores, c) -> Add(., mask) -> Softmax(last axis)
 //                                                          => crt.ScaleMaskSoftmax(scores, mask; divisor c)
+//  - GELU: Mul(x, half) * Add(Erf(Div(x, div)), one)      (BERT, GPT-NeoX) or
+//    Mul(x, half) * Add(Tanh(Mul(Add(x, Mul(Pow(x, p), c)), s)), one)   (GPT-2's NewGELU)
+//                                                          => crt.Gelu(x; the constants, tanh 0/1)
 //    The per-row scale only on the CPU (SmoothQuant's int8 MatMuls stay on the host; a device session runs that chain
-//    node by node); the CUDA backend has kernels for the other four (ropeGeometry and scaleMaskGeometry below are
+//    node by node); the CUDA backend has kernels for the other five (ropeGeometry and scaleMaskGeometry below are
 //    the checks and index maps both sides use).
 // Only float32 chains (known at load, backend.h's knownFloat32) whose intermediates nothing else reads are fused.
 // fuse.cpp is compiled with -ffp-contract=off: a fused a*c - b*s must round both products, as the Mul nodes did.
@@ -36,6 +39,9 @@ bool isLastAxisMean(const Graph& g, const Node& n);
 
 void opRMSNorm(OpCtx& c);  // in = {x, weight (optional)}, attr eps: y = (x * 1/sqrt(mean(x^2) + eps)) * weight
 void opSiluMul(OpCtx& c);  // in = {g, up}: y = (g * sigmoid(g)) * up, with broadcasting
+void opFusedGelu(OpCtx& c);     // in = {x}: device::applyGelu per element (the chain's operations, in its order)
+/// crt.Gelu's constants and form from its attributes (the CPU and CUDA kernels share device::applyGelu).
+device::Gelu geluParams(const OpCtx& c);
 /// in = {t, cos, sin}, attrs axis (s), stack (k): a / b = the even / odd elements of t along s, cos and sin broadcast
 /// to a's shape; y = stack([a*cos - b*sin, a*sin + b*cos], axis k).
 void opRope(OpCtx& c);

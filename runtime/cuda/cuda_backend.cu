@@ -140,6 +140,12 @@ __global__ void scaleMaskSoftmaxKernel(dm::RowMask m, const float* X, const floa
   softmaxRow(y, y, n);
 }
 
+/// crt.Gelu (fuse.h): a thread per element.
+__global__ void geluKernel(dm::Gelu g, int64_t total, const float* X, float* Y) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
+    Y[i] = dm::applyGelu(g, X[i]);
+}
+
 /// crt.Rope (fuse.h): a thread per pair.
 __global__ void ropeKernel(dm::Rope r, int64_t total, const float* T, const float* C, const float* S, float* Y) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
@@ -439,6 +445,16 @@ void opCudaWhere(OpCtx& c) {
   checkLaunch("where");
 }
 
+void opCudaGelu(OpCtx& c) {
+  const Buf& x = c.in(0);
+  const float* X = f32In(c, 0);
+  float* Y = c.outT<float>(0, x.shape);
+  const int64_t total = x.numel();
+  if (total == 0) return;
+  geluKernel<<<blocksFor(total, 256), 256>>>(geluParams(c), total, X, Y);
+  checkLaunch("gelu");
+}
+
 void opCudaUnary(OpCtx& c) {
   const Buf& x = c.in(0);
   const float* X = f32In(c, 0);
@@ -691,6 +707,7 @@ OpFn CudaBackend::kernelFor(const Graph& g, const Node& n) {
     case DeviceOp::Split: return opCudaSplit;
     case DeviceOp::Where: return opCudaWhere;
     case DeviceOp::Gather: return opCudaGather;
+    case DeviceOp::Gelu: return opCudaGelu;
     case DeviceOp::None: break;
   }
   return nullptr;

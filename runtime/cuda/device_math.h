@@ -51,6 +51,20 @@ CRT_HD float applyUnary(Unary op, float x) {
   return 0.f;
 }
 
+/// crt.Gelu (runtime/fuse.h): the GELU chains exports write, with their constants and their operations' order.
+/// Erf form (BERT, GPT-NeoX, HF's "gelu"): (x * half) * (erf(x / div) + one). Tanh form (GPT-2's NewGELU):
+/// (x * half) * (tanh((x + pow(x, power) * cube) * scale) + one).
+struct Gelu {
+  int tanh_form = 0;
+  float half = 0.5f, one = 1.f, div = 1.41421356f, power = 3.f, cube = 0.044715f, scale = 0.79788456f;
+};
+
+CRT_HD float applyGelu(const Gelu& g, float x) {
+  const float t = g.tanh_form ? applyUnary(Unary::Tanh, (x + applyBinary(Binary::Pow, x, g.power) * g.cube) * g.scale)
+                              : applyUnary(Unary::Erf, x / g.div);
+  return (x * g.half) * (t + g.one);
+}
+
 /// Multidirectional broadcasting of two operands into an output of `rank` dims: per output dim its size and
 /// each operand's element stride (0 where the operand has size 1 or lacks the dim).
 struct Broadcast {

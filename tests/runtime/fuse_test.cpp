@@ -126,6 +126,41 @@ std::string softmaxModel(std::vector<int64_t> maskShape, bool maskFirst = false,
   return b.save("softmax" + tag + (maskFirst ? "-first" : "") + "-ax" + std::to_string(axis));
 }
 
+/// GELU as exports write it on x [rows, 8]: the erf form ((x * 0.5) * (erf(x / sqrt 2) + 1), NeoX's operand
+/// order) or GPT-2's tanh form; `swap`: constants first where the ops allow it (Mul(0.5, x), Add(1, t), ...);
+/// `leak`: the Tanh's / Erf's output is also a graph output (the chain stays); `power2`: x^2 in the tanh form
+/// (another function; fused with its own constant).
+std::string geluModel(bool tanhForm, bool swap = false, bool leak = false, bool power2 = false) {
+  ModelBuilder b;
+  b.io(true, "x", 1, {"rows", "8"});
+  b.io(false, "y", 1, {"rows", "8"});
+  if (leak) b.io(false, "t", 1, {"rows", "8"});
+  b.initF("half", {}, {0.5f});
+  b.initF("one", {}, {1.f});
+  const auto bin = [&](const char* op, const std::string& a, const std::string& c, const std::string& out, bool commutes = true) {
+    b.node(op, swap && commutes ? std::vector<std::string>{c, a} : std::vector<std::string>{a, c}, {out});
+  };
+  if (tanhForm) {
+    b.initF("p", {}, {power2 ? 2.f : 3.f});
+    b.initF("cube", {}, {0.044715f});
+    b.initF("scale", {}, {0.7978845608f});
+    bin("Mul", "x", "half", "h");
+    b.node("Pow", {"x", "p"}, {"q"});
+    bin("Mul", "q", "cube", "m");
+    bin("Add", "x", "m", "a");
+    bin("Mul", "a", "scale", "s");
+    b.node("Tanh", {"s"}, {"t"});
+  } else {
+    b.initF("div", {}, {1.4142135f});
+    b.node("Div", {"x", "div"}, {"d"});
+    b.node("Erf", {"d"}, {"t"});
+    bin("Mul", "x", "half", "h");
+  }
+  bin("Add", "t", "one", "o");
+  bin("Mul", "h", "o", "y");
+  return b.save(std::string("gelu") + (tanhForm ? "-tanh" : "-erf") + (swap ? "-swap" : "") + (leak ? "-leak" : "") + (power2 ? "-p2" : ""));
+}
+
 /// Output 0 with and without fusion, checking how many chains were fused; the fused nodes on the emulated device
 /// (the same bits, no fused node left on the host) and, with a GPU, on CUDA (within 1e-5). x has shape `xs`.
 /// `deviceFuses` false: a chain a device session runs node by node (SmoothQuant's per-token scale).
@@ -290,6 +325,16 @@ TEST_CASE("fusion: SmoothQuant's per-token scale chain becomes one node with the
     CHECK(y[4] == 9.f / 127.f);
     CHECK(y[5] == 8.5f / 127.f);
   }
+}
+
+TEST_CASE("fusion: GELU in its erf and tanh forms becomes one node with the chain's bits", "[runtime][fuse]") {
+  for (bool tanhForm : {false, true}) {
+    INFO((tanhForm ? "tanh form (GPT-2)" : "erf form (NeoX, BERT)"));
+    SECTION("exported order") { checkSameBits(geluModel(tanhForm), 1); }
+    SECTION("constants first") { checkSameBits(geluModel(tanhForm, true), 1); }
+    SECTION("an intermediate the graph also outputs keeps the chain") { checkSameBits(geluModel(tanhForm, false, true), 0); }
+  }
+  SECTION("another exponent keeps its own constant") { checkSameBits(geluModel(true, false, false, true), 1); }
 }
 
 TEST_CASE("fusion: attention's scaled, masked softmax becomes one node with the chain's bits", "[runtime][fuse]") {
