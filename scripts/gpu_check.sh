@@ -9,6 +9,8 @@
 #   2. compares perplexity (32,768 tokens) and greedy generation of every model on the GPU with the CPU,
 #   3. times crun at [1,1] and [1,128] on both, and cuda_bench (GEMV / GEMM at LLM shapes against the GPU's
 #      copy bandwidth), and PyTorch's matmul at the same shapes as the peer (fp32 and fp16),
+#   4. times the synthetic LLaMA-shape model (fp32 and int4-g32: decode over a KV cache, prefill of 128 and 512
+#      tokens) in crun on the GPU against PyTorch eager fp16 on the same GPU (scripts/gpu/torch_llama.py),
 # writing everything under $OUT (the device tool brings it back) or build/gpu-bundle/out.
 # Usage: bash scripts/gpu_check.sh        (then, through the device tool, with carry ["build/gpu-bundle"]:
 #        bash build/gpu-bundle/run.sh [--quick])
@@ -50,6 +52,35 @@ YAML
     cp "$out/model.onnx" "$bundle/models/${fmt}$([ "$kv" = true ] && echo _kv).onnx"
   done
 done
+# the synthetic LLaMA-shape model (scripts/make_synthetic_llama.py --untied: dim 768, 12 layers, vocab 32000, 110M
+# parameters) as fp32 and int4-g32, plain and cached: graphs only, their weights (0.5-1 GB) are external data that
+# run.sh writes there with random values (scripts/gpu/fill_external.py); data_bytes says how much
+synth=build/bench/llama768_untied.pt
+[ -f "$synth" ] || /usr/bin/python3 scripts/make_synthetic_llama.py "$synth" --untied
+for fmt in fp32 int4; do
+  case $fmt in
+    fp32) passes="[]" ;;
+    int4) passes="[{rtn: {bits: 4, group_size: 32, symmetric: false}}]" ;;
+  esac
+  for kv in false true; do
+    out=build/gpu-export/synth_${fmt}_kv$kv
+    cat > "$out.yaml" <<YAML
+model: $(realpath "$synth")
+passes: $passes
+latency_runs: 0
+export: {onnx: {opset: 17, int4: matmulnbits, kv_cache: $kv, external_data: true, validate: false}}
+output: $(realpath -m "$out")
+YAML
+    [ "$out/model.onnx" -nt "$synth" ] && [ "$out/model.onnx" -nt build/compress ] ||
+      build/compress --config "$out.yaml" --quiet --overwrite >/dev/null
+    dst=$bundle/synthetic/$fmt
+    if [ "$kv" = true ]; then dst=${dst}_kv; fi
+    mkdir -p "$dst"
+    cp "$out/model.onnx" "$dst/"
+    stat -c %s "$out/model.onnx.data" > "$dst/data_bytes"
+  done
+done
+cp scripts/make_synthetic_llama.py scripts/gpu/torch_llama.py scripts/gpu/fill_external.py "$bundle/"
 cp "$shared/data/tinystories/val.tok512.npy" "$shared/models/stories260K/tok512.bin" "$bundle/data/"
 cp scripts/gpu_run.sh "$bundle/run.sh"
 cp bench/torch_matmul.py "$bundle/"

@@ -60,5 +60,36 @@ for m in fp32 int4; do
 done
 run "$here/bin/cuda_bench" $quick | tee "$out/cuda_bench.jsonl" || status=1
 python3 "$here/torch_matmul.py" $quick | tee "$out/torch_matmul.jsonl" || status=1
+echo "== 4. the synthetic LLaMA-shape model (110M parameters, random weights): crun on the GPU against PyTorch eager fp16"
+syn=$here/synthetic
+python3 "$here/fill_external.py" "$syn/fp32" "$syn/fp32_kv" "$syn/int4" "$syn/int4_kv" || status=1
+for m in fp32 int4; do
+  run "$here/bin/crun" generate "$syn/${m}_kv/model.onnx" --prompt-len 16 -n 33 --ignore-eos --warmup 1 --json --device cuda \
+    > "$out/synth_decode_$m.json" 2>> "$out/synth_err.txt" || status=1
+  for P in 128 512; do
+    run "$here/bin/crun" bench "$syn/$m/model.onnx" --shape tokens=1x$P --runs 20 --warmup 3 --device cuda --json \
+      > "$out/synth_prefill_${m}_$P.json" 2>> "$out/synth_err.txt" || status=1
+  done
+done
+python3 "$here/torch_llama.py" --device cuda --dtype fp16 | tee "$out/synth_torch.jsonl" || status=1
+python3 - "$out" <<'PY' || status=1
+import json, os, sys
+out = sys.argv[1]
+last = lambda f: json.loads(open(os.path.join(out, f)).read().strip().splitlines()[-1])
+torch = [json.loads(l) for l in open(os.path.join(out, "synth_torch.jsonl")) if l.startswith("{")]
+t_dec = next(r["ms_per_token_p50"] for r in torch if r["what"] == "decode")
+t_pre = {r["tokens"]: r["median_ms"] for r in torch if r["what"] == "prefill"}
+print("decode ms/token (16-token prompt, 32 steps): pytorch fp16 %.3f" % t_dec)
+for m in ("fp32", "int4"):
+    d = last("synth_decode_%s.json" % m)["ms_per_token_p50"]
+    print("  crun %s %.3f: %.2fx pytorch fp16's tokens/s%s" % (m, d, t_dec / d, " (target >= 2.5x)" if m == "int4" else ""))
+for P in (128, 512):
+    line = "prefill %d tokens ms: pytorch fp16 %.2f" % (P, t_pre[P])
+    for m in ("fp32", "int4"):
+        b = last("synth_prefill_%s_%d.json" % (m, P))
+        line += "; crun %s %.2f (%.2fx its time)" % (m, b["median_ms"], b["median_ms"] / t_pre[P])
+    print(line)
+PY
+
 echo "== done: status $status (0 = every check passed); results in $out"
 exit $status
