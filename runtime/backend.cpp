@@ -196,60 +196,49 @@ std::vector<OpFn> deviceCandidates(const Graph& g, Backend& b, std::vector<char>
   return fn;
 }
 
-/// A light node (no packed weight, no KV cache) whose device-read inputs are all per-run host values and whose
-/// results are read on the host only costs two copies on the device and computes nothing worth them: it stays on the
-/// host (GPT-NeoX's positions: a Slice of the host's Range went to the device and back for the host's Einsum). Views
-/// are seen through. Applied from the last node up until nothing changes, so a chain of such nodes goes back whole.
-void keepBetweenHostNodes(const Graph& g, std::vector<OpFn>& fn, const std::vector<char>& view) {
-  std::vector<std::vector<std::pair<int, int>>> readers(g.values.size());  // (node, input)
-  for (size_t i = 0; i < g.nodes.size(); ++i)
-    for (size_t k = 0; k < g.nodes[i].in.size(); ++k)
-      if (g.nodes[i].in[k] >= 0 && !readsShapeOnly(g.nodes[i])) readers[g.nodes[i].in[k]].push_back({static_cast<int>(i), static_cast<int>(k)});
-  std::vector<char> graphOutput(g.values.size(), 0);
-  for (int o : g.outputs) graphOutput[o] = 1;
+/// Islands of the device's candidates (nodes joined by the values one hands another on the device) that do no heavy
+/// work (no MatMul on a weight or between activations, no KV-cache attention) and whose results are read on the host
+/// only (none is a graph output) stay on the host: their data comes from the host and goes back to it, so on the
+/// device they cost a copy per crossing value and save nothing. Examples: GPT-NeoX's positions (a Slice between the
+/// host's Range and Einsum), the float32 RMSNorm islands between an fp16 export's Casts (44 copies per run on
+/// stories260K before). An island with a graph output stays where the user asked.
+void keepLightIslandsOnHost(const Graph& g, std::vector<OpFn>& fn, const std::vector<char>& view) {
+  const int n = static_cast<int>(g.nodes.size());
+  std::vector<int> parent(n);
+  for (int i = 0; i < n; ++i) parent[i] = i;
+  const std::function<int(int)> root = [&](int i) { return parent[i] == i ? i : parent[i] = root(parent[i]); };
+  const auto onDevice = [&](int i) { return fn[i] != nullptr || view[i]; };
   std::vector<int> producer(g.values.size(), -1);
-  for (size_t i = 0; i < g.nodes.size(); ++i)
-    for (int o : g.nodes[i].out) producer[o] = static_cast<int>(i);
-  const auto onDevice = [&](int node) { return fn[node] != nullptr || view[node]; };
-  // whether any reader of v (through views) runs on the device
-  std::function<bool(int)> readOnDevice = [&](int v) {
-    for (const auto& [r, k] : readers[v]) {
-      if (view[r]) {
-        for (int o : g.nodes[r].out)
-          if (readOnDevice(o)) return true;
-      } else if (onDevice(r) && readsOnDevice(g.nodes[r], k)) {
-        return true;
-      }
+  for (int i = 0; i < n; ++i)
+    for (int o : g.nodes[i].out) producer[o] = i;
+  for (int i = 0; i < n; ++i) {
+    if (!onDevice(i)) continue;
+    for (size_t k = 0; k < g.nodes[i].in.size(); ++k) {
+      const int v = g.nodes[i].in[k];
+      if (v < 0 || !readsOnDevice(g.nodes[i], static_cast<int>(k)) || producer[v] < 0 || !onDevice(producer[v])) continue;
+      parent[root(i)] = root(producer[v]);
     }
-    return false;
-  };
-  // whether node i is such a node now
-  const auto betweenHostNodes = [&](int i) {
-    const Node& n = g.nodes[i];
-    if (!fn[i] || n.packed || isKvAttention(n)) return false;
-    for (size_t k = 0; k < n.in.size(); ++k) {
-      const int v = n.in[k];
-      if (v < 0 || !readsOnDevice(n, static_cast<int>(k)) || g.values[v].is_const) continue;
-      if (producer[v] >= 0 && onDevice(producer[v])) return false;
-    }
-    for (int o : n.out)
-      if (graphOutput[o] || readOnDevice(o)) return false;
-    return true;
-  };
-  for (bool changed = true; changed;) {
-    changed = false;
-    for (int i = static_cast<int>(g.nodes.size()) - 1; i >= 0; --i)
-      if (betweenHostNodes(i)) fn[i] = nullptr, changed = true;
   }
+  std::vector<char> keep(n, 0);  // per island root: stays on the device
+  for (int i = 0; i < n; ++i) {
+    if (!onDevice(i)) continue;
+    const Node& nd = g.nodes[i];
+    bool heavy = nd.packed || isKvAttention(nd) || (fn[i] && deviceOpOf(g, nd).op == DeviceOp::BatchMatMul);
+    for (int o : nd.out)
+      heavy = heavy || std::find(g.outputs.begin(), g.outputs.end(), o) != g.outputs.end();
+    if (heavy) keep[root(i)] = 1;
+  }
+  for (int i = 0; i < n; ++i)
+    if (onDevice(i) && !keep[root(i)]) fn[i] = nullptr;  // (views follow their input at assignment)
 }
 
-/// Decides each node's side (deviceCandidates, less keepBetweenHostNodes) and prepares the device's nodes: the device
+/// Decides each node's side (deviceCandidates, less keepLightIslandsOnHost) and prepares the device's nodes: the device
 /// kernel, the packed weight's upload, an attention op's cache entry moved to device memory. View ops follow their
 /// data input.
 int assignNodes(Graph& g, Backend& b) {
   std::vector<char> view;
   std::vector<OpFn> fn = deviceCandidates(g, b, view);
-  keepBetweenHostNodes(g, fn, view);
+  keepLightIslandsOnHost(g, fn, view);
   std::vector<char> onDevice(g.values.size(), 0);
   int assigned = 0;
   for (size_t i = 0; i < g.nodes.size(); ++i) {

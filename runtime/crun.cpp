@@ -117,9 +117,18 @@ void printProfile(const crt::Session& s) {
     std::fprintf(stderr, "  %-32s %8lld calls %10.3f ms %5.1f%%\n", p.op.c_str(), static_cast<long long>(p.calls), p.ms, 100 * p.ms / std::max(total, 1e-9));
 }
 
+/// A device session whose every node stayed on the CPU runs at CPU speed: say so (and why) once, on stderr.
+void noteHostOnly(const std::string& path, const crt::SessionInfo& i) {
+  if (i.device == "cpu" || i.device_nodes > 0) return;
+  std::cerr << "crun: note: no node of " << path << " runs on the device (" << i.device
+            << "): its kernels take float32 activations, so an fp16 export runs on the CPU; export fp32, int8 or int4 for "
+               "the GPU (`crun info --device ...` shows the placement)\n";
+}
+
 crt::Session open(const std::string& path, const cxxopts::ParseResult& r) {
   auto s = crt::Session::create(path, sessionOptions(r));
   if (!s) die(exitFor(s.status().code), s.status().message);
+  noteHostOnly(path, s->info());
   return std::move(s.value());
 }
 
@@ -403,6 +412,7 @@ int cmdGenerate(const std::string& model, const cxxopts::ParseResult& r) {
   auto gen = crt::Generator::create(model, generatorOptions(r));
   if (!gen) die(exitFor(gen.status().code), gen.status().message);
   crt::Generator& g = gen.value();
+  noteHostOnly(model, g.session().info());
   if (!g.cached())
     std::cerr << "crun: note: " << (r.count("no-cache") ? "--no-cache" : model + " has no KV cache (export it with compress export --kv-cache)")
               << ": every token recomputes the whole prefix\n";

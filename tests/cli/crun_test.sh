@@ -131,6 +131,18 @@ check "info says how many nodes and copies the device took, and how many chains 
 "$CRUN" info "$work/m_kv.onnx" --device emulated > "$work/dev_kv_info.txt"
 check "info on a cached export shows generate's decode step: everything but the embedding and position arithmetic on the device, 2 copies" \
   "grep -q '^generate (KV cache in place), device: emulated: [1-9][0-9]* nodes, 2 copies' $work/dev_kv_info.txt && ! grep '^generate' $work/dev_kv_info.txt | grep -q 'crt\.\|MatMul'"
+cat > "$work/fp16.yaml" <<YAML
+model: $shared/models/stories260K/stories260K.pt
+passes: [{fp16: {}}]
+latency_runs: 0
+export: {onnx: {opset: 17, validate: false}}
+output: $work/fp16
+YAML
+"$COMPRESS" --config "$work/fp16.yaml" --quiet --overwrite > /dev/null 2>&1
+"$CRUN" bench "$work/fp16/model.onnx" --shape tokens=1x4 --runs 2 --device emulated > /dev/null 2> "$work/fp16_dev.txt"
+"$CRUN" bench "$work/m.onnx" --shape tokens=1x4 --runs 2 --device emulated > /dev/null 2> "$work/fp32_dev.txt"
+check "a device session where nothing runs on the device (an fp16 export) says so on stderr, an fp32 one does not" \
+  "grep -q 'no node of .* runs on the device (emulated)' $work/fp16_dev.txt && ! grep -q 'no node of' $work/fp32_dev.txt"
 "$CRUN" info "$work/m.onnx" --device tpu 2> "$work/e7.txt"; rc=$?
 check "a bad --device value exits 2 naming the choices" "[ $rc -eq 2 ] && grep -q 'takes cpu, cuda, cuda:N, auto or emulated' $work/e7.txt"
 if ! "$CRUN" info "$work/m.onnx" --device cuda > /dev/null 2> "$work/e8.txt"; then

@@ -194,7 +194,8 @@ void checkSameBits(const std::string& model, int fused, std::vector<int64_t> xs 
     auto s = crt::Session::create(model, so);
     INFO(s.status().message);
     REQUIRE(s.ok());
-    CHECK(s->info().device_nodes > 0);
+    // (an unfused chain may stay on the host whole: a light island between host nodes, backend.cpp)
+    CHECK((s->info().device_nodes > 0 || fused == 0));
     CHECK(s->info().fused_nodes == (deviceFuses ? fused : 0));
     INFO("on the host: " << s->info().host_ops);
     CHECK(s->info().host_ops.find("crt.") == std::string::npos);
