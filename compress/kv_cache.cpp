@@ -408,6 +408,7 @@ class Rewriter {
     if (p < 0) fail(ErrorCategory::Internal, "kv_cache: static value '" + v + "' has no producer");
     const Node src = g_.nodes[p];
     if (src.op == "Shape" && !isStatic(src.inputs[0])) return memo_[v] = shapeWithTotal(src);
+    if (isSeqLength(src)) return memo_[v] = totalScalar();
     Node n = src;
     n.name = fresh(src.name + "_total");
     for (auto& in : n.inputs) in = withTotal(in);
@@ -483,14 +484,40 @@ class Rewriter {
     return addNode("Slice", {total, past1_, big_, addConst({axis}, "kv_axis")}, {}, base + ".new_rows");
   }
 
+  /// Whether n reads one sequence dim of a dynamic tensor's shape, Gather(Shape(x), i) with a scalar i: every layer's
+  /// copy of it is the total length then, one value (so crun's load merges the per-layer position arithmetic built on
+  /// it, HF LLaMA's and NeoX's rotary tables: crt's mergeDuplicates).
+  bool isSeqLength(const Node& n) const {
+    if (n.op != "Gather" || n.inputs.size() != 2 || !g_.isInitializer(n.inputs[1]) || n.attrInt("axis", 0) != 0) return false;
+    const int sp = producer(n.inputs[0]);
+    if (sp < 0 || g_.nodes[sp].op != "Shape" || isStatic(g_.nodes[sp].inputs[0]) || g_.nodes[sp].hasAttr("start") || g_.nodes[sp].hasAttr("end"))
+      return false;
+    const at::Tensor& idx = g_.initializers.at(n.inputs[1]);
+    if (idx.dim() != 0) return false;
+    const std::string& x = g_.nodes[sp].inputs[0];
+    const int rank = rankOf(x);
+    const int64_t a = idx.to(at::kLong).item<int64_t>();
+    return isSeqAxis(x, static_cast<int>(a < 0 ? a + rank : a));
+  }
+
+  /// The total length T as an int64 scalar.
+  std::string totalScalar() {
+    if (total0_.empty()) total0_ = addNode("Reshape", {total1_, scalarShape()}, {}, "kv_total_scalar");
+    return total0_;
+  }
+
+  std::string scalarShape() {
+    if (scalar_shape_.empty()) {
+      scalar_shape_ = fresh("kv_scalar_shape");
+      g_.initializers[scalar_shape_] = at::empty({0}, at::kLong);
+      g_.values[scalar_shape_] = ValueInfo{DType::Int64, Shape{Dim::fixed(0)}};
+    }
+    return scalar_shape_;
+  }
+
   /// The past length as an int64 scalar (Trilu's diagonal offset).
   std::string pastScalar() {
-    if (past0_.empty()) {
-      const std::string scalar = fresh("kv_scalar_shape");
-      g_.initializers[scalar] = at::empty({0}, at::kLong);
-      g_.values[scalar] = ValueInfo{DType::Int64, Shape{Dim::fixed(0)}};
-      past0_ = addNode("Reshape", {past1_, scalar}, {}, "kv_past_scalar");
-    }
+    if (past0_.empty()) past0_ = addNode("Reshape", {past1_, scalarShape()}, {}, "kv_past_scalar");
     return past0_;
   }
 
@@ -768,7 +795,7 @@ class Rewriter {
   std::map<std::string, std::string> memo_;
   std::map<std::string, std::pair<DType, Shape>> specs_;
   bool push_cuts_ = true;
-  std::string seq1_, past1_, total1_, past0_, big_;
+  std::string seq1_, past1_, total1_, past0_, total0_, scalar_shape_, big_;
   std::map<std::pair<std::string, int>, std::string> rows_memo_;  // newRows
   KvCacheInfo info_;
 };
