@@ -211,7 +211,9 @@ TEST_CASE("kv cache: every decoder and format, prefill + one-token steps equal t
             int down = 0;
             for (size_t at = copied.find(" to host"); at != std::string::npos; at = copied.find(" to host", at + 1)) ++down;
             CHECK(down <= (family == "hf_llama" || family == "opt" ? 2 : 1));
-            CHECK(emu.info().device_copies <= (family == "llama2c" ? 2 : 7));
+            // (the embedding row in, the logits out, the positions and mask rows the host computes: one per step, since
+            // the layers' copies of that arithmetic are merged)
+            CHECK(emu.info().device_copies <= (family == "llama2c" ? 2 : family == "opt" ? 7 : family == "gpt2" ? 6 : 4));
           }
           CHECK(at::equal(stepLogits(emu, ids, 3), steps));
           if (gpu) {
