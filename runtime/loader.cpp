@@ -574,8 +574,18 @@ void packDenseWeights(Graph& g) {
   }
 }
 
-/// A constant small enough to compare by content (exporters write the same axes, shapes and scalars many times).
-constexpr int64_t kMergeConstantBytes = 1024;
+/// 64-bit FNV-1a over 8-byte words (and the tail's bytes): equal constants' key; mergeDuplicates confirms with memcmp.
+uint64_t contentHash(const uint8_t* p, size_t n) {
+  uint64_t h = 1469598103934665603ull;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    h = (h ^ w) * 1099511628211ull;
+  }
+  for (; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
 
 /// The node's identity for mergeDuplicates: op, attributes (floats by their bits) and inputs (canonical ids).
 std::string nodeKey(const Node& n, const std::vector<int>& canonical) {
@@ -609,16 +619,25 @@ std::string nodeKey(const Node& n, const std::vector<int>& canonical) {
 }  // namespace
 
 int mergeDuplicates(Graph& g) {
-  // small constants of the same type, shape and bytes are one value; every other value is itself until merged
+  // constants of the same type, shape and bytes are one value (exporters write the same axes and scalars many times,
+  // and GPT-2 a causal table per layer); every other value is itself until merged. (Weights are packed by now.)
   std::vector<int> canonical(g.values.size());
-  std::map<std::string, int> constants;
+  std::map<std::string, std::vector<int>> constants;  // type, shape, hash -> values with that key
   for (size_t v = 0; v < g.values.size(); ++v) {
     canonical[v] = static_cast<int>(v);
     const Value& x = g.values[v];
-    if (!x.is_const || !x.constant.data || x.constant.bytes() > kMergeConstantBytes) continue;
-    std::string key = std::to_string(static_cast<int>(x.constant.dt)) + ':' + x.constant.shape.str() + ':';
-    key.append(static_cast<const char*>(x.constant.data), x.constant.bytes());
-    canonical[v] = constants.emplace(key, static_cast<int>(v)).first->second;
+    if (!x.is_const || !x.constant.data) continue;
+    const size_t bytes = x.constant.bytes();
+    const auto* data = static_cast<const uint8_t*>(x.constant.data);
+    const std::string key = std::to_string(static_cast<int>(x.constant.dt)) + ':' + x.constant.shape.str() + ':' +
+                            std::to_string(contentHash(data, bytes));
+    std::vector<int>& same = constants[key];
+    for (int o : same)
+      if (std::memcmp(g.values[o].constant.data, data, bytes) == 0) {
+        canonical[v] = o;
+        break;
+      }
+    if (canonical[v] == static_cast<int>(v)) same.push_back(static_cast<int>(v));
   }
   std::vector<char> output(g.values.size(), 0);
   for (int o : g.outputs) output[o] = 1;

@@ -21,7 +21,7 @@ Graph loadGraphBytes(const std::string& bytes, const std::string& name, const st
 /// Drops nodes nothing needs (DequantizeLinear nodes packed into their MatMul, QuantizeLinear pairs fused into it)
 /// and renumbers the producers.
 void pruneUnused(Graph& g);
-/// Common subexpressions: a node with the op, attributes and inputs of an earlier one (small constants compared by
+/// Common subexpressions: a node with the op, attributes and inputs of an earlier one (constants compared by
 /// content) reads that node's outputs instead, so pruneUnused drops it; graph outputs keep their nodes. Per-layer
 /// copies of the same position arithmetic (HF LLaMA's and NeoX's rotary tables, masks) run once. Returns the nodes
 /// merged; run pruneUnused after a non-zero result.
