@@ -32,6 +32,7 @@ constexpr NamedKind kDeviceOps[] = {
     {"Sigmoid", {DeviceOp::Unary, int(device::Unary::Sigmoid)}}, {"Relu", {DeviceOp::Unary, int(device::Unary::Relu)}},
     {"Erf", {DeviceOp::Unary, int(device::Unary::Erf)}},          {"Cos", {DeviceOp::Unary, int(device::Unary::Cos)}},
     {"Sin", {DeviceOp::Unary, int(device::Unary::Sin)}},          {"Gather", {DeviceOp::Gather, 0}},
+    {"Cast", {DeviceOp::Cast, 0}},
     {"Softmax", {DeviceOp::Softmax, 0}},                        {"ReduceMean", {DeviceOp::ReduceMean, 0}},
     {"Transpose", {DeviceOp::Transpose, 0}},                    {"Slice", {DeviceOp::Slice, 0}},
     {"Concat", {DeviceOp::Concat, 0}},                          {"MatMul", {DeviceOp::BatchMatMul, 0}},
@@ -79,6 +80,11 @@ DeviceOpKind deviceOpOf(const Graph& g, const Node& n) {
     if (k.kind.op == DeviceOp::ReduceMean) return isLastAxisMean(g, n) ? k.kind : DeviceOpKind{};
     if (k.kind.op == DeviceOp::Gather) return oneConstantIndex(g, n) ? k.kind : DeviceOpKind{};
     if (k.kind.op == DeviceOp::Binary && n.in.size() != 2) return {};  // (Max and Min take 1-8 inputs)
+    if (k.kind.op == DeviceOp::Cast) {  // float32 to float32 or bool (OPT's padding mask)
+      const int64_t to = n.attrInt("to", 0);
+      return to == static_cast<int64_t>(DType::F32) || to == static_cast<int64_t>(DType::Bool) ? DeviceOpKind{DeviceOp::Cast, int(to)}
+                                                                                                  : DeviceOpKind{};
+    }
     return k.kind;
   }
   return {};

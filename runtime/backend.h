@@ -71,18 +71,18 @@ std::shared_ptr<Backend> makeBackend(Device d, int index = 0);
 /// The ops a device backend implements (the CUDA backend all of them; runtime/cuda/device_math.h has their
 /// arithmetic): MatMul on a packed weight (F32/F16/Q8/Q4 dense, exact compute), float32 Add/Sub/Mul/Div/Pow with
 /// broadcasting, Sqrt/Reciprocal/Neg/Exp/Tanh/Sigmoid/Relu/Erf/Cos/Sin, Softmax and ReduceMean over the last axis,
-/// Transpose, Slice, Expand, Concat, Split, Gather at one constant index, Where (a bool condition), MatMul of two
-/// tensors (attention's batched products), LayerNormalization,
+/// Transpose, Slice, Expand, Concat, Split, Gather at one constant index, Where (a bool condition), Cast of float32 to
+/// float32 or bool, MatMul of two tensors (attention's batched products), LayerNormalization,
 /// the fused RMSNorm, SiLU-multiply, GELU, RoPE and scaled masked softmax (fuse.h), the in-session KV cache's attention
 /// (kv_cache.h: its products, or the fused KvAttention; the cache then lives on the device) and the last-row slice
 /// before a generation's classifier.
 enum class DeviceOp {
   None, MatMul, Binary, Unary, Softmax, ReduceMean, Transpose, Slice, Expand, Concat, BatchMatMul, LayerNorm, RMSNorm, SiluMul,
-  Rope, ScaleMaskSoftmax, KvScores, KvValues, KvAttention, LastRow, Split, Where, Gather, Gelu
+  Rope, ScaleMaskSoftmax, KvScores, KvValues, KvAttention, LastRow, Split, Where, Gather, Gelu, Cast
 };
 struct DeviceOpKind {
   DeviceOp op = DeviceOp::None;
-  int code = 0;  // device::Binary or device::Unary
+  int code = 0;  // device::Binary or device::Unary; Cast: the target DType
 };
 /// What `n` is for a device backend (None: it stays on the host). Structure only; types are placeNodes' part.
 DeviceOpKind deviceOpOf(const Graph& g, const Node& n);

@@ -90,6 +90,12 @@ __global__ void whereKernel(dm::Broadcast3 bc, int64_t total, const uint8_t* C, 
   }
 }
 
+/// Cast of float32 to bool: x != 0 (NaN is true, as on the CPU).
+__global__ void castBoolKernel(int64_t total, const float* X, uint8_t* Y) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
+    Y[i] = X[i] != 0.f;
+}
+
 __global__ void unaryKernel(dm::Unary op, int64_t total, const float* X, float* Y) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
     Y[i] = dm::applyUnary(op, X[i]);
@@ -445,6 +451,20 @@ void opCudaWhere(OpCtx& c) {
   checkLaunch("where");
 }
 
+void opCudaCast(OpCtx& c) {
+  const Buf& x = c.in(0);
+  const float* X = f32In(c, 0);
+  const int64_t total = x.numel();
+  if (c.node.device_code == static_cast<int>(DType::Bool)) {
+    uint8_t* Y = static_cast<uint8_t*>(c.out(0, DType::Bool, x.shape));
+    if (total > 0) castBoolKernel<<<blocksFor(total, 256), 256>>>(total, X, Y);
+    checkLaunch("cast to bool");
+    return;
+  }
+  float* Y = c.outT<float>(0, x.shape);
+  if (total > 0) check(cudaMemcpyAsync(Y, X, static_cast<size_t>(total) * sizeof(float), cudaMemcpyDeviceToDevice), "cast");
+}
+
 void opCudaGelu(OpCtx& c) {
   const Buf& x = c.in(0);
   const float* X = f32In(c, 0);
@@ -708,6 +728,7 @@ OpFn CudaBackend::kernelFor(const Graph& g, const Node& n) {
     case DeviceOp::Where: return opCudaWhere;
     case DeviceOp::Gather: return opCudaGather;
     case DeviceOp::Gelu: return opCudaGelu;
+    case DeviceOp::Cast: return opCudaCast;
     case DeviceOp::None: break;
   }
   return nullptr;

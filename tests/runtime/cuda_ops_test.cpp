@@ -343,6 +343,25 @@ TEST_CASE("device placement: a node between host nodes stays on the host, and wi
   }
 }
 
+TEST_CASE("CUDA Cast of float32 to bool and to float32 equals the CPU (OPT's padding mask stays on the device)", "[runtime][cuda]") {
+  haveGpu(true);
+  // OPT: inverted = 1 - mask; pad = Where(Cast(inverted, bool), min, inverted); NaN casts to true, as on the CPU
+  ModelBuilder b(17);
+  b.io(true, "m", 1, {"2", "1", "3", "5"});
+  b.io(false, "y", 1, {"2", "1", "3", "5"});
+  b.initF("one", {}, {1.f});
+  b.initF("low", {}, {-3.4e38f});
+  b.node("Sub", {"one", "m"}, {"inverted"});
+  attrInt(b.node("Cast", {"inverted"}, {"c"}), "to", 9);
+  attrInt(b.node("Cast", {"inverted"}, {"same"}), "to", 1);
+  b.node("Where", {"c", "low", "same"}, {"y"});
+  const std::string model = b.save("cuda-cast");
+  std::vector<float> m = randoms(30, 14);
+  for (size_t i = 0; i < m.size(); i += 3) m[i] = 1.f;  // (those rows of inverted are 0: false)
+  m[4] = NAN;
+  compare(model, {{"m", crt::TensorView::of(m.data(), {2, 1, 3, 5})}}, 4, 0);
+}
+
 TEST_CASE("CUDA sessions do not leak: 1,000 runs leave the GPU's free memory as it was", "[runtime][cuda]") {
   if (!haveGpu(true)) return;
   const std::string model = matmulModel("int4", 256, 128, 32, 3);
