@@ -113,7 +113,7 @@ struct SessionOptions {
   /// -1: the model's own context (its compress.context_length metadata, else 2048).
   int64_t kv_capacity = 0;
   bool kv_if_present = false;   // with kv_capacity: a model without past inputs loads without a cache (no error)
-  DType kv_dtype = DType::F32;  // F32 or F16: how the cache stores keys and values
+  DType kv_dtype = DType::F32;  // F32, F16 or I8 (a float scale per cached row): how the cache stores keys and values
   /// Generation: the first output (logits) only for the last position, [.., 1, vocab] (a prefill then
   /// skips the classifier for every other row, as llama.cpp does). Ignored when the model's first output
   /// is not a classifier MatMul.

@@ -20,7 +20,8 @@ bool isMask(const IoInfo& io) {
 
 Result<Generator> Generator::create(const std::string& path, const GeneratorOptions& o) {
   if (o.context < 0) return Status{StatusCode::InvalidArgument, "context must be >= 0 (0: the model's own)"};
-  if (o.kv_dtype != DType::F32 && o.kv_dtype != DType::F16) return Status{StatusCode::InvalidArgument, "the KV cache is float32 or float16"};
+  if (o.kv_dtype != DType::F32 && o.kv_dtype != DType::F16 && o.kv_dtype != DType::I8)
+    return Status{StatusCode::InvalidArgument, "the KV cache is float32, float16 or int8"};
   SessionOptions so = o.session;
   so.last_position_logits = true;  // only the next token's logits are read
   so.kv_capacity = o.use_cache ? (o.context > 0 ? o.context : -1) : 0;

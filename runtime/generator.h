@@ -35,7 +35,7 @@ struct SamplingOptions {
 struct GeneratorOptions {
   SessionOptions session;     // threads, memory limits (kv_capacity / kv_dtype are set from the fields below)
   int64_t context = 0;        // tokens the sequence may reach: 0 = the model's compress.context_length, else 2048
-  DType kv_dtype = DType::F32;  // F32 or F16 cache
+  DType kv_dtype = DType::F32;  // F32, F16 or I8 cache
   bool use_cache = true;      // false: recompute the prefix every step even when the model has a cache
   SamplingOptions sampling;
 };

@@ -3,6 +3,7 @@
 #include "runtime/kv_cache.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 
@@ -147,17 +148,36 @@ void appendRows(OpCtx& c, const KvState& kv, int e, const Buf& x) {
   for (int64_t h = 0; h < H; ++h)
     for (int64_t s = 0; s < S; ++s) {
       const float* row = src + (h * S + s) * D;
-      char* dst = base + ((h * kv.capacity) + kv.length + s) * D * es;
-      if (kv.storage == DType::F16) c.env.k->float_to_half(row, reinterpret_cast<uint16_t*>(dst), D);
-      else std::memcpy(dst, row, D * sizeof(float));
+      const int64_t r = h * kv.capacity + kv.length + s;  // the row's index in the entry
+      char* dst = base + r * D * es;
+      if (kv.storage == DType::F16) {
+        c.env.k->float_to_half(row, reinterpret_cast<uint16_t*>(dst), D);
+      } else if (kv.storage == DType::I8) {
+        float absmax = 0.f;
+        bool nan = false;
+        for (int64_t d = 0; d < D; ++d) absmax = std::max(absmax, std::fabs(row[d])), nan = nan || std::isnan(row[d]);
+        const float scale = device::kvInt8Scale(absmax, nan);
+        reinterpret_cast<float*>(base + kv.scalesOffset())[r] = scale;
+        for (int64_t d = 0; d < D; ++d) reinterpret_cast<int8_t*>(dst)[d] = device::kvInt8(row[d], scale);
+      } else {
+        std::memcpy(dst, row, D * sizeof(float));
+      }
     }
 }
 
 /// Rows [0, T) of kv head h of entry e as fp32: the buffer itself, or converted into `tmp`.
 const float* cachedRows(const OpCtx& c, const KvState& kv, int e, int64_t h, int64_t T, float* tmp) {
   const char* base = static_cast<const char*>(kv.entries[e].data());
-  if (kv.storage == DType::F32) return reinterpret_cast<const float*>(base) + h * kv.capacity * kv.head_dim;
-  c.env.k->half_to_float(reinterpret_cast<const uint16_t*>(base) + h * kv.capacity * kv.head_dim, tmp, T * kv.head_dim);
+  const int64_t D = kv.head_dim, first = h * kv.capacity;
+  if (kv.storage == DType::F32) return reinterpret_cast<const float*>(base) + first * D;
+  if (kv.storage == DType::F16) {
+    c.env.k->half_to_float(reinterpret_cast<const uint16_t*>(base) + first * D, tmp, T * D);
+    return tmp;
+  }
+  const int8_t* q = reinterpret_cast<const int8_t*>(base) + first * D;
+  const float* scale = reinterpret_cast<const float*>(base + kv.scalesOffset()) + first;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t d = 0; d < D; ++d) tmp[t * D + d] = static_cast<float>(q[t * D + d]) * scale[t];  // (device::kvAt's)
   return tmp;
 }
 
@@ -179,7 +199,7 @@ void checkNew(const OpCtx& c, const KvState& kv, const Buf& x, int64_t S_q) {
 template <typename F>
 void forEachHead(OpCtx& c, const KvState& kv, int e, int64_t T, int64_t rep, F&& fn) {
   const int64_t D = kv.head_dim;
-  float* tmp = kv.storage == DType::F16 ? static_cast<float*>(c.scratch(static_cast<size_t>(kv.kv_heads * T * D) * sizeof(float))) : nullptr;
+  float* tmp = kv.storage != DType::F32 ? static_cast<float*>(c.scratch(static_cast<size_t>(kv.kv_heads * T * D) * sizeof(float))) : nullptr;
   c.env.pool->parallelFor(kv.kv_heads, [&](int64_t h) {
     const float* rows = cachedRows(c, kv, e, h, T, tmp ? tmp + h * T * D : nullptr);
     for (int64_t g = 0; g < rep; ++g) fn(rows, h * rep + g);
@@ -229,7 +249,7 @@ void opKvAttention(OpCtx& c) {
   float* Y = c.outT<float>(0, a.out);
   float* sc = static_cast<float*>(c.scratch(static_cast<size_t>(kv.kv_heads * a.S * a.T) * sizeof(float)));
   const int64_t D = a.D, T = a.T, S = a.S;
-  float* tmp = kv.storage == DType::F16 ? static_cast<float*>(c.scratch(static_cast<size_t>(kv.kv_heads * 2 * T * D) * sizeof(float))) : nullptr;
+  float* tmp = kv.storage != DType::F32 ? static_cast<float*>(c.scratch(static_cast<size_t>(kv.kv_heads * 2 * T * D) * sizeof(float))) : nullptr;
   c.env.pool->parallelFor(kv.kv_heads, [&](int64_t h) {
     const float* K = cachedRows(c, kv, a.entry, h, T, tmp ? tmp + 2 * h * T * D : nullptr);
     const float* V = cachedRows(c, kv, ev, h, T, tmp ? tmp + (2 * h + 1) * T * D : nullptr);
@@ -372,7 +392,8 @@ int64_t modelContext(const std::map<std::string, std::string>& metadata, int64_t
 }
 
 int enableKvCache(Graph& g, int64_t capacity, DType storage) {
-  if (storage != DType::F32 && storage != DType::F16) fail(StatusCode::InvalidArgument, "the KV cache is stored as float32 or float16");
+  if (storage != DType::F32 && storage != DType::F16 && storage != DType::I8)
+    fail(StatusCode::InvalidArgument, "the KV cache is stored as float32, float16 or int8");
   if (capacity < 1) fail(StatusCode::InvalidArgument, "the KV cache needs a capacity of at least one token");
   auto kv = std::make_shared<KvState>();
   kv->capacity = capacity;
@@ -393,8 +414,9 @@ int enableKvCache(Graph& g, int64_t capacity, DType storage) {
     fail(StatusCode::ModelError, "the model has no past.N.key/value inputs: export it with compress export --kv-cache for a cache");
   int64_t bytes = 0;
   if (!checkedNumel(std::vector<int64_t>{kv->kv_heads, capacity, kv->head_dim}.data(), 3, &bytes) ||
-      !checkedBytes(bytes, static_cast<int64_t>(dtypeSize(storage)), &bytes))
+      !checkedBytes(bytes, static_cast<int64_t>(dtypeSize(storage)), &bytes) || bytes > (int64_t{1} << 46))
     fail(StatusCode::InvalidArgument, "KV cache capacity too large");
+  bytes = static_cast<int64_t>(kv->entryBytes());  // (with an int8 cache's scales)
   std::vector<char> dead(g.nodes.size(), 0);
   std::vector<int> drop_outputs;
   for (size_t e = 0; e < chains.size(); ++e) {

@@ -4,7 +4,8 @@
 // the kv heads for GQA and feeds the attention MatMuls. With the cache in the session, each such chain is
 // replaced at load by one fused op: KvScores (appends the new keys in place, then scores = q . K^T over
 // the cached rows) and KvValues (appends the new values, then probs . V). The cache is one preallocated
-// buffer per past input, [kv_heads, capacity, head_dim] in fp32 or fp16; nothing is copied per token but
+// buffer per past input, [kv_heads, capacity, head_dim] in fp32, fp16 or int8 (a float scale per row: a
+// quarter of fp32's bytes read per step, within kvInt8's rounding); nothing is copied per token but
 // the new rows. The past inputs stay in the graph as views whose shape says how many rows are cached (the
 // position and mask arithmetic reads it) and disappear from Session::inputs(); the present outputs
 // disappear from Session::outputs().
@@ -25,15 +26,35 @@ struct KvState {
   int64_t capacity = 0;  // rows each buffer holds
   int64_t length = 0;    // rows cached so far (the past length of the next run)
   int64_t kv_heads = 0, head_dim = 0;
-  DType storage = DType::F32;  // F32 or F16
+  DType storage = DType::F32;  // F32, F16, or I8 with a float scale per row (device::KvCache)
   struct Entry {
     int past = -1;  // the graph input value it replaces (bound to a view each run)
     DType model_dtype = DType::F32;
-    AlignedBytes buf;                 // [kv_heads][capacity][head_dim], on the host
+    AlignedBytes buf;                 // [kv_heads][capacity][head_dim], then (I8) the rows' scales at scalesOffset()
     std::shared_ptr<void> on_device;  // the same on the session's device (backend.h), where its attention op runs
     void* data() const { return on_device ? on_device.get() : buf.data(); }
   };
   std::vector<Entry> entries;
+  /// Where an I8 entry's float scales ([kv_heads][capacity]) start in its buffer, and the buffer's size.
+  size_t scalesOffset() const {
+    return (static_cast<size_t>(kv_heads * capacity * head_dim) * dtypeSize(storage) + 63) / 64 * 64;
+  }
+  size_t entryBytes() const {
+    return storage == DType::I8 ? scalesOffset() + static_cast<size_t>(kv_heads * capacity) * sizeof(float)
+                                : static_cast<size_t>(kv_heads * capacity * head_dim) * dtypeSize(storage);
+  }
+  /// The device view of entry e (its data, and an I8 entry's scales).
+  device::KvCache view(int e, int64_t rep) const {
+    device::KvCache v;
+    const char* base = static_cast<const char*>(entries[static_cast<size_t>(e)].data());
+    v.data = base;
+    v.f16 = storage == DType::F16;
+    v.scales = storage == DType::I8 ? reinterpret_cast<const float*>(base + scalesOffset()) : nullptr;
+    v.capacity = capacity;
+    v.D = head_dim;
+    v.rep = rep;
+    return v;
+  }
   /// Inputs that cover the cached tokens too (attention masks, [1, past+seq]): not part of the plan key;
   /// the capacity-sized dry run binds `ones` to them.
   struct TotalInput {

@@ -177,6 +177,22 @@ __global__ void kvAppendKernel(dm::KvCache kv, void* cache, int64_t H, int64_t S
   }
 }
 
+/// The int8 cache's append: a block per new row (h, s) finds the row's largest |value| (and whether it holds a NaN),
+/// writes its scale and its values quantized (device_math.h's kvInt8Scale / kvInt8, the CPU's arithmetic).
+__global__ void kvAppendInt8Kernel(int8_t* cache, float* scales, int64_t capacity, int64_t D, int64_t S, int64_t length, const float* X) {
+  const int64_t h = blockIdx.x / S, s = blockIdx.x % S;
+  const float* x = X + blockIdx.x * D;
+  float m = 0.f;
+  bool nan = false;
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) m = fmaxf(m, fabsf(x[d])), nan = nan || isnan(x[d]);
+  m = blockReduce(m, true);
+  const bool anyNan = __syncthreads_or(nan);
+  const float scale = dm::kvInt8Scale(m, anyNan);
+  const int64_t r = h * capacity + length + s;
+  if (threadIdx.x == 0) scales[r] = scale;
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) cache[r * D + d] = dm::kvInt8(x[d], scale);
+}
+
 /// scores[hs][t] = Q[hs] . K[t] for query row hs = qh * S + s: a warp per score.
 __global__ void kvScoresKernel(dm::KvCache kv, const float* Q, float* Y, int64_t S, int64_t T, int64_t total) {
   const int64_t w = blockIdx.x * int64_t(kGemvWarps) + threadIdx.x / dm::kWarp;
@@ -646,13 +662,15 @@ dm::KvCache appendToCache(OpCtx& c, const KvAttention& a, int entry, int input) 
   const KvState& kv = *c.env.g->kv;
   const KvState::Entry& e = kv.entries.at(static_cast<size_t>(entry));
   if (!e.on_device) c.bad("the KV cache is not on the device");
-  dm::KvCache v;
-  v.data = e.on_device.get();
-  v.f16 = kv.storage == DType::F16;
-  v.capacity = kv.capacity, v.D = kv.head_dim, v.rep = a.rep;
+  const dm::KvCache v = kv.view(entry, a.rep);
   const float* X = f32In(c, input);
   const int64_t total = kv.kv_heads * a.S * a.D;
-  if (total > 0) {
+  if (total > 0 && kv.storage == DType::I8) {
+    char* base = static_cast<char*>(e.on_device.get());
+    kvAppendInt8Kernel<<<static_cast<unsigned>(kv.kv_heads * a.S), kRowThreads>>>(
+        reinterpret_cast<int8_t*>(base), reinterpret_cast<float*>(base + kv.scalesOffset()), kv.capacity, kv.head_dim, a.S, kv.length, X);
+    checkLaunch("kv append (int8)");
+  } else if (total > 0) {
     kvAppendKernel<<<blocksFor(total, 256), 256>>>(v, e.on_device.get(), kv.kv_heads, a.S, kv.length, X);
     checkLaunch("kv append");
   }

@@ -291,9 +291,12 @@ CRT_HD float layerNormValue(float x, float mean, float inv, float scale, bool ha
 // ------------------------------------------------------------------------------------------- KV cache
 /// The in-session KV cache (runtime/kv_cache.h) as the attention kernels read it: per kv head `capacity` rows of
 /// D values, fp32 or fp16 bits; query head qh reads kv head qh / rep (GQA).
+/// One cache buffer: [kv heads][capacity][D] as float32, float16, or int8 with a float scale per row (`scales`,
+/// [kv heads][capacity], non-null for int8: element = q * scale, the row's largest |value| / 127).
 struct KvCache {
   const void* data = nullptr;
   bool f16 = false;
+  const float* scales = nullptr;
   int64_t capacity = 0, D = 0, rep = 1;
 };
 
@@ -302,7 +305,18 @@ CRT_HD int64_t kvRowOffset(const KvCache& kv, int64_t h, int64_t t) { return (h 
 
 /// Cached element i as float.
 CRT_HD float kvAt(const KvCache& kv, int64_t i) {
+  if (kv.scales) return static_cast<float>(static_cast<const int8_t*>(kv.data)[i]) * kv.scales[i / kv.D];
   return kv.f16 ? halfBitsToFloat(static_cast<const uint16_t*>(kv.data)[i]) : static_cast<const float*>(kv.data)[i];
+}
+
+/// An int8 cache row's scale from its largest |value|, and one value quantized with it (round to nearest even,
+/// within [-127, 127]; a row of zeros has scale 0 and stores zeros; a row with NaN or Inf stores 0 where the
+/// quotient is not a number, and its NaN or Inf scale carries the non-finite value into every product).
+CRT_HD float kvInt8Scale(float absmax, bool nan) { return nan ? NAN : absmax / 127.f; }
+CRT_HD int8_t kvInt8(float x, float scale) {
+  const float q = rintf(x / scale);
+  if (!(q == q) || scale == 0.f) return 0;
+  return static_cast<int8_t>(q > 127.f ? 127.f : q < -127.f ? -127.f : q);
 }
 
 /// One lane's share of score (qh, t) = q . K[qh / rep][t] (q: the query row of D values): values lane,

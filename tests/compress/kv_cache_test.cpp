@@ -166,17 +166,20 @@ TEST_CASE("kv cache: every decoder and format, prefill + one-token steps equal t
         const at::Tensor want = fullLogits(plain, g, ids);
         // fp16 weights: both sides compute in fp16 at different shapes, so they agree to fp16 precision
         const double tol = fmt == "fp16" ? 2e-3 : 1e-4;
-        for (crt::DType dt : {crt::DType::F32, crt::DType::F16}) {
+        for (crt::DType dt : {crt::DType::F32, crt::DType::F16, crt::DType::I8}) {
           crt::Session s = cachedSession(cached, 32, dt);
           CHECK(s.inputs().size() == g.inputs.size());  // tokens (and an attention mask over past + new)
           CHECK(s.outputs().size() == 1);
           const double d = relDiff(stepLogits(s, ids, 5), want);
-          INFO(family << " " << fmt << (dt == crt::DType::F16 ? " fp16 cache" : " fp32 cache") << ": rel. diff " << d);
-          CHECK(d <= (dt == crt::DType::F16 ? std::max(tol, 2e-3) : tol));  // an fp16 cache rounds keys and values
+          INFO(family << " " << fmt << (dt == crt::DType::F16 ? " fp16 cache" : dt == crt::DType::I8 ? " int8 cache" : " fp32 cache")
+                      << ": rel. diff " << d);
+          // an fp16 cache rounds keys and values to 11 bits, an int8 one to 1/254 of each row's largest value
+          const double cacheTol = dt == crt::DType::F16 ? std::max(tol, 2e-3) : dt == crt::DType::I8 ? std::max(tol, 5e-3) : tol;
+          CHECK(d <= cacheTol);
           // a second sequence in the same session starts from an empty cache
           REQUIRE(s.kvTruncate(0).ok());
           const at::Tensor steps = stepLogits(s, ids, 3);
-          CHECK(relDiff(steps, want) <= (dt == crt::DType::F16 ? std::max(tol, 2e-3) : tol));
+          CHECK(relDiff(steps, want) <= cacheTol);
           // the fused attention (KvScores -> masked softmax -> KvValues as one crt.KvAttention, where the family's
           // export has the fused softmax) has the unfused chain's bits
           crt::Session unfused = cachedSession(cached, 32, dt, crt::Device::Cpu, false);

@@ -251,23 +251,37 @@ TEST_CASE("the cuBLAS calls compute the row-major products: X W^T (packed weight
         }
 }
 
-TEST_CASE("device KV-cache attention arithmetic (GQA, fp32 and fp16 caches) equals the CPU's cached attention", "[runtime][device][kv]") {
+TEST_CASE("device KV-cache attention arithmetic (GQA, fp32, fp16 and int8 caches) equals the CPU's cached attention", "[runtime][device][kv]") {
   // The CUDA kernels' schemes: a score is 32 lanes' partials and the warp's sum; an output value is the partials of
   // kRowThreads / D groups over the cached rows, summed in group order (one thread over all rows when D > 256).
   constexpr int kRowThreads = 256;
   std::mt19937 rng(11);
   std::normal_distribution<float> nd;
-  for (bool f16 : {false, true})
+  for (int kind : {0, 1, 2})  // fp32, fp16, int8 with a scale per row
     for (int64_t D : {8, 33, 64, 80, 300})
       for (int64_t rep : {1, 3}) {
-        INFO((f16 ? "fp16" : "fp32") << " cache, head size " << D << ", GQA repeat " << rep);
+        const bool f16 = kind == 1, i8 = kind == 2;
+        INFO((i8 ? "int8" : f16 ? "fp16" : "fp32") << " cache, head size " << D << ", GQA repeat " << rep);
         const int64_t kvHeads = 2, capacity = 13, T = 11, S = 2, H = kvHeads * rep;
         std::vector<float> cache(static_cast<size_t>(kvHeads * capacity * D));
         for (auto& e : cache) e = nd(rng);
         std::vector<uint16_t> bits(cache.size());
         for (size_t i = 0; i < cache.size(); ++i) bits[i] = floatToHalf(cache[i]), cache[i] = f16 ? halfToFloat(bits[i]) : cache[i];
+        std::vector<int8_t> q8(cache.size());
+        std::vector<float> scales(static_cast<size_t>(kvHeads * capacity));
+        for (size_t r = 0; r < scales.size() && i8; ++r) {  // the CPU cache's quantization, then its dequantized rows
+          float m = 0.f;
+          for (int64_t d = 0; d < D; ++d) m = std::max(m, std::abs(cache[r * D + d]));
+          scales[r] = dm::kvInt8Scale(m, false);
+          for (int64_t d = 0; d < D; ++d) {
+            q8[r * D + d] = dm::kvInt8(cache[r * D + d], scales[r]);
+            CHECK(std::abs(q8[r * D + d] * scales[r] - cache[r * D + d]) <= 0.501f * scales[r]);  // half a step (and float rounding)
+            cache[r * D + d] = static_cast<float>(q8[r * D + d]) * scales[r];
+          }
+        }
         dm::KvCache kv;
-        kv.data = f16 ? static_cast<const void*>(bits.data()) : cache.data();
+        kv.data = i8 ? static_cast<const void*>(q8.data()) : f16 ? static_cast<const void*>(bits.data()) : cache.data();
+        kv.scales = i8 ? scales.data() : nullptr;
         kv.f16 = f16, kv.capacity = capacity, kv.D = D, kv.rep = rep;
         std::vector<float> q(static_cast<size_t>(H * S * D)), p(static_cast<size_t>(H * S * T));
         for (auto& e : q) e = nd(rng);
@@ -301,6 +315,24 @@ TEST_CASE("device KV-cache attention arithmetic (GQA, fp32 and fp16 caches) equa
         // appended rows land where the CPU op writes them: kv head h, row t at (h * capacity + t) * D
         CHECK(dm::kvRowOffset(kv, 1, 5) == (1 * capacity + 5) * D);
       }
+}
+
+TEST_CASE("int8 KV-cache rows: a scale per row from its largest value, round to nearest even, zero, NaN and Inf rows", "[runtime][device][kv]") {
+  CHECK(dm::kvInt8Scale(127.f, false) == 1.f);
+  CHECK(dm::kvInt8(2.5f, 1.f) == 2);    // ties to even
+  CHECK(dm::kvInt8(-3.5f, 1.f) == -4);
+  CHECK(dm::kvInt8(127.f, 1.f) == 127);
+  CHECK(dm::kvInt8(-127.f, 1.f) == -127);
+  CHECK(dm::kvInt8(0.3f, 0.f) == 0);    // a row of zeros: scale 0, values 0
+  CHECK(std::isnan(dm::kvInt8Scale(1.f, true)));
+  CHECK(dm::kvInt8(1.f, NAN) == 0);      // (the NaN scale makes every product NaN)
+  CHECK(dm::kvInt8(1.f, INFINITY) == 0); // an Inf row: 0 * Inf = NaN when read
+  dm::KvCache kv;
+  const int8_t q[2] = {0, 5};
+  const float inf = INFINITY;
+  kv.data = q, kv.scales = &inf, kv.D = 2, kv.capacity = 1;
+  CHECK(std::isnan(dm::kvAt(kv, 0)));
+  CHECK(std::isinf(dm::kvAt(kv, 1)));
 }
 
 TEST_CASE("device RoPE and masked-softmax index maps equal the CPU's fused ops' (the ops share them)", "[runtime][device]") {
