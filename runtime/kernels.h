@@ -60,6 +60,12 @@ struct Kernels {
   void (*softmax)(const float* x, float* y, int64_t rows, int64_t n) = nullptr;
   /// y = 1 / (1 + exp(-x)), n values.
   void (*sigmoid)(const float* x, float* y, int64_t n) = nullptr;
+  /// A decode step's attention over one head of the in-session KV cache (runtime/kv_cache.h), straight from its rows
+  /// (T rows of D values stored as `kind`: 0 fp32, 1 fp16, 2 int8 with scales[t]): kv_dot y[t] = q . row t (int8:
+  /// times scales[t]); kv_axpy y[d] = sum over t of p[t] * row t [d] (int8: p[t] * scales[t]). Each kind is read
+  /// where it lies, a quarter of fp32's bytes for int8, instead of being converted to fp32 first.
+  void (*kv_dot)(const float* q, const void* rows, const float* scales, int kind, int64_t T, int64_t D, float* y) = nullptr;
+  void (*kv_axpy)(const float* p, const void* rows, const float* scales, int kind, int64_t T, int64_t D, float* y) = nullptr;
   /// fp16 <-> fp32 conversion of n values (round to nearest even), for the fp16 KV cache.
   void (*half_to_float)(const uint16_t* x, float* y, int64_t n) = nullptr;
   void (*float_to_half)(const float* x, uint16_t* y, int64_t n) = nullptr;

@@ -43,6 +43,9 @@ inline VF H2F(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinte
 inline void F2H(uint16_t* p, VF v) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
+inline VF I8TOF(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
 inline VF MUL(VF a, VF b) { return _mm256_mul_ps(a, b); }
 inline VF SUB(VF a, VF b) { return _mm256_sub_ps(a, b); }
 inline VF DIV(VF a, VF b) { return _mm256_div_ps(a, b); }
@@ -170,6 +173,8 @@ const Kernels* avx2Kernels() {
     s.quantize_i8_scaled = quantizeChunkScaledAvx2;
     s.softmax = avx2::softmaxSimd;
     s.sigmoid = avx2::sigmoidSimd;
+    s.kv_dot = avx2::kvDotSimd;
+    s.kv_axpy = avx2::kvAxpySimd;
     s.half_to_float = avx2::halfToFloatSimd;
     s.float_to_half = avx2::floatToHalfSimd;
     return &s;

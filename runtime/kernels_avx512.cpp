@@ -47,6 +47,9 @@ inline VF H2F(const uint16_t* p) {
 inline void F2H(uint16_t* p, VF v) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
+inline VF I8TOF(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
 inline VF MUL(VF a, VF b) { return _mm512_mul_ps(a, b); }
 inline VF SUB(VF a, VF b) { return _mm512_sub_ps(a, b); }
 inline VF DIV(VF a, VF b) { return _mm512_div_ps(a, b); }
@@ -115,6 +118,8 @@ const Kernels* avx512Kernels() {
     }
     s.softmax = avx512::softmaxSimd;
     s.sigmoid = avx512::sigmoidSimd;
+    s.kv_dot = avx512::kvDotSimd;
+    s.kv_axpy = avx512::kvAxpySimd;
     s.half_to_float = avx512::halfToFloatSimd;
     s.float_to_half = avx512::floatToHalfSimd;
     return &s;

@@ -661,10 +661,28 @@ int mergeDuplicates(Graph& g) {
 
 namespace {
 
+/// Values whose shape changes from run to run within one plan: an in-session KV cache's past views
+/// (Value::per_run_shape), the attention scores over its rows ([.., S, T]) and what is computed from them, up to the
+/// products with the values ([.., S, D] again). A Shape of one of them is not static: the plan recorded at the full
+/// capacity would replay T = capacity for every step (a mask built from Shape(scores) failed to broadcast).
+std::vector<char> perRunShapes(const Graph& g) {
+  std::vector<char> per(g.values.size(), 0);
+  for (size_t v = 0; v < g.values.size(); ++v) per[v] = g.values[v].per_run_shape;
+  for (const Node& n : g.nodes) {
+    if (n.domain == "crt" && (n.op == "KvValues" || n.op == "KvAttention")) continue;  // ([.., S, D]: no T)
+    bool any = n.domain == "crt" && n.op == "KvScores";
+    for (int v : n.in) any = any || (v >= 0 && per[v]);
+    if (any)
+      for (int o : n.out) per[o] = 1;
+  }
+  return per;
+}
+
 /// Static nodes (their outputs depend only on input shapes and constants) run once per plan.
 void markStatic(Graph& g) {
+  const std::vector<char> perRun = perRunShapes(g);
   for (Node& n : g.nodes) {
-    bool st = n.domain.empty() && opHas(n.op, op_trait::ShapeOnly) && !(n.in.size() == 1 && n.in[0] >= 0 && g.values[n.in[0]].per_run_shape);
+    bool st = n.domain.empty() && opHas(n.op, op_trait::ShapeOnly) && !(n.in.size() == 1 && n.in[0] >= 0 && perRun[n.in[0]]);
     if (!st) {
       bool anyStatic = false, allOk = !n.in.empty() && !n.packed;
       for (int v : n.in) {

@@ -340,6 +340,47 @@ TEST_CASE("every kernel set's fp16 conversions give the portable conversion's bi
   }
 }
 
+TEST_CASE("decode attention over fp32, fp16 and int8 cache rows (kv_dot, kv_axpy) matches a double reference on every kernel set", "[runtime][kernels][kv]") {
+  std::mt19937 rng(21);
+  std::normal_distribution<float> nd;
+  for (int64_t D : {1, 7, 8, 15, 16, 17, 31, 32, 33, 64, 80, 128, 129, 300})
+    for (int64_t T : {1, 2, 15, 16, 17, 100}) {
+      std::vector<float> q(D), p(T), f32(T * D), scales(T);
+      std::vector<uint16_t> f16(T * D);
+      std::vector<int8_t> i8(T * D);
+      for (auto& e : q) e = nd(rng);
+      for (auto& e : p) e = std::abs(nd(rng));
+      for (int64_t i = 0; i < T * D; ++i) {
+        f32[i] = nd(rng);
+        f16[i] = floatToHalf(f32[i]);
+        i8[i] = static_cast<int8_t>(static_cast<int>(rng() % 255) - 127);
+      }
+      for (auto& e : scales) e = 0.01f + 0.001f * static_cast<float>(rng() % 100);
+      for (int kind : {0, 1, 2}) {
+        const void* rows = kind == 0 ? static_cast<const void*>(f32.data()) : kind == 1 ? static_cast<const void*>(f16.data()) : i8.data();
+        const auto at = [&](int64_t i) {
+          return kind == 0 ? f32[i] : kind == 1 ? halfToFloat(f16[i]) : static_cast<float>(i8[i]) * scales[i / D];
+        };
+        std::vector<double> dot(T, 0.0), axpy(D, 0.0), dmag(T, 0.0), amag(D, 0.0);
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t d = 0; d < D; ++d) {
+            dot[t] += static_cast<double>(q[d]) * at(t * D + d), dmag[t] += std::abs(static_cast<double>(q[d]) * at(t * D + d));
+            axpy[d] += static_cast<double>(p[t]) * at(t * D + d), amag[d] += std::abs(static_cast<double>(p[t]) * at(t * D + d));
+          }
+        for (const Kernels* k : kernelSets()) {
+          INFO("kernels " << k->isa << ", kind " << kind << ", D " << D << ", T " << T);
+          REQUIRE(k->kv_dot);
+          REQUIRE(k->kv_axpy);
+          std::vector<float> y(T, NAN), z(D, NAN);
+          k->kv_dot(q.data(), rows, scales.data(), kind, T, D, y.data());
+          k->kv_axpy(p.data(), rows, scales.data(), kind, T, D, z.data());
+          for (int64_t t = 0; t < T; ++t) CHECK(std::abs(y[t] - dot[t]) <= 1e-5 * std::max(dmag[t], 1e-3));
+          for (int64_t d = 0; d < D; ++d) CHECK(std::abs(z[d] - axpy[d]) <= 1e-5 * std::max(amag[d], 1e-3));
+        }
+      }
+    }
+}
+
 TEST_CASE("strided copies (transposes, slices, broadcasts) equal an element-by-element reference", "[runtime][kernels]") {
   // Transposes of every rank pass through the tiled copy (sizes around its 8-row band and below its 4-element
   // threshold); slices with steps and broadcasts (stride 0) take the element loop. Both element sizes it tiles.

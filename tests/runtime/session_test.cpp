@@ -7,6 +7,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <map>
+#include <random>
 
 #include "runtime/crt.h"
 #include "runtime/cuda/cuda_backend.h"
@@ -424,6 +426,118 @@ std::string aliasSpareModel() {
 }
 
 }  // namespace
+
+/// A one-layer cached decoder with heads of 32 (the decode kernels' size: Kernels::kv_dot / kv_axpy read fp16 and
+/// int8 caches in place from 16 values per head on): ids -> rows of E as [1, s, 2, 32] -> keys k, values k * 0.5,
+/// queries k; attention over past + new with a Softmax (mask 0), or Div(8) + Add(mask) + Softmax with a zero scalar
+/// mask (1: the load fuses it all into one crt.KvAttention) or a mask of zeros built from Shape(scores) (2: a shape
+/// that changes every step inside one plan).
+std::string headDim32Model(int mask) {
+  const bool scaled = mask > 0;
+  ModelBuilder b(17);
+  b.io(true, "ids", 7, {"1", "s"});
+  b.io(true, "past.0.key", 1, {"1", "2", "past", "32"});
+  b.io(true, "past.0.value", 1, {"1", "2", "past", "32"});
+  b.io(false, "y", 1, {"1", "2", "s", "32"});
+  b.io(false, "present.0.key", 1, {"1", "2", "t", "32"});
+  b.io(false, "present.0.value", 1, {"1", "2", "t", "32"});
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd;
+  std::vector<float> emb(12 * 64);
+  for (auto& e : emb) e = nd(rng);
+  b.initF("E", {12, 64}, emb);
+  b.initI("shape", {4}, {1, -1, 2, 32});
+  b.initF("half", {}, {0.5f});
+  b.initF("eight", {}, {8.f});
+  b.node("Gather", {"E", "ids"}, {"h"});  // [1, s, 64]
+  b.node("Reshape", {"h", "shape"}, {"h4"});
+  attrInts(b.node("Transpose", {"h4"}, {"k"}), "perm", {0, 2, 1, 3});  // [1, 2, s, 32]
+  b.node("Mul", {"k", "half"}, {"v"});
+  attrInt(b.node("Concat", {"past.0.key", "k"}, {"present.0.key"}), "axis", 2);
+  attrInts(b.node("Transpose", {"present.0.key"}, {"kt"}), "perm", {0, 1, 3, 2});
+  b.node("MatMul", {"k", "kt"}, {"scores"});  // [1, 2, s, t]
+  std::string logits = "scores";
+  if (scaled) {
+    b.node("Div", {"scores", "eight"}, {"sd"});
+    if (mask == 2) {
+      b.node("Shape", {"scores"}, {"ss"});
+      b.node("ConstantOfShape", {"ss"}, {"mask"});  // zeros of the scores' shape
+    } else {
+      b.initF("mask", {}, {0.f});
+    }
+    b.node("Add", {"sd", "mask"}, {"sm"});
+    logits = "sm";
+  }
+  attrInt(b.node("Softmax", {logits}, {"p"}), "axis", -1);
+  attrInt(b.node("Concat", {"past.0.value", "v"}, {"present.0.value"}), "axis", 2);
+  b.node("MatMul", {"p", "present.0.value"}, {"y"});
+  return b.save("kv-hd32-" + std::to_string(mask));
+}
+
+TEST_CASE("a cache with heads of 32 in fp32, fp16 and int8: prefill and one-token steps equal the graph run by hand", "[runtime][session][kv]") {
+  const std::vector<int64_t> ids = {1, 4, 2, 7, 3, 9, 5, 6, 11, 0};
+  for (int mask : {0, 1, 2}) {
+    INFO((mask == 1 ? "scaled and masked softmax (fused into crt.KvAttention)"
+                    : mask == 2 ? "a mask built from the scores' shape (per step)" : "plain softmax (KvScores, KvValues)"));
+    const std::string model = headDim32Model(mask);
+    // reference: prefill 3, then one-token steps, past and present passed by hand (fp32, no in-session cache)
+    std::vector<float> want;
+    {
+      auto s = crt::Session::create(model, crt::SessionOptions{});
+      REQUIRE(s.ok());
+      std::vector<float> pk, pv;
+      for (int64_t t = 0; t < 10;) {
+        const int64_t n = t == 0 ? 3 : 1;
+        auto r = s->run({{"ids", crt::TensorView::of(ids.data() + t, {1, n})},
+                         {"past.0.key", crt::TensorView::of(pk.data(), {1, 2, t, 32})},
+                         {"past.0.value", crt::TensorView::of(pv.data(), {1, 2, t, 32})}});
+        INFO(r.status().message);
+        REQUIRE(r.ok());
+        const float* y = reinterpret_cast<const float*>(r.value()[0].bytes.data());
+        want.insert(want.end(), y, y + 2 * n * 32);
+        const float* k = reinterpret_cast<const float*>(r.value()[1].bytes.data());
+        const float* v = reinterpret_cast<const float*>(r.value()[2].bytes.data());
+        pk.assign(k, k + 2 * (t + n) * 32);
+        pv.assign(v, v + 2 * (t + n) * 32);
+        t += n;
+      }
+    }
+    double scale = 0;
+    for (float w : want) scale = std::max(scale, static_cast<double>(std::abs(w)));
+    for (crt::DType dt : {crt::DType::F32, crt::DType::F16, crt::DType::I8})
+      for (bool fuse : {true, false}) {
+        INFO("cache " << crt::dtypeName(dt) << (fuse ? ", fused" : ", unfused"));
+        crt::SessionOptions so;
+        so.kv_capacity = 16;
+        so.kv_dtype = dt;
+        so.fuse = fuse;
+        so.profile = true;
+        auto s = crt::Session::create(model, so);
+        INFO(s.status().message);
+        REQUIRE(s.ok());
+        std::vector<float> got;
+        for (int64_t t = 0; t < 10;) {
+          const int64_t n = t == 0 ? 3 : 1;
+          std::vector<crt::TensorView> out;
+          const crt::Status st = s->run({{"ids", crt::TensorView::of(ids.data() + t, {1, n})}}, out);
+          INFO(st.message);
+          REQUIRE(st.ok());
+          const float* y = static_cast<const float*>(out[0].data);
+          got.insert(got.end(), y, y + 2 * n * 32);
+          t += n;
+        }
+        std::map<std::string, int64_t> calls;
+        for (const auto& op : s->profile()) calls[op.op] = op.calls;
+        CHECK(calls[mask == 1 && fuse ? "crt.KvAttention" : "crt.KvScores"] > 0);
+        REQUIRE(got.size() == want.size());
+        double diff = 0;
+        for (size_t i = 0; i < got.size(); ++i) diff = std::max(diff, std::abs(static_cast<double>(got[i]) - want[i]));
+        INFO("max |diff| / max |y| = " << diff / scale);
+        // fp16 rounds the cached keys and values to 11 bits, int8 to 1/254 of each row's largest value
+        CHECK(diff / scale <= (dt == crt::DType::F32 ? 1e-5 : dt == crt::DType::F16 ? 2e-3 : 5e-3));
+      }
+  }
+}
 
 TEST_CASE("a KV session's plan keeps the space of an output its recording aliased alive while anything reads it", "[runtime][session][kv]") {
   const std::string model = aliasSpareModel();
