@@ -239,20 +239,25 @@ HeadRows headRows(const KvState& kv, int e, int64_t h) {
 /// the converting path (the per-row kernels would run their scalar tails: 0.078 -> 0.13 ms per token).
 bool decodeStep(const KvState& kv, const KvAttention& a) { return a.S == 1 && kv.storage != DType::F32 && kv.head_dim >= 16; }
 
+/// A decode step of KvScores (kernel kv_dot: query rows of D in, T scores out per head) or KvValues (kv_axpy: T
+/// weights in, D values out): appends input 1's new rows, then runs the kernel over each query head's kv head.
+using RowsKernel = void (*)(const float*, const void*, const float*, int, int64_t, int64_t, float*);
+void decodeHeads(OpCtx& c, const KvAttention& a, RowsKernel kernel, int64_t inLen, int64_t outLen) {
+  const KvState& kv = stateOf(c);
+  appendRows(c, kv, a.entry, c.in(1));
+  const float* x = floatData(c, c.in(0));
+  FloatOut o = floatOut(c, c.in(0).dt, a.out);
+  c.env.pool->parallelFor(kv.kv_heads, [&](int64_t h) {
+    const HeadRows r = headRows(kv, a.entry, h);
+    for (int64_t qh = h * a.rep; qh < (h + 1) * a.rep; ++qh) kernel(x + qh * inLen, r.rows, r.scales, r.kind, a.T, a.D, o.p + qh * outLen);
+  });
+  finish(o);
+}
+
 /// scores[0, h, s, t] = q[0, h, s, :] . K[h / rep][t, :] over t < length + S, after appending the new keys.
 void opKvScores(OpCtx& c) {
   const KvAttention a = kvScoresGeometry(c);
-  if (decodeStep(stateOf(c), a)) {
-    const KvState& kv = stateOf(c);
-    appendRows(c, kv, a.entry, c.in(1));
-    const float* q = floatData(c, c.in(0));
-    FloatOut o = floatOut(c, c.in(0).dt, a.out);
-    c.env.pool->parallelFor(kv.kv_heads, [&](int64_t h) {
-      const HeadRows r = headRows(kv, a.entry, h);
-      for (int64_t g = 0; g < a.rep; ++g) c.env.k->kv_dot(q + (h * a.rep + g) * a.D, r.rows, r.scales, r.kind, a.T, a.D, o.p + (h * a.rep + g) * a.T);
-    });
-    return finish(o);
-  }
+  if (decodeStep(stateOf(c), a)) return decodeHeads(c, a, c.env.k->kv_dot, a.D, a.T);
   attend(c, a, [&](const float* q, const float* K, int64_t qh, float* y) {
     c.env.k->gemm_nt(a.S, a.T, a.D, q + qh * a.S * a.D, a.D, K, a.D, y + qh * a.S * a.T, a.T);
   });
@@ -261,17 +266,7 @@ void opKvScores(OpCtx& c) {
 /// out[0, h, s, :] = sum over t of probs[0, h, s, t] * V[h / rep][t, :], after appending the new values.
 void opKvValues(OpCtx& c) {
   const KvAttention a = kvValuesGeometry(c);
-  if (decodeStep(stateOf(c), a)) {
-    const KvState& kv = stateOf(c);
-    appendRows(c, kv, a.entry, c.in(1));
-    const float* p = floatData(c, c.in(0));
-    FloatOut o = floatOut(c, c.in(0).dt, a.out);
-    c.env.pool->parallelFor(kv.kv_heads, [&](int64_t h) {
-      const HeadRows r = headRows(kv, a.entry, h);
-      for (int64_t g = 0; g < a.rep; ++g) c.env.k->kv_axpy(p + (h * a.rep + g) * a.T, r.rows, r.scales, r.kind, a.T, a.D, o.p + (h * a.rep + g) * a.D);
-    });
-    return finish(o);
-  }
+  if (decodeStep(stateOf(c), a)) return decodeHeads(c, a, c.env.k->kv_axpy, a.T, a.D);
   attend(c, a, [&](const float* p, const float* V, int64_t qh, float* y) {
     c.env.k->gemm_nn(a.S, a.D, a.T, p + qh * a.S * a.T, a.T, V, a.D, y + qh * a.S * a.D, a.D);
   });
