@@ -3,7 +3,6 @@
 #include "runtime/backend.h"
 
 #include <cstring>
-#include <functional>
 #include <unordered_map>
 
 #include "runtime/cuda/cuda_backend.h"
@@ -212,7 +211,10 @@ void keepLightIslandsOnHost(const Graph& g, std::vector<OpFn>& fn, const std::ve
   const int n = static_cast<int>(g.nodes.size());
   std::vector<int> parent(n);
   for (int i = 0; i < n; ++i) parent[i] = i;
-  const std::function<int(int)> root = [&](int i) { return parent[i] == i ? i : parent[i] = root(parent[i]); };
+  const auto root = [&](int i) {  // (iterative, with path halving: a crafted graph's chain may be long)
+    while (parent[i] != i) i = parent[i] = parent[parent[i]];
+    return i;
+  };
   const auto onDevice = [&](int i) { return fn[i] != nullptr || view[i]; };
   std::vector<int> producer(g.values.size(), -1);
   for (int i = 0; i < n; ++i)
