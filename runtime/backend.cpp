@@ -2,6 +2,7 @@
 // the copy ops, and the emulated device (backend.h).
 #include "runtime/backend.h"
 
+#include <algorithm>
 #include <cstring>
 #include <unordered_map>
 
