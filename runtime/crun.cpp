@@ -41,8 +41,9 @@ Usage:
         object: text, prompt_tokens, generated_tokens, prefill_ms, decode_tokens_per_s, ms_per_token_p50,
         ms_per_token_p90, peak_rss_mb. --prompt-len N: N random prompt ids instead of a tokenizer
         (benchmarks); --ignore-eos: always -n tokens; --warmup N: N untimed generations first.
-  crun ppl MODEL.onnx --tokens val.tok512.npy [--seq-len 512] [--max-tokens 32768] [--batch 1]
-        perplexity exactly as `compress eval` defines it (non-overlapping windows, next-token NLL)
+  crun ppl MODEL.onnx --tokens val.tok512.npy [--seq-len 512] [--max-tokens 32768] [--batch 1] [--kv-dtype f32|f16|i8]
+        perplexity exactly as `compress eval` defines it (non-overlapping windows, next-token NLL); a cached export
+        scores each window one token per run through the in-session cache, stored as --kv-dtype (default f32)
   crun info MODEL.onnx      inputs, outputs, folded nodes, packed weights, kernel set; with --device, what runs where
                             (for a cached export also what crun generate's decode steps place)
   crun ops                  every op the runtime supports
@@ -360,14 +361,19 @@ crt::SessionOptions sessionOptions(const cxxopts::ParseResult& r) {
   return o;
 }
 
+/// --kv-dtype: how an in-session KV cache stores keys and values.
+crt::DType kvDtype(const cxxopts::ParseResult& r) {
+  const std::string kv = r["kv-dtype"].as<std::string>();
+  if (kv != "f32" && kv != "f16" && kv != "i8") die(2, "--kv-dtype is f32, f16 or i8");
+  return kv == "f16" ? crt::DType::F16 : kv == "i8" ? crt::DType::I8 : crt::DType::F32;
+}
+
 /// generate's options: sampling, context and cache.
 crt::GeneratorOptions generatorOptions(const cxxopts::ParseResult& r) {
   crt::GeneratorOptions g;
   g.session = sessionOptions(r);
   g.context = r["ctx"].as<int64_t>();
-  const std::string kv = r["kv-dtype"].as<std::string>();
-  if (kv != "f32" && kv != "f16" && kv != "i8") die(2, "--kv-dtype is f32, f16 or i8");
-  g.kv_dtype = kv == "f16" ? crt::DType::F16 : kv == "i8" ? crt::DType::I8 : crt::DType::F32;
+  g.kv_dtype = kvDtype(r);
   g.use_cache = !r.count("no-cache");
   crt::SamplingOptions& s = g.sampling;
   s.top_k = r["top-k"].as<int>();
@@ -486,6 +492,58 @@ int cmdGenerate(const std::string& model, const cxxopts::ParseResult& r) {
   return 0;
 }
 
+/// -log p(target) from one row of V logits (exit 4 for a target outside them, 5 for NaN/Inf logits).
+double tokenNll(const float* l, int64_t V, int64_t target) {
+  if (target < 0 || target >= V) die(4, "token " + std::to_string(target) + " is outside the vocabulary");
+  const float m = *std::max_element(l, l + V);
+  double z = 0;
+  for (int64_t v = 0; v < V; ++v) z += std::exp(static_cast<double>(l[v]) - m);
+  const double lp = static_cast<double>(l[target]) - m - std::log(z);
+  if (!std::isfinite(lp)) die(kExitNumeric, "non-finite log-probability: the model produced NaN/Inf logits");
+  return -lp;
+}
+
+/// The logits of one run as [rows, V] float32 (exit 3 otherwise).
+int64_t logitsWidth(const crt::TensorView& o) {
+  if (o.dtype != crt::DType::F32 || o.shape.size() != 3) die(3, "expected float32 logits [B, T, vocab]");
+  return o.shape[2];
+}
+
+/// Sum of -log p over `windows` windows of `seq` tokens, `batch` windows per run.
+double windowsNll(crt::Session& s, const std::vector<int64_t>& stream, int64_t windows, int64_t seq, int64_t batch) {
+  const std::string input = onlyInputName(s);
+  std::vector<crt::TensorView> outs;
+  std::vector<int64_t> ids;
+  double nll = 0;
+  for (int64_t w0 = 0; w0 < windows; w0 += batch) {
+    const int64_t b = std::min(batch, windows - w0);
+    ids.assign(stream.begin() + w0 * seq, stream.begin() + (w0 + b) * seq);
+    crt::Status st = s.run({{input, crt::TensorView::of(ids.data(), {b, seq})}}, outs);
+    if (!st.ok()) die(exitFor(st.code), st.message);
+    const int64_t V = logitsWidth(outs[0]);
+    for (int64_t i = 0; i < b * seq; ++i) nll += tokenNll(outs[0].as<float>() + i * V, V, stream[w0 * seq + i + 1]);
+  }
+  return nll;
+}
+
+/// The same through the in-session KV cache (a cached export; --kv-dtype): each window from an empty cache, one token
+/// per run, so every position reads the keys and values the cache stored.
+double cachedNll(crt::Session& s, const std::vector<int64_t>& stream, int64_t windows, int64_t seq) {
+  const std::string input = onlyInputName(s);
+  std::vector<crt::TensorView> outs;
+  double nll = 0;
+  for (int64_t w = 0; w < windows; ++w) {
+    if (crt::Status st = s.kvTruncate(0); !st.ok()) die(exitFor(st.code), st.message);
+    for (int64_t i = 0; i < seq; ++i) {
+      crt::Status st = s.run({{input, crt::TensorView::of(stream.data() + w * seq + i, {1, 1})}}, outs);
+      if (!st.ok()) die(exitFor(st.code), st.message);
+      const int64_t V = logitsWidth(outs[0]);
+      nll += tokenNll(outs[0].as<float>(), V, stream[w * seq + i + 1]);
+    }
+  }
+  return nll;
+}
+
 int cmdPpl(const std::string& model, const cxxopts::ParseResult& r) {
   if (!r.count("tokens")) die(2, "ppl needs --tokens FILE.npy (a token stream, e.g. ../shared/data/tinystories/val.tok512.npy)");
   const std::vector<int64_t> stream = compress::readTokenStream(r["tokens"].as<std::string>());
@@ -496,43 +554,27 @@ int cmdPpl(const std::string& model, const cxxopts::ParseResult& r) {
   const int64_t windows = maxTok > 0 ? maxTok / seq : (n - 1) / seq;
   if (windows <= 0 || windows * seq + 1 > n)
     die(4, "the token stream has " + std::to_string(n) + " tokens; scoring " + std::to_string(std::max<int64_t>(windows, 1) * seq) + " needs one more");
-  crt::Session s = open(model, r);
-  const std::string input = onlyInputName(s);
+  // a cached export (past.N inputs) is scored through the in-session cache, as --kv-dtype (f32 by default) stores it
+  crt::SessionOptions so = sessionOptions(r);
+  so.kv_capacity = seq, so.kv_dtype = kvDtype(r);
+  so.kv_if_present = !r.count("kv-dtype");  // (--kv-dtype asks for a cache: a model without one is an error)
+  auto created = crt::Session::create(model, so);
+  if (!created) die(exitFor(created.status().code), created.status().message);
+  crt::Session& s = created.value();
+  noteHostOnly(model, s.info());
+  const bool cached = s.hasKvCache();
   if (const int64_t vocab = vocabOf(s); vocab > 0)  // (before any run: a token the embedding lacks fails in a Gather)
     for (int64_t i = 0; i <= windows * seq; ++i)
       if (stream[i] < 0 || stream[i] >= vocab)
         die(4, r["tokens"].as<std::string>() + " holds token id " + std::to_string(stream[i]) + " at position " + std::to_string(i) + ", but " +
                    model + "'s vocabulary has " + std::to_string(vocab) +
                    " tokens (its logits' last dim): score it on a token stream of the model's own tokenizer");
-  double nll = 0;
-  int64_t count = 0;
-  std::vector<crt::TensorView> outs;
-  std::vector<int64_t> ids;
   const double t0 = now();
-  for (int64_t w0 = 0; w0 < windows; w0 += batch) {
-    const int64_t b = std::min(batch, windows - w0);
-    ids.assign(stream.begin() + w0 * seq, stream.begin() + (w0 + b) * seq);
-    crt::Status st = s.run({{input, crt::TensorView::of(ids.data(), {b, seq})}}, outs);
-    if (!st.ok()) die(exitFor(st.code), st.message);
-    const auto& o = outs[0];
-    if (o.dtype != crt::DType::F32 || o.shape.size() != 3) die(3, "expected float32 logits [B, T, vocab]");
-    const int64_t V = o.shape[2];
-    for (int64_t i = 0; i < b * seq; ++i) {
-      const float* l = o.as<float>() + i * V;
-      const float m = *std::max_element(l, l + V);
-      double z = 0;
-      for (int64_t v = 0; v < V; ++v) z += std::exp(static_cast<double>(l[v]) - m);
-      const int64_t target = stream[w0 * seq + i + 1];
-      if (target < 0 || target >= V) die(4, "token " + std::to_string(target) + " is outside the vocabulary");
-      const double lp = static_cast<double>(l[target]) - m - std::log(z);
-      if (!std::isfinite(lp)) die(kExitNumeric, "non-finite log-probability: the model produced NaN/Inf logits");
-      nll -= lp;
-      ++count;
-    }
-  }
-  const double mean = nll / count;
-  std::printf("{\"perplexity\": %.6f, \"mean_nll\": %.6f, \"tokens\": %lld, \"seconds\": %.3f}\n", std::exp(mean), mean,
-              static_cast<long long>(count), now() - t0);
+  const double nll = cached ? cachedNll(s, stream, windows, seq) : windowsNll(s, stream, windows, seq, batch);
+  const int64_t count = windows * seq;
+  const double mean = nll / static_cast<double>(count);
+  std::printf("{\"perplexity\": %.6f, \"mean_nll\": %.6f, \"tokens\": %lld, \"seconds\": %.3f%s}\n", std::exp(mean), mean,
+              static_cast<long long>(count), now() - t0, cached ? (", \"kv_dtype\": \"" + r["kv-dtype"].as<std::string>() + "\"").c_str() : "");
   return 0;
 }
 

@@ -64,6 +64,14 @@ check "the cached run's report.json validates against docs/report.schema.json" \
 check "perplexity through crun is 4.0780 (within 0.1%)" \
   "/usr/bin/python3 -c \"import json,sys; p=json.load(open('$work/ppl.json'))['perplexity']; sys.exit(0 if abs(p/4.0780-1) < 1e-3 else 1)\""
 
+# a cached export is scored through the in-session cache, one token per run: fp32 gives the uncached number
+"$CRUN" ppl "$work/m.onnx" --tokens "$shared/data/tinystories/val.tok512.npy" --max-tokens 4096 > "$work/ppl4k.json"
+for kv in f32 i8; do
+  "$CRUN" ppl "$work/m_kv.onnx" --tokens "$shared/data/tinystories/val.tok512.npy" --max-tokens 4096 --kv-dtype $kv > "$work/kvppl_$kv.json"
+done
+check "ppl through the KV cache: fp32 equals the uncached perplexity to 6 digits, an int8 cache within 1%" \
+  "/usr/bin/python3 -c \"import json,sys; a=json.load(open('$work/ppl4k.json'))['perplexity']; f=json.load(open('$work/kvppl_f32.json')); i=json.load(open('$work/kvppl_i8.json')); sys.exit(0 if abs(f['perplexity']-a) < 1e-6*a and f['kv_dtype']=='f32' and i['perplexity'] != a and abs(i['perplexity']/a-1) < 0.01 else 1)\""
+
 /usr/bin/python3 -c "import numpy as np; t = np.arange(40, dtype=np.int64) % 500; t[21] = 600; np.save('$work/oov.npy', t)"
 "$CRUN" ppl "$work/m.onnx" --tokens "$work/oov.npy" --seq-len 8 --max-tokens 32 > /dev/null 2> "$work/ppl_oov.txt"; rc=$?
 check "ppl on a stream with a token the vocabulary lacks: exit 4, which id, where, the vocabulary's size" \
