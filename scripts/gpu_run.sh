@@ -63,7 +63,11 @@ python3 "$here/torch_matmul.py" $quick | tee "$out/torch_matmul.jsonl" || status
 echo "== 4. the synthetic LLaMA-shape model (110M parameters, random weights): crun on the GPU against PyTorch eager fp16"
 syn=$here/synthetic
 python3 "$here/fill_external.py" "$syn/fp32" "$syn/fp32_kv" "$syn/int4" "$syn/int4_kv" || status=1
-for m in fp32 int4; do
+for m in fp32 int4 int4_i8cache; do
+  kvfmt=${m%_i8cache}; kvdt=f32; [ "$m" = int4_i8cache ] && kvdt=i8
+  run "$here/bin/crun" generate "$syn/${kvfmt}_kv/model.onnx" --prompt-len 480 -n 31 --ignore-eos --warmup 1 --json --device cuda \
+    --kv-dtype $kvdt > "$out/synth_decode_long_$m.json" 2>> "$out/synth_err.txt" || status=1
+  [ "$m" = int4_i8cache ] && continue
   run "$here/bin/crun" generate "$syn/${m}_kv/model.onnx" --prompt-len 16 -n 33 --ignore-eos --warmup 1 --json --device cuda \
     > "$out/synth_decode_$m.json" 2>> "$out/synth_err.txt" || status=1
   for P in 128 512; do
@@ -83,6 +87,8 @@ print("decode ms/token (16-token prompt, 32 steps): pytorch fp16 %.3f" % t_dec)
 for m in ("fp32", "int4"):
     d = last("synth_decode_%s.json" % m)["ms_per_token_p50"]
     print("  crun %s %.3f: %.2fx pytorch fp16's tokens/s%s" % (m, d, t_dec / d, " (target >= 2.5x)" if m == "int4" else ""))
+print("decode ms/token after a 480-token prompt (crun only): " +
+      ", ".join("%s %.3f" % (m, last("synth_decode_long_%s.json" % m)["ms_per_token_p50"]) for m in ("fp32", "int4", "int4_i8cache")))
 for P in (128, 512):
     line = "prefill %d tokens ms: pytorch fp16 %.2f" % (P, t_pre[P])
     for m in ("fp32", "int4"):

@@ -474,8 +474,12 @@ std::string headDim32Model(int mask) {
   return b.save("kv-hd32-" + std::to_string(mask));
 }
 
-TEST_CASE("a cache with heads of 32 in fp32, fp16 and int8: prefill and one-token steps equal the graph run by hand", "[runtime][session][kv]") {
+TEST_CASE("a cache with heads of 32 in fp32, fp16 and int8: prefill and one-token steps equal the graph run by hand, on the CPU, the emulated device and a GPU", "[runtime][session][kv][device]") {
   const std::vector<int64_t> ids = {1, 4, 2, 7, 3, 9, 5, 6, 11, 0};
+  std::string why;
+  std::vector<crt::Device> devices = {crt::Device::Cpu, crt::Device::Emulated};
+  if (crt::detail::cudaDeviceCount(&why) > 0) devices.push_back(crt::Device::Cuda);
+  else WARN("CUDA legs skipped: " << why);
   for (int mask : {0, 1, 2}) {
     INFO((mask == 1 ? "scaled and masked softmax (fused into crt.KvAttention)"
                     : mask == 2 ? "a mask built from the scores' shape (per step)" : "plain softmax (KvScores, KvValues)"));
@@ -504,13 +508,15 @@ TEST_CASE("a cache with heads of 32 in fp32, fp16 and int8: prefill and one-toke
     }
     double scale = 0;
     for (float w : want) scale = std::max(scale, static_cast<double>(std::abs(w)));
+    for (crt::Device device : devices)
     for (crt::DType dt : {crt::DType::F32, crt::DType::F16, crt::DType::I8})
       for (bool fuse : {true, false}) {
-        INFO("cache " << crt::dtypeName(dt) << (fuse ? ", fused" : ", unfused"));
+        INFO("cache " << crt::dtypeName(dt) << (fuse ? ", fused" : ", unfused") << ", device " << static_cast<int>(device));
         crt::SessionOptions so;
         so.kv_capacity = 16;
         so.kv_dtype = dt;
         so.fuse = fuse;
+        so.device = device;
         so.profile = true;
         auto s = crt::Session::create(model, so);
         INFO(s.status().message);
