@@ -186,25 +186,19 @@ void floatToHalfScalar(const float* x, uint16_t* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = floatToHalf(x[i]);
 }
 
-float kvElement(const void* rows, int kind, int64_t i) {
-  if (kind == 0) return static_cast<const float*>(rows)[i];
-  if (kind == 1) return halfToFloat(static_cast<const uint16_t*>(rows)[i]);
-  return static_cast<float>(static_cast<const int8_t*>(rows)[i]);
-}
-
 void kvDotScalar(const float* q, const void* rows, const float* scales, int kind, int64_t T, int64_t D, float* y) {
   for (int64_t t = 0; t < T; ++t) {
     float sum = 0.f;
-    for (int64_t d = 0; d < D; ++d) sum += q[d] * kvElement(rows, kind, t * D + d);
-    y[t] = kind == 2 ? sum * scales[t] : sum;
+    for (int64_t d = 0; d < D; ++d) sum += q[d] * kvRowValue(rows, kind, t * D + d);
+    y[t] = kind == kKvRowsI8 ? sum * scales[t] : sum;
   }
 }
 
 void kvAxpyScalar(const float* p, const void* rows, const float* scales, int kind, int64_t T, int64_t D, float* y) {
   for (int64_t d = 0; d < D; ++d) y[d] = 0.f;
   for (int64_t t = 0; t < T; ++t) {
-    const float w = kind == 2 ? p[t] * scales[t] : p[t];
-    for (int64_t d = 0; d < D; ++d) y[d] += w * kvElement(rows, kind, t * D + d);
+    const float w = kind == kKvRowsI8 ? p[t] * scales[t] : p[t];
+    for (int64_t d = 0; d < D; ++d) y[d] += w * kvRowValue(rows, kind, t * D + d);
   }
 }
 
@@ -233,6 +227,12 @@ Kernels makeScalar() {
 }
 
 }  // namespace
+
+float kvRowValue(const void* rows, int kind, int64_t i) {
+  if (kind == kKvRowsF32) return static_cast<const float*>(rows)[i];
+  if (kind == kKvRowsF16) return halfToFloat(static_cast<const uint16_t*>(rows)[i]);
+  return static_cast<float>(static_cast<const int8_t*>(rows)[i]);
+}
 
 const Kernels& scalarKernels() {
   static const Kernels k = makeScalar();

@@ -10,6 +10,11 @@ namespace crt::detail {
 struct PackedWeight;
 struct Int8Acts;
 
+/// How a KV cache head's rows are stored, for Kernels::kv_dot / kv_axpy.
+enum KvRowKind : int { kKvRowsF32 = 0, kKvRowsF16 = 1, kKvRowsI8 = 2 };
+/// Element i of such rows as a float (int8: before its row's scale): the scalar kernels' read and the SIMD ones' tails.
+float kvRowValue(const void* rows, int kind, int64_t i);
+
 struct Kernels {
   const char* isa = "scalar";
   /// Y[m, n] (row stride ldy) = sum_k X[m, k] * W[n, k] for m < M, n in [n0, n1). W row-major [N, K].
@@ -61,7 +66,7 @@ struct Kernels {
   /// y = 1 / (1 + exp(-x)), n values.
   void (*sigmoid)(const float* x, float* y, int64_t n) = nullptr;
   /// A decode step's attention over one head of the in-session KV cache (runtime/kv_cache.h), straight from its rows
-  /// (T rows of D values stored as `kind`: 0 fp32, 1 fp16, 2 int8 with scales[t]): kv_dot y[t] = q . row t (int8:
+  /// (T rows of D values stored as `kind`, a KvRowKind: int8 with scales[t]): kv_dot y[t] = q . row t (int8:
   /// times scales[t]); kv_axpy y[d] = sum over t of p[t] * row t [d] (int8: p[t] * scales[t]). Each kind is read
   /// where it lies, a quarter of fp32's bytes for int8, instead of being converted to fp32 first.
   void (*kv_dot)(const float* q, const void* rows, const float* scales, int kind, int64_t T, int64_t D, float* y) = nullptr;

@@ -226,11 +226,11 @@ struct HeadRows {
   int kind;
 };
 HeadRows headRows(const KvState& kv, int e, int64_t h) {
-  const char* base = static_cast<const char*>(kv.entries[e].data());
+  const device::KvCache v = kv.view(e, 1);
   const int64_t first = h * kv.capacity;
-  const int kind = kv.storage == DType::F32 ? 0 : kv.storage == DType::F16 ? 1 : 2;
-  return {base + first * kv.head_dim * static_cast<int64_t>(dtypeSize(kv.storage)),
-          kind == 2 ? reinterpret_cast<const float*>(base + kv.scalesOffset()) + first : nullptr, kind};
+  const int kind = kv.storage == DType::F32 ? kKvRowsF32 : kv.storage == DType::F16 ? kKvRowsF16 : kKvRowsI8;
+  return {static_cast<const char*>(v.data) + first * kv.head_dim * static_cast<int64_t>(dtypeSize(kv.storage)),
+          v.scales ? v.scales + first : nullptr, kind};
 }
 
 /// A decode step (one new row per head) over an fp16 or int8 cache with heads of 16 values or more: the rows read
