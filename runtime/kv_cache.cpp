@@ -401,6 +401,8 @@ int fuseKvAttention(Graph& g) {
 
 bool isKvAttention(const Node& n) { return n.fn == opKvScores || n.fn == opKvValues || n.fn == opKvAttention; }
 
+bool kvOutputSpansCache(const Node& n) { return n.fn == opKvScores; }
+
 int kvEntryOf(const Node& n) { return static_cast<int>(n.attrInt("entry", 0)); }
 
 void kvEntryToDevice(Graph& g, const Node& n) {

@@ -96,6 +96,9 @@ StridedView lastRowView(const OpCtx& c);
 /// Whether n is the in-session cache's attention op (KvScores / KvValues / KvAttention); its output has its first
 /// input's type.
 bool isKvAttention(const Node& n);
+/// Whether n's output has an axis of the cached length (KvScores' scores [.., S, T]); the other attention ops'
+/// outputs ([.., S, D]) do not, whatever their inputs' shapes.
+bool kvOutputSpansCache(const Node& n);
 /// The cache entry n (isKvAttention) reads and appends to (KvAttention: its keys'; attribute entry_v: its values').
 int kvEntryOf(const Node& n);
 /// Moves the cache entries of n (isKvAttention, just placed on g.device) to device memory: its kernel reads and

@@ -20,6 +20,7 @@
 #include "runtime/internal.h"
 #include "runtime/op_table.h"
 #include "runtime/kernels.h"
+#include "runtime/kv_cache.h"
 #include "runtime/loader.h"
 #include "runtime/matmul.h"
 #include "runtime/thread_pool.h"
@@ -669,8 +670,8 @@ std::vector<char> perRunShapes(const Graph& g) {
   std::vector<char> per(g.values.size(), 0);
   for (size_t v = 0; v < g.values.size(); ++v) per[v] = g.values[v].per_run_shape;
   for (const Node& n : g.nodes) {
-    if (n.domain == "crt" && (n.op == "KvValues" || n.op == "KvAttention")) continue;  // ([.., S, D]: no T)
-    bool any = n.domain == "crt" && n.op == "KvScores";
+    if (isKvAttention(n) && !kvOutputSpansCache(n)) continue;  // ([.., S, D]: no T)
+    bool any = kvOutputSpansCache(n);
     for (int v : n.in) any = any || (v >= 0 && per[v]);
     if (any)
       for (int o : n.out) per[o] = 1;
