@@ -480,8 +480,13 @@ class Rewriter {
 
   /// Rows past.. of `total` along `axis` (the new tokens' rows of a value computed for the total length).
   std::string lastRows(const std::string& total, int axis, const std::string& base) {
+    return addNode("Slice", {total, past1_, toEnd(), addConst({axis}, "kv_axis")}, {}, base + ".new_rows");
+  }
+
+  /// A Slice end that reaches every axis's end (INT64_MAX), made once.
+  std::string toEnd() {
     if (big_.empty()) big_ = addConst({INT64_MAX}, "kv_to_end");
-    return addNode("Slice", {total, past1_, big_, addConst({axis}, "kv_axis")}, {}, base + ".new_rows");
+    return big_;
   }
 
   /// Whether n reads one sequence dim of a dynamic tensor's shape, Gather(Shape(x), i) with a scalar i: every layer's
@@ -536,17 +541,16 @@ class Rewriter {
     if (p >= 0) {
       const Node src = g_.nodes[p];
       noteContext(src);  // (a table cut here bounds the context as withTotal's would)
-      if (src.domain.empty() && src.outputs.size() == 1 && (crt::opHas(src.op, crt::op_trait::Bcast) || crt::opHas(src.op, crt::op_trait::Unary))) out = elementwiseRows(src, axis);
-      else if (src.domain.empty() && src.op == "Unsqueeze") out = unsqueezeRows(src, axis);
-      else if (src.domain.empty() && src.op == "Expand") out = expandRows(src, axis);
-      else if (src.domain.empty() && src.op == "Trilu") out = triluRows(src, axis);
-      else if (src.domain.empty() && src.op == "Slice") out = sliceRows(src, axis);
-      else if (src.domain.empty() && src.op == "Concat") out = concatRows(src, axis);
-      else if (src.domain.empty() && src.op == "Transpose") out = transposeRows(src, axis);
-      else if (src.domain.empty() && src.op == "MatMul") out = matmulRows(src, axis);
-      else if (src.domain.empty() && src.op == "Einsum") out = einsumRows(src, axis);
-      else if (src.domain.empty() && src.op == "Gather") out = gatherRows(src, axis);
-      else if (src.domain.empty() && src.op == "Reshape") out = reshapeRows(src, axis);
+      using Rule = std::string (Rewriter::*)(const Node&, int);
+      static const std::map<std::string, Rule> kRules = {
+          {"Unsqueeze", &Rewriter::unsqueezeRows}, {"Expand", &Rewriter::expandRows},       {"Trilu", &Rewriter::triluRows},
+          {"Slice", &Rewriter::sliceRows},         {"Concat", &Rewriter::concatRows},       {"Transpose", &Rewriter::transposeRows},
+          {"MatMul", &Rewriter::matmulRows},       {"Einsum", &Rewriter::einsumRows},       {"Gather", &Rewriter::gatherRows},
+          {"Reshape", &Rewriter::reshapeRows}};
+      const bool elementwise = crt::opHas(src.op, crt::op_trait::Bcast) || crt::opHas(src.op, crt::op_trait::Unary);
+      const auto rule = kRules.find(src.op);
+      if (src.domain.empty() && elementwise && src.outputs.size() == 1) out = elementwiseRows(src, axis);
+      else if (src.domain.empty() && rule != kRules.end()) out = (this->*rule->second)(src, axis);
     }
     if (out.empty()) out = lastRows(withTotal(v), axis, v);
     return rows_memo_[key] = out;
@@ -746,9 +750,8 @@ class Rewriter {
 
   /// The shape vector `dims` with element `at` replaced by the one-element `value`.
   std::string withDim(const std::string& dims, int at, const std::string& value) {
-    if (big_.empty()) big_ = addConst({INT64_MAX}, "kv_to_end");
     const std::string head = addNode("Slice", {dims, addConst({0}, "kv_zero"), addConst({at}, "kv_at")}, {}, dims + ".head");
-    const std::string tail = addNode("Slice", {dims, addConst({at + 1}, "kv_at_end"), big_}, {}, dims + ".tail");
+    const std::string tail = addNode("Slice", {dims, addConst({at + 1}, "kv_at_end"), toEnd()}, {}, dims + ".tail");
     return addNode("Concat", {head, value, tail}, {{"axis", int64_t{0}}}, dims + ".new_rows");
   }
 
