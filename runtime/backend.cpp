@@ -22,28 +22,32 @@ struct NamedKind {
   std::string_view name;
   DeviceOpKind kind;
 };
+// The ONNX ops: every one has float32 and float16 kernels (the fp16 export's activations).
+constexpr bool kHalf = true;
 constexpr NamedKind kDeviceOps[] = {
-    {"Add", {DeviceOp::Binary, int(device::Binary::Add)}},      {"Sub", {DeviceOp::Binary, int(device::Binary::Sub)}},
-    {"Mul", {DeviceOp::Binary, int(device::Binary::Mul)}},      {"Div", {DeviceOp::Binary, int(device::Binary::Div)}},
-    {"Pow", {DeviceOp::Binary, int(device::Binary::Pow)}},      {"Max", {DeviceOp::Binary, int(device::Binary::Max)}},
-    {"Min", {DeviceOp::Binary, int(device::Binary::Min)}},      {"Sqrt", {DeviceOp::Unary, int(device::Unary::Sqrt)}},
-    {"Reciprocal", {DeviceOp::Unary, int(device::Unary::Reciprocal)}}, {"Neg", {DeviceOp::Unary, int(device::Unary::Neg)}},
-    {"Exp", {DeviceOp::Unary, int(device::Unary::Exp)}},        {"Tanh", {DeviceOp::Unary, int(device::Unary::Tanh)}},
-    {"Sigmoid", {DeviceOp::Unary, int(device::Unary::Sigmoid)}}, {"Relu", {DeviceOp::Unary, int(device::Unary::Relu)}},
-    {"Erf", {DeviceOp::Unary, int(device::Unary::Erf)}},          {"Cos", {DeviceOp::Unary, int(device::Unary::Cos)}},
-    {"Sin", {DeviceOp::Unary, int(device::Unary::Sin)}},          {"Gather", {DeviceOp::Gather, 0}},
-    {"Cast", {DeviceOp::Cast, 0}},
-    {"Softmax", {DeviceOp::Softmax, 0}},                        {"ReduceMean", {DeviceOp::ReduceMean, 0}},
-    {"Transpose", {DeviceOp::Transpose, 0}},                    {"Slice", {DeviceOp::Slice, 0}},
-    {"Concat", {DeviceOp::Concat, 0}},                          {"MatMul", {DeviceOp::BatchMatMul, 0}},
-    {"Expand", {DeviceOp::Expand, 0}},                          {"LayerNormalization", {DeviceOp::LayerNorm, 0}},
-    {"Split", {DeviceOp::Split, 0}},                            {"Where", {DeviceOp::Where, 0}},
+    {"Add", {DeviceOp::Binary, int(device::Binary::Add), kHalf}},      {"Sub", {DeviceOp::Binary, int(device::Binary::Sub), kHalf}},
+    {"Mul", {DeviceOp::Binary, int(device::Binary::Mul), kHalf}},      {"Div", {DeviceOp::Binary, int(device::Binary::Div), kHalf}},
+    {"Pow", {DeviceOp::Binary, int(device::Binary::Pow), kHalf}},      {"Max", {DeviceOp::Binary, int(device::Binary::Max), kHalf}},
+    {"Min", {DeviceOp::Binary, int(device::Binary::Min), kHalf}},      {"Sqrt", {DeviceOp::Unary, int(device::Unary::Sqrt), kHalf}},
+    {"Reciprocal", {DeviceOp::Unary, int(device::Unary::Reciprocal), kHalf}}, {"Neg", {DeviceOp::Unary, int(device::Unary::Neg), kHalf}},
+    {"Exp", {DeviceOp::Unary, int(device::Unary::Exp), kHalf}},        {"Tanh", {DeviceOp::Unary, int(device::Unary::Tanh), kHalf}},
+    {"Sigmoid", {DeviceOp::Unary, int(device::Unary::Sigmoid), kHalf}}, {"Relu", {DeviceOp::Unary, int(device::Unary::Relu), kHalf}},
+    {"Erf", {DeviceOp::Unary, int(device::Unary::Erf), kHalf}},          {"Cos", {DeviceOp::Unary, int(device::Unary::Cos), kHalf}},
+    {"Sin", {DeviceOp::Unary, int(device::Unary::Sin), kHalf}},          {"Gather", {DeviceOp::Gather, 0, kHalf}},
+    {"Cast", {DeviceOp::Cast, 0, kHalf}},
+    {"Softmax", {DeviceOp::Softmax, 0, kHalf}},                        {"ReduceMean", {DeviceOp::ReduceMean, 0, kHalf}},
+    {"Transpose", {DeviceOp::Transpose, 0, kHalf}},                    {"Slice", {DeviceOp::Slice, 0, kHalf}},
+    {"Concat", {DeviceOp::Concat, 0, kHalf}},                          {"MatMul", {DeviceOp::BatchMatMul, 0, kHalf}},
+    {"Expand", {DeviceOp::Expand, 0, kHalf}},                          {"LayerNormalization", {DeviceOp::LayerNorm, 0, kHalf}},
+    {"Split", {DeviceOp::Split, 0, kHalf}},                            {"Where", {DeviceOp::Where, 0, kHalf}},
 };
 
+// The load-time rewrites: float32 only (fuse.h fuses float32 chains; the fused attention takes float32), but the KV
+// cache's products (an fp16 export's queries, keys, values and weights) and the last-row slice.
 constexpr NamedKind kCrtDeviceOps[] = {
     {"RMSNorm", {DeviceOp::RMSNorm, 0}}, {"SiluMul", {DeviceOp::SiluMul, 0}}, {"Rope", {DeviceOp::Rope, 0}},
-    {"ScaleMaskSoftmax", {DeviceOp::ScaleMaskSoftmax, 0}}, {"KvScores", {DeviceOp::KvScores, 0}},
-    {"KvValues", {DeviceOp::KvValues, 0}}, {"KvAttention", {DeviceOp::KvAttention, 0}}, {"LastRow", {DeviceOp::LastRow, 0}},
+    {"ScaleMaskSoftmax", {DeviceOp::ScaleMaskSoftmax, 0}}, {"KvScores", {DeviceOp::KvScores, 0, kHalf}},
+    {"KvValues", {DeviceOp::KvValues, 0, kHalf}}, {"KvAttention", {DeviceOp::KvAttention, 0}}, {"LastRow", {DeviceOp::LastRow, 0, kHalf}},
     {"Gelu", {DeviceOp::Gelu, 0}},
 };
 
@@ -62,7 +66,7 @@ DeviceOpKind deviceOpOf(const Graph& g, const Node& n) {
   if (n.packed) {
     const PackedWeight& w = *n.packed;
     const bool plain = !n.act_quant && !w.sparse && !w.int8 && (n.in.size() == 1 || n.in[1] < 0);
-    return plain ? DeviceOpKind{DeviceOp::MatMul, 0} : DeviceOpKind{};
+    return plain ? DeviceOpKind{DeviceOp::MatMul, 0, kHalf} : DeviceOpKind{};
   }
   if (n.domain == "crt") {  // the load-time rewrites (fuse.h, kv_cache.h)
     for (const NamedKind& k : kCrtDeviceOps)
@@ -80,18 +84,13 @@ DeviceOpKind deviceOpOf(const Graph& g, const Node& n) {
     if (k.kind.op == DeviceOp::ReduceMean) return isLastAxisMean(g, n) ? k.kind : DeviceOpKind{};
     if (k.kind.op == DeviceOp::Gather) return oneConstantIndex(g, n) ? k.kind : DeviceOpKind{};
     if (k.kind.op == DeviceOp::Binary && n.in.size() != 2) return {};  // (Max and Min take 1-8 inputs)
-    if (k.kind.op == DeviceOp::Cast) {  // float32 to float32 or bool (OPT's padding mask)
-      const int64_t to = n.attrInt("to", 0);
-      return to == static_cast<int64_t>(DType::F32) || to == static_cast<int64_t>(DType::Bool) ? DeviceOpKind{DeviceOp::Cast, int(to)}
-                                                                                                  : DeviceOpKind{};
+    if (k.kind.op == DeviceOp::Cast) {  // to float32, float16 or bool (OPT's padding mask)
+      const auto to = static_cast<DType>(n.attrInt("to", 0));
+      return to == DType::F32 || to == DType::F16 || to == DType::Bool ? DeviceOpKind{DeviceOp::Cast, int(to), kHalf} : DeviceOpKind{};
     }
     return k.kind;
   }
   return {};
-}
-
-DType deviceInputType(const Node& n, int input) {
-  return n.domain.empty() && n.op == "Where" && input == 0 ? DType::Bool : DType::F32;
 }
 
 bool readsShapeOnly(const Node& n) { return n.domain.empty() && opHas(n.op, op_trait::ShapeOnly); }
@@ -176,9 +175,28 @@ std::vector<char> knownFloat32(const Graph& g) {
 
 namespace {
 
-/// The device kernel of each node that may run there, null for the rest: the backend has its kernel and its data
-/// inputs are known to have the types its kernel takes (deviceInputType: float32, Where's condition bool) and can be on
-/// the device (not an in-session KV cache view); a View op follows its data input (a null kernel and a mark in `view`).
+/// Whether a device kernel takes `n`'s data inputs as their types are known at load: all of one float type, float32,
+/// or float16 where the op has float16 kernels (DeviceOpKind::half; a View follows either); Where's condition bool.
+/// An input whose shape is set per run (an in-session KV cache view) stays on the host.
+bool takesInputTypes(const Graph& g, const Node& n, bool half, const std::vector<int>& types) {
+  int data = 0;
+  for (size_t k = 0; k < n.in.size(); ++k) {
+    const int v = n.in[k];
+    if (v < 0 || !readsOnDevice(n, static_cast<int>(k))) continue;
+    if (g.values[v].per_run_shape) return false;  // (a static input is copied once per plan)
+    if (k == 0 && n.domain.empty() && n.op == "Where") {
+      if (types[v] != static_cast<int>(DType::Bool)) return false;
+      continue;
+    }
+    if (data == 0) data = types[v];
+    if (types[v] != data) return false;
+  }
+  return data == static_cast<int>(DType::F32) || (half && data == static_cast<int>(DType::F16));
+}
+
+/// The device kernel of each node that may run there, null for the rest: the backend has its kernel, its data inputs
+/// are known to have types its kernel takes (takesInputTypes) and it is not static; a View op follows its data input
+/// (a null kernel and a mark in `view`).
 std::vector<OpFn> deviceCandidates(const Graph& g, Backend& b, std::vector<char>& view) {
   const std::vector<int> types = knownTypes(g);
   std::vector<char> onDevice(g.values.size(), 0);
@@ -188,13 +206,7 @@ std::vector<OpFn> deviceCandidates(const Graph& g, Backend& b, std::vector<char>
     const Node& n = g.nodes[i];
     // (load-time rewrites name their nodes in the crt domain: deviceOpOf takes the fusions and the in-session KV
     // cache's attention among them)
-    bool ok = !n.is_static && !n.out.empty();
-    for (size_t k = 0; k < n.in.size() && ok; ++k) {
-      const int v = n.in[k];
-      if (v < 0 || !readsOnDevice(n, static_cast<int>(k))) continue;
-      const DType want = deviceInputType(n, static_cast<int>(k));
-      ok = types[v] == static_cast<int>(want) && !g.values[v].per_run_shape;  // (a static input is copied once per plan)
-    }
+    const bool ok = !n.is_static && !n.out.empty() && takesInputTypes(g, n, isView(n) || deviceOpOf(g, n).half, types);
     if (ok && isView(n)) view[i] = onDevice[n.in[0]];
     else if (ok) fn[i] = b.kernelFor(g, n);
     for (int o : n.out) onDevice[o] = fn[i] != nullptr || view[i];

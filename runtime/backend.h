@@ -27,8 +27,9 @@ class Backend {
   /// Host -> device and device -> host; a download waits for every kernel queued before it.
   virtual void upload(void* dst, const void* src, size_t bytes) = 0;
   virtual void download(void* dst, const void* src, size_t bytes) = 0;
-  /// The device kernel of node `n`, whose data inputs are float32 on the device (placeNodes checks the
-  /// types it can know at load; the kernel checks the rest), or null: the node stays on the host.
+  /// The device kernel of node `n`, whose data inputs are float32 on the device, or float16 where DeviceOpKind::half
+  /// says so (placeNodes checks the types it can know at load; the kernel checks the rest), or null: the node stays on
+  /// the host.
   virtual OpFn kernelFor(const Graph& g, const Node& n) = 0;
   /// Called once per node assigned to the device, before it first runs (uploads its packed weight).
   virtual void prepare(Node& n) = 0;
@@ -69,10 +70,12 @@ class DeviceBytes {
 std::shared_ptr<Backend> makeBackend(Device d, int index = 0);
 
 /// The ops a device backend implements (the CUDA backend all of them; runtime/cuda/device_math.h has their
-/// arithmetic): MatMul on a packed weight (F32/F16/Q8/Q4 dense, exact compute), float32 Add/Sub/Mul/Div/Pow with
-/// broadcasting, Sqrt/Reciprocal/Neg/Exp/Tanh/Sigmoid/Relu/Erf/Cos/Sin, Softmax and ReduceMean over the last axis,
-/// Transpose, Slice, Expand, Concat, Split, Gather at one constant index, Where (a bool condition), Cast of float32 to
-/// float32 or bool, MatMul of two tensors (attention's batched products), LayerNormalization,
+/// arithmetic), on float32 data and, but for the load-time fusions and the KV cache's ops, on float16 data (computed in
+/// float, each result rounded once, as the CPU does): MatMul on a packed weight (F32/F16/Q8/Q4 dense, exact compute),
+/// Add/Sub/Mul/Div/Pow/Max/Min with broadcasting, Sqrt/Reciprocal/Neg/Exp/Tanh/Sigmoid/Relu/Erf/Cos/Sin, Softmax and
+/// ReduceMean over the last axis, Transpose, Slice, Expand, Concat, Split, Gather at one constant index, Where (a bool
+/// condition), Cast of float32 or float16 to float32, float16 or bool, MatMul of two tensors (attention's batched
+/// products), LayerNormalization,
 /// the fused RMSNorm, SiLU-multiply, GELU, RoPE and scaled masked softmax (fuse.h), the in-session KV cache's attention
 /// (kv_cache.h: its products, or the fused KvAttention; the cache then lives on the device) and the last-row slice
 /// before a generation's classifier.
@@ -82,7 +85,8 @@ enum class DeviceOp {
 };
 struct DeviceOpKind {
   DeviceOp op = DeviceOp::None;
-  int code = 0;  // device::Binary or device::Unary; Cast: the target DType
+  int code = 0;       // device::Binary or device::Unary; Cast: the target DType
+  bool half = false;  // the kernel takes float16 data as well as float32 (the ONNX ops, the packed MatMul, LastRow)
 };
 /// What `n` is for a device backend (None: it stays on the host). Structure only; types are placeNodes' part.
 DeviceOpKind deviceOpOf(const Graph& g, const Node& n);
@@ -91,8 +95,6 @@ DeviceOpKind deviceOpOf(const Graph& g, const Node& n);
 std::vector<int> knownTypes(const Graph& g);
 /// The values knownTypes finds float32.
 std::vector<char> knownFloat32(const Graph& g);
-/// The element type a device kernel takes for input `input` of `n`: float32, but bool for Where's condition.
-DType deviceInputType(const Node& n, int input);
 
 /// Whether `n` reads only its inputs' shapes (Shape: op_table.def's ShapeOnly), which it may take from either side.
 bool readsShapeOnly(const Node& n);

@@ -125,27 +125,7 @@ void AlignedBytes::resize(size_t n) {
 
 float halfToFloat(uint16_t h) { return device::halfBitsToFloat(h); }  // (the CUDA kernels' conversion too)
 
-uint16_t floatToHalf(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000);
-  const uint32_t absx = x & 0x7fffffffu;
-  if (absx >= 0x7f800000u) return sign | (absx > 0x7f800000u ? 0x7e00 : 0x7c00);  // NaN / Inf
-  if (absx >= 0x477ff000u) return sign | 0x7c00;                                  // overflow -> Inf
-  if (absx < 0x38800000u) {                                                       // subnormal or zero
-    if (absx < 0x33000000u) return sign;
-    const uint32_t e = absx >> 23, m = (absx & 0x7fffff) | 0x800000;
-    const int shift = 126 - static_cast<int>(e);  // 14 + (113 - e)
-    uint32_t v = m >> shift;
-    const uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
-    if (rem > half || (rem == half && (v & 1))) ++v;
-    return sign | static_cast<uint16_t>(v);
-  }
-  uint32_t v = ((absx >> 13) - (112u << 10));
-  const uint32_t rem = absx & 0x1fff;
-  if (rem > 0x1000 || (rem == 0x1000 && (v & 1))) ++v;
-  return sign | static_cast<uint16_t>(v);
-}
+uint16_t floatToHalf(float f) { return device::floatToHalfBits(f); }  // (one conversion for the CPU and the GPU)
 
 int64_t Node::attrInt(const std::string& k, int64_t def) const {
   auto it = attrs.find(k);

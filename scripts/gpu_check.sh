@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # gpu_check.sh — the one prepared device check for the CUDA backend (issue 17). Here (any machine with nvcc):
-# builds crun, runtime_tests and cuda_bench with CUDA, exports stories260K (fp32, int8, int4-g32; plain and with a
+# builds crun, runtime_tests and cuda_bench with CUDA, exports stories260K (fp32, fp16, int8, int4-g32; plain and with a
 # KV cache), and writes a self-contained bundle to build/gpu-bundle (well under 64 MiB): the binaries, every
 # shared library they load with glibc's own loader (the device machine has no Debian packages), the models,
 # the evaluation tokens and run.sh. It prints the command to run on the device machine, where run.sh
@@ -9,7 +9,7 @@
 #   2. compares perplexity (32,768 tokens) and greedy generation of every model on the GPU with the CPU,
 #   3. times crun at [1,1] and [1,128] on both, and cuda_bench (GEMV / GEMM at LLM shapes against the GPU's
 #      copy bandwidth), and PyTorch's matmul at the same shapes as the peer (fp32 and fp16),
-#   4. times the synthetic LLaMA-shape model (fp32 and int4-g32: decode over a KV cache, prefill of 128 and 512
+#   4. times the synthetic LLaMA-shape model (fp32, fp16 and int4-g32: decode over a KV cache, prefill of 128 and 512
 #      tokens) in crun on the GPU against PyTorch eager fp16 on the same GPU (scripts/gpu/torch_llama.py),
 # writing everything under $OUT (the device tool brings it back) or build/gpu-bundle/out.
 # Usage: bash scripts/gpu_check.sh        (then, through the device tool, with carry ["build/gpu-bundle"]:
@@ -31,10 +31,11 @@ cp build/crun build/tests/runtime_tests build/cuda_bench "$bundle/bin/"
 for b in "$bundle"/bin/*; do ldd "$b" | awk '/=>/ && $3 ~ /^\// {print $3} /ld-linux/ && $1 ~ /^\// {print $1}'; done | sort -u |
   while read -r lib; do cp -L "$lib" "$bundle/lib/"; done
 
-# the models: stories260K as fp32, int8 (per channel) and int4-g32 (MatMulNBits), plain and with a KV cache
-for fmt in fp32 int8 int4; do
+# the models: stories260K as fp32, fp16, int8 (per channel) and int4-g32 (MatMulNBits), plain and with a KV cache
+for fmt in fp32 fp16 int8 int4; do
   case $fmt in
     fp32) passes="[]" ;;
+    fp16) passes="[{fp16: {keep_io_types: true}}]" ;;
     int8) passes="[{rtn: {bits: 8, group_size: -1, symmetric: true}}]" ;;
     int4) passes="[{rtn: {bits: 4, group_size: 32, symmetric: false}}]" ;;
   esac
@@ -53,13 +54,15 @@ YAML
   done
 done
 # the synthetic LLaMA-shape model (scripts/make_synthetic_llama.py --untied: dim 768, 12 layers, vocab 32000, 110M
-# parameters) as fp32 and int4-g32, plain and cached: graphs only, their weights (0.5-1 GB) are external data that
-# run.sh writes there with random values (scripts/gpu/fill_external.py); data_bytes says how much
+# parameters) as fp32, fp16 and int4-g32, plain and cached: graphs only, their weights (0.2-0.5 GB) are external data
+# that run.sh writes there with random values (scripts/gpu/fill_external.py); data_bytes says how much
 synth=build/bench/llama768_untied.pt
+mkdir -p "$(dirname "$synth")"
 [ -f "$synth" ] || /usr/bin/python3 scripts/make_synthetic_llama.py "$synth" --untied
-for fmt in fp32 int4; do
+for fmt in fp32 fp16 int4; do
   case $fmt in
     fp32) passes="[]" ;;
+    fp16) passes="[{fp16: {keep_io_types: true}}]" ;;
     int4) passes="[{rtn: {bits: 4, group_size: 32, symmetric: false}}]" ;;
   esac
   for kv in false true; do

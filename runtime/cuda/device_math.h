@@ -8,6 +8,7 @@
 #include <cstring>
 
 #if defined(__CUDACC__)
+#include <cuda_fp16.h>
 #define CRT_HD __host__ __device__ __forceinline__
 #else
 #define CRT_HD inline
@@ -199,8 +200,11 @@ inline GemmCall rowMajorGemm(int64_t M, int64_t N, int64_t K, bool rTransposed) 
 }
 
 // ------------------------------------------------------------------------------------------- fp16
-/// fp16 bits to float, exact (the CPU runtime's portable conversion, bit for bit).
+/// fp16 bits to float, exact (the CPU runtime's portable conversion, bit for bit; the GPU's conversion instruction).
 CRT_HD float halfBitsToFloat(uint16_t h) {
+#if defined(__CUDA_ARCH__)
+  return __half2float(__ushort_as_half(h));
+#else
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
   uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
   if (exp == 0) {
@@ -225,7 +229,43 @@ CRT_HD float halfBitsToFloat(uint16_t h) {
     float f;
   } v{bits};
   return v.f;
+#endif
 }
+
+/// float to fp16 bits, rounded to nearest even; beyond the largest half Inf, NaN a quiet NaN. The CPU runtime's
+/// conversion (detail::floatToHalf is this function); on the GPU its conversion instruction, which rounds the same.
+CRT_HD uint16_t floatToHalfBits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __half_as_ushort(__float2half_rn(f));
+#else
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000);
+  const uint32_t absx = x & 0x7fffffffu;
+  if (absx >= 0x7f800000u) return sign | (absx > 0x7f800000u ? 0x7e00 : 0x7c00);  // NaN / Inf
+  if (absx >= 0x477ff000u) return sign | 0x7c00;                                  // overflow -> Inf
+  if (absx < 0x38800000u) {                                                       // subnormal or zero
+    if (absx < 0x33000000u) return sign;
+    const uint32_t e = absx >> 23, m = (absx & 0x7fffff) | 0x800000;
+    const int shift = 126 - static_cast<int>(e);  // 14 + (113 - e)
+    uint32_t v = m >> shift;
+    const uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (v & 1))) ++v;
+    return sign | static_cast<uint16_t>(v);
+  }
+  uint32_t v = ((absx >> 13) - (112u << 10));
+  const uint32_t rem = absx & 0x1fff;
+  if (rem > 0x1000 || (rem == 0x1000 && (v & 1))) ++v;
+  return sign | static_cast<uint16_t>(v);
+#endif
+}
+
+/// An activation element as the kernels read and write it: float32, or float16 as its bits (uint16_t), computed in
+/// float and rounded once per result, as the CPU runtime computes float16 nodes.
+CRT_HD float load(const float* p, int64_t i) { return p[i]; }
+CRT_HD float load(const uint16_t* p, int64_t i) { return halfBitsToFloat(p[i]); }
+CRT_HD void store(float* p, int64_t i, float v) { p[i] = v; }
+CRT_HD void store(uint16_t* p, int64_t i, float v) { p[i] = floatToHalfBits(v); }
 
 // ------------------------------------------------------------------------------------------- fused chains
 /// A product rounded to float on its own, never contracted with the add or subtract after it into an FMA: the
@@ -319,21 +359,23 @@ CRT_HD int8_t kvInt8(float x, float scale) {
   return static_cast<int8_t>(q > 127.f ? 127.f : q < -127.f ? -127.f : q);
 }
 
-/// One lane's share of score (qh, t) = q . K[qh / rep][t] (q: the query row of D values): values lane,
-/// lane + lanes, ...
-CRT_HD float kvScorePartial(const KvCache& kv, const float* q, int64_t qh, int64_t t, int lane, int lanes) {
+/// One lane's share of score (qh, t) = q . K[qh / rep][t] (q: the query row of D values, float32 or float16): values
+/// lane, lane + lanes, ...
+template <typename Q>
+CRT_HD float kvScorePartial(const KvCache& kv, const Q* q, int64_t qh, int64_t t, int lane, int lanes) {
   const int64_t row = kvRowOffset(kv, qh / kv.rep, t);
   float acc = 0.f;
-  for (int64_t d = lane; d < kv.D; d += lanes) acc += q[d] * kvAt(kv, row + d);
+  for (int64_t d = lane; d < kv.D; d += lanes) acc += load(q, d) * kvAt(kv, row + d);
   return acc;
 }
 
 /// One share of output (qh, d) = sum over t < T of p[t] V[qh / rep][t][d] (p: the row of T attention weights):
 /// t = t0, t0 + step, ...
-CRT_HD float kvValuePartial(const KvCache& kv, const float* p, int64_t qh, int64_t T, int64_t d, int64_t t0, int64_t step) {
+template <typename P>
+CRT_HD float kvValuePartial(const KvCache& kv, const P* p, int64_t qh, int64_t T, int64_t d, int64_t t0, int64_t step) {
   const int64_t base = kvRowOffset(kv, qh / kv.rep, 0) + d;
   float acc = 0.f;
-  for (int64_t t = t0; t < T; t += step) acc += p[t] * kvAt(kv, base + t * kv.D);
+  for (int64_t t = t0; t < T; t += step) acc += load(p, t) * kvAt(kv, base + t * kv.D);
   return acc;
 }
 
@@ -365,7 +407,8 @@ CRT_HD int64_t chunksPerRow(const WeightView& v) { return v.nblk * v.P / 32; }
 
 /// Chunk c of row n against x: scale * (sum q*x - zp * sum x) over the chunk's valid values (the padding
 /// of each block meets x = 0, as the CPU kernels' zero-padded activations).
-CRT_HD float chunkDot(const WeightView& v, int64_t n, int64_t c, const float* x) {
+template <typename X>
+CRT_HD float chunkDot(const WeightView& v, int64_t n, int64_t c, const X* x) {
   const int64_t pos = c * 32;           // padded position in the row
   const int64_t b = pos / v.P;          // its block
   const int64_t t0 = pos - b * v.P;     // first value's index in the block
@@ -380,13 +423,17 @@ CRT_HD float chunkDot(const WeightView& v, int64_t n, int64_t c, const float* x)
   if (v.kind == WeightView::Q8) {
     load16(row + pos, q);
     load16(row + pos + 16, q + 16);
-    for (int j = 0; j < valid; ++j) sqx += static_cast<float>(q[j]) * x[k0 + j], sx += x[k0 + j];
+    for (int j = 0; j < valid; ++j) {
+      const float xj = load(x, k0 + j);
+      sqx += static_cast<float>(q[j]) * xj, sx += xj;
+    }
   } else {
     load16(row + pos / 2, q);
     for (int j = 0; j < valid; ++j) {
       const int qj = j < 16 ? (q[j] & 0xF) : (q[j - 16] >> 4);
-      sqx += static_cast<float>(qj) * x[k0 + j];
-      sx += x[k0 + j];
+      const float xj = load(x, k0 + j);
+      sqx += static_cast<float>(qj) * xj;
+      sx += xj;
     }
   }
   const int64_t p = n * v.nblk + b;
@@ -395,7 +442,9 @@ CRT_HD float chunkDot(const WeightView& v, int64_t n, int64_t c, const float* x)
 
 /// One lane's share of row n of a Q8/Q4 weight against x: chunks lane, lane + lanes, ... (a warp per row: 32
 /// lanes read 32 consecutive chunks, 512 (Q4) or 1024 (Q8) contiguous bytes per step).
-CRT_HD float quantRowPartial(const WeightView& v, int64_t n, const float* x, int lane, int lanes) {
+/// x: float32 or float16 activations (load).
+template <typename X>
+CRT_HD float quantRowPartial(const WeightView& v, int64_t n, const X* x, int lane, int lanes) {
   float acc = 0.f;
   const int64_t chunks = chunksPerRow(v);
   for (int64_t c = lane; c < chunks; c += lanes) acc += chunkDot(v, n, c, x);
@@ -404,19 +453,20 @@ CRT_HD float quantRowPartial(const WeightView& v, int64_t n, const float* x, int
 
 /// One lane's share of row n of an F16 or F32 row-major weight [N][K] (the device keeps fp32 weights as rows,
 /// not panels): pairs of values 2*lane, 2*lane + 2*lanes, ...
-CRT_HD float denseRowPartial(const WeightView& v, int64_t n, const float* x, int lane, int lanes) {
+template <typename X>
+CRT_HD float denseRowPartial(const WeightView& v, int64_t n, const X* x, int lane, int lanes) {
   float acc = 0.f;
   if (v.kind == WeightView::F16) {
     const uint16_t* row = reinterpret_cast<const uint16_t*>(v.w) + n * v.K;
     for (int64_t k = 2 * lane; k < v.K; k += 2 * lanes) {
-      acc += halfBitsToFloat(row[k]) * x[k];
-      if (k + 1 < v.K) acc += halfBitsToFloat(row[k + 1]) * x[k + 1];
+      acc += halfBitsToFloat(row[k]) * load(x, k);
+      if (k + 1 < v.K) acc += halfBitsToFloat(row[k + 1]) * load(x, k + 1);
     }
   } else {
     const float* row = reinterpret_cast<const float*>(v.w) + n * v.K;
     for (int64_t k = 2 * lane; k < v.K; k += 2 * lanes) {
-      acc += row[k] * x[k];
-      if (k + 1 < v.K) acc += row[k + 1] * x[k + 1];
+      acc += row[k] * load(x, k);
+      if (k + 1 < v.K) acc += row[k + 1] * load(x, k + 1);
     }
   }
   return acc;

@@ -199,7 +199,7 @@ TEST_CASE("kv cache: every decoder and format, prefill + one-token steps equal t
           }
           // the device path: placement, copies and device plans; the same bits emulated, 1e-4 on a GPU
           crt::Session emu = cachedSession(cached, 32, dt, crt::Device::Emulated);
-          if (fmt != "fp16") {  // (fp16 graphs stay on the host for now)
+          {  // (fp16 exports too: their activations are float16 on the device, the KV cache's products included)
             CHECK(emu.info().device_nodes > 0);
             // the attention, cache included, and the MLP live on the device: nothing of them crosses per token
             // (what stays is the embedding and the position arithmetic, GPT-NeoX's rotary tables included)
@@ -221,7 +221,7 @@ TEST_CASE("kv cache: every decoder and format, prefill + one-token steps equal t
           if (gpu) {
             crt::Session cuda = cachedSession(cached, 32, dt, crt::Device::Cuda);
             INFO(cuda.info().device << ": " << cuda.info().device_nodes << " nodes");
-            CHECK(relDiff(stepLogits(cuda, ids, 3), steps) <= 1e-4);
+            CHECK(relDiff(stepLogits(cuda, ids, 3), steps) <= (fmt == "fp16" ? 1e-2 : 1e-4));
           }
         }
         crt::SessionOptions so;

@@ -9,6 +9,7 @@
 
 #include "runtime/crt.h"
 #include "runtime/cuda/cuda_backend.h"
+#include "runtime/internal.h"
 #include "tests/runtime/model_builder.h"
 
 namespace {
@@ -178,6 +179,56 @@ TEST_CASE("CUDA elementwise (Erf included), Softmax, ReduceMean, Transpose, Slic
   const std::vector<float> a = randoms(2 * 3 * 40, 1);
   std::vector<float> c = {0.5f, 1.5f, 2.f};
   compare(model, {{"a", crt::TensorView::of(a.data(), {2, 3, 40})}, {"c", crt::TensorView::of(c.data(), {3, 1})}}, 18, 1e-5);
+}
+
+namespace {
+
+/// A float16 initializer of the given values (rounded to nearest even).
+void initHalf(ModelBuilder& b, const std::string& name, std::vector<int64_t> dims, const std::vector<float>& v) {
+  std::vector<uint16_t> h(v.size());
+  for (size_t i = 0; i < v.size(); ++i) h[i] = crt::detail::floatToHalf(v[i]);
+  initRaw(b, name, std::move(dims), 10, bytesOf(h));
+}
+
+}  // namespace
+
+TEST_CASE("CUDA float16 activations equal the CPU: Casts, MatMul on an fp16 weight at GEMV and GEMM sizes, elementwise, Softmax, LayerNorm, ReduceMean, Transpose, Concat, Slice, batched MatMul", "[runtime][cuda]") {
+  haveGpu(true);
+  const int64_t K = 40, N = 24;
+  ModelBuilder b(17);
+  b.io(true, "x", 1, {"m", std::to_string(K)});
+  b.io(false, "y", 1, {"m", "m"});
+  attrInt(b.node("Cast", {"x"}, {"xh"}), "to", 10);
+  initHalf(b, "W", {K, N}, randoms(K * N, 21));
+  b.node("MatMul", {"xh", "W"}, {"h"});  // a packed fp16 weight: GEMV below 16 rows, an fp16 GEMM from 16
+  initHalf(b, "bias", {N}, randoms(N, 22));
+  b.node("Add", {"h", "bias"}, {"h1"});
+  b.node("Mul", {"h1", "h1"}, {"h2"});
+  b.node("Sigmoid", {"h2"}, {"h3"});
+  attrInt(b.node("Softmax", {"h3"}, {"p"}), "axis", -1);
+  initHalf(b, "g", {N}, randoms(N, 23));
+  initHalf(b, "bb", {N}, randoms(N, 24));
+  attrInt(b.node("LayerNormalization", {"p", "g", "bb"}, {"ln"}), "axis", -1);
+  auto* rm = b.node("ReduceMean", {"ln"}, {"mean"});
+  attrInt(rm, "keepdims", 1);
+  attrInts(rm, "axes", {-1});
+  b.node("Sub", {"ln", "mean"}, {"d"});
+  attrInts(b.node("Transpose", {"d"}, {"dt"}), "perm", {1, 0});
+  attrInt(b.node("Concat", {"d", "d"}, {"dd"}), "axis", 1);
+  b.initI("s0", {1}, {3});
+  b.initI("e0", {1}, {3 + N});
+  b.initI("ax", {1}, {1});
+  b.node("Slice", {"dd", "s0", "e0", "ax"}, {"d2"});  // [m, N]: d shifted by 3 columns, wrapping round
+  b.node("MatMul", {"d2", "dt"}, {"s"});              // [m, m], two float16 tensors
+  attrInt(b.node("Cast", {"s"}, {"y"}), "to", 1);
+  const std::string model = b.save("cuda-f16");
+  for (int64_t M : {1, 3, 15, 16, 17, 40}) {
+    INFO("M " << M);
+    const std::vector<float> x = randoms(M * K, static_cast<unsigned>(M));
+    // every node on the device (no fusion takes float16 chains); each result rounded to fp16 on both sides, so the
+    // GPU's other summation order shows at fp16's precision
+    compare(model, {{"x", crt::TensorView::of(x.data(), {M, K})}}, 14, 1e-2);
+  }
 }
 
 TEST_CASE("CUDA LayerNormalization equals the CPU: last axis and two axes, per-value and one-value scale and bias", "[runtime][cuda]") {

@@ -6,6 +6,7 @@
 // are checked on a GPU by the device tests (parity_test, kv_cache_test, cuda_ops_test).
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstring>
 #include <random>
 
 #include "runtime/backend.h"
@@ -183,12 +184,116 @@ TEST_CASE("device index maps: broadcasting, strided copies (Transpose, Slice) an
   }
 }
 
-TEST_CASE("device elementwise functions and fp16 bits equal the CPU's", "[runtime][device]") {
-  for (uint32_t h = 0; h < 65536; ++h) {
-    const float a = dm::halfBitsToFloat(static_cast<uint16_t>(h)), b = halfToFloat(static_cast<uint16_t>(h));
-    if (std::isnan(b)) CHECK(std::isnan(a));
-    else CHECK(a == b);
+namespace {
+
+/// fp16 bits' value by the format's definition (the reference of the conversions; NaN for NaN bits).
+double halfValue(uint16_t h) {
+  const int e = (h >> 10) & 0x1f, m = h & 0x3ff;
+  const double sign = (h & 0x8000) ? -1.0 : 1.0;
+  if (e == 31) return m ? NAN : sign * INFINITY;
+  return sign * (e == 0 ? std::ldexp(m, -24) : std::ldexp(1024 + m, e - 25));
+}
+
+/// The fp16 nearest to f, ties to the even significand, by search over the ordered positive halves (0x0000..0x7bff
+/// are increasing); beyond the midpoint of the largest half and 2^16, Inf.
+uint16_t nearestHalf(float f) {
+  const uint16_t sign = std::signbit(f) ? 0x8000 : 0;
+  if (std::isnan(f)) return 0x7e00;
+  const double a = std::abs(static_cast<double>(f));
+  if (a >= 65520.0) return sign | 0x7c00;
+  int lo = 0, hi = 0x7bff;
+  while (lo < hi) {  // the largest bits whose value is <= a
+    const int mid = (lo + hi + 1) / 2;
+    if (halfValue(static_cast<uint16_t>(mid)) <= a) lo = mid;
+    else hi = mid - 1;
   }
+  const double below = halfValue(static_cast<uint16_t>(lo)), above = lo == 0x7bff ? 65536.0 : halfValue(static_cast<uint16_t>(lo + 1));
+  const int pick = a - below < above - a ? lo : a - below > above - a ? lo + 1 : (lo % 2 == 0 ? lo : lo + 1);
+  return sign | static_cast<uint16_t>(pick);
+}
+
+}  // namespace
+
+TEST_CASE("fp16 conversions (the CPU's and the kernels' one function each way) round to nearest even by the format's definition", "[runtime][device]") {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const double want = halfValue(static_cast<uint16_t>(h));
+    const float a = dm::halfBitsToFloat(static_cast<uint16_t>(h));
+    if (std::isnan(want)) CHECK(std::isnan(a));
+    else CHECK(static_cast<double>(a) == want);
+  }
+  // every half, the midpoints between neighbours (ties) and the floats on either side of them, both signs
+  std::vector<float> xs = {0.f, -0.f, 65504.f, 65519.99f, 65520.f, 1e9f, INFINITY, -INFINITY, NAN, 5.96e-8f, 2.98e-8f, 2.9802322e-8f, 1e-30f};
+  for (int h = 0; h < 0x7bff; ++h) {
+    const float mid = static_cast<float>((halfValue(static_cast<uint16_t>(h)) + halfValue(static_cast<uint16_t>(h + 1))) / 2);
+    for (float x : {static_cast<float>(halfValue(static_cast<uint16_t>(h))), mid, std::nextafter(mid, 0.f), std::nextafter(mid, 1e9f)})
+      xs.push_back(x), xs.push_back(-x);
+  }
+  std::mt19937 rng(3);
+  for (int i = 0; i < 200000; ++i) {
+    const uint32_t bits = rng();
+    float f;
+    std::memcpy(&f, &bits, 4);
+    xs.push_back(f);
+  }
+  int bad = 0;
+  for (float x : xs) {
+    const uint16_t got = dm::floatToHalfBits(x), want = nearestHalf(x);
+    if (std::isnan(x) ? !std::isnan(dm::halfBitsToFloat(got)) : got != want) {
+      if (++bad <= 5) FAIL_CHECK("float " << x << ": bits " << got << ", want " << want);
+    }
+    CHECK(floatToHalf(x) == got);  // (the CPU's conversion is this one)
+  }
+  CHECK(bad == 0);
+  // an activation element as the kernels read and write it
+  const float f[2] = {1.5f, -0.1f};
+  uint16_t hb[2];
+  dm::store(hb, 0, f[0]), dm::store(hb, 1, f[1]);
+  CHECK(dm::load(hb, 0) == 1.5f);
+  CHECK(dm::load(hb, 1) == halfToFloat(floatToHalf(-0.1f)));
+  CHECK(dm::load(f, 1) == -0.1f);
+}
+
+TEST_CASE("device GEMV with float16 activations: the same lanes and sums as with their float32 values", "[runtime][device]") {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd;
+  const int64_t K = 97, N = 7;  // (chunks across blocks of 32 and a ragged tail)
+  std::vector<float> wf(K * N), x(K);
+  std::vector<uint16_t> wh(K * N), xh(K);
+  for (int64_t i = 0; i < K * N; ++i) wf[i] = nd(rng), wh[i] = floatToHalf(wf[i]);
+  for (int64_t k = 0; k < K; ++k) xh[k] = floatToHalf(nd(rng)), x[k] = halfToFloat(xh[k]);
+  std::vector<std::shared_ptr<PackedWeight>> ws;
+  for (bool half : {false, true}) {
+    Buf b;
+    b.dt = half ? crt::DType::F16 : crt::DType::F32;
+    b.shape = Shape{K, N};
+    b.data = half ? static_cast<void*>(wh.data()) : static_cast<void*>(wf.data());
+    ws.push_back(packDense(b));
+  }
+  std::vector<uint8_t> q(K * N);
+  for (auto& e : q) e = static_cast<uint8_t>(rng() & 0xff);
+  Buf qb, sc;
+  qb.dt = crt::DType::U8, qb.shape = Shape{K, N}, qb.data = q.data();
+  std::vector<float> scales(((K + 31) / 32) * N, 0.05f);
+  sc.dt = crt::DType::F32, sc.shape = Shape{(K + 31) / 32, N}, sc.data = scales.data();
+  ws.push_back(packDequantize(qb, sc, nullptr, 0, 32));
+  for (const auto& w : ws) {
+    REQUIRE(w);
+    const std::vector<float> rows = w->kind == PackedWeight::F32 ? panelsToRows(*w) : std::vector<float>();
+    const dm::WeightView v = weightView(*w, w->kind == PackedWeight::F32 ? static_cast<const void*>(rows.data()) : w->w.data(),
+                                        w->scale.data(), w->zp.data());
+    const bool quant = v.kind == dm::WeightView::Q8;
+    for (int64_t n = 0; n < N; ++n) {
+      float pf[dm::kWarp], ph[dm::kWarp];
+      for (int l = 0; l < dm::kWarp; ++l) {
+        pf[l] = quant ? dm::quantRowPartial(v, n, x.data(), l, dm::kWarp) : dm::denseRowPartial(v, n, x.data(), l, dm::kWarp);
+        ph[l] = quant ? dm::quantRowPartial(v, n, xh.data(), l, dm::kWarp) : dm::denseRowPartial(v, n, xh.data(), l, dm::kWarp);
+      }
+      CHECK(dm::butterflySum(ph) == dm::butterflySum(pf));
+    }
+  }
+}
+
+TEST_CASE("device elementwise functions equal the CPU's", "[runtime][device]") {
   for (float x : {-3.5f, -1.f, 0.f, 0.25f, 2.f, 9.f}) {
     CHECK(dm::applyBinary(dm::Binary::Add, x, 1.5f) == x + 1.5f);
     CHECK(dm::applyBinary(dm::Binary::Sub, x, 1.5f) == x - 1.5f);

@@ -63,7 +63,7 @@ double pplOf(const at::Tensor& logits, const at::Tensor& targets) {
 
 }  // namespace
 
-TEST_CASE("runtime outputs equal the executor's on every export format of every model family - unfused, and on the emulated device, the same bits - a GPU within 1e-4", "[runtime][parity][device]") {
+TEST_CASE("runtime outputs equal the executor's on every export format of every model family - unfused, and on the emulated device, the same bits - a GPU within 1e-4 (fp16 1e-2)", "[runtime][parity][device]") {
   const std::vector<std::string> formats = {"fp32", "fp16", "int8", "int8-asym", "int4-mnb", "int4-qdq", "int4-sym",
                                             "int3-g16", "int2-g16", "pruned50"};
   std::string why;
@@ -102,12 +102,13 @@ TEST_CASE("runtime outputs equal the executor's on every export format of every 
       so.device = crt::Device::Emulated;
       crt::SessionInfo info;
       CHECK(at::equal(testutil::runCrtWith(path, inputs, so, &info)[0], cpu));
-      if (fmt != "fp16") CHECK(info.device_nodes > 0);  // (fp16 graphs stay on the host for now)
+      CHECK(info.device_nodes > 0);  // (fp16 graphs too: their activations are float16 on the device)
       if (gpu) {
         so.device = crt::Device::Cuda;
         const at::Tensor got = testutil::runCrtWith(path, inputs, so, &info)[0];
         INFO(info.device << ": " << info.device_nodes << " nodes, " << info.device_copies << " copies");
-        CHECK((got - cpu).abs().max().item<double>() <= 1e-4 * std::max(cpu.abs().max().item<double>(), 1.0));
+        // (fp16: each op's result is rounded to 11 bits, so the GPU's other summation order shows more)
+        CHECK((got - cpu).abs().max().item<double>() <= (fmt == "fp16" ? 1e-2 : 1e-4) * std::max(cpu.abs().max().item<double>(), 1.0));
       }
     }
   }
