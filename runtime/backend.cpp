@@ -48,7 +48,7 @@ constexpr NamedKind kCrtDeviceOps[] = {
     {"RMSNorm", {DeviceOp::RMSNorm, 0}}, {"SiluMul", {DeviceOp::SiluMul, 0}}, {"Rope", {DeviceOp::Rope, 0}},
     {"ScaleMaskSoftmax", {DeviceOp::ScaleMaskSoftmax, 0}}, {"KvScores", {DeviceOp::KvScores, 0, kHalf}},
     {"KvValues", {DeviceOp::KvValues, 0, kHalf}}, {"KvAttention", {DeviceOp::KvAttention, 0}}, {"LastRow", {DeviceOp::LastRow, 0, kHalf}},
-    {"Gelu", {DeviceOp::Gelu, 0}},
+    {"Gelu", {DeviceOp::Gelu, 0}},               {"Elementwise", {DeviceOp::Elementwise, 0, kHalf}},
 };
 
 /// A Gather whose indices are a constant of one element (llama2.c's x[..., 0] and x[..., 1] of its rotary pairs): a
@@ -157,7 +157,8 @@ std::vector<int> knownTypes(const Graph& g) {
   for (const Node& n : g.nodes) {
     const OpInfo* info = findOpInfo(n.domain, n.op);
     int out = 0;
-    if (info && n.domain.empty() && n.op == "Cast") out = static_cast<int>(n.attrInt("to", 0));
+    if (isElementwise(n)) out = static_cast<int>(n.attrInt("type", 0));
+    else if (info && n.domain.empty() && n.op == "Cast") out = static_cast<int>(n.attrInt("to", 0));
     else if (info && info->has(op_trait::BoolOut)) out = static_cast<int>(DType::Bool);
     else if (info && n.domain.empty() && n.op == "Where") out = of(n, 1) == of(n, 2) ? of(n, 1) : 0;
     else if ((info && !info->has(op_trait::OwnType)) || fusedKeepsType(n) || isKvAttention(n) || isLastRow(n)) out = of(n, 0);
@@ -176,9 +177,11 @@ std::vector<char> knownFloat32(const Graph& g) {
 namespace {
 
 /// Whether a device kernel takes `n`'s data inputs as their types are known at load: all of one float type, float32,
-/// or float16 where the op has float16 kernels (DeviceOpKind::half; a View follows either); Where's condition bool.
+/// or float16 where the op has float16 kernels (DeviceOpKind::half; a View follows either), each either for
+/// crt.Elementwise; Where's condition bool.
 /// An input whose shape is set per run (an in-session KV cache view) stays on the host.
 bool takesInputTypes(const Graph& g, const Node& n, bool half, const std::vector<int>& types) {
+  const bool mixed = isElementwise(n);  // (each input float32 or float16)
   int data = 0;
   for (size_t k = 0; k < n.in.size(); ++k) {
     const int v = n.in[k];
@@ -188,8 +191,8 @@ bool takesInputTypes(const Graph& g, const Node& n, bool half, const std::vector
       if (types[v] != static_cast<int>(DType::Bool)) return false;
       continue;
     }
-    if (data == 0) data = types[v];
-    if (types[v] != data) return false;
+    if (data == 0 || mixed) data = types[v];
+    if (types[v] != data || (mixed && data != static_cast<int>(DType::F32) && data != static_cast<int>(DType::F16))) return false;
   }
   return data == static_cast<int>(DType::F32) || (half && data == static_cast<int>(DType::F16));
 }

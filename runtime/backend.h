@@ -76,12 +76,12 @@ std::shared_ptr<Backend> makeBackend(Device d, int index = 0);
 /// ReduceMean over the last axis, Transpose, Slice, Expand, Concat, Split, Gather at one constant index, Where (a bool
 /// condition), Cast of float32 or float16 to float32, float16 or bool, MatMul of two tensors (attention's batched
 /// products), LayerNormalization,
-/// the fused RMSNorm, SiLU-multiply, GELU, RoPE and scaled masked softmax (fuse.h), the in-session KV cache's attention
+/// the fused RMSNorm, SiLU-multiply, GELU, RoPE, scaled masked softmax and elementwise chains (fuse.h), the in-session KV cache's attention
 /// (kv_cache.h: its products, or the fused KvAttention; the cache then lives on the device) and the last-row slice
 /// before a generation's classifier.
 enum class DeviceOp {
   None, MatMul, Binary, Unary, Softmax, ReduceMean, Transpose, Slice, Expand, Concat, BatchMatMul, LayerNorm, RMSNorm, SiluMul,
-  Rope, ScaleMaskSoftmax, KvScores, KvValues, KvAttention, LastRow, Split, Where, Gather, Gelu, Cast
+  Rope, ScaleMaskSoftmax, KvScores, KvValues, KvAttention, LastRow, Split, Where, Gather, Gelu, Cast, Elementwise
 };
 struct DeviceOpKind {
   DeviceOp op = DeviceOp::None;

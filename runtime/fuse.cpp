@@ -1,5 +1,5 @@
-// fuse.cpp — RMSNorm, SiLU-multiply, RoPE, per-row scale and attention-softmax chains fused into one node each at
-// load (fuse.h).
+// fuse.cpp — RMSNorm, SiLU-multiply, RoPE, per-row scale, attention-softmax and GELU chains fused into one node each
+// at load, and in device sessions the remaining elementwise chains into programs (fuse.h).
 #include "runtime/fuse.h"
 
 #include <immintrin.h>
@@ -283,6 +283,72 @@ void opFusedGelu(OpCtx& c) {
   constexpr int64_t kBlock = 4096;
   parallelRows(c, (n + kBlock - 1) / kBlock, n, [&](int64_t b0, int64_t b1) {
     for (int64_t i = b0 * kBlock, end = std::min(n, b1 * kBlock); i < end; ++i) Y[i] = device::applyGelu(g, X[i]);
+  });
+}
+
+// ------------------------------------------------------------------------------------------- elementwise chains
+bool isElementwise(const Node& n) { return n.fn == opElementwise; }
+
+device::EwProgram ewProgram(const OpCtx& c) {
+  const std::vector<int64_t>* st = c.node.attrInts("steps");
+  device::EwProgram p;
+  p.inputs = c.nin();
+  if (!st || st->empty() || st->size() % 5 != 0 || st->size() / 5 > static_cast<size_t>(device::kEwSteps) || p.inputs < 1 ||
+      p.inputs > device::kEwInputs)
+    c.bad("needs 1-" + std::to_string(device::kEwSteps) + " steps of 5 values and 1-" + std::to_string(device::kEwInputs) + " inputs");
+  p.steps = static_cast<int>(st->size() / 5);
+  for (int i = 0; i < p.steps; ++i) {
+    const int64_t* v = st->data() + 5 * i;
+    const int64_t codes = v[0] == 0 ? int64_t(device::Binary::Min) : v[0] == 1 ? int64_t(device::Unary::Sin) : 0;
+    const auto operand = [&](int64_t x) { return (x >= 0 && x < p.inputs) || (x >= device::kEwInputs && x < device::kEwInputs + i); };
+    if (v[0] < 0 || v[0] > 2 || v[1] < 0 || v[1] > codes || (v[2] != 0 && v[2] != 1) || !operand(v[3]) || (v[0] == 0 && !operand(v[4])))
+      c.bad("step " + std::to_string(i) + " is not a valid elementwise step");
+    p.s[i].kind = static_cast<device::EwKind>(v[0]);
+    p.s[i].code = static_cast<int8_t>(v[1]);
+    p.s[i].f16 = static_cast<int8_t>(v[2]);
+    p.s[i].a = static_cast<int8_t>(v[3]);
+    p.s[i].b = static_cast<int8_t>(v[0] == 0 ? v[4] : 0);
+  }
+  return p;
+}
+
+device::BroadcastN ewBroadcast(OpCtx& c, Shape& out) {
+  const int n = c.nin();
+  const int64_t* dims[device::kEwInputs];
+  int ranks[device::kEwInputs];
+  for (int k = 0; k < n && k < device::kEwInputs; ++k) {
+    const Buf& b = c.in(k);
+    if (b.dt != DType::F32 && b.dt != DType::F16) c.bad("input " + std::to_string(k) + " must be float32 or float16");
+    dims[k] = b.shape.d, ranks[k] = b.shape.rank;
+  }
+  device::BroadcastN bc;
+  if (n > device::kEwInputs || !device::makeBroadcastN(dims, ranks, n, bc)) {
+    std::string shapes;
+    for (int k = 0; k < n; ++k) shapes += (k ? ", " : "") + c.in(k).shape.str();
+    c.bad("inputs " + shapes + " do not broadcast");
+  }
+  out = Shape{};
+  for (int i = 0; i < bc.rank; ++i) out.push(bc.out[i]);
+  return bc;
+}
+
+/// The program per output element (for the emulated device and a host fallback: device sessions make these nodes).
+void opElementwise(OpCtx& c) {
+  const device::EwProgram p = ewProgram(c);
+  Shape os;
+  const device::BroadcastN bc = ewBroadcast(c, os);
+  const DType type = static_cast<DType>(c.node.attrInt("type", 0));
+  if (type != DType::F32 && type != DType::F16) c.bad("the output must be float32 or float16");
+  void* y = c.out(0, type, os);
+  const int64_t total = os.numel();
+  parallelRows(c, total, total * p.steps, [&](int64_t i0, int64_t i1) {
+    float x[device::kEwInputs];
+    for (int64_t i = i0; i < i1; ++i) {
+      for (int k = 0; k < p.inputs; ++k) x[k] = device::ewLoad(c.in(k).data, c.in(k).dt == DType::F16, device::broadcastOffsetN(bc, k, i));
+      const float v = device::ewEval(p, x);
+      if (type == DType::F16) static_cast<uint16_t*>(y)[i] = floatToHalf(v);
+      else static_cast<float*>(y)[i] = v;
+    }
   });
 }
 
@@ -578,6 +644,95 @@ bool matchRope(const Graph& g, const Uses& u, const std::vector<std::vector<int>
   return true;
 }
 
+/// A node crt.Elementwise takes as a step (backend.h's Binary ops of two inputs and Unary ops, a Cast between float32
+/// and float16), its inputs of one known float type; its step (operands unset), or kind -1.
+struct EwCandidate {
+  int kind = -1, code = 0, out_type = 0;
+};
+EwCandidate ewCandidate(const Graph& g, const Node& n, const std::vector<int>& types) {
+  if (n.is_static || n.out.size() != 1 || n.in.empty()) return {};
+  const DeviceOpKind k = deviceOpOf(g, n);
+  const int f32 = static_cast<int>(DType::F32), f16 = static_cast<int>(DType::F16);
+  int t = 0;
+  for (int v : n.in) {
+    if (v < 0 || (types[v] != f32 && types[v] != f16) || (t && types[v] != t)) return {};
+    t = types[v];
+  }
+  if (k.op == DeviceOp::Binary && n.in.size() == 2) return {0, k.code, t};
+  // (not a float32 Sigmoid: the CPU's is the kernel set's vector exp but on a tail of scalar exp, which a program per
+  // element cannot reproduce; its float16 one is scalar)
+  if (k.op == DeviceOp::Unary && n.in.size() == 1 && !(k.code == int(device::Unary::Sigmoid) && t == f32)) return {1, k.code, t};
+  if (k.op == DeviceOp::Cast && (k.code == f32 || k.code == f16)) return {2, 0, k.code};
+  return {};
+}
+
+/// The program of one group (its members in graph order, the last one's result the output): fills the fused node's
+/// inputs; false when it needs more inputs or steps than a program holds.
+bool ewGroupProgram(const Graph& g, const std::vector<int>& members, const std::vector<EwCandidate>& cand, std::vector<int>& inputs,
+                    std::vector<int64_t>& steps) {
+  std::vector<std::pair<int, int>> made;  // (value, step)
+  const auto operand = [&](int v) -> int64_t {
+    for (const auto& [value, step] : made)
+      if (value == v) return device::kEwInputs + step;
+    for (size_t k = 0; k < inputs.size(); ++k)
+      if (inputs[k] == v) return static_cast<int64_t>(k);
+    inputs.push_back(v);
+    return static_cast<int64_t>(inputs.size()) - 1;
+  };
+  for (size_t s = 0; s < members.size(); ++s) {
+    const Node& n = g.nodes[members[s]];
+    const EwCandidate& c = cand[members[s]];
+    const int64_t a = operand(n.in[0]), b = c.kind == 0 ? operand(n.in[1]) : 0;
+    steps.insert(steps.end(), {c.kind, c.code, c.out_type == static_cast<int>(DType::F16), a, b});
+    made.push_back({n.out[0], static_cast<int>(s)});
+  }
+  return inputs.size() <= static_cast<size_t>(device::kEwInputs) && members.size() <= static_cast<size_t>(device::kEwSteps);
+}
+
+/// Fuses every chain of two or more elementwise steps (ewCandidate) whose intermediates only the chain reads into one
+/// crt.Elementwise; returns the chains fused.
+int fuseElementwise(Graph& g) {
+  const std::vector<int> types = knownTypes(g);
+  const Uses u(g);
+  const int n = static_cast<int>(g.nodes.size());
+  std::vector<EwCandidate> cand(n);
+  for (int i = 0; i < n; ++i) cand[i] = ewCandidate(g, g.nodes[i], types);
+  // each candidate's result feeds at most one candidate that reads it alone: the groups are trees, named by their last
+  std::vector<int> root(n, -1);
+  for (int i = n - 1; i >= 0; --i) {
+    if (cand[i].kind < 0) continue;
+    const int r = u.single(g.nodes[i].out[0]);
+    root[i] = r >= 0 && cand[r].kind >= 0 ? root[r] : i;
+  }
+  std::vector<std::vector<int>> members(n);
+  for (int i = 0; i < n; ++i)
+    if (root[i] >= 0) members[root[i]].push_back(i);
+  std::vector<char> drop(n, 0);
+  std::vector<Node> fusedAt(n);
+  int fused = 0;
+  for (int r = 0; r < n; ++r) {
+    if (members[r].size() < 2) continue;
+    std::vector<int> inputs;
+    std::vector<int64_t> steps;
+    if (!ewGroupProgram(g, members[r], cand, inputs, steps)) continue;
+    Node f = fusedNode("Elementwise", opElementwise, g.nodes[r], inputs);
+    f.attrs["steps"].kind = Attr::Ints;
+    f.attrs["steps"].ints = std::move(steps);
+    setAttr(f, "type", static_cast<int64_t>(cand[r].out_type));
+    for (int m : members[r]) drop[m] = 1;
+    fusedAt[r] = std::move(f);
+    ++fused;
+  }
+  if (fused == 0) return 0;
+  std::vector<Node> out;
+  for (int i = 0; i < n; ++i) {
+    if (!fusedAt[i].op.empty()) out.push_back(std::move(fusedAt[i]));
+    else if (!drop[i]) out.push_back(std::move(g.nodes[i]));
+  }
+  g.nodes = std::move(out);
+  return fused;
+}
+
 }  // namespace
 
 int fuseChains(Graph& g, bool cpuOnly) {
@@ -606,16 +761,17 @@ int fuseChains(Graph& g, bool cpuOnly) {
     replace.push_back({chain.back(), std::move(f)});
     ++fused;
   }
-  if (fused == 0) return 0;
-  std::vector<Node> out;
-  size_t r = 0;
-  std::sort(replace.begin(), replace.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-  for (int i = 0; i < static_cast<int>(g.nodes.size()); ++i) {
-    if (r < replace.size() && replace[r].first == i) out.push_back(std::move(replace[r++].second));
-    else if (!drop[i]) out.push_back(std::move(g.nodes[i]));
+  if (fused > 0) {
+    std::vector<Node> out;
+    size_t r = 0;
+    std::sort(replace.begin(), replace.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (int i = 0; i < static_cast<int>(g.nodes.size()); ++i) {
+      if (r < replace.size() && replace[r].first == i) out.push_back(std::move(replace[r++].second));
+      else if (!drop[i]) out.push_back(std::move(g.nodes[i]));
+    }
+    g.nodes = std::move(out);
   }
-  g.nodes = std::move(out);
-  return fused;
+  return fused + (cpuOnly ? 0 : fuseElementwise(g));
 }
 
 }  // namespace crt::detail

@@ -16,6 +16,10 @@
 //    The per-row scale only on the CPU (SmoothQuant's int8 MatMuls stay on the host; a device session runs that chain
 //    node by node); the CUDA backend has kernels for the other five (ropeGeometry and scaleMaskGeometry below are
 //    the checks and index maps both sides use).
+//  - In device sessions, after those: every other chain of elementwise ops (backend.h's Binary and Unary ops) and
+//    float32 <-> float16 Casts whose intermediates nothing else reads  => crt.Elementwise(inputs; a program of steps,
+//    device_math.h's EwProgram), one kernel launch instead of one per op: an fp16 export's RMSNorm, RoPE and
+//    activation arithmetic with their Casts. Its inputs may mix float32 and float16.
 // Only float32 chains (known at load, backend.h's knownFloat32) whose intermediates nothing else reads are fused.
 // fuse.cpp is compiled with -ffp-contract=off: a fused a*c - b*s must round both products, as the Mul nodes did.
 #pragma once
@@ -25,12 +29,22 @@
 
 namespace crt::detail {
 
-/// Fuses every matching chain (the per-row scale only when `cpuOnly`); returns the
-/// nodes fused. Run pruneUnused + prepareRuns after a non-zero result.
+/// Fuses every matching chain (the per-row scale only when `cpuOnly`, the elementwise chains only when not); returns
+/// the nodes fused. Run pruneUnused + prepareRuns after a non-zero result.
 int fuseChains(Graph& g, bool cpuOnly = true);
 
 /// Whether n is a fused node whose output has its first input's element type (backend.h's knownFloat32).
 bool fusedKeepsType(const Node& n);
+/// Whether n is a crt.Elementwise node (its output's type is its "type" attribute; its inputs are float32 or float16).
+bool isElementwise(const Node& n);
+
+/// in = up to 8 float32 / float16 tensors broadcast together, attrs steps (5 ints per step: kind, code, f16, a, b) and
+/// type (the output's DType): device::ewEval per output element.
+void opElementwise(OpCtx& c);
+/// crt.Elementwise's program from its attributes, checked against its inputs (a ModelError naming the node otherwise).
+device::EwProgram ewProgram(const OpCtx& c);
+/// crt.Elementwise's broadcast over its inputs (each float32 or float16) and its output's shape.
+device::BroadcastN ewBroadcast(OpCtx& c, Shape& out);
 
 /// `op` (a reduction) over the last axis only, keeping it (the axes attribute or a constant axes input of -1).
 bool isLastAxisReduce(const Graph& g, const Node& n, const char* op);

@@ -185,6 +185,22 @@ __global__ void ropeKernel(dm::Rope r, int64_t total, const float* T, const floa
   }
 }
 
+/// The inputs of crt.Elementwise: pointers and whether each is float16.
+struct EwInputs {
+  const void* p[dm::kEwInputs] = {};
+  int8_t f16[dm::kEwInputs] = {};
+};
+
+/// crt.Elementwise (fuse.h): a thread per output element runs the chain's program (device_math.h's ewEval).
+template <typename T>
+__global__ void elementwiseKernel(dm::EwProgram prog, dm::BroadcastN bc, EwInputs in, int64_t total, T* Y) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    float x[dm::kEwInputs];
+    for (int k = 0; k < prog.inputs; ++k) x[k] = dm::ewLoad(in.p[k], in.f16[k], dm::broadcastOffsetN(bc, k, i));
+    dm::store(Y, i, dm::ewEval(prog, x));
+  }
+}
+
 // ------------------------------------------------------------------------------------------- KV cache
 /// Writes the new rows X [H kv heads][S][D] (float32 or float16) at rows length.. of the cache (fp16: rounded to
 /// nearest even, as the CPU's conversion).
@@ -216,13 +232,13 @@ __global__ void kvAppendInt8Kernel(int8_t* cache, float* scales, int64_t capacit
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) cache[r * D + d] = dm::kvInt8(dm::load(x, d), scale);
 }
 
-/// scores[hs][t] = Q[hs] . K[t] for query row hs = qh * S + s: a warp per score (T: the queries' and scores' type).
-template <typename T>
-__global__ void kvScoresKernel(dm::KvCache kv, const T* Q, T* Y, int64_t S, int64_t T_, int64_t total) {
+/// scores[hs][t] = Q[hs] . K[t] for query row hs = qh * S + s: a warp per score (E: the queries' and scores' type).
+template <typename E>
+__global__ void kvScoresKernel(dm::KvCache kv, const E* Q, E* Y, int64_t S, int64_t T, int64_t total) {
   const int64_t w = blockIdx.x * int64_t(kGemvWarps) + threadIdx.x / dm::kWarp;
   const int lane = threadIdx.x % dm::kWarp;
   if (w >= total) return;
-  const int64_t hs = w / T_, t = w % T_;
+  const int64_t hs = w / T, t = w % T;
   const float s = warpSum(dm::kvScorePartial(kv, Q + hs * kv.D, hs / S, t, lane, dm::kWarp));
   if (lane == 0) dm::store(Y, w, s);
 }
@@ -750,6 +766,22 @@ void opCudaSiluMul(OpCtx& c) {
   checkLaunch("silu mul");
 }
 
+void opCudaElementwise(OpCtx& c) {
+  const dm::EwProgram prog = ewProgram(c);
+  Shape os;
+  const dm::BroadcastN bc = ewBroadcast(c, os);
+  EwInputs in;
+  for (int k = 0; k < prog.inputs; ++k) in.p[k] = c.in(k).data, in.f16[k] = c.in(k).dt == DType::F16;
+  const int64_t total = os.numel();
+  byFloatType(c, static_cast<DType>(c.node.attrInt("type", 0)), [&](auto tag) {
+    using T = decltype(tag);
+    T* Y = typedOut<T>(c, 0, os);
+    if (total == 0) return;
+    elementwiseKernel<T><<<blocksFor(total, 256), 256>>>(prog, bc, in, total, Y);
+    checkLaunch("elementwise chain");
+  });
+}
+
 void opCudaRope(OpCtx& c) {
   const RopeGeometry geo = ropeGeometry(c);
   float* Y = c.outT<float>(0, geo.out);
@@ -870,6 +902,7 @@ OpFn CudaBackend::kernelFor(const Graph& g, const Node& n) {
     case DeviceOp::Gather: return opCudaGather;
     case DeviceOp::Gelu: return opCudaGelu;
     case DeviceOp::Cast: return opCudaCast;
+    case DeviceOp::Elementwise: return opCudaElementwise;
     case DeviceOp::None: break;
   }
   return nullptr;

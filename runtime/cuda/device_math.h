@@ -501,6 +501,91 @@ inline float butterflySum(float* v) {
   return v[0];
 }
 
+// ------------------------------------------------------------------------------------------- elementwise chains
+/// crt.Elementwise (runtime/fuse.h; device sessions): a chain of elementwise ops and float32 <-> float16 Casts as one
+/// program of steps evaluated per output element, each step with its op's arithmetic (applyBinary / applyUnary) and
+/// its result rounded to float16 where the chain's op wrote float16: the unfused chain's bits.
+constexpr int kEwInputs = 8, kEwSteps = 24;
+enum class EwKind : int8_t { Binary, Unary, Cast };
+struct EwStep {
+  EwKind kind = EwKind::Cast;
+  int8_t code = 0;  // Binary or Unary
+  int8_t f16 = 0;   // the step's result is float16: rounded to nearest even
+  int8_t a = 0, b = 0;  // operands: below kEwInputs an input, from it the result of step (x - kEwInputs)
+};
+struct EwProgram {
+  int inputs = 0, steps = 0;
+  EwStep s[kEwSteps];
+};
+
+CRT_HD float roundToHalf(float v) { return halfBitsToFloat(floatToHalfBits(v)); }
+
+/// Input element `off` of a float32 or float16 tensor as float.
+CRT_HD float ewLoad(const void* p, bool f16, int64_t off) {
+  return f16 ? halfBitsToFloat(static_cast<const uint16_t*>(p)[off]) : static_cast<const float*>(p)[off];
+}
+
+/// The program's value for one output element from its inputs' values x (a checked program: operands in range).
+CRT_HD float ewEval(const EwProgram& p, const float* x) {
+  float r[kEwSteps];
+  for (int i = 0; i < p.steps; ++i) {
+    const EwStep& st = p.s[i];
+    const float a = st.a < kEwInputs ? x[st.a] : r[st.a - kEwInputs];
+    float v = a;
+    if (st.kind == EwKind::Binary) v = applyBinary(static_cast<Binary>(st.code), a, st.b < kEwInputs ? x[st.b] : r[st.b - kEwInputs]);
+    else if (st.kind == EwKind::Unary) v = applyUnary(static_cast<Unary>(st.code), a);
+    r[i] = st.f16 ? roundToHalf(v) : v;
+  }
+  return r[p.steps - 1];
+}
+
+/// Broadcasting of up to kEwInputs operands: the output's dims and each operand's element stride per dim (0 where
+/// it has size 1 or lacks the dim).
+struct BroadcastN {
+  int rank = 0, n = 0;
+  int64_t out[kMaxRank] = {};
+  int64_t st[kEwInputs][kMaxRank] = {};
+};
+
+/// Builds the broadcast of n shapes (n <= kEwInputs, ranks <= kMaxRank); false when they do not broadcast.
+inline bool makeBroadcastN(const int64_t* const* dims, const int* ranks, int n, BroadcastN& bc) {
+  int r = 0;
+  for (int k = 0; k < n; ++k) r = ranks[k] > r ? ranks[k] : r;
+  if (r > kMaxRank || n > kEwInputs) return false;
+  bc.rank = r, bc.n = n;
+  for (int i = 0; i < r; ++i) {
+    int64_t o = 1;
+    for (int k = 0; k < n; ++k) {
+      const int ik = i - (r - ranks[k]);
+      const int64_t d = ik >= 0 ? dims[k][ik] : 1;
+      if (d != 1 && o != 1 && d != o) return false;
+      if (d != 1) o = d;
+    }
+    bc.out[i] = o;
+  }
+  for (int k = 0; k < n; ++k) {
+    int64_t acc = 1;
+    for (int i = r - 1; i >= 0; --i) {
+      const int ik = i - (r - ranks[k]);
+      const int64_t d = ik >= 0 ? dims[k][ik] : 1;
+      bc.st[k][i] = d == 1 ? 0 : acc;
+      acc *= d;
+    }
+  }
+  return true;
+}
+
+/// Operand k's element for output element i.
+CRT_HD int64_t broadcastOffsetN(const BroadcastN& bc, int k, int64_t i) {
+  int64_t off = 0;
+  for (int d = bc.rank - 1; d >= 0; --d) {
+    const int64_t idx = i % bc.out[d];
+    i /= bc.out[d];
+    off += idx * bc.st[k][d];
+  }
+  return off;
+}
+
 /// The rows one block of `warps` warps takes in the quantized GEMV: warp w of block b takes row
 /// b * warps + w.
 CRT_HD int64_t gemvRow(int64_t block, int warps, int warp) { return block * warps + warp; }

@@ -60,6 +60,7 @@ crt::Tensor runOn(const std::string& model, crt::Device d, const std::vector<std
   crt::SessionOptions so;
   so.threads = 2;
   so.device = d;
+  so.fuse = false;  // each op's own kernel (fuse_test.cpp checks the fused ones, elementwise programs included)
   auto s = crt::Session::create(model, so);
   INFO(s.status().message);
   REQUIRE(s.ok());
