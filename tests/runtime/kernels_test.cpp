@@ -47,7 +47,7 @@ int checkAll(const PackedWeight& pw, const std::vector<double>& dense, int64_t K
   std::mt19937 rng(3);
   std::normal_distribution<float> nd;
   ThreadPool pool(2);
-  for (int64_t M : {1, 2, 3, 4, 5, 12, 13, 20, 29}) {
+  for (int64_t M : {1, 2, 3, 4, 5, 6, 7, 12, 13, 20, 29}) {  // (tiles: AVX2 6 and 2, AVX-512 12, 8, 4)
     std::vector<float> x(M * K);
     for (auto& v : x) v = nd(rng);
     auto want = reference(x, dense, M, K, N);
