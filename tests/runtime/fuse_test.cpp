@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <random>
 #include <tuple>
 
@@ -163,6 +164,18 @@ std::string geluModel(bool tanhForm, bool swap = false, bool leak = false, bool 
   return b.save(std::string("gelu") + (tanhForm ? "-tanh" : "-erf") + (swap ? "-swap" : "") + (leak ? "-leak" : "") + (power2 ? "-p2" : ""));
 }
 
+/// A session of `model` on device d (its creation must succeed); none for CUDA on a machine without a GPU.
+std::optional<crt::Session> sessionOn(const std::string& model, crt::Device d) {
+  std::string why;
+  if (d == crt::Device::Cuda && crt::detail::cudaDeviceCount(&why) == 0) return std::nullopt;
+  crt::SessionOptions so;
+  so.device = d;
+  auto s = crt::Session::create(model, so);
+  INFO(s.status().message);
+  REQUIRE(s.ok());
+  return std::move(s.value());
+}
+
 /// Output 0 with and without fusion, checking how many chains were fused; the fused nodes on the emulated device
 /// (the same bits, no fused node left on the host) and, with a GPU, on CUDA (within 1e-5). x has shape `xs`.
 /// `deviceFuses` false: a chain a device session runs node by node (SmoothQuant's per-token scale).
@@ -188,14 +201,9 @@ void checkSameBits(const std::string& model, int fused, std::vector<int64_t> xs 
     outs.push_back(r.value()[0].bytes);
   }
   CHECK(outs[0] == outs[1]);
-  std::string why;
   for (crt::Device d : {crt::Device::Emulated, crt::Device::Cuda}) {
-    if (d == crt::Device::Cuda && crt::detail::cudaDeviceCount(&why) == 0) break;
-    crt::SessionOptions so;
-    so.device = d;
-    auto s = crt::Session::create(model, so);
-    INFO(s.status().message);
-    REQUIRE(s.ok());
+    std::optional<crt::Session> s = sessionOn(model, d);
+    if (!s) break;
     // (an unfused chain may stay on the host whole: a light island between host nodes, backend.cpp)
     CHECK((s->info().device_nodes > 0 || fused == 0));
     CHECK(s->info().fused_nodes >= (deviceFuses ? fused : 0));  // (and the elementwise chains left: programs)
@@ -421,13 +429,8 @@ TEST_CASE("fusion: a device session runs an elementwise chain (float32, or float
     x[3] = NAN, x[5] = INFINITY, x[6] = -0.f, x[7] = 70000.f;  // (NaN and Inf through every step; beyond float16's range)
     std::vector<crt::Tensor> outs;
     for (crt::Device d : {crt::Device::Cpu, crt::Device::Emulated, crt::Device::Cuda}) {
-      std::string why;
-      if (d == crt::Device::Cuda && crt::detail::cudaDeviceCount(&why) == 0) break;
-      crt::SessionOptions so;
-      so.device = d;
-      auto s = crt::Session::create(model, so);
-      INFO(s.status().message);
-      REQUIRE(s.ok());
+      std::optional<crt::Session> s = sessionOn(model, d);
+      if (!s) break;
       // the CPU runs the chain op by op; a device session runs it as programs: float32, two around the Sigmoid (the
       // CPU's float32 Sigmoid is a vector kernel, not the program's arithmetic); float16, one after the Cast that two
       // steps read
