@@ -123,8 +123,8 @@ void printProfile(const crt::Session& s) {
 void noteHostOnly(const std::string& path, const crt::SessionInfo& i) {
   if (i.device == "cpu" || i.device_nodes > 0) return;
   std::cerr << "crun: note: no node of " << path << " runs on the device (" << i.device
-            << "): its kernels take float32 activations, so an fp16 export runs on the CPU; export fp32, int8 or int4 for "
-               "the GPU (`crun info --device ...` shows the placement)\n";
+            << "): the device takes float32 and float16 math (MatMuls, attention, norms, elementwise ops) with more than "
+               "light work between host nodes, and this model has none; `crun info --device ...` shows the placement\n";
 }
 
 crt::Session open(const std::string& path, const cxxopts::ParseResult& r) {

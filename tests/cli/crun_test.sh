@@ -149,8 +149,17 @@ YAML
 "$COMPRESS" --config "$work/fp16.yaml" --quiet --overwrite > /dev/null 2>&1
 "$CRUN" bench "$work/fp16/model.onnx" --shape tokens=1x4 --runs 2 --device emulated > /dev/null 2> "$work/fp16_dev.txt"
 "$CRUN" bench "$work/m.onnx" --shape tokens=1x4 --runs 2 --device emulated > /dev/null 2> "$work/fp32_dev.txt"
-check "a device session where nothing runs on the device (an fp16 export) says so on stderr, an fp32 one does not" \
-  "grep -q 'no node of .* runs on the device (emulated)' $work/fp16_dev.txt && ! grep -q 'no node of' $work/fp32_dev.txt"
+# a model of integer arithmetic only (torch's exporter): nothing the device takes
+/usr/bin/python3 -c "
+import torch
+class M(torch.nn.Module):
+    def forward(self, x):
+        return (x * 3 + 1).argmax(-1)
+torch.onnx.export(M(), (torch.ones(1, 4, dtype=torch.long),), '$work/int_only.onnx', input_names=['tokens'], output_names=['y'])
+" > /dev/null 2>&1
+"$CRUN" bench "$work/int_only.onnx" --shape tokens=1x4 --runs 2 --device emulated > /dev/null 2> "$work/int_dev.txt"
+check "a device session where nothing runs on the device (integer arithmetic only) says so on stderr; fp32 and fp16 exports run there" \
+  "grep -q 'no node of .* runs on the device (emulated)' $work/int_dev.txt && ! grep -q 'no node of' $work/fp32_dev.txt && ! grep -q 'no node of' $work/fp16_dev.txt"
 "$CRUN" info "$work/m.onnx" --device tpu 2> "$work/e7.txt"; rc=$?
 check "a bad --device value exits 2 naming the choices" "[ $rc -eq 2 ] && grep -q 'takes cpu, cuda, cuda:N, auto or emulated' $work/e7.txt"
 if ! "$CRUN" info "$work/m.onnx" --device cuda > /dev/null 2> "$work/e8.txt"; then

@@ -94,6 +94,20 @@ TEST_CASE("smoothing scales follow the paper's formula", "[smoothquant]") {
   CHECK(smoothingScales(act, wt, 0.0)[2].item<float>() == Approx(4.0f));
 }
 
+namespace {
+
+/// Whether this x86 CPU has integer dot products (AVX-512 VNNI or AVX-VNNI), which ONNX Runtime's U8S8 kernels need
+/// for exact sums; true elsewhere.
+bool x86Vnni() {
+#if defined(__x86_64__)
+  return __builtin_cpu_supports("avx512vnni") || __builtin_cpu_supports("avxvnni");
+#else
+  return true;
+#endif
+}
+
+}  // namespace
+
 TEST_CASE("W8A8 activation QDQ runs the same in ONNX Runtime as in the executor", "[smoothquant][ort]") {
   std::string why;
   if (!testutil::requiredOrSkip(ortAvailable(&why), "ONNX Runtime (" + why + ")")) return;
@@ -104,6 +118,13 @@ TEST_CASE("W8A8 activation QDQ runs the same in ONNX Runtime as in the executor"
     const std::string path = exportW8A8(mode, tokens, &want);
     for (const char* opt : {"disabled", "all"}) {
       INFO(opt);
+      if (mode == ActQuant::Static && std::string(opt) == "all" && !x86Vnni()) {
+        // ONNX Runtime fuses the static form into its U8S8 integer MatMul, which on x86 CPUs without VNNI sums pairs
+        // of products in int16 (vpmaddubsw) and saturates on 8-bit weights (its quantizer's reduce_range is for
+        // these CPUs); crun's own int8 kernels are exact there (the crun test below)
+        WARN("ONNX Runtime's fused static W8A8 on a CPU without VNNI saturates: that comparison is skipped here");
+        continue;
+      }
       const at::Tensor got = ortRun(path, {{"tokens", tokens}}, opt).begin()->second;
       CHECK(relDiff(got, want) < 1e-4);
     }
