@@ -22,24 +22,24 @@ struct NamedKind {
   std::string_view name;
   DeviceOpKind kind;
 };
-// The ONNX ops: every one has float32 and float16 kernels (the fp16 export's activations).
 constexpr bool kHalf = true;
+// The ONNX ops: every one has float32 and float16 kernels (the fp16 export's activations; deviceOpOf marks them half).
 constexpr NamedKind kDeviceOps[] = {
-    {"Add", {DeviceOp::Binary, int(device::Binary::Add), kHalf}},      {"Sub", {DeviceOp::Binary, int(device::Binary::Sub), kHalf}},
-    {"Mul", {DeviceOp::Binary, int(device::Binary::Mul), kHalf}},      {"Div", {DeviceOp::Binary, int(device::Binary::Div), kHalf}},
-    {"Pow", {DeviceOp::Binary, int(device::Binary::Pow), kHalf}},      {"Max", {DeviceOp::Binary, int(device::Binary::Max), kHalf}},
-    {"Min", {DeviceOp::Binary, int(device::Binary::Min), kHalf}},      {"Sqrt", {DeviceOp::Unary, int(device::Unary::Sqrt), kHalf}},
-    {"Reciprocal", {DeviceOp::Unary, int(device::Unary::Reciprocal), kHalf}}, {"Neg", {DeviceOp::Unary, int(device::Unary::Neg), kHalf}},
-    {"Exp", {DeviceOp::Unary, int(device::Unary::Exp), kHalf}},        {"Tanh", {DeviceOp::Unary, int(device::Unary::Tanh), kHalf}},
-    {"Sigmoid", {DeviceOp::Unary, int(device::Unary::Sigmoid), kHalf}}, {"Relu", {DeviceOp::Unary, int(device::Unary::Relu), kHalf}},
-    {"Erf", {DeviceOp::Unary, int(device::Unary::Erf), kHalf}},          {"Cos", {DeviceOp::Unary, int(device::Unary::Cos), kHalf}},
-    {"Sin", {DeviceOp::Unary, int(device::Unary::Sin), kHalf}},          {"Gather", {DeviceOp::Gather, 0, kHalf}},
-    {"Cast", {DeviceOp::Cast, 0, kHalf}},
-    {"Softmax", {DeviceOp::Softmax, 0, kHalf}},                        {"ReduceMean", {DeviceOp::ReduceMean, 0, kHalf}},
-    {"Transpose", {DeviceOp::Transpose, 0, kHalf}},                    {"Slice", {DeviceOp::Slice, 0, kHalf}},
-    {"Concat", {DeviceOp::Concat, 0, kHalf}},                          {"MatMul", {DeviceOp::BatchMatMul, 0, kHalf}},
-    {"Expand", {DeviceOp::Expand, 0, kHalf}},                          {"LayerNormalization", {DeviceOp::LayerNorm, 0, kHalf}},
-    {"Split", {DeviceOp::Split, 0, kHalf}},                            {"Where", {DeviceOp::Where, 0, kHalf}},
+    {"Add", {DeviceOp::Binary, int(device::Binary::Add)}},      {"Sub", {DeviceOp::Binary, int(device::Binary::Sub)}},
+    {"Mul", {DeviceOp::Binary, int(device::Binary::Mul)}},      {"Div", {DeviceOp::Binary, int(device::Binary::Div)}},
+    {"Pow", {DeviceOp::Binary, int(device::Binary::Pow)}},      {"Max", {DeviceOp::Binary, int(device::Binary::Max)}},
+    {"Min", {DeviceOp::Binary, int(device::Binary::Min)}},      {"Sqrt", {DeviceOp::Unary, int(device::Unary::Sqrt)}},
+    {"Reciprocal", {DeviceOp::Unary, int(device::Unary::Reciprocal)}}, {"Neg", {DeviceOp::Unary, int(device::Unary::Neg)}},
+    {"Exp", {DeviceOp::Unary, int(device::Unary::Exp)}},        {"Tanh", {DeviceOp::Unary, int(device::Unary::Tanh)}},
+    {"Sigmoid", {DeviceOp::Unary, int(device::Unary::Sigmoid)}}, {"Relu", {DeviceOp::Unary, int(device::Unary::Relu)}},
+    {"Erf", {DeviceOp::Unary, int(device::Unary::Erf)}},          {"Cos", {DeviceOp::Unary, int(device::Unary::Cos)}},
+    {"Sin", {DeviceOp::Unary, int(device::Unary::Sin)}},          {"Gather", {DeviceOp::Gather, 0}},
+    {"Cast", {DeviceOp::Cast, 0}},
+    {"Softmax", {DeviceOp::Softmax, 0}},                        {"ReduceMean", {DeviceOp::ReduceMean, 0}},
+    {"Transpose", {DeviceOp::Transpose, 0}},                    {"Slice", {DeviceOp::Slice, 0}},
+    {"Concat", {DeviceOp::Concat, 0}},                          {"MatMul", {DeviceOp::BatchMatMul, 0}},
+    {"Expand", {DeviceOp::Expand, 0}},                          {"LayerNormalization", {DeviceOp::LayerNorm, 0}},
+    {"Split", {DeviceOp::Split, 0}},                            {"Where", {DeviceOp::Where, 0}},
 };
 
 // The load-time rewrites: float32 only (fuse.h fuses float32 chains; the fused attention takes float32), but the KV
@@ -62,18 +62,10 @@ bool oneConstantIndex(const Graph& g, const Node& n) {
 
 }  // namespace
 
-DeviceOpKind deviceOpOf(const Graph& g, const Node& n) {
-  if (n.packed) {
-    const PackedWeight& w = *n.packed;
-    const bool plain = !n.act_quant && !w.sparse && !w.int8 && (n.in.size() == 1 || n.in[1] < 0);
-    return plain ? DeviceOpKind{DeviceOp::MatMul, 0, kHalf} : DeviceOpKind{};
-  }
-  if (n.domain == "crt") {  // the load-time rewrites (fuse.h, kv_cache.h)
-    for (const NamedKind& k : kCrtDeviceOps)
-      if (n.op == k.name) return k.kind;
-    return {};
-  }
-  if (!n.domain.empty()) return {};
+namespace {
+
+/// The kind of ONNX op node n is for a device backend (None: it stays on the host).
+DeviceOpKind onnxDeviceOp(const Graph& g, const Node& n) {
   for (const NamedKind& k : kDeviceOps) {
     if (n.op != k.name) continue;
     if (k.kind.op == DeviceOp::Softmax) {
@@ -86,11 +78,30 @@ DeviceOpKind deviceOpOf(const Graph& g, const Node& n) {
     if (k.kind.op == DeviceOp::Binary && n.in.size() != 2) return {};  // (Max and Min take 1-8 inputs)
     if (k.kind.op == DeviceOp::Cast) {  // to float32, float16 or bool (OPT's padding mask)
       const auto to = static_cast<DType>(n.attrInt("to", 0));
-      return to == DType::F32 || to == DType::F16 || to == DType::Bool ? DeviceOpKind{DeviceOp::Cast, int(to), kHalf} : DeviceOpKind{};
+      return to == DType::F32 || to == DType::F16 || to == DType::Bool ? DeviceOpKind{DeviceOp::Cast, int(to)} : DeviceOpKind{};
     }
     return k.kind;
   }
   return {};
+}
+
+}  // namespace
+
+DeviceOpKind deviceOpOf(const Graph& g, const Node& n) {
+  if (n.packed) {
+    const PackedWeight& w = *n.packed;
+    const bool plain = !n.act_quant && !w.sparse && !w.int8 && (n.in.size() == 1 || n.in[1] < 0);
+    return plain ? DeviceOpKind{DeviceOp::MatMul, 0, kHalf} : DeviceOpKind{};
+  }
+  if (n.domain == "crt") {  // the load-time rewrites (fuse.h, kv_cache.h)
+    for (const NamedKind& k : kCrtDeviceOps)
+      if (n.op == k.name) return k.kind;
+    return {};
+  }
+  if (!n.domain.empty()) return {};
+  DeviceOpKind k = onnxDeviceOp(g, n);
+  k.half = k.op != DeviceOp::None;
+  return k;
 }
 
 bool readsShapeOnly(const Node& n) { return n.domain.empty() && opHas(n.op, op_trait::ShapeOnly); }

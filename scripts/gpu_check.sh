@@ -31,14 +31,19 @@ cp build/crun build/tests/runtime_tests build/cuda_bench "$bundle/bin/"
 for b in "$bundle"/bin/*; do ldd "$b" | awk '/=>/ && $3 ~ /^\// {print $3} /ld-linux/ && $1 ~ /^\// {print $1}'; done | sort -u |
   while read -r lib; do cp -L "$lib" "$bundle/lib/"; done
 
-# the models: stories260K as fp32, fp16, int8 (per channel) and int4-g32 (MatMulNBits), plain and with a KV cache
-for fmt in fp32 fp16 int8 int4; do
-  case $fmt in
-    fp32) passes="[]" ;;
-    fp16) passes="[{fp16: {keep_io_types: true}}]" ;;
-    int8) passes="[{rtn: {bits: 8, group_size: -1, symmetric: true}}]" ;;
-    int4) passes="[{rtn: {bits: 4, group_size: 32, symmetric: false}}]" ;;
+# the recipe passes of each format: fp32, fp16, int8 (per channel) and int4-g32 (MatMulNBits)
+passes_of() {
+  case $1 in
+    fp32) echo "[]" ;;
+    fp16) echo "[{fp16: {keep_io_types: true}}]" ;;
+    int8) echo "[{rtn: {bits: 8, group_size: -1, symmetric: true}}]" ;;
+    int4) echo "[{rtn: {bits: 4, group_size: 32, symmetric: false}}]" ;;
   esac
+}
+
+# the models: stories260K in every format, plain and with a KV cache
+for fmt in fp32 fp16 int8 int4; do
+  passes=$(passes_of $fmt)
   for kv in false true; do
     out=build/gpu-export/${fmt}_kv$kv
     mkdir -p build/gpu-export
@@ -60,11 +65,7 @@ synth=build/bench/llama768_untied.pt
 mkdir -p "$(dirname "$synth")"
 [ -f "$synth" ] || /usr/bin/python3 scripts/make_synthetic_llama.py "$synth" --untied
 for fmt in fp32 fp16 int4; do
-  case $fmt in
-    fp32) passes="[]" ;;
-    fp16) passes="[{fp16: {keep_io_types: true}}]" ;;
-    int4) passes="[{rtn: {bits: 4, group_size: 32, symmetric: false}}]" ;;
-  esac
+  passes=$(passes_of $fmt)
   for kv in false true; do
     out=build/gpu-export/synth_${fmt}_kv$kv
     cat > "$out.yaml" <<YAML

@@ -598,15 +598,22 @@ void opCudaGelu(OpCtx& c) {
   checkLaunch("gelu");
 }
 
-void opCudaUnary(OpCtx& c) {
-  const Buf& x = c.in(0);
-  byFloatType(c, x.dt, [&](auto tag) {
+/// An op of one float32 or float16 input and one output of shape `os` and the same type: launch(X, Y) with the typed
+/// pointers, unless the output is empty.
+template <typename Launch>
+void sameTypeOp(OpCtx& c, const Shape& os, Launch&& launch) {
+  byFloatType(c, c.in(0).dt, [&](auto tag) {
     using T = decltype(tag);
     const T* X = typedIn<T>(c, 0);
-    T* Y = typedOut<T>(c, 0, x.shape);
-    const int64_t total = x.numel();
-    if (total == 0) return;
-    unaryKernel<T><<<blocksFor(total, 256), 256>>>(static_cast<dm::Unary>(c.node.device_code), total, X, Y);
+    T* Y = typedOut<T>(c, 0, os);
+    if (os.numel() > 0) launch(X, Y);
+  });
+}
+
+void opCudaUnary(OpCtx& c) {
+  const int64_t total = c.in(0).numel();
+  sameTypeOp(c, c.in(0).shape, [&](auto X, auto Y) {
+    unaryKernel<<<blocksFor(total, 256), 256>>>(static_cast<dm::Unary>(c.node.device_code), total, X, Y);
     checkLaunch("elementwise");
   });
 }
@@ -618,31 +625,22 @@ void lastAxis(const Buf& x, int64_t& rows, int64_t& n) {
 }
 
 void opCudaSoftmax(OpCtx& c) {
-  const Buf& x = c.in(0);
-  byFloatType(c, x.dt, [&](auto tag) {
-    using T = decltype(tag);
-    const T* X = typedIn<T>(c, 0);
-    T* Y = typedOut<T>(c, 0, x.shape);
-    int64_t rows, n;
-    lastAxis(x, rows, n);
-    if (rows == 0) return;
-    softmaxKernel<T><<<static_cast<unsigned>(rows), kRowThreads>>>(X, Y, n);
+  int64_t rows, n;
+  lastAxis(c.in(0), rows, n);
+  sameTypeOp(c, c.in(0).shape, [&](auto X, auto Y) {
+    softmaxKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(X, Y, n);
     checkLaunch("softmax");
   });
 }
 
 void opCudaReduceMean(OpCtx& c) {
-  const Buf& x = c.in(0);
-  Shape os = x.shape;
+  Shape os = c.in(0).shape;
   if (os.rank > 0) os[os.rank - 1] = 1;
-  byFloatType(c, x.dt, [&](auto tag) {
-    using T = decltype(tag);
-    const T* X = typedIn<T>(c, 0);
-    T* Y = typedOut<T>(c, 0, os);
-    int64_t rows, n;
-    lastAxis(x, rows, n);
-    if (rows == 0) return;
-    meanKernel<T><<<static_cast<unsigned>(rows), kRowThreads>>>(X, Y, n);
+  int64_t rows, n;
+  lastAxis(c.in(0), rows, n);
+  sameTypeOp(c, os, [&](auto X, auto Y) {
+    if (rows == 0) return;  // (an empty last axis: nothing to average)
+    meanKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(X, Y, n);
     checkLaunch("reduce mean");
   });
 }
