@@ -5,7 +5,9 @@
 #   fp32     no passes;
 #   int8     rtn int8 per channel (weight-only: crun's exact fp32 compute, --int8-activations off);
 #   w8a8_dyn smoothquant, int8 activations per token (opset-21 QuantizeLinear with a per-row scale);
-#   w8a8_sta smoothquant, int8 activations per tensor (static scale from calibration: ONNX Runtime's QDQ int8 path).
+#   w8a8_sta smoothquant, int8 activations per tensor (static scale from calibration: ONNX Runtime's QDQ int8 path);
+#   w8a8_u8  the same with uint8 weights (symmetric: false, as configs/smoothquant_w8a8_static.yaml): ONNX Runtime's
+#            U8U8 kernel, exact on x86 CPUs without VNNI where w8a8_sta's U8S8 one saturates.
 # Calibration: 16 sequences of 128 TinyStories tokens. Shapes [1,128] (prefill, every row through the classifier)
 # and [1,1]; threads 1 and 2; the best of `rounds` rounds (the machine is shared). Prints a Markdown table with each
 # format's time as a fraction of crun fp32 and of ONNX Runtime on the same file; writes bench/w8a8.json.
@@ -21,13 +23,14 @@ synth=build/bench/llama768_untied.pt
 [ -f "$synth" ] || /usr/bin/python3 scripts/make_synthetic_llama.py "$synth" --untied
 tmp=build/bench/w8a8
 mkdir -p "$tmp"
-formats="fp32 int8 w8a8_dyn w8a8_sta"
+formats="fp32 int8 w8a8_dyn w8a8_sta w8a8_u8"
 for f in $formats; do
   case $f in
     fp32) passes="[]" ;;
     int8) passes="[{rtn: {bits: 8, group_size: -1, symmetric: true}}]" ;;
     w8a8_dyn) passes="[{smoothquant: {alpha: 0.5, activations: dynamic}}]" ;;
     w8a8_sta) passes="[{smoothquant: {alpha: 0.5, activations: static}}]" ;;
+    w8a8_u8) passes="[{smoothquant: {alpha: 0.5, activations: static, symmetric: false}}]" ;;
   esac
   [ -f "$tmp/$f/model.onnx" ] && continue
   cat > "$tmp/$f.yaml" <<YAML
@@ -75,7 +78,7 @@ print("|---|---|---|---|---|---|---|")
 for t in sorted({r["threads"] for r in rows}):
     for n in (128, 1):
         base = best(t, n, "fp32", "crun")
-        for f in ("fp32", "int8", "w8a8_dyn", "w8a8_sta"):
+        for f in ("fp32", "int8", "w8a8_dyn", "w8a8_sta", "w8a8_u8"):
             c, o = best(t, n, f, "crun"), best(t, n, f, "ort")
             print(f"| {t} | [1,{n}] | {f} | {c:.2f} | {o:.2f} | {c / base:.2f} | {c / o:.2f} |")
 print()

@@ -348,6 +348,8 @@ json exportStep(const Recipe& r, const Graph& original, const Graph& g, bool has
         std::printf("; int8 activations cost %+.3f%% perplexity against exact compute",
                     100 * (v["onnxruntime"]["perplexity"]["ort_opt_disabled"].get<double>() / fin.value - 1));
       std::printf("\n");
+      if (v["onnxruntime"].contains("warning"))
+        std::printf("      warning: %s\n", v["onnxruntime"]["warning"].get<std::string>().c_str());
       if (timed) {
         std::string base_onnx = out.path("baseline.onnx.tmp");
         exportOnnx(original, base_onnx, ExportOptions{});

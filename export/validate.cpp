@@ -1,6 +1,7 @@
 #include "export/validate.h"
 
 #include <cmath>
+#include <cstdio>
 
 #include "compress/error.h"
 #include "compress/eval.h"
@@ -36,6 +37,54 @@ static bool hasQuantizedActivations(const Graph& g) {
   for (const auto& n : g.nodes)
     if (n.op == "QuantizeLinear") return true;
   return false;
+}
+
+bool x86WithoutVnni() {
+#if defined(__x86_64__)
+  return !__builtin_cpu_supports("avx512vnni") && !__builtin_cpu_supports("avxvnni");
+#else
+  return false;
+#endif
+}
+
+/// Static int8 activations (a QuantizeLinear with one calibrated scale, no block_size) feeding full-range signed
+/// 8-bit weights: the pairing ONNX Runtime fuses into its U8S8 integer MatMul.
+static bool staticActsOnInt8Weights(const Graph& g) {
+  bool static_acts = false, int8_weights = false;
+  for (const auto& n : g.nodes)
+    if (n.op == "QuantizeLinear" && !n.hasAttr("block_size") && g.isInitializer(n.inputs.at(1))) static_acts = true;
+  for (const auto& [w, q] : g.quant)
+    if (q.bits == 8 && q.symmetric) int8_weights = true;
+  return static_acts && int8_weights;
+}
+
+static std::string num(const char* format, double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, format, v);
+  return buf;
+}
+
+/// What a user should know when ONNX Runtime at its default level (its fused kernels) strays from the exact run
+/// that matches: empty when it does not.
+static std::string ortDefaultWarning(const Graph& g, const json& ort, double tol, bool relative) {
+  const double d = ort["opt_all"][relative ? "max_rel_diff" : "max_abs_diff"].get<double>();
+  std::string w;
+  if (d > tol)
+    w = "ONNX Runtime at its default optimization level differs from the executor by " + num("%.2e", d) +
+        (relative ? " (relative)" : "") + ", more than the allowed " + num("%.0e", tol) +
+        ", though it matches with optimizations off: its fused kernels compute differently on this CPU";
+  if (ort.contains("perplexity")) {
+    const json& p = ort["perplexity"];
+    const double gap = p["ort_opt_all"].get<double>() / p["ort_opt_disabled"].get<double>() - 1;
+    if (std::abs(gap) > 1e-3)
+      w += std::string(w.empty() ? "ONNX Runtime at its default optimization level" : "; it") + " changes perplexity by " +
+           num("%+.2f", 100 * gap) + "%";
+  }
+  if (!w.empty() && staticActsOnInt8Weights(g) && x86WithoutVnni())
+    w += ". Cause: static W8A8 with int8 weights runs in ONNX Runtime's U8S8 integer MatMul, which on x86 CPUs without "
+         "VNNI sums pairs of products in 16 bits (vpmaddubsw) and saturates. Fix: uint8 weights (symmetric: false in "
+         "the smoothquant pass), which ONNX Runtime runs exactly (its U8U8 kernel)";
+  return w;
 }
 
 std::map<std::string, at::Tensor> validationInputs(const Graph& g, const std::string& tokens_npy, int64_t batch,
@@ -120,6 +169,7 @@ json validateExport(const Graph& g, const std::string& onnx_path, const std::map
   ort["tolerance"] = tol;
   ort["tolerance_kind"] = relative ? "relative" : "absolute";
   ort["int8_activations"] = int8;
+  if (int8) ort["int8_activations_from"] = opts.int8_activations ? "matmulnbits_accuracy_level" : "quantize_linear";
   if (!opts.ppl_tokens.empty()) {
     double ours_ppl = opts.executor_ppl;
     if (ours_ppl <= 0) {
@@ -138,6 +188,8 @@ json validateExport(const Graph& g, const std::string& onnx_path, const std::map
                                      std::to_string(ppl_tol * 100) + "%" +
                                      (int8 ? " with int8 activations" : ""));
   }
+  const std::string warning = ortDefaultWarning(g, ort, tol, relative);
+  if (!warning.empty()) ort["warning"] = warning;
   r["onnxruntime"] = ort;
   return r;
 }

@@ -1,4 +1,4 @@
-// shipped_recipe.h — runs a recipe from configs/ as shipped (no export, no latency timing) into a temporary
+// shipped_recipe.h — runs a recipe from configs/ as shipped (no export unless asked, no latency timing) into a temporary
 // folder: the acceptance tests that check a shipped recipe's result.
 #pragma once
 
@@ -10,9 +10,9 @@
 
 namespace testutil {
 
-inline compress::RunSummary runShipped(const std::string& name) {
+inline compress::RunSummary runShipped(const std::string& name, bool with_export = false) {
   compress::Recipe r = compress::loadRecipe(source("configs/" + name + ".yaml"));
-  r.export_spec.present = false;
+  r.export_spec.present = with_export;
   r.latency_runs = 0;
   compress::RunOptions o;
   o.output_override = tempDir("shipped") + "/" + name;
