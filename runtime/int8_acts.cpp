@@ -129,6 +129,11 @@ void quantizeInt8RowsScaled(const PackedWeight& w, const Int8Acts& a, const floa
   });
 }
 
+void finishScaledActs(Int8Acts& a) {
+  a.rowScale = true;
+  a.min128 = std::memchr(a.q, 0x80, static_cast<size_t>(a.M * a.steps * a.stepBytes)) != nullptr;
+}
+
 Int8Acts quantizeInt8Acts(const PackedWeight& w, int W, const float* X, int64_t M, void* mem) {
   Int8Acts a = int8ActsView(w, W, M, mem);
   quantizeInt8Rows(w, a, X, 0, M);

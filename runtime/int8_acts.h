@@ -64,6 +64,8 @@ struct Int8Acts {
   int64_t bqStride = 16;  // nblk rounded up to 16, the padding zero: the kernels' zero-point sums read whole vectors
   bool rowScale = false;  // every chunk of a row has the same d (the model's QuantizeLinear scale): kernels may sum
                           // a per-channel weight's dot products as integers over the whole row (kInt8IntegerSteps)
+  bool min128 = false;    // some activation is -128 (QuantizeLinear saturates there; the chunk quantizer never
+                          // goes below -127): the kernels' shifted Q8 form (kernels_int8.inc) needs it false
   int8_t* q = nullptr;   // [M][steps * stepBytes]
   float* d = nullptr;    // [M][steps * W], the lane-expanded chunk scales
   float* bq = nullptr;   // [M][bqStride]: per weight block, sum over its chunks of d_c * sum(q_c)
@@ -115,6 +117,9 @@ using Int8ScaledChunkFn = void (*)(const float* x, int n, float s, int8_t* v, in
 /// (stride 0: one scale for every row); every chunk's d is s.
 void quantizeInt8RowsScaled(const PackedWeight& w, const Int8Acts& a, const float* X, int64_t m0, int64_t m1,
                             const float* scale, int64_t stride, Int8ScaledChunkFn chunk = nullptr);
+/// Once every row is quantized with quantizeInt8RowsScaled: marks `a` row-scaled and records whether any value is
+/// -128 (Int8Acts::min128).
+void finishScaledActs(Int8Acts& a);
 
 /// The scale of block b of row n of an int8-enabled weight: fp32 for a per-channel weight, else the fp16 one.
 inline float int8WeightScale(const PackedWeight& w, int64_t n, int64_t b) {

@@ -95,6 +95,22 @@ inline VI DOT_U8(VI acc, VI u, VI s) {
   return _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_madd_epi16(lo, _mm256_set1_epi16(1)),
                                                 _mm256_madd_epi16(hi, _mm256_set1_epi16(16))));
 }
+// Q8 weights without the nibble split: the stored byte u minus 128 as a signed byte w, and w * s as |w| * sign(s, w):
+// |w| <= 128 is a valid unsigned operand and sign(s, w) cannot overflow (|s| <= 127), so maddubs' pair sums stay
+// within 2 * 128 * 127 < 32767, exact. Three operations per 32 products instead of DOT_U8's eight; the zero-point
+// terms take z - kQ8Shift for the 128 taken off every weight. Zen 3, 1 thread, 128-token prefill of the synthetic
+// model with int8 weights and int8 activations: see docs/benchmarks.md (eleventh session).
+struct WQ8 {
+  VI mag, sgn;
+};
+constexpr int kQ8Shift = 128;
+inline WQ8 PREP_Q8(VI u) {
+  const VI w = _mm256_xor_si256(u, _mm256_set1_epi8(-128));
+  return {_mm256_abs_epi8(w), w};
+}
+inline VI DOT_Q8(VI acc, const WQ8& w, VI s) {
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w.mag, _mm256_sign_epi8(s, w.sgn)), _mm256_set1_epi16(1)));
+}
 inline VF CVTI(VI v) { return _mm256_cvtepi32_ps(v); }
 inline VF HALVES(const uint16_t* p) { return H2F(p); }
 inline VF ABSF(VF v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.f), v); }

@@ -9,6 +9,7 @@ inline VF SET1(float f) { return _mm512_set1_ps(f); }
 inline VF LOADF(const float* p) { return _mm512_loadu_ps(p); }
 inline VF FMA(VF a, VF b, VF c) { return _mm512_fmadd_ps(a, b, c); }
 inline VF MUL(VF a, VF b) { return _mm512_mul_ps(a, b); }
+inline VF SUB(VF a, VF b) { return _mm512_sub_ps(a, b); }
 inline float HSUM(VF v) { return _mm512_reduce_add_ps(v); }
 inline VI ZEROI() { return _mm512_setzero_si512(); }
 inline VI LOADI(const void* p) { return _mm512_loadu_si512(p); }
@@ -23,6 +24,11 @@ inline VI DOT_U8(VI acc, VI u, VI s) {
   return acc;
 }
 inline VI DOT_SMALL(VI acc, VI u, VI s) { return DOT_U8(acc, u, s); }
+// Q8 weight registers go to vpdpbusd as stored: no preparation, no shift of the zero points.
+using WQ8 = VI;
+constexpr int kQ8Shift = 0;
+inline WQ8 PREP_Q8(VI u) { return u; }
+inline VI DOT_Q8(VI acc, WQ8 w, VI s) { return DOT_U8(acc, w, s); }
 // acc + u . (the 4 signed bytes at p, broadcast to every lane): the activation operand straight from memory.
 inline VI DOT_BCAST(VI acc, VI u, const int8_t* p) {
   __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u), "m"(*reinterpret_cast<const int32_t*>(p)));

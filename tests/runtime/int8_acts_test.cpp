@@ -183,7 +183,7 @@ TEST_CASE("prefill tiles across slabs of gathered chunks match the scalar refere
               std::vector<float> scale(M, 0.02f);
               if (rowScale) quantizeInt8RowsScaled(*w.pw, a, x.data(), 0, M, scale.data(), 1);
               else quantizeInt8Rows(*w.pw, a, x.data(), 0, M);
-              a.rowScale = rowScale;
+              if (rowScale) finishScaledActs(a);
               std::vector<float> got(M * 35, -3.f), want(M * 35, -2.f);
               k->gemm_i8(*w.pw, a, 0, 35, got.data(), 35);
               scalarKernels().gemm_i8(*w.pw, a, 0, 35, want.data(), 35);
@@ -241,7 +241,7 @@ TEST_CASE("row-scaled activations (QuantizeLinear's) on per-channel weights: int
           "[runtime][kernels][int8]") {
   std::mt19937 rng(29);
   std::normal_distribution<float> nd;
-  int checked = 0;
+  int checked = 0, withMin128[2] = {0, 0};
   for (int bits : {8, 4}) {
     for (int64_t K : {16, 31, 32, 33, 64, 100, 128, 300, 1000}) {
       for (int64_t N : {1, 3, 4, 5, 9, 33}) {
@@ -263,7 +263,8 @@ TEST_CASE("row-scaled activations (QuantizeLinear's) on per-channel weights: int
               void* aligned = mem.data() + (64 - reinterpret_cast<uintptr_t>(mem.data()) % 64) % 64;
               Int8Acts a = int8ActsView(*w.pw, k->i8_width, M, aligned);
               quantizeInt8RowsScaled(*w.pw, a, x.data(), 0, M, scale.data(), stride);
-              a.rowScale = true;
+              finishScaledActs(a);
+              ++withMin128[a.min128];  // a -128 takes Q8 weights off the kernels' shifted form (kernels_int8.inc)
               std::vector<float> got(M * N, -3.f), want(M * N, -2.f);
               k->gemm_i8(*w.pw, a, 0, N, got.data(), N);
               scalarKernels().gemm_i8(*w.pw, a, 0, N, want.data(), N);
@@ -288,6 +289,8 @@ TEST_CASE("row-scaled activations (QuantizeLinear's) on per-channel weights: int
     }
   }
   CHECK(checked >= 2 * 9 * 6 * 6 * 2);
+  CHECK(withMin128[0] > 0);  // per-row scales of max |x| / 127: no -128
+  CHECK(withMin128[1] > 0);  // one row's scale for every row: the others saturate
 }
 
 TEST_CASE("integer prefill tiles across activation and weight blocks match the reference", "[runtime][kernels][int8]") {
@@ -308,7 +311,7 @@ TEST_CASE("integer prefill tiles across activation and weight blocks match the r
       void* aligned = mem.data() + (64 - reinterpret_cast<uintptr_t>(mem.data()) % 64) % 64;
       Int8Acts a = int8ActsView(*w.pw, k->i8_width, M, aligned);
       quantizeInt8RowsScaled(*w.pw, a, x.data(), 0, M, scale.data(), 1);
-      a.rowScale = true;
+      finishScaledActs(a);
       std::vector<float> got(M * N, -3.f), want(M * N, -2.f);
       k->gemm_i8(*w.pw, a, 0, N, got.data(), N);
       scalarKernels().gemm_i8(*w.pw, a, 0, N, want.data(), N);
@@ -344,7 +347,7 @@ TEST_CASE("W8A8 prefill tiles with the outputs in lanes match the reference acro
           void* aligned = mem.data() + (64 - reinterpret_cast<uintptr_t>(mem.data()) % 64) % 64;
           Int8Acts a = int8ActsView(*w.pw, k->i8_width, M, aligned);
           quantizeInt8RowsScaled(*w.pw, a, x.data(), 0, M, scale.data(), 1);
-          a.rowScale = true;
+          finishScaledActs(a);
           std::vector<float> want(M * N, -2.f);
           scalarKernels().gemm_i8(*w.pw, a, 0, N, want.data(), N);
           for (int64_t n0 : {int64_t{0}, int64_t{16}}) {
