@@ -68,7 +68,8 @@ int64_t bqStride(const PackedWeight& w) { return (w.nblk + 15) / 16 * 16; }
 
 int64_t int8ActsBytes(const PackedWeight& w, int W, int64_t M) {
   const int64_t steps = int8Steps(w, W);
-  return align64(M * steps * int8StepBytes(w.kind, W)) + align64(M * steps * W * 4) + align64(M * bqStride(w) * 4);
+  return align64(M * steps * int8StepBytes(w.kind, W)) + align64(M * steps * W * 4) + align64(M * bqStride(w) * 4) +
+         align64(M);
 }
 
 Int8Acts int8ActsView(const PackedWeight& w, int W, int64_t M, void* mem) {
@@ -83,6 +84,7 @@ Int8Acts int8ActsView(const PackedWeight& w, int W, int64_t M, void* mem) {
   a.q = reinterpret_cast<int8_t*>(p);
   a.d = reinterpret_cast<float*>(p + align64(M * a.steps * a.stepBytes));
   a.bq = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(a.d) + align64(M * a.steps * W * 4));
+  a.min128 = reinterpret_cast<uint8_t*>(a.bq) + align64(M * a.bqStride * 4);
   return a;
 }
 
@@ -99,6 +101,7 @@ void quantizeRows(const PackedWeight& w, const Int8Acts& a, const float* X, int6
     float* bq = a.bq + m * a.bqStride;
     std::fill(bq + w.nblk, bq + a.bqStride, 0.f);
     quantizeRow(w, a.W, chunkFor(m), X + m * w.K, q, d, bq);
+    a.min128[m] = std::memchr(q, 0x80, static_cast<size_t>(a.steps * a.stepBytes)) != nullptr;
   }
 }
 
@@ -127,11 +130,6 @@ void quantizeInt8RowsScaled(const PackedWeight& w, const Int8Acts& a, const floa
       *d = s;
     };
   });
-}
-
-void finishScaledActs(Int8Acts& a) {
-  a.rowScale = true;
-  a.min128 = std::memchr(a.q, 0x80, static_cast<size_t>(a.M * a.steps * a.stepBytes)) != nullptr;
 }
 
 Int8Acts quantizeInt8Acts(const PackedWeight& w, int W, const float* X, int64_t M, void* mem) {

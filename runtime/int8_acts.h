@@ -64,14 +64,20 @@ struct Int8Acts {
   int64_t bqStride = 16;  // nblk rounded up to 16, the padding zero: the kernels' zero-point sums read whole vectors
   bool rowScale = false;  // every chunk of a row has the same d (the model's QuantizeLinear scale): kernels may sum
                           // a per-channel weight's dot products as integers over the whole row (kInt8IntegerSteps)
-  bool min128 = false;    // some activation is -128 (QuantizeLinear saturates there; the chunk quantizer never
-                          // goes below -127): the kernels' shifted Q8 form (kernels_int8.inc) needs it false
   int8_t* q = nullptr;   // [M][steps * stepBytes]
   float* d = nullptr;    // [M][steps * W], the lane-expanded chunk scales
   float* bq = nullptr;   // [M][bqStride]: per weight block, sum over its chunks of d_c * sum(q_c)
+  uint8_t* min128 = nullptr;  // [M]: row m holds a -128 (only QuantizeLinear's saturation gives one; the chunk
+                              // quantizer stays within +-127), which keeps it off the shifted Q8 form (kernels_int8.inc)
   const int8_t* qRow(int64_t m) const { return q + m * steps * stepBytes; }
   const float* dRow(int64_t m) const { return d + m * steps * W; }
   const float* bqRow(int64_t m) const { return bq + m * bqStride; }
+  /// Whether rows [m, m + n) hold no -128.
+  bool noMin128(int64_t m, int64_t n) const {
+    for (int64_t i = m; i < m + n; ++i)
+      if (min128[i]) return false;
+    return true;
+  }
 };
 
 /// Steps of 4 products of at most 255 * 128 per int32 lane that cannot overflow (2^31 / (4 * 255 * 128) > 16384):
@@ -81,7 +87,7 @@ constexpr int64_t kInt8IntegerSteps = 16384;
 /// MatMulNBits' accuracy_level that asks for int8 activations (ONNX Runtime's "int8 compute").
 constexpr int64_t kInt8AccuracyLevel = 4;
 
-/// Bytes of scratch that M quantized rows need (q, d and bq, each 64-byte aligned).
+/// Bytes of scratch that M quantized rows need (q, d, bq and min128, each 64-byte aligned).
 int64_t int8ActsBytes(const PackedWeight& w, int W, int64_t M);
 /// The view of M rows laid out in `mem` (int8ActsBytes of it); nothing is written.
 Int8Acts int8ActsView(const PackedWeight& w, int W, int64_t M, void* mem);
@@ -117,9 +123,6 @@ using Int8ScaledChunkFn = void (*)(const float* x, int n, float s, int8_t* v, in
 /// (stride 0: one scale for every row); every chunk's d is s.
 void quantizeInt8RowsScaled(const PackedWeight& w, const Int8Acts& a, const float* X, int64_t m0, int64_t m1,
                             const float* scale, int64_t stride, Int8ScaledChunkFn chunk = nullptr);
-/// Once every row is quantized with quantizeInt8RowsScaled: marks `a` row-scaled and records whether any value is
-/// -128 (Int8Acts::min128).
-void finishScaledActs(Int8Acts& a);
 
 /// The scale of block b of row n of an int8-enabled weight: fp32 for a per-channel weight, else the fp16 one.
 inline float int8WeightScale(const PackedWeight& w, int64_t n, int64_t b) {

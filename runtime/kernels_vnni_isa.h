@@ -23,7 +23,7 @@ inline VI DOT_U8(VI acc, VI u, VI s) {
   __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(s));
   return acc;
 }
-inline VI DOT_SMALL(VI acc, VI u, VI s) { return DOT_U8(acc, u, s); }
+inline VI DOT_NIBBLES(VI acc, VI lo, VI xa, VI hi, VI xb) { return DOT_U8(DOT_U8(acc, lo, xa), hi, xb); }
 // Q8 weight registers go to vpdpbusd as stored: no preparation, no shift of the zero points.
 using WQ8 = VI;
 constexpr int kQ8Shift = 0;

@@ -94,6 +94,7 @@ void int8MatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, f
   const auto gemm = w.sparse ? k.gemm_i8_sparse : k.gemm_i8;  // chooseInt8Activations checked it exists
   const int64_t N = w.N, K = w.K;
   Int8Acts a = int8ActsView(w, k.i8_width, rows, c.scratch(static_cast<size_t>(int8ActsBytes(w, k.i8_width, rows))));
+  a.rowScale = act_scale != nullptr;
   const int64_t qtasks = rows >= 8 ? std::min<int64_t>(c.env.pool->size(), rows / 4) : 1;
   c.env.pool->parallelFor(qtasks, [&](int64_t t) {
     int64_t b, e;
@@ -101,7 +102,6 @@ void int8MatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, f
     if (act_scale) quantizeInt8RowsScaled(w, a, X, b, e, act_scale, stride, k.quantize_i8_scaled);
     else quantizeInt8Rows(w, a, X, b, e, k.quantize_i8);
   });
-  if (act_scale) finishScaledActs(a);
   const int64_t tasks = tasksFor(c, rows * N * K, N / 16);
   c.env.pool->parallelFor(tasks, [&](int64_t t) {
     int64_t b, e;

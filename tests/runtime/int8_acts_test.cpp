@@ -183,7 +183,7 @@ TEST_CASE("prefill tiles across slabs of gathered chunks match the scalar refere
               std::vector<float> scale(M, 0.02f);
               if (rowScale) quantizeInt8RowsScaled(*w.pw, a, x.data(), 0, M, scale.data(), 1);
               else quantizeInt8Rows(*w.pw, a, x.data(), 0, M);
-              if (rowScale) finishScaledActs(a);
+              a.rowScale = rowScale;
               std::vector<float> got(M * 35, -3.f), want(M * 35, -2.f);
               k->gemm_i8(*w.pw, a, 0, 35, got.data(), 35);
               scalarKernels().gemm_i8(*w.pw, a, 0, 35, want.data(), 35);
@@ -263,8 +263,8 @@ TEST_CASE("row-scaled activations (QuantizeLinear's) on per-channel weights: int
               void* aligned = mem.data() + (64 - reinterpret_cast<uintptr_t>(mem.data()) % 64) % 64;
               Int8Acts a = int8ActsView(*w.pw, k->i8_width, M, aligned);
               quantizeInt8RowsScaled(*w.pw, a, x.data(), 0, M, scale.data(), stride);
-              finishScaledActs(a);
-              ++withMin128[a.min128];  // a -128 takes Q8 weights off the kernels' shifted form (kernels_int8.inc)
+              a.rowScale = true;
+              ++withMin128[!a.noMin128(0, M)];  // a row with a -128 stays off the kernels' shifted Q8 form
               std::vector<float> got(M * N, -3.f), want(M * N, -2.f);
               k->gemm_i8(*w.pw, a, 0, N, got.data(), N);
               scalarKernels().gemm_i8(*w.pw, a, 0, N, want.data(), N);
@@ -311,7 +311,7 @@ TEST_CASE("integer prefill tiles across activation and weight blocks match the r
       void* aligned = mem.data() + (64 - reinterpret_cast<uintptr_t>(mem.data()) % 64) % 64;
       Int8Acts a = int8ActsView(*w.pw, k->i8_width, M, aligned);
       quantizeInt8RowsScaled(*w.pw, a, x.data(), 0, M, scale.data(), 1);
-      finishScaledActs(a);
+      a.rowScale = true;
       std::vector<float> got(M * N, -3.f), want(M * N, -2.f);
       k->gemm_i8(*w.pw, a, 0, N, got.data(), N);
       scalarKernels().gemm_i8(*w.pw, a, 0, N, want.data(), N);
@@ -347,7 +347,7 @@ TEST_CASE("W8A8 prefill tiles with the outputs in lanes match the reference acro
           void* aligned = mem.data() + (64 - reinterpret_cast<uintptr_t>(mem.data()) % 64) % 64;
           Int8Acts a = int8ActsView(*w.pw, k->i8_width, M, aligned);
           quantizeInt8RowsScaled(*w.pw, a, x.data(), 0, M, scale.data(), 1);
-          finishScaledActs(a);
+          a.rowScale = true;
           std::vector<float> want(M * N, -2.f);
           scalarKernels().gemm_i8(*w.pw, a, 0, N, want.data(), N);
           for (int64_t n0 : {int64_t{0}, int64_t{16}}) {

@@ -121,7 +121,7 @@ void checkSparseEqualsDense(Pack pack, int64_t K, double wantStored) {
       void* aligned = mem.data() + (64 - reinterpret_cast<uintptr_t>(mem.data()) % 64) % 64;
       Int8Acts a = int8ActsView(*dense, k->i8_width, M, aligned);
       quantizeInt8RowsScaled(*dense, a, x.data(), 0, M, scale.data(), 1);
-      finishScaledActs(a);
+      a.rowScale = true;
       std::vector<float> yd(M * dense->N, -1.f), ys(M * dense->N, -2.f);
       k->gemm_i8(*dense, a, 0, dense->N, yd.data(), dense->N);
       k->gemm_i8_sparse(*sparse, a, 0, dense->N, ys.data(), dense->N);
