@@ -67,7 +67,7 @@ inline VF ZERO_BELOW(VF x, VF t, VF v) { return _mm256_and_ps(v, _mm256_cmp_ps(x
 inline VF EXPANDF(uint32_t m, const float* p, const ExpandTables& t) {
   const __m256i idx = _mm256_load_si256(reinterpret_cast<const __m256i*>(t.lanes[m & 255]));
   const VF v = _mm256_permutevar8x32_ps(_mm256_loadu_ps(p), idx);
-  return _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(-1))));
+  return _mm256_blendv_ps(v, _mm256_setzero_ps(), _mm256_castsi256_ps(idx));  // a clear lane's index is -1: its sign
 }
 // 16 bytes -> 16 / W float vectors.
 inline void B16TOF(__m128i v, VF* out) {
