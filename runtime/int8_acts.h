@@ -68,7 +68,8 @@ struct Int8Acts {
   float* d = nullptr;    // [M][steps * W], the lane-expanded chunk scales
   float* bq = nullptr;   // [M][bqStride]: per weight block, sum over its chunks of d_c * sum(q_c)
   uint8_t* min128 = nullptr;  // [M]: row m holds a -128 (only QuantizeLinear's saturation gives one; the chunk
-                              // quantizer stays within +-127), which keeps it off the shifted Q8 form (kernels_int8.inc)
+                              // quantizer stays within +-127), which keeps it off the shifted Q8 form (kernels_int8.inc);
+                              // written by the quantizers below with each row
   const int8_t* qRow(int64_t m) const { return q + m * steps * stepBytes; }
   const float* dRow(int64_t m) const { return d + m * steps * W; }
   const float* bqRow(int64_t m) const { return bq + m * bqStride; }
