@@ -165,12 +165,15 @@ nlohmann::json smoothQuantModel(Graph& g, const at::Tensor& calibration, const S
     reinferShapes(g);
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return {{"format", o.format.name()}, {"alpha", o.alpha}, {"smooth", o.smooth},
+  nlohmann::json out = {{"format", o.format.name()}, {"alpha", o.alpha}, {"smooth", o.smooth},
           {"activations", o.activations == ActQuant::Dynamic ? "int8 per token (dynamic)" : "int8 per tensor (static)"},
           {"quantized", o.quantize}, {"layers_quantized", o.quantize ? todo.size() : 0},
           {"inputs_quantized", o.quantize ? inputs.size() : 0}, {"groups", groups},
           {"layers_skipped", skipped}, {"calibration_samples", calibration.size(0)}, {"forward_nodes", runner.forwardNodes()},
           {"seconds", secs}};
+  if (o.quantize && o.activations == ActQuant::Static && o.format.bits == 8 && o.format.symmetric)
+    out["portability"] = kStaticInt8WeightsNote;
+  return out;
 }
 
 namespace {
@@ -209,7 +212,9 @@ class SmoothQuantPass : public Pass {
       std::snprintf(buf, sizeof buf, "W8A8 (%s weights, %s): %d layers, scales folded for %d of %d inputs (alpha %.2f)",
                     opts_.format.name().c_str(), s["activations"].get<std::string>().c_str(),
                     static_cast<int>(s["layers_quantized"].get<size_t>()), folded, static_cast<int>(s["groups"].size()), opts_.alpha);
-    return {buf, s};
+    std::string summary = buf;
+    if (s.contains("portability")) summary += "; " + s["portability"].get<std::string>();
+    return {summary, s};
   }
 
  private:

@@ -18,8 +18,14 @@ namespace compress {
 ///            an opset-21 blocked scale (block_size = the row length);
 ///   Static:  per tensor, one scale = max over the calibration set of |x| / 127, an initializer; stored as uint8 with
 ///            zero point 128 (the same integers as int8 with zero point 0, and the form ONNX Runtime fuses into its
-///            U8S8 integer MatMul: measured 10x faster at [1,1] than int8 activations, which it runs op by op).
+///            integer MatMul: measured 10x faster at [1,1] than int8 activations, which it runs op by op).
 enum class ActQuant { Dynamic, Static };
+
+/// What the result (`portability` in the pass's report) says of static activations on int8 weights: wherever the file
+/// is deployed, not only where it was validated.
+inline constexpr const char* kStaticInt8WeightsNote =
+    "int8 weights with static activations saturate ONNX Runtime's fused kernel on x86 CPUs without VNNI; "
+    "symmetric: false (uint8 weights) runs exactly there";
 
 struct SmoothQuantOptions {
   double alpha = 0.5;  // migration strength: s_c = max|x_c|^alpha / max|W_:,c|^(1 - alpha)

@@ -122,6 +122,22 @@ TEST_CASE("W8A8 activation QDQ runs the same in ONNX Runtime as in the executor"
     }
 }
 
+TEST_CASE("static W8A8 on int8 weights says, on every CPU, what ONNX Runtime does with it on CPUs without VNNI",
+          "[smoothquant]") {
+  for (ActQuant mode : {ActQuant::Dynamic, ActQuant::Static})
+    for (bool symmetric : {true, false}) {
+      INFO((mode == ActQuant::Dynamic ? "dynamic" : "static") << (symmetric ? " int8 weights" : " uint8 weights"));
+      Graph g = outlierBlock();
+      SmoothQuantOptions o;
+      o.activations = mode;
+      o.format.symmetric = symmetric;
+      o.ignore = {"output"};
+      const auto s = smoothQuantModel(g, randomTokens(4, 16, 7), o, at::kCPU, false);
+      CHECK(s.contains("portability") == (mode == ActQuant::Static && symmetric));
+      if (s.contains("portability")) CHECK_THAT(s["portability"].get<std::string>(), Catch::Matchers::Contains("symmetric: false"));
+    }
+}
+
 TEST_CASE("export validation warns when ONNX Runtime's fused W8A8 strays on this CPU, and names the fix",
           "[smoothquant][ort]") {
   std::string why;
