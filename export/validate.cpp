@@ -9,6 +9,7 @@
 #include "compress/npy.h"
 #include "export/onnx_export.h"
 #include "export/ort_check.h"
+#include "quant/smoothquant.h"
 
 namespace compress {
 
@@ -81,9 +82,7 @@ static std::string ortDefaultWarning(const Graph& g, const json& ort, double tol
            num("%+.2f", 100 * gap) + "%";
   }
   if (!w.empty() && staticActsOnInt8Weights(g) && x86WithoutVnni())
-    w += ". Cause: static W8A8 with int8 weights runs in ONNX Runtime's U8S8 integer MatMul, which on x86 CPUs without "
-         "VNNI sums pairs of products in 16 bits (vpmaddubsw) and saturates. Fix: uint8 weights (symmetric: false in "
-         "the smoothquant pass), which ONNX Runtime runs exactly (its U8U8 kernel)";
+    w += std::string(". Cause and fix: ") + kStaticInt8WeightsNote + " (a smoothquant pass option)";
   return w;
 }
 

@@ -22,10 +22,10 @@ namespace compress {
 enum class ActQuant { Dynamic, Static };
 
 /// What the result (`portability` in the pass's report) says of static activations on int8 weights: wherever the file
-/// is deployed, not only where it was validated.
+/// is deployed, not only where it was validated (export validation names it too where it sees it happen).
 inline constexpr const char* kStaticInt8WeightsNote =
-    "int8 weights with static activations saturate ONNX Runtime's fused kernel on x86 CPUs without VNNI; "
-    "symmetric: false (uint8 weights) runs exactly there";
+    "int8 weights with static activations saturate ONNX Runtime's fused U8S8 kernel on x86 CPUs without VNNI (it sums "
+    "pairs of products in int16); symmetric: false (uint8 weights, its U8U8 kernel) runs exactly there";
 
 struct SmoothQuantOptions {
   double alpha = 0.5;  // migration strength: s_c = max|x_c|^alpha / max|W_:,c|^(1 - alpha)
