@@ -155,7 +155,20 @@ inline __m128i HSUM4I(VI a, VI b, VI c, VI d) {  // the lane sums of four int32 
   const VI t = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
   return _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
 }
+// t + the int16 pair sums of unsigned bytes u and the 4 signed bytes at p broadcast to every lane (maddubs, with no
+// widening: the Q4 lane-major prefill adds a whole chunk's pairs in int16, kernels_int8.inc), and the widening.
+// One volatile asm: with intrinsics GCC 12 hoisted every maddubs of a chunk above the adds and spilled them all.
+inline VI ADD_PAIRS16(VI t, VI u, const int8_t* p) {
+  VI tmp;
+  __asm__ volatile("vpbroadcastd %[x], %[tmp]\n\tvpmaddubsw %[tmp], %[u], %[tmp]\n\tvpaddw %[tmp], %[t], %[t]"
+                   : [t] "+x"(t), [tmp] "=&x"(tmp)
+                   : [u] "x"(u), [x] "m"(*reinterpret_cast<const int32_t*>(p)));
+  return t;
+}
+inline VI WIDEN16(VI t) { return _mm256_madd_epi16(t, _mm256_set1_epi16(1)); }
+#define CRT_INT8_PAIRS16
 #include "runtime/kernels_int8.inc"
+#undef CRT_INT8_PAIRS16
 }  // namespace avx2
 
 void gemmInt8Avx2(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_t n1, float* Y, int64_t ldy) {
