@@ -166,6 +166,19 @@ inline VI ADD_PAIRS16(VI t, VI u, const int8_t* p) {
   return t;
 }
 inline VI WIDEN16(VI t) { return _mm256_madd_epi16(t, _mm256_set1_epi16(1)); }
+// Both nibble halves of Q8 bytes against one broadcast: lo += lo-nibble pairs, hi += hi-nibble pairs; and their
+// widening, 16 hi + lo.
+inline void ADD_PAIRS16X2(VI& lo, VI& hi, VI ulo, VI uhi, const int8_t* p) {
+  VI b, t;
+  __asm__ volatile(
+      "vpbroadcastd %[x], %[b]\n\tvpmaddubsw %[b], %[ulo], %[t]\n\tvpaddw %[t], %[lo], %[lo]\n\t"
+      "vpmaddubsw %[b], %[uhi], %[b]\n\tvpaddw %[b], %[hi], %[hi]"
+      : [lo] "+x"(lo), [hi] "+x"(hi), [b] "=&x"(b), [t] "=&x"(t)
+      : [ulo] "x"(ulo), [uhi] "x"(uhi), [x] "m"(*reinterpret_cast<const int32_t*>(p)));
+}
+inline VI WIDEN16X2(VI hi, VI lo) {
+  return _mm256_add_epi32(_mm256_madd_epi16(hi, _mm256_set1_epi16(16)), _mm256_madd_epi16(lo, _mm256_set1_epi16(1)));
+}
 #define CRT_INT8_PAIRS16
 #include "runtime/kernels_int8.inc"
 #undef CRT_INT8_PAIRS16

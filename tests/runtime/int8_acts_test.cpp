@@ -443,50 +443,55 @@ TEST_CASE("a NaN activation reaches the int8 path's output as NaN", "[runtime][i
   }
 }
 
-TEST_CASE("Q4 prefill tiles with the outputs in lanes match the reference across slabs, row tiles and blocks",
+TEST_CASE("prefill tiles with the outputs in lanes match the reference across slabs, row tiles and blocks",
           "[runtime][kernels][int8]") {
-  // At 16+ activation rows a Q4 weight takes the lane-major tiles (AVX2: 8 weight rows per group, chunks unpacked 32
-  // at a time, tiles of 6 activation rows then 4, 2, 1; AVX-512 VNNI: groups of 16, slabs of 64): odd chunk counts,
-  // a slab boundary (33 and 65 chunks), groups and tail rows, sub-ranges of rows as the pool's tasks take them, and
-  // activations from QuantizeLinear's quantizer that saturate at -128 (the widest int16 pair sums).
+  // At 16 (Q4) or 32 (Q8) activation rows and more the weights take the lane-major tiles (AVX2: 8 weight rows per
+  // group, chunks unpacked 32 (Q4) or 16 (Q8) at a time, tiles of 6 (Q4) or 4 (Q8) activation rows then halves;
+  // AVX-512 VNNI: from 8 rows, groups of 16, slabs of 64): odd chunk counts, slab boundaries (33 and 65 chunks), groups and tail rows,
+  // sub-ranges of rows as the pool's tasks take them, and activations from QuantizeLinear's quantizer that saturate
+  // at -128 (the widest int16 pair sums; chunk scales, so the float tiles).
   std::mt19937 rng(47);
   std::normal_distribution<float> nd;
   int checked = 0;
-  for (int64_t K : {32, 96, 1056, 2080}) {
-    for (int64_t block : {int64_t{0}, int64_t{32}, int64_t{64}, int64_t{128}}) {
-      for (int64_t N : {8, 17, 33}) {
-        QuantWeight w = makeWeight(4, K, N, block, N != 17, rng);
-        REQUIRE(enableInt8(*w.pw));
-        for (int64_t M : {16, 17, 19, 21, 23}) {
-          for (bool saturated : {false, true}) {
-            std::vector<float> x(M * K), scale(M, 0.01f);
-            for (auto& v : x) v = nd(rng);
-            for (int64_t m = 0; m < M; ++m) x[m * K + m % K] = -5.f;  // -500 / 1: saturates to -128 when scaled
-            for (const Kernels* k : kernelSets()) {
-              std::vector<uint8_t> mem(static_cast<size_t>(int8ActsBytes(*w.pw, k->i8_width, M)) + 64);
-              void* aligned = mem.data() + (64 - reinterpret_cast<uintptr_t>(mem.data()) % 64) % 64;
-              Int8Acts a = int8ActsView(*w.pw, k->i8_width, M, aligned);
-              if (saturated) quantizeInt8RowsScaled(*w.pw, a, x.data(), 0, M, scale.data(), 1);
-              else quantizeInt8Rows(*w.pw, a, x.data(), 0, M);
-              if (saturated) REQUIRE(!a.noMin128(0, M));
-              std::vector<float> want(M * N, -2.f);
-              scalarKernels().gemm_i8(*w.pw, a, 0, N, want.data(), N);
-              for (int64_t n0 : {int64_t{0}, int64_t{3}}) {
-                INFO("kernels " << k->i8_isa << " K " << K << " block " << block << " N " << N << " M " << M
-                                << " saturated " << saturated << " rows from " << n0);
-                std::vector<float> got(M * N, -3.f);
-                k->gemm_i8(*w.pw, a, n0, N, got.data(), N);
-                for (int64_t m = 0; m < M; ++m)
-                  for (int64_t n = 0; n < N; ++n) {
-                    if (n < n0) {
-                      REQUIRE(got[m * N + n] == -3.f);  // outside the range: untouched
-                      continue;
+  for (int bits : {4, 8}) {
+    for (int64_t K : {32, 96, 1056, 2080}) {
+      for (int64_t block : {int64_t{0}, int64_t{32}, int64_t{64}, int64_t{128}}) {
+        for (int64_t N : {8, 17, 33}) {
+          QuantWeight w = makeWeight(bits, K, N, block, N != 17, rng);
+          REQUIRE(enableInt8(*w.pw));
+          const std::vector<int64_t> rowCounts = bits == 4 ? std::vector<int64_t>{16, 17, 19, 21, 23}   // AVX2: 6-row tiles
+                                                           : std::vector<int64_t>{32, 33, 35, 37, 38};  // from 32 rows, 4-row tiles
+          for (int64_t M : rowCounts) {
+            for (bool saturated : {false, true}) {
+              std::vector<float> x(M * K), scale(M, 0.01f);
+              for (auto& v : x) v = nd(rng);
+              for (int64_t m = 0; m < M; ++m) x[m * K + m % K] = -5.f;  // -500 / 1: saturates to -128 when scaled
+              for (const Kernels* k : kernelSets()) {
+                std::vector<uint8_t> mem(static_cast<size_t>(int8ActsBytes(*w.pw, k->i8_width, M)) + 64);
+                void* aligned = mem.data() + (64 - reinterpret_cast<uintptr_t>(mem.data()) % 64) % 64;
+                Int8Acts a = int8ActsView(*w.pw, k->i8_width, M, aligned);
+                if (saturated) quantizeInt8RowsScaled(*w.pw, a, x.data(), 0, M, scale.data(), 1);
+                else quantizeInt8Rows(*w.pw, a, x.data(), 0, M);
+                if (saturated) REQUIRE(!a.noMin128(0, M));
+                std::vector<float> want(M * N, -2.f);
+                scalarKernels().gemm_i8(*w.pw, a, 0, N, want.data(), N);
+                for (int64_t n0 : {int64_t{0}, int64_t{3}}) {
+                  INFO("kernels " << k->i8_isa << " bits " << bits << " K " << K << " block " << block << " N " << N
+                                  << " M " << M << " saturated " << saturated << " rows from " << n0);
+                  std::vector<float> got(M * N, -3.f);
+                  k->gemm_i8(*w.pw, a, n0, N, got.data(), N);
+                  for (int64_t m = 0; m < M; ++m)
+                    for (int64_t n = 0; n < N; ++n) {
+                      if (n < n0) {
+                        REQUIRE(got[m * N + n] == -3.f);  // outside the range: untouched
+                        continue;
+                      }
+                      double mag = 0;
+                      for (int64_t kk = 0; kk < K; ++kk) mag += std::abs(x[m * K + kk] * w.dense[kk * N + n]);
+                      CHECK_THAT(got[m * N + n], Catch::WithinAbs(want[m * N + n], 2e-6 * mag + 1e-6));
                     }
-                    double mag = 0;
-                    for (int64_t kk = 0; kk < K; ++kk) mag += std::abs(x[m * K + kk] * w.dense[kk * N + n]);
-                    CHECK_THAT(got[m * N + n], Catch::WithinAbs(want[m * N + n], 2e-6 * mag + 1e-6));
-                  }
-                ++checked;
+                  ++checked;
+                }
               }
             }
           }
@@ -494,5 +499,5 @@ TEST_CASE("Q4 prefill tiles with the outputs in lanes match the reference across
       }
     }
   }
-  CHECK(checked >= 4 * 4 * 3 * 5 * 2 * 2);
+  CHECK(checked >= 2 * 4 * 4 * 3 * 5 * 2 * 2);
 }
