@@ -79,6 +79,24 @@ double bound(const std::vector<float>& x, const QuantWeight& w, int64_t m, int64
   return b * (1 + 1e-5) + (std::ldexp(1.0, -11) + 1e-5) * mag + 1e-6;
 }
 
+/// Runs k's gemm_i8 on weight rows [n0, N) and checks every output against `want` (the scalar reference's, to
+/// float rounding of the sum of |x w|) and every output outside the range untouched.
+void checkRowRange(const Kernels& k, const QuantWeight& w, const Int8Acts& a, const std::vector<float>& x,
+                   const std::vector<float>& want, int64_t M, int64_t N, int64_t K, int64_t n0) {
+  std::vector<float> got(M * N, -3.f);
+  k.gemm_i8(*w.pw, a, n0, N, got.data(), N);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      if (n < n0) {
+        REQUIRE(got[m * N + n] == -3.f);  // outside the range: untouched
+        continue;
+      }
+      double mag = 0;
+      for (int64_t kk = 0; kk < K; ++kk) mag += std::abs(x[m * K + kk] * w.dense[kk * N + n]);
+      CHECK_THAT(got[m * N + n], Catch::WithinAbs(want[m * N + n], 2e-6 * mag + 1e-6));
+    }
+}
+
 }  // namespace
 
 TEST_CASE("int8-activation kernels match the scalar reference and stay within the error bound of exact", "[runtime][kernels][int8]") {
@@ -353,18 +371,7 @@ TEST_CASE("W8A8 prefill tiles with the outputs in lanes match the reference acro
           for (int64_t n0 : {int64_t{0}, int64_t{16}}) {
             if (n0 >= N) continue;
             INFO("kernels " << k->i8_isa << " K " << K << " N " << N << " M " << M << " rows from " << n0);
-            std::vector<float> got(M * N, -3.f);
-            k->gemm_i8(*w.pw, a, n0, N, got.data(), N);
-            for (int64_t m = 0; m < M; ++m)
-              for (int64_t n = 0; n < N; ++n) {
-                if (n < n0) {
-                  REQUIRE(got[m * N + n] == -3.f);  // outside the range: untouched
-                  continue;
-                }
-                double mag = 0;
-                for (int64_t kk = 0; kk < K; ++kk) mag += std::abs(x[m * K + kk] * w.dense[kk * N + n]);
-                CHECK_THAT(got[m * N + n], Catch::WithinAbs(want[m * N + n], 2e-6 * mag + 1e-6));
-              }
+            checkRowRange(*k, w, a, x, want, M, N, K, n0);
             ++checked;
           }
         }
@@ -478,18 +485,7 @@ TEST_CASE("prefill tiles with the outputs in lanes match the reference across sl
                 for (int64_t n0 : {int64_t{0}, int64_t{3}}) {
                   INFO("kernels " << k->i8_isa << " bits " << bits << " K " << K << " block " << block << " N " << N
                                   << " M " << M << " saturated " << saturated << " rows from " << n0);
-                  std::vector<float> got(M * N, -3.f);
-                  k->gemm_i8(*w.pw, a, n0, N, got.data(), N);
-                  for (int64_t m = 0; m < M; ++m)
-                    for (int64_t n = 0; n < N; ++n) {
-                      if (n < n0) {
-                        REQUIRE(got[m * N + n] == -3.f);  // outside the range: untouched
-                        continue;
-                      }
-                      double mag = 0;
-                      for (int64_t kk = 0; kk < K; ++kk) mag += std::abs(x[m * K + kk] * w.dense[kk * N + n]);
-                      CHECK_THAT(got[m * N + n], Catch::WithinAbs(want[m * N + n], 2e-6 * mag + 1e-6));
-                    }
+                  checkRowRange(*k, w, a, x, want, M, N, K, n0);
                   ++checked;
                 }
               }
