@@ -84,6 +84,9 @@ struct Int8Acts {
 /// Steps of 4 products of at most 255 * 128 per int32 lane that cannot overflow (2^31 / (4 * 255 * 128) > 16384):
 /// the longest row (16384 * 4W values) whose dot products the kernels may sum as integers.
 constexpr int64_t kInt8IntegerSteps = 16384;
+/// Chunks of 32 products of at most 255 * 128 whose sum an int32 holds (2056 * 32 * 32640 < 2^31): the longest row
+/// (65792 values) that a kernel keeping one output per int32 lane (gemmInt8Vnni, gemmPairs16) may sum as integers.
+constexpr int64_t kInt8LaneIntegerChunks = 2056;
 
 /// MatMulNBits' accuracy_level that asks for int8 activations (ONNX Runtime's "int8 compute").
 constexpr int64_t kInt8AccuracyLevel = 4;

@@ -497,3 +497,34 @@ TEST_CASE("prefill tiles with the outputs in lanes match the reference across sl
   }
   CHECK(checked >= 2 * 4 * 4 * 3 * 5 * 2 * 2);
 }
+
+TEST_CASE("integer sums over a row too long for one int32 lane take float sums", "[runtime][kernels][int8][hostile]") {
+  // Every weight 255 and every activation QuantizeLinear's -128: a row of 66048 values sums to -2.15e9, past int32.
+  // The tiles that keep an output's whole row in one int32 lane (W8A8 prefill: AVX2 from 32 rows, AVX-512 VNNI from
+  // 16) must not take it (kInt8LaneIntegerChunks); the result is the scalar reference's (int32 per chunk).
+  constexpr int64_t K = 66048, N = 8, M = 32;
+  std::vector<uint8_t> q8(K * N, 255);
+  std::vector<float> s(N, 0.01f);
+  const Buf q{DType::U8, Shape{K, N}, q8.data()};
+  const Buf sc{DType::F32, Shape{N}, s.data()};
+  std::shared_ptr<PackedWeight> pw = packDequantize(q, sc, nullptr, 1, 0);
+  REQUIRE(pw);
+  REQUIRE(enableInt8(*pw));
+  REQUIRE(int8Chunks(*pw) > kInt8LaneIntegerChunks);
+  std::vector<float> x(M * K, -1000.f), scale(M, 1.f);
+  const double exact = K * 255 * 0.01 * -128.0;
+  int checked = 0;
+  for (const Kernels* k : kernelSets()) {
+    INFO("kernels " << k->i8_isa);
+    std::vector<uint8_t> mem(static_cast<size_t>(int8ActsBytes(*pw, k->i8_width, M)) + 64);
+    void* aligned = mem.data() + (64 - reinterpret_cast<uintptr_t>(mem.data()) % 64) % 64;
+    Int8Acts a = int8ActsView(*pw, k->i8_width, M, aligned);
+    quantizeInt8RowsScaled(*pw, a, x.data(), 0, M, scale.data(), 1);
+    a.rowScale = true;
+    std::vector<float> got(M * N, 0.f);
+    k->gemm_i8(*pw, a, 0, N, got.data(), N);
+    for (float v : got) CHECK_THAT(v, Catch::WithinRel(exact, 1e-5));
+    ++checked;
+  }
+  CHECK(checked >= 2);
+}
