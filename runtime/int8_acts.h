@@ -128,10 +128,13 @@ using Int8ScaledChunkFn = void (*)(const float* x, int n, float s, int8_t* v, in
 void quantizeInt8RowsScaled(const PackedWeight& w, const Int8Acts& a, const float* X, int64_t m0, int64_t m1,
                             const float* scale, int64_t stride, Int8ScaledChunkFn chunk = nullptr);
 
-/// The scale of block b of row n of an int8-enabled weight: fp32 for a per-channel weight, else the fp16 one.
-inline float int8WeightScale(const PackedWeight& w, int64_t n, int64_t b) {
-  return w.nblk == 1 ? w.scale[n] : halfToFloat(w.scale16[n * w.nblk + b]);
+/// The scale of block b of row n of an int8-enabled weight: fp32 for a per-channel weight, else the fp16 one, converted
+/// by `half` (a kernel set passes its one-instruction conversion).
+template <typename Half>
+inline float int8WeightScale(const PackedWeight& w, int64_t n, int64_t b, Half half) {
+  return w.nblk == 1 ? w.scale[n] : half(w.scale16[n * w.nblk + b]);
 }
+inline float int8WeightScale(const PackedWeight& w, int64_t n, int64_t b) { return int8WeightScale(w, n, b, halfToFloat); }
 
 /// True when w's scales and zero points fit the compact int8 form (enableInt8 would succeed).
 bool int8ParamsFit(const PackedWeight& w);
