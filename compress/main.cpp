@@ -1,5 +1,4 @@
 // main.cpp — the `compress` CLI. The only place that turns errors into messages and exit codes.
-#include <malloc.h>
 
 #include <cxxopts.hpp>
 
@@ -12,6 +11,7 @@
 #include "compress/error.h"
 #include "compress/eval.h"
 #include "compress/executor.h"
+#include "compress/host_setup.h"
 #include "compress/importer.h"
 #include "compress/options.h"
 #include "compress/pipeline.h"
@@ -304,10 +304,7 @@ int cmdRun(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Activations of a few MiB are allocated and freed for every node; glibc would hand each one back to the
-  // kernel (mmap/munmap) and fault it in again, which cost more system time than the math. Keep them.
-  mallopt(M_MMAP_THRESHOLD, 32 << 20);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  keepFreedMemory();
   try {
     std::string sub = argc > 1 ? argv[1] : "";
     if (sub == "passes") return cmdPasses(argc - 1, argv + 1);

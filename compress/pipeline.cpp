@@ -27,6 +27,7 @@
 #include "compress/kv_cache.h"
 #include "compress/onnx_import.h"
 #include "compress/task.h"
+#include "compress/host_setup.h"
 #include "export/crun_latency.h"
 #include "export/onnx_export.h"
 #include "export/ort_check.h"
@@ -270,6 +271,7 @@ json buildReport(const Recipe& r, at::Device dev, const RunResults& res, bool ga
   json env = hostEnvironment();
   env["libtorch"] = TORCH_VERSION;
   env["threads"] = at::get_num_threads();
+  if (blasThreads() > 0) env["blas_threads"] = blasThreads();
   env["device"] = dev.str();
   report["environment"] = env;
   report["timing"] = {{"import_seconds", res.import_seconds},
@@ -375,7 +377,7 @@ json exportStep(const Recipe& r, const Graph& original, const Graph& g, bool has
 
 RunSummary runRecipe(const Recipe& r, const RunOptions& opts) {
   auto t_start = Clock::now();
-  if (r.threads > 0) at::set_num_threads(static_cast<int>(r.threads));
+  setComputeThreads(static_cast<int>(r.threads));
   at::manual_seed(static_cast<uint64_t>(r.seed));
   at::Device dev = deviceFor(r);
   std::string out_dir = opts.output_override.empty() ? r.output : opts.output_override;

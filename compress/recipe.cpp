@@ -161,7 +161,7 @@ void readSections(const YAML::Node& root, Recipe& r, Diagnostics& d) {
   r.output = resolve(r.dir, top.str("output", "", "output folder"));
   r.device = top.choice("device", "cpu", {"cpu", "cuda"}, "where the executor runs");
   r.seed = top.integer("seed", 0, 0, int64_t{1} << 40, "seed for sampling and passes");
-  r.threads = top.integer("threads", 0, 0, 1024, "intra-op threads (0 = default)");
+  r.threads = top.integer("threads", 0, 0, 1024, "cores for LibTorch's and the BLAS library's thread pools (0 = their defaults: every core)");
   r.latency_runs = top.integer("latency_runs", 20, 0, 100000, "timed runs for the latency figure (0 = skip)");
   if (r.model.empty()) d.add("model", "missing: say which TorchScript file to compress, e.g. `model: ../models/m.pt`");
   else checkFile(d, root["model"], "model", r.model);

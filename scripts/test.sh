@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 bash scripts/setup.sh
-(cd build && ctest -j2 --output-on-failure --timeout 600)
+# Two tests run at once on a 2-core machine, so each gets one core: OpenBLAS's idle threads otherwise spin
+# (sched_yield) on the core the other test needs, and a LibTorch-heavy test took 6x its time (docs/benchmarks.md).
+(cd build && OPENBLAS_NUM_THREADS=1 ctest -j2 --output-on-failure --timeout 600)
 
 # ASan + UBSan (leak checking on): the runtime's tests and the LibTorch-free unit tests (docs/security.md).
 if [ ! -f build-asan/CMakeCache.txt ]; then

@@ -2,6 +2,7 @@
 // the output folder's all-or-nothing write.
 #include "compress/pipeline.h"
 
+#include <ATen/Parallel.h>
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
@@ -10,6 +11,7 @@
 #include "compress/error.h"
 #include "compress/npy.h"
 #include "compress/progress.h"
+#include "compress/host_setup.h"
 #include "export/ort_check.h"
 #include "test_util.h"
 
@@ -61,6 +63,24 @@ TEST_CASE("a recipe run writes report.json, report.md, model.cir and the recipe"
   Graph g = loadModel(dir + "/out/model.cir");
   CHECK(g.quant.size() == 8);  // every linear, the tied head included (no ignore in this recipe)
   CHECK(g.parameterBytes() == rep["compressed"]["bytes"].get<int64_t>());
+}
+
+TEST_CASE("a recipe's threads sets LibTorch's pool and the BLAS library's pool, and the report says both", "[pipeline]") {
+  Progress::setEnabled(false);
+  const int torch_before = at::get_num_threads(), blas_before = blasThreads();
+  // Debian's LibTorch links OpenBLAS; its own pool is the one that spins on the other cores when left alone.
+  REQUIRE(blas_before > 0);
+  setComputeThreads(2);  // whatever the environment said (the test script asks for 1), the recipe's value wins
+  REQUIRE(blasThreads() == 2);
+  std::string dir = setup("  - rtn: {bits: 8}\n", "accuracy: {metric: perplexity, max_degradation: 1%}\nthreads: 1\n");
+  RunSummary s = runRecipe(loadRecipe(dir + "/recipe.yaml"));
+  CHECK(at::get_num_threads() == 1);
+  CHECK(blasThreads() == 1);
+  CHECK(s.report["environment"]["threads"] == 1);
+  CHECK(s.report["environment"]["blas_threads"] == 1);
+  setComputeThreads(blas_before);
+  at::set_num_threads(torch_before);
+  CHECK(blasThreads() == blas_before);
 }
 
 TEST_CASE("a missed accuracy gate fails the run but still writes the results", "[pipeline]") {

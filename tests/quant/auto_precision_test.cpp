@@ -179,12 +179,11 @@ using testutil::runShipped;
 
 }  // namespace
 
-TEST_CASE("on stories260K, auto meets 2% with fewer bytes than int8, and 4.5 bits below uniform GPTQ int4's perplexity",
-          "[auto][shared]") {
+// Two cases, so that each stays well inside the test timeout on a contended 2-core machine (ctest -j2).
+TEST_CASE("on stories260K, auto meets 2% with fewer bytes than int8, verified by trials that back off", "[auto][shared]") {
   if (!testutil::haveShared()) return;
   Progress::setEnabled(false);
-  const RunSummary int8 = runShipped("int8"), gptq = runShipped("gptq_w4g32");
-  const RunSummary deg2 = runShipped("auto_deg2"), bits45 = runShipped("auto_bits45");
+  const RunSummary int8 = runShipped("int8"), deg2 = runShipped("auto_deg2");
   const auto& d = deg2.report;
   INFO(d["passes"][0]["summary"].get<std::string>());
   CHECK(d["accuracy"]["degradation"].get<double>() <= 0.02);
@@ -193,6 +192,12 @@ TEST_CASE("on stories260K, auto meets 2% with fewer bytes than int8, and 4.5 bit
   bool missed = false;
   for (const auto& t : d["passes"][0]["stats"]["trials"]) missed = missed || !t["passed"].get<bool>();
   CHECK(missed);
+}
+
+TEST_CASE("on stories260K, auto at 4.5 bits per weight is below uniform GPTQ int4's perplexity", "[auto][shared]") {
+  if (!testutil::haveShared()) return;
+  Progress::setEnabled(false);
+  const RunSummary gptq = runShipped("gptq_w4g32"), bits45 = runShipped("auto_bits45");
   const auto& b = bits45.report;
   INFO(b["passes"][0]["summary"].get<std::string>());
   CHECK(b["passes"][0]["stats"]["bits"].get<double>() <= 4.5);
