@@ -53,6 +53,8 @@ A recipe (YAML) names the model, the data, the passes and the accuracy gate:
   accuracy: {metric: perplexity, max_degradation: 5%}
   export: {onnx: {opset: 17, int4: matmulnbits, validate: true}}   # kv_cache: true for generation
   output: out/prune50_int8
+  # optional: device: cpu | cuda, seed: 0, latency_runs: 20 (crun timings in the report),
+  #           threads: N (cores for LibTorch's and OpenBLAS's pools; default all, 1 suits small models)
 
 Shipped recipes are in configs/; `compress passes` lists every pass option with its default.
 A run writes DIR/report.json, DIR/report.md, DIR/model.cir (the compressed IR), DIR/recipe.yaml and,

@@ -5,7 +5,7 @@ set -u
 src=$1 work=$2
 source "$src/tests/cli/common.sh"
 "$COMPRESS" --help > "$work/help.txt"; check "--help exits 0" "[ $? -eq 0 ]"
-check "--help teaches recipes and exit codes" "grep -q 'Exit codes' $work/help.txt && grep -q 'max_degradation' $work/help.txt"
+check "--help teaches recipes, their optional keys and exit codes" "grep -q 'Exit codes' $work/help.txt && grep -q 'max_degradation' $work/help.txt && grep -q 'threads: N' $work/help.txt"
 "$COMPRESS" passes > "$work/passes.txt"; check "passes lists rtn and magnitude-prune" "grep -q '^rtn' $work/passes.txt && grep -q '^magnitude-prune' $work/passes.txt"
 "$COMPRESS" --config "$work/nope.yaml" 2> "$work/err.txt"; rc=$?
 check "missing recipe exits 6 (i/o)" "[ $rc -eq 6 ]"
