@@ -122,9 +122,8 @@ TEST_CASE("int8-activation kernels match the scalar reference and stay within th
                 REQUIRE(enableInt8(*w.pw));
                 const std::vector<float> y = testutil::runPacked(*k, *w.pw, x, M);
                 // the same quantized activations through the scalar reference
-                std::vector<uint8_t> mem(static_cast<size_t>(int8ActsBytes(*w.pw, k->i8_width, M)) + 64);
-                void* aligned = mem.data() + (64 - reinterpret_cast<uintptr_t>(mem.data()) % 64) % 64;
-                const Int8Acts a = quantizeInt8Acts(*w.pw, k->i8_width, x.data(), M, aligned);
+                AlignedBytes mem(static_cast<size_t>(int8ActsBytes(*w.pw, k->i8_width, M)));  // 64-byte aligned, zeroed
+                const Int8Acts a = quantizeInt8Acts(*w.pw, k->i8_width, x.data(), M, mem.data());
                 std::vector<float> want(M * N, -2.f);
                 scalarKernels().gemm_i8(*w.pw, a, 0, N, want.data(), N);
                 for (int64_t m = 0; m < M; ++m)
@@ -195,9 +194,8 @@ TEST_CASE("prefill tiles across slabs of gathered chunks match the scalar refere
           for (bool rowScale : {false, true}) {
             for (const Kernels* k : kernelSets()) {
               INFO("kernels " << k->i8_isa << " bits " << bits << " K " << K << " block " << block << " M " << M << " rowScale " << rowScale);
-              std::vector<uint8_t> mem(static_cast<size_t>(int8ActsBytes(*w.pw, k->i8_width, M)) + 64);
-              void* aligned = mem.data() + (64 - reinterpret_cast<uintptr_t>(mem.data()) % 64) % 64;
-              Int8Acts a = int8ActsView(*w.pw, k->i8_width, M, aligned);
+              AlignedBytes mem(static_cast<size_t>(int8ActsBytes(*w.pw, k->i8_width, M)));  // 64-byte aligned, zeroed
+              Int8Acts a = int8ActsView(*w.pw, k->i8_width, M, mem.data());
               std::vector<float> scale(M, 0.02f);
               if (rowScale) quantizeInt8RowsScaled(*w.pw, a, x.data(), 0, M, scale.data(), 1);
               else quantizeInt8Rows(*w.pw, a, x.data(), 0, M);
@@ -277,9 +275,8 @@ TEST_CASE("row-scaled activations (QuantizeLinear's) on per-channel weights: int
             for (const Kernels* k : kernelSets()) {
               INFO("kernels " << k->isa << " (" << k->i8_isa << ") bits " << bits << " K " << K << " N " << N << " M " << M
                               << " stride " << stride);
-              std::vector<uint8_t> mem(static_cast<size_t>(int8ActsBytes(*w.pw, k->i8_width, M)) + 64);
-              void* aligned = mem.data() + (64 - reinterpret_cast<uintptr_t>(mem.data()) % 64) % 64;
-              Int8Acts a = int8ActsView(*w.pw, k->i8_width, M, aligned);
+              AlignedBytes mem(static_cast<size_t>(int8ActsBytes(*w.pw, k->i8_width, M)));  // 64-byte aligned, zeroed
+              Int8Acts a = int8ActsView(*w.pw, k->i8_width, M, mem.data());
               quantizeInt8RowsScaled(*w.pw, a, x.data(), 0, M, scale.data(), stride);
               a.rowScale = true;
               ++withMin128[!a.noMin128(0, M)];  // a row with a -128 stays off the kernels' shifted Q8 form
@@ -325,9 +322,8 @@ TEST_CASE("integer prefill tiles across activation and weight blocks match the r
     for (auto& v : x) v = nd(rng);
     for (const Kernels* k : kernelSets()) {
       INFO("kernels " << k->i8_isa << " bits " << bits);
-      std::vector<uint8_t> mem(static_cast<size_t>(int8ActsBytes(*w.pw, k->i8_width, M)) + 64);
-      void* aligned = mem.data() + (64 - reinterpret_cast<uintptr_t>(mem.data()) % 64) % 64;
-      Int8Acts a = int8ActsView(*w.pw, k->i8_width, M, aligned);
+      AlignedBytes mem(static_cast<size_t>(int8ActsBytes(*w.pw, k->i8_width, M)));  // 64-byte aligned, zeroed
+      Int8Acts a = int8ActsView(*w.pw, k->i8_width, M, mem.data());
       quantizeInt8RowsScaled(*w.pw, a, x.data(), 0, M, scale.data(), 1);
       a.rowScale = true;
       std::vector<float> got(M * N, -3.f), want(M * N, -2.f);
@@ -361,9 +357,8 @@ TEST_CASE("W8A8 prefill tiles with the outputs in lanes match the reference acro
         for (auto& v : x) v = nd(rng);
         for (int64_t m = 0; m < M; ++m) scale[m] = 0.02f + 0.001f * static_cast<float>(m);
         for (const Kernels* k : kernelSets()) {
-          std::vector<uint8_t> mem(static_cast<size_t>(int8ActsBytes(*w.pw, k->i8_width, M)) + 64);
-          void* aligned = mem.data() + (64 - reinterpret_cast<uintptr_t>(mem.data()) % 64) % 64;
-          Int8Acts a = int8ActsView(*w.pw, k->i8_width, M, aligned);
+          AlignedBytes mem(static_cast<size_t>(int8ActsBytes(*w.pw, k->i8_width, M)));  // 64-byte aligned, zeroed
+          Int8Acts a = int8ActsView(*w.pw, k->i8_width, M, mem.data());
           quantizeInt8RowsScaled(*w.pw, a, x.data(), 0, M, scale.data(), 1);
           a.rowScale = true;
           std::vector<float> want(M * N, -2.f);
@@ -474,9 +469,8 @@ TEST_CASE("prefill tiles with the outputs in lanes match the reference across sl
               for (auto& v : x) v = nd(rng);
               for (int64_t m = 0; m < M; ++m) x[m * K + m % K] = -5.f;  // -500 / 1: saturates to -128 when scaled
               for (const Kernels* k : kernelSets()) {
-                std::vector<uint8_t> mem(static_cast<size_t>(int8ActsBytes(*w.pw, k->i8_width, M)) + 64);
-                void* aligned = mem.data() + (64 - reinterpret_cast<uintptr_t>(mem.data()) % 64) % 64;
-                Int8Acts a = int8ActsView(*w.pw, k->i8_width, M, aligned);
+                AlignedBytes mem(static_cast<size_t>(int8ActsBytes(*w.pw, k->i8_width, M)));  // 64-byte aligned, zeroed
+                Int8Acts a = int8ActsView(*w.pw, k->i8_width, M, mem.data());
                 if (saturated) quantizeInt8RowsScaled(*w.pw, a, x.data(), 0, M, scale.data(), 1);
                 else quantizeInt8Rows(*w.pw, a, x.data(), 0, M);
                 if (saturated) REQUIRE(!a.noMin128(0, M));
@@ -516,9 +510,8 @@ TEST_CASE("integer sums over a row too long for one int32 lane take float sums",
   int checked = 0;
   for (const Kernels* k : kernelSets()) {
     INFO("kernels " << k->i8_isa);
-    std::vector<uint8_t> mem(static_cast<size_t>(int8ActsBytes(*pw, k->i8_width, M)) + 64);
-    void* aligned = mem.data() + (64 - reinterpret_cast<uintptr_t>(mem.data()) % 64) % 64;
-    Int8Acts a = int8ActsView(*pw, k->i8_width, M, aligned);
+    AlignedBytes mem(static_cast<size_t>(int8ActsBytes(*pw, k->i8_width, M)));  // 64-byte aligned, zeroed
+    Int8Acts a = int8ActsView(*pw, k->i8_width, M, mem.data());
     quantizeInt8RowsScaled(*pw, a, x.data(), 0, M, scale.data(), 1);
     a.rowScale = true;
     std::vector<float> got(M * N, 0.f);

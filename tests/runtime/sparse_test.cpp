@@ -117,9 +117,8 @@ void checkSparseEqualsDense(Pack pack, int64_t K, double wantStored) {
     for (const Kernels* k : kernelSets()) {
       if (!int8Capable(*sparse, *k)) continue;
       INFO("row-scaled int8 activations, kernels " << k->i8_isa << " M=" << M);
-      std::vector<uint8_t> mem(static_cast<size_t>(int8ActsBytes(*dense, k->i8_width, M)) + 64);
-      void* aligned = mem.data() + (64 - reinterpret_cast<uintptr_t>(mem.data()) % 64) % 64;
-      Int8Acts a = int8ActsView(*dense, k->i8_width, M, aligned);
+      AlignedBytes mem(static_cast<size_t>(int8ActsBytes(*dense, k->i8_width, M)));  // 64-byte aligned, zeroed
+      Int8Acts a = int8ActsView(*dense, k->i8_width, M, mem.data());
       quantizeInt8RowsScaled(*dense, a, x.data(), 0, M, scale.data(), 1);
       a.rowScale = true;
       std::vector<float> yd(M * dense->N, -1.f), ys(M * dense->N, -2.f);
