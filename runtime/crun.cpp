@@ -313,10 +313,10 @@ int cmdBench(const std::string& model, const cxxopts::ParseResult& r) {
   if (r.count("json")) {
     std::printf("{\"model\": \"%s\", \"median_ms\": %.4f, \"p90_ms\": %.4f, \"min_ms\": %.4f, \"tokens_per_s\": %.1f, "
                 "\"peak_rss_mib\": %.1f, \"load_s\": %.3f, \"threads\": %d, \"isa\": \"%s\", \"weight_bytes\": %lld, "
-                "\"sparse_matmuls\": %d, \"int8_matmuls\": %d, \"int8_isa\": \"%s\", \"panel_matmuls\": %d, \"device\": \"%s\", "
+                "\"sparse_matmuls\": %d, \"sparse_pairs\": %d, \"int8_matmuls\": %d, \"int8_isa\": \"%s\", \"panel_matmuls\": %d, \"device\": \"%s\", "
                 "\"device_nodes\": %d, \"runs\": %d}\n",
                 model.c_str(), med, p90, ms.front(), tokens / (med / 1e3), peakRssKiB() / 1024.0, loadS, info.threads,
-                info.isa.c_str(), static_cast<long long>(info.weight_bytes), info.sparse_matmuls, info.int8_matmuls,
+                info.isa.c_str(), static_cast<long long>(info.weight_bytes), info.sparse_matmuls, info.sparse_pairs, info.int8_matmuls,
                 info.int8_isa.c_str(), info.panel_matmuls, info.device.c_str(), info.device_nodes, runs);
   } else {
     std::printf("model %s  (%s kernels, %d threads%s, load %.2f s)\n", model.c_str(), info.isa.c_str(), info.threads,
@@ -599,7 +599,9 @@ int cmdInfo(const std::string& model, const cxxopts::ParseResult& r) {
               << " (crun generate keeps the cache in place)\n";
   }
   std::cout << "nodes " << i.nodes << ", folded at load " << i.folded << ", merged repeats " << i.merged << ", packed MatMuls " << i.packed_matmuls
-            << " (" << i.sparse_matmuls << " sparse, " << i.int8_matmuls << " with int8 activations"
+            << " (" << i.sparse_matmuls << " sparse"
+            << (i.sparse_pairs ? " (" + std::to_string(i.sparse_pairs) + " as 2:4 pairs)" : std::string()) << ", "
+            << i.int8_matmuls << " with int8 activations"
             << (i.int8_matmuls ? " (" + i.int8_isa + ")" : std::string()) << ", " << i.panel_matmuls << " in panel order, "
             << i.weight_bytes
             << " weight bytes), fused chains " << i.fused_nodes << ", kernels " << i.isa << ", threads " << i.threads << "\n";

@@ -71,6 +71,20 @@ inline VF EXPANDF(uint32_t m, const float* p, const ExpandTables&) {
   __asm__("vexpandps %0, %0%{%1%}%{z%}" : "+v"(v) : "Yk"(static_cast<__mmask16>(m)));
   return v;
 }
+// The pairs layout: as kernels_avx2.cpp's (the two index words of 16 lanes spread over their halves).
+using VP = __m512i;
+inline VF X4(const float* p) { return _mm512_broadcast_f32x4(_mm_loadu_ps(p)); }
+inline VP PAIRIDX(const uint32_t* words) {
+  const __m512i w = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+                                             _mm512_castsi128_si512(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(words))));
+  return _mm512_srlv_epi32(w, _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28));
+}
+inline VF PICK(VF x4, VP c) { return _mm512_permutevar_ps(x4, c); }
+inline VP NEXTIDX(VP c) { return _mm512_srli_epi32(c, 2); }
+inline VF KEEPIF(VP c, int r, VF v) {
+  return _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(_mm512_and_si512(c, _mm512_set1_epi32(3)), _mm512_set1_epi32(r)), v);
+}
+inline VF ORF(VF a, VF b) { return _mm512_or_ps(a, b); }
 inline void B16TOF(__m128i v, VF* out) { out[0] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)); }
 #include "runtime/kernels_simd.inc"
 }  // namespace avx512

@@ -136,6 +136,66 @@ void packUnit(const PackedWeight& w, const SparseForm& s, int64_t u, uint8_t* ds
   }
 }
 
+/// Nonzeros of F32 weight w when every output has at most kPairSlots in each group of kPairGroup consecutive k, and
+/// they fill at least three quarters of the slots (a sparser weight reads fewer bytes as masks and values); else -1.
+int64_t pairsNonzeros(const PackedWeight& w) {
+  const float* d = static_cast<const float*>(w.w.data());
+  int64_t nz = 0;
+  for (int64_t p = 0; p < panels(w); ++p)
+    for (int64_t k0 = 0; k0 < w.K; k0 += kPairGroup)
+      for (int64_t j = 0; j < kPanel; ++j) {
+        int64_t c = 0;
+        for (int64_t k = k0; k < std::min(w.K, k0 + kPairGroup); ++k) c += d[(p * w.K + k) * kPanel + j] != 0.f;
+        if (c > kPairSlots) return -1;
+        nz += c;
+      }
+  return 4 * nz >= 3 * kPairSlots * pairGroups(w.K) * w.N ? nz : -1;
+}
+
+/// The pairs layout of F32 weight w (sparse.h), nz its nonzeros.
+std::shared_ptr<SparseForm> makePairs(const PackedWeight& w, int64_t nz) {
+  auto s = std::make_shared<SparseForm>();
+  s->pairs = true;
+  s->stored = nz;
+  s->elements = panels(w) * w.K * kPanel;
+  const int64_t G = pairGroups(w.K), panelFloats = G * kPairSlots * kPanel;
+  s->mask.assign(static_cast<size_t>(panels(w) * G * (kPanel / 8)), 0);
+  s->values.resize(static_cast<size_t>(panels(w) * panelFloats * 4 + kSparsePad));  // (zeroed: the empty slots)
+  const float* d = static_cast<const float*>(w.w.data());
+  for (int64_t p = 0; p < panels(w); ++p) {
+    s->start.push_back(p * panelFloats * 4);
+    float* v = static_cast<float*>(s->values.data()) + p * panelFloats;
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t j = 0; j < kPanel; ++j) {
+        uint32_t nibble = 0;
+        for (int64_t r = 0, slot = 0; r < kPairGroup && g * kPairGroup + r < w.K; ++r) {
+          const float f = d[(p * w.K + g * kPairGroup + r) * kPanel + j];
+          if (f == 0.f) continue;
+          v[(g * kPairSlots + slot) * kPanel + j] = f;
+          nibble |= static_cast<uint32_t>(r) << (2 * slot++);
+        }
+        s->mask[f32PairIndex(p, g, j / 8, w.K)] |= nibble << (4 * (j % 8));
+      }
+  }
+  s->start.push_back(panels(w) * panelFloats * 4);
+  return s;
+}
+
+/// sparseToDense for the pairs layout: panel u as [K][kPanel] floats.
+void pairsToDense(const PackedWeight& w, int64_t u, float* panel) {
+  const SparseForm& s = *w.sparse;
+  const float* v = reinterpret_cast<const float*>(static_cast<const uint8_t*>(s.values.data()) + s.start[u]);
+  std::fill(panel, panel + w.K * kPanel, 0.f);
+  for (int64_t g = 0; g < pairGroups(w.K); ++g)
+    for (int64_t j = 0; j < kPanel; ++j) {
+      const uint32_t nibble = s.mask[f32PairIndex(u, g, j / 8, w.K)] >> (4 * (j % 8));
+      for (int64_t slot = 0; slot < kPairSlots; ++slot) {
+        const float f = v[(g * kPairSlots + slot) * kPanel + j];
+        if (f != 0.f) panel[(g * kPairGroup + (nibble >> (2 * slot) & 3u)) * kPanel + j] = f;  // (an empty slot is +0)
+      }
+    }
+}
+
 }  // namespace
 
 double storedFraction(const PackedWeight& w) {
@@ -167,8 +227,10 @@ double storedFraction(const PackedWeight& w) {
 std::shared_ptr<const SparseForm> makeSparse(const PackedWeight& w) {
   if (w.sparse || w.kind == PackedWeight::F16 || w.panelOrdered() || (quantized(w) && !zeroPointsRepresentable(w)))
     return nullptr;
-  auto s = std::make_shared<SparseForm>();
   const bool f32 = w.kind == PackedWeight::F32;
+  if (f32)
+    if (const int64_t nz = pairsNonzeros(w); nz >= 0) return makePairs(w, nz);
+  auto s = std::make_shared<SparseForm>();
   const int64_t units = f32 ? panels(w) : w.N, perUnit = f32 ? w.K : chunksPerRow(w);
   s->elements = units * perUnit * kChunk;
   // (and one word past the end: the int8 kernels read two chunks' masks at once)
@@ -194,6 +256,7 @@ std::shared_ptr<const SparseForm> makeSparse(const PackedWeight& w) {
 
 void sparseToDense(const PackedWeight& w, int64_t u, void* dst) {
   const SparseForm& s = *w.sparse;
+  if (s.pairs) return pairsToDense(w, u, static_cast<float*>(dst));
   const uint8_t* v = static_cast<const uint8_t*>(s.values.data()) + s.start[u];
   if (w.kind == PackedWeight::F32) {
     float* panel = static_cast<float*>(dst);

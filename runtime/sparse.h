@@ -9,11 +9,18 @@
 //   at once, reads their masks as one stream (Zen 5: 3% faster than a stream per panel).
 //   Q8/Q4: row n, its nblk*P stored elements: mask word n*(nblk*P/32) + c, values one byte each (Q8) or one
 //   nibble each (Q4; two per byte, low nibble first, every chunk starting at a byte).
-// N:M patterns (2:4) use the same form: a 2:4 chunk's mask costs 4 bits per 4 weights, exactly what two 2-bit
-// indices cost, and the kernels expand it in registers without a lookup per group.
+// N:M patterns use the same form for Q8/Q4 (a 2:4 chunk's mask costs 4 bits per 4 weights, what two 2-bit indices
+// cost). An F32 weight with at most 2 nonzeros in every 4 consecutive k of each output (2:4 along K, as the pruning
+// passes write it) takes the pairs layout instead (SparseForm::pairs), whose GEMV needs no expansion at all:
+//   F32 pairs: panel p, group g of 4 k (the last one padded with zeros): values [g][2][kPanel] floats, plane a the
+//   first nonzero of each output's group (or 0), plane b the second (or 0); mask words [p][g][kPanel / 8], lane j's
+//   nibble at bits 4 * (j % 8) of word j / 8: bits 0-1 the k within the group of plane a's value, bits 2-3 plane b's
+//   (f32PairIndex). The GEMV picks x[4g + index] for each lane with an in-lane permute of the group's 4 activations
+//   (vpermilps) and does two FMAs per 4 k: the dense kernel's products in its order, skipping the zero ones.
 // The kernels (kernels_simd.inc) expand a chunk in registers and then do the dense kernels' arithmetic in the
 // same order, so the sparse form gives bit-identical results (tests/runtime/sparse_test.cpp; for F32 up to the
-// sign of zero).
+// sign of zero, and for the pairs layout with finite activations: a skipped zero weight times an infinite activation
+// is no NaN).
 #pragma once
 
 #include <cstdint>
@@ -27,11 +34,12 @@ namespace crt::detail {
 struct Kernels;
 
 struct SparseForm {
-  std::vector<uint32_t> mask;  // one word per 32-element chunk of the dense layout
+  std::vector<uint32_t> mask;  // one word per 32-element chunk of the dense layout (pairs: the index words)
   std::vector<int64_t> start;  // F32: per panel, Q8/Q4: per row, and one past the end: byte offset into values
   AlignedBytes values;         // the stored elements; kSparsePad readable bytes past the last one
-  int64_t stored = 0;          // elements stored
+  int64_t stored = 0;          // elements stored (nonzero: for pairs, the padding zeros of the planes not counted)
   int64_t elements = 0;        // elements of the dense layout (with padding)
+  bool pairs = false;          // F32 only: the pairs layout instead of masks and packed values
   int64_t bytes() const {
     return static_cast<int64_t>(mask.size() * 4 + start.size() * 8) + start.back();
   }
@@ -44,6 +52,14 @@ constexpr int64_t kSparsePad = 64;  // kernels load whole vectors past a chunk's
 constexpr int64_t kMaskGroup = 4;
 inline int64_t f32MaskIndex(int64_t p, int64_t k, int64_t K) {
   return ((p / kMaskGroup) * K + k) * kMaskGroup + p % kMaskGroup;
+}
+
+/// The pairs layout (F32): k in groups of kPairGroup, kPairSlots values per output and group.
+constexpr int64_t kPairGroup = 4, kPairSlots = 2;
+inline int64_t pairGroups(int64_t K) { return (K + kPairGroup - 1) / kPairGroup; }
+/// Index word of panel p, group g, lanes [8i, 8i + 8).
+inline int64_t f32PairIndex(int64_t p, int64_t g, int64_t i, int64_t K) {
+  return (p * pairGroups(K) + g) * (kPanel / 8) + i;
 }
 
 /// The set bits of a mask, through the popcnt instruction where the build has it (the SIMD kernel files): GCC's

@@ -135,8 +135,8 @@ void checkSparseEqualsDense(Pack pack, int64_t K, double wantStored) {
 
 TEST_CASE("sparse fp32 weights give the dense kernels' bits (GEMV and GEMM, every pattern and kernel set)", "[runtime][sparse]") {
   for (Pattern p : {Pattern::None, Pattern::Half, Pattern::TwoFour, Pattern::Ninety, Pattern::All}) {
-    for (int64_t K : {1, 31, 32, 33, 100}) {
-      for (int64_t N : {1, 31, 32, 33, 96, 160, 257}) {  // (the GEMV takes 4 panels at a time: 160 and 257 do)
+    for (int64_t K : {1, 2, 31, 32, 33, 100}) {  // (2:4 takes the pairs layout from K = 2: a partial group of 4 k)
+      for (int64_t N : {1, 31, 32, 33, 96, 160, 257}) {  // (the GEMVs take 2 or 4 panels at a time: 160 and 257 do)
         INFO("pattern " << name(p) << " K=" << K << " N=" << N);
         std::mt19937 rng(11);
         std::normal_distribution<float> nd;
@@ -151,6 +151,48 @@ TEST_CASE("sparse fp32 weights give the dense kernels' bits (GEMV and GEMM, ever
         Buf b{DType::F32, Shape{K, N}, w.data()};
         checkSparseEqualsDense([&] { return packDense(b); }, K, static_cast<double>(stored));
       }
+    }
+  }
+}
+
+TEST_CASE("2:4 fp32 weights take the pairs layout, other patterns and sparser ones the masks", "[runtime][sparse]") {
+  // what each layout's GEMV reads: the pairs layout two values per 4 k and 4 bits of indices per output, whatever
+  // the fill; masks 4 bytes per nonzero and a bit per weight
+  struct Case {
+    const char* what;
+    int64_t K;
+    bool (*pruned)(int64_t k, int64_t n);
+    bool pairs;
+  };
+  const Case cases[] = {
+      {"2:4", 64, [](int64_t k, int64_t n) { return ((k % 4) + n) % 4 < 2; }, true},
+      {"2:4, K = 33 (a partial last group)", 33, [](int64_t k, int64_t n) { return ((k % 4) + n) % 4 < 2; }, true},
+      {"2:4 with some pairs at one nonzero", 64, [](int64_t k, int64_t n) { return ((k % 4) + n) % 4 < 2 || (k + n) % 16 == 0; }, true},
+      {"1:4 (half the slots empty)", 64, [](int64_t k, int64_t n) { return (k + n) % 4 != 0; }, false},
+      {"3:4", 64, [](int64_t k, int64_t n) { return (k + n) % 4 == 0; }, false},
+      {"50% in blocks", 64, [](int64_t k, int64_t n) { return (k / 4 + n) % 2 == 0; }, false},
+  };
+  for (const Case& c : cases) {
+    INFO(c.what);
+    const int64_t N = 96;
+    std::vector<float> w(c.K * N);
+    int64_t nz = 0;
+    for (int64_t k = 0; k < c.K; ++k)
+      for (int64_t n = 0; n < N; ++n) nz += (w[k * N + n] = c.pruned(k, n) ? 0.f : 1.f + static_cast<float>(k + n)) != 0.f;
+    Buf b{DType::F32, Shape{c.K, N}, w.data()};
+    auto dense = packDense(b);
+    auto form = makeSparse(*dense);
+    REQUIRE(form);
+    CHECK(form->pairs == c.pairs);
+    CHECK(form->stored == nz);
+    const int64_t groups = (c.K + 3) / 4, panels = N / kPanel;
+    if (c.pairs) CHECK(form->bytes() == panels * (groups * 2 * kPanel * 4 + groups * kPanel / 2 + 8) + 8);
+    dense->sparse = form;
+    std::vector<float> panel(c.K * kPanel);
+    for (int64_t p = 0; p < panels; ++p) {  // back to the dense layout
+      sparseToDense(*dense, p, panel.data());
+      for (int64_t k = 0; k < c.K; ++k)
+        for (int64_t j = 0; j < kPanel; ++j) REQUIRE(panel[k * kPanel + j] == w[k * N + p * kPanel + j]);
     }
   }
 }
