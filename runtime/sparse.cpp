@@ -302,7 +302,10 @@ int chooseSparseForms(Graph& g, SparseMode mode, const Kernels& k, Int8Activatio
     const bool i8 = int8Asked(n, int8) && int8Capable(w, k);
     const double crossover = i8 ? (k.gemm_i8_sparse && w.kind == PackedWeight::Q8 ? k.sparse_crossover_i8 : 0.0)
                                 : k.sparse_crossover[w.kind];
-    const bool candidate = mode == SparseMode::On || (crossover > 0 && w.bytes() >= minBytes);
+    // (the pairs layout, fp32 2:4, pays at every size: it expands nothing. stories260K's 2:4 weights of 16-44 KiB, in
+    // cache: decode 0.062-0.063 instead of 0.068-0.070 ms per token, prefill equal)
+    const bool candidate = mode == SparseMode::On ||
+                           (crossover > 0 && (w.bytes() >= minBytes || (w.kind == PackedWeight::F32 && pairsNonzeros(w) >= 0)));
     if (!candidate) continue;  // (counting the zeros of every weight was a sixth of a 110 MB model's load)
     const double f = storedFraction(w);
     if (mode == SparseMode::On ? f >= 1.0 : f > crossover) continue;

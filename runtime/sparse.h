@@ -89,7 +89,8 @@ void sparseToDense(const PackedWeight& w, int64_t u, void* dst);
 /// wherever a form exists and the weight has any zero; Off never. Returns the number of weights converted.
 /// Weights that will take int8 activations (`int8`, runtime/int8_acts.h) are judged by Kernels::sparse_crossover_i8.
 /// Auto considers weights of 1 MiB and more when the model's packed weights fit in `cacheBytes` (-1: this core's
-/// last-level cache), and of 64 KiB and more when they do not (then every weight streams from memory).
+/// last-level cache), and of 64 KiB and more when they do not (then every weight streams from memory); fp32 weights
+/// that take the pairs layout (2:4) at every size.
 int chooseSparseForms(Graph& g, SparseMode mode, const Kernels& k, Int8Activations int8 = Int8Activations::Off,
                       int64_t cacheBytes = -1);
 

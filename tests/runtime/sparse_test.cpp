@@ -314,6 +314,34 @@ TEST_CASE("auto takes smaller weights too when the model's weights do not fit in
   CHECK_FALSE(streamed.nodes[2].packed->sparse);  // 4 KiB, all zero: still too small to pay
 }
 
+TEST_CASE("auto takes fp32 2:4 weights of every size: the pairs layout expands nothing", "[runtime][sparse]") {
+  std::vector<float> twoFour(64 * 96), half(64 * 96);  // [K = 64, N = 96], 24 KiB each
+  for (int64_t k = 0; k < 64; ++k)
+    for (int64_t n = 0; n < 96; ++n) {
+      twoFour[k * 96 + n] = ((k % 4) + n) % 4 < 2 ? 0.f : 1.f;
+      half[k * 96 + n] = (k + n) % 2 == 0 && (k / 4) % 2 == 0 ? 0.f : 1.f;  // 3 or 4 nonzeros in each 4 k: masks
+    }
+  auto graph = [&] {
+    Graph g;
+    for (auto* w : {&twoFour, &half}) {
+      Node n;
+      n.op = "MatMul";
+      n.packed = packDense(Buf{DType::F32, Shape{64, 96}, w->data()});
+      g.nodes.push_back(std::move(n));
+    }
+    return g;
+  };
+  Kernels k = scalarKernels();
+  Graph none = graph();  // a kernel set without a measured crossover never picks a sparse form
+  CHECK(chooseSparseForms(none, SparseMode::Auto, k, Int8Activations::Off, int64_t{64} << 20) == 0);
+  k.sparse_crossover[PackedWeight::F32] = 0.8f;
+  Graph g = graph();  // in cache, far below 1 MiB: only the 2:4 one
+  CHECK(chooseSparseForms(g, SparseMode::Auto, k, Int8Activations::Off, int64_t{64} << 20) == 1);
+  REQUIRE(g.nodes[0].packed->sparse);
+  CHECK(g.nodes[0].packed->sparse->pairs);
+  CHECK_FALSE(g.nodes[1].packed->sparse);
+}
+
 TEST_CASE("weights headed for int8 activations are judged by the int8 kernels' crossover", "[runtime][sparse][int8]") {
   constexpr int64_t D = 1024;  // 1 MiB as int8
   std::vector<int8_t> q8(D * D, 0);
