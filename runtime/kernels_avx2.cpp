@@ -71,8 +71,7 @@ inline VF EXPANDF(uint32_t m, const float* p, const ExpandTables& t) {
 }
 // The pairs layout (runtime/sparse.h): VP holds lane j's index nibble in its low bits; X4(p) the 4 floats at p in each
 // 128-bit lane; PAIRIDX(words) the nibbles of W lanes (word j / 8, bits 4 * (j % 8)); PICK(x4, c) lane j = x4[c_j & 3]
-// (vpermilps: within the lane, one cheap operation); NEXTIDX(c) plane b's index in the low bits; KEEPIF(c, r, v) v
-// where c & 3 == r, else +0.
+// (vpermilps: within the lane, one cheap operation); NEXTIDX(c) plane b's index in the low bits.
 using VP = __m256i;
 inline VF X4(const float* p) { return _mm256_broadcast_ps(reinterpret_cast<const __m128*>(p)); }
 inline VP PAIRIDX(const uint32_t* words) {
@@ -80,11 +79,6 @@ inline VP PAIRIDX(const uint32_t* words) {
 }
 inline VF PICK(VF x4, VP c) { return _mm256_permutevar_ps(x4, c); }
 inline VP NEXTIDX(VP c) { return _mm256_srli_epi32(c, 2); }
-inline VF KEEPIF(VP c, int r, VF v) {
-  const __m256i hit = _mm256_cmpeq_epi32(_mm256_and_si256(c, _mm256_set1_epi32(3)), _mm256_set1_epi32(r));
-  return _mm256_and_ps(_mm256_castsi256_ps(hit), v);
-}
-inline VF ORF(VF a, VF b) { return _mm256_or_ps(a, b); }
 // 16 bytes -> 16 / W float vectors.
 inline void B16TOF(__m128i v, VF* out) {
   out[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));

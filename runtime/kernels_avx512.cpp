@@ -81,10 +81,6 @@ inline VP PAIRIDX(const uint32_t* words) {
 }
 inline VF PICK(VF x4, VP c) { return _mm512_permutevar_ps(x4, c); }
 inline VP NEXTIDX(VP c) { return _mm512_srli_epi32(c, 2); }
-inline VF KEEPIF(VP c, int r, VF v) {
-  return _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(_mm512_and_si512(c, _mm512_set1_epi32(3)), _mm512_set1_epi32(r)), v);
-}
-inline VF ORF(VF a, VF b) { return _mm512_or_ps(a, b); }
 inline void B16TOF(__m128i v, VF* out) { out[0] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)); }
 #include "runtime/kernels_simd.inc"
 }  // namespace avx512
