@@ -28,7 +28,8 @@ double bestMs(F&& f, int loops, int reps) {
   for (int l = 0; l < loops; ++l) {
     const auto t0 = std::chrono::steady_clock::now();
     for (int r = 0; r < reps; ++r) f();
-    best = std::min(best, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps);
+    const std::chrono::duration<double, std::milli> t = std::chrono::steady_clock::now() - t0;
+    best = std::min(best, t.count() / reps);
   }
   return best;
 }
@@ -67,14 +68,16 @@ int main(int argc, char** argv) {
   const int64_t M = 128, P = (N + kPanel - 1) / kPanel;
   std::vector<float> X(M * K), Y(M * N), panel(K * kPanel);
   for (auto& v : X) v = nd(rng);
+  const float* panels = static_cast<const float*>(dense->w.data());
   double md = 1e30, ms = 1e30;
   for (int r = 0; r < 3; ++r) {
-    md = std::min(md, bestMs([&] { kk.gemm_panels(X.data(), K, M, static_cast<const float*>(dense->w.data()), K, 0, P, Y.data(), N, N); }, 3, 1));
+    md = std::min(md, bestMs([&] { kk.gemm_panels(X.data(), K, M, panels, K, 0, P, Y.data(), N, N); }, 3, 1));
     ms = std::min(ms, bestMs([&] { kk.sparse_gemm_panels(*sparse, X.data(), K, M, 0, P, panel.data(), Y.data(), N, N); }, 3, 1));
   }
   std::printf("kernels %s, pattern %s (%s), K %lld, N %lld, 1 thread\n", kk.isa, pattern.c_str(),
               sparse->sparse->pairs ? "pairs layout" : "mask form", static_cast<long long>(K), static_cast<long long>(N));
-  std::printf("GEMV [1,K]:   dense %.4f ms (%.1f GB/s), sparse %.4f ms (%.1f GB/s, %.1f ps per weight), sparse / dense %.3f\n",
+  std::printf("GEMV [1,K]:   dense %.4f ms (%.1f GB/s), sparse %.4f ms (%.1f GB/s, %.1f ps per weight), "
+              "sparse / dense %.3f\n",
               gd, static_cast<double>(dense->bytes()) / gd / 1e6, gs, static_cast<double>(sparse->bytes()) / gs / 1e6,
               gs * 1e9 / static_cast<double>(K * N), gs / gd);
   std::printf("GEMM [128,K]: dense %.3f ms (%.1f GFLOPS), sparse %.3f ms, sparse / dense %.3f\n", md,
