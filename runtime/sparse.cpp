@@ -302,14 +302,15 @@ int chooseSparseForms(Graph& g, SparseMode mode, const Kernels& k, Int8Activatio
     const bool i8 = int8Asked(n, int8) && int8Capable(w, k);
     const double crossover = i8 ? (k.gemm_i8_sparse && w.kind == PackedWeight::Q8 ? k.sparse_crossover_i8 : 0.0)
                                 : k.sparse_crossover[w.kind];
-    // (the pairs layout, fp32 2:4, pays at every size: it expands nothing. stories260K's 2:4 weights of 16-44 KiB, in
-    // cache: decode 0.062-0.063 instead of 0.068-0.070 ms per token, prefill equal)
-    const bool candidate = mode == SparseMode::On ||
-                           (crossover > 0 && (w.bytes() >= minBytes || (w.kind == PackedWeight::F32 && pairsNonzeros(w) >= 0)));
+    // The pairs layout (fp32 2:4) pays at every size: it expands nothing (stories260K's 2:4 weights of 16-44 KiB, in
+    // cache: decode 0.062-0.063 instead of 0.068-0.070 ms per token, prefill equal). Its check stops at the first
+    // group of 4 with 3 nonzeros, so a dense or unstructured weight costs a few reads; a 2:4 one is counted once here.
+    const int64_t pairsNz = w.kind == PackedWeight::F32 ? pairsNonzeros(w) : -1;
+    const bool candidate = mode == SparseMode::On || (crossover > 0 && (w.bytes() >= minBytes || pairsNz >= 0));
     if (!candidate) continue;  // (counting the zeros of every weight was a sixth of a 110 MB model's load)
-    const double f = storedFraction(w);
+    const double f = pairsNz >= 0 ? static_cast<double>(pairsNz) / static_cast<double>(w.N * w.K) : storedFraction(w);
     if (mode == SparseMode::On ? f >= 1.0 : f > crossover) continue;
-    auto s = makeSparse(w);
+    std::shared_ptr<const SparseForm> s = pairsNz >= 0 ? makePairs(w, pairsNz) : makeSparse(w);
     if (!s) continue;
     w.sparse = std::move(s);
     w.w = AlignedBytes();  // the sparse form replaces the dense one
