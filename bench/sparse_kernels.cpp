@@ -1,10 +1,12 @@
-// sparse_kernels.cpp — the fp32 sparse kernels alone against the dense ones, on one synthetic weight, one thread:
-// the decode GEMV (1 row) and the prefill GEMM (128 rows) through this CPU's kernel set (runtime/kernels.h), dense
-// and in the sparse form (runtime/sparse.h) for a pattern: 50% unstructured (the mask form) or 2:4 along K (the pairs
-// layout). Best of several timed loops, so that the machine's noise shows less than in a whole model.
-// Usage: sparse_kernels [50|2:4] [K] [N]   (default 2:4 2048 2048; K = N = 512 keeps the weight in L2)
+// sparse_kernels.cpp — the sparse kernels alone against the dense ones, on one synthetic weight, one thread: the
+// decode GEMV (1 row) and the prefill GEMM (128 rows) through this CPU's kernel set (runtime/kernels.h), dense and in
+// the sparse form (runtime/sparse.h) for a pattern: 50% unstructured (the mask form) or 2:4 along K (the pairs
+// layout), of an fp32 weight or a symmetric int8 one with exact compute. Best of several timed loops, so that the
+// machine's noise shows less than in a whole model.
+// Usage: sparse_kernels [50|2:4] [K] [N] [fp32|int8]   (default 2:4 2048 2048 fp32; K = N = 512 keeps the weight in L2)
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -36,11 +38,48 @@ double bestMs(F&& f, int loops, int reps) {
 
 }  // namespace
 
+/// The two forms of one pruned weight [K, N] (MatMul's B) and how to run them.
+struct Forms {
+  std::shared_ptr<PackedWeight> dense, sparse;
+  int64_t Kp = 0;  // the activations' padded length (Q8: the block layout)
+};
+
+/// fp32: the F32 panels, and their sparse form (2:4: pairs; 50: masks). int8: per-channel symmetric int8 (as an
+/// int8 QDQ file holds) as crun's exact kernels run it: centered Q8P panels, and 2:4 as Q8 pairs (50: Q8 rows with
+/// masks, as `--sparse on` stores them).
+Forms makeForms(const std::vector<float>& b, int64_t K, int64_t N, bool int8, bool pairs) {
+  Forms f;
+  if (!int8) {
+    Buf buf{DType::F32, Shape{K, N}, const_cast<float*>(b.data())};
+    f.dense = packDense(buf), f.sparse = packDense(buf);
+    f.Kp = K;
+  } else {
+    std::vector<int8_t> q(K * N);
+    std::vector<float> s(N);
+    for (int64_t n = 0; n < N; ++n) {
+      float top = 0;
+      for (int64_t k = 0; k < K; ++k) top = std::max(top, std::abs(b[k * N + n]));
+      s[n] = top > 0 ? top / 127 : 1;
+      for (int64_t k = 0; k < K; ++k) q[k * N + n] = static_cast<int8_t>(std::lround(b[k * N + n] / s[n]));
+    }
+    Buf qb{DType::I8, Shape{K, N}, q.data()}, sb{DType::F32, Shape{N}, s.data()};
+    f.dense = packDequantize(qb, sb, nullptr, 1, 0), f.sparse = packDequantize(qb, sb, nullptr, 1, 0);
+    f.Kp = f.dense->nblk * f.dense->P;
+    panelize(*f.dense);
+    if (pairs) panelize(*f.sparse);
+  }
+  f.sparse->sparse = makeSparse(*f.sparse);
+  f.sparse->w = AlignedBytes();
+  return f;
+}
+
 int main(int argc, char** argv) {
   const std::string pattern = argc > 1 ? argv[1] : "2:4";
   const int64_t K = argc > 2 ? std::atoll(argv[2]) : 2048, N = argc > 3 ? std::atoll(argv[3]) : 2048;
-  if ((pattern != "50" && pattern != "2:4") || K < 4 || N < 1 || K * N > (int64_t{1} << 28)) {
-    std::fprintf(stderr, "usage: sparse_kernels [50|2:4] [K >= 4] [N >= 1]  (K * N at most 2^28)\n");
+  const std::string dtype = argc > 4 ? argv[4] : "fp32";
+  if ((pattern != "50" && pattern != "2:4") || (dtype != "fp32" && dtype != "int8") || K < 4 || N < 1 ||
+      K * N > (int64_t{1} << 28)) {
+    std::fprintf(stderr, "usage: sparse_kernels [50|2:4] [K >= 4] [N >= 1] [fp32|int8]  (K * N at most 2^28)\n");
     return 2;
   }
   std::mt19937 rng(1);
@@ -52,35 +91,49 @@ int main(int argc, char** argv) {
       const float v = nd(rng);
       b[k * N + n] = pruned ? 0.f : v;
     }
-  Buf buf{DType::F32, Shape{K, N}, b.data()};
-  auto dense = packDense(buf), sparse = packDense(buf);
-  sparse->sparse = makeSparse(*sparse);
-  sparse->w = AlignedBytes();
+  const Forms f = makeForms(b, K, N, dtype == "int8", pattern == "2:4");
+  const PackedWeight& dense = *f.dense;
+  const PackedWeight& sparse = *f.sparse;
+  if (!sparse.sparse) {
+    std::fprintf(stderr, "sparse_kernels: this weight has no sparse form\n");
+    return 1;
+  }
   const Kernels& kk = kernelsFor(true);
-  std::vector<float> x(K), y(N);
-  for (auto& v : x) v = nd(rng);
+  std::vector<float> x(f.Kp, 0.f), y(N);
+  for (int64_t k = 0; k < K; ++k) x[k] = nd(rng);
+  float xsum = 0;
+  for (float v : x) xsum += v;
   const int reps = static_cast<int>(std::max<int64_t>(1, (int64_t{1} << 24) / (K * N)));
   double gd = 1e30, gs = 1e30;
   for (int r = 0; r < 3; ++r) {  // interleaved
-    gd = std::min(gd, bestMs([&] { kk.gemv(*dense, x.data(), nullptr, 0, N, y.data()); }, 40, reps));
-    gs = std::min(gs, bestMs([&] { kk.sparse_gemv(*sparse, x.data(), nullptr, 0, N, y.data()); }, 40, reps));
+    gd = std::min(gd, bestMs([&] { kk.gemv(dense, x.data(), &xsum, 0, N, y.data()); }, 40, reps));
+    gs = std::min(gs, bestMs([&] { kk.sparse_gemv(sparse, x.data(), &xsum, 0, N, y.data()); }, 40, reps));
   }
   const int64_t M = 128, P = (N + kPanel - 1) / kPanel;
-  std::vector<float> X(M * K), Y(M * N), panel(K * kPanel);
-  for (auto& v : X) v = nd(rng);
-  const float* panels = static_cast<const float*>(dense->w.data());
+  std::vector<float> X(M * f.Kp, 0.f), Y(M * N), panel(K * kPanel);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) X[m * f.Kp + k] = nd(rng);
+  // The GEMM of each form as packedMatMul runs it (int8 50%: rows with masks go through Eigen, not timed here).
+  auto gemm = [&](const PackedWeight& w) {
+    if (w.kind == PackedWeight::F32 && !w.sparse)
+      kk.gemm_panels(X.data(), K, M, static_cast<const float*>(w.w.data()), K, 0, P, Y.data(), N, N);
+    else if (w.kind == PackedWeight::F32) kk.sparse_gemm_panels(w, X.data(), K, M, 0, P, panel.data(), Y.data(), N, N);
+    else kk.converting_gemm_panels(w, X.data(), f.Kp, M, 0, P, panel.data(), Y.data(), N, N);
+  };
+  const bool gemmBoth = sparse.kind != PackedWeight::Q8;
   double md = 1e30, ms = 1e30;
   for (int r = 0; r < 3; ++r) {
-    md = std::min(md, bestMs([&] { kk.gemm_panels(X.data(), K, M, panels, K, 0, P, Y.data(), N, N); }, 3, 1));
-    ms = std::min(ms, bestMs([&] { kk.sparse_gemm_panels(*sparse, X.data(), K, M, 0, P, panel.data(), Y.data(), N, N); }, 3, 1));
+    md = std::min(md, bestMs([&] { gemm(dense); }, 3, 1));
+    if (gemmBoth) ms = std::min(ms, bestMs([&] { gemm(sparse); }, 3, 1));
   }
-  std::printf("kernels %s, pattern %s (%s), K %lld, N %lld, 1 thread\n", kk.isa, pattern.c_str(),
-              sparse->sparse->pairs ? "pairs layout" : "mask form", static_cast<long long>(K), static_cast<long long>(N));
+  std::printf("kernels %s, %s, pattern %s (%s), K %lld, N %lld, 1 thread\n", kk.isa, dtype.c_str(), pattern.c_str(),
+              sparse.sparse->pairs ? "pairs layout" : "mask form", static_cast<long long>(K), static_cast<long long>(N));
   std::printf("GEMV [1,K]:   dense %.4f ms (%.1f GB/s), sparse %.4f ms (%.1f GB/s, %.1f ps per weight), "
               "sparse / dense %.3f\n",
-              gd, static_cast<double>(dense->bytes()) / gd / 1e6, gs, static_cast<double>(sparse->bytes()) / gs / 1e6,
+              gd, static_cast<double>(dense.bytes()) / gd / 1e6, gs, static_cast<double>(sparse.bytes()) / gs / 1e6,
               gs * 1e9 / static_cast<double>(K * N), gs / gd);
-  std::printf("GEMM [128,K]: dense %.3f ms (%.1f GFLOPS), sparse %.3f ms, sparse / dense %.3f\n", md,
-              2.0 * M * K * N / md / 1e6, ms, ms / md);
+  if (gemmBoth)
+    std::printf("GEMM [128,K]: dense %.3f ms (%.1f GFLOPS), sparse %.3f ms, sparse / dense %.3f\n", md,
+                2.0 * M * K * N / md / 1e6, ms, ms / md);
   return 0;
 }

@@ -153,7 +153,7 @@ struct SessionInfo {
   int folded = 0;             // removed at load: constant subgraphs evaluated once
   int packed_matmuls = 0;     // MatMul/MatMulNBits with pre-packed constant weights
   int sparse_matmuls = 0;     // of those, weights kept in the sparse form (SessionOptions::sparse)
-  int sparse_pairs = 0;       // of those, fp32 2:4 weights in the pairs layout (runtime/sparse.h: no expansion)
+  int sparse_pairs = 0;       // of those, fp32 and int8 2:4 weights in the pairs layout (runtime/sparse.h: no expansion)
   int int8_matmuls = 0;       // of those, weights computed with int8 activations (SessionOptions::int8_activations)
   int panel_matmuls = 0;      // of those, int8/int4/fp16 weights on exact kernels rearranged into the fp32 panel order
                               // (faster prefill; every SIMD kernel set, never on a device)

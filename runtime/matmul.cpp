@@ -465,6 +465,18 @@ void setPanelParams(PackedWeight& w, std::vector<float> scale, std::vector<float
 
 }  // namespace
 
+bool centerable(const PackedWeight& w) {
+  if (w.kind != PackedWeight::Q8 || w.nblk != 1 || w.w.size() == 0) return false;
+  for (int64_t n = 0; n < w.N; ++n) {
+    const float z = w.zp[n];
+    if (!(z >= 0.f && z <= 255.f && z == std::floor(z))) return false;
+    const uint8_t* row = static_cast<const uint8_t*>(w.w.data()) + n * w.rowBytes();
+    const auto [lo, hi] = std::minmax_element(row, row + w.K);
+    if (*lo - static_cast<int>(z) < -128 || *hi - static_cast<int>(z) > 127) return false;
+  }
+  return true;
+}
+
 bool panelize(PackedWeight& w) {
   if (w.kind == PackedWeight::F16 && !w.device && w.w.size() > 0) return panelizeF16(w), true;
   const bool q8 = w.kind == PackedWeight::Q8 && w.nblk == 1;
@@ -475,6 +487,7 @@ bool panelize(PackedWeight& w) {
   panels.resize(static_cast<size_t>(np * w.K * rowBytes));  // (zeroed: Q4P's nibbles are or-ed in)
   uint8_t* out = static_cast<uint8_t*>(panels.data());
   std::vector<float> scale(np * w.nblk * kPanel, 0.f), zp(scale.size(), 0.f);  // padding outputs: 0 and 0
+  const bool centered = q8 && centerable(w);
   for (int64_t n = 0; n < w.N; ++n) {  // row n's value k goes to panel n / kPanel, row k, column j = n % kPanel
     const int64_t p = n / kPanel, j = n % kPanel;
     uint8_t* rows = out + p * w.K * rowBytes;
@@ -483,16 +496,18 @@ bool panelize(PackedWeight& w) {
       for (int64_t e = b * w.P, ee = e + std::min(w.block, w.K - k); e < ee; ++e, ++k) {  // e: k's stored element
         // (Q4 rows: chunks of 32 elements, byte c holding element c low and c + 16 high)
         const int v = q8 ? row[e] : (row[(e >> 5) * 16 + (e & 15)] >> (e & 16 ? 4 : 0)) & 0xF;
-        if (q8) rows[k * rowBytes + j] = static_cast<uint8_t>(v);
+        if (centered) rows[k * rowBytes + j] = static_cast<uint8_t>(static_cast<int8_t>(v - static_cast<int>(w.zp[n])));
+        else if (q8) rows[k * rowBytes + j] = static_cast<uint8_t>(v);
         else rows[k * rowBytes + j % 16] |= static_cast<uint8_t>(j < 16 ? v : v << 4);
       }
     for (int64_t b = 0; b < w.nblk; ++b) {
       scale[(p * w.nblk + b) * kPanel + j] = w.scale[n * w.nblk + b];
-      zp[(p * w.nblk + b) * kPanel + j] = w.zp[n * w.nblk + b];
+      zp[(p * w.nblk + b) * kPanel + j] = centered ? 0.f : w.zp[n * w.nblk + b];
     }
   }
   w.w = std::move(panels);
   w.kind = q8 ? PackedWeight::Q8P : PackedWeight::Q4P;
+  w.centered = centered;
   setPanelParams(w, std::move(scale), std::move(zp));
   return true;
 }

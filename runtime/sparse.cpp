@@ -11,6 +11,7 @@
 
 #include "runtime/int8_acts.h"
 #include "runtime/kernels.h"
+#include "runtime/matmul.h"
 
 namespace crt::detail {
 namespace {
@@ -136,62 +137,108 @@ void packUnit(const PackedWeight& w, const SparseForm& s, int64_t u, uint8_t* ds
   }
 }
 
-/// Nonzeros of F32 weight w when every output has at most kPairSlots in each group of kPairGroup consecutive k, and
-/// they fill at least three quarters of the slots (a sparser weight reads fewer bytes as masks and values); else -1.
-int64_t pairsNonzeros(const PackedWeight& w) {
-  const float* d = static_cast<const float*>(w.w.data());
+/// The fill the pairs layout needs: nz nonzeros fill at least three quarters of the slots of an N-output weight (a
+/// sparser one reads fewer bytes as masks and values).
+bool pairsFilled(int64_t nz, int64_t K, int64_t N) { return 4 * nz >= 3 * kPairSlots * pairGroups(K) * N; }
+
+/// The [p][K][kPanel] values of a weight that can take the pairs layout: F32's floats, a centered Q8P's signed bytes.
+template <typename T>
+const T* panelValues(const PackedWeight& w) { return static_cast<const T*>(w.w.data()); }
+
+/// Nonzeros of weight w (T: its panel values) when every output has at most kPairSlots in each group of kPairGroup
+/// consecutive k and they fill the slots (pairsFilled); else -1. Stops at the first group of 3 nonzeros.
+template <typename T>
+int64_t pairsNonzerosOf(const PackedWeight& w) {
+  const T* d = panelValues<T>(w);
   int64_t nz = 0;
   for (int64_t p = 0; p < panels(w); ++p)
     for (int64_t k0 = 0; k0 < w.K; k0 += kPairGroup)
       for (int64_t j = 0; j < kPanel; ++j) {
         int64_t c = 0;
-        for (int64_t k = k0; k < std::min(w.K, k0 + kPairGroup); ++k) c += d[(p * w.K + k) * kPanel + j] != 0.f;
+        for (int64_t k = k0; k < std::min(w.K, k0 + kPairGroup); ++k) c += d[(p * w.K + k) * kPanel + j] != T(0);
         if (c > kPairSlots) return -1;
         nz += c;
       }
-  return 4 * nz >= 3 * kPairSlots * pairGroups(w.K) * w.N ? nz : -1;
+  return pairsFilled(nz, w.K, w.N) ? nz : -1;
 }
 
-/// The pairs layout of F32 weight w (sparse.h), nz its nonzeros.
-std::shared_ptr<SparseForm> makePairs(const PackedWeight& w, int64_t nz) {
+/// Whether w is a per-channel Q8 weight these kernels can store as Q8 pairs once panelized and centered (sparse.h);
+/// K of 4 or more, so that a panel's dequantized planes fit the GEMM's panel buffer.
+bool q8PairsCandidate(const PackedWeight& w, const Kernels& k) {
+  return w.kind == PackedWeight::Q8 && w.nblk == 1 && w.K >= kPairGroup && !w.int8 && !w.device &&
+         k.converting_gemm_panels && centerable(w);
+}
+
+/// pairsNonzerosOf for a Q8 weight per channel still in rows: a nonzero is a value other than its row's zero point.
+int64_t rowPairsNonzeros(const PackedWeight& w) {
+  int64_t nz = 0;
+  for (int64_t n = 0; n < w.N; ++n) {
+    const uint8_t* row = static_cast<const uint8_t*>(w.w.data()) + n * w.rowBytes();
+    const int z = static_cast<int>(w.zp[n]);
+    for (int64_t k0 = 0; k0 < w.K; k0 += kPairGroup) {
+      int64_t c = 0;
+      for (int64_t k = k0; k < std::min(w.K, k0 + kPairGroup); ++k) c += row[k] != z;
+      if (c > kPairSlots) return -1;
+      nz += c;
+    }
+  }
+  return pairsFilled(nz, w.K, w.N) ? nz : -1;
+}
+
+/// pairsNonzerosOf for any weight: -1 for those without the pairs layout (sparse.h).
+int64_t pairsNonzeros(const PackedWeight& w) {
+  if (w.kind == PackedWeight::F32) return pairsNonzerosOf<float>(w);
+  if (w.kind == PackedWeight::Q8P && w.centered && w.K >= kPairGroup) return pairsNonzerosOf<int8_t>(w);
+  return -1;
+}
+
+/// The pairs layout of weight w (sparse.h; T its panel values), nz its nonzeros.
+template <typename T>
+std::shared_ptr<SparseForm> makePairsOf(const PackedWeight& w, int64_t nz) {
   auto s = std::make_shared<SparseForm>();
   s->pairs = true;
   s->stored = nz;
   s->elements = panels(w) * w.K * kPanel;
-  const int64_t G = pairGroups(w.K), panelFloats = G * kPairSlots * kPanel;
+  const int64_t G = pairGroups(w.K), panelValuesCount = G * kPairSlots * kPanel;
+  const int64_t panelBytes = panelValuesCount * static_cast<int64_t>(sizeof(T));
   s->mask.assign(static_cast<size_t>(panels(w) * G * (kPanel / 8)), 0);
-  s->values.resize(static_cast<size_t>(panels(w) * panelFloats * 4 + kSparsePad));  // (zeroed: the empty slots)
-  const float* d = static_cast<const float*>(w.w.data());
+  s->values.resize(static_cast<size_t>(panels(w) * panelBytes + kSparsePad));  // (zeroed: the empty slots)
+  const T* d = panelValues<T>(w);
   for (int64_t p = 0; p < panels(w); ++p) {
-    s->start.push_back(p * panelFloats * 4);
-    float* v = static_cast<float*>(s->values.data()) + p * panelFloats;
+    s->start.push_back(p * panelBytes);
+    T* v = static_cast<T*>(s->values.data()) + p * panelValuesCount;
     for (int64_t g = 0; g < G; ++g)
       for (int64_t j = 0; j < kPanel; ++j) {
         uint32_t nibble = 0;
         for (int64_t r = 0, slot = 0; r < kPairGroup && g * kPairGroup + r < w.K; ++r) {
-          const float f = d[(p * w.K + g * kPairGroup + r) * kPanel + j];
-          if (f == 0.f) continue;
+          const T f = d[(p * w.K + g * kPairGroup + r) * kPanel + j];
+          if (f == T(0)) continue;
           v[(g * kPairSlots + slot) * kPanel + j] = f;
           nibble |= static_cast<uint32_t>(r) << (2 * slot++);
         }
-        s->mask[f32PairIndex(p, g, j / 8, w.K)] |= nibble << (4 * (j % 8));
+        s->mask[pairIndex(p, g, j / 8, w.K)] |= nibble << (4 * (j % 8));
       }
   }
-  s->start.push_back(panels(w) * panelFloats * 4);
+  s->start.push_back(panels(w) * panelBytes);
   return s;
 }
 
-/// sparseToDense for the pairs layout: panel u as [K][kPanel] floats.
-void pairsToDense(const PackedWeight& w, int64_t u, float* panel) {
+std::shared_ptr<SparseForm> makePairs(const PackedWeight& w, int64_t nz) {
+  return w.kind == PackedWeight::F32 ? makePairsOf<float>(w, nz) : makePairsOf<int8_t>(w, nz);
+}
+
+/// sparseToDense for the pairs layout: panel u as [K][kPanel] values (T: float, or a centered Q8P's signed bytes).
+template <typename T>
+void pairsToDense(const PackedWeight& w, int64_t u, T* panel) {
   const SparseForm& s = *w.sparse;
-  const float* v = reinterpret_cast<const float*>(static_cast<const uint8_t*>(s.values.data()) + s.start[u]);
-  std::fill(panel, panel + w.K * kPanel, 0.f);
+  const T* v = reinterpret_cast<const T*>(static_cast<const uint8_t*>(s.values.data()) + s.start[u]);
+  std::fill(panel, panel + w.K * kPanel, T(0));
   for (int64_t g = 0; g < pairGroups(w.K); ++g)
     for (int64_t j = 0; j < kPanel; ++j) {
-      const uint32_t nibble = s.mask[f32PairIndex(u, g, j / 8, w.K)] >> (4 * (j % 8));
+      const uint32_t nibble = s.mask[pairIndex(u, g, j / 8, w.K)] >> (4 * (j % 8));
       for (int64_t slot = 0; slot < kPairSlots; ++slot) {
-        const float f = v[(g * kPairSlots + slot) * kPanel + j];
-        if (f != 0.f) panel[(g * kPairGroup + (nibble >> (2 * slot) & 3u)) * kPanel + j] = f;  // (an empty slot is +0)
+        const T f = v[(g * kPairSlots + slot) * kPanel + j];
+        if (f != T(0)) panel[(g * kPairGroup + (nibble >> (2 * slot) & 3u)) * kPanel + j] = f;  // (an empty slot is 0)
       }
     }
 }
@@ -199,8 +246,9 @@ void pairsToDense(const PackedWeight& w, int64_t u, float* panel) {
 }  // namespace
 
 double storedFraction(const PackedWeight& w) {
-  if (w.N == 0 || w.K == 0 || w.kind == PackedWeight::F16 || w.panelOrdered()) return 1.0;
+  if (w.N == 0 || w.K == 0) return 1.0;
   if (w.sparse) return static_cast<double>(w.sparse->stored) / static_cast<double>(w.N * w.K);
+  if (w.kind == PackedWeight::F16 || w.panelOrdered()) return 1.0;
   int64_t nz = 0;
   if (w.kind == PackedWeight::F32) {
     const float* p = static_cast<const float*>(w.w.data());
@@ -225,11 +273,10 @@ double storedFraction(const PackedWeight& w) {
 }
 
 std::shared_ptr<const SparseForm> makeSparse(const PackedWeight& w) {
-  if (w.sparse || w.kind == PackedWeight::F16 || w.panelOrdered() || (quantized(w) && !zeroPointsRepresentable(w)))
-    return nullptr;
+  if (w.sparse) return nullptr;
+  if (const int64_t nz = pairsNonzeros(w); nz >= 0) return makePairs(w, nz);
+  if (w.kind == PackedWeight::F16 || w.panelOrdered() || (quantized(w) && !zeroPointsRepresentable(w))) return nullptr;
   const bool f32 = w.kind == PackedWeight::F32;
-  if (f32)
-    if (const int64_t nz = pairsNonzeros(w); nz >= 0) return makePairs(w, nz);
   auto s = std::make_shared<SparseForm>();
   const int64_t units = f32 ? panels(w) : w.N, perUnit = f32 ? w.K : chunksPerRow(w);
   s->elements = units * perUnit * kChunk;
@@ -256,7 +303,8 @@ std::shared_ptr<const SparseForm> makeSparse(const PackedWeight& w) {
 
 void sparseToDense(const PackedWeight& w, int64_t u, void* dst) {
   const SparseForm& s = *w.sparse;
-  if (s.pairs) return pairsToDense(w, u, static_cast<float*>(dst));
+  if (s.pairs && w.kind == PackedWeight::F32) return pairsToDense(w, u, static_cast<float*>(dst));
+  if (s.pairs) return pairsToDense(w, u, static_cast<int8_t*>(dst));
   const uint8_t* v = static_cast<const uint8_t*>(s.values.data()) + s.start[u];
   if (w.kind == PackedWeight::F32) {
     float* panel = static_cast<float*>(dst);
@@ -305,11 +353,15 @@ int chooseSparseForms(Graph& g, SparseMode mode, const Kernels& k, Int8Activatio
     // The pairs layout (fp32 2:4) pays at every size: it expands nothing (stories260K's 2:4 weights of 16-44 KiB, in
     // cache: decode 0.062-0.063 instead of 0.068-0.070 ms per token, prefill equal). Its check stops at the first
     // group of 4 with 3 nonzeros, so a dense or unstructured weight costs a few reads; a 2:4 one is counted once here.
-    const int64_t pairsNz = w.kind == PackedWeight::F32 ? pairsNonzeros(w) : -1;
-    const bool candidate = mode == SparseMode::On || (crossover > 0 && (w.bytes() >= minBytes || pairsNz >= 0));
+    // A 2:4 int8 weight with exact compute takes the Q8 pairs layout, which pays too where these kernels run it.
+    const bool q8Pairs = !i8 && q8PairsCandidate(w, k);
+    const int64_t pairsNz = w.kind == PackedWeight::F32 ? pairsNonzeros(w) : q8Pairs ? rowPairsNonzeros(w) : -1;
+    const bool pairsPay = pairsNz >= 0 && (w.kind == PackedWeight::Q8 || crossover > 0);
+    const bool candidate = mode == SparseMode::On || pairsPay || (crossover > 0 && w.bytes() >= minBytes);
     if (!candidate) continue;  // (counting the zeros of every weight was a sixth of a 110 MB model's load)
     const double f = pairsNz >= 0 ? static_cast<double>(pairsNz) / static_cast<double>(w.N * w.K) : storedFraction(w);
-    if (mode == SparseMode::On ? f >= 1.0 : f > crossover) continue;
+    if (mode == SparseMode::On ? f >= 1.0 : !pairsPay && f > crossover) continue;
+    if (pairsNz >= 0 && w.kind == PackedWeight::Q8) panelize(w);  // (centered: q8PairsCandidate)
     std::shared_ptr<const SparseForm> s = pairsNz >= 0 ? makePairs(w, pairsNz) : makeSparse(w);
     if (!s) continue;
     w.sparse = std::move(s);

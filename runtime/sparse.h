@@ -15,8 +15,13 @@
 //   F32 pairs: panel p, group g of 4 k (the last one padded with zeros): values [g][2][kPanel] floats, plane a the
 //   first nonzero of each output's group (or 0), plane b the second (or 0); mask words [p][g][kPanel / 8], lane j's
 //   nibble at bits 4 * (j % 8) of word j / 8: bits 0-1 the k within the group of plane a's value, bits 2-3 plane b's
-//   (f32PairIndex). The GEMV picks x[4g + index] for each lane with an in-lane permute of the group's 4 activations
+//   (pairIndex). The GEMV picks x[4g + index] for each lane with an in-lane permute of the group's 4 activations
 //   (vpermilps) and does two FMAs per 4 k: the dense kernel's products in its order, skipping the zero ones.
+//   Q8 pairs: a per-channel int8 weight whose values less their zero points fit signed bytes (every symmetric int8
+//   file) and are 2:4 as above is stored as a centered Q8P weight (internal.h: kind Q8P, its scales and zero points
+//   of 0 per panel) whose [p][K][kPanel] bytes take this layout with signed bytes for floats, 2.5 bytes per 4 k
+//   instead of 4. Its GEMV converts the planes and sums as the F32 one, then applies the scale as the dense Q8P GEMV;
+//   its GEMM dequantizes each panel's planes as the dense Q8P reader does, then runs the F32 pairs tiles.
 // The kernels (kernels_simd.inc) expand a chunk in registers and then do the dense kernels' arithmetic in the
 // same order, so the sparse form gives bit-identical results (tests/runtime/sparse_test.cpp; for F32 up to the
 // sign of zero, and for the pairs layout with finite activations: a skipped zero weight times an infinite activation
@@ -39,7 +44,7 @@ struct SparseForm {
   AlignedBytes values;         // the stored elements; kSparsePad readable bytes past the last one
   int64_t stored = 0;          // elements stored (nonzero: for pairs, the padding zeros of the planes not counted)
   int64_t elements = 0;        // elements of the dense layout (with padding)
-  bool pairs = false;          // F32 only: the pairs layout instead of masks and packed values
+  bool pairs = false;          // F32 or centered Q8P: the pairs layout instead of masks and packed values
   int64_t bytes() const {
     return static_cast<int64_t>(mask.size() * 4 + start.size() * 8) + start.back();
   }
@@ -54,11 +59,11 @@ inline int64_t f32MaskIndex(int64_t p, int64_t k, int64_t K) {
   return ((p / kMaskGroup) * K + k) * kMaskGroup + p % kMaskGroup;
 }
 
-/// The pairs layout (F32): k in groups of kPairGroup, kPairSlots values per output and group.
+/// The pairs layout: k in groups of kPairGroup, kPairSlots values per output and group.
 constexpr int64_t kPairGroup = 4, kPairSlots = 2;
 inline int64_t pairGroups(int64_t K) { return (K + kPairGroup - 1) / kPairGroup; }
 /// Index word of panel p, group g, lanes [8i, 8i + 8).
-inline int64_t f32PairIndex(int64_t p, int64_t g, int64_t i, int64_t K) {
+inline int64_t pairIndex(int64_t p, int64_t g, int64_t i, int64_t K) {
   return (p * pairGroups(K) + g) * (kPanel / 8) + i;
 }
 
@@ -88,6 +93,8 @@ void sparseToDense(const PackedWeight& w, int64_t u, void* dst);
 /// at most the kernel set's measured crossover for its kind and the dense weight is at least 1 MiB; On
 /// wherever a form exists and the weight has any zero; Off never. Returns the number of weights converted.
 /// Weights that will take int8 activations (`int8`, runtime/int8_acts.h) are judged by Kernels::sparse_crossover_i8.
+/// A 2:4 int8 weight per channel with exact compute takes the Q8 pairs layout (panelized and centered here) where the
+/// kernel set has panel kernels (Kernels::converting_gemm_panels).
 /// Auto considers weights of 1 MiB and more when the model's packed weights fit in `cacheBytes` (-1: this core's
 /// last-level cache), and of 64 KiB and more when they do not (then every weight streams from memory); fp32 weights
 /// that take the pairs layout (2:4) at every size.

@@ -63,6 +63,10 @@ void compressAs(Graph& g, const std::string& fmt) {
     r.format = QuantFormat{8, -1, true}, rtnQuantize(g, r);
   }
   if (fmt == "2:4") magnitudePrune(g, {0.5, "matrix", {"Linear"}, {}, parsePattern("2:4")});
+  if (fmt == "2:4-int8") {
+    magnitudePrune(g, {0.5, "matrix", {"Linear"}, {}, parsePattern("2:4")});
+    r.format = QuantFormat{8, -1, true}, rtnQuantize(g, r);
+  }
   if (fmt == "2:4-int4-g32") {
     magnitudePrune(g, {0.5, "matrix", {"Linear"}, {}, parsePattern("2:4")});
     r.format = QuantFormat{4, 32, false}, rtnQuantize(g, r);
@@ -495,7 +499,7 @@ TEST_CASE("sparse weights: pruned models give the same logits in crun with the s
   const std::string dir = testutil::tempDir("kv_sparse");
   const std::vector<int64_t> ids = someTokens(9);
   for (const std::string family : {"llama2c", "gpt2", "opt"})
-    for (const std::string fmt : {"prune50", "prune50-int8", "2:4", "2:4-int4-g32"}) {
+    for (const std::string fmt : {"prune50", "prune50-int8", "2:4", "2:4-int8", "2:4-int4-g32"}) {
       SECTION(family + " " + fmt) {
         Graph g = importDecoder(family);
         compressAs(g, fmt);
@@ -511,11 +515,11 @@ TEST_CASE("sparse weights: pruned models give the same logits in crun with the s
           REQUIRE(s.ok());
           if (mode == crt::SparseMode::Off) CHECK(s->info().sparse_matmuls == 0);
           else CHECK(s->info().sparse_matmuls == s->info().packed_matmuls);  // every linear is pruned
-          // fp32 2:4 weights take the pairs layout (no expansion): all of "2:4", in "2:4-int4-g32" those RTN leaves
-          // in fp32 (a classifier); unstructured ones the masks
+          // fp32 and int8-per-channel 2:4 weights take the pairs layout (no expansion): all of "2:4" and "2:4-int8", in
+          // "2:4-int4-g32" those RTN leaves in fp32 (a classifier); unstructured ones the masks
           const int pairs = s->info().sparse_pairs;
           if (mode == crt::SparseMode::Off || fmt.rfind("prune50", 0) == 0) CHECK(pairs == 0);
-          else if (fmt == "2:4") CHECK(pairs == s->info().packed_matmuls);
+          else if (fmt == "2:4" || fmt == "2:4-int8") CHECK(pairs == s->info().packed_matmuls);
           else CHECK(pairs < s->info().packed_matmuls);
           std::vector<std::pair<std::string, crt::TensorView>> feeds = {
               {s->inputs()[0].name, crt::TensorView::of(ids.data(), {1, static_cast<int64_t>(ids.size())})}};
@@ -530,12 +534,14 @@ TEST_CASE("sparse weights: pruned models give the same logits in crun with the s
           std::memcpy(logits.back().data(), o.bytes.data(), o.bytes.size());
         }
         REQUIRE(logits[0].size() == logits[1].size());
-        // Equal values: the sparse kernels do the dense row kernels' arithmetic. Except that dense int8 and int4 weights
-        // run as Q8P / Q4P panels (matmul.h, choosePanelForms), which sum in another order: there within 1e-5 of the
-        // largest logit (the sparse kernels' bits against the row kernels: tests/runtime/sparse_test.cpp).
+        // Equal values: the sparse kernels do the dense kernels' arithmetic (fp32 panels, and int8 2:4 pairs against
+        // centered Q8P panels). Except that the masks of int8 and int4 weights do the dense row kernels' arithmetic,
+        // while dense int8 and int4 weights run as Q8P / Q4P panels (matmul.h, choosePanelForms), which sum in another
+        // order: there within 1e-5 of the largest logit (the sparse kernels' bits against the row kernels:
+        // tests/runtime/sparse_test.cpp).
         float top = 0;
         for (float v : logits[0]) top = std::max(top, std::abs(v));
-        const float tol = fmt == "prune50" || fmt == "2:4" ? 0.f : 1e-5f * top;
+        const float tol = fmt == "prune50" || fmt == "2:4" || fmt == "2:4-int8" ? 0.f : 1e-5f * top;
         int64_t differ = 0;
         for (size_t i = 0; i < logits[0].size(); ++i) differ += !(std::abs(logits[0][i] - logits[1][i]) <= tol);
         CHECK(differ == 0);

@@ -244,6 +244,115 @@ TEST_CASE("sparse int8 and int4 weights give the dense kernels' bits (per channe
   }
 }
 
+namespace {
+
+/// A per-channel 8-bit weight [K, N] as DequantizeLinear holds it: signed int8 with zero points 0 (symmetric), or
+/// uint8 with zero point z in every channel and values in [lo, hi]; pruned elements are the zero point.
+std::shared_ptr<PackedWeight> int8PerChannel(int64_t K, int64_t N, bool symmetric, int z, int lo, int hi,
+                                             bool (*prune)(int64_t, int64_t), std::vector<uint8_t>& q,
+                                             std::vector<float>& s, std::vector<uint8_t>& zp) {
+  std::mt19937 rng(static_cast<uint32_t>(K * 1000 + N));
+  q.assign(K * N, 0), s.assign(N, 0.f), zp.assign(N, static_cast<uint8_t>(symmetric ? 0 : z));
+  for (auto& v : s) v = std::uniform_real_distribution<float>(0.01f, 0.1f)(rng);
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t n = 0; n < N; ++n) {
+      int v = prune(k, n) ? z : lo + static_cast<int>(rng() % static_cast<uint32_t>(hi - lo + 1));
+      if (!prune(k, n) && v == z) v = z + 1;  // a kept weight is nonzero
+      q[k * N + n] = static_cast<uint8_t>(symmetric ? static_cast<int8_t>(v) : v);
+    }
+  const DType dt = symmetric ? DType::I8 : DType::U8;
+  Buf qb{dt, Shape{K, N}, q.data()}, sb{DType::F32, Shape{N}, s.data()}, zb{dt, Shape{N}, zp.data()};
+  return packDequantize(qb, sb, &zb, 1, 0);
+}
+
+bool twoFour(int64_t k, int64_t n) { return ((k % 4) + n) % 4 < 2; }
+bool twoFourSomeOne(int64_t k, int64_t n) { return twoFour(k, n) || (k + n) % 16 == 0; }
+
+}  // namespace
+
+TEST_CASE("2:4 int8 weights per channel take the Q8 pairs layout: the dense Q8P kernels' bits", "[runtime][sparse]") {
+  int sets = 0;
+  for (auto prune : {twoFour, twoFourSomeOne}) {
+    for (bool symmetric : {true, false}) {
+      for (int64_t K : {4, 7, 31, 32, 33, 100}) {  // (K = 7, 33: a partial last group of 4)
+        for (int64_t N : {1, 31, 32, 33, 96, 160, 257}) {
+          INFO((prune == twoFour ? "2:4" : "2:4, some groups at one") << (symmetric ? " int8" : " uint8, zero point 100")
+               << " K=" << K << " N=" << N);
+          std::vector<uint8_t> q, zp;
+          std::vector<float> s;
+          const int z = symmetric ? 0 : 100;
+          auto make = [&] { return int8PerChannel(K, N, symmetric, z, symmetric ? -128 : 0, symmetric ? 127 : 227, prune, q, s, zp); };
+          auto dense = make(), sparse = make();
+          REQUIRE(panelize(*dense));
+          REQUIRE(panelize(*sparse));
+          CHECK(dense->centered);  // (values less their zero points fit a signed byte)
+          auto form = makeSparse(*sparse);
+          REQUIRE(form);
+          CHECK(form->pairs);
+          int64_t nz = 0;
+          for (int64_t i = 0; i < K * N; ++i) nz += (symmetric ? static_cast<int>(static_cast<int8_t>(q[i])) : q[i]) != z;
+          CHECK(form->stored == nz);
+          sparse->sparse = form;
+          sparse->w = AlignedBytes();
+          CHECK(storedFraction(*sparse) == Approx(static_cast<double>(nz) / static_cast<double>(K * N)));
+          const int64_t groups = (K + 3) / 4, panels = (N + kPanel - 1) / kPanel;
+          CHECK(form->bytes() == panels * (groups * 2 * kPanel + groups * kPanel / 2 + 8) + 8);  // 2.5 bytes per 4 k
+          std::vector<uint8_t> panel(K * kPanel);
+          for (int64_t p = 0; p < panels; ++p) {  // back to the dense panel bytes
+            sparseToDense(*sparse, p, panel.data());
+            REQUIRE(std::memcmp(panel.data(), static_cast<const uint8_t*>(dense->w.data()) + p * K * kPanel, panel.size()) == 0);
+          }
+          std::mt19937 rng(5);
+          std::normal_distribution<float> nd;
+          for (int64_t M : {1, 2, 3, 5, 13, 27}) {  // GEMV; the GEMM's tiles of 4 (AVX2) or 8 (AVX-512) rows and single rows
+            std::vector<float> x(M * K);
+            for (auto& v : x) v = nd(rng);
+            for (const Kernels* k : kernelSets()) {
+              if (!k->converting_gemm_panels) continue;  // (no panel kernels: Q8 weights keep rows)
+              INFO("kernels " << k->isa << " M=" << M);
+              const auto yd = testutil::runPacked(*k, *dense, x, M), ys = testutil::runPacked(*k, *sparse, x, M);
+              int64_t differ = 0;
+              for (size_t i = 0; i < yd.size(); ++i) {  // the same bits, up to the sign of an exactly-zero output
+                uint32_t a, b;
+                std::memcpy(&a, &yd[i], 4), std::memcpy(&b, &ys[i], 4);
+                differ += a != b && !(yd[i] == 0.f && ys[i] == 0.f);
+              }
+              CHECK(differ == 0);
+              ++sets;
+            }
+          }
+        }
+      }
+    }
+  }
+  CHECK(sets == 2 * 2 * 6 * 7 * 6 * ((avx512Kernels() ? 1 : 0) + (avx2Kernels() ? 1 : 0)));
+}
+
+TEST_CASE("Q8 pairs need values that fit a signed byte less their zero point, and the 2:4 fill", "[runtime][sparse]") {
+  std::vector<uint8_t> q, zp;
+  std::vector<float> s;
+  // uint8 with zero point 100 and a value of 255: 155 does not fit a signed byte, so the panels keep unsigned bytes
+  // and their zero points, and a 2:4 weight keeps them dense (its GEMV sums x * 100 for every pruned weight)
+  int8PerChannel(64, 32, false, 100, 0, 227, twoFour, q, s, zp);
+  q[2 * 32 + 0] = 255;  // (k 2 of output 0 is kept)
+  Buf qb{DType::U8, Shape{64, 32}, q.data()}, sb{DType::F32, Shape{32}, s.data()}, zb{DType::U8, Shape{32}, zp.data()};
+  auto wide = packDequantize(qb, sb, &zb, 1, 0);
+  CHECK_FALSE(centerable(*wide));
+  REQUIRE(panelize(*wide));
+  CHECK_FALSE(wide->centered);
+  CHECK(makeSparse(*wide) == nullptr);
+  // centered, but 1:4: half the slots empty, which the pairs layout does not take (and panels have no masks)
+  auto sparse14 = int8PerChannel(64, 32, true, 0, -128, 127, [](int64_t k, int64_t n) { return (k + n) % 4 != 0; }, q, s, zp);
+  REQUIRE(panelize(*sparse14));
+  CHECK(sparse14->centered);
+  CHECK(makeSparse(*sparse14) == nullptr);
+  // a dense symmetric weight: centered, no sparse form
+  auto full = int8PerChannel(64, 32, true, 0, -128, 127, [](int64_t, int64_t) { return false; }, q, s, zp);
+  REQUIRE(panelize(*full));
+  CHECK(full->centered);
+  CHECK(makeSparse(*full) == nullptr);
+}
+
 TEST_CASE("a zero point that no stored value can equal has no sparse form", "[runtime][sparse]") {
   PackedWeight w;
   w.kind = PackedWeight::Q8;
@@ -340,6 +449,40 @@ TEST_CASE("auto takes fp32 2:4 weights of every size: the pairs layout expands n
   REQUIRE(g.nodes[0].packed->sparse);
   CHECK(g.nodes[0].packed->sparse->pairs);
   CHECK_FALSE(g.nodes[1].packed->sparse);
+}
+
+TEST_CASE("auto takes int8 2:4 weights per channel as Q8 pairs where the kernel set has panel kernels", "[runtime][sparse]") {
+  std::vector<uint8_t> q, zp;
+  std::vector<float> s;
+  auto graph = [&] {
+    Graph g;
+    // 2:4, and about 50% with 3 or 4 nonzeros in some groups of 4 k
+    for (auto prune : {twoFour, +[](int64_t k, int64_t n) { return (k + n) % 2 == 0 && (k / 4) % 2 == 0; }}) {
+      Node n;
+      n.op = "MatMul";
+      n.packed = int8PerChannel(64, 96, true, 0, -128, 127, prune, q, s, zp);  // 6 KiB each
+      g.nodes.push_back(std::move(n));
+    }
+    return g;
+  };
+  Kernels k = scalarKernels();
+  Graph rows = graph();  // no panel kernels (the scalar set): int8 weights keep rows, and no crossover: dense
+  CHECK(chooseSparseForms(rows, SparseMode::Auto, k, Int8Activations::Off, int64_t{64} << 20) == 0);
+  k.converting_gemm_panels = [](const PackedWeight&, const float*, int64_t, int64_t, int64_t, int64_t, float*, float*, int64_t,
+                                int64_t) {};
+  Graph g = graph();  // in cache and far below 1 MiB, with no crossover for Q8: only the 2:4 one, as centered pairs
+  CHECK(chooseSparseForms(g, SparseMode::Auto, k, Int8Activations::Off, int64_t{64} << 20) == 1);
+  const PackedWeight& w = *g.nodes[0].packed;
+  REQUIRE(w.sparse);
+  CHECK(w.sparse->pairs);
+  CHECK(w.kind == PackedWeight::Q8P);
+  CHECK(w.centered);
+  CHECK(w.w.size() == 0);
+  CHECK(w.bytes() < 64 * 96 * 3 / 4);  // 2.5 bytes per 4 weights, the scales and zero points, against 1 byte per weight
+  CHECK_FALSE(g.nodes[1].packed->sparse);
+  CHECK(g.nodes[1].packed->kind == PackedWeight::Q8);  // (choosePanelForms takes it later)
+  Graph acts = graph();  // headed for int8 activations (their kernels have no pairs layout): left to them
+  CHECK(chooseSparseForms(acts, SparseMode::Auto, k, Int8Activations::On, int64_t{64} << 20) == 0);
 }
 
 TEST_CASE("weights headed for int8 activations are judged by the int8 kernels' crossover", "[runtime][sparse][int8]") {
