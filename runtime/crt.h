@@ -118,9 +118,11 @@ struct SessionOptions {
   /// skips the classifier for every other row, as llama.cpp does). Ignored when the model's first output
   /// is not a classifier MatMul.
   bool last_position_logits = false;
-  /// Pruned weights: Auto keeps a weight in the sparse form (a bitmask plus its nonzeros, runtime/sparse.h)
-  /// where that is faster with this CPU's kernels (a measured density crossover per format); On wherever the
-  /// weight has zeros; Off never. Results are bit-identical in every mode.
+  /// Pruned weights: Auto keeps a weight in the sparse form (a bitmask plus its nonzeros, or for fp32 and per-channel
+  /// int8 2:4 weights the pairs layout, runtime/sparse.h) where that is faster with this CPU's kernels (a measured
+  /// density crossover per format; the pairs layout at every size); On wherever the weight has zeros; Off never. The
+  /// sparse kernels give their dense kernels' bits (int8/int4 masks: the row kernels', which differ from the dense
+  /// panels' in the last bits).
   SparseMode sparse = SparseMode::Auto;
   /// Integer dot products with int8 activations for quantized weights: faster, within the error bound that
   /// runtime/int8_acts.h states (sparse weights keep exact compute).

@@ -162,11 +162,10 @@ int64_t pairsNonzerosOf(const PackedWeight& w) {
   return pairsFilled(nz, w.K, w.N) ? nz : -1;
 }
 
-/// Whether w is a per-channel Q8 weight these kernels can store as Q8 pairs once panelized and centered (sparse.h);
-/// K of 4 or more, so that a panel's dequantized planes fit the GEMM's panel buffer.
+/// Whether w is a per-channel Q8 weight these kernels could store as Q8 pairs once panelized (sparse.h; it must also be
+/// centerable); K of 4 or more, so that a panel's dequantized planes fit the GEMM's panel buffer.
 bool q8PairsCandidate(const PackedWeight& w, const Kernels& k) {
-  return w.kind == PackedWeight::Q8 && w.nblk == 1 && w.K >= kPairGroup && !w.int8 && !w.device &&
-         k.converting_gemm_panels && centerable(w);
+  return w.kind == PackedWeight::Q8 && w.nblk == 1 && w.K >= kPairGroup && !w.int8 && !w.device && k.converting_gemm_panels;
 }
 
 /// pairsNonzerosOf for a Q8 weight per channel still in rows: a nonzero is a value other than its row's zero point.
@@ -354,14 +353,15 @@ int chooseSparseForms(Graph& g, SparseMode mode, const Kernels& k, Int8Activatio
     // cache: decode 0.062-0.063 instead of 0.068-0.070 ms per token, prefill equal). Its check stops at the first
     // group of 4 with 3 nonzeros, so a dense or unstructured weight costs a few reads; a 2:4 one is counted once here.
     // A 2:4 int8 weight with exact compute takes the Q8 pairs layout, which pays too where these kernels run it.
-    const bool q8Pairs = !i8 && q8PairsCandidate(w, k);
-    const int64_t pairsNz = w.kind == PackedWeight::F32 ? pairsNonzeros(w) : q8Pairs ? rowPairsNonzeros(w) : -1;
+    // (The 2:4 check first: it stops early on a dense weight, where the centering check reads every value.)
+    int64_t pairsNz = w.kind == PackedWeight::F32 ? pairsNonzeros(w) : !i8 && q8PairsCandidate(w, k) ? rowPairsNonzeros(w) : -1;
+    if (pairsNz >= 0 && w.kind == PackedWeight::Q8 && !centerable(w)) pairsNz = -1;
     const bool pairsPay = pairsNz >= 0 && (w.kind == PackedWeight::Q8 || crossover > 0);
     const bool candidate = mode == SparseMode::On || pairsPay || (crossover > 0 && w.bytes() >= minBytes);
     if (!candidate) continue;  // (counting the zeros of every weight was a sixth of a 110 MB model's load)
     const double f = pairsNz >= 0 ? static_cast<double>(pairsNz) / static_cast<double>(w.N * w.K) : storedFraction(w);
     if (mode == SparseMode::On ? f >= 1.0 : !pairsPay && f > crossover) continue;
-    if (pairsNz >= 0 && w.kind == PackedWeight::Q8) panelize(w);  // (centered: q8PairsCandidate)
+    if (pairsNz >= 0 && w.kind == PackedWeight::Q8 && !(panelize(w) && w.centered)) continue;  // (centerable above)
     std::shared_ptr<const SparseForm> s = pairsNz >= 0 ? makePairs(w, pairsNz) : makeSparse(w);
     if (!s) continue;
     w.sparse = std::move(s);
