@@ -234,7 +234,8 @@ std::vector<OpProfile> Session::profile() const {
       static const char* const kKindNames[] = {" (packed f32",       " (packed f16",       " (packed q8",
                                                " (packed q4",        " (packed q8 panels", " (packed q4 panels",
                                                " (packed f16 panels"};
-      key += std::string(kKindNames[n.packed->kind]) + (n.packed->sparse ? " sparse" : "") +
+      const char* form = !n.packed->sparse ? "" : n.packed->sparse->pairs ? " 2:4 pairs" : " sparse";
+      key += std::string(kKindNames[n.packed->kind]) + form +
              (n.packed->int8 ? std::string(", int8 activations ") + impl_->k->i8_isa : std::string()) + ")";
     }
     OpProfile& p = by[key];

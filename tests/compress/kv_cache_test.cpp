@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <fstream>
+#include <map>
 #include <onnx/onnx_pb.h>
 
 #include "compress/error.h"
@@ -510,6 +511,7 @@ TEST_CASE("sparse weights: pruned models give the same logits in crun with the s
           crt::SessionOptions so;
           so.threads = 2;
           so.sparse = mode;
+          so.profile = true;
           auto s = crt::Session::create(onnx, so);
           INFO(s.status().message);
           REQUIRE(s.ok());
@@ -532,6 +534,10 @@ TEST_CASE("sparse weights: pruned models give the same logits in crun with the s
           const auto& o = out.value()[0];
           logits.emplace_back(o.bytes.size() / 4);
           std::memcpy(logits.back().data(), o.bytes.data(), o.bytes.size());
+          // the profile names the form that ran: int8 2:4 as Q8 pairs, dense int8 as centered Q8P panels
+          std::map<std::string, int64_t> calls;
+          for (const auto& op : s->profile()) calls[op.op] = op.calls;
+          if (fmt == "2:4-int8") CHECK(calls[mode == crt::SparseMode::On ? "MatMul (packed q8 panels 2:4 pairs)" : "MatMul (packed q8 panels)"] > 0);
         }
         REQUIRE(logits[0].size() == logits[1].size());
         // Equal values: the sparse kernels do the dense kernels' arithmetic (fp32 panels, and int8 2:4 pairs against
