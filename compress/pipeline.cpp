@@ -102,7 +102,8 @@ void measureCrunLatency(const Graph& original, const std::string& model, const s
   try {
     for (const at::Tensor& t : probes) {
       const std::map<std::string, at::Tensor> in = {{input, t}};
-      const CrunLatency b = crunLatency(base_path, in, runs, 2), c = crunLatency(model, in, runs, 2);
+      const std::vector<CrunLatency> bc = crunLatencies({base_path, model}, in, runs, 2);  // (interleaved)
+      const CrunLatency &b = bc[0], &c = bc[1];
       latency.push_back({{"engine", "crun (ours, " + c.isa + ")"}, {"device", "cpu"}, {"shape", t.sizes().vec()}, {"threads", 2},
                          {"runs", runs}, {"baseline_median_ms", b.median_ms}, {"compressed_median_ms", c.median_ms},
                          {"baseline_p90_ms", b.p90_ms}, {"compressed_p90_ms", c.p90_ms},

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 namespace compress {
 
@@ -17,8 +18,11 @@ struct CrunLatency {
   std::string isa;           // kernel set
 };
 
-/// `runs` timed runs (after one warm-up) of `model` in crun with `threads` threads. inputs must name every graph
-/// input (int64 or float32 tensors). Throws Error(Data) when the file does not load or run in crun.
-CrunLatency crunLatency(const std::string& model, const std::map<std::string, at::Tensor>& inputs, int runs, int threads);
+/// `runs` timed runs (after one warm-up each) of every file in `models` in crun with `threads` threads, interleaved:
+/// run i of each file in turn, so that a noisy moment of a shared machine slows them alike and their ratio holds.
+/// One result per file, in order. inputs must name every graph input (int64 or float32 tensors) of each file.
+/// Throws Error(Data) when a file does not load or run in crun.
+std::vector<CrunLatency> crunLatencies(const std::vector<std::string>& models, const std::map<std::string, at::Tensor>& inputs,
+                                       int runs, int threads);
 
 }  // namespace compress

@@ -9,9 +9,11 @@
 
 #include "compress/error.h"
 #include "compress/importer.h"
+#include "export/crun_latency.h"
 #include "export/ort_check.h"
 #include "export/validate.h"
 #include "prune/magnitude_prune.h"
+#include "prune/sparsity.h"
 #include "quant/fp16.h"
 #include "quant/rtn.h"
 #include "compress/executor.h"
@@ -140,6 +142,37 @@ TEST_CASE("size accounting: int4 g32 with fp32 scales is at most 0.16 of the fp3
   for (const auto& [k, v] : s["bytes_by_format"].items()) sum += v.get<int64_t>();
   CHECK(sum == s["initializer_bytes"].get<int64_t>());
   CHECK(s["total_bytes"].get<int64_t>() == static_cast<int64_t>(fs::file_size(dir + "/q.onnx")));
+}
+
+TEST_CASE("crun latency: files timed interleaved, one result each in order; an unloadable file is a data error", "[export]") {
+  Graph base = importTorchScript(testutil::fixture("llama_block.pt"));
+  const std::string dir = testutil::tempDir("");
+  exportOnnx(base, dir + "/dense.onnx", ExportOptions{});
+  Graph pruned = base;
+  magnitudePrune(pruned, {0.5, "matrix", {"Linear"}, {}, parsePattern("2:4")});
+  exportOnnx(pruned, dir + "/2of4.onnx", ExportOptions{});
+  const auto inputs = validationInputs(base, "", 1, 4);
+  const std::vector<CrunLatency> r = crunLatencies({dir + "/dense.onnx", dir + "/2of4.onnx", dir + "/dense.onnx"}, inputs, 5, 1);
+  REQUIRE(r.size() == 3);
+  for (const CrunLatency& l : r) {
+    CHECK(l.median_ms > 0);
+    CHECK(l.p90_ms >= l.median_ms);
+    CHECK(l.isa == r[0].isa);
+  }
+  CHECK(r[0].sparse_matmuls == 0);
+  CHECK(r[2].weight_bytes == r[0].weight_bytes);  // in order: the third is the first file again
+  if (r[1].isa != "scalar") {  // the SIMD kernels keep fp32 2:4 weights in the pairs layout at every size
+    CHECK(r[1].sparse_matmuls > 0);
+    CHECK(r[1].weight_bytes < r[0].weight_bytes);
+  }
+  std::ofstream(dir + "/junk.onnx") << "not a model";
+  try {
+    crunLatencies({dir + "/dense.onnx", dir + "/junk.onnx"}, inputs, 1, 1);
+    FAIL("an unloadable file was timed");
+  } catch (const Error& e) {
+    CHECK(e.category() == ErrorCategory::Data);
+    CHECK_THAT(e.what(), Contains("junk.onnx: crun cannot load it"));
+  }
 }
 
 TEST_CASE("export errors: bad options and unreadable files", "[export][errors]") {
