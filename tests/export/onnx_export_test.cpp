@@ -144,7 +144,7 @@ TEST_CASE("size accounting: int4 g32 with fp32 scales is at most 0.16 of the fp3
   CHECK(s["total_bytes"].get<int64_t>() == static_cast<int64_t>(fs::file_size(dir + "/q.onnx")));
 }
 
-TEST_CASE("crun latency: files timed interleaved, one result each in order; an unloadable file is a data error", "[export]") {
+TEST_CASE("crun latency: files timed interleaved, one result each in order, and an unloadable file is a data error", "[export]") {
   Graph base = importTorchScript(testutil::fixture("llama_block.pt"));
   const std::string dir = testutil::tempDir("");
   exportOnnx(base, dir + "/dense.onnx", ExportOptions{});
