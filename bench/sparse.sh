@@ -93,7 +93,7 @@ for r in rows:
     r["median_ms"] = statistics.median(x["median_ms"] for x in r["runs"])
     r["weight_bytes"] = r["runs"][0]["weight_bytes"]
     r["sparse_matmuls"] = r["runs"][0]["sparse_matmuls"]
-    r["sparse_pairs"] = r["runs"][0].get("sparse_pairs", 0)  # fp32 2:4 weights in the pairs layout
+    r["sparse_pairs"] = r["runs"][0].get("sparse_pairs", 0)  # 2:4 weights (fp32, per-channel int8) in the pairs layout
     r["isa"] = r["runs"][0]["isa"]
 json.dump({"bandwidth_gbs": bw, "rows": rows}, open("bench/sparse.json", "w"), indent=1)
 key = lambda r: (r["format"], r["threads"], r["shape"])
