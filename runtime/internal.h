@@ -178,8 +178,11 @@ constexpr int64_t kInt8ParamPad = 16;  // readable entries past the last block's
 /// [0, 255], which is what quantized files hold, else as floats in zp; the scales as fp16 in scale16 (scale empty)
 /// where every one is an fp16 value, else as floats in scale. The GEMM converts each panel inside its first row tile, as the sparse fp32
 /// form expands. A centered Q8P weight stores each value less its zero point as a signed byte, q - z in [-128, 127], and
-/// zero points of 0 (every int8 file's symmetric weight: q + 128 less 128): a pruned weight is then an exact 0 in every
-/// kernel's sums, which is what lets a 2:4 one take the pairs layout (sparse.h) with the dense kernels' bits.
+/// zero points of 0 (every int8 file's symmetric weight: q + 128 less 128); a centered Q4P weight (every one whose zero
+/// points are integers, which is what quantized files hold) keeps its nibbles and zero points, and the kernels take
+/// each nibble less its zero point in integers before converting it. Either way the kernels sum x * (q - z) and
+/// apply the scale alone (no s * z * sum(x) to cancel), a pruned weight is an exact 0 in every kernel's sums, and that
+/// is what lets a 2:4 one take the pairs layout (sparse.h) with the dense kernels' bits.
 struct SparseForm;
 struct PackedWeight {
   enum Kind { F32, F16, Q8, Q4, Q8P, Q4P, F16P } kind = F32;
@@ -191,7 +194,7 @@ struct PackedWeight {
   std::vector<float> scale, zp;  // per (row, block); empty once `int8` holds them in the compact form below (a
                                  // per-channel weight keeps `scale`: N floats, its int8 kernels' exact scales)
   int bits = 32;
-  bool centered = false;  // Q8P: signed bytes q - z and zero points 0 (above)
+  bool centered = false;  // Q8P: signed bytes q - z and zero points 0; Q4P: computed as q - z (above)
   bool int8 = false;  // Q8/Q4 with int8 activations (runtime/int8_acts.h, Kernels::gemm_i8): then the parameters
                       // are scale16 (fp16) and zp8 (integers), 3 bytes per block instead of 8
   std::vector<uint16_t> scale16;  // [N * nblk] + kInt8ParamPad (Q8P / Q4P: [panel][nblk][kPanel], see above)

@@ -42,6 +42,14 @@ inline void NIBBLES(const uint8_t* p, VF& lo, VF& hi) {
   lo = _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(15)));
   hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
 }
+// A centered Q4P weight (kernels_avx2.cpp says what these do).
+using VZ = __m512i;
+inline VZ U8TOZ(const uint8_t* p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline void NIBBLES_LESS(const uint8_t* p, VZ zlo, VZ zhi, VF& lo, VF& hi) {
+  const __m512i v = U8TOZ(p);
+  lo = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(v, _mm512_set1_epi32(15)), zlo));
+  hi = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(v, 4), zhi));
+}
 inline VF H2F(const uint16_t* p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }

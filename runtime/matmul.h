@@ -29,8 +29,8 @@ std::shared_ptr<PackedWeight> packMatMulNBits(const Node& n, const Buf& b, const
 /// Rearranges a dense Q8 weight per channel into Q8P panels, a Q4 weight per channel or in blocks of a multiple of
 /// 32 into Q4P, or an F16 weight into F16P (internal.h), for exact compute; false (and nothing changed) for any other.
 bool panelize(PackedWeight& w);
-/// Whether dense Q8 weight w is per channel and every value less its row's zero point fits a signed byte: panelize then
-/// stores it centered (internal.h).
+/// Whether panelize centers dense weight w (internal.h): a Q8 weight per channel whose values less their row's zero
+/// point fit a signed byte, or a Q4 weight whose zero points are integers.
 bool centerable(const PackedWeight& w);
 /// At load, after the sparse and int8-activation choices: every weight that panelize takes, where the kernel set
 /// has the kernels (Kernels::converting_gemm_panels). Returns the number converted.

@@ -145,11 +145,28 @@ bool pairsFilled(int64_t nz, int64_t K, int64_t N) { return 4 * nz >= 3 * kPairS
 template <typename T>
 const T* panelValues(const PackedWeight& w) { return static_cast<const T*>(w.w.data()); }
 
+/// Zero point of column j of panel p of a Q4P weight in block b (its zb bytes, internal.h).
+int q4PanelZero(const PackedWeight& w, int64_t p, int64_t b, int64_t j) { return w.zp8[(p * w.nblk + b) * kPanel + j]; }
+
+/// A centered Q4P weight's values less their zero points, as signed bytes in the [p][K][kPanel] order of the Q8P
+/// panels (0 past N).
+std::vector<int8_t> centeredQ4Values(const PackedWeight& w) {
+  std::vector<int8_t> d(static_cast<size_t>(panels(w) * w.K * kPanel), 0);
+  const uint8_t* rows = static_cast<const uint8_t*>(w.w.data());
+  for (int64_t p = 0; p < panels(w); ++p)
+    for (int64_t k = 0; k < w.K; ++k)
+      for (int64_t j = 0; j < std::min(kPanel, w.N - p * kPanel); ++j) {
+        const uint8_t byte = rows[(p * w.K + k) * (kPanel / 2) + j % 16];
+        const int q = j < 16 ? byte & 0xF : byte >> 4;
+        d[(p * w.K + k) * kPanel + j] = static_cast<int8_t>(q - q4PanelZero(w, p, w.nblk == 1 ? 0 : k / w.block, j));
+      }
+  return d;
+}
+
 /// Nonzeros of weight w (T: its panel values) when every output has at most kPairSlots in each group of kPairGroup
 /// consecutive k and they fill the slots (pairsFilled); else -1. Stops at the first group of 3 nonzeros.
 template <typename T>
-int64_t pairsNonzerosOf(const PackedWeight& w) {
-  const T* d = panelValues<T>(w);
+int64_t pairsNonzerosOf(const PackedWeight& w, const T* d) {
   int64_t nz = 0;
   for (int64_t p = 0; p < panels(w); ++p)
     for (int64_t k0 = 0; k0 < w.K; k0 += kPairGroup)
@@ -162,38 +179,25 @@ int64_t pairsNonzerosOf(const PackedWeight& w) {
   return pairsFilled(nz, w.K, w.N) ? nz : -1;
 }
 
-/// Whether w is a per-channel Q8 weight these kernels could store as Q8 pairs once panelized (sparse.h; it must also be
-/// centerable); K of 4 or more, so that a panel's dequantized planes fit the GEMM's panel buffer.
-bool q8PairsCandidate(const PackedWeight& w, const Kernels& k) {
-  return w.kind == PackedWeight::Q8 && w.nblk == 1 && w.K >= kPairGroup && !w.int8 && !w.device && k.converting_gemm_panels;
-}
-
-/// pairsNonzerosOf for a Q8 weight per channel still in rows: a nonzero is a value other than its row's zero point.
-int64_t rowPairsNonzeros(const PackedWeight& w) {
-  int64_t nz = 0;
-  for (int64_t n = 0; n < w.N; ++n) {
-    const uint8_t* row = static_cast<const uint8_t*>(w.w.data()) + n * w.rowBytes();
-    const int z = static_cast<int>(w.zp[n]);
-    for (int64_t k0 = 0; k0 < w.K; k0 += kPairGroup) {
-      int64_t c = 0;
-      for (int64_t k = k0; k < std::min(w.K, k0 + kPairGroup); ++k) c += row[k] != z;
-      if (c > kPairSlots) return -1;
-      nz += c;
-    }
-  }
-  return pairsFilled(nz, w.K, w.N) ? nz : -1;
+/// Whether w is a Q8 weight per channel or a Q4 weight these kernels could store as Q8 / Q4 pairs once panelized
+/// (sparse.h; it must also be centerable, and a Q4 weight's blocks must be whole groups of 4, which panelize's blocks
+/// of a multiple of 32 are); K of 4 or more, so that a panel's dequantized planes fit the GEMM's panel buffer.
+bool quantPairsCandidate(const PackedWeight& w, const Kernels& k) {
+  const bool q8 = w.kind == PackedWeight::Q8 && w.nblk == 1, q4 = w.kind == PackedWeight::Q4 && (w.nblk == 1 || w.block % 32 == 0);
+  return (q8 || q4) && w.K >= kPairGroup && !w.int8 && !w.device && k.converting_gemm_panels;
 }
 
 /// pairsNonzerosOf for any weight: -1 for those without the pairs layout (sparse.h).
 int64_t pairsNonzeros(const PackedWeight& w) {
-  if (w.kind == PackedWeight::F32) return pairsNonzerosOf<float>(w);
-  if (w.kind == PackedWeight::Q8P && w.centered && w.K >= kPairGroup) return pairsNonzerosOf<int8_t>(w);
+  if (w.kind == PackedWeight::F32) return pairsNonzerosOf(w, panelValues<float>(w));
+  if (w.kind == PackedWeight::Q8P && w.centered && w.K >= kPairGroup) return pairsNonzerosOf(w, panelValues<int8_t>(w));
+  if (w.kind == PackedWeight::Q4P && w.centered && w.K >= kPairGroup) return pairsNonzerosOf(w, centeredQ4Values(w).data());
   return -1;
 }
 
 /// The pairs layout of weight w (sparse.h; T its panel values), nz its nonzeros.
 template <typename T>
-std::shared_ptr<SparseForm> makePairsOf(const PackedWeight& w, int64_t nz) {
+std::shared_ptr<SparseForm> makePairsOf(const PackedWeight& w, int64_t nz, const T* d) {
   auto s = std::make_shared<SparseForm>();
   s->pairs = true;
   s->stored = nz;
@@ -202,7 +206,6 @@ std::shared_ptr<SparseForm> makePairsOf(const PackedWeight& w, int64_t nz) {
   const int64_t panelBytes = panelValuesCount * static_cast<int64_t>(sizeof(T));
   s->mask.assign(static_cast<size_t>(panels(w) * G * (kPanel / 8)), 0);
   s->values.resize(static_cast<size_t>(panels(w) * panelBytes + kSparsePad));  // (zeroed: the empty slots)
-  const T* d = panelValues<T>(w);
   for (int64_t p = 0; p < panels(w); ++p) {
     s->start.push_back(p * panelBytes);
     T* v = static_cast<T*>(s->values.data()) + p * panelValuesCount;
@@ -222,8 +225,34 @@ std::shared_ptr<SparseForm> makePairsOf(const PackedWeight& w, int64_t nz) {
   return s;
 }
 
+/// Q4 pairs (sparse.h) from the Q8 pairs of a centered Q4P weight's values less their zero points (centeredQ4Values):
+/// each group's two planes as one byte per output, the values as stored (plane a low, b high; an empty slot holds
+/// the zero point, a value of 0).
+std::shared_ptr<SparseForm> makeQ4Pairs(const PackedWeight& w, int64_t nz) {
+  std::shared_ptr<SparseForm> s = makePairsOf(w, nz, centeredQ4Values(w).data());
+  const int64_t G = pairGroups(w.K);
+  AlignedBytes bytes;
+  bytes.resize(static_cast<size_t>(panels(w) * G * kPanel + kSparsePad));
+  for (int64_t p = 0; p < panels(w); ++p) {
+    const int8_t* planes = static_cast<const int8_t*>(s->values.data()) + s->start[p];
+    uint8_t* out = static_cast<uint8_t*>(bytes.data()) + p * G * kPanel;
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t j = 0; j < kPanel; ++j) {
+        const int z = q4PanelZero(w, p, g / pairGroupsPerBlock(w), j);
+        const int a = planes[(g * kPairSlots) * kPanel + j] + z, b = planes[(g * kPairSlots + 1) * kPanel + j] + z;
+        out[g * kPanel + j] = static_cast<uint8_t>((a & 0xF) | (b & 0xF) << 4);
+      }
+    s->start[p] = p * G * kPanel;
+  }
+  s->start.back() = panels(w) * G * kPanel;
+  s->values = std::move(bytes);
+  return s;
+}
+
 std::shared_ptr<SparseForm> makePairs(const PackedWeight& w, int64_t nz) {
-  return w.kind == PackedWeight::F32 ? makePairsOf<float>(w, nz) : makePairsOf<int8_t>(w, nz);
+  if (w.kind == PackedWeight::F32) return makePairsOf(w, nz, panelValues<float>(w));
+  if (w.kind == PackedWeight::Q4P) return makeQ4Pairs(w, nz);
+  return makePairsOf(w, nz, panelValues<int8_t>(w));
 }
 
 /// sparseToDense for the pairs layout: panel u as [K][kPanel] values (T: float, or a centered Q8P's signed bytes).
@@ -242,7 +271,46 @@ void pairsToDense(const PackedWeight& w, int64_t u, T* panel) {
     }
 }
 
+/// sparseToDense for Q4 pairs: panel u as its Q4P rows ([K][kPanel / 2] bytes, internal.h).
+void q4PairsToDense(const PackedWeight& w, int64_t u, uint8_t* rows) {
+  const SparseForm& s = *w.sparse;
+  const uint8_t* v = static_cast<const uint8_t*>(s.values.data()) + s.start[u];
+  std::fill(rows, rows + w.K * (kPanel / 2), uint8_t{0});
+  for (int64_t g = 0; g < pairGroups(w.K); ++g)
+    for (int64_t j = 0; j < kPanel; ++j) {
+      const uint32_t nibble = s.mask[pairIndex(u, g, j / 8, w.K)] >> (4 * (j % 8));
+      const int z = q4PanelZero(w, u, g / pairGroupsPerBlock(w), j);
+      int q[kPairGroup] = {z, z, z, z};
+      const uint8_t byte = v[g * kPanel + j];
+      q[nibble & 3u] = byte & 0xF;          // (an empty slot holds z: writing it is a no-op)
+      if (byte >> 4 != z) q[nibble >> 2 & 3u] = byte >> 4;
+      for (int64_t r = 0; r < kPairGroup && g * kPairGroup + r < w.K; ++r)
+        rows[(g * kPairGroup + r) * (kPanel / 2) + j % 16] |= static_cast<uint8_t>(j < 16 ? q[r] : q[r] << 4);
+    }
+}
+
 }  // namespace
+
+/// pairsNonzerosOf for a Q8 weight per channel or a Q4 weight still in rows: a nonzero is a stored value other than
+/// its block's zero point.
+int64_t rowPairsNonzeros(const PackedWeight& w) {
+  if (!((w.kind == PackedWeight::Q8 || w.kind == PackedWeight::Q4) && (w.nblk == 1 || w.block % kPairGroup == 0)) ||
+      w.w.size() == 0 || static_cast<int64_t>(w.zp.size()) != w.N * w.nblk)
+    return -1;
+  int64_t nz = 0;
+  for (int64_t n = 0; n < w.N; ++n) {
+    const uint8_t* row = static_cast<const uint8_t*>(w.w.data()) + n * w.rowBytes();
+    for (int64_t k0 = 0; k0 < w.K; k0 += kPairGroup) {
+      const int64_t b = w.nblk == 1 ? 0 : k0 / w.block;
+      const int z = static_cast<int>(w.zp[n * w.nblk + b]);
+      int64_t c = 0;
+      for (int64_t k = k0; k < std::min(w.K, k0 + kPairGroup); ++k) c += storedAt(w, row, b * w.P + k - b * w.block) != z;
+      if (c > kPairSlots) return -1;
+      nz += c;
+    }
+  }
+  return pairsFilled(nz, w.K, w.N) ? nz : -1;
+}
 
 double storedFraction(const PackedWeight& w) {
   if (w.N == 0 || w.K == 0) return 1.0;
@@ -303,6 +371,7 @@ std::shared_ptr<const SparseForm> makeSparse(const PackedWeight& w) {
 void sparseToDense(const PackedWeight& w, int64_t u, void* dst) {
   const SparseForm& s = *w.sparse;
   if (s.pairs && w.kind == PackedWeight::F32) return pairsToDense(w, u, static_cast<float*>(dst));
+  if (s.pairs && w.kind == PackedWeight::Q4P) return q4PairsToDense(w, u, static_cast<uint8_t*>(dst));
   if (s.pairs) return pairsToDense(w, u, static_cast<int8_t*>(dst));
   const uint8_t* v = static_cast<const uint8_t*>(s.values.data()) + s.start[u];
   if (w.kind == PackedWeight::F32) {
@@ -354,14 +423,14 @@ int chooseSparseForms(Graph& g, SparseMode mode, const Kernels& k, Int8Activatio
     // group of 4 with 3 nonzeros, so a dense or unstructured weight costs a few reads; a 2:4 one is counted once here.
     // A 2:4 int8 weight with exact compute takes the Q8 pairs layout, which pays too where these kernels run it.
     // (The 2:4 check first: it stops early on a dense weight, where the centering check reads every value.)
-    int64_t pairsNz = w.kind == PackedWeight::F32 ? pairsNonzeros(w) : !i8 && q8PairsCandidate(w, k) ? rowPairsNonzeros(w) : -1;
-    if (pairsNz >= 0 && w.kind == PackedWeight::Q8 && !centerable(w)) pairsNz = -1;
-    const bool pairsPay = pairsNz >= 0 && (w.kind == PackedWeight::Q8 || crossover > 0);
+    int64_t pairsNz = w.kind == PackedWeight::F32 ? pairsNonzeros(w) : !i8 && quantPairsCandidate(w, k) ? rowPairsNonzeros(w) : -1;
+    if (pairsNz >= 0 && quantized(w) && !centerable(w)) pairsNz = -1;
+    const bool pairsPay = pairsNz >= 0 && (quantized(w) || crossover > 0);
     const bool candidate = mode == SparseMode::On || pairsPay || (crossover > 0 && w.bytes() >= minBytes);
     if (!candidate) continue;  // (counting the zeros of every weight was a sixth of a 110 MB model's load)
     const double f = pairsNz >= 0 ? static_cast<double>(pairsNz) / static_cast<double>(w.N * w.K) : storedFraction(w);
     if (mode == SparseMode::On ? f >= 1.0 : !pairsPay && f > crossover) continue;
-    if (pairsNz >= 0 && w.kind == PackedWeight::Q8 && !(panelize(w) && w.centered)) continue;  // (centerable above)
+    if (pairsNz >= 0 && quantized(w) && !(panelize(w) && w.centered)) continue;  // (centerable above)
     std::shared_ptr<const SparseForm> s = pairsNz >= 0 ? makePairs(w, pairsNz) : makeSparse(w);
     if (!s) continue;
     w.sparse = std::move(s);

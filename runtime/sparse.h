@@ -62,6 +62,8 @@ inline int64_t f32MaskIndex(int64_t p, int64_t k, int64_t K) {
 /// The pairs layout: k in groups of kPairGroup, kPairSlots values per output and group.
 constexpr int64_t kPairGroup = 4, kPairSlots = 2;
 inline int64_t pairGroups(int64_t K) { return (K + kPairGroup - 1) / kPairGroup; }
+/// Groups of a block of a quantized weight in the pairs layout (one block per output: all of them).
+inline int64_t pairGroupsPerBlock(const PackedWeight& w) { return w.nblk == 1 ? pairGroups(w.K) : w.block / kPairGroup; }
 /// Index word of panel p, group g, lanes [8i, 8i + 8).
 inline int64_t pairIndex(int64_t p, int64_t g, int64_t i, int64_t K) {
   return (p * pairGroups(K) + g) * (kPanel / 8) + i;
@@ -81,6 +83,10 @@ inline uint64_t popcount64(uint64_t m) {
 #endif
 }
 
+/// Nonzeros of a Q8 weight per channel or a Q4 weight still in rows (a nonzero: a stored value other than its block's
+/// zero point) when it is 2:4 along K and fills the pairs layout's slots (three quarters at least); else -1. Stops at
+/// the first group of 4 k with 3 nonzeros.
+int64_t rowPairsNonzeros(const PackedWeight& w);
 /// Fraction of the weight's elements that are nonzero (1.0 for F16 and for layouts without a sparse form).
 double storedFraction(const PackedWeight& w);
 /// The sparse form of a dense packed weight, or null when it has none: F16, or a Q8/Q4 zero point that is

@@ -517,12 +517,11 @@ TEST_CASE("sparse weights: pruned models give the same logits in crun with the s
           REQUIRE(s.ok());
           if (mode == crt::SparseMode::Off) CHECK(s->info().sparse_matmuls == 0);
           else CHECK(s->info().sparse_matmuls == s->info().packed_matmuls);  // every linear is pruned
-          // fp32 and int8-per-channel 2:4 weights take the pairs layout (no expansion): all of "2:4" and "2:4-int8", in
-          // "2:4-int4-g32" those RTN leaves in fp32 (a classifier); unstructured ones the masks
+          // fp32, int8-per-channel and int4 2:4 weights take the pairs layout (no expansion): all of "2:4", "2:4-int8"
+          // and "2:4-int4-g32" (with those RTN leaves in fp32, a classifier); unstructured ones the masks
           const int pairs = s->info().sparse_pairs;
           if (mode == crt::SparseMode::Off || fmt.rfind("prune50", 0) == 0) CHECK(pairs == 0);
-          else if (fmt == "2:4" || fmt == "2:4-int8") CHECK(pairs == s->info().packed_matmuls);
-          else CHECK(pairs < s->info().packed_matmuls);
+          else CHECK(pairs == s->info().packed_matmuls);
           std::vector<std::pair<std::string, crt::TensorView>> feeds = {
               {s->inputs()[0].name, crt::TensorView::of(ids.data(), {1, static_cast<int64_t>(ids.size())})}};
           const std::vector<int64_t> ones(ids.size(), 1);
@@ -534,20 +533,23 @@ TEST_CASE("sparse weights: pruned models give the same logits in crun with the s
           const auto& o = out.value()[0];
           logits.emplace_back(o.bytes.size() / 4);
           std::memcpy(logits.back().data(), o.bytes.data(), o.bytes.size());
-          // the profile names the form that ran: int8 2:4 as Q8 pairs, dense int8 as centered Q8P panels
+          // the profile names the form that ran: int8 / int4 2:4 as Q8 / Q4 pairs, dense as centered Q8P / Q4P panels
           std::map<std::string, int64_t> calls;
           for (const auto& op : s->profile()) calls[op.op] = op.calls;
-          if (fmt == "2:4-int8") CHECK(calls[mode == crt::SparseMode::On ? "MatMul (packed q8 panels 2:4 pairs)" : "MatMul (packed q8 panels)"] > 0);
+          const bool on = mode == crt::SparseMode::On;
+          if (fmt == "2:4-int8") CHECK(calls[on ? "MatMul (packed q8 panels 2:4 pairs)" : "MatMul (packed q8 panels)"] > 0);
+          if (fmt == "2:4-int4-g32")
+            CHECK(calls[on ? "com.microsoft.MatMulNBits (packed q4 panels 2:4 pairs)" : "com.microsoft.MatMulNBits (packed q4 panels)"] > 0);
         }
         REQUIRE(logits[0].size() == logits[1].size());
-        // Equal values: the sparse kernels do the dense kernels' arithmetic (fp32 panels, and int8 2:4 pairs against
-        // centered Q8P panels). Except that the masks of int8 and int4 weights do the dense row kernels' arithmetic,
+        // Equal values: the sparse kernels do the dense kernels' arithmetic (fp32 panels, and int8 / int4 2:4 pairs
+        // against centered Q8P / Q4P panels). Except that the masks of int8 and int4 weights do the dense row kernels' arithmetic,
         // while dense int8 and int4 weights run as Q8P / Q4P panels (matmul.h, choosePanelForms), which sum in another
         // order: there within 1e-5 of the largest logit (the sparse kernels' bits against the row kernels:
         // tests/runtime/sparse_test.cpp).
         float top = 0;
         for (float v : logits[0]) top = std::max(top, std::abs(v));
-        const float tol = fmt == "prune50" || fmt == "2:4" || fmt == "2:4-int8" ? 0.f : 1e-5f * top;
+        const float tol = fmt == "prune50" || fmt.rfind("2:4", 0) == 0 ? 0.f : 1e-5f * top;
         int64_t differ = 0;
         for (size_t i = 0; i < logits[0].size(); ++i) differ += !(std::abs(logits[0][i] - logits[1][i]) <= tol);
         CHECK(differ == 0);

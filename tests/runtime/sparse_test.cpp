@@ -270,6 +270,105 @@ bool twoFourSomeOne(int64_t k, int64_t n) { return twoFour(k, n) || (k + n) % 16
 
 }  // namespace
 
+namespace {
+
+/// An int4 weight [K, N] as DequantizeLinear of uint4 holds it, in blocks of `block` along K (0: per channel), with a
+/// random zero point in [0, 15] per block and output; pruned elements are the zero point, kept ones differ from it.
+std::shared_ptr<PackedWeight> int4Weight(int64_t K, int64_t N, int64_t block, bool (*prune)(int64_t, int64_t),
+                                         int64_t& nonzeros) {
+  std::mt19937 rng(static_cast<uint32_t>(K * 977 + N * 31 + block));
+  const int64_t bs = block ? block : K, nblk = (K + bs - 1) / bs;
+  std::vector<uint8_t> q((K * N + 1) / 2, 0), zq((nblk * N + 1) / 2, 0), z(nblk * N);
+  std::vector<float> s(nblk * N);
+  for (auto& v : s) v = std::uniform_real_distribution<float>(0.01f, 0.1f)(rng);
+  for (auto& v : z) v = static_cast<uint8_t>(rng() % 16);
+  auto put = [](std::vector<uint8_t>& v, int64_t i, int x) { v[i / 2] |= static_cast<uint8_t>(x << (4 * (i & 1))); };
+  for (int64_t i = 0; i < nblk * N; ++i) put(zq, i, z[i]);
+  nonzeros = 0;
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t n = 0; n < N; ++n) {
+      const int zk = z[(k / bs) * N + n];
+      int v = prune(k, n) ? zk : static_cast<int>(rng() % 16);
+      if (!prune(k, n) && v == zk) v = (zk + 1) % 16;
+      nonzeros += v != zk;
+      put(q, k * N + n, v);
+    }
+  Buf qb{kU4, Shape{K, N}, q.data()}, sb{DType::F32, block ? Shape{nblk, N} : Shape{N}, s.data()},
+      zb{kU4, sb.shape, zq.data()};
+  return packDequantize(qb, sb, &zb, block ? 0 : 1, block);
+}
+
+bool halfUnstructured(int64_t k, int64_t n) { return (k * 7 + n * 13 + (k * n) % 5) % 2 == 0; }
+
+}  // namespace
+
+TEST_CASE("2:4 int4 weights take the Q4 pairs layout: the centered dense Q4P kernels' bits", "[runtime][sparse]") {
+  int sets = 0;
+  for (auto prune : {twoFour, twoFourSomeOne}) {
+    for (int64_t block : {int64_t{0}, int64_t{32}, int64_t{64}}) {  // 0: per channel
+      for (int64_t K : {4, 7, 31, 32, 33, 100}) {  // (7, 33: a partial last group of 4; 33, 100: a partial last block)
+        if (block && K < 8) continue;
+        for (int64_t N : {1, 31, 32, 33, 96, 160, 257}) {
+          INFO((prune == twoFour ? "2:4" : "2:4, some groups at one") << " block " << block << " K=" << K << " N=" << N);
+          int64_t nz = 0;
+          auto dense = int4Weight(K, N, block, prune, nz), sparse = int4Weight(K, N, block, prune, nz);
+          REQUIRE(panelize(*dense));
+          REQUIRE(panelize(*sparse));
+          REQUIRE(dense->kind == PackedWeight::Q4P);
+          CHECK(dense->centered);  // (2:4, integral zero points)
+          auto form = makeSparse(*sparse);
+          REQUIRE(form);
+          CHECK(form->pairs);
+          CHECK(form->stored == nz);
+          sparse->sparse = form;
+          sparse->w = AlignedBytes();
+          const int64_t groups = (K + 3) / 4, panels = (N + kPanel - 1) / kPanel;
+          CHECK(form->bytes() == panels * (groups * kPanel + groups * kPanel / 2 + 8) + 8);  // 1.5 bytes per 4 k
+          std::vector<uint8_t> panel(K * kPanel / 2);
+          for (int64_t p = 0; p < panels; ++p) {  // back to the dense panel bytes
+            sparseToDense(*sparse, p, panel.data());
+            REQUIRE(std::memcmp(panel.data(), static_cast<const uint8_t*>(dense->w.data()) + p * panel.size(), panel.size()) == 0);
+          }
+          std::mt19937 rng(5);
+          std::normal_distribution<float> nd;
+          for (int64_t M : {1, 2, 3, 5, 13, 27}) {
+            std::vector<float> x(M * K);
+            for (auto& v : x) v = nd(rng);
+            for (const Kernels* k : kernelSets()) {
+              if (!k->converting_gemm_panels) continue;  // (no panel kernels: Q4 weights keep rows)
+              INFO("kernels " << k->isa << " M=" << M);
+              const auto yd = testutil::runPacked(*k, *dense, x, M), ys = testutil::runPacked(*k, *sparse, x, M);
+              int64_t differ = 0;
+              for (size_t i = 0; i < yd.size(); ++i) {  // the same bits, up to the sign of an exactly-zero output
+                uint32_t a, b;
+                std::memcpy(&a, &yd[i], 4), std::memcpy(&b, &ys[i], 4);
+                differ += a != b && !(yd[i] == 0.f && ys[i] == 0.f);
+              }
+              CHECK(differ == 0);
+              ++sets;
+            }
+          }
+        }
+      }
+    }
+  }
+  const int sizes = 6 * 7 + 2 * 4 * 7;  // per channel: every K; blocked: K of 8 or more
+  CHECK(sets == 2 * sizes * 6 * ((avx512Kernels() ? 1 : 0) + (avx2Kernels() ? 1 : 0)));
+}
+
+TEST_CASE("Only 2:4 int4 weights are centered: the others keep the faster uncentered kernels", "[runtime][sparse]") {
+  int64_t nz = 0;
+  auto unstructured = int4Weight(64, 64, 32, halfUnstructured, nz);
+  REQUIRE(panelize(*unstructured));
+  CHECK_FALSE(unstructured->centered);
+  CHECK(rowPairsNonzeros(*int4Weight(64, 64, 32, halfUnstructured, nz)) == -1);
+  auto pairs = int4Weight(64, 64, 32, twoFour, nz);
+  CHECK(rowPairsNonzeros(*pairs) == nz);
+  REQUIRE(panelize(*pairs));
+  CHECK(pairs->centered);
+  CHECK(pairs->zp8.size() >= 2 * 2 * kPanel);  // (its zero points stay: the kernels take them off the nibbles)
+}
+
 TEST_CASE("2:4 int8 weights per channel take the Q8 pairs layout: the dense Q8P kernels' bits", "[runtime][sparse]") {
   int sets = 0;
   for (auto prune : {twoFour, twoFourSomeOne}) {
