@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$(realpath "${1:-build/compress}")
 shift || true
-recipes=${*:-prune50_distill sparsegpt50_distill sparsegpt_2of4_distill sparsegpt_2of4_int8 structured_ffn25_distill prune50_int8_distill}
+recipes=${*:-prune50_distill sparsegpt50_distill sparsegpt_2of4_distill sparsegpt_2of4_int8 sparsegpt_2of4_int4_g32 structured_ffn25_distill prune50_int8_distill}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 for r in $recipes; do

@@ -118,8 +118,8 @@ struct SessionOptions {
   /// skips the classifier for every other row, as llama.cpp does). Ignored when the model's first output
   /// is not a classifier MatMul.
   bool last_position_logits = false;
-  /// Pruned weights: Auto keeps a weight in the sparse form (a bitmask plus its nonzeros, or for fp32 and per-channel
-  /// int8 2:4 weights the pairs layout, runtime/sparse.h) where that is faster with this CPU's kernels (a measured
+  /// Pruned weights: Auto keeps a weight in the sparse form (a bitmask plus its nonzeros, or for fp32, per-channel
+  /// int8 and int4 2:4 weights the pairs layout, runtime/sparse.h) where that is faster with this CPU's kernels (a measured
   /// density crossover per format; the pairs layout at every size); On wherever the weight has zeros; Off never. The
   /// sparse kernels give their dense kernels' bits (int8/int4 masks: the row kernels', which differ from the dense
   /// panels' in the last bits).
@@ -155,7 +155,7 @@ struct SessionInfo {
   int folded = 0;             // removed at load: constant subgraphs evaluated once
   int packed_matmuls = 0;     // MatMul/MatMulNBits with pre-packed constant weights
   int sparse_matmuls = 0;     // of those, weights kept in the sparse form (SessionOptions::sparse)
-  int sparse_pairs = 0;       // of those, fp32 and int8 2:4 weights in the pairs layout (runtime/sparse.h: no expansion)
+  int sparse_pairs = 0;       // of those, fp32, int8 and int4 2:4 weights in the pairs layout (runtime/sparse.h: no expansion)
   int int8_matmuls = 0;       // of those, weights computed with int8 activations (SessionOptions::int8_activations)
   int panel_matmuls = 0;      // of those, int8/int4/fp16 weights on exact kernels rearranged into the fp32 panel order
                               // (faster prefill; every SIMD kernel set, never on a device)

@@ -49,8 +49,8 @@ Usage:
   crun ops                  every op the runtime supports
 
 Options common to all: --threads N (default: all cores), --no-simd (portable scalar kernels),
-  --sparse auto|on|off: pruned weights in the sparse form (bitmask + nonzeros, or for fp32 and per-channel int8
-  2:4 two values and two 2-bit indices per 4 weights: fewer bytes per token, bit-identical results) where this CPU's kernels are
+  --sparse auto|on|off: pruned weights in the sparse form (bitmask + nonzeros, or for fp32, per-channel int8 and
+  int4 2:4 two values and two 2-bit indices per 4 weights: fewer bytes per token, bit-identical results) where this CPU's kernels are
   faster with it (auto, default), always, or never. `crun info` says how many weights took it.
   --device cpu|cuda|cuda:N|auto|emulated: where nodes run (default cpu). cuda: every node the CUDA backend has
   a kernel for (MatMul on fp32/int8/int4 weights, elementwise math, norms, Softmax, attention's products) on GPU 0

@@ -421,7 +421,8 @@ int chooseSparseForms(Graph& g, SparseMode mode, const Kernels& k, Int8Activatio
     // The pairs layout (fp32 2:4) pays at every size: it expands nothing (stories260K's 2:4 weights of 16-44 KiB, in
     // cache: decode 0.062-0.063 instead of 0.068-0.070 ms per token, prefill equal). Its check stops at the first
     // group of 4 with 3 nonzeros, so a dense or unstructured weight costs a few reads; a 2:4 one is counted once here.
-    // A 2:4 int8 weight with exact compute takes the Q8 pairs layout, which pays too where these kernels run it.
+    // A 2:4 int8 or int4 weight with exact compute takes the Q8 / Q4 pairs layout, which pays too where these kernels
+    // run it (int4: fewer bytes and half the conversions for the cost of the picks).
     // (The 2:4 check first: it stops early on a dense weight, where the centering check reads every value.)
     int64_t pairsNz = w.kind == PackedWeight::F32 ? pairsNonzeros(w) : !i8 && quantPairsCandidate(w, k) ? rowPairsNonzeros(w) : -1;
     if (pairsNz >= 0 && quantized(w) && !centerable(w)) pairsNz = -1;

@@ -22,6 +22,12 @@
 //   of 0 per panel) whose [p][K][kPanel] bytes take this layout with signed bytes for floats, 2.5 bytes per 4 k
 //   instead of 4. Its GEMV converts the planes and sums as the F32 one, then applies the scale as the dense Q8P GEMV;
 //   its GEMM dequantizes each panel's planes as the dense Q8P reader does, then runs the F32 pairs tiles.
+//   Q4 pairs: an int4 weight (per channel or in blocks of a multiple of 32) with integral zero points that is 2:4 as
+//   above is a centered Q4P weight (internal.h: its kernels take each nibble less its block's zero point) whose
+//   values per panel are [g][kPanel] bytes, byte j holding plane a's value of output j in its low nibble and plane
+//   b's in its high one, as stored (an empty slot holds the zero point: a value of 0), 1.5 bytes per 4 k instead of
+//   2. Its GEMV takes the nibbles less the zero points as the dense Q4P reader does and applies each block's scale
+//   once per block; its GEMM dequantizes each panel's planes as the dense reader does, then the F32 pairs tiles.
 // The kernels (kernels_simd.inc) expand a chunk in registers and then do the dense kernels' arithmetic in the
 // same order, so the sparse form gives bit-identical results (tests/runtime/sparse_test.cpp; for F32 up to the
 // sign of zero, and for the pairs layout with finite activations: a skipped zero weight times an infinite activation
@@ -44,7 +50,7 @@ struct SparseForm {
   AlignedBytes values;         // the stored elements; kSparsePad readable bytes past the last one
   int64_t stored = 0;          // elements stored (nonzero: for pairs, the padding zeros of the planes not counted)
   int64_t elements = 0;        // elements of the dense layout (with padding)
-  bool pairs = false;          // F32 or centered Q8P: the pairs layout instead of masks and packed values
+  bool pairs = false;          // F32, centered Q8P or Q4P: the pairs layout instead of masks and packed values
   int64_t bytes() const {
     return static_cast<int64_t>(mask.size() * 4 + start.size() * 8) + start.back();
   }
@@ -99,8 +105,8 @@ void sparseToDense(const PackedWeight& w, int64_t u, void* dst);
 /// at most the kernel set's measured crossover for its kind and the dense weight is at least 1 MiB; On
 /// wherever a form exists and the weight has any zero; Off never. Returns the number of weights converted.
 /// Weights that will take int8 activations (`int8`, runtime/int8_acts.h) are judged by Kernels::sparse_crossover_i8.
-/// A 2:4 int8 weight per channel with exact compute takes the Q8 pairs layout (panelized and centered here) where the
-/// kernel set has panel kernels (Kernels::converting_gemm_panels).
+/// A 2:4 int8 weight per channel or int4 weight with exact compute takes the Q8 / Q4 pairs layout (panelized and
+/// centered here) where the kernel set has panel kernels (Kernels::converting_gemm_panels).
 /// Auto considers weights of 1 MiB and more when the model's packed weights fit in `cacheBytes` (-1: this core's
 /// last-level cache), and of 64 KiB and more when they do not (then every weight streams from memory); fp32 weights
 /// that take the pairs layout (2:4) at every size.

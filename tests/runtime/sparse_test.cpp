@@ -272,6 +272,33 @@ bool twoFourSomeOne(int64_t k, int64_t n) { return twoFour(k, n) || (k + n) % 16
 
 namespace {
 
+/// Runs M = 1, 2, 3, 5, 13 and 27 rows of random activations through a dense panel weight and its pairs form on every
+/// kernel set with panel kernels (the GEMV, and the GEMM's tiles of 4 (AVX2) or 8 (AVX-512) rows and single rows), and
+/// checks the same bits, up to the sign of an exactly-zero output. Returns the (M, kernel set) cases run.
+int pairsGiveDenseBits(const PackedWeight& dense, const PackedWeight& sparse, int64_t K) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd;
+  int cases = 0;
+  for (int64_t M : {1, 2, 3, 5, 13, 27}) {
+    std::vector<float> x(M * K);
+    for (auto& v : x) v = nd(rng);
+    for (const Kernels* k : kernelSets()) {
+      if (!k->converting_gemm_panels) continue;  // (no panel kernels: quantized weights keep rows)
+      INFO("kernels " << k->isa << " M=" << M);
+      const auto yd = testutil::runPacked(*k, dense, x, M), ys = testutil::runPacked(*k, sparse, x, M);
+      int64_t differ = 0;
+      for (size_t i = 0; i < yd.size(); ++i) {
+        uint32_t a, b;
+        std::memcpy(&a, &yd[i], 4), std::memcpy(&b, &ys[i], 4);
+        differ += a != b && !(yd[i] == 0.f && ys[i] == 0.f);
+      }
+      CHECK(differ == 0);
+      ++cases;
+    }
+  }
+  return cases;
+}
+
 /// An int4 weight [K, N] as DequantizeLinear of uint4 holds it, in blocks of `block` along K (0: per channel), with a
 /// random zero point in [0, 15] per block and output; pruned elements are the zero point, kept ones differ from it.
 std::shared_ptr<PackedWeight> int4Weight(int64_t K, int64_t N, int64_t block, bool (*prune)(int64_t, int64_t),
@@ -329,25 +356,7 @@ TEST_CASE("2:4 int4 weights take the Q4 pairs layout: the centered dense Q4P ker
             sparseToDense(*sparse, p, panel.data());
             REQUIRE(std::memcmp(panel.data(), static_cast<const uint8_t*>(dense->w.data()) + p * panel.size(), panel.size()) == 0);
           }
-          std::mt19937 rng(5);
-          std::normal_distribution<float> nd;
-          for (int64_t M : {1, 2, 3, 5, 13, 27}) {
-            std::vector<float> x(M * K);
-            for (auto& v : x) v = nd(rng);
-            for (const Kernels* k : kernelSets()) {
-              if (!k->converting_gemm_panels) continue;  // (no panel kernels: Q4 weights keep rows)
-              INFO("kernels " << k->isa << " M=" << M);
-              const auto yd = testutil::runPacked(*k, *dense, x, M), ys = testutil::runPacked(*k, *sparse, x, M);
-              int64_t differ = 0;
-              for (size_t i = 0; i < yd.size(); ++i) {  // the same bits, up to the sign of an exactly-zero output
-                uint32_t a, b;
-                std::memcpy(&a, &yd[i], 4), std::memcpy(&b, &ys[i], 4);
-                differ += a != b && !(yd[i] == 0.f && ys[i] == 0.f);
-              }
-              CHECK(differ == 0);
-              ++sets;
-            }
-          }
+          sets += pairsGiveDenseBits(*dense, *sparse, K);
         }
       }
     }
@@ -401,25 +410,7 @@ TEST_CASE("2:4 int8 weights per channel take the Q8 pairs layout: the dense Q8P 
             sparseToDense(*sparse, p, panel.data());
             REQUIRE(std::memcmp(panel.data(), static_cast<const uint8_t*>(dense->w.data()) + p * K * kPanel, panel.size()) == 0);
           }
-          std::mt19937 rng(5);
-          std::normal_distribution<float> nd;
-          for (int64_t M : {1, 2, 3, 5, 13, 27}) {  // GEMV; the GEMM's tiles of 4 (AVX2) or 8 (AVX-512) rows and single rows
-            std::vector<float> x(M * K);
-            for (auto& v : x) v = nd(rng);
-            for (const Kernels* k : kernelSets()) {
-              if (!k->converting_gemm_panels) continue;  // (no panel kernels: Q8 weights keep rows)
-              INFO("kernels " << k->isa << " M=" << M);
-              const auto yd = testutil::runPacked(*k, *dense, x, M), ys = testutil::runPacked(*k, *sparse, x, M);
-              int64_t differ = 0;
-              for (size_t i = 0; i < yd.size(); ++i) {  // the same bits, up to the sign of an exactly-zero output
-                uint32_t a, b;
-                std::memcpy(&a, &yd[i], 4), std::memcpy(&b, &ys[i], 4);
-                differ += a != b && !(yd[i] == 0.f && ys[i] == 0.f);
-              }
-              CHECK(differ == 0);
-              ++sets;
-            }
-          }
+          sets += pairsGiveDenseBits(*dense, *sparse, K);
         }
       }
     }
