@@ -575,6 +575,45 @@ TEST_CASE("auto takes int8 2:4 weights per channel as Q8 pairs where the kernel 
   CHECK(chooseSparseForms(acts, SparseMode::Auto, k, Int8Activations::On, int64_t{64} << 20) == 0);
 }
 
+TEST_CASE("auto takes int4 2:4 weights as Q4 pairs where the kernel set has panel kernels", "[runtime][sparse]") {
+  auto graph = [] {
+    Graph g;
+    for (auto prune : {twoFour, halfUnstructured}) {  // 2:4, and 50% unstructured
+      Node n;
+      n.op = "MatMulNBits";
+      int64_t nz = 0;
+      n.packed = int4Weight(64, 96, 32, prune, nz);  // 3 KiB each
+      g.nodes.push_back(std::move(n));
+    }
+    return g;
+  };
+  Kernels k = scalarKernels();
+  Graph rows = graph();  // no panel kernels (the scalar set): int4 weights keep rows, and no crossover: dense
+  CHECK(chooseSparseForms(rows, SparseMode::Auto, k, Int8Activations::Off, int64_t{64} << 20) == 0);
+  k.converting_gemm_panels = [](const PackedWeight&, const float*, int64_t, int64_t, int64_t, int64_t, float*, float*, int64_t,
+                                int64_t) {};
+  Graph g = graph();  // in cache and far below 1 MiB, with no crossover for Q4: only the 2:4 one, as centered pairs
+  CHECK(chooseSparseForms(g, SparseMode::Auto, k, Int8Activations::Off, int64_t{64} << 20) == 1);
+  const PackedWeight& w = *g.nodes[0].packed;
+  REQUIRE(w.sparse);
+  CHECK(w.sparse->pairs);
+  CHECK(w.kind == PackedWeight::Q4P);
+  CHECK(w.centered);
+  CHECK(w.w.size() == 0);
+  // per panel and group of 4 k: 32 bytes of nibble pairs and 16 of indices, 1.5 bytes per 4 weights against 2
+  CHECK(w.sparse->bytes() == 3 * (16 * 32 + 16 * 16 + 8) + 8);
+  CHECK(w.sparse->bytes() < 64 * 96 / 2);
+  CHECK_FALSE(g.nodes[1].packed->sparse);
+  CHECK(g.nodes[1].packed->kind == PackedWeight::Q4);  // (choosePanelForms takes it later, uncentered)
+  Graph acts = graph();  // headed for int8 activations (their kernels have no pairs layout): left to them
+  CHECK(chooseSparseForms(acts, SparseMode::Auto, k, Int8Activations::On, int64_t{64} << 20) == 0);
+  Graph off = graph();  // off: nothing sparse, and the 2:4 weight's dense panels centered all the same (the same bits)
+  CHECK(chooseSparseForms(off, SparseMode::Off, k, Int8Activations::Off, int64_t{64} << 20) == 0);
+  CHECK(choosePanelForms(off, k) == 2);
+  CHECK(off.nodes[0].packed->centered);
+  CHECK_FALSE(off.nodes[1].packed->centered);
+}
+
 TEST_CASE("weights headed for int8 activations are judged by the int8 kernels' crossover", "[runtime][sparse][int8]") {
   constexpr int64_t D = 1024;  // 1 MiB as int8
   std::vector<int8_t> q8(D * D, 0);
