@@ -469,10 +469,7 @@ bool centerable(const PackedWeight& w) {
   if (w.w.size() == 0) return false;
   // Q4: the centered kernels cost the dense GEMV 17-20% on Zen 3 (bench/sparse_kernels), so only a weight that can take
   // the pairs layout takes them, for the pairs' bits; its nibbles less integral zero points of [0, 15] fit.
-  if (w.kind == PackedWeight::Q4)
-    return static_cast<int64_t>(w.zp.size()) == w.N * w.nblk &&
-           std::all_of(w.zp.begin(), w.zp.end(), [](float z) { return z >= 0.f && z <= 15.f && z == std::floor(z); }) &&
-           rowPairsNonzeros(w) >= 0;
+  if (w.kind == PackedWeight::Q4) return zeroPointsRepresentable(w) && rowPairsNonzeros(w) >= 0;
   if (w.kind != PackedWeight::Q8 || w.nblk != 1) return false;
   for (int64_t n = 0; n < w.N; ++n) {
     const float z = w.zp[n];
@@ -484,7 +481,7 @@ bool centerable(const PackedWeight& w) {
   return true;
 }
 
-bool panelize(PackedWeight& w) {
+bool panelize(PackedWeight& w, std::optional<bool> centered) {
   if (w.kind == PackedWeight::F16 && !w.device && w.w.size() > 0) return panelizeF16(w), true;
   const bool q8 = w.kind == PackedWeight::Q8 && w.nblk == 1;
   const bool q4 = w.kind == PackedWeight::Q4 && (w.nblk == 1 || w.block % 32 == 0);  // x in blocks is x itself
@@ -494,7 +491,7 @@ bool panelize(PackedWeight& w) {
   panels.resize(static_cast<size_t>(np * w.K * rowBytes));  // (zeroed: Q4P's nibbles are or-ed in)
   uint8_t* out = static_cast<uint8_t*>(panels.data());
   std::vector<float> scale(np * w.nblk * kPanel, 0.f), zp(scale.size(), 0.f);  // padding outputs: 0 and 0
-  const bool centered = centerable(w);  // (Q8: stored as signed bytes q - z; Q4: the nibbles as they are)
+  const bool center = centered ? *centered : centerable(w);  // (Q8: stored as signed bytes q - z; Q4: the nibbles as they are)
   for (int64_t n = 0; n < w.N; ++n) {  // row n's value k goes to panel n / kPanel, row k, column j = n % kPanel
     const int64_t p = n / kPanel, j = n % kPanel;
     uint8_t* rows = out + p * w.K * rowBytes;
@@ -503,18 +500,18 @@ bool panelize(PackedWeight& w) {
       for (int64_t e = b * w.P, ee = e + std::min(w.block, w.K - k); e < ee; ++e, ++k) {  // e: k's stored element
         // (Q4 rows: chunks of 32 elements, byte c holding element c low and c + 16 high)
         const int v = q8 ? row[e] : (row[(e >> 5) * 16 + (e & 15)] >> (e & 16 ? 4 : 0)) & 0xF;
-        if (q8 && centered) rows[k * rowBytes + j] = static_cast<uint8_t>(static_cast<int8_t>(v - static_cast<int>(w.zp[n])));
+        if (q8 && center) rows[k * rowBytes + j] = static_cast<uint8_t>(static_cast<int8_t>(v - static_cast<int>(w.zp[n])));
         else if (q8) rows[k * rowBytes + j] = static_cast<uint8_t>(v);
         else rows[k * rowBytes + j % 16] |= static_cast<uint8_t>(j < 16 ? v : v << 4);
       }
     for (int64_t b = 0; b < w.nblk; ++b) {
       scale[(p * w.nblk + b) * kPanel + j] = w.scale[n * w.nblk + b];
-      zp[(p * w.nblk + b) * kPanel + j] = q8 && centered ? 0.f : w.zp[n * w.nblk + b];
+      zp[(p * w.nblk + b) * kPanel + j] = q8 && center ? 0.f : w.zp[n * w.nblk + b];
     }
   }
   w.w = std::move(panels);
   w.kind = q8 ? PackedWeight::Q8P : PackedWeight::Q4P;
-  w.centered = centered;
+  w.centered = center;
   setPanelParams(w, std::move(scale), std::move(zp));
   return true;
 }

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 
 #include "runtime/internal.h"
 
@@ -28,7 +29,8 @@ std::shared_ptr<PackedWeight> packMatMulNBits(const Node& n, const Buf& b, const
 
 /// Rearranges a dense Q8 weight per channel into Q8P panels, a Q4 weight per channel or in blocks of a multiple of
 /// 32 into Q4P, or an F16 weight into F16P (internal.h), for exact compute; false (and nothing changed) for any other.
-bool panelize(PackedWeight& w);
+/// Centered where `centered` says, when the caller has checked centerable(w); else where centerable(w) is.
+bool panelize(PackedWeight& w, std::optional<bool> centered = std::nullopt);
 /// Whether panelize centers dense weight w (internal.h): a Q8 weight per channel whose values less their row's zero
 /// point fit a signed byte, or a Q4 weight whose zero points are integers.
 bool centerable(const PackedWeight& w);

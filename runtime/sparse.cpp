@@ -77,13 +77,16 @@ void setStored(const PackedWeight& w, uint8_t* row, int64_t e, int v) {
   else chunk[c - 16] = static_cast<uint8_t>((chunk[c - 16] & 0x0F) | ((v & 0xF) << 4));
 }
 
-/// Every zero point is an integer a stored element can equal, so "element == zero point" is an exact zero.
+}  // namespace
+
 bool zeroPointsRepresentable(const PackedWeight& w) {
   const float top = w.kind == PackedWeight::Q8 ? 255.f : 15.f;
   for (float z : w.zp)
     if (!(z >= 0.f && z <= top && z == std::floor(z))) return false;
   return true;
 }
+
+namespace {
 
 int64_t panels(const PackedWeight& w) { return (w.N + kPanel - 1) / kPanel; }
 int64_t chunksPerRow(const PackedWeight& w) { return w.nblk * w.P / kChunk; }
@@ -425,13 +428,14 @@ int chooseSparseForms(Graph& g, SparseMode mode, const Kernels& k, Int8Activatio
     // run it (int4: fewer bytes and half the conversions for the cost of the picks).
     // (The 2:4 check first: it stops early on a dense weight, where the centering check reads every value.)
     int64_t pairsNz = w.kind == PackedWeight::F32 ? pairsNonzeros(w) : !i8 && quantPairsCandidate(w, k) ? rowPairsNonzeros(w) : -1;
-    if (pairsNz >= 0 && quantized(w) && !centerable(w)) pairsNz = -1;
+    // Centering: a Q4 weight's check is the 2:4 one above and its zero points'; checked once here, not again by panelize.
+    if (pairsNz >= 0 && quantized(w) && !(w.kind == PackedWeight::Q4 ? zeroPointsRepresentable(w) : centerable(w))) pairsNz = -1;
     const bool pairsPay = pairsNz >= 0 && (quantized(w) || crossover > 0);
     const bool candidate = mode == SparseMode::On || pairsPay || (crossover > 0 && w.bytes() >= minBytes);
     if (!candidate) continue;  // (counting the zeros of every weight was a sixth of a 110 MB model's load)
     const double f = pairsNz >= 0 ? static_cast<double>(pairsNz) / static_cast<double>(w.N * w.K) : storedFraction(w);
     if (mode == SparseMode::On ? f >= 1.0 : !pairsPay && f > crossover) continue;
-    if (pairsNz >= 0 && quantized(w) && !(panelize(w) && w.centered)) continue;  // (centerable above)
+    if (pairsNz >= 0 && quantized(w) && !panelize(w, true)) continue;  // (centerable above)
     std::shared_ptr<const SparseForm> s = pairsNz >= 0 ? makePairs(w, pairsNz) : makeSparse(w);
     if (!s) continue;
     w.sparse = std::move(s);

@@ -89,6 +89,9 @@ inline uint64_t popcount64(uint64_t m) {
 #endif
 }
 
+/// Every zero point of a Q8/Q4 weight is an integer a stored element can equal, so "element == zero point" is an exact
+/// zero.
+bool zeroPointsRepresentable(const PackedWeight& w);
 /// Nonzeros of a Q8 weight per channel or a Q4 weight still in rows (a nonzero: a stored value other than its block's
 /// zero point) when it is 2:4 along K and fills the pairs layout's slots (three quarters at least); else -1. Stops at
 /// the first group of 4 k with 3 nonzeros.

@@ -5,6 +5,7 @@
 // SessionOptions::sparse and the kernel set's crossover.
 #include <catch2/catch.hpp>
 #include <cstring>
+#include <functional>
 #include <random>
 
 #include "runtime/internal.h"
@@ -541,73 +542,82 @@ TEST_CASE("auto takes fp32 2:4 weights of every size: the pairs layout expands n
   CHECK_FALSE(g.nodes[1].packed->sparse);
 }
 
+namespace {
+
+/// The scalar kernel set with a (never called) panel GEMM: what chooseSparseForms asks of a set for the Q8 / Q4 pairs.
+Kernels scalarWithPanelKernels() {
+  Kernels k = scalarKernels();
+  k.converting_gemm_panels = [](const PackedWeight&, const float*, int64_t, int64_t, int64_t, int64_t, float*, float*, int64_t,
+                                int64_t) {};
+  return k;
+}
+
+/// A graph of two quantized weights from make(0) (2:4) and make(1) (not 2:4), both far below 1 MiB and in cache, with no
+/// crossover for their kind: the scalar set (no panel kernels: the weights keep rows) takes neither; a set with panel
+/// kernels takes the 2:4 one alone, in the pairs layout, centered, without its dense form, and leaves the other in
+/// rows (`kind`, for choosePanelForms later); weights headed for int8 activations are left to their kernels (which have
+/// no pairs layout). Returns the graph chosen with panel kernels.
+Graph autoTakesQuantPairs(const std::function<std::shared_ptr<PackedWeight>(int)>& make, PackedWeight::Kind kind) {
+  auto graph = [&] {
+    Graph g;
+    for (int i = 0; i < 2; ++i) {
+      Node n;
+      n.op = "MatMul";
+      n.packed = make(i);
+      g.nodes.push_back(std::move(n));
+    }
+    return g;
+  };
+  Graph rows = graph();
+  CHECK(chooseSparseForms(rows, SparseMode::Auto, scalarKernels(), Int8Activations::Off, int64_t{64} << 20) == 0);
+  const Kernels k = scalarWithPanelKernels();
+  Graph g = graph();
+  CHECK(chooseSparseForms(g, SparseMode::Auto, k, Int8Activations::Off, int64_t{64} << 20) == 1);
+  const PackedWeight& w = *g.nodes[0].packed;
+  REQUIRE(w.sparse);
+  CHECK(w.sparse->pairs);
+  CHECK(w.centered);
+  CHECK(w.w.size() == 0);
+  CHECK_FALSE(g.nodes[1].packed->sparse);
+  CHECK(g.nodes[1].packed->kind == kind);
+  Graph acts = graph();
+  CHECK(chooseSparseForms(acts, SparseMode::Auto, k, Int8Activations::On, int64_t{64} << 20) == 0);
+  return g;
+}
+
+}  // namespace
+
 TEST_CASE("auto takes int8 2:4 weights per channel as Q8 pairs where the kernel set has panel kernels", "[runtime][sparse]") {
   std::vector<uint8_t> q, zp;
   std::vector<float> s;
-  auto graph = [&] {
-    Graph g;
-    // 2:4, and about 50% with 3 or 4 nonzeros in some groups of 4 k
-    for (auto prune : {twoFour, +[](int64_t k, int64_t n) { return (k + n) % 2 == 0 && (k / 4) % 2 == 0; }}) {
-      Node n;
-      n.op = "MatMul";
-      n.packed = int8PerChannel(64, 96, true, 0, -128, 127, prune, q, s, zp);  // 6 KiB each
-      g.nodes.push_back(std::move(n));
-    }
-    return g;
-  };
-  Kernels k = scalarKernels();
-  Graph rows = graph();  // no panel kernels (the scalar set): int8 weights keep rows, and no crossover: dense
-  CHECK(chooseSparseForms(rows, SparseMode::Auto, k, Int8Activations::Off, int64_t{64} << 20) == 0);
-  k.converting_gemm_panels = [](const PackedWeight&, const float*, int64_t, int64_t, int64_t, int64_t, float*, float*, int64_t,
-                                int64_t) {};
-  Graph g = graph();  // in cache and far below 1 MiB, with no crossover for Q8: only the 2:4 one, as centered pairs
-  CHECK(chooseSparseForms(g, SparseMode::Auto, k, Int8Activations::Off, int64_t{64} << 20) == 1);
+  // 2:4, and about 50% with 3 or 4 nonzeros in some groups of 4 k; 6 KiB each
+  auto some34 = +[](int64_t k, int64_t n) { return (k + n) % 2 == 0 && (k / 4) % 2 == 0; };
+  const Graph g = autoTakesQuantPairs(
+      [&](int i) { return int8PerChannel(64, 96, true, 0, -128, 127, i == 0 ? twoFour : some34, q, s, zp); }, PackedWeight::Q8);
   const PackedWeight& w = *g.nodes[0].packed;
-  REQUIRE(w.sparse);
-  CHECK(w.sparse->pairs);
   CHECK(w.kind == PackedWeight::Q8P);
-  CHECK(w.centered);
-  CHECK(w.w.size() == 0);
   CHECK(w.bytes() < 64 * 96 * 3 / 4);  // 2.5 bytes per 4 weights, the scales and zero points, against 1 byte per weight
-  CHECK_FALSE(g.nodes[1].packed->sparse);
-  CHECK(g.nodes[1].packed->kind == PackedWeight::Q8);  // (choosePanelForms takes it later)
-  Graph acts = graph();  // headed for int8 activations (their kernels have no pairs layout): left to them
-  CHECK(chooseSparseForms(acts, SparseMode::Auto, k, Int8Activations::On, int64_t{64} << 20) == 0);
 }
 
 TEST_CASE("auto takes int4 2:4 weights as Q4 pairs where the kernel set has panel kernels", "[runtime][sparse]") {
-  auto graph = [] {
-    Graph g;
-    for (auto prune : {twoFour, halfUnstructured}) {  // 2:4, and 50% unstructured
-      Node n;
-      n.op = "MatMulNBits";
-      int64_t nz = 0;
-      n.packed = int4Weight(64, 96, 32, prune, nz);  // 3 KiB each
-      g.nodes.push_back(std::move(n));
-    }
-    return g;
+  auto make = [](int i) {  // 2:4, and 50% unstructured; 3 KiB each
+    int64_t nz = 0;
+    return int4Weight(64, 96, 32, i == 0 ? twoFour : halfUnstructured, nz);
   };
-  Kernels k = scalarKernels();
-  Graph rows = graph();  // no panel kernels (the scalar set): int4 weights keep rows, and no crossover: dense
-  CHECK(chooseSparseForms(rows, SparseMode::Auto, k, Int8Activations::Off, int64_t{64} << 20) == 0);
-  k.converting_gemm_panels = [](const PackedWeight&, const float*, int64_t, int64_t, int64_t, int64_t, float*, float*, int64_t,
-                                int64_t) {};
-  Graph g = graph();  // in cache and far below 1 MiB, with no crossover for Q4: only the 2:4 one, as centered pairs
-  CHECK(chooseSparseForms(g, SparseMode::Auto, k, Int8Activations::Off, int64_t{64} << 20) == 1);
+  const Graph g = autoTakesQuantPairs(make, PackedWeight::Q4);
   const PackedWeight& w = *g.nodes[0].packed;
-  REQUIRE(w.sparse);
-  CHECK(w.sparse->pairs);
   CHECK(w.kind == PackedWeight::Q4P);
-  CHECK(w.centered);
-  CHECK(w.w.size() == 0);
   // per panel and group of 4 k: 32 bytes of nibble pairs and 16 of indices, 1.5 bytes per 4 weights against 2
   CHECK(w.sparse->bytes() == 3 * (16 * 32 + 16 * 16 + 8) + 8);
   CHECK(w.sparse->bytes() < 64 * 96 / 2);
-  CHECK_FALSE(g.nodes[1].packed->sparse);
-  CHECK(g.nodes[1].packed->kind == PackedWeight::Q4);  // (choosePanelForms takes it later, uncentered)
-  Graph acts = graph();  // headed for int8 activations (their kernels have no pairs layout): left to them
-  CHECK(chooseSparseForms(acts, SparseMode::Auto, k, Int8Activations::On, int64_t{64} << 20) == 0);
-  Graph off = graph();  // off: nothing sparse, and the 2:4 weight's dense panels centered all the same (the same bits)
+  Graph off;  // off: nothing sparse, and the 2:4 weight's dense panels centered all the same (the same bits)
+  for (int i = 0; i < 2; ++i) {
+    Node n;
+    n.op = "MatMul";
+    n.packed = make(i);
+    off.nodes.push_back(std::move(n));
+  }
+  const Kernels k = scalarWithPanelKernels();
   CHECK(chooseSparseForms(off, SparseMode::Off, k, Int8Activations::Off, int64_t{64} << 20) == 0);
   CHECK(choosePanelForms(off, k) == 2);
   CHECK(off.nodes[0].packed->centered);
