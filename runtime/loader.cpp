@@ -6,6 +6,8 @@
 // first), ask for more memory than SessionOptions allows, read a file outside the model's folder
 // (external data is resolved after following links), or define a name twice.
 #include <onnx/onnx_pb.h>
+#include <fcntl.h>
+#include <google/protobuf/io/zero_copy_stream_impl.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -14,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <set>
 
@@ -56,11 +59,15 @@ void parseModelFile(const std::string& path, onnx::ModelProto& model) {
   if (!S_ISREG(st.st_mode)) fail(StatusCode::IoError, path + " is not a regular file (a device, pipe or socket); give an .onnx file");
   if (st.st_size >= (int64_t{2} << 30))
     fail(StatusCode::ModelError, path + " is larger than 2 GiB, the protobuf limit; export with external data");
-  std::ifstream f(path, std::ios::binary);
-  if (!f) fail(StatusCode::IoError, "cannot read " + path + ": check its permissions");
-  if (st.st_size == 0 || !model.ParseFromIstream(&f))
-    fail(StatusCode::ModelError, path + " is not a valid ONNX model (protobuf parse failed; truncated or not ONNX?)");
-  if (f.bad()) fail(StatusCode::IoError, "cannot read all of " + path);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail(StatusCode::IoError, "cannot read " + path + ": " + std::strerror(errno));
+  // Read in 1 MiB blocks (an std::ifstream's small reads took a third of a 538 MB model's load; a whole-file mapping
+  // would count the file in the process's peak memory next to the parsed copy).
+  google::protobuf::io::FileInputStream in(fd, 1 << 20);
+  in.SetCloseOnDelete(true);
+  const bool ok = st.st_size > 0 && model.ParseFromZeroCopyStream(&in);
+  if (in.GetErrno() != 0) fail(StatusCode::IoError, "cannot read all of " + path + ": " + std::strerror(in.GetErrno()));
+  if (!ok) fail(StatusCode::ModelError, path + " is not a valid ONNX model (protobuf parse failed; truncated or not ONNX?)");
 }
 
 /// The folder of `path` with symlinks resolved ("" when it cannot be resolved).
@@ -451,18 +458,39 @@ void checkTopologicalOrder(Graph& g) {
 // ------------------------------------------------------------------------------------------- preparing
 bool isConst(const Graph& g, int v) { return v >= 0 && g.values[v].is_const; }
 
+/// A MatMul weight to pack at load: node `node` then reads `in` and computes with pack()'s weight (none: the node stays).
+struct PackJob {
+  int node = -1;
+  std::vector<int> in;
+  std::function<std::shared_ptr<PackedWeight>()> pack;
+};
+
+/// Runs the jobs over the pool (each weight packs independently: the synthetic 110M-weight model's packing took 2 cores
+/// instead of one), then gives each node its weight, in node order.
+void runPackJobs(Graph& g, ThreadPool& pool, std::vector<PackJob>& jobs) {
+  std::vector<std::shared_ptr<PackedWeight>> packed(jobs.size());
+  pool.parallelForEach(static_cast<int64_t>(jobs.size()), [&](int64_t j) { packed[j] = jobs[j].pack(); });
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    if (!packed[j]) continue;
+    Node& n = g.nodes[jobs[j].node];
+    n.packed = std::move(packed[j]);
+    n.in = jobs[j].in;
+  }
+}
+
 /// MatMulNBits, and MatMul whose B is DequantizeLinear of constants, get pre-packed weights.
-void packQuantizedWeights(Graph& g) {
-  for (Node& n : g.nodes) {
+void packQuantizedWeights(Graph& g, ThreadPool& pool) {
+  std::vector<PackJob> jobs;
+  for (size_t ni = 0; ni < g.nodes.size(); ++ni) {
+    const Node& n = g.nodes[ni];
     if (n.packed) continue;  // the second call (after folding) sees the first one's work
     if (n.domain == "com.microsoft" && n.op == "MatMulNBits") {
       if (n.in.size() < 3 || !isConst(g, n.in[1]) || !isConst(g, n.in[2]) || (n.in.size() > 3 && n.in[3] >= 0 && !isConst(g, n.in[3])))
         fail(StatusCode::ModelError, n.where() + ": B, scales and zero_points must be initializers");
       if (n.in.size() > 4 && n.in[4] >= 0) fail(StatusCode::ModelError, n.where() + ": g_idx (act-order) is not supported");
-      n.packed = packMatMulNBits(n, g.values[n.in[1]].constant, g.values[n.in[2]].constant,
-                                 n.in.size() > 3 && n.in[3] >= 0 ? &g.values[n.in[3]].constant : nullptr);
-      const int bias = n.in.size() > 5 ? n.in[5] : -1;
-      n.in = {n.in[0], bias};
+      const Buf* zp = n.in.size() > 3 && n.in[3] >= 0 ? &g.values[n.in[3]].constant : nullptr;
+      jobs.push_back({static_cast<int>(ni), {n.in[0], n.in.size() > 5 ? n.in[5] : -1},
+                      [&g, &n, zp] { return packMatMulNBits(n, g.values[n.in[1]].constant, g.values[n.in[2]].constant, zp); }});
     } else if (n.domain.empty() && n.op == "MatMul" && n.in.size() == 2 && n.in[1] >= 0) {
       const int p = g.values[n.in[1]].producer;
       if (p < 0) continue;
@@ -470,14 +498,14 @@ void packQuantizedWeights(Graph& g) {
       if (dq.op != "DequantizeLinear" || !dq.domain.empty() || dq.in.size() < 2 || !isConst(g, dq.in[0]) || !isConst(g, dq.in[1]) ||
           (dq.in.size() > 2 && dq.in[2] >= 0 && !isConst(g, dq.in[2])))
         continue;
-      auto packed = packDequantize(g.values[dq.in[0]].constant, g.values[dq.in[1]].constant,
-                                   dq.in.size() > 2 && dq.in[2] >= 0 ? &g.values[dq.in[2]].constant : nullptr,
-                                   dq.attrInt("axis", 1), dq.attrInt("block_size", 0));
-      if (!packed) continue;
-      n.packed = packed;
-      n.in = {n.in[0]};
+      const Buf* zp = dq.in.size() > 2 && dq.in[2] >= 0 ? &g.values[dq.in[2]].constant : nullptr;
+      jobs.push_back({static_cast<int>(ni), {n.in[0]}, [&g, &dq, zp] {
+                        return packDequantize(g.values[dq.in[0]].constant, g.values[dq.in[1]].constant, zp,
+                                              dq.attrInt("axis", 1), dq.attrInt("block_size", 0));
+                      }});
     }
   }
+  runPackJobs(g, pool, jobs);
 }
 
 }  // namespace
@@ -556,23 +584,41 @@ int foldConstants(Graph& g, ThreadPool& pool, const Kernels& k, bool keepWeightD
   return folded;
 }
 
-/// MatMul with a constant float B: pre-pack it as rows of the output.
-void packDenseWeights(Graph& g) {
+/// The constant W when `v` is Transpose(W) of a 2-D W (perm [1, 0] or none), else -1.
+int transposedConstant(const Graph& g, int v) {
+  const int p = g.values[v].producer;
+  if (p < 0) return -1;
+  const Node& t = g.nodes[p];
+  if (!t.domain.empty() || t.op != "Transpose" || t.in.size() != 1 || !isConst(g, t.in[0]) || g.values[t.in[0]].constant.shape.rank != 2)
+    return -1;
+  const std::vector<int64_t>* perm = t.attrInts("perm");
+  return !perm || *perm == std::vector<int64_t>{1, 0} ? t.in[0] : -1;
+}
+
+/// MatMul with a constant float B, or with B = Transpose(constant W) (packed from W, before folding would transpose it):
+/// pre-pack it as panels or rows of the output. A constant read by this MatMul alone is freed once packed.
+void packDenseWeights(Graph& g, ThreadPool& pool) {
   std::vector<int> uses(g.values.size(), 0);
   for (const Node& n : g.nodes)
     for (int v : n.in)
       if (v >= 0) ++uses[v];
   for (int o : g.outputs) ++uses[o];
-  for (Node& n : g.nodes) {
-    if (n.domain.empty() && n.op == "MatMul" && !n.packed && n.in.size() == 2 && isConst(g, n.in[1])) {
-      const int w = n.in[1];
-      auto p = packDense(g.values[w].constant);
-      if (!p) continue;
-      n.packed = p;
-      n.in = {n.in[0]};
-      if (--uses[w] == 0) g.values[w].own.reset(), g.values[w].constant.data = nullptr;  // the packed copy replaces it now
-    }
+  std::vector<PackJob> jobs;
+  for (size_t ni = 0; ni < g.nodes.size(); ++ni) {
+    const Node& n = g.nodes[ni];
+    if (!n.domain.empty() || n.op != "MatMul" || n.packed || n.in.size() != 2 || n.in[1] < 0) continue;
+    const int b = n.in[1], t = isConst(g, b) ? -1 : transposedConstant(g, b);
+    if (!isConst(g, b) && t < 0) continue;
+    const int w = t >= 0 ? t : b;
+    // (the only reader: this MatMul, or a Transpose whose only reader is this MatMul; so no other job frees it)
+    const bool last = uses[w] == 1 && (t < 0 || uses[b] == 1);
+    jobs.push_back({static_cast<int>(ni), {n.in[0]}, [&g, w, transposed = t >= 0, last] {
+                      auto p = packDense(g.values[w].constant, transposed);
+                      if (p && last) g.values[w].own.reset(), g.values[w].constant.data = nullptr;  // the packed copy replaces it
+                      return p;
+                    }});
   }
+  runPackJobs(g, pool, jobs);
 }
 
 /// 64-bit FNV-1a over 8-byte words (and the tail's bytes): equal constants' key; mergeDuplicates confirms with memcmp.
@@ -744,14 +790,15 @@ Graph buildGraph(onnx::ModelProto& model, const std::string& name, const std::st
   GraphReader(g, name, model_dir).read(model);
   info.nodes = static_cast<int>(g.nodes.size());
   checkTopologicalOrder(g);
-  packQuantizedWeights(g);
+  packQuantizedWeights(g, pool);
+  packDenseWeights(g, pool);  // (before folding: a weight's Transpose is packed from the weight, not computed)
   pruneUnused(g);
   info.folded = foldConstants(g, pool, k, true);
-  pruneUnused(g);           // (also renumbers the producers after folding)
-  packQuantizedWeights(g);  // integers that were computed by constant subgraphs
+  pruneUnused(g);                 // (also renumbers the producers after folding)
+  packQuantizedWeights(g, pool);  // integers that were computed by constant subgraphs
   pruneUnused(g);
   info.folded += foldConstants(g, pool, k, false);  // what could not be packed is expanded as before
-  packDenseWeights(g);
+  packDenseWeights(g, pool);
   pruneUnused(g);
   if ((info.merged = mergeDuplicates(g)) > 0) pruneUnused(g);
   for (const Node& n : g.nodes)

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <set>
 
 #include "runtime/int8_acts.h"
 #include "runtime/kernels.h"
@@ -281,8 +282,14 @@ void opMatMulNBits(OpCtx& c) {
 // ------------------------------------------------------------------------------------------- packing
 namespace {
 
-template <typename Q, typename S, typename Z>
-std::shared_ptr<PackedWeight> packQuant(int64_t N, int64_t K, int64_t block, int bits, Q q, S scale, Z zp) {
+/// Sources of packQuant's values: rows of the weight (MatMulNBits' [N][blocks][blob]: one output's values in order) or
+/// columns ([K, N] integers under a DequantizeLinear: one k's outputs in order).
+enum class SourceOrder { ByOutput, ByK };
+
+/// An empty Q8 / Q4 weight (internal.h) of N outputs over K in blocks of `block`, with each block's scale(n, b) and
+/// zero point zp(n, b); its values (zero) are filled next.
+template <typename S, typename Z>
+std::shared_ptr<PackedWeight> quantWeight(int64_t N, int64_t K, int64_t block, int bits, S scale, Z zp) {
   auto w = std::make_shared<PackedWeight>();
   w->kind = bits == 4 ? PackedWeight::Q4 : PackedWeight::Q8;
   w->bits = bits;
@@ -294,26 +301,43 @@ std::shared_ptr<PackedWeight> packQuant(int64_t N, int64_t K, int64_t block, int
   w->w.resize(static_cast<size_t>(w->rowBytes() * N));
   w->scale.resize(N * w->nblk);
   w->zp.resize(N * w->nblk);
-  uint8_t* base = static_cast<uint8_t*>(w->w.data());
-  for (int64_t n = 0; n < N; ++n) {
-    uint8_t* row = base + n * w->rowBytes();
+  for (int64_t n = 0; n < N; ++n)
     for (int64_t b = 0; b < w->nblk; ++b) {
       w->scale[n * w->nblk + b] = scale(n, b);
       w->zp[n * w->nblk + b] = zp(n, b);
-      const int64_t valid = std::min(w->block, K - b * w->block);
-      for (int64_t j = 0; j < valid; ++j) {
-        const int v = q(n, b * w->block + j);
-        if (w->kind == PackedWeight::Q8) {
-          row[b * w->P + j] = static_cast<uint8_t>(v);
-        } else {
-          uint8_t* chunk = row + (b * w->P + (j / 32) * 32) / 2;
-          const int cj = static_cast<int>(j % 32);
-          if (cj < 16) chunk[cj] = static_cast<uint8_t>((chunk[cj] & 0xF0) | (v & 0xF));
-          else chunk[cj - 16] = static_cast<uint8_t>((chunk[cj - 16] & 0x0F) | ((v & 0xF) << 4));
-        }
-      }
     }
-  }
+  return w;
+}
+
+/// Fills quantWeight's values from q(n, b, j), output n's value j of block b (k = b * block + j). A source by k is
+/// read 64 outputs at a time, so each of its cache lines is read once.
+template <typename Q>
+void fillQuant(PackedWeight& w, SourceOrder order, Q q) {
+  uint8_t* base = static_cast<uint8_t*>(w.w.data());
+  const int64_t rowBytes = w.rowBytes(), tile = order == SourceOrder::ByK ? 64 : 1;
+  for (int64_t n0 = 0; n0 < w.N; n0 += tile)
+    for (int64_t b = 0; b < w.nblk; ++b) {
+      const int64_t valid = std::min(w.block, w.K - b * w.block);
+      for (int64_t j = 0; j < valid; ++j)
+        for (int64_t n = n0; n < std::min(w.N, n0 + tile); ++n) {
+          const int v = q(n, b, j);
+          uint8_t* row = base + n * rowBytes;
+          if (w.kind == PackedWeight::Q8) {
+            row[b * w.P + j] = static_cast<uint8_t>(v);
+          } else {  // chunks of 32 values, byte c holding value c low and c + 16 high
+            uint8_t* chunk = row + (b * w.P + (j / 32) * 32) / 2;
+            const int cj = static_cast<int>(j % 32);
+            if (cj < 16) chunk[cj] = static_cast<uint8_t>((chunk[cj] & 0xF0) | (v & 0xF));
+            else chunk[cj - 16] = static_cast<uint8_t>((chunk[cj - 16] & 0x0F) | ((v & 0xF) << 4));
+          }
+        }
+    }
+}
+
+template <typename Q, typename S, typename Z>
+std::shared_ptr<PackedWeight> packQuant(int64_t N, int64_t K, int64_t block, int bits, SourceOrder order, Q q, S scale, Z zp) {
+  auto w = quantWeight(N, K, block, bits, scale, zp);
+  fillQuant(*w, order, q);
   return w;
 }
 
@@ -323,28 +347,45 @@ int quantBits(DType t) { return t == DType::I8 || t == DType::U8 ? 8 : 4; }
 
 }  // namespace
 
-std::shared_ptr<PackedWeight> packDense(const Buf& b) {
+std::shared_ptr<PackedWeight> packDense(const Buf& b, bool transposed) {
   if (b.shape.rank != 2 || (b.dt != DType::F32 && b.dt != DType::F16)) return nullptr;
-  const int64_t K = b.shape[0], N = b.shape[1];
+  const int64_t K = transposed ? b.shape[1] : b.shape[0], N = transposed ? b.shape[0] : b.shape[1];
   auto w = std::make_shared<PackedWeight>();
   w->kind = b.dt == DType::F32 ? PackedWeight::F32 : PackedWeight::F16;
   w->bits = b.dt == DType::F32 ? 32 : 16;
   w->N = N;
   w->K = K;
   w->block = K;
-  if (w->kind == PackedWeight::F32) {  // panels [ceil(N/kPanel)][K][kPanel]
+  // Both loops write the packed bytes in order (the source is read in kPanel / 16 streams): new pages are filled once,
+  // front to back, and a 110M-weight model packs in a fraction of the time a column scatter took.
+  if (w->kind == PackedWeight::F32) {  // panels [ceil(N/kPanel)][K][kPanel], the last one zero padded
     const int64_t np = (N + kPanel - 1) / kPanel;
     w->w.resize(static_cast<size_t>(np * K * kPanel * 4));
     float* dst = static_cast<float*>(w->w.data());
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t n = 0; n < N; ++n) dst[((n / kPanel) * K + k) * kPanel + n % kPanel] = b.as<float>()[k * N + n];
+    const float* src = b.as<float>();
+    for (int64_t p = 0; p < np; ++p) {
+      const int64_t n0 = p * kPanel, cols = std::min<int64_t>(kPanel, N - n0);
+      float* panel = dst + p * K * kPanel;
+      if (!transposed) {  // B [K, N]: row k's kPanel columns are contiguous
+        for (int64_t k = 0; k < K; ++k) std::memcpy(panel + k * kPanel, src + k * N + n0, static_cast<size_t>(cols) * 4);
+      } else {  // W [N, K] (B's transpose): column j of the panel is row n0 + j of W
+        for (int64_t k0 = 0; k0 < K; k0 += 64)
+          for (int64_t j = 0; j < cols; ++j)
+            for (int64_t k = k0; k < std::min(K, k0 + 64); ++k) panel[k * kPanel + j] = src[(n0 + j) * K + k];
+      }
+    }
     return w;
   }
-  w->w.resize(static_cast<size_t>(w->rowBytes() * N));
-  const size_t es = dtypeSize(b.dt);
-  uint8_t* dst = static_cast<uint8_t*>(w->w.data());
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t n = 0; n < N; ++n) std::memcpy(dst + (n * K + k) * es, b.as<uint8_t>() + (k * N + n) * es, es);
+  w->w.resize(static_cast<size_t>(w->rowBytes() * N));  // F16 rows [N][K]
+  uint16_t* dst = static_cast<uint16_t*>(w->w.data());
+  const uint16_t* src = b.as<uint16_t>();
+  if (transposed) {
+    std::memcpy(dst, src, static_cast<size_t>(N * K) * 2);
+    return w;
+  }
+  for (int64_t n0 = 0; n0 < N; n0 += 16)
+    for (int64_t n = n0; n < std::min(N, n0 + 16); ++n)
+      for (int64_t k = 0; k < K; ++k) dst[n * K + k] = src[k * N + n];
   return w;
 }
 
@@ -356,21 +397,30 @@ std::shared_ptr<PackedWeight> packDequantize(const Buf& q, const Buf& scale, con
   const int64_t K = q.shape[0], N = q.shape[1];
   if (axis < 0) axis += 2;
   const int off = quantOffset(q.dt);
-  auto qv = [&](int64_t n, int64_t k) { return static_cast<int>(quantValue(q, k * N + n) + off); };
+  const auto values = [&](int64_t blockSize) {  // q(n, b, j) at k = b * blockSize + j: a byte read for 8-bit values
+    const uint8_t* bytes = q.as<uint8_t>();
+    const int flip = q.dt == DType::I8 ? 0x80 : 0;  // int8 + 128 as a byte
+    const bool byteValues = q.dt == DType::I8 || q.dt == DType::U8;
+    return [&q, bytes, flip, byteValues, N, off, blockSize](int64_t n, int64_t b, int64_t j) {
+      const int64_t i = (b * blockSize + j) * N + n;
+      return byteValues ? bytes[i] ^ flip : static_cast<int>(quantValue(q, i) + off);
+    };
+  };
   const float* s = scale.as<float>();
   if (scale.numel() == 1) {  // per tensor
     const float z = static_cast<float>((zp ? quantValue(*zp, 0) : 0) + off);
-    return packQuant(N, K, K, quantBits(q.dt), qv, [&](int64_t, int64_t) { return s[0]; },
+    return packQuant(N, K, K, quantBits(q.dt), SourceOrder::ByK, values(K), [&](int64_t, int64_t) { return s[0]; },
                      [&](int64_t, int64_t) { return z; });
   }
   if (axis == 1 && block_size == 0 && scale.numel() == N) {  // per output column
-    return packQuant(N, K, K, quantBits(q.dt), qv, [&](int64_t n, int64_t) { return s[n]; },
+    return packQuant(N, K, K, quantBits(q.dt), SourceOrder::ByK, values(K), [&](int64_t n, int64_t) { return s[n]; },
                      [&](int64_t n, int64_t) { return static_cast<float>((zp ? quantValue(*zp, n) : 0) + off); });
   }
   if (block_size > K) block_size = std::max<int64_t>(K, 1);  // one block: the same weights, no overflow below
   if (axis == 0 && block_size > 0 && scale.shape.rank == 2 && scale.shape[1] == N &&
       scale.shape[0] == K / block_size + (K % block_size != 0)) {  // blocked along K
-    return packQuant(N, K, block_size, quantBits(q.dt), qv, [&](int64_t n, int64_t b) { return s[b * N + n]; },
+    return packQuant(N, K, block_size, quantBits(q.dt), SourceOrder::ByK, values(block_size),
+                     [&](int64_t n, int64_t b) { return s[b * N + n]; },
                      [&](int64_t n, int64_t b) {
                        return static_cast<float>((zp ? quantValue(*zp, b * N + n) : 0) + off);
                      });
@@ -411,15 +461,25 @@ std::shared_ptr<PackedWeight> packMatMulNBits(const Node& node, const Buf& b, co
   };
   const float* s = scales.as<float>();
   const float defZp = static_cast<float>(1 << (bits - 1));
-  return packQuant(
-      N, K, bs, static_cast<int>(bits),
-      [&](int64_t n, int64_t k) { return bitsAt(B + (n * nblk + k / bs) * blob, k % bs); },
-      [&](int64_t n, int64_t blk) { return s[n * nblk + blk]; },
-      [&](int64_t n, int64_t blk) -> float {
-        if (!zp) return defZp;
-        if (zp->dt == DType::F32) return zp->as<float>()[n * nblk + blk];
-        return static_cast<float>(bitsAt(zp->as<uint8_t>() + n * zpRow, blk));
-      });
+  auto w = quantWeight(N, K, bs, static_cast<int>(bits), [&](int64_t n, int64_t blk) { return s[n * nblk + blk]; },
+                       [&](int64_t n, int64_t blk) -> float {
+                         if (!zp) return defZp;
+                         if (zp->dt == DType::F32) return zp->as<float>()[n * nblk + blk];
+                         return static_cast<float>(bitsAt(zp->as<uint8_t>() + n * zpRow, blk));
+                       });
+  if (bits == 4 && K % bs == 0 && w->P == bs) {  // whole blocks of whole chunks: 16 bytes in, 16 out, per 32 values
+    uint8_t* dst = static_cast<uint8_t*>(w->w.data());
+    for (int64_t c = 0; c < N * nblk * bs / 32; ++c) {  // the file's byte i: values 2i low, 2i + 1 high
+      const uint8_t* in = B + c * 16;
+      for (int i = 0; i < 16; ++i) {
+        const int lo = i % 2 ? in[i / 2] >> 4 : in[i / 2] & 0xF, hi = i % 2 ? in[8 + i / 2] >> 4 : in[8 + i / 2] & 0xF;
+        dst[c * 16 + i] = static_cast<uint8_t>(lo | hi << 4);  // ours: values i low, i + 16 high
+      }
+    }
+    return w;
+  }
+  fillQuant(*w, SourceOrder::ByOutput, [&](int64_t n, int64_t blk, int64_t j) { return bitsAt(B + (n * nblk + blk) * blob, j); });
+  return w;
 }
 
 namespace {
@@ -516,12 +576,21 @@ bool panelize(PackedWeight& w, std::optional<bool> centered) {
   return true;
 }
 
-int choosePanelForms(Graph& g, const Kernels& k) {
-  if (!k.converting_gemm_panels) return 0;
-  int converted = 0;
+std::vector<Node*> weightNodes(Graph& g) {
+  std::vector<Node*> nodes;
+  std::set<const PackedWeight*> seen;
   for (Node& n : g.nodes)
-    if (n.packed && !n.on_device) converted += panelize(*n.packed);
-  return converted;
+    if (n.packed && seen.insert(n.packed.get()).second) nodes.push_back(&n);
+  return nodes;
+}
+
+int choosePanelForms(Graph& g, const Kernels& k, ThreadPool* pool) {
+  if (!k.converting_gemm_panels) return 0;
+  const std::vector<Node*> nodes = weightNodes(g);
+  std::vector<char> converted(nodes.size(), 0);
+  forEachTask(pool, static_cast<int64_t>(nodes.size()),
+              [&](int64_t i) { converted[i] = !nodes[i]->on_device && panelize(*nodes[i]->packed); });
+  return static_cast<int>(std::count(converted.begin(), converted.end(), 1));
 }
 
 }  // namespace crt::detail

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <vector>
 
 #include "runtime/internal.h"
 
@@ -18,8 +19,9 @@ void matmulNT(OpCtx& c, int64_t M, int64_t N, int64_t K, const float* A, const f
 /// Y[M,N] = A[M,K] * B[K,N]; threaded over N.
 void matmulNN(OpCtx& c, int64_t M, int64_t N, int64_t K, const float* A, const float* B, float* Y);
 
-/// Packs a constant B [K, N] (float32 or float16) for MatMul.
-std::shared_ptr<PackedWeight> packDense(const Buf& b);
+/// Packs a constant B [K, N] (float32 or float16) for MatMul; with `transposed`, b is B's transpose W [N, K] (the
+/// input of a weight's Transpose, packed without the transposed copy).
+std::shared_ptr<PackedWeight> packDense(const Buf& b, bool transposed = false);
 /// Packs DequantizeLinear(q, scale, zp; axis, block_size) when q is [K, N] with per-tensor, per-output-column
 /// (axis 1) or blocked-along-K (axis 0, block_size) parameters; nullptr for other layouts (the caller folds).
 std::shared_ptr<PackedWeight> packDequantize(const Buf& q, const Buf& scale, const Buf* zp, int64_t axis,
@@ -35,8 +37,10 @@ bool panelize(PackedWeight& w, std::optional<bool> centered = std::nullopt);
 /// point fit a signed byte, or a Q4 weight whose zero points are integers.
 bool centerable(const PackedWeight& w);
 /// At load, after the sparse and int8-activation choices: every weight that panelize takes, where the kernel set
-/// has the kernels (Kernels::converting_gemm_panels). Returns the number converted.
-int choosePanelForms(Graph& g, const Kernels& k);
+/// has the kernels (Kernels::converting_gemm_panels). Returns the number converted. With a pool, over its threads.
+int choosePanelForms(Graph& g, const Kernels& k, ThreadPool* pool = nullptr);
+/// The nodes holding a packed weight, each weight once (its first node): the units of per-weight load work.
+std::vector<Node*> weightNodes(Graph& g);
 
 /// The GEMV/GEMM driver on packed weights: Y[rows, N] = X[rows, K] * W^T. Public for the kernel tests.
 void packedMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, float* Y);

@@ -306,12 +306,13 @@ Result<Session> Session::make(const SessionOptions& options, const std::string& 
     // a GPU computes from the dense packed weights: no CPU-only forms for weights it may take
     const bool dense = impl->g.device && impl->g.device->denseWeights();
     const Int8Activations int8 = dense ? Int8Activations::Off : options.int8_activations;
-    impl->info.sparse_matmuls = detail::chooseSparseForms(impl->g, dense ? SparseMode::Off : options.sparse, *impl->k, int8);
+    impl->info.sparse_matmuls = detail::chooseSparseForms(impl->g, dense ? SparseMode::Off : options.sparse, *impl->k, int8, -1,
+                                                              impl->pool.get());
     for (const detail::Node& n : impl->g.nodes)
       impl->info.sparse_pairs += n.packed && n.packed->sparse && n.packed->sparse->pairs;
     impl->info.int8_matmuls = detail::chooseInt8Activations(impl->g, int8, *impl->k);
     if (impl->info.int8_matmuls > 0) impl->info.int8_isa = impl->k->i8_isa;
-    impl->info.panel_matmuls = dense ? 0 : detail::choosePanelForms(impl->g, *impl->k);  // those left on exact kernels
+    impl->info.panel_matmuls = dense ? 0 : detail::choosePanelForms(impl->g, *impl->k, impl->pool.get());  // those left on exact kernels
     if (impl->info.sparse_matmuls > 0 || impl->info.int8_matmuls > 0 || impl->info.panel_matmuls > 0) {  // bytes per step
       impl->info.weight_bytes = 0;
       for (const detail::Node& n : impl->g.nodes)

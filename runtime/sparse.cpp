@@ -12,6 +12,7 @@
 #include "runtime/int8_acts.h"
 #include "runtime/kernels.h"
 #include "runtime/matmul.h"
+#include "runtime/thread_pool.h"
 
 namespace crt::detail {
 namespace {
@@ -157,12 +158,13 @@ std::vector<int8_t> centeredQ4Values(const PackedWeight& w) {
   std::vector<int8_t> d(static_cast<size_t>(panels(w) * w.K * kPanel), 0);
   const uint8_t* rows = static_cast<const uint8_t*>(w.w.data());
   for (int64_t p = 0; p < panels(w); ++p)
-    for (int64_t k = 0; k < w.K; ++k)
-      for (int64_t j = 0; j < std::min(kPanel, w.N - p * kPanel); ++j) {
-        const uint8_t byte = rows[(p * w.K + k) * (kPanel / 2) + j % 16];
-        const int q = j < 16 ? byte & 0xF : byte >> 4;
-        d[(p * w.K + k) * kPanel + j] = static_cast<int8_t>(q - q4PanelZero(w, p, w.nblk == 1 ? 0 : k / w.block, j));
-      }
+    for (int64_t k = 0; k < w.K; ++k) {
+      const uint8_t* z = &w.zp8[(p * w.nblk + (w.nblk == 1 ? 0 : k / w.block)) * kPanel];  // (q4PanelZero's row)
+      const uint8_t* bytes = rows + (p * w.K + k) * (kPanel / 2);
+      int8_t* out = &d[(p * w.K + k) * kPanel];
+      for (int64_t j = 0; j < std::min(kPanel, w.N - p * kPanel); ++j)
+        out[j] = static_cast<int8_t>((j < 16 ? bytes[j] & 0xF : bytes[j - 16] >> 4) - z[j]);
+    }
   return d;
 }
 
@@ -212,17 +214,26 @@ std::shared_ptr<SparseForm> makePairsOf(const PackedWeight& w, int64_t nz, const
   for (int64_t p = 0; p < panels(w); ++p) {
     s->start.push_back(p * panelBytes);
     T* v = static_cast<T*>(s->values.data()) + p * panelValuesCount;
-    for (int64_t g = 0; g < G; ++g)
+    for (int64_t g = 0; g < G; ++g) {
+      const T* rows = d + (p * w.K + g * kPairGroup) * kPanel;  // the group's kPairGroup rows of kPanel values
+      const int64_t R = std::min(kPairGroup, w.K - g * kPairGroup);
+      uint32_t* mask = &s->mask[pairIndex(p, g, 0, w.K)];
       for (int64_t j = 0; j < kPanel; ++j) {
+        // Branch-free (a 2:4 weight's zeros fall anywhere, a branch on each mispredicted half the time): a zero is
+        // written to the next free slot, which the next nonzero overwrites; slot kPairSlots is a spare (nz checked).
+        T slots[kPairSlots + 1] = {};
         uint32_t nibble = 0;
-        for (int64_t r = 0, slot = 0; r < kPairGroup && g * kPairGroup + r < w.K; ++r) {
-          const T f = d[(p * w.K + g * kPairGroup + r) * kPanel + j];
-          if (f == T(0)) continue;
-          v[(g * kPairSlots + slot) * kPanel + j] = f;
-          nibble |= static_cast<uint32_t>(r) << (2 * slot++);
+        for (int64_t r = 0, slot = 0; r < R; ++r) {
+          const T f = rows[r * kPanel + j];
+          const int64_t set = f != T(0);
+          slots[slot] = f;
+          nibble |= static_cast<uint32_t>(r * set) << (2 * slot);
+          slot = std::min<int64_t>(slot + set, kPairSlots);
         }
-        s->mask[pairIndex(p, g, j / 8, w.K)] |= nibble << (4 * (j % 8));
+        for (int64_t slot = 0; slot < kPairSlots; ++slot) v[(g * kPairSlots + slot) * kPanel + j] = slots[slot];
+        mask[j / 8] |= (nibble & 0xF) << (4 * (j % 8));
       }
+    }
   }
   s->start.push_back(panels(w) * panelBytes);
   return s;
@@ -239,12 +250,13 @@ std::shared_ptr<SparseForm> makeQ4Pairs(const PackedWeight& w, int64_t nz) {
   for (int64_t p = 0; p < panels(w); ++p) {
     const int8_t* planes = static_cast<const int8_t*>(s->values.data()) + s->start[p];
     uint8_t* out = static_cast<uint8_t*>(bytes.data()) + p * G * kPanel;
-    for (int64_t g = 0; g < G; ++g)
+    for (int64_t g = 0; g < G; ++g) {
+      const uint8_t* z = &w.zp8[(p * w.nblk + g / pairGroupsPerBlock(w)) * kPanel];  // (q4PanelZero's row)
       for (int64_t j = 0; j < kPanel; ++j) {
-        const int z = q4PanelZero(w, p, g / pairGroupsPerBlock(w), j);
-        const int a = planes[(g * kPairSlots) * kPanel + j] + z, b = planes[(g * kPairSlots + 1) * kPanel + j] + z;
+        const int a = planes[(g * kPairSlots) * kPanel + j] + z[j], b = planes[(g * kPairSlots + 1) * kPanel + j] + z[j];
         out[g * kPanel + j] = static_cast<uint8_t>((a & 0xF) | (b & 0xF) << 4);
       }
+    }
     s->start[p] = p * G * kPanel;
   }
   s->start.back() = panels(w) * G * kPanel;
@@ -409,40 +421,49 @@ void sparseToDense(const PackedWeight& w, int64_t u, void* dst) {
   }
 }
 
-int chooseSparseForms(Graph& g, SparseMode mode, const Kernels& k, Int8Activations int8, int64_t cacheBytes) {
+namespace {
+
+/// chooseSparseForms' choice for one node's weight (`minBytes`: sparseMinBytes); whether it took a sparse form.
+bool chooseSparseForm(Node& n, SparseMode mode, const Kernels& k, Int8Activations int8, int64_t minBytes) {
+  if (!n.packed || n.packed->sparse || n.packed->kind == PackedWeight::F16 || n.packed->panelOrdered()) return false;
+  PackedWeight& w = *n.packed;
+  // A weight that will take int8 activations (chosen next, chooseInt8Activations) runs other kernels: their own
+  // crossover, and none where the int8 kernels have no sparse form (it would cost the int8 path).
+  const bool i8 = int8Asked(n, int8) && int8Capable(w, k);
+  const double crossover = i8 ? (k.gemm_i8_sparse && w.kind == PackedWeight::Q8 ? k.sparse_crossover_i8 : 0.0)
+                              : k.sparse_crossover[w.kind];
+  // The pairs layout (fp32 2:4) pays at every size: it expands nothing (stories260K's 2:4 weights of 16-44 KiB, in
+  // cache: decode 0.062-0.063 instead of 0.068-0.070 ms per token, prefill equal). Its check stops at the first
+  // group of 4 with 3 nonzeros, so a dense or unstructured weight costs a few reads; a 2:4 one is counted once here.
+  // A 2:4 int8 or int4 weight with exact compute takes the Q8 / Q4 pairs layout, which pays too where these kernels
+  // run it (int4: fewer bytes and half the conversions for the cost of the picks).
+  // (The 2:4 check first: it stops early on a dense weight, where the centering check reads every value.)
+  int64_t pairsNz = w.kind == PackedWeight::F32 ? pairsNonzeros(w) : !i8 && quantPairsCandidate(w, k) ? rowPairsNonzeros(w) : -1;
+  // Centering: a Q4 weight's check is the 2:4 one above and its zero points'; checked once here, not again by panelize.
+  if (pairsNz >= 0 && quantized(w) && !(w.kind == PackedWeight::Q4 ? zeroPointsRepresentable(w) : centerable(w))) pairsNz = -1;
+  const bool pairsPay = pairsNz >= 0 && (quantized(w) || crossover > 0);
+  const bool candidate = mode == SparseMode::On || pairsPay || (crossover > 0 && w.bytes() >= minBytes);
+  if (!candidate) return false;  // (counting the zeros of every weight was a sixth of a 110 MB model's load)
+  const double f = pairsNz >= 0 ? static_cast<double>(pairsNz) / static_cast<double>(w.N * w.K) : storedFraction(w);
+  if (mode == SparseMode::On ? f >= 1.0 : !pairsPay && f > crossover) return false;
+  if (pairsNz >= 0 && quantized(w) && !panelize(w, true)) return false;  // (centerable above)
+  std::shared_ptr<const SparseForm> s = pairsNz >= 0 ? makePairs(w, pairsNz) : makeSparse(w);
+  if (!s) return false;
+  w.sparse = std::move(s);
+  w.w = AlignedBytes();  // the sparse form replaces the dense one
+  return true;
+}
+
+}  // namespace
+
+int chooseSparseForms(Graph& g, SparseMode mode, const Kernels& k, Int8Activations int8, int64_t cacheBytes, ThreadPool* pool) {
   if (mode == SparseMode::Off) return 0;
   const int64_t minBytes = sparseMinBytes(g, cacheBytes);
-  int converted = 0;
-  for (Node& n : g.nodes) {
-    if (!n.packed || n.packed->sparse || n.packed->kind == PackedWeight::F16 || n.packed->panelOrdered()) continue;
-    PackedWeight& w = *n.packed;
-    // A weight that will take int8 activations (chosen next, chooseInt8Activations) runs other kernels: their own
-    // crossover, and none where the int8 kernels have no sparse form (it would cost the int8 path).
-    const bool i8 = int8Asked(n, int8) && int8Capable(w, k);
-    const double crossover = i8 ? (k.gemm_i8_sparse && w.kind == PackedWeight::Q8 ? k.sparse_crossover_i8 : 0.0)
-                                : k.sparse_crossover[w.kind];
-    // The pairs layout (fp32 2:4) pays at every size: it expands nothing (stories260K's 2:4 weights of 16-44 KiB, in
-    // cache: decode 0.062-0.063 instead of 0.068-0.070 ms per token, prefill equal). Its check stops at the first
-    // group of 4 with 3 nonzeros, so a dense or unstructured weight costs a few reads; a 2:4 one is counted once here.
-    // A 2:4 int8 or int4 weight with exact compute takes the Q8 / Q4 pairs layout, which pays too where these kernels
-    // run it (int4: fewer bytes and half the conversions for the cost of the picks).
-    // (The 2:4 check first: it stops early on a dense weight, where the centering check reads every value.)
-    int64_t pairsNz = w.kind == PackedWeight::F32 ? pairsNonzeros(w) : !i8 && quantPairsCandidate(w, k) ? rowPairsNonzeros(w) : -1;
-    // Centering: a Q4 weight's check is the 2:4 one above and its zero points'; checked once here, not again by panelize.
-    if (pairsNz >= 0 && quantized(w) && !(w.kind == PackedWeight::Q4 ? zeroPointsRepresentable(w) : centerable(w))) pairsNz = -1;
-    const bool pairsPay = pairsNz >= 0 && (quantized(w) || crossover > 0);
-    const bool candidate = mode == SparseMode::On || pairsPay || (crossover > 0 && w.bytes() >= minBytes);
-    if (!candidate) continue;  // (counting the zeros of every weight was a sixth of a 110 MB model's load)
-    const double f = pairsNz >= 0 ? static_cast<double>(pairsNz) / static_cast<double>(w.N * w.K) : storedFraction(w);
-    if (mode == SparseMode::On ? f >= 1.0 : !pairsPay && f > crossover) continue;
-    if (pairsNz >= 0 && quantized(w) && !panelize(w, true)) continue;  // (centerable above)
-    std::shared_ptr<const SparseForm> s = pairsNz >= 0 ? makePairs(w, pairsNz) : makeSparse(w);
-    if (!s) continue;
-    w.sparse = std::move(s);
-    w.w = AlignedBytes();  // the sparse form replaces the dense one
-    ++converted;
-  }
-  return converted;
+  const std::vector<Node*> nodes = weightNodes(g);
+  std::vector<char> took(nodes.size(), 0);
+  forEachTask(pool, static_cast<int64_t>(nodes.size()),
+              [&](int64_t i) { took[i] = chooseSparseForm(*nodes[i], mode, k, int8, minBytes); });
+  return static_cast<int>(std::count(took.begin(), took.end(), 1));
 }
 
 const ExpandTables& expandTables() {

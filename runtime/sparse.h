@@ -112,9 +112,9 @@ void sparseToDense(const PackedWeight& w, int64_t u, void* dst);
 /// centered here) where the kernel set has panel kernels (Kernels::converting_gemm_panels).
 /// Auto considers weights of 1 MiB and more when the model's packed weights fit in `cacheBytes` (-1: this core's
 /// last-level cache), and of 64 KiB and more when they do not (then every weight streams from memory); fp32 weights
-/// that take the pairs layout (2:4) at every size.
+/// that take the pairs layout (2:4) at every size. With a pool, the weights are converted over its threads.
 int chooseSparseForms(Graph& g, SparseMode mode, const Kernels& k, Int8Activations int8 = Int8Activations::Off,
-                      int64_t cacheBytes = -1);
+                      int64_t cacheBytes = -1, ThreadPool* pool = nullptr);
 
 /// Expansion tables of the SIMD kernels: for an 8-bit mask m, lanes[m][i] is the index of lane i's value in the
 /// packed input (-1 when bit i is clear), bytes[m] the same as pshufb indices (0x80 when clear).

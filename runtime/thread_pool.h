@@ -5,6 +5,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <mutex>
 #include <pthread.h>
 #include <vector>
@@ -29,6 +30,22 @@ class ThreadPool {
     run(tasks, [](void* ctx, int64_t t) { (*static_cast<F*>(ctx))(t); }, &fn);
   }
 
+  /// parallelFor for tasks that may throw (load-time work per weight): every task runs, then the exception of the first
+  /// task in task order that threw is rethrown here, so a failing load reports the same error at any thread count.
+  template <typename F>
+  void parallelForEach(int64_t tasks, F&& fn) {
+    std::vector<std::exception_ptr> errors(static_cast<size_t>(tasks > 0 ? tasks : 0));
+    parallelFor(tasks, [&](int64_t t) {
+      try {
+        fn(t);
+      } catch (...) {
+        errors[static_cast<size_t>(t)] = std::current_exception();
+      }
+    });
+    for (const std::exception_ptr& e : errors)
+      if (e) std::rethrow_exception(e);
+  }
+
  private:
   using Thunk = void (*)(void*, int64_t);
   void run(int64_t tasks, Thunk thunk, void* ctx);
@@ -48,5 +65,12 @@ class ThreadPool {
   void* ctx_ = nullptr;
   bool stop_ = false;
 };
+
+/// fn(task) for task in [0, tasks): over the pool as parallelForEach, or in order on this thread without one.
+template <typename F>
+void forEachTask(ThreadPool* pool, int64_t tasks, F&& fn) {
+  if (pool) return pool->parallelForEach(tasks, fn);
+  for (int64_t t = 0; t < tasks; ++t) fn(t);
+}
 
 }  // namespace crt::detail

@@ -21,19 +21,6 @@ bool haveGpu(bool say = false) {
   return false;
 }
 
-void initRaw(ModelBuilder& b, const std::string& name, std::vector<int64_t> dims, int type, const std::string& bytes) {
-  auto* t = b.g->add_initializer();
-  t->set_name(name);
-  t->set_data_type(type);
-  for (auto d : dims) t->add_dims(d);
-  t->set_raw_data(bytes);
-}
-
-template <typename T>
-std::string bytesOf(const std::vector<T>& v) {
-  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
-}
-
 std::vector<float> randoms(size_t n, unsigned seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd;

@@ -64,6 +64,20 @@ struct ModelBuilder {
   }
 };
 
+/// An initializer of ONNX type `type` whose raw data is `bytes`.
+inline void initRaw(ModelBuilder& b, const std::string& name, std::vector<int64_t> dims, int type, const std::string& bytes) {
+  auto* t = b.g->add_initializer();
+  t->set_name(name);
+  t->set_data_type(type);
+  for (auto d : dims) t->add_dims(d);
+  t->set_raw_data(bytes);
+}
+
+template <typename T>
+std::string bytesOf(const std::vector<T>& v) {
+  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
+}
+
 inline void attrInt(onnx::NodeProto* n, const std::string& k, int64_t v) {
   auto* a = n->add_attribute();
   a->set_name(k);

@@ -3,7 +3,10 @@
 #include <onnx/onnx_pb.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
+#include <cstring>
+#include <stdexcept>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
@@ -14,6 +17,7 @@
 #include "runtime/cuda/cuda_backend.h"
 #include "runtime/internal.h"
 #include "runtime/op_geometry.h"
+#include "runtime/thread_pool.h"
 #include "tests/runtime/model_builder.h"
 
 using Catch::Matchers::Contains;
@@ -586,4 +590,166 @@ TEST_CASE("a KV session's plan keeps the space of an output its recording aliase
     for (int i = 0; i < 4; ++i) CHECK(y[i] == Approx(want[t][i]).epsilon(1e-6));
   }
   CHECK(crt::detail::allocationCount() == before);  // the steps after the first replay one plan
+}
+
+namespace {
+
+/// A model y = x [M, K] times a weight [K, N]: `build` adds the weight's nodes and initializers, ending in "W"
+/// (float32) or "W16" (float16: x is cast to float16 and y back to float32).
+template <typename Build>
+std::string weightModel(const std::string& tag, int64_t K, int64_t N, Build&& build, bool fp16 = false) {
+  ModelBuilder b;
+  b.m.add_opset_import()->set_domain("com.microsoft");
+  b.m.mutable_opset_import(1)->set_version(1);
+  b.io(true, "x", 1, {"m", std::to_string(K)});
+  b.io(false, "y", 1, {"m", std::to_string(N)});
+  build(b);
+  if (fp16) {
+    attrInt(b.node("Cast", {"x"}, {"x16"}), "to", 10);
+    b.node("MatMul", {"x16", "W16"}, {"y16"});
+    attrInt(b.node("Cast", {"y16"}, {"y"}), "to", 1);
+  } else if (b.g->node_size() == 0 || b.g->node(b.g->node_size() - 1).op_type() != "MatMulNBits") {
+    b.node("MatMul", {"x", "W"}, {"y"});
+  }
+  return b.save("pack-" + tag);
+}
+
+/// y for M rows of x through the session at `path`, whose one MatMul must have packed its weight at load.
+std::vector<float> runWeightModel(const std::string& path, const std::vector<float>& x, int64_t M, int64_t K,
+                                  crt::SessionInfo* info = nullptr) {
+  auto s = crt::Session::create(path, {2});
+  REQUIRE(s.ok());
+  CHECK(s->info().packed_matmuls == 1);
+  if (info) *info = s->info();
+  auto out = s->run({{"x", crt::TensorView::of(x.data(), {M, K})}});
+  REQUIRE(out.ok());
+  const crt::Tensor& y = out.value()[0];
+  return std::vector<float>(y.as<float>(), y.as<float>() + y.bytes.size() / 4);
+}
+
+/// max |y - x w| / max |x w| with w [K, N] in double.
+double relErrorAgainst(const std::vector<float>& y, const std::vector<float>& x, const std::vector<double>& w, int64_t M,
+                       int64_t K, int64_t N) {
+  double err = 0, scale = 0;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double r = 0;
+      for (int64_t k = 0; k < K; ++k) r += static_cast<double>(x[m * K + k]) * w[k * N + n];
+      err = std::max(err, std::abs(r - y[m * N + n]));
+      scale = std::max(scale, std::abs(r));
+    }
+  return err / scale;
+}
+
+}  // namespace
+
+TEST_CASE("weights are packed at load from the file's layout: a weight's Transpose (fp32, fp16), MatMulNBits in whole and partial blocks, int8 DequantizeLinear; reference values", "[runtime][session]") {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd;
+  const int64_t M = 5;
+  SECTION("MatMul(x, Transpose(W)) packs W itself: the bits of the model that stores W's transpose") {
+    for (const bool fp16 : {false, true}) {
+      const int64_t K = 70, N = 37;  // (N: one whole panel and a partial one)
+      std::vector<float> w(N * K), x(M * K);
+      for (auto& e : w) e = nd(rng);
+      for (auto& e : x) e = nd(rng);
+      std::vector<float> wt(K * N);
+      std::vector<double> ref(K * N);
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < K; ++k) wt[k * N + n] = w[n * K + k];
+      const auto init = [&](ModelBuilder& b, const std::string& name, const std::vector<float>& v, std::vector<int64_t> dims) {
+        if (!fp16) return b.initF(name, dims, v);
+        std::vector<uint16_t> h(v.size());
+        for (size_t i = 0; i < v.size(); ++i) h[i] = crt::detail::floatToHalf(v[i]);
+        initRaw(b, name, dims, 10, bytesOf(h));
+      };
+      const std::string out = fp16 ? "W16" : "W", tag = fp16 ? "f16" : "f32";
+      const std::string transposed = weightModel("t-" + tag, K, N, [&](ModelBuilder& b) {
+        init(b, "Wn", w, {N, K});
+        attrInts(b.node("Transpose", {"Wn"}, {out}), "perm", {1, 0});
+      }, fp16);
+      const std::string stored = weightModel("s-" + tag, K, N, [&](ModelBuilder& b) { init(b, out, wt, {K, N}); }, fp16);
+      for (int64_t i = 0; i < K * N; ++i)
+        ref[i] = fp16 ? crt::detail::halfToFloat(crt::detail::floatToHalf(wt[i])) : wt[i];
+      for (const int64_t rows : {int64_t{1}, M}) {
+        crt::SessionInfo info;
+        const auto a = runWeightModel(transposed, x, rows, K, &info), b = runWeightModel(stored, x, rows, K);
+        CHECK(info.folded == 0);  // the Transpose was never computed
+        CHECK(std::memcmp(a.data(), b.data(), a.size() * 4) == 0);
+        CHECK(relErrorAgainst(a, x, ref, rows, K, N) < (fp16 ? 2e-3 : 1e-6));
+      }
+    }
+  }
+  SECTION("MatMulNBits int4: whole blocks (the chunk copy) and a partial last block (value by value)") {
+    for (const auto& [K, block] : std::vector<std::pair<int64_t, int64_t>>{{128, 32}, {128, 64}, {100, 32}, {96, 64}}) {
+      CAPTURE(K, block);
+      const int64_t N = 19, nblk = (K + block - 1) / block, blob = block / 2, zpRow = (nblk + 1) / 2;
+      std::vector<uint8_t> q(N * nblk * blob), z(N * zpRow);
+      std::vector<float> sc(N * nblk), x(M * K);
+      for (auto& e : q) e = static_cast<uint8_t>(rng() % 256);
+      for (auto& e : z) e = static_cast<uint8_t>(rng() % 256);
+      for (auto& e : sc) e = 0.01f + 0.001f * static_cast<float>(rng() % 50);
+      for (auto& e : x) e = nd(rng);
+      std::vector<double> ref(K * N);  // ONNX's definition: value j of block b of row n is (q - zp) * scale
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t b = k / block, j = k % block;
+          const int v = (q[(n * nblk + b) * blob + j / 2] >> (4 * (j % 2))) & 15, zp = (z[n * zpRow + b / 2] >> (4 * (b % 2))) & 15;
+          ref[k * N + n] = static_cast<double>(v - zp) * sc[n * nblk + b];
+        }
+      const std::string path = weightModel("nbits", K, N, [&](ModelBuilder& b) {
+        initRaw(b, "B", {N, nblk, blob}, 2, bytesOf(q));
+        b.initF("S", {N * nblk}, sc);
+        initRaw(b, "Z", {N * zpRow}, 2, bytesOf(z));
+        auto* n = b.node("MatMulNBits", {"x", "B", "S", "Z"}, {"y"});
+        n->set_domain("com.microsoft");
+        attrInt(n, "K", K);
+        attrInt(n, "N", N);
+        attrInt(n, "bits", 4);
+        attrInt(n, "block_size", block);
+      });
+      for (const int64_t rows : {int64_t{1}, M}) CHECK(relErrorAgainst(runWeightModel(path, x, rows, K), x, ref, rows, K, N) < 1e-5);
+    }
+  }
+  SECTION("int8 DequantizeLinear per column and in blocks along K: the [K, N] integers read 64 outputs at a time") {
+    const int64_t K = 96, N = 70;
+    std::vector<int8_t> q(K * N);
+    std::vector<float> x(M * K), perColumn(N), blocked(3 * N);
+    for (auto& e : q) e = static_cast<int8_t>(static_cast<int>(rng() % 255) - 127);
+    for (auto& e : perColumn) e = 0.01f + 0.001f * static_cast<float>(rng() % 50);
+    for (auto& e : blocked) e = 0.01f + 0.001f * static_cast<float>(rng() % 50);
+    for (auto& e : x) e = nd(rng);
+    for (const bool blocks : {false, true}) {
+      CAPTURE(blocks);
+      std::vector<double> ref(K * N);
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t n = 0; n < N; ++n) ref[k * N + n] = q[k * N + n] * static_cast<double>(blocks ? blocked[(k / 32) * N + n] : perColumn[n]);
+      const std::string path = weightModel(blocks ? "dq-blocks" : "dq-columns", K, N, [&](ModelBuilder& b) {
+        initRaw(b, "Q", {K, N}, 3, bytesOf(q));
+        if (blocks) b.initF("S", {3, N}, blocked);
+        else b.initF("S", {N}, perColumn);
+        auto* dq = b.node("DequantizeLinear", {"Q", "S"}, {"W"});
+        attrInt(dq, "axis", blocks ? 0 : 1);
+        if (blocks) attrInt(dq, "block_size", 32);
+      });
+      for (const int64_t rows : {int64_t{1}, M}) CHECK(relErrorAgainst(runWeightModel(path, x, rows, K), x, ref, rows, K, N) < 1e-5);
+    }
+  }
+}
+
+TEST_CASE("the pool's parallelForEach runs every task and rethrows the error of the first failing task in task order", "[runtime][session]") {
+  for (const int threads : {1, 2, 4}) {
+    crt::detail::ThreadPool pool(threads);
+    std::vector<std::atomic<int>> ran(64);
+    try {
+      pool.parallelForEach(64, [&](int64_t t) {
+        ++ran[t];
+        if (t % 10 == 7) throw std::runtime_error("task " + std::to_string(t));
+      });
+      FAIL("no exception");
+    } catch (const std::runtime_error& e) {
+      CHECK(std::string(e.what()) == "task 7");
+    }
+    for (const auto& r : ran) CHECK(r == 1);
+  }
 }
