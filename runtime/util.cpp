@@ -88,10 +88,6 @@ namespace {
 // kernel and returned to it when freed, so a load that copies weights does not leave the process's peak
 // memory behind in malloc's heap.
 constexpr size_t kMapBytes = size_t{1} << 20;
-// From 4 MiB they ask for transparent huge pages: a load writes every byte of its weights into new pages once, and
-// with 4 KiB pages the page faults, not the copies, were most of its time (538 MB of fp32 weights: 0.42 s into 4 KiB
-// pages, 0.08 s into 2 MiB ones, 0.04 s into pages already there).
-constexpr size_t kHugeBytes = size_t{4} << 20;
 size_t mappedSize(size_t n) { return (n + 4095) / 4096 * 4096; }
 
 void release(void* p, size_t n) {
@@ -115,7 +111,6 @@ void AlignedBytes::resize(size_t n) {
       n_ = 0;
       fail(StatusCode::Internal, "out of memory allocating " + std::to_string(n) + " bytes");
     }
-    if (n >= kHugeBytes) ::madvise(m, mappedSize(n), MADV_HUGEPAGE);
     p_ = m;
     return;
   }
