@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <google/protobuf/io/zero_copy_stream_impl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -26,6 +27,7 @@
 #include "runtime/kv_cache.h"
 #include "runtime/loader.h"
 #include "runtime/matmul.h"
+#include "runtime/model_file.h"
 #include "runtime/thread_pool.h"
 
 namespace crt::detail {
@@ -48,10 +50,29 @@ std::string typeName(int t) {
 }
 
 // ------------------------------------------------------------------------------------------- files
-/// Parses the model straight from its file (no copy of its bytes next to the parsed model). IoError for
-/// what is not a readable regular file, ModelError for what is too large for protobuf (2 GiB: larger models
-/// keep their weights in external data) or is not ONNX.
-void parseModelFile(const std::string& path, onnx::ModelProto& model) {
+/// The model file, open while the graph is read: the spans of the main graph's initializers' raw_data when the scan
+/// (model_file.h) stripped them from the parsed proto, read from here one by one.
+struct ModelFile {
+  int fd = -1;
+  std::string path;
+  std::vector<RawSpan> spans;  // empty: the proto holds every raw_data
+  ModelFile() = default;
+  ModelFile(const ModelFile&) = delete;
+  ~ModelFile() {
+    if (fd >= 0) ::close(fd);
+  }
+  /// Initializer i's span in the file, or null (its bytes are in the proto, or it has none).
+  const RawSpan* span(int i) const {
+    return i >= 0 && static_cast<size_t>(i) < spans.size() && spans[static_cast<size_t>(i)].offset >= 0 ? &spans[static_cast<size_t>(i)]
+                                                                                                        : nullptr;
+  }
+};
+
+/// Parses the model from its file: its structure only where the scan can strip the weights (read later, once, into
+/// their own memory), else the whole file in 1 MiB reads (an std::ifstream's small reads had taken a third of a
+/// 538 MB model's load). IoError for what is not a readable regular file, ModelError for what is too large for
+/// protobuf (2 GiB: larger models keep their weights in external data) or is not ONNX.
+void parseModelFile(const std::string& path, onnx::ModelProto& model, ModelFile& file) {
   struct stat st{};
   if (::stat(path.c_str(), &st) != 0)
     fail(StatusCode::IoError, "cannot open " + path + ": " + std::strerror(errno) + " (crun expects an .onnx file from `compress`)");
@@ -59,15 +80,23 @@ void parseModelFile(const std::string& path, onnx::ModelProto& model) {
   if (!S_ISREG(st.st_mode)) fail(StatusCode::IoError, path + " is not a regular file (a device, pipe or socket); give an .onnx file");
   if (st.st_size >= (int64_t{2} << 30))
     fail(StatusCode::ModelError, path + " is larger than 2 GiB, the protobuf limit; export with external data");
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail(StatusCode::IoError, "cannot read " + path + ": " + std::strerror(errno));
-  // Read in 1 MiB blocks (an std::ifstream's small reads took a third of a 538 MB model's load; a whole-file mapping
-  // would count the file in the process's peak memory next to the parsed copy).
-  google::protobuf::io::FileInputStream in(fd, 1 << 20);
-  in.SetCloseOnDelete(true);
-  const bool ok = st.st_size > 0 && model.ParseFromZeroCopyStream(&in);
+  file.path = path;
+  file.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (file.fd < 0) fail(StatusCode::IoError, "cannot read " + path + ": " + std::strerror(errno));
+  const auto invalid = [&] { fail(StatusCode::ModelError, path + " is not a valid ONNX model (protobuf parse failed; truncated or not ONNX?)"); };
+  if (st.st_size == 0) invalid();
+  StrippedModel stripped;
+  if (stripWeights(file.fd, st.st_size, stripped) && model.ParseFromString(stripped.proto) &&
+      static_cast<size_t>(model.graph().initializer_size()) == stripped.spans.size()) {
+    file.spans = std::move(stripped.spans);
+    return;
+  }
+  model.Clear();  // what protobuf says about the whole file is the error to report
+  if (::lseek(file.fd, 0, SEEK_SET) != 0) fail(StatusCode::IoError, "cannot read " + path + ": " + std::strerror(errno));
+  google::protobuf::io::FileInputStream in(file.fd, 1 << 20);
+  const bool ok = model.ParseFromZeroCopyStream(&in);
   if (in.GetErrno() != 0) fail(StatusCode::IoError, "cannot read all of " + path + ": " + std::strerror(in.GetErrno()));
-  if (!ok) fail(StatusCode::ModelError, path + " is not a valid ONNX model (protobuf parse failed; truncated or not ONNX?)");
+  if (!ok) invalid();
 }
 
 /// The folder of `path` with symlinks resolved ("" when it cannot be resolved).
@@ -163,18 +192,21 @@ void copyTyped(const onnx::TensorProto& t, const Buf& b, char* dst, size_t need)
 }
 
 /// Reads one initializer / Constant tensor into owned, aligned memory. Every length is checked before
-/// anything is allocated.
-std::shared_ptr<AlignedBytes> readTensor(const onnx::TensorProto& t, const std::string& model_dir, Graph& g, Buf& b) {
+/// anything is allocated. `raw`: where the file holds the tensor's raw_data when the proto does not (ModelFile).
+std::shared_ptr<AlignedBytes> readTensor(const onnx::TensorProto& t, const std::string& model_dir, Graph& g, Buf& b,
+                                         const ModelFile* file = nullptr, const RawSpan* raw = nullptr) {
   const std::string what = "initializer '" + t.name() + "'";
   tensorHeader(t, what, g.limits, b);
   const size_t need = b.bytes();
   ExternalSpan ext;
   const bool external = t.data_location() == onnx::TensorProto::EXTERNAL;
+  const bool hasRaw = raw || t.has_raw_data();
+  const size_t rawBytes = raw ? static_cast<size_t>(raw->size) : t.raw_data().size();
   if (external) {
     ext = resolveExternal(t, model_dir, static_cast<int64_t>(need), what);
-  } else if (t.has_raw_data()) {
-    if (t.raw_data().size() != need)
-      fail(StatusCode::ModelError, what + ": raw data has " + std::to_string(t.raw_data().size()) + " bytes, its shape " + b.shape.str() + " needs " + std::to_string(need));
+  } else if (hasRaw) {
+    if (rawBytes != need)
+      fail(StatusCode::ModelError, what + ": raw data has " + std::to_string(rawBytes) + " bytes, its shape " + b.shape.str() + " needs " + std::to_string(need));
   } else {
     const bool packed4 = b.dt == kU4 || b.dt == kI4;
     const int64_t want = packed4 ? static_cast<int64_t>(need) : b.numel();
@@ -190,6 +222,8 @@ std::shared_ptr<AlignedBytes> readTensor(const onnx::TensorProto& t, const std::
     f.seekg(ext.offset);
     f.read(dst, static_cast<std::streamsize>(need));
     if (!f || static_cast<size_t>(f.gcount()) != need) fail(StatusCode::IoError, what + ": cannot read external data from " + ext.file);
+  } else if (raw) {
+    if (!readWeightBytes(file->fd, *raw, dst)) fail(StatusCode::IoError, what + ": cannot read its bytes from " + file->path + " (did the file change?)");
   } else if (t.has_raw_data()) {
     std::memcpy(dst, t.raw_data().data(), need);
   } else {
@@ -283,9 +317,11 @@ class EagerAlloc : public Allocator {
 /// node output); every unsupported op is collected and reported at once.
 class GraphReader {
  public:
-  GraphReader(Graph& g, const std::string& path, const std::string& dir) : g_(g), path_(path), dir_(dir) {}
+  GraphReader(Graph& g, const std::string& path, const std::string& dir, const ModelFile* file)
+      : g_(g), path_(path), dir_(dir), file_(file) {}
 
-  /// Reads the proto; each initializer's bytes are released once copied, so the file is held about once.
+  /// Reads the proto; each initializer's bytes are read from the file (file_'s spans) or released once copied, so the
+  /// weights are held about once.
   void read(onnx::ModelProto& model) {
     for (const auto& kv : model.metadata_props()) g_.metadata[kv.key()] = kv.value();
     for (const auto& op : model.opset_import())
@@ -295,7 +331,7 @@ class GraphReader {
       onnx::TensorProto& t = *model.mutable_graph()->mutable_initializer(i);
       Value& v = g_.values[define(t.name(), "an initializer")];
       v.is_const = true;
-      v.own = readTensor(t, dir_, g_, v.constant);
+      v.own = readTensor(t, dir_, g_, v.constant, file_, file_ ? file_->span(i) : nullptr);
       if (t.has_raw_data()) std::string().swap(*t.mutable_raw_data());
     }
     for (const auto& in : gp.input()) {
@@ -431,6 +467,7 @@ class GraphReader {
   Graph& g_;
   const std::string& path_;
   std::string dir_;
+  const ModelFile* file_;
   std::map<std::string, std::string> defined_by_;
   std::set<std::string> inputs_seen_;
   std::map<std::string, int> unsupported_;
@@ -763,31 +800,32 @@ void parseModel(const std::string& bytes, const std::string& name, onnx::ModelPr
     fail(StatusCode::ModelError, name + " is not a valid ONNX model (protobuf parse failed; truncated or not ONNX?)");
 }
 
-Graph buildGraph(onnx::ModelProto& model, const std::string& name, const std::string& model_dir, const MemoryLimits& limits,
-                 ThreadPool& pool, const Kernels& k, SessionInfo& info);
+Graph buildGraph(onnx::ModelProto& model, const ModelFile* file, const std::string& name, const std::string& model_dir,
+                 const MemoryLimits& limits, ThreadPool& pool, const Kernels& k, SessionInfo& info);
 
 }  // namespace
 
 Graph loadGraph(const std::string& path, const MemoryLimits& limits, ThreadPool& pool, const Kernels& k, SessionInfo& info) {
   onnx::ModelProto model;
-  parseModelFile(path, model);
-  return buildGraph(model, path, realFolder(path), limits, pool, k, info);
+  ModelFile file;
+  parseModelFile(path, model, file);
+  return buildGraph(model, &file, path, realFolder(path), limits, pool, k, info);
 }
 
 Graph loadGraphBytes(const std::string& bytes, const std::string& name, const std::string& model_dir, const MemoryLimits& limits,
                      ThreadPool& pool, const Kernels& k, SessionInfo& info) {
   onnx::ModelProto model;
   parseModel(bytes, name, model);
-  return buildGraph(model, name, model_dir, limits, pool, k, info);
+  return buildGraph(model, nullptr, name, model_dir, limits, pool, k, info);
 }
 
 namespace {
 
-Graph buildGraph(onnx::ModelProto& model, const std::string& name, const std::string& model_dir, const MemoryLimits& limits,
-                 ThreadPool& pool, const Kernels& k, SessionInfo& info) {
+Graph buildGraph(onnx::ModelProto& model, const ModelFile* file, const std::string& name, const std::string& model_dir,
+                 const MemoryLimits& limits, ThreadPool& pool, const Kernels& k, SessionInfo& info) {
   Graph g;
   g.limits = limits;
-  GraphReader(g, name, model_dir).read(model);
+  GraphReader(g, name, model_dir, file).read(model);
   info.nodes = static_cast<int>(g.nodes.size());
   checkTopologicalOrder(g);
   packQuantizedWeights(g, pool);

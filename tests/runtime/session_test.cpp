@@ -1,6 +1,7 @@
 // session_test.cpp — the Session API on small ONNX graphs built here: values against hand computation,
 // memory plans (no allocation on a planned run, several shapes), and every kind of bad input as a Status.
 #include <onnx/onnx_pb.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -16,6 +17,7 @@
 #include "runtime/crt.h"
 #include "runtime/cuda/cuda_backend.h"
 #include "runtime/internal.h"
+#include "runtime/model_file.h"
 #include "runtime/op_geometry.h"
 #include "runtime/thread_pool.h"
 #include "tests/runtime/model_builder.h"
@@ -752,4 +754,110 @@ TEST_CASE("the pool's parallelForEach runs every task and rethrows the error of 
     }
     for (const auto& r : ran) CHECK(r == 1);
   }
+}
+
+namespace {
+
+/// A length-delimited protobuf field: tag, length, bytes.
+std::string protoField(int number, const std::string& bytes) {
+  std::string out;
+  const auto varint = [&](uint64_t v) {
+    for (; v >= 0x80; v >>= 7) out.push_back(static_cast<char>(v | 0x80));
+    out.push_back(static_cast<char>(v));
+  };
+  varint(static_cast<uint64_t>(number) << 3 | 2);
+  varint(bytes.size());
+  return out + bytes;
+}
+
+std::string writeBytes(const std::string& tag, const std::string& bytes) {
+  const std::string path = testutil::removeAtExit("/tmp/crt-test-" + tag + "-" + std::to_string(::getpid()) + ".onnx");
+  std::ofstream(path, std::ios::binary) << bytes;
+  return path;
+}
+
+}  // namespace
+
+TEST_CASE("the weight scan reads each initializer's bytes once from the file: protobuf's tensors for a graph written twice, raw_data written twice, typed and empty data; what it cannot scan loads as before", "[runtime][session]") {
+  // y = (x W + b) * s: W raw [3, 2] (its tensor written as two messages, the first raw_data wrong: protobuf keeps the
+  // last), b as float_data, s raw in a second graph message (protobuf merges the two), and an unused empty tensor
+  ModelBuilder b;
+  b.io(true, "x", 1, {"1", "3"});
+  b.io(false, "y", 1, {"1", "2"});
+  b.node("MatMul", {"x", "W"}, {"xw"});
+  b.node("Add", {"xw", "bias"}, {"z"});
+  b.node("Mul", {"z", "s"}, {"y"});
+  auto* bias = b.g->add_initializer();
+  bias->set_name("bias");
+  bias->set_data_type(1);
+  bias->add_dims(2);
+  bias->add_float_data(0.5f);
+  bias->add_float_data(-1.0f);
+  initRaw(b, "empty", {0}, 1, "");
+  const std::vector<float> W = {1, 2, 3, 4, 5, 6};
+  onnx::TensorProto wrong, right, s;
+  wrong.set_name("W");
+  wrong.set_data_type(1);
+  wrong.add_dims(3);
+  wrong.add_dims(2);
+  wrong.set_raw_data(std::string(24, '\x7f'));
+  right.set_raw_data(bytesOf(W));
+  s.set_name("s");
+  s.set_data_type(1);
+  s.set_raw_data(bytesOf(std::vector<float>{2.0f}));
+  onnx::GraphProto second;
+  *second.add_initializer() = s;
+  const std::string file = b.m.SerializeAsString() + protoField(7, protoField(5, wrong.SerializeAsString() + right.SerializeAsString())) +
+                           protoField(7, second.SerializeAsString());
+  const std::vector<float> x = {1, -1, 2};
+  const std::vector<float> want = {(1 - 3 + 10 + 0.5f) * 2, (2 - 4 + 12 - 1.0f) * 2};
+  const auto run = [&](crt::Result<crt::Session> s) {
+    REQUIRE(s.ok());
+    auto out = s->run({{"x", crt::TensorView::of(x.data(), {1, 3})}});
+    REQUIRE(out.ok());
+    return std::vector<float>(out.value()[0].as<float>(), out.value()[0].as<float>() + 2);
+  };
+
+  const std::string path = writeBytes("scan", file);
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  REQUIRE(fd >= 0);
+  crt::detail::StrippedModel stripped;
+  REQUIRE(crt::detail::stripWeights(fd, static_cast<int64_t>(file.size()), stripped));
+  onnx::ModelProto parsed, whole;
+  REQUIRE(parsed.ParseFromString(stripped.proto));
+  REQUIRE(whole.ParseFromString(file));
+  REQUIRE(stripped.spans.size() == 4);  // bias, empty, W, s: the order of protobuf's merged initializers
+  REQUIRE(parsed.graph().initializer_size() == whole.graph().initializer_size());
+  for (int i = 0; i < whole.graph().initializer_size(); ++i) {
+    const onnx::TensorProto& t = whole.graph().initializer(i);
+    CAPTURE(t.name());
+    CHECK(parsed.graph().initializer(i).name() == t.name());
+    CHECK(!parsed.graph().initializer(i).has_raw_data());
+    CHECK(parsed.graph().initializer(i).float_data_size() == t.float_data_size());
+    const crt::detail::RawSpan span = stripped.spans[static_cast<size_t>(i)];
+    CHECK((span.offset >= 0) == t.has_raw_data());
+    if (span.offset < 0) continue;
+    std::string bytes(static_cast<size_t>(span.size), '\0');
+    REQUIRE(crt::detail::readWeightBytes(fd, span, bytes.data()));
+    CHECK(bytes == t.raw_data());  // (W: the second raw_data)
+  }
+  ::close(fd);
+  CHECK(run(crt::Session::create(path)) == want);
+  CHECK(run(crt::Session::createFromMemory(file)) == want);
+
+  // an unknown group field (wire types 3 and 4): protobuf keeps it as an unknown field, the scan gives up, the file
+  // loads whole as before
+  const std::string group = std::string("\xa3\x06", 2) + std::string("\x08\x01", 2) + std::string("\xa4\x06", 2);  // field 100
+  const std::string grouped = writeBytes("scan-group", file + group);
+  const int gfd = ::open(grouped.c_str(), O_RDONLY);
+  REQUIRE(gfd >= 0);
+  CHECK_FALSE(crt::detail::stripWeights(gfd, static_cast<int64_t>(file.size() + group.size()), stripped));
+  ::close(gfd);
+  CHECK(run(crt::Session::create(grouped)) == want);
+
+  // truncated inside W's raw_data: neither can read it, and the error is protobuf's
+  const auto cut = crt::Session::create(writeBytes("scan-cut", file.substr(0, file.size() - 30)));
+  REQUIRE_FALSE(cut.ok());
+  CHECK(cut.status().code == crt::StatusCode::ModelError);
+  CHECK_THAT(cut.status().message, Contains("not a valid ONNX model"));
 }
