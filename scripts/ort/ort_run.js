@@ -6,6 +6,8 @@
 //       perplexity exactly as compress computes it (non-overlapping windows, next-token NLL in float64).
 //   node ort_run.js bench MODEL --in NAME=FILE.npy [...] [--runs 20] [--opt ...] [--threads N]
 //       median latency of session.run in ms.
+//   node ort_run.js load MODEL [--opt ...] [--threads N]
+//       the time InferenceSession.create takes (the file read, graph optimizations, weights prepacked), in ms.
 //   node ort_run.js generate MODEL [--prefill 16] [--gen 32] [--runs 3] [--opt ...] [--threads N]
 //       a cached export (past.N / present.N): prefill of `prefill` random ids, then `gen` greedy one-token
 //       steps feeding each present back as the next past; prints prefill ms and ms per step (median of runs).
@@ -101,7 +103,12 @@ function emptyPasts(s) {
 async function main() {
   const [cmd, ...rest] = process.argv.slice(2);
   const a = parseArgs(rest);
+  const t0 = process.hrtime.bigint();
   const s = await session(a);
+  if (cmd === 'load') {
+    console.log(JSON.stringify({load_ms: Number(process.hrtime.bigint() - t0) / 1e6, threads: a.threads, opt: a.opt}));
+    return;
+  }
   if (cmd === 'run') {
     const out = await s.run(feeds(a));
     const summary = {};

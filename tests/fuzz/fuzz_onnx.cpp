@@ -1,11 +1,17 @@
 // fuzz_onnx.cpp — the runtime on arbitrary .onnx bytes: load (parse, validate, fold, pack), then two runs
 // (the first records a memory plan, the second replays it) with small inputs of the shapes the model
-// declares. A bad model may fail with a Status that is not Internal; nothing may crash or leak.
+// declares. A bad model may fail with a Status that is not Internal; nothing may crash or leak. The file loader's
+// wire-format scan (runtime/model_file.h) runs on the same bytes and must agree with protobuf's parse.
+#include <onnx/onnx_pb.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
 #include "runtime/crt.h"
+#include "runtime/model_file.h"
 #include "runtime/size_check.h"
 #include "tests/fuzz/fuzz_common.h"
 
@@ -60,8 +66,34 @@ void compareEmulated(const std::string& bytes, crt::SessionOptions o, const std:
   }
 }
 
+/// The scan of a file holding `bytes`: when it strips them and protobuf parses the rest, protobuf parses the whole
+/// bytes too, to the same initializers, and each span holds the raw_data protobuf read.
+void checkWeightScan(const std::string& bytes) {
+  const int fd = ::memfd_create("fuzz-onnx", MFD_CLOEXEC);
+  if (fd < 0) return;
+  crt::detail::StrippedModel stripped;
+  onnx::ModelProto parsed, whole;
+  if (::write(fd, bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size()) &&
+      crt::detail::stripWeights(fd, static_cast<int64_t>(bytes.size()), stripped) && parsed.ParseFromString(stripped.proto)) {
+    if (!whole.ParseFromString(bytes)) fuzz::bug("the weight scan stripped a file protobuf cannot parse");
+    if (static_cast<size_t>(whole.graph().initializer_size()) != stripped.spans.size() ||
+        parsed.graph().initializer_size() != whole.graph().initializer_size())
+      fuzz::bug("the weight scan counted another number of initializers than protobuf");
+    for (int i = 0; i < whole.graph().initializer_size(); ++i) {
+      const onnx::TensorProto& t = whole.graph().initializer(i);
+      const crt::detail::RawSpan span = stripped.spans[static_cast<size_t>(i)];
+      std::string raw(static_cast<size_t>(span.offset >= 0 ? span.size : 0), '\0');
+      if ((span.offset >= 0) != t.has_raw_data() || parsed.graph().initializer(i).has_raw_data() ||
+          (span.offset >= 0 && (!crt::detail::readWeightBytes(fd, span, raw.data()) || raw != t.raw_data())))
+        fuzz::bug("the weight scan's raw_data of initializer " + std::to_string(i) + " is not protobuf's");
+    }
+  }
+  ::close(fd);
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string bytes(reinterpret_cast<const char*>(data), size);
+  checkWeightScan(bytes);
   crt::SessionOptions o;
   o.threads = 1;
   o.max_tensor_bytes = int64_t{64} << 20;
