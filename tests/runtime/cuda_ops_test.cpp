@@ -97,15 +97,7 @@ std::string matmulModel(const std::string& kind, int64_t K, int64_t N, int64_t b
     for (auto& e : z) e = static_cast<uint8_t>(rng() % 256);
     std::vector<float> s(N * nblk);
     for (auto& e : s) e = 0.01f + 0.001f * static_cast<float>(rng() % 50);
-    initRaw(b, "B", {N, nblk, blob}, 2, bytesOf(q));
-    b.initF("S", {N * nblk}, s);
-    initRaw(b, "Z", {static_cast<int64_t>(z.size())}, 2, bytesOf(z));
-    auto* n = b.node("MatMulNBits", {"x", "B", "S", "Z"}, {"y"});
-    n->set_domain("com.microsoft");
-    attrInt(n, "K", K);
-    attrInt(n, "N", N);
-    attrInt(n, "bits", 4);
-    attrInt(n, "block_size", block);
+    matMulNBits4(b, K, N, block, q, s, z);
   }
   return b.save("cuda-mm-" + kind);
 }

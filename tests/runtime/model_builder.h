@@ -85,6 +85,22 @@ inline void attrInt(onnx::NodeProto* n, const std::string& k, int64_t v) {
   a->set_i(v);
 }
 
+/// y = com.microsoft MatMulNBits(x) with 4-bit weights B [N][n_blocks][block / 2], float scales and packed
+/// zero points (initializers "B", "S", "Z"; the model must import the com.microsoft domain).
+inline void matMulNBits4(ModelBuilder& b, int64_t K, int64_t N, int64_t block, const std::vector<uint8_t>& q,
+                         const std::vector<float>& scales, const std::vector<uint8_t>& zp) {
+  const int64_t nblk = (K + block - 1) / block;
+  initRaw(b, "B", {N, nblk, block / 2}, 2, bytesOf(q));
+  b.initF("S", {N * nblk}, scales);
+  initRaw(b, "Z", {static_cast<int64_t>(zp.size())}, 2, bytesOf(zp));
+  auto* n = b.node("MatMulNBits", {"x", "B", "S", "Z"}, {"y"});
+  n->set_domain("com.microsoft");
+  attrInt(n, "K", K);
+  attrInt(n, "N", N);
+  attrInt(n, "bits", 4);
+  attrInt(n, "block_size", block);
+}
+
 inline void attrStr(onnx::NodeProto* n, const std::string& k, const std::string& v) {
   auto* a = n->add_attribute();
   a->set_name(k);

@@ -699,17 +699,7 @@ TEST_CASE("weights are packed at load from the file's layout: a weight's Transpo
           const int v = (q[(n * nblk + b) * blob + j / 2] >> (4 * (j % 2))) & 15, zp = (z[n * zpRow + b / 2] >> (4 * (b % 2))) & 15;
           ref[k * N + n] = static_cast<double>(v - zp) * sc[n * nblk + b];
         }
-      const std::string path = weightModel("nbits", K, N, [&](ModelBuilder& b) {
-        initRaw(b, "B", {N, nblk, blob}, 2, bytesOf(q));
-        b.initF("S", {N * nblk}, sc);
-        initRaw(b, "Z", {N * zpRow}, 2, bytesOf(z));
-        auto* n = b.node("MatMulNBits", {"x", "B", "S", "Z"}, {"y"});
-        n->set_domain("com.microsoft");
-        attrInt(n, "K", K);
-        attrInt(n, "N", N);
-        attrInt(n, "bits", 4);
-        attrInt(n, "block_size", block);
-      });
+      const std::string path = weightModel("nbits", K, N, [&](ModelBuilder& b) { matMulNBits4(b, K, N, block, q, sc, z); });
       for (const int64_t rows : {int64_t{1}, M}) CHECK(relErrorAgainst(runWeightModel(path, x, rows, K), x, ref, rows, K, N) < 1e-5);
     }
   }
