@@ -645,7 +645,7 @@ double relErrorAgainst(const std::vector<float>& y, const std::vector<float>& x,
 
 }  // namespace
 
-TEST_CASE("weights are packed at load from the file's layout: a weight's Transpose (fp32, fp16), MatMulNBits in whole and partial blocks, int8 DequantizeLinear; reference values", "[runtime][session]") {
+TEST_CASE("weights are packed at load from the file's layout: a weight's Transpose (fp32, fp16), MatMulNBits in whole and partial blocks, int8 DequantizeLinear, against reference values", "[runtime][session]") {
   std::mt19937 rng(7);
   std::normal_distribution<float> nd;
   const int64_t M = 5;
@@ -768,7 +768,7 @@ std::string writeBytes(const std::string& tag, const std::string& bytes) {
 
 }  // namespace
 
-TEST_CASE("the weight scan reads each initializer's bytes once from the file: protobuf's tensors for a graph written twice, raw_data written twice, typed and empty data; what it cannot scan loads as before", "[runtime][session]") {
+TEST_CASE("the weight scan reads each initializer's bytes once from the file: protobuf's tensors for a graph written twice, raw_data written twice, typed and empty data, and what it cannot scan loads as before", "[runtime][session]") {
   // y = (x W + b) * s: W raw [3, 2] (its tensor written as two messages, the first raw_data wrong: protobuf keeps the
   // last), b as float_data, s raw in a second graph message (protobuf merges the two), and an unused empty tensor
   ModelBuilder b;
