@@ -200,67 +200,79 @@ int64_t pairsNonzeros(const PackedWeight& w) {
   return -1;
 }
 
-/// The pairs layout of weight w (sparse.h; T its panel values), nz its nonzeros.
-template <typename T>
-std::shared_ptr<SparseForm> makePairsOf(const PackedWeight& w, int64_t nz, const T* d) {
+/// The pairs of panel-ordered weight w (sparse.h) into s's mask: for each panel p, group g of kPairGroup k and
+/// column j, the values at(p, k, j) that differ from blank(p, g, j), in k order (at most kPairSlots: the caller
+/// checked), go to put(p, g, j, slots) (a missing one is the blank) and their rows' indices to the mask.
+template <typename T, typename At, typename Blank, typename Put>
+void fillPairs(const PackedWeight& w, SparseForm& s, At&& at, Blank&& blank, Put&& put) {
+  const int64_t G = pairGroups(w.K);
+  s.mask.assign(static_cast<size_t>(panels(w) * G * (kPanel / 8)), 0);
+  for (int64_t p = 0; p < panels(w); ++p)
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t R = std::min(kPairGroup, w.K - g * kPairGroup);
+      uint32_t* mask = &s.mask[pairIndex(p, g, 0, w.K)];
+      for (int64_t j = 0; j < kPanel; ++j) {
+        // Branch-free (a 2:4 weight's zeros fall anywhere, a branch on each mispredicted half the time): a blank is
+        // written to the next free slot, which the next value overwrites; slot kPairSlots is a spare.
+        const T empty = blank(p, g, j);
+        T slots[kPairSlots + 1] = {empty, empty, empty};
+        uint32_t nibble = 0;
+        for (int64_t r = 0, slot = 0; r < R; ++r) {
+          const T f = at(p, g * kPairGroup + r, j);
+          const int64_t set = f != empty;
+          slots[slot] = set ? f : empty;
+          nibble |= static_cast<uint32_t>(r * set) << (2 * slot);
+          slot = std::min<int64_t>(slot + set, kPairSlots);
+        }
+        put(p, g, j, slots);
+        mask[j / 8] |= (nibble & 0xF) << (4 * (j % 8));
+      }
+    }
+}
+
+/// A pairs form of nz values, panel p's bytes from p * panelBytes.
+std::shared_ptr<SparseForm> pairsForm(const PackedWeight& w, int64_t nz, int64_t panelBytes) {
   auto s = std::make_shared<SparseForm>();
   s->pairs = true;
   s->stored = nz;
   s->elements = panels(w) * w.K * kPanel;
-  const int64_t G = pairGroups(w.K), panelValuesCount = G * kPairSlots * kPanel;
-  const int64_t panelBytes = panelValuesCount * static_cast<int64_t>(sizeof(T));
-  s->mask.assign(static_cast<size_t>(panels(w) * G * (kPanel / 8)), 0);
-  s->values.resize(static_cast<size_t>(panels(w) * panelBytes + kSparsePad));  // (zeroed: the empty slots)
-  for (int64_t p = 0; p < panels(w); ++p) {
-    s->start.push_back(p * panelBytes);
-    T* v = static_cast<T*>(s->values.data()) + p * panelValuesCount;
-    for (int64_t g = 0; g < G; ++g) {
-      const T* rows = d + (p * w.K + g * kPairGroup) * kPanel;  // the group's kPairGroup rows of kPanel values
-      const int64_t R = std::min(kPairGroup, w.K - g * kPairGroup);
-      uint32_t* mask = &s->mask[pairIndex(p, g, 0, w.K)];
-      for (int64_t j = 0; j < kPanel; ++j) {
-        // Branch-free (a 2:4 weight's zeros fall anywhere, a branch on each mispredicted half the time): a zero is
-        // written to the next free slot, which the next nonzero overwrites; slot kPairSlots is a spare (nz checked).
-        T slots[kPairSlots + 1] = {};
-        uint32_t nibble = 0;
-        for (int64_t r = 0, slot = 0; r < R; ++r) {
-          const T f = rows[r * kPanel + j];
-          const int64_t set = f != T(0);
-          slots[slot] = f;
-          nibble |= static_cast<uint32_t>(r * set) << (2 * slot);
-          slot = std::min<int64_t>(slot + set, kPairSlots);
-        }
-        for (int64_t slot = 0; slot < kPairSlots; ++slot) v[(g * kPairSlots + slot) * kPanel + j] = slots[slot];
-        mask[j / 8] |= (nibble & 0xF) << (4 * (j % 8));
-      }
-    }
-  }
-  s->start.push_back(panels(w) * panelBytes);
+  s->values.resize(static_cast<size_t>(panels(w) * panelBytes + kSparsePad));
+  for (int64_t p = 0; p <= panels(w); ++p) s->start.push_back(p * panelBytes);
   return s;
 }
 
-/// Q4 pairs (sparse.h) from the Q8 pairs of a centered Q4P weight's values less their zero points (centeredQ4Values):
-/// each group's two planes as one byte per output, the values as stored (plane a low, b high; an empty slot holds
-/// the zero point, a value of 0).
+/// The pairs layout of weight w (sparse.h; T its panel values d, [p][K][kPanel]), nz its nonzeros.
+template <typename T>
+std::shared_ptr<SparseForm> makePairsOf(const PackedWeight& w, int64_t nz, const T* d) {
+  const int64_t planeValues = pairGroups(w.K) * kPairSlots * kPanel;
+  std::shared_ptr<SparseForm> s = pairsForm(w, nz, planeValues * static_cast<int64_t>(sizeof(T)));
+  T* v = static_cast<T*>(s->values.data());
+  fillPairs<T>(
+      w, *s, [&](int64_t p, int64_t k, int64_t j) { return d[(p * w.K + k) * kPanel + j]; },
+      [](int64_t, int64_t, int64_t) { return T(0); },
+      [&](int64_t p, int64_t g, int64_t j, const T* slots) {
+        for (int64_t slot = 0; slot < kPairSlots; ++slot) v[p * planeValues + (g * kPairSlots + slot) * kPanel + j] = slots[slot];
+      });
+  return s;
+}
+
+/// Q4 pairs (sparse.h) straight from a centered Q4P weight's panels: per group of 4 k and output one byte, plane a's
+/// nibble low and b's high as stored, an empty slot holding the zero point (which the panels' pruned values equal).
 std::shared_ptr<SparseForm> makeQ4Pairs(const PackedWeight& w, int64_t nz) {
-  std::shared_ptr<SparseForm> s = makePairsOf(w, nz, centeredQ4Values(w).data());
   const int64_t G = pairGroups(w.K);
-  AlignedBytes bytes;
-  bytes.resize(static_cast<size_t>(panels(w) * G * kPanel + kSparsePad));
-  for (int64_t p = 0; p < panels(w); ++p) {
-    const int8_t* planes = static_cast<const int8_t*>(s->values.data()) + s->start[p];
-    uint8_t* out = static_cast<uint8_t*>(bytes.data()) + p * G * kPanel;
-    for (int64_t g = 0; g < G; ++g) {
-      const uint8_t* z = &w.zp8[(p * w.nblk + g / pairGroupsPerBlock(w)) * kPanel];  // (q4PanelZero's row)
-      for (int64_t j = 0; j < kPanel; ++j) {
-        const int a = planes[(g * kPairSlots) * kPanel + j] + z[j], b = planes[(g * kPairSlots + 1) * kPanel + j] + z[j];
-        out[g * kPanel + j] = static_cast<uint8_t>((a & 0xF) | (b & 0xF) << 4);
-      }
-    }
-    s->start[p] = p * G * kPanel;
-  }
-  s->start.back() = panels(w) * G * kPanel;
-  s->values = std::move(bytes);
+  std::shared_ptr<SparseForm> s = pairsForm(w, nz, G * kPanel);
+  const uint8_t* rows = static_cast<const uint8_t*>(w.w.data());  // [p][K] rows of kPanel / 2 bytes
+  uint8_t* out = static_cast<uint8_t*>(s->values.data());
+  fillPairs<uint8_t>(
+      w, *s,
+      [&](int64_t p, int64_t k, int64_t j) {
+        const uint8_t byte = rows[(p * w.K + k) * (kPanel / 2) + j % 16];
+        return static_cast<uint8_t>(j < 16 ? byte & 0xF : byte >> 4);
+      },
+      [&](int64_t p, int64_t g, int64_t j) { return w.zp8[(p * w.nblk + g / pairGroupsPerBlock(w)) * kPanel + j]; },
+      [&](int64_t p, int64_t g, int64_t j, const uint8_t* slots) {
+        out[(p * G + g) * kPanel + j] = static_cast<uint8_t>(slots[0] | slots[1] << 4);
+      });
   return s;
 }
 
