@@ -8,6 +8,9 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <map>
+#include <memory>
+#include <set>
 
 #include "compress/error.h"
 #include "compress/executor.h"
@@ -42,247 +45,306 @@ struct Param {
   at::Tensor m, v;   // AdamW moments
 };
 
-}  // namespace
-
-nlohmann::json distill(Graph& g, const Graph& teacher, const at::Tensor& train_tokens, const DistillOptions& o,
-                       at::Device device, bool progress) {
-  const auto t0 = Clock::now();
-  if (!train_tokens.defined() || train_tokens.dim() != 1)
-    fail(ErrorCategory::Config, "distill: needs training text: add data.train (e.g. train_head.tok512.npy) to the recipe");
-  if (g.inputs.size() != 1 || teacher.inputs.size() != 1 || g.outputs.empty())
-    fail(ErrorCategory::Config, "distill: supports causal LMs with one token input and logits as the first output");
-  // Train/held-out split of the stream: the last `holdout` fraction is never trained on.
-  const int64_t n = train_tokens.numel(), T = o.seq_len;
-  int64_t hold = o.holdout > 0 ? std::max<int64_t>(T + 1, std::llround(o.holdout * static_cast<double>(n))) : 0;
-  const int64_t n_train = n - hold;
-  if (n_train < T + 1)
-    fail(ErrorCategory::Data, "distill: data.train has " + std::to_string(n) + " tokens; seq_len " + std::to_string(T) +
-                                  " with holdout " + std::to_string(o.holdout) + " needs at least " + std::to_string(T + 1 + hold) +
-                                  " (use more text, a shorter seq_len or a smaller holdout)");
-  at::Tensor tokens = train_tokens.to(at::kLong).to(device);
-  at::Tensor ar = at::arange(T + 1, at::TensorOptions().dtype(at::kLong).device(device));
-  at::Tensor held;  // [windows, T + 1]
-  if (hold > 0) {
-    int64_t w = std::min<int64_t>(16, hold / (T + 1));
-    held = tokens.narrow(0, n_train, w * (T + 1)).reshape({w, T + 1});
+/// One distillation: the data split, the trainable parameters and both executors, then the training loop in its
+/// named steps (a batch's gradients, the optimizer step, the held-out evaluation, progress, the report).
+class Distiller {
+ public:
+  Distiller(Graph& g, const Graph& teacher, const at::Tensor& train_tokens, const DistillOptions& o, at::Device device,
+            bool progress)
+      : g_(g), teacher_(teacher), o_(o), device_(device), progress_(progress), T_(o.seq_len) {
+    splitData(train_tokens);
+    collectParams();
+    ExecOptions live;
+    live.device = device;
+    live.fold_constants = false;  // weights require grad: their transposes must run each step
+    student_ = std::make_unique<Executor>(g, live);
+    teach_ = std::make_unique<Executor>(teacher, ExecOptions{device});
+    hookHiddenStates();
   }
 
-  // Parameters: every float initializer that is a model parameter; quantized weights stay frozen.
-  std::vector<Param> params;
-  int64_t trainable = 0;
-  for (auto& [name, t] : g.initializers) {
-    if (!g.parameters.count(name) || !t.is_floating_point()) continue;
-    Param p;
-    p.name = name;
-    t = t.detach().clone().to(at::kFloat).requires_grad_(true);
-    p.value = t;
-    auto sp = g.sparsity.find(name);
-    if (sp != g.sparsity.end()) p.mask = sp->second.mask.to(at::kFloat).to(t.device());
-    p.m = at::zeros_like(t).detach();
-    p.v = at::zeros_like(t).detach();
-    trainable += t.numel();
-    params.push_back(std::move(p));
+  nlohmann::json run() {
+    if (held_.defined()) {
+      first_held_ = best_held_ = heldOut();
+      history_.push_back({{"step", 0}, {"held_out_kd", first_held_}});
+    }
+    n_windows_ = n_train_ / (T_ + 1);
+    cache_.resize(static_cast<size_t>(o_.teacher_cache ? n_windows_ : 0));
+    train_start_ = Clock::now();
+    const int64_t log_every = std::max<int64_t>(1, std::min<int64_t>(25, o_.steps / 20));
+    int64_t step = 0;
+    for (step = 1; step <= o_.steps; ++step) {
+      const double lv = batchGradients(step);
+      const double lr = lrAt(step);
+      optimizerStep(step, lr);
+      if (first_loss_ < 0) first_loss_ = lv;
+      last_loss_ = lv;
+      loss_avg_ = step == 1 ? lv : 0.9 * loss_avg_ + 0.1 * lv;
+      const double secs = std::chrono::duration<double>(Clock::now() - train_start_).count();
+      const bool eval_now = held_.defined() && (step % o_.eval_every == 0 || step == o_.steps);
+      const std::string held_str = eval_now ? evaluate(step, lr, secs) : "";
+      if (o_.max_minutes > 0 && secs > o_.max_minutes * 60) out_of_time_ = true;
+      if (progress_ && (step % log_every == 0 || eval_now || step == o_.steps || stopped_early_ || out_of_time_))
+        logStep(step, lr, secs, held_str);
+      if (stopped_early_ || out_of_time_) break;
+    }
+    return finish(std::min(step, o_.steps));
   }
-  if (params.empty()) fail(ErrorCategory::Config, "distill: the model has no float parameters to train");
-  int64_t frozen = 0;
-  for (const auto& [w, q] : g.quant) frozen += g.initializers.count(w + ".qdata") ? g.initializers.at(w + ".qdata").numel() : 0;
 
-  ExecOptions live;
-  live.device = device;
-  live.fold_constants = false;  // weights require grad: their transposes must run each step
-  Executor student(g, live);
-  Executor teach(teacher, ExecOptions{device});
+ private:
+  /// The train / held-out split of the stream: the last `holdout` fraction is never trained on.
+  void splitData(const at::Tensor& train_tokens) {
+    if (!train_tokens.defined() || train_tokens.dim() != 1)
+      fail(ErrorCategory::Config, "distill: needs training text: add data.train (e.g. train_head.tok512.npy) to the recipe");
+    if (g_.inputs.size() != 1 || teacher_.inputs.size() != 1 || g_.outputs.empty())
+      fail(ErrorCategory::Config, "distill: supports causal LMs with one token input and logits as the first output");
+    const int64_t n = train_tokens.numel();
+    hold_ = o_.holdout > 0 ? std::max<int64_t>(T_ + 1, std::llround(o_.holdout * static_cast<double>(n))) : 0;
+    n_train_ = n - hold_;
+    if (n_train_ < T_ + 1)
+      fail(ErrorCategory::Data, "distill: data.train has " + std::to_string(n) + " tokens; seq_len " + std::to_string(T_) +
+                                    " with holdout " + std::to_string(o_.holdout) + " needs at least " + std::to_string(T_ + 1 + hold_) +
+                                    " (use more text, a shorter seq_len or a smaller holdout)");
+    tokens_ = train_tokens.to(at::kLong).to(device_);
+    ar_ = at::arange(T_ + 1, at::TensorOptions().dtype(at::kLong).device(device_));
+    if (hold_ > 0) {
+      const int64_t w = std::min<int64_t>(16, hold_ / (T_ + 1));
+      held_ = tokens_.narrow(0, n_train_, w * (T_ + 1)).reshape({w, T_ + 1});  // [windows, T + 1]
+    }
+  }
 
-  // Hidden-state matching: outputs of selected linear layers, by MatMul node, in both models.
-  std::map<std::string, at::Tensor> s_hidden, t_hidden;
-  std::set<std::string> hidden_nodes;
-  if (!o.hidden.empty()) {
-    auto ws = selectPassTargets(g, "distill", o.hidden, {});
-    for (const auto& l : findLinears(g))
-      if (std::find(ws.begin(), ws.end(), l.weight) != ws.end()) hidden_nodes.insert(g.nodes[l.node].name);
-    student.addHook([&](int, const Node& nd, const std::vector<at::Tensor>&, const std::vector<at::Tensor>& out) {
-      if (hidden_nodes.count(nd.name)) s_hidden[nd.name] = out[0];
+  /// Every float initializer that is a model parameter; quantized weights stay frozen.
+  void collectParams() {
+    for (auto& [name, t] : g_.initializers) {
+      if (!g_.parameters.count(name) || !t.is_floating_point()) continue;
+      Param p;
+      p.name = name;
+      t = t.detach().clone().to(at::kFloat).requires_grad_(true);
+      p.value = t;
+      auto sp = g_.sparsity.find(name);
+      if (sp != g_.sparsity.end()) p.mask = sp->second.mask.to(at::kFloat).to(t.device());
+      p.m = at::zeros_like(t).detach();
+      p.v = at::zeros_like(t).detach();
+      trainable_ += t.numel();
+      params_.push_back(std::move(p));
+    }
+    if (params_.empty()) fail(ErrorCategory::Config, "distill: the model has no float parameters to train");
+    for (const auto& [w, q] : g_.quant) frozen_ += g_.initializers.count(w + ".qdata") ? g_.initializers.at(w + ".qdata").numel() : 0;
+  }
+
+  /// Hidden-state matching: the outputs of the selected linear layers, by MatMul node, in both models.
+  void hookHiddenStates() {
+    if (o_.hidden.empty()) return;
+    auto ws = selectPassTargets(g_, "distill", o_.hidden, {});
+    for (const auto& l : findLinears(g_))
+      if (std::find(ws.begin(), ws.end(), l.weight) != ws.end()) hidden_nodes_.insert(g_.nodes[l.node].name);
+    student_->addHook([this](int, const Node& nd, const std::vector<at::Tensor>&, const std::vector<at::Tensor>& out) {
+      if (hidden_nodes_.count(nd.name)) s_hidden_[nd.name] = out[0];
     });
-    teach.addHook([&](int, const Node& nd, const std::vector<at::Tensor>&, const std::vector<at::Tensor>& out) {
-      if (hidden_nodes.count(nd.name)) t_hidden[nd.name] = out[0];
+    teach_->addHook([this](int, const Node& nd, const std::vector<at::Tensor>&, const std::vector<at::Tensor>& out) {
+      if (hidden_nodes_.count(nd.name)) t_hidden_[nd.name] = out[0];
     });
   }
-  auto lossOf = [&](const at::Tensor& logits, const at::Tensor& tlogits, const at::Tensor& targets) {
-    at::Tensor loss = kdLoss(logits, tlogits, o.temperature) * (1.0 - o.alpha);
-    if (o.alpha > 0)
-      loss = loss + o.alpha * at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}).to(at::kFloat), targets.reshape({-1}));
-    for (const auto& nd : hidden_nodes)
-      if (s_hidden.count(nd) && t_hidden.count(nd)) loss = loss + o.hidden_weight * at::mse_loss(s_hidden.at(nd), t_hidden.at(nd));
+
+  at::Tensor lossOf(const at::Tensor& logits, const at::Tensor& tlogits, const at::Tensor& targets) {
+    at::Tensor loss = kdLoss(logits, tlogits, o_.temperature) * (1.0 - o_.alpha);
+    if (o_.alpha > 0)
+      loss = loss + o_.alpha * at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}).to(at::kFloat), targets.reshape({-1}));
+    for (const auto& nd : hidden_nodes_)
+      if (s_hidden_.count(nd) && t_hidden_.count(nd)) loss = loss + o_.hidden_weight * at::mse_loss(s_hidden_.at(nd), t_hidden_.at(nd));
     return loss;
-  };
-  // Held-out KD loss (teacher logits computed once).
-  std::vector<at::Tensor> held_teacher;
-  auto heldOut = [&]() {
+  }
+
+  /// The held-out KD loss (the teacher's logits computed once).
+  double heldOut() {
     at::NoGradGuard ng;
     double sum = 0;
     int64_t count = 0;
-    for (int64_t s = 0, k = 0; s < held.size(0); s += o.micro_batch, ++k) {
-      at::Tensor x = held.narrow(0, s, std::min(o.micro_batch, held.size(0) - s));
-      at::Tensor in = x.narrow(1, 0, T);
-      if (static_cast<int64_t>(held_teacher.size()) <= k) held_teacher.push_back(teach.run1(in));
-      sum += kdLoss(student.run1(in), held_teacher[static_cast<size_t>(k)], o.temperature).item<double>() * x.size(0);
+    for (int64_t s = 0, k = 0; s < held_.size(0); s += o_.micro_batch, ++k) {
+      at::Tensor x = held_.narrow(0, s, std::min(o_.micro_batch, held_.size(0) - s));
+      at::Tensor in = x.narrow(1, 0, T_);
+      if (static_cast<int64_t>(held_teacher_.size()) <= k) held_teacher_.push_back(teach_->run1(in));
+      sum += kdLoss(student_->run1(in), held_teacher_[static_cast<size_t>(k)], o_.temperature).item<double>() * x.size(0);
       count += x.size(0);
     }
     return sum / static_cast<double>(count);
-  };
-
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(o.seed));
-  auto lrAt = [&](int64_t step) {  // step counts from 1
-    if (step <= o.warmup) return o.lr * static_cast<double>(step) / static_cast<double>(std::max<int64_t>(1, o.warmup));
-    // Cosine over the remaining steps, from the full rate at the first one (never exactly 0 at the last).
-    double p = static_cast<double>(step - o.warmup - 1) / static_cast<double>(std::max<int64_t>(1, o.steps - o.warmup));
-    double c = 0.5 * (1.0 + std::cos(M_PI * std::min(1.0, p)));
-    return o.lr * (o.min_lr_ratio + (1.0 - o.min_lr_ratio) * c);
-  };
-
-  nlohmann::json history = nlohmann::json::array();
-  double first_loss = -1, last_loss = 0, best_held = INFINITY, first_held = NAN;
-  int64_t best_step = 0, since_best = 0, step = 0;
-  bool stopped_early = false, out_of_time = false;
-  std::vector<at::Tensor> best;
-  if (held.defined()) {
-    first_held = best_held = heldOut();
-    history.push_back({{"step", 0}, {"held_out_kd", first_held}});
   }
-  const int64_t n_windows = n_train / (T + 1);
-  std::vector<at::Tensor> cache(static_cast<size_t>(o.teacher_cache ? n_windows : 0));
-  at::Tensor perm = at::empty({0}, at::kLong);
-  int64_t perm_pos = 0;
-  auto train_start = Clock::now();
-  const int64_t log_every = std::max<int64_t>(1, std::min<int64_t>(25, o.steps / 20));
-  double loss_avg = 0, t_teacher = 0, t_forward = 0, t_backward = 0;
-  for (step = 1; step <= o.steps; ++step) {
-    at::Tensor window_ids;  // with the teacher cache: which fixed windows this step trains on
-    at::Tensor offsets;
-    if (o.teacher_cache) {
-      std::vector<int64_t> ids;
-      while (static_cast<int64_t>(ids.size()) < o.batch) {
-        if (perm_pos >= perm.numel()) perm = at::randperm(n_windows, gen, at::kLong), perm_pos = 0;
-        ids.push_back(perm[perm_pos++].item<int64_t>());
-      }
-      window_ids = at::tensor(ids, at::kLong);
-      offsets = (window_ids * (T + 1)).to(device);
-    } else {
-      offsets = at::randint(0, n_train - T, {o.batch}, gen, at::kLong).to(device);
+
+  /// Linear warm-up, then a cosine over the remaining steps from the full rate at the first one (never exactly 0 at
+  /// the last); step counts from 1.
+  double lrAt(int64_t step) const {
+    if (step <= o_.warmup) return o_.lr * static_cast<double>(step) / static_cast<double>(std::max<int64_t>(1, o_.warmup));
+    double p = static_cast<double>(step - o_.warmup - 1) / static_cast<double>(std::max<int64_t>(1, o_.steps - o_.warmup));
+    double c = 0.5 * (1.0 + std::cos(M_PI * std::min(1.0, p)));
+    return o_.lr * (o_.min_lr_ratio + (1.0 - o_.min_lr_ratio) * c);
+  }
+
+  /// The start offsets of this step's windows: random, or with the teacher cache the next fixed windows of a shuffled
+  /// epoch (their ids in window_ids).
+  at::Tensor sampleOffsets(at::Tensor& window_ids) {
+    if (!o_.teacher_cache) return at::randint(0, n_train_ - T_, {o_.batch}, gen_, at::kLong).to(device_);
+    std::vector<int64_t> ids;
+    while (static_cast<int64_t>(ids.size()) < o_.batch) {
+      if (perm_pos_ >= perm_.numel()) perm_ = at::randperm(n_windows_, gen_, at::kLong), perm_pos_ = 0;
+      ids.push_back(perm_[perm_pos_++].item<int64_t>());
     }
-    at::Tensor xy = tokens.index({offsets.unsqueeze(1) + ar});
-    at::Tensor x = xy.narrow(1, 0, T), y = xy.narrow(1, 1, T);
-    // Micro-batches accumulate gradients: the same step, with every activation small enough for malloc to
-    // reuse (larger blocks go to mmap and are faulted in again on every use).
+    window_ids = at::tensor(ids, at::kLong);
+    return (window_ids * (T_ + 1)).to(device_);
+  }
+
+  /// The teacher's logits for micro-batch xm (sequences mb.. of the step); with the cache each fixed window's are
+  /// computed once (kept in fp16) and reused every epoch.
+  at::Tensor teacherLogits(const at::Tensor& xm, const at::Tensor& window_ids, int64_t mb, int64_t cnt) {
+    at::NoGradGuard ng;
+    if (!o_.teacher_cache) return teach_->run1(xm);
+    std::vector<at::Tensor> parts;
+    for (int64_t k = 0; k < cnt; ++k) {
+      int64_t id = window_ids[mb + k].item<int64_t>();
+      at::Tensor& c = cache_[static_cast<size_t>(id)];
+      if (!c.defined()) c = teach_->run1(xm.narrow(0, k, 1)).to(at::kHalf);
+      parts.push_back(c);
+    }
+    return at::cat(parts).to(at::kFloat);
+  }
+
+  /// One step's gradients over its micro-batches (every activation small enough for malloc to reuse: larger blocks
+  /// go to mmap and are faulted in again on every use); returns the step's loss.
+  double batchGradients(int64_t step) {
+    at::Tensor window_ids;
+    const at::Tensor offsets = sampleOffsets(window_ids);
+    at::Tensor xy = tokens_.index({offsets.unsqueeze(1) + ar_});
+    at::Tensor x = xy.narrow(1, 0, T_), y = xy.narrow(1, 1, T_);
     double lv = 0;
-    for (int64_t mb = 0; mb < o.batch; mb += o.micro_batch) {
-      int64_t cnt = std::min(o.micro_batch, o.batch - mb);
+    for (int64_t mb = 0; mb < o_.batch; mb += o_.micro_batch) {
+      int64_t cnt = std::min(o_.micro_batch, o_.batch - mb);
       at::Tensor xm = x.narrow(0, mb, cnt), ym = y.narrow(0, mb, cnt);
-      at::Tensor tl;
       auto ta = Clock::now();
-      {
-        at::NoGradGuard ng;
-        if (o.teacher_cache) {
-          // Logits of each fixed window are computed once (kept in fp16) and reused every epoch.
-          std::vector<at::Tensor> parts;
-          for (int64_t k = 0; k < cnt; ++k) {
-            int64_t id = window_ids[mb + k].item<int64_t>();
-            at::Tensor& c = cache[static_cast<size_t>(id)];
-            if (!c.defined()) c = teach.run1(xm.narrow(0, k, 1)).to(at::kHalf);
-            parts.push_back(c);
-          }
-          tl = at::cat(parts).to(at::kFloat);
-        } else {
-          tl = teach.run1(xm);
-        }
-      }
+      at::Tensor tl = teacherLogits(xm, window_ids, mb, cnt);
       auto tb = Clock::now();
-      at::Tensor loss = lossOf(student.run1(xm), tl, ym) * (static_cast<double>(cnt) / static_cast<double>(o.batch));
+      at::Tensor loss = lossOf(student_->run1(xm), tl, ym) * (static_cast<double>(cnt) / static_cast<double>(o_.batch));
       lv += loss.item<double>();
       auto tc = Clock::now();
       loss.backward();
       auto td = Clock::now();
-      t_teacher += std::chrono::duration<double>(tb - ta).count();
-      t_forward += std::chrono::duration<double>(tc - tb).count();
-      t_backward += std::chrono::duration<double>(td - tc).count();
+      t_teacher_ += std::chrono::duration<double>(tb - ta).count();
+      t_forward_ += std::chrono::duration<double>(tc - tb).count();
+      t_backward_ += std::chrono::duration<double>(td - tc).count();
     }
     if (!std::isfinite(lv))
       fail(ErrorCategory::Numeric, "distill: the loss became " + std::to_string(lv) + " at step " + std::to_string(step) +
-                                       "; lower lr (now " + std::to_string(o.lr) + ") or set clip");
+                                       "; lower lr (now " + std::to_string(o_.lr) + ") or set clip");
+    return lv;
+  }
+
+  /// Masked gradients, clipped to the global norm, then AdamW (decoupled weight decay); pruned weights stay zero.
+  void optimizerStep(int64_t step, double lr) {
     at::NoGradGuard ng;
     double norm2 = 0;
-    for (auto& p : params) {
+    for (auto& p : params_) {
       at::Tensor& gr = p.value.mutable_grad();
       if (!gr.defined()) continue;
       if (p.mask.defined()) gr.mul_(p.mask);
       norm2 += gr.pow(2).sum().item<double>();
     }
-    double scale = o.clip > 0 && std::sqrt(norm2) > o.clip ? o.clip / std::sqrt(norm2) : 1.0;
-    const double lr = lrAt(step);
-    const double bc1 = 1.0 - std::pow(o.beta1, static_cast<double>(step)), bc2 = 1.0 - std::pow(o.beta2, static_cast<double>(step));
-    for (auto& p : params) {
+    double scale = o_.clip > 0 && std::sqrt(norm2) > o_.clip ? o_.clip / std::sqrt(norm2) : 1.0;
+    const double bc1 = 1.0 - std::pow(o_.beta1, static_cast<double>(step)), bc2 = 1.0 - std::pow(o_.beta2, static_cast<double>(step));
+    for (auto& p : params_) {
       at::Tensor& gr = p.value.mutable_grad();
       if (!gr.defined()) continue;
       if (scale != 1.0) gr.mul_(scale);
-      p.m.mul_(o.beta1).add_(gr, 1.0 - o.beta1);
-      p.v.mul_(o.beta2).addcmul_(gr, gr, 1.0 - o.beta2);
-      p.value.mul_(1.0 - lr * o.weight_decay);
-      p.value.addcdiv_(p.m, (p.v / bc2).sqrt_().add_(o.eps), -lr / bc1);
+      p.m.mul_(o_.beta1).add_(gr, 1.0 - o_.beta1);
+      p.v.mul_(o_.beta2).addcmul_(gr, gr, 1.0 - o_.beta2);
+      p.value.mul_(1.0 - lr * o_.weight_decay);
+      p.value.addcdiv_(p.m, (p.v / bc2).sqrt_().add_(o_.eps), -lr / bc1);
       if (p.mask.defined()) p.value.mul_(p.mask);
       gr = at::Tensor();
     }
-    if (first_loss < 0) first_loss = lv;
-    last_loss = lv;
-    loss_avg = step == 1 ? lv : 0.9 * loss_avg + 0.1 * lv;
-    double secs = std::chrono::duration<double>(Clock::now() - train_start).count();
-    bool eval_now = held.defined() && (step % o.eval_every == 0 || step == o.steps);
-    std::string held_str;
-    if (eval_now) {
-      double h = heldOut();
-      history.push_back({{"step", step}, {"held_out_kd", h}, {"train_loss", loss_avg}, {"lr", lr}, {"seconds", secs}});
-      if (h < best_held) {
-        best_held = h, best_step = step, since_best = 0;
-        best.clear();
-        for (auto& p : params) best.push_back(p.value.detach().clone());
-      } else if (++since_best >= o.patience && o.patience > 0) {
-        stopped_early = true;
-      }
-      char b[96];
-      std::snprintf(b, sizeof b, ", held-out KD %.4f%s", h, since_best == 0 ? " (best)" : "");
-      held_str = b;
-    }
-    if (o.max_minutes > 0 && secs > o.max_minutes * 60) out_of_time = true;
-    if (progress && (step % log_every == 0 || eval_now || step == o.steps || stopped_early || out_of_time)) {
-      double tps = static_cast<double>(step * o.batch * T) / std::max(secs, 1e-9);
-      double eta = secs / static_cast<double>(step) * static_cast<double>(o.steps - step);
-      std::printf("  distill: step %lld/%lld, loss %.4f%s, lr %.2e, %.0f tokens/s, %s elapsed, ETA %s\n",
-                  static_cast<long long>(step), static_cast<long long>(o.steps), loss_avg, held_str.c_str(), lr, tps,
-                  clockStr(secs).c_str(), clockStr(eta).c_str());
-      std::fflush(stdout);
-    }
-    if (stopped_early || out_of_time) break;
   }
-  const int64_t steps_run = std::min(step, o.steps);
-  const double train_s = std::chrono::duration<double>(Clock::now() - train_start).count();
-  // Keep the best held-out weights.
-  {
+
+  /// The held-out evaluation: history, the best weights so far, early stopping; the progress line's part.
+  std::string evaluate(int64_t step, double lr, double secs) {
     at::NoGradGuard ng;
-    if (!best.empty())
-      for (size_t i = 0; i < params.size(); ++i) params[i].value.copy_(best[i]);
+    double h = heldOut();
+    history_.push_back({{"step", step}, {"held_out_kd", h}, {"train_loss", loss_avg_}, {"lr", lr}, {"seconds", secs}});
+    if (h < best_held_) {
+      best_held_ = h, best_step_ = step, since_best_ = 0;
+      best_.clear();
+      for (auto& p : params_) best_.push_back(p.value.detach().clone());
+    } else if (++since_best_ >= o_.patience && o_.patience > 0) {
+      stopped_early_ = true;
+    }
+    char b[96];
+    std::snprintf(b, sizeof b, ", held-out KD %.4f%s", h, since_best_ == 0 ? " (best)" : "");
+    return b;
   }
-  for (auto& p : params) g.initializers.at(p.name) = p.value.detach().to(teacher.initializers.count(p.name)
-                                                                              ? teacher.initializers.at(p.name).scalar_type()
-                                                                              : at::kFloat);
-  const double tokens_seen = static_cast<double>(steps_run * o.batch * T);
-  return {{"steps", steps_run}, {"max_steps", o.steps}, {"batch", o.batch}, {"seq_len", T}, {"tokens", tokens_seen},
-          {"train_seconds", train_s}, {"teacher_seconds", t_teacher}, {"forward_seconds", t_forward},
-          {"backward_seconds", t_backward}, {"tokens_per_second", tokens_seen / std::max(train_s, 1e-9)},
-          {"seconds", std::chrono::duration<double>(Clock::now() - t0).count()},
-          {"first_loss", first_loss}, {"last_loss", last_loss}, {"held_out_kd_before", first_held},
-          {"held_out_kd_best", best_held}, {"best_step", best_step}, {"stopped_early", stopped_early},
-          {"stopped_by_time", out_of_time}, {"trainable_params", trainable}, {"frozen_quantized_weights", frozen},
-          {"train_tokens", n_train}, {"held_out_tokens", hold}, {"teacher_cache", o.teacher_cache}, {"temperature", o.temperature}, {"alpha", o.alpha},
-          {"lr", o.lr}, {"history", history}};
+
+  void logStep(int64_t step, double lr, double secs, const std::string& held_str) const {
+    double tps = static_cast<double>(step * o_.batch * T_) / std::max(secs, 1e-9);
+    double eta = secs / static_cast<double>(step) * static_cast<double>(o_.steps - step);
+    std::printf("  distill: step %lld/%lld, loss %.4f%s, lr %.2e, %.0f tokens/s, %s elapsed, ETA %s\n",
+                static_cast<long long>(step), static_cast<long long>(o_.steps), loss_avg_, held_str.c_str(), lr, tps,
+                clockStr(secs).c_str(), clockStr(eta).c_str());
+    std::fflush(stdout);
+  }
+
+  /// Installs the best held-out weights in the graph (in the teacher's types) and returns the report.
+  nlohmann::json finish(int64_t steps_run) {
+    const double train_s = std::chrono::duration<double>(Clock::now() - train_start_).count();
+    {
+      at::NoGradGuard ng;
+      if (!best_.empty())
+        for (size_t i = 0; i < params_.size(); ++i) params_[i].value.copy_(best_[i]);
+    }
+    for (auto& p : params_)
+      g_.initializers.at(p.name) = p.value.detach().to(
+          teacher_.initializers.count(p.name) ? teacher_.initializers.at(p.name).scalar_type() : at::kFloat);
+    const double tokens_seen = static_cast<double>(steps_run * o_.batch * T_);
+    return {{"steps", steps_run}, {"max_steps", o_.steps}, {"batch", o_.batch}, {"seq_len", T_}, {"tokens", tokens_seen},
+            {"train_seconds", train_s}, {"teacher_seconds", t_teacher_}, {"forward_seconds", t_forward_},
+            {"backward_seconds", t_backward_}, {"tokens_per_second", tokens_seen / std::max(train_s, 1e-9)},
+            {"seconds", std::chrono::duration<double>(Clock::now() - t0_).count()},
+            {"first_loss", first_loss_}, {"last_loss", last_loss_}, {"held_out_kd_before", first_held_},
+            {"held_out_kd_best", best_held_}, {"best_step", best_step_}, {"stopped_early", stopped_early_},
+            {"stopped_by_time", out_of_time_}, {"trainable_params", trainable_}, {"frozen_quantized_weights", frozen_},
+            {"train_tokens", n_train_}, {"held_out_tokens", hold_}, {"teacher_cache", o_.teacher_cache},
+            {"temperature", o_.temperature}, {"alpha", o_.alpha}, {"lr", o_.lr}, {"history", history_}};
+  }
+
+  const Clock::time_point t0_ = Clock::now();
+  Graph& g_;
+  const Graph& teacher_;
+  const DistillOptions& o_;
+  at::Device device_;
+  bool progress_;
+  const int64_t T_;
+  // data
+  int64_t hold_ = 0, n_train_ = 0, n_windows_ = 0;
+  at::Tensor tokens_, ar_, held_;
+  // model
+  std::vector<Param> params_;
+  int64_t trainable_ = 0, frozen_ = 0;
+  std::unique_ptr<Executor> student_, teach_;
+  std::set<std::string> hidden_nodes_;
+  std::map<std::string, at::Tensor> s_hidden_, t_hidden_;
+  std::vector<at::Tensor> held_teacher_, cache_;
+  // sampling
+  at::Generator gen_ = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(o_.seed));
+  at::Tensor perm_ = at::empty({0}, at::kLong);
+  int64_t perm_pos_ = 0;
+  // progress and results
+  Clock::time_point train_start_;
+  nlohmann::json history_ = nlohmann::json::array();
+  double first_loss_ = -1, last_loss_ = 0, loss_avg_ = 0, best_held_ = INFINITY, first_held_ = NAN;
+  double t_teacher_ = 0, t_forward_ = 0, t_backward_ = 0;
+  int64_t best_step_ = 0, since_best_ = 0;
+  bool stopped_early_ = false, out_of_time_ = false;
+  std::vector<at::Tensor> best_;
+};
+
+}  // namespace
+
+nlohmann::json distill(Graph& g, const Graph& teacher, const at::Tensor& train_tokens, const DistillOptions& o,
+                       at::Device device, bool progress) {
+  return Distiller(g, teacher, train_tokens, o, device, progress).run();
 }
 
 namespace {
