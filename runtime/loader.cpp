@@ -633,8 +633,9 @@ int transposedConstant(const Graph& g, int v) {
 }
 
 /// MatMul with a constant float B, or with B = Transpose(constant W) (packed from W, before folding would transpose it):
-/// pre-pack it as panels or rows of the output. A constant read by this MatMul alone is freed once packed.
-void packDenseWeights(Graph& g, ThreadPool& pool) {
+/// pre-pack it as panels or rows of the output. A constant read by this MatMul alone is freed once packed. Before
+/// folding (`transposedOnly`) only the second kind: a MatMul whose inputs constant subgraphs compute is folded whole.
+void packDenseWeights(Graph& g, ThreadPool& pool, bool transposedOnly) {
   std::vector<int> uses(g.values.size(), 0);
   for (const Node& n : g.nodes)
     for (int v : n.in)
@@ -643,9 +644,10 @@ void packDenseWeights(Graph& g, ThreadPool& pool) {
   std::vector<PackJob> jobs;
   for (size_t ni = 0; ni < g.nodes.size(); ++ni) {
     const Node& n = g.nodes[ni];
-    if (!n.domain.empty() || n.op != "MatMul" || n.packed || n.in.size() != 2 || n.in[1] < 0) continue;
+    // (a MatMul of two constants is left to folding, which computes it once)
+    if (!n.domain.empty() || n.op != "MatMul" || n.packed || n.in.size() != 2 || n.in[1] < 0 || isConst(g, n.in[0])) continue;
     const int b = n.in[1], t = isConst(g, b) ? -1 : transposedConstant(g, b);
-    if (!isConst(g, b) && t < 0) continue;
+    if (t < 0 && (transposedOnly || !isConst(g, b))) continue;
     const int w = t >= 0 ? t : b;
     // (the only reader: this MatMul, or a Transpose whose only reader is this MatMul; so no other job frees it)
     const bool last = uses[w] == 1 && (t < 0 || uses[b] == 1);
@@ -829,14 +831,14 @@ Graph buildGraph(onnx::ModelProto& model, const ModelFile* file, const std::stri
   info.nodes = static_cast<int>(g.nodes.size());
   checkTopologicalOrder(g);
   packQuantizedWeights(g, pool);
-  packDenseWeights(g, pool);  // (before folding: a weight's Transpose is packed from the weight, not computed)
+  packDenseWeights(g, pool, true);  // (before folding: a weight's Transpose is packed from the weight, not computed)
   pruneUnused(g);
   info.folded = foldConstants(g, pool, k, true);
   pruneUnused(g);                 // (also renumbers the producers after folding)
   packQuantizedWeights(g, pool);  // integers that were computed by constant subgraphs
   pruneUnused(g);
   info.folded += foldConstants(g, pool, k, false);  // what could not be packed is expanded as before
-  packDenseWeights(g, pool);
+  packDenseWeights(g, pool, false);
   pruneUnused(g);
   if ((info.merged = mergeDuplicates(g)) > 0) pruneUnused(g);
   for (const Node& n : g.nodes)
