@@ -356,7 +356,7 @@ std::shared_ptr<PackedWeight> packDense(const Buf& b, bool transposed) {
   w->N = N;
   w->K = K;
   w->block = K;
-  // Both loops write the packed bytes in order (the source is read in kPanel / 16 streams): new pages are filled once,
+  // The fp32 loops write the packed bytes in order (the source read in kPanel streams): new pages are filled once,
   // front to back, and a 110M-weight model packs in a fraction of the time a column scatter took.
   if (w->kind == PackedWeight::F32) {  // panels [ceil(N/kPanel)][K][kPanel], the last one zero padded
     const int64_t np = (N + kPanel - 1) / kPanel;
@@ -383,9 +383,9 @@ std::shared_ptr<PackedWeight> packDense(const Buf& b, bool transposed) {
     std::memcpy(dst, src, static_cast<size_t>(N * K) * 2);
     return w;
   }
-  for (int64_t n0 = 0; n0 < N; n0 += 16)
-    for (int64_t n = n0; n < std::min(N, n0 + 16); ++n)
-      for (int64_t k = 0; k < K; ++k) dst[n * K + k] = src[k * N + n];
+  for (int64_t n0 = 0; n0 < N; n0 += 32)  // 32 rows at a time: each k's 64 source bytes read once
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t n = n0; n < std::min(N, n0 + 32); ++n) dst[n * K + k] = src[k * N + n];
   return w;
 }
 
