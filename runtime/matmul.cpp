@@ -314,6 +314,18 @@ std::shared_ptr<PackedWeight> quantWeight(int64_t N, int64_t K, int64_t block, i
 template <typename Q>
 void fillQuant(PackedWeight& w, SourceOrder order, Q q) {
   uint8_t* base = static_cast<uint8_t*>(w.w.data());
+  if (order == SourceOrder::ByK && w.kind == PackedWeight::Q8) {  // a transpose of bytes, 64 outputs at a time
+    const int64_t rowBytes = w.rowBytes();
+    for (int64_t n0 = 0; n0 < w.N; n0 += 64) {
+      const int64_t n1 = std::min(w.N, n0 + 64);
+      for (int64_t b = 0; b < w.nblk; ++b)
+        for (int64_t j = 0, valid = std::min(w.block, w.K - b * w.block); j < valid; ++j) {
+          uint8_t* col = base + b * w.P + j;
+          for (int64_t n = n0; n < n1; ++n) col[n * rowBytes] = static_cast<uint8_t>(q(n, b, j));
+        }
+    }
+    return;
+  }
   const int64_t rowBytes = w.rowBytes(), tile = order == SourceOrder::ByK ? 64 : 1;
   for (int64_t n0 = 0; n0 < w.N; n0 += tile)
     for (int64_t b = 0; b < w.nblk; ++b) {
@@ -534,6 +546,7 @@ bool centerable(const PackedWeight& w) {
   for (int64_t n = 0; n < w.N; ++n) {
     const float z = w.zp[n];
     if (!(z >= 0.f && z <= 255.f && z == std::floor(z))) return false;
+    if (z == 128.f) continue;  // every byte less 128 fits (every symmetric int8 weight): no need to read the row
     const uint8_t* row = static_cast<const uint8_t*>(w.w.data()) + n * w.rowBytes();
     const auto [lo, hi] = std::minmax_element(row, row + w.K);
     if (*lo - static_cast<int>(z) < -128 || *hi - static_cast<int>(z) > 127) return false;
@@ -556,13 +569,15 @@ bool panelize(PackedWeight& w, std::optional<bool> centered) {
     const int64_t p = n / kPanel, j = n % kPanel;
     uint8_t* rows = out + p * w.K * rowBytes;
     const uint8_t* row = static_cast<const uint8_t*>(w.w.data()) + n * w.rowBytes();
-    for (int64_t k = 0, b = 0; b < w.nblk; ++b)
+    if (q8) {  // one block: a column of bytes (less the zero point when centered)
+      const uint8_t z = center ? static_cast<uint8_t>(static_cast<int>(w.zp[n])) : 0;
+      for (int64_t k = 0; k < w.K; ++k) rows[k * rowBytes + j] = static_cast<uint8_t>(row[k] - z);
+    }
+    for (int64_t k = 0, b = 0; !q8 && b < w.nblk; ++b)  // Q4: each nibble or-ed into its panel byte
       for (int64_t e = b * w.P, ee = e + std::min(w.block, w.K - k); e < ee; ++e, ++k) {  // e: k's stored element
         // (Q4 rows: chunks of 32 elements, byte c holding element c low and c + 16 high)
-        const int v = q8 ? row[e] : (row[(e >> 5) * 16 + (e & 15)] >> (e & 16 ? 4 : 0)) & 0xF;
-        if (q8 && center) rows[k * rowBytes + j] = static_cast<uint8_t>(static_cast<int8_t>(v - static_cast<int>(w.zp[n])));
-        else if (q8) rows[k * rowBytes + j] = static_cast<uint8_t>(v);
-        else rows[k * rowBytes + j % 16] |= static_cast<uint8_t>(j < 16 ? v : v << 4);
+        const int v = (row[(e >> 5) * 16 + (e & 15)] >> (e & 16 ? 4 : 0)) & 0xF;
+        rows[k * rowBytes + j % 16] |= static_cast<uint8_t>(j < 16 ? v : v << 4);
       }
     for (int64_t b = 0; b < w.nblk; ++b) {
       scale[(p * w.nblk + b) * kPanel + j] = w.scale[n * w.nblk + b];
