@@ -327,13 +327,23 @@ int64_t rowPairsNonzeros(const PackedWeight& w) {
   int64_t nz = 0;
   for (int64_t n = 0; n < w.N; ++n) {
     const uint8_t* row = static_cast<const uint8_t*>(w.w.data()) + n * w.rowBytes();
-    for (int64_t k0 = 0; k0 < w.K; k0 += kPairGroup) {
-      const int64_t b = w.nblk == 1 ? 0 : k0 / w.block;
+    for (int64_t b = 0, kb = 0; b < w.nblk; ++b, kb += w.block) {  // (groups of 4 do not straddle blocks)
       const int z = static_cast<int>(w.zp[n * w.nblk + b]);
-      int64_t c = 0;
-      for (int64_t k = k0; k < std::min(w.K, k0 + kPairGroup); ++k) c += storedAt(w, row, b * w.P + k - b * w.block) != z;
-      if (c > kPairSlots) return -1;
-      nz += c;
+      for (int64_t k0 = kb; k0 < std::min(w.K, kb + w.block); k0 += kPairGroup) {
+        const int64_t e = b * w.P + k0 - kb;  // the group's first stored element
+        int64_t c = 0;
+        if (k0 + kPairGroup > w.K) {  // the last, partial group
+          for (int64_t k = k0; k < w.K; ++k) c += storedAt(w, row, e + k - k0) != z;
+        } else if (w.kind == PackedWeight::Q8) {
+          for (int i = 0; i < kPairGroup; ++i) c += row[e + i] != z;
+        } else {  // 4 nibbles of one half of a chunk (kChunk values: byte c holds value c low, c + 16 high)
+          const uint8_t* bytes = row + (e / kChunk) * (kChunk / 2) + e % (kChunk / 2);
+          const int shift = e % kChunk < kChunk / 2 ? 0 : 4;
+          for (int i = 0; i < kPairGroup; ++i) c += ((bytes[i] >> shift) & 0xF) != z;
+        }
+        if (c > kPairSlots) return -1;
+        nz += c;
+      }
     }
   }
   return pairsFilled(nz, w.K, w.N) ? nz : -1;
