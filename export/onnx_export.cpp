@@ -214,11 +214,17 @@ void addBlockedQdqTensor(onnx::TensorProto* t, const std::string& name, const at
   setRaw(t, name, is_signed ? kInt4 : kUInt4, c.sizes().vec(), packed.data(), packed.size());
 }
 
-}  // namespace
+/// What writing the nodes found out, for the initializers, the value info and the stats.
+struct Written {
+  std::set<std::string> used;            // initializers the emitted nodes read
+  std::set<std::string> emitted_values;  // node outputs written
+  bool any_nbits = false;
+  int64_t int8_act_nodes = 0;  // MatMulNBits nodes written with accuracy_level 4 (int8 activations)
+  int reduce_axes_id = 0;
+};
 
-void buildOnnx(const Graph& g, const ExportOptions& opts, onnx::ModelProto& model, json* stats) {
-  Ctx c{g, opts};
-  planWeights(c);
+/// The model's header: IR version, producer, opsets, metadata, graph inputs and outputs.
+void writeHeader(const Ctx& c, onnx::ModelProto& model) {
   model.set_ir_version(c.opset >= 21 ? 10 : 8);
   model.set_producer_name("compress");
   model.set_producer_version(COMPRESS_VERSION);
@@ -226,47 +232,74 @@ void buildOnnx(const Graph& g, const ExportOptions& opts, onnx::ModelProto& mode
   auto* op = model.add_opset_import();
   op->set_domain("");
   op->set_version(c.opset);
-  for (const auto& [k, v] : opts.metadata) {
+  for (const auto& [k, v] : c.opts.metadata) {
     auto* p = model.add_metadata_props();
     p->set_key(k);
     p->set_value(v);
   }
   onnx::GraphProto* gp = model.mutable_graph();
   gp->set_name("compress");
-  for (const auto& i : g.inputs) setValueInfo(gp->add_input(), i, g.values.at(i));
-  for (const auto& o : g.outputs) setValueInfo(gp->add_output(), o, g.values.at(o));
+  for (const auto& i : c.g.inputs) setValueInfo(gp->add_input(), i, c.g.values.at(i));
+  for (const auto& o : c.g.outputs) setValueInfo(gp->add_output(), o, c.g.values.at(o));
+}
 
-  std::set<std::string> used;  // initializers the emitted nodes read
-  std::set<std::string> emitted_values;
-  bool any_nbits = false;
-  int64_t int8_act_nodes = 0;  // MatMulNBits nodes written with accuracy_level 4 (int8 activations)
-  int reduce_axes_id = 0;
-  for (const Node& n : g.nodes) {
-    // Weights written as MatMulNBits have no DequantizeLinear/Transpose of their own.
+/// A MatMul whose weight is written as MatMulNBits: the node reading B, scales and zero points by the weight's name.
+void writeMatMulNBits(Ctx& c, const Node& n, onnx::NodeProto* np, Written& out) {
+  const std::string& w = c.nbits_of[n.inputs[1]];
+  const QuantInfo& q = c.g.quant.at(w);
+  const at::Tensor& qd = c.g.initializers.at(w + ".qdata");
+  np->set_op_type("MatMulNBits");
+  np->set_domain("com.microsoft");
+  np->add_input(n.inputs[0]);
+  np->add_input(w + ".B");
+  np->add_input(w + ".scales");
+  if (!q.symmetric) np->add_input(w + ".zero_points");
+  np->add_output(n.outputs[0]);
+  addAttr(np, "K", qd.size(1));
+  addAttr(np, "N", qd.size(0));
+  addAttr(np, "bits", static_cast<int64_t>(q.bits));
+  addAttr(np, "block_size", q.group_size);
+  if (c.opts.accuracy_level > 0) addAttr(np, "accuracy_level", c.opts.accuracy_level);
+  out.int8_act_nodes += c.opts.accuracy_level == 4;
+  out.any_nbits = true;
+  out.emitted_values.insert(n.outputs[0]);
+}
+
+/// The attributes of node n as ONNX writes them: ConstantOfShape's value as a one-element float32 tensor, and from
+/// opset 18 Reduce* axes as an input.
+void writeAttributes(const Ctx& c, const Node& n, onnx::NodeProto* np, onnx::GraphProto* gp, Written& out) {
+  bool axes_as_input = c.opset >= 18 && (n.op == "ReduceMean" || n.op == "ReduceMax") && n.hasAttr("axes");
+  for (const auto& [k, a] : n.attrs) {
+    if (axes_as_input && k == "axes") continue;
+    if (n.op == "ConstantOfShape" && k == "value") {  // the IR's float fill -> ONNX's one-element float32 tensor
+      auto* at = np->add_attribute();
+      at->set_name("value");
+      at->set_type(onnx::AttributeProto::TENSOR);
+      const float v = static_cast<float>(n.attrFloat("value", 0.0));
+      setRaw(at->mutable_t(), "value", static_cast<int>(DType::Float32), {1}, &v, sizeof v);
+      continue;
+    }
+    addAttr(np, k, a);
+  }
+  if (axes_as_input) {  // opset 18 moved Reduce* axes from an attribute to an input
+    std::string name = "axes." + n.name + "." + std::to_string(out.reduce_axes_id++);
+    auto axes = n.attrInts("axes");
+    setRaw(gp->add_initializer(), name, static_cast<int>(DType::Int64), {static_cast<int64_t>(axes.size())}, axes.data(),
+           axes.size() * 8);
+    np->add_input(name);
+  }
+}
+
+/// Every node of the graph, as the weight plans say: MatMulNBits weights lose their DequantizeLinear and Transpose,
+/// QDQ weights stored [K, N] lose their Transpose (their DequantizeLinear writes the transposed value).
+void writeNodes(Ctx& c, onnx::GraphProto* gp, Written& out) {
+  for (const Node& n : c.g.nodes) {
     if (n.op == "DequantizeLinear" && c.plans.count(n.outputs[0]) && c.plans[n.outputs[0]] == Plan::MatMulNBits) continue;
     if (n.op == "Transpose" && (c.nbits_of.count(n.outputs[0]) || c.skip_nodes.count(n.outputs[0]))) continue;
-    bool transposed_dq = n.op == "DequantizeLinear" && c.transposed_qdq.count(n.outputs[0]);
     onnx::NodeProto* np = gp->add_node();
     np->set_name(n.name);
     if (n.op == "MatMul" && c.nbits_of.count(n.inputs[1])) {
-      const std::string& w = c.nbits_of[n.inputs[1]];
-      const QuantInfo& q = g.quant.at(w);
-      const at::Tensor& qd = g.initializers.at(w + ".qdata");
-      np->set_op_type("MatMulNBits");
-      np->set_domain("com.microsoft");
-      np->add_input(n.inputs[0]);
-      np->add_input(w + ".B");
-      np->add_input(w + ".scales");
-      if (!q.symmetric) np->add_input(w + ".zero_points");
-      np->add_output(n.outputs[0]);
-      addAttr(np, "K", qd.size(1));
-      addAttr(np, "N", qd.size(0));
-      addAttr(np, "bits", static_cast<int64_t>(q.bits));
-      addAttr(np, "block_size", q.group_size);
-      if (c.opts.accuracy_level > 0) addAttr(np, "accuracy_level", c.opts.accuracy_level);
-      int8_act_nodes += c.opts.accuracy_level == 4;
-      any_nbits = true;
-      emitted_values.insert(n.outputs[0]);
+      writeMatMulNBits(c, n, np, out);
       continue;
     }
     np->set_op_type(n.op);
@@ -274,126 +307,139 @@ void buildOnnx(const Graph& g, const ExportOptions& opts, onnx::ModelProto& mode
     for (const auto& i : n.inputs) {
       auto rn = c.rename.find(i);
       np->add_input(rn != c.rename.end() ? rn->second : i);
-      if (g.isInitializer(i)) used.insert(i);
+      if (c.g.isInitializer(i)) out.used.insert(i);
     }
-    if (transposed_dq) {
+    if (n.op == "DequantizeLinear" && c.transposed_qdq.count(n.outputs[0])) {
       // [K, N] storage: per-channel scales run along axis 1, blocks along axis 0.
       const std::string& w = n.outputs[0];
-      const std::string& out = c.transposed_qdq.at(w);
-      np->add_output(out);
-      emitted_values.insert(out);
-      bool blocked = g.quant.at(w).group_size > 0;
+      const std::string& value = c.transposed_qdq.at(w);
+      np->add_output(value);
+      out.emitted_values.insert(value);
+      bool blocked = c.g.quant.at(w).group_size > 0;
       addAttr(np, "axis", int64_t{blocked ? 0 : 1});
-      if (blocked) addAttr(np, "block_size", g.quant.at(w).group_size);
+      if (blocked) addAttr(np, "block_size", c.g.quant.at(w).group_size);
       continue;
     }
-    for (const auto& o : n.outputs) np->add_output(o), emitted_values.insert(o);
-    bool axes_as_input = c.opset >= 18 && (n.op == "ReduceMean" || n.op == "ReduceMax") && n.hasAttr("axes");
-    for (const auto& [k, a] : n.attrs) {
-      if (axes_as_input && k == "axes") continue;
-      if (n.op == "ConstantOfShape" && k == "value") {  // the IR's float fill -> ONNX's one-element float32 tensor
-        auto* at = np->add_attribute();
-        at->set_name("value");
-        at->set_type(onnx::AttributeProto::TENSOR);
-        const float v = static_cast<float>(n.attrFloat("value", 0.0));
-        setRaw(at->mutable_t(), "value", static_cast<int>(DType::Float32), {1}, &v, sizeof v);
-        continue;
-      }
-      addAttr(np, k, a);
-    }
-    if (axes_as_input) {  // opset 18 moved Reduce* axes from an attribute to an input
-      std::string name = "axes." + n.name + "." + std::to_string(reduce_axes_id++);
-      auto axes = n.attrInts("axes");
-      setRaw(gp->add_initializer(), name, static_cast<int>(DType::Int64), {static_cast<int64_t>(axes.size())}, axes.data(),
-             axes.size() * 8);
-      np->add_input(name);
-    }
+    for (const auto& o : n.outputs) np->add_output(o), out.emitted_values.insert(o);
+    writeAttributes(c, n, np, gp, out);
   }
-  if (any_nbits) {
-    auto* ms = model.add_opset_import();
-    ms->set_domain("com.microsoft");
-    ms->set_version(1);
-  }
+}
+
+/// The initializers: MatMulNBits weights in their layout, the QDQ weights stored [K, N] transposed, blocked QDQ
+/// integers packed as opset 21's sub-byte types, every other initializer the nodes read as it is.
+void writeInitializers(Ctx& c, onnx::GraphProto* gp, const std::set<std::string>& used) {
   for (const auto& [w, plan] : c.plans) {
     if (plan == Plan::MatMulNBits) addNBitsWeight(c, gp, w);
     for (const char* suffix : {".qdata", ".scale", ".zero_point"}) c.weight_of[w + suffix] = w;
   }
   for (const auto& name : used) {
-    at::Tensor t = g.initializers.at(name);
+    at::Tensor t = c.g.initializers.at(name);
     auto owner = c.weight_of.find(name);
     if (owner != c.weight_of.end() && c.transposed_qdq.count(owner->second) && t.dim() == 2) t = t.t().contiguous();
     if (owner != c.weight_of.end() && c.plans.at(owner->second) == Plan::QdqBlocked &&
         (name.size() > 6 && (name.compare(name.size() - 6, 6, ".qdata") == 0 || name.compare(name.size() - 11, 11, ".zero_point") == 0))) {
-      const QuantInfo& q = g.quant.at(owner->second);
+      const QuantInfo& q = c.g.quant.at(owner->second);
       addBlockedQdqTensor(gp->add_initializer(), name, t, q.bits, t.scalar_type() == at::kChar);
     } else {
       setTensor(gp->add_initializer(), name, t);
     }
   }
-  if (opts.compact_sparse) {
-    std::set<std::string> pruned;
-    for (const auto& l : findLinears(g)) pruned.insert(g.quant.count(l.weight) ? l.weight + ".qdata" : l.weight);
-    json cs = compactSparseWeights(*gp, pruned);
-    for (const auto& t : gp->initializer()) {  // the mask and values count as their weight's bytes
-      const std::string& n = t.name();
-      for (const char* suffix : {".mask", ".values"}) {
-        const size_t len = std::strlen(suffix);
-        if (n.size() <= len || n.compare(n.size() - len, len, suffix) != 0) continue;
-        const std::string base = n.substr(0, n.size() - len);
-        auto owner = c.weight_of.find(base);
-        c.weight_of[n] = owner != c.weight_of.end() ? owner->second : base;
-      }
+}
+
+/// The compact form of the pruned linear weights (export/sparse_weights.h); their masks and values count as their
+/// weight's bytes.
+json writeCompactSparse(Ctx& c, onnx::GraphProto* gp) {
+  std::set<std::string> pruned;
+  for (const auto& l : findLinears(c.g)) pruned.insert(c.g.quant.count(l.weight) ? l.weight + ".qdata" : l.weight);
+  json cs = compactSparseWeights(*gp, pruned);
+  for (const auto& t : gp->initializer()) {
+    const std::string& n = t.name();
+    for (const char* suffix : {".mask", ".values"}) {
+      const size_t len = std::strlen(suffix);
+      if (n.size() <= len || n.compare(n.size() - len, len, suffix) != 0) continue;
+      const std::string base = n.substr(0, n.size() - len);
+      auto owner = c.weight_of.find(base);
+      c.weight_of[n] = owner != c.weight_of.end() ? owner->second : base;
     }
+  }
+  return cs;
+}
+
+/// Intermediate shapes (from the IR's probe-based inference) for tools and readers.
+void writeValueInfo(const Ctx& c, onnx::GraphProto* gp, const std::set<std::string>& emitted_values) {
+  std::set<std::string> io(c.g.inputs.begin(), c.g.inputs.end());
+  io.insert(c.g.outputs.begin(), c.g.outputs.end());
+  for (const auto& v : emitted_values) {
+    if (io.count(v) || c.g.isInitializer(v)) continue;
+    auto it = c.g.values.find(v);
+    if (it != c.g.values.end() && it->second.dtype != DType::Undefined) setValueInfo(gp->add_value_info(), v, it->second);
+  }
+}
+
+/// The export's numbers for the report: bytes by format, the quantized weights against the float32 bytes they
+/// replace (data, scales and zero points), opset, nodes, each weight's format.
+void exportStats(Ctx& c, const onnx::ModelProto& model, const Written& out, json& stats) {
+  const onnx::GraphProto& gp = model.graph();
+  json bytes_by_format = json::object();
+  int64_t linear_bytes = 0, total = 0;
+  std::set<std::string> linear_weights;
+  for (const auto& l : findLinears(c.g)) linear_weights.insert(l.weight);
+  for (const auto& t : gp.initializer()) {
+    int64_t b = static_cast<int64_t>(t.raw_data().size());
+    total += b;
+    auto owner = c.weight_of.find(t.name());
+    std::string w = owner != c.weight_of.end() ? owner->second : t.name();
+    std::string fmt = c.format_of.count(w) ? c.format_of[w] : (c.g.parameters.count(w) ? std::string(dtypeName(static_cast<DType>(t.data_type()))) : "constants");
+    bytes_by_format[fmt] = bytes_by_format.value(fmt, int64_t{0}) + b;
+    if (linear_weights.count(w)) linear_bytes += b;
+  }
+  int64_t q_bytes = 0, q_fp32 = 0;
+  std::map<std::string, int64_t> per_weight;
+  for (const auto& t : gp.initializer()) {
+    auto owner = c.weight_of.find(t.name());
+    if (owner != c.weight_of.end() && c.g.quant.count(owner->second)) per_weight[owner->second] += t.raw_data().size();
+  }
+  for (const auto& [w, b] : per_weight) {
+    q_bytes += b;
+    q_fp32 += c.g.initializers.at(w + ".qdata").numel() * 4;
+  }
+  stats["quantized_weight_bytes"] = q_bytes;
+  stats["quantized_weight_fp32_bytes"] = q_fp32;
+  stats["quantized_weight_ratio"] = q_fp32 ? static_cast<double>(q_bytes) / static_cast<double>(q_fp32) : 1.0;
+  stats["opset"] = c.opset;
+  stats["int8_activation_matmuls"] = out.int8_act_nodes;
+  stats["ir_version"] = model.ir_version();
+  stats["int4"] = c.opts.int4;
+  stats["initializer_bytes"] = total;
+  stats["linear_weight_bytes"] = linear_bytes;
+  stats["bytes_by_format"] = bytes_by_format;
+  stats["nodes"] = gp.node_size();
+  json formats = json::object();
+  for (const auto& [w, f] : c.format_of) formats[w] = f;
+  stats["weight_formats"] = formats;
+}
+
+}  // namespace
+
+void buildOnnx(const Graph& g, const ExportOptions& opts, onnx::ModelProto& model, json* stats) {
+  Ctx c{g, opts};
+  planWeights(c);
+  writeHeader(c, model);
+  onnx::GraphProto* gp = model.mutable_graph();
+  Written out;
+  writeNodes(c, gp, out);
+  if (out.any_nbits) {
+    auto* ms = model.add_opset_import();
+    ms->set_domain("com.microsoft");
+    ms->set_version(1);
+  }
+  writeInitializers(c, gp, out.used);
+  if (opts.compact_sparse) {
+    json cs = writeCompactSparse(c, gp);
     if (stats) (*stats)["sparse_weights"] = cs;
   }
-  // Intermediate shapes (from the IR's probe-based inference) for tools and readers.
-  std::set<std::string> io(g.inputs.begin(), g.inputs.end());
-  io.insert(g.outputs.begin(), g.outputs.end());
-  for (const auto& v : emitted_values) {
-    if (io.count(v) || g.isInitializer(v)) continue;
-    auto it = g.values.find(v);
-    if (it != g.values.end() && it->second.dtype != DType::Undefined) setValueInfo(gp->add_value_info(), v, it->second);
-  }
-  if (stats) {
-    json bytes_by_format = json::object();
-    int64_t linear_bytes = 0, total = 0;
-    std::set<std::string> linear_weights;
-    for (const auto& l : findLinears(g)) linear_weights.insert(l.weight);
-    for (const auto& t : gp->initializer()) {
-      int64_t b = static_cast<int64_t>(t.raw_data().size());
-      total += b;
-      auto owner = c.weight_of.find(t.name());
-      std::string w = owner != c.weight_of.end() ? owner->second : t.name();
-      std::string fmt = c.format_of.count(w) ? c.format_of[w] : (g.parameters.count(w) ? std::string(dtypeName(static_cast<DType>(t.data_type()))) : "constants");
-      bytes_by_format[fmt] = bytes_by_format.value(fmt, int64_t{0}) + b;
-      if (linear_weights.count(w)) linear_bytes += b;
-    }
-    // Quantized linear weights against the float32 bytes they replace (data + scales + zero points).
-    int64_t q_bytes = 0, q_fp32 = 0;
-    std::map<std::string, int64_t> per_weight;
-    for (const auto& t : gp->initializer()) {
-      auto owner = c.weight_of.find(t.name());
-      if (owner != c.weight_of.end() && g.quant.count(owner->second)) per_weight[owner->second] += t.raw_data().size();
-    }
-    for (const auto& [w, b] : per_weight) {
-      q_bytes += b;
-      q_fp32 += g.initializers.at(w + ".qdata").numel() * 4;
-    }
-    (*stats)["quantized_weight_bytes"] = q_bytes;
-    (*stats)["quantized_weight_fp32_bytes"] = q_fp32;
-    (*stats)["quantized_weight_ratio"] = q_fp32 ? static_cast<double>(q_bytes) / static_cast<double>(q_fp32) : 1.0;
-    (*stats)["opset"] = c.opset;
-    (*stats)["int8_activation_matmuls"] = int8_act_nodes;
-    (*stats)["ir_version"] = model.ir_version();
-    (*stats)["int4"] = opts.int4;
-    (*stats)["initializer_bytes"] = total;
-    (*stats)["linear_weight_bytes"] = linear_bytes;
-    (*stats)["bytes_by_format"] = bytes_by_format;
-    (*stats)["nodes"] = gp->node_size();
-    json formats = json::object();
-    for (const auto& [w, f] : c.format_of) formats[w] = f;
-    (*stats)["weight_formats"] = formats;
-  }
+  writeValueInfo(c, gp, out.emitted_values);
+  if (stats) exportStats(c, model, out, *stats);
 }
 
 json exportOnnx(const Graph& g, const std::string& path, const ExportOptions& opts) {
