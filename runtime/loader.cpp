@@ -217,6 +217,7 @@ std::shared_ptr<AlignedBytes> readTensor(const onnx::TensorProto& t, const std::
   auto own = std::make_shared<AlignedBytes>(need);
   b.data = own->data();
   char* dst = static_cast<char*>(own->data());
+  if (need == 0) return own;  // an empty tensor: nothing to read (and no buffer to copy to)
   if (external) {
     std::ifstream f(ext.file, std::ios::binary);
     f.seekg(ext.offset);
