@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstddef>
 
 namespace crt::detail {
 namespace {
@@ -32,23 +33,32 @@ class FileReader {
   FileReader(int fd, int64_t size) : fd_(fd), size_(size), window_(static_cast<size_t>(kWindow)) {}
 
   bool byte(int64_t off, uint8_t& b) {
-    if (off < start_ || off >= start_ + len_) {
-      if (off < 0 || off >= size_) return false;
-      len_ = std::min<int64_t>(kWindow, size_ - off);
-      start_ = off;
-      if (!preadAll(fd_, window_.data(), len_, off)) return start_ = len_ = 0, false;
-    }
+    if ((off < start_ || off >= start_ + len_) && !fill(off)) return false;
     b = window_[off - start_];
     return true;
   }
-  /// Appends the file's bytes [begin, end) to out.
+  /// Appends the file's bytes [begin, end) to out: through the window when they fit in it (a file of many small
+  /// fields costs a read per window, not one per field), else read straight into out.
   bool append(int64_t begin, int64_t end, std::string& out) {
     const size_t at = out.size();
     out.resize(at + static_cast<size_t>(end - begin));
-    return preadAll(fd_, &out[at], end - begin, begin);
+    if (begin == end) return true;
+    if (end - begin > kWindow) return preadAll(fd_, &out[at], end - begin, begin);
+    if ((begin < start_ || end > start_ + len_) && (!fill(begin) || end > start_ + len_)) return false;
+    std::copy(window_.begin() + (begin - start_), window_.begin() + (end - start_), out.begin() + static_cast<std::ptrdiff_t>(at));
+    return true;
   }
 
  private:
+  /// The window from off: kWindow bytes, or up to the file's end.
+  bool fill(int64_t off) {
+    if (off < 0 || off >= size_) return false;
+    len_ = std::min<int64_t>(kWindow, size_ - off);
+    start_ = off;
+    if (!preadAll(fd_, window_.data(), len_, off)) return start_ = len_ = 0, false;
+    return true;
+  }
+
   static constexpr int64_t kWindow = 64 << 10;
   int fd_;
   int64_t size_;
