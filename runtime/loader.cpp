@@ -55,11 +55,20 @@ std::string typeName(int t) {
 struct ModelFile {
   int fd = -1;
   std::string path;
-  std::vector<RawSpan> spans;  // empty: the proto holds every raw_data
+  std::vector<RawSpan> spans;     // empty: the proto holds every raw_data
+  std::map<int, RawSpan> deferred;  // float weights left in the file (value id -> bytes) until packed or materialized
   ModelFile() = default;
   ModelFile(const ModelFile&) = delete;
   ~ModelFile() {
     if (fd >= 0) ::close(fd);
+  }
+  /// Rows [r0, r0 + count) of deferred value v (rows of rowBytes) into buf; IoError when the file changed.
+  const uint8_t* readRows(int v, int64_t r0, int64_t count, int64_t rowBytes, std::vector<uint8_t>& buf) const {
+    const RawSpan& s = deferred.at(v);
+    buf.resize(static_cast<size_t>(count * rowBytes));
+    if (!readWeightBytes(fd, RawSpan{s.offset + r0 * rowBytes, count * rowBytes}, buf.data()))
+      fail(StatusCode::IoError, "cannot read a weight's bytes from " + path + " (did the file change?)");
+    return buf.data();
   }
   /// Initializer i's span in the file, or null (its bytes are in the proto, or it has none).
   const RawSpan* span(int i) const {
@@ -194,7 +203,7 @@ void copyTyped(const onnx::TensorProto& t, const Buf& b, char* dst, size_t need)
 /// Reads one initializer / Constant tensor into owned, aligned memory. Every length is checked before
 /// anything is allocated. `raw`: where the file holds the tensor's raw_data when the proto does not (ModelFile).
 std::shared_ptr<AlignedBytes> readTensor(const onnx::TensorProto& t, const std::string& model_dir, Graph& g, Buf& b,
-                                         const ModelFile* file = nullptr, const RawSpan* raw = nullptr) {
+                                         const ModelFile* file = nullptr, const RawSpan* raw = nullptr, bool* deferred = nullptr) {
   const std::string what = "initializer '" + t.name() + "'";
   tensorHeader(t, what, g.limits, b);
   const size_t need = b.bytes();
@@ -214,6 +223,13 @@ std::shared_ptr<AlignedBytes> readTensor(const onnx::TensorProto& t, const std::
       fail(StatusCode::ModelError, what + " holds " + std::to_string(typedCount(t, b.dt)) + " values, its shape " + b.shape.str() + " needs " + std::to_string(want));
   }
   g.limits.take(g.constant_bytes, static_cast<int64_t>(need), what);
+  // A float matrix of 1 MiB or more stays in the file: a MatMul weight is packed straight from it (no copy of the
+  // weight in new pages next to its panels), anything else is read when the packing is done (materializeDeferred).
+  if (deferred && raw && !external && need >= (size_t{1} << 20) && b.shape.rank == 2 && (b.dt == DType::F32 || b.dt == DType::F16)) {
+    b.data = nullptr;
+    *deferred = true;
+    return nullptr;
+  }
   auto own = std::make_shared<AlignedBytes>(need);
   b.data = own->data();
   char* dst = static_cast<char*>(own->data());
@@ -318,7 +334,7 @@ class EagerAlloc : public Allocator {
 /// node output); every unsupported op is collected and reported at once.
 class GraphReader {
  public:
-  GraphReader(Graph& g, const std::string& path, const std::string& dir, const ModelFile* file)
+  GraphReader(Graph& g, const std::string& path, const std::string& dir, ModelFile* file)
       : g_(g), path_(path), dir_(dir), file_(file) {}
 
   /// Reads the proto; each initializer's bytes are read from the file (file_'s spans) or released once copied, so the
@@ -330,9 +346,13 @@ class GraphReader {
     const onnx::GraphProto& gp = model.graph();
     for (int i = 0; i < gp.initializer_size(); ++i) {
       onnx::TensorProto& t = *model.mutable_graph()->mutable_initializer(i);
-      Value& v = g_.values[define(t.name(), "an initializer")];
+      const int id = define(t.name(), "an initializer");
+      Value& v = g_.values[id];
       v.is_const = true;
-      v.own = readTensor(t, dir_, g_, v.constant, file_, file_ ? file_->span(i) : nullptr);
+      const RawSpan* span = file_ ? file_->span(i) : nullptr;
+      bool deferred = false;
+      v.own = readTensor(t, dir_, g_, v.constant, file_, span, &deferred);
+      if (deferred) file_->deferred[id] = *span;
       if (t.has_raw_data()) std::string().swap(*t.mutable_raw_data());
     }
     for (const auto& in : gp.input()) {
@@ -468,7 +488,7 @@ class GraphReader {
   Graph& g_;
   const std::string& path_;
   std::string dir_;
-  const ModelFile* file_;
+  ModelFile* file_;
   std::map<std::string, std::string> defined_by_;
   std::set<std::string> inputs_seen_;
   std::map<std::string, int> unsupported_;
@@ -635,8 +655,9 @@ int transposedConstant(const Graph& g, int v) {
 
 /// MatMul with a constant float B, or with B = Transpose(constant W) (packed from W, before folding would transpose it):
 /// pre-pack it as panels or rows of the output. A constant read by this MatMul alone is freed once packed. Before
-/// folding (`transposedOnly`) only the second kind: a MatMul whose inputs constant subgraphs compute is folded whole.
-void packDenseWeights(Graph& g, ThreadPool& pool, bool transposedOnly) {
+/// folding (`transposedOnly`) only the second kind and weights still in the file (`file`'s deferred ones, packed
+/// from it): a MatMul whose inputs constant subgraphs compute is folded whole.
+void packDenseWeights(Graph& g, ThreadPool& pool, bool transposedOnly, const ModelFile* file) {
   std::vector<int> uses(g.values.size(), 0);
   for (const Node& n : g.nodes)
     for (int v : n.in)
@@ -648,17 +669,43 @@ void packDenseWeights(Graph& g, ThreadPool& pool, bool transposedOnly) {
     // (a MatMul of two constants is left to folding, which computes it once)
     if (!n.domain.empty() || n.op != "MatMul" || n.packed || n.in.size() != 2 || n.in[1] < 0 || isConst(g, n.in[0])) continue;
     const int b = n.in[1], t = isConst(g, b) ? -1 : transposedConstant(g, b);
-    if (t < 0 && (transposedOnly || !isConst(g, b))) continue;
+    const bool bInFile = file && file->deferred.count(b);
+    if (t < 0 && (transposedOnly ? !bInFile : !isConst(g, b))) continue;
     const int w = t >= 0 ? t : b;
     // (the only reader: this MatMul, or a Transpose whose only reader is this MatMul; so no other job frees it)
     const bool last = uses[w] == 1 && (t < 0 || uses[b] == 1);
-    jobs.push_back({static_cast<int>(ni), {n.in[0]}, [&g, w, transposed = t >= 0, last] {
-                      auto p = packDense(g.values[w].constant, transposed);
-                      if (p && last) g.values[w].own.reset(), g.values[w].constant.data = nullptr;  // the packed copy replaces it
+    const ModelFile* source = file && file->deferred.count(w) ? file : nullptr;
+    jobs.push_back({static_cast<int>(ni), {n.in[0]}, [&g, w, transposed = t >= 0, last, source] {
+                      Buf& c = g.values[w].constant;
+                      std::vector<uint8_t> buf;  // (a block of the weight's rows read from the file)
+                      const int64_t rowBytes = c.shape.rank == 2 ? c.shape[1] * static_cast<int64_t>(dtypeSize(c.dt)) : 0;
+                      auto p = source ? packDense(c, transposed,
+                                                  [&](int64_t r0, int64_t count) { return source->readRows(w, r0, count, rowBytes, buf); })
+                                      : packDense(c, transposed);
+                      if (p && last) g.values[w].own.reset(), c.data = nullptr;  // the packed copy replaces it
                       return p;
                     }});
   }
   runPackJobs(g, pool, jobs);
+}
+
+/// Reads the deferred weights something still reads (a tied embedding, a weight no MatMul packed) into memory.
+void materializeDeferred(Graph& g, ModelFile* file) {
+  if (!file || file->deferred.empty()) return;
+  std::vector<char> read(g.values.size(), 0);
+  for (const Node& n : g.nodes)
+    for (int v : n.in)
+      if (v >= 0) read[v] = 1;
+  for (int o : g.outputs) read[o] = 1;
+  for (const auto& [v, span] : file->deferred) {
+    Value& value = g.values[v];
+    if (!read[v] || !value.is_const) continue;
+    value.own = std::make_shared<AlignedBytes>(static_cast<size_t>(span.size));
+    value.constant.data = value.own->data();
+    if (!readWeightBytes(file->fd, span, value.own->data()))
+      fail(StatusCode::IoError, "initializer '" + value.name + "': cannot read its bytes from " + file->path + " (did the file change?)");
+  }
+  file->deferred.clear();
 }
 
 /// 64-bit FNV-1a over 8-byte words (and the tail's bytes): equal constants' key; mergeDuplicates confirms with memcmp.
@@ -803,7 +850,7 @@ void parseModel(const std::string& bytes, const std::string& name, onnx::ModelPr
     fail(StatusCode::ModelError, name + " is not a valid ONNX model (protobuf parse failed; truncated or not ONNX?)");
 }
 
-Graph buildGraph(onnx::ModelProto& model, const ModelFile* file, const std::string& name, const std::string& model_dir,
+Graph buildGraph(onnx::ModelProto& model, ModelFile* file, const std::string& name, const std::string& model_dir,
                  const MemoryLimits& limits, ThreadPool& pool, const Kernels& k, SessionInfo& info);
 
 }  // namespace
@@ -824,22 +871,24 @@ Graph loadGraphBytes(const std::string& bytes, const std::string& name, const st
 
 namespace {
 
-Graph buildGraph(onnx::ModelProto& model, const ModelFile* file, const std::string& name, const std::string& model_dir,
+Graph buildGraph(onnx::ModelProto& model, ModelFile* file, const std::string& name, const std::string& model_dir,
                  const MemoryLimits& limits, ThreadPool& pool, const Kernels& k, SessionInfo& info) {
   Graph g;
   g.limits = limits;
   GraphReader(g, name, model_dir, file).read(model);
   info.nodes = static_cast<int>(g.nodes.size());
   checkTopologicalOrder(g);
+  packDenseWeights(g, pool, true, file);  // (first: weights still in the file, and a weight's Transpose packed from the weight)
+  pruneUnused(g);
+  materializeDeferred(g, file);  // what else reads them
   packQuantizedWeights(g, pool);
-  packDenseWeights(g, pool, true);  // (before folding: a weight's Transpose is packed from the weight, not computed)
   pruneUnused(g);
   info.folded = foldConstants(g, pool, k, true);
   pruneUnused(g);                 // (also renumbers the producers after folding)
   packQuantizedWeights(g, pool);  // integers that were computed by constant subgraphs
   pruneUnused(g);
   info.folded += foldConstants(g, pool, k, false);  // what could not be packed is expanded as before
-  packDenseWeights(g, pool, false);
+  packDenseWeights(g, pool, false, nullptr);
   pruneUnused(g);
   if ((info.merged = mergeDuplicates(g)) > 0) pruneUnused(g);
   for (const Node& n : g.nodes)

@@ -359,45 +359,64 @@ int quantBits(DType t) { return t == DType::I8 || t == DType::U8 ? 8 : 4; }
 
 }  // namespace
 
-std::shared_ptr<PackedWeight> packDense(const Buf& b, bool transposed) {
+std::shared_ptr<PackedWeight> packDense(const Buf& b, bool transposed, const SourceRows& source) {
   if (b.shape.rank != 2 || (b.dt != DType::F32 && b.dt != DType::F16)) return nullptr;
   const int64_t K = transposed ? b.shape[1] : b.shape[0], N = transposed ? b.shape[0] : b.shape[1];
+  const size_t es = dtypeSize(b.dt);
+  const int64_t rowLen = b.shape[1];  // values per source row: B's rows are k, W's are n
+  // Source rows [r0, r0 + count): the tensor's own, or what `source` reads (a weight still in the model file).
+  const auto rows = [&](int64_t r0, int64_t count) -> const uint8_t* {
+    return source ? source(r0, count) : b.as<uint8_t>() + static_cast<size_t>(r0 * rowLen) * es;
+  };
+  // Rows read at a time from B [K, N]: about 1 MiB (each block is spread over every panel).
+  const int64_t block = std::clamp<int64_t>((int64_t{1} << 20) / std::max<int64_t>(1, rowLen * static_cast<int64_t>(es)), 1, 64);
   auto w = std::make_shared<PackedWeight>();
   w->kind = b.dt == DType::F32 ? PackedWeight::F32 : PackedWeight::F16;
   w->bits = b.dt == DType::F32 ? 32 : 16;
   w->N = N;
   w->K = K;
   w->block = K;
-  // The fp32 loops write the packed bytes in order (the source read in kPanel streams): new pages are filled once,
-  // front to back, and a 110M-weight model packs in a fraction of the time a column scatter took.
+  // The loops write each panel (fp32) or row (fp16) in order, a block of source rows at a time: new pages are filled
+  // once, and a 110M-weight model packs in a fraction of the time a column scatter took.
   if (w->kind == PackedWeight::F32) {  // panels [ceil(N/kPanel)][K][kPanel], the last one zero padded
     const int64_t np = (N + kPanel - 1) / kPanel;
     w->w.resize(static_cast<size_t>(np * K * kPanel * 4));
     float* dst = static_cast<float*>(w->w.data());
-    const float* src = b.as<float>();
-    for (int64_t p = 0; p < np; ++p) {
-      const int64_t n0 = p * kPanel, cols = std::min<int64_t>(kPanel, N - n0);
-      float* panel = dst + p * K * kPanel;
-      if (!transposed) {  // B [K, N]: row k's kPanel columns are contiguous
-        for (int64_t k = 0; k < K; ++k) std::memcpy(panel + k * kPanel, src + k * N + n0, static_cast<size_t>(cols) * 4);
-      } else {  // W [N, K] (B's transpose): column j of the panel is row n0 + j of W
-        for (int64_t k0 = 0; k0 < K; k0 += 64)
-          for (int64_t j = 0; j < cols; ++j)
-            for (int64_t k = k0; k < std::min(K, k0 + 64); ++k) panel[k * kPanel + j] = src[(n0 + j) * K + k];
+    if (!transposed) {  // B [K, N]: row k's kPanel columns of each panel are contiguous
+      for (int64_t k0 = 0; k0 < K; k0 += block) {
+        const int64_t count = std::min(block, K - k0);
+        const float* src = reinterpret_cast<const float*>(rows(k0, count));
+        for (int64_t p = 0; p < np; ++p)
+          for (int64_t k = k0; k < k0 + count; ++k)
+            std::memcpy(dst + (p * K + k) * kPanel, src + (k - k0) * N + p * kPanel, static_cast<size_t>(std::min(kPanel, N - p * kPanel)) * 4);
       }
+      return w;
+    }
+    for (int64_t p = 0; p < np; ++p) {  // W [N, K] (B's transpose): column j of panel p is row p * kPanel + j of W
+      const int64_t cols = std::min<int64_t>(kPanel, N - p * kPanel);
+      const float* src = reinterpret_cast<const float*>(rows(p * kPanel, cols));
+      float* panel = dst + p * K * kPanel;
+      for (int64_t k0 = 0; k0 < K; k0 += 64)
+        for (int64_t j = 0; j < cols; ++j)
+          for (int64_t k = k0; k < std::min(K, k0 + 64); ++k) panel[k * kPanel + j] = src[j * K + k];
     }
     return w;
   }
   w->w.resize(static_cast<size_t>(w->rowBytes() * N));  // F16 rows [N][K]
   uint16_t* dst = static_cast<uint16_t*>(w->w.data());
-  const uint16_t* src = b.as<uint16_t>();
-  if (transposed) {
-    std::memcpy(dst, src, static_cast<size_t>(N * K) * 2);
+  if (transposed) {  // W [N, K] is the rows themselves
+    for (int64_t n0 = 0; n0 < N; n0 += 64) {
+      const int64_t count = std::min<int64_t>(64, N - n0);
+      std::memcpy(dst + n0 * K, rows(n0, count), static_cast<size_t>(count * K) * 2);
+    }
     return w;
   }
-  for (int64_t n0 = 0; n0 < N; n0 += 32)  // 32 rows at a time: each k's 64 source bytes read once
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t n = n0; n < std::min(N, n0 + 32); ++n) dst[n * K + k] = src[k * N + n];
+  for (int64_t k0 = 0; k0 < K; k0 += block) {  // B [K, N]: each output's run of `block` k from one read
+    const int64_t count = std::min(block, K - k0);
+    const uint16_t* src = reinterpret_cast<const uint16_t*>(rows(k0, count));
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = k0; k < k0 + count; ++k) dst[n * K + k] = src[(k - k0) * N + n];
+  }
   return w;
 }
 

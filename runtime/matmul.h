@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -19,9 +20,12 @@ void matmulNT(OpCtx& c, int64_t M, int64_t N, int64_t K, const float* A, const f
 /// Y[M,N] = A[M,K] * B[K,N]; threaded over N.
 void matmulNN(OpCtx& c, int64_t M, int64_t N, int64_t K, const float* A, const float* B, float* Y);
 
+/// Rows [r0, r0 + count) of a 2-D source tensor, contiguous (valid until the next call).
+using SourceRows = std::function<const uint8_t*(int64_t r0, int64_t count)>;
 /// Packs a constant B [K, N] (float32 or float16) for MatMul; with `transposed`, b is B's transpose W [N, K] (the
-/// input of a weight's Transpose, packed without the transposed copy).
-std::shared_ptr<PackedWeight> packDense(const Buf& b, bool transposed = false);
+/// input of a weight's Transpose, packed without the transposed copy). With a `source`, b has only its type and
+/// shape, and its rows come from source (a weight still in the model file, loader.cpp).
+std::shared_ptr<PackedWeight> packDense(const Buf& b, bool transposed = false, const SourceRows& source = {});
 /// Packs DequantizeLinear(q, scale, zp; axis, block_size) when q is [K, N] with per-tensor, per-output-column
 /// (axis 1) or blocked-along-K (axis 0, block_size) parameters; nullptr for other layouts (the caller folds).
 std::shared_ptr<PackedWeight> packDequantize(const Buf& q, const Buf& scale, const Buf* zp, int64_t axis,

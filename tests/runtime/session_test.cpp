@@ -7,7 +7,9 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <cstring>
+#include <iterator>
 #include <stdexcept>
+#include <tuple>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
@@ -597,7 +599,7 @@ TEST_CASE("a KV session's plan keeps the space of an output its recording aliase
 namespace {
 
 /// A model y = x [M, K] times a weight [K, N]: `build` adds the weight's nodes and initializers, ending in "W"
-/// (float32) or "W16" (float16: x is cast to float16 and y back to float32).
+/// (float32) or "W16" (float16: x is cast to float16 and y back to float32), or nodes ending in y itself.
 template <typename Build>
 std::string weightModel(const std::string& tag, int64_t K, int64_t N, Build&& build, bool fp16 = false) {
   ModelBuilder b;
@@ -610,16 +612,19 @@ std::string weightModel(const std::string& tag, int64_t K, int64_t N, Build&& bu
     attrInt(b.node("Cast", {"x"}, {"x16"}), "to", 10);
     b.node("MatMul", {"x16", "W16"}, {"y16"});
     attrInt(b.node("Cast", {"y16"}, {"y"}), "to", 1);
-  } else if (b.g->node_size() == 0 || b.g->node(b.g->node_size() - 1).op_type() != "MatMulNBits") {
+  } else if (b.g->node_size() == 0 || b.g->node(b.g->node_size() - 1).output(0) != "y") {  // (unless build wrote y)
     b.node("MatMul", {"x", "W"}, {"y"});
   }
   return b.save("pack-" + tag);
 }
 
-/// y for M rows of x through the session at `path`, whose one MatMul must have packed its weight at load.
+/// y for M rows of x through the session at `path` (loaded from the file, or `fromMemory` from its bytes), whose one
+/// MatMul must have packed its weight at load.
 std::vector<float> runWeightModel(const std::string& path, const std::vector<float>& x, int64_t M, int64_t K,
-                                  crt::SessionInfo* info = nullptr) {
-  auto s = crt::Session::create(path, {2});
+                                  crt::SessionInfo* info = nullptr, bool fromMemory = false) {
+  std::ifstream f(path, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  auto s = fromMemory ? crt::Session::createFromMemory(bytes, {2}) : crt::Session::create(path, {2});
   REQUIRE(s.ok());
   CHECK(s->info().packed_matmuls == 1);
   if (info) *info = s->info();
@@ -650,8 +655,9 @@ TEST_CASE("weights are packed at load from the file's layout: a weight's Transpo
   std::normal_distribution<float> nd;
   const int64_t M = 5;
   SECTION("MatMul(x, Transpose(W)) packs W itself: the bits of the model that stores W's transpose") {
-    for (const bool fp16 : {false, true}) {
-      const int64_t K = 70, N = 37;  // (N: one whole panel and a partial one)
+    // (70 x 37: one whole panel and a partial one; 1040 x 600: weights of 1 MiB and more, packed from the model file)
+    for (const auto& [K, N, fp16] : std::vector<std::tuple<int64_t, int64_t, bool>>{{70, 37, false}, {70, 37, true}, {1040, 600, false}, {1040, 600, true}}) {
+      CAPTURE(K, N, fp16);
       std::vector<float> w(N * K), x(M * K);
       for (auto& e : w) e = nd(rng);
       for (auto& e : x) e = nd(rng);
@@ -678,8 +684,28 @@ TEST_CASE("weights are packed at load from the file's layout: a weight's Transpo
         const auto a = runWeightModel(transposed, x, rows, K, &info), b = runWeightModel(stored, x, rows, K);
         CHECK(info.folded == 0);  // the Transpose was never computed
         CHECK(std::memcmp(a.data(), b.data(), a.size() * 4) == 0);
-        CHECK(relErrorAgainst(a, x, ref, rows, K, N) < (fp16 ? 2e-3 : 1e-6));
+        CHECK(relErrorAgainst(a, x, ref, rows, K, N) < (fp16 ? 2e-3 : 1e-5));  // (float sums of up to 1040 products)
+        // from memory (every weight read into memory first) the same bits as from the file
+        CHECK(runWeightModel(transposed, x, rows, K, nullptr, true) == a);
+        CHECK(runWeightModel(stored, x, rows, K, nullptr, true) == b);
       }
+      if (fp16) continue;
+      // W also read by another node: packed from the file for the MatMul, then read into memory for the other
+      const std::string shared = weightModel("shared-" + tag, K, N, [&](ModelBuilder& b) {
+        init(b, "Wn", w, {N, K});
+        attrInts(b.node("Transpose", {"Wn"}, {"Wt"}), "perm", {1, 0});
+        b.node("MatMul", {"x", "Wt"}, {"xw"});
+        auto* mean = b.node("ReduceMean", {"Wn"}, {"wm"});
+        attrInts(mean, "axes", {1});
+        attrInt(mean, "keepdims", 0);
+        b.node("Add", {"xw", "wm"}, {"y"});
+      });
+      const auto fromFile = runWeightModel(shared, x, M, K), fromMemory = runWeightModel(shared, x, M, K, nullptr, true);
+      CHECK(fromFile == fromMemory);
+      double mean0 = 0;
+      for (int64_t k = 0; k < K; ++k) mean0 += w[k];
+      const auto plain = runWeightModel(transposed, x, M, K);
+      CHECK(fromFile[0] - plain[0] == Approx(mean0 / static_cast<double>(K)).margin(1e-4));
     }
   }
   SECTION("MatMulNBits int4: whole blocks (the chunk copy) and a partial last block (value by value)") {
