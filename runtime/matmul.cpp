@@ -314,18 +314,6 @@ std::shared_ptr<PackedWeight> quantWeight(int64_t N, int64_t K, int64_t block, i
 template <typename Q>
 void fillQuant(PackedWeight& w, SourceOrder order, Q q) {
   uint8_t* base = static_cast<uint8_t*>(w.w.data());
-  if (order == SourceOrder::ByK && w.kind == PackedWeight::Q8) {  // a transpose of bytes, 64 outputs at a time
-    const int64_t rowBytes = w.rowBytes();
-    for (int64_t n0 = 0; n0 < w.N; n0 += 64) {
-      const int64_t n1 = std::min(w.N, n0 + 64);
-      for (int64_t b = 0; b < w.nblk; ++b)
-        for (int64_t j = 0, valid = std::min(w.block, w.K - b * w.block); j < valid; ++j) {
-          uint8_t* col = base + b * w.P + j;
-          for (int64_t n = n0; n < n1; ++n) col[n * rowBytes] = static_cast<uint8_t>(q(n, b, j));
-        }
-    }
-    return;
-  }
   const int64_t rowBytes = w.rowBytes(), tile = order == SourceOrder::ByK ? 64 : 1;
   for (int64_t n0 = 0; n0 < w.N; n0 += tile)
     for (int64_t b = 0; b < w.nblk; ++b) {
