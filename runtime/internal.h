@@ -204,6 +204,9 @@ struct PackedWeight {
   int64_t bytes() const;  // what one pass over the weight reads (dense or sparse form, scales, zero points)
 };
 
+/// Panels of kPanel outputs a panel-ordered weight (F32, Q8P, Q4P, F16P) of w's N takes.
+inline int64_t panelCount(const PackedWeight& w) { return (w.N + kPanel - 1) / kPanel; }
+
 /// Bytes of one row k of a panel (kPanel columns) of a panel-ordered kind: a byte per column (Q8P), a nibble (Q4P)
 /// or a half (F16P).
 constexpr int64_t panelRowBytes(PackedWeight::Kind k) {

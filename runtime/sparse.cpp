@@ -3,6 +3,7 @@
 #include "runtime/sparse.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -89,7 +90,6 @@ bool zeroPointsRepresentable(const PackedWeight& w) {
 
 namespace {
 
-int64_t panels(const PackedWeight& w) { return (w.N + kPanel - 1) / kPanel; }
 int64_t chunksPerRow(const PackedWeight& w) { return w.nblk * w.P / kChunk; }
 
 /// Mask word of F32 panel pi, row k: bit j set where the weight is not ±0.0 (pruning by multiplication leaves
@@ -155,9 +155,9 @@ int q4PanelZero(const PackedWeight& w, int64_t p, int64_t b, int64_t j) { return
 /// A centered Q4P weight's values less their zero points, as signed bytes in the [p][K][kPanel] order of the Q8P
 /// panels (0 past N).
 std::vector<int8_t> centeredQ4Values(const PackedWeight& w) {
-  std::vector<int8_t> d(static_cast<size_t>(panels(w) * w.K * kPanel), 0);
+  std::vector<int8_t> d(static_cast<size_t>(panelCount(w) * w.K * kPanel), 0);
   const uint8_t* rows = static_cast<const uint8_t*>(w.w.data());
-  for (int64_t p = 0; p < panels(w); ++p)
+  for (int64_t p = 0; p < panelCount(w); ++p)
     for (int64_t k = 0; k < w.K; ++k) {
       const uint8_t* z = &w.zp8[(p * w.nblk + (w.nblk == 1 ? 0 : k / w.block)) * kPanel];  // (q4PanelZero's row)
       const uint8_t* bytes = rows + (p * w.K + k) * (kPanel / 2);
@@ -173,7 +173,7 @@ std::vector<int8_t> centeredQ4Values(const PackedWeight& w) {
 template <typename T>
 int64_t pairsNonzerosOf(const PackedWeight& w, const T* d) {
   int64_t nz = 0;
-  for (int64_t p = 0; p < panels(w); ++p)
+  for (int64_t p = 0; p < panelCount(w); ++p)
     for (int64_t k0 = 0; k0 < w.K; k0 += kPairGroup)
       for (int64_t j = 0; j < kPanel; ++j) {
         int64_t c = 0;
@@ -200,32 +200,40 @@ int64_t pairsNonzeros(const PackedWeight& w) {
   return -1;
 }
 
+/// The pairs of one output and group of kPairGroup k (sparse.h): of its R values at(r), those that differ from
+/// `empty` in r order (at most kPairSlots: the caller checked) go to slots (a missing one is `empty`); returns the
+/// index nibble of their rows. Branch-free (a 2:4 weight's zeros fall anywhere, a branch on each mispredicted half the
+/// time): a blank is written to the next free slot, which the next value overwrites; slot kPairSlots is a spare.
+template <typename T, typename At>
+uint32_t pairSlots(int64_t R, T empty, At&& at, T (&slots)[kPairSlots + 1]) {
+  for (T& v : slots) v = empty;
+  uint32_t nibble = 0;
+  for (int64_t r = 0, slot = 0; r < R; ++r) {
+    const T f = at(r);
+    const int64_t set = f != empty;
+    slots[slot] = set ? f : empty;
+    nibble |= static_cast<uint32_t>(r * set) << (2 * slot);
+    slot = std::min<int64_t>(slot + set, kPairSlots);
+  }
+  return nibble & 0xF;
+}
+
 /// The pairs of panel-ordered weight w (sparse.h) into s's mask: for each panel p, group g of kPairGroup k and
-/// column j, the values at(p, k, j) that differ from blank(p, g, j), in k order (at most kPairSlots: the caller
-/// checked), go to put(p, g, j, slots) (a missing one is the blank) and their rows' indices to the mask.
+/// column j, pairSlots of the values at(p, k, j) against blank(p, g, j) go to put(p, g, j, slots) and their index
+/// nibble to the mask.
 template <typename T, typename At, typename Blank, typename Put>
 void fillPairs(const PackedWeight& w, SparseForm& s, At&& at, Blank&& blank, Put&& put) {
   const int64_t G = pairGroups(w.K);
-  s.mask.assign(static_cast<size_t>(panels(w) * G * (kPanel / 8)), 0);
-  for (int64_t p = 0; p < panels(w); ++p)
+  s.mask.assign(static_cast<size_t>(panelCount(w) * G * (kPanel / 8)), 0);
+  for (int64_t p = 0; p < panelCount(w); ++p)
     for (int64_t g = 0; g < G; ++g) {
       const int64_t R = std::min(kPairGroup, w.K - g * kPairGroup);
       uint32_t* mask = &s.mask[pairIndex(p, g, 0, w.K)];
       for (int64_t j = 0; j < kPanel; ++j) {
-        // Branch-free (a 2:4 weight's zeros fall anywhere, a branch on each mispredicted half the time): a blank is
-        // written to the next free slot, which the next value overwrites; slot kPairSlots is a spare.
-        const T empty = blank(p, g, j);
-        T slots[kPairSlots + 1] = {empty, empty, empty};
-        uint32_t nibble = 0;
-        for (int64_t r = 0, slot = 0; r < R; ++r) {
-          const T f = at(p, g * kPairGroup + r, j);
-          const int64_t set = f != empty;
-          slots[slot] = set ? f : empty;
-          nibble |= static_cast<uint32_t>(r * set) << (2 * slot);
-          slot = std::min<int64_t>(slot + set, kPairSlots);
-        }
+        T slots[kPairSlots + 1];
+        const uint32_t nibble = pairSlots<T>(R, blank(p, g, j), [&](int64_t r) { return at(p, g * kPairGroup + r, j); }, slots);
         put(p, g, j, slots);
-        mask[j / 8] |= (nibble & 0xF) << (4 * (j % 8));
+        mask[j / 8] |= nibble << (4 * (j % 8));
       }
     }
 }
@@ -235,9 +243,9 @@ std::shared_ptr<SparseForm> pairsForm(const PackedWeight& w, int64_t nz, int64_t
   auto s = std::make_shared<SparseForm>();
   s->pairs = true;
   s->stored = nz;
-  s->elements = panels(w) * w.K * kPanel;
-  s->values.resize(static_cast<size_t>(panels(w) * panelBytes + kSparsePad));
-  for (int64_t p = 0; p <= panels(w); ++p) s->start.push_back(p * panelBytes);
+  s->elements = panelCount(w) * w.K * kPanel;
+  s->values.resize(static_cast<size_t>(panelCount(w) * panelBytes + kSparsePad));
+  for (int64_t p = 0; p <= panelCount(w); ++p) s->start.push_back(p * panelBytes);
   return s;
 }
 
@@ -273,6 +281,79 @@ std::shared_ptr<SparseForm> makeQ4Pairs(const PackedWeight& w, int64_t nz) {
       [&](int64_t p, int64_t g, int64_t j, const uint8_t* slots) {
         out[(p * G + g) * kPanel + j] = static_cast<uint8_t>(slots[0] | slots[1] << 4);
       });
+  return s;
+}
+
+/// Calls f(n, b, k0, R, q) for each output n and group of kPairGroup k from k0 (in block b) of a Q8 / Q4 weight still
+/// in rows whose blocks are whole groups (a Q8 weight's one block, or blocks of a multiple of kPairGroup): q its R
+/// stored values (R < kPairGroup in a last, partial group; q[R..] not to be read). A Q4 chunk is unpacked to bytes once
+/// for its 8 groups. Stops, returning false, where f does.
+template <typename F>
+bool forEachRowGroup(const PackedWeight& w, F&& f) {
+  const bool q4 = w.kind == PackedWeight::Q4;
+  const int64_t K = w.K, block = w.block, nblk = w.nblk, P = w.P;
+  alignas(32) uint8_t unpacked[kChunk];
+  for (int64_t n = 0; n < w.N; ++n) {
+    const uint8_t* row = static_cast<const uint8_t*>(w.w.data()) + n * w.rowBytes();
+    for (int64_t b = 0, kb = 0; b < nblk; ++b, kb += block)
+      for (int64_t k0 = kb, e = b * P; k0 < std::min(K, kb + block); k0 += kPairGroup, e += kPairGroup) {  // e: its first stored element
+        const uint8_t* q = row + e;
+        if (q4) {  // (kChunk values: byte c holds value c low, c + 16 high; a block starts a chunk)
+          if (e % kChunk == 0) {
+            const uint8_t* bytes = row + e / 2;
+            for (int64_t c = 0; c < kChunk / 2; ++c) unpacked[c] = bytes[c] & 0xF, unpacked[c + kChunk / 2] = bytes[c] >> 4;
+          }
+          q = unpacked + e % kChunk;
+        }
+        if (!f(n, b, k0, std::min(kPairGroup, K - k0), q)) return false;
+      }
+  }
+  return true;
+}
+
+/// pairSlots of a group as a table over its nonzero bits (bit r: value r differs from the blank): the slots' rows
+/// (kPairGroup: the blank) and the index nibble; built from pairSlots itself.
+struct PairPick {
+  uint8_t first, second, nibble;
+};
+const std::array<PairPick, 16>& pairPicks() {
+  static const std::array<PairPick, 16> picks = [] {
+    std::array<PairPick, 16> t{};
+    for (uint32_t bits = 0; bits < 16; ++bits) {
+      uint8_t slots[kPairSlots + 1];  // values r + 1 where bit r is set, against a blank of 0
+      const uint32_t nibble = pairSlots<uint8_t>(kPairGroup, 0, [&](int64_t r) { return static_cast<uint8_t>((bits >> r & 1u) * (r + 1)); }, slots);
+      auto row = [](uint8_t v) { return static_cast<uint8_t>(v ? v - 1 : kPairGroup); };
+      t[bits] = PairPick{row(slots[0]), row(slots[1]), static_cast<uint8_t>(nibble)};
+    }
+    return t;
+  }();
+  return picks;
+}
+
+/// Q4 pairs (makeQ4Pairs' bytes and mask) straight from a Q4 weight's rows, which rowPairsNonzeros found nz: the
+/// load's path, where panelizing the rows first and reading the panels back took 0.7 s of thread time for the
+/// synthetic 2:4 int4 model (pairSlots per group 0.4 s more than pairPicks). The caller then gives w its panel form
+/// without values (setPanelForm).
+std::shared_ptr<SparseForm> q4PairsFromRows(const PackedWeight& w, int64_t nz) {
+  const int64_t G = pairGroups(w.K);
+  std::shared_ptr<SparseForm> s = pairsForm(w, nz, G * kPanel);  // (zeroed: the padding outputs' bytes and nibbles)
+  s->mask.assign(static_cast<size_t>(panelCount(w) * G * (kPanel / 8)), 0);
+  uint8_t* out = static_cast<uint8_t*>(s->values.data());
+  const std::array<PairPick, 16>& picks = pairPicks();
+  uint32_t* mask = s->mask.data();
+  const float* zp = w.zp.data();
+  const int64_t nblk = w.nblk, K = w.K;
+  forEachRowGroup(w, [&](int64_t n, int64_t b, int64_t k0, int64_t R, const uint8_t* q) {
+    const int64_t p = n / kPanel, j = n % kPanel, g = k0 / kPairGroup;
+    const uint8_t z = static_cast<uint8_t>(zp[n * nblk + b]);
+    uint8_t v[kPairGroup + 1] = {z, z, z, z, z};
+    uint32_t bits = 0;
+    for (int64_t r = 0; r < R; ++r) v[r] = q[r], bits |= static_cast<uint32_t>(q[r] != z) << r;
+    const PairPick& pick = picks[bits];
+    out[(p * G + g) * kPanel + j] = static_cast<uint8_t>(v[pick.first] | v[pick.second] << 4);
+    mask[pairIndex(p, g, j / 8, K)] |= static_cast<uint32_t>(pick.nibble) << (4 * (j % 8));
+    return true;
+  });
   return s;
 }
 
@@ -325,28 +406,16 @@ int64_t rowPairsNonzeros(const PackedWeight& w) {
       w.w.size() == 0 || static_cast<int64_t>(w.zp.size()) != w.N * w.nblk)
     return -1;
   int64_t nz = 0;
-  for (int64_t n = 0; n < w.N; ++n) {
-    const uint8_t* row = static_cast<const uint8_t*>(w.w.data()) + n * w.rowBytes();
-    for (int64_t b = 0, kb = 0; b < w.nblk; ++b, kb += w.block) {  // (groups of 4 do not straddle blocks)
-      const int z = static_cast<int>(w.zp[n * w.nblk + b]);
-      for (int64_t k0 = kb; k0 < std::min(w.K, kb + w.block); k0 += kPairGroup) {
-        const int64_t e = b * w.P + k0 - kb;  // the group's first stored element
-        int64_t c = 0;
-        if (k0 + kPairGroup > w.K) {  // the last, partial group
-          for (int64_t k = k0; k < w.K; ++k) c += storedAt(w, row, e + k - k0) != z;
-        } else if (w.kind == PackedWeight::Q8) {
-          for (int i = 0; i < kPairGroup; ++i) c += row[e + i] != z;
-        } else {  // 4 nibbles of one half of a chunk (kChunk values: byte c holds value c low, c + 16 high)
-          const uint8_t* bytes = row + (e / kChunk) * (kChunk / 2) + e % (kChunk / 2);
-          const int shift = e % kChunk < kChunk / 2 ? 0 : 4;
-          for (int i = 0; i < kPairGroup; ++i) c += ((bytes[i] >> shift) & 0xF) != z;
-        }
-        if (c > kPairSlots) return -1;
-        nz += c;
-      }
-    }
-  }
-  return pairsFilled(nz, w.K, w.N) ? nz : -1;
+  const float* zp = w.zp.data();
+  const int64_t nblk = w.nblk;
+  const bool pairs = forEachRowGroup(w, [&](int64_t n, int64_t b, int64_t, int64_t R, const uint8_t* q) {
+    const int z = static_cast<int>(zp[n * nblk + b]);
+    int64_t c = 0;
+    for (int64_t i = 0; i < R; ++i) c += q[i] != z;
+    nz += c;
+    return c <= kPairSlots;
+  });
+  return pairs && pairsFilled(nz, w.K, w.N) ? nz : -1;
 }
 
 double storedFraction(const PackedWeight& w) {
@@ -356,7 +425,7 @@ double storedFraction(const PackedWeight& w) {
   int64_t nz = 0;
   if (w.kind == PackedWeight::F32) {
     const float* p = static_cast<const float*>(w.w.data());
-    for (int64_t i = 0, e = panels(w) * w.K * kPanel; i < e; ++i) nz += p[i] != 0.f;
+    for (int64_t i = 0, e = panelCount(w) * w.K * kPanel; i < e; ++i) nz += p[i] != 0.f;
   } else {
     if (!zeroPointsRepresentable(w)) return 1.0;
     for (int64_t n = 0; n < w.N; ++n) {
@@ -382,7 +451,7 @@ std::shared_ptr<const SparseForm> makeSparse(const PackedWeight& w) {
   if (w.kind == PackedWeight::F16 || w.panelOrdered() || (quantized(w) && !zeroPointsRepresentable(w))) return nullptr;
   const bool f32 = w.kind == PackedWeight::F32;
   auto s = std::make_shared<SparseForm>();
-  const int64_t units = f32 ? panels(w) : w.N, perUnit = f32 ? w.K : chunksPerRow(w);
+  const int64_t units = f32 ? panelCount(w) : w.N, perUnit = f32 ? w.K : chunksPerRow(w);
   s->elements = units * perUnit * kChunk;
   // (and one word past the end: the int8 kernels read two chunks' masks at once)
   s->mask.resize((f32 ? (units + kMaskGroup - 1) / kMaskGroup * kMaskGroup * perUnit : units * perUnit) + 1);
@@ -468,6 +537,12 @@ bool chooseSparseForm(Node& n, SparseMode mode, const Kernels& k, Int8Activation
   if (!candidate) return false;  // (counting the zeros of every weight was a sixth of a 110 MB model's load)
   const double f = pairsNz >= 0 ? static_cast<double>(pairsNz) / static_cast<double>(w.N * w.K) : storedFraction(w);
   if (mode == SparseMode::On ? f >= 1.0 : !pairsPay && f > crossover) return false;
+  if (pairsNz >= 0 && w.kind == PackedWeight::Q4) {  // (centerable above) the pairs from the rows, then the panel form
+    std::shared_ptr<const SparseForm> s = q4PairsFromRows(w, pairsNz);
+    setPanelForm(w, AlignedBytes(), true);  // (the sparse form replaces the dense one)
+    w.sparse = std::move(s);
+    return true;
+  }
   if (pairsNz >= 0 && quantized(w) && !panelize(w, true)) return false;  // (centerable above)
   std::shared_ptr<const SparseForm> s = pairsNz >= 0 ? makePairs(w, pairsNz) : makeSparse(w);
   if (!s) return false;

@@ -624,6 +624,53 @@ TEST_CASE("auto takes int4 2:4 weights as Q4 pairs where the kernel set has pane
   CHECK_FALSE(off.nodes[1].packed->centered);
 }
 
+TEST_CASE("the load builds int4 2:4 pairs straight from the rows: the form of the panelized weight, byte for byte", "[runtime][sparse]") {
+  const Kernels k = scalarWithPanelKernels();
+  int compared = 0;
+  for (auto prune : {twoFour, twoFourSomeOne}) {
+    for (int64_t block : {int64_t{0}, int64_t{32}, int64_t{64}}) {  // 0: per channel
+      for (int64_t K : {4, 7, 31, 32, 33, 100}) {  // (7, 33: a partial last group of 4; 33, 100: a partial last block)
+        if (block && K < 8) continue;
+        for (int64_t N : {1, 31, 32, 33, 96, 160, 257}) {
+          INFO((prune == twoFour ? "2:4" : "2:4, some groups at one") << " block " << block << " K=" << K << " N=" << N);
+          int64_t nz = 0;
+          auto reference = int4Weight(K, N, block, prune, nz);  // panelized, then its pairs read from the panels
+          REQUIRE(panelize(*reference));
+          auto form = makeSparse(*reference);
+          REQUIRE(form);
+          REQUIRE(form->pairs);
+          Graph g;  // the load's path: chooseSparseForms on the rows
+          Node n;
+          n.op = "MatMul";
+          n.packed = int4Weight(K, N, block, prune, nz);
+          g.nodes.push_back(std::move(n));
+          REQUIRE(chooseSparseForms(g, SparseMode::On, k, Int8Activations::Off, int64_t{64} << 20) == 1);
+          const PackedWeight& w = *g.nodes[0].packed;
+          CHECK(w.kind == PackedWeight::Q4P);
+          CHECK(w.centered);
+          CHECK(w.w.size() == 0);
+          CHECK(w.scale == reference->scale);
+          CHECK(w.scale16 == reference->scale16);
+          CHECK(w.zp == reference->zp);
+          CHECK(w.zp8 == reference->zp8);
+          REQUIRE(w.sparse);
+          const SparseForm& s = *w.sparse;
+          CHECK(s.pairs);
+          CHECK(s.stored == nz);
+          CHECK(s.stored == form->stored);
+          CHECK(s.elements == form->elements);
+          CHECK(s.start == form->start);
+          CHECK(s.mask == form->mask);
+          REQUIRE(s.values.size() == form->values.size());
+          CHECK(std::memcmp(s.values.data(), form->values.data(), s.values.size()) == 0);
+          ++compared;
+        }
+      }
+    }
+  }
+  CHECK(compared == 2 * (6 * 7 + 2 * 4 * 7));
+}
+
 TEST_CASE("weights headed for int8 activations are judged by the int8 kernels' crossover", "[runtime][sparse][int8]") {
   constexpr int64_t D = 1024;  // 1 MiB as int8
   std::vector<int8_t> q8(D * D, 0);
