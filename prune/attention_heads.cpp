@@ -131,6 +131,34 @@ class HeadTracker {
     const int sp = g_.producer(g_.nodes[p].inputs[1]);
     return sp >= 0 && g_.nodes[sp].op == "Shape" && axis_.count(g_.nodes[sp].inputs[0]);
   }
+  // Whether no element of shape vector `src` other than `e` reads a head axis or comes from where it cannot be told.
+  bool othersHeadless(const std::vector<ShapeSource>& src, size_t e) const {
+    for (size_t j = 0; j < src.size(); ++j) {
+      const ShapeSource& o = src[j];
+      if (j != e && (o.kind == ShapeSource::Unknown || (o.kind == ShapeSource::Dim && axis_.count(o.tensor) && axis_.at(o.tensor) == o.axis)))
+        return false;
+    }
+    return true;
+  }
+  // A full-size operand of a value whose head axis is merged with the one before it (m): a size-1 value expanded to
+  // [outer·h, ...], h a constant of the Expand's shape (GPT-NeoX's baddbmm adds the scores to torch.zeros(b·h, t, t)).
+  // The constant is recorded to rewrite, so the Expand follows the kept heads; nothing else may read the expansion.
+  bool expandedOverMerged(AttentionUnit& u, const std::string& v, int pos, const Merged& m) {
+    const int p = g_.producer(v);
+    if (p < 0 || g_.nodes[p].op != "Expand" || g_.consumers(v).size() != 1) return false;
+    const std::string& src = g_.nodes[p].inputs[0];
+    const int ps = pos - (rank(v) - rank(src));
+    if (ps >= 0 && dim(src, ps) != 1) return false;
+    auto sizes = traceShapeVector(g_, g_.nodes[p].inputs[1], p, 1);
+    if (!sizes || pos < 0 || pos >= static_cast<int>(sizes->size())) return false;
+    const ShapeSource& e = (*sizes)[static_cast<size_t>(pos)];
+    if (e.kind != ShapeSource::Dim || e.scale != m.heads || e.scale_node < 0) return false;
+    const Shape* t = shape(e.tensor);
+    if (!t || e.axis >= static_cast<int64_t>(t->size()) || (*t)[static_cast<size_t>(e.axis)] != m.outer) return false;
+    if (!othersHeadless(*sizes, static_cast<size_t>(pos))) return false;
+    u.resizes.push_back({e.scale_node, static_cast<int>(e.scale_input), e.scale_index});
+    return true;
+  }
   static int norm(int64_t a, int r) { return static_cast<int>(a < 0 ? a + r : a); }
 
   // A shape tensor (Reshape/Expand input 1) whose element `e` gives the head axis its size: a constant is
@@ -175,11 +203,7 @@ class HeadTracker {
       return -1;
     const Shape* t = shape(e.tensor);
     if (!t || e.axis >= static_cast<int64_t>(t->size()) || (*t)[static_cast<size_t>(e.axis)] != si[static_cast<size_t>(m)]) return -1;
-    for (size_t j = 0; j < src->size(); ++j) {  // no other element may read a head axis
-      const ShapeSource& o = (*src)[j];
-      if (static_cast<int>(j) != m && (o.kind == ShapeSource::Unknown || (o.kind == ShapeSource::Dim && axis_.count(o.tensor) && axis_.at(o.tensor) == o.axis)))
-        return -1;
-    }
+    if (!othersHeadless(*src, static_cast<size_t>(m))) return -1;  // no other element may read a head axis
     u.resizes.push_back({e.scale_node, static_cast<int>(e.scale_input), e.scale_index});
     return m;
   }
@@ -252,7 +276,7 @@ class HeadTracker {
         if (in.empty() || axis_.count(in)) continue;
         int rj = rank(in), pos = ao - (R - rj);
         if (rj < 0) return bad(n, "has an operand of unknown rank");
-        if (pos < 0 || dim(in, pos) == 1 || (!mx && expandedFromOne(in, pos))) continue;
+        if (pos < 0 || dim(in, pos) == 1 || (!mx && expandedFromOne(in, pos)) || (mx && expandedOverMerged(u, in, pos, *mx))) continue;
         if (!mx && g_.isInitializer(in) && dim(in, pos) == size) u.slices.push_back({i, static_cast<int>(j), pos, px});
         else return bad(n, "mixes heads with a value that is not per head");
       }

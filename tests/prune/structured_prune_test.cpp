@@ -273,11 +273,12 @@ TEST_CASE("heads of a fused q/k/v projection (GPT-2's c_attn, split afterwards) 
 // BERT; DistilBERT (an expand_as mask, a reshape back to the input's width); OPT (heads merged with the
 // batch axis, view(b·h, t, d)); ViT and nn.TransformerEncoder (nn.MultiheadAttention: a fused in_proj split
 // into q/k/v, heads merged with the batch axis); llama2c (RoPE gathers pairs), HF LLaMA and Mistral (GQA:
-// a group is a key/value head with its query heads).
-TEST_CASE("heads of BERT, DistilBERT, OPT, ViT, nn.MultiheadAttention and the LLaMA family are removed exactly", "[structured][heads][zoo][ort]") {
+// a group is a key/value head with its query heads); GPT-NeoX (a fused projection laid out per head, partial
+// rotary, and baddbmm's scores added to torch.zeros(b·h, t, t): an expansion whose shape holds the head count).
+TEST_CASE("heads of BERT, DistilBERT, OPT, ViT, nn.MultiheadAttention, GPT-NeoX and the LLaMA family are removed exactly", "[structured][heads][zoo][ort]") {
   std::string ort_why;
   const bool have_ort = testutil::requiredOrSkip(ortAvailable(&ort_why), "ONNX Runtime (" + ort_why + ")");
-  for (const char* family : {"bert", "distilbert", "opt", "vit", "torch_encoder", "llama2c", "hf_llama", "mistral"}) {
+  for (const char* family : {"bert", "distilbert", "opt", "vit", "torch_encoder", "llama2c", "hf_llama", "mistral", "gpt_neox"}) {
     INFO(family);
     ZooModel z = zooModel(family);
     Graph g = importZoo(z).clone();
@@ -314,14 +315,17 @@ TEST_CASE("heads of BERT, DistilBERT, OPT, ViT, nn.MultiheadAttention and the LL
 }
 
 TEST_CASE("head pruning reports why a model's attention cannot be followed", "[structured][heads][zoo]") {
-  // GPT-NeoX: its fused projection is laid out per head ([b, t, h, 3·d], followed fine), but baddbmm adds
-  // the scores to torch.zeros(b·h, t, t), a tensor whose shape holds the head count and which has no heads
-  // of its own to remove.
-  Graph g = importZoo(zooModel("gpt_neox"));
+  // GPT-NeoX (its heads are followed: the test above) with its attention softmax taken across the heads: the one
+  // reason per output projection names the node and what it does.
+  Graph g = importZoo(zooModel("gpt_neox")).clone();
+  int softmaxes = 0;
+  for (Node& n : g.nodes)
+    if (n.op == "Softmax") n.attrs["axis"] = int64_t{1}, ++softmaxes;  // [batch, heads, seq, seq]: across the heads
+  REQUIRE(softmaxes == 2);
   StructuredPruneOptions o;
   o.ffn_ratio = 0;
   o.head_ratio = 0.25;
   o.score = "magnitude";
   CHECK_THROWS_WITH(structuredPrune(g, at::Tensor(), o, at::kCPU),
-                    Contains("no attention unit") && Contains("attention.dense.weight: Add node") && Contains("mixes heads with a value that is not per head"));
+                    Contains("no attention unit") && Contains("attention.dense.weight: Softmax node") && Contains("normalizes across heads"));
 }
