@@ -119,7 +119,8 @@ int64_t chunkBytes(PackedWeight::Kind kind, uint32_t m) {
   return kind == PackedWeight::F32 ? 4 * count : kind == PackedWeight::Q8 ? count : (count + 1) / 2;
 }
 
-/// Writes the stored values of unit u (F32 panel, Q8/Q4 row) to dst, chunk by chunk, in element order.
+/// Writes the stored values of unit u (F32 panel, Q8/Q4 row) to dst, chunk by chunk, in element order. (F32 writing
+/// every value and moving past the stored ones, branch-free, was slower: the 50% fp32 model's load 0.85 -> 0.95 s.)
 void packUnit(const PackedWeight& w, const SparseForm& s, int64_t u, uint8_t* dst) {
   if (w.kind == PackedWeight::F32) {
     const float* p = static_cast<const float*>(w.w.data()) + u * w.K * kPanel;
@@ -200,22 +201,43 @@ int64_t pairsNonzeros(const PackedWeight& w) {
   return -1;
 }
 
-/// The pairs of one output and group of kPairGroup k (sparse.h): of its R values at(r), those that differ from
-/// `empty` in r order (at most kPairSlots: the caller checked) go to slots (a missing one is `empty`); returns the
-/// index nibble of their rows. Branch-free (a 2:4 weight's zeros fall anywhere, a branch on each mispredicted half the
-/// time): a blank is written to the next free slot, which the next value overwrites; slot kPairSlots is a spare.
+/// The pairs rule for one output and group of kPairGroup k (sparse.h), as a table over the group's nonzero bits (bit
+/// r: value r differs from the blank): the values that differ go to the slots in k order (at most kPairSlots: the
+/// callers checked), a missing one is the blank (row kPairGroup here), and the index nibble holds their rows (slot s
+/// in bits 2s..2s+1, 0 for a missing one). A lookup instead of a loop over the group's values with a running slot
+/// (each value's store waited on the last one's count: 27 ns per group, the 2:4 fp32 load's largest step).
+struct PairPick {
+  uint8_t row[kPairSlots];
+  uint8_t nibble;
+};
+const std::array<PairPick, 16>& pairPicks() {
+  static const std::array<PairPick, 16> picks = [] {
+    std::array<PairPick, 16> t{};
+    for (uint32_t bits = 0; bits < 16; ++bits) {
+      PairPick& p = t[bits];
+      p.row[0] = p.row[1] = kPairGroup;
+      for (uint32_t r = 0, slot = 0; r < kPairGroup && slot < kPairSlots; ++r)
+        if (bits >> r & 1u) p.row[slot] = static_cast<uint8_t>(r), p.nibble |= static_cast<uint8_t>(r << (2 * slot++));
+    }
+    return t;
+  }();
+  return picks;
+}
+
+/// The pairs of one output and group: of its R values at(r), those that differ from `empty` into slots (pairPicks);
+/// returns the index nibble.
 template <typename T, typename At>
-uint32_t pairSlots(int64_t R, T empty, At&& at, T (&slots)[kPairSlots + 1]) {
-  for (T& v : slots) v = empty;
-  uint32_t nibble = 0;
-  for (int64_t r = 0, slot = 0; r < R; ++r) {
-    const T f = at(r);
-    const int64_t set = f != empty;
-    slots[slot] = set ? f : empty;
-    nibble |= static_cast<uint32_t>(r * set) << (2 * slot);
-    slot = std::min<int64_t>(slot + set, kPairSlots);
+uint32_t pairSlots(int64_t R, T empty, At&& at, T (&slots)[kPairSlots]) {
+  T v[kPairGroup + 1];
+  uint32_t bits = 0;
+  for (int64_t r = 0; r < kPairGroup; ++r) {
+    v[r] = r < R ? at(r) : empty;
+    bits |= static_cast<uint32_t>(v[r] != empty) << r;
   }
-  return nibble & 0xF;
+  v[kPairGroup] = empty;
+  const PairPick& pick = pairPicks()[bits];
+  for (int64_t slot = 0; slot < kPairSlots; ++slot) slots[slot] = v[pick.row[slot]];
+  return pick.nibble;
 }
 
 /// The pairs of panel-ordered weight w (sparse.h) into s's mask: for each panel p, group g of kPairGroup k and
@@ -230,7 +252,7 @@ void fillPairs(const PackedWeight& w, SparseForm& s, At&& at, Blank&& blank, Put
       const int64_t R = std::min(kPairGroup, w.K - g * kPairGroup);
       uint32_t* mask = &s.mask[pairIndex(p, g, 0, w.K)];
       for (int64_t j = 0; j < kPanel; ++j) {
-        T slots[kPairSlots + 1];
+        T slots[kPairSlots];
         const uint32_t nibble = pairSlots<T>(R, blank(p, g, j), [&](int64_t r) { return at(p, g * kPairGroup + r, j); }, slots);
         put(p, g, j, slots);
         mask[j / 8] |= nibble << (4 * (j % 8));
@@ -311,47 +333,31 @@ bool forEachRowGroup(const PackedWeight& w, F&& f) {
   return true;
 }
 
-/// pairSlots of a group as a table over its nonzero bits (bit r: value r differs from the blank): the slots' rows
-/// (kPairGroup: the blank) and the index nibble; built from pairSlots itself.
-struct PairPick {
-  uint8_t first, second, nibble;
-};
-const std::array<PairPick, 16>& pairPicks() {
-  static const std::array<PairPick, 16> picks = [] {
-    std::array<PairPick, 16> t{};
-    for (uint32_t bits = 0; bits < 16; ++bits) {
-      uint8_t slots[kPairSlots + 1];  // values r + 1 where bit r is set, against a blank of 0
-      const uint32_t nibble = pairSlots<uint8_t>(kPairGroup, 0, [&](int64_t r) { return static_cast<uint8_t>((bits >> r & 1u) * (r + 1)); }, slots);
-      auto row = [](uint8_t v) { return static_cast<uint8_t>(v ? v - 1 : kPairGroup); };
-      t[bits] = PairPick{row(slots[0]), row(slots[1]), static_cast<uint8_t>(nibble)};
-    }
-    return t;
-  }();
-  return picks;
-}
-
-/// Q4 pairs (makeQ4Pairs' bytes and mask) straight from a Q4 weight's rows, which rowPairsNonzeros found nz: the
-/// load's path, where panelizing the rows first and reading the panels back took 0.7 s of thread time for the
-/// synthetic 2:4 int4 model (pairSlots per group 0.4 s more than pairPicks). The caller then gives w its panel form
-/// without values (setPanelForm).
-std::shared_ptr<SparseForm> q4PairsFromRows(const PackedWeight& w, int64_t nz) {
-  const int64_t G = pairGroups(w.K);
-  std::shared_ptr<SparseForm> s = pairsForm(w, nz, G * kPanel);  // (zeroed: the padding outputs' bytes and nibbles)
+/// The Q8 / Q4 pairs (makePairsOf's centered signed bytes, makeQ4Pairs' nibble pairs: the same bytes and index words)
+/// straight from a Q8 (one block) or Q4 weight's rows, which rowPairsNonzeros found nz and whose centering the caller
+/// checked: the load's path, where panelizing the rows first and reading the panels back took 0.7 s of thread time
+/// for the synthetic 2:4 int4 model. The caller then gives w its centered panel form without values (setPanelForm).
+std::shared_ptr<SparseForm> pairsFromRows(const PackedWeight& w, int64_t nz) {
+  const bool q4 = w.kind == PackedWeight::Q4;
+  const int64_t G = pairGroups(w.K), planeBytes = G * (q4 ? 1 : kPairSlots) * kPanel;
+  std::shared_ptr<SparseForm> s = pairsForm(w, nz, planeBytes);  // (zeroed: the padding outputs' bytes and nibbles)
   s->mask.assign(static_cast<size_t>(panelCount(w) * G * (kPanel / 8)), 0);
   uint8_t* out = static_cast<uint8_t*>(s->values.data());
-  const std::array<PairPick, 16>& picks = pairPicks();
   uint32_t* mask = s->mask.data();
   const float* zp = w.zp.data();
   const int64_t nblk = w.nblk, K = w.K;
   forEachRowGroup(w, [&](int64_t n, int64_t b, int64_t k0, int64_t R, const uint8_t* q) {
     const int64_t p = n / kPanel, j = n % kPanel, g = k0 / kPairGroup;
     const uint8_t z = static_cast<uint8_t>(zp[n * nblk + b]);
-    uint8_t v[kPairGroup + 1] = {z, z, z, z, z};
-    uint32_t bits = 0;
-    for (int64_t r = 0; r < R; ++r) v[r] = q[r], bits |= static_cast<uint32_t>(q[r] != z) << r;
-    const PairPick& pick = picks[bits];
-    out[(p * G + g) * kPanel + j] = static_cast<uint8_t>(v[pick.first] | v[pick.second] << 4);
-    mask[pairIndex(p, g, j / 8, K)] |= static_cast<uint32_t>(pick.nibble) << (4 * (j % 8));
+    uint8_t slots[kPairSlots];
+    const uint32_t nibble = pairSlots<uint8_t>(R, z, [&](int64_t r) { return q[r]; }, slots);
+    if (q4) {
+      out[(p * G + g) * kPanel + j] = static_cast<uint8_t>(slots[0] | slots[1] << 4);  // (as stored)
+    } else {
+      for (int64_t slot = 0; slot < kPairSlots; ++slot)  // less the zero point: signed bytes, an empty slot 0
+        out[p * planeBytes + (g * kPairSlots + slot) * kPanel + j] = static_cast<uint8_t>(slots[slot] - z);
+    }
+    mask[pairIndex(p, g, j / 8, K)] |= nibble << (4 * (j % 8));
     return true;
   });
   return s;
@@ -537,13 +543,12 @@ bool chooseSparseForm(Node& n, SparseMode mode, const Kernels& k, Int8Activation
   if (!candidate) return false;  // (counting the zeros of every weight was a sixth of a 110 MB model's load)
   const double f = pairsNz >= 0 ? static_cast<double>(pairsNz) / static_cast<double>(w.N * w.K) : storedFraction(w);
   if (mode == SparseMode::On ? f >= 1.0 : !pairsPay && f > crossover) return false;
-  if (pairsNz >= 0 && w.kind == PackedWeight::Q4) {  // (centerable above) the pairs from the rows, then the panel form
-    std::shared_ptr<const SparseForm> s = q4PairsFromRows(w, pairsNz);
+  if (pairsNz >= 0 && quantized(w)) {  // (centerable above) the pairs from the rows, then the panel form
+    std::shared_ptr<const SparseForm> s = pairsFromRows(w, pairsNz);
     setPanelForm(w, AlignedBytes(), true);  // (the sparse form replaces the dense one)
     w.sparse = std::move(s);
     return true;
   }
-  if (pairsNz >= 0 && quantized(w) && !panelize(w, true)) return false;  // (centerable above)
   std::shared_ptr<const SparseForm> s = pairsNz >= 0 ? makePairs(w, pairsNz) : makeSparse(w);
   if (!s) return false;
   w.sparse = std::move(s);

@@ -624,51 +624,74 @@ TEST_CASE("auto takes int4 2:4 weights as Q4 pairs where the kernel set has pane
   CHECK_FALSE(off.nodes[1].packed->centered);
 }
 
-TEST_CASE("the load builds int4 2:4 pairs straight from the rows: the form of the panelized weight, byte for byte", "[runtime][sparse]") {
-  const Kernels k = scalarWithPanelKernels();
+namespace {
+
+/// Whether chooseSparseForms' pairs of `rows` (a Q8 / Q4 weight still in rows: the load's path) equal makeSparse's
+/// form of the panelized `reference` (the same weight), byte for byte, with the same panel parameters.
+void pairsFromRowsEqualPanels(std::shared_ptr<PackedWeight> rows, std::shared_ptr<PackedWeight> reference, int64_t nz, PackedWeight::Kind kind) {
+  REQUIRE(panelize(*reference));
+  REQUIRE(reference->kind == kind);
+  auto form = makeSparse(*reference);
+  REQUIRE(form);
+  REQUIRE(form->pairs);
+  Graph g;
+  Node n;
+  n.op = "MatMul";
+  n.packed = std::move(rows);
+  g.nodes.push_back(std::move(n));
+  REQUIRE(chooseSparseForms(g, SparseMode::On, scalarWithPanelKernels(), Int8Activations::Off, int64_t{64} << 20) == 1);
+  const PackedWeight& w = *g.nodes[0].packed;
+  CHECK(w.kind == kind);
+  CHECK(w.centered);
+  CHECK(w.w.size() == 0);
+  CHECK(w.scale == reference->scale);
+  CHECK(w.scale16 == reference->scale16);
+  CHECK(w.zp == reference->zp);
+  CHECK(w.zp8 == reference->zp8);
+  REQUIRE(w.sparse);
+  const SparseForm& s = *w.sparse;
+  CHECK(s.pairs);
+  CHECK(s.stored == nz);
+  CHECK(s.stored == form->stored);
+  CHECK(s.elements == form->elements);
+  CHECK(s.start == form->start);
+  CHECK(s.mask == form->mask);
+  REQUIRE(s.values.size() == form->values.size());
+  CHECK(std::memcmp(s.values.data(), form->values.data(), s.values.size()) == 0);
+}
+
+}  // namespace
+
+TEST_CASE("the load builds int8 and int4 2:4 pairs straight from the rows: the panelized weight's form, byte for byte", "[runtime][sparse]") {
   int compared = 0;
   for (auto prune : {twoFour, twoFourSomeOne}) {
-    for (int64_t block : {int64_t{0}, int64_t{32}, int64_t{64}}) {  // 0: per channel
-      for (int64_t K : {4, 7, 31, 32, 33, 100}) {  // (7, 33: a partial last group of 4; 33, 100: a partial last block)
-        if (block && K < 8) continue;
-        for (int64_t N : {1, 31, 32, 33, 96, 160, 257}) {
-          INFO((prune == twoFour ? "2:4" : "2:4, some groups at one") << " block " << block << " K=" << K << " N=" << N);
+    for (int64_t K : {4, 7, 31, 32, 33, 100}) {  // (7, 33: a partial last group of 4; 33, 100: a partial last block)
+      for (int64_t N : {1, 31, 32, 33, 96, 160, 257}) {
+        for (int64_t block : {int64_t{0}, int64_t{32}, int64_t{64}}) {  // int4; 0: per channel
+          if (block && K < 8) continue;
+          INFO("int4, " << (prune == twoFour ? "2:4" : "2:4, some groups at one") << " block " << block << " K=" << K << " N=" << N);
           int64_t nz = 0;
-          auto reference = int4Weight(K, N, block, prune, nz);  // panelized, then its pairs read from the panels
-          REQUIRE(panelize(*reference));
-          auto form = makeSparse(*reference);
-          REQUIRE(form);
-          REQUIRE(form->pairs);
-          Graph g;  // the load's path: chooseSparseForms on the rows
-          Node n;
-          n.op = "MatMul";
-          n.packed = int4Weight(K, N, block, prune, nz);
-          g.nodes.push_back(std::move(n));
-          REQUIRE(chooseSparseForms(g, SparseMode::On, k, Int8Activations::Off, int64_t{64} << 20) == 1);
-          const PackedWeight& w = *g.nodes[0].packed;
-          CHECK(w.kind == PackedWeight::Q4P);
-          CHECK(w.centered);
-          CHECK(w.w.size() == 0);
-          CHECK(w.scale == reference->scale);
-          CHECK(w.scale16 == reference->scale16);
-          CHECK(w.zp == reference->zp);
-          CHECK(w.zp8 == reference->zp8);
-          REQUIRE(w.sparse);
-          const SparseForm& s = *w.sparse;
-          CHECK(s.pairs);
-          CHECK(s.stored == nz);
-          CHECK(s.stored == form->stored);
-          CHECK(s.elements == form->elements);
-          CHECK(s.start == form->start);
-          CHECK(s.mask == form->mask);
-          REQUIRE(s.values.size() == form->values.size());
-          CHECK(std::memcmp(s.values.data(), form->values.data(), s.values.size()) == 0);
+          auto rows = int4Weight(K, N, block, prune, nz), reference = int4Weight(K, N, block, prune, nz);
+          pairsFromRowsEqualPanels(rows, reference, nz, PackedWeight::Q4P);
+          ++compared;
+        }
+        for (bool symmetric : {true, false}) {  // int8 per channel (uint8 with a zero point of 100)
+          INFO("int8, " << (prune == twoFour ? "2:4" : "2:4, some groups at one") << (symmetric ? " symmetric" : " zero point 100") << " K=" << K << " N=" << N);
+          std::vector<uint8_t> q, zp;
+          std::vector<float> s;
+          const int z = symmetric ? 0 : 100;
+          auto make = [&] { return int8PerChannel(K, N, symmetric, z, symmetric ? -128 : 0, symmetric ? 127 : 227, prune, q, s, zp); };
+          auto rows = make(), reference = make();
+          int64_t nz = 0;
+          for (int64_t k = 0; k < K; ++k)
+            for (int64_t n = 0; n < N; ++n) nz += !prune(k, n);
+          pairsFromRowsEqualPanels(rows, reference, nz, PackedWeight::Q8P);
           ++compared;
         }
       }
     }
   }
-  CHECK(compared == 2 * (6 * 7 + 2 * 4 * 7));
+  CHECK(compared == 2 * (6 * 7 + 2 * 4 * 7) + 2 * 6 * 7 * 2);
 }
 
 TEST_CASE("weights headed for int8 activations are judged by the int8 kernels' crossover", "[runtime][sparse][int8]") {
