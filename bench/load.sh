@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Model load time: crun (`crun bench --runs 1`, its "load" line: Session::create, from the file to packed weights)
 # against ONNX Runtime's InferenceSession.create (`scripts/ort/ort_run.js load`, default optimizations "all" and
-# "disabled") on the synthetic LLaMA-shape model's exports of bench/sparse.sh (dense fp32, int8, int4-g32 and the
-# 2:4 int4 file, which crun builds its pairs layout for), 2 threads, interleaved over the rounds (the machine is
+# "disabled") on the synthetic LLaMA-shape model's exports of bench/sparse.sh (dense fp32, int8, int4-g32, and the
+# pruned files crun builds sparse forms for: 50% fp32 (masks), 2:4 fp32, int8 and int4 (the pairs layout)), 2
+# threads, interleaved over the rounds (the machine is
 # shared); the median of the rounds is kept, with crun's peak memory. Prints a Markdown table, writes bench/load.json.
 # Usage: bash bench/load.sh [build] [rounds]   (run bench/sparse.sh first: it writes the exports)
 set -euo pipefail
@@ -11,7 +12,7 @@ build=$(realpath "${1:-build}")
 rounds=${2:-5}
 dir=build/bench/sparse
 ort="node scripts/ort/ort_run.js"
-files="dense_fp32 dense_int8 dense_int4_g32 2of4_int4_g32"
+files="dense_fp32 dense_int8 dense_int4_g32 50_fp32 2of4_fp32 2of4_int8 2of4_int4_g32"
 for f in $files; do
   [ -f "$dir/$f/model.onnx" ] || { echo "missing $dir/$f/model.onnx: run bash bench/sparse.sh first" >&2; exit 1; }
 done
