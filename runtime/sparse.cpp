@@ -10,6 +10,10 @@
 #include <fstream>
 #include <string>
 
+#if defined(__SSE2__)
+#include <xmmintrin.h>
+#endif
+
 #include "runtime/int8_acts.h"
 #include "runtime/kernels.h"
 #include "runtime/matmul.h"
@@ -97,7 +101,12 @@ int64_t chunksPerRow(const PackedWeight& w) { return w.nblk * w.P / kChunk; }
 uint32_t maskF32(const PackedWeight& w, int64_t pi, int64_t k) {
   const float* p = static_cast<const float*>(w.w.data()) + (pi * w.K + k) * kPanel;
   uint32_t m = 0;
+#if defined(__SSE2__)
+  for (int64_t j = 0; j < kPanel; j += 4)  // (a NaN is not equal to 0: set)
+    m |= static_cast<uint32_t>(_mm_movemask_ps(_mm_cmpneq_ps(_mm_loadu_ps(p + j), _mm_setzero_ps()))) << j;
+#else
   for (int64_t j = 0; j < kPanel; ++j) m |= static_cast<uint32_t>(p[j] != 0.f) << j;
+#endif
   return m;
 }
 
