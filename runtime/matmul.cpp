@@ -381,14 +381,17 @@ void transpose16(const uint8_t* src, int64_t srcStride, uint8_t* dst, int64_t ds
 /// 16 x 16 (SSE2 where the build has it; the edges a byte at a time). A byte at a time down a column, the loader's
 /// int8 packing wrote each destination line from 64 passes (0.29 s of an int8 model's 0.7 s load, and 0.18 s more to
 /// turn the rows into panels the same way).
-void transposeBytes(const uint8_t* src, int64_t srcStride, uint8_t* dst, int64_t dstStride, int64_t rows, int64_t cols, uint8_t flip) {
+/// (Out of line: inlined into a caller's 512-byte tile, GCC warns that the edge loop may write past it.)
+[[gnu::noinline]] void transposeBytes(const uint8_t* src, int64_t srcStride, uint8_t* dst, int64_t dstStride, int64_t rows, int64_t cols,
+                                      uint8_t flip) {
   constexpr int64_t B = 16;
-  int64_t r0 = 0, c0 = 0;
+  int64_t rowsDone = 0;
 #if defined(__SSE2__)
-  for (; r0 + B <= rows; r0 += B)
-    for (c0 = 0; c0 + B <= cols; c0 += B) transpose16(src + r0 * srcStride + c0, srcStride, dst + c0 * dstStride + r0, dstStride, flip);
+  for (; rowsDone + B <= rows; rowsDone += B)
+    for (int64_t c0 = 0; c0 + B <= cols; c0 += B)
+      transpose16(src + rowsDone * srcStride + c0, srcStride, dst + c0 * dstStride + rowsDone, dstStride, flip);
 #endif
-  const int64_t rowsDone = r0, colsDone = rows >= B ? cols / B * B : 0;
+  const int64_t colsDone = cols / B * B;  // (in the rows done)
   for (int64_t r = 0; r < rows; ++r)  // what the blocks left: the last rows, and the last columns of the rows done
     for (int64_t c = r < rowsDone ? colsDone : 0; c < cols; ++c) dst[c * dstStride + r] = static_cast<uint8_t>(src[r * srcStride + c] ^ flip);
 }
@@ -637,8 +640,8 @@ AlignedBytes q8PanelRows(const PackedWeight& w, bool center) {
 
 /// Q4 rows (stored chunks of 32 elements, byte c holding element c low and c + 16 high) to Q4P panel rows [p][K]
 /// [kPanel / 2] bytes (column j low, j + 16 high; zero past N). Per panel and chunk, the panel's 32 rows' 16 chunk
-/// bytes are first set side by side (t[i][j]: row j's byte i), so that each of the chunk's k rows is written once from
-/// two contiguous runs: a nibble at a time into memory, 2.5 ns per weight on Zen 3, made a 2:4 int4 load wait on it.
+/// bytes are first transposed side by side (t[i][j]: row j's byte i), so that each of the chunk's k rows is written
+/// once from two contiguous runs (or-ing a nibble at a time into a column took 2.5 ns per weight on Zen 3).
 AlignedBytes q4PanelRows(const PackedWeight& w) {
   constexpr int64_t C = 32, H = kPanel / 2;  // elements per stored chunk, bytes per panel row
   const int64_t chunksPerBlock = w.P / C;
@@ -652,10 +655,8 @@ AlignedBytes q4PanelRows(const PackedWeight& w) {
         const int64_t k0 = b * w.block + cb * C, kv = std::min(C, std::min(w.block, w.K - b * w.block) - cb * C);
         if (kv <= 0) continue;  // (block padding)
         alignas(64) uint8_t t[C / 2][kPanel] = {};
-        for (int64_t j = 0; j < cols; ++j) {
-          const uint8_t* chunk = static_cast<const uint8_t*>(w.w.data()) + (p * kPanel + j) * w.rowBytes() + (b * chunksPerBlock + cb) * (C / 2);
-          for (int64_t i = 0; i < C / 2; ++i) t[i][j] = chunk[i];
-        }
+        transposeBytes(static_cast<const uint8_t*>(w.w.data()) + p * kPanel * w.rowBytes() + (b * chunksPerBlock + cb) * (C / 2),
+                       w.rowBytes(), &t[0][0], kPanel, cols, C / 2, 0);
         for (int64_t k = 0; k < kv; ++k) {
           const uint8_t* src = t[k % (C / 2)];
           const int shift = k < C / 2 ? 0 : 4;

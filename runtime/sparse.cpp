@@ -194,9 +194,9 @@ int64_t pairsNonzerosOf(const PackedWeight& w, const T* d) {
   return pairsFilled(nz, w.K, w.N) ? nz : -1;
 }
 
-/// Whether w is a Q8 weight per channel or a Q4 weight these kernels could store as Q8 / Q4 pairs once panelized
-/// (sparse.h; it must also be centerable, and a Q4 weight's blocks must be whole groups of 4, which panelize's blocks
-/// of a multiple of 32 are); K of 4 or more, so that a panel's dequantized planes fit the GEMM's panel buffer.
+/// Whether w is a Q8 weight per channel or a Q4 weight these kernels could store as Q8 / Q4 pairs in the panel form
+/// (sparse.h; it must also be centerable, and a Q4 weight's blocks must be whole groups of 4, which the panel form's
+/// blocks of a multiple of 32 are); K of 4 or more, so that a panel's dequantized planes fit the GEMM's panel buffer.
 bool quantPairsCandidate(const PackedWeight& w, const Kernels& k) {
   const bool q8 = w.kind == PackedWeight::Q8 && w.nblk == 1, q4 = w.kind == PackedWeight::Q4 && (w.nblk == 1 || w.block % 32 == 0);
   return (q8 || q4) && w.K >= kPairGroup && !w.int8 && !w.device && k.converting_gemm_panels;
@@ -545,14 +545,15 @@ bool chooseSparseForm(Node& n, SparseMode mode, const Kernels& k, Int8Activation
   // run it (int4: fewer bytes and half the conversions for the cost of the picks).
   // (The 2:4 check first: it stops early on a dense weight, where the centering check reads every value.)
   int64_t pairsNz = w.kind == PackedWeight::F32 ? pairsNonzeros(w) : !i8 && quantPairsCandidate(w, k) ? rowPairsNonzeros(w) : -1;
-  // Centering: a Q4 weight's check is the 2:4 one above and its zero points'; checked once here, not again by panelize.
+  // Centering: a Q4 weight's check is the 2:4 one above and its zero points'; a Q8 weight's values less its zero points
+  // must fit a signed byte.
   if (pairsNz >= 0 && quantized(w) && !(w.kind == PackedWeight::Q4 ? zeroPointsRepresentable(w) : centerable(w))) pairsNz = -1;
   const bool pairsPay = pairsNz >= 0 && (quantized(w) || crossover > 0);
   const bool candidate = mode == SparseMode::On || pairsPay || (crossover > 0 && w.bytes() >= minBytes);
   if (!candidate) return false;  // (counting the zeros of every weight was a sixth of a 110 MB model's load)
   const double f = pairsNz >= 0 ? static_cast<double>(pairsNz) / static_cast<double>(w.N * w.K) : storedFraction(w);
   if (mode == SparseMode::On ? f >= 1.0 : !pairsPay && f > crossover) return false;
-  if (pairsNz >= 0 && quantized(w)) {  // (centerable above) the pairs from the rows, then the panel form
+  if (pairsNz >= 0 && quantized(w)) {  // (centered, checked above) the pairs from the rows, then the panel form
     std::shared_ptr<const SparseForm> s = pairsFromRows(w, pairsNz);
     setPanelForm(w, AlignedBytes(), true);  // (the sparse form replaces the dense one)
     w.sparse = std::move(s);
