@@ -2,9 +2,11 @@
 // one step lowering the loss, masks and quantized weights kept, determinism, bad options and data.
 #include "compress/distill.h"
 
+#include <ATen/Parallel.h>
 #include <catch2/catch.hpp>
 
 #include "compress/error.h"
+#include "compress/host_setup.h"
 #include "compress/importer.h"
 #include "compress/recipe.h"
 #include "prune/magnitude_prune.h"
@@ -84,6 +86,30 @@ TEST_CASE("one step lowers the KD loss of a pruned student, masks hold, determin
   auto [b, sb] = run(3);
   for (const auto& [name, t] : a.initializers) CHECK(at::equal(t, b.initializers.at(name)));
   CHECK(sa["last_loss"] == sb["last_loss"]);
+}
+
+TEST_CASE("micro-batches on several threads give one thread's bits", "[distill]") {
+  // batch 5 of single sequences: with 3 threads a round of 3 micro-batches, then one of 2
+  Graph teacher = block();
+  const int before = at::get_num_threads();
+  auto run = [&](int threads) {
+    setComputeThreads(threads);
+    Graph student = teacher.clone();
+    magnitudePrune(student, {0.5, "matrix", {"Linear"}, {"output"}, {}});
+    DistillOptions o = small(3);
+    o.batch = 5;
+    o.micro_batch = 1;
+    auto s = distill(student, teacher, stream(600), o, at::kCPU, false);
+    CHECK(at::get_num_threads() == threads);  // (restored after the run)
+    return std::make_pair(std::move(student), s);
+  };
+  auto [one, s1] = run(1);
+  auto [three, s3] = run(3);
+  setComputeThreads(before);
+  for (const auto& [name, t] : one.initializers) CHECK(at::equal(t, three.initializers.at(name)));
+  CHECK(s1["last_loss"] == s3["last_loss"]);
+  CHECK(s1["held_out_kd_best"] == s3["held_out_kd_best"]);
+  CHECK_FALSE(at::equal(one.initializers.at("w1.weight"), teacher.initializers.at("w1.weight") * one.sparsity.at("w1.weight").mask));
 }
 
 TEST_CASE("quantized weights stay frozen, the teacher cache trains on fixed windows", "[distill]") {
