@@ -452,7 +452,7 @@ class DistillPass : public Pass {
     o_.steps = r.integer("steps", 500, 1, int64_t{1} << 30, "optimizer steps (at most; early stopping and max_minutes may end sooner)");
     o_.batch = r.integer("batch", 16, 1, 1 << 16, "sequences per step");
     o_.seq_len = r.integer("seq_len", 256, 2, 1 << 20, "tokens per sequence");
-    o_.micro_batch = r.integer("micro_batch", 8, 1, 1 << 16, "sequences per forward/backward (gradients accumulate to `batch`; memory)");
+    o_.micro_batch = r.integer("micro_batch", 8, 1, 1 << 16, "sequences per forward/backward (gradients accumulate to `batch`; memory: on the host `threads` micro-batches run at once)");
     o_.lr = r.number("lr", 3e-3, 1e-8, 1.0, "peak learning rate (AdamW)");
     o_.min_lr_ratio = r.number("min_lr_ratio", 0.0, 0.0, 1.0, "the cosine schedule ends at lr x this");
     o_.warmup = r.integer("warmup", 50, 0, int64_t{1} << 30, "linear warm-up steps");
