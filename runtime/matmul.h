@@ -37,9 +37,9 @@ std::shared_ptr<PackedWeight> packMatMulNBits(const Node& n, const Buf& b, const
 /// 32 into Q4P, or an F16 weight into F16P (internal.h), for exact compute; false (and nothing changed) for any other.
 /// Centered where `centered` says, when the caller has checked centerable(w); else where centerable(w) is.
 bool panelize(PackedWeight& w, std::optional<bool> centered = std::nullopt);
-/// panelize's last step, also the Q4 pairs' (which build their values from the rows, sparse.cpp): a Q8 (one block) or
-/// Q4 weight still in rows takes `values` (its panel rows, or nothing) and its scales and zero points in the panel
-/// layout, centered or not.
+/// panelize's last step, also the Q8 / Q4 pairs' (which build their values from the rows: sparse.cpp, pairsFromRows): a
+/// Q8 (one block) or Q4 weight still in rows takes `values` (its panel rows, or nothing) and its scales and zero points
+/// in the panel layout, centered or not.
 void setPanelForm(PackedWeight& w, AlignedBytes values, bool centered);
 /// Whether panelize centers dense weight w (internal.h): a Q8 weight per channel whose values less their row's zero
 /// point fit a signed byte, or a Q4 weight whose zero points are integers.
