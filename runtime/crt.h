@@ -32,6 +32,7 @@ enum class StatusCode : int {
   ModelError = 3,       // unreadable or malformed ONNX, unsupported ops/types
   DataError = 4,        // input values an op cannot accept (index out of range, too large for the limits, ...)
   IoError = 6,          // file not found / unreadable
+  Stopped = 9,          // a run over SessionOptions::max_run_ms, or one Session::stop() asked to stop
   Internal = 70,
 };
 
@@ -107,6 +108,11 @@ struct SessionOptions {
   /// half of max_total_bytes. Weights, folded constants and everything one run() allocates count.
   int64_t max_tensor_bytes = 0;  // largest single tensor (constant, input, intermediate)
   int64_t max_total_bytes = 0;   // weights plus one run's buffers
+  /// > 0: a run() taking longer stops before its next node and returns StatusCode::Stopped (the session stays
+  /// usable: a KV cache keeps what it held before that run); the load's constant folding has the same limit. An op
+  /// already running finishes first (its size is bounded by the memory limits above), as in ONNX Runtime's
+  /// terminate flag. 0: no limit.
+  int64_t max_run_ms = 0;
   /// > 0: keep the KV cache of a model exported with `compress export --kv-cache` inside the session, for
   /// this many tokens (preallocated; each run appends its tokens in place). The past.N inputs and present.N
   /// outputs then disappear from inputs()/outputs(): a run takes the new token ids only (batch 1).
@@ -205,6 +211,9 @@ class Session {
   Status run(const std::vector<std::pair<std::string, TensorView>>& inputs, std::vector<TensorView>& outputs);
   /// Convenience: runs and copies the outputs.
   Result<std::vector<Tensor>> run(const std::vector<std::pair<std::string, TensorView>>& inputs);
+  /// Asks the run in progress on another thread (or, when none is, the next run) to stop before its next node: that
+  /// run returns StatusCode::Stopped, and later runs go on as usual. Safe to call from any thread while run() runs.
+  void stop();
 
  private:
   struct Impl;

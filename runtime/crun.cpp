@@ -64,6 +64,9 @@ Options common to all: --threads N (default: all cores), --no-simd (portable sca
   asks (MatMulNBits accuracy_level 4, default), for every quantized weight, or never.
   --max-tensor-mib N / --max-memory-mib N: the most one tensor / the whole model (weights plus one run)
   may take (default: half of the machine's memory / all of it); a model asking for more is refused.
+  --max-run-ms N: a run (one forward pass: each token of generate and ppl is one) taking more than N ms stops
+  before its next node with exit code 9, as does the load's constant folding (default 0: no limit; for
+  untrusted models, with the memory limits above).
   --allow-nonfinite: write or print outputs that hold NaN/Inf instead of failing with exit code 5.
 
 crun treats model files as untrusted: crafted files get an error, never a crash (docs/security.md).
@@ -71,7 +74,8 @@ Outputs are written atomically (temp file + rename) and never replace a folder, 
 
 Exit codes: 0 ok, 2 usage/argument error, 3 model error (unreadable, malformed, unsupported ops),
 4 data error (bad input file or values, over the memory limits), 5 numeric error (the model produced
-NaN/Inf), 6 i/o error (missing or unwritable files), 70 internal error (a bug: please report it).
+NaN/Inf), 6 i/o error (missing or unwritable files), 9 stopped (over --max-run-ms), 70 internal error (a bug:
+please report it).
 )";
 
 constexpr int kExitNumeric = 5;
@@ -359,6 +363,8 @@ crt::SessionOptions sessionOptions(const cxxopts::ParseResult& r) {
     die(2, "--max-tensor-mib and --max-memory-mib take a number of MiB (0 = default)");
   o.max_tensor_bytes = tensorMib << 20;
   o.max_total_bytes = memMib << 20;
+  o.max_run_ms = r["max-run-ms"].as<int64_t>();
+  if (o.max_run_ms < 0) die(2, "--max-run-ms takes a number of milliseconds (0 = no limit)");
   return o;
 }
 
@@ -659,7 +665,8 @@ int main(int argc, char** argv) {
       ("max-tokens", "", cxxopts::value<int64_t>()->default_value("32768"))
       ("batch", "", cxxopts::value<int64_t>()->default_value("1"))("h,help", "")
       ("max-tensor-mib", "", cxxopts::value<int64_t>()->default_value("0"))
-      ("max-memory-mib", "", cxxopts::value<int64_t>()->default_value("0"))("allow-nonfinite", "");
+      ("max-memory-mib", "", cxxopts::value<int64_t>()->default_value("0"))("allow-nonfinite", "")
+      ("max-run-ms", "", cxxopts::value<int64_t>()->default_value("0"));
   o.parse_positional({"model"});
   try {
     auto r = o.parse(argc - 1, argv + 1);

@@ -1,6 +1,7 @@
 // internal.h — the runtime's private types: shapes, tensor views, the loaded graph, op contexts.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -106,16 +107,35 @@ class AlignedBytes {
   size_t n_ = 0;
 };
 
-/// Bytes a model may ask for (SessionOptions::max_tensor_bytes / max_total_bytes, resolved at create()).
+/// What a model may ask for (SessionOptions::max_tensor_bytes / max_total_bytes / max_run_ms, resolved at create()).
 /// Every allocation whose size comes from the file or from input shapes is checked here first, so a
-/// crafted model gets a clear error instead of an out-of-memory kill or a wrapped size.
-struct MemoryLimits {
+/// crafted model gets a clear error instead of an out-of-memory kill or a wrapped size; time is checked between
+/// nodes (RunGuard).
+struct Limits {
   int64_t max_tensor = 0;  // one tensor (constant, input, intermediate, scratch)
   int64_t max_total = 0;   // weights plus everything one run allocates
+  int64_t max_run_ms = 0;  // one run, and the load's constant folding (0: no limit)
   /// Fails with `what` when one tensor of `bytes` is over the limit.
   void checkTensor(int64_t bytes, const std::string& what) const;
   /// Adds `bytes` to `used` and fails with `what` when the total goes over the limit.
   void take(int64_t& used, int64_t bytes, const std::string& what) const;
+};
+
+struct Node;
+
+/// A run's time limit (Limits::max_run_ms, counted from construction) and stop request (Session::stop()):
+/// check() before each node fails with StatusCode::Stopped once either holds. `what` names the work ("the run",
+/// "folding constants at load").
+class RunGuard {
+ public:
+  RunGuard(int64_t max_run_ms, std::atomic<bool>* stop, const char* what);
+  void check(const Node& next);
+
+ private:
+  int64_t start_ns_, deadline_ns_;  // CLOCK_MONOTONIC_COARSE
+  int64_t max_run_ms_;
+  std::atomic<bool>* stop_;
+  const char* what_;
 };
 
 struct Attr {
@@ -223,7 +243,7 @@ struct Graph {
   std::vector<IoInfo> input_info, output_info;
   std::map<std::string, int> by_name;
   int opset = 17;
-  MemoryLimits limits;
+  Limits limits;
   int64_t constant_bytes = 0;  // bytes of constants read or folded at load (counts against limits.max_total)
   std::map<std::string, std::string> metadata;  // the file's metadata_props
   std::shared_ptr<KvState> kv;                  // the in-session KV cache (SessionOptions::kv_capacity)

@@ -161,7 +161,7 @@ ExternalSpan resolveExternal(const onnx::TensorProto& t, const std::string& mode
 
 // ------------------------------------------------------------------------------------------- tensors
 /// The type and shape of a TensorProto, checked (supported type, rank, dims >= 0, no overflow, limits).
-void tensorHeader(const onnx::TensorProto& t, const std::string& what, const MemoryLimits& limits, Buf& b) {
+void tensorHeader(const onnx::TensorProto& t, const std::string& what, const Limits& limits, Buf& b) {
   if (!supportedType(t.data_type()))
     fail(StatusCode::ModelError, what + " has type " + typeName(t.data_type()) + ", which the runtime does not support");
   b.dt = static_cast<DType>(t.data_type());
@@ -597,7 +597,8 @@ namespace {
 /// constants) once; returns how many were folded. What they allocate counts against the limits. With
 /// keepWeightDequant, a DequantizeLinear feeding a MatMul's B stays (its now-constant integers are packed
 /// next, instead of being expanded to fp32: a compact sparse weight rebuilt at load, export/sparse_weights.h).
-int foldConstants(Graph& g, ThreadPool& pool, const Kernels& k, bool keepWeightDequant) {
+/// `guard`: the load's time limit (Limits::max_run_ms).
+int foldConstants(Graph& g, ThreadPool& pool, const Kernels& k, bool keepWeightDequant, RunGuard& guard) {
   std::vector<int> uses(g.values.size(), 0);
   std::vector<char> matmulB(g.values.size(), 0);
   for (const Node& n : g.nodes) {
@@ -622,6 +623,7 @@ int foldConstants(Graph& g, ThreadPool& pool, const Kernels& k, bool keepWeightD
     }
     for (int v : n.in)
       if (v >= 0) vals[v] = g.values[v].constant;
+    guard.check(n);
     OpCtx c{env, n};
     try {
       n.fn(c);
@@ -851,18 +853,18 @@ void parseModel(const std::string& bytes, const std::string& name, onnx::ModelPr
 }
 
 Graph buildGraph(onnx::ModelProto& model, ModelFile* file, const std::string& name, const std::string& model_dir,
-                 const MemoryLimits& limits, ThreadPool& pool, const Kernels& k, SessionInfo& info);
+                 const Limits& limits, ThreadPool& pool, const Kernels& k, SessionInfo& info);
 
 }  // namespace
 
-Graph loadGraph(const std::string& path, const MemoryLimits& limits, ThreadPool& pool, const Kernels& k, SessionInfo& info) {
+Graph loadGraph(const std::string& path, const Limits& limits, ThreadPool& pool, const Kernels& k, SessionInfo& info) {
   onnx::ModelProto model;
   ModelFile file;
   parseModelFile(path, model, file);
   return buildGraph(model, &file, path, realFolder(path), limits, pool, k, info);
 }
 
-Graph loadGraphBytes(const std::string& bytes, const std::string& name, const std::string& model_dir, const MemoryLimits& limits,
+Graph loadGraphBytes(const std::string& bytes, const std::string& name, const std::string& model_dir, const Limits& limits,
                      ThreadPool& pool, const Kernels& k, SessionInfo& info) {
   onnx::ModelProto model;
   parseModel(bytes, name, model);
@@ -872,7 +874,7 @@ Graph loadGraphBytes(const std::string& bytes, const std::string& name, const st
 namespace {
 
 Graph buildGraph(onnx::ModelProto& model, ModelFile* file, const std::string& name, const std::string& model_dir,
-                 const MemoryLimits& limits, ThreadPool& pool, const Kernels& k, SessionInfo& info) {
+                 const Limits& limits, ThreadPool& pool, const Kernels& k, SessionInfo& info) {
   Graph g;
   g.limits = limits;
   GraphReader(g, name, model_dir, file).read(model);
@@ -883,11 +885,12 @@ Graph buildGraph(onnx::ModelProto& model, ModelFile* file, const std::string& na
   materializeDeferred(g, file);  // what else reads them
   packQuantizedWeights(g, pool);
   pruneUnused(g);
-  info.folded = foldConstants(g, pool, k, true);
+  RunGuard guard(limits.max_run_ms, nullptr, "folding constants at load");
+  info.folded = foldConstants(g, pool, k, true, guard);
   pruneUnused(g);                 // (also renumbers the producers after folding)
   packQuantizedWeights(g, pool);  // integers that were computed by constant subgraphs
   pruneUnused(g);
-  info.folded += foldConstants(g, pool, k, false);  // what could not be packed is expanded as before
+  info.folded += foldConstants(g, pool, k, false, guard);  // what could not be packed is expanded as before
   packDenseWeights(g, pool, false, nullptr);
   pruneUnused(g);
   if ((info.merged = mergeDuplicates(g)) > 0) pruneUnused(g);

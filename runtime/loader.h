@@ -12,10 +12,10 @@ struct Kernels;
 
 /// Parses, validates and prepares the graph (fold, pack, mark static nodes, liveness). Everything a
 /// file says is checked before it is trusted; failures are ModelError / IoError / DataError.
-Graph loadGraph(const std::string& path, const MemoryLimits& limits, ThreadPool& pool, const Kernels& k, SessionInfo& info);
+Graph loadGraph(const std::string& path, const Limits& limits, ThreadPool& pool, const Kernels& k, SessionInfo& info);
 /// The same from bytes in memory; `name` labels errors, external data is read from `model_dir` (resolved,
 /// no trailing slash; empty: external data is refused).
-Graph loadGraphBytes(const std::string& bytes, const std::string& name, const std::string& model_dir, const MemoryLimits& limits,
+Graph loadGraphBytes(const std::string& bytes, const std::string& name, const std::string& model_dir, const Limits& limits,
                      ThreadPool& pool, const Kernels& k, SessionInfo& info);
 
 /// Drops nodes nothing needs (DequantizeLinear nodes packed into their MatMul, QuantizeLinear pairs fused into it)

@@ -190,18 +190,20 @@ struct Session::Impl {
   uint64_t tick = 0;
   std::vector<double> node_ms;
   std::vector<int64_t> node_calls;
+  std::atomic<bool> stop_asked{false};  // Session::stop()
 
   detail::Plan* findPlan(size_t keyLen);
-  bool replay(detail::Plan& plan);  // false: the plan no longer fits (dropped; record instead)
-  void record();
+  bool replay(detail::Plan& plan, detail::RunGuard& guard);  // false: the plan no longer fits (dropped; record instead)
+  void record(detail::RunGuard& guard);
   void placeOnDevice();  // assigns nodes to the device backend, if any (backend.h), and records what it took
 
-  void execute(detail::Allocator& alloc, bool skip_static) {
+  void execute(detail::Allocator& alloc, bool skip_static, detail::RunGuard& guard) {
     detail::RunEnv env{&g, vals.data(), &alloc, pool.get(), k, 0, g.constant_bytes};
     if (opts.profile && node_ms.empty()) node_ms.assign(g.nodes.size(), 0), node_calls.assign(g.nodes.size(), 0);
     for (size_t i = 0; i < g.nodes.size(); ++i) {
       const detail::Node& n = g.nodes[i];
       if (skip_static && n.is_static) continue;
+      guard.check(n);
       env.node_index = static_cast<int>(i);
       detail::OpCtx c{env, n};
       if (!opts.profile) {
@@ -257,10 +259,11 @@ int64_t physicalMemory() {
 }
 
 /// The options' limits with their defaults filled in.
-detail::MemoryLimits resolveLimits(const SessionOptions& o) {
-  detail::MemoryLimits l;
+detail::Limits resolveLimits(const SessionOptions& o) {
+  detail::Limits l;
   l.max_total = o.max_total_bytes > 0 ? o.max_total_bytes : physicalMemory();
   l.max_tensor = o.max_tensor_bytes > 0 ? o.max_tensor_bytes : l.max_total / 2;
+  l.max_run_ms = o.max_run_ms;
   return l;
 }
 
@@ -285,6 +288,7 @@ Result<Session> Session::make(const SessionOptions& options, const std::string& 
     if (options.max_plans < 1) return Status{StatusCode::InvalidArgument, "max_plans must be >= 1"};
     if (options.max_tensor_bytes < 0 || options.max_total_bytes < 0)
       return Status{StatusCode::InvalidArgument, "max_tensor_bytes and max_total_bytes must be >= 0 (0 = default)"};
+    if (options.max_run_ms < 0) return Status{StatusCode::InvalidArgument, "max_run_ms must be >= 0 (0 = no limit)"};
     auto impl = std::make_unique<Impl>();
     impl->opts = options;
     int threads = options.threads > 0 ? options.threads : static_cast<int>(std::thread::hardware_concurrency());
@@ -440,12 +444,12 @@ detail::Plan* Session::Impl::findPlan(size_t keyLen) {
   return nullptr;
 }
 
-bool Session::Impl::replay(detail::Plan& plan) {
+bool Session::Impl::replay(detail::Plan& plan, detail::RunGuard& guard) {
   plan.last_used = ++tick;
   for (const auto& [v, b] : plan.static_vals) vals[v] = b;
   try {
     detail::Replayer r(g, plan, g.kv != nullptr);
-    execute(r, true);
+    execute(r, true, guard);
     return true;
   } catch (const detail::ReplanNeeded&) {  // data-dependent shapes (or a longer cache than recorded): record again
     for (auto it = plans.begin(); it != plans.end(); ++it)
@@ -457,7 +461,7 @@ bool Session::Impl::replay(detail::Plan& plan) {
   }
 }
 
-void Session::Impl::record() {
+void Session::Impl::record(detail::RunGuard& guard) {
   auto p = std::make_unique<detail::Plan>();
   for (int in : g.inputs) {
     if (g.values[in].per_run_shape) continue;
@@ -467,7 +471,7 @@ void Session::Impl::record() {
   }
   last_temp.clear();
   detail::Recorder rec(g, *p, g.kv != nullptr);
-  execute(rec, false);
+  execute(rec, false, guard);
   rec.finish();
   for (size_t v = 0; v < g.values.size(); ++v)
     if (g.values[v].is_static) p->static_vals.push_back({static_cast<int>(v), vals[v]});
@@ -484,6 +488,7 @@ Status Session::run(const std::vector<std::pair<std::string, TensorView>>& input
   Impl& m = *impl_;
   detail::Graph& g = m.g;
   try {
+    detail::RunGuard guard(g.limits.max_run_ms, &m.stop_asked, "the run");
     size_t keyLen = 0;
     Status st = bindInputs(g, m.vals, inputs, keyLen);
     if (!st.ok()) return st;
@@ -503,7 +508,7 @@ Status Session::run(const std::vector<std::pair<std::string, TensorView>>& input
         detail::bindKvPast(g, m.vals.data(), kv.length);
         detail::bindKvDryRun(g, m.vals.data());
         try {
-          m.record();
+          m.record(guard);
         } catch (...) {
           kv.length = len;
           throw;
@@ -514,7 +519,7 @@ Status Session::run(const std::vector<std::pair<std::string, TensorView>>& input
       detail::bindKvPast(g, m.vals.data(), kv.length);
     }
     detail::Plan* plan = m.findPlan(keyLen);
-    if (!plan || !m.replay(*plan)) m.record();
+    if (!plan || !m.replay(*plan, guard)) m.record(guard);
     if (g.kv) g.kv->length += tokens;
     outputs.resize(g.outputs.size());
     for (size_t i = 0; i < g.outputs.size(); ++i) {
@@ -543,6 +548,10 @@ Status Session::kvTruncate(int64_t keep) {
     return Status{StatusCode::InvalidArgument, "kvTruncate(" + std::to_string(keep) + "): the cache holds " + std::to_string(impl_->g.kv->length) + " tokens"};
   impl_->g.kv->length = keep;
   return Status::Ok();
+}
+
+void Session::stop() {
+  if (impl_) impl_->stop_asked.store(true);
 }
 
 Result<std::vector<Tensor>> Session::run(const std::vector<std::pair<std::string, TensorView>>& inputs) {

@@ -35,6 +35,9 @@ check "NaN outputs exit 5 (numeric) and write nothing" "[ $rc -eq 5 ] && grep -q
 check "--allow-nonfinite writes them" "[ $rc -eq 0 ] && [ -s $work/o.npy ]"
 "$CRUN" --help > "$work/help.txt"
 check "crun --help documents exit code 5 and the limits" "grep -q '5 numeric error' $work/help.txt && grep -q -- '--max-memory-mib' $work/help.txt"
+check "crun --help documents --max-run-ms and exit code 9" "grep -q -- '--max-run-ms N' $work/help.txt && grep -q '9 stopped' $work/help.txt"
+"$CRUN" run "$work/nan.onnx" --input tokens="$work/t.npy" --output "$work/o.npy" --max-run-ms -3 2> "$work/e.txt"; rc=$?
+check "--max-run-ms below 0 is a usage error (exit 2)" "[ $rc -eq 2 ] && grep -q 'max-run-ms takes a number of milliseconds' $work/e.txt"
 
 # --- crun: lying .npy files
 $py - "$work" <<'PY'

@@ -344,3 +344,61 @@ TEST_CASE("a folder or a device given as the model is a clear i/o error", "[runt
   st = createStatus("/nonexistent/m.onnx");
   CHECK(st.code == crt::StatusCode::IoError);
 }
+
+namespace {
+
+/// y = x W^n: a chain of `n` MatMuls with W [256, 256] all 1/256 (each row of y is its row of x's mean), on an input
+/// of m rows (symbolic); with `constant`, x is an initializer [m, 256] of ones and the whole chain folds at load.
+std::string matmulChain(const std::string& tag, int n, bool constant, int64_t m = 1) {
+  ModelBuilder b;
+  b.initF("W", {256, 256}, std::vector<float>(256 * 256, 1.f / 256));
+  if (constant) b.initF("x", {m, 256}, std::vector<float>(m * 256, 1.f));
+  else b.io(true, "x", 1, {"m", "256"});
+  b.io(false, "y", 1, {constant ? std::to_string(m) : "m", "256"});
+  std::string prev = "x";
+  for (int i = 0; i < n; ++i) {
+    const std::string out = i + 1 == n ? "y" : "h" + std::to_string(i);
+    b.node("MatMul", {prev, "W"}, {out});
+    prev = out;
+  }
+  return b.save(tag);
+}
+
+}  // namespace
+
+TEST_CASE("max_run_ms stops a run between nodes, and the session runs shorter inputs after it", "[runtime][hostile]") {
+  // 400 MatMuls of [1024, 256] x [256, 256]: 27 GMAC, at least 0.2 s on any CPU this runs on; 1 row: 0.07 GMAC
+  const std::string path = matmulChain("slow", 400, false);
+  crt::SessionOptions o;
+  o.threads = 1;
+  o.max_run_ms = 50;
+  auto s = crt::Session::create(path, o);
+  REQUIRE(s.ok());
+  std::vector<float> x(1024 * 256);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 256) / 128.f;  // every row's mean is 255/256
+  std::vector<crt::TensorView> out;
+  crt::Status st = s->run({{"x", crt::TensorView::of(x.data(), {1024, 256})}}, out);
+  CHECK(st.code == crt::StatusCode::Stopped);
+  CHECK_THAT(st.message, Contains("the run stopped before MatMul node") && Contains("50 ms limit (SessionOptions::max_run_ms"));
+  st = s->run({{"x", crt::TensorView::of(x.data(), {1, 256})}}, out);
+  INFO(st.message);
+  REQUIRE(st.ok());
+  REQUIRE(out[0].shape == std::vector<int64_t>{1, 256});
+  for (int j = 0; j < 256; ++j) CHECK(out[0].as<float>()[j] == Approx(255.f / 256).epsilon(1e-4));
+  o.max_run_ms = -1;
+  CHECK(crt::Session::create(path, o).status().code == crt::StatusCode::InvalidArgument);
+}
+
+TEST_CASE("max_run_ms bounds the load's constant folding too", "[runtime][hostile]") {
+  crt::SessionOptions o;
+  o.threads = 1;
+  o.max_run_ms = 20;
+  auto s = crt::Session::create(matmulChain("foldshort", 2, true), o);  // the same graph, short: folds in time
+  INFO(s.status().message);
+  REQUIRE(s.ok());
+  CHECK(s->info().folded == 2);
+  // 400 constant MatMuls of [1024, 256] x [256, 256] at load
+  const crt::Status st = createStatus(matmulChain("foldlong", 400, true, 1024), o);
+  CHECK(st.code == crt::StatusCode::Stopped);
+  CHECK_THAT(st.message, Contains("folding constants at load stopped before MatMul node") && Contains("max_run_ms"));
+}

@@ -15,6 +15,7 @@
 #include <fstream>
 #include <map>
 #include <random>
+#include <thread>
 
 #include "runtime/crt.h"
 #include "runtime/cuda/cuda_backend.h"
@@ -595,6 +596,72 @@ TEST_CASE("a KV session's plan keeps the space of an output its recording aliase
   }
   CHECK(crt::detail::allocationCount() == before);  // the steps after the first replay one plan
 }
+
+TEST_CASE("Session::stop() stops a run from another thread, and a stopped cached step leaves the cache as it was", "[runtime][session][kv]") {
+  const std::string model = aliasSpareModel();
+  const std::vector<int64_t> ids = {1, 4, 2, 7, 3, 9};
+  crt::SessionOptions so;
+  so.kv_capacity = 8;
+  std::vector<std::vector<float>> want;  // the steps without a stop
+  {
+    auto s = crt::Session::create(model, so);
+    REQUIRE(s.ok());
+    for (int64_t t = 0; t < 6; ++t) {
+      auto r = s->run({{"ids", crt::TensorView::of(ids.data() + t, {1, 1})}});
+      REQUIRE(r.ok());
+      want.emplace_back(r.value()[0].as<float>(), r.value()[0].as<float>() + 4);
+    }
+  }
+  auto s = crt::Session::create(model, so);
+  REQUIRE(s.ok());
+  std::vector<crt::TensorView> out;
+  for (int64_t t = 0; t < 6; ++t) {
+    if (t == 3) {  // asked before the run: the next run stops, the cache keeps its 3 tokens, and the step is run again
+      s->stop();
+      const crt::Status st = s->run({{"ids", crt::TensorView::of(ids.data() + t, {1, 1})}}, out);
+      CHECK(st.code == crt::StatusCode::Stopped);
+      CHECK_THAT(st.message, Catch::Matchers::Contains("Session::stop()"));
+      CHECK(s->kvLength() == 3);
+    }
+    const crt::Status st = s->run({{"ids", crt::TensorView::of(ids.data() + t, {1, 1})}}, out);
+    INFO("step " << t << ": " << st.message);
+    REQUIRE(st.ok());
+    for (int i = 0; i < 4; ++i) CHECK(out[0].as<float>()[i] == want[t][i]);
+  }
+  CHECK(s->kvLength() == 6);
+}
+
+TEST_CASE("Session::stop() from another thread ends a long run early", "[runtime][session]") {
+  // 400 MatMuls of [1024, 256] x [256, 256] on one thread (0.2 s or more): stopped 20 ms in
+  ModelBuilder b;
+  b.initF("W", {256, 256}, std::vector<float>(256 * 256, 1.f / 256));
+  b.io(true, "x", 1, {"m", "256"});
+  b.io(false, "y", 1, {"m", "256"});
+  for (int i = 0; i < 400; ++i) b.node("MatMul", {i == 0 ? "x" : "h" + std::to_string(i - 1), "W"}, {i == 399 ? "y" : "h" + std::to_string(i)});
+  crt::SessionOptions so;
+  so.threads = 1;
+  auto s = crt::Session::create(b.save("stop-chain"), so);
+  REQUIRE(s.ok());
+  std::vector<float> x(1024 * 256, 1.f);
+  std::atomic<bool> started{false};
+  crt::Status st;
+  std::vector<crt::TensorView> out;
+  std::thread runner([&] {
+    started = true;
+    st = s->run({{"x", crt::TensorView::of(x.data(), {1024, 256})}}, out);
+  });
+  while (!started) std::this_thread::yield();
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  s->stop();
+  runner.join();
+  CHECK(st.code == crt::StatusCode::Stopped);  // (before one of its MatMuls: a run that ended would be Ok)
+  CHECK_THAT(st.message, Catch::Matchers::Contains("the run stopped before MatMul node"));
+  st = s->run({{"x", crt::TensorView::of(x.data(), {1, 256})}}, out);  // the next run is not stopped
+  INFO(st.message);
+  REQUIRE(st.ok());
+  for (int j = 0; j < 256; ++j) CHECK(out[0].as<float>()[j] == Approx(1.f).epsilon(1e-4));
+}
+
 
 namespace {
 
