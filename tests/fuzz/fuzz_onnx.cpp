@@ -65,7 +65,7 @@ void compareEmulated(const std::string& bytes, crt::SessionOptions o, const std:
     if (!st.ok()) return fuzz::bug("the emulated device failed where the CPU ran: " + st.message);
     if (outs.size() != cpu.size()) return fuzz::bug("the emulated device gave another number of outputs");
     for (size_t i = 0; i < outs.size(); ++i)
-      if (outs[i].bytes() != cpu[i].size() || std::memcmp(outs[i].data, cpu[i].data(), cpu[i].size()) != 0)
+      if (outs[i].bytes() != cpu[i].size() || (!cpu[i].empty() && std::memcmp(outs[i].data, cpu[i].data(), cpu[i].size()) != 0))
         return fuzz::bug("the emulated device's output " + std::to_string(i) + " differs from the CPU's");
   }
 }
