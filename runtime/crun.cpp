@@ -64,7 +64,7 @@ Options common to all: --threads N (default: all cores), --no-simd (portable sca
   asks (MatMulNBits accuracy_level 4, default), for every quantized weight, or never.
   --max-tensor-mib N / --max-memory-mib N: the most one tensor / the whole model (weights plus one run)
   may take (default: half of the machine's memory / all of it); a model asking for more is refused.
-  --max-run-ms N: a run (one forward pass: each token of generate and ppl is one) taking more than N ms stops
+  --max-run-ms N: a run (one forward pass; generate and ppl make one per step) taking more than N ms stops
   before its next node with exit code 9, as does the load's constant folding (default 0: no limit; for
   untrusted models, with the memory limits above).
   --allow-nonfinite: write or print outputs that hold NaN/Inf instead of failing with exit code 5.
