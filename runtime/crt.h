@@ -211,8 +211,9 @@ class Session {
   Status run(const std::vector<std::pair<std::string, TensorView>>& inputs, std::vector<TensorView>& outputs);
   /// Convenience: runs and copies the outputs.
   Result<std::vector<Tensor>> run(const std::vector<std::pair<std::string, TensorView>>& inputs);
-  /// Asks the run in progress on another thread (or, when none is, the next run) to stop before its next node: that
-  /// run returns StatusCode::Stopped, and later runs go on as usual. Safe to call from any thread while run() runs.
+  /// Asks the run in progress on another thread to stop before its next node: it returns StatusCode::Stopped, and later
+  /// runs go on as usual. A request no run has seen yet (none was running, or it had passed its last node) stops the
+  /// next run. Safe to call from any thread while run() runs.
   void stop();
 
  private:
