@@ -367,19 +367,20 @@ std::string matmulChain(const std::string& tag, int n, bool constant, int64_t m 
 }  // namespace
 
 TEST_CASE("max_run_ms stops a run between nodes, and the session runs shorter inputs after it", "[runtime][hostile]") {
-  // 400 MatMuls of [1024, 256] x [256, 256]: 27 GMAC, at least 0.2 s on any CPU this runs on; 1 row: 0.07 GMAC
-  const std::string path = matmulChain("slow", 400, false);
+  // 200 MatMuls of [2048, 256] x [256, 256]: 27 GMAC, at least 0.25 s on any CPU this runs on; 1 row: 13 MMAC, about
+  // 25 ms in the ASan build on a busy 2-core VM (at 400 nodes and a 50 ms limit it once took 52 ms there)
+  const std::string path = matmulChain("slow", 200, false);
   crt::SessionOptions o;
   o.threads = 1;
-  o.max_run_ms = 50;
+  o.max_run_ms = 150;
   auto s = crt::Session::create(path, o);
   REQUIRE(s.ok());
-  std::vector<float> x(1024 * 256);
+  std::vector<float> x(2048 * 256);
   for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 256) / 128.f;  // every row's mean is 255/256
   std::vector<crt::TensorView> out;
-  crt::Status st = s->run({{"x", crt::TensorView::of(x.data(), {1024, 256})}}, out);
+  crt::Status st = s->run({{"x", crt::TensorView::of(x.data(), {2048, 256})}}, out);
   CHECK(st.code == crt::StatusCode::Stopped);
-  CHECK_THAT(st.message, Contains("the run stopped before MatMul node") && Contains("50 ms limit (SessionOptions::max_run_ms"));
+  CHECK_THAT(st.message, Contains("the run stopped before MatMul node") && Contains("150 ms limit (SessionOptions::max_run_ms"));
   st = s->run({{"x", crt::TensorView::of(x.data(), {1, 256})}}, out);
   INFO(st.message);
   REQUIRE(st.ok());
