@@ -345,27 +345,6 @@ TEST_CASE("a folder or a device given as the model is a clear i/o error", "[runt
   CHECK(st.code == crt::StatusCode::IoError);
 }
 
-namespace {
-
-/// y = x W^n: a chain of `n` MatMuls with W [256, 256] all 1/256 (each row of y is its row of x's mean), on an input
-/// of m rows (symbolic); with `constant`, x is an initializer [m, 256] of ones and the whole chain folds at load.
-std::string matmulChain(const std::string& tag, int n, bool constant, int64_t m = 1) {
-  ModelBuilder b;
-  b.initF("W", {256, 256}, std::vector<float>(256 * 256, 1.f / 256));
-  if (constant) b.initF("x", {m, 256}, std::vector<float>(m * 256, 1.f));
-  else b.io(true, "x", 1, {"m", "256"});
-  b.io(false, "y", 1, {constant ? std::to_string(m) : "m", "256"});
-  std::string prev = "x";
-  for (int i = 0; i < n; ++i) {
-    const std::string out = i + 1 == n ? "y" : "h" + std::to_string(i);
-    b.node("MatMul", {prev, "W"}, {out});
-    prev = out;
-  }
-  return b.save(tag);
-}
-
-}  // namespace
-
 TEST_CASE("max_run_ms stops a run between nodes, and the session runs shorter inputs after it", "[runtime][hostile]") {
   // 200 MatMuls of [2048, 256] x [256, 256]: 27 GMAC, at least 0.25 s on any CPU this runs on; 1 row: 13 MMAC, about
   // 25 ms in the ASan build on a busy 2-core VM (at 400 nodes and a 50 ms limit it once took 52 ms there)

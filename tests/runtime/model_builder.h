@@ -64,6 +64,23 @@ struct ModelBuilder {
   }
 };
 
+/// y = x W^n: a chain of `n` MatMuls with W [256, 256] all 1/256 (each row of y is its row of x's mean), on an input
+/// of m rows (symbolic); with `constant`, x is an initializer [m, 256] of ones and the whole chain folds at load.
+inline std::string matmulChain(const std::string& tag, int n, bool constant, int64_t m = 1) {
+  ModelBuilder b;
+  b.initF("W", {256, 256}, std::vector<float>(256 * 256, 1.f / 256));
+  if (constant) b.initF("x", {m, 256}, std::vector<float>(m * 256, 1.f));
+  else b.io(true, "x", 1, {"m", "256"});
+  b.io(false, "y", 1, {constant ? std::to_string(m) : "m", "256"});
+  std::string prev = "x";
+  for (int i = 0; i < n; ++i) {
+    const std::string out = i + 1 == n ? "y" : "h" + std::to_string(i);
+    b.node("MatMul", {prev, "W"}, {out});
+    prev = out;
+  }
+  return b.save(tag);
+}
+
 /// An initializer of ONNX type `type` whose raw data is `bytes`.
 inline void initRaw(ModelBuilder& b, const std::string& name, std::vector<int64_t> dims, int type, const std::string& bytes) {
   auto* t = b.g->add_initializer();
