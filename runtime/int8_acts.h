@@ -63,7 +63,7 @@ struct Int8Acts {
   int64_t M = 0, steps = 0, stepBytes = 0, nblk = 1;
   int64_t bqStride = 16;  // nblk rounded up to 16, the padding zero: the kernels' zero-point sums read whole vectors
   bool rowScale = false;  // every chunk of a row has the same d (the model's QuantizeLinear scale): kernels may sum
-                          // a per-channel weight's dot products as integers over the whole row (kInt8IntegerSteps)
+                          // a per-channel weight's dot products as integers over the whole row (int8RowSumsFitInt32)
   int8_t* q = nullptr;   // [M][steps * stepBytes]
   float* d = nullptr;    // [M][steps * W], the lane-expanded chunk scales
   float* bq = nullptr;   // [M][bqStride]: per weight block, sum over its chunks of d_c * sum(q_c)
@@ -81,12 +81,13 @@ struct Int8Acts {
   }
 };
 
-/// Steps of 4 products of at most 255 * 128 per int32 lane that cannot overflow (2^31 / (4 * 255 * 128) > 16384):
-/// the longest row (16384 * 4W values) whose dot products the kernels may sum as integers.
-constexpr int64_t kInt8IntegerSteps = 16384;
 /// Chunks of 32 products of at most 255 * 128 whose sum an int32 holds (2056 * 32 * 32640 < 2^31): the longest row
-/// (65792 values) that a kernel keeping one output per int32 lane (gemmInt8Vnni, gemmPairs16) may sum as integers.
+/// (65792 values) whose dot products a kernel may sum as integers. Every such kernel ends in one int32 per output,
+/// whether its lanes hold the whole row (gemmInt8Vnni, gemmPairs16) or a share of it that a horizontal sum adds up
+/// (tileInt8Integer): the bound is on the row, not on a lane.
 constexpr int64_t kInt8LaneIntegerChunks = 2056;
+/// Whether a per-channel weight's rows are short enough for integer sums over the whole row (kInt8LaneIntegerChunks).
+inline bool int8RowSumsFitInt32(const PackedWeight& w) { return w.nblk == 1 && int8Chunks(w) <= kInt8LaneIntegerChunks; }
 
 /// MatMulNBits' accuracy_level that asks for int8 activations (ONNX Runtime's "int8 compute").
 constexpr int64_t kInt8AccuracyLevel = 4;

@@ -492,32 +492,40 @@ TEST_CASE("prefill tiles with the outputs in lanes match the reference across sl
   CHECK(checked >= 2 * 4 * 4 * 3 * 5 * 2 * 2);
 }
 
-TEST_CASE("integer sums over a row too long for one int32 lane take float sums", "[runtime][kernels][int8][hostile]") {
+TEST_CASE("integer sums over a row too long for one int32 take float sums", "[runtime][kernels][int8][hostile]") {
   // Every weight 255 and every activation QuantizeLinear's -128: a row of 66048 values sums to -2.15e9, past int32.
-  // The tiles that keep an output's whole row in one int32 lane (W8A8 prefill: AVX2 from 32 rows, AVX-512 VNNI from
-  // 16) must not take it (kInt8LaneIntegerChunks); the result is the scalar reference's (int32 per chunk).
-  constexpr int64_t K = 66048, N = 8, M = 32;
-  std::vector<uint8_t> q8(K * N, 255);
-  std::vector<float> s(N, 0.01f);
-  const Buf q{DType::U8, Shape{K, N}, q8.data()};
-  const Buf sc{DType::F32, Shape{N}, s.data()};
-  std::shared_ptr<PackedWeight> pw = packDequantize(q, sc, nullptr, 1, 0);
-  REQUIRE(pw);
-  REQUIRE(enableInt8(*pw));
-  REQUIRE(int8Chunks(*pw) > kInt8LaneIntegerChunks);
-  std::vector<float> x(M * K, -1000.f), scale(M, 1.f);
-  const double exact = K * 255 * 0.01 * -128.0;
+  // No kernel may sum it as integers (int8RowSumsFitInt32): not the tiles that keep an output's whole row in one
+  // int32 lane (W8A8 prefill: AVX2 from 32 rows, AVX-512 VNNI from 16), nor the K-in-lanes integer tiles whose
+  // horizontal sum ends in one int32 (decode and short prefill; that one wrapped on AVX-512 VNNI until the bound
+  // was the row's). The result is the scalar reference's (int32 per chunk), for decode, a tile's rows plus a
+  // remainder, and prefill, on 8 weight rows and on 16.
+  constexpr int64_t K = 66048;
   int checked = 0;
-  for (const Kernels* k : kernelSets()) {
-    INFO("kernels " << k->i8_isa);
-    AlignedBytes mem(static_cast<size_t>(int8ActsBytes(*pw, k->i8_width, M)));  // 64-byte aligned, zeroed
-    Int8Acts a = int8ActsView(*pw, k->i8_width, M, mem.data());
-    quantizeInt8RowsScaled(*pw, a, x.data(), 0, M, scale.data(), 1);
-    a.rowScale = true;
-    std::vector<float> got(M * N, 0.f);
-    k->gemm_i8(*pw, a, 0, N, got.data(), N);
-    for (float v : got) CHECK_THAT(v, Catch::WithinRel(exact, 1e-5));
-    ++checked;
+  for (int64_t N : {8, 16}) {
+    std::vector<uint8_t> q8(K * N, 255);
+    std::vector<float> s(N, 0.01f);
+    const Buf q{DType::U8, Shape{K, N}, q8.data()};
+    const Buf sc{DType::F32, Shape{N}, s.data()};
+    std::shared_ptr<PackedWeight> pw = packDequantize(q, sc, nullptr, 1, 0);
+    REQUIRE(pw);
+    REQUIRE(enableInt8(*pw));
+    REQUIRE(int8Chunks(*pw) > kInt8LaneIntegerChunks);
+    REQUIRE_FALSE(int8RowSumsFitInt32(*pw));
+    for (int64_t M : {1, 5, 32}) {
+      std::vector<float> x(M * K, -1000.f), scale(M, 1.f);
+      const double exact = K * 255 * 0.01 * -128.0;
+      for (const Kernels* k : kernelSets()) {
+        INFO("kernels " << k->i8_isa << " N " << N << " M " << M);
+        AlignedBytes mem(static_cast<size_t>(int8ActsBytes(*pw, k->i8_width, M)));  // 64-byte aligned, zeroed
+        Int8Acts a = int8ActsView(*pw, k->i8_width, M, mem.data());
+        quantizeInt8RowsScaled(*pw, a, x.data(), 0, M, scale.data(), 1);
+        a.rowScale = true;
+        std::vector<float> got(M * N, 0.f);
+        k->gemm_i8(*pw, a, 0, N, got.data(), N);
+        for (float v : got) CHECK_THAT(v, Catch::WithinRel(exact, 1e-5));
+        ++checked;
+      }
+    }
   }
-  CHECK(checked >= 2);
+  CHECK(checked >= 2 * 3 * 2);
 }
