@@ -241,6 +241,7 @@ const Kernels& scalarKernels() {
 
 const Kernels& kernelsFor(bool simd) {
   if (simd) {
+    if (const Kernels* k = amxKernels()) return *k;
     if (const Kernels* k = avx512Kernels()) return *k;
     if (const Kernels* k = avx2Kernels()) return *k;
   }

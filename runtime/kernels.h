@@ -60,7 +60,7 @@ struct Kernels {
   void (*quantize_i8)(const float* x, int n, int8_t* v, float* d, int* sum) = nullptr;
   /// quantizeInt8ChunkScaled with SIMD, bit-identical; null: the portable one.
   void (*quantize_i8_scaled)(const float* x, int n, float s, int8_t* v, int* sum) = nullptr;
-  const char* i8_isa = "scalar";  // which integer dot product gemm_i8 uses ("avx512-vnni", "avx2", "scalar")
+  const char* i8_isa = "scalar";  // which integer dot product gemm_i8 uses ("avx512-amx", "avx512-vnni", "avx2", "scalar")
   /// Softmax over each of `rows` contiguous rows of length n (y may equal x).
   void (*softmax)(const float* x, float* y, int64_t rows, int64_t n) = nullptr;
   /// y = 1 / (1 + exp(-x)), n values.
@@ -81,5 +81,6 @@ const Kernels& kernelsFor(bool simd);
 const Kernels& scalarKernels();
 const Kernels* avx2Kernels();    // nullptr when not compiled in or not supported by the CPU
 const Kernels* avx512Kernels();
+const Kernels* amxKernels();     // avx512Kernels with AMX int8 tiles for W8A8 prefill; nullptr without AMX
 
 }  // namespace crt::detail

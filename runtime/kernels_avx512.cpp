@@ -1,8 +1,11 @@
 // kernels_avx512.cpp — AVX-512 (F/BW/DQ/VL) kernels (compiled with those flags; used only when the CPU has them).
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
@@ -17,6 +20,7 @@ void gemm_nn(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int
 }  // namespace gemm_avx512
 
 void gemmInt8Vnni512(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_t n1, float* Y, int64_t ldy);  // kernels_vnni.cpp
+void gemmInt8Amx512(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_t n1, float* Y, int64_t ldy);   // kernels_amx.cpp
 void gemmInt8Avx2(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_t n1, float* Y, int64_t ldy);  // kernels_avx2.cpp
 void quantizeChunkAvx512(const float* x, int n, int8_t* v, float* d, int* sum);  // kernels_vnni.cpp
 void gemmInt8SparseVnni512(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_t n1, float* Y, int64_t ldy);  // kernels_vnni_sparse.cpp
@@ -141,6 +145,39 @@ const Kernels* avx512Kernels() {
     s.kv_axpy = avx512::kvAxpySimd;
     s.half_to_float = avx512::halfToFloatSimd;
     s.float_to_half = avx512::floatToHalfSimd;
+    return &s;
+  }();
+  return k;
+}
+
+namespace {
+
+/// Whether this process may use the AMX tile data: Linux grants it on request (arch_prctl ARCH_REQ_XCOMP_PERM for
+/// XFEATURE_XTILEDATA, once per process; a kernel before 5.16 or a hypervisor that hides the state refuses).
+/// CRT_AMX=0 in the environment keeps the VNNI kernels (A/B measurements).
+bool amxUsable() {
+  if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-int8")) return false;
+  if (const char* env = std::getenv("CRT_AMX"); env && std::strcmp(env, "0") == 0) return false;
+#ifdef SYS_arch_prctl
+  constexpr int kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+const Kernels* amxKernels() {
+  static const Kernels* k = [] () -> const Kernels* {
+    const Kernels* base = avx512Kernels();
+    if (!base || base->gemm_i8 != gemmInt8Vnni512 || !amxUsable()) return nullptr;
+    static Kernels s = *base;
+    s.isa = "avx512-amx";
+    // W8A8 prefill on AMX tiles (kernels_amx.cpp), the rest as the VNNI set (the same integers: gemmInt8Amx's sums
+    // are gemmInt8Vnni's).
+    s.gemm_i8 = gemmInt8Amx512;
+    s.i8_isa = "avx512-amx";
     return &s;
   }();
   return k;

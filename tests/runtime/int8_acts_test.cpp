@@ -20,7 +20,7 @@ using namespace crt::detail;
 namespace {
 
 using testutil::HeapAlloc;
-using testutil::kernelSets;
+using testutil::int8KernelSets;
 
 /// A random Q8/Q4 weight [K, N] packed from DequantizeLinear inputs, with its dense values in double.
 struct QuantWeight {
@@ -115,7 +115,7 @@ TEST_CASE("int8-activation kernels match the scalar reference and stay within th
               for (auto& v : x) v = nd(rng);
               if (K > 40) x[7] = 25.f;  // an outlier in one chunk
               std::vector<float> ref;
-              for (const Kernels* k : kernelSets()) {
+              for (const Kernels* k : int8KernelSets()) {
                 INFO("kernels " << k->isa << " (" << k->i8_isa << ") bits " << bits << " K " << K << " N " << N
                                 << " block " << block << " zp " << withZp << " M " << M);
                 REQUIRE(int8Capable(*w.pw, *k));
@@ -152,7 +152,7 @@ TEST_CASE("the SIMD activation quantizers give the portable one's bits", "[runti
   std::mt19937 rng(19);
   std::normal_distribution<float> nd;
   int compared = 0;
-  for (const Kernels* k : kernelSets()) {
+  for (const Kernels* k : int8KernelSets()) {
     if (!k->quantize_i8) continue;
     INFO("kernels " << k->isa);
     for (int trial = 0; trial < 2000; ++trial) {
@@ -192,7 +192,7 @@ TEST_CASE("prefill tiles across slabs of gathered chunks match the scalar refere
           std::vector<float> x(M * K);
           for (auto& v : x) v = nd(rng);
           for (bool rowScale : {false, true}) {
-            for (const Kernels* k : kernelSets()) {
+            for (const Kernels* k : int8KernelSets()) {
               INFO("kernels " << k->i8_isa << " bits " << bits << " K " << K << " block " << block << " M " << M << " rowScale " << rowScale);
               AlignedBytes mem(static_cast<size_t>(int8ActsBytes(*w.pw, k->i8_width, M)));  // 64-byte aligned, zeroed
               Int8Acts a = int8ActsView(*w.pw, k->i8_width, M, mem.data());
@@ -222,7 +222,7 @@ TEST_CASE("the SIMD QuantizeLinear quantizers give the portable one's bits", "[r
   std::mt19937 rng(23);
   std::normal_distribution<float> nd;
   int compared = 0;
-  for (const Kernels* k : kernelSets()) {
+  for (const Kernels* k : int8KernelSets()) {
     if (!k->quantize_i8_scaled) continue;
     INFO("kernels " << k->isa);
     for (int trial = 0; trial < 2000; ++trial) {
@@ -272,7 +272,7 @@ TEST_CASE("row-scaled activations (QuantizeLinear's) on per-channel weights: int
             scale[m] = amax / 127.f;
           }
           for (int64_t stride : {int64_t{1}, int64_t{0}}) {  // per row, per tensor
-            for (const Kernels* k : kernelSets()) {
+            for (const Kernels* k : int8KernelSets()) {
               INFO("kernels " << k->isa << " (" << k->i8_isa << ") bits " << bits << " K " << K << " N " << N << " M " << M
                               << " stride " << stride);
               AlignedBytes mem(static_cast<size_t>(int8ActsBytes(*w.pw, k->i8_width, M)));  // 64-byte aligned, zeroed
@@ -320,7 +320,7 @@ TEST_CASE("integer prefill tiles across activation and weight blocks match the r
     REQUIRE(enableInt8(*w.pw));
     std::vector<float> x(M * K), scale(M, 0.03f);
     for (auto& v : x) v = nd(rng);
-    for (const Kernels* k : kernelSets()) {
+    for (const Kernels* k : int8KernelSets()) {
       INFO("kernels " << k->i8_isa << " bits " << bits);
       AlignedBytes mem(static_cast<size_t>(int8ActsBytes(*w.pw, k->i8_width, M)));  // 64-byte aligned, zeroed
       Int8Acts a = int8ActsView(*w.pw, k->i8_width, M, mem.data());
@@ -343,8 +343,9 @@ TEST_CASE("integer prefill tiles across activation and weight blocks match the r
 TEST_CASE("W8A8 prefill tiles with the outputs in lanes match the reference across weight blocks and row tiles",
           "[runtime][kernels][int8]") {
   // At 16+ activation rows a per-channel Q8 weight with row-scaled activations takes the repacked 64-row blocks
-  // (AVX-512 VNNI) with tiles of 6 activation rows; sizes around the 16-group transpose, the 64-row block and the
-  // tile, on sub-ranges of rows as the pool's tasks take them.
+  // (AVX-512 VNNI) with tiles of 6 activation rows, or with AMX tiles of 16 rows in pairs (a last block of fewer
+  // rows zero padded); sizes around the 16-group transpose, the 64-row block and both tiles, on sub-ranges of rows
+  // as the pool's tasks take them.
   std::mt19937 rng(43);
   std::normal_distribution<float> nd;
   int checked = 0;
@@ -352,11 +353,11 @@ TEST_CASE("W8A8 prefill tiles with the outputs in lanes match the reference acro
     for (int64_t N : {16, 63, 64, 65, 130, 200}) {
       QuantWeight w = makeWeight(8, K, N, 0, K % 64 == 0, rng);
       REQUIRE(enableInt8(*w.pw));
-      for (int64_t M : {16, 17, 23, 24, 37}) {
+      for (int64_t M : {16, 17, 23, 24, 32, 37, 48}) {
         std::vector<float> x(M * K), scale(M);
         for (auto& v : x) v = nd(rng);
         for (int64_t m = 0; m < M; ++m) scale[m] = 0.02f + 0.001f * static_cast<float>(m);
-        for (const Kernels* k : kernelSets()) {
+        for (const Kernels* k : int8KernelSets()) {
           AlignedBytes mem(static_cast<size_t>(int8ActsBytes(*w.pw, k->i8_width, M)));  // 64-byte aligned, zeroed
           Int8Acts a = int8ActsView(*w.pw, k->i8_width, M, mem.data());
           quantizeInt8RowsScaled(*w.pw, a, x.data(), 0, M, scale.data(), 1);
@@ -369,11 +370,18 @@ TEST_CASE("W8A8 prefill tiles with the outputs in lanes match the reference acro
             checkRowRange(*k, w, a, x, want, M, N, K, n0);
             ++checked;
           }
+          if (k == amxKernels()) {  // the same integer sums and scaling as the VNNI tiles: the same bits
+            std::vector<float> vnni(M * N), amx(M * N);
+            avx512Kernels()->gemm_i8(*w.pw, a, 0, N, vnni.data(), N);
+            k->gemm_i8(*w.pw, a, 0, N, amx.data(), N);
+            INFO("AMX against VNNI: K " << K << " N " << N << " M " << M);
+            CHECK(std::memcmp(vnni.data(), amx.data(), vnni.size() * sizeof(float)) == 0);
+          }
         }
       }
     }
   }
-  CHECK(checked >= 6 * 6 * 5 * 2);
+  CHECK(checked >= 6 * 6 * 7 * 2);
 }
 
 TEST_CASE("int8 activations are chosen per weight at load: where asked, for capable layouts only", "[runtime][int8]") {
@@ -437,7 +445,7 @@ TEST_CASE("a NaN activation reaches the int8 path's output as NaN", "[runtime][i
   QuantWeight w = makeWeight(4, 64, 4, 32, true, rng);
   std::vector<float> x(64, 0.5f);
   x[40] = std::nanf("");
-  for (const Kernels* k : kernelSets()) {
+  for (const Kernels* k : int8KernelSets()) {
     INFO("kernels " << k->isa);
     REQUIRE(enableInt8(*w.pw));
     const std::vector<float> y = testutil::runPacked(*k, *w.pw, x, 1);
@@ -468,7 +476,7 @@ TEST_CASE("prefill tiles with the outputs in lanes match the reference across sl
               std::vector<float> x(M * K), scale(M, 0.01f);
               for (auto& v : x) v = nd(rng);
               for (int64_t m = 0; m < M; ++m) x[m * K + m % K] = -5.f;  // -500 / 1: saturates to -128 when scaled
-              for (const Kernels* k : kernelSets()) {
+              for (const Kernels* k : int8KernelSets()) {
                 AlignedBytes mem(static_cast<size_t>(int8ActsBytes(*w.pw, k->i8_width, M)));  // 64-byte aligned, zeroed
                 Int8Acts a = int8ActsView(*w.pw, k->i8_width, M, mem.data());
                 if (saturated) quantizeInt8RowsScaled(*w.pw, a, x.data(), 0, M, scale.data(), 1);
@@ -514,7 +522,7 @@ TEST_CASE("integer sums over a row too long for one int32 take float sums", "[ru
     for (int64_t M : {1, 5, 32}) {
       std::vector<float> x(M * K, -1000.f), scale(M, 1.f);
       const double exact = K * 255 * 0.01 * -128.0;
-      for (const Kernels* k : kernelSets()) {
+      for (const Kernels* k : int8KernelSets()) {
         INFO("kernels " << k->i8_isa << " N " << N << " M " << M);
         AlignedBytes mem(static_cast<size_t>(int8ActsBytes(*pw, k->i8_width, M)));  // 64-byte aligned, zeroed
         Int8Acts a = int8ActsView(*pw, k->i8_width, M, mem.data());

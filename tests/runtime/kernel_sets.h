@@ -27,6 +27,14 @@ inline std::vector<const crt::detail::Kernels*> kernelSets() {
   return v;
 }
 
+/// kernelSets() and, where the CPU has AMX, the kernel set whose int8-activation GEMM uses it (every other kernel
+/// there is the AVX-512 set's): the int8-activation tests run each.
+inline std::vector<const crt::detail::Kernels*> int8KernelSets() {
+  std::vector<const crt::detail::Kernels*> v = kernelSets();
+  if (crt::detail::amxKernels()) v.push_back(crt::detail::amxKernels());
+  return v;
+}
+
 /// Y = X [M, K] * W^T through packedMatMul with kernel set k on a 2-thread pool (outside a session).
 inline std::vector<float> runPacked(const crt::detail::Kernels& k, const crt::detail::PackedWeight& w,
                                     const std::vector<float>& x, int64_t M) {
