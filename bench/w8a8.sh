@@ -10,7 +10,8 @@
 #            U8U8 kernel, exact on x86 CPUs without VNNI where w8a8_sta's U8S8 one saturates.
 # Calibration: 16 sequences of 128 TinyStories tokens. Shapes [1,128] (prefill, every row through the classifier)
 # and [1,1]; threads 1 and 2; the best of `rounds` rounds (the machine is shared). Prints a Markdown table with each
-# format's time as a fraction of crun fp32 and of ONNX Runtime on the same file; writes bench/w8a8.json.
+# format's time as a fraction of crun fp32 and of ONNX Runtime on the same file (and, on a CPU with AMX, W8A8 prefill
+# on crun's AVX-512 VNNI kernels too: CRT_AMX=0); writes bench/w8a8.json.
 # Usage: bash bench/w8a8.sh [build] ["1 2"] [rounds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,7 +56,12 @@ for round in $(seq "$rounds"); do
         m=model; [ $f = int8 ] && m=off
         c=$("$build/crun" bench "$tmp/$f/model.onnx" --shape tokens=1x$n --threads $t --runs $([ $n = 1 ] && echo 50 || echo 10) --warmup 2 --json --int8-activations $m)
         o=$(node scripts/ort/ort_run.js bench "$tmp/$f/model.onnx" --in tokens="$tmp/tokens_$n.npy" --runs $([ $n = 1 ] && echo 30 || echo 5) --opt all --threads $t)
-        rows="$rows{\"round\": $round, \"threads\": $t, \"rows\": $n, \"format\": \"$f\", \"crun\": $c, \"ort\": $o},"
+        # where crun takes AMX tiles (W8A8 prefill), the same run on its AVX-512 VNNI kernels (CRT_AMX=0) beside it
+        v=null
+        if [ "$n" = 128 ] && [[ $f == w8a8* ]] && [[ $c == *'"int8_isa": "avx512-amx"'* ]]; then
+          v=$(CRT_AMX=0 "$build/crun" bench "$tmp/$f/model.onnx" --shape tokens=1x$n --threads $t --runs 10 --warmup 2 --json --int8-activations $m)
+        fi
+        rows="$rows{\"round\": $round, \"threads\": $t, \"rows\": $n, \"format\": \"$f\", \"crun\": $c, \"crun_vnni\": $v, \"ort\": $o},"
       done
     done
   done
@@ -73,14 +79,20 @@ rows = [r for r in rows if "format" in r]
 def best(t, n, f, eng):
     v = [r[eng]["median_ms"] for r in rows if r["threads"] == t and r["rows"] == n and r["format"] == f]
     return min(v)
-print("| threads | shape | format | crun ms | ONNX Runtime ms | crun / crun fp32 | crun / ORT |")
-print("|---|---|---|---|---|---|---|")
+def vnni(t, n, f):  # crun on AVX-512 VNNI where the default run took AMX tiles, else None
+    v = [r["crun_vnni"]["median_ms"] for r in rows if r["threads"] == t and r["rows"] == n and r["format"] == f and r.get("crun_vnni")]
+    return min(v) if v else None
+amx = any(r.get("crun_vnni") for r in rows)
+print("| threads | shape | format | crun ms | ONNX Runtime ms | crun / crun fp32 | crun / ORT |" + (" crun VNNI ms (CRT_AMX=0) | VNNI / ORT |" if amx else ""))
+print("|---|---|---|---|---|---|---|" + ("---|---|" if amx else ""))
 for t in sorted({r["threads"] for r in rows}):
     for n in (128, 1):
         base = best(t, n, "fp32", "crun")
         for f in ("fp32", "int8", "w8a8_dyn", "w8a8_sta", "w8a8_u8"):
             c, o = best(t, n, f, "crun"), best(t, n, f, "ort")
-            print(f"| {t} | [1,{n}] | {f} | {c:.2f} | {o:.2f} | {c / base:.2f} | {c / o:.2f} |")
+            v = vnni(t, n, f)
+            extra = (f" {v:.2f} | {v / o:.2f} |" if v else " | |") if amx else ""
+            print(f"| {t} | [1,{n}] | {f} | {c:.2f} | {o:.2f} | {c / base:.2f} | {c / o:.2f} |{extra}")
 print()
 # fp32 prefill against the FMA peak (build/fmapeak): 2 flops per weight per row, all 128 rows of every MatMul
 params = next(r["crun"]["weight_bytes"] for r in rows if r["format"] == "fp32") / 4
