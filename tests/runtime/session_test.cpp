@@ -939,3 +939,33 @@ TEST_CASE("the weight scan reads each initializer's bytes once from the file: pr
   CHECK(cut.status().code == crt::StatusCode::ModelError);
   CHECK_THAT(cut.status().message, Contains("not a valid ONNX model"));
 }
+
+namespace {
+/// The VmFlags line of the mapping in /proc/self/smaps that holds address p ("" when none does).
+std::string mappingFlags(const void* p) {
+  std::ifstream smaps("/proc/self/smaps");
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  bool inside = false;
+  for (std::string line; std::getline(smaps, line);) {
+    unsigned long lo = 0, hi = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find('-') < line.find(' ')) inside = a >= lo && a < hi;
+    else if (inside && line.rfind("VmFlags:", 0) == 0) return line;
+  }
+  return "";
+}
+}  // namespace
+
+TEST_CASE("buffers that can hold a 2 MiB page ask for transparent huge pages, smaller ones do not", "[runtime][memory]") {
+  // A decode step streams every weight once: with 4 KiB pages it took a TLB miss per page (runtime/util.cpp). The
+  // request is the mapping's "hg" flag (MADV_HUGEPAGE), set whether or not the kernel then finds 2 MiB pages.
+  crt::detail::AlignedBytes big(size_t{3} << 20), mid(size_t{3} << 19), small(4096);
+  static_cast<char*>(big.data())[0] = 1;
+  static_cast<char*>(mid.data())[0] = 1;
+  const std::string bigFlags = mappingFlags(big.data()), midFlags = mappingFlags(mid.data());
+  INFO("3 MiB: " << bigFlags << "\n1.5 MiB: " << midFlags);
+  REQUIRE_FALSE(bigFlags.empty());
+  REQUIRE_FALSE(midFlags.empty());
+  CHECK(bigFlags.find(" hg") != std::string::npos);
+  CHECK(midFlags.find(" hg") == std::string::npos);
+  CHECK(reinterpret_cast<uintptr_t>(small.data()) % 64 == 0);
+}
