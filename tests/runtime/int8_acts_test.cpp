@@ -188,7 +188,7 @@ TEST_CASE("prefill tiles across slabs of gathered chunks match the scalar refere
       for (int64_t block : {int64_t{0}, int64_t{32}, int64_t{128}}) {
         QuantWeight w = makeWeight(bits, K, 35, block, true, rng);
         REQUIRE(enableInt8(*w.pw));
-        for (int64_t M : {8, 11}) {
+        for (int64_t M : {8, 11, 17}) {  // (17: AMX tiles of 16 rows and a padded one)
           std::vector<float> x(M * K);
           for (auto& v : x) v = nd(rng);
           for (bool rowScale : {false, true}) {
@@ -466,7 +466,7 @@ TEST_CASE("prefill tiles with the outputs in lanes match the reference across sl
   for (int bits : {4, 8}) {
     for (int64_t K : {32, 96, 1056, 2080}) {
       for (int64_t block : {int64_t{0}, int64_t{32}, int64_t{64}, int64_t{128}}) {
-        for (int64_t N : {8, 17, 33}) {
+        for (int64_t N : {8, 17, 33, 48}) {
           QuantWeight w = makeWeight(bits, K, N, block, N != 17, rng);
           REQUIRE(enableInt8(*w.pw));
           const std::vector<int64_t> rowCounts = bits == 4 ? std::vector<int64_t>{16, 17, 19, 21, 23}   // AVX2: 6-row tiles
@@ -489,6 +489,13 @@ TEST_CASE("prefill tiles with the outputs in lanes match the reference across sl
                                   << " M " << M << " saturated " << saturated << " rows from " << n0);
                   checkRowRange(*k, w, a, x, want, M, N, K, n0);
                   ++checked;
+                }
+                if (k == amxKernels()) {  // AMX's chunk sums scaled in lmTile's order: the VNNI kernels' bits
+                  std::vector<float> vnni(M * N), amx(M * N);
+                  avx512Kernels()->gemm_i8(*w.pw, a, 0, N, vnni.data(), N);
+                  k->gemm_i8(*w.pw, a, 0, N, amx.data(), N);
+                  INFO("AMX against VNNI: bits " << bits << " K " << K << " block " << block << " N " << N << " M " << M);
+                  CHECK(std::memcmp(vnni.data(), amx.data(), vnni.size() * sizeof(float)) == 0);
                 }
               }
             }
