@@ -254,7 +254,6 @@ void Importer::dispatch(jit::Node* n) {
 }
 
 void Importer::hPrimConstant(Call& c) {
-  jit::Node* n = c.n;
   auto iv = jit::toIValue(c.out0);
   if (!iv || iv->isNone()) return c.set(IVal::none());
   if (iv->isInt()) return c.set(IVal::integer(iv->toInt()));
@@ -346,8 +345,7 @@ void Importer::hLinear(Call& c) {
 }
 
 void Importer::hMatmul(Call& c) {
-  jit::Node* n = c.n;
-return c.setT(emit1("MatMul", {c.T(0), c.T(1)}, {}, c.oname));
+  return c.setT(emit1("MatMul", {c.T(0), c.T(1)}, {}, c.oname));
 }
 
 void Importer::hAddmm(Call& c) {
@@ -379,7 +377,7 @@ void Importer::hAdd(Call& c) {
 
 void Importer::hMul(Call& c) {
   jit::Node* n = c.n;
-return binary(n, "Mul", get(n->inputs()[0]), get(n->inputs()[1]));
+  return binary(n, "Mul", get(n->inputs()[0]), get(n->inputs()[1]));
 }
 
 void Importer::hDiv(Call& c) {
@@ -399,36 +397,33 @@ void Importer::hDiv(Call& c) {
 
 void Importer::hFloordiv(Call& c) {
   jit::Node* n = c.n;
-return binary(n, "FloorDiv", get(n->inputs()[0]), get(n->inputs()[1]));
+  return binary(n, "FloorDiv", get(n->inputs()[0]), get(n->inputs()[1]));
 }
 
 void Importer::hPow(Call& c) {
   jit::Node* n = c.n;
-return binary(n, "Pow", get(n->inputs()[0]), get(n->inputs()[1]));
+  return binary(n, "Pow", get(n->inputs()[0]), get(n->inputs()[1]));
 }
 
 void Importer::hRsqrt(Call& c) {
-  jit::Node* n = c.n;
-return c.setT(emit1("Reciprocal", {emit1("Sqrt", {c.T(0)})}, {}, c.oname));
+  return c.setT(emit1("Reciprocal", {emit1("Sqrt", {c.T(0)})}, {}, c.oname));
 }
 
 void Importer::hUnary(Call& c) {
   jit::Node* n = c.n;
-static const std::map<std::string, std::string> unaries = {
+  static const std::map<std::string, std::string> unaries = {
     {"aten::sqrt", "Sqrt"}, {"aten::neg", "Neg"},   {"aten::exp", "Exp"},         {"aten::log", "Log"},
     {"aten::abs", "Abs"},   {"aten::relu", "Relu"}, {"aten::relu_", "Relu"},      {"aten::tanh", "Tanh"},
     {"aten::sigmoid", "Sigmoid"}, {"aten::cos", "Cos"}, {"aten::sin", "Sin"}, {"aten::erf", "Erf"},
-      {"aten::reciprocal", "Reciprocal"}};
-auto u = unaries.find(c.k);
-if (u == unaries.end()) unsupported(n, "no unary mapping");
-unaryOp(n, u->second);
+    {"aten::reciprocal", "Reciprocal"}};
+  auto u = unaries.find(c.k);
+  if (u == unaries.end()) unsupported(n, "no unary mapping");
+  unaryOp(n, u->second);
 }
 
 void Importer::hSilu(Call& c) {
-  jit::Node* n = c.n;
   std::string x = c.T(0);
   return c.setT(emit1("Mul", {x, emit1("Sigmoid", {x})}, {}, c.oname));
-
 }
 
 void Importer::hGelu(Call& c) {
@@ -494,13 +489,12 @@ void Importer::hBatchNorm(Call& c) {
 }
 
 void Importer::hEmbedding(Call& c) {
-  jit::Node* n = c.n;
-return c.setT(emit1("Gather", {c.T(0), c.T(1)}, {{"axis", int64_t{0}}}, c.oname));
+  return c.setT(emit1("Gather", {c.T(0), c.T(1)}, {{"axis", int64_t{0}}}, c.oname));
 }
 
 void Importer::hView(Call& c) {
   jit::Node* n = c.n;
-return c.setT(emit1("Reshape", {c.T(0), shapeTensor(n, get(n->inputs()[1]))}, {}, c.oname));
+  return c.setT(emit1("Reshape", {c.T(0), shapeTensor(n, get(n->inputs()[1]))}, {}, c.oname));
 }
 
 void Importer::hFlatten(Call& c) {
@@ -552,7 +546,7 @@ void Importer::hPermute(Call& c) {
 
 void Importer::hIdentity(Call& c) {
   jit::Node* n = c.n;
-return c.set(get(n->inputs()[0]));
+  return c.set(get(n->inputs()[0]));
 }
 
 void Importer::hSlice(Call& c) {
@@ -639,7 +633,7 @@ void Importer::hRepeatInterleave(Call& c) {
 
 void Importer::hUnsqueeze(Call& c) {
   jit::Node* n = c.n;
-return c.setT(emit1("Unsqueeze", {c.T(0), constInts({constInt(n, get(n->inputs()[1]), "dim")})}, {}, c.oname));
+  return c.setT(emit1("Unsqueeze", {c.T(0), constInts({constInt(n, get(n->inputs()[1]), "dim")})}, {}, c.oname));
 }
 
 void Importer::hSqueeze(Call& c) {

@@ -76,7 +76,7 @@ std::vector<FfnGroup> findFfnGroups(const Graph& g, const std::vector<std::strin
     auto dl = by_weight.find(d);
     if (dl == by_weight.end() || !g.isInitializer(d)) continue;
     const int64_t H = inDim(dl->second);
-    FfnGroup f{d, {}, {}, H};
+    FfnGroup f{d, {}, {}, H, {}};
     std::set<std::string> chain;  // values computed inside f
     std::vector<std::string> todo = {g.nodes[dl->second.node].inputs[0]};
     bool ok = true;

@@ -81,6 +81,6 @@ const Kernels& kernelsFor(bool simd);
 const Kernels& scalarKernels();
 const Kernels* avx2Kernels();    // nullptr when not compiled in or not supported by the CPU
 const Kernels* avx512Kernels();
-const Kernels* amxKernels();     // avx512Kernels with AMX int8 tiles for W8A8 prefill; nullptr without AMX
+const Kernels* amxKernels();     // avx512Kernels with AMX int8 tiles for int8-activation prefill; nullptr without AMX
 
 }  // namespace crt::detail

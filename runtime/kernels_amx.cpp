@@ -1,6 +1,7 @@
 // kernels_amx.cpp — the int8-activation kernels with AMX (Intel Sapphire Rapids and later: tdpbsud on 16 x 64-byte
 // tiles) on top of AVX-512 VNNI: kernels_int8.inc compiled once more with the AMX flags, where gemmInt8From sends
-// W8A8 prefill (row-scaled activations on per-channel int8 weights) to gemmInt8Amx and everything else to the VNNI
+// prefill of 16+ activation rows to the tiles (W8A8's row-scaled activations on per-channel int8 weights:
+// gemmInt8Amx; per-chunk activation scales on int8/int4 weights: gemmInt8AmxChunks) and everything else to the VNNI
 // kernels. Used only when the CPU has AMX and the kernel grants this process the tile state (kernels_avx512.cpp).
 #include <immintrin.h>
 

@@ -174,8 +174,8 @@ const Kernels* amxKernels() {
     if (!base || base->gemm_i8 != gemmInt8Vnni512 || !amxUsable()) return nullptr;
     static Kernels s = *base;
     s.isa = "avx512-amx";
-    // W8A8 prefill on AMX tiles (kernels_amx.cpp), the rest as the VNNI set (the same integers: gemmInt8Amx's sums
-    // are gemmInt8Vnni's).
+    // Prefill with int8 activations on AMX tiles (kernels_amx.cpp), the rest as the VNNI set (the same bits: the
+    // tiles' integer sums are VNNI's and are scaled in the VNNI kernels' order).
     s.gemm_i8 = gemmInt8Amx512;
     s.i8_isa = "avx512-amx";
     return &s;
