@@ -965,7 +965,11 @@ TEST_CASE("buffers that can hold a 2 MiB page ask for transparent huge pages, sm
   INFO("3 MiB: " << bigFlags << "\n1.5 MiB: " << midFlags);
   REQUIRE_FALSE(bigFlags.empty());
   REQUIRE_FALSE(midFlags.empty());
-  CHECK(bigFlags.find(" hg") != std::string::npos);
   CHECK(midFlags.find(" hg") == std::string::npos);
   CHECK(reinterpret_cast<uintptr_t>(small.data()) % 64 == 0);
+  if (!std::ifstream("/sys/kernel/mm/transparent_hugepage/enabled")) {  // a kernel built without THP refuses the hint
+    WARN("huge-page request not checked: this kernel has no transparent huge pages");
+    return;
+  }
+  CHECK(bigFlags.find(" hg") != std::string::npos);
 }
