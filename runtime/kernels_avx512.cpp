@@ -1,4 +1,5 @@
 // kernels_avx512.cpp — AVX-512 (F/BW/DQ/VL) kernels (compiled with those flags; used only when the CPU has them).
+#include <cpuid.h>
 #include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -156,7 +157,12 @@ namespace {
 /// XFEATURE_XTILEDATA, once per process; a kernel before 5.16 or a hypervisor that hides the state refuses).
 /// CRT_AMX=0 in the environment keeps the VNNI kernels (A/B measurements).
 bool amxUsable() {
-  if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-int8")) return false;
+  // CPUID leaf 7: EDX bit 24 AMX-TILE, bit 25 AMX-INT8 (read directly: clang 14's __builtin_cpu_supports has no
+  // names for them)
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+  constexpr unsigned kAmxTile = 1u << 24, kAmxInt8 = 1u << 25;
+  if ((edx & kAmxTile) == 0 || (edx & kAmxInt8) == 0) return false;
   if (const char* env = std::getenv("CRT_AMX"); env && std::strcmp(env, "0") == 0) return false;
 #ifdef SYS_arch_prctl
   constexpr int kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
