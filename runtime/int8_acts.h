@@ -85,9 +85,9 @@ struct Int8Acts {
 /// (65792 values) whose dot products a kernel may sum as integers. Every such kernel ends in one int32 per output,
 /// whether its lanes hold the whole row (gemmInt8Vnni, gemmPairs16) or a share of it that a horizontal sum adds up
 /// (tileInt8Integer): the bound is on the row, not on a lane.
-constexpr int64_t kInt8LaneIntegerChunks = 2056;
-/// Whether a per-channel weight's rows are short enough for integer sums over the whole row (kInt8LaneIntegerChunks).
-inline bool int8RowSumsFitInt32(const PackedWeight& w) { return w.nblk == 1 && int8Chunks(w) <= kInt8LaneIntegerChunks; }
+constexpr int64_t kInt8RowIntegerChunks = 2056;
+/// Whether a per-channel weight's rows are short enough for integer sums over the whole row (kInt8RowIntegerChunks).
+inline bool int8RowSumsFitInt32(const PackedWeight& w) { return w.nblk == 1 && int8Chunks(w) <= kInt8RowIntegerChunks; }
 
 /// MatMulNBits' accuracy_level that asks for int8 activations (ONNX Runtime's "int8 compute").
 constexpr int64_t kInt8AccuracyLevel = 4;

@@ -524,7 +524,7 @@ TEST_CASE("integer sums over a row too long for one int32 take float sums", "[ru
     std::shared_ptr<PackedWeight> pw = packDequantize(q, sc, nullptr, 1, 0);
     REQUIRE(pw);
     REQUIRE(enableInt8(*pw));
-    REQUIRE(int8Chunks(*pw) > kInt8LaneIntegerChunks);
+    REQUIRE(int8Chunks(*pw) > kInt8RowIntegerChunks);
     REQUIRE_FALSE(int8RowSumsFitInt32(*pw));
     for (int64_t M : {1, 5, 32}) {
       std::vector<float> x(M * K, -1000.f), scale(M, 1.f);
