@@ -151,12 +151,16 @@ int main(int argc, char** argv) {
   std::vector<float> X(M * f.Kp, 0.f), Y(M * N), panel(K * kPanel);
   for (int64_t m = 0; m < M; ++m)
     for (int64_t k = 0; k < K; ++k) X[m * f.Kp + k] = nd(rng);
-  // The GEMM of each form as packedMatMul runs it (int8 50%: rows with masks go through Eigen, not timed here).
+  // The GEMM of each form as packedMatMul runs it (int8 50%: rows with masks go through Eigen, not timed here), with
+  // X's tiled rows where the kernel set reads them.
+  std::vector<float> Xt(M * K);
+  if (kk.tile_rows) tileRows(X.data(), f.Kp, K, kk.tile_rows, 0, M / kk.tile_rows, Xt.data());
+  const PanelRows xr{X.data(), f.Kp, kk.tile_rows ? Xt.data() : nullptr};
   auto gemm = [&](const PackedWeight& w) {
     if (w.kind == PackedWeight::F32 && !w.sparse)
-      kk.gemm_panels(X.data(), K, M, static_cast<const float*>(w.w.data()), K, 0, P, Y.data(), N, N);
-    else if (w.kind == PackedWeight::F32) kk.sparse_gemm_panels(w, X.data(), K, M, 0, P, panel.data(), Y.data(), N, N);
-    else kk.converting_gemm_panels(w, X.data(), f.Kp, M, 0, P, panel.data(), Y.data(), N, N);
+      kk.gemm_panels(xr, M, static_cast<const float*>(w.w.data()), K, 0, P, Y.data(), N, N);
+    else if (w.kind == PackedWeight::F32) kk.sparse_gemm_panels(w, xr, M, 0, P, panel.data(), Y.data(), N, N);
+    else kk.converting_gemm_panels(w, xr, M, 0, P, panel.data(), Y.data(), N, N);
   };
   const bool gemmBoth = sparse.kind != PackedWeight::Q8;
   double md = 1e30, ms = 1e30, mu = 1e30;

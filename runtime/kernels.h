@@ -15,6 +15,18 @@ enum KvRowKind : int { kKvRowsF32 = 0, kKvRowsF16 = 1, kKvRowsI8 = 2 };
 /// Element i of such rows as a float (int8: before its row's scale): the scalar kernels' read and the SIMD ones' tails.
 float kvRowValue(const void* rows, int kind, int64_t i);
 
+/// The activation rows of a panel GEMM: X row-major (row stride ldx) and, where the caller made them (tileRows, for a
+/// kernel set with Kernels::tile_rows = R > 0), its whole tiles of R rows again, k-major: tiled + t * R * K holds rows
+/// [t * R, t * R + R) as [K][R], for t < M / R. A tile's broadcasts then read one stream instead of R rows apart (the
+/// AVX-512 GEMM 5-8% faster); the rows past the last whole tile are read from x.
+struct PanelRows {
+  const float* x = nullptr;
+  int64_t ldx = 0;
+  const float* tiled = nullptr;
+};
+/// Tiles [t0, t1) of R rows of X (row stride ldx, K values each) into PanelRows::tiled's layout.
+void tileRows(const float* X, int64_t ldx, int64_t K, int R, int64_t t0, int64_t t1, float* tiled);
+
 struct Kernels {
   const char* isa = "scalar";
   /// Y[m, n] (row stride ldy) = sum_k X[m, k] * W[n, k] for m < M, n in [n0, n1). W row-major [N, K].
@@ -28,22 +40,25 @@ struct Kernels {
   void (*gemv)(const PackedWeight& w, const float* x, const float* xsum, int64_t n0, int64_t n1, float* y) = nullptr;
   /// Dequantizes/converts packed rows [n0, n1) to fp32, row stride ldp (>= padded K), padding as zeros.
   void (*unpack_rows)(const PackedWeight& w, int64_t n0, int64_t n1, float* panel, int64_t ldp) = nullptr;
-  /// Y[m, p*kPanel + j] = sum_k X[m, k] * panels[p][k][j] for panels p in [p0, p1), m < M, columns < N.
-  void (*gemm_panels)(const float* X, int64_t ldx, int64_t M, const float* panels, int64_t K, int64_t p0, int64_t p1,
-                      float* Y, int64_t ldy, int64_t N) = nullptr;
+  /// Y[m, p*kPanel + j] = sum_k X[m, k] * panels[p][k][j] for panels p in [p0, p1), m < M, columns < N: the same
+  /// bits whether X has its tiled rows or not.
+  void (*gemm_panels)(const PanelRows& X, int64_t M, const float* panels, int64_t K, int64_t p0, int64_t p1, float* Y,
+                      int64_t ldy, int64_t N) = nullptr;
+  /// The tile height R of PanelRows::tiled that the panel GEMMs read (0: they read X.x only).
+  int tile_rows = 0;
   /// The sparse form (runtime/sparse.h), bit-identical to the dense kernels above: sparse_gemv as gemv;
   /// sparse_unpack_rows as unpack_rows for Q8/Q4; sparse_gemm_panels as gemm_panels for an F32 weight's panels
   /// [p0, p1), expanding one panel at a time into buf (K * kPanel floats).
   void (*sparse_gemv)(const PackedWeight& w, const float* x, const float* xsum, int64_t n0, int64_t n1,
                       float* y) = nullptr;
   void (*sparse_unpack_rows)(const PackedWeight& w, int64_t n0, int64_t n1, float* panel, int64_t ldp) = nullptr;
-  void (*sparse_gemm_panels)(const PackedWeight& w, const float* X, int64_t ldx, int64_t M, int64_t p0, int64_t p1,
-                             float* buf, float* Y, int64_t ldy, int64_t N) = nullptr;
+  void (*sparse_gemm_panels)(const PackedWeight& w, const PanelRows& X, int64_t M, int64_t p0, int64_t p1, float* buf,
+                             float* Y, int64_t ldy, int64_t N) = nullptr;
   /// gemm_panels for a Q8P / Q4P / F16P weight (internal.h), converting one panel at a time into buf (K * kPanel
   /// floats); null where the kernel set has no panel-ordered kernels (then choosePanelForms keeps rows). gemv takes
   /// the panel-ordered kinds where this is set.
-  void (*converting_gemm_panels)(const PackedWeight& w, const float* X, int64_t ldx, int64_t M, int64_t p0, int64_t p1,
-                                 float* buf, float* Y, int64_t ldy, int64_t N) = nullptr;
+  void (*converting_gemm_panels)(const PackedWeight& w, const PanelRows& X, int64_t M, int64_t p0, int64_t p1, float* buf,
+                                 float* Y, int64_t ldy, int64_t N) = nullptr;
   /// Per PackedWeight::Kind, the largest nonzero fraction at which these kernels run the sparse form faster
   /// than the dense one (decode GEMV; bench/sparse.sh measures it); 0: SparseMode::Auto never picks it.
   float sparse_crossover[7] = {};

@@ -225,6 +225,7 @@ const Kernels* avx2Kernels() {
     s.gemv = avx2::gemvSimd;
     s.unpack_rows = avx2::unpackSimd;
     s.gemm_panels = avx2::gemmPanelsSimd;
+    s.tile_rows = avx2::kTileRows;
     s.sparse_gemv = avx2::sparseGemvSimd;
     s.sparse_unpack_rows = avx2::sparseUnpackRowsSimd;
     s.sparse_gemm_panels = avx2::sparseGemmPanelsSimd;

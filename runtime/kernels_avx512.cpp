@@ -112,6 +112,7 @@ const Kernels* avx512Kernels() {
     s.gemv = avx512::gemvSimd;
     s.unpack_rows = avx512::unpackSimd;
     s.gemm_panels = avx512::gemmPanelsSimd;
+    s.tile_rows = avx512::kTileRows;
     s.sparse_gemv = avx512::sparseGemvSimd;
     s.sparse_unpack_rows = avx512::sparseUnpackRowsSimd;
     s.sparse_gemm_panels = avx512::sparseGemmPanelsSimd;

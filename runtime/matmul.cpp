@@ -56,6 +56,23 @@ void matmulNN(OpCtx& c, int64_t M, int64_t N, int64_t K, const float* A, const f
 
 namespace {
 
+/// X's rows for the panel GEMMs, with their whole tiles in the kernel set's tiled layout (PanelRows) where it has one
+/// and X has two tiles or more: made once per MatMul, split over the pool, and then read by every task. Below two
+/// tiles, or with one weight panel, the tiles read X directly.
+PanelRows panelRowsFor(OpCtx& c, const float* X, int64_t ldx, int64_t rows, int64_t K, int64_t npanels) {
+  const int R = c.env.k->tile_rows;
+  if (R == 0 || rows < 2 * R || npanels < 2) return PanelRows{X, ldx};
+  const int64_t tiles = rows / R;
+  float* tiled = static_cast<float*>(c.scratch(tiles * R * K * sizeof(float)));
+  const int64_t tasks = tasksFor(c, rows * K * kPanel, tiles);
+  c.env.pool->parallelFor(tasks, [&](int64_t t) {
+    int64_t b, e;
+    range(tiles, tasks, t, 1, b, e);
+    tileRows(X, ldx, K, R, b, e, tiled);
+  });
+  return PanelRows{X, ldx, tiled};
+}
+
 /// F32 weights: the panels serve GEMV (1 row) and GEMM alike; a sparse weight is read in its packed form for GEMV
 /// and, for GEMM, expanded one panel at a time into the task's buffer by the panel's first row tile.
 void panelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, float* Y) {
@@ -65,11 +82,12 @@ void panelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, 
   const int64_t tasks = tasksFor(c, rows * N * K, npanels);
   const bool expand = w.sparse && rows > kGemvRows;
   float* bufs = expand ? static_cast<float*>(c.scratch(tasks * K * kPanel * sizeof(float))) : nullptr;
+  const PanelRows xr = !w.sparse || expand ? panelRowsFor(c, X, K, rows, K, npanels) : PanelRows{X, K};
   c.env.pool->parallelFor(tasks, [&](int64_t t) {
     int64_t b, e;
     range(npanels, tasks, t, w.sparse && !expand ? kMaskGroup : 1, b, e);  // (the sparse GEMV's mask groups whole)
-    if (!w.sparse) return k.gemm_panels(X, K, rows, static_cast<const float*>(w.w.data()), K, b, e, Y, N, N);
-    if (expand) return k.sparse_gemm_panels(w, X, K, rows, b, e, bufs + t * K * kPanel, Y, N, N);
+    if (!w.sparse) return k.gemm_panels(xr, rows, static_cast<const float*>(w.w.data()), K, b, e, Y, N, N);
+    if (expand) return k.sparse_gemm_panels(w, xr, rows, b, e, bufs + t * K * kPanel, Y, N, N);
     // the task's whole panel range at once (the sparse GEMV interleaves panels)
     for (int64_t r = 0; r < rows; ++r) k.sparse_gemv(w, X + r * K, nullptr, b * kPanel, std::min(N, e * kPanel), Y + r * N);
   });
@@ -83,10 +101,11 @@ void convertingPanelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int6
   const int64_t npanels = (N + kPanel - 1) / kPanel;
   const int64_t tasks = tasksFor(c, rows * N * K, npanels);
   float* bufs = static_cast<float*>(c.scratch(tasks * K * kPanel * sizeof(float)));
+  const PanelRows xr = panelRowsFor(c, X, Kp, rows, K, npanels);
   c.env.pool->parallelFor(tasks, [&](int64_t t) {
     int64_t b, e;
     range(npanels, tasks, t, 1, b, e);
-    if (e > b) k.converting_gemm_panels(w, X, Kp, rows, b, e, bufs + t * K * kPanel, Y, N, N);
+    if (e > b) k.converting_gemm_panels(w, xr, rows, b, e, bufs + t * K * kPanel, Y, N, N);
   });
 }
 

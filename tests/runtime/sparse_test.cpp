@@ -547,7 +547,7 @@ namespace {
 /// The scalar kernel set with a (never called) panel GEMM: what chooseSparseForms asks of a set for the Q8 / Q4 pairs.
 Kernels scalarWithPanelKernels() {
   Kernels k = scalarKernels();
-  k.converting_gemm_panels = [](const PackedWeight&, const float*, int64_t, int64_t, int64_t, int64_t, float*, float*, int64_t,
+  k.converting_gemm_panels = [](const PackedWeight&, const PanelRows&, int64_t, int64_t, int64_t, float*, float*, int64_t,
                                 int64_t) {};
   return k;
 }
