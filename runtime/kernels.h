@@ -46,6 +46,9 @@ struct Kernels {
                       int64_t ldy, int64_t N) = nullptr;
   /// The tile height R of PanelRows::tiled that the panel GEMMs read (0: they read X.x only).
   int tile_rows = 0;
+  /// Whether sparse_gemm_panels / converting_gemm_panels read PanelRows::tiled too: not where the tile that converts a
+  /// panel takes fewer rows than R (AVX2: 2), which leaves the other tiles off the tiled rows' grid.
+  bool converting_reads_tiled = false;
   /// The sparse form (runtime/sparse.h), bit-identical to the dense kernels above: sparse_gemv as gemv;
   /// sparse_unpack_rows as unpack_rows for Q8/Q4; sparse_gemm_panels as gemm_panels for an F32 weight's panels
   /// [p0, p1), expanding one panel at a time into buf (K * kPanel floats).

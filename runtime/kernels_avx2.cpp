@@ -226,6 +226,7 @@ const Kernels* avx2Kernels() {
     s.unpack_rows = avx2::unpackSimd;
     s.gemm_panels = avx2::gemmPanelsSimd;
     s.tile_rows = avx2::kTileRows;
+    s.converting_reads_tiled = avx2::kFirstTileRows == avx2::kTileRows;
     s.sparse_gemv = avx2::sparseGemvSimd;
     s.sparse_unpack_rows = avx2::sparseUnpackRowsSimd;
     s.sparse_gemm_panels = avx2::sparseGemmPanelsSimd;

@@ -113,6 +113,7 @@ const Kernels* avx512Kernels() {
     s.unpack_rows = avx512::unpackSimd;
     s.gemm_panels = avx512::gemmPanelsSimd;
     s.tile_rows = avx512::kTileRows;
+    s.converting_reads_tiled = avx512::kFirstTileRows == avx512::kTileRows;
     s.sparse_gemv = avx512::sparseGemvSimd;
     s.sparse_unpack_rows = avx512::sparseUnpackRowsSimd;
     s.sparse_gemm_panels = avx512::sparseGemmPanelsSimd;

@@ -58,10 +58,16 @@ namespace {
 
 /// X's rows for the panel GEMMs, with their whole tiles in the kernel set's tiled layout (PanelRows) where it has one
 /// and X has two tiles or more: made once per MatMul, split over the pool, and then read by every task. Below two
-/// tiles, or with one weight panel, the tiles read X directly.
-PanelRows panelRowsFor(OpCtx& c, const float* X, int64_t ldx, int64_t rows, int64_t K, int64_t npanels) {
-  const int R = c.env.k->tile_rows;
-  if (R == 0 || rows < 2 * R || npanels < 2) return PanelRows{X, ldx};
+/// tiles, with one weight panel, or where w's GEMM would not read them, the tiles read X directly.
+PanelRows panelRowsFor(OpCtx& c, const PackedWeight& w, const float* X, int64_t ldx, int64_t rows, int64_t npanels) {
+  const Kernels& k = *c.env.k;
+  const int R = k.tile_rows;
+  const int64_t K = w.K;
+  // which GEMMs read them: the dense fp32 one, and those that convert their panels where the set's do (the pairs
+  // layout's tiles read X in groups of 4 k)
+  const bool reads = w.sparse ? !w.sparse->pairs && k.converting_reads_tiled
+                              : w.kind == PackedWeight::F32 || k.converting_reads_tiled;
+  if (R == 0 || !reads || rows < 2 * R || npanels < 2) return PanelRows{X, ldx};
   const int64_t tiles = rows / R;
   float* tiled = static_cast<float*>(c.scratch(tiles * R * K * sizeof(float)));
   const int64_t tasks = tasksFor(c, rows * K * kPanel, tiles);
@@ -82,7 +88,7 @@ void panelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, 
   const int64_t tasks = tasksFor(c, rows * N * K, npanels);
   const bool expand = w.sparse && rows > kGemvRows;
   float* bufs = expand ? static_cast<float*>(c.scratch(tasks * K * kPanel * sizeof(float))) : nullptr;
-  const PanelRows xr = !w.sparse || expand ? panelRowsFor(c, X, K, rows, K, npanels) : PanelRows{X, K};
+  const PanelRows xr = !w.sparse || expand ? panelRowsFor(c, w, X, K, rows, npanels) : PanelRows{X, K};
   c.env.pool->parallelFor(tasks, [&](int64_t t) {
     int64_t b, e;
     range(npanels, tasks, t, w.sparse && !expand ? kMaskGroup : 1, b, e);  // (the sparse GEMV's mask groups whole)
@@ -101,7 +107,7 @@ void convertingPanelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int6
   const int64_t npanels = (N + kPanel - 1) / kPanel;
   const int64_t tasks = tasksFor(c, rows * N * K, npanels);
   float* bufs = static_cast<float*>(c.scratch(tasks * K * kPanel * sizeof(float)));
-  const PanelRows xr = panelRowsFor(c, X, Kp, rows, K, npanels);
+  const PanelRows xr = panelRowsFor(c, w, X, Kp, rows, npanels);
   c.env.pool->parallelFor(tasks, [&](int64_t t) {
     int64_t b, e;
     range(npanels, tasks, t, 1, b, e);
