@@ -100,14 +100,14 @@ void panelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, 
 }
 
 /// Q8P / Q4P / F16P weights, many rows: as a sparse F32 weight, each panel converted into the task's buffer by its first
-/// row tile (Kernels::converting_gemm_panels). X is in the padded block layout (row stride Kp; K for F16P).
-void convertingPanelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t Kp, int64_t rows, float* Y) {
+/// row tile (Kernels::converting_gemm_panels). X has row stride ldx (its tiles read k < K of each row).
+void convertingPanelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t ldx, int64_t rows, float* Y) {
   const Kernels& k = *c.env.k;
   const int64_t N = w.N, K = w.K;
   const int64_t npanels = (N + kPanel - 1) / kPanel;
   const int64_t tasks = tasksFor(c, rows * N * K, npanels);
   float* bufs = static_cast<float*>(c.scratch(tasks * K * kPanel * sizeof(float)));
-  const PanelRows xr = panelRowsFor(c, w, X, Kp, rows, npanels);
+  const PanelRows xr = panelRowsFor(c, w, X, ldx, rows, npanels);
   c.env.pool->parallelFor(tasks, [&](int64_t t) {
     int64_t b, e;
     range(npanels, tasks, t, 1, b, e);
@@ -142,34 +142,46 @@ void int8MatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, f
 
 }  // namespace
 
+namespace {
+
+/// X's rows in a quantized weight's padded block layout (row stride nblk * P, each block's padding zero) in scratch
+/// memory, with the per-block sums of each row in *xsum where xsum is not null (the GEMV's zero-point term).
+const float* paddedRows(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, float** xsum) {
+  const int64_t K = w.K, Kp = w.nblk * w.P;
+  float* xp = static_cast<float*>(c.scratch(rows * Kp * sizeof(float)));
+  float* sums = xsum ? *xsum = static_cast<float*>(c.scratch(rows * w.nblk * sizeof(float))) : nullptr;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t b = 0; b < w.nblk; ++b) {
+      const int64_t valid = std::min(w.block, K - b * w.block);
+      const float* src = X + r * K + b * w.block;
+      float* dst = xp + r * Kp + b * w.P;
+      std::copy(src, src + valid, dst);
+      std::fill(dst + valid, dst + w.P, 0.f);
+      if (!sums) continue;
+      float s = 0;
+      for (int64_t j = 0; j < valid; ++j) s += src[j];
+      sums[r * w.nblk + b] = s;
+    }
+  return xp;
+}
+
+}  // namespace
+
 void packedMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, float* Y) {
   const Kernels& k = *c.env.k;
   const int64_t N = w.N, K = w.K;
   const bool quant = w.kind != PackedWeight::F16 && w.kind != PackedWeight::F16P;  // (F32 returned above)
   if (w.kind == PackedWeight::F32) return panelMatMul(c, w, X, rows, Y);
   if (w.int8) return int8MatMul(c, w, X, rows, Y);  // its fp32 scales are gone: never the exact kernels
+  // The panel GEMM converts each panel whole (dequantized: no zero-point term) and reads k < K of each row: X as it is.
+  if (rows > kGemvRows && w.panelOrdered()) return convertingPanelMatMul(c, w, X, K, rows, Y);
   const auto gemv = w.sparse ? k.sparse_gemv : k.gemv;
   const auto unpack = w.sparse ? k.sparse_unpack_rows : k.unpack_rows;
 
+  // Activations in the weight's padded block layout (quantized weights), with per-block sums for the GEMV.
   const int64_t Kp = quant ? w.nblk * w.P : K;
-  // Activations in the weight's padded block layout (quantized weights), with per-block sums.
-  const float* Xp = X;
   float* xsum = nullptr;
-  if (quant) {
-    float* xp = static_cast<float*>(c.scratch(rows * Kp * sizeof(float)));
-    xsum = static_cast<float*>(c.scratch(rows * w.nblk * sizeof(float)));
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t b = 0; b < w.nblk; ++b) {
-        const int64_t valid = std::min(w.block, K - b * w.block);
-        const float* src = X + r * K + b * w.block;
-        float* dst = xp + r * Kp + b * w.P;
-        float s = 0;
-        for (int64_t j = 0; j < valid; ++j) s += (dst[j] = src[j]);
-        for (int64_t j = valid; j < w.P; ++j) dst[j] = 0.f;
-        xsum[r * w.nblk + b] = s;
-      }
-    Xp = xp;
-  }
+  const float* Xp = quant ? paddedRows(c, w, X, rows, rows <= kGemvRows ? &xsum : nullptr) : X;
   if (rows <= kGemvRows) {
     const int64_t tasks = tasksFor(c, rows * N * K, N / 16);
     c.env.pool->parallelFor(tasks, [&](int64_t t) {
@@ -179,7 +191,6 @@ void packedMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows,
     });
     return;
   }
-  if (w.panelOrdered()) return convertingPanelMatMul(c, w, Xp, Kp, rows, Y);
   // GEMM: each task dequantizes kGemmRows weight rows at a time into its own fp32 block and multiplies it
   // with Eigen (the dequantization is amortized over all activation rows; no full fp32 copy of the weight).
   const int64_t tasks = tasksFor(c, rows * N * K, (N + kGemmRows - 1) / kGemmRows);
