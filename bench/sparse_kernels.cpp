@@ -148,7 +148,7 @@ int main(int argc, char** argv) {
     }
   }
   const int64_t M = 128, P = (N + kPanel - 1) / kPanel;
-  std::vector<float> X(M * f.Kp, 0.f), Y(M * N), panel(K * kPanel);
+  std::vector<float> X(M * f.Kp, 0.f), Y(M * N), panel(std::max(panelBufferFloats(dense), panelBufferFloats(sparse)));
   for (int64_t m = 0; m < M; ++m)
     for (int64_t k = 0; k < K; ++k) X[m * f.Kp + k] = nd(rng);
   // The GEMM of each form as packedMatMul runs it (int8 50%: rows with masks go through Eigen, not timed here), with

@@ -265,6 +265,11 @@ void tileRows(const float* X, int64_t ldx, int64_t K, int R, int64_t t0, int64_t
   }
 }
 
+int64_t panelBufferFloats(const PackedWeight& w) {
+  if (!w.sparse || !w.sparse->pairs) return w.K * kPanel;
+  return pairGroups(w.K) * kPairGroup * kPanel + 64 / sizeof(float);
+}
+
 const Kernels& scalarKernels() {
   static const Kernels k = makeScalar();
   return k;

@@ -26,6 +26,10 @@ struct PanelRows {
 };
 /// Tiles [t0, t1) of R rows of X (row stride ldx, K values each) into PanelRows::tiled's layout.
 void tileRows(const float* X, int64_t ldx, int64_t K, int R, int64_t t0, int64_t t1, float* tiled);
+/// The floats of the buffer (`buf`) that Kernels::sparse_gemm_panels and converting_gemm_panels need for w: K * kPanel
+/// (one fp32 panel), or for the pairs layout (runtime/sparse.h) its groups' 4 k each and 64 bytes more (its GEMM keeps
+/// a panel's fp32 planes and 64-byte aligned pick vectors there).
+int64_t panelBufferFloats(const PackedWeight& w);
 
 struct Kernels {
   const char* isa = "scalar";
@@ -51,14 +55,14 @@ struct Kernels {
   bool converting_reads_tiled = false;
   /// The sparse form (runtime/sparse.h), bit-identical to the dense kernels above: sparse_gemv as gemv;
   /// sparse_unpack_rows as unpack_rows for Q8/Q4; sparse_gemm_panels as gemm_panels for an F32 weight's panels
-  /// [p0, p1), expanding one panel at a time into buf (K * kPanel floats).
+  /// [p0, p1), expanding one panel at a time into buf (panelBufferFloats).
   void (*sparse_gemv)(const PackedWeight& w, const float* x, const float* xsum, int64_t n0, int64_t n1,
                       float* y) = nullptr;
   void (*sparse_unpack_rows)(const PackedWeight& w, int64_t n0, int64_t n1, float* panel, int64_t ldp) = nullptr;
   void (*sparse_gemm_panels)(const PackedWeight& w, const PanelRows& X, int64_t M, int64_t p0, int64_t p1, float* buf,
                              float* Y, int64_t ldy, int64_t N) = nullptr;
-  /// gemm_panels for a Q8P / Q4P / F16P weight (internal.h), converting one panel at a time into buf (K * kPanel
-  /// floats); null where the kernel set has no panel-ordered kernels (then choosePanelForms keeps rows). gemv takes
+  /// gemm_panels for a Q8P / Q4P / F16P weight (internal.h), converting one panel at a time into buf
+  /// (panelBufferFloats); null where the kernel set has no panel-ordered kernels (then choosePanelForms keeps rows). gemv takes
   /// the panel-ordered kinds where this is set.
   void (*converting_gemm_panels)(const PackedWeight& w, const PanelRows& X, int64_t M, int64_t p0, int64_t p1, float* buf,
                                  float* Y, int64_t ldy, int64_t N) = nullptr;

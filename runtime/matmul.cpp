@@ -87,13 +87,14 @@ void panelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, 
   const int64_t npanels = (N + kPanel - 1) / kPanel;
   const int64_t tasks = tasksFor(c, rows * N * K, npanels);
   const bool expand = w.sparse && rows > kGemvRows;
-  float* bufs = expand ? static_cast<float*>(c.scratch(tasks * K * kPanel * sizeof(float))) : nullptr;
+  const int64_t bufFloats = panelBufferFloats(w);
+  float* bufs = expand ? static_cast<float*>(c.scratch(tasks * bufFloats * sizeof(float))) : nullptr;
   const PanelRows xr = !w.sparse || expand ? panelRowsFor(c, w, X, K, rows, npanels) : PanelRows{X, K};
   c.env.pool->parallelFor(tasks, [&](int64_t t) {
     int64_t b, e;
     range(npanels, tasks, t, w.sparse && !expand ? kMaskGroup : 1, b, e);  // (the sparse GEMV's mask groups whole)
     if (!w.sparse) return k.gemm_panels(xr, rows, static_cast<const float*>(w.w.data()), K, b, e, Y, N, N);
-    if (expand) return k.sparse_gemm_panels(w, xr, rows, b, e, bufs + t * K * kPanel, Y, N, N);
+    if (expand) return k.sparse_gemm_panels(w, xr, rows, b, e, bufs + t * bufFloats, Y, N, N);
     // the task's whole panel range at once (the sparse GEMV interleaves panels)
     for (int64_t r = 0; r < rows; ++r) k.sparse_gemv(w, X + r * K, nullptr, b * kPanel, std::min(N, e * kPanel), Y + r * N);
   });
@@ -106,12 +107,13 @@ void convertingPanelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int6
   const int64_t N = w.N, K = w.K;
   const int64_t npanels = (N + kPanel - 1) / kPanel;
   const int64_t tasks = tasksFor(c, rows * N * K, npanels);
-  float* bufs = static_cast<float*>(c.scratch(tasks * K * kPanel * sizeof(float)));
+  const int64_t bufFloats = panelBufferFloats(w);
+  float* bufs = static_cast<float*>(c.scratch(tasks * bufFloats * sizeof(float)));
   const PanelRows xr = panelRowsFor(c, w, X, ldx, rows, npanels);
   c.env.pool->parallelFor(tasks, [&](int64_t t) {
     int64_t b, e;
     range(npanels, tasks, t, 1, b, e);
-    if (e > b) k.converting_gemm_panels(w, xr, rows, b, e, bufs + t * K * kPanel, Y, N, N);
+    if (e > b) k.converting_gemm_panels(w, xr, rows, b, e, bufs + t * bufFloats, Y, N, N);
   });
 }
 
