@@ -25,6 +25,7 @@ void gemmInt8Amx512(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_
 void gemmInt8Avx2(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_t n1, float* Y, int64_t ldy);  // kernels_avx2.cpp
 void quantizeChunkAvx512(const float* x, int n, int8_t* v, float* d, int* sum);  // kernels_vnni.cpp
 void gemmInt8SparseVnni512(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_t n1, float* Y, int64_t ldy);  // kernels_vnni_sparse.cpp
+void gemmInt8SparseAmx512(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_t n1, float* Y, int64_t ldy);  // kernels_amx_sparse.cpp
 void quantizeChunkAvx2(const float* x, int n, int8_t* v, float* d, int* sum);    // kernels_avx2.cpp
 void quantizeChunkScaledAvx512(const float* x, int n, float s, int8_t* v, int* sum);  // kernels_vnni.cpp
 void quantizeChunkScaledAvx2(const float* x, int n, float s, int8_t* v, int* sum);    // kernels_avx2.cpp
@@ -185,6 +186,9 @@ const Kernels* amxKernels() {
     // Prefill with int8 activations on AMX tiles (kernels_amx.cpp), the rest as the VNNI set (the same bits: the
     // tiles' integer sums are VNNI's and are scaled in the VNNI kernels' order).
     s.gemm_i8 = gemmInt8Amx512;
+    // The sparse form's prefill on the tiles too, where the CPU has VBMI2's byte expansion (its VNNI prefill had
+    // become 1.34-1.41x the dense one once the dense one took the tiles; the same bits either way).
+    if (base->gemm_i8_sparse == gemmInt8SparseVnni512) s.gemm_i8_sparse = gemmInt8SparseAmx512;
     s.i8_isa = "avx512-amx";
     return &s;
   }();

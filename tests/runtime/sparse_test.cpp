@@ -94,10 +94,10 @@ void checkSparseEqualsDense(Pack pack, int64_t K, double wantStored) {
   REQUIRE(enableInt8(*dense));
   REQUIRE(enableInt8(*sparse));
   int sets = 0;
-  for (int64_t M : {1, 2, 5, 13}) {
+  for (int64_t M : {1, 2, 5, 13, 29}) {  // (29: AMX tiles' prefill, 16 rows and more)
     std::vector<float> x(M * K);
     for (auto& v : x) v = nd(rng);
-    for (const Kernels* k : kernelSets()) {
+    for (const Kernels* k : testutil::int8KernelSets()) {
       if (!int8Capable(*sparse, *k)) continue;  // no byte expansion: such kernel sets keep sparse weights exact
       INFO("int8 activations, kernels " << k->i8_isa << " M=" << M);
       const auto yd = testutil::runPacked(*k, *dense, x, M), ys = testutil::runPacked(*k, *sparse, x, M);
@@ -105,8 +105,8 @@ void checkSparseEqualsDense(Pack pack, int64_t K, double wantStored) {
       ++sets;
     }
   }
-  const bool vbmi2 = avx512Kernels() && avx512Kernels()->gemm_i8_sparse;
-  CHECK(sets == 4 * (vbmi2 ? 2 : 1));  // the scalar reference, and the VBMI2 kernel where the CPU has it
+  const bool vbmi2 = avx512Kernels() && avx512Kernels()->gemm_i8_sparse, amx = vbmi2 && amxKernels();
+  CHECK(sets == 5 * (1 + vbmi2 + amx));  // the scalar reference, and the VBMI2 kernels (VNNI, AMX) where the CPU has them
   if (dense->nblk != 1) return;
   // row-scaled activations (SmoothQuant's W8A8, one scale per row) on a per-channel weight: the integer tiles of a
   // few rows and the repacked 64-row blocks of a prefill (16+ rows) give the dense form's bits too
@@ -115,7 +115,7 @@ void checkSparseEqualsDense(Pack pack, int64_t K, double wantStored) {
     std::vector<float> x(M * K), scale(M);
     for (auto& v : x) v = nd(rng);
     for (int64_t m = 0; m < M; ++m) scale[m] = 0.01f + 0.002f * static_cast<float>(m);
-    for (const Kernels* k : kernelSets()) {
+    for (const Kernels* k : testutil::int8KernelSets()) {
       if (!int8Capable(*sparse, *k)) continue;
       INFO("row-scaled int8 activations, kernels " << k->i8_isa << " M=" << M);
       AlignedBytes mem(static_cast<size_t>(int8ActsBytes(*dense, k->i8_width, M)));  // 64-byte aligned, zeroed
@@ -129,7 +129,7 @@ void checkSparseEqualsDense(Pack pack, int64_t K, double wantStored) {
       ++rowScaled;
     }
   }
-  CHECK(rowScaled == 2 * (vbmi2 ? 2 : 1));
+  CHECK(rowScaled == 2 * (1 + vbmi2 + amx));
 }
 
 }  // namespace
