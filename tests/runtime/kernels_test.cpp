@@ -230,66 +230,70 @@ TEST_CASE("MatMulNBits packing (2, 4, 8 bits, default and packed zero points) ma
 TEST_CASE("the panel GEMMs give the same bits from tiled activation rows as from row-major ones, and as one row at a time", "[runtime][kernels]") {
   // PanelRows::tiled, as packedMatMul makes it from two tiles of rows on: dense fp32 panels, the sparse fp32 form
   // (expanded by each panel's first tile), and F16P / Q4P panels (converted by it), at row counts that end in every
-  // tail tile; and the pairs layout (2:4), whose tiles read X as it is. Each row's sums are a GEMV's.
+  // tail tile; and the pairs layout (2:4), whose tiles read X as it is. Each row's sums are a GEMV's. K 37: the tiled
+  // copy's last values one at a time, a partial last pairs group and quantization block.
   std::mt19937 rng(11);
   std::normal_distribution<float> nd;
-  const int64_t K = 96, N = 72, P = (N + kPanel - 1) / kPanel, bs = 32, nblk = K / bs;
-  std::vector<float> wf(K * N), w24(K * N);
-  std::vector<uint16_t> wh(K * N);
-  for (int64_t i = 0; i < K * N; ++i) {
-    wf[i] = rng() % 2 ? nd(rng) : 0.f;  // half of them zero, anywhere: the sparse form's masks take it
-    w24[i] = ((i / N) % 4 + i % N) % 4 < 2 ? nd(rng) : 0.f;  // 2:4 along K: the pairs layout
-    wh[i] = floatToHalf(nd(rng));
-  }
-  auto f32 = packDense(Buf{DType::F32, Shape{K, N}, wf.data()});
-  auto sparse = packDense(Buf{DType::F32, Shape{K, N}, wf.data()});
-  auto pairs = packDense(Buf{DType::F32, Shape{K, N}, w24.data()});
-  auto f16p = packDense(Buf{DType::F16, Shape{K, N}, wh.data()});
-  REQUIRE((f32 && sparse && pairs && f16p && panelize(*f16p)));
-  sparse->sparse = makeSparse(*sparse);
-  pairs->sparse = makeSparse(*pairs);
-  REQUIRE((sparse->sparse && !sparse->sparse->pairs && pairs->sparse && pairs->sparse->pairs));
-  std::vector<uint8_t> B(N * nblk * bs / 2);
-  std::vector<float> S(N * nblk), Z(N * nblk);
-  for (auto& b : B) b = static_cast<uint8_t>(std::uniform_int_distribution<int>(0, 255)(rng));
-  for (auto& v : S) v = std::uniform_real_distribution<float>(0.01f, 0.1f)(rng);
-  for (auto& z : Z) z = static_cast<float>(std::uniform_int_distribution<int>(0, 15)(rng));
-  Buf b{DType::U8, Shape{N, nblk, bs / 2}, B.data()}, s{DType::F32, Shape{N * nblk}, S.data()}, z{DType::F32, Shape{N * nblk}, Z.data()};
-  auto q4p = packMatMulNBits(matMulNBitsNode(K, N, 4, bs), b, s, &z);
-  REQUIRE((q4p && panelize(*q4p)));
   int sets = 0;
-  for (const Kernels* k : kernelSets()) {
-    const int R = k->tile_rows;
-    if (R == 0) continue;
-    ++sets;
-    for (int64_t M : {2 * R, 2 * R + 1, 4 * R - 1, 10 * R + 8}) {
-      std::vector<float> x(M * K), tiled(M * K), buf(panelBufferFloats(*pairs) + 1);
-      for (auto& v : x) v = nd(rng);
-      tileRows(x.data(), K, K, R, 0, M / R, tiled.data());
-      const PanelRows rowMajor{x.data(), K}, withTiles{x.data(), K, tiled.data()};
-      auto run = [&](const PackedWeight& w, const PanelRows& rows, int64_t m) {
-        std::vector<float> y(m * N, -1.f);
-        if (w.kind == PackedWeight::F32 && !w.sparse)
-          k->gemm_panels(rows, m, static_cast<const float*>(w.w.data()), K, 0, P, y.data(), N, N);
-        // (buf one float in: the pairs GEMM aligns what it keeps there itself)
-        else if (w.kind == PackedWeight::F32) k->sparse_gemm_panels(w, rows, m, 0, P, buf.data() + 1, y.data(), N, N);
-        else k->converting_gemm_panels(w, rows, m, 0, P, buf.data() + 1, y.data(), N, N);
-        return y;
-      };
-      for (const PackedWeight* w : {f32.get(), sparse.get(), pairs.get(), f16p.get(), q4p.get()}) {
-        INFO("kernels " << k->isa << " M=" << M << " kind " << w->kind << (w->sparse ? " sparse" : ""));
-        const auto a = run(*w, rowMajor, M), t = run(*w, withTiles, M);
-        CHECK(std::memcmp(a.data(), t.data(), a.size() * 4) == 0);
-        int64_t rowsDiffer = 0;
-        for (int64_t m = 0; m < M; ++m) {
-          const auto one = run(*w, PanelRows{x.data() + m * K, K}, 1);
-          rowsDiffer += std::memcmp(one.data(), t.data() + m * N, N * 4) != 0;
+  for (const int64_t K : {96, 37}) {
+    const int64_t N = 72, P = (N + kPanel - 1) / kPanel, bs = 32, nblk = (K + bs - 1) / bs;
+    std::vector<float> wf(K * N), w24(K * N);
+    std::vector<uint16_t> wh(K * N);
+    for (int64_t i = 0; i < K * N; ++i) {
+      wf[i] = rng() % 2 ? nd(rng) : 0.f;  // half of them zero, anywhere: the sparse form's masks take it
+      w24[i] = ((i / N) % 4 + i % N) % 4 < 2 ? nd(rng) : 0.f;  // 2:4 along K: the pairs layout
+      wh[i] = floatToHalf(nd(rng));
+    }
+    auto f32 = packDense(Buf{DType::F32, Shape{K, N}, wf.data()});
+    auto sparse = packDense(Buf{DType::F32, Shape{K, N}, wf.data()});
+    auto pairs = packDense(Buf{DType::F32, Shape{K, N}, w24.data()});
+    auto f16p = packDense(Buf{DType::F16, Shape{K, N}, wh.data()});
+    REQUIRE((f32 && sparse && pairs && f16p && panelize(*f16p)));
+    sparse->sparse = makeSparse(*sparse);
+    pairs->sparse = makeSparse(*pairs);
+    REQUIRE((sparse->sparse && !sparse->sparse->pairs && pairs->sparse && pairs->sparse->pairs));
+    std::vector<uint8_t> B(N * nblk * bs / 2);
+    std::vector<float> S(N * nblk), Z(N * nblk);
+    for (auto& b : B) b = static_cast<uint8_t>(std::uniform_int_distribution<int>(0, 255)(rng));
+    for (auto& v : S) v = std::uniform_real_distribution<float>(0.01f, 0.1f)(rng);
+    for (auto& z : Z) z = static_cast<float>(std::uniform_int_distribution<int>(0, 15)(rng));
+    Buf b{DType::U8, Shape{N, nblk, bs / 2}, B.data()}, s{DType::F32, Shape{N * nblk}, S.data()},
+        z{DType::F32, Shape{N * nblk}, Z.data()};
+    auto q4p = packMatMulNBits(matMulNBitsNode(K, N, 4, bs), b, s, &z);
+    REQUIRE((q4p && panelize(*q4p)));
+    for (const Kernels* k : kernelSets()) {
+      const int R = k->tile_rows;
+      if (R == 0) continue;
+      ++sets;
+      for (int64_t M : {2 * R, 2 * R + 1, 4 * R - 1, 10 * R + 8}) {
+        std::vector<float> x(M * K), tiled(M * K), buf(panelBufferFloats(*pairs) + 1);
+        for (auto& v : x) v = nd(rng);
+        tileRows(x.data(), K, K, R, 0, M / R, tiled.data());
+        const PanelRows rowMajor{x.data(), K}, withTiles{x.data(), K, tiled.data()};
+        auto run = [&](const PackedWeight& w, const PanelRows& rows, int64_t m) {
+          std::vector<float> y(m * N, -1.f);
+          if (w.kind == PackedWeight::F32 && !w.sparse)
+            k->gemm_panels(rows, m, static_cast<const float*>(w.w.data()), K, 0, P, y.data(), N, N);
+          // (buf one float in: the pairs GEMM aligns what it keeps there itself)
+          else if (w.kind == PackedWeight::F32) k->sparse_gemm_panels(w, rows, m, 0, P, buf.data() + 1, y.data(), N, N);
+          else k->converting_gemm_panels(w, rows, m, 0, P, buf.data() + 1, y.data(), N, N);
+          return y;
+        };
+        for (const PackedWeight* w : {f32.get(), sparse.get(), pairs.get(), f16p.get(), q4p.get()}) {
+          INFO("kernels " << k->isa << " M=" << M << " kind " << w->kind << (w->sparse ? " sparse" : ""));
+          const auto a = run(*w, rowMajor, M), t = run(*w, withTiles, M);
+          CHECK(std::memcmp(a.data(), t.data(), a.size() * 4) == 0);
+          int64_t rowsDiffer = 0;
+          for (int64_t m = 0; m < M; ++m) {
+            const auto one = run(*w, PanelRows{x.data() + m * K, K}, 1);
+            rowsDiffer += std::memcmp(one.data(), t.data() + m * N, N * 4) != 0;
+          }
+          CHECK(rowsDiffer == 0);
         }
-        CHECK(rowsDiffer == 0);
       }
     }
   }
-  CHECK(sets == (avx512Kernels() ? 1 : 0) + (avx2Kernels() ? 1 : 0));
+  CHECK(sets == 2 * ((avx512Kernels() ? 1 : 0) + (avx2Kernels() ? 1 : 0)));
 }
 
 TEST_CASE("Q4P panels keep byte zero points and fp16 scales in their small forms, with the same results", "[runtime][kernels]") {
