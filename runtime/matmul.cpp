@@ -89,7 +89,7 @@ void panelMatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, 
   const bool expand = w.sparse && rows > kGemvRows;
   const int64_t bufFloats = panelBufferFloats(w);
   float* bufs = expand ? static_cast<float*>(c.scratch(tasks * bufFloats * sizeof(float))) : nullptr;
-  const PanelRows xr = !w.sparse || expand ? panelRowsFor(c, w, X, K, rows, npanels) : PanelRows{X, K};
+  const PanelRows xr = panelRowsFor(c, w, X, K, rows, npanels);  // (a GEMV's few rows are never tiled)
   c.env.pool->parallelFor(tasks, [&](int64_t t) {
     int64_t b, e;
     range(npanels, tasks, t, w.sparse && !expand ? kMaskGroup : 1, b, e);  // (the sparse GEMV's mask groups whole)
@@ -141,10 +141,6 @@ void int8MatMul(OpCtx& c, const PackedWeight& w, const float* X, int64_t rows, f
     if (e > b) gemm(w, a, b, e, Y, N);
   });
 }
-
-}  // namespace
-
-namespace {
 
 /// X's rows in a quantized weight's padded block layout (row stride nblk * P, each block's padding zero) in scratch
 /// memory, with the per-block sums of each row in *xsum where xsum is not null (the GEMV's zero-point term).
