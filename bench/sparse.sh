@@ -4,14 +4,17 @@
 # linear including the classifier magnitude-pruned to 50% unstructured or 2:4, as fp32, int8 (per channel,
 # symmetric) and int4-g32 (asymmetric, MatMulNBits), and the unpruned files as the dense baseline. Each file is
 # timed with `crun bench --sparse off` and `--sparse on`, interleaved over several rounds (the machine is shared),
-# the int8 files also with int8 activations (`--int8-activations on`, format "int8_acts"),
+# the int8 and int4 files also with int8 activations (`--int8-activations on`, formats "int8_acts" and "int4_g32_acts"),
 # at [1,1] (decode GEMV) and [1,128] (prefill), with 1 and 2 threads; the median of the rounds' medians is kept.
-# Prints a Markdown table and writes bench/sparse.json.
-# Usage: bash bench/sparse.sh [build] [rounds]
+# Prints a Markdown table and writes bench/sparse.json (not when `formats` picks some of them).
+# Usage: bash bench/sparse.sh [build] [rounds] [formats: "fp32 int8 int8_acts int4_g32 int4_g32_acts"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=$(realpath "${1:-build}")
 rounds=${2:-3}
+all_formats="fp32 int8 int8_acts int4_g32 int4_g32_acts"
+formats=${3:-$all_formats}
+json=$([ "$formats" = "$all_formats" ] && echo bench/sparse.json || echo /dev/null)
 mkdir -p build/bench
 synth=build/bench/llama768_untied.pt
 [ -f "$synth" ] || /usr/bin/python3 scripts/make_synthetic_llama.py "$synth" --untied
@@ -58,9 +61,9 @@ timeit() {
 }
 
 rows="["
-for fmt in fp32 int8 int8_acts int4_g32; do  # int8_acts: the int8 files with int8 activations (integer dot products)
+for fmt in $formats; do  # *_acts: the int8 / int4 files with int8 activations (integer dot products)
   f=${fmt%_acts}
-  acts=$([ "$fmt" = int8_acts ] && echo on || echo off)
+  acts=$([ "$fmt" != "$f" ] && echo on || echo off)
   for threads in 1 2; do
     for s in 1 128; do
       # every file and mode of this format once per round, so that the machine's noise hits them alike
@@ -85,7 +88,7 @@ for fmt in fp32 int8 int8_acts int4_g32; do  # int8_acts: the int8 files with in
 done
 echo "${rows%,}]" > "$tmp/rows.json"
 
-/usr/bin/python3 - "$tmp/rows.json" "$bw1" "$bw2" <<'PY'
+/usr/bin/python3 - "$tmp/rows.json" "$bw1" "$bw2" "$json" <<'PY'
 import json, statistics, sys
 rows = json.load(open(sys.argv[1]))
 bw = {1: float(sys.argv[2]), 2: float(sys.argv[3])}
@@ -95,7 +98,7 @@ for r in rows:
     r["sparse_matmuls"] = r["runs"][0]["sparse_matmuls"]
     r["sparse_pairs"] = r["runs"][0].get("sparse_pairs", 0)  # 2:4 weights (fp32, per-channel int8) in the pairs layout
     r["isa"] = r["runs"][0]["isa"]
-json.dump({"bandwidth_gbs": bw, "rows": rows}, open("bench/sparse.json", "w"), indent=1)
+json.dump({"bandwidth_gbs": bw, "rows": rows}, open(sys.argv[4], "w"), indent=1)
 key = lambda r: (r["format"], r["threads"], r["shape"])
 dense = {key(r): r for r in rows if r["prune"] == "dense"}
 print(f"memory bandwidth: {bw[1]} GB/s (1 thread), {bw[2]} GB/s (2 threads); kernels {rows[0]['isa']}\n")

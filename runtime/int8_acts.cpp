@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "runtime/kernels.h"
+#include "runtime/sparse.h"
 
 namespace crt::detail {
 namespace {
@@ -174,9 +175,10 @@ bool enableInt8(PackedWeight& w) {
 }
 
 bool int8Capable(const PackedWeight& w, const Kernels& k) {
+  // (a sparse int4 weight in the masks form keeps exact compute; the int8-lanes form is the 16-lane int8 kernels')
+  const bool sparseForm = !w.sparse || w.kind == PackedWeight::Q8 || (w.sparse->int8Lanes && k.i8_width == kInt8LanesWidth);
   return (w.kind == PackedWeight::Q8 || w.kind == PackedWeight::Q4) && (w.sparse ? k.gemm_i8_sparse : k.gemm_i8) &&
-         (!w.sparse || w.kind == PackedWeight::Q8) &&  // sparse int4 keeps exact compute
-         int8ScaleMode(w, k.i8_width) != Int8ScaleMode::Unsupported;
+         sparseForm && int8ScaleMode(w, k.i8_width) != Int8ScaleMode::Unsupported;
 }
 
 namespace {

@@ -69,8 +69,8 @@ struct Kernels {
   /// Per PackedWeight::Kind, the largest nonzero fraction at which these kernels run the sparse form faster
   /// than the dense one (decode GEMV; bench/sparse.sh measures it); 0: SparseMode::Auto never picks it.
   float sparse_crossover[7] = {};
-  /// The same for Q8 weights with int8 activations (gemm_i8_sparse against gemm_i8).
-  float sparse_crossover_i8 = 0.f;
+  /// The same for Q8/Q4 weights with int8 activations (gemm_i8_sparse against gemm_i8), per kind.
+  float sparse_crossover_i8[7] = {};
   /// Q8/Q4 rows [n0, n1) against activation rows quantized to int8 (runtime/int8_acts.h, laid out for
   /// i8_width lanes): Y[m * ldy + n] for m < a.M. Integer dot products; null where the CPU has no such kernel.
   void (*gemm_i8)(const PackedWeight& w, const Int8Acts& a, int64_t n0, int64_t n1, float* Y, int64_t ldy) = nullptr;

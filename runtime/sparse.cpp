@@ -489,8 +489,83 @@ std::shared_ptr<const SparseForm> makeSparse(const PackedWeight& w) {
   return s;
 }
 
+namespace {
+
+/// Zero point of block b of row n, as the weight holds it now (bytes once it takes int8 activations).
+int zeroPoint(const PackedWeight& w, int64_t n, int64_t b) {
+  return w.int8 ? w.zp8[n * w.nblk + b] : static_cast<int>(w.zp[n * w.nblk + b]);
+}
+
+/// Whether element e of a Q8/Q4 row is block padding (past the block's K values).
+bool paddingElement(const PackedWeight& w, int64_t e) {
+  const int64_t b = e / w.P;
+  return e % w.P >= std::min(w.block, w.K - b * w.block);
+}
+
+/// Row n of an int8-lanes form (sparse.h) back into the dense Q4 bytes.
+void int8LanesToDense(const PackedWeight& w, int64_t n, uint8_t* row) {
+  const SparseForm& s = *w.sparse;
+  const int64_t cpr = chunksPerRow(w), units = int8LanesUnits(cpr);
+  for (int64_t e = 0; e < cpr * kChunk; ++e) setStored(w, row, e, paddingElement(w, e) ? 0 : zeroPoint(w, n, e / w.P));
+  const uint8_t* v = static_cast<const uint8_t*>(s.values.data()) + s.start[n];
+  for (int64_t u = 0; u < units; ++u) {
+    const uint64_t m = s.mask[(n * units + u) * 2] | uint64_t{s.mask[(n * units + u) * 2 + 1]} << 32;
+    int count = 0;
+    for (uint64_t b = m; b; b &= b - 1, ++count)
+      setStored(w, row, int8LanesElement(u, __builtin_ctzll(b)), (v[count / 2] >> (4 * (count % 2))) & 0xF);
+    v += (count + 1) / 2;
+  }
+}
+
+}  // namespace
+
+std::shared_ptr<const SparseForm> makeSparseInt8Lanes(const PackedWeight& w) {
+  if (w.sparse || w.kind != PackedWeight::Q4 || !zeroPointsRepresentable(w)) return nullptr;
+  auto s = std::make_shared<SparseForm>();
+  s->int8Lanes = true;
+  const int64_t cpr = chunksPerRow(w), units = int8LanesUnits(cpr);
+  s->elements = w.N * cpr * kChunk;
+  s->mask.assign(static_cast<size_t>(w.N * units * 2 + 2), 0);  // (two words past the end: whole-step reads)
+  // Pass 1: the masks, and where each row's values start; pass 2: the nibbles, straight into place.
+  int64_t bytes = 0;
+  for (int64_t n = 0; n < w.N; ++n) {
+    s->start.push_back(bytes);
+    const uint8_t* row = static_cast<const uint8_t*>(w.w.data()) + n * w.rowBytes();
+    for (int64_t u = 0; u < units; ++u) {
+      uint64_t m = 0;
+      for (int64_t t = 0; t < 64; ++t) {
+        const int64_t e = int8LanesElement(u, t);
+        if (e < cpr * kChunk && !paddingElement(w, e) && storedAt(w, row, e) != zeroPoint(w, n, e / w.P)) m |= uint64_t{1} << t;
+      }
+      s->mask[(n * units + u) * 2] = static_cast<uint32_t>(m);
+      s->mask[(n * units + u) * 2 + 1] = static_cast<uint32_t>(m >> 32);
+      s->stored += __builtin_popcountll(m);
+      bytes += (__builtin_popcountll(m) + 1) / 2;
+    }
+  }
+  s->start.push_back(bytes);
+  s->values.resize(bytes + kSparsePad);
+  std::memset(s->values.data(), 0, static_cast<size_t>(bytes + kSparsePad));
+  for (int64_t n = 0; n < w.N; ++n) {
+    const uint8_t* row = static_cast<const uint8_t*>(w.w.data()) + n * w.rowBytes();
+    uint8_t* dst = static_cast<uint8_t*>(s->values.data()) + s->start[n];
+    for (int64_t u = 0; u < units; ++u) {
+      const uint64_t m = s->mask[(n * units + u) * 2] | uint64_t{s->mask[(n * units + u) * 2 + 1]} << 32;
+      int count = 0;
+      for (uint64_t b = m; b; b &= b - 1, ++count) {
+        const int v = storedAt(w, row, int8LanesElement(u, __builtin_ctzll(b)));
+        if (count % 2 == 0) *dst = static_cast<uint8_t>(v);
+        else *dst++ |= static_cast<uint8_t>(v << 4);
+      }
+      if (count % 2 == 1) ++dst;
+    }
+  }
+  return s;
+}
+
 void sparseToDense(const PackedWeight& w, int64_t u, void* dst) {
   const SparseForm& s = *w.sparse;
+  if (s.int8Lanes) return int8LanesToDense(w, u, static_cast<uint8_t*>(dst));
   if (s.pairs && w.kind == PackedWeight::F32) return pairsToDense(w, u, static_cast<float*>(dst));
   if (s.pairs && w.kind == PackedWeight::Q4P) return q4PairsToDense(w, u, static_cast<uint8_t*>(dst));
   if (s.pairs) return pairsToDense(w, u, static_cast<int8_t*>(dst));
@@ -514,9 +589,8 @@ void sparseToDense(const PackedWeight& w, int64_t u, void* dst) {
     const uint32_t m = s.mask[u * cpr + c];
     int count = 0;
     for (int64_t i = 0; i < kChunk; ++i) {
-      const int64_t e = c * kChunk + i, b = e / w.P;
-      const bool pad = e % w.P >= std::min(w.block, w.K - b * w.block);
-      int q = pad ? 0 : w.int8 ? w.zp8[u * w.nblk + b] : static_cast<int>(w.zp[u * w.nblk + b]);
+      const int64_t e = c * kChunk + i;
+      int q = paddingElement(w, e) ? 0 : zeroPoint(w, u, e / w.P);
       if (m >> i & 1u) {
         q = w.kind == PackedWeight::Q8 ? v[count] : (v[count / 2] >> (4 * (count % 2))) & 0xF;
         ++count;
@@ -536,8 +610,10 @@ bool chooseSparseForm(Node& n, SparseMode mode, const Kernels& k, Int8Activation
   // A weight that will take int8 activations (chosen next, chooseInt8Activations) runs other kernels: their own
   // crossover, and none where the int8 kernels have no sparse form (it would cost the int8 path).
   const bool i8 = int8Asked(n, int8) && int8Capable(w, k);
-  const double crossover = i8 ? (k.gemm_i8_sparse && w.kind == PackedWeight::Q8 ? k.sparse_crossover_i8 : 0.0)
-                              : k.sparse_crossover[w.kind];
+  // A Q4 weight's sparse form for those kernels (int8 lanes) is theirs alone: only where they will surely run it.
+  const bool i8Sparse = i8 && k.gemm_i8_sparse &&
+                        (w.kind == PackedWeight::Q8 || (k.i8_width == kInt8LanesWidth && int8ParamsFit(w)));
+  const double crossover = i8 ? (i8Sparse ? k.sparse_crossover_i8[w.kind] : 0.0) : k.sparse_crossover[w.kind];
   // The pairs layout (fp32 2:4) pays at every size: it expands nothing (stories260K's 2:4 weights of 16-44 KiB, in
   // cache: decode 0.062-0.063 instead of 0.068-0.070 ms per token, prefill equal). Its check stops at the first
   // group of 4 with 3 nonzeros, so a dense or unstructured weight costs a few reads; a 2:4 one is counted once here.
@@ -559,7 +635,9 @@ bool chooseSparseForm(Node& n, SparseMode mode, const Kernels& k, Int8Activation
     w.sparse = std::move(s);
     return true;
   }
-  std::shared_ptr<const SparseForm> s = pairsNz >= 0 ? makePairs(w, pairsNz) : makeSparse(w);
+  std::shared_ptr<const SparseForm> s = pairsNz >= 0                               ? makePairs(w, pairsNz)
+                                       : i8Sparse && w.kind == PackedWeight::Q4 ? makeSparseInt8Lanes(w)
+                                                                                : makeSparse(w);
   if (!s) return false;
   w.sparse = std::move(s);
   w.w = AlignedBytes();  // the sparse form replaces the dense one

@@ -28,6 +28,13 @@
 //   b's in its high one, as stored (an empty slot holds the zero point: a value of 0), 1.5 bytes per 4 k instead of
 //   2. Its GEMV takes the nibbles less the zero points as the dense Q4P reader does and applies each block's scale
 //   once per block; its GEMM dequantizes each panel's planes as the dense reader does, then the F32 pairs tiles.
+//   Q4 for int8 activations (int8Lanes): a Q4 weight that takes int8 activations (runtime/int8_acts.h) where the kernel
+//   set has a sparse int8 kernel stores row n's elements in the order the 16-lane int8 kernels' steps read them: per
+//   step of 4 chunks the low register (values 0-15 of each chunk in turn), then the high one (values 16-31), each a
+//   64-element unit (int8LanesElement); a row has 2 * ceil(chunks / 4) units, their positions past the row's chunks
+//   clear. Unit u's mask is words 2u (positions 0-31) and 2u + 1 (32-63) of the row's; its stored nibbles follow in
+//   order, low nibble first, each unit starting at a byte. The kernel expands a unit into one step register with a
+//   single vpexpandb over the chunks' zero points (the exact kernels never see this form).
 // The kernels (kernels_simd.inc) expand a chunk in registers and then do the dense kernels' arithmetic in the
 // same order, so the sparse form gives bit-identical results (tests/runtime/sparse_test.cpp; for F32 up to the
 // sign of zero, and for the pairs layout with finite activations: a skipped zero weight times an infinite activation
@@ -51,6 +58,7 @@ struct SparseForm {
   int64_t stored = 0;          // elements stored (nonzero: for pairs, the padding zeros of the planes not counted)
   int64_t elements = 0;        // elements of the dense layout (with padding)
   bool pairs = false;          // F32, centered Q8P or Q4P: the pairs layout instead of masks and packed values
+  bool int8Lanes = false;      // Q4 for int8 activations: the int8 kernels' register order (above)
   int64_t bytes() const {
     return static_cast<int64_t>(mask.size() * 4 + start.size() * 8) + start.back();
   }
@@ -73,6 +81,14 @@ inline int64_t pairGroupsPerBlock(const PackedWeight& w) { return w.nblk == 1 ? 
 /// Index word of panel p, group g, lanes [8i, 8i + 8).
 inline int64_t pairIndex(int64_t p, int64_t g, int64_t i, int64_t K) {
   return (p * pairGroups(K) + g) * (kPanel / 8) + i;
+}
+
+/// The int8-lanes layout (Q4 with int8 activations): chunks per step of the 16-lane int8 kernels, units (64-element
+/// halves of a step) per row, and the element of the dense row that position t (< 64) of unit u holds.
+constexpr int64_t kInt8LanesWidth = 16, kInt8LanesStepChunks = 4;
+inline int64_t int8LanesUnits(int64_t chunks) { return 2 * ((chunks + kInt8LanesStepChunks - 1) / kInt8LanesStepChunks); }
+inline int64_t int8LanesElement(int64_t u, int64_t t) {
+  return (kInt8LanesStepChunks * (u / 2) + t / 16) * 32 + t % 16 + 16 * (u % 2);
 }
 
 /// The set bits of a mask, through the popcnt instruction where the build has it (the SIMD kernel files): GCC's
@@ -101,13 +117,17 @@ double storedFraction(const PackedWeight& w);
 /// The sparse form of a dense packed weight, or null when it has none: F16, or a Q8/Q4 zero point that is
 /// not a representable integer (a weight element equal to it would not be an exact zero).
 std::shared_ptr<const SparseForm> makeSparse(const PackedWeight& w);
+/// The int8-lanes form of a dense Q4 weight (above), or null when its zero points are not representable.
+std::shared_ptr<const SparseForm> makeSparseInt8Lanes(const PackedWeight& w);
 /// Converts back: unit u (F32: panel, [K][kPanel] floats; Q8/Q4: row, rowBytes() bytes in the dense layout).
 void sparseToDense(const PackedWeight& w, int64_t u, void* dst);
 
 /// Per weight at load (SessionOptions::sparse): Auto keeps the sparse form where the weight's nonzero fraction is
 /// at most the kernel set's measured crossover for its kind and the dense weight is at least 1 MiB; On
 /// wherever a form exists and the weight has any zero; Off never. Returns the number of weights converted.
-/// Weights that will take int8 activations (`int8`, runtime/int8_acts.h) are judged by Kernels::sparse_crossover_i8.
+/// Weights that will take int8 activations (`int8`, runtime/int8_acts.h) are judged by Kernels::sparse_crossover_i8;
+/// an int4 one takes the int8-lanes form where those kernels will run it (k has gemm_i8_sparse, 16 lanes, and the
+/// weight's parameters fit fp16 scales and byte zero points).
 /// A 2:4 int8 weight per channel or int4 weight with exact compute takes the Q8 / Q4 pairs layout (panelized and
 /// centered here) where the kernel set has panel kernels (Kernels::converting_gemm_panels).
 /// Auto considers weights of 1 MiB and more when the model's packed weights fit in `cacheBytes` (-1: this core's

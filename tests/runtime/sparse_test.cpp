@@ -43,6 +43,46 @@ bool pruned(Pattern p, int64_t k, int64_t n, std::mt19937& rng) {
 }
 
 
+/// Whether this CPU runs the VBMI2 sparse int8 kernels, and their AMX prefill.
+bool vbmi2Sparse() { return avx512Kernels() && avx512Kernels()->gemm_i8_sparse; }
+bool amxSparse() { return vbmi2Sparse() && amxKernels(); }
+
+/// A Q4 weight packed twice, the second copy in the int8-lanes form (int4 with int8 activations): it converts back
+/// to the dense bytes, and every int8 kernel set that runs it gives the dense int8 kernel's bits.
+template <typename Pack>
+void checkInt8LanesEqualsDense(Pack pack, int64_t K, double wantStored) {
+  auto dense = pack();
+  auto sparse = pack();
+  auto form = makeSparseInt8Lanes(*sparse);
+  REQUIRE(form);
+  CHECK((form->int8Lanes && !form->pairs));
+  CHECK(form->stored == static_cast<int64_t>(wantStored));
+  sparse->sparse = form;
+  sparse->w = AlignedBytes();
+  REQUIRE(enableInt8(*dense));
+  REQUIRE(enableInt8(*sparse));
+  std::vector<uint8_t> row(static_cast<size_t>(dense->rowBytes()));
+  for (int64_t n = 0; n < dense->N; ++n) {
+    sparseToDense(*sparse, n, row.data());
+    REQUIRE(std::memcmp(row.data(), static_cast<const uint8_t*>(dense->w.data()) + n * row.size(), row.size()) == 0);
+  }
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd;
+  int sets = 0;
+  for (int64_t M : {1, 2, 5, 13, 29}) {
+    std::vector<float> x(M * K);
+    for (auto& v : x) v = nd(rng);
+    for (const Kernels* k : testutil::int8KernelSets()) {
+      if (!int8Capable(*sparse, *k)) continue;  // (AVX2: no sparse int8 kernel)
+      INFO("int4 int8-lanes form, int8 activations, kernels " << k->i8_isa << " M=" << M);
+      const auto yd = testutil::runPacked(*k, *dense, x, M), ys = testutil::runPacked(*k, *sparse, x, M);
+      CHECK(std::memcmp(yd.data(), ys.data(), yd.size() * 4) == 0);
+      ++sets;
+    }
+  }
+  CHECK(sets == 5 * (1 + vbmi2Sparse() + amxSparse()));
+}
+
 /// Packs the weight twice with `pack` and turns the second copy sparse; then every kernel set must give the
 /// same bits from both at decode and prefill row counts.
 template <typename Pack>
@@ -89,6 +129,7 @@ void checkSparseEqualsDense(Pack pack, int64_t K, double wantStored) {
       CHECK(differ == 0);
     }
   }
+  if (dense->kind == PackedWeight::Q4) return checkInt8LanesEqualsDense(pack, K, wantStored);
   if (dense->kind != PackedWeight::Q8) return;
   // int8 activations: the sparse form (vpexpandb over the zero points) gives the dense int8 kernel's bits
   REQUIRE(enableInt8(*dense));
@@ -105,7 +146,7 @@ void checkSparseEqualsDense(Pack pack, int64_t K, double wantStored) {
       ++sets;
     }
   }
-  const bool vbmi2 = avx512Kernels() && avx512Kernels()->gemm_i8_sparse, amx = vbmi2 && amxKernels();
+  const bool vbmi2 = vbmi2Sparse(), amx = amxSparse();
   CHECK(sets == 5 * (1 + vbmi2 + amx));  // the scalar reference, and the VBMI2 kernels (VNNI, AMX) where the CPU has them
   if (dense->nblk != 1) return;
   // row-scaled activations (SmoothQuant's W8A8, one scale per row) on a per-channel weight: the integer tiles of a
@@ -717,16 +758,29 @@ TEST_CASE("weights headed for int8 activations are judged by the int8 kernels' c
   Kernels k = scalarKernels();
   k.sparse_crossover[PackedWeight::Q8] = 0.f;
   k.sparse_crossover[PackedWeight::Q4] = 0.6f;
-  k.sparse_crossover_i8 = 0.6f;
+  k.sparse_crossover_i8[PackedWeight::Q8] = k.sparse_crossover_i8[PackedWeight::Q4] = 0.6f;
   Graph exact = graph();  // exact compute: the int4 weight pays by the exact crossover, the int8 one does not
   CHECK(chooseSparseForms(exact, SparseMode::Auto, k, Int8Activations::Off) == 1);
   CHECK(exact.nodes[1].packed->sparse);
-  Graph i8 = graph();  // int8 activations: the int8 weight by sparse_crossover_i8; int4 has no sparse int8 path
-  CHECK(chooseSparseForms(i8, SparseMode::Auto, k, Int8Activations::On) == 1);
-  CHECK(i8.nodes[0].packed->sparse);
-  CHECK_FALSE(i8.nodes[1].packed->sparse);
+  Graph i8 = graph();  // int8 activations: both by sparse_crossover_i8, the int4 one in the int8-lanes form
+  CHECK(chooseSparseForms(i8, SparseMode::Auto, k, Int8Activations::On) == 2);
+  REQUIRE((i8.nodes[0].packed->sparse && i8.nodes[1].packed->sparse));
+  CHECK_FALSE(i8.nodes[0].packed->sparse->int8Lanes);
+  CHECK(i8.nodes[1].packed->sparse->int8Lanes);
   CHECK(chooseInt8Activations(i8, Int8Activations::On, k) == 2);  // both keep int8 activations
-  k.sparse_crossover_i8 = 0.f;
+  // the int8-lanes form only where the int8 kernels will surely run it: a scale outside fp16's normal range (no int8
+  // activations for that weight) keeps the int4 weight dense
+  s4[7] = 1e-6f;
+  Graph tiny = graph();
+  CHECK(chooseSparseForms(tiny, SparseMode::Auto, k, Int8Activations::On) == 1);
+  CHECK_FALSE(tiny.nodes[1].packed->sparse);
+  CHECK(chooseInt8Activations(tiny, Int8Activations::On, k) == 1);  // the int4 weight keeps exact compute
+  s4[7] = 0.01f;
+  Kernels noSparseI8 = k;  // a kernel set without a sparse int8 kernel (AVX2) keeps both dense under auto
+  noSparseI8.gemm_i8_sparse = nullptr;
+  Graph plain = graph();
+  CHECK(chooseSparseForms(plain, SparseMode::Auto, noSparseI8, Int8Activations::On) == 0);
+  k.sparse_crossover_i8[PackedWeight::Q8] = k.sparse_crossover_i8[PackedWeight::Q4] = 0.f;
   Graph none = graph();
   CHECK(chooseSparseForms(none, SparseMode::Auto, k, Int8Activations::On) == 0);
 }
