@@ -134,9 +134,9 @@ const Kernels* avx512Kernels() {
         s.gemm_i8_sparse = gemmInt8SparseVnni512;
         // bench/sparse.sh (Zen 5, 6 Dec 2026): int8 at 50% and 2:4 with int8 activations decodes in about 0.7x the
         // dense int8 time (the only density measured, so nothing above it). Int4 in the int8-lanes form does not pay
-        // at decode (50%: 1.05-1.15x the dense int4 time with 1 and 2 threads on the Intel Xeon VM, 8 Dec 2026: two
-        // byte expansions and nibble unpacks per 128 weights keep ports 0 and 5 busier than the 22% fewer bytes save),
-        // so auto keeps int4 dense; `--sparse on` takes it (a quarter less memory).
+        // at decode (50% and 2:4: 1.03-1.05x the dense int4 time with 1 and 2 threads on the Intel Xeon VM, 8 Dec 2026:
+        // two byte expansions and a fill per 128 weights cost what the 16-20% fewer bytes save), so auto keeps int4
+        // dense; `--sparse on` takes it (a fifth less memory).
         s.sparse_crossover_i8[PackedWeight::Q8] = 0.5f;
       }
     } else {

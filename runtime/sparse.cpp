@@ -502,18 +502,26 @@ bool paddingElement(const PackedWeight& w, int64_t e) {
   return e % w.P >= std::min(w.block, w.K - b * w.block);
 }
 
+/// The 64-bit mask of unit u of row n (`units` per row) of an int8-lanes form.
+uint64_t int8LanesMask(const SparseForm& s, int64_t n, int64_t units, int64_t u) {
+  return s.mask[(n * units + u) * 2] | uint64_t{s.mask[(n * units + u) * 2 + 1]} << 32;
+}
+
 /// Row n of an int8-lanes form (sparse.h) back into the dense Q4 bytes.
 void int8LanesToDense(const PackedWeight& w, int64_t n, uint8_t* row) {
   const SparseForm& s = *w.sparse;
   const int64_t cpr = chunksPerRow(w), units = int8LanesUnits(cpr);
   for (int64_t e = 0; e < cpr * kChunk; ++e) setStored(w, row, e, paddingElement(w, e) ? 0 : zeroPoint(w, n, e / w.P));
   const uint8_t* v = static_cast<const uint8_t*>(s.values.data()) + s.start[n];
-  for (int64_t u = 0; u < units; ++u) {
-    const uint64_t m = s.mask[(n * units + u) * 2] | uint64_t{s.mask[(n * units + u) * 2 + 1]} << 32;
-    int count = 0;
-    for (uint64_t b = m; b; b &= b - 1, ++count)
-      setStored(w, row, int8LanesElement(u, __builtin_ctzll(b)), (v[count / 2] >> (4 * (count % 2))) & 0xF);
-    v += (count + 1) / 2;
+  for (int64_t u = 0; u < units; u += 2) {  // per step: its low unit's values in the low nibbles, the high unit's above
+    int64_t bytes = 0;
+    for (int h = 0; h < 2; ++h) {
+      int count = 0;
+      for (uint64_t b = int8LanesMask(s, n, units, u + h); b; b &= b - 1, ++count)
+        setStored(w, row, int8LanesElement(u + h, __builtin_ctzll(b)), (v[count] >> (4 * h)) & 0xF);
+      bytes = std::max<int64_t>(bytes, count);
+    }
+    v += bytes;
   }
 }
 
@@ -540,8 +548,9 @@ std::shared_ptr<const SparseForm> makeSparseInt8Lanes(const PackedWeight& w) {
       s->mask[(n * units + u) * 2] = static_cast<uint32_t>(m);
       s->mask[(n * units + u) * 2 + 1] = static_cast<uint32_t>(m >> 32);
       s->stored += __builtin_popcountll(m);
-      bytes += (__builtin_popcountll(m) + 1) / 2;
     }
+    for (int64_t u = 0; u < units; u += 2)  // a step: the larger of its two units' counts
+      bytes += std::max(__builtin_popcountll(int8LanesMask(*s, n, units, u)), __builtin_popcountll(int8LanesMask(*s, n, units, u + 1)));
   }
   s->start.push_back(bytes);
   s->values.resize(bytes + kSparsePad);
@@ -549,15 +558,15 @@ std::shared_ptr<const SparseForm> makeSparseInt8Lanes(const PackedWeight& w) {
   for (int64_t n = 0; n < w.N; ++n) {
     const uint8_t* row = static_cast<const uint8_t*>(w.w.data()) + n * w.rowBytes();
     uint8_t* dst = static_cast<uint8_t*>(s->values.data()) + s->start[n];
-    for (int64_t u = 0; u < units; ++u) {
-      const uint64_t m = s->mask[(n * units + u) * 2] | uint64_t{s->mask[(n * units + u) * 2 + 1]} << 32;
-      int count = 0;
-      for (uint64_t b = m; b; b &= b - 1, ++count) {
-        const int v = storedAt(w, row, int8LanesElement(u, __builtin_ctzll(b)));
-        if (count % 2 == 0) *dst = static_cast<uint8_t>(v);
-        else *dst++ |= static_cast<uint8_t>(v << 4);
+    for (int64_t u = 0; u < units; u += 2) {
+      int64_t bytes = 0;
+      for (int h = 0; h < 2; ++h) {
+        int count = 0;
+        for (uint64_t b = int8LanesMask(*s, n, units, u + h); b; b &= b - 1, ++count)
+          dst[count] |= static_cast<uint8_t>(storedAt(w, row, int8LanesElement(u + h, __builtin_ctzll(b))) << (4 * h));
+        bytes = std::max<int64_t>(bytes, count);
       }
-      if (count % 2 == 1) ++dst;
+      dst += bytes;
     }
   }
   return s;

@@ -32,9 +32,11 @@
 //   set has a sparse int8 kernel stores row n's elements in the order the 16-lane int8 kernels' steps read them: per
 //   step of 4 chunks the low register (values 0-15 of each chunk in turn), then the high one (values 16-31), each a
 //   64-element unit (int8LanesElement); a row has 2 * ceil(chunks / 4) units, their positions past the row's chunks
-//   clear. Unit u's mask is words 2u (positions 0-31) and 2u + 1 (32-63) of the row's; its stored nibbles follow in
-//   order, low nibble first, each unit starting at a byte. The kernel expands a unit into one step register with a
-//   single vpexpandb over the chunks' zero points (the exact kernels never see this form).
+//   clear. Unit u's mask is words 2u (positions 0-31) and 2u + 1 (32-63) of the row's. A step's stored values take
+//   max(low count, high count) bytes: byte i holds the low unit's i-th stored value in its low nibble and the high
+//   unit's i-th in its high nibble (0 past a unit's count), so one load and two masks give both units' packed
+//   values as bytes, and each unit expands into its step register with a single vpexpandb over the chunks' zero
+//   points (the exact kernels never see this form).
 // The kernels (kernels_simd.inc) expand a chunk in registers and then do the dense kernels' arithmetic in the
 // same order, so the sparse form gives bit-identical results (tests/runtime/sparse_test.cpp; for F32 up to the
 // sign of zero, and for the pairs layout with finite activations: a skipped zero weight times an infinite activation
