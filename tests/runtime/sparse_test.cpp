@@ -242,7 +242,7 @@ TEST_CASE("2:4 fp32 weights take the pairs layout, other patterns and sparser on
 TEST_CASE("sparse int8 and int4 weights give the dense kernels' bits (per channel, blocked, zero points)", "[runtime][sparse]") {
   for (Pattern p : {Pattern::None, Pattern::Half, Pattern::TwoFour, Pattern::Ninety, Pattern::All}) {
     for (int bits : {8, 4}) {
-      for (int64_t K : {16, 33, 64, 100}) {
+      for (int64_t K : {16, 33, 64, 100, 300}) {  // (300: rows of several int8 steps)
         for (int64_t bs : {int64_t{0}, int64_t{16}, int64_t{32}}) {  // 0: one block per row (per channel)
           for (bool withZp : {false, true}) {
             const int64_t N = 37;
