@@ -527,30 +527,55 @@ void int8LanesToDense(const PackedWeight& w, int64_t n, uint8_t* row) {
 
 }  // namespace
 
+namespace {
+
+/// The masks of the two units of step s of an int8-lanes row (4 chunks): a position is set where it holds neither
+/// block padding nor its block's zero point.
+struct LanesStep {
+  uint64_t m[2] = {};
+};
+
+LanesStep lanesStep(const PackedWeight& w, const uint8_t* row, int64_t n, int64_t s) {
+  LanesStep st;
+  const int64_t cpr = chunksPerRow(w), cpb = w.P / kChunk;
+  for (int64_t i = 0; i < kInt8LanesStepChunks && kInt8LanesStepChunks * s + i < cpr; ++i) {
+    const int64_t c = kInt8LanesStepChunks * s + i, b = c / cpb;
+    const int64_t valid = std::clamp<int64_t>(std::min(w.block, w.K - b * w.block) - (c % cpb) * kChunk, 0, kChunk);
+    const int z = zeroPoint(w, n, b);
+    const uint8_t* q = row + c * (kChunk / 2);  // byte j: value j low, value j + 16 high
+    for (int64_t j = 0; j < 16; ++j) {
+      const int t = static_cast<int>(16 * i + j), lo = q[j] & 0xF, hi = q[j] >> 4;
+      st.m[0] |= static_cast<uint64_t>(j < valid && lo != z) << t;
+      st.m[1] |= static_cast<uint64_t>(j + 16 < valid && hi != z) << t;
+    }
+  }
+  return st;
+}
+
+}  // namespace
+
 std::shared_ptr<const SparseForm> makeSparseInt8Lanes(const PackedWeight& w) {
   if (w.sparse || w.kind != PackedWeight::Q4 || !zeroPointsRepresentable(w)) return nullptr;
   auto s = std::make_shared<SparseForm>();
   s->int8Lanes = true;
-  const int64_t cpr = chunksPerRow(w), units = int8LanesUnits(cpr);
+  const int64_t cpr = chunksPerRow(w), units = int8LanesUnits(cpr), steps = units / 2;
   s->elements = w.N * cpr * kChunk;
   s->mask.assign(static_cast<size_t>(w.N * units * 2 + 2), 0);  // (two words past the end: whole-step reads)
-  // Pass 1: the masks, and where each row's values start; pass 2: the nibbles, straight into place.
+  // Pass 1: the masks, and where each row's values start (a step takes the larger of its units' counts); pass 2:
+  // the nibbles, straight into place.
   int64_t bytes = 0;
   for (int64_t n = 0; n < w.N; ++n) {
     s->start.push_back(bytes);
     const uint8_t* row = static_cast<const uint8_t*>(w.w.data()) + n * w.rowBytes();
-    for (int64_t u = 0; u < units; ++u) {
-      uint64_t m = 0;
-      for (int64_t t = 0; t < 64; ++t) {
-        const int64_t e = int8LanesElement(u, t);
-        if (e < cpr * kChunk && !paddingElement(w, e) && storedAt(w, row, e) != zeroPoint(w, n, e / w.P)) m |= uint64_t{1} << t;
+    for (int64_t t = 0; t < steps; ++t) {
+      const LanesStep st = lanesStep(w, row, n, t);
+      for (int h = 0; h < 2; ++h) {
+        s->mask[(n * units + 2 * t + h) * 2] = static_cast<uint32_t>(st.m[h]);
+        s->mask[(n * units + 2 * t + h) * 2 + 1] = static_cast<uint32_t>(st.m[h] >> 32);
+        s->stored += __builtin_popcountll(st.m[h]);
       }
-      s->mask[(n * units + u) * 2] = static_cast<uint32_t>(m);
-      s->mask[(n * units + u) * 2 + 1] = static_cast<uint32_t>(m >> 32);
-      s->stored += __builtin_popcountll(m);
+      bytes += std::max(__builtin_popcountll(st.m[0]), __builtin_popcountll(st.m[1]));
     }
-    for (int64_t u = 0; u < units; u += 2)  // a step: the larger of its two units' counts
-      bytes += std::max(__builtin_popcountll(int8LanesMask(*s, n, units, u)), __builtin_popcountll(int8LanesMask(*s, n, units, u + 1)));
   }
   s->start.push_back(bytes);
   s->values.resize(bytes + kSparsePad);
@@ -558,15 +583,13 @@ std::shared_ptr<const SparseForm> makeSparseInt8Lanes(const PackedWeight& w) {
   for (int64_t n = 0; n < w.N; ++n) {
     const uint8_t* row = static_cast<const uint8_t*>(w.w.data()) + n * w.rowBytes();
     uint8_t* dst = static_cast<uint8_t*>(s->values.data()) + s->start[n];
-    for (int64_t u = 0; u < units; u += 2) {
-      int64_t bytes = 0;
-      for (int h = 0; h < 2; ++h) {
-        int count = 0;
-        for (uint64_t b = int8LanesMask(*s, n, units, u + h); b; b &= b - 1, ++count)
-          dst[count] |= static_cast<uint8_t>(storedAt(w, row, int8LanesElement(u + h, __builtin_ctzll(b))) << (4 * h));
-        bytes = std::max<int64_t>(bytes, count);
-      }
-      dst += bytes;
+    for (int64_t t = 0; t < steps; ++t) {
+      const uint8_t* q = row + t * kInt8LanesStepChunks * (kChunk / 2);  // position p of a unit: chunk p / 16, byte p % 16
+      int64_t count[2] = {0, 0};
+      for (int h = 0; h < 2; ++h)
+        for (uint64_t b = int8LanesMask(*s, n, units, 2 * t + h); b; b &= b - 1)
+          dst[count[h]++] |= static_cast<uint8_t>((q[__builtin_ctzll(b)] >> (4 * h) & 0xF) << (4 * h));
+      dst += std::max(count[0], count[1]);
     }
   }
   return s;
