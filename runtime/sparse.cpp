@@ -525,10 +525,6 @@ void int8LanesToDense(const PackedWeight& w, int64_t n, uint8_t* row) {
   }
 }
 
-}  // namespace
-
-namespace {
-
 /// The masks of the two units of step s of an int8-lanes row (4 chunks): a position is set where it holds neither
 /// block padding nor its block's zero point.
 struct LanesStep {
