@@ -501,16 +501,42 @@ TEST_CASE("kv cache: bad inputs are clear errors", "[kv]") {
   }
 }
 
+/// A zoo decoder of `family` compressed as `fmt` (compressAs) and exported to dir; the file's path.
+std::string exportCompressed(const std::string& dir, const std::string& family, const std::string& fmt) {
+  Graph g = importDecoder(family);
+  compressAs(g, fmt);
+  const std::string onnx = dir + "/" + family + "_" + fmt + ".onnx";
+  exportOnnx(g, onnx);
+  return onnx;
+}
+
+/// The first output of one run of s on `feeds`, as floats.
+std::vector<float> runFirstOutput(crt::Session& s, const std::vector<std::pair<std::string, crt::TensorView>>& feeds) {
+  auto out = s.run(feeds);
+  INFO(out.status().message);
+  REQUIRE(out.ok());
+  const auto& o = out.value()[0];
+  std::vector<float> v(o.bytes.size() / 4);
+  std::memcpy(v.data(), o.bytes.data(), o.bytes.size());
+  return v;
+}
+
+/// A plain export's feeds in crun for the tokens `ids` (attention masks from `ones`, at least as long: all ones).
+std::vector<std::pair<std::string, crt::TensorView>> wholeFeeds(const crt::Session& s, const std::vector<int64_t>& ids,
+                                                                const std::vector<int64_t>& ones) {
+  const int64_t n = static_cast<int64_t>(ids.size());
+  std::vector<std::pair<std::string, crt::TensorView>> feeds = {{s.inputs()[0].name, crt::TensorView::of(ids.data(), {1, n})}};
+  for (size_t i = 1; i < s.inputs().size(); ++i) feeds.push_back({s.inputs()[i].name, crt::TensorView::of(ones.data(), {1, n})});
+  return feeds;
+}
+
 TEST_CASE("sparse weights: pruned models give the same logits in crun with the sparse form as dense", "[kv][sparse]") {
   const std::string dir = testutil::tempDir("kv_sparse");
   const std::vector<int64_t> ids = someTokens(9);
   for (const std::string family : {"llama2c", "gpt2", "opt"})
     for (const std::string fmt : {"prune50", "prune50-int8", "2:4", "2:4-int8", "2:4-int4-g32"}) {
       SECTION(family + " " + fmt) {
-        Graph g = importDecoder(family);
-        compressAs(g, fmt);
-        const std::string onnx = dir + "/" + family + "_" + fmt + ".onnx";
-        exportOnnx(g, onnx);
+        const std::string onnx = exportCompressed(dir, family, fmt);
         std::vector<std::vector<float>> logits;
         for (crt::SparseMode mode : {crt::SparseMode::Off, crt::SparseMode::On}) {
           crt::SessionOptions so;
@@ -527,17 +553,8 @@ TEST_CASE("sparse weights: pruned models give the same logits in crun with the s
           const int pairs = s->info().sparse_pairs;
           if (mode == crt::SparseMode::Off || fmt.rfind("prune50", 0) == 0) CHECK(pairs == 0);
           else CHECK(pairs == s->info().packed_matmuls);
-          std::vector<std::pair<std::string, crt::TensorView>> feeds = {
-              {s->inputs()[0].name, crt::TensorView::of(ids.data(), {1, static_cast<int64_t>(ids.size())})}};
           const std::vector<int64_t> ones(ids.size(), 1);
-          for (size_t i = 1; i < s->inputs().size(); ++i)
-            feeds.push_back({s->inputs()[i].name, crt::TensorView::of(ones.data(), {1, static_cast<int64_t>(ids.size())})});
-          auto out = s->run(feeds);
-          INFO(out.status().message);
-          REQUIRE(out.ok());
-          const auto& o = out.value()[0];
-          logits.emplace_back(o.bytes.size() / 4);
-          std::memcpy(logits.back().data(), o.bytes.data(), o.bytes.size());
+          logits.push_back(runFirstOutput(*s, wholeFeeds(*s, ids, ones)));
           // the profile names the form that ran: int8 / int4 2:4 as Q8 / Q4 pairs, dense as centered Q8P / Q4P panels
           std::map<std::string, int64_t> calls;
           for (const auto& op : s->profile()) calls[op.op] = op.calls;
@@ -573,10 +590,7 @@ TEST_CASE("sparse weights with int8 activations: the same logits as dense int8 a
   for (const std::string family : {"llama2c", "gpt2"})
     for (const std::string fmt : {"prune50-int8", "prune50-int4-g32", "2:4-int4-g32"}) {
       SECTION(family + " " + fmt) {
-        Graph g = importDecoder(family);
-        compressAs(g, fmt);
-        const std::string onnx = dir + "/" + family + "_" + fmt + ".onnx";
-        exportOnnx(g, onnx);
+        const std::string onnx = exportCompressed(dir, family, fmt);
         std::vector<std::vector<float>> logits;
         std::vector<int> int8;
         for (crt::SparseMode mode : {crt::SparseMode::Off, crt::SparseMode::On}) {
@@ -590,19 +604,11 @@ TEST_CASE("sparse weights with int8 activations: the same logits as dense int8 a
           const auto& info = s->info();
           CHECK(info.sparse_matmuls == (mode == crt::SparseMode::On ? info.packed_matmuls : 0));
           int8.push_back(info.int8_matmuls);
-          std::vector<std::pair<std::string, crt::TensorView>> feeds = {
-              {s->inputs()[0].name, crt::TensorView::of(ids.data(), {1, static_cast<int64_t>(ids.size())})}};
           const std::vector<int64_t> ones(ids.size(), 1);
-          for (size_t i = 1; i < s->inputs().size(); ++i)
-            feeds.push_back({s->inputs()[i].name, crt::TensorView::of(ones.data(), {1, static_cast<int64_t>(ids.size())})});
+          auto feeds = wholeFeeds(*s, ids, ones);
           for (int64_t n : {int64_t{1}, static_cast<int64_t>(ids.size())}) {  // decode (one token) and prefill
             for (auto& f : feeds) f.second.shape[1] = n;
-            auto out = s->run(feeds);
-            INFO(out.status().message);
-            REQUIRE(out.ok());
-            const auto& o = out.value()[0];
-            logits.emplace_back(o.bytes.size() / 4);
-            std::memcpy(logits.back().data(), o.bytes.data(), o.bytes.size());
+            logits.push_back(runFirstOutput(*s, feeds));
           }
         }
         CHECK(int8[0] > 0);  // (the quantized linears; RTN leaves the classifier in fp32)
