@@ -63,7 +63,7 @@ void ThreadPool::work() {
       uint64_t v = counter_.load(std::memory_order_acquire);
       if ((v & ~0xffffffffull) != tag) break;
       int64_t t = static_cast<int64_t>(v & 0xffffffffu);
-      if (t >= tasks_) break;
+      if (t >= tasks_.load(std::memory_order_relaxed)) break;
       if (!counter_.compare_exchange_weak(v, v + 1, std::memory_order_acq_rel)) continue;
       thunk_(ctx_, t);
       done_.fetch_add(1, std::memory_order_acq_rel);
@@ -74,11 +74,15 @@ void ThreadPool::work() {
 void ThreadPool::run(int64_t tasks, Thunk thunk, void* ctx) {
   if (tasks >= (1ll << 31)) throw std::length_error("too many parallel tasks");
   const uint64_t gen = generation_.load() + 1;
-  tasks_ = tasks;
+  // The counter first: a worker still on the last call's counter (exhausted: every task claimed) may read the task
+  // count below after it is set; its claim then fails on the new tag instead of taking a task past the last call's
+  // with this call's function (ThreadSanitizer found it; a crun ppl run crashed on it). A claim on the old tag that
+  // succeeds was a real task of the last call, which had to finish before that call returned.
+  counter_.store((gen & 0xffffffffu) << 32, std::memory_order_release);
+  tasks_.store(tasks, std::memory_order_relaxed);
   thunk_ = thunk;
   ctx_ = ctx;
   done_.store(0, std::memory_order_relaxed);
-  counter_.store((gen & 0xffffffffu) << 32, std::memory_order_release);
   bool wake;
   {
     std::lock_guard<std::mutex> lk(mu_);

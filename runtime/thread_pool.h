@@ -60,7 +60,7 @@ class ThreadPool {
   std::atomic<uint64_t> counter_{0};
   std::atomic<int64_t> done_{0};
   int sleeping_ = 0;  // guarded by mu_
-  int64_t tasks_ = 0;
+  std::atomic<int64_t> tasks_{0};  // (read by workers that may still be on the last call's counter)
   Thunk thunk_ = nullptr;
   void* ctx_ = nullptr;
   bool stop_ = false;

@@ -834,6 +834,28 @@ TEST_CASE("the pool's parallelForEach runs every task and rethrows the error of 
   }
 }
 
+TEST_CASE("back-to-back parallelFor calls run each call's tasks once, with that call's function", "[runtime][session]") {
+  // A worker still looking at the last call's (exhausted) counter once read the next call's task count and claimed
+  // one more task of the old generation, then ran it with the new call's function: an index past the new call's
+  // tasks (the CI's crun ppl crashed on it once; ThreadSanitizer named the race). Many short calls of alternating
+  // sizes open that window.
+  crt::detail::ThreadPool pool(2);
+  int64_t bad = 0, missed = 0;
+  for (int i = 0; i < 200000; ++i) {
+    const int64_t tasks = i % 2 ? 64 : 2;
+    std::vector<int> ran(static_cast<size_t>(tasks), 0);  // (a fresh buffer per call, as a session's scratch)
+    std::atomic<int64_t> outOfRange{0};
+    pool.parallelFor(tasks, [&](int64_t t) {
+      if (t < 0 || t >= tasks) ++outOfRange;
+      else ++reinterpret_cast<std::atomic<int>&>(ran[static_cast<size_t>(t)]);
+    });
+    bad += outOfRange.load();
+    for (int r : ran) missed += r != 1;
+  }
+  CHECK(bad == 0);
+  CHECK(missed == 0);
+}
+
 namespace {
 
 /// A length-delimited protobuf field: tag, length, bytes.
